@@ -1,0 +1,23 @@
+//! Péage domain model, as the product brief describes it: call events, the catalog (APIs, meters,
+//! plans), meter aggregation, billing periods, the pricing engine and invoices.
+//!
+//! Everything here is pure: no I/O, no async, no clocks read behind the caller's back. Adapters
+//! and services feed it data and persist what it returns.
+
+pub mod catalog;
+pub mod event;
+pub mod ids;
+pub mod invoice;
+pub mod meter;
+pub mod money;
+pub mod period;
+pub mod pricing;
+pub mod problem;
+
+pub use catalog::{Catalog, CatalogError};
+pub use event::{CallEvent, Env};
+pub use ids::{KeyId, PartnerId};
+pub use invoice::{Invoice, InvoiceLine, LineKind};
+pub use meter::{Aggregation, Meter, MeterField, MeterUsage};
+pub use money::Currency;
+pub use period::BillingPeriod;

@@ -1,0 +1,99 @@
+//! Money: currencies with their minor unit, and the one rounding function of the whole product.
+
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::{Deserialize, Serialize};
+
+/// An ISO 4217 currency Péage knows the minor unit of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Currency {
+    code: [u8; 3],
+    minor_units: u32,
+}
+
+/// ISO 4217 minor units. Currencies not listed are refused rather than guessed.
+const MINOR_UNITS: &[(&str, u32)] = &[
+    ("AED", 2), ("ARS", 2), ("AUD", 2), ("BHD", 3), ("BRL", 2), ("CAD", 2), ("CHF", 2),
+    ("CLP", 0), ("CNY", 2), ("COP", 2), ("CZK", 2), ("DKK", 2), ("EGP", 2), ("EUR", 2),
+    ("GBP", 2), ("HKD", 2), ("HUF", 2), ("IDR", 2), ("ILS", 2), ("INR", 2), ("ISK", 0),
+    ("JOD", 3), ("JPY", 0), ("KRW", 0), ("KWD", 3), ("MAD", 2), ("MXN", 2), ("MYR", 2),
+    ("NGN", 2), ("NOK", 2), ("NZD", 2), ("OMR", 3), ("PHP", 2), ("PLN", 2), ("QAR", 2),
+    ("RON", 2), ("SAR", 2), ("SEK", 2), ("SGD", 2), ("THB", 2), ("TND", 3), ("TRY", 2),
+    ("TWD", 2), ("UAH", 2), ("USD", 2), ("VND", 0), ("XOF", 0), ("ZAR", 2),
+];
+
+impl Currency {
+    pub fn parse(code: &str) -> Option<Currency> {
+        MINOR_UNITS
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(c, minor_units)| {
+                let b = c.as_bytes();
+                Currency {
+                    code: [b[0], b[1], b[2]],
+                    minor_units: *minor_units,
+                }
+            })
+    }
+
+    pub fn code(&self) -> &str {
+        std::str::from_utf8(&self.code).unwrap_or("???")
+    }
+
+    /// Digits after the decimal point: EUR 2, JPY 0, KWD 3.
+    pub fn minor_units(&self) -> u32 {
+        self.minor_units
+    }
+
+    /// Rounds an amount to this currency's minor unit, half to even (banker's rounding).
+    /// Invoices call this once per line and once for tax; nowhere else rounds money.
+    pub fn round(&self, amount: Decimal) -> Decimal {
+        let mut r =
+            amount.round_dp_with_strategy(self.minor_units, RoundingStrategy::MidpointNearestEven);
+        // Show every amount with exactly the currency's digits ("49.00", not "49").
+        r.rescale(self.minor_units);
+        r
+    }
+}
+
+impl TryFrom<String> for Currency {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Currency::parse(&s).ok_or_else(|| format!("unknown currency {s:?}"))
+    }
+}
+
+impl From<Currency> for String {
+    fn from(c: Currency) -> String {
+        c.code().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn rounds_half_to_even_at_the_minor_unit() {
+        let eur = Currency::parse("EUR").unwrap();
+        assert_eq!(eur.round(d("0.125")).to_string(), "0.12");
+        assert_eq!(eur.round(d("0.135")).to_string(), "0.14");
+        assert_eq!(eur.round(d("49")).to_string(), "49.00");
+        let jpy = Currency::parse("JPY").unwrap();
+        assert_eq!(jpy.round(d("2.5")).to_string(), "2");
+        assert_eq!(jpy.round(d("3.5")).to_string(), "4");
+        let kwd = Currency::parse("KWD").unwrap();
+        assert_eq!(kwd.round(d("1.0005")).to_string(), "1.000");
+    }
+
+    #[test]
+    fn unknown_currency_is_refused() {
+        assert!(Currency::parse("EUX").is_none());
+        assert!(Currency::parse("eur").is_none());
+    }
+}

@@ -1,0 +1,357 @@
+//! The pricing engine: plans, charges and their models, applied to metered quantities.
+//!
+//! Conventions (also in docs/pricing.md):
+//! - `free` units are the first units of the period; they cost nothing and are shown as a line.
+//! - Tier bounds (`up_to`) are absolute quantities of the period, free units included, so a plan
+//!   reads the way partners read it: "first 10k free, up to 100k at 0.001, then 0.0006".
+//! - `graduated`: each unit is priced by the tier it falls in (one line per tier touched).
+//! - `volume`: the tier the *total* quantity reaches prices every billable unit (one line).
+//! - `package`: billable units are sold in packages of `size`, rounded up.
+//! - `flat`: a fixed amount for the period, due once the meter has any billable usage.
+//! - Every line amount is rounded once, by `Currency::round`; nothing else rounds.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::invoice::{InvoiceLine, LineKind};
+use crate::money::Currency;
+use crate::period::PeriodRule;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub id: String,
+    pub name: String,
+    /// Content hash of the plan as loaded: any change to the plan gives a new version.
+    pub version: String,
+    pub currency: Currency,
+    pub period: PeriodRule,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub base_fee: Decimal,
+    pub tax: Option<TaxRate>,
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub minimum_commitment: Option<Decimal>,
+    pub charges: Vec<Charge>,
+    pub quotas: Vec<Quota>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaxRate {
+    #[serde(with = "rust_decimal::serde::str")]
+    pub rate: Decimal,
+    pub label: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Charge {
+    pub meter: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub free: Decimal,
+    #[serde(flatten)]
+    pub model: ChargeModel,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "model", rename_all = "snake_case")]
+pub enum ChargeModel {
+    Flat {
+        #[serde(with = "rust_decimal::serde::str")]
+        amount: Decimal,
+    },
+    PerUnit {
+        #[serde(with = "rust_decimal::serde::str")]
+        unit_price: Decimal,
+    },
+    Graduated {
+        tiers: Vec<Tier>,
+    },
+    Volume {
+        tiers: Vec<Tier>,
+    },
+    Package {
+        #[serde(with = "rust_decimal::serde::str")]
+        size: Decimal,
+        #[serde(with = "rust_decimal::serde::str")]
+        price: Decimal,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tier {
+    /// Inclusive upper bound on the period's quantity; `None` is infinity (last tier only).
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub up_to: Option<Decimal>,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub unit_price: Decimal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaKind {
+    Hard,
+    Soft,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quota {
+    pub meter: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub limit: Decimal,
+    pub kind: QuotaKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+fn line(kind: LineKind, meter: &str, tier: Option<u32>, quantity: Decimal, unit_price: Decimal, description: String, currency: Currency) -> InvoiceLine {
+    InvoiceLine {
+        kind,
+        description,
+        meter: Some(meter.to_string()),
+        tier,
+        quantity: quantity.normalize(),
+        unit_price: unit_price.normalize(),
+        amount: currency.round(quantity * unit_price),
+    }
+}
+
+fn bound(up_to: Option<Decimal>) -> String {
+    up_to.map_or_else(|| "∞".to_string(), |b| b.normalize().to_string())
+}
+
+impl Charge {
+    /// The invoice lines this charge yields for a period's metered `quantity`.
+    /// Always at least one line, so every charge of the plan is visible on the invoice.
+    pub fn price(&self, quantity: Decimal, currency: Currency) -> Vec<InvoiceLine> {
+        let quantity = quantity.max(Decimal::ZERO);
+        let free = self.free.max(Decimal::ZERO);
+        let billable = (quantity - free).max(Decimal::ZERO);
+        let m = self.meter.as_str();
+        let mut lines = Vec::new();
+        if free > Decimal::ZERO {
+            lines.push(line(
+                LineKind::FreeAllowance,
+                m,
+                None,
+                quantity.min(free),
+                Decimal::ZERO,
+                format!("{m}: free allowance of {}", free.normalize()),
+                currency,
+            ));
+        }
+        match &self.model {
+            ChargeModel::Flat { amount } => {
+                let due = if billable > Decimal::ZERO { Decimal::ONE } else { Decimal::ZERO };
+                lines.push(line(LineKind::Usage, m, None, due, *amount, format!("{m}: flat fee"), currency));
+            }
+            ChargeModel::PerUnit { unit_price } => {
+                lines.push(line(LineKind::Usage, m, None, billable, *unit_price, format!("{m}: per unit"), currency));
+            }
+            ChargeModel::Graduated { tiers } => {
+                let mut lower = Decimal::ZERO;
+                for (i, tier) in tiers.iter().enumerate() {
+                    let upper = tier.up_to.unwrap_or(Decimal::MAX);
+                    // Units of (lower, upper] that are also in (free, quantity].
+                    let in_tier = (quantity.min(upper) - lower.max(free)).max(Decimal::ZERO);
+                    if in_tier > Decimal::ZERO || (i == 0 && billable.is_zero()) {
+                        lines.push(line(
+                            LineKind::Usage,
+                            m,
+                            Some(i as u32 + 1),
+                            in_tier,
+                            tier.unit_price,
+                            format!("{m}: tier {} ({} – {})", i + 1, lower.normalize(), bound(tier.up_to)),
+                            currency,
+                        ));
+                    }
+                    if quantity <= upper {
+                        break;
+                    }
+                    lower = upper;
+                }
+            }
+            ChargeModel::Volume { tiers } => {
+                let idx = tiers
+                    .iter()
+                    .position(|t| t.up_to.is_none_or(|u| quantity <= u))
+                    .unwrap_or(tiers.len().saturating_sub(1));
+                if let Some(tier) = tiers.get(idx) {
+                    lines.push(line(
+                        LineKind::Usage,
+                        m,
+                        Some(idx as u32 + 1),
+                        billable,
+                        tier.unit_price,
+                        format!("{m}: volume tier {} (up to {})", idx + 1, bound(tier.up_to)),
+                        currency,
+                    ));
+                }
+            }
+            ChargeModel::Package { size, price } => {
+                let packages = if size.is_zero() { Decimal::ZERO } else { (billable / size).ceil() };
+                lines.push(line(
+                    LineKind::Usage,
+                    m,
+                    None,
+                    packages,
+                    *price,
+                    format!("{m}: packages of {}", size.normalize()),
+                    currency,
+                ));
+            }
+        }
+        lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    fn eur() -> Currency {
+        Currency::parse("EUR").unwrap()
+    }
+
+    fn tiers(spec: &[(Option<&str>, &str)]) -> Vec<Tier> {
+        spec.iter()
+            .map(|(u, p)| Tier {
+                up_to: u.map(d),
+                unit_price: d(p),
+            })
+            .collect()
+    }
+
+    fn charge(free: &str, model: ChargeModel) -> Charge {
+        Charge {
+            meter: "calls".into(),
+            free: d(free),
+            model,
+        }
+    }
+
+    fn amounts(lines: &[InvoiceLine]) -> Vec<String> {
+        lines.iter().map(|l| l.amount.to_string()).collect()
+    }
+
+    fn total(lines: &[InvoiceLine]) -> Decimal {
+        lines.iter().map(|l| l.amount).sum()
+    }
+
+    #[test]
+    fn per_unit_1500_calls_at_0_002_is_3_00() {
+        let c = charge("0", ChargeModel::PerUnit { unit_price: d("0.002") });
+        assert_eq!(amounts(&c.price(d("1500"), eur())), ["3.00"]);
+    }
+
+    #[test]
+    fn per_unit_rounds_half_even_once_per_line_0_125_to_0_12() {
+        let c = charge("0", ChargeModel::PerUnit { unit_price: d("0.0005") });
+        assert_eq!(amounts(&c.price(d("250"), eur())), ["0.12"]);
+    }
+
+    #[test]
+    fn graduated_150k_calls_with_10k_free_tiers_100k_at_0_001_then_0_0006_is_120_00() {
+        // Free: 10,000. Tier 1: 10,001–100,000 = 90,000 × 0.001 = 90.00.
+        // Tier 2: 100,001–150,000 = 50,000 × 0.0006 = 30.00.
+        let c = charge(
+            "10000",
+            ChargeModel::Graduated {
+                tiers: tiers(&[(Some("100000"), "0.0010"), (None, "0.0006")]),
+            },
+        );
+        let lines = c.price(d("150000"), eur());
+        assert_eq!(amounts(&lines), ["0.00", "90.00", "30.00"]);
+        assert_eq!(lines[1].quantity, d("90000"));
+        assert_eq!(lines[2].quantity, d("50000"));
+        assert_eq!(total(&lines), d("120.00"));
+    }
+
+    #[test]
+    fn graduated_free_allowance_spanning_a_tier_boundary_5_free_tiers_3_at_1_then_2() {
+        // 10 units, 5 free: tier 1 (0–3] is all free, tier 2 bills units 6–10 = 5 × 2 = 10.
+        let c = charge(
+            "5",
+            ChargeModel::Graduated {
+                tiers: tiers(&[(Some("3"), "1"), (None, "2")]),
+            },
+        );
+        let lines = c.price(d("10"), eur());
+        assert_eq!(total(&lines), d("10.00"));
+        assert_eq!(lines.last().unwrap().tier, Some(2));
+    }
+
+    #[test]
+    fn volume_150_units_tiers_100_at_1_then_0_5_prices_all_at_0_5_is_75_00() {
+        let c = charge(
+            "0",
+            ChargeModel::Volume {
+                tiers: tiers(&[(Some("100"), "1"), (None, "0.5")]),
+            },
+        );
+        assert_eq!(amounts(&c.price(d("150"), eur())), ["75.00"]);
+        assert_eq!(amounts(&c.price(d("100"), eur())), ["100.00"]);
+    }
+
+    #[test]
+    fn package_of_1000_at_5_rounds_2001_calls_up_to_3_packages_15_00() {
+        let c = charge(
+            "0",
+            ChargeModel::Package {
+                size: d("1000"),
+                price: d("5"),
+            },
+        );
+        let lines = c.price(d("2001"), eur());
+        assert_eq!(lines[0].quantity, d("3"));
+        assert_eq!(amounts(&lines), ["15.00"]);
+        assert_eq!(amounts(&c.price(d("2000"), eur())), ["10.00"]);
+    }
+
+    #[test]
+    fn package_with_1000_free_and_1500_used_is_one_package() {
+        let c = charge(
+            "1000",
+            ChargeModel::Package {
+                size: d("1000"),
+                price: d("5"),
+            },
+        );
+        assert_eq!(total(&c.price(d("1500"), eur())), d("5.00"));
+    }
+
+    #[test]
+    fn flat_25_is_due_only_beyond_the_free_allowance() {
+        let c = charge("100", ChargeModel::Flat { amount: d("25") });
+        assert_eq!(total(&c.price(d("100"), eur())), d("0.00"));
+        assert_eq!(total(&c.price(d("101"), eur())), d("25.00"));
+    }
+
+    #[test]
+    fn jpy_has_no_minor_unit_1001_units_at_0_5_yen_is_500() {
+        let jpy = Currency::parse("JPY").unwrap();
+        let c = charge("0", ChargeModel::PerUnit { unit_price: d("0.5") });
+        // 500.5 rounds half to even: 500.
+        assert_eq!(amounts(&c.price(d("1001"), jpy)), ["500"]);
+    }
+
+    #[test]
+    fn zero_usage_shows_the_charge_with_a_zero_amount() {
+        let c = charge(
+            "0",
+            ChargeModel::Graduated {
+                tiers: tiers(&[(Some("10"), "1"), (None, "2")]),
+            },
+        );
+        let lines = c.price(Decimal::ZERO, eur());
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].amount, d("0.00"));
+    }
+}
