@@ -88,3 +88,59 @@ mod tests {
         assert!(KeyId::parse("key_0707070707070707070a").is_ok());
     }
 }
+
+/// API key secrets: `pk_live_…` / `pk_test_…` followed by 32 random base62 characters
+/// (≈190 bits). Only [`secret_hash`] of a secret is ever stored.
+pub mod api_key {
+    use sha2::{Digest, Sha256};
+
+    use crate::event::Env;
+
+    pub const LIVE_PREFIX: &str = "pk_live_";
+    pub const TEST_PREFIX: &str = "pk_test_";
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+    /// Builds a secret from 32 random bytes supplied by the caller.
+    pub fn secret(env: Env, random: [u8; 32]) -> String {
+        let prefix = match env {
+            Env::Live => LIVE_PREFIX,
+            Env::Sandbox => TEST_PREFIX,
+        };
+        // 256 is a multiple of 62 only approximately; the bias (≈3 %) costs < 1 bit in total.
+        let body: String = random.iter().map(|b| ALPHABET[*b as usize % 62] as char).collect();
+        format!("{prefix}{body}")
+    }
+
+    /// The environment a presented secret claims, or `None` if it is not shaped like a key.
+    pub fn env_of(secret: &str) -> Option<Env> {
+        let (env, body) = if let Some(b) = secret.strip_prefix(LIVE_PREFIX) {
+            (Env::Live, b)
+        } else {
+            (Env::Sandbox, secret.strip_prefix(TEST_PREFIX)?)
+        };
+        (body.len() == 32 && body.bytes().all(|c| c.is_ascii_alphanumeric())).then_some(env)
+    }
+
+    /// SHA-256 (hex) of the secret. A fast hash is right here: secrets are long and random, so
+    /// there is nothing to brute-force, and the gateway hashes on every call.
+    pub fn secret_hash(secret: &str) -> String {
+        hex::encode(Sha256::digest(secret.as_bytes()))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn secrets_are_shaped_and_hashed() {
+            let s = secret(Env::Live, [200; 32]);
+            assert!(s.starts_with("pk_live_") && s.len() == 40, "{s}");
+            assert_eq!(env_of(&s), Some(Env::Live));
+            assert_eq!(env_of(&secret(Env::Sandbox, [1; 32])), Some(Env::Sandbox));
+            assert_eq!(env_of("pk_live_short"), None);
+            assert_eq!(env_of("Bearer x"), None);
+            assert_eq!(secret_hash(&s).len(), 64);
+            assert_ne!(secret_hash(&s), secret_hash(&secret(Env::Live, [201; 32])));
+        }
+    }
+}
