@@ -58,7 +58,7 @@ pub trait EventLog: Send + Sync + 'static {
 }
 
 #[async_trait]
-pub trait LogConsumer: Send {
+pub trait LogConsumer: Send + Sync {
     /// Up to `max` records after the last one returned, waiting up to `wait` for the first.
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<LogRecord>, EventLogError>;
 
