@@ -1,0 +1,83 @@
+//! The gateway: `/{api}/{version}/{rest}` → the catalog's upstream for that API version.
+//!
+//! Per call: authenticate the API key (only its hash is looked up), route, proxy with streamed
+//! bodies both ways, and emit one `CallEvent` when the response body ends (or the client goes
+//! away), without waiting on the event log. Its own errors are `application/problem+json`.
+
+mod body;
+mod keys;
+mod proxy;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use http::{header, HeaderValue, StatusCode};
+use peage_core::problem::{Problem, CONTENT_TYPE};
+use peage_core::Catalog;
+use peage_eventlog::EventEmitter;
+
+pub use keys::{KeyCache, KeyResolver, ResolvedKey};
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Names this gateway in every event it emits.
+    pub gateway_id: String,
+    /// Time allowed for the upstream's response headers; past it the call is answered 504.
+    pub upstream_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            gateway_id: "gw-1".into(),
+            upstream_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct Gateway {
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) keys: KeyCache,
+    pub(crate) emitter: EventEmitter,
+    pub(crate) client: proxy::UpstreamClient,
+    pub(crate) config: GatewayConfig,
+}
+
+impl Gateway {
+    pub fn new(catalog: Arc<Catalog>, keys: KeyCache, emitter: EventEmitter, config: GatewayConfig) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            catalog,
+            keys,
+            emitter,
+            client: proxy::upstream_client(),
+            config,
+        })
+    }
+
+    /// The gateway's router; serve it with `into_make_service_with_connect_info::<SocketAddr>()`.
+    pub fn router(self: &Arc<Gateway>) -> Router {
+        Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .fallback(proxy::handle)
+            .with_state(Arc::clone(self))
+    }
+}
+
+/// Serves the gateway until `shutdown` resolves, then drains in-flight calls.
+pub async fn serve(listener: tokio::net::TcpListener, gateway: Arc<Gateway>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, gateway.router().into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+pub(crate) fn problem(status: StatusCode, slug: &str, title: &str, detail: impl Into<String>) -> Response {
+    let p = Problem::new(status.as_u16(), slug, title).with_detail(detail);
+    let body = serde_json::to_vec(&p).unwrap_or_default();
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    r
+}

@@ -1,0 +1,115 @@
+//! The built-in demo upstream and the demo catalog that `peage up --demo` seeds.
+
+use std::net::SocketAddr;
+
+use axum::extract::{Path, Query};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+/// The variable the demo catalog's upstream URLs read, set to the demo upstream's address.
+pub const UPSTREAM_VAR: &str = "PEAGE_DEMO_UPSTREAM";
+
+pub const CATALOG: &str = r#"# Péage demo catalog, written by `peage up --demo`. Edit it freely: docs/catalog.md lists
+# every key. ${PEAGE_DEMO_UPSTREAM} is the built-in demo API's address, filled in at start-up.
+
+[[api]]
+name = "demo"
+description = "The built-in demo API: /hello, /weather/{city}, /echo"
+
+[[api.versions]]
+id = "v1"
+live = "${PEAGE_DEMO_UPSTREAM}"
+sandbox = "${PEAGE_DEMO_UPSTREAM}"
+operations = { "GET /hello" = { units = 1 }, "GET /weather/{city}" = { units = 2 }, "POST /echo" = { units = 1 } }
+
+[[meter]]
+name = "calls"
+aggregation = "count"
+
+[[meter]]
+name = "units"
+aggregation = "sum"
+field = "units"
+
+[[meter]]
+name = "egress_kb"
+aggregation = "sum"
+field = "response_bytes"
+scale = "0.001"
+group_by = ["operation"]
+
+[[plan]]
+id = "demo"
+name = "Demo plan"
+currency = "EUR"
+period = { every = "month", anchor_day = 1 }
+base_fee = "9.00"
+tax = { rate = "0.20", label = "VAT" }
+charges = [
+  # The first 100 calls are free, then 0.01 € up to 1,000 calls, then 0.005 €.
+  { meter = "calls", model = "graduated", free = 100, tiers = [
+      { up_to = 1000, unit_price = "0.01" }, { up_to = "inf", unit_price = "0.005" } ] },
+]
+quotas = [{ meter = "calls", limit = 100000, kind = "soft" }]
+"#;
+
+#[derive(Deserialize)]
+struct SlowParams {
+    ms: Option<u64>,
+}
+
+pub fn router() -> Router {
+    Router::new()
+        .route("/hello", get(|| async { Json(json!({ "message": "Bonjour from the Péage demo API" })) }))
+        .route(
+            "/weather/{city}",
+            get(|Path(city): Path<String>| async move {
+                // Deterministic "forecast": the same city always gets the same weather.
+                let t = city.bytes().fold(7u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32)) % 30;
+                Json(json!({ "city": city, "temperature_c": t, "sky": if t % 2 == 0 { "clear" } else { "cloudy" } }))
+            }),
+        )
+        .route(
+            "/echo",
+            post(|headers: HeaderMap, body: axum::body::Bytes| async move {
+                let ct = headers.get("content-type").cloned();
+                let mut r = body.into_response();
+                if let Some(ct) = ct {
+                    r.headers_mut().insert("content-type", ct);
+                }
+                r
+            }),
+        )
+        .route(
+            "/slow",
+            get(|Query(p): Query<SlowParams>| async move {
+                let ms = p.ms.unwrap_or(1000).min(10_000);
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                Json(json!({ "slept_ms": ms }))
+            }),
+        )
+        .fallback(|| async { (StatusCode::NOT_FOUND, Json(json!({ "error": "no such demo route" }))) })
+}
+
+/// Binds the demo upstream and serves it in the background; returns its base URL.
+pub async fn spawn(listen: SocketAddr, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router()).with_graceful_shutdown(shutdown).await {
+            tracing::error!(error = %e, "demo upstream stopped");
+        }
+    });
+    Ok(format!("http://{addr}"))
+}
+
+pub async fn serve_standalone(listen: SocketAddr, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    println!("demo upstream listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, router()).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}

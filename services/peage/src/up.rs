@@ -1,0 +1,233 @@
+//! `peage up`: every role in one process, on one data directory.
+//!
+//! Data directory layout: `log/` (event log), `usage.db`, `billing.db`, `dead-letter.jsonl`,
+//! `admin-token`, and with `--demo` also `catalog.toml` and `demo.json`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use async_trait::async_trait;
+use peage_aggregator::{Aggregator, AggregatorConfig, DeadLetterFile};
+use peage_billing::ControlApi;
+use peage_billing_store::{BillingStore, SqliteBillingStore};
+use peage_core::ids::api_key;
+use peage_core::{Catalog, Env};
+use peage_eventlog::{EmbeddedLog, EventEmitter, EventLog};
+use peage_gateway::{Gateway, GatewayConfig, KeyCache, KeyResolver, ResolvedKey};
+use peage_usage_store::SqliteUsageStore;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::demo;
+
+pub struct UpOptions {
+    pub data_dir: PathBuf,
+    pub gateway_listen: SocketAddr,
+    pub control_listen: SocketAddr,
+    pub catalog: Option<PathBuf>,
+    pub admin_token: Option<String>,
+    pub gateway_id: String,
+    pub demo: bool,
+}
+
+/// What `--demo` writes to `<data-dir>/demo.json`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DemoInfo {
+    pub gateway_url: String,
+    pub control_url: String,
+    pub admin_token: String,
+    pub partner_id: String,
+    pub api_key: String,
+    /// The process that wrote this file, so scripts can tell a fresh file from a stale one.
+    pub pid: u32,
+}
+
+/// The gateway asks billing state for keys directly when they share a process.
+struct StoreKeys(Arc<dyn BillingStore>);
+
+#[async_trait]
+impl KeyResolver for StoreKeys {
+    async fn resolve(&self, secret_hash: &str) -> Result<Option<ResolvedKey>, String> {
+        let key = self.0.key_by_hash(secret_hash).await.map_err(|e| e.to_string())?;
+        Ok(key.map(|k| ResolvedKey { key_id: k.key_id, partner_id: k.partner_id, env: k.env, revoked: k.revoked_at.is_some() }))
+    }
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn admin_token(options: &UpOptions) -> anyhow::Result<String> {
+    if let Some(t) = &options.admin_token {
+        if t.len() < 16 {
+            bail!("the admin token must be at least 16 characters");
+        }
+        return Ok(t.clone());
+    }
+    let path = options.data_dir.join("admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+        _ => {
+            let token = format!("adm_{}", hex::encode(rand::random::<[u8; 24]>()));
+            write_private(&path, token.as_bytes())?;
+            tracing::info!(path = %path.display(), "generated an admin token for the control API");
+            Ok(token)
+        }
+    }
+}
+
+fn load_catalog(path: &Path, demo_upstream: Option<&str>) -> anyhow::Result<Catalog> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the catalog {}", path.display()))?;
+    let vars = |name: &str| {
+        if name == demo::UPSTREAM_VAR {
+            if let Some(u) = demo_upstream {
+                return Some(u.to_string());
+            }
+        }
+        std::env::var(name).ok()
+    };
+    Catalog::parse(&path.display().to_string(), &text, &vars).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Reuses the demo partner and key from an earlier run on this data directory, or creates them.
+async fn demo_partner(store: &Arc<dyn BillingStore>, data_dir: &Path, plan_version: &str) -> anyhow::Result<(String, String)> {
+    if let Ok(text) = std::fs::read_to_string(data_dir.join("demo.json")) {
+        if let Ok(prev) = serde_json::from_str::<DemoInfo>(&text) {
+            let key = store.key_by_hash(&api_key::secret_hash(&prev.api_key)).await?;
+            if key.is_some_and(|k| k.revoked_at.is_none() && k.partner_id == prev.partner_id) {
+                return Ok((prev.partner_id, prev.api_key));
+            }
+        }
+    }
+    let id = peage_core::PartnerId::from_random(rand::random());
+    let now = chrono::Utc::now();
+    let sub = peage_billing_store::Subscription { plan_id: "demo".into(), plan_version: plan_version.to_string(), started_at: now, ended_at: None };
+    store.create_partner(id.as_str(), "Demo Partner", &sub).await?;
+    let secret = api_key::secret(Env::Live, rand::random());
+    store
+        .create_key(&peage_billing_store::NewKey {
+            key_id: peage_core::KeyId::from_random(rand::random()).to_string(),
+            partner_id: id.to_string(),
+            env: Env::Live,
+            secret_hash: api_key::secret_hash(&secret),
+            prefix: secret.chars().take(12).collect(),
+            created_at: now,
+        })
+        .await?;
+    Ok((id.to_string(), secret))
+}
+
+pub async fn run(options: UpOptions, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let data_dir = &options.data_dir;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700));
+    }
+
+    // One shutdown signal fans out to every server.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let demo_upstream = if options.demo {
+        Some(demo::spawn("127.0.0.1:0".parse()?, stopped(stop_rx.clone())).await?)
+    } else {
+        None
+    };
+    let catalog_path = options.catalog.clone().unwrap_or_else(|| data_dir.join("catalog.toml"));
+    if options.demo && options.catalog.is_none() && !catalog_path.exists() {
+        std::fs::write(&catalog_path, demo::CATALOG).with_context(|| format!("writing {}", catalog_path.display()))?;
+    }
+    if !catalog_path.exists() {
+        bail!("no catalog at {}: pass --catalog FILE, or run `peage up --demo` to start with the demo catalog", catalog_path.display());
+    }
+    let catalog = Arc::new(load_catalog(&catalog_path, demo_upstream.as_deref())?);
+    tracing::info!(path = %catalog_path.display(), version = %catalog.version, apis = catalog.apis.len(), meters = catalog.meters.len(), plans = catalog.plans.len(), "catalog loaded");
+    let demo_plan_version = match (options.demo, catalog.plan("demo")) {
+        (true, None) => bail!("--demo needs a plan with id \"demo\" in {}", catalog_path.display()),
+        (_, plan) => plan.map(|p| p.version.clone()).unwrap_or_default(),
+    };
+
+    let token = admin_token(&options)?;
+    let billing: Arc<dyn BillingStore> = Arc::new(SqliteBillingStore::open(&data_dir.join("billing.db")).await.context("opening billing.db")?);
+    let usage = Arc::new(SqliteUsageStore::open(&data_dir.join("usage.db")).await.context("opening usage.db")?);
+    let log = EmbeddedLog::open(data_dir.join("log")).context("opening the event log")?;
+
+    let aggregator = Aggregator::new(
+        log.consumer("aggregator").await?,
+        usage.clone(),
+        DeadLetterFile::new(data_dir.join("dead-letter.jsonl")),
+        AggregatorConfig::default(),
+    );
+    let (agg_stop_tx, agg_stop_rx) = watch::channel(false);
+    let aggregator_task = tokio::spawn(aggregator.run(agg_stop_rx));
+
+    let log: Arc<dyn EventLog> = Arc::new(log);
+    let emitter = EventEmitter::start(log, 65_536);
+    let keys = KeyCache::new(Arc::new(StoreKeys(Arc::clone(&billing))), Duration::from_secs(5));
+    let gateway = Gateway::new(
+        Arc::clone(&catalog),
+        keys.clone(),
+        emitter.clone(),
+        GatewayConfig { gateway_id: options.gateway_id.clone(), ..GatewayConfig::default() },
+    );
+    let on_revoke: peage_billing::RevocationHook = Arc::new(move || keys.invalidate());
+    let control = ControlApi::new(Arc::clone(&catalog), Arc::clone(&billing), usage.clone(), token.clone(), Some(on_revoke));
+
+    let gateway_listener = tokio::net::TcpListener::bind(options.gateway_listen).await.with_context(|| format!("gateway cannot listen on {}", options.gateway_listen))?;
+    let control_listener = tokio::net::TcpListener::bind(options.control_listen).await.with_context(|| format!("control API cannot listen on {}", options.control_listen))?;
+    let gateway_url = format!("http://{}", gateway_listener.local_addr()?);
+    let control_url = format!("http://{}", control_listener.local_addr()?);
+    let gateway_server = tokio::spawn(peage_gateway::serve(gateway_listener, gateway, stopped(stop_rx.clone())));
+    let control_server = tokio::spawn(peage_billing::serve(control_listener, control, stopped(stop_rx.clone())));
+    tracing::info!(gateway = %gateway_url, control = %control_url, data_dir = %data_dir.display(), "peage is up");
+    println!("Péage is up.\n  gateway:     {gateway_url}\n  control API: {control_url}\n  data:        {}", data_dir.display());
+
+    if options.demo {
+        let (partner_id, api_key) = demo_partner(&billing, data_dir, &demo_plan_version).await?;
+        let info = DemoInfo { gateway_url: gateway_url.clone(), control_url: control_url.clone(), admin_token: token.clone(), partner_id: partner_id.clone(), api_key: api_key.clone(), pid: std::process::id() };
+        write_private(&data_dir.join("demo.json"), &serde_json::to_vec_pretty(&info)?)?;
+        println!(
+            "\nDemo ready (also in {}):\n\n  curl -H 'Authorization: Bearer {api_key}' {gateway_url}/demo/v1/hello\n\n  curl -H 'Authorization: Bearer {token}' {control_url}/v1/partners/{partner_id}/usage\n  curl -H 'Authorization: Bearer {token}' {control_url}/v1/partners/{partner_id}/invoices/upcoming\n",
+            data_dir.join("demo.json").display()
+        );
+    }
+
+    shutdown.await;
+    println!("Shutting down: draining calls, flushing events…");
+    let _ = stop_tx.send(true);
+    for (name, server) in [("gateway", gateway_server), ("control API", control_server)] {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "{name} server failed"),
+            Err(e) => tracing::error!(error = %e, "{name} server panicked"),
+        }
+    }
+    // Every call has finished: put its event in the log, then let the aggregator drain the log.
+    emitter.flush().await;
+    let _ = agg_stop_tx.send(true);
+    match tokio::time::timeout(Duration::from_secs(30), aggregator_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "aggregator failed; the log keeps its events for the next start"),
+        Ok(Err(e)) => tracing::error!(error = %e, "aggregator panicked; the log keeps its events for the next start"),
+        Err(_) => tracing::warn!("aggregator did not drain within 30 s; the log keeps the rest for the next start"),
+    }
+    println!("Stopped cleanly.");
+    Ok(())
+}
