@@ -18,35 +18,59 @@ impl Peage {
     /// Starts `peage up --demo` on ports chosen by the OS and waits for its fresh demo.json.
     fn start(data_dir: &Path) -> Peage {
         let child = Command::new(env!("CARGO_BIN_EXE_peage"))
-            .args(["up", "--demo", "--gateway-listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "up",
+                "--demo",
+                "--gateway-listen",
+                "127.0.0.1:0",
+                "--control-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .env("PEAGE_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("peage starts");
+        // Owned at once, so a failed start still kills and reaps the process (Drop).
+        let mut p = Peage {
+            child,
+            demo: Value::Null,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         let path = data_dir.join("demo.json");
         loop {
             if let Ok(text) = std::fs::read_to_string(&path) {
                 if let Ok(demo) = serde_json::from_str::<Value>(&text) {
-                    if demo["pid"].as_u64() == Some(child.id() as u64) {
-                        return Peage { child, demo };
+                    if demo["pid"].as_u64() == Some(p.child.id() as u64) {
+                        p.demo = demo;
+                        return p;
                     }
                 }
             }
-            assert!(Instant::now() < deadline, "peage did not write {} in time", path.display());
+            assert!(
+                Instant::now() < deadline,
+                "peage did not write {} in time",
+                path.display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     fn s(&self, field: &str) -> String {
-        self.demo[field].as_str().unwrap_or_else(|| panic!("demo.json lacks {field}")).to_string()
+        self.demo[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("demo.json lacks {field}"))
+            .to_string()
     }
 
     /// Ctrl-C, as a person would press it; the process must exit cleanly.
     fn interrupt(mut self) {
-        let status = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -54,7 +78,10 @@ impl Peage {
                 assert!(exit.success(), "peage exited with {exit}");
                 return;
             }
-            assert!(Instant::now() < deadline, "peage did not stop within 30 s of Ctrl-C");
+            assert!(
+                Instant::now() < deadline,
+                "peage did not stop within 30 s of Ctrl-C"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -68,20 +95,41 @@ impl Drop for Peage {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
 }
 
 async fn admin_get(p: &Peage, path: &str) -> reqwest::Response {
-    client().get(format!("{}{path}", p.s("control_url"))).bearer_auth(p.s("admin_token")).send().await.unwrap()
+    client()
+        .get(format!("{}{path}", p.s("control_url")))
+        .bearer_auth(p.s("admin_token"))
+        .send()
+        .await
+        .unwrap()
 }
 
 fn dec(v: &Value) -> Decimal {
-    Decimal::from_str(v.as_str().unwrap_or_else(|| panic!("{v} is not a decimal string"))).unwrap()
+    Decimal::from_str(
+        v.as_str()
+            .unwrap_or_else(|| panic!("{v} is not a decimal string")),
+    )
+    .unwrap()
 }
 
 async fn calls_metered(p: &Peage) -> Decimal {
-    let usage: Value = admin_get(p, &format!("/v1/partners/{}/usage", p.s("partner_id"))).await.json().await.unwrap();
-    let calls = usage["meters"].as_array().unwrap().iter().find(|m| m["meter"] == "calls").expect("calls meter");
+    let usage: Value = admin_get(p, &format!("/v1/partners/{}/usage", p.s("partner_id")))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let calls = usage["meters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["meter"] == "calls")
+        .expect("calls meter");
     dec(&calls["quantity"])
 }
 
@@ -90,11 +138,17 @@ async fn wait_for_calls(p: &Peage, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let seen = calls_metered(p).await;
-        assert!(seen <= Decimal::from(n), "usage shows {seen} calls, more than the {n} made");
+        assert!(
+            seen <= Decimal::from(n),
+            "usage shows {seen} calls, more than the {n} made"
+        );
         if seen == Decimal::from(n) {
             return;
         }
-        assert!(Instant::now() < deadline, "usage shows {seen} of {n} calls after 5 s");
+        assert!(
+            Instant::now() < deadline,
+            "usage shows {seen} of {n} calls after 5 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -130,14 +184,27 @@ async fn calls_are_metered_priced_and_survive_a_restart() {
         tasks.push(tokio::spawn(async move {
             let c = client();
             let r = if i % 5 == 0 {
-                c.post(format!("{gw}/demo/v1/echo")).bearer_auth(&key).body(format!("payload {i}")).send().await.unwrap()
+                c.post(format!("{gw}/demo/v1/echo"))
+                    .bearer_auth(&key)
+                    .body(format!("payload {i}"))
+                    .send()
+                    .await
+                    .unwrap()
             } else {
-                c.get(format!("{gw}/demo/v1/hello")).bearer_auth(&key).send().await.unwrap()
+                c.get(format!("{gw}/demo/v1/hello"))
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .unwrap()
             };
             assert_eq!(r.status(), 200);
             let body = r.text().await.unwrap();
             if i % 5 == 0 {
-                assert_eq!(body, format!("payload {i}"), "the echo body streams through unchanged");
+                assert_eq!(
+                    body,
+                    format!("payload {i}"),
+                    "the echo body streams through unchanged"
+                );
             }
         }));
     }
@@ -147,9 +214,21 @@ async fn calls_are_metered_priced_and_survive_a_restart() {
     wait_for_calls(&p, N).await;
 
     // The upcoming invoice prices exactly those N calls.
-    let inv: Value = admin_get(&p, &format!("/v1/partners/{}/invoices/upcoming", p.s("partner_id"))).await.json().await.unwrap();
+    let inv: Value = admin_get(
+        &p,
+        &format!("/v1/partners/{}/invoices/upcoming", p.s("partner_id")),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     let inv = &inv["invoice"];
-    let calls_lines: Vec<&Value> = inv["lines"].as_array().unwrap().iter().filter(|l| l["meter"] == "calls").collect();
+    let calls_lines: Vec<&Value> = inv["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["meter"] == "calls")
+        .collect();
     let quantity: Decimal = calls_lines.iter().map(|l| dec(&l["quantity"])).sum();
     assert_eq!(quantity, Decimal::from(N), "{inv}");
     let (usage_amount, total) = demo_invoice_total(N);
@@ -159,17 +238,34 @@ async fn calls_are_metered_priced_and_survive_a_restart() {
     assert_eq!(inv["currency"], "EUR");
 
     // The same invoice as CSV for finance.
-    let csv = admin_get(&p, &format!("/v1/partners/{}/invoices/upcoming?format=csv", p.s("partner_id"))).await;
+    let csv = admin_get(
+        &p,
+        &format!(
+            "/v1/partners/{}/invoices/upcoming?format=csv",
+            p.s("partner_id")
+        ),
+    )
+    .await;
     assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
     let csv = csv.text().await.unwrap();
-    assert!(csv.lines().any(|l| l.contains(",usage,") && l.ends_with(&format!(",{},0.01,{usage_amount}", N - 100))), "{csv}");
+    assert!(
+        csv.lines()
+            .any(|l| l.contains(",usage,")
+                && l.ends_with(&format!(",{},0.01,{usage_amount}", N - 100))),
+        "{csv}"
+    );
 
     // Restart on the same data directory: partner, key and every metered call are still there.
     p.interrupt();
     let p = Peage::start(&data);
     assert_eq!(p.s("api_key"), key, "the demo key is kept across restarts");
     assert_eq!(calls_metered(&p).await, Decimal::from(N));
-    let r = client().get(format!("{}/demo/v1/hello", p.s("gateway_url"))).bearer_auth(&key).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/demo/v1/hello", p.s("gateway_url")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     wait_for_calls(&p, N + 1).await;
 }
@@ -179,7 +275,13 @@ async fn assert_problem(r: reqwest::Response, status: u16) -> Value {
     assert_eq!(r.headers()["content-type"], "application/problem+json");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["status"], status);
-    assert!(body["type"].as_str().unwrap().starts_with("https://peage.dev/problems/"), "{body}");
+    assert!(
+        body["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://peage.dev/problems/"),
+        "{body}"
+    );
     body
 }
 
@@ -190,34 +292,138 @@ async fn gateway_and_control_api_errors_are_problem_json() {
     let gw = p.s("gateway_url");
     let c = client();
 
-    assert_problem(c.get(format!("{gw}/demo/v1/hello")).send().await.unwrap(), 401).await;
+    assert_problem(
+        c.get(format!("{gw}/demo/v1/hello")).send().await.unwrap(),
+        401,
+    )
+    .await;
     let unknown = format!("pk_live_{}", "Z".repeat(32));
-    let body = assert_problem(c.get(format!("{gw}/demo/v1/hello")).bearer_auth(&unknown).send().await.unwrap(), 401).await;
+    let body = assert_problem(
+        c.get(format!("{gw}/demo/v1/hello"))
+            .bearer_auth(&unknown)
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
     assert_eq!(body["detail"], "unknown API key");
-    assert_problem(c.get(format!("{gw}/nope/v1/hello")).bearer_auth(p.s("api_key")).send().await.unwrap(), 404).await;
-    assert_problem(c.get(format!("{gw}/demo/v9/hello")).bearer_auth(p.s("api_key")).send().await.unwrap(), 404).await;
+    assert_problem(
+        c.get(format!("{gw}/nope/v1/hello"))
+            .bearer_auth(p.s("api_key"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    assert_problem(
+        c.get(format!("{gw}/demo/v9/hello"))
+            .bearer_auth(p.s("api_key"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
 
     // The control API refuses a wrong admin token and the partner's own key.
     let ctl = p.s("control_url");
-    assert_problem(c.get(format!("{ctl}/v1/plans")).bearer_auth(p.s("api_key")).send().await.unwrap(), 401).await;
-    assert_problem(c.post(format!("{ctl}/v1/partners")).bearer_auth(p.s("admin_token")).body("{\"name\": 1}").send().await.unwrap(), 400).await;
-    assert_problem(c.post(format!("{ctl}/v1/partners")).bearer_auth(p.s("admin_token")).body("{\"name\":\"Acme\",\"plan\":\"gold\"}").send().await.unwrap(), 400).await;
-    assert_problem(admin_get(&p, "/v1/partners/prt_00000000000000000000/usage").await, 404).await;
+    assert_problem(
+        c.get(format!("{ctl}/v1/plans"))
+            .bearer_auth(p.s("api_key"))
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
+    assert_problem(
+        c.post(format!("{ctl}/v1/partners"))
+            .bearer_auth(p.s("admin_token"))
+            .body("{\"name\": 1}")
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert_problem(
+        c.post(format!("{ctl}/v1/partners"))
+            .bearer_auth(p.s("admin_token"))
+            .body("{\"name\":\"Acme\",\"plan\":\"gold\"}")
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert_problem(
+        admin_get(&p, "/v1/partners/prt_00000000000000000000/usage").await,
+        404,
+    )
+    .await;
 
     // A new partner gets a key, calls once, and a revoked key stops working at once.
-    let partner: Value = c.post(format!("{ctl}/v1/partners")).bearer_auth(p.s("admin_token")).json(&serde_json::json!({"name": "Acme", "plan": "demo"})).send().await.unwrap().json().await.unwrap();
+    let partner: Value = c
+        .post(format!("{ctl}/v1/partners"))
+        .bearer_auth(p.s("admin_token"))
+        .json(&serde_json::json!({"name": "Acme", "plan": "demo"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let pid = partner["id"].as_str().unwrap();
-    let created = c.post(format!("{ctl}/v1/partners/{pid}/keys")).bearer_auth(p.s("admin_token")).json(&serde_json::json!({"env": "live"})).send().await.unwrap();
+    let created = c
+        .post(format!("{ctl}/v1/partners/{pid}/keys"))
+        .bearer_auth(p.s("admin_token"))
+        .json(&serde_json::json!({"env": "live"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(created.status(), 201);
     let created: Value = created.json().await.unwrap();
     let secret = created["secret"].as_str().unwrap();
     assert!(secret.starts_with("pk_live_"));
-    let keys: Value = admin_get(&p, &format!("/v1/partners/{pid}/keys")).await.json().await.unwrap();
-    assert!(!keys.to_string().contains(secret), "a listed key never shows its secret");
-    assert_eq!(c.get(format!("{gw}/demo/v1/hello")).bearer_auth(secret).send().await.unwrap().status(), 200);
-    let revoked = c.delete(format!("{ctl}/v1/keys/{}", created["key_id"].as_str().unwrap())).bearer_auth(p.s("admin_token")).send().await.unwrap();
+    let keys: Value = admin_get(&p, &format!("/v1/partners/{pid}/keys"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        !keys.to_string().contains(secret),
+        "a listed key never shows its secret"
+    );
+    assert_eq!(
+        c.get(format!("{gw}/demo/v1/hello"))
+            .bearer_auth(secret)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let revoked = c
+        .delete(format!(
+            "{ctl}/v1/keys/{}",
+            created["key_id"].as_str().unwrap()
+        ))
+        .bearer_auth(p.s("admin_token"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(revoked.status(), 200);
-    let body = assert_problem(c.get(format!("{gw}/demo/v1/hello")).bearer_auth(secret).send().await.unwrap(), 401).await;
+    let body = assert_problem(
+        c.get(format!("{gw}/demo/v1/hello"))
+            .bearer_auth(secret)
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
     assert_eq!(body["detail"], "this API key has been revoked");
 }
 
@@ -230,11 +436,27 @@ async fn upstream_failure_is_502_and_metered() {
     drop(closed);
     std::fs::create_dir_all(&data).unwrap();
     let catalog = format!("[[api]]\nname = \"down\"\n[[api.versions]]\nid = \"v1\"\nlive = \"http://127.0.0.1:{port}\"\n\n");
-    let demo = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/demo.rs")).unwrap();
-    let demo_catalog = demo.split("r#\"").nth(1).unwrap().split("\"#").next().unwrap();
-    std::fs::write(data.join("catalog.toml"), format!("{catalog}{demo_catalog}")).unwrap();
+    let demo =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/demo.rs")).unwrap();
+    let demo_catalog = demo
+        .split("r#\"")
+        .nth(1)
+        .unwrap()
+        .split("\"#")
+        .next()
+        .unwrap();
+    std::fs::write(
+        data.join("catalog.toml"),
+        format!("{catalog}{demo_catalog}"),
+    )
+    .unwrap();
     let p = Peage::start(&data);
-    let r = client().get(format!("{}/down/v1/anything", p.s("gateway_url"))).bearer_auth(p.s("api_key")).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/down/v1/anything", p.s("gateway_url")))
+        .bearer_auth(p.s("api_key"))
+        .send()
+        .await
+        .unwrap();
     assert_problem(r, 502).await;
     wait_for_calls(&p, 1).await;
     drop(dir);
@@ -250,7 +472,14 @@ fn a_malformed_catalog_stops_start_up_naming_file_line_and_field() {
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_peage"))
-        .args(["up", "--gateway-listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "up",
+            "--gateway-listen",
+            "127.0.0.1:0",
+            "--control-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path().join("data"))
         .arg("--catalog")
         .arg(&path)
@@ -261,5 +490,8 @@ fn a_malformed_catalog_stops_start_up_naming_file_line_and_field() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let expected = format!("{}:8:", path.display());
     assert!(stderr.contains(&expected), "no file:line in: {stderr}");
-    assert!(stderr.contains("plan[p].charges[0].meter") && stderr.contains("callz"), "no field in: {stderr}");
+    assert!(
+        stderr.contains("plan[p].charges[0].meter") && stderr.contains("callz"),
+        "no field in: {stderr}"
+    );
 }

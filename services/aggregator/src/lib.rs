@@ -76,8 +76,15 @@ impl DeadLetterFile {
     }
 
     fn write(&self, letters: &[DeadLetter<'_>]) -> Result<(), AggregatorError> {
-        let err = |source| AggregatorError::DeadLetter { path: self.path.display().to_string(), source };
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(err)?;
+        let err = |source| AggregatorError::DeadLetter {
+            path: self.path.display().to_string(),
+            source,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(err)?;
         let mut buf = Vec::new();
         for l in letters {
             serde_json::to_writer(&mut buf, l).map_err(|e| err(e.into()))?;
@@ -96,8 +103,19 @@ pub struct Aggregator {
 }
 
 impl Aggregator {
-    pub fn new(consumer: Box<dyn LogConsumer>, store: Arc<dyn UsageStore>, dead_letters: DeadLetterFile, config: AggregatorConfig) -> Self {
-        Aggregator { consumer, store, dead_letters, config, stats: Arc::default() }
+    pub fn new(
+        consumer: Box<dyn LogConsumer>,
+        store: Arc<dyn UsageStore>,
+        dead_letters: DeadLetterFile,
+        config: AggregatorConfig,
+    ) -> Self {
+        Aggregator {
+            consumer,
+            store,
+            dead_letters,
+            config,
+            stats: Arc::default(),
+        }
     }
 
     pub fn stats(&self) -> Arc<AggregatorStats> {
@@ -140,18 +158,27 @@ impl Aggregator {
         }
         if !dead.is_empty() {
             self.dead_letters.write(&dead)?;
-            self.stats.dead_lettered.fetch_add(dead.len() as u64, Ordering::Relaxed);
+            self.stats
+                .dead_lettered
+                .fetch_add(dead.len() as u64, Ordering::Relaxed);
             tracing::warn!(count = dead.len(), first_offset = dead[0].offset, reason = %dead[0].reason, "aggregator: records sent to dead letters");
         }
         let mut backoff = Duration::from_millis(50);
         loop {
             match self.store.insert(&events).await {
                 Ok(outcome) => {
-                    self.stats.inserted.fetch_add(outcome.inserted, Ordering::Relaxed);
-                    self.stats.duplicates.fetch_add(outcome.duplicates, Ordering::Relaxed);
+                    self.stats
+                        .inserted
+                        .fetch_add(outcome.inserted, Ordering::Relaxed);
+                    self.stats
+                        .duplicates
+                        .fetch_add(outcome.duplicates, Ordering::Relaxed);
                     self.stats.batches.fetch_add(1, Ordering::Relaxed);
                     if outcome.duplicates > 0 {
-                        tracing::info!(duplicates = outcome.duplicates, "aggregator: ignored events already stored (replay after a restart)");
+                        tracing::info!(
+                            duplicates = outcome.duplicates,
+                            "aggregator: ignored events already stored (replay after a restart)"
+                        );
                     }
                     break;
                 }
@@ -179,7 +206,10 @@ mod tests {
     use std::fs::OpenOptions;
 
     fn event(n: u64) -> CallEvent {
-        let mut e: CallEvent = serde_json::from_str(include_str!("../../../schemas/events/examples/rest_call.json")).unwrap();
+        let mut e: CallEvent = serde_json::from_str(include_str!(
+            "../../../schemas/events/examples/rest_call.json"
+        ))
+        .unwrap();
         e.id = uuid::Uuid::now_v7();
         e.time = peage_core::event::truncate_to_micros(chrono::Utc::now());
         e.latency_us = n;
@@ -187,7 +217,14 @@ mod tests {
     }
 
     async fn count(store: &SqliteUsageStore) -> rust_decimal::Decimal {
-        let meter = Meter { name: "calls".into(), aggregation: Aggregation::Count, field: MeterField::Calls, scale: None, filter: Default::default(), group_by: vec![] };
+        let meter = Meter {
+            name: "calls".into(),
+            aggregation: Aggregation::Count,
+            field: MeterField::Calls,
+            scale: None,
+            filter: Default::default(),
+            group_by: vec![],
+        };
         let q = UsageQuery {
             partner_id: "prt_4f1c2a9e0b7d3c5e8a61".into(),
             env: Env::Live,
@@ -198,10 +235,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_replay_after_an_uncommitted_batch_counts_nothing_twice_and_bad_records_go_to_dead_letters() {
+    async fn a_replay_after_an_uncommitted_batch_counts_nothing_twice_and_bad_records_go_to_dead_letters(
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let log = EmbeddedLog::open(dir.path().join("log")).unwrap();
-        let store = Arc::new(SqliteUsageStore::open(&dir.path().join("usage.db")).await.unwrap());
+        let store = Arc::new(
+            SqliteUsageStore::open(&dir.path().join("usage.db"))
+                .await
+                .unwrap(),
+        );
         let events: Vec<_> = (0..100).map(event).collect();
         log.append(&events[..50]).await.unwrap();
         // Crash simulation: the batch reaches the store but the position is never committed.
@@ -213,7 +255,12 @@ mod tests {
             let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
             frame.extend_from_slice(&crc32fast_hash(payload).to_le_bytes());
             frame.extend_from_slice(payload);
-            OpenOptions::new().append(true).open(&seg).unwrap().write_all(&frame).unwrap();
+            OpenOptions::new()
+                .append(true)
+                .open(&seg)
+                .unwrap()
+                .write_all(&frame)
+                .unwrap();
         }
         drop(log);
         let log = EmbeddedLog::open(dir.path().join("log")).unwrap();
@@ -223,7 +270,10 @@ mod tests {
             log.consumer("aggregator").await.unwrap(),
             store.clone(),
             DeadLetterFile::new(dir.path().join("dead.jsonl")),
-            AggregatorConfig { max_batch: 17, poll_wait: Duration::from_millis(20) },
+            AggregatorConfig {
+                max_batch: 17,
+                poll_wait: Duration::from_millis(20),
+            },
         );
         let stats = agg.stats();
         let (stop_tx, stop) = watch::channel(false);
@@ -236,10 +286,17 @@ mod tests {
         assert_eq!(stats.duplicates.load(Ordering::Relaxed), 50);
         assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 1);
         let dead = std::fs::read_to_string(dir.path().join("dead.jsonl")).unwrap();
-        assert!(dead.contains("\"offset\":50") && dead.contains("not a CallEvent"), "{dead}");
+        assert!(
+            dead.contains("\"offset\":50") && dead.contains("not a CallEvent"),
+            "{dead}"
+        );
         let mut c = log.consumer("aggregator").await.unwrap();
         assert_eq!(c.lag().await.unwrap(), 0, "everything committed");
-        assert!(c.poll(10, Duration::from_millis(10)).await.unwrap().is_empty());
+        assert!(c
+            .poll(10, Duration::from_millis(10))
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     fn crc32fast_hash(b: &[u8]) -> u32 {
@@ -249,7 +306,11 @@ mod tests {
         for &byte in b {
             crc ^= byte as u32;
             for _ in 0..8 {
-                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc

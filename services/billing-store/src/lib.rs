@@ -62,18 +62,32 @@ pub struct NewKey {
 
 #[async_trait]
 pub trait BillingStore: Send + Sync + 'static {
-    async fn create_partner(&self, id: &str, name: &str, plan: &Subscription) -> Result<Partner, BillingStoreError>;
+    async fn create_partner(
+        &self,
+        id: &str,
+        name: &str,
+        plan: &Subscription,
+    ) -> Result<Partner, BillingStoreError>;
     async fn partner(&self, id: &str) -> Result<Option<Partner>, BillingStoreError>;
     async fn partners(&self) -> Result<Vec<Partner>, BillingStoreError>;
     /// Ends the current subscription at `next.started_at` and starts `next`.
-    async fn change_subscription(&self, partner_id: &str, next: &Subscription) -> Result<Partner, BillingStoreError>;
+    async fn change_subscription(
+        &self,
+        partner_id: &str,
+        next: &Subscription,
+    ) -> Result<Partner, BillingStoreError>;
     /// Every subscription of the partner, oldest first.
-    async fn subscriptions(&self, partner_id: &str) -> Result<Vec<Subscription>, BillingStoreError>;
+    async fn subscriptions(&self, partner_id: &str)
+        -> Result<Vec<Subscription>, BillingStoreError>;
 
     async fn create_key(&self, key: &NewKey) -> Result<ApiKey, BillingStoreError>;
     /// The key with this secret hash, revoked or not.
     async fn key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>, BillingStoreError>;
     async fn keys(&self, partner_id: &str) -> Result<Vec<ApiKey>, BillingStoreError>;
     /// Revokes a key (idempotent); `NotFound` if there is no such key.
-    async fn revoke_key(&self, key_id: &str, at: DateTime<Utc>) -> Result<ApiKey, BillingStoreError>;
+    async fn revoke_key(
+        &self,
+        key_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<ApiKey, BillingStoreError>;
 }

@@ -5,7 +5,9 @@ use std::path::Path;
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use peage_core::Env;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqlitePool};
 
 use crate::{ApiKey, BillingStore, BillingStoreError, NewKey, Partner, Subscription};
@@ -22,14 +24,21 @@ fn ts(t: DateTime<Utc>) -> String {
 fn parse_ts(what: &'static str, s: &str) -> Result<DateTime<Utc>, BillingStoreError> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| BillingStoreError::Corrupt { what, reason: format!("time {s:?}: {e}") })
+        .map_err(|e| BillingStoreError::Corrupt {
+            what,
+            reason: format!("time {s:?}: {e}"),
+        })
 }
 
-fn opt_ts(what: &'static str, s: Option<String>) -> Result<Option<DateTime<Utc>>, BillingStoreError> {
+fn opt_ts(
+    what: &'static str,
+    s: Option<String>,
+) -> Result<Option<DateTime<Utc>>, BillingStoreError> {
     s.map(|s| parse_ts(what, &s)).transpose()
 }
 
-const PARTNER_SELECT: &str = "SELECT p.id, p.name, p.created_at, s.plan_id, s.plan_version, s.started_at, s.ended_at \
+const PARTNER_SELECT: &str =
+    "SELECT p.id, p.name, p.created_at, s.plan_id, s.plan_version, s.started_at, s.ended_at \
      FROM partners p JOIN subscriptions s ON s.partner_id = p.id AND s.ended_at IS NULL";
 
 fn subscription_from(row: &SqliteRow) -> Result<Subscription, BillingStoreError> {
@@ -55,7 +64,10 @@ fn key_from(row: &SqliteRow) -> Result<ApiKey, BillingStoreError> {
     Ok(ApiKey {
         key_id: row.try_get("key_id")?,
         partner_id: row.try_get("partner_id")?,
-        env: Env::parse(&env).ok_or(BillingStoreError::Corrupt { what: "api key", reason: format!("env {env:?}") })?,
+        env: Env::parse(&env).ok_or(BillingStoreError::Corrupt {
+            what: "api key",
+            reason: format!("env {env:?}"),
+        })?,
         prefix: row.try_get("prefix")?,
         created_at: parse_ts("api key", &row.try_get::<String, _>("created_at")?)?,
         revoked_at: opt_ts("api key", row.try_get("revoked_at")?)?,
@@ -73,19 +85,34 @@ impl SqliteBillingStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
-        sqlx::migrate!("../../schemas/sql/sqlite/billing").run(&pool).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("../../schemas/sql/sqlite/billing")
+            .run(&pool)
+            .await?;
         Ok(SqliteBillingStore { pool })
     }
 
     async fn required_partner(&self, id: &str) -> Result<Partner, BillingStoreError> {
-        self.partner(id).await?.ok_or_else(|| BillingStoreError::NotFound { what: "partner", id: id.to_string() })
+        self.partner(id)
+            .await?
+            .ok_or_else(|| BillingStoreError::NotFound {
+                what: "partner",
+                id: id.to_string(),
+            })
     }
 }
 
 #[async_trait]
 impl BillingStore for SqliteBillingStore {
-    async fn create_partner(&self, id: &str, name: &str, plan: &Subscription) -> Result<Partner, BillingStoreError> {
+    async fn create_partner(
+        &self,
+        id: &str,
+        name: &str,
+        plan: &Subscription,
+    ) -> Result<Partner, BillingStoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO partners (id, name, created_at) VALUES (?, ?, ?)")
             .bind(id)
@@ -105,24 +132,38 @@ impl BillingStore for SqliteBillingStore {
     }
 
     async fn partner(&self, id: &str) -> Result<Option<Partner>, BillingStoreError> {
-        let row = sqlx::query(&format!("{PARTNER_SELECT} WHERE p.id = ?")).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&format!("{PARTNER_SELECT} WHERE p.id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(partner_from).transpose()
     }
 
     async fn partners(&self) -> Result<Vec<Partner>, BillingStoreError> {
-        let rows = sqlx::query(&format!("{PARTNER_SELECT} ORDER BY p.created_at, p.id")).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&format!("{PARTNER_SELECT} ORDER BY p.created_at, p.id"))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(partner_from).collect()
     }
 
-    async fn change_subscription(&self, partner_id: &str, next: &Subscription) -> Result<Partner, BillingStoreError> {
+    async fn change_subscription(
+        &self,
+        partner_id: &str,
+        next: &Subscription,
+    ) -> Result<Partner, BillingStoreError> {
         let mut tx = self.pool.begin().await?;
-        let ended = sqlx::query("UPDATE subscriptions SET ended_at = ? WHERE partner_id = ? AND ended_at IS NULL")
-            .bind(ts(next.started_at))
-            .bind(partner_id)
-            .execute(&mut *tx)
-            .await?;
+        let ended = sqlx::query(
+            "UPDATE subscriptions SET ended_at = ? WHERE partner_id = ? AND ended_at IS NULL",
+        )
+        .bind(ts(next.started_at))
+        .bind(partner_id)
+        .execute(&mut *tx)
+        .await?;
         if ended.rows_affected() == 0 {
-            return Err(BillingStoreError::NotFound { what: "partner", id: partner_id.to_string() });
+            return Err(BillingStoreError::NotFound {
+                what: "partner",
+                id: partner_id.to_string(),
+            });
         }
         sqlx::query("INSERT INTO subscriptions (partner_id, plan_id, plan_version, started_at) VALUES (?, ?, ?, ?)")
             .bind(partner_id)
@@ -135,7 +176,10 @@ impl BillingStore for SqliteBillingStore {
         self.required_partner(partner_id).await
     }
 
-    async fn subscriptions(&self, partner_id: &str) -> Result<Vec<Subscription>, BillingStoreError> {
+    async fn subscriptions(
+        &self,
+        partner_id: &str,
+    ) -> Result<Vec<Subscription>, BillingStoreError> {
         let rows = sqlx::query("SELECT plan_id, plan_version, started_at, ended_at FROM subscriptions WHERE partner_id = ? ORDER BY started_at")
             .bind(partner_id)
             .fetch_all(&self.pool)
@@ -165,35 +209,48 @@ impl BillingStore for SqliteBillingStore {
     }
 
     async fn key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>, BillingStoreError> {
-        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE secret_hash = ?"))
-            .bind(secret_hash)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE secret_hash = ?"
+        ))
+        .bind(secret_hash)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(key_from).transpose()
     }
 
     async fn keys(&self, partner_id: &str) -> Result<Vec<ApiKey>, BillingStoreError> {
-        let rows = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE partner_id = ? ORDER BY created_at, key_id"))
-            .bind(partner_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE partner_id = ? ORDER BY created_at, key_id"
+        ))
+        .bind(partner_id)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(key_from).collect()
     }
 
-    async fn revoke_key(&self, key_id: &str, at: DateTime<Utc>) -> Result<ApiKey, BillingStoreError> {
+    async fn revoke_key(
+        &self,
+        key_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<ApiKey, BillingStoreError> {
         sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?")
             .bind(ts(at))
             .bind(key_id)
             .execute(&self.pool)
             .await?;
-        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?"))
-            .bind(key_id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?"
+        ))
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref()
             .map(key_from)
             .transpose()?
-            .ok_or_else(|| BillingStoreError::NotFound { what: "api key", id: key_id.to_string() })
+            .ok_or_else(|| BillingStoreError::NotFound {
+                what: "api key",
+                id: key_id.to_string(),
+            })
     }
 }
 
@@ -203,11 +260,18 @@ mod tests {
     use chrono::{Duration, TimeZone};
 
     fn sub(plan: &str, at: DateTime<Utc>) -> Subscription {
-        Subscription { plan_id: plan.into(), plan_version: "v-".to_string() + plan, started_at: at, ended_at: None }
+        Subscription {
+            plan_id: plan.into(),
+            plan_version: "v-".to_string() + plan,
+            started_at: at,
+            ended_at: None,
+        }
     }
 
     async fn store(dir: &tempfile::TempDir) -> SqliteBillingStore {
-        SqliteBillingStore::open(&dir.path().join("billing.db")).await.unwrap()
+        SqliteBillingStore::open(&dir.path().join("billing.db"))
+            .await
+            .unwrap()
     }
 
     #[tokio::test]
@@ -215,15 +279,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir).await;
         let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
-        let p = s.create_partner("prt_a", "Acme", &sub("starter", t0)).await.unwrap();
+        let p = s
+            .create_partner("prt_a", "Acme", &sub("starter", t0))
+            .await
+            .unwrap();
         assert_eq!(p.subscription.plan_id, "starter");
         let t1 = t0 + Duration::days(10);
-        let p = s.change_subscription("prt_a", &sub("growth", t1)).await.unwrap();
+        let p = s
+            .change_subscription("prt_a", &sub("growth", t1))
+            .await
+            .unwrap();
         assert_eq!(p.subscription.plan_id, "growth");
         let history = s.subscriptions("prt_a").await.unwrap();
         assert_eq!(history.len(), 2);
         assert_eq!(history[0].ended_at, Some(t1));
-        assert!(matches!(s.change_subscription("prt_zz", &sub("growth", t1)).await, Err(BillingStoreError::NotFound { .. })));
+        assert!(matches!(
+            s.change_subscription("prt_zz", &sub("growth", t1)).await,
+            Err(BillingStoreError::NotFound { .. })
+        ));
         assert_eq!(s.partners().await.unwrap().len(), 1);
     }
 
@@ -232,18 +305,44 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir).await;
         let now = Utc::now();
-        s.create_partner("prt_a", "Acme", &sub("starter", now)).await.unwrap();
-        let key = NewKey { key_id: "key_1".into(), partner_id: "prt_a".into(), env: Env::Live, secret_hash: "h1".into(), prefix: "pk_live_ab".into(), created_at: now };
+        s.create_partner("prt_a", "Acme", &sub("starter", now))
+            .await
+            .unwrap();
+        let key = NewKey {
+            key_id: "key_1".into(),
+            partner_id: "prt_a".into(),
+            env: Env::Live,
+            secret_hash: "h1".into(),
+            prefix: "pk_live_ab".into(),
+            created_at: now,
+        };
         s.create_key(&key).await.unwrap();
-        assert_eq!(s.key_by_hash("h1").await.unwrap().unwrap().partner_id, "prt_a");
+        assert_eq!(
+            s.key_by_hash("h1").await.unwrap().unwrap().partner_id,
+            "prt_a"
+        );
         assert!(s.key_by_hash("h2").await.unwrap().is_none());
         let revoked = s.revoke_key("key_1", now).await.unwrap();
         assert!(revoked.revoked_at.is_some());
-        let again = s.revoke_key("key_1", now + Duration::hours(1)).await.unwrap();
-        assert_eq!(again.revoked_at, revoked.revoked_at, "first revocation time is kept");
-        assert!(matches!(s.revoke_key("key_x", now).await, Err(BillingStoreError::NotFound { .. })));
+        let again = s
+            .revoke_key("key_1", now + Duration::hours(1))
+            .await
+            .unwrap();
+        assert_eq!(
+            again.revoked_at, revoked.revoked_at,
+            "first revocation time is kept"
+        );
+        assert!(matches!(
+            s.revoke_key("key_x", now).await,
+            Err(BillingStoreError::NotFound { .. })
+        ));
         // A key for a partner that does not exist is refused.
-        let orphan = NewKey { partner_id: "prt_none".into(), key_id: "key_2".into(), secret_hash: "h3".into(), ..key };
+        let orphan = NewKey {
+            partner_id: "prt_none".into(),
+            key_id: "key_2".into(),
+            secret_hash: "h3".into(),
+            ..key
+        };
         assert!(s.create_key(&orphan).await.is_err());
     }
 
@@ -252,8 +351,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = store(&dir).await;
-            s.create_partner("prt_a", "Acme", &sub("starter", Utc::now())).await.unwrap();
+            s.create_partner("prt_a", "Acme", &sub("starter", Utc::now()))
+                .await
+                .unwrap();
         }
-        assert_eq!(store(&dir).await.partner("prt_a").await.unwrap().unwrap().name, "Acme");
+        assert_eq!(
+            store(&dir)
+                .await
+                .partner("prt_a")
+                .await
+                .unwrap()
+                .unwrap()
+                .name,
+            "Acme"
+        );
     }
 }

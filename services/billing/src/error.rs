@@ -25,9 +25,15 @@ impl IntoResponse for ApiError {
         let (status, slug, title) = match &self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
-            ApiError::NotFound(_) | ApiError::Store(BillingStoreError::NotFound { .. }) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::NotFound(_) | ApiError::Store(BillingStoreError::NotFound { .. }) => {
+                (StatusCode::NOT_FOUND, "not-found", "Not found")
+            }
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
-            ApiError::Store(_) | ApiError::Usage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+            ApiError::Store(_) | ApiError::Usage(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
         };
         let detail = if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self, "control API: internal error");
@@ -35,11 +41,17 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
-        let body = serde_json::to_vec(&Problem::new(status.as_u16(), slug, title).with_detail(detail)).unwrap_or_default();
+        let body =
+            serde_json::to_vec(&Problem::new(status.as_u16(), slug, title).with_detail(detail))
+                .unwrap_or_default();
         let mut r = (status, body).into_response();
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
         if status == StatusCode::UNAUTHORIZED {
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"peage-admin\""));
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"peage-admin\""),
+            );
         }
         r
     }

@@ -32,23 +32,50 @@ pub struct ControlApi {
 }
 
 impl ControlApi {
-    pub fn new(catalog: Arc<Catalog>, store: Arc<dyn BillingStore>, usage: Arc<dyn UsageStore>, admin_token: String, on_revoke: Option<RevocationHook>) -> Arc<ControlApi> {
-        Arc::new(ControlApi { catalog, store, usage, admin_token, on_revoke })
+    pub fn new(
+        catalog: Arc<Catalog>,
+        store: Arc<dyn BillingStore>,
+        usage: Arc<dyn UsageStore>,
+        admin_token: String,
+        on_revoke: Option<RevocationHook>,
+    ) -> Arc<ControlApi> {
+        Arc::new(ControlApi {
+            catalog,
+            store,
+            usage,
+            admin_token,
+            on_revoke,
+        })
     }
 
     pub fn router(self: &Arc<ControlApi>) -> Router {
         let v1 = Router::new()
             .route("/plans", get(routes::plans))
             .route("/apis", get(routes::apis))
-            .route("/partners", post(routes::create_partner).get(routes::list_partners))
+            .route(
+                "/partners",
+                post(routes::create_partner).get(routes::list_partners),
+            )
             .route("/partners/{id}", get(routes::get_partner))
-            .route("/partners/{id}/subscription", put(routes::change_subscription))
-            .route("/partners/{id}/keys", post(routes::create_key).get(routes::list_keys))
+            .route(
+                "/partners/{id}/subscription",
+                put(routes::change_subscription),
+            )
+            .route(
+                "/partners/{id}/keys",
+                post(routes::create_key).get(routes::list_keys),
+            )
             .route("/keys/{key_id}", delete(routes::revoke_key))
             .route("/partners/{id}/usage", get(routes::usage))
-            .route("/partners/{id}/invoices/upcoming", get(routes::upcoming_invoice))
+            .route(
+                "/partners/{id}/invoices/upcoming",
+                get(routes::upcoming_invoice),
+            )
             .fallback(|| async { ApiError::NotFound("no such route".into()) })
-            .route_layer(middleware::from_fn_with_state(Arc::clone(self), require_admin));
+            .route_layer(middleware::from_fn_with_state(
+                Arc::clone(self),
+                require_admin,
+            ));
         Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .nest("/v1", v1)
@@ -56,15 +83,23 @@ impl ControlApi {
     }
 }
 
-async fn require_admin(State(api): State<Arc<ControlApi>>, req: Request, next: Next) -> Result<Response, ApiError> {
+async fn require_admin(
+    State(api): State<Arc<ControlApi>>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .unwrap_or("");
-    let ok = !api.admin_token.is_empty() && bool::from(presented.as_bytes().ct_eq(api.admin_token.as_bytes()));
+    let ok = !api.admin_token.is_empty()
+        && bool::from(presented.as_bytes().ct_eq(api.admin_token.as_bytes()));
     if !ok {
         return Err(ApiError::Unauthorized);
     }
@@ -72,6 +107,12 @@ async fn require_admin(State(api): State<Arc<ControlApi>>, req: Request, next: N
 }
 
 /// Serves the control API until `shutdown` resolves.
-pub async fn serve(listener: tokio::net::TcpListener, api: Arc<ControlApi>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, api.router()).with_graceful_shutdown(shutdown).await
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    api: Arc<ControlApi>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, api.router())
+        .with_graceful_shutdown(shutdown)
+        .await
 }

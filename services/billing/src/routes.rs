@@ -20,7 +20,8 @@ type Api = State<Arc<ControlApi>>;
 
 /// Parses a JSON body into `T`, answering a problem (not axum's plain text) when it does not fit.
 fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 fn partner_id(raw: &str) -> Result<PartnerId, ApiError> {
@@ -29,22 +30,31 @@ fn partner_id(raw: &str) -> Result<PartnerId, ApiError> {
 
 async fn existing_partner(api: &ControlApi, raw: &str) -> Result<Partner, ApiError> {
     let id = partner_id(raw)?;
-    api.store.partner(id.as_str()).await?.ok_or_else(|| ApiError::NotFound(format!("partner {id} not found")))
+    api.store
+        .partner(id.as_str())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("partner {id} not found")))
 }
 
 fn known_plan(api: &ControlApi, plan: &str) -> Result<String, ApiError> {
     api.catalog
         .plan(plan)
         .map(|p| p.version.clone())
-        .ok_or_else(|| ApiError::BadRequest(format!("no plan {plan:?} in the catalog (GET /v1/plans lists them)")))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "no plan {plan:?} in the catalog (GET /v1/plans lists them)"
+            ))
+        })
 }
 
 pub async fn plans(State(api): Api) -> Response {
-    Json(json!({ "catalog_version": api.catalog.version, "plans": api.catalog.plans })).into_response()
+    Json(json!({ "catalog_version": api.catalog.version, "plans": api.catalog.plans }))
+        .into_response()
 }
 
 pub async fn apis(State(api): Api) -> Response {
-    Json(json!({ "catalog_version": api.catalog.version, "apis": api.catalog.apis })).into_response()
+    Json(json!({ "catalog_version": api.catalog.version, "apis": api.catalog.apis }))
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -62,7 +72,12 @@ pub async fn create_partner(State(api): Api, raw: Bytes) -> Result<Response, Api
     }
     let plan_version = known_plan(&api, &req.plan)?;
     let id = PartnerId::from_random(rand::random());
-    let sub = Subscription { plan_id: req.plan, plan_version, started_at: Utc::now(), ended_at: None };
+    let sub = Subscription {
+        plan_id: req.plan,
+        plan_version,
+        started_at: Utc::now(),
+        ended_at: None,
+    };
     let partner = api.store.create_partner(id.as_str(), name, &sub).await?;
     tracing::info!(partner_id = %partner.id, plan = %partner.subscription.plan_id, "partner created");
     Ok((StatusCode::CREATED, Json(partner)).into_response())
@@ -82,14 +97,24 @@ struct PlanChange {
     plan: String,
 }
 
-pub async fn change_subscription(State(api): Api, Path(id): Path<String>, raw: Bytes) -> Result<Response, ApiError> {
+pub async fn change_subscription(
+    State(api): Api,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
     let req: PlanChange = body(&raw)?;
     let partner = existing_partner(&api, &id).await?;
     let plan_version = known_plan(&api, &req.plan)?;
-    if partner.subscription.plan_id == req.plan && partner.subscription.plan_version == plan_version {
+    if partner.subscription.plan_id == req.plan && partner.subscription.plan_version == plan_version
+    {
         return Ok(Json(partner).into_response());
     }
-    let next = Subscription { plan_id: req.plan, plan_version, started_at: Utc::now(), ended_at: None };
+    let next = Subscription {
+        plan_id: req.plan,
+        plan_version,
+        started_at: Utc::now(),
+        ended_at: None,
+    };
     let partner = api.store.change_subscription(&partner.id, &next).await?;
     tracing::info!(partner_id = %partner.id, plan = %partner.subscription.plan_id, "subscription changed");
     Ok(Json(partner).into_response())
@@ -112,12 +137,20 @@ struct CreatedKey {
     created_at: DateTime<Utc>,
 }
 
-pub async fn create_key(State(api): Api, Path(id): Path<String>, raw: Bytes) -> Result<Response, ApiError> {
+pub async fn create_key(
+    State(api): Api,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
     let req: KeyRequest = body(&raw)?;
     let env = match req.env.as_str() {
         "live" => Env::Live,
         "test" | "sandbox" => Env::Sandbox,
-        other => return Err(ApiError::BadRequest(format!("env must be \"live\" or \"test\", not {other:?}"))),
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "env must be \"live\" or \"test\", not {other:?}"
+            )))
+        }
     };
     let partner = existing_partner(&api, &id).await?;
     let secret = api_key::secret(env, rand::random());
@@ -140,7 +173,8 @@ pub async fn create_key(State(api): Api, Path(id): Path<String>, raw: Bytes) -> 
         created_at: stored.created_at,
     };
     let mut r = (StatusCode::CREATED, Json(created)).into_response();
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(r)
 }
 
@@ -150,7 +184,8 @@ pub async fn list_keys(State(api): Api, Path(id): Path<String>) -> Result<Respon
 }
 
 pub async fn revoke_key(State(api): Api, Path(key_id): Path<String>) -> Result<Response, ApiError> {
-    let key_id = KeyId::parse(&key_id).map_err(|_| ApiError::NotFound(format!("api key {key_id} not found")))?;
+    let key_id = KeyId::parse(&key_id)
+        .map_err(|_| ApiError::NotFound(format!("api key {key_id} not found")))?;
     let key = api.store.revoke_key(key_id.as_str(), Utc::now()).await?;
     if let Some(hook) = &api.on_revoke {
         hook();
@@ -172,10 +207,17 @@ fn parse_time(name: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("{name}={value:?} is not an RFC 3339 time: {e}")))
 }
 
-pub async fn usage(State(api): Api, Path(id): Path<String>, Query(params): Query<UsageParams>) -> Result<Response, ApiError> {
+pub async fn usage(
+    State(api): Api,
+    Path(id): Path<String>,
+    Query(params): Query<UsageParams>,
+) -> Result<Response, ApiError> {
     let partner = existing_partner(&api, &id).await?;
     let now = Utc::now();
-    let period = api.catalog.plan(&partner.subscription.plan_id).map(|p| p.period.containing(now));
+    let period = api
+        .catalog
+        .plan(&partner.subscription.plan_id)
+        .map(|p| p.period.containing(now));
     let from = match &params.from {
         Some(f) => parse_time("from", f)?,
         None => period.map_or(now - chrono::Duration::days(30), |p| p.start),
@@ -190,9 +232,18 @@ pub async fn usage(State(api): Api, Path(id): Path<String>, Query(params): Query
     let env = match params.env.as_deref() {
         None | Some("live") => Env::Live,
         Some("sandbox") | Some("test") => Env::Sandbox,
-        Some(other) => return Err(ApiError::BadRequest(format!("env must be live or sandbox, not {other:?}"))),
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "env must be live or sandbox, not {other:?}"
+            )))
+        }
     };
-    let query = UsageQuery { partner_id: partner.id.clone(), env, from, to };
+    let query = UsageQuery {
+        partner_id: partner.id.clone(),
+        env,
+        from,
+        to,
+    };
     let meters = api.usage.meter_usage(&query, &api.catalog.meters).await?;
     Ok(Json(json!({ "partner_id": partner.id, "env": env.as_str(), "from": from, "to": to, "meters": meters })).into_response())
 }
@@ -202,25 +253,42 @@ pub struct InvoiceParams {
     format: Option<String>,
 }
 
-pub async fn upcoming_invoice(State(api): Api, Path(id): Path<String>, Query(params): Query<InvoiceParams>) -> Result<Response, ApiError> {
+pub async fn upcoming_invoice(
+    State(api): Api,
+    Path(id): Path<String>,
+    Query(params): Query<InvoiceParams>,
+) -> Result<Response, ApiError> {
     let csv = match params.format.as_deref() {
         None | Some("json") => false,
         Some("csv") => true,
-        Some(other) => return Err(ApiError::BadRequest(format!("format must be json or csv, not {other:?}"))),
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "format must be json or csv, not {other:?}"
+            )))
+        }
     };
     let partner = existing_partner(&api, &id).await?;
     let plan_id = &partner.subscription.plan_id;
-    let plan = api
-        .catalog
-        .plan(plan_id)
-        .ok_or_else(|| ApiError::Conflict(format!("the partner's plan {plan_id:?} is no longer in the catalog")))?;
+    let plan = api.catalog.plan(plan_id).ok_or_else(|| {
+        ApiError::Conflict(format!(
+            "the partner's plan {plan_id:?} is no longer in the catalog"
+        ))
+    })?;
     let period = plan.period.containing(Utc::now());
-    let query = UsageQuery { partner_id: partner.id.clone(), env: Env::Live, from: period.start, to: period.end };
+    let query = UsageQuery {
+        partner_id: partner.id.clone(),
+        env: Env::Live,
+        from: period.start,
+        to: period.end,
+    };
     let usage = api.usage.meter_usage(&query, &api.catalog.meters).await?;
     let invoice = Invoice::compute(&partner.id, plan, period, &usage);
     if csv {
         let mut r = invoice.to_csv().into_response();
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/csv; charset=utf-8"),
+        );
         let name = format!("attachment; filename=\"{}-upcoming.csv\"", partner.id);
         if let Ok(v) = HeaderValue::from_str(&name) {
             r.headers_mut().insert(header::CONTENT_DISPOSITION, v);

@@ -178,7 +178,9 @@ impl Source<'_> {
     fn key_near(&self, offset: usize) -> String {
         let offset = offset.min(self.text.len());
         let line_start = self.text[..offset].rfind('\n').map_or(0, |i| i + 1);
-        let line_end = self.text[offset..].find('\n').map_or(self.text.len(), |i| offset + i);
+        let line_end = self.text[offset..]
+            .find('\n')
+            .map_or(self.text.len(), |i| offset + i);
         let line = &self.text[line_start..line_end];
         let rel = offset - line_start;
         let is_key = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
@@ -376,8 +378,9 @@ impl Source<'_> {
         let v = s.get_ref();
         let ok = !v.is_empty()
             && v.len() <= 64
-            && v.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.');
+            && v.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.'
+            });
         if !ok {
             self.issue(
                 s.span(),
@@ -388,7 +391,12 @@ impl Source<'_> {
         ok
     }
 
-    fn upstream(&mut self, s: &Spanned<String>, field: &str, vars: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    fn upstream(
+        &mut self,
+        s: &Spanned<String>,
+        field: &str,
+        vars: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<String> {
         let url = match interpolate(s.get_ref(), vars) {
             Ok(u) => u,
             Err(msg) => {
@@ -407,7 +415,9 @@ impl Source<'_> {
                 self.issue(
                     s.span(),
                     field,
-                    format!("{url:?} is not an http:// or https:// base URL (no query or fragment)"),
+                    format!(
+                        "{url:?} is not an http:// or https:// base URL (no query or fragment)"
+                    ),
                 );
                 None
             }
@@ -422,7 +432,9 @@ fn interpolate(s: &str, vars: &dyn Fn(&str) -> Option<String>) -> Result<String,
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| format!("unterminated ${{ in {s:?}"))?;
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unterminated ${{ in {s:?}"))?;
         let name = &after[..end];
         let value = vars(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
         out.push_str(&value);
@@ -439,7 +451,11 @@ fn short_hash(bytes: &[u8]) -> String {
 impl Catalog {
     /// Parses and validates one catalog file. `vars` resolves `${NAME}` in upstream URLs
     /// (the caller passes the process environment; core reads none itself).
-    pub fn parse(file: &str, text: &str, vars: &dyn Fn(&str) -> Option<String>) -> Result<Catalog, CatalogError> {
+    pub fn parse(
+        file: &str,
+        text: &str,
+        vars: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Catalog, CatalogError> {
         let mut src = Source {
             file,
             text,
@@ -470,7 +486,11 @@ impl Catalog {
     }
 }
 
-fn validate_apis(src: &mut Source, raw: &[RawApi], vars: &dyn Fn(&str) -> Option<String>) -> Vec<Api> {
+fn validate_apis(
+    src: &mut Source,
+    raw: &[RawApi],
+    vars: &dyn Fn(&str) -> Option<String>,
+) -> Vec<Api> {
     let mut apis = Vec::new();
     let mut seen = HashSet::new();
     for a in raw {
@@ -493,43 +513,76 @@ fn validate_apis(src: &mut Source, raw: &[RawApi], vars: &dyn Fn(&str) -> Option
                 Some(("deprecated", _)) => VersionStatus::Deprecated,
                 Some(("retired", _)) => VersionStatus::Retired,
                 Some((other, span)) => {
-                    src.issue(span, format!("{vpath}.status"), format!("{other:?} is not one of active, deprecated, retired"));
+                    src.issue(
+                        span,
+                        format!("{vpath}.status"),
+                        format!("{other:?} is not one of active, deprecated, retired"),
+                    );
                     VersionStatus::Active
                 }
             };
             let sunset = v.sunset.as_ref().and_then(|s| {
-                let parsed = s.get_ref().date.and_then(|d| NaiveDate::from_ymd_opt(d.year as i32, d.month as u32, d.day as u32));
+                let parsed = s.get_ref().date.and_then(|d| {
+                    NaiveDate::from_ymd_opt(d.year as i32, d.month as u32, d.day as u32)
+                });
                 if parsed.is_none() {
-                    src.issue(s.span(), format!("{vpath}.sunset"), "must be a date such as 2027-03-31");
+                    src.issue(
+                        s.span(),
+                        format!("{vpath}.sunset"),
+                        "must be a date such as 2027-03-31",
+                    );
                 }
                 parsed
             });
             if status == VersionStatus::Deprecated && sunset.is_none() {
                 let span = v.status.as_ref().map_or(v.id.span(), |s| s.span());
-                src.issue(span, format!("{vpath}.sunset"), "a deprecated version needs a sunset date");
+                src.issue(
+                    span,
+                    format!("{vpath}.sunset"),
+                    "a deprecated version needs a sunset date",
+                );
             }
             if let Some(s) = &v.successor {
                 if !ids.contains(s.get_ref().as_str()) {
-                    src.issue(s.span(), format!("{vpath}.successor"), format!("no version {:?} in this api", s.get_ref()));
+                    src.issue(
+                        s.span(),
+                        format!("{vpath}.successor"),
+                        format!("no version {:?} in this api", s.get_ref()),
+                    );
                 }
             }
             let live = src.upstream(&v.live, &format!("{vpath}.live"), vars);
-            let sandbox = v.sandbox.as_ref().and_then(|s| src.upstream(s, &format!("{vpath}.sandbox"), vars));
+            let sandbox = v
+                .sandbox
+                .as_ref()
+                .and_then(|s| src.upstream(s, &format!("{vpath}.sandbox"), vars));
             let mut operations = Vec::new();
             for (name, op) in &v.operations {
                 let opath = format!("{vpath}.operations[{name:?}]");
-                let Some((method, route)) = name.split_once(' ').filter(|(_, r)| r.starts_with('/')) else {
-                    src.issue(op.span(), opath, "operation must read \"METHOD /path/{param}\"");
+                let Some((method, route)) =
+                    name.split_once(' ').filter(|(_, r)| r.starts_with('/'))
+                else {
+                    src.issue(
+                        op.span(),
+                        opath,
+                        "operation must read \"METHOD /path/{param}\"",
+                    );
                     continue;
                 };
                 let units = match &op.get_ref().units {
-                    Some(u) => src.decimal(u, &format!("{opath}.units")).unwrap_or(Decimal::ONE),
+                    Some(u) => src
+                        .decimal(u, &format!("{opath}.units"))
+                        .unwrap_or(Decimal::ONE),
                     None => Decimal::ONE,
                 };
                 operations.push(Operation {
                     name: name.clone(),
                     method: method.to_ascii_uppercase(),
-                    segments: route.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+                    segments: route
+                        .split('/')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect(),
                     units,
                 });
             }
@@ -544,7 +597,11 @@ fn validate_apis(src: &mut Source, raw: &[RawApi], vars: &dyn Fn(&str) -> Option
             });
         }
         if a.versions.is_empty() {
-            src.issue(a.name.span(), format!("{path}.versions"), "an api needs at least one version");
+            src.issue(
+                a.name.span(),
+                format!("{path}.versions"),
+                "an api needs at least one version",
+            );
         }
         apis.push(Api {
             name: a.name.get_ref().clone(),
@@ -566,10 +623,21 @@ fn validate_meters(src: &mut Source, raw: &[RawMeter]) -> Vec<Meter> {
         let path = format!("meter[{}]", m.name.get_ref());
         src.name(&m.name, &format!("{path}.name"));
         if !seen.insert(m.name.get_ref().clone()) {
-            src.issue(m.name.span(), format!("{path}.name"), "duplicate meter name");
+            src.issue(
+                m.name.span(),
+                format!("{path}.name"),
+                "duplicate meter name",
+            );
         }
         let Some(aggregation) = parse_enum::<Aggregation>(m.aggregation.get_ref()) else {
-            src.issue(m.aggregation.span(), format!("{path}.aggregation"), format!("{:?} is not one of count, sum, max, unique_count, latest", m.aggregation.get_ref()));
+            src.issue(
+                m.aggregation.span(),
+                format!("{path}.aggregation"),
+                format!(
+                    "{:?} is not one of count, sum, max, unique_count, latest",
+                    m.aggregation.get_ref()
+                ),
+            );
             continue;
         };
         let field = match (&m.field, aggregation) {
@@ -579,9 +647,18 @@ fn validate_meters(src: &mut Source, raw: &[RawMeter]) -> Vec<Meter> {
                 continue;
             }
             (Some(f), _) => match parse_enum::<MeterField>(f.get_ref()) {
-                Some(field) if field.is_numeric() || aggregation == Aggregation::UniqueCount => field,
+                Some(field) if field.is_numeric() || aggregation == Aggregation::UniqueCount => {
+                    field
+                }
                 Some(_) => {
-                    src.issue(f.span(), format!("{path}.field"), format!("{:?} is an identifier; only unique_count can read it", f.get_ref()));
+                    src.issue(
+                        f.span(),
+                        format!("{path}.field"),
+                        format!(
+                            "{:?} is an identifier; only unique_count can read it",
+                            f.get_ref()
+                        ),
+                    );
                     continue;
                 }
                 None => {
@@ -590,21 +667,35 @@ fn validate_meters(src: &mut Source, raw: &[RawMeter]) -> Vec<Meter> {
                 }
             },
         };
-        let scale = m.scale.as_ref().and_then(|s| src.decimal(s, &format!("{path}.scale")));
+        let scale = m
+            .scale
+            .as_ref()
+            .and_then(|s| src.decimal(s, &format!("{path}.scale")));
         let mut filter = BTreeMap::new();
         for (dim, values) in &m.filter {
             match parse_enum::<Dimension>(dim) {
                 Some(d) => {
                     filter.insert(d, values.get_ref().iter().cloned().collect());
                 }
-                None => src.issue(values.span(), format!("{path}.filter.{dim}"), "not one of api, version, operation, method, status_class, key_id"),
+                None => src.issue(
+                    values.span(),
+                    format!("{path}.filter.{dim}"),
+                    "not one of api, version, operation, method, status_class, key_id",
+                ),
             }
         }
         let mut group_by = Vec::new();
         for g in &m.group_by {
             match parse_enum::<Dimension>(g.get_ref()) {
                 Some(d) => group_by.push(d),
-                None => src.issue(g.span(), format!("{path}.group_by"), format!("{:?} is not one of api, version, operation, method, status_class, key_id", g.get_ref())),
+                None => src.issue(
+                    g.span(),
+                    format!("{path}.group_by"),
+                    format!(
+                        "{:?} is not one of api, version, operation, method, status_class, key_id",
+                        g.get_ref()
+                    ),
+                ),
             }
         }
         meters.push(Meter {
@@ -631,31 +722,56 @@ fn validate_plans(src: &mut Source, raw: &[RawPlan], meters: &[Meter]) -> Vec<Pl
         }
         let currency = Currency::parse(p.currency.get_ref());
         if currency.is_none() {
-            src.issue(p.currency.span(), format!("{path}.currency"), format!("{:?} is not an ISO 4217 code Péage knows", p.currency.get_ref()));
+            src.issue(
+                p.currency.span(),
+                format!("{path}.currency"),
+                format!(
+                    "{:?} is not an ISO 4217 code Péage knows",
+                    p.currency.get_ref()
+                ),
+            );
         }
         let period = match &p.period {
             None => Some(PeriodRule::Month { anchor_day: 1 }),
             Some(sp) => validate_period(src, sp, &path),
         };
-        let base_fee = p.base_fee.as_ref().map_or(Some(Decimal::ZERO), |b| src.decimal(b, &format!("{path}.base_fee")));
+        let base_fee = p.base_fee.as_ref().map_or(Some(Decimal::ZERO), |b| {
+            src.decimal(b, &format!("{path}.base_fee"))
+        });
         let tax = p.tax.as_ref().and_then(|t| {
             let rate = src.decimal(&t.rate, &format!("{path}.tax.rate"))?;
             if rate > Decimal::ONE {
-                src.issue(t.rate.span(), format!("{path}.tax.rate"), "a rate is a fraction: 0.20 for 20 %");
+                src.issue(
+                    t.rate.span(),
+                    format!("{path}.tax.rate"),
+                    "a rate is a fraction: 0.20 for 20 %",
+                );
                 return None;
             }
-            Some(TaxRate { rate, label: t.label.clone() })
+            Some(TaxRate {
+                rate,
+                label: t.label.clone(),
+            })
         });
-        let minimum_commitment = p.minimum_commitment.as_ref().and_then(|c| src.decimal(c, &format!("{path}.minimum_commitment")));
+        let minimum_commitment = p
+            .minimum_commitment
+            .as_ref()
+            .and_then(|c| src.decimal(c, &format!("{path}.minimum_commitment")));
         let mut charges = Vec::new();
         for (i, c) in p.charges.iter().enumerate() {
             let cpath = format!("{path}.charges[{i}]");
             let c_ref = c.get_ref();
             if !meter_names.contains(c_ref.meter.get_ref().as_str()) {
-                src.issue(c_ref.meter.span(), format!("{cpath}.meter"), format!("no meter named {:?}", c_ref.meter.get_ref()));
+                src.issue(
+                    c_ref.meter.span(),
+                    format!("{cpath}.meter"),
+                    format!("no meter named {:?}", c_ref.meter.get_ref()),
+                );
             }
             if let Some(model) = validate_model(src, c, &cpath) {
-                let free = c_ref.free.as_ref().map_or(Some(Decimal::ZERO), |f| src.decimal(f, &format!("{cpath}.free")));
+                let free = c_ref.free.as_ref().map_or(Some(Decimal::ZERO), |f| {
+                    src.decimal(f, &format!("{cpath}.free"))
+                });
                 charges.push(Charge {
                     meter: c_ref.meter.get_ref().clone(),
                     free: free.unwrap_or_default(),
@@ -667,18 +783,30 @@ fn validate_plans(src: &mut Source, raw: &[RawPlan], meters: &[Meter]) -> Vec<Pl
         for (i, q) in p.quotas.iter().enumerate() {
             let qpath = format!("{path}.quotas[{i}]");
             if !meter_names.contains(q.meter.get_ref().as_str()) {
-                src.issue(q.meter.span(), format!("{qpath}.meter"), format!("no meter named {:?}", q.meter.get_ref()));
+                src.issue(
+                    q.meter.span(),
+                    format!("{qpath}.meter"),
+                    format!("no meter named {:?}", q.meter.get_ref()),
+                );
             }
             let kind = match q.kind.get_ref().as_str() {
                 "hard" => QuotaKind::Hard,
                 "soft" => QuotaKind::Soft,
                 other => {
-                    src.issue(q.kind.span(), format!("{qpath}.kind"), format!("{other:?} is not one of hard, soft"));
+                    src.issue(
+                        q.kind.span(),
+                        format!("{qpath}.kind"),
+                        format!("{other:?} is not one of hard, soft"),
+                    );
                     continue;
                 }
             };
             if let Some(limit) = src.decimal(&q.limit, &format!("{qpath}.limit")) {
-                quotas.push(Quota { meter: q.meter.get_ref().clone(), limit, kind });
+                quotas.push(Quota {
+                    meter: q.meter.get_ref().clone(),
+                    limit,
+                    kind,
+                });
             }
         }
         let (Some(currency), Some(period), Some(base_fee)) = (currency, period, base_fee) else {
@@ -695,7 +823,10 @@ fn validate_plans(src: &mut Source, raw: &[RawPlan], meters: &[Meter]) -> Vec<Pl
             minimum_commitment,
             charges,
             quotas,
-            rate_limit: p.rate_limit.as_ref().map(|r| RateLimit { per_second: r.per_second, burst: r.burst }),
+            rate_limit: p.rate_limit.as_ref().map(|r| RateLimit {
+                per_second: r.per_second,
+                burst: r.burst,
+            }),
         };
         plan.version = short_hash(serde_json::to_string(&plan).unwrap_or_default().as_bytes());
         plans.push(plan);
@@ -707,13 +838,21 @@ fn validate_period(src: &mut Source, sp: &Spanned<RawPeriod>, path: &str) -> Opt
     let raw = sp.get_ref();
     let day = raw.anchor_day.as_ref().map_or(1, |d| *d.get_ref());
     if !(1..=31).contains(&day) {
-        src.issue(raw.anchor_day.as_ref().map_or(sp.span(), |d| d.span()), format!("{path}.period.anchor_day"), "must be 1–31 (29–31 fall back to the month's last day)");
+        src.issue(
+            raw.anchor_day.as_ref().map_or(sp.span(), |d| d.span()),
+            format!("{path}.period.anchor_day"),
+            "must be 1–31 (29–31 fall back to the month's last day)",
+        );
         return None;
     }
     match raw.every.get_ref().as_str() {
         "month" => {
             if let Some(m) = &raw.anchor_month {
-                src.issue(m.span(), format!("{path}.period.anchor_month"), "only yearly periods take an anchor month");
+                src.issue(
+                    m.span(),
+                    format!("{path}.period.anchor_month"),
+                    "only yearly periods take an anchor month",
+                );
                 return None;
             }
             Some(PeriodRule::Month { anchor_day: day })
@@ -721,13 +860,24 @@ fn validate_period(src: &mut Source, sp: &Spanned<RawPeriod>, path: &str) -> Opt
         "year" => {
             let month = raw.anchor_month.as_ref().map_or(1, |m| *m.get_ref());
             if !(1..=12).contains(&month) {
-                src.issue(raw.anchor_month.as_ref().map_or(sp.span(), |m| m.span()), format!("{path}.period.anchor_month"), "must be 1–12");
+                src.issue(
+                    raw.anchor_month.as_ref().map_or(sp.span(), |m| m.span()),
+                    format!("{path}.period.anchor_month"),
+                    "must be 1–12",
+                );
                 return None;
             }
-            Some(PeriodRule::Year { anchor_month: month, anchor_day: day })
+            Some(PeriodRule::Year {
+                anchor_month: month,
+                anchor_day: day,
+            })
         }
         other => {
-            src.issue(raw.every.span(), format!("{path}.period.every"), format!("{other:?} is not one of month, year"));
+            src.issue(
+                raw.every.span(),
+                format!("{path}.period.every"),
+                format!("{other:?} is not one of month, year"),
+            );
             None
         }
     }
@@ -739,7 +889,11 @@ fn validate_model(src: &mut Source, c: &Spanned<RawCharge>, cpath: &str) -> Opti
         match v {
             Some(n) => src.decimal(n, &format!("{cpath}.{key}")),
             None => {
-                src.issue(r.model.span(), format!("{cpath}.{key}"), format!("model {:?} needs {key}", r.model.get_ref()));
+                src.issue(
+                    r.model.span(),
+                    format!("{cpath}.{key}"),
+                    format!("model {:?} needs {key}", r.model.get_ref()),
+                );
                 None
             }
         }
@@ -752,7 +906,11 @@ fn validate_model(src: &mut Source, c: &Spanned<RawCharge>, cpath: &str) -> Opti
         "graduated" | "volume" => &["tiers"],
         "package" => &["size", "price"],
         other => {
-            src.issue(r.model.span(), format!("{cpath}.model"), format!("{other:?} is not one of flat, per_unit, graduated, volume, package"));
+            src.issue(
+                r.model.span(),
+                format!("{cpath}.model"),
+                format!("{other:?} is not one of flat, per_unit, graduated, volume, package"),
+            );
             return None;
         }
     };
@@ -764,33 +922,58 @@ fn validate_model(src: &mut Source, c: &Spanned<RawCharge>, cpath: &str) -> Opti
         ("price", r.price.is_some()),
     ] {
         if present && !allowed.contains(&key) {
-            src.issue(c.span(), format!("{cpath}.{key}"), format!("model {model:?} does not take {key}"));
+            src.issue(
+                c.span(),
+                format!("{cpath}.{key}"),
+                format!("model {model:?} does not take {key}"),
+            );
         }
     }
     match model {
-        "flat" => Some(ChargeModel::Flat { amount: need(src, &r.amount, "amount")? }),
-        "per_unit" => Some(ChargeModel::PerUnit { unit_price: need(src, &r.unit_price, "unit_price")? }),
+        "flat" => Some(ChargeModel::Flat {
+            amount: need(src, &r.amount, "amount")?,
+        }),
+        "per_unit" => Some(ChargeModel::PerUnit {
+            unit_price: need(src, &r.unit_price, "unit_price")?,
+        }),
         "package" => {
             let size = need(src, &r.size, "size")?;
             let price = need(src, &r.price, "price")?;
             if size.is_zero() {
-                src.issue(r.size.as_ref().map_or(c.span(), |s| s.span()), format!("{cpath}.size"), "must be above zero");
+                src.issue(
+                    r.size.as_ref().map_or(c.span(), |s| s.span()),
+                    format!("{cpath}.size"),
+                    "must be above zero",
+                );
                 return None;
             }
             Some(ChargeModel::Package { size, price })
         }
         _ => {
             let Some(raw_tiers) = &r.tiers else {
-                src.issue(r.model.span(), format!("{cpath}.tiers"), format!("model {model:?} needs tiers"));
+                src.issue(
+                    r.model.span(),
+                    format!("{cpath}.tiers"),
+                    format!("model {model:?} needs tiers"),
+                );
                 return None;
             };
             let tiers = validate_tiers(src, raw_tiers, cpath, c.span())?;
-            Some(if model == "graduated" { ChargeModel::Graduated { tiers } } else { ChargeModel::Volume { tiers } })
+            Some(if model == "graduated" {
+                ChargeModel::Graduated { tiers }
+            } else {
+                ChargeModel::Volume { tiers }
+            })
         }
     }
 }
 
-fn validate_tiers(src: &mut Source, raw: &[RawTier], cpath: &str, span: Range<usize>) -> Option<Vec<Tier>> {
+fn validate_tiers(
+    src: &mut Source,
+    raw: &[RawTier],
+    cpath: &str,
+    span: Range<usize>,
+) -> Option<Vec<Tier>> {
     if raw.is_empty() {
         src.issue(span, format!("{cpath}.tiers"), "needs at least one tier");
         return None;
@@ -803,7 +986,11 @@ fn validate_tiers(src: &mut Source, raw: &[RawTier], cpath: &str, span: Range<us
         let up_to = match t.up_to.get_ref() {
             RawNumber::Str(s) if s == "inf" => {
                 if !last {
-                    src.issue(t.up_to.span(), format!("{tpath}.up_to"), "only the last tier can be \"inf\"");
+                    src.issue(
+                        t.up_to.span(),
+                        format!("{tpath}.up_to"),
+                        "only the last tier can be \"inf\"",
+                    );
                     return None;
                 }
                 None
@@ -811,11 +998,19 @@ fn validate_tiers(src: &mut Source, raw: &[RawTier], cpath: &str, span: Range<us
             _ => {
                 let b = src.decimal(&t.up_to, &format!("{tpath}.up_to"))?;
                 if b <= previous {
-                    src.issue(t.up_to.span(), format!("{tpath}.up_to"), format!("must be above the previous tier's bound ({previous})"));
+                    src.issue(
+                        t.up_to.span(),
+                        format!("{tpath}.up_to"),
+                        format!("must be above the previous tier's bound ({previous})"),
+                    );
                     return None;
                 }
                 if last {
-                    src.issue(t.up_to.span(), format!("{tpath}.up_to"), "the last tier must be up_to = \"inf\", so every unit has a price");
+                    src.issue(
+                        t.up_to.span(),
+                        format!("{tpath}.up_to"),
+                        "the last tier must be up_to = \"inf\", so every unit has a price",
+                    );
                     return None;
                 }
                 previous = b;
@@ -895,14 +1090,28 @@ rate_limit = { per_second = 50, burst = 100 }
     fn the_product_brief_example_loads() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.apis[0].versions[1].live, "http://127.0.0.1:9999");
-        assert_eq!(c.apis[0].versions[0].sunset, NaiveDate::from_ymd_opt(2027, 3, 31));
-        let op = c.api_version("weather", "v2").unwrap().operation_for("GET", "/forecast/paris").unwrap();
+        assert_eq!(
+            c.apis[0].versions[0].sunset,
+            NaiveDate::from_ymd_opt(2027, 3, 31)
+        );
+        let op = c
+            .api_version("weather", "v2")
+            .unwrap()
+            .operation_for("GET", "/forecast/paris")
+            .unwrap();
         assert_eq!(op.name, "GET /forecast/{city}");
-        assert!(c.api_version("weather", "v2").unwrap().operation_for("GET", "/forecast/paris/x").is_none());
+        assert!(c
+            .api_version("weather", "v2")
+            .unwrap()
+            .operation_for("GET", "/forecast/paris/x")
+            .is_none());
         let plan = c.plan("growth-2026").unwrap();
         assert_eq!(plan.charges.len(), 2);
         assert_eq!(plan.charges[0].free, Decimal::from(10000));
-        assert_eq!(c.meter("egress_gb").unwrap().scale, Some(Decimal::from_scientific("1e-9").unwrap()));
+        assert_eq!(
+            c.meter("egress_gb").unwrap().scale,
+            Some(Decimal::from_scientific("1e-9").unwrap())
+        );
     }
 
     #[test]
@@ -962,14 +1171,19 @@ rate_limit = { per_second = 50, burst = 100 }
 
     #[test]
     fn unset_variable_in_an_upstream_is_an_error() {
-        let i = Catalog::parse("c.toml", GOOD, &|_| None).unwrap_err().issues[0].clone();
+        let i = Catalog::parse("c.toml", GOOD, &|_| None)
+            .unwrap_err()
+            .issues[0]
+            .clone();
         assert_eq!(i.field, "api[weather].versions[v2].live");
         assert!(i.message.contains("WEATHER_URL"), "{i}");
     }
 
     #[test]
     fn every_problem_is_reported_at_once() {
-        let bad = GOOD.replace("currency = \"EUR\"", "currency = \"EUX\"").replace("aggregation = \"count\"", "aggregation = \"total\"");
+        let bad = GOOD
+            .replace("currency = \"EUR\"", "currency = \"EUX\"")
+            .replace("aggregation = \"count\"", "aggregation = \"total\"");
         let err = parse(&bad).unwrap_err();
         let fields: Vec<_> = err.issues.iter().map(|i| i.field.as_str()).collect();
         assert!(fields.contains(&"meter[calls].aggregation"), "{err}");
@@ -978,8 +1192,20 @@ rate_limit = { per_second = 50, burst = 100 }
 
     #[test]
     fn deprecated_needs_a_sunset_and_successor_must_exist() {
-        let err = parse(&GOOD.replace("sunset = 2027-03-31\n", "").replace("successor = \"v2\"", "successor = \"v3\"")).unwrap_err();
+        let err = parse(
+            &GOOD
+                .replace("sunset = 2027-03-31\n", "")
+                .replace("successor = \"v2\"", "successor = \"v3\""),
+        )
+        .unwrap_err();
         let fields: Vec<_> = err.issues.iter().map(|i| i.field.as_str()).collect();
-        assert_eq!(fields, ["api[weather].versions[v1].sunset", "api[weather].versions[v1].successor"], "{err}");
+        assert_eq!(
+            fields,
+            [
+                "api[weather].versions[v1].sunset",
+                "api[weather].versions[v1].successor"
+            ],
+            "{err}"
+        );
     }
 }

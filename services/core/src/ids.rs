@@ -107,7 +107,10 @@ pub mod api_key {
             Env::Sandbox => TEST_PREFIX,
         };
         // 256 is a multiple of 62 only approximately; the bias (≈3 %) costs < 1 bit in total.
-        let body: String = random.iter().map(|b| ALPHABET[*b as usize % 62] as char).collect();
+        let body: String = random
+            .iter()
+            .map(|b| ALPHABET[*b as usize % 62] as char)
+            .collect();
         format!("{prefix}{body}")
     }
 

@@ -73,10 +73,17 @@ pub struct Invoice {
 
 impl Invoice {
     /// Prices `usage` (one entry per meter; missing meters count as zero) under `plan`.
-    pub fn compute(partner_id: &str, plan: &Plan, period: BillingPeriod, usage: &[MeterUsage]) -> Invoice {
+    pub fn compute(
+        partner_id: &str,
+        plan: &Plan,
+        period: BillingPeriod,
+        usage: &[MeterUsage],
+    ) -> Invoice {
         let cur = plan.currency;
-        let quantities: BTreeMap<&str, Decimal> =
-            usage.iter().map(|u| (u.meter.as_str(), u.quantity)).collect();
+        let quantities: BTreeMap<&str, Decimal> = usage
+            .iter()
+            .map(|u| (u.meter.as_str(), u.quantity))
+            .collect();
         let mut lines = Vec::new();
         if !plan.base_fee.is_zero() {
             lines.push(InvoiceLine {
@@ -90,7 +97,10 @@ impl Invoice {
             });
         }
         for charge in &plan.charges {
-            let q = quantities.get(charge.meter.as_str()).copied().unwrap_or_default();
+            let q = quantities
+                .get(charge.meter.as_str())
+                .copied()
+                .unwrap_or_default();
             lines.extend(charge.price(q, cur));
         }
         if let Some(commitment) = plan.minimum_commitment {
@@ -103,7 +113,11 @@ impl Invoice {
             if top_up > Decimal::ZERO {
                 lines.push(InvoiceLine {
                     kind: LineKind::CommitmentTopUp,
-                    description: format!("minimum commitment of {} {}", cur.round(commitment), cur.code()),
+                    description: format!(
+                        "minimum commitment of {} {}",
+                        cur.round(commitment),
+                        cur.code()
+                    ),
                     meter: None,
                     tier: None,
                     quantity: Decimal::ONE,
@@ -138,28 +152,35 @@ impl Invoice {
         const HEADER: &str = "partner_id,plan_id,plan_version,period_start,period_end,currency,kind,description,meter,tier,quantity,unit_price,amount";
         let mut out = String::from(HEADER);
         out.push_str("\r\n");
-        let start = self.period.start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let end = self.period.end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let mut row = |kind: &str, desc: &str, meter: &str, tier: String, q: String, p: String, a: String| {
-            let fields = [
-                self.partner_id.as_str(),
-                &self.plan_id,
-                &self.plan_version,
-                &start,
-                &end,
-                self.currency.code(),
-                kind,
-                desc,
-                meter,
-                &tier,
-                &q,
-                &p,
-                &a,
-            ];
-            let escaped: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-            out.push_str(&escaped.join(","));
-            out.push_str("\r\n");
-        };
+        let start = self
+            .period
+            .start
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let end = self
+            .period
+            .end
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let mut row =
+            |kind: &str, desc: &str, meter: &str, tier: String, q: String, p: String, a: String| {
+                let fields = [
+                    self.partner_id.as_str(),
+                    &self.plan_id,
+                    &self.plan_version,
+                    &start,
+                    &end,
+                    self.currency.code(),
+                    kind,
+                    desc,
+                    meter,
+                    &tier,
+                    &q,
+                    &p,
+                    &a,
+                ];
+                let escaped: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+                out.push_str(&escaped.join(","));
+                out.push_str("\r\n");
+            };
         for l in &self.lines {
             row(
                 l.kind.as_str(),
@@ -172,7 +193,15 @@ impl Invoice {
             );
         }
         if let Some(t) = &self.tax {
-            row("tax", &t.label, "", String::new(), self.subtotal.to_string(), t.rate.to_string(), t.amount.to_string());
+            row(
+                "tax",
+                &t.label,
+                "",
+                String::new(),
+                self.subtotal.to_string(),
+                t.rate.to_string(),
+                t.amount.to_string(),
+            );
         }
         out
     }
@@ -180,7 +209,9 @@ impl Invoice {
 
 /// RFC 4180 quoting, and a leading `'` on cells a spreadsheet would run as a formula.
 fn csv_field(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '@', '\t', '\r']) || (s.starts_with('-') && s.parse::<Decimal>().is_err()) {
+    let s = if s.starts_with(['=', '+', '@', '\t', '\r'])
+        || (s.starts_with('-') && s.parse::<Decimal>().is_err())
+    {
         format!("'{s}")
     } else {
         s.to_string()
@@ -244,7 +275,9 @@ mod tests {
         let p = plan(vec![Charge {
             meter: "calls".into(),
             free: Decimal::ZERO,
-            model: ChargeModel::PerUnit { unit_price: d("0.01") },
+            model: ChargeModel::PerUnit {
+                unit_price: d("0.01"),
+            },
         }]);
         let inv = Invoice::compute("prt_1", &p, period(), &usage("calls", d("1500")));
         assert_eq!(inv.subtotal.to_string(), "64.00");
@@ -257,12 +290,18 @@ mod tests {
         let mut p = plan(vec![Charge {
             meter: "calls".into(),
             free: Decimal::ZERO,
-            model: ChargeModel::PerUnit { unit_price: d("0.01") },
+            model: ChargeModel::PerUnit {
+                unit_price: d("0.01"),
+            },
         }]);
         p.minimum_commitment = Some(d("100"));
         p.tax = None;
         let inv = Invoice::compute("prt_1", &p, period(), &usage("calls", d("3000")));
-        let top_up = inv.lines.iter().find(|l| l.kind == LineKind::CommitmentTopUp).unwrap();
+        let top_up = inv
+            .lines
+            .iter()
+            .find(|l| l.kind == LineKind::CommitmentTopUp)
+            .unwrap();
         assert_eq!(top_up.amount, d("70.00"));
         assert_eq!(inv.total, d("149.00"));
     }
@@ -275,8 +314,14 @@ mod tests {
         let csv = inv.to_csv();
         let rows: Vec<&str> = csv.trim_end().split("\r\n").collect();
         assert_eq!(rows.len(), 3, "{csv}");
-        assert!(rows[1].contains("\"Growth, \"\"2026\"\": base fee\""), "{csv}");
-        assert!(rows[2].starts_with("prt_1,growth,test,2026-11-01T00:00:00Z"), "{csv}");
+        assert!(
+            rows[1].contains("\"Growth, \"\"2026\"\": base fee\""),
+            "{csv}"
+        );
+        assert!(
+            rows[2].starts_with("prt_1,growth,test,2026-11-01T00:00:00Z"),
+            "{csv}"
+        );
         assert!(rows[2].ends_with(",tax,VAT,,,49.00,0.20,9.80"), "{csv}");
     }
 
@@ -297,22 +342,26 @@ mod tests {
     }
 
     fn tiers() -> impl Strategy<Value = Vec<Tier>> {
-        (prop::collection::vec((1u64..1_000_000, price()), 0..4), price()).prop_map(|(mut bounded, last)| {
-            bounded.sort_by_key(|(b, _)| *b);
-            bounded.dedup_by_key(|(b, _)| *b);
-            let mut t: Vec<Tier> = bounded
-                .into_iter()
-                .map(|(b, p)| Tier {
-                    up_to: Some(Decimal::from(b)),
-                    unit_price: p,
-                })
-                .collect();
-            t.push(Tier {
-                up_to: None,
-                unit_price: last,
-            });
-            t
-        })
+        (
+            prop::collection::vec((1u64..1_000_000, price()), 0..4),
+            price(),
+        )
+            .prop_map(|(mut bounded, last)| {
+                bounded.sort_by_key(|(b, _)| *b);
+                bounded.dedup_by_key(|(b, _)| *b);
+                let mut t: Vec<Tier> = bounded
+                    .into_iter()
+                    .map(|(b, p)| Tier {
+                        up_to: Some(Decimal::from(b)),
+                        unit_price: p,
+                    })
+                    .collect();
+                t.push(Tier {
+                    up_to: None,
+                    unit_price: last,
+                });
+                t
+            })
     }
 
     fn model() -> impl Strategy<Value = ChargeModel> {
@@ -350,7 +399,10 @@ mod tests {
                 );
                 p.base_fee = base_fee;
                 p.currency = Currency::parse(cur).unwrap();
-                p.tax = Some(TaxRate { rate, label: "VAT".into() });
+                p.tax = Some(TaxRate {
+                    rate,
+                    label: "VAT".into(),
+                });
                 p.minimum_commitment = commitment;
                 p
             })

@@ -233,7 +233,10 @@ pub struct MeterGroup {
 }
 
 /// Evaluates every meter over one pass of events.
-pub fn evaluate<'a>(meters: &[Meter], events: impl IntoIterator<Item = &'a CallEvent>) -> Vec<MeterUsage> {
+pub fn evaluate<'a>(
+    meters: &[Meter],
+    events: impl IntoIterator<Item = &'a CallEvent>,
+) -> Vec<MeterUsage> {
     let mut accs: Vec<_> = meters.iter().map(Meter::accumulator).collect();
     for e in events {
         for a in &mut accs {
@@ -271,7 +274,11 @@ mod tests {
             e.response_bytes = bytes;
             e.key_id = key.into();
             e.time += chrono::Duration::seconds(i as i64);
-            e.api = if i == 2 { "maps".into() } else { "weather".into() };
+            e.api = if i == 2 {
+                "maps".into()
+            } else {
+                "weather".into()
+            };
             out.push(e);
         }
         out
@@ -281,11 +288,26 @@ mod tests {
     fn each_aggregation_over_three_events() {
         let ev = events();
         let q = |m: Meter| evaluate(&[m], &ev)[0].quantity;
-        assert_eq!(q(meter(Aggregation::Count, MeterField::Calls)), Decimal::from(3));
-        assert_eq!(q(meter(Aggregation::Sum, MeterField::ResponseBytes)), Decimal::from(450));
-        assert_eq!(q(meter(Aggregation::Max, MeterField::ResponseBytes)), Decimal::from(300));
-        assert_eq!(q(meter(Aggregation::UniqueCount, MeterField::KeyId)), Decimal::from(2));
-        assert_eq!(q(meter(Aggregation::Latest, MeterField::ResponseBytes)), Decimal::from(50));
+        assert_eq!(
+            q(meter(Aggregation::Count, MeterField::Calls)),
+            Decimal::from(3)
+        );
+        assert_eq!(
+            q(meter(Aggregation::Sum, MeterField::ResponseBytes)),
+            Decimal::from(450)
+        );
+        assert_eq!(
+            q(meter(Aggregation::Max, MeterField::ResponseBytes)),
+            Decimal::from(300)
+        );
+        assert_eq!(
+            q(meter(Aggregation::UniqueCount, MeterField::KeyId)),
+            Decimal::from(2)
+        );
+        assert_eq!(
+            q(meter(Aggregation::Latest, MeterField::ResponseBytes)),
+            Decimal::from(50)
+        );
     }
 
     #[test]
@@ -297,7 +319,10 @@ mod tests {
             ["2xx".to_string(), "4xx".to_string()].into(),
         );
         m.scale = Some(Decimal::from_str("1e-3").unwrap());
-        assert_eq!(evaluate(&[m], &ev)[0].quantity, Decimal::from_str("0.4").unwrap());
+        assert_eq!(
+            evaluate(&[m], &ev)[0].quantity,
+            Decimal::from_str("0.4").unwrap()
+        );
     }
 
     #[test]

@@ -19,7 +19,11 @@ pub struct BillingPeriod {
 }
 
 fn days_in_month(year: i32, month: u32) -> u32 {
-    let (ny, nm) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+    let (ny, nm) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
     NaiveDate::from_ymd_opt(ny, nm, 1)
         .and_then(|d| d.pred_opt())
         .map(|d| d.day())
@@ -45,7 +49,11 @@ impl PeriodRule {
             PeriodRule::Month { anchor_day } => {
                 let (y, m) = (t.year(), t.month());
                 let this = anchored(y, m, anchor_day);
-                let (sy, sm) = if t >= this { (y, m) } else { add_months(y, m, -1) };
+                let (sy, sm) = if t >= this {
+                    (y, m)
+                } else {
+                    add_months(y, m, -1)
+                };
                 let (ey, em) = add_months(sy, sm, 1);
                 BillingPeriod {
                     start: anchored(sy, sm, anchor_day),

@@ -106,7 +106,15 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
-fn line(kind: LineKind, meter: &str, tier: Option<u32>, quantity: Decimal, unit_price: Decimal, description: String, currency: Currency) -> InvoiceLine {
+fn line(
+    kind: LineKind,
+    meter: &str,
+    tier: Option<u32>,
+    quantity: Decimal,
+    unit_price: Decimal,
+    description: String,
+    currency: Currency,
+) -> InvoiceLine {
     InvoiceLine {
         kind,
         description,
@@ -144,11 +152,31 @@ impl Charge {
         }
         match &self.model {
             ChargeModel::Flat { amount } => {
-                let due = if billable > Decimal::ZERO { Decimal::ONE } else { Decimal::ZERO };
-                lines.push(line(LineKind::Usage, m, None, due, *amount, format!("{m}: flat fee"), currency));
+                let due = if billable > Decimal::ZERO {
+                    Decimal::ONE
+                } else {
+                    Decimal::ZERO
+                };
+                lines.push(line(
+                    LineKind::Usage,
+                    m,
+                    None,
+                    due,
+                    *amount,
+                    format!("{m}: flat fee"),
+                    currency,
+                ));
             }
             ChargeModel::PerUnit { unit_price } => {
-                lines.push(line(LineKind::Usage, m, None, billable, *unit_price, format!("{m}: per unit"), currency));
+                lines.push(line(
+                    LineKind::Usage,
+                    m,
+                    None,
+                    billable,
+                    *unit_price,
+                    format!("{m}: per unit"),
+                    currency,
+                ));
             }
             ChargeModel::Graduated { tiers } => {
                 let mut lower = Decimal::ZERO;
@@ -163,7 +191,12 @@ impl Charge {
                             Some(i as u32 + 1),
                             in_tier,
                             tier.unit_price,
-                            format!("{m}: tier {} ({} – {})", i + 1, lower.normalize(), bound(tier.up_to)),
+                            format!(
+                                "{m}: tier {} ({} – {})",
+                                i + 1,
+                                lower.normalize(),
+                                bound(tier.up_to)
+                            ),
                             currency,
                         ));
                     }
@@ -191,7 +224,11 @@ impl Charge {
                 }
             }
             ChargeModel::Package { size, price } => {
-                let packages = if size.is_zero() { Decimal::ZERO } else { (billable / size).ceil() };
+                let packages = if size.is_zero() {
+                    Decimal::ZERO
+                } else {
+                    (billable / size).ceil()
+                };
                 lines.push(line(
                     LineKind::Usage,
                     m,
@@ -247,13 +284,23 @@ mod tests {
 
     #[test]
     fn per_unit_1500_calls_at_0_002_is_3_00() {
-        let c = charge("0", ChargeModel::PerUnit { unit_price: d("0.002") });
+        let c = charge(
+            "0",
+            ChargeModel::PerUnit {
+                unit_price: d("0.002"),
+            },
+        );
         assert_eq!(amounts(&c.price(d("1500"), eur())), ["3.00"]);
     }
 
     #[test]
     fn per_unit_rounds_half_even_once_per_line_0_125_to_0_12() {
-        let c = charge("0", ChargeModel::PerUnit { unit_price: d("0.0005") });
+        let c = charge(
+            "0",
+            ChargeModel::PerUnit {
+                unit_price: d("0.0005"),
+            },
+        );
         assert_eq!(amounts(&c.price(d("250"), eur())), ["0.12"]);
     }
 
@@ -337,7 +384,12 @@ mod tests {
     #[test]
     fn jpy_has_no_minor_unit_1001_units_at_0_5_yen_is_500() {
         let jpy = Currency::parse("JPY").unwrap();
-        let c = charge("0", ChargeModel::PerUnit { unit_price: d("0.5") });
+        let c = charge(
+            "0",
+            ChargeModel::PerUnit {
+                unit_price: d("0.5"),
+            },
+        );
         // 500.5 rounds half to even: 500.
         assert_eq!(amounts(&c.price(d("1001"), jpy)), ["500"]);
     }

@@ -24,7 +24,9 @@ fn validator() -> jsonschema::Validator {
 }
 
 fn errors(v: &jsonschema::Validator, instance: &Value) -> Vec<String> {
-    v.iter_errors(instance).map(|e| format!("{} at {}", e, e.instance_path)).collect()
+    v.iter_errors(instance)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect()
 }
 
 fn event(units: &str, env: Env) -> CallEvent {
@@ -51,9 +53,17 @@ fn event(units: &str, env: Env) -> CallEvent {
 #[test]
 fn serialized_events_validate_against_the_schema() {
     let v = validator();
-    for (units, env) in [("1", Env::Live), ("0.25", Env::Sandbox), ("1000000", Env::Live)] {
+    for (units, env) in [
+        ("1", Env::Live),
+        ("0.25", Env::Sandbox),
+        ("1000000", Env::Live),
+    ] {
         let json = serde_json::to_value(event(units, env)).unwrap();
-        assert!(errors(&v, &json).is_empty(), "{json}: {:?}", errors(&v, &json));
+        assert!(
+            errors(&v, &json).is_empty(),
+            "{json}: {:?}",
+            errors(&v, &json)
+        );
     }
 }
 
@@ -64,30 +74,62 @@ fn committed_examples_validate_and_deserialize() {
     for entry in std::fs::read_dir(schemas_dir().join("examples")).unwrap() {
         let path = entry.unwrap().path();
         let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        assert!(errors(&v, &json).is_empty(), "{}: {:?}", path.display(), errors(&v, &json));
+        assert!(
+            errors(&v, &json).is_empty(),
+            "{}: {:?}",
+            path.display(),
+            errors(&v, &json)
+        );
         let e: CallEvent = serde_json::from_value(json.clone()).unwrap();
-        assert_eq!(serde_json::to_value(&e).unwrap(), json, "{} does not round-trip", path.display());
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            json,
+            "{} does not round-trip",
+            path.display()
+        );
         seen += 1;
     }
     assert!(seen >= 2, "examples missing");
 }
 
+type Mutation = Box<dyn Fn(&mut Value)>;
+
 #[test]
 fn the_schema_refuses_what_the_contract_forbids() {
     let v = validator();
     let good = serde_json::to_value(event("1", Env::Live)).unwrap();
-    let mutations: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
-        ("float units", Box::new(|j| j["units"] = serde_json::json!(1.5))),
-        ("uuid v4 id", Box::new(|j| j["id"] = "9b2f1c3e-5d4a-4e8b-9c7d-1a2b3c4d5e6f".into())),
-        ("time without micros", Box::new(|j| j["time"] = "2026-11-25T09:00:00Z".into())),
+    let mutations: Vec<(&str, Mutation)> = vec![
+        (
+            "float units",
+            Box::new(|j| j["units"] = serde_json::json!(1.5)),
+        ),
+        (
+            "uuid v4 id",
+            Box::new(|j| j["id"] = "9b2f1c3e-5d4a-4e8b-9c7d-1a2b3c4d5e6f".into()),
+        ),
+        (
+            "time without micros",
+            Box::new(|j| j["time"] = "2026-11-25T09:00:00Z".into()),
+        ),
         ("unknown env", Box::new(|j| j["env"] = "staging".into())),
         ("extra field", Box::new(|j| j["extra"] = 1.into())),
-        ("missing partner", Box::new(|j| { j.as_object_mut().unwrap().remove("partner_id"); })),
-        ("negative bytes", Box::new(|j| j["response_bytes"] = (-1).into())),
+        (
+            "missing partner",
+            Box::new(|j| {
+                j.as_object_mut().unwrap().remove("partner_id");
+            }),
+        ),
+        (
+            "negative bytes",
+            Box::new(|j| j["response_bytes"] = (-1).into()),
+        ),
     ];
     for (what, mutate) in mutations {
         let mut bad = good.clone();
         mutate(&mut bad);
-        assert!(!errors(&v, &bad).is_empty(), "schema accepted {what}: {bad}");
+        assert!(
+            !errors(&v, &bad).is_empty(),
+            "schema accepted {what}: {bad}"
+        );
     }
 }

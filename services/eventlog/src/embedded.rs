@@ -46,7 +46,10 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, EventLogError> {
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let name = entry.map_err(io_err(dir))?.file_name();
         let name = name.to_string_lossy();
-        if let Some(base) = name.strip_suffix(".log").and_then(|b| b.parse::<u64>().ok()) {
+        if let Some(base) = name
+            .strip_suffix(".log")
+            .and_then(|b| b.parse::<u64>().ok())
+        {
             bases.push(base);
         }
     }
@@ -55,7 +58,9 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, EventLogError> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), EventLogError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 /// Reads one record; `Ok(None)` at a clean end or a torn/corrupt tail.
@@ -106,7 +111,10 @@ impl EmbeddedLog {
         Self::open_with_segment_bytes(dir, DEFAULT_SEGMENT_BYTES)
     }
 
-    pub fn open_with_segment_bytes(dir: impl AsRef<Path>, segment_bytes: u64) -> Result<EmbeddedLog, EventLogError> {
+    pub fn open_with_segment_bytes(
+        dir: impl AsRef<Path>,
+        segment_bytes: u64,
+    ) -> Result<EmbeddedLog, EventLogError> {
         let dir = dir.as_ref().to_path_buf();
         let consumers = dir.join("consumers");
         fs::create_dir_all(&consumers).map_err(io_err(&consumers))?;
@@ -129,7 +137,10 @@ impl EmbeddedLog {
             }
             (count, valid)
         };
-        let file = OpenOptions::new().append(true).open(&path).map_err(io_err(&path))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
         let len = file.metadata().map_err(io_err(&path))?.len();
         if len > valid {
             tracing::warn!(segment = %path.display(), discarded_bytes = len - valid, "event log: cut a torn tail left by a crash (never acknowledged)");
@@ -159,10 +170,17 @@ impl EmbeddedLog {
     }
 
     fn append_blocking(inner: &Inner, frames: &[u8], count: u64) -> Result<(), EventLogError> {
-        let mut w = inner.writer.lock().map_err(|_| EventLogError::Task("writer lock poisoned".into()))?;
+        let mut w = inner
+            .writer
+            .lock()
+            .map_err(|_| EventLogError::Task("writer lock poisoned".into()))?;
         if w.bytes >= inner.segment_bytes {
             let path = segment_path(&inner.dir, w.next);
-            let file = OpenOptions::new().create_new(true).append(true).open(&path).map_err(io_err(&path))?;
+            let file = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
             sync_dir(&inner.dir)?;
             w.file = file;
             w.path = path;
@@ -182,7 +200,10 @@ impl EmbeddedLog {
     }
 
     fn committed_path(&self, group: &str) -> PathBuf {
-        self.inner.dir.join("consumers").join(format!("{group}.offset"))
+        self.inner
+            .dir
+            .join("consumers")
+            .join(format!("{group}.offset"))
     }
 
     fn read_committed(&self, group: &str) -> Result<u64, EventLogError> {
@@ -258,7 +279,9 @@ impl EventLog for EmbeddedLog {
     async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>, EventLogError> {
         let valid = !group.is_empty()
             && group.len() <= 64
-            && group.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            && group
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if !valid {
             return Err(EventLogError::BadGroup(group.to_string()));
         }
@@ -295,10 +318,15 @@ struct EmbeddedConsumer {
 
 fn open_reader_at(dir: &Path, offset: u64) -> Result<SegmentReader, EventLogError> {
     let bases = list_segments(dir)?;
-    let base = bases.iter().rev().find(|b| **b <= offset).copied().ok_or_else(|| EventLogError::Corrupt {
-        path: dir.display().to_string(),
-        reason: format!("offset {offset} is before the oldest segment"),
-    })?;
+    let base = bases
+        .iter()
+        .rev()
+        .find(|b| **b <= offset)
+        .copied()
+        .ok_or_else(|| EventLogError::Corrupt {
+            path: dir.display().to_string(),
+            reason: format!("offset {offset} is before the oldest segment"),
+        })?;
     let path = segment_path(dir, base);
     let mut reader = BufReader::new(File::open(&path).map_err(io_err(&path))?);
     for at in base..offset {
@@ -312,7 +340,12 @@ fn open_reader_at(dir: &Path, offset: u64) -> Result<SegmentReader, EventLogErro
     Ok(SegmentReader { reader, offset })
 }
 
-fn read_batch(dir: &Path, reader: Option<SegmentReader>, from: u64, upto: u64) -> Result<(Vec<LogRecord>, Option<SegmentReader>), EventLogError> {
+fn read_batch(
+    dir: &Path,
+    reader: Option<SegmentReader>,
+    from: u64,
+    upto: u64,
+) -> Result<(Vec<LogRecord>, Option<SegmentReader>), EventLogError> {
     let mut reader = match reader {
         Some(r) if r.offset == from => r,
         _ => open_reader_at(dir, from)?,
@@ -339,7 +372,10 @@ fn read_batch(dir: &Path, reader: Option<SegmentReader>, from: u64, upto: u64) -
 impl LogConsumer for EmbeddedConsumer {
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<LogRecord>, EventLogError> {
         let next = self.next;
-        let ready = tokio::time::timeout(wait, async { self.end.wait_for(|end| *end > next).await.is_ok() }).await;
+        let ready = tokio::time::timeout(wait, async {
+            self.end.wait_for(|end| *end > next).await.is_ok()
+        })
+        .await;
         if ready != Ok(true) {
             return Ok(Vec::new());
         }
@@ -347,9 +383,10 @@ impl LogConsumer for EmbeddedConsumer {
         let upto = end.min(next + max.max(1) as u64);
         let dir = self.log.inner.dir.clone();
         let reader = self.reader.take();
-        let (records, reader) = tokio::task::spawn_blocking(move || read_batch(&dir, reader, next, upto))
-            .await
-            .map_err(|e| EventLogError::Task(e.to_string()))??;
+        let (records, reader) =
+            tokio::task::spawn_blocking(move || read_batch(&dir, reader, next, upto))
+                .await
+                .map_err(|e| EventLogError::Task(e.to_string()))??;
         self.reader = reader;
         self.next = upto;
         Ok(records)
@@ -409,7 +446,9 @@ mod tests {
     }
 
     fn latency(r: &LogRecord) -> u64 {
-        serde_json::from_slice::<CallEvent>(&r.payload).unwrap().latency_us
+        serde_json::from_slice::<CallEvent>(&r.payload)
+            .unwrap()
+            .latency_us
     }
 
     async fn drain(c: &mut Box<dyn LogConsumer>) -> Vec<LogRecord> {
@@ -431,11 +470,20 @@ mod tests {
             let batch: Vec<_> = (0..5).map(|i| event(chunk * 5 + i)).collect();
             log.append(&batch).await.unwrap();
         }
-        assert!(list_segments(dir.path()).unwrap().len() > 2, "segments should roll");
+        assert!(
+            list_segments(dir.path()).unwrap().len() > 2,
+            "segments should roll"
+        );
         let mut c = log.consumer("agg").await.unwrap();
         let got = drain(&mut c).await;
-        assert_eq!(got.iter().map(latency).collect::<Vec<_>>(), (0..50).collect::<Vec<_>>());
-        assert_eq!(got.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..50).collect::<Vec<_>>());
+        assert_eq!(
+            got.iter().map(latency).collect::<Vec<_>>(),
+            (0..50).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            got.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            (0..50).collect::<Vec<_>>()
+        );
     }
 
     #[tokio::test]
@@ -443,7 +491,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let log = EmbeddedLog::open(dir.path()).unwrap();
-            log.append(&(0..10).map(event).collect::<Vec<_>>()).await.unwrap();
+            log.append(&(0..10).map(event).collect::<Vec<_>>())
+                .await
+                .unwrap();
             let mut c = log.consumer("agg").await.unwrap();
             let first = c.poll(4, Duration::from_millis(50)).await.unwrap();
             c.commit(&first).await.unwrap();
@@ -455,7 +505,10 @@ mod tests {
         assert_eq!(log.end_offset(), 10);
         let mut c = log.consumer("agg").await.unwrap();
         let rest = drain(&mut c).await;
-        assert_eq!(rest.iter().map(latency).collect::<Vec<_>>(), (4..10).collect::<Vec<_>>());
+        assert_eq!(
+            rest.iter().map(latency).collect::<Vec<_>>(),
+            (4..10).collect::<Vec<_>>()
+        );
         // Another group starts from the beginning.
         let mut other = log.consumer("audit").await.unwrap();
         assert_eq!(drain(&mut other).await.len(), 10);
@@ -466,18 +519,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let log = EmbeddedLog::open(dir.path()).unwrap();
-            log.append(&(0..3).map(event).collect::<Vec<_>>()).await.unwrap();
+            log.append(&(0..3).map(event).collect::<Vec<_>>())
+                .await
+                .unwrap();
         }
         // Simulate a crash mid-write: half a record at the end of the segment.
         let seg = segment_path(dir.path(), 0);
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
-        f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, b'{', b'"']).unwrap();
+        f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, b'{', b'"'])
+            .unwrap();
         drop(f);
         let log = EmbeddedLog::open(dir.path()).unwrap();
         assert_eq!(log.end_offset(), 3);
         log.append(&[event(3)]).await.unwrap();
         let mut c = log.consumer("agg").await.unwrap();
-        assert_eq!(drain(&mut c).await.iter().map(latency).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        assert_eq!(
+            drain(&mut c).await.iter().map(latency).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3]
+        );
     }
 
     #[tokio::test]
@@ -485,7 +544,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let log = EmbeddedLog::open(dir.path()).unwrap();
-            log.append(&(0..2).map(event).collect::<Vec<_>>()).await.unwrap();
+            log.append(&(0..2).map(event).collect::<Vec<_>>())
+                .await
+                .unwrap();
         }
         let seg = segment_path(dir.path(), 0);
         let mut bytes = fs::read(&seg).unwrap();
@@ -512,9 +573,16 @@ mod tests {
         assert_eq!(list_segments(dir.path()).unwrap().len(), before);
         let all_b = drain(&mut b).await;
         b.commit(&all_b).await.unwrap();
-        assert_eq!(list_segments(dir.path()).unwrap().len(), 1, "only the active segment stays");
+        assert_eq!(
+            list_segments(dir.path()).unwrap().len(),
+            1,
+            "only the active segment stays"
+        );
         log.append(&[event(20)]).await.unwrap();
-        assert_eq!(latency(&a.poll(10, Duration::from_millis(50)).await.unwrap()[0]), 20);
+        assert_eq!(
+            latency(&a.poll(10, Duration::from_millis(50)).await.unwrap()[0]),
+            20
+        );
     }
 
     #[tokio::test]
@@ -522,7 +590,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = EmbeddedLog::open(dir.path()).unwrap();
         let mut c = log.consumer("agg").await.unwrap();
-        assert!(c.poll(10, Duration::from_millis(20)).await.unwrap().is_empty());
+        assert!(c
+            .poll(10, Duration::from_millis(20))
+            .await
+            .unwrap()
+            .is_empty());
         let writer = log.clone();
         let t = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(30)).await;

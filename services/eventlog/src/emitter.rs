@@ -102,7 +102,9 @@ async fn run(log: Arc<dyn EventLog>, mut rx: mpsc::Receiver<Msg>, stats: Arc<Emi
         while !batch.is_empty() {
             match log.append(&batch).await {
                 Ok(()) => {
-                    stats.persisted.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    stats
+                        .persisted
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     batch.clear();
                 }
                 Err(e) => {
@@ -149,7 +151,10 @@ mod tests {
     }
 
     fn event(n: u64) -> CallEvent {
-        let mut e: CallEvent = serde_json::from_str(include_str!("../../../schemas/events/examples/rest_call.json")).unwrap();
+        let mut e: CallEvent = serde_json::from_str(include_str!(
+            "../../../schemas/events/examples/rest_call.json"
+        ))
+        .unwrap();
         e.latency_us = n;
         e
     }

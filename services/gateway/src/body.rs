@@ -25,7 +25,10 @@ impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
@@ -59,7 +62,11 @@ pub struct MeteredBody<B: Body> {
 
 impl<B: Body> MeteredBody<B> {
     pub fn new(inner: B, on_finish: Box<dyn OnFinish>) -> Self {
-        MeteredBody { inner, bytes: 0, on_finish: Some(on_finish) }
+        MeteredBody {
+            inner,
+            bytes: 0,
+            on_finish: Some(on_finish),
+        }
     }
 
     fn finish(&mut self, outcome: &'static str) {
@@ -73,7 +80,10 @@ impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -103,7 +113,11 @@ impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
 impl<B: Body> Drop for MeteredBody<B> {
     fn drop(&mut self) {
         // Either the body had nothing to poll (HEAD, 204) or the client went away mid-body.
-        let outcome = if self.inner.is_end_stream() { "complete" } else { "client_aborted" };
+        let outcome = if self.inner.is_end_stream() {
+            "complete"
+        } else {
+            "client_aborted"
+        };
         self.finish(outcome);
     }
 }

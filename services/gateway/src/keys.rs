@@ -21,20 +21,27 @@ pub trait KeyResolver: Send + Sync + 'static {
     async fn resolve(&self, secret_hash: &str) -> Result<Option<ResolvedKey>, String>;
 }
 
+/// Secret hash → when it was looked up, and what was found (`None`: no such key).
+type Entries = HashMap<String, (Instant, Option<ResolvedKey>)>;
+
 /// Caches answers (found or not) for `ttl`. `invalidate` drops everything, for revocations made
 /// in the same process; across processes a revocation takes effect within `ttl`.
 #[derive(Clone)]
 pub struct KeyCache {
     resolver: Arc<dyn KeyResolver>,
     ttl: Duration,
-    entries: Arc<Mutex<HashMap<String, (Instant, Option<ResolvedKey>)>>>,
+    entries: Arc<Mutex<Entries>>,
 }
 
 const MAX_ENTRIES: usize = 100_000;
 
 impl KeyCache {
     pub fn new(resolver: Arc<dyn KeyResolver>, ttl: Duration) -> KeyCache {
-        KeyCache { resolver, ttl, entries: Arc::default() }
+        KeyCache {
+            resolver,
+            ttl,
+            entries: Arc::default(),
+        }
     }
 
     pub fn invalidate(&self) {

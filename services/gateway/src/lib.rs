@@ -48,7 +48,12 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(catalog: Arc<Catalog>, keys: KeyCache, emitter: EventEmitter, config: GatewayConfig) -> Arc<Gateway> {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        keys: KeyCache,
+        emitter: EventEmitter,
+        config: GatewayConfig,
+    ) -> Arc<Gateway> {
         Arc::new(Gateway {
             catalog,
             keys,
@@ -68,16 +73,31 @@ impl Gateway {
 }
 
 /// Serves the gateway until `shutdown` resolves, then drains in-flight calls.
-pub async fn serve(listener: tokio::net::TcpListener, gateway: Arc<Gateway>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, gateway.router().into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        gateway
+            .router()
+            .into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
-pub(crate) fn problem(status: StatusCode, slug: &str, title: &str, detail: impl Into<String>) -> Response {
+pub(crate) fn problem(
+    status: StatusCode,
+    slug: &str,
+    title: &str,
+    detail: impl Into<String>,
+) -> Response {
     let p = Problem::new(status.as_u16(), slug, title).with_detail(detail);
     let body = serde_json::to_vec(&p).unwrap_or_default();
     let mut r = (status, body).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     r
 }

@@ -35,16 +35,24 @@ pub(crate) fn upstream_client() -> UpstreamClient {
         Err(e) => {
             // Plain-http upstreams still work; https ones fail verification, loudly.
             tracing::warn!(error = %e, "no system CA certificates found; https upstreams will be refused");
-            let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default protocol versions")
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth();
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
         }
     };
-    let https = builder.https_or_http().enable_http1().enable_http2().wrap_connector(http);
-    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build(https)
+    let https = builder
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .build(https)
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
@@ -116,14 +124,24 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 fn unauthorized(detail: &str) -> Response {
-    let mut r = problem(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", detail);
-    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"peage\""));
+    let mut r = problem(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "Unauthorized",
+        detail,
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"peage\""),
+    );
     r
 }
 
 async fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<ResolvedKey, Response> {
     let Some(token) = bearer(headers) else {
-        return Err(unauthorized("send an API key as `Authorization: Bearer pk_live_…`"));
+        return Err(unauthorized(
+            "send an API key as `Authorization: Bearer pk_live_…`",
+        ));
     };
     if api_key::env_of(token).is_none() {
         return Err(unauthorized("the credential is not a Péage API key"));
@@ -134,12 +152,21 @@ async fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<ResolvedKey, 
         Ok(None) => Err(unauthorized("unknown API key")),
         Err(e) => {
             tracing::error!(error = %e, "gateway: key lookup failed");
-            Err(problem(StatusCode::SERVICE_UNAVAILABLE, "key-lookup-unavailable", "Key lookup unavailable", "the gateway cannot check API keys right now; retry shortly"))
+            Err(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "key-lookup-unavailable",
+                "Key lookup unavailable",
+                "the gateway cannot check API keys right now; retry shortly",
+            ))
         }
     }
 }
 
-pub(crate) async fn handle(State(gw): State<Arc<Gateway>>, ConnectInfo(client): ConnectInfo<SocketAddr>, req: Request) -> Response {
+pub(crate) async fn handle(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
     let started = Instant::now();
     let time = peage_core::event::truncate_to_micros(Utc::now());
     let key = match authenticate(&gw, req.headers()).await {
@@ -151,26 +178,48 @@ pub(crate) async fn handle(State(gw): State<Arc<Gateway>>, ConnectInfo(client): 
     let path = req.uri().path().to_string();
     let mut parts = path.splitn(4, '/').skip(1);
     let (api, version) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let rest = parts.next().map(|r| format!("/{r}")).unwrap_or_else(|| "/".into());
+    let rest = parts
+        .next()
+        .map(|r| format!("/{r}"))
+        .unwrap_or_else(|| "/".into());
     let Some(api_version) = gw.catalog.api_version(api, version) else {
-        return problem(StatusCode::NOT_FOUND, "unknown-api", "Unknown API or version", format!("no API {api:?} with version {version:?}; call /{{api}}/{{version}}/…"));
+        return problem(
+            StatusCode::NOT_FOUND,
+            "unknown-api",
+            "Unknown API or version",
+            format!("no API {api:?} with version {version:?}; call /{{api}}/{{version}}/…"),
+        );
     };
     if api_version.status == VersionStatus::Retired {
-        return problem(StatusCode::GONE, "version-retired", "API version retired", format!("{api} {version} is retired"));
+        return problem(
+            StatusCode::GONE,
+            "version-retired",
+            "API version retired",
+            format!("{api} {version} is retired"),
+        );
     }
     let base = match key.env {
         Env::Live => Some(api_version.live.as_str()),
         Env::Sandbox => api_version.sandbox.as_deref(),
     };
     let Some(base) = base else {
-        return problem(StatusCode::FORBIDDEN, "no-sandbox", "No sandbox for this API", format!("{api} {version} has no sandbox upstream; use a live key"));
+        return problem(
+            StatusCode::FORBIDDEN,
+            "no-sandbox",
+            "No sandbox for this API",
+            format!("{api} {version} has no sandbox upstream; use a live key"),
+        );
     };
 
     let method = req.method().as_str().to_string();
     let operation = api_version.operation_for(&method, &rest);
     let weight = operation.map_or(Decimal::ONE, |o| o.units);
     let operation = operation.map_or_else(|| default_operation(&method, &rest), |o| o.name.clone());
-    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let query = req
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
     let target = format!("{base}{rest}{query}");
 
     let mut event = CallEvent {
@@ -198,7 +247,11 @@ pub(crate) async fn handle(State(gw): State<Arc<Gateway>>, ConnectInfo(client): 
     strip_hop_by_hop(&mut head.headers);
     head.headers.remove(header::AUTHORIZATION);
     head.headers.remove(header::HOST);
-    let forwarded_for = match head.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let forwarded_for = match head
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
         Some(prior) => format!("{prior}, {}", client.ip()),
         None => client.ip().to_string(),
     };
@@ -217,46 +270,100 @@ pub(crate) async fn handle(State(gw): State<Arc<Gateway>>, ConnectInfo(client): 
     head.uri = match Uri::from_str(&target) {
         Ok(u) => u,
         Err(e) => {
-            return finish_error(&gw, event, started, &request_bytes, problem(StatusCode::BAD_REQUEST, "bad-path", "Bad request path", e.to_string()));
+            return finish_error(
+                &gw,
+                event,
+                started,
+                &request_bytes,
+                problem(
+                    StatusCode::BAD_REQUEST,
+                    "bad-path",
+                    "Bad request path",
+                    e.to_string(),
+                ),
+            );
         }
     };
     head.version = http::Version::HTTP_11;
-    let upstream_req = http::Request::from_parts(head, Body::new(CountingBody::new(body, Arc::clone(&request_bytes))));
+    let upstream_req = http::Request::from_parts(
+        head,
+        Body::new(CountingBody::new(body, Arc::clone(&request_bytes))),
+    );
 
-    let response = match tokio::time::timeout(gw.config.upstream_timeout, gw.client.request(upstream_req)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, upstream = %base, "gateway: upstream request failed");
-            let r = problem(StatusCode::BAD_GATEWAY, "upstream-unavailable", "Upstream unavailable", format!("the upstream of {api} {version} could not be reached"));
-            return finish_error(&gw, event, started, &request_bytes, r);
-        }
-        Err(_) => {
-            let r = problem(StatusCode::GATEWAY_TIMEOUT, "upstream-timeout", "Upstream timeout", format!("the upstream of {api} {version} did not answer within {} ms", gw.config.upstream_timeout.as_millis()));
-            return finish_error(&gw, event, started, &request_bytes, r);
-        }
-    };
+    let response =
+        match tokio::time::timeout(gw.config.upstream_timeout, gw.client.request(upstream_req))
+            .await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, upstream = %base, "gateway: upstream request failed");
+                let r = problem(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream-unavailable",
+                    "Upstream unavailable",
+                    format!("the upstream of {api} {version} could not be reached"),
+                );
+                return finish_error(&gw, event, started, &request_bytes, r);
+            }
+            Err(_) => {
+                let r = problem(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream-timeout",
+                    "Upstream timeout",
+                    format!(
+                        "the upstream of {api} {version} did not answer within {} ms",
+                        gw.config.upstream_timeout.as_millis()
+                    ),
+                );
+                return finish_error(&gw, event, started, &request_bytes, r);
+            }
+        };
 
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     if let Some(units) = parts.headers.remove(UNITS_HEADER) {
-        match units.to_str().ok().and_then(|s| Decimal::from_str(s.trim()).ok()).filter(|d| !d.is_sign_negative()) {
+        match units
+            .to_str()
+            .ok()
+            .and_then(|s| Decimal::from_str(s.trim()).ok())
+            .filter(|d| !d.is_sign_negative())
+        {
             Some(u) => event.units = u,
             None => {
                 tracing::warn!(api, version, value = ?units, "gateway: ignored an invalid Peage-Units header from the upstream");
-                event.attributes.insert("invalid_units_header".into(), String::from_utf8_lossy(units.as_bytes()).into_owned());
+                event.attributes.insert(
+                    "invalid_units_header".into(),
+                    String::from_utf8_lossy(units.as_bytes()).into_owned(),
+                );
             }
         }
     }
     event.status = parts.status.as_u16();
-    let pending = Box::new(PendingCall { gateway: Arc::clone(&gw), started, event, request_bytes });
+    let pending = Box::new(PendingCall {
+        gateway: Arc::clone(&gw),
+        started,
+        event,
+        request_bytes,
+    });
     Response::from_parts(parts, Body::new(MeteredBody::new(body, pending)))
 }
 
 /// Meters a call the gateway answered itself after routing it (502, 504, 400).
-fn finish_error(gw: &Arc<Gateway>, mut event: CallEvent, started: Instant, request_bytes: &Arc<AtomicU64>, response: Response) -> Response {
+fn finish_error(
+    gw: &Arc<Gateway>,
+    mut event: CallEvent,
+    started: Instant,
+    request_bytes: &Arc<AtomicU64>,
+    response: Response,
+) -> Response {
     event.status = response.status().as_u16();
     let (parts, body) = response.into_parts();
-    let pending = Box::new(PendingCall { gateway: Arc::clone(gw), started, event, request_bytes: Arc::clone(request_bytes) });
+    let pending = Box::new(PendingCall {
+        gateway: Arc::clone(gw),
+        started,
+        event,
+        request_bytes: Arc::clone(request_bytes),
+    });
     Response::from_parts(parts, Body::new(MeteredBody::new(body, pending))).into_response()
 }
 
@@ -266,18 +373,30 @@ mod tests {
 
     #[test]
     fn default_operations_fold_ids() {
-        assert_eq!(default_operation("GET", "/users/42/orders"), "GET /users/{id}/orders");
+        assert_eq!(
+            default_operation("GET", "/users/42/orders"),
+            "GET /users/{id}/orders"
+        );
         assert_eq!(default_operation("GET", "/"), "GET /");
-        assert_eq!(default_operation("DELETE", "/k/0190f3c2-7a41-7d3e-9b8c-4f1a6e01aaaa"), "DELETE /k/{id}");
+        assert_eq!(
+            default_operation("DELETE", "/k/0190f3c2-7a41-7d3e-9b8c-4f1a6e01aaaa"),
+            "DELETE /k/{id}"
+        );
         assert_eq!(default_operation("GET", "/hello"), "GET /hello");
     }
 
     #[test]
     fn hop_by_hop_headers_and_those_named_by_connection_are_stripped() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret-hop"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
@@ -287,7 +406,10 @@ mod tests {
     #[test]
     fn bearer_is_case_insensitive_and_trimmed() {
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer  pk_live_x "));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer  pk_live_x "),
+        );
         assert_eq!(bearer(&h), Some("pk_live_x"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert_eq!(bearer(&h), None);

@@ -96,20 +96,34 @@ pub fn router() -> Router {
 }
 
 /// Binds the demo upstream and serves it in the background; returns its base URL.
-pub async fn spawn(listen: SocketAddr, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<String> {
+pub async fn spawn(
+    listen: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<String> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router()).with_graceful_shutdown(shutdown).await {
+        if let Err(e) = axum::serve(listener, router())
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
             tracing::error!(error = %e, "demo upstream stopped");
         }
     });
     Ok(format!("http://{addr}"))
 }
 
-pub async fn serve_standalone(listen: SocketAddr, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve_standalone(
+    listen: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    println!("demo upstream listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, router()).with_graceful_shutdown(shutdown).await?;
+    println!(
+        "demo upstream listening on http://{}",
+        listener.local_addr()?
+    );
+    axum::serve(listener, router())
+        .with_graceful_shutdown(shutdown)
+        .await?;
     Ok(())
 }

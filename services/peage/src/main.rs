@@ -42,14 +42,21 @@ enum Command {
     },
     /// Serve the built-in demo API on its own (the upstream that `peage up --demo` uses).
     DemoUpstream {
-        #[arg(long, env = "PEAGE_DEMO_UPSTREAM__LISTEN", default_value = "127.0.0.1:8081")]
+        #[arg(
+            long,
+            env = "PEAGE_DEMO_UPSTREAM__LISTEN",
+            default_value = "127.0.0.1:8081"
+        )]
         listen: SocketAddr,
     },
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PEAGE_LOG").unwrap_or_else(|_| "info,sqlx=warn,hyper=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PEAGE_LOG")
+        .unwrap_or_else(|_| "info,sqlx=warn,hyper=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::io::stderr().is_terminal() {
         builder.init();
     } else {
@@ -62,11 +69,29 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
-        Command::Up { data_dir, gateway_listen, control_listen, catalog, admin_token, gateway_id, demo } => {
-            let options = peage::up::UpOptions { data_dir, gateway_listen, control_listen, catalog, admin_token, gateway_id, demo };
+        Command::Up {
+            data_dir,
+            gateway_listen,
+            control_listen,
+            catalog,
+            admin_token,
+            gateway_id,
+            demo,
+        } => {
+            let options = peage::up::UpOptions {
+                data_dir,
+                gateway_listen,
+                control_listen,
+                catalog,
+                admin_token,
+                gateway_id,
+                demo,
+            };
             peage::up::run(options, peage::shutdown_signal()).await
         }
-        Command::DemoUpstream { listen } => peage::demo::serve_standalone(listen, peage::shutdown_signal()).await,
+        Command::DemoUpstream { listen } => {
+            peage::demo::serve_standalone(listen, peage::shutdown_signal()).await
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -51,8 +51,17 @@ struct StoreKeys(Arc<dyn BillingStore>);
 #[async_trait]
 impl KeyResolver for StoreKeys {
     async fn resolve(&self, secret_hash: &str) -> Result<Option<ResolvedKey>, String> {
-        let key = self.0.key_by_hash(secret_hash).await.map_err(|e| e.to_string())?;
-        Ok(key.map(|k| ResolvedKey { key_id: k.key_id, partner_id: k.partner_id, env: k.env, revoked: k.revoked_at.is_some() }))
+        let key = self
+            .0
+            .key_by_hash(secret_hash)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(key.map(|k| ResolvedKey {
+            key_id: k.key_id,
+            partner_id: k.partner_id,
+            env: k.env,
+            revoked: k.revoked_at.is_some(),
+        }))
     }
 }
 
@@ -63,7 +72,9 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    let mut f = options
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     f.write_all(contents)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
@@ -90,7 +101,8 @@ fn admin_token(options: &UpOptions) -> anyhow::Result<String> {
 }
 
 fn load_catalog(path: &Path, demo_upstream: Option<&str>) -> anyhow::Result<Catalog> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the catalog {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the catalog {}", path.display()))?;
     let vars = |name: &str| {
         if name == demo::UPSTREAM_VAR {
             if let Some(u) = demo_upstream {
@@ -103,10 +115,16 @@ fn load_catalog(path: &Path, demo_upstream: Option<&str>) -> anyhow::Result<Cata
 }
 
 /// Reuses the demo partner and key from an earlier run on this data directory, or creates them.
-async fn demo_partner(store: &Arc<dyn BillingStore>, data_dir: &Path, plan_version: &str) -> anyhow::Result<(String, String)> {
+async fn demo_partner(
+    store: &Arc<dyn BillingStore>,
+    data_dir: &Path,
+    plan_version: &str,
+) -> anyhow::Result<(String, String)> {
     if let Ok(text) = std::fs::read_to_string(data_dir.join("demo.json")) {
         if let Ok(prev) = serde_json::from_str::<DemoInfo>(&text) {
-            let key = store.key_by_hash(&api_key::secret_hash(&prev.api_key)).await?;
+            let key = store
+                .key_by_hash(&api_key::secret_hash(&prev.api_key))
+                .await?;
             if key.is_some_and(|k| k.revoked_at.is_none() && k.partner_id == prev.partner_id) {
                 return Ok((prev.partner_id, prev.api_key));
             }
@@ -114,8 +132,15 @@ async fn demo_partner(store: &Arc<dyn BillingStore>, data_dir: &Path, plan_versi
     }
     let id = peage_core::PartnerId::from_random(rand::random());
     let now = chrono::Utc::now();
-    let sub = peage_billing_store::Subscription { plan_id: "demo".into(), plan_version: plan_version.to_string(), started_at: now, ended_at: None };
-    store.create_partner(id.as_str(), "Demo Partner", &sub).await?;
+    let sub = peage_billing_store::Subscription {
+        plan_id: "demo".into(),
+        plan_version: plan_version.to_string(),
+        started_at: now,
+        ended_at: None,
+    };
+    store
+        .create_partner(id.as_str(), "Demo Partner", &sub)
+        .await?;
     let secret = api_key::secret(Env::Live, rand::random());
     store
         .create_key(&peage_billing_store::NewKey {
@@ -130,9 +155,13 @@ async fn demo_partner(store: &Arc<dyn BillingStore>, data_dir: &Path, plan_versi
     Ok((id.to_string(), secret))
 }
 
-pub async fn run(options: UpOptions, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    options: UpOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let data_dir = &options.data_dir;
-    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -150,9 +179,13 @@ pub async fn run(options: UpOptions, shutdown: impl std::future::Future<Output =
     } else {
         None
     };
-    let catalog_path = options.catalog.clone().unwrap_or_else(|| data_dir.join("catalog.toml"));
+    let catalog_path = options
+        .catalog
+        .clone()
+        .unwrap_or_else(|| data_dir.join("catalog.toml"));
     if options.demo && options.catalog.is_none() && !catalog_path.exists() {
-        std::fs::write(&catalog_path, demo::CATALOG).with_context(|| format!("writing {}", catalog_path.display()))?;
+        std::fs::write(&catalog_path, demo::CATALOG)
+            .with_context(|| format!("writing {}", catalog_path.display()))?;
     }
     if !catalog_path.exists() {
         bail!("no catalog at {}: pass --catalog FILE, or run `peage up --demo` to start with the demo catalog", catalog_path.display());
@@ -160,13 +193,24 @@ pub async fn run(options: UpOptions, shutdown: impl std::future::Future<Output =
     let catalog = Arc::new(load_catalog(&catalog_path, demo_upstream.as_deref())?);
     tracing::info!(path = %catalog_path.display(), version = %catalog.version, apis = catalog.apis.len(), meters = catalog.meters.len(), plans = catalog.plans.len(), "catalog loaded");
     let demo_plan_version = match (options.demo, catalog.plan("demo")) {
-        (true, None) => bail!("--demo needs a plan with id \"demo\" in {}", catalog_path.display()),
+        (true, None) => bail!(
+            "--demo needs a plan with id \"demo\" in {}",
+            catalog_path.display()
+        ),
         (_, plan) => plan.map(|p| p.version.clone()).unwrap_or_default(),
     };
 
     let token = admin_token(&options)?;
-    let billing: Arc<dyn BillingStore> = Arc::new(SqliteBillingStore::open(&data_dir.join("billing.db")).await.context("opening billing.db")?);
-    let usage = Arc::new(SqliteUsageStore::open(&data_dir.join("usage.db")).await.context("opening usage.db")?);
+    let billing: Arc<dyn BillingStore> = Arc::new(
+        SqliteBillingStore::open(&data_dir.join("billing.db"))
+            .await
+            .context("opening billing.db")?,
+    );
+    let usage = Arc::new(
+        SqliteUsageStore::open(&data_dir.join("usage.db"))
+            .await
+            .context("opening usage.db")?,
+    );
     let log = EmbeddedLog::open(data_dir.join("log")).context("opening the event log")?;
 
     let aggregator = Aggregator::new(
@@ -180,29 +224,63 @@ pub async fn run(options: UpOptions, shutdown: impl std::future::Future<Output =
 
     let log: Arc<dyn EventLog> = Arc::new(log);
     let emitter = EventEmitter::start(log, 65_536);
-    let keys = KeyCache::new(Arc::new(StoreKeys(Arc::clone(&billing))), Duration::from_secs(5));
+    let keys = KeyCache::new(
+        Arc::new(StoreKeys(Arc::clone(&billing))),
+        Duration::from_secs(5),
+    );
     let gateway = Gateway::new(
         Arc::clone(&catalog),
         keys.clone(),
         emitter.clone(),
-        GatewayConfig { gateway_id: options.gateway_id.clone(), ..GatewayConfig::default() },
+        GatewayConfig {
+            gateway_id: options.gateway_id.clone(),
+            ..GatewayConfig::default()
+        },
     );
     let on_revoke: peage_billing::RevocationHook = Arc::new(move || keys.invalidate());
-    let control = ControlApi::new(Arc::clone(&catalog), Arc::clone(&billing), usage.clone(), token.clone(), Some(on_revoke));
+    let control = ControlApi::new(
+        Arc::clone(&catalog),
+        Arc::clone(&billing),
+        usage.clone(),
+        token.clone(),
+        Some(on_revoke),
+    );
 
-    let gateway_listener = tokio::net::TcpListener::bind(options.gateway_listen).await.with_context(|| format!("gateway cannot listen on {}", options.gateway_listen))?;
-    let control_listener = tokio::net::TcpListener::bind(options.control_listen).await.with_context(|| format!("control API cannot listen on {}", options.control_listen))?;
+    let gateway_listener = tokio::net::TcpListener::bind(options.gateway_listen)
+        .await
+        .with_context(|| format!("gateway cannot listen on {}", options.gateway_listen))?;
+    let control_listener = tokio::net::TcpListener::bind(options.control_listen)
+        .await
+        .with_context(|| format!("control API cannot listen on {}", options.control_listen))?;
     let gateway_url = format!("http://{}", gateway_listener.local_addr()?);
     let control_url = format!("http://{}", control_listener.local_addr()?);
-    let gateway_server = tokio::spawn(peage_gateway::serve(gateway_listener, gateway, stopped(stop_rx.clone())));
-    let control_server = tokio::spawn(peage_billing::serve(control_listener, control, stopped(stop_rx.clone())));
+    let gateway_server = tokio::spawn(peage_gateway::serve(
+        gateway_listener,
+        gateway,
+        stopped(stop_rx.clone()),
+    ));
+    let control_server = tokio::spawn(peage_billing::serve(
+        control_listener,
+        control,
+        stopped(stop_rx.clone()),
+    ));
     tracing::info!(gateway = %gateway_url, control = %control_url, data_dir = %data_dir.display(), "peage is up");
     println!("Péage is up.\n  gateway:     {gateway_url}\n  control API: {control_url}\n  data:        {}", data_dir.display());
 
     if options.demo {
         let (partner_id, api_key) = demo_partner(&billing, data_dir, &demo_plan_version).await?;
-        let info = DemoInfo { gateway_url: gateway_url.clone(), control_url: control_url.clone(), admin_token: token.clone(), partner_id: partner_id.clone(), api_key: api_key.clone(), pid: std::process::id() };
-        write_private(&data_dir.join("demo.json"), &serde_json::to_vec_pretty(&info)?)?;
+        let info = DemoInfo {
+            gateway_url: gateway_url.clone(),
+            control_url: control_url.clone(),
+            admin_token: token.clone(),
+            partner_id: partner_id.clone(),
+            api_key: api_key.clone(),
+            pid: std::process::id(),
+        };
+        write_private(
+            &data_dir.join("demo.json"),
+            &serde_json::to_vec_pretty(&info)?,
+        )?;
         println!(
             "\nDemo ready (also in {}):\n\n  curl -H 'Authorization: Bearer {api_key}' {gateway_url}/demo/v1/hello\n\n  curl -H 'Authorization: Bearer {token}' {control_url}/v1/partners/{partner_id}/usage\n  curl -H 'Authorization: Bearer {token}' {control_url}/v1/partners/{partner_id}/invoices/upcoming\n",
             data_dir.join("demo.json").display()
@@ -224,9 +302,15 @@ pub async fn run(options: UpOptions, shutdown: impl std::future::Future<Output =
     let _ = agg_stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(30), aggregator_task).await {
         Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "aggregator failed; the log keeps its events for the next start"),
-        Ok(Err(e)) => tracing::error!(error = %e, "aggregator panicked; the log keeps its events for the next start"),
-        Err(_) => tracing::warn!("aggregator did not drain within 30 s; the log keeps the rest for the next start"),
+        Ok(Ok(Err(e))) => {
+            tracing::error!(error = %e, "aggregator failed; the log keeps its events for the next start")
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "aggregator panicked; the log keeps its events for the next start")
+        }
+        Err(_) => tracing::warn!(
+            "aggregator did not drain within 30 s; the log keeps the rest for the next start"
+        ),
     }
     println!("Stopped cleanly.");
     Ok(())

@@ -27,8 +27,13 @@ impl SqliteUsageStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
-        sqlx::migrate!("../../schemas/sql/sqlite/usage").run(&pool).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("../../schemas/sql/sqlite/usage")
+            .run(&pool)
+            .await?;
         Ok(SqliteUsageStore { pool })
     }
 
@@ -44,13 +49,17 @@ impl SqliteUsageStore {
 
 fn row_to_event(row: &sqlx::sqlite::SqliteRow) -> Result<CallEvent, UsageStoreError> {
     let id: String = row.try_get("id")?;
-    let corrupt = |reason: String| UsageStoreError::Corrupt { id: id.clone(), reason };
+    let corrupt = |reason: String| UsageStoreError::Corrupt {
+        id: id.clone(),
+        reason,
+    };
     let time_us: i64 = row.try_get("time_us")?;
     let units: String = row.try_get("units")?;
     let env: String = row.try_get("env")?;
     Ok(CallEvent {
         id: uuid::Uuid::parse_str(&id).map_err(|e| corrupt(e.to_string()))?,
-        time: DateTime::from_timestamp_micros(time_us).ok_or_else(|| corrupt(format!("time {time_us}")))?,
+        time: DateTime::from_timestamp_micros(time_us)
+            .ok_or_else(|| corrupt(format!("time {time_us}")))?,
         partner_id: row.try_get("partner_id")?,
         key_id: row.try_get("key_id")?,
         env: Env::parse(&env).ok_or_else(|| corrupt(format!("env {env:?}")))?,
@@ -107,7 +116,11 @@ impl UsageStore for SqliteUsageStore {
         Ok(outcome)
     }
 
-    async fn meter_usage(&self, query: &UsageQuery, meters: &[Meter]) -> Result<Vec<MeterUsage>, UsageStoreError> {
+    async fn meter_usage(
+        &self,
+        query: &UsageQuery,
+        meters: &[Meter],
+    ) -> Result<Vec<MeterUsage>, UsageStoreError> {
         let mut accs: Vec<MeterAccumulator> = meters.iter().map(Meter::accumulator).collect();
         let mut rows = sqlx::query(
             "SELECT partner_id, id, time_us, key_id, env, api, version, operation, method, status, latency_us, request_bytes, response_bytes, units, gateway_id \
@@ -135,10 +148,15 @@ mod tests {
     use peage_core::meter::{Aggregation, MeterField};
 
     fn event(partner: &str, secs: i64, units: &str, env: Env) -> CallEvent {
-        let mut e: CallEvent = serde_json::from_str(include_str!("../../../schemas/events/examples/rest_call.json")).unwrap();
+        let mut e: CallEvent = serde_json::from_str(include_str!(
+            "../../../schemas/events/examples/rest_call.json"
+        ))
+        .unwrap();
         e.id = uuid::Uuid::now_v7();
         e.partner_id = partner.into();
-        e.time = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap() + Duration::seconds(secs) + Duration::microseconds(7);
+        e.time = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap()
+            + Duration::seconds(secs)
+            + Duration::microseconds(7);
         e.units = Decimal::from_str(units).unwrap();
         e.env = env;
         e
@@ -153,7 +171,10 @@ mod tests {
             filter: Default::default(),
             group_by: vec![],
         };
-        vec![m("calls", Aggregation::Count, MeterField::Calls), m("units", Aggregation::Sum, MeterField::Units)]
+        vec![
+            m("calls", Aggregation::Count, MeterField::Calls),
+            m("units", Aggregation::Sum, MeterField::Units),
+        ]
     }
 
     fn query(partner: &str, env: Env) -> UsageQuery {
@@ -168,17 +189,34 @@ mod tests {
     #[tokio::test]
     async fn duplicates_are_ignored_and_usage_is_exact() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteUsageStore::open(&dir.path().join("usage.db")).await.unwrap();
+        let store = SqliteUsageStore::open(&dir.path().join("usage.db"))
+            .await
+            .unwrap();
         let a = event("prt_a", 1, "0.1", Env::Live);
         let b = event("prt_a", 2, "0.2", Env::Live);
-        assert_eq!(store.insert(&[a.clone(), b.clone()]).await.unwrap(), InsertOutcome { inserted: 2, duplicates: 0 });
+        assert_eq!(
+            store.insert(&[a.clone(), b.clone()]).await.unwrap(),
+            InsertOutcome {
+                inserted: 2,
+                duplicates: 0
+            }
+        );
         // A replay of the same batch, as after a crash before the log commit.
-        assert_eq!(store.insert(&[a.clone(), b]).await.unwrap(), InsertOutcome { inserted: 0, duplicates: 2 });
+        assert_eq!(
+            store.insert(&[a.clone(), b]).await.unwrap(),
+            InsertOutcome {
+                inserted: 0,
+                duplicates: 2
+            }
+        );
         // The same event id under another partner is another event.
         let mut other = a.clone();
         other.partner_id = "prt_b".into();
         assert_eq!(store.insert(&[other]).await.unwrap().inserted, 1);
-        let u = store.meter_usage(&query("prt_a", Env::Live), &meters()).await.unwrap();
+        let u = store
+            .meter_usage(&query("prt_a", Env::Live), &meters())
+            .await
+            .unwrap();
         assert_eq!(u[0].quantity, Decimal::from(2));
         // 0.1 + 0.2 is exactly 0.3 here: no float anywhere on the path.
         assert_eq!(u[1].quantity.to_string(), "0.3");
@@ -187,7 +225,9 @@ mod tests {
     #[tokio::test]
     async fn range_is_half_open_and_env_and_partner_are_separate() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteUsageStore::open(&dir.path().join("usage.db")).await.unwrap();
+        let store = SqliteUsageStore::open(&dir.path().join("usage.db"))
+            .await
+            .unwrap();
         let mut before = event("prt_a", -1, "1", Env::Live);
         before.time = Utc.with_ymd_and_hms(2026, 10, 31, 23, 59, 59).unwrap();
         let mut at_end = event("prt_a", 0, "1", Env::Live);
@@ -195,9 +235,26 @@ mod tests {
         let inside = event("prt_a", 5, "1", Env::Live);
         let sandbox = event("prt_a", 6, "1", Env::Sandbox);
         let elsewhere = event("prt_b", 7, "1", Env::Live);
-        store.insert(&[before, at_end, inside, sandbox, elsewhere]).await.unwrap();
-        assert_eq!(store.meter_usage(&query("prt_a", Env::Live), &meters()).await.unwrap()[0].quantity, Decimal::ONE);
-        assert_eq!(store.meter_usage(&query("prt_a", Env::Sandbox), &meters()).await.unwrap()[0].quantity, Decimal::ONE);
+        store
+            .insert(&[before, at_end, inside, sandbox, elsewhere])
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .meter_usage(&query("prt_a", Env::Live), &meters())
+                .await
+                .unwrap()[0]
+                .quantity,
+            Decimal::ONE
+        );
+        assert_eq!(
+            store
+                .meter_usage(&query("prt_a", Env::Sandbox), &meters())
+                .await
+                .unwrap()[0]
+                .quantity,
+            Decimal::ONE
+        );
         assert_eq!(store.count_events("prt_a").await.unwrap(), 4);
     }
 
@@ -214,6 +271,11 @@ mod tests {
         let mut q = query("prt_a", Env::Live);
         q.from = e.time;
         q.to = e.time + Duration::microseconds(1);
-        assert_eq!(store.meter_usage(&q, &meters()).await.unwrap()[1].quantity.to_string(), "2.5");
+        assert_eq!(
+            store.meter_usage(&q, &meters()).await.unwrap()[1]
+                .quantity
+                .to_string(),
+            "2.5"
+        );
     }
 }

@@ -45,5 +45,9 @@ pub trait UsageStore: Send + Sync + 'static {
     async fn insert(&self, events: &[CallEvent]) -> Result<InsertOutcome, UsageStoreError>;
 
     /// Evaluates `meters` over the query's events; one result per meter, in order.
-    async fn meter_usage(&self, query: &UsageQuery, meters: &[Meter]) -> Result<Vec<MeterUsage>, UsageStoreError>;
+    async fn meter_usage(
+        &self,
+        query: &UsageQuery,
+        meters: &[Meter],
+    ) -> Result<Vec<MeterUsage>, UsageStoreError>;
 }
