@@ -3,6 +3,7 @@
 //! error is `application/problem+json`, mapped once from [`ApiError`].
 
 mod error;
+pub mod provisioning;
 mod routes;
 
 use std::sync::Arc;

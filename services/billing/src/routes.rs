@@ -6,9 +6,10 @@ use axum::Json;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::{header, HeaderValue, StatusCode};
-use peage_billing_store::{NewKey, Partner, Subscription};
-use peage_core::ids::api_key;
+use peage_billing_store::{Partner, Subscription};
 use peage_core::{Env, Invoice, KeyId, PartnerId};
+
+use crate::provisioning;
 use peage_usage_store::UsageQuery;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -36,17 +37,6 @@ async fn existing_partner(api: &ControlApi, raw: &str) -> Result<Partner, ApiErr
         .ok_or_else(|| ApiError::NotFound(format!("partner {id} not found")))
 }
 
-fn known_plan(api: &ControlApi, plan: &str) -> Result<String, ApiError> {
-    api.catalog
-        .plan(plan)
-        .map(|p| p.version.clone())
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "no plan {plan:?} in the catalog (GET /v1/plans lists them)"
-            ))
-        })
-}
-
 pub async fn plans(State(api): Api) -> Response {
     Json(json!({ "catalog_version": api.catalog.version, "plans": api.catalog.plans }))
         .into_response()
@@ -66,20 +56,9 @@ struct NewPartner {
 
 pub async fn create_partner(State(api): Api, raw: Bytes) -> Result<Response, ApiError> {
     let req: NewPartner = body(&raw)?;
-    let name = req.name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::BadRequest("name must be 1–200 characters".into()));
-    }
-    let plan_version = known_plan(&api, &req.plan)?;
-    let id = PartnerId::from_random(rand::random());
-    let sub = Subscription {
-        plan_id: req.plan,
-        plan_version,
-        started_at: Utc::now(),
-        ended_at: None,
-    };
-    let partner = api.store.create_partner(id.as_str(), name, &sub).await?;
-    tracing::info!(partner_id = %partner.id, plan = %partner.subscription.plan_id, "partner created");
+    let partner =
+        provisioning::create_partner(api.store.as_ref(), &api.catalog, &req.name, &req.plan)
+            .await?;
     Ok((StatusCode::CREATED, Json(partner)).into_response())
 }
 
@@ -104,7 +83,7 @@ pub async fn change_subscription(
 ) -> Result<Response, ApiError> {
     let req: PlanChange = body(&raw)?;
     let partner = existing_partner(&api, &id).await?;
-    let plan_version = known_plan(&api, &req.plan)?;
+    let plan_version = provisioning::plan_version(&api.catalog, &req.plan)?;
     if partner.subscription.plan_id == req.plan && partner.subscription.plan_version == plan_version
     {
         return Ok(Json(partner).into_response());
@@ -153,17 +132,7 @@ pub async fn create_key(
         }
     };
     let partner = existing_partner(&api, &id).await?;
-    let secret = api_key::secret(env, rand::random());
-    let key = NewKey {
-        key_id: KeyId::from_random(rand::random()).to_string(),
-        partner_id: partner.id,
-        env,
-        secret_hash: api_key::secret_hash(&secret),
-        prefix: secret.chars().take(12).collect(),
-        created_at: Utc::now(),
-    };
-    let stored = api.store.create_key(&key).await?;
-    tracing::info!(partner_id = %stored.partner_id, key_id = %stored.key_id, env = env.as_str(), "api key issued");
+    let (stored, secret) = provisioning::issue_key(api.store.as_ref(), &partner.id, env).await?;
     let created = CreatedKey {
         key_id: stored.key_id,
         partner_id: stored.partner_id,

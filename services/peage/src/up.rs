@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use async_trait::async_trait;
 use peage_aggregator::{Aggregator, AggregatorConfig, DeadLetterFile};
-use peage_billing::ControlApi;
+use peage_billing::{provisioning, ControlApi};
 use peage_billing_store::{BillingStore, SqliteBillingStore};
 use peage_core::ids::api_key;
 use peage_core::{Catalog, Env};
@@ -23,13 +23,29 @@ use tokio::sync::watch;
 
 use crate::demo;
 
+#[derive(Debug, clap::Args)]
 pub struct UpOptions {
+    /// Where the event log, usage and billing state live.
+    #[arg(long, env = "PEAGE_DATA_DIR", default_value = "./peage-data")]
     pub data_dir: PathBuf,
+    /// Partner-facing gateway address (port 0 picks a free port).
+    #[arg(long, env = "PEAGE_GATEWAY__LISTEN", default_value = "127.0.0.1:8080")]
     pub gateway_listen: SocketAddr,
+    /// Control API address (admin token required).
+    #[arg(long, env = "PEAGE_CONTROL__LISTEN", default_value = "127.0.0.1:8090")]
     pub control_listen: SocketAddr,
+    /// Catalog file (APIs, meters, plans). Default: `<data-dir>/catalog.toml`.
+    #[arg(long, env = "PEAGE_CATALOG")]
     pub catalog: Option<PathBuf>,
+    /// Admin token for the control API. Default: generated once, kept in `<data-dir>/admin-token`.
+    #[arg(long, env = "PEAGE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Names this gateway in the events it emits.
+    #[arg(long, env = "PEAGE_GATEWAY__ID", default_value = "gw-local")]
     pub gateway_id: String,
+    /// Seed a demo API (served by a built-in upstream), a partner and a live key, and write
+    /// `<data-dir>/demo.json`.
+    #[arg(long)]
     pub demo: bool,
 }
 
@@ -117,8 +133,8 @@ fn load_catalog(path: &Path, demo_upstream: Option<&str>) -> anyhow::Result<Cata
 /// Reuses the demo partner and key from an earlier run on this data directory, or creates them.
 async fn demo_partner(
     store: &Arc<dyn BillingStore>,
+    catalog: &Catalog,
     data_dir: &Path,
-    plan_version: &str,
 ) -> anyhow::Result<(String, String)> {
     if let Ok(text) = std::fs::read_to_string(data_dir.join("demo.json")) {
         if let Ok(prev) = serde_json::from_str::<DemoInfo>(&text) {
@@ -130,29 +146,10 @@ async fn demo_partner(
             }
         }
     }
-    let id = peage_core::PartnerId::from_random(rand::random());
-    let now = chrono::Utc::now();
-    let sub = peage_billing_store::Subscription {
-        plan_id: "demo".into(),
-        plan_version: plan_version.to_string(),
-        started_at: now,
-        ended_at: None,
-    };
-    store
-        .create_partner(id.as_str(), "Demo Partner", &sub)
-        .await?;
-    let secret = api_key::secret(Env::Live, rand::random());
-    store
-        .create_key(&peage_billing_store::NewKey {
-            key_id: peage_core::KeyId::from_random(rand::random()).to_string(),
-            partner_id: id.to_string(),
-            env: Env::Live,
-            secret_hash: api_key::secret_hash(&secret),
-            prefix: secret.chars().take(12).collect(),
-            created_at: now,
-        })
-        .await?;
-    Ok((id.to_string(), secret))
+    let partner =
+        provisioning::create_partner(store.as_ref(), catalog, "Demo Partner", "demo").await?;
+    let (_, secret) = provisioning::issue_key(store.as_ref(), &partner.id, Env::Live).await?;
+    Ok((partner.id, secret))
 }
 
 pub async fn run(
@@ -192,13 +189,12 @@ pub async fn run(
     }
     let catalog = Arc::new(load_catalog(&catalog_path, demo_upstream.as_deref())?);
     tracing::info!(path = %catalog_path.display(), version = %catalog.version, apis = catalog.apis.len(), meters = catalog.meters.len(), plans = catalog.plans.len(), "catalog loaded");
-    let demo_plan_version = match (options.demo, catalog.plan("demo")) {
-        (true, None) => bail!(
+    if options.demo && catalog.plan("demo").is_none() {
+        bail!(
             "--demo needs a plan with id \"demo\" in {}",
             catalog_path.display()
-        ),
-        (_, plan) => plan.map(|p| p.version.clone()).unwrap_or_default(),
-    };
+        );
+    }
 
     let token = admin_token(&options)?;
     let billing: Arc<dyn BillingStore> = Arc::new(
@@ -268,7 +264,7 @@ pub async fn run(
     println!("Péage is up.\n  gateway:     {gateway_url}\n  control API: {control_url}\n  data:        {}", data_dir.display());
 
     if options.demo {
-        let (partner_id, api_key) = demo_partner(&billing, data_dir, &demo_plan_version).await?;
+        let (partner_id, api_key) = demo_partner(&billing, &catalog, data_dir).await?;
         let info = DemoInfo {
             gateway_url: gateway_url.clone(),
             control_url: control_url.clone(),
