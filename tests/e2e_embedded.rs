@@ -436,15 +436,10 @@ async fn upstream_failure_is_502_and_metered() {
     drop(closed);
     std::fs::create_dir_all(&data).unwrap();
     let catalog = format!("[[api]]\nname = \"down\"\n[[api.versions]]\nid = \"v1\"\nlive = \"http://127.0.0.1:{port}\"\n\n");
-    let demo =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/demo.rs")).unwrap();
-    let demo_catalog = demo
-        .split("r#\"")
-        .nth(1)
-        .unwrap()
-        .split("\"#")
-        .next()
-        .unwrap();
+    let demo_catalog = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/demo-catalog.toml"),
+    )
+    .unwrap();
     std::fs::write(
         data.join("catalog.toml"),
         format!("{catalog}{demo_catalog}"),

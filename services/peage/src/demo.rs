@@ -13,49 +13,8 @@ use serde_json::json;
 /// The variable the demo catalog's upstream URLs read, set to the demo upstream's address.
 pub const UPSTREAM_VAR: &str = "PEAGE_DEMO_UPSTREAM";
 
-pub const CATALOG: &str = r#"# Péage demo catalog, written by `peage up --demo`. Edit it freely: docs/catalog.md lists
-# every key. ${PEAGE_DEMO_UPSTREAM} is the built-in demo API's address, filled in at start-up.
-
-[[api]]
-name = "demo"
-description = "The built-in demo API: /hello, /weather/{city}, /echo"
-
-[[api.versions]]
-id = "v1"
-live = "${PEAGE_DEMO_UPSTREAM}"
-sandbox = "${PEAGE_DEMO_UPSTREAM}"
-operations = { "GET /hello" = { units = 1 }, "GET /weather/{city}" = { units = 2 }, "POST /echo" = { units = 1 } }
-
-[[meter]]
-name = "calls"
-aggregation = "count"
-
-[[meter]]
-name = "units"
-aggregation = "sum"
-field = "units"
-
-[[meter]]
-name = "egress_kb"
-aggregation = "sum"
-field = "response_bytes"
-scale = "0.001"
-group_by = ["operation"]
-
-[[plan]]
-id = "demo"
-name = "Demo plan"
-currency = "EUR"
-period = { every = "month", anchor_day = 1 }
-base_fee = "9.00"
-tax = { rate = "0.20", label = "VAT" }
-charges = [
-  # The first 100 calls are free, then 0.01 € up to 1,000 calls, then 0.005 €.
-  { meter = "calls", model = "graduated", free = 100, tiers = [
-      { up_to = 1000, unit_price = "0.01" }, { up_to = "inf", unit_price = "0.005" } ] },
-]
-quotas = [{ meter = "calls", limit = 100000, kind = "soft" }]
-"#;
+/// Written to `<data-dir>/catalog.toml` by `peage up --demo` when none is there.
+pub const CATALOG: &str = include_str!("demo-catalog.toml");
 
 #[derive(Deserialize)]
 struct SlowParams {
