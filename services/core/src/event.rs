@@ -62,10 +62,28 @@ pub struct CallEvent {
     pub attributes: BTreeMap<String, String>,
 }
 
+/// Decimal places of `units` the stores keep exactly (ClickHouse `Decimal(38, 9)`).
+pub const UNITS_SCALE: u32 = 9;
+
 impl CallEvent {
     /// `2xx`, `4xx`…, the status class meters filter on.
     pub fn status_class(&self) -> &'static str {
         status_class(self.status)
+    }
+
+    /// What every usage store can hold exactly: units non-negative with at most
+    /// [`UNITS_SCALE`] decimal places. A failing event is dead-lettered, in every mode alike.
+    pub fn check(&self) -> Result<(), String> {
+        if self.units.is_sign_negative() && !self.units.is_zero() {
+            return Err(format!("units {} are negative", self.units));
+        }
+        if self.units.normalize().scale() > UNITS_SCALE {
+            return Err(format!(
+                "units {} have more than {UNITS_SCALE} decimal places",
+                self.units
+            ));
+        }
+        Ok(())
     }
 
     /// Microseconds since the Unix epoch, the exact integer form stores keep.

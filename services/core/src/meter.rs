@@ -84,6 +84,11 @@ impl Dimension {
         }
     }
 
+    /// Kept in the usage rollups (everything but `key_id`).
+    pub fn rolled_up(self) -> bool {
+        !matches!(self, Dimension::KeyId)
+    }
+
     pub fn value(self, e: &CallEvent) -> &str {
         match self {
             Dimension::Api => &e.api,
@@ -113,6 +118,19 @@ impl Meter {
         self.filter
             .iter()
             .all(|(dim, allowed)| allowed.contains(dim.value(e)))
+    }
+
+    /// Whether this meter can be computed from the usage rollups (sums by api, version,
+    /// operation, method and status) rather than from raw events: counts and sums of numeric
+    /// fields, filtered and grouped by rolled-up dimensions only.
+    pub fn rollup_compatible(&self) -> bool {
+        matches!(self.aggregation, Aggregation::Count | Aggregation::Sum)
+            && self.field.is_numeric()
+            && self
+                .filter
+                .keys()
+                .chain(self.group_by.iter())
+                .all(|d| d.rolled_up())
     }
 
     pub fn accumulator(&self) -> MeterAccumulator<'_> {
@@ -232,6 +250,99 @@ pub struct MeterGroup {
     pub quantity: Decimal,
 }
 
+/// One row of a usage rollup: the sums of every call with the same dimensions in some time range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollupRow {
+    pub api: String,
+    pub version: String,
+    pub operation: String,
+    pub method: String,
+    pub status: u16,
+    pub calls: u64,
+    pub units: Decimal,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub latency_us: u64,
+}
+
+impl RollupRow {
+    fn dimension(&self, d: Dimension) -> Option<&str> {
+        Some(match d {
+            Dimension::Api => &self.api,
+            Dimension::Version => &self.version,
+            Dimension::Operation => &self.operation,
+            Dimension::Method => &self.method,
+            Dimension::StatusClass => crate::event::status_class(self.status),
+            Dimension::KeyId => return None,
+        })
+    }
+
+    fn sum_of(&self, field: MeterField) -> Decimal {
+        match field {
+            MeterField::Calls => Decimal::from(self.calls),
+            MeterField::RequestBytes => Decimal::from(self.request_bytes),
+            MeterField::ResponseBytes => Decimal::from(self.response_bytes),
+            MeterField::Units => self.units,
+            MeterField::LatencyMs => Decimal::from(self.latency_us) / Decimal::from(1000),
+            MeterField::KeyId | MeterField::Operation => Decimal::ZERO,
+        }
+    }
+}
+
+/// Evaluates rollup-compatible meters ([`Meter::rollup_compatible`]) over rollup rows; gives the
+/// same result as [`evaluate`] over the raw events the rows sum up. `None` for a meter that
+/// needs raw events.
+pub fn evaluate_rollups(meter: &Meter, rows: &[RollupRow]) -> Option<MeterUsage> {
+    if !meter.rollup_compatible() {
+        return None;
+    }
+    let value = |r: &RollupRow| match meter.aggregation {
+        Aggregation::Count => Decimal::from(r.calls),
+        _ => r.sum_of(meter.field),
+    };
+    let mut total = Decimal::ZERO;
+    let mut groups: BTreeMap<Vec<String>, Decimal> = BTreeMap::new();
+    for r in rows {
+        let matches = meter
+            .filter
+            .iter()
+            .all(|(d, allowed)| r.dimension(*d).is_some_and(|v| allowed.contains(v)));
+        if !matches {
+            continue;
+        }
+        let v = value(r);
+        total += v;
+        if !meter.group_by.is_empty() {
+            let key = meter
+                .group_by
+                .iter()
+                .map(|d| r.dimension(*d).unwrap_or_default().to_string())
+                .collect();
+            *groups.entry(key).or_default() += v;
+        }
+    }
+    let scaled = |raw: Decimal| match meter.scale {
+        Some(s) => (raw * s).normalize(),
+        None => raw.normalize(),
+    };
+    Some(MeterUsage {
+        meter: meter.name.clone(),
+        quantity: scaled(total),
+        groups: groups
+            .into_iter()
+            .map(|(key, v)| MeterGroup {
+                dimensions: meter
+                    .group_by
+                    .iter()
+                    .map(|d| d.name().to_string())
+                    .zip(key)
+                    .collect(),
+                quantity: scaled(v),
+            })
+            .collect(),
+    })
+}
+
 /// Evaluates every meter over one pass of events.
 pub fn evaluate<'a>(
     meters: &[Meter],
@@ -341,5 +452,86 @@ mod tests {
     fn no_events_is_zero() {
         let u = evaluate(&[meter(Aggregation::Max, MeterField::Units)], &[]);
         assert_eq!(u[0].quantity, Decimal::ZERO);
+    }
+
+    #[test]
+    fn rollups_give_the_same_usage_as_raw_events() {
+        use crate::event::status_class;
+        let ops = ["GET /a", "POST /b", "GET /c/{id}"];
+        let events: Vec<CallEvent> = (0..300u64)
+            .map(|i| {
+                let mut e = sample_event();
+                e.api = ["weather", "maps"][(i % 2) as usize].into();
+                e.version = ["v1", "v2", "v3"][(i % 3) as usize].into();
+                e.operation = ops[(i % 3) as usize].into();
+                e.method = e.operation.split(' ').next().unwrap().into();
+                e.status = [200, 201, 404, 500, 503][(i % 5) as usize];
+                e.units = Decimal::new((i * 37 % 1000) as i64, 3);
+                e.request_bytes = i * 11;
+                e.response_bytes = i * 13 + 7;
+                e.latency_us = i * 997;
+                e
+            })
+            .collect();
+        // The rollup a store would keep: sums by (api, version, operation, method, status).
+        let mut sums: BTreeMap<(String, String, String, String, u16), RollupRow> = BTreeMap::new();
+        for e in &events {
+            let r = sums
+                .entry((
+                    e.api.clone(),
+                    e.version.clone(),
+                    e.operation.clone(),
+                    e.method.clone(),
+                    e.status,
+                ))
+                .or_insert_with(|| RollupRow {
+                    api: e.api.clone(),
+                    version: e.version.clone(),
+                    operation: e.operation.clone(),
+                    method: e.method.clone(),
+                    status: e.status,
+                    calls: 0,
+                    units: Decimal::ZERO,
+                    request_bytes: 0,
+                    response_bytes: 0,
+                    latency_us: 0,
+                });
+            r.calls += 1;
+            r.units += e.units;
+            r.request_bytes += e.request_bytes;
+            r.response_bytes += e.response_bytes;
+            r.latency_us += e.latency_us;
+        }
+        let rows: Vec<RollupRow> = sums.into_values().collect();
+        let mut meters = Vec::new();
+        for field in [
+            MeterField::Calls,
+            MeterField::Units,
+            MeterField::RequestBytes,
+            MeterField::ResponseBytes,
+            MeterField::LatencyMs,
+        ] {
+            for aggregation in [Aggregation::Count, Aggregation::Sum] {
+                let mut m = meter(aggregation, field);
+                m.group_by = vec![Dimension::Api, Dimension::StatusClass];
+                m.filter.insert(
+                    Dimension::StatusClass,
+                    ["2xx".to_string(), "5xx".to_string()].into(),
+                );
+                m.scale = Some(Decimal::from_str("0.001").unwrap());
+                meters.push(m);
+            }
+        }
+        assert_eq!(status_class(503), "5xx");
+        for m in &meters {
+            assert!(m.rollup_compatible());
+            let raw = evaluate(std::slice::from_ref(m), &events).remove(0);
+            assert_eq!(evaluate_rollups(m, &rows), Some(raw), "{m:?}");
+        }
+        let mut by_key = meter(Aggregation::Count, MeterField::Calls);
+        by_key.group_by = vec![Dimension::KeyId];
+        assert!(!by_key.rollup_compatible());
+        assert!(!meter(Aggregation::Max, MeterField::Units).rollup_compatible());
+        assert_eq!(evaluate_rollups(&by_key, &rows), None);
     }
 }

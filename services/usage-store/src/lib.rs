@@ -5,12 +5,16 @@
 //! Both keep the same dedup rule: an event is identified by `(partner_id, id)`, and inserting it
 //! again changes nothing, so replaying the log after a crash never counts a call twice.
 
+pub mod clickhouse;
 pub mod embedded;
+
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use peage_core::{CallEvent, Env, Meter, MeterUsage};
 
+pub use self::clickhouse::{ClickHouseConfig, ClickHouseUsageStore};
 pub use embedded::SqliteUsageStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,7 +23,11 @@ pub enum UsageStoreError {
     Db(#[from] sqlx::Error),
     #[error("usage store migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("stored event {id} is unreadable: {reason}")]
+    #[error("clickhouse: {0}")]
+    ClickHouse(String),
+    #[error("usage store configuration: {0}")]
+    Config(String),
+    #[error("event {id} cannot be stored: {reason}")]
     Corrupt { id: String, reason: String },
 }
 
@@ -39,10 +47,52 @@ pub struct UsageQuery {
     pub to: DateTime<Utc>,
 }
 
+/// An event with the position it was read from in the event log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedEvent {
+    pub partition: u32,
+    pub offset: u64,
+    pub event: CallEvent,
+}
+
 #[async_trait]
 pub trait UsageStore: Send + Sync + 'static {
     /// Stores events, ignoring ones already stored. Durable when it returns.
     async fn insert(&self, events: &[CallEvent]) -> Result<InsertOutcome, UsageStoreError>;
+
+    /// Stores events read from the log `topic` together with their positions, which
+    /// [`UsageStore::stored_positions`] reports back. The caller has already left out what the
+    /// store holds. Stores that deduplicate by id on insert need no positions (the default).
+    async fn insert_logged(
+        &self,
+        topic: &str,
+        events: &[LoggedEvent],
+    ) -> Result<InsertOutcome, UsageStoreError> {
+        let _ = topic;
+        let plain: Vec<CallEvent> = events.iter().map(|l| l.event.clone()).collect();
+        self.insert(&plain).await
+    }
+
+    /// The highest log offset stored per partition of `topic` (partitions with nothing stored
+    /// are absent). Empty for stores that deduplicate by id on insert.
+    async fn stored_positions(
+        &self,
+        topic: &str,
+        partitions: &[u32],
+    ) -> Result<HashMap<u32, u64>, UsageStoreError> {
+        let _ = (topic, partitions);
+        Ok(HashMap::new())
+    }
+
+    /// Which of these events (partner id, event id) are already stored. Empty for stores that
+    /// deduplicate by id on insert.
+    async fn stored_ids(
+        &self,
+        events: &[CallEvent],
+    ) -> Result<HashSet<(String, uuid::Uuid)>, UsageStoreError> {
+        let _ = events;
+        Ok(HashSet::new())
+    }
 
     /// Evaluates `meters` over the query's events; one result per meter, in order.
     async fn meter_usage(

@@ -1,0 +1,826 @@
+//! The usage store on ClickHouse: raw `call_events` plus per-minute and per-hour rollups filled
+//! by materialized views in the same INSERT.
+//!
+//! Exactly once without Kafka transactions or insert-deduplication tokens (neither exists on
+//! every server we support): every row records the log partition and offset it came from, the
+//! aggregator asks [`UsageStore::stored_positions`] where each partition stands before it
+//! inserts, and skips what is already stored. See `docs/exactly-once.md`.
+//!
+//! Works on ClickHouse 18.16 (what Debian ships, used in CI) and current releases; the schema
+//! under `schemas/clickhouse/` keeps to what both accept.
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use clickhouse::{Client, Row};
+use peage_core::event::UNITS_SCALE;
+use peage_core::meter::{evaluate_rollups, RollupRow};
+use peage_core::{CallEvent, Env, Meter, MeterUsage};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{InsertOutcome, LoggedEvent, UsageQuery, UsageStore, UsageStoreError};
+
+/// The migrations under `schemas/clickhouse/`, in order. A test checks that this list and the
+/// directory agree.
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_call_events",
+        include_str!("../../../schemas/clickhouse/0001_call_events.sql"),
+    ),
+    (
+        "0002_usage_rollups",
+        include_str!("../../../schemas/clickhouse/0002_usage_rollups.sql"),
+    ),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP interface, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    pub database: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// The client's row-type checks against the server schema (needs ClickHouse ≥ 24.x; turn
+    /// off for older servers such as Debian's 18.16).
+    pub validation: bool,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        ClickHouseConfig {
+            url: "http://127.0.0.1:8123".into(),
+            database: "peage".into(),
+            user: None,
+            password: None,
+            validation: true,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ClickHouseUsageStore {
+    client: Client,
+    database: String,
+}
+
+#[derive(Row, Serialize)]
+struct RawRow<'a> {
+    #[serde(with = "clickhouse::serde::uuid")]
+    id: Uuid,
+    time: u32,
+    time_us: i64,
+    partner_id: &'a str,
+    key_id: &'a str,
+    env: i8,
+    api: &'a str,
+    version: &'a str,
+    operation: &'a str,
+    method: &'a str,
+    status: u16,
+    latency_us: u64,
+    request_bytes: u64,
+    response_bytes: u64,
+    units: i128,
+    gateway_id: &'a str,
+    attributes: String,
+    log_topic: &'a str,
+    log_partition: u32,
+    log_offset: u64,
+}
+
+#[derive(Row, Deserialize)]
+struct StoredRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    id: Uuid,
+    time_us: i64,
+    partner_id: String,
+    key_id: String,
+    env: i8,
+    api: String,
+    version: String,
+    operation: String,
+    method: String,
+    status: u16,
+    latency_us: u64,
+    request_bytes: u64,
+    response_bytes: u64,
+    units: i128,
+    gateway_id: String,
+    attributes: String,
+}
+
+#[derive(Row, Deserialize)]
+struct SumRow {
+    api: String,
+    version: String,
+    operation: String,
+    method: String,
+    status: u16,
+    calls: u64,
+    units: i128,
+    request_bytes: u64,
+    response_bytes: u64,
+    latency_us: u64,
+}
+
+/// Totals over a partner's events, the same numbers from raw rows or from a rollup table (for
+/// the equality checks of tests and operators).
+#[derive(Debug, Clone, PartialEq, Eq, Row, Deserialize)]
+pub struct Totals {
+    pub calls: u64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub latency_us: u64,
+    /// Units in billionths (Decimal(38, 9) as an integer).
+    pub units_nano: i128,
+}
+
+fn env_code(env: Env) -> i8 {
+    match env {
+        Env::Live => 1,
+        Env::Sandbox => 2,
+    }
+}
+
+fn units_to_fixed(units: Decimal) -> Result<i128, String> {
+    let mut u = units.normalize();
+    if u.scale() > UNITS_SCALE {
+        return Err(format!(
+            "units {units} have more than {UNITS_SCALE} decimal places"
+        ));
+    }
+    u.rescale(UNITS_SCALE);
+    Ok(u.mantissa())
+}
+
+fn fixed_to_units(v: i128) -> Result<Decimal, String> {
+    Decimal::try_from_i128_with_scale(v, UNITS_SCALE)
+        .map(|d| d.normalize())
+        .map_err(|e| format!("units {v}e-{UNITS_SCALE}: {e}"))
+}
+
+/// The table a rollup level lives in and the width of its buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rollup {
+    Minute,
+    Hour,
+}
+
+impl Rollup {
+    pub fn table(self) -> &'static str {
+        match self {
+            Rollup::Minute => "call_usage_1m",
+            Rollup::Hour => "call_usage_1h",
+        }
+    }
+
+    fn width(self) -> TimeDelta {
+        match self {
+            Rollup::Minute => TimeDelta::minutes(1),
+            Rollup::Hour => TimeDelta::hours(1),
+        }
+    }
+}
+
+fn ceil_to(t: DateTime<Utc>, width: TimeDelta) -> DateTime<Utc> {
+    let floor = t.duration_trunc(width).unwrap_or(t);
+    if floor == t {
+        t
+    } else {
+        floor + width
+    }
+}
+
+fn floor_to(t: DateTime<Utc>, width: TimeDelta) -> DateTime<Utc> {
+    t.duration_trunc(width).unwrap_or(t)
+}
+
+/// How `[from, to)` splits into whole hours, whole minutes at the edges, and sub-minute slivers
+/// read from raw rows: together they cover every microsecond exactly once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangePlan {
+    pub raw: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    pub minutes: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    pub hours: Option<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+pub fn plan_range(from: DateTime<Utc>, to: DateTime<Utc>) -> RangePlan {
+    let mut plan = RangePlan {
+        raw: vec![],
+        minutes: vec![],
+        hours: None,
+    };
+    if from >= to {
+        return plan;
+    }
+    let (m, h) = (Rollup::Minute.width(), Rollup::Hour.width());
+    let (m0, m1) = (ceil_to(from, m), floor_to(to, m));
+    if m0 >= m1 {
+        plan.raw.push((from, to));
+        return plan;
+    }
+    if from < m0 {
+        plan.raw.push((from, m0));
+    }
+    if m1 < to {
+        plan.raw.push((m1, to));
+    }
+    let (h0, h1) = (ceil_to(m0, h), floor_to(m1, h));
+    if h0 >= h1 {
+        plan.minutes.push((m0, m1));
+        return plan;
+    }
+    if m0 < h0 {
+        plan.minutes.push((m0, h0));
+    }
+    if h1 < m1 {
+        plan.minutes.push((h1, m1));
+    }
+    plan.hours = Some((h0, h1));
+    plan
+}
+
+const SUM_COLUMNS: &str = "api, version, operation, method, status, \
+    sum(calls) AS calls, sum(units) AS units, sum(request_bytes) AS request_bytes, \
+    sum(response_bytes) AS response_bytes, sum(latency_us) AS latency_us";
+
+impl ClickHouseUsageStore {
+    /// Connects and checks the server answers; run [`ClickHouseUsageStore::migrate`] to create
+    /// the schema.
+    pub async fn connect(config: &ClickHouseConfig) -> Result<Self, UsageStoreError> {
+        let mut client = Client::default()
+            .with_url(&config.url)
+            .with_validation(config.validation);
+        if let Some(user) = &config.user {
+            client = client.with_user(user);
+        }
+        if let Some(password) = &config.password {
+            client = client.with_password(password);
+        }
+        client
+            .query("SELECT 1")
+            .execute()
+            .await
+            .map_err(|e| ch(format!("cannot reach ClickHouse at {}", config.url), e))?;
+        if !config
+            .database
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || config.database.is_empty()
+        {
+            return Err(UsageStoreError::Config(format!(
+                "clickhouse database {:?} must be letters, digits and '_'",
+                config.database
+            )));
+        }
+        Ok(ClickHouseUsageStore {
+            client: client.with_database(&config.database),
+            database: config.database.clone(),
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Creates the database and applies the migrations not yet recorded in
+    /// `schema_migrations`, in order. Idempotent: a second run applies nothing. A recorded
+    /// migration whose text changed since is an error (migrations are append-only).
+    pub async fn migrate(&self) -> Result<Vec<String>, UsageStoreError> {
+        let server = self.client.clone().with_database("default");
+        server
+            .query(&format!("CREATE DATABASE IF NOT EXISTS {}", self.database))
+            .execute()
+            .await
+            .map_err(|e| ch("create database", e))?;
+        self.client
+            .query(
+                "CREATE TABLE IF NOT EXISTS schema_migrations \
+                 (name String, checksum String, applied_at DateTime('UTC') DEFAULT now()) \
+                 ENGINE = MergeTree ORDER BY name",
+            )
+            .execute()
+            .await
+            .map_err(|e| ch("create schema_migrations", e))?;
+        #[derive(Row, Deserialize)]
+        struct Applied {
+            name: String,
+            checksum: String,
+        }
+        let applied: HashMap<String, String> = self
+            .client
+            .query("SELECT name, any(checksum) AS checksum FROM schema_migrations GROUP BY name")
+            .fetch_all::<Applied>()
+            .await
+            .map_err(|e| ch("read schema_migrations", e))?
+            .into_iter()
+            .map(|a| (a.name, a.checksum))
+            .collect();
+        let mut done = Vec::new();
+        for (name, sql) in MIGRATIONS {
+            let checksum = checksum(sql);
+            match applied.get(*name) {
+                Some(c) if *c == checksum => continue,
+                Some(c) => {
+                    return Err(UsageStoreError::Config(format!(
+                        "ClickHouse migration {name} was applied with checksum {c} but reads {checksum} now; migrations are append-only, add a new one"
+                    )))
+                }
+                None => {}
+            }
+            for statement in statements(sql) {
+                self.client
+                    .query_raw(&statement)
+                    .execute()
+                    .await
+                    .map_err(|e| ch(format!("migration {name}"), e))?;
+            }
+            self.client
+                .query("INSERT INTO schema_migrations (name, checksum) VALUES (?, ?)")
+                .bind(*name)
+                .bind(&checksum)
+                .execute()
+                .await
+                .map_err(|e| ch("record migration", e))?;
+            tracing::info!(migration = name, "clickhouse: migration applied");
+            done.push(name.to_string());
+        }
+        Ok(done)
+    }
+
+    async fn insert_rows(
+        &self,
+        topic: &str,
+        events: &[LoggedEvent],
+    ) -> Result<InsertOutcome, UsageStoreError> {
+        if events.is_empty() {
+            return Ok(InsertOutcome::default());
+        }
+        let mut insert = self
+            .client
+            .insert::<RawRow<'_>>("call_events")
+            .await
+            .map_err(|e| ch("insert call_events", e))?;
+        for l in events {
+            let e = &l.event;
+            let units = units_to_fixed(e.units).map_err(|reason| UsageStoreError::Corrupt {
+                id: e.id.to_string(),
+                reason,
+            })?;
+            let row = RawRow {
+                id: e.id,
+                time: e.time.timestamp().clamp(0, u32::MAX as i64) as u32,
+                time_us: e.time_us(),
+                partner_id: &e.partner_id,
+                key_id: &e.key_id,
+                env: env_code(e.env),
+                api: &e.api,
+                version: &e.version,
+                operation: &e.operation,
+                method: &e.method,
+                status: e.status,
+                latency_us: e.latency_us,
+                request_bytes: e.request_bytes,
+                response_bytes: e.response_bytes,
+                units,
+                gateway_id: &e.gateway_id,
+                attributes: serde_json::to_string(&e.attributes).unwrap_or_else(|_| "{}".into()),
+                log_topic: topic,
+                log_partition: l.partition,
+                log_offset: l.offset,
+            };
+            insert
+                .write(&row)
+                .await
+                .map_err(|e| ch("insert call_events", e))?;
+        }
+        insert
+            .end()
+            .await
+            .map_err(|e| ch("insert call_events", e))?;
+        Ok(InsertOutcome {
+            inserted: events.len() as u64,
+            duplicates: 0,
+        })
+    }
+
+    fn scope(query: &UsageQuery) -> (String, &'static str) {
+        (query.partner_id.clone(), query.env.as_str())
+    }
+
+    /// Rollup sums over `[from, to)`, read from the hour and minute rollups and, for the
+    /// sub-minute edges, from raw rows.
+    pub async fn rollup_rows(&self, query: &UsageQuery) -> Result<Vec<RollupRow>, UsageStoreError> {
+        let plan = plan_range(query.from, query.to);
+        let (partner, env) = Self::scope(query);
+        let mut parts: Vec<String> = Vec::new();
+        let mut binds: Vec<(i64, i64)> = Vec::new();
+        for (rollup, ranges) in [
+            (Rollup::Hour, plan.hours.into_iter().collect::<Vec<_>>()),
+            (Rollup::Minute, plan.minutes.clone()),
+        ] {
+            for (a, b) in ranges {
+                parts.push(format!(
+                    "SELECT {SUM_COLUMNS} FROM {} WHERE partner_id = ? AND env = ? \
+                     AND bucket >= toDateTime(?) AND bucket < toDateTime(?) \
+                     GROUP BY api, version, operation, method, status",
+                    rollup.table()
+                ));
+                binds.push((a.timestamp(), b.timestamp()));
+            }
+        }
+        for (a, b) in &plan.raw {
+            parts.push(format!(
+                "SELECT {SUM_COLUMNS} FROM (SELECT api, version, operation, method, status, \
+                 toUInt64(1) AS calls, units, request_bytes, response_bytes, latency_us \
+                 FROM call_events WHERE partner_id = ? AND env = ? \
+                 AND time >= toDateTime(?) AND time <= toDateTime(?) \
+                 AND time_us >= {} AND time_us < {}) \
+                 GROUP BY api, version, operation, method, status",
+                a.timestamp_micros(),
+                b.timestamp_micros()
+            ));
+            binds.push((a.timestamp(), b.timestamp()));
+        }
+        let mut rows = Vec::new();
+        for (sql, (a, b)) in parts.iter().zip(binds) {
+            let fetched = self
+                .client
+                .query(sql)
+                .bind(&partner)
+                .bind(env)
+                .bind(a)
+                .bind(b)
+                .fetch_all::<SumRow>()
+                .await
+                .map_err(|e| ch("usage rollups", e))?;
+            for r in fetched {
+                rows.push(RollupRow {
+                    units: fixed_to_units(r.units).map_err(|reason| UsageStoreError::Corrupt {
+                        id: format!("rollup of {partner}"),
+                        reason,
+                    })?,
+                    api: r.api,
+                    version: r.version,
+                    operation: r.operation,
+                    method: r.method,
+                    status: r.status,
+                    calls: r.calls,
+                    request_bytes: r.request_bytes,
+                    response_bytes: r.response_bytes,
+                    latency_us: r.latency_us,
+                });
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Raw events of the query's range, in time order.
+    pub async fn raw_events(&self, query: &UsageQuery) -> Result<Vec<CallEvent>, UsageStoreError> {
+        let (partner, env) = Self::scope(query);
+        let rows = self
+            .client
+            .query(
+                "SELECT id, time_us, partner_id, key_id, env, api, version, operation, method, \
+                 status, latency_us, request_bytes, response_bytes, units, gateway_id, attributes \
+                 FROM call_events WHERE partner_id = ? AND env = ? \
+                 AND time >= toDateTime(?) AND time <= toDateTime(?) AND time_us >= ? AND time_us < ? \
+                 ORDER BY time_us",
+            )
+            .bind(&partner)
+            .bind(env)
+            .bind(query.from.timestamp())
+            .bind(query.to.timestamp())
+            .bind(query.from.timestamp_micros())
+            .bind(query.to.timestamp_micros())
+            .fetch_all::<StoredRow>()
+            .await
+            .map_err(|e| ch("raw events", e))?;
+        rows.into_iter().map(stored_to_event).collect()
+    }
+
+    /// Every meter evaluated over raw events only (what the rollups are checked against).
+    pub async fn meter_usage_raw(
+        &self,
+        query: &UsageQuery,
+        meters: &[Meter],
+    ) -> Result<Vec<MeterUsage>, UsageStoreError> {
+        let events = self.raw_events(query).await?;
+        Ok(peage_core::meter::evaluate(meters, &events))
+    }
+
+    /// Totals of the raw table, optionally for one partner.
+    pub async fn raw_totals(&self, partner_id: Option<&str>) -> Result<Totals, UsageStoreError> {
+        self.totals(
+            "SELECT count() AS calls, sum(request_bytes) AS request_bytes, \
+             sum(response_bytes) AS response_bytes, sum(latency_us) AS latency_us, \
+             sum(units) AS units_nano FROM call_events",
+            partner_id,
+        )
+        .await
+    }
+
+    /// Totals of a rollup table, optionally for one partner.
+    pub async fn rollup_totals(
+        &self,
+        rollup: Rollup,
+        partner_id: Option<&str>,
+    ) -> Result<Totals, UsageStoreError> {
+        self.totals(
+            &format!(
+                "SELECT sum(calls) AS calls, sum(request_bytes) AS request_bytes, \
+                 sum(response_bytes) AS response_bytes, sum(latency_us) AS latency_us, \
+                 sum(units) AS units_nano FROM {}",
+                rollup.table()
+            ),
+            partner_id,
+        )
+        .await
+    }
+
+    async fn totals(
+        &self,
+        select: &str,
+        partner_id: Option<&str>,
+    ) -> Result<Totals, UsageStoreError> {
+        let q = match partner_id {
+            Some(p) => self
+                .client
+                .query(&format!("{select} WHERE partner_id = ?"))
+                .bind(p),
+            None => self.client.query(select),
+        };
+        q.fetch_one::<Totals>().await.map_err(|e| ch("totals", e))
+    }
+}
+
+fn stored_to_event(r: StoredRow) -> Result<CallEvent, UsageStoreError> {
+    let id = r.id;
+    let corrupt = |reason: String| UsageStoreError::Corrupt {
+        id: id.to_string(),
+        reason,
+    };
+    Ok(CallEvent {
+        id,
+        time: DateTime::from_timestamp_micros(r.time_us)
+            .ok_or_else(|| corrupt(format!("time_us {}", r.time_us)))?,
+        partner_id: r.partner_id,
+        key_id: r.key_id,
+        env: match r.env {
+            1 => Env::Live,
+            2 => Env::Sandbox,
+            other => return Err(corrupt(format!("env code {other}"))),
+        },
+        api: r.api,
+        version: r.version,
+        operation: r.operation,
+        method: r.method,
+        status: r.status,
+        latency_us: r.latency_us,
+        request_bytes: r.request_bytes,
+        response_bytes: r.response_bytes,
+        units: fixed_to_units(r.units).map_err(corrupt)?,
+        gateway_id: r.gateway_id,
+        attributes: serde_json::from_str(&r.attributes)
+            .map_err(|e| corrupt(format!("attributes: {e}")))?,
+    })
+}
+
+fn ch(what: impl std::fmt::Display, e: clickhouse::error::Error) -> UsageStoreError {
+    UsageStoreError::ClickHouse(format!("{what}: {e}"))
+}
+
+fn checksum(sql: &str) -> String {
+    // FNV-1a 64: enough to notice an edited migration; not a security boundary.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in sql.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Splits a migration file into statements: `--` comment lines dropped, split on `;`.
+pub fn statements(sql: &str) -> Vec<String> {
+    let text: String = sql
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    text.split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[async_trait]
+impl UsageStore for ClickHouseUsageStore {
+    async fn insert(&self, events: &[CallEvent]) -> Result<InsertOutcome, UsageStoreError> {
+        // Events from outside the log (no position): deduplicated by id against what is stored.
+        let existing = self.stored_ids(events).await?;
+        let fresh: Vec<LoggedEvent> = events
+            .iter()
+            .filter(|e| !existing.contains(&(e.partner_id.clone(), e.id)))
+            .map(|e| LoggedEvent {
+                partition: 0,
+                offset: 0,
+                event: e.clone(),
+            })
+            .collect();
+        let mut outcome = self.insert_rows("", &fresh).await?;
+        outcome.duplicates = (events.len() - fresh.len()) as u64;
+        Ok(outcome)
+    }
+
+    async fn insert_logged(
+        &self,
+        topic: &str,
+        events: &[LoggedEvent],
+    ) -> Result<InsertOutcome, UsageStoreError> {
+        self.insert_rows(topic, events).await
+    }
+
+    async fn stored_positions(
+        &self,
+        topic: &str,
+        partitions: &[u32],
+    ) -> Result<HashMap<u32, u64>, UsageStoreError> {
+        if partitions.is_empty() {
+            return Ok(HashMap::new());
+        }
+        #[derive(Row, Deserialize)]
+        struct Pos {
+            log_partition: u32,
+            max_offset: u64,
+        }
+        let rows = self
+            .client
+            .query(
+                "SELECT log_partition, max(max_offset) AS max_offset FROM log_positions \
+                 WHERE log_topic = ? AND has(?, log_partition) GROUP BY log_partition",
+            )
+            .bind(topic)
+            .bind(partitions)
+            .fetch_all::<Pos>()
+            .await
+            .map_err(|e| ch("log positions", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|p| (p.log_partition, p.max_offset))
+            .collect())
+    }
+
+    async fn stored_ids(
+        &self,
+        events: &[CallEvent],
+    ) -> Result<HashSet<(String, Uuid)>, UsageStoreError> {
+        let mut by_partner: HashMap<&str, Vec<&CallEvent>> = HashMap::new();
+        for e in events {
+            by_partner.entry(&e.partner_id).or_default().push(e);
+        }
+        let mut found = HashSet::new();
+        #[derive(Row, Deserialize)]
+        struct Id {
+            #[serde(with = "clickhouse::serde::uuid")]
+            id: Uuid,
+        }
+        for (partner, evs) in by_partner {
+            let min = evs.iter().map(|e| e.time.timestamp()).min().unwrap_or(0);
+            let max = evs.iter().map(|e| e.time.timestamp()).max().unwrap_or(0);
+            let ids: Vec<String> = evs.iter().map(|e| e.id.to_string()).collect();
+            let rows = self
+                .client
+                .query(
+                    "SELECT id FROM call_events WHERE partner_id = ? \
+                     AND time >= toDateTime(?) AND time <= toDateTime(?) \
+                     AND has(?, toString(id))",
+                )
+                .bind(partner)
+                .bind(min)
+                .bind(max)
+                .bind(&ids)
+                .fetch_all::<Id>()
+                .await
+                .map_err(|e| ch("stored ids", e))?;
+            found.extend(rows.into_iter().map(|r| (partner.to_string(), r.id)));
+        }
+        Ok(found)
+    }
+
+    async fn meter_usage(
+        &self,
+        query: &UsageQuery,
+        meters: &[Meter],
+    ) -> Result<Vec<MeterUsage>, UsageStoreError> {
+        let needs_raw: Vec<Meter> = meters
+            .iter()
+            .filter(|m| !m.rollup_compatible())
+            .cloned()
+            .collect();
+        let rollups = if needs_raw.len() < meters.len() {
+            self.rollup_rows(query).await?
+        } else {
+            vec![]
+        };
+        let mut raw = if needs_raw.is_empty() {
+            vec![]
+        } else {
+            self.meter_usage_raw(query, &needs_raw).await?
+        }
+        .into_iter();
+        Ok(meters
+            .iter()
+            .map(|m| match evaluate_rollups(m, &rollups) {
+                Some(u) => u,
+                None => raw.next().expect("one raw result per raw meter"),
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn a_range_splits_into_hours_minutes_and_raw_slivers_that_cover_it_exactly() {
+        let t = |h, m, s, us| {
+            Utc.with_ymd_and_hms(2026, 11, 25, h, m, s).unwrap() + TimeDelta::microseconds(us)
+        };
+        let p = plan_range(t(9, 59, 30, 5), t(12, 0, 10, 0));
+        assert_eq!(
+            p.raw,
+            vec![
+                (t(9, 59, 30, 5), t(10, 0, 0, 0)),
+                (t(12, 0, 0, 0), t(12, 0, 10, 0))
+            ]
+        );
+        assert_eq!(p.minutes, vec![]);
+        assert_eq!(p.hours, Some((t(10, 0, 0, 0), t(12, 0, 0, 0))));
+
+        let p = plan_range(t(10, 0, 0, 0), t(10, 30, 0, 0));
+        assert_eq!(
+            (p.raw.len(), p.minutes.clone(), p.hours),
+            (0, vec![(t(10, 0, 0, 0), t(10, 30, 0, 0))], None)
+        );
+
+        let p = plan_range(t(10, 0, 1, 0), t(10, 0, 2, 0));
+        assert_eq!(p.raw, vec![(t(10, 0, 1, 0), t(10, 0, 2, 0))]);
+
+        let p = plan_range(t(9, 10, 0, 0), t(11, 5, 0, 0));
+        assert_eq!(
+            p.minutes,
+            vec![
+                (t(9, 10, 0, 0), t(10, 0, 0, 0)),
+                (t(11, 0, 0, 0), t(11, 5, 0, 0))
+            ]
+        );
+        assert_eq!(p.hours, Some((t(10, 0, 0, 0), t(11, 0, 0, 0))));
+        assert_eq!(
+            plan_range(t(11, 0, 0, 0), t(10, 0, 0, 0)),
+            RangePlan {
+                raw: vec![],
+                minutes: vec![],
+                hours: None
+            }
+        );
+    }
+
+    #[test]
+    fn units_round_trip_through_the_fixed_point_column() {
+        for s in [
+            "0",
+            "1",
+            "1.5",
+            "0.000000001",
+            "123456789012345678.123456789",
+        ] {
+            let d: Decimal = s.parse().unwrap();
+            assert_eq!(
+                fixed_to_units(units_to_fixed(d).unwrap()).unwrap(),
+                d.normalize()
+            );
+        }
+        assert!(units_to_fixed("0.0000000001".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn every_migration_file_is_listed_in_order() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/clickhouse");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".sql"))
+            .map(|n| n.trim_end_matches(".sql").to_string())
+            .collect();
+        files.sort();
+        let listed: Vec<String> = MIGRATIONS.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(files, listed);
+    }
+}
