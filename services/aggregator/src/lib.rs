@@ -7,33 +7,30 @@
 //! write is durable (the failure OpenMeter #5118 shows). A record that is not a valid event
 //! goes to the dead letters with the reason, and the partition moves on.
 
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use peage_core::CallEvent;
-use peage_eventlog::{EventLogError, LogConsumer, LogRecord};
-use peage_usage_store::{UsageStore, UsageStoreError};
-use serde::Serialize;
+use peage_eventlog::{DeadLetter, DeadLetterSink, EventLogError, LogConsumer, LogRecord};
+use peage_usage_store::{LoggedEvent, UsageStore, UsageStoreError};
 use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AggregatorError {
     #[error(transparent)]
     Log(#[from] EventLogError),
-    #[error("dead letter file {path}: {source}")]
-    DeadLetter {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 #[derive(Debug, Default)]
 pub struct AggregatorStats {
     pub inserted: AtomicU64,
+    /// Events not inserted because the store already held them (replays after a crash,
+    /// re-sent records).
     pub duplicates: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub store_failures: AtomicU64,
@@ -42,7 +39,9 @@ pub struct AggregatorStats {
 
 #[derive(Debug, Clone)]
 pub struct AggregatorConfig {
+    /// Records per batch at most.
     pub max_batch: usize,
+    /// How long a batch may wait to fill.
     pub poll_wait: Duration,
 }
 
@@ -55,16 +54,6 @@ impl Default for AggregatorConfig {
     }
 }
 
-/// A record the aggregator could not use, kept with the reason.
-#[derive(Debug, Serialize)]
-pub struct DeadLetter<'a> {
-    pub partition: u32,
-    pub offset: u64,
-    pub reason: String,
-    /// The payload as text (lossy for non-UTF-8 bytes).
-    pub payload: std::borrow::Cow<'a, str>,
-}
-
 /// Embedded dead letters: one JSON object per line, fsynced before the position is committed.
 pub struct DeadLetterFile {
     path: PathBuf,
@@ -74,47 +63,62 @@ impl DeadLetterFile {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         DeadLetterFile { path: path.into() }
     }
+}
 
-    fn write(&self, letters: &[DeadLetter<'_>]) -> Result<(), AggregatorError> {
-        let err = |source| AggregatorError::DeadLetter {
+#[async_trait]
+impl DeadLetterSink for DeadLetterFile {
+    async fn send(&self, letters: &[DeadLetter]) -> Result<(), EventLogError> {
+        let err = |source| EventLogError::Io {
             path: self.path.display().to_string(),
             source,
         };
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(err)?;
         let mut buf = Vec::new();
         for l in letters {
             serde_json::to_writer(&mut buf, l).map_err(|e| err(e.into()))?;
             buf.push(b'\n');
         }
-        f.write_all(&buf).and_then(|()| f.sync_data()).map_err(err)
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
+            f.write_all(&buf)?;
+            f.sync_data()
+        })
+        .await
+        .map_err(|e| EventLogError::Task(e.to_string()))?
+        .map_err(err)
     }
 }
 
 pub struct Aggregator {
     consumer: Box<dyn LogConsumer>,
     store: Arc<dyn UsageStore>,
-    dead_letters: DeadLetterFile,
+    dead_letters: Box<dyn DeadLetterSink>,
     config: AggregatorConfig,
     stats: Arc<AggregatorStats>,
+    /// Per partition, the highest offset the store holds, learnt since the last rebalance.
+    floors: HashMap<u32, Option<u64>>,
+    epoch: u64,
 }
 
 impl Aggregator {
     pub fn new(
         consumer: Box<dyn LogConsumer>,
         store: Arc<dyn UsageStore>,
-        dead_letters: DeadLetterFile,
+        dead_letters: Box<dyn DeadLetterSink>,
         config: AggregatorConfig,
     ) -> Self {
+        let epoch = consumer.assignment_epoch();
         Aggregator {
             consumer,
             store,
             dead_letters,
             config,
             stats: Arc::default(),
+            floors: HashMap::new(),
+            epoch,
         }
     }
 
@@ -141,59 +145,147 @@ impl Aggregator {
         }
     }
 
-    /// Insert, then commit: the order that makes a crash at any point safe.
+    /// Retries a store call until it succeeds, with backoff; every failure is counted and
+    /// logged. The batch is never half-applied: the store call is all or nothing.
+    async fn retry<T, F, Fut>(&self, what: &str, mut call: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, UsageStoreError>>,
+    {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match call().await {
+                Ok(v) => return v,
+                Err(e) => {
+                    self.stats.store_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "aggregator: {what} failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Skip what the store holds, dead-letter what is not an event, insert, then commit: the
+    /// order that makes a crash at any point safe (docs/exactly-once.md).
     async fn process(&mut self, records: &[LogRecord]) -> Result<(), AggregatorError> {
+        let topic = self.consumer.topic().to_string();
+        // 1. Positions the store already holds, re-learnt after every rebalance.
+        let epoch = self.consumer.assignment_epoch();
+        if epoch != self.epoch {
+            self.floors.clear();
+            self.epoch = epoch;
+        }
+        let unknown: Vec<u32> = records
+            .iter()
+            .map(|r| r.partition)
+            .filter(|p| !self.floors.contains_key(p))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if !unknown.is_empty() {
+            let store = Arc::clone(&self.store);
+            let stored = self
+                .retry("reading stored positions", || {
+                    store.stored_positions(&topic, &unknown)
+                })
+                .await;
+            for p in unknown {
+                self.floors.insert(p, stored.get(&p).copied());
+            }
+        }
+        let mut skipped = 0u64;
         let mut events = Vec::with_capacity(records.len());
         let mut dead = Vec::new();
         for r in records {
-            match serde_json::from_slice::<CallEvent>(&r.payload) {
-                Ok(e) => events.push(e),
-                Err(e) => dead.push(DeadLetter {
+            if self.floors[&r.partition].is_some_and(|f| r.offset <= f) {
+                skipped += 1;
+                continue;
+            }
+            // 2. Decode and check; what is not a valid event goes to the dead letters.
+            let decoded = serde_json::from_slice::<CallEvent>(&r.payload)
+                .map_err(|e| format!("not a CallEvent v1: {e}"))
+                .and_then(|e| {
+                    e.check()
+                        .map(|()| e)
+                        .map_err(|m| format!("invalid CallEvent: {m}"))
+                });
+            match decoded {
+                Ok(event) => events.push((
+                    r.possible_duplicate,
+                    LoggedEvent {
+                        partition: r.partition,
+                        offset: r.offset,
+                        event,
+                    },
+                )),
+                Err(reason) => dead.push(DeadLetter {
                     partition: r.partition,
                     offset: r.offset,
-                    reason: format!("not a CallEvent v1: {e}"),
-                    payload: String::from_utf8_lossy(&r.payload),
+                    reason,
+                    payload: r.payload.clone(),
                 }),
             }
         }
+        // 3. Records the producer may have sent twice: drop ids already stored or seen.
+        if events.iter().any(|(maybe, _)| *maybe) {
+            let suspects: Vec<CallEvent> = events
+                .iter()
+                .filter(|(maybe, _)| *maybe)
+                .map(|(_, l)| l.event.clone())
+                .collect();
+            let store = Arc::clone(&self.store);
+            let stored = self
+                .retry("checking re-sent ids", || store.stored_ids(&suspects))
+                .await;
+            let mut seen: HashSet<(String, uuid::Uuid)> = HashSet::new();
+            let before = events.len();
+            events.retain(|(_, l)| {
+                let k = (l.event.partner_id.clone(), l.event.id);
+                !stored.contains(&k) && seen.insert(k)
+            });
+            skipped += (before - events.len()) as u64;
+        }
         if !dead.is_empty() {
-            self.dead_letters.write(&dead)?;
+            let mut backoff = Duration::from_millis(50);
+            while let Err(e) = self.dead_letters.send(&dead).await {
+                tracing::error!(error = %e, "aggregator: cannot write dead letters; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
             self.stats
                 .dead_lettered
                 .fetch_add(dead.len() as u64, Ordering::Relaxed);
-            tracing::warn!(count = dead.len(), first_offset = dead[0].offset, reason = %dead[0].reason, "aggregator: records sent to dead letters");
+            tracing::warn!(count = dead.len(), partition = dead[0].partition, first_offset = dead[0].offset, reason = %dead[0].reason, "aggregator: records sent to dead letters");
         }
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match self.store.insert(&events).await {
-                Ok(outcome) => {
-                    self.stats
-                        .inserted
-                        .fetch_add(outcome.inserted, Ordering::Relaxed);
-                    self.stats
-                        .duplicates
-                        .fetch_add(outcome.duplicates, Ordering::Relaxed);
-                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
-                    if outcome.duplicates > 0 {
-                        tracing::info!(
-                            duplicates = outcome.duplicates,
-                            "aggregator: ignored events already stored (replay after a restart)"
-                        );
-                    }
-                    break;
-                }
-                Err(e) => self.store_failed(e, &mut backoff).await,
-            }
+        // 4. Insert the batch (all or nothing), then commit.
+        let batch: Vec<LoggedEvent> = events.into_iter().map(|(_, l)| l).collect();
+        if !batch.is_empty() {
+            let store = Arc::clone(&self.store);
+            let outcome = self
+                .retry("inserting the batch", || {
+                    store.insert_logged(&topic, &batch)
+                })
+                .await;
+            self.stats
+                .inserted
+                .fetch_add(outcome.inserted, Ordering::Relaxed);
+            skipped += outcome.duplicates;
         }
+        for r in records {
+            let floor = self.floors.entry(r.partition).or_default();
+            *floor = Some(floor.map_or(r.offset, |f| f.max(r.offset)));
+        }
+        if skipped > 0 {
+            self.stats.duplicates.fetch_add(skipped, Ordering::Relaxed);
+            tracing::info!(
+                duplicates = skipped,
+                "aggregator: skipped events already stored (replay after a restart or a re-send)"
+            );
+        }
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.consumer.commit(records).await?;
         Ok(())
-    }
-
-    async fn store_failed(&self, e: UsageStoreError, backoff: &mut Duration) {
-        self.stats.store_failures.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "aggregator: usage store insert failed; retrying the batch");
-        tokio::time::sleep(*backoff).await;
-        *backoff = (*backoff * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -269,7 +361,7 @@ mod tests {
         let agg = Aggregator::new(
             log.consumer("aggregator").await.unwrap(),
             store.clone(),
-            DeadLetterFile::new(dir.path().join("dead.jsonl")),
+            Box::new(DeadLetterFile::new(dir.path().join("dead.jsonl"))),
             AggregatorConfig {
                 max_batch: 17,
                 poll_wait: Duration::from_millis(20),

@@ -206,6 +206,11 @@ impl EmbeddedLog {
             .join(format!("{group}.offset"))
     }
 
+    /// The offset after the last record `group` committed (0 if it never did).
+    pub fn committed_offset(&self, group: &str) -> Result<u64, EventLogError> {
+        self.read_committed(group)
+    }
+
     fn read_committed(&self, group: &str) -> Result<u64, EventLogError> {
         let path = self.committed_path(group);
         match fs::read_to_string(&path) {
@@ -358,6 +363,7 @@ fn read_batch(
                     partition: 0,
                     offset: reader.offset,
                     payload: Bytes::from(payload),
+                    possible_duplicate: false,
                 });
                 reader.offset += 1;
             }

@@ -34,6 +34,7 @@ pub struct EmitterStats {
 pub struct EventEmitter {
     tx: mpsc::Sender<Msg>,
     stats: Arc<EmitterStats>,
+    log: Arc<dyn EventLog>,
 }
 
 impl EventEmitter {
@@ -41,8 +42,13 @@ impl EventEmitter {
     pub fn start(log: Arc<dyn EventLog>, queue: usize) -> EventEmitter {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let stats = Arc::new(EmitterStats::default());
-        tokio::spawn(run(log, rx, Arc::clone(&stats)));
-        EventEmitter { tx, stats }
+        tokio::spawn(run(Arc::clone(&log), rx, Arc::clone(&stats)));
+        EventEmitter { tx, stats, log }
+    }
+
+    /// Whether the log takes new events ([`EventLog::accepting`]).
+    pub fn accepting(&self) -> bool {
+        self.log.accepting()
     }
 
     pub fn stats(&self) -> &EmitterStats {

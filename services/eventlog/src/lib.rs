@@ -7,6 +7,7 @@
 
 pub mod embedded;
 pub mod emitter;
+pub mod kafka;
 
 use std::time::Duration;
 
@@ -35,6 +36,8 @@ pub enum EventLogError {
     },
     #[error("consumer group name {0:?} must be 1–64 characters of a–z, 0–9, '-', '_'")]
     BadGroup(String),
+    #[error("kafka: {0}")]
+    Kafka(String),
     #[error("event log task failed: {0}")]
     Task(String),
 }
@@ -45,6 +48,9 @@ pub struct LogRecord {
     pub partition: u32,
     pub offset: u64,
     pub payload: Bytes,
+    /// The producer may have written this record before (a re-send after an unclear delivery);
+    /// the consumer checks its id against what it already stored.
+    pub possible_duplicate: bool,
 }
 
 #[async_trait]
@@ -55,6 +61,12 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// A consumer that resumes from the group's last committed position.
     async fn consumer(&self, group: &str) -> Result<Box<dyn LogConsumer>, EventLogError>;
+
+    /// False while the log refuses new events (a full spool under `fail_closed`): the gateway
+    /// then answers 503 instead of serving calls it could not meter.
+    fn accepting(&self) -> bool {
+        true
+    }
 }
 
 #[async_trait]
@@ -68,6 +80,39 @@ pub trait LogConsumer: Send + Sync {
 
     /// Records appended but not yet committed by this group (for progress and shutdown).
     async fn lag(&self) -> Result<u64, EventLogError>;
+
+    /// The log's name for the records' source (the Kafka topic), stored with each event.
+    fn topic(&self) -> &str {
+        "embedded"
+    }
+
+    /// Changes whenever the partitions this consumer owns may have changed (a rebalance);
+    /// positions learnt before are stale then.
+    fn assignment_epoch(&self) -> u64 {
+        0
+    }
+}
+
+/// A record the consumer could not use, kept with the reason.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetter {
+    pub partition: u32,
+    pub offset: u64,
+    pub reason: String,
+    /// The original bytes (in the JSON-lines file: as text, lossy for non-UTF-8 bytes).
+    #[serde(serialize_with = "lossy_text")]
+    pub payload: Bytes,
+}
+
+fn lossy_text<S: serde::Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(b))
+}
+
+/// Where dead letters go: a file in embedded mode, a topic on Kafka. Durable when `send`
+/// returns, so the consumer may commit past them.
+#[async_trait]
+pub trait DeadLetterSink: Send + Sync {
+    async fn send(&self, letters: &[DeadLetter]) -> Result<(), EventLogError>;
 }
 
 pub(crate) fn encode(event: &CallEvent) -> Result<Vec<u8>, EventLogError> {

@@ -173,6 +173,19 @@ pub(crate) async fn handle(
         Ok(k) => k,
         Err(r) => return r,
     };
+    if !gw.emitter.accepting() {
+        // The metering spool is full and the operator chose fail_closed: a call that could
+        // not be metered is not served.
+        let mut r = problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metering-unavailable",
+            "Metering backlog full",
+            "the gateway cannot record calls right now; retry shortly",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return r;
+    }
 
     // `/{api}/{version}/{rest}`, keeping `rest` byte for byte (percent-encoding included).
     let path = req.uri().path().to_string();

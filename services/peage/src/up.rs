@@ -212,7 +212,7 @@ pub async fn run(
     let aggregator = Aggregator::new(
         log.consumer("aggregator").await?,
         usage.clone(),
-        DeadLetterFile::new(data_dir.join("dead-letter.jsonl")),
+        Box::new(DeadLetterFile::new(data_dir.join("dead-letter.jsonl"))),
         AggregatorConfig::default(),
     );
     let (agg_stop_tx, agg_stop_rx) = watch::channel(false);
