@@ -2,6 +2,9 @@
 //! [`sqlite::SqliteBillingStore`] serves embedded mode; a PostgreSQL implementation plugs in
 //! behind the same trait and the same test suite.
 
+#[doc(hidden)]
+pub mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -9,6 +12,7 @@ use chrono::{DateTime, Utc};
 use peage_core::Env;
 use serde::Serialize;
 
+pub use postgres::PostgresBillingStore;
 pub use sqlite::SqliteBillingStore;
 
 #[derive(Debug, thiserror::Error)]

@@ -257,16 +257,6 @@ impl BillingStore for SqliteBillingStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::{Duration, TimeZone};
-
-    fn sub(plan: &str, at: DateTime<Utc>) -> Subscription {
-        Subscription {
-            plan_id: plan.into(),
-            plan_version: "v-".to_string() + plan,
-            started_at: at,
-            ended_at: None,
-        }
-    }
 
     async fn store(dir: &tempfile::TempDir) -> SqliteBillingStore {
         SqliteBillingStore::open(&dir.path().join("billing.db"))
@@ -275,75 +265,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn partners_keep_their_plan_history() {
+    async fn passes_the_conformance_suite() {
         let dir = tempfile::tempdir().unwrap();
-        let s = store(&dir).await;
-        let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
-        let p = s
-            .create_partner("prt_a", "Acme", &sub("starter", t0))
-            .await
-            .unwrap();
-        assert_eq!(p.subscription.plan_id, "starter");
-        let t1 = t0 + Duration::days(10);
-        let p = s
-            .change_subscription("prt_a", &sub("growth", t1))
-            .await
-            .unwrap();
-        assert_eq!(p.subscription.plan_id, "growth");
-        let history = s.subscriptions("prt_a").await.unwrap();
-        assert_eq!(history.len(), 2);
-        assert_eq!(history[0].ended_at, Some(t1));
-        assert!(matches!(
-            s.change_subscription("prt_zz", &sub("growth", t1)).await,
-            Err(BillingStoreError::NotFound { .. })
-        ));
-        assert_eq!(s.partners().await.unwrap().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn keys_are_found_by_hash_and_revocation_is_idempotent() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(&dir).await;
-        let now = Utc::now();
-        s.create_partner("prt_a", "Acme", &sub("starter", now))
-            .await
-            .unwrap();
-        let key = NewKey {
-            key_id: "key_1".into(),
-            partner_id: "prt_a".into(),
-            env: Env::Live,
-            secret_hash: "h1".into(),
-            prefix: "pk_live_ab".into(),
-            created_at: now,
-        };
-        s.create_key(&key).await.unwrap();
-        assert_eq!(
-            s.key_by_hash("h1").await.unwrap().unwrap().partner_id,
-            "prt_a"
-        );
-        assert!(s.key_by_hash("h2").await.unwrap().is_none());
-        let revoked = s.revoke_key("key_1", now).await.unwrap();
-        assert!(revoked.revoked_at.is_some());
-        let again = s
-            .revoke_key("key_1", now + Duration::hours(1))
-            .await
-            .unwrap();
-        assert_eq!(
-            again.revoked_at, revoked.revoked_at,
-            "first revocation time is kept"
-        );
-        assert!(matches!(
-            s.revoke_key("key_x", now).await,
-            Err(BillingStoreError::NotFound { .. })
-        ));
-        // A key for a partner that does not exist is refused.
-        let orphan = NewKey {
-            partner_id: "prt_none".into(),
-            key_id: "key_2".into(),
-            secret_hash: "h3".into(),
-            ..key
-        };
-        assert!(s.create_key(&orphan).await.is_err());
+        crate::conformance::run_all(&store(&dir).await).await;
     }
 
     #[tokio::test]
@@ -351,9 +275,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = store(&dir).await;
-            s.create_partner("prt_a", "Acme", &sub("starter", Utc::now()))
-                .await
-                .unwrap();
+            s.create_partner(
+                "prt_a",
+                "Acme",
+                &crate::conformance::sub("starter", Utc::now()),
+            )
+            .await
+            .unwrap();
         }
         assert_eq!(
             store(&dir)

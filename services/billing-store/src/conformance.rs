@@ -1,0 +1,125 @@
+//! The behaviour every `BillingStore` must have, run against SQLite (unit tests) and
+//! PostgreSQL (`tests/postgres.rs`) alike, so the two cannot drift apart.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use peage_core::Env;
+
+use crate::{BillingStore, BillingStoreError, NewKey, Subscription};
+
+pub fn sub(plan: &str, at: DateTime<Utc>) -> Subscription {
+    Subscription {
+        plan_id: plan.into(),
+        plan_version: "v-".to_string() + plan,
+        started_at: at,
+        ended_at: None,
+    }
+}
+
+/// Runs every check on an empty store.
+pub async fn run_all(s: &dyn BillingStore) {
+    partners_keep_their_plan_history(s).await;
+    keys_are_found_by_hash_and_revocation_is_idempotent(s).await;
+    times_keep_microseconds(s).await;
+}
+
+async fn partners_keep_their_plan_history(s: &dyn BillingStore) {
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    let p = s
+        .create_partner("prt_a", "Acme", &sub("starter", t0))
+        .await
+        .unwrap();
+    assert_eq!(p.subscription.plan_id, "starter");
+    assert!(
+        s.create_partner("prt_a", "Again", &sub("starter", t0))
+            .await
+            .is_err(),
+        "ids are unique"
+    );
+    let t1 = t0 + Duration::days(10);
+    let p = s
+        .change_subscription("prt_a", &sub("growth", t1))
+        .await
+        .unwrap();
+    assert_eq!(p.subscription.plan_id, "growth");
+    let history = s.subscriptions("prt_a").await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0].ended_at, Some(t1));
+    assert_eq!(history[1].ended_at, None);
+    assert!(matches!(
+        s.change_subscription("prt_zz", &sub("growth", t1)).await,
+        Err(BillingStoreError::NotFound { .. })
+    ));
+    s.create_partner("prt_b", "Beta", &sub("starter", t1))
+        .await
+        .unwrap();
+    let all = s.partners().await.unwrap();
+    assert_eq!(
+        all.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        ["prt_a", "prt_b"]
+    );
+    assert!(s.partner("prt_none").await.unwrap().is_none());
+}
+
+async fn keys_are_found_by_hash_and_revocation_is_idempotent(s: &dyn BillingStore) {
+    let now = Utc.with_ymd_and_hms(2026, 11, 20, 8, 0, 0).unwrap();
+    let key = NewKey {
+        key_id: "key_1".into(),
+        partner_id: "prt_a".into(),
+        env: Env::Live,
+        secret_hash: "h1".into(),
+        prefix: "pk_live_ab".into(),
+        created_at: now,
+    };
+    s.create_key(&key).await.unwrap();
+    s.create_key(&NewKey {
+        key_id: "key_t".into(),
+        env: Env::Sandbox,
+        secret_hash: "h-test".into(),
+        ..key.clone()
+    })
+    .await
+    .unwrap();
+    let found = s.key_by_hash("h1").await.unwrap().unwrap();
+    assert_eq!((found.partner_id.as_str(), found.env), ("prt_a", Env::Live));
+    assert!(s.key_by_hash("h2").await.unwrap().is_none());
+    assert_eq!(s.keys("prt_a").await.unwrap().len(), 2);
+    let revoked = s.revoke_key("key_1", now).await.unwrap();
+    assert_eq!(revoked.revoked_at, Some(now));
+    let again = s
+        .revoke_key("key_1", now + Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(again.revoked_at, Some(now), "first revocation time is kept");
+    assert!(matches!(
+        s.revoke_key("key_x", now).await,
+        Err(BillingStoreError::NotFound { .. })
+    ));
+    let orphan = NewKey {
+        partner_id: "prt_none".into(),
+        key_id: "key_2".into(),
+        secret_hash: "h3".into(),
+        ..key.clone()
+    };
+    assert!(
+        s.create_key(&orphan).await.is_err(),
+        "no key without a partner"
+    );
+    let dup_hash = NewKey {
+        key_id: "key_3".into(),
+        ..key
+    };
+    assert!(
+        s.create_key(&dup_hash).await.is_err(),
+        "secret hashes are unique"
+    );
+}
+
+async fn times_keep_microseconds(s: &dyn BillingStore) {
+    let t =
+        Utc.with_ymd_and_hms(2026, 2, 28, 23, 59, 59).unwrap() + Duration::microseconds(123_456);
+    s.create_partner("prt_c", "Gamma", &sub("starter", t))
+        .await
+        .unwrap();
+    let p = s.partner("prt_c").await.unwrap().unwrap();
+    assert_eq!((p.created_at, p.subscription.started_at), (t, t));
+}

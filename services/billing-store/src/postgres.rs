@@ -1,0 +1,235 @@
+//! Billing state on PostgreSQL (distributed mode): the same behaviour as the SQLite store,
+//! checked by the shared conformance suite. Times are `timestamptz` (microseconds).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use peage_core::Env;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row};
+
+use crate::{ApiKey, BillingStore, BillingStoreError, NewKey, Partner, Subscription};
+
+#[derive(Clone)]
+pub struct PostgresBillingStore {
+    pool: PgPool,
+}
+
+const PARTNER_SELECT: &str =
+    "SELECT p.id, p.name, p.created_at, s.plan_id, s.plan_version, s.started_at, s.ended_at \
+     FROM partners p JOIN subscriptions s ON s.partner_id = p.id AND s.ended_at IS NULL";
+
+fn subscription_from(row: &PgRow) -> Result<Subscription, BillingStoreError> {
+    Ok(Subscription {
+        plan_id: row.try_get("plan_id")?,
+        plan_version: row.try_get("plan_version")?,
+        started_at: row.try_get("started_at")?,
+        ended_at: row.try_get("ended_at")?,
+    })
+}
+
+fn partner_from(row: &PgRow) -> Result<Partner, BillingStoreError> {
+    Ok(Partner {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        created_at: row.try_get("created_at")?,
+        subscription: subscription_from(row)?,
+    })
+}
+
+fn key_from(row: &PgRow) -> Result<ApiKey, BillingStoreError> {
+    let env: String = row.try_get("env")?;
+    Ok(ApiKey {
+        key_id: row.try_get("key_id")?,
+        partner_id: row.try_get("partner_id")?,
+        env: Env::parse(&env).ok_or(BillingStoreError::Corrupt {
+            what: "api key",
+            reason: format!("env {env:?}"),
+        })?,
+        prefix: row.try_get("prefix")?,
+        created_at: row.try_get("created_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
+
+const KEY_COLUMNS: &str = "key_id, partner_id, env, prefix, created_at, revoked_at";
+
+impl PostgresBillingStore {
+    /// Connects (`postgres://user:password@host:port/db`) and applies the migrations under
+    /// `schemas/sql/postgres/billing`.
+    pub async fn connect(url: &str) -> Result<PostgresBillingStore, BillingStoreError> {
+        let options: PgConnectOptions = url.parse()?;
+        Self::connect_with(options).await
+    }
+
+    pub async fn connect_with(
+        options: PgConnectOptions,
+    ) -> Result<PostgresBillingStore, BillingStoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("../../schemas/sql/postgres/billing")
+            .run(&pool)
+            .await?;
+        Ok(PostgresBillingStore { pool })
+    }
+
+    async fn required_partner(&self, id: &str) -> Result<Partner, BillingStoreError> {
+        self.partner(id)
+            .await?
+            .ok_or_else(|| BillingStoreError::NotFound {
+                what: "partner",
+                id: id.to_string(),
+            })
+    }
+}
+
+#[async_trait]
+impl BillingStore for PostgresBillingStore {
+    async fn create_partner(
+        &self,
+        id: &str,
+        name: &str,
+        plan: &Subscription,
+    ) -> Result<Partner, BillingStoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO partners (id, name, created_at) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(name)
+            .bind(plan.started_at)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO subscriptions (partner_id, plan_id, plan_version, started_at) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(&plan.plan_id)
+            .bind(&plan.plan_version)
+            .bind(plan.started_at)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.required_partner(id).await
+    }
+
+    async fn partner(&self, id: &str) -> Result<Option<Partner>, BillingStoreError> {
+        let row = sqlx::query(&format!("{PARTNER_SELECT} WHERE p.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(partner_from).transpose()
+    }
+
+    async fn partners(&self) -> Result<Vec<Partner>, BillingStoreError> {
+        let rows = sqlx::query(&format!("{PARTNER_SELECT} ORDER BY p.created_at, p.id"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(partner_from).collect()
+    }
+
+    async fn change_subscription(
+        &self,
+        partner_id: &str,
+        next: &Subscription,
+    ) -> Result<Partner, BillingStoreError> {
+        let mut tx = self.pool.begin().await?;
+        let ended = sqlx::query(
+            "UPDATE subscriptions SET ended_at = $1 WHERE partner_id = $2 AND ended_at IS NULL",
+        )
+        .bind(next.started_at)
+        .bind(partner_id)
+        .execute(&mut *tx)
+        .await?;
+        if ended.rows_affected() == 0 {
+            return Err(BillingStoreError::NotFound {
+                what: "partner",
+                id: partner_id.to_string(),
+            });
+        }
+        sqlx::query("INSERT INTO subscriptions (partner_id, plan_id, plan_version, started_at) VALUES ($1, $2, $3, $4)")
+            .bind(partner_id)
+            .bind(&next.plan_id)
+            .bind(&next.plan_version)
+            .bind(next.started_at)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.required_partner(partner_id).await
+    }
+
+    async fn subscriptions(
+        &self,
+        partner_id: &str,
+    ) -> Result<Vec<Subscription>, BillingStoreError> {
+        let rows = sqlx::query("SELECT plan_id, plan_version, started_at, ended_at FROM subscriptions WHERE partner_id = $1 ORDER BY started_at")
+            .bind(partner_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(subscription_from).collect()
+    }
+
+    async fn create_key(&self, key: &NewKey) -> Result<ApiKey, BillingStoreError> {
+        self.required_partner(&key.partner_id).await?;
+        sqlx::query("INSERT INTO api_keys (key_id, partner_id, env, secret_hash, prefix, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(&key.key_id)
+            .bind(&key.partner_id)
+            .bind(key.env.as_str())
+            .bind(&key.secret_hash)
+            .bind(&key.prefix)
+            .bind(key.created_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(ApiKey {
+            key_id: key.key_id.clone(),
+            partner_id: key.partner_id.clone(),
+            env: key.env,
+            prefix: key.prefix.clone(),
+            created_at: key.created_at,
+            revoked_at: None,
+        })
+    }
+
+    async fn key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>, BillingStoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE secret_hash = $1"
+        ))
+        .bind(secret_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(key_from).transpose()
+    }
+
+    async fn keys(&self, partner_id: &str) -> Result<Vec<ApiKey>, BillingStoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE partner_id = $1 ORDER BY created_at, key_id"
+        ))
+        .bind(partner_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(key_from).collect()
+    }
+
+    async fn revoke_key(
+        &self,
+        key_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<ApiKey, BillingStoreError> {
+        sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE key_id = $2")
+            .bind(at)
+            .bind(key_id)
+            .execute(&self.pool)
+            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = $1"
+        ))
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref()
+            .map(key_from)
+            .transpose()?
+            .ok_or_else(|| BillingStoreError::NotFound {
+                what: "api key",
+                id: key_id.to_string(),
+            })
+    }
+}
