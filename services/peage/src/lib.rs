@@ -1,6 +1,8 @@
 //! The `peage` binary's library: each command wires the service crates together.
 
+pub mod config;
 pub mod demo;
+pub mod roles;
 pub mod up;
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -1,5 +1,6 @@
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -16,6 +17,15 @@ enum Command {
     /// Run every role (gateway, aggregator, billing + control API) in one process on a local
     /// data directory: no Kafka, no ClickHouse, no PostgreSQL.
     Up(peage::up::UpOptions),
+    /// Create or upgrade the ClickHouse schema, the PostgreSQL schema and the Kafka topics
+    /// (idempotent).
+    Migrate(ConfigArg),
+    /// The gateway role: authenticate, proxy and meter; events go to Kafka through a disk spool.
+    Gateway(ConfigArg),
+    /// The aggregator role: Kafka → ClickHouse, exactly once.
+    Aggregator(ConfigArg),
+    /// The billing role: the control API on PostgreSQL and ClickHouse.
+    Billing(ConfigArg),
     /// Serve the built-in demo API on its own (the upstream that `peage up --demo` uses).
     DemoUpstream {
         #[arg(
@@ -25,6 +35,26 @@ enum Command {
         )]
         listen: SocketAddr,
     },
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// The configuration file; every key can be overridden by `PEAGE_<SECTION>__<KEY>`.
+    #[arg(long, env = "PEAGE_CONFIG", default_value = "peage.toml")]
+    config: PathBuf,
+}
+
+impl ConfigArg {
+    fn load(&self) -> anyhow::Result<peage::config::PeageConfig> {
+        peage::config::load(&self.config, std::env::vars())
+    }
+}
+
+async fn run_role(
+    arg: &ConfigArg,
+    role: impl AsyncFnOnce(peage::config::PeageConfig) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    role(arg.load()?).await
 }
 
 fn init_logging() {
@@ -46,6 +76,25 @@ async fn main() -> std::process::ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Up(options) => peage::up::run(options, peage::shutdown_signal()).await,
+        Command::Migrate(c) => run_role(&c, async |cfg| peage::roles::migrate(&cfg).await).await,
+        Command::Gateway(c) => {
+            run_role(&c, async |cfg| {
+                peage::roles::gateway(&cfg, peage::shutdown_signal()).await
+            })
+            .await
+        }
+        Command::Aggregator(c) => {
+            run_role(&c, async |cfg| {
+                peage::roles::aggregator(&cfg, peage::shutdown_signal()).await
+            })
+            .await
+        }
+        Command::Billing(c) => {
+            run_role(&c, async |cfg| {
+                peage::roles::billing(&cfg, peage::shutdown_signal()).await
+            })
+            .await
+        }
         Command::DemoUpstream { listen } => {
             peage::demo::serve_standalone(listen, peage::shutdown_signal()).await
         }

@@ -62,7 +62,7 @@ pub struct DemoInfo {
 }
 
 /// The gateway asks billing state for keys directly when they share a process.
-struct StoreKeys(Arc<dyn BillingStore>);
+pub(crate) struct StoreKeys(pub(crate) Arc<dyn BillingStore>);
 
 #[async_trait]
 impl KeyResolver for StoreKeys {
@@ -116,7 +116,7 @@ fn admin_token(options: &UpOptions) -> anyhow::Result<String> {
     }
 }
 
-fn load_catalog(path: &Path, demo_upstream: Option<&str>) -> anyhow::Result<Catalog> {
+pub(crate) fn load_catalog(path: &Path, demo_upstream: Option<&str>) -> anyhow::Result<Catalog> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the catalog {}", path.display()))?;
     let vars = |name: &str| {

@@ -1,0 +1,252 @@
+//! `peage.toml`: one file configures every role of the distributed mode. Every key can be
+//! overridden from the environment, `PEAGE_<SECTION>__<KEY>` (e.g. `PEAGE_GATEWAY__LISTEN`,
+//! `PEAGE_KAFKA__BROKERS`, `PEAGE_SPOOL__DIR`). Relative paths are relative to the file.
+//! `docs/configuration.md` lists every key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use peage_eventlog::kafka::{KafkaConfig, SpoolConfig};
+use peage_usage_store::ClickHouseConfig;
+use serde::Deserialize;
+
+/// The sections the environment may override.
+const SECTIONS: &[&str] = &[
+    "catalog",
+    "gateway",
+    "control",
+    "kafka",
+    "spool",
+    "clickhouse",
+    "postgres",
+    "aggregator",
+];
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeageConfig {
+    pub catalog: CatalogSection,
+    pub gateway: GatewaySection,
+    pub control: ControlSection,
+    pub kafka: KafkaConfig,
+    pub spool: SpoolConfig,
+    pub clickhouse: ClickHouseConfig,
+    pub postgres: PostgresSection,
+    pub aggregator: AggregatorSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogSection {
+    pub path: PathBuf,
+}
+
+impl Default for CatalogSection {
+    fn default() -> Self {
+        CatalogSection {
+            path: "catalog.toml".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    pub listen: SocketAddr,
+    /// Names this gateway in the events it emits; unique per gateway process.
+    pub id: String,
+    /// How long a resolved API key is trusted before billing state is asked again (a revoked
+    /// key stops working within this time on other processes).
+    pub key_cache_ttl_ms: u64,
+    pub upstream_timeout_ms: u64,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        GatewaySection {
+            listen: "127.0.0.1:8080".parse().expect("literal address"),
+            id: "gw-1".into(),
+            key_cache_ttl_ms: 5_000,
+            upstream_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlSection {
+    pub listen: SocketAddr,
+    /// The admin bearer token (at least 16 characters), or `admin_token_file`.
+    pub admin_token: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        ControlSection {
+            listen: "127.0.0.1:8090".parse().expect("literal address"),
+            admin_token: None,
+            admin_token_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresSection {
+    pub url: String,
+}
+
+impl Default for PostgresSection {
+    fn default() -> Self {
+        PostgresSection {
+            url: "postgres://peage:peage@127.0.0.1:5432/peage".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatorSection {
+    /// Kafka consumer group; aggregators in one group share the partitions.
+    pub group: String,
+    pub max_batch: usize,
+    pub max_wait_ms: u64,
+}
+
+impl Default for AggregatorSection {
+    fn default() -> Self {
+        AggregatorSection {
+            group: "peage-aggregator".into(),
+            max_batch: 20_000,
+            max_wait_ms: 500,
+        }
+    }
+}
+
+impl ControlSection {
+    pub fn token(&self) -> anyhow::Result<String> {
+        let token = match (&self.admin_token, &self.admin_token_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .with_context(|| format!("control.admin_token_file {}", f.display()))?
+                .trim()
+                .to_string(),
+            (None, None) => bail!(
+                "set control.admin_token_file (or PEAGE_CONTROL__ADMIN_TOKEN) for the control API"
+            ),
+        };
+        if token.len() < 16 {
+            bail!("the admin token must be at least 16 characters");
+        }
+        Ok(token)
+    }
+}
+
+/// Reads `path`, applies `PEAGE_<SECTION>__<KEY>` overrides from `env`, and resolves relative
+/// paths against the file's directory.
+pub fn load(
+    path: &Path,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> anyhow::Result<PeageConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the configuration {}", path.display()))?;
+    let mut doc: toml::Table = text
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("PEAGE_") else {
+            continue;
+        };
+        let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        if parts.len() < 2 || !SECTIONS.contains(&parts[0].as_str()) {
+            continue;
+        }
+        // A value that reads as TOML (a number, a boolean, an array) keeps its type.
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(value));
+        let mut table = &mut doc;
+        for p in &parts[..parts.len() - 1] {
+            let entry = table
+                .entry(p.clone())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            table = entry
+                .as_table_mut()
+                .with_context(|| format!("{name}: {p} is not a section"))?;
+        }
+        table.insert(parts[parts.len() - 1].clone(), parsed);
+    }
+    let mut config: PeageConfig = toml::Value::Table(doc)
+        .try_into()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let resolve = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    };
+    resolve(&mut config.catalog.path);
+    resolve(&mut config.spool.dir);
+    if let Some(f) = &mut config.control.admin_token_file {
+        resolve(f);
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_overrides_the_file_with_typed_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peage.toml");
+        std::fs::write(
+            &path,
+            "[gateway]\nlisten = \"127.0.0.1:9999\"\nid = \"gw-a\"\n[kafka]\npartitions = 2\n[spool]\ndir = \"spool-a\"\n",
+        )
+        .unwrap();
+        let env = [
+            ("PEAGE_GATEWAY__ID", "gw-b"),
+            ("PEAGE_KAFKA__PARTITIONS", "8"),
+            ("PEAGE_CLICKHOUSE__VALIDATION", "false"),
+            ("PEAGE_DEMO_UPSTREAM__LISTEN", "ignored: not a config section"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let c = load(&path, env).unwrap();
+        assert_eq!(c.gateway.listen.port(), 9999);
+        assert_eq!(c.gateway.id, "gw-b");
+        assert_eq!(c.kafka.partitions, 8);
+        assert!(!c.clickhouse.validation);
+        assert_eq!(c.spool.dir, dir.path().join("spool-a"));
+        assert_eq!(c.catalog.path, dir.path().join("catalog.toml"));
+        assert_eq!(c.kafka.topic, "peage.calls.v1");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors_that_name_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peage.toml");
+        std::fs::write(&path, "[gateway]\nlisen = \"127.0.0.1:1\"\n").unwrap();
+        let e = load(&path, []).unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+        std::fs::write(&path, "[kafka]\npartitions = \"many\"\n").unwrap();
+        let e = load(&path, []).unwrap_err().to_string();
+        assert!(e.contains("partitions") || e.contains("invalid type"), "{e}");
+        let e = load(&dir.path().join("missing.toml"), []).unwrap_err().to_string();
+        assert!(e.contains("missing.toml"), "{e}");
+    }
+
+    #[test]
+    fn the_dev_configuration_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/dev/peage.toml");
+        let c = load(&path, []).unwrap();
+        assert!(c.catalog.path.ends_with("catalog.toml"));
+        assert!(!c.clickhouse.validation, "Debian's ClickHouse 18.16 needs validation off");
+    }
+}

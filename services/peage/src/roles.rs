@@ -1,0 +1,174 @@
+//! The distributed roles, each its own process, all configured by one `peage.toml`:
+//! `peage migrate`, `peage gateway`, `peage aggregator`, `peage billing`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use peage_aggregator::{Aggregator, AggregatorConfig};
+use peage_billing::ControlApi;
+use peage_billing_store::{BillingStore, PostgresBillingStore};
+use peage_eventlog::kafka::{ensure_topics, KafkaConsumer, KafkaDeadLetters, SpooledKafkaLog};
+use peage_eventlog::{EventEmitter, EventLog};
+use peage_gateway::{Gateway, GatewayConfig, KeyCache};
+use peage_usage_store::ClickHouseUsageStore;
+use tokio::sync::watch;
+
+use crate::config::PeageConfig;
+use crate::up::{load_catalog, StoreKeys};
+
+async fn clickhouse(config: &PeageConfig) -> anyhow::Result<ClickHouseUsageStore> {
+    ClickHouseUsageStore::connect(&config.clickhouse)
+        .await
+        .context("connecting to ClickHouse ([clickhouse] url)")
+}
+
+async fn postgres(config: &PeageConfig) -> anyhow::Result<PostgresBillingStore> {
+    PostgresBillingStore::connect(&config.postgres.url)
+        .await
+        .context("connecting to PostgreSQL ([postgres] url)")
+}
+
+/// Creates or upgrades everything the roles need: ClickHouse schema, PostgreSQL schema, Kafka
+/// topics. Idempotent.
+pub async fn migrate(config: &PeageConfig) -> anyhow::Result<()> {
+    let ch = clickhouse(config).await?;
+    let applied = ch.migrate().await.context("ClickHouse migrations")?;
+    println!(
+        "clickhouse: {} migration(s) applied{}",
+        applied.len(),
+        if applied.is_empty() {
+            " (up to date)".to_string()
+        } else {
+            format!(": {}", applied.join(", "))
+        }
+    );
+    postgres(config).await?; // applies its migrations on connect
+    println!("postgres: schema up to date");
+    ensure_topics(&config.kafka)
+        .await
+        .context("creating the Kafka topics")?;
+    println!(
+        "kafka: topics {} and {} ready",
+        config.kafka.topic, config.kafka.dead_letter_topic
+    );
+    Ok(())
+}
+
+/// `peage gateway`: authenticates, proxies and meters; events go through the local spool to
+/// Kafka. On SIGTERM it drains calls, then gives the spool up to 10 s to reach Kafka (what is
+/// left stays on disk for the next start).
+pub async fn gateway(
+    config: &PeageConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let catalog = Arc::new(load_catalog(&config.catalog.path, None)?);
+    let billing: Arc<dyn BillingStore> = Arc::new(postgres(config).await?);
+    ensure_topics(&config.kafka)
+        .await
+        .context("creating the Kafka topics")?;
+    let spool = SpooledKafkaLog::start(&config.kafka, config.spool.clone())
+        .await
+        .context("opening the spool")?;
+    let emitter = EventEmitter::start(Arc::clone(&spool) as Arc<dyn EventLog>, 65_536);
+    let keys = KeyCache::new(
+        Arc::new(StoreKeys(billing)),
+        Duration::from_millis(config.gateway.key_cache_ttl_ms),
+    );
+    let gw = Gateway::new(
+        catalog,
+        keys,
+        emitter.clone(),
+        GatewayConfig {
+            gateway_id: config.gateway.id.clone(),
+            upstream_timeout: Duration::from_millis(config.gateway.upstream_timeout_ms),
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(config.gateway.listen)
+        .await
+        .with_context(|| format!("gateway cannot listen on {}", config.gateway.listen))?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let stopped = async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    };
+    let server = tokio::spawn(peage_gateway::serve(listener, gw, stopped));
+    tracing::info!(listen = %addr, id = %config.gateway.id, topic = %config.kafka.topic, "gateway up");
+    println!("peage gateway listening on http://{addr}");
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    server.await??;
+    emitter.flush().await;
+    let left = spool.drain(Duration::from_secs(10)).await;
+    if left > 0 {
+        tracing::warn!(
+            events = left,
+            "gateway stopping with events still in the spool; they are sent at the next start"
+        );
+    }
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// `peage aggregator`: Kafka → ClickHouse, exactly once (docs/exactly-once.md).
+pub async fn aggregator(
+    config: &PeageConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = Arc::new(clickhouse(config).await?);
+    ensure_topics(&config.kafka)
+        .await
+        .context("creating the Kafka topics")?;
+    let consumer = KafkaConsumer::new(&config.kafka, &config.aggregator.group)?;
+    let dead = KafkaDeadLetters::new(&config.kafka)?;
+    let agg = Aggregator::new(
+        Box::new(consumer),
+        store,
+        Box::new(dead),
+        AggregatorConfig {
+            max_batch: config.aggregator.max_batch,
+            poll_wait: Duration::from_millis(config.aggregator.max_wait_ms),
+        },
+    );
+    let stats = agg.stats();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(agg.run(stop_rx));
+    tracing::info!(group = %config.aggregator.group, topic = %config.kafka.topic, "aggregator up");
+    println!(
+        "peage aggregator consuming {} as group {}",
+        config.kafka.topic, config.aggregator.group
+    );
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    task.await??;
+    use std::sync::atomic::Ordering::Relaxed;
+    tracing::info!(
+        inserted = stats.inserted.load(Relaxed),
+        duplicates = stats.duplicates.load(Relaxed),
+        dead_lettered = stats.dead_lettered.load(Relaxed),
+        "aggregator stopped"
+    );
+    Ok(())
+}
+
+/// `peage billing`: the control API on PostgreSQL (billing state) and ClickHouse (usage).
+pub async fn billing(
+    config: &PeageConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let catalog = Arc::new(load_catalog(&config.catalog.path, None)?);
+    let store: Arc<dyn BillingStore> = Arc::new(postgres(config).await?);
+    let usage = Arc::new(clickhouse(config).await?);
+    let token = config.control.token()?;
+    let api = ControlApi::new(catalog, store, usage, token, None);
+    let listener = tokio::net::TcpListener::bind(config.control.listen)
+        .await
+        .with_context(|| format!("control API cannot listen on {}", config.control.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(listen = %addr, "billing (control API) up");
+    println!("peage billing (control API) listening on http://{addr}");
+    peage_billing::serve(listener, api, shutdown).await?;
+    Ok(())
+}
