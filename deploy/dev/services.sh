@@ -13,6 +13,7 @@
 # (default /tmp/peage-services). Ports: PEAGE_KAFKA_PORT, PEAGE_CLICKHOUSE_PORT,
 # PEAGE_CLICKHOUSE_TCP_PORT, PEAGE_POSTGRES_PORT.
 set -euo pipefail
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 DIR=${PEAGE_SERVICES_DIR:-/tmp/peage-services}
 KAFKA_PORT=${PEAGE_KAFKA_PORT:-9092}

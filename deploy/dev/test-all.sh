@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace, installing what the tests need first.
-# Used by people (README) and by CI (.ci/run) alike.
+# Runs every test of the workspace, installing and starting what the tests need first:
+# a C toolchain, and the real servers of the distributed mode (Kafka-wire broker, ClickHouse,
+# PostgreSQL) through deploy/dev/services.sh. Used by people (README) and by CI (.ci/run).
+# Servers this script started are stopped again at the end; ones already running are left be.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
-# A C compiler builds the bundled SQLite and ring (TLS). Install it on a bare machine.
-if ! command -v cc >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && apt-get install -y -qq build-essential
-    else
-        echo "test-all: a C compiler is needed: sudo apt-get install build-essential" >&2
-        exit 1
-    fi
+deploy/dev/services.sh install
+already_running=false
+if deploy/dev/services.sh status >/dev/null 2>&1; then already_running=true; fi
+deploy/dev/services.sh start
+if [ "$already_running" = false ]; then
+    trap 'deploy/dev/services.sh stop' EXIT
 fi
 
-# Embedded mode needs no servers. (Kafka, ClickHouse and PostgreSQL arrive with distributed
-# mode and are started here through deploy/dev/services.sh.)
+# Tests that need a server fail (never skip) when CI=true and it is unreachable.
 cargo test --workspace --all-targets --locked

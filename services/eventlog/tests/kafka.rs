@@ -71,7 +71,7 @@ async fn spooled_events_reach_the_topic_in_order_per_partner_and_a_restart_flags
         5_000
     );
 
-    let mut consumer = KafkaConsumer::new(&kafka, "test-group").unwrap();
+    let mut consumer = KafkaConsumer::new(&kafka, "test-group", None).unwrap();
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while got.len() < 5_000 && Instant::now() < deadline {
@@ -111,7 +111,7 @@ async fn spooled_events_reach_the_topic_in_order_per_partner_and_a_restart_flags
     .unwrap();
     let log = SpooledKafkaLog::start(&kafka, spool).await.unwrap();
     assert_eq!(log.drain(Duration::from_secs(60)).await, 0);
-    let mut consumer = KafkaConsumer::new(&kafka, "test-group").unwrap();
+    let mut consumer = KafkaConsumer::new(&kafka, "test-group", None).unwrap();
     let mut again = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while again.len() < 10 && Instant::now() < deadline {

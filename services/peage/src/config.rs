@@ -111,6 +111,9 @@ impl Default for PostgresSection {
 pub struct AggregatorSection {
     /// Kafka consumer group; aggregators in one group share the partitions.
     pub group: String,
+    /// Kafka static membership (`group.instance.id`): give each aggregator process its own
+    /// stable id so a restarted one resumes its partitions at once.
+    pub instance_id: Option<String>,
     pub max_batch: usize,
     pub max_wait_ms: u64,
 }
@@ -119,6 +122,7 @@ impl Default for AggregatorSection {
     fn default() -> Self {
         AggregatorSection {
             group: "peage-aggregator".into(),
+            instance_id: None,
             max_batch: 20_000,
             max_wait_ms: 500,
         }
@@ -214,7 +218,10 @@ mod tests {
             ("PEAGE_GATEWAY__ID", "gw-b"),
             ("PEAGE_KAFKA__PARTITIONS", "8"),
             ("PEAGE_CLICKHOUSE__VALIDATION", "false"),
-            ("PEAGE_DEMO_UPSTREAM__LISTEN", "ignored: not a config section"),
+            (
+                "PEAGE_DEMO_UPSTREAM__LISTEN",
+                "ignored: not a config section",
+            ),
             ("HOME", "/root"),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string()));
@@ -237,8 +244,13 @@ mod tests {
         assert!(e.contains("lisen"), "{e}");
         std::fs::write(&path, "[kafka]\npartitions = \"many\"\n").unwrap();
         let e = load(&path, []).unwrap_err().to_string();
-        assert!(e.contains("partitions") || e.contains("invalid type"), "{e}");
-        let e = load(&dir.path().join("missing.toml"), []).unwrap_err().to_string();
+        assert!(
+            e.contains("partitions") || e.contains("invalid type"),
+            "{e}"
+        );
+        let e = load(&dir.path().join("missing.toml"), [])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing.toml"), "{e}");
     }
 
@@ -247,6 +259,9 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/dev/peage.toml");
         let c = load(&path, []).unwrap();
         assert!(c.catalog.path.ends_with("catalog.toml"));
-        assert!(!c.clickhouse.validation, "Debian's ClickHouse 18.16 needs validation off");
+        assert!(
+            !c.clickhouse.validation,
+            "Debian's ClickHouse 18.16 needs validation off"
+        );
     }
 }

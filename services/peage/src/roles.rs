@@ -119,7 +119,11 @@ pub async fn aggregator(
     ensure_topics(&config.kafka)
         .await
         .context("creating the Kafka topics")?;
-    let consumer = KafkaConsumer::new(&config.kafka, &config.aggregator.group)?;
+    let consumer = KafkaConsumer::new(
+        &config.kafka,
+        &config.aggregator.group,
+        config.aggregator.instance_id.as_deref(),
+    )?;
     let dead = KafkaDeadLetters::new(&config.kafka)?;
     let agg = Aggregator::new(
         Box::new(consumer),

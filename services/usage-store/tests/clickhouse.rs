@@ -41,7 +41,11 @@ fn event(i: u64, partner: &str, time: DateTime<Utc>) -> CallEvent {
         time,
         partner_id: partner.into(),
         key_id: format!("key_{:020x}", i % 4),
-        env: if i % 10 == 0 { Env::Sandbox } else { Env::Live },
+        env: if i.is_multiple_of(10) {
+            Env::Sandbox
+        } else {
+            Env::Live
+        },
         api: ["weather", "maps"][(i % 2) as usize].into(),
         version: ["v1", "v2"][(i / 2 % 2) as usize].into(),
         operation: op.into(),

@@ -1,0 +1,763 @@
+//! End to end, distributed mode, against real servers (`deploy/dev/services.sh start`: a
+//! Kafka-wire broker, ClickHouse, PostgreSQL): the real `peage` binary runs each role as its
+//! own process, as an operator would start them.
+//!
+//! Each test has its own topic, ClickHouse database and PostgreSQL database, and the tests run
+//! one at a time (they load the machine). With `CI=true` a missing server fails the test;
+//! elsewhere the test says so and skips.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use std::time::{Duration, Instant};
+
+use peage_core::{CallEvent, Env};
+use peage_eventlog::kafka::{ensure_topics, KafkaConfig, KafkaConsumer, KafkaProducer, OutRecord};
+use peage_eventlog::LogConsumer;
+use peage_usage_store::clickhouse::Rollup;
+use peage_usage_store::{ClickHouseConfig, ClickHouseUsageStore};
+use rust_decimal::Decimal;
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const KAFKA: &str = "127.0.0.1:9092";
+const CLICKHOUSE: &str = "http://127.0.0.1:8123";
+const POSTGRES: &str = "postgres://peage:peage@127.0.0.1:5432";
+const ADMIN: &str = "e2e-admin-token-0123456789";
+
+fn reachable(addr: &str) -> bool {
+    std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).is_ok()
+}
+
+/// The servers are up, or (outside CI) the test is skipped.
+fn servers_up() -> bool {
+    let missing: Vec<&str> = [
+        ("kafka", "127.0.0.1:9092"),
+        ("clickhouse", "127.0.0.1:8123"),
+        ("postgres", "127.0.0.1:5432"),
+    ]
+    .into_iter()
+    .filter(|(_, a)| !reachable(a))
+    .map(|(n, _)| n)
+    .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true and not reachable: {missing:?}; run deploy/dev/services.sh start");
+    }
+    eprintln!("SKIPPED: not reachable: {missing:?}; run deploy/dev/services.sh start");
+    false
+}
+
+/// One isolated distributed setup: topic, ClickHouse database, PostgreSQL database, catalog.
+struct Setup {
+    dir: tempfile::TempDir,
+    name: String,
+    brokers: String,
+    env: BTreeMap<String, String>,
+    _upstream: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Setup {
+    async fn new(brokers: &str) -> Setup {
+        let name = format!("e2e_{}", &uuid::Uuid::now_v7().simple().to_string()[..20]);
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let upstream = peage::demo::spawn("127.0.0.1:0".parse().unwrap(), async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+        let catalog = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/dev/catalog.toml"
+        ))
+        .unwrap()
+        .replace("http://127.0.0.1:8081", &upstream);
+        std::fs::write(dir.path().join("catalog.toml"), catalog).unwrap();
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/dev/peage.toml"),
+            dir.path().join("peage.toml"),
+        )
+        .unwrap();
+        let mut pg = PgConnection::connect(&format!("{POSTGRES}/peage"))
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut pg)
+            .await
+            .unwrap();
+        let env: BTreeMap<String, String> = [
+            (
+                "PEAGE_LOG",
+                std::env::var("E2E_PEAGE_LOG").unwrap_or("warn".into()),
+            ),
+            (
+                "PEAGE_CONFIG",
+                dir.path().join("peage.toml").display().to_string(),
+            ),
+            (
+                "PEAGE_CATALOG__PATH",
+                dir.path().join("catalog.toml").display().to_string(),
+            ),
+            ("PEAGE_KAFKA__BROKERS", brokers.to_string()),
+            ("PEAGE_KAFKA__TOPIC", format!("{name}.calls")),
+            ("PEAGE_KAFKA__DEAD_LETTER_TOPIC", format!("{name}.dead")),
+            ("PEAGE_CLICKHOUSE__DATABASE", name.clone()),
+            ("PEAGE_POSTGRES__URL", format!("{POSTGRES}/{name}")),
+            ("PEAGE_AGGREGATOR__GROUP", format!("{name}-agg")),
+            ("PEAGE_AGGREGATOR__MAX_WAIT_MS", "200".to_string()),
+            ("PEAGE_CONTROL__ADMIN_TOKEN", ADMIN.to_string()),
+            ("PEAGE_CONTROL__LISTEN", "127.0.0.1:0".to_string()),
+            ("PEAGE_GATEWAY__LISTEN", "127.0.0.1:0".to_string()),
+            ("PEAGE_GATEWAY__KEY_CACHE_TTL_MS", "60000".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let s = Setup {
+            dir,
+            name,
+            brokers: brokers.to_string(),
+            env,
+            _upstream: tx,
+        };
+        let out = s.command("migrate", &[]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "peage migrate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        s
+    }
+
+    fn command(&self, role: &str, extra: &[(&str, String)]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_peage"));
+        c.arg(role).envs(&self.env);
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Starts a role and waits for its "listening on"/"consuming" line; returns the process
+    /// and the URL it printed (if any).
+    fn start(&self, role: &str, extra: &[(&str, String)]) -> (Proc, Option<String>) {
+        let mut child = self
+            .command(role, extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let proc = Proc(child);
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+        assert!(
+            first.starts_with("peage "),
+            "{role} did not start: {first:?}"
+        );
+        // Keep draining stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let url = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .map(str::to_string);
+        (proc, url)
+    }
+
+    fn kafka(&self) -> KafkaConfig {
+        KafkaConfig {
+            brokers: self.brokers.clone(),
+            topic: format!("{}.calls", self.name),
+            dead_letter_topic: format!("{}.dead", self.name),
+            ..Default::default()
+        }
+    }
+
+    async fn clickhouse(&self) -> ClickHouseUsageStore {
+        ClickHouseUsageStore::connect(&ClickHouseConfig {
+            url: CLICKHOUSE.into(),
+            database: self.name.clone(),
+            validation: false,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+    }
+
+    fn spool(&self, gateway: &str) -> (&'static str, String) {
+        (
+            "PEAGE_SPOOL__DIR",
+            self.dir
+                .path()
+                .join(format!("spool-{gateway}"))
+                .display()
+                .to_string(),
+        )
+    }
+}
+
+/// A child process, killed and reaped when dropped.
+struct Proc(Child);
+
+impl Proc {
+    fn sigkill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+
+    fn sigterm(mut self) {
+        Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                assert!(status.success(), "exit status {status}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("process did not stop within 30 s of SIGTERM");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn admin_post(client: &reqwest::Client, control: &str, path: &str, body: Value) -> Value {
+    let r = client
+        .post(format!("{control}{path}"))
+        .bearer_auth(ADMIN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.json().await.unwrap()
+}
+
+/// Waits until ClickHouse holds `n` raw rows (or the timeout), then checks it stays there.
+async fn settle(ch: &ClickHouseUsageStore, n: u64, timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    let mut count = 0;
+    while Instant::now() < deadline {
+        count = ch.raw_totals(None).await.map(|t| t.calls).unwrap_or(0);
+        if count >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // a late duplicate would show up here
+    ch.raw_totals(None).await.unwrap().calls.max(count)
+}
+
+async fn assert_rollups_equal_raw(ch: &ClickHouseUsageStore) {
+    let raw = ch.raw_totals(None).await.unwrap();
+    assert_eq!(
+        ch.rollup_totals(Rollup::Minute, None).await.unwrap(),
+        raw,
+        "minute rollup = raw"
+    );
+    assert_eq!(
+        ch.rollup_totals(Rollup::Hour, None).await.unwrap(),
+        raw,
+        "hour rollup = raw"
+    );
+    let distinct: u64 = ch
+        .client()
+        .query("SELECT uniqExact(id) FROM call_events")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(distinct, raw.calls, "every row is a distinct event");
+}
+
+/// Makes `n` calls with `concurrency` workers, alternating over `gateways`; returns the
+/// statuses seen.
+async fn calls(
+    gateways: &[String],
+    key: &str,
+    n: usize,
+    concurrency: usize,
+) -> BTreeMap<u16, usize> {
+    let client = reqwest::Client::new();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, next, gateways, key) = (
+            client.clone(),
+            next.clone(),
+            gateways.to_vec(),
+            key.to_string(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut seen: BTreeMap<u16, usize> = BTreeMap::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return seen;
+                }
+                let gw = &gateways[i % gateways.len()];
+                let status = client
+                    .get(format!("{gw}/demo/v1/weather/city{}", i % 7))
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0);
+                *seen.entry(status).or_default() += 1;
+            }
+        }));
+    }
+    let mut all = BTreeMap::new();
+    for t in tasks {
+        for (s, c) in t.await.unwrap() {
+            *all.entry(s).or_default() += c;
+        }
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_calls_through_two_gateways_are_stored_once_and_billed_from_rollups() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !servers_up() {
+        return;
+    }
+    let s = Setup::new(KAFKA).await;
+    let (_billing, control) = s.start("billing", &[]);
+    let control = control.unwrap();
+    let (_gw1, gw1) = s.start(
+        "gateway",
+        &[("PEAGE_GATEWAY__ID", "gw-1".into()), s.spool("gw-1")],
+    );
+    let (_gw2, gw2) = s.start(
+        "gateway",
+        &[("PEAGE_GATEWAY__ID", "gw-2".into()), s.spool("gw-2")],
+    );
+    let (_agg, _) = s.start("aggregator", &[]);
+
+    let client = reqwest::Client::new();
+    let partner = admin_post(
+        &client,
+        &control,
+        "/v1/partners",
+        serde_json::json!({"name": "Acme", "plan": "demo"}),
+    )
+    .await;
+    let pid = partner["id"].as_str().unwrap().to_string();
+    let key = admin_post(
+        &client,
+        &control,
+        &format!("/v1/partners/{pid}/keys"),
+        serde_json::json!({"env": "live"}),
+    )
+    .await;
+    let secret = key["secret"].as_str().unwrap();
+
+    let statuses = calls(&[gw1.unwrap(), gw2.unwrap()], secret, 20_000, 32).await;
+    assert_eq!(
+        statuses,
+        BTreeMap::from([(200, 20_000)]),
+        "every call answered 200"
+    );
+
+    let ch = s.clickhouse().await;
+    assert_eq!(
+        settle(&ch, 20_000, Duration::from_secs(120)).await,
+        20_000,
+        "exactly 20,000 rows"
+    );
+    assert_rollups_equal_raw(&ch).await;
+    let by_gateway: Vec<(String, u64)> = ch
+        .client()
+        .query(
+            "SELECT gateway_id, count() FROM call_events GROUP BY gateway_id ORDER BY gateway_id",
+        )
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(
+        by_gateway,
+        [("gw-1".to_string(), 10_000), ("gw-2".to_string(), 10_000)]
+    );
+
+    // The billing API reads the rollups; its numbers equal the raw rows'.
+    let usage: Value = client
+        .get(format!("{control}/v1/partners/{pid}/usage"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let meter = |name: &str| -> Decimal {
+        let m = usage["meters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["meter"] == name)
+            .unwrap();
+        m["quantity"].as_str().unwrap().parse().unwrap()
+    };
+    let raw = ch.raw_totals(Some(&pid)).await.unwrap();
+    assert_eq!(meter("calls"), Decimal::from(20_000));
+    // `GET /weather/{city}` weighs 2 units in the catalog.
+    assert_eq!(meter("units"), Decimal::from(40_000));
+    assert_eq!(
+        meter("units"),
+        Decimal::from_i128_with_scale(raw.units_nano, 9).normalize()
+    );
+    assert_eq!(
+        meter("egress_kb"),
+        (Decimal::from(raw.response_bytes) / Decimal::from(1000)).normalize()
+    );
+    let invoice: Value = client
+        .get(format!("{control}/v1/partners/{pid}/invoices/upcoming"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let billed: Decimal = invoice["invoice"]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["meter"] == "calls")
+        .map(|l| l["quantity"].as_str().unwrap().parse::<Decimal>().unwrap())
+        .sum();
+    assert_eq!(
+        billed,
+        Decimal::from(20_000),
+        "the invoice's call lines add up to every call"
+    );
+}
+
+fn event(i: u64, partner: &str) -> CallEvent {
+    CallEvent {
+        id: uuid::Uuid::now_v7(),
+        time: peage_core::event::truncate_to_micros(chrono::Utc::now()),
+        partner_id: partner.to_string(),
+        key_id: "key_0123456789abcdef0123".into(),
+        env: Env::Live,
+        api: "demo".into(),
+        version: "v1".into(),
+        operation: "GET /weather/{city}".into(),
+        method: "GET".into(),
+        status: 200,
+        latency_us: 1_000 + i % 977,
+        request_bytes: i % 100,
+        response_bytes: 200 + i % 300,
+        units: Decimal::new((1 + i % 5) as i64, 1),
+        gateway_id: "gw-load".into(),
+        attributes: Default::default(),
+    }
+}
+
+/// Produces events straight to the topic, keyed by partner, as gateways would.
+async fn produce(kafka: &KafkaConfig, events: &[CallEvent]) {
+    let producer = KafkaProducer::new(kafka).unwrap();
+    for chunk in events.chunks(10_000) {
+        let payloads: Vec<Vec<u8>> = chunk
+            .iter()
+            .map(|e| serde_json::to_vec(e).unwrap())
+            .collect();
+        let out: Vec<OutRecord<'_>> = chunk
+            .iter()
+            .zip(&payloads)
+            .map(|(e, p)| OutRecord {
+                key: e.partner_id.as_bytes(),
+                payload: p,
+                possible_duplicate: false,
+                headers: &[],
+            })
+            .collect();
+        producer.send_all(&kafka.topic, &out).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aggregator_killed_at_random_moments_stores_every_event_exactly_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !servers_up() {
+        return;
+    }
+    const N: u64 = 200_000;
+    let s = Setup::new(KAFKA).await;
+    let kafka = s.kafka();
+    ensure_topics(&kafka).await.unwrap();
+    let events: Vec<CallEvent> = (0..N)
+        .map(|i| event(i, &format!("prt_{:020x}", i % 50)))
+        .collect();
+    let expected_latency: u64 = events.iter().map(|e| e.latency_us).sum();
+    let expected_units: Decimal = events.iter().map(|e| e.units).sum();
+    let producing = {
+        let (kafka, events) = (kafka.clone(), events.clone());
+        tokio::spawn(async move { produce(&kafka, &events).await })
+    };
+    let ch = s.clickhouse().await;
+    // Small batches, so every kill lands with a batch in flight; a stable instance id, so a
+    // restarted aggregator gets its partitions back without waiting for the old one to expire.
+    let batch = [
+        ("PEAGE_AGGREGATOR__MAX_BATCH", "1000".to_string()),
+        ("PEAGE_AGGREGATOR__INSTANCE_ID", "agg-1".to_string()),
+    ];
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut rng = seed | 1;
+    let mut seen_at_kill = Vec::new();
+    for _ in 0..5 {
+        let before = ch.raw_totals(None).await.unwrap().calls;
+        if before == N {
+            break;
+        }
+        let (agg, _) = s.start("aggregator", &batch);
+        // Wait for it to make progress, then kill it at a random moment (xorshift; the seed is
+        // printed so a failure can be replayed).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ch.raw_totals(None).await.unwrap().calls == before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        tokio::time::sleep(Duration::from_millis(rng % 700)).await;
+        agg.sigkill();
+        seen_at_kill.push(ch.raw_totals(None).await.unwrap().calls);
+    }
+    eprintln!("exactly-once: seed {seed}, rows stored at each SIGKILL: {seen_at_kill:?}");
+    producing.await.unwrap();
+    let (agg, _) = s.start("aggregator", &batch[1..]);
+    let stored = settle(&ch, N, Duration::from_secs(180)).await;
+    agg.sigterm();
+    assert_eq!(
+        stored, N,
+        "rows in ClickHouse after SIGKILLs at {seen_at_kill:?}"
+    );
+    let mid = seen_at_kill.iter().filter(|&&n| n > 0 && n < N).count();
+    assert!(
+        mid >= 3,
+        "at least 3 kills landed mid-ingest: {seen_at_kill:?}"
+    );
+    let raw = ch.raw_totals(None).await.unwrap();
+    assert_eq!(raw.latency_us, expected_latency);
+    assert_eq!(
+        Decimal::from_i128_with_scale(raw.units_nano, 9),
+        expected_units
+    );
+    assert_rollups_equal_raw(&ch).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_message_goes_to_the_dead_letter_topic_and_the_rest_flows() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !servers_up() {
+        return;
+    }
+    let s = Setup::new(KAFKA).await;
+    let kafka = s.kafka();
+    ensure_topics(&kafka).await.unwrap();
+    let partner = "prt_00000000000000000001";
+    let before: Vec<CallEvent> = (0..100).map(|i| event(i, partner)).collect();
+    let after: Vec<CallEvent> = (100..200).map(|i| event(i, partner)).collect();
+    produce(&kafka, &before).await;
+    let bad = br#"{"id": "not-a-uuid", "units": 1.5}"#;
+    let mut negative = event(999, partner);
+    negative.units = Decimal::new(-1, 0);
+    let negative = serde_json::to_vec(&negative).unwrap();
+    KafkaProducer::new(&kafka)
+        .unwrap()
+        .send_all(
+            &kafka.topic,
+            &[
+                OutRecord {
+                    key: partner.as_bytes(),
+                    payload: bad,
+                    possible_duplicate: false,
+                    headers: &[],
+                },
+                OutRecord {
+                    key: partner.as_bytes(),
+                    payload: &negative,
+                    possible_duplicate: false,
+                    headers: &[],
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    produce(&kafka, &after).await;
+    let (_agg, _) = s.start("aggregator", &[]);
+    let ch = s.clickhouse().await;
+    assert_eq!(
+        settle(&ch, 200, Duration::from_secs(60)).await,
+        200,
+        "the valid events all flowed"
+    );
+
+    let dead_config = KafkaConfig {
+        topic: kafka.dead_letter_topic.clone(),
+        ..kafka.clone()
+    };
+    let mut dead =
+        KafkaConsumer::new(&dead_config, &format!("{}-dead-reader", s.name), None).unwrap();
+    let mut letters = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while letters.len() < 2 && Instant::now() < deadline {
+        letters.extend(dead.poll(10, Duration::from_millis(500)).await.unwrap());
+    }
+    let payloads: Vec<&[u8]> = letters.iter().map(|l| l.payload.as_ref()).collect();
+    assert_eq!(
+        payloads,
+        [bad.as_slice(), negative.as_slice()],
+        "both bad records, in order, byte for byte"
+    );
+}
+
+/// A broker of our own, so stopping it disturbs no other test.
+struct Broker {
+    child: Option<Child>,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Broker {
+    fn start(dir: &Path, port: u16) -> Broker {
+        let mut b = Broker {
+            child: None,
+            dir: dir.to_path_buf(),
+            port,
+        };
+        b.restart();
+        b
+    }
+
+    fn restart(&mut self) {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "sqlite://tansu.db",
+            ])
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu on PATH (deploy/dev/services.sh install)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !reachable(&format!("127.0.0.1:{}", self.port)) {
+            assert!(Instant::now() < deadline, "tansu did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .unwrap();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_made_while_the_broker_is_down_for_30_seconds_are_all_stored_once_it_returns() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !servers_up() {
+        return;
+    }
+    let port = free_port();
+    let broker_dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(broker_dir.path(), port);
+    let s = Setup::new(&format!("127.0.0.1:{port}")).await;
+    let (_billing, control) = s.start("billing", &[]);
+    let control = control.unwrap();
+    let (_gw, gw) = s.start("gateway", &[s.spool("gw-1")]);
+    let gw = vec![gw.unwrap()];
+    let (_agg, _) = s.start("aggregator", &[]);
+    let client = reqwest::Client::new();
+    let partner = admin_post(
+        &client,
+        &control,
+        "/v1/partners",
+        serde_json::json!({"name": "Acme", "plan": "demo"}),
+    )
+    .await;
+    let pid = partner["id"].as_str().unwrap().to_string();
+    let key = admin_post(
+        &client,
+        &control,
+        &format!("/v1/partners/{pid}/keys"),
+        serde_json::json!({"env": "live"}),
+    )
+    .await;
+    let secret = key["secret"].as_str().unwrap().to_string();
+
+    let mut made = 0usize;
+    let mut during_outage = 0usize;
+    made += calls(&gw, &secret, 500, 8).await[&200];
+    broker.stop();
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(30) {
+        let seen = calls(&gw, &secret, 200, 8).await;
+        assert_eq!(
+            seen.get(&200),
+            Some(&200),
+            "the gateway keeps serving while Kafka is down: {seen:?}"
+        );
+        during_outage += 200;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    broker.restart();
+    made += during_outage;
+    made += calls(&gw, &secret, 500, 8).await[&200];
+    eprintln!("no-loss: {made} calls, {during_outage} during a 30 s broker outage");
+
+    let ch = s.clickhouse().await;
+    let stored = settle(&ch, made as u64, Duration::from_secs(180)).await;
+    assert_eq!(stored, made as u64, "every call is stored exactly once");
+    assert_rollups_equal_raw(&ch).await;
+}
