@@ -115,6 +115,14 @@ pub async fn aggregator(
     config: &PeageConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // One batch is one INSERT, which ClickHouse applies whole only below max_insert_block_size
+    // (1,048,576 rows): docs/exactly-once.md.
+    if !(1..=1_000_000).contains(&config.aggregator.max_batch) {
+        anyhow::bail!(
+            "aggregator.max_batch must be between 1 and 1000000, not {}",
+            config.aggregator.max_batch
+        );
+    }
     let store = Arc::new(clickhouse(config).await?);
     ensure_topics(&config.kafka)
         .await
