@@ -78,7 +78,7 @@ impl Setup {
             "/../../deploy/dev/catalog.toml"
         ))
         .unwrap()
-        .replace("http://127.0.0.1:8081", &upstream);
+        .replace("${PEAGE_DEMO_UPSTREAM:-http://127.0.0.1:8081}", &upstream);
         std::fs::write(dir.path().join("catalog.toml"), catalog).unwrap();
         std::fs::copy(
             concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/dev/peage.toml"),

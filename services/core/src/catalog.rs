@@ -425,7 +425,8 @@ impl Source<'_> {
     }
 }
 
-/// Replaces `${NAME}` with `vars(NAME)`; an unset variable is an error, never an empty string.
+/// Replaces `${NAME}` with `vars(NAME)`, or `${NAME:-default}` with the default when NAME is
+/// unset; an unset variable without a default is an error, never an empty string.
 fn interpolate(s: &str, vars: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = s;
@@ -435,8 +436,13 @@ fn interpolate(s: &str, vars: &dyn Fn(&str) -> Option<String>) -> Result<String,
         let end = after
             .find('}')
             .ok_or_else(|| format!("unterminated ${{ in {s:?}"))?;
-        let name = &after[..end];
-        let value = vars(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
+        let (name, default) = match after[..end].split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (&after[..end], None),
+        };
+        let value = vars(name)
+            .or_else(|| default.map(str::to_string))
+            .ok_or_else(|| format!("environment variable {name} is not set"))?;
         out.push_str(&value);
         rest = &after[end + 1..];
     }
@@ -1207,5 +1213,21 @@ rate_limit = { per_second = 50, burst = 100 }
             ],
             "{err}"
         );
+    }
+
+    #[test]
+    fn upstream_variables_may_carry_a_default() {
+        let vars = |n: &str| (n == "SET").then(|| "http://set".to_string());
+        assert_eq!(
+            interpolate("${SET:-http://d}/x", &vars).unwrap(),
+            "http://set/x"
+        );
+        assert_eq!(
+            interpolate("${UNSET:-http://127.0.0.1:8081}", &vars).unwrap(),
+            "http://127.0.0.1:8081"
+        );
+        assert!(interpolate("${UNSET}", &vars)
+            .unwrap_err()
+            .contains("UNSET is not set"));
     }
 }
