@@ -21,6 +21,8 @@ CH_PORT=${PEAGE_CLICKHOUSE_PORT:-8123}
 CH_TCP_PORT=${PEAGE_CLICKHOUSE_TCP_PORT:-9000}
 PG_PORT=${PEAGE_POSTGRES_PORT:-5432}
 TANSU_VERSION=0.6.0
+CHDB_VERSION=4.4.0
+TOOLS=${PEAGE_TOOLS_DIR:-$HOME/.cache/peage}
 PG_BIN=/usr/lib/postgresql/15/bin
 
 log() { echo "services: $*" >&2; }
@@ -42,9 +44,23 @@ install() {
         # clickhouse-server's post-install complains about invoke-rc.d (no init system): harmless.
         DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
+    # chDB (ClickHouse 26.9 in process, PyPI) checks the schema and queries on a current
+    # ClickHouse; ~900 MB, downloaded while tansu compiles.
+    local chdb_pid=""
+    if ! "$TOOLS/chdb-venv/bin/python" -c "import chdb" 2>/dev/null; then
+        log "pip install chdb $CHDB_VERSION into $TOOLS/chdb-venv (once per machine)"
+        mkdir -p "$TOOLS"
+        (python3 -m venv "$TOOLS/chdb-venv" &&
+            "$TOOLS/chdb-venv/bin/pip" install -q "chdb==$CHDB_VERSION") >"$TOOLS/chdb-install.log" 2>&1 &
+        chdb_pid=$!
+    fi
     if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-        log "cargo install tansu $TANSU_VERSION (about 8 minutes on 2 cores, once per machine)"
+        log "cargo install tansu $TANSU_VERSION (about 10 minutes on 2 cores, once per machine)"
         cargo install tansu --version "$TANSU_VERSION" --locked --features libsql,dynostore --quiet
+    fi
+    if [ -n "$chdb_pid" ] && ! wait "$chdb_pid"; then
+        log "chdb install failed: $TOOLS/chdb-install.log"
+        return 1
     fi
 }
 

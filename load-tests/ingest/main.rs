@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use peage_aggregator::{Aggregator, AggregatorConfig};
 use peage_core::{CallEvent, Env};
-use peage_eventlog::kafka::{ensure_topics, KafkaConfig, KafkaConsumer, KafkaDeadLetters, KafkaProducer, OutRecord};
+use peage_eventlog::kafka::{
+    ensure_topics, KafkaConfig, KafkaConsumer, KafkaDeadLetters, KafkaProducer, OutRecord,
+};
 use peage_eventlog::LogConsumer;
 use peage_usage_store::{ClickHouseConfig, ClickHouseUsageStore, LoggedEvent, UsageStore};
 use rust_decimal::Decimal;
@@ -54,7 +56,11 @@ fn rate(n: u64, d: Duration) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n: u64 = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(500_000);
+    let n: u64 = std::env::args()
+        .nth(1)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(500_000);
     let run = format!("bench_{}", &uuid::Uuid::now_v7().simple().to_string()[..16]);
     let kafka = KafkaConfig {
         brokers: std::env::var("PEAGE_BENCH_KAFKA").unwrap_or("127.0.0.1:9092".into()),
@@ -71,11 +77,19 @@ async fn main() -> anyhow::Result<()> {
     let producer = KafkaProducer::new(&kafka)?;
     let t = Instant::now();
     for chunk in events.chunks(20_000) {
-        let payloads: Vec<Vec<u8>> = chunk.iter().map(serde_json::to_vec).collect::<Result<_, _>>()?;
+        let payloads: Vec<Vec<u8>> = chunk
+            .iter()
+            .map(serde_json::to_vec)
+            .collect::<Result<_, _>>()?;
         let out: Vec<OutRecord<'_>> = chunk
             .iter()
             .zip(&payloads)
-            .map(|(e, p)| OutRecord { key: e.partner_id.as_bytes(), payload: p, possible_duplicate: false, headers: &[] })
+            .map(|(e, p)| OutRecord {
+                key: e.partner_id.as_bytes(),
+                payload: p,
+                possible_duplicate: false,
+                headers: &[],
+            })
             .collect();
         producer.send_all(&kafka.topic, &out).await?;
     }
@@ -102,7 +116,11 @@ async fn main() -> anyhow::Result<()> {
     let logged: Vec<LoggedEvent> = events
         .iter()
         .enumerate()
-        .map(|(i, e)| LoggedEvent { partition: 0, offset: i as u64, event: e.clone() })
+        .map(|(i, e)| LoggedEvent {
+            partition: 0,
+            offset: i as u64,
+            event: e.clone(),
+        })
         .collect();
     let t = Instant::now();
     for chunk in logged.chunks(100_000) {
@@ -117,7 +135,10 @@ async fn main() -> anyhow::Result<()> {
         Box::new(KafkaConsumer::new(&kafka, &format!("{run}-agg"), None)?),
         store.clone(),
         Box::new(KafkaDeadLetters::new(&kafka)?),
-        AggregatorConfig { max_batch: 20_000, poll_wait: Duration::from_millis(200) },
+        AggregatorConfig {
+            max_batch: 20_000,
+            poll_wait: Duration::from_millis(200),
+        },
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(agg.run(stop_rx));
@@ -139,7 +160,11 @@ async fn main() -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     task.await??;
     let rows = store.raw_totals(None).await?.calls;
-    let distinct: u64 = store.client().query("SELECT uniqExact(id) FROM call_events").fetch_one().await?;
+    let distinct: u64 = store
+        .client()
+        .query("SELECT uniqExact(id) FROM call_events")
+        .fetch_one()
+        .await?;
     let lost = n.saturating_sub(distinct);
     let duplicated = rows - distinct;
     let slower = consume.min(bulk);
@@ -147,9 +172,15 @@ async fn main() -> anyhow::Result<()> {
 
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let table = format!(
         "\n## Ingest — {date}\n\nMachine: {cores} cores, {cpu}. Broker: tansu 0.6 (SQLite engine), ClickHouse 18.16 (Debian), \
          one aggregator, 4 partitions, batches of 20,000. {n} events of ~450 bytes.\n\n\
@@ -166,10 +197,22 @@ async fn main() -> anyhow::Result<()> {
     println!("{table}");
     let results = concat!(env!("CARGO_MANIFEST_DIR"), "/../../load-tests/RESULTS.md");
     use std::io::Write;
-    std::fs::OpenOptions::new().create(true).append(true).open(results)?.write_all(table.as_bytes())?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(results)?
+        .write_all(table.as_bytes())?;
     for db in [run.clone(), format!("{run}_ref")] {
-        store.client().query(&format!("DROP DATABASE IF EXISTS {db}")).execute().await.ok();
+        store
+            .client()
+            .query(&format!("DROP DATABASE IF EXISTS {db}"))
+            .execute()
+            .await
+            .ok();
     }
-    anyhow::ensure!(lost == 0 && duplicated == 0, "lost {lost}, duplicated {duplicated}");
+    anyhow::ensure!(
+        lost == 0 && duplicated == 0,
+        "lost {lost}, duplicated {duplicated}"
+    );
     Ok(())
 }

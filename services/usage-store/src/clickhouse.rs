@@ -65,6 +65,9 @@ impl Default for ClickHouseConfig {
 pub struct ClickHouseUsageStore {
     client: Client,
     database: String,
+    /// Every usage query sent, as ClickHouse received it, when recording is on (tests replay
+    /// them on a current ClickHouse through chDB).
+    recorder: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
 }
 
 #[derive(Row, Serialize)]
@@ -280,11 +283,34 @@ impl ClickHouseUsageStore {
         Ok(ClickHouseUsageStore {
             client: client.with_database(&config.database),
             database: config.database.clone(),
+            recorder: None,
         })
     }
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Keeps the text of every usage query from now on (see [`Self::recorded_queries`]).
+    pub fn record_queries(mut self) -> Self {
+        self.recorder = Some(Default::default());
+        self
+    }
+
+    pub fn recorded_queries(&self) -> Vec<String> {
+        self.recorder
+            .as_ref()
+            .map(|r| r.lock().map(|v| v.clone()).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    fn traced(&self, q: clickhouse::query::Query) -> clickhouse::query::Query {
+        if let Some(r) = &self.recorder {
+            if let Ok(mut v) = r.lock() {
+                v.push(q.sql_display().to_string());
+            }
+        }
+        q
     }
 
     /// Creates the database and applies the migrations not yet recorded in
@@ -448,13 +474,15 @@ impl ClickHouseUsageStore {
         }
         let mut rows = Vec::new();
         for (sql, (a, b)) in parts.iter().zip(binds) {
-            let fetched = self
+            let q = self
                 .client
                 .query(sql)
                 .bind(&partner)
                 .bind(env)
                 .bind(a)
-                .bind(b)
+                .bind(b);
+            let fetched = self
+                .traced(q)
                 .fetch_all::<SumRow>()
                 .await
                 .map_err(|e| ch("usage rollups", e))?;
@@ -482,7 +510,7 @@ impl ClickHouseUsageStore {
     /// Raw events of the query's range, in time order.
     pub async fn raw_events(&self, query: &UsageQuery) -> Result<Vec<CallEvent>, UsageStoreError> {
         let (partner, env) = Self::scope(query);
-        let rows = self
+        let q = self
             .client
             .query(
                 "SELECT id, time_us, partner_id, key_id, env, api, version, operation, method, \
@@ -496,7 +524,9 @@ impl ClickHouseUsageStore {
             .bind(query.from.timestamp())
             .bind(query.to.timestamp())
             .bind(query.from.timestamp_micros())
-            .bind(query.to.timestamp_micros())
+            .bind(query.to.timestamp_micros());
+        let rows = self
+            .traced(q)
             .fetch_all::<StoredRow>()
             .await
             .map_err(|e| ch("raw events", e))?;
@@ -554,7 +584,10 @@ impl ClickHouseUsageStore {
                 .bind(p),
             None => self.client.query(select),
         };
-        q.fetch_one::<Totals>().await.map_err(|e| ch("totals", e))
+        self.traced(q)
+            .fetch_one::<Totals>()
+            .await
+            .map_err(|e| ch("totals", e))
     }
 }
 
@@ -658,14 +691,16 @@ impl UsageStore for ClickHouseUsageStore {
             log_partition: u32,
             max_offset: u64,
         }
-        let rows = self
+        let q = self
             .client
             .query(
                 "SELECT log_partition, max(max_offset) AS max_offset FROM log_positions \
                  WHERE log_topic = ? AND has(?, log_partition) GROUP BY log_partition",
             )
             .bind(topic)
-            .bind(partitions)
+            .bind(partitions);
+        let rows = self
+            .traced(q)
             .fetch_all::<Pos>()
             .await
             .map_err(|e| ch("log positions", e))?;
@@ -693,7 +728,7 @@ impl UsageStore for ClickHouseUsageStore {
             let min = evs.iter().map(|e| e.time.timestamp()).min().unwrap_or(0);
             let max = evs.iter().map(|e| e.time.timestamp()).max().unwrap_or(0);
             let ids: Vec<String> = evs.iter().map(|e| e.id.to_string()).collect();
-            let rows = self
+            let q = self
                 .client
                 .query(
                     "SELECT id FROM call_events WHERE partner_id = ? \
@@ -703,7 +738,9 @@ impl UsageStore for ClickHouseUsageStore {
                 .bind(partner)
                 .bind(min)
                 .bind(max)
-                .bind(&ids)
+                .bind(&ids);
+            let rows = self
+                .traced(q)
                 .fetch_all::<Id>()
                 .await
                 .map_err(|e| ch("stored ids", e))?;

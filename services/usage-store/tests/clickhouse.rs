@@ -22,7 +22,7 @@ async fn store() -> Option<ClickHouseUsageStore> {
         ..Default::default()
     };
     match ClickHouseUsageStore::connect(&config).await {
-        Ok(s) => Some(s),
+        Ok(s) => Some(s.record_queries()),
         Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
             panic!("ClickHouse is required under CI=true: {e} (deploy/dev/services.sh start)")
         }
@@ -239,6 +239,49 @@ async fn rollups_raw_events_and_the_embedded_engine_agree_and_positions_are_kept
         .execute()
         .await
         .ok();
+    chdb_check(&store.recorded_queries());
+}
+
+/// Runs every query this test sent (to Debian's ClickHouse 18.16) on a current ClickHouse
+/// through chDB, after applying every migration there (schemas/clickhouse/chdb_check.py).
+fn chdb_check(queries: &[String]) {
+    let python = std::env::var("PEAGE_CHDB_PYTHON").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        let tools = std::env::var("PEAGE_TOOLS_DIR").unwrap_or(format!("{home}/.cache/peage"));
+        format!("{tools}/chdb-venv/bin/python")
+    });
+    if !std::path::Path::new(&python).exists() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("chDB is required under CI=true: no {python} (deploy/dev/services.sh install)");
+        }
+        eprintln!("SKIPPED chDB check: no {python}; run deploy/dev/services.sh install");
+        return;
+    }
+    assert!(
+        queries.len() >= 10,
+        "the test recorded its queries: {}",
+        queries.len()
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), serde_json::to_vec(queries).unwrap()).unwrap();
+    let out = std::process::Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../schemas/clickhouse/chdb_check.py"
+        ))
+        .arg(file.path())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(
+        out.status.success(),
+        "queries fail on a current ClickHouse (chDB):\n{text}"
+    );
 }
 
 fn store_db(store: &ClickHouseUsageStore) -> String {
