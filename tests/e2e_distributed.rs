@@ -339,9 +339,14 @@ async fn twenty_thousand_calls_through_two_gateways_are_stored_once_and_billed_f
     let s = Setup::new(KAFKA).await;
     let (_billing, control) = s.start("billing", &[]);
     let control = control.unwrap();
+    let metrics_port = free_port();
     let (_gw1, gw1) = s.start(
         "gateway",
-        &[("PEAGE_GATEWAY__ID", "gw-1".into()), s.spool("gw-1")],
+        &[
+            ("PEAGE_GATEWAY__ID", "gw-1".into()),
+            s.spool("gw-1"),
+            ("PEAGE_METRICS__LISTEN", format!("127.0.0.1:{metrics_port}")),
+        ],
     );
     let (_gw2, gw2) = s.start(
         "gateway",
@@ -381,6 +386,26 @@ async fn twenty_thousand_calls_through_two_gateways_are_stored_once_and_billed_f
         "exactly 20,000 rows"
     );
     assert_rollups_equal_raw(&ch).await;
+    let metrics = client
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "peage_events_emitted_total 10000",
+        "peage_spool_forwarded_events_total 10000",
+        "peage_spool_pending_events 0",
+        "peage_spool_dropped_events_total 0",
+        "peage_spool_accepting 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} in gw-1's /metrics:\n{metrics}"
+        );
+    }
     let by_gateway: Vec<(String, u64)> = ch
         .client()
         .query(

@@ -651,3 +651,73 @@ pub fn spool_backlog(dir: &Path) -> Result<u64, EventLogError> {
         .end_offset()
         .saturating_sub(log.committed_offset(FORWARDER_GROUP)?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    fn event() -> CallEvent {
+        serde_json::from_str(include_str!(
+            "../../../schemas/events/examples/rest_call.json"
+        ))
+        .unwrap()
+    }
+
+    /// A broker address nothing listens on: the forwarder keeps retrying, the spool fills.
+    fn unreachable() -> KafkaConfig {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        KafkaConfig {
+            brokers: format!("127.0.0.1:{port}"),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_spool_fails_open_by_dropping_and_counting() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SpooledKafkaLog::start(
+            &unreachable(),
+            SpoolConfig {
+                dir: dir.path().to_path_buf(),
+                max_events: 10,
+                when_full: SpoolFullPolicy::FailOpen,
+            },
+        )
+        .await
+        .unwrap();
+        for _ in 0..15 {
+            log.append(&[event()]).await.unwrap();
+        }
+        assert_eq!(log.stats().dropped.load(Relaxed), 5);
+        assert_eq!(log.pending(), 10, "kept on disk while Kafka is away");
+        assert!(log.accepting(), "fail_open keeps serving");
+        assert_eq!(spool_backlog(dir.path()).unwrap(), 10);
+    }
+
+    #[tokio::test]
+    async fn a_full_spool_fails_closed_by_refusing_calls_and_dropping_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SpooledKafkaLog::start(
+            &unreachable(),
+            SpoolConfig {
+                dir: dir.path().to_path_buf(),
+                max_events: 10,
+                when_full: SpoolFullPolicy::FailClosed,
+            },
+        )
+        .await
+        .unwrap();
+        for i in 0..12 {
+            assert_eq!(log.accepting(), i < 10, "event {i}");
+            log.append(&[event()]).await.unwrap();
+        }
+        assert_eq!(log.stats().dropped.load(Relaxed), 0);
+        assert_eq!(log.pending(), 12, "what was admitted is kept");
+        assert!(!log.accepting());
+    }
+}

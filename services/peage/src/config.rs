@@ -21,6 +21,7 @@ const SECTIONS: &[&str] = &[
     "clickhouse",
     "postgres",
     "aggregator",
+    "metrics",
 ];
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -34,6 +35,15 @@ pub struct PeageConfig {
     pub clickhouse: ClickHouseConfig,
     pub postgres: PostgresSection,
     pub aggregator: AggregatorSection,
+    pub metrics: MetricsSection,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Where this role serves `GET /metrics` (Prometheus text); off when unset. Give each
+    /// process its own, e.g. `PEAGE_METRICS__LISTEN=127.0.0.1:9464`.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -15,6 +15,7 @@ use peage_usage_store::ClickHouseUsageStore;
 use tokio::sync::watch;
 
 use crate::config::PeageConfig;
+use crate::metrics::{self, read, Sample};
 use crate::up::{load_catalog, StoreKeys};
 
 async fn clickhouse(config: &PeageConfig) -> anyhow::Result<ClickHouseUsageStore> {
@@ -88,11 +89,27 @@ pub async fn gateway(
         .await
         .with_context(|| format!("gateway cannot listen on {}", config.gateway.listen))?;
     let addr = listener.local_addr()?;
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let stopped = async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
     };
-    let server = tokio::spawn(peage_gateway::serve(listener, gw, stopped));
+    if let Some(listen) = config.metrics.listen {
+        let (spool, emitter) = (Arc::clone(&spool), emitter.clone());
+        let samples = move || -> Vec<Sample> {
+            let (s, e) = (spool.stats(), emitter.stats());
+            vec![
+                ("peage_events_emitted_total", "Call events emitted by the gateway.", "counter", read(&e.emitted)),
+                ("peage_events_spooled_total", "Call events written to the disk spool.", "counter", read(&e.persisted)),
+                ("peage_spool_pending_events", "Events in the spool not yet acknowledged by Kafka.", "gauge", read(&s.pending)),
+                ("peage_spool_forwarded_events_total", "Events acknowledged by Kafka.", "counter", read(&s.forwarded)),
+                ("peage_spool_forward_failures_total", "Failed attempts to forward a batch to Kafka (each retried).", "counter", read(&s.forward_failures)),
+                ("peage_spool_dropped_events_total", "Events dropped because the spool was full (fail_open).", "counter", read(&s.dropped)),
+                ("peage_spool_accepting", "1 while the gateway admits calls; 0 while a full spool refuses them (fail_closed).", "gauge", u64::from(spool.accepting())),
+            ]
+        };
+        metrics::serve(listen, Arc::new(samples), stopped(stop_rx.clone())).await?;
+    }
+    let server = tokio::spawn(peage_gateway::serve(listener, gw, stopped(stop_rx)));
     tracing::info!(listen = %addr, id = %config.gateway.id, topic = %config.kafka.topic, "gateway up");
     println!("peage gateway listening on http://{addr}");
     shutdown.await;
@@ -144,6 +161,48 @@ pub async fn aggregator(
     );
     let stats = agg.stats();
     let (stop_tx, stop_rx) = watch::channel(false);
+    if let Some(listen) = config.metrics.listen {
+        let st = Arc::clone(&stats);
+        let samples = move || -> Vec<Sample> {
+            vec![
+                (
+                    "peage_aggregator_inserted_events_total",
+                    "Events stored in ClickHouse.",
+                    "counter",
+                    read(&st.inserted),
+                ),
+                (
+                    "peage_aggregator_duplicate_events_total",
+                    "Events skipped because ClickHouse already held them.",
+                    "counter",
+                    read(&st.duplicates),
+                ),
+                (
+                    "peage_aggregator_dead_lettered_total",
+                    "Records sent to the dead-letter topic.",
+                    "counter",
+                    read(&st.dead_lettered),
+                ),
+                (
+                    "peage_aggregator_store_failures_total",
+                    "Failed ClickHouse calls (each retried).",
+                    "counter",
+                    read(&st.store_failures),
+                ),
+                (
+                    "peage_aggregator_batches_total",
+                    "Batches processed.",
+                    "counter",
+                    read(&st.batches),
+                ),
+            ]
+        };
+        let mut rx = stop_rx.clone();
+        metrics::serve(listen, Arc::new(samples), async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })
+        .await?;
+    }
     let task = tokio::spawn(agg.run(stop_rx));
     tracing::info!(group = %config.aggregator.group, topic = %config.kafka.topic, "aggregator up");
     println!(

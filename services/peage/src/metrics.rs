@@ -1,0 +1,88 @@
+//! `/metrics` (Prometheus text format) for the distributed roles, on its own listener
+//! (`metrics.listen`), never on the partner-facing port.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+
+/// One sample: name, help text, type (`counter` or `gauge`), value.
+pub type Sample = (&'static str, &'static str, &'static str, u64);
+
+/// Renders samples in the Prometheus text exposition format.
+pub fn render(samples: &[Sample]) -> String {
+    let mut out = String::new();
+    for (name, help, kind, value) in samples {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+    out
+}
+
+pub fn read(c: &AtomicU64) -> u64 {
+    c.load(Relaxed)
+}
+
+/// Serves `GET /metrics` with what `samples` returns at each scrape, until `shutdown`.
+pub async fn serve(
+    listen: SocketAddr,
+    samples: Arc<dyn Fn() -> Vec<Sample> + Send + Sync>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("metrics cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let samples = Arc::clone(&samples);
+            async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    render(&samples()),
+                )
+                    .into_response()
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    tracing::info!(listen = %addr, "metrics on /metrics");
+    Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_render_in_the_exposition_format() {
+        let text = render(&[(
+            "peage_spool_dropped_events_total",
+            "Events dropped because the spool was full (fail_open).",
+            "counter",
+            3,
+        )]);
+        assert_eq!(
+            text,
+            "# HELP peage_spool_dropped_events_total Events dropped because the spool was full (fail_open).\n\
+             # TYPE peage_spool_dropped_events_total counter\n\
+             peage_spool_dropped_events_total 3\n"
+        );
+    }
+}
