@@ -142,6 +142,12 @@ impl Aggregator {
                 continue;
             }
             self.process(&records).await?;
+            if stopping && self.consumer.lag().await? == 0 {
+                // Nothing known to be left (a Kafka consumer always says so: it stops after
+                // the batch in hand instead of chasing a topic that never runs dry).
+                tracing::info!("aggregator: stopping after the batch in hand");
+                return Ok(());
+            }
         }
     }
 
