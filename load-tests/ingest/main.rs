@@ -182,7 +182,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|n| n.get())
         .unwrap_or(0);
     let table = format!(
-        "\n## Ingest — {date}\n\nMachine: {cores} cores, {cpu}. Broker: tansu 0.6 (SQLite engine), ClickHouse 18.16 (Debian), \
+        "\n## Ingest — {date}\n\nMachine: {cores} cores, {cpu}. Broker: {broker}, ClickHouse 18.16 (Debian), \
          one aggregator, 4 partitions, batches of 20,000. {n} events of ~450 bytes.\n\n\
          | measure | events/s |\n|---|---:|\n\
          | broker produce (idempotent, acks=all, lz4) | {produce:.0} |\n\
@@ -192,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
          Péage / slower reference = **{pct:.0} %** (aim ≥ 90 %). Lost: **{lost}**, duplicated: **{duplicated}** \
          ({rows} rows, {distinct} distinct ids).\n",
         date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        broker = std::env::var("PEAGE_BENCH_BROKER_NAME").unwrap_or("tansu 0.6, durable SQLite engine (what CI runs)".into()),
         pct = ratio * 100.0,
     );
     println!("{table}");

@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use peage_core::CallEvent;
 use peage_eventlog::{DeadLetter, DeadLetterSink, EventLogError, LogConsumer, LogRecord};
-use peage_usage_store::{LoggedEvent, UsageStore, UsageStoreError};
+use peage_usage_store::{InsertOutcome, LoggedEvent, UsageStore, UsageStoreError};
 use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +101,9 @@ pub struct Aggregator {
     /// Per partition, the highest offset the store holds, learnt since the last rebalance.
     floors: HashMap<u32, Option<u64>>,
     epoch: u64,
+    /// The batch being inserted while the next one is read and decoded, with its records to
+    /// commit once the insert is done. At most one: batches land and commit in order.
+    in_flight: Option<(tokio::task::JoinHandle<InsertOutcome>, Vec<LogRecord>)>,
 }
 
 impl Aggregator {
@@ -119,6 +122,7 @@ impl Aggregator {
             stats: Arc::default(),
             floors: HashMap::new(),
             epoch,
+            in_flight: None,
         }
     }
 
@@ -135,6 +139,7 @@ impl Aggregator {
                 _ = stop.changed(), if !stopping => continue,
             };
             if records.is_empty() {
+                self.finish_in_flight().await?;
                 if stopping && self.consumer.lag().await? == 0 {
                     tracing::info!("aggregator: log drained, stopping");
                     return Ok(());
@@ -143,6 +148,7 @@ impl Aggregator {
             }
             self.process(&records).await?;
             if stopping && self.consumer.lag().await? == 0 {
+                self.finish_in_flight().await?;
                 // Nothing known to be left (a Kafka consumer always says so: it stops after
                 // the batch in hand instead of chasing a topic that never runs dry).
                 tracing::info!("aggregator: stopping after the batch in hand");
@@ -151,25 +157,32 @@ impl Aggregator {
         }
     }
 
-    /// Retries a store call until it succeeds, with backoff; every failure is counted and
-    /// logged. The batch is never half-applied: the store call is all or nothing.
-    async fn retry<T, F, Fut>(&self, what: &str, mut call: F) -> T
+    async fn retry<T, F, Fut>(&self, what: &str, call: F) -> T
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, UsageStoreError>>,
     {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match call().await {
-                Ok(v) => return v,
-                Err(e) => {
-                    self.stats.store_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "aggregator: {what} failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+        retry(&self.stats, what, call).await
+    }
+
+    /// Waits for the batch being inserted, then commits its records.
+    async fn finish_in_flight(&mut self) -> Result<(), AggregatorError> {
+        if let Some((handle, records)) = self.in_flight.take() {
+            let outcome = handle
+                .await
+                .map_err(|e| AggregatorError::Log(EventLogError::Task(e.to_string())))?;
+            self.stats
+                .inserted
+                .fetch_add(outcome.inserted, Ordering::Relaxed);
+            if outcome.duplicates > 0 {
+                self.stats
+                    .duplicates
+                    .fetch_add(outcome.duplicates, Ordering::Relaxed);
             }
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            self.consumer.commit(&records).await?;
         }
+        Ok(())
     }
 
     /// Skip what the store holds, dead-letter what is not an event, insert, then commit: the
@@ -235,6 +248,8 @@ impl Aggregator {
         }
         // 3. Records the producer may have sent twice: drop ids already stored or seen.
         if events.iter().any(|(maybe, _)| *maybe) {
+            // The originals may be in the batch still being inserted.
+            self.finish_in_flight().await?;
             let suspects: Vec<CallEvent> = events
                 .iter()
                 .filter(|(maybe, _)| *maybe)
@@ -264,20 +279,9 @@ impl Aggregator {
                 .fetch_add(dead.len() as u64, Ordering::Relaxed);
             tracing::warn!(count = dead.len(), partition = dead[0].partition, first_offset = dead[0].offset, reason = %dead[0].reason, "aggregator: records sent to dead letters");
         }
-        // 4. Insert the batch (all or nothing), then commit.
-        let batch: Vec<LoggedEvent> = events.into_iter().map(|(_, l)| l).collect();
-        if !batch.is_empty() {
-            let store = Arc::clone(&self.store);
-            let outcome = self
-                .retry("inserting the batch", || {
-                    store.insert_logged(&topic, &batch)
-                })
-                .await;
-            self.stats
-                .inserted
-                .fetch_add(outcome.inserted, Ordering::Relaxed);
-            skipped += outcome.duplicates;
-        }
+        // 4. Insert the batch (all or nothing) in the background while the next batch is read;
+        //    its records are committed once it landed, in order.
+        self.finish_in_flight().await?;
         for r in records {
             let floor = self.floors.entry(r.partition).or_default();
             *floor = Some(floor.map_or(r.offset, |f| f.max(r.offset)));
@@ -289,9 +293,40 @@ impl Aggregator {
                 "aggregator: skipped events already stored (replay after a restart or a re-send)"
             );
         }
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        self.consumer.commit(records).await?;
+        let batch: Vec<LoggedEvent> = events.into_iter().map(|(_, l)| l).collect();
+        let (store, stats) = (Arc::clone(&self.store), Arc::clone(&self.stats));
+        let insert = tokio::spawn(async move {
+            if batch.is_empty() {
+                return InsertOutcome::default();
+            }
+            retry(&stats, "inserting the batch", || {
+                store.insert_logged(&topic, &batch)
+            })
+            .await
+        });
+        self.in_flight = Some((insert, records.to_vec()));
         Ok(())
+    }
+}
+
+/// Retries a store call until it succeeds, with backoff; every failure is counted and logged.
+/// The batch is never half-applied: the store call is all or nothing.
+async fn retry<T, F, Fut>(stats: &AggregatorStats, what: &str, mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, UsageStoreError>>,
+{
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match call().await {
+            Ok(v) => return v,
+            Err(e) => {
+                stats.store_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "aggregator: {what} failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }
 

@@ -540,6 +540,11 @@ impl LogConsumer for KafkaConsumer {
         let deadline = tokio::time::Instant::now() + wait;
         let mut out = Vec::new();
         while out.len() < max {
+            // Fast path: a record librdkafka already fetched, without arming a timer.
+            if let Some(Ok(m)) = futures::FutureExt::now_or_never(self.consumer.recv()) {
+                out.push(Self::record(&m));
+                continue;
+            }
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Err(_) => break,
                 Ok(Ok(m)) => out.push(Self::record(&m)),
