@@ -3,7 +3,8 @@
 //! references measured in the same run on the same rows:
 //!   - the broker's own consume rate (a bare consumer reading the topic, no processing);
 //!   - ClickHouse's own bulk insert rate (the same rows inserted in 100k-row batches).
-//! and appends the table to load-tests/RESULTS.md. Run: load-tests/ingest/run.sh [N]
+//!
+//! It appends the table to load-tests/RESULTS.md. Run: load-tests/ingest/run.sh [N]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
