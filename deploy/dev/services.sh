@@ -83,11 +83,13 @@ tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 start_kafka() {
     mkdir -p "$DIR/kafka"
     if running "$DIR/kafka.pid"; then return 0; fi
-    (cd "$DIR/kafka" && setsid nohup tansu broker \
+    # The child writes its own PID before it execs the server, so `stop` kills the server
+    # itself, not a wrapper.
+    (cd "$DIR/kafka" && nohup sh -c 'echo $$ >"$0"; exec "$@"' "$DIR/kafka.pid" \
+        tansu broker \
         --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
         --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-        --storage-engine "sqlite://tansu.db" </dev/null >"$DIR/kafka/broker.log" 2>&1 &
-        echo $! >"$DIR/kafka.pid")
+        --storage-engine "sqlite://tansu.db" </dev/null >"$DIR/kafka/broker.log" 2>&1 &)
     wait_for "tansu on :$KAFKA_PORT" tcp_open "$KAFKA_PORT"
     log "kafka (tansu) on 127.0.0.1:$KAFKA_PORT"
 }
@@ -116,8 +118,8 @@ start_clickhouse() {
     <max_concurrent_queries>100</max_concurrent_queries>
 </yandex>
 EOF
-    (cd "$d" && setsid nohup clickhouse-server --config-file="$d/config.xml" </dev/null >"$d/log/stdout.log" 2>&1 &
-        echo $! >"$DIR/clickhouse.pid")
+    (cd "$d" && nohup sh -c 'echo $$ >"$0"; exec "$@"' "$DIR/clickhouse.pid" \
+        clickhouse-server --config-file="$d/config.xml" </dev/null >"$d/log/stdout.log" 2>&1 &)
     wait_for "clickhouse on :$CH_PORT" sh -c "curl -fsS http://127.0.0.1:$CH_PORT/ping | grep -q Ok"
     log "clickhouse on http://127.0.0.1:$CH_PORT"
 }
