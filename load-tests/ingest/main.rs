@@ -44,6 +44,7 @@ async fn clickhouse(db: &str) -> anyhow::Result<ClickHouseUsageStore> {
         url: std::env::var("PEAGE_BENCH_CLICKHOUSE").unwrap_or("http://127.0.0.1:8123".into()),
         database: db.into(),
         validation: false,
+        compression: !std::env::var("PEAGE_BENCH_CLICKHOUSE_LZ4").is_ok_and(|v| v == "0"),
         ..Default::default()
     })
     .await?;
@@ -184,7 +185,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(0);
     let table = format!(
         "\n## Ingest — {date}\n\nMachine: {cores} cores, {cpu}. Broker: {broker}, ClickHouse 18.16 (Debian), \
-         one aggregator, 4 partitions, batches of 20,000. {n} events of ~450 bytes.\n\n\
+         one aggregator, 4 partitions, batches of 20,000, ClickHouse lz4 {lz4}. {n} events of ~450 bytes.\n\n\
          | measure | events/s |\n|---|---:|\n\
          | broker produce (idempotent, acks=all, lz4) | {produce:.0} |\n\
          | reference: broker consume (bare consumer) | {consume:.0} |\n\
@@ -193,6 +194,7 @@ async fn main() -> anyhow::Result<()> {
          Péage / slower reference = **{pct:.0} %** (aim ≥ 90 %). Lost: **{lost}**, duplicated: **{duplicated}** \
          ({rows} rows, {distinct} distinct ids).\n",
         date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        lz4 = if std::env::var("PEAGE_BENCH_CLICKHOUSE_LZ4").is_ok_and(|v| v == "0") { "off" } else { "on (the default)" },
         broker = std::env::var("PEAGE_BENCH_BROKER_NAME").unwrap_or("tansu 0.6, durable SQLite engine (what CI runs)".into()),
         pct = ratio * 100.0,
     );
