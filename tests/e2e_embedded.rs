@@ -327,6 +327,31 @@ async fn gateway_and_control_api_errors_are_problem_json() {
     )
     .await;
 
+    // A deprecated version still answers, with its lifecycle headers; the current one has none.
+    let old = c
+        .get(format!("{gw}/demo/v0/hello"))
+        .bearer_auth(p.s("api_key"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status(), 200);
+    let h = old.headers();
+    assert_eq!(
+        h["deprecation"], "@1788220800",
+        "2026-09-01T00:00:00Z (RFC 9745)"
+    );
+    assert_eq!(h["sunset"], "Wed, 30 Jun 2027 00:00:00 GMT", "RFC 8594");
+    assert_eq!(h["link"], "</demo/v1>; rel=\"successor-version\"");
+    let current = c
+        .get(format!("{gw}/demo/v1/hello"))
+        .bearer_auth(p.s("api_key"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !current.headers().contains_key("deprecation") && !current.headers().contains_key("sunset")
+    );
+
     // The control API refuses a wrong admin token and the partner's own key.
     let ctl = p.s("control_url");
     assert_problem(

@@ -50,6 +50,9 @@ pub enum VersionStatus {
 pub struct ApiVersion {
     pub id: String,
     pub status: VersionStatus,
+    /// When the version was deprecated (sent as the `Deprecation` header, RFC 9745).
+    pub deprecated: Option<NaiveDate>,
+    /// When the version stops answering (sent as the `Sunset` header, RFC 8594).
     pub sunset: Option<NaiveDate>,
     pub successor: Option<String>,
     pub live: String,
@@ -253,6 +256,7 @@ struct RawApi {
 struct RawVersion {
     id: Spanned<String>,
     status: Option<Spanned<String>>,
+    deprecated: Option<Spanned<toml::value::Datetime>>,
     sunset: Option<Spanned<toml::value::Datetime>>,
     successor: Option<Spanned<String>>,
     live: Spanned<String>,
@@ -527,25 +531,46 @@ fn validate_apis(
                     VersionStatus::Active
                 }
             };
-            let sunset = v.sunset.as_ref().and_then(|s| {
-                let parsed = s.get_ref().date.and_then(|d| {
-                    NaiveDate::from_ymd_opt(d.year as i32, d.month as u32, d.day as u32)
-                });
-                if parsed.is_none() {
+            let mut date = |field: &str, value: &Option<Spanned<toml::value::Datetime>>| {
+                value.as_ref().and_then(|s| {
+                    let parsed = s.get_ref().date.and_then(|d| {
+                        NaiveDate::from_ymd_opt(d.year as i32, d.month as u32, d.day as u32)
+                    });
+                    if parsed.is_none() {
+                        src.issue(
+                            s.span(),
+                            format!("{vpath}.{field}"),
+                            "must be a date such as 2027-03-31",
+                        );
+                    }
+                    parsed
+                })
+            };
+            let sunset = date("sunset", &v.sunset);
+            let deprecated = date("deprecated", &v.deprecated);
+            if let (Some(d), Some(s)) = (deprecated, sunset) {
+                if d > s {
                     src.issue(
-                        s.span(),
-                        format!("{vpath}.sunset"),
-                        "must be a date such as 2027-03-31",
+                        v.deprecated.as_ref().map_or(v.id.span(), |d| d.span()),
+                        format!("{vpath}.deprecated"),
+                        "a version cannot be deprecated after its sunset",
                     );
                 }
-                parsed
-            });
+            }
             if status == VersionStatus::Deprecated && sunset.is_none() {
                 let span = v.status.as_ref().map_or(v.id.span(), |s| s.span());
                 src.issue(
                     span,
                     format!("{vpath}.sunset"),
                     "a deprecated version needs a sunset date",
+                );
+            }
+            if status == VersionStatus::Deprecated && deprecated.is_none() {
+                let span = v.status.as_ref().map_or(v.id.span(), |s| s.span());
+                src.issue(
+                    span,
+                    format!("{vpath}.deprecated"),
+                    "a deprecated version needs the date it was deprecated, e.g. deprecated = 2026-10-01",
                 );
             }
             if let Some(s) = &v.successor {
@@ -595,6 +620,7 @@ fn validate_apis(
             versions.push(ApiVersion {
                 id: v.id.get_ref().clone(),
                 status,
+                deprecated,
                 sunset,
                 successor: v.successor.as_ref().map(|s| s.get_ref().clone()),
                 live: live.unwrap_or_default(),
@@ -1040,6 +1066,7 @@ name = "weather"
 [[api.versions]]
 id = "v1"
 status = "deprecated"
+deprecated = 2026-10-01
 sunset = 2027-03-31
 successor = "v2"
 live = "https://weather-v1.internal"
@@ -1133,16 +1160,16 @@ rate_limit = { per_second = 50, burst = 100 }
     fn unknown_meter_in_a_charge_names_file_line_and_field() {
         let i = only_issue(&GOOD.replace("{ meter = \"egress_gb\"", "{ meter = \"egress_tb\""));
         assert_eq!(i.file, "catalog.toml");
-        assert_eq!(i.line, 40);
+        assert_eq!(i.line, 41);
         assert_eq!(i.field, "plan[growth-2026].charges[1].meter");
         assert!(i.message.contains("egress_tb"), "{i}");
-        assert!(i.to_string().starts_with("catalog.toml:40:"), "{i}");
+        assert!(i.to_string().starts_with("catalog.toml:41:"), "{i}");
     }
 
     #[test]
     fn a_float_price_is_refused_with_its_field() {
         let i = only_issue(&GOOD.replace("unit_price = \"0.09\"", "unit_price = 0.09"));
-        assert_eq!(i.line, 40);
+        assert_eq!(i.line, 41);
         assert_eq!(i.field, "plan[growth-2026].charges[1].unit_price");
         assert!(i.message.contains("float"), "{i}");
     }
@@ -1150,7 +1177,7 @@ rate_limit = { per_second = 50, burst = 100 }
     #[test]
     fn an_unknown_key_is_refused_by_name() {
         let i = only_issue(&GOOD.replace("base_fee = \"49.00\"", "base_fees = \"49.00\""));
-        assert_eq!(i.line, 34);
+        assert_eq!(i.line, 35);
         assert_eq!(i.field, "base_fees");
         assert!(i.message.contains("unknown field"), "{i}");
     }
@@ -1158,7 +1185,7 @@ rate_limit = { per_second = 50, burst = 100 }
     #[test]
     fn a_wrong_type_names_the_key() {
         let i = only_issue(&GOOD.replace("burst = 100", "burst = \"lots\""));
-        assert_eq!(i.line, 43);
+        assert_eq!(i.line, 44);
         assert_eq!(i.field, "burst");
     }
 
@@ -1194,6 +1221,25 @@ rate_limit = { per_second = 50, burst = 100 }
         let fields: Vec<_> = err.issues.iter().map(|i| i.field.as_str()).collect();
         assert!(fields.contains(&"meter[calls].aggregation"), "{err}");
         assert!(fields.contains(&"plan[growth-2026].currency"), "{err}");
+    }
+
+    #[test]
+    fn deprecated_needs_its_dates_in_order() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(
+            c.apis[0].versions[0].deprecated,
+            NaiveDate::from_ymd_opt(2026, 10, 1)
+        );
+        let err = parse(&GOOD.replace("deprecated = 2026-10-01\n", "")).unwrap_err();
+        assert!(
+            err.issues
+                .iter()
+                .any(|i| i.field == "api[weather].versions[v1].deprecated"),
+            "{err}"
+        );
+        let err =
+            parse(&GOOD.replace("deprecated = 2026-10-01", "deprecated = 2027-04-01")).unwrap_err();
+        assert!(err.to_string().contains("after its sunset"), "{err}");
     }
 
     #[test]

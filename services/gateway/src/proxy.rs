@@ -162,7 +162,55 @@ async fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<ResolvedKey, 
     }
 }
 
+/// Every answer for a deprecated version carries `Deprecation` (RFC 9745), `Sunset`
+/// (RFC 8594) and, when the catalog names one, a `Link` to the successor version.
 pub(crate) async fn handle(
+    State(gw): State<Arc<Gateway>>,
+    connect: ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let mut segments = req.uri().path().splitn(4, '/').skip(1);
+    let (api, version) = (
+        segments.next().unwrap_or("").to_string(),
+        segments.next().unwrap_or("").to_string(),
+    );
+    let mut response = handle_call(State(Arc::clone(&gw)), connect, req).await;
+    if let Some(v) = gw.catalog.api_version(&api, &version) {
+        deprecation_headers(&api, v, response.headers_mut());
+    }
+    response
+}
+
+/// The lifecycle headers of a deprecated version; nothing for an active or retired one.
+pub(crate) fn deprecation_headers(
+    api: &str,
+    v: &peage_core::catalog::ApiVersion,
+    headers: &mut HeaderMap,
+) {
+    if v.status != VersionStatus::Deprecated {
+        return;
+    }
+    let midnight = |d: chrono::NaiveDate| d.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
+    if let Some(at) = v.deprecated.and_then(midnight) {
+        if let Ok(h) = HeaderValue::from_str(&format!("@{}", at.timestamp())) {
+            headers.insert("deprecation", h);
+        }
+    }
+    if let Some(at) = v.sunset.and_then(midnight) {
+        let date = at.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        if let Ok(h) = HeaderValue::from_str(&date) {
+            headers.insert("sunset", h);
+        }
+    }
+    if let Some(next) = &v.successor {
+        let link = format!("</{api}/{next}>; rel=\"successor-version\"");
+        if let Ok(h) = HeaderValue::from_str(&link) {
+            headers.append(header::LINK, h);
+        }
+    }
+}
+
+async fn handle_call(
     State(gw): State<Arc<Gateway>>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     req: Request,
