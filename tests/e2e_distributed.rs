@@ -498,21 +498,7 @@ fn event(i: u64, partner: &str) -> CallEvent {
 async fn produce(kafka: &KafkaConfig, events: &[CallEvent]) {
     let producer = KafkaProducer::new(kafka).unwrap();
     for chunk in events.chunks(10_000) {
-        let payloads: Vec<Vec<u8>> = chunk
-            .iter()
-            .map(|e| serde_json::to_vec(e).unwrap())
-            .collect();
-        let out: Vec<OutRecord<'_>> = chunk
-            .iter()
-            .zip(&payloads)
-            .map(|(e, p)| OutRecord {
-                key: e.partner_id.as_bytes(),
-                payload: p,
-                possible_duplicate: false,
-                headers: &[],
-            })
-            .collect();
-        producer.send_all(&kafka.topic, &out).await.unwrap();
+        producer.send_events(&kafka.topic, chunk).await.unwrap();
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use peage_aggregator::{Aggregator, AggregatorConfig};
 use peage_core::{CallEvent, Env};
 use peage_eventlog::kafka::{
-    ensure_topics, KafkaConfig, KafkaConsumer, KafkaDeadLetters, KafkaProducer, OutRecord,
+    ensure_topics, KafkaConfig, KafkaConsumer, KafkaDeadLetters, KafkaProducer,
 };
 use peage_eventlog::LogConsumer;
 use peage_usage_store::{ClickHouseConfig, ClickHouseUsageStore, LoggedEvent, UsageStore};
@@ -79,21 +79,7 @@ async fn main() -> anyhow::Result<()> {
     let producer = KafkaProducer::new(&kafka)?;
     let t = Instant::now();
     for chunk in events.chunks(20_000) {
-        let payloads: Vec<Vec<u8>> = chunk
-            .iter()
-            .map(serde_json::to_vec)
-            .collect::<Result<_, _>>()?;
-        let out: Vec<OutRecord<'_>> = chunk
-            .iter()
-            .zip(&payloads)
-            .map(|(e, p)| OutRecord {
-                key: e.partner_id.as_bytes(),
-                payload: p,
-                possible_duplicate: false,
-                headers: &[],
-            })
-            .collect();
-        producer.send_all(&kafka.topic, &out).await?;
+        producer.send_events(&kafka.topic, chunk).await?;
     }
     let produce = rate(n, t.elapsed());
     eprintln!("  produced at {produce:.0}/s");

@@ -161,6 +161,30 @@ impl KafkaProducer {
         Ok(KafkaProducer { producer })
     }
 
+    /// Sends call events to `topic` as gateways do (JSON, keyed by partner id) and waits until
+    /// all are acknowledged.
+    pub async fn send_events(
+        &self,
+        topic: &str,
+        events: &[CallEvent],
+    ) -> Result<(), EventLogError> {
+        let payloads = events
+            .iter()
+            .map(crate::encode)
+            .collect::<Result<Vec<_>, _>>()?;
+        let out: Vec<OutRecord<'_>> = events
+            .iter()
+            .zip(&payloads)
+            .map(|(e, p)| OutRecord {
+                key: e.partner_id.as_bytes(),
+                payload: p,
+                possible_duplicate: false,
+                headers: &[],
+            })
+            .collect();
+        self.send_all(topic, &out).await
+    }
+
     /// Sends every record to `topic` and waits until all are acknowledged by the broker.
     pub async fn send_all(
         &self,
@@ -251,8 +275,6 @@ pub struct SpoolStats {
     pub dropped: AtomicU64,
     /// Forward attempts that failed (broker down, timeouts); each is retried.
     pub forward_failures: AtomicU64,
-    /// Events spooled but not yet acknowledged by Kafka.
-    pub pending: AtomicU64,
 }
 
 /// The gateway side of the Kafka log: append to the spool, forward in the background.
@@ -276,7 +298,6 @@ impl SpooledKafkaLog {
         let backlog = consumer.lag().await?;
         let forwarded_to = Arc::new(AtomicU64::new(log.end_offset() - backlog));
         let stats = Arc::new(SpoolStats::default());
-        stats.pending.store(backlog, Ordering::Relaxed);
         if backlog > 0 {
             tracing::info!(
                 backlog,
@@ -284,8 +305,8 @@ impl SpooledKafkaLog {
             );
         }
         KafkaProducer::new(kafka)?; // fail fast on a bad configuration
-        let (st, fwd, end_log) = (Arc::clone(&stats), Arc::clone(&forwarded_to), log.clone());
-        tokio::spawn(forward(consumer, kafka.clone(), backlog, st, fwd, end_log));
+        let (st, fwd) = (Arc::clone(&stats), Arc::clone(&forwarded_to));
+        tokio::spawn(forward(consumer, kafka.clone(), backlog, st, fwd));
         Ok(Arc::new(SpooledKafkaLog {
             spool: log,
             config: spool,
@@ -299,7 +320,8 @@ impl SpooledKafkaLog {
         &self.stats
     }
 
-    fn pending(&self) -> u64 {
+    /// Events spooled but not yet acknowledged by Kafka.
+    pub fn pending(&self) -> u64 {
         self.spool
             .end_offset()
             .saturating_sub(self.forwarded_to.load(Ordering::Relaxed))
@@ -335,7 +357,6 @@ async fn forward(
     mut resend_backlog: u64,
     stats: Arc<SpoolStats>,
     forwarded_to: Arc<AtomicU64>,
-    spool: EmbeddedLog,
 ) {
     let mut producer = None;
     // A batch whose delivery failed, to send again (flagged: it may have landed).
@@ -392,9 +413,6 @@ async fn forward(
                 stats
                     .forwarded
                     .fetch_add(records.len() as u64, Ordering::Relaxed);
-                stats
-                    .pending
-                    .store(spool.end_offset().saturating_sub(last), Ordering::Relaxed);
             }
             Err(e) => {
                 stats.forward_failures.fetch_add(1, Ordering::Relaxed);
@@ -438,9 +456,7 @@ impl EventLog for SpooledKafkaLog {
         } else if self.full_logged.swap(false, Ordering::Relaxed) {
             tracing::info!("kafka spool below its bound again");
         }
-        self.spool.append(events).await?;
-        self.stats.pending.store(self.pending(), Ordering::Relaxed);
-        Ok(())
+        self.spool.append(events).await
     }
 
     async fn consumer(&self, _group: &str) -> Result<Box<dyn LogConsumer>, EventLogError> {
@@ -682,19 +698,27 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_full_spool_fails_open_by_dropping_and_counting() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = SpooledKafkaLog::start(
+    /// A spool of 10 events in front of a broker nothing listens on.
+    async fn spool_of_ten(
+        dir: &tempfile::TempDir,
+        when_full: SpoolFullPolicy,
+    ) -> Arc<SpooledKafkaLog> {
+        SpooledKafkaLog::start(
             &unreachable(),
             SpoolConfig {
                 dir: dir.path().to_path_buf(),
                 max_events: 10,
-                when_full: SpoolFullPolicy::FailOpen,
+                when_full,
             },
         )
         .await
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_full_spool_fails_open_by_dropping_and_counting() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = spool_of_ten(&dir, SpoolFullPolicy::FailOpen).await;
         for _ in 0..15 {
             log.append(&[event()]).await.unwrap();
         }
@@ -707,16 +731,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_spool_fails_closed_by_refusing_calls_and_dropping_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let log = SpooledKafkaLog::start(
-            &unreachable(),
-            SpoolConfig {
-                dir: dir.path().to_path_buf(),
-                max_events: 10,
-                when_full: SpoolFullPolicy::FailClosed,
-            },
-        )
-        .await
-        .unwrap();
+        let log = spool_of_ten(&dir, SpoolFullPolicy::FailClosed).await;
         for i in 0..12 {
             assert_eq!(log.accepting(), i < 10, "event {i}");
             log.append(&[event()]).await.unwrap();

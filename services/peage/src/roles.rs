@@ -100,7 +100,7 @@ pub async fn gateway(
             vec![
                 ("peage_events_emitted_total", "Call events emitted by the gateway.", "counter", read(&e.emitted)),
                 ("peage_events_spooled_total", "Call events written to the disk spool.", "counter", read(&e.persisted)),
-                ("peage_spool_pending_events", "Events in the spool not yet acknowledged by Kafka.", "gauge", read(&s.pending)),
+                ("peage_spool_pending_events", "Events in the spool not yet acknowledged by Kafka.", "gauge", spool.pending()),
                 ("peage_spool_forwarded_events_total", "Events acknowledged by Kafka.", "counter", read(&s.forwarded)),
                 ("peage_spool_forward_failures_total", "Failed attempts to forward a batch to Kafka (each retried).", "counter", read(&s.forward_failures)),
                 ("peage_spool_dropped_events_total", "Events dropped because the spool was full (fail_open).", "counter", read(&s.dropped)),
