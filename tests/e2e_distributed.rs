@@ -248,6 +248,27 @@ async fn admin_post(client: &reqwest::Client, control: &str, path: &str, body: V
     r.json().await.unwrap()
 }
 
+/// Creates a partner on the demo plan and a live key through the control API, as an operator
+/// would; returns the partner id and the key's secret.
+async fn partner_with_live_key(client: &reqwest::Client, control: &str) -> (String, String) {
+    let partner = admin_post(
+        client,
+        control,
+        "/v1/partners",
+        serde_json::json!({"name": "Acme", "plan": "demo"}),
+    )
+    .await;
+    let pid = partner["id"].as_str().unwrap().to_string();
+    let key = admin_post(
+        client,
+        control,
+        &format!("/v1/partners/{pid}/keys"),
+        serde_json::json!({"env": "live"}),
+    )
+    .await;
+    (pid, key["secret"].as_str().unwrap().to_string())
+}
+
 /// Waits until ClickHouse holds `n` raw rows (or the timeout), then checks it stays there.
 async fn settle(ch: &ClickHouseUsageStore, n: u64, timeout: Duration) -> u64 {
     let deadline = Instant::now() + timeout;
@@ -355,22 +376,8 @@ async fn twenty_thousand_calls_through_two_gateways_are_stored_once_and_billed_f
     let (_agg, _) = s.start("aggregator", &[]);
 
     let client = reqwest::Client::new();
-    let partner = admin_post(
-        &client,
-        &control,
-        "/v1/partners",
-        serde_json::json!({"name": "Acme", "plan": "demo"}),
-    )
-    .await;
-    let pid = partner["id"].as_str().unwrap().to_string();
-    let key = admin_post(
-        &client,
-        &control,
-        &format!("/v1/partners/{pid}/keys"),
-        serde_json::json!({"env": "live"}),
-    )
-    .await;
-    let secret = key["secret"].as_str().unwrap();
+    let (pid, secret) = partner_with_live_key(&client, &control).await;
+    let secret = secret.as_str();
 
     let statuses = calls(&[gw1.unwrap(), gw2.unwrap()], secret, 20_000, 32).await;
     assert_eq!(
@@ -730,22 +737,7 @@ async fn calls_made_while_the_broker_is_down_for_30_seconds_are_all_stored_once_
     let gw = vec![gw.unwrap()];
     let (_agg, _) = s.start("aggregator", &[]);
     let client = reqwest::Client::new();
-    let partner = admin_post(
-        &client,
-        &control,
-        "/v1/partners",
-        serde_json::json!({"name": "Acme", "plan": "demo"}),
-    )
-    .await;
-    let pid = partner["id"].as_str().unwrap().to_string();
-    let key = admin_post(
-        &client,
-        &control,
-        &format!("/v1/partners/{pid}/keys"),
-        serde_json::json!({"env": "live"}),
-    )
-    .await;
-    let secret = key["secret"].as_str().unwrap().to_string();
+    let (_pid, secret) = partner_with_live_key(&client, &control).await;
 
     let mut made = 0usize;
     let mut during_outage = 0usize;

@@ -157,14 +157,6 @@ impl Aggregator {
         }
     }
 
-    async fn retry<T, F, Fut>(&self, what: &str, call: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, UsageStoreError>>,
-    {
-        retry(&self.stats, what, call).await
-    }
-
     /// Waits for the batch being inserted, then commits its records.
     async fn finish_in_flight(&mut self) -> Result<(), AggregatorError> {
         if let Some((handle, records)) = self.in_flight.take() {
@@ -204,11 +196,10 @@ impl Aggregator {
             .collect();
         if !unknown.is_empty() {
             let store = Arc::clone(&self.store);
-            let stored = self
-                .retry("reading stored positions", || {
-                    store.stored_positions(&topic, &unknown)
-                })
-                .await;
+            let stored = retry(&self.stats, "reading stored positions", || {
+                store.stored_positions(&topic, &unknown)
+            })
+            .await;
             for p in unknown {
                 self.floors.insert(p, stored.get(&p).copied());
             }
@@ -256,9 +247,10 @@ impl Aggregator {
                 .map(|(_, l)| l.event.clone())
                 .collect();
             let store = Arc::clone(&self.store);
-            let stored = self
-                .retry("checking re-sent ids", || store.stored_ids(&suspects))
-                .await;
+            let stored = retry(&self.stats, "checking re-sent ids", || {
+                store.stored_ids(&suspects)
+            })
+            .await;
             let mut seen: HashSet<(String, uuid::Uuid)> = HashSet::new();
             let before = events.len();
             events.retain(|(_, l)| {
