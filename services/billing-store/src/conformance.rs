@@ -4,7 +4,11 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use peage_core::Env;
 
-use crate::{BillingStore, BillingStoreError, NewKey, Subscription};
+use peage_core::pricing::{Quota, QuotaKind};
+use peage_core::quota::QuotaDecision;
+use rust_decimal::Decimal;
+
+use crate::{BillingStore, BillingStoreError, NewKey, QuotaKey, Subscription};
 
 pub fn sub(plan: &str, at: DateTime<Utc>) -> Subscription {
     Subscription {
@@ -20,6 +24,7 @@ pub async fn run_all(s: &dyn BillingStore) {
     partners_keep_their_plan_history(s).await;
     keys_are_found_by_hash_and_revocation_is_idempotent(s).await;
     times_keep_microseconds(s).await;
+    concurrent_quota_grants_never_pass_a_hard_limit(s).await;
 }
 
 async fn partners_keep_their_plan_history(s: &dyn BillingStore) {
@@ -122,4 +127,56 @@ async fn times_keep_microseconds(s: &dyn BillingStore) {
         .unwrap();
     let p = s.partner("prt_c").await.unwrap().unwrap();
     assert_eq!((p.created_at, p.subscription.started_at), (t, t));
+}
+
+/// Three gateways ask at once, 60 times each, for 7 units of a 500-unit hard quota: the grants
+/// add up to exactly 500 and the ledger says so. Periods and envs are separate ledgers.
+async fn concurrent_quota_grants_never_pass_a_hard_limit(s: &dyn BillingStore) {
+    let period_start = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    let key = QuotaKey {
+        partner_id: "prt_a".into(),
+        env: Env::Live,
+        meter: "calls".into(),
+        period_start,
+    };
+    let quota = Quota {
+        meter: "calls".into(),
+        limit: Decimal::from(500),
+        kind: QuotaKind::Hard,
+    };
+    let asks = (0..180).map(|i| {
+        let (key, quota) = (&key, &quota);
+        async move {
+            let gw = format!("gw-{}", i % 3);
+            s.grant_quota(key, &gw, quota, Decimal::ZERO, Decimal::from(7))
+                .await
+                .unwrap()
+        }
+    });
+    let grants = futures::future::join_all(asks).await;
+    let total: Decimal = grants.iter().map(|g| g.granted).sum();
+    assert_eq!(total, Decimal::from(500));
+    assert!(grants
+        .iter()
+        .any(|g| g.decision == QuotaDecision::HardBlocked));
+    let ledger = s.quota_ledger(&key).await.unwrap();
+    assert_eq!((ledger.granted, ledger.gateways), (Decimal::from(500), 3));
+    let sandbox = QuotaKey {
+        env: Env::Sandbox,
+        ..key.clone()
+    };
+    let g = s
+        .grant_quota(&sandbox, "gw-0", &quota, Decimal::ZERO, Decimal::from(7))
+        .await
+        .unwrap();
+    assert_eq!(
+        g.granted,
+        Decimal::from(7),
+        "the sandbox has its own ledger"
+    );
+    let next = QuotaKey {
+        period_start: period_start + Duration::days(30),
+        ..key
+    };
+    assert_eq!(s.quota_ledger(&next).await.unwrap().granted, Decimal::ZERO);
 }

@@ -9,7 +9,10 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use peage_core::pricing::Quota;
+use peage_core::quota::{Grant, QuotaLedger};
 use peage_core::Env;
+use rust_decimal::Decimal;
 use serde::Serialize;
 
 pub use postgres::PostgresBillingStore;
@@ -64,6 +67,49 @@ pub struct NewKey {
     pub created_at: DateTime<Utc>,
 }
 
+/// One quota of one partner in one billing period: the unit leases are granted from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaKey {
+    pub partner_id: String,
+    pub env: Env,
+    pub meter: String,
+    pub period_start: DateTime<Utc>,
+}
+
+impl QuotaKey {
+    fn lock_name(&self) -> String {
+        format!(
+            "quota:{}:{}:{}:{}",
+            self.partner_id,
+            self.env.as_str(),
+            self.meter,
+            self.period_start.timestamp_micros()
+        )
+    }
+}
+
+fn parse_granted(s: &str) -> Result<Decimal, BillingStoreError> {
+    s.parse().map_err(|e| BillingStoreError::Corrupt {
+        what: "quota grant",
+        reason: format!("amount {s:?}: {e}"),
+    })
+}
+
+/// Sums a period's grant rows (gateway id, amount) into a ledger; counts `gateway_id` among the
+/// gateways even before its first grant. `used` is the caller's to fill.
+fn ledger_of(
+    rows: &[(String, String)],
+    gateway_id: Option<&str>,
+) -> Result<QuotaLedger, BillingStoreError> {
+    let mut ledger = QuotaLedger::default();
+    for (_, amount) in rows {
+        ledger.granted += parse_granted(amount)?;
+    }
+    let newcomer = gateway_id.is_some_and(|gw| !rows.iter().any(|(g, _)| g == gw));
+    ledger.gateways = rows.len() as u32 + u32::from(newcomer);
+    Ok(ledger)
+}
+
 #[async_trait]
 pub trait BillingStore: Send + Sync + 'static {
     async fn create_partner(
@@ -94,4 +140,19 @@ pub trait BillingStore: Send + Sync + 'static {
         key_id: &str,
         at: DateTime<Utc>,
     ) -> Result<ApiKey, BillingStoreError>;
+
+    /// Decides a lease with [`peage_core::quota::decide`] and records it for `gateway_id`, as one
+    /// atomic step per quota: concurrent requests from many gateways (and many billing
+    /// processes on PostgreSQL) never grant the same unit twice.
+    async fn grant_quota(
+        &self,
+        key: &QuotaKey,
+        gateway_id: &str,
+        quota: &Quota,
+        used: Decimal,
+        want: Decimal,
+    ) -> Result<Grant, BillingStoreError>;
+
+    /// The period's grants so far (`used` left at zero).
+    async fn quota_ledger(&self, key: &QuotaKey) -> Result<QuotaLedger, BillingStoreError>;
 }

@@ -7,7 +7,13 @@ use peage_core::Env;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 
-use crate::{ApiKey, BillingStore, BillingStoreError, NewKey, Partner, Subscription};
+use peage_core::pricing::Quota;
+use peage_core::quota::{decide, Grant, QuotaLedger};
+use rust_decimal::Decimal;
+
+use crate::{
+    ledger_of, ApiKey, BillingStore, BillingStoreError, NewKey, Partner, QuotaKey, Subscription,
+};
 
 #[derive(Clone)]
 pub struct PostgresBillingStore {
@@ -232,4 +238,70 @@ impl BillingStore for PostgresBillingStore {
                 id: key_id.to_string(),
             })
     }
+
+    async fn grant_quota(
+        &self,
+        key: &QuotaKey,
+        gateway_id: &str,
+        quota: &Quota,
+        used: Decimal,
+        want: Decimal,
+    ) -> Result<Grant, BillingStoreError> {
+        let mut tx = self.pool.begin().await?;
+        // One quota, one lock, held until commit: rows that do not exist yet cannot be locked
+        // with FOR UPDATE, so the lock is on the quota's name.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(key.lock_name())
+            .execute(&mut *tx)
+            .await?;
+        let rows = grant_rows(&mut tx, key).await?;
+        let mut ledger = ledger_of(&rows, Some(gateway_id))?;
+        ledger.used = used;
+        let grant = decide(quota, &ledger, want);
+        if !grant.granted.is_zero() {
+            let mine = rows
+                .iter()
+                .find(|(g, _)| g == gateway_id)
+                .map(|(_, a)| crate::parse_granted(a))
+                .transpose()?
+                .unwrap_or_default();
+            sqlx::query(
+                "INSERT INTO quota_grants (partner_id, env, meter, period_start, gateway_id, granted, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, now()) \
+                 ON CONFLICT (partner_id, env, meter, period_start, gateway_id) \
+                 DO UPDATE SET granted = excluded.granted, updated_at = excluded.updated_at",
+            )
+            .bind(&key.partner_id)
+            .bind(key.env.as_str())
+            .bind(&key.meter)
+            .bind(key.period_start)
+            .bind(gateway_id)
+            .bind((mine + grant.granted).to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(grant)
+    }
+
+    async fn quota_ledger(&self, key: &QuotaKey) -> Result<QuotaLedger, BillingStoreError> {
+        let mut conn = self.pool.acquire().await?;
+        ledger_of(&grant_rows(&mut conn, key).await?, None)
+    }
+}
+
+async fn grant_rows(
+    conn: &mut sqlx::PgConnection,
+    key: &QuotaKey,
+) -> Result<Vec<(String, String)>, BillingStoreError> {
+    Ok(sqlx::query_as(
+        "SELECT gateway_id, granted FROM quota_grants \
+         WHERE partner_id = $1 AND env = $2 AND meter = $3 AND period_start = $4",
+    )
+    .bind(&key.partner_id)
+    .bind(key.env.as_str())
+    .bind(&key.meter)
+    .bind(key.period_start)
+    .fetch_all(conn)
+    .await?)
 }

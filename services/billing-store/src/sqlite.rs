@@ -10,11 +10,20 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqlitePool};
 
-use crate::{ApiKey, BillingStore, BillingStoreError, NewKey, Partner, Subscription};
+use peage_core::pricing::Quota;
+use peage_core::quota::{decide, Grant, QuotaLedger};
+use rust_decimal::Decimal;
+
+use crate::{
+    ledger_of, ApiKey, BillingStore, BillingStoreError, NewKey, Partner, QuotaKey, Subscription,
+};
 
 #[derive(Clone)]
 pub struct SqliteBillingStore {
     pool: SqlitePool,
+    /// Serialises quota grants: one process owns an embedded store, and a grant is a read
+    /// followed by a write that must not interleave with another.
+    grants: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -92,7 +101,10 @@ impl SqliteBillingStore {
         sqlx::migrate!("../../schemas/sql/sqlite/billing")
             .run(&pool)
             .await?;
-        Ok(SqliteBillingStore { pool })
+        Ok(SqliteBillingStore {
+            pool,
+            grants: Default::default(),
+        })
     }
 
     async fn required_partner(&self, id: &str) -> Result<Partner, BillingStoreError> {
@@ -252,6 +264,68 @@ impl BillingStore for SqliteBillingStore {
                 id: key_id.to_string(),
             })
     }
+
+    async fn grant_quota(
+        &self,
+        key: &QuotaKey,
+        gateway_id: &str,
+        quota: &Quota,
+        used: Decimal,
+        want: Decimal,
+    ) -> Result<Grant, BillingStoreError> {
+        let _one_at_a_time = self.grants.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let rows = grant_rows(&mut tx, key).await?;
+        let mut ledger = ledger_of(&rows, Some(gateway_id))?;
+        ledger.used = used;
+        let grant = decide(quota, &ledger, want);
+        if !grant.granted.is_zero() {
+            let mine = rows
+                .iter()
+                .find(|(g, _)| g == gateway_id)
+                .map(|(_, a)| crate::parse_granted(a))
+                .transpose()?
+                .unwrap_or_default();
+            sqlx::query(
+                "INSERT INTO quota_grants (partner_id, env, meter, period_start, gateway_id, granted, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (partner_id, env, meter, period_start, gateway_id) \
+                 DO UPDATE SET granted = excluded.granted, updated_at = excluded.updated_at",
+            )
+            .bind(&key.partner_id)
+            .bind(key.env.as_str())
+            .bind(&key.meter)
+            .bind(ts(key.period_start))
+            .bind(gateway_id)
+            .bind((mine + grant.granted).to_string())
+            .bind(ts(Utc::now()))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(grant)
+    }
+
+    async fn quota_ledger(&self, key: &QuotaKey) -> Result<QuotaLedger, BillingStoreError> {
+        let mut conn = self.pool.acquire().await?;
+        ledger_of(&grant_rows(&mut conn, key).await?, None)
+    }
+}
+
+async fn grant_rows(
+    conn: &mut sqlx::SqliteConnection,
+    key: &QuotaKey,
+) -> Result<Vec<(String, String)>, BillingStoreError> {
+    Ok(sqlx::query_as(
+        "SELECT gateway_id, granted FROM quota_grants \
+         WHERE partner_id = ? AND env = ? AND meter = ? AND period_start = ?",
+    )
+    .bind(&key.partner_id)
+    .bind(key.env.as_str())
+    .bind(&key.meter)
+    .bind(ts(key.period_start))
+    .fetch_all(conn)
+    .await?)
 }
 
 #[cfg(test)]

@@ -298,7 +298,7 @@ struct RawPlan {
     charges: Vec<Spanned<RawCharge>>,
     #[serde(default)]
     quotas: Vec<RawQuota>,
-    rate_limit: Option<RawRateLimit>,
+    rate_limit: Option<Spanned<RawRateLimit>>,
 }
 
 #[derive(Deserialize)]
@@ -814,11 +814,31 @@ fn validate_plans(src: &mut Source, raw: &[RawPlan], meters: &[Meter]) -> Vec<Pl
         let mut quotas = Vec::new();
         for (i, q) in p.quotas.iter().enumerate() {
             let qpath = format!("{path}.quotas[{i}]");
-            if !meter_names.contains(q.meter.get_ref().as_str()) {
-                src.issue(
+            match meters.iter().find(|m| &m.name == q.meter.get_ref()) {
+                None => src.issue(
                     q.meter.span(),
                     format!("{qpath}.meter"),
                     format!("no meter named {:?}", q.meter.get_ref()),
+                ),
+                // A gateway spends a quota call by call, so it must be additive.
+                Some(m) if !m.quotable() => src.issue(
+                    q.meter.span(),
+                    format!("{qpath}.meter"),
+                    format!(
+                        "meter {:?} cannot carry a quota: only count and sum meters can (it is {:?} of {:?})",
+                        m.name, m.aggregation, m.field
+                    ),
+                ),
+                Some(_) => {}
+            }
+            if p.quotas[..i]
+                .iter()
+                .any(|o| o.meter.get_ref() == q.meter.get_ref())
+            {
+                src.issue(
+                    q.meter.span(),
+                    format!("{qpath}.meter"),
+                    "a plan has at most one quota per meter",
                 );
             }
             let kind = match q.kind.get_ref().as_str() {
@@ -833,7 +853,16 @@ fn validate_plans(src: &mut Source, raw: &[RawPlan], meters: &[Meter]) -> Vec<Pl
                     continue;
                 }
             };
-            if let Some(limit) = src.decimal(&q.limit, &format!("{qpath}.limit")) {
+            let limit = src.decimal(&q.limit, &format!("{qpath}.limit"));
+            if limit.is_some_and(|l| l.is_zero()) {
+                src.issue(
+                    q.limit.span(),
+                    format!("{qpath}.limit"),
+                    "a quota limit must be above 0",
+                );
+                continue;
+            }
+            if let Some(limit) = limit {
                 quotas.push(Quota {
                     meter: q.meter.get_ref().clone(),
                     limit,
@@ -841,6 +870,21 @@ fn validate_plans(src: &mut Source, raw: &[RawPlan], meters: &[Meter]) -> Vec<Pl
                 });
             }
         }
+        let rate_limit = p.rate_limit.as_ref().and_then(|r| {
+            let raw = r.get_ref();
+            if raw.per_second == 0 || raw.burst == 0 {
+                src.issue(
+                    r.span(),
+                    format!("{path}.rate_limit"),
+                    "per_second and burst must both be at least 1",
+                );
+                return None;
+            }
+            Some(RateLimit {
+                per_second: raw.per_second,
+                burst: raw.burst,
+            })
+        });
         let (Some(currency), Some(period), Some(base_fee)) = (currency, period, base_fee) else {
             continue;
         };
@@ -855,10 +899,7 @@ fn validate_plans(src: &mut Source, raw: &[RawPlan], meters: &[Meter]) -> Vec<Pl
             minimum_commitment,
             charges,
             quotas,
-            rate_limit: p.rate_limit.as_ref().map(|r| RateLimit {
-                per_second: r.per_second,
-                burst: r.burst,
-            }),
+            rate_limit,
         };
         plan.version = short_hash(serde_json::to_string(&plan).unwrap_or_default().as_bytes());
         plans.push(plan);
@@ -1187,6 +1228,34 @@ rate_limit = { per_second = 50, burst = 100 }
         let i = only_issue(&GOOD.replace("burst = 100", "burst = \"lots\""));
         assert_eq!(i.line, 44);
         assert_eq!(i.field, "burst");
+    }
+
+    #[test]
+    fn quotas_need_an_additive_meter_and_a_positive_limit() {
+        let max_meter = GOOD.replace(
+            "aggregation = \"sum\"\nfield = \"response_bytes\"",
+            "aggregation = \"max\"\nfield = \"response_bytes\"",
+        );
+        let i = only_issue(&max_meter.replace(
+            "quotas = [{ meter = \"calls\"",
+            "quotas = [{ meter = \"egress_gb\"",
+        ));
+        assert_eq!(i.field, "plan[growth-2026].quotas[0].meter");
+        assert!(i.message.contains("only count and sum"), "{i}");
+        let i = only_issue(&GOOD.replace("limit = 2000000", "limit = 0"));
+        assert_eq!(i.field, "plan[growth-2026].quotas[0].limit");
+        let twice = GOOD.replace(
+            "kind = \"hard\" }]",
+            "kind = \"hard\" }, { meter = \"calls\", limit = 5, kind = \"soft\" }]",
+        );
+        assert!(only_issue(&twice)
+            .message
+            .contains("at most one quota per meter"));
+        let i = only_issue(&GOOD.replace("per_second = 50", "per_second = 0"));
+        assert_eq!(
+            (i.line, i.field.as_str()),
+            (44, "plan[growth-2026].rate_limit")
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod money;
 pub mod period;
 pub mod pricing;
 pub mod problem;
+pub mod quota;
 
 pub use catalog::{Catalog, CatalogError};
 pub use event::{CallEvent, Env};

@@ -133,6 +133,42 @@ impl Meter {
                 .all(|d| d.rolled_up())
     }
 
+    /// Whether a quota can be set on this meter: it must grow call by call (count, or sum of a
+    /// numeric field), so gateways can spend it locally from leases.
+    pub fn quotable(&self) -> bool {
+        matches!(self.aggregation, Aggregation::Count | Aggregation::Sum) && self.field.is_numeric()
+    }
+
+    /// What one call adds to this meter, or zero when the call does not match its filter.
+    pub fn contribution(&self, e: &CallEvent) -> Decimal {
+        if !self.matches(e) {
+            return Decimal::ZERO;
+        }
+        self.value_of(e)
+    }
+
+    /// [`Meter::contribution`] before the response is known: the status filter is assumed to
+    /// match, and fields not yet measured (bytes, latency) count as they stand in `e`.
+    pub fn estimate(&self, e: &CallEvent) -> Decimal {
+        let matches = self
+            .filter
+            .iter()
+            .all(|(dim, allowed)| *dim == Dimension::StatusClass || allowed.contains(dim.value(e)));
+        if !matches {
+            return Decimal::ZERO;
+        }
+        self.value_of(e)
+    }
+
+    fn value_of(&self, e: &CallEvent) -> Decimal {
+        let raw = match self.aggregation {
+            Aggregation::Count => Decimal::ONE,
+            Aggregation::Sum => self.field.numeric(e),
+            _ => Decimal::ZERO,
+        };
+        self.scale.map_or(raw, |s| raw * s)
+    }
+
     pub fn accumulator(&self) -> MeterAccumulator<'_> {
         MeterAccumulator {
             meter: self,
