@@ -515,3 +515,186 @@ fn a_malformed_catalog_stops_start_up_naming_file_line_and_field() {
         "no field in: {stderr}"
     );
 }
+
+/// The demo catalog with the demo plan's quota made hard (30 calls), and a `throttled` plan of
+/// 1 call/s with a burst of 3.
+fn limits_catalog(data: &Path) {
+    std::fs::create_dir_all(data).unwrap();
+    let demo_catalog = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/demo-catalog.toml"),
+    )
+    .unwrap();
+    let hard = "quotas = [{ meter = \"calls\", limit = 30, kind = \"hard\" }]";
+    let catalog = demo_catalog.replace(
+        "quotas = [{ meter = \"calls\", limit = 100000, kind = \"soft\" }]",
+        hard,
+    );
+    assert!(catalog.contains(hard));
+    let throttled = "\n[[plan]]\nid = \"throttled\"\ncurrency = \"EUR\"\nperiod = { every = \"month\", anchor_day = 1 }\nbase_fee = \"0\"\nrate_limit = { per_second = 1, burst = 3 }\n";
+    std::fs::write(data.join("catalog.toml"), format!("{catalog}{throttled}")).unwrap();
+}
+
+async fn admin_post(p: &Peage, path: &str, body: Value) -> Value {
+    let r = client()
+        .post(format!("{}{path}", p.s("control_url")))
+        .bearer_auth(p.s("admin_token"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "POST {path}: {}", r.status());
+    r.json().await.unwrap()
+}
+
+async fn call(p: &Peage, key: &str) -> reqwest::Response {
+    client()
+        .get(format!("{}/demo/v1/hello", p.s("gateway_url")))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
+    r.headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_str()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_quotas_rate_limits_and_the_sandbox() {
+    let (_dir, data) = temp_dir();
+    limits_catalog(&data);
+    let p = Peage::start(&data);
+    let live = p.s("api_key");
+
+    // A hard quota of 30 calls: exactly 30 pass, the rest are 429 with the IETF headers.
+    let mut statuses = vec![];
+    for _ in 0..40 {
+        let r = call(&p, &live).await;
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            assert!(header(&r, "ratelimit-policy").starts_with("\"calls\";q=30;w="));
+            assert!(header(&r, "ratelimit").starts_with("\"calls\";r=0;t="));
+            let retry: u64 = header(&r, "retry-after").parse().unwrap();
+            assert!(retry > 0 && retry <= 31 * 86_400, "{retry}");
+            let body = assert_problem(r, 429).await;
+            assert_eq!(body["type"], "https://peage.dev/problems/quota-exceeded");
+        } else {
+            assert_eq!(r.status(), 200);
+            r.bytes().await.unwrap();
+        }
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        30,
+        "{statuses:?}"
+    );
+    assert!(statuses[..30].iter().all(|s| *s == 200), "{statuses:?}");
+    wait_for_calls(&p, 30).await;
+    let quotas = admin_get(&p, &format!("/v1/partners/{}/quotas", p.s("partner_id")))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let q = &quotas["quotas"][0];
+    assert_eq!(
+        (q["meter"].as_str(), q["kind"].as_str()),
+        (Some("calls"), Some("hard"))
+    );
+    assert_eq!(dec(&q["used"]), Decimal::from(30));
+    assert_eq!(dec(&q["remaining"]), Decimal::ZERO);
+    assert_eq!(q["decision"], "hard_blocked");
+
+    // Sandbox keys have their own quota ledger, and their calls never reach an invoice.
+    let partner = p.s("partner_id");
+    let test_key = admin_post(
+        &p,
+        &format!("/v1/partners/{partner}/keys"),
+        serde_json::json!({"env": "test"}),
+    )
+    .await;
+    let test_key = test_key["secret"].as_str().unwrap().to_string();
+    for _ in 0..5 {
+        let r = call(&p, &test_key).await;
+        assert_eq!(r.status(), 200, "the live quota does not block the sandbox");
+        r.bytes().await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let usage: Value = admin_get(&p, &format!("/v1/partners/{partner}/usage?env=sandbox"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let calls = usage["meters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["meter"] == "calls")
+            .map(|m| dec(&m["quantity"]));
+        if calls == Some(Decimal::from(5)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sandbox usage: {usage}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sandbox_quotas: Value =
+        admin_get(&p, &format!("/v1/partners/{partner}/quotas?env=sandbox"))
+            .await
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(dec(&sandbox_quotas["quotas"][0]["used"]), Decimal::from(5));
+    let invoice: Value = admin_get(&p, &format!("/v1/partners/{partner}/invoices/upcoming"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (_, total) = demo_invoice_total(30);
+    assert_eq!(dec(&invoice["invoice"]["total"]), total, "{invoice}");
+    let call_lines: Decimal = invoice["invoice"]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["meter"] == "calls")
+        .map(|l| dec(&l["quantity"]))
+        .sum();
+    assert_eq!(
+        call_lines,
+        Decimal::from(30),
+        "only live calls are invoiced"
+    );
+
+    // Rate limit: 1 call/s with a burst of 3, per key.
+    let throttled = admin_post(
+        &p,
+        "/v1/partners",
+        serde_json::json!({"name": "Slow Co", "plan": "throttled"}),
+    )
+    .await;
+    let key = admin_post(
+        &p,
+        &format!("/v1/partners/{}/keys", throttled["id"].as_str().unwrap()),
+        serde_json::json!({"env": "live"}),
+    )
+    .await;
+    let key = key["secret"].as_str().unwrap();
+    let mut codes = vec![];
+    for _ in 0..5 {
+        let r = call(&p, key).await;
+        codes.push(r.status().as_u16());
+        if r.status() == 429 {
+            assert_eq!(header(&r, "ratelimit-policy"), "\"rate\";q=1;w=1");
+            assert_eq!(header(&r, "ratelimit"), "\"rate\";r=0;t=1");
+            assert_eq!(header(&r, "retry-after"), "1");
+            let body = assert_problem(r, 429).await;
+            assert_eq!(body["type"], "https://peage.dev/problems/rate-limited");
+        }
+    }
+    assert_eq!(codes, [200, 200, 200, 429, 429]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(call(&p, key).await.status(), 200, "one more after a second");
+}

@@ -4,6 +4,7 @@
 
 mod error;
 pub mod provisioning;
+mod quota;
 mod routes;
 
 use std::sync::Arc;
@@ -68,6 +69,8 @@ impl ControlApi {
             )
             .route("/keys/{key_id}", delete(routes::revoke_key))
             .route("/partners/{id}/usage", get(routes::usage))
+            .route("/partners/{id}/quotas", get(quota::partner_quotas))
+            .route("/quota/leases", post(quota::lease))
             .route(
                 "/partners/{id}/invoices/upcoming",
                 get(routes::upcoming_invoice),

@@ -20,7 +20,7 @@ use crate::{ApiError, ControlApi};
 type Api = State<Arc<ControlApi>>;
 
 /// Parses a JSON body into `T`, answering a problem (not axum's plain text) when it does not fit.
-fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
@@ -29,7 +29,7 @@ fn partner_id(raw: &str) -> Result<PartnerId, ApiError> {
     PartnerId::parse(raw).map_err(|_| ApiError::NotFound(format!("partner {raw} not found")))
 }
 
-async fn existing_partner(api: &ControlApi, raw: &str) -> Result<Partner, ApiError> {
+pub(crate) async fn existing_partner(api: &ControlApi, raw: &str) -> Result<Partner, ApiError> {
     let id = partner_id(raw)?;
     api.store
         .partner(id.as_str())
@@ -176,6 +176,17 @@ fn parse_time(name: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("{name}={value:?} is not an RFC 3339 time: {e}")))
 }
 
+/// `?env=`: live (the default) or sandbox (`test` accepted, as keys name it).
+pub(crate) fn env_param(raw: Option<&str>) -> Result<Env, ApiError> {
+    match raw {
+        None | Some("live") => Ok(Env::Live),
+        Some("sandbox") | Some("test") => Ok(Env::Sandbox),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "env must be live or sandbox, not {other:?}"
+        ))),
+    }
+}
+
 pub async fn usage(
     State(api): Api,
     Path(id): Path<String>,
@@ -198,15 +209,7 @@ pub async fn usage(
     if from >= to {
         return Err(ApiError::BadRequest("from must be before to".into()));
     }
-    let env = match params.env.as_deref() {
-        None | Some("live") => Env::Live,
-        Some("sandbox") | Some("test") => Env::Sandbox,
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "env must be live or sandbox, not {other:?}"
-            )))
-        }
-    };
+    let env = env_param(params.env.as_deref())?;
     let query = UsageQuery {
         partner_id: partner.id.clone(),
         env,

@@ -150,14 +150,17 @@ impl Meter {
     /// [`Meter::contribution`] before the response is known: the status filter is assumed to
     /// match, and fields not yet measured (bytes, latency) count as they stand in `e`.
     pub fn estimate(&self, e: &CallEvent) -> Decimal {
-        let matches = self
-            .filter
-            .iter()
-            .all(|(dim, allowed)| *dim == Dimension::StatusClass || allowed.contains(dim.value(e)));
-        if !matches {
+        if !self.may_match(e) {
             return Decimal::ZERO;
         }
         self.value_of(e)
+    }
+
+    /// Whether a call can count towards this meter once its status is known.
+    pub fn may_match(&self, e: &CallEvent) -> bool {
+        self.filter
+            .iter()
+            .all(|(dim, allowed)| *dim == Dimension::StatusClass || allowed.contains(dim.value(e)))
     }
 
     fn value_of(&self, e: &CallEvent) -> Decimal {

@@ -13,6 +13,8 @@ pub struct ResolvedKey {
     pub partner_id: String,
     pub env: Env,
     pub revoked: bool,
+    /// The partner's current plan: its rate limit and quotas apply to the call.
+    pub plan_id: String,
 }
 
 /// Where keys live (billing state); the gateway only ever asks by secret hash.

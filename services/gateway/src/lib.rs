@@ -6,7 +6,9 @@
 
 mod body;
 mod keys;
+mod limits;
 mod proxy;
+pub mod quota;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +23,8 @@ use peage_core::Catalog;
 use peage_eventlog::EventEmitter;
 
 pub use keys::{KeyCache, KeyResolver, ResolvedKey};
+pub use limits::RateLimits;
+pub use quota::{QuotaAuthority, QuotaConfig, Quotas};
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -45,6 +49,9 @@ pub struct Gateway {
     pub(crate) emitter: EventEmitter,
     pub(crate) client: proxy::UpstreamClient,
     pub(crate) config: GatewayConfig,
+    pub(crate) limits: RateLimits,
+    /// `None`: quotas are not enforced (no billing to lease from).
+    pub(crate) quotas: Option<Arc<Quotas>>,
 }
 
 impl Gateway {
@@ -52,6 +59,7 @@ impl Gateway {
         catalog: Arc<Catalog>,
         keys: KeyCache,
         emitter: EventEmitter,
+        quotas: Option<Arc<Quotas>>,
         config: GatewayConfig,
     ) -> Arc<Gateway> {
         Arc::new(Gateway {
@@ -60,6 +68,8 @@ impl Gateway {
             emitter,
             client: proxy::upstream_client(),
             config,
+            limits: RateLimits::default(),
+            quotas,
         })
     }
 
@@ -78,6 +88,18 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let idle = Arc::downgrade(&gateway);
+    tokio::spawn(async move {
+        // Rate-limit state of keys idle for a while is dropped, so memory follows live keys.
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            match idle.upgrade() {
+                Some(gw) => gw.limits.retain_recent(),
+                None => break,
+            }
+        }
+    });
     axum::serve(
         listener,
         gateway

@@ -22,6 +22,8 @@ use rust_decimal::Decimal;
 
 use crate::body::{CountingBody, MeteredBody, OnFinish};
 use crate::keys::ResolvedKey;
+use crate::limits::Limited;
+use crate::quota::{Demand, Refusal, Taken};
 use crate::{problem, Gateway};
 
 pub(crate) type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
@@ -88,6 +90,7 @@ struct PendingCall {
     started: Instant,
     event: CallEvent,
     request_bytes: Arc<AtomicU64>,
+    taken: Taken,
 }
 
 impl OnFinish for PendingCall {
@@ -99,8 +102,122 @@ impl OnFinish for PendingCall {
         if outcome != "complete" {
             event.attributes.insert("outcome".into(), outcome.into());
         }
+        if !self.taken.is_empty() {
+            let catalog = &self.gateway.catalog;
+            self.taken.settle(|meter| {
+                catalog
+                    .meter(meter)
+                    .map_or(Decimal::ZERO, |m| m.contribution(&event))
+            });
+        }
         self.gateway.emitter.emit(event);
     }
+}
+
+/// 429 for a per-key rate limit (draft-ietf-httpapi-ratelimit-headers).
+fn rate_limited(l: Limited) -> Response {
+    let secs = l.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    let mut r = problem(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate-limited",
+        "Rate limit exceeded",
+        format!(
+            "this key may make {} calls per second; retry in {secs} s",
+            l.per_second
+        ),
+    );
+    let h = r.headers_mut();
+    let policy = format!("\"rate\";q={};w=1", l.per_second);
+    let state = format!("\"rate\";r=0;t={secs}");
+    for (name, value) in [
+        ("ratelimit-policy", policy),
+        ("ratelimit", state),
+        ("retry-after", secs.to_string()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
+    r
+}
+
+/// 429 for a hard quota, 503 when billing cannot be reached and the policy refuses.
+fn quota_refused(refusal: Refusal) -> Response {
+    match refusal {
+        Refusal::HardBlocked {
+            meter,
+            limit,
+            period_seconds,
+            resets_at,
+        } => {
+            let secs = (resets_at - Utc::now()).num_seconds().max(1);
+            let mut r = problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota-exceeded",
+                "Quota exceeded",
+                format!(
+                    "the {meter:?} quota of {limit} for this billing period is used up; it resets at {}",
+                    resets_at.to_rfc3339()
+                ),
+            );
+            let h = r.headers_mut();
+            let policy = format!("\"{meter}\";q={};w={period_seconds}", limit.normalize());
+            let state = format!("\"{meter}\";r=0;t={secs}");
+            for (name, value) in [
+                ("ratelimit-policy", policy),
+                ("ratelimit", state),
+                ("retry-after", secs.to_string()),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    h.insert(name, v);
+                }
+            }
+            r
+        }
+        Refusal::Unavailable { meter } => {
+            let mut r = problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "quota-unavailable",
+                "Quota check unavailable",
+                format!("the gateway cannot check the {meter:?} quota right now; retry shortly"),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r
+        }
+    }
+}
+
+/// Rate limit, then quotas, of the partner's plan; what was taken is settled when the call ends.
+async fn admit(gw: &Gateway, key: &ResolvedKey, event: &CallEvent) -> Result<Taken, Response> {
+    let Some(plan) = gw.catalog.plan(&key.plan_id) else {
+        return Ok(Taken::none());
+    };
+    if let Some(limit) = &plan.rate_limit {
+        gw.limits.check(&key.key_id, limit).map_err(rate_limited)?;
+    }
+    let Some(quotas) = &gw.quotas else {
+        return Ok(Taken::none());
+    };
+    let demands: Vec<Demand> = plan
+        .quotas
+        .iter()
+        .filter_map(|q| {
+            let meter = gw.catalog.meter(&q.meter)?;
+            meter.may_match(event).then(|| Demand {
+                meter: &q.meter,
+                kind: q.kind,
+                estimate: meter.estimate(event),
+            })
+        })
+        .collect();
+    if demands.is_empty() {
+        return Ok(Taken::none());
+    }
+    quotas
+        .admit(&key.partner_id, key.env, &demands)
+        .await
+        .map_err(quota_refused)
 }
 
 /// `GET /users/42/orders` → `GET /users/{id}/orders`: ids would make every call its own operation.
@@ -302,6 +419,17 @@ async fn handle_call(
         attributes: Default::default(),
     };
 
+    let taken = match admit(&gw, &key, &event).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let soft_exceeded = taken.soft_exceeded.join(",");
+    if !soft_exceeded.is_empty() {
+        event
+            .attributes
+            .insert("quota_soft_exceeded".into(), soft_exceeded.clone());
+    }
+
     let (mut head, body) = req.into_parts();
     let request_bytes = Arc::new(AtomicU64::new(0));
     let original_host = head.headers.get(header::HOST).cloned();
@@ -332,10 +460,13 @@ async fn handle_call(
         Ok(u) => u,
         Err(e) => {
             return finish_error(
-                &gw,
-                event,
-                started,
-                &request_bytes,
+                PendingCall {
+                    gateway: Arc::clone(&gw),
+                    started,
+                    event,
+                    request_bytes,
+                    taken,
+                },
                 problem(
                     StatusCode::BAD_REQUEST,
                     "bad-path",
@@ -364,7 +495,16 @@ async fn handle_call(
                     "Upstream unavailable",
                     format!("the upstream of {api} {version} could not be reached"),
                 );
-                return finish_error(&gw, event, started, &request_bytes, r);
+                return finish_error(
+                    PendingCall {
+                        gateway: Arc::clone(&gw),
+                        started,
+                        event,
+                        request_bytes,
+                        taken,
+                    },
+                    r,
+                );
             }
             Err(_) => {
                 let r = problem(
@@ -376,7 +516,16 @@ async fn handle_call(
                         gw.config.upstream_timeout.as_millis()
                     ),
                 );
-                return finish_error(&gw, event, started, &request_bytes, r);
+                return finish_error(
+                    PendingCall {
+                        gateway: Arc::clone(&gw),
+                        started,
+                        event,
+                        request_bytes,
+                        taken,
+                    },
+                    r,
+                );
             }
         };
 
@@ -400,32 +549,27 @@ async fn handle_call(
         }
     }
     event.status = parts.status.as_u16();
+    if !soft_exceeded.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&soft_exceeded) {
+            parts.headers.insert("peage-quota-exceeded", v);
+        }
+    }
     let pending = Box::new(PendingCall {
         gateway: Arc::clone(&gw),
         started,
         event,
         request_bytes,
+        taken,
     });
     Response::from_parts(parts, Body::new(MeteredBody::new(body, pending)))
 }
 
 /// Meters a call the gateway answered itself after routing it (502, 504, 400).
-fn finish_error(
-    gw: &Arc<Gateway>,
-    mut event: CallEvent,
-    started: Instant,
-    request_bytes: &Arc<AtomicU64>,
-    response: Response,
-) -> Response {
-    event.status = response.status().as_u16();
+fn finish_error(mut pending: PendingCall, response: Response) -> Response {
+    pending.event.status = response.status().as_u16();
     let (parts, body) = response.into_parts();
-    let pending = Box::new(PendingCall {
-        gateway: Arc::clone(gw),
-        started,
-        event,
-        request_bytes: Arc::clone(request_bytes),
-    });
-    Response::from_parts(parts, Body::new(MeteredBody::new(body, pending))).into_response()
+    Response::from_parts(parts, Body::new(MeteredBody::new(body, Box::new(pending))))
+        .into_response()
 }
 
 #[cfg(test)]

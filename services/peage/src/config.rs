@@ -70,6 +70,37 @@ pub struct GatewaySection {
     /// key stops working within this time on other processes).
     pub key_cache_ttl_ms: u64,
     pub upstream_timeout_ms: u64,
+    /// The billing role's control API, where quota leases come from (with the admin token).
+    pub billing_url: String,
+    /// The smallest quota lease asked for, in meter units; busy quotas ask for about 2 s of use.
+    pub quota_lease_size: u64,
+    /// What to do when billing cannot be reached for a quota lease: `serve` (up to
+    /// `quota_unreachable_bound` units per quota beyond the last lease) or `refuse` (503).
+    pub quota_when_billing_unreachable: UnreachableChoice,
+    pub quota_unreachable_bound: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnreachableChoice {
+    Serve,
+    Refuse,
+}
+
+impl GatewaySection {
+    pub fn quota_config(&self) -> peage_gateway::QuotaConfig {
+        use rust_decimal::Decimal;
+        peage_gateway::QuotaConfig {
+            lease_size: Decimal::from(self.quota_lease_size.max(1)),
+            unreachable: match self.quota_when_billing_unreachable {
+                UnreachableChoice::Serve => peage_gateway::quota::UnreachablePolicy::Serve {
+                    bound: Decimal::from(self.quota_unreachable_bound),
+                },
+                UnreachableChoice::Refuse => peage_gateway::quota::UnreachablePolicy::Refuse,
+            },
+            ..peage_gateway::QuotaConfig::default()
+        }
+    }
 }
 
 impl Default for GatewaySection {
@@ -79,6 +110,10 @@ impl Default for GatewaySection {
             id: "gw-1".into(),
             key_cache_ttl_ms: 5_000,
             upstream_timeout_ms: 30_000,
+            billing_url: "http://127.0.0.1:8090".into(),
+            quota_lease_size: 100,
+            quota_when_billing_unreachable: UnreachableChoice::Serve,
+            quota_unreachable_bound: 1_000,
         }
     }
 }

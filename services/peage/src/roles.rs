@@ -10,7 +10,8 @@ use peage_billing::ControlApi;
 use peage_billing_store::{BillingStore, PostgresBillingStore};
 use peage_eventlog::kafka::{ensure_topics, KafkaConsumer, KafkaDeadLetters, SpooledKafkaLog};
 use peage_eventlog::{EventEmitter, EventLog};
-use peage_gateway::{Gateway, GatewayConfig, KeyCache};
+use peage_gateway::quota::HttpQuotaAuthority;
+use peage_gateway::{Gateway, GatewayConfig, KeyCache, Quotas};
 use peage_usage_store::ClickHouseUsageStore;
 use tokio::sync::watch;
 
@@ -76,10 +77,23 @@ pub async fn gateway(
         Arc::new(StoreKeys(billing)),
         Duration::from_millis(config.gateway.key_cache_ttl_ms),
     );
+    let authority = HttpQuotaAuthority::new(
+        &config.gateway.billing_url,
+        &config.control.token()?,
+        Duration::from_secs(2),
+    )
+    .map_err(|e| anyhow::anyhow!("gateway.billing_url: {e}"))?;
+    let quotas = Quotas::new(
+        Arc::new(authority),
+        config.gateway.quota_config(),
+        config.gateway.id.clone(),
+    );
+    let quota_stats = quotas.stats();
     let gw = Gateway::new(
         catalog,
         keys,
         emitter.clone(),
+        Some(quotas),
         GatewayConfig {
             gateway_id: config.gateway.id.clone(),
             upstream_timeout: Duration::from_millis(config.gateway.upstream_timeout_ms),
@@ -96,7 +110,7 @@ pub async fn gateway(
     if let Some(listen) = config.metrics.listen {
         let (spool, emitter) = (Arc::clone(&spool), emitter.clone());
         let samples = move || -> Vec<Sample> {
-            let (s, e) = (spool.stats(), emitter.stats());
+            let (s, e, q) = (spool.stats(), emitter.stats(), &quota_stats);
             vec![
                 ("peage_events_emitted_total", "Call events emitted by the gateway.", "counter", read(&e.emitted)),
                 ("peage_events_spooled_total", "Call events written to the disk spool.", "counter", read(&e.persisted)),
@@ -105,6 +119,13 @@ pub async fn gateway(
                 ("peage_spool_forward_failures_total", "Failed attempts to forward a batch to Kafka (each retried).", "counter", read(&s.forward_failures)),
                 ("peage_spool_dropped_events_total", "Events dropped because the spool was full (fail_open).", "counter", read(&s.dropped)),
                 ("peage_spool_accepting", "1 while the gateway admits calls; 0 while a full spool refuses them (fail_closed).", "gauge", u64::from(spool.accepting())),
+                ("peage_quota_lease_requests_total", "Quota lease requests sent to billing.", "counter", read(&q.lease_requests)),
+                ("peage_quota_lease_failures_total", "Quota lease requests that failed.", "counter", read(&q.lease_failures)),
+                ("peage_quota_billing_reachable", "1 while the last lease request reached billing; 0 while the unreachable policy is in force.", "gauge", read(&q.billing_reachable)),
+                ("peage_quota_hard_blocked_total", "Calls answered 429 for a hard quota.", "counter", read(&q.hard_blocked)),
+                ("peage_quota_soft_exceeded_total", "Calls allowed past a soft quota (flagged).", "counter", read(&q.soft_exceeded)),
+                ("peage_quota_served_unreachable_total", "Calls served on the unreachable policy's bound while billing was away.", "counter", read(&q.served_unreachable)),
+                ("peage_quota_refused_unreachable_total", "Calls refused (503) because billing was away.", "counter", read(&q.refused_unreachable)),
             ]
         };
         metrics::serve(listen, Arc::new(samples), stopped(stop_rx.clone())).await?;

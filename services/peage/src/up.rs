@@ -14,9 +14,13 @@ use peage_aggregator::{Aggregator, AggregatorConfig, DeadLetterFile};
 use peage_billing::{provisioning, ControlApi};
 use peage_billing_store::{BillingStore, SqliteBillingStore};
 use peage_core::ids::api_key;
+use peage_core::quota::{Lease, LeaseRequest};
 use peage_core::{Catalog, Env};
 use peage_eventlog::{EmbeddedLog, EventEmitter, EventLog};
-use peage_gateway::{Gateway, GatewayConfig, KeyCache, KeyResolver, ResolvedKey};
+use peage_gateway::quota::LeaseError;
+use peage_gateway::{
+    Gateway, GatewayConfig, KeyCache, KeyResolver, QuotaAuthority, QuotaConfig, Quotas, ResolvedKey,
+};
 use peage_usage_store::SqliteUsageStore;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -72,12 +76,35 @@ impl KeyResolver for StoreKeys {
             .key_by_hash(secret_hash)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(key.map(|k| ResolvedKey {
+        let Some(k) = key else { return Ok(None) };
+        let partner = self
+            .0
+            .partner(&k.partner_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Some(ResolvedKey {
             key_id: k.key_id,
-            partner_id: k.partner_id,
             env: k.env,
             revoked: k.revoked_at.is_some(),
+            plan_id: partner.map(|p| p.subscription.plan_id).unwrap_or_default(),
+            partner_id: k.partner_id,
         }))
+    }
+}
+
+/// Quota leases straight from the control API in the same process (embedded mode).
+pub(crate) struct InProcessQuotas(pub(crate) Arc<ControlApi>);
+
+#[async_trait]
+impl QuotaAuthority for InProcessQuotas {
+    async fn lease(&self, req: &LeaseRequest) -> Result<Lease, LeaseError> {
+        use peage_billing::ApiError;
+        self.0.lease(req).await.map_err(|e| match e {
+            ApiError::NotFound(_) | ApiError::Conflict(_) | ApiError::BadRequest(_) => {
+                LeaseError::Refused(e.to_string())
+            }
+            other => LeaseError::Unreachable(other.to_string()),
+        })
     }
 }
 
@@ -224,22 +251,31 @@ pub async fn run(
         Arc::new(StoreKeys(Arc::clone(&billing))),
         Duration::from_secs(5),
     );
-    let gateway = Gateway::new(
-        Arc::clone(&catalog),
-        keys.clone(),
-        emitter.clone(),
-        GatewayConfig {
-            gateway_id: options.gateway_id.clone(),
-            ..GatewayConfig::default()
-        },
-    );
-    let on_revoke: peage_billing::RevocationHook = Arc::new(move || keys.invalidate());
+    let on_revoke: peage_billing::RevocationHook = {
+        let keys = keys.clone();
+        Arc::new(move || keys.invalidate())
+    };
     let control = ControlApi::new(
         Arc::clone(&catalog),
         Arc::clone(&billing),
         usage.clone(),
         token.clone(),
         Some(on_revoke),
+    );
+    let quotas = Quotas::new(
+        Arc::new(InProcessQuotas(Arc::clone(&control))),
+        QuotaConfig::default(),
+        options.gateway_id.clone(),
+    );
+    let gateway = Gateway::new(
+        Arc::clone(&catalog),
+        keys,
+        emitter.clone(),
+        Some(quotas),
+        GatewayConfig {
+            gateway_id: options.gateway_id.clone(),
+            ..GatewayConfig::default()
+        },
     );
 
     let gateway_listener = tokio::net::TcpListener::bind(options.gateway_listen)

@@ -1,0 +1,215 @@
+//! Quota decisions (PRODUCT.md §3): `POST /v1/quota/leases` for gateways,
+//! `GET /v1/partners/{id}/quotas` for people. Both read the same state: the plan's quota, the
+//! period's metered usage and the grants recorded so far.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use peage_billing_store::{Partner, QuotaKey};
+use peage_core::pricing::{Plan, Quota, QuotaKind};
+use peage_core::quota::{Lease, LeaseRequest, QuotaDecision};
+use peage_core::{Env, Meter};
+use peage_usage_store::UsageQuery;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::routes::{body, existing_partner};
+use crate::{ApiError, ControlApi};
+
+/// The largest lease one request may ask for, so a typo cannot take a whole quota at once.
+const MAX_WANT: i64 = 1_000_000_000;
+
+struct QuotaContext<'a> {
+    plan: &'a Plan,
+    quota: &'a Quota,
+    meter: &'a Meter,
+}
+
+fn context<'a>(
+    api: &'a ControlApi,
+    partner: &Partner,
+    meter: &str,
+) -> Result<QuotaContext<'a>, ApiError> {
+    let plan_id = &partner.subscription.plan_id;
+    let plan = api.catalog.plan(plan_id).ok_or_else(|| {
+        ApiError::Conflict(format!(
+            "the partner's plan {plan_id:?} is no longer in the catalog"
+        ))
+    })?;
+    let quota = plan
+        .quotas
+        .iter()
+        .find(|q| q.meter == meter)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("plan {plan_id:?} has no quota on meter {meter:?}"))
+        })?;
+    let meter = api.catalog.meter(meter).ok_or_else(|| {
+        ApiError::Conflict(format!("meter {meter:?} is no longer in the catalog"))
+    })?;
+    Ok(QuotaContext { plan, quota, meter })
+}
+
+/// Metered usage of one meter for the partner and env in `[from, now)`.
+async fn used(
+    api: &ControlApi,
+    partner_id: &str,
+    env: Env,
+    meter: &Meter,
+    from: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Decimal, ApiError> {
+    let query = UsageQuery {
+        partner_id: partner_id.to_string(),
+        env,
+        from,
+        to: now,
+    };
+    let usage = api
+        .usage
+        .meter_usage(&query, std::slice::from_ref(meter))
+        .await?;
+    Ok(usage.first().map_or(Decimal::ZERO, |u| u.quantity))
+}
+
+impl ControlApi {
+    /// Grants a lease; what `POST /v1/quota/leases` answers, callable in process by an embedded
+    /// gateway.
+    pub async fn lease(&self, req: &LeaseRequest) -> Result<Lease, ApiError> {
+        if req.gateway_id.trim().is_empty() || req.gateway_id.len() > 200 {
+            return Err(ApiError::BadRequest(
+                "gateway_id must be 1 to 200 characters".into(),
+            ));
+        }
+        if req.want.is_sign_negative() || req.want > Decimal::from(MAX_WANT) {
+            return Err(ApiError::BadRequest(format!(
+                "want must be between 0 and {MAX_WANT}, not {}",
+                req.want
+            )));
+        }
+        let partner = existing_partner(self, &req.partner_id).await?;
+        let ctx = context(self, &partner, &req.meter)?;
+        let now = Utc::now();
+        let period = ctx.plan.period.containing(now);
+        let used = used(self, &partner.id, req.env, ctx.meter, period.start, now).await?;
+        let key = QuotaKey {
+            partner_id: partner.id.clone(),
+            env: req.env,
+            meter: req.meter.clone(),
+            period_start: period.start,
+        };
+        let grant = self
+            .store
+            .grant_quota(&key, &req.gateway_id, ctx.quota, used, req.want)
+            .await?;
+        if grant.decision != QuotaDecision::Allow {
+            tracing::info!(partner_id = %partner.id, meter = %req.meter, env = req.env.as_str(),
+                decision = grant.decision.as_str(), "quota limit reached");
+        }
+        Ok(Lease {
+            partner_id: partner.id,
+            meter: req.meter.clone(),
+            env: req.env,
+            kind: ctx.quota.kind,
+            granted: grant.granted,
+            remaining: grant.remaining,
+            limit: ctx.quota.limit,
+            period_start: period.start,
+            resets_at: period.end,
+            decision: grant.decision,
+        })
+    }
+}
+
+pub async fn lease(State(api): State<Arc<ControlApi>>, raw: Bytes) -> Result<Response, ApiError> {
+    let req: LeaseRequest = body(&raw)?;
+    Ok(Json(api.lease(&req).await?).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct QuotaParams {
+    env: Option<String>,
+}
+
+#[derive(Serialize)]
+struct QuotaState {
+    meter: String,
+    kind: QuotaKind,
+    #[serde(with = "rust_decimal::serde::str")]
+    limit: Decimal,
+    /// Metered so far this period.
+    #[serde(with = "rust_decimal::serde::str")]
+    used: Decimal,
+    /// Handed to gateways so far this period (spent or about to be).
+    #[serde(with = "rust_decimal::serde::str")]
+    granted: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    remaining: Decimal,
+    /// `used / limit`, 0 to 1 and beyond for a passed soft quota; 0.8 is the near-limit signal.
+    #[serde(with = "rust_decimal::serde::str")]
+    utilization: Decimal,
+    near_limit: bool,
+    decision: QuotaDecision,
+    period_start: DateTime<Utc>,
+    resets_at: DateTime<Utc>,
+}
+
+pub async fn partner_quotas(
+    State(api): State<Arc<ControlApi>>,
+    Path(id): Path<String>,
+    Query(params): Query<QuotaParams>,
+) -> Result<Response, ApiError> {
+    let env = crate::routes::env_param(params.env.as_deref())?;
+    let partner = existing_partner(&api, &id).await?;
+    let now = Utc::now();
+    let plan_id = partner.subscription.plan_id.clone();
+    let quotas = match api.catalog.plan(&plan_id) {
+        Some(plan) => plan.quotas.clone(),
+        None => vec![],
+    };
+    let mut out = Vec::new();
+    for q in &quotas {
+        let ctx = context(&api, &partner, &q.meter)?;
+        let period = ctx.plan.period.containing(now);
+        let used = used(&api, &partner.id, env, ctx.meter, period.start, now).await?;
+        let key = QuotaKey {
+            partner_id: partner.id.clone(),
+            env,
+            meter: q.meter.clone(),
+            period_start: period.start,
+        };
+        let mut ledger = api.store.quota_ledger(&key).await?;
+        ledger.used = used;
+        let consumed = ledger.consumed();
+        let remaining = (q.limit - consumed).max(Decimal::ZERO);
+        let utilization = (used / q.limit).round_dp(4);
+        let decision = match (q.kind, consumed >= q.limit) {
+            (_, false) => QuotaDecision::Allow,
+            (QuotaKind::Hard, true) => QuotaDecision::HardBlocked,
+            (QuotaKind::Soft, true) => QuotaDecision::SoftExceeded,
+        };
+        out.push(QuotaState {
+            meter: q.meter.clone(),
+            kind: q.kind,
+            limit: q.limit,
+            used,
+            granted: ledger.granted,
+            remaining,
+            utilization,
+            near_limit: utilization >= Decimal::new(8, 1),
+            decision,
+            period_start: period.start,
+            resets_at: period.end,
+        });
+    }
+    Ok(Json(serde_json::json!({
+        "partner_id": partner.id,
+        "env": env.as_str(),
+        "plan": plan_id,
+        "quotas": out,
+    }))
+    .into_response())
+}
