@@ -60,11 +60,18 @@ struct Setup {
     name: String,
     brokers: String,
     env: BTreeMap<String, String>,
+    /// The billing role's URL once started: gateways lease quotas from it.
+    billing_url: std::sync::Mutex<Option<String>>,
     _upstream: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Setup {
     async fn new(brokers: &str) -> Setup {
+        Setup::with_catalog(brokers, |c| c).await
+    }
+
+    /// A setup whose catalog is `deploy/dev/catalog.toml` passed through `edit`.
+    async fn with_catalog(brokers: &str, edit: impl Fn(String) -> String) -> Setup {
         let name = format!("e2e_{}", &uuid::Uuid::now_v7().simple().to_string()[..20]);
         let dir = tempfile::tempdir().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -79,7 +86,7 @@ impl Setup {
         ))
         .unwrap()
         .replace("${PEAGE_DEMO_UPSTREAM:-http://127.0.0.1:8081}", &upstream);
-        std::fs::write(dir.path().join("catalog.toml"), catalog).unwrap();
+        std::fs::write(dir.path().join("catalog.toml"), edit(catalog)).unwrap();
         std::fs::copy(
             concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/dev/peage.toml"),
             dir.path().join("peage.toml"),
@@ -125,6 +132,7 @@ impl Setup {
             name,
             brokers: brokers.to_string(),
             env,
+            billing_url: Default::default(),
             _upstream: tx,
         };
         let out = s.command("migrate", &[]).output().unwrap();
@@ -148,8 +156,14 @@ impl Setup {
     /// Starts a role and waits for its "listening on"/"consuming" line; returns the process
     /// and the URL it printed (if any).
     fn start(&self, role: &str, extra: &[(&str, String)]) -> (Proc, Option<String>) {
+        let mut extra = extra.to_vec();
+        if role == "gateway" {
+            if let Some(url) = self.billing_url.lock().unwrap().clone() {
+                extra.push(("PEAGE_GATEWAY__BILLING_URL", url));
+            }
+        }
         let mut child = self
-            .command(role, extra)
+            .command(role, &extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -168,6 +182,9 @@ impl Setup {
             .split_whitespace()
             .find(|w| w.starts_with("http://"))
             .map(str::to_string);
+        if role == "billing" {
+            *self.billing_url.lock().unwrap() = url.clone();
+        }
         (proc, url)
     }
 
@@ -763,4 +780,83 @@ async fn calls_made_while_the_broker_is_down_for_30_seconds_are_all_stored_once_
     let stored = settle(&ch, made as u64, Duration::from_secs(180)).await;
     assert_eq!(stored, made as u64, "every call is stored exactly once");
     assert_rollups_equal_raw(&ch).await;
+}
+
+/// PRODUCT.md §5: a hard limit of L calls shared by three gateway processes under concurrent
+/// load allows at most L calls and at least 99 % of L, and every allowed call is metered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_quota_shared_by_three_gateways_allows_at_most_its_limit() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !servers_up() {
+        return;
+    }
+    const L: usize = 3000;
+    let s = Setup::with_catalog(KAFKA, |c| {
+        let soft = "quotas = [{ meter = \"calls\", limit = 100000, kind = \"soft\" }]";
+        assert!(c.contains(soft));
+        c.replace(
+            soft,
+            &format!("quotas = [{{ meter = \"calls\", limit = {L}, kind = \"hard\" }}]"),
+        )
+    })
+    .await;
+    let (_billing, control) = s.start("billing", &[]);
+    let control = control.unwrap();
+    let mut procs = vec![];
+    let mut gateways = vec![];
+    for id in ["gw-1", "gw-2", "gw-3"] {
+        let (p, url) = s.start("gateway", &[("PEAGE_GATEWAY__ID", id.into()), s.spool(id)]);
+        procs.push(p);
+        gateways.push(url.unwrap());
+    }
+    let (_agg, _) = s.start("aggregator", &[]);
+    let client = reqwest::Client::new();
+    let (pid, secret) = partner_with_live_key(&client, &control).await;
+
+    // Rounds of 900 calls, 24 at a time, round-robin over the gateways, until a whole round is
+    // refused: by then every gateway has spent what it was granted.
+    let mut allowed = 0usize;
+    let mut refused = 0usize;
+    for round in 0.. {
+        assert!(
+            round < 20,
+            "still allowing calls after 20 rounds: {allowed}"
+        );
+        let seen = calls(&gateways, &secret, 900, 24).await;
+        let ok = seen.get(&200).copied().unwrap_or(0);
+        let blocked = seen.get(&429).copied().unwrap_or(0);
+        assert_eq!(ok + blocked, 900, "only 200 and 429: {seen:?}");
+        allowed += ok;
+        refused += blocked;
+        if ok == 0 {
+            break;
+        }
+    }
+    eprintln!("hard quota {L} over 3 gateways: {allowed} allowed, {refused} refused");
+    assert!(
+        allowed <= L,
+        "{allowed} calls allowed over a hard limit of {L}"
+    );
+    assert!(allowed * 100 >= L * 99, "only {allowed} of {L} allowed");
+
+    let quotas: Value = client
+        .get(format!("{control}/v1/partners/{pid}/quotas"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let q = &quotas["quotas"][0];
+    assert_eq!(q["decision"], "hard_blocked", "{quotas}");
+    let granted: Decimal = q["granted"].as_str().unwrap().parse().unwrap();
+    assert!(granted <= Decimal::from(L), "{quotas}");
+
+    let ch = s.clickhouse().await;
+    let stored = settle(&ch, allowed as u64, Duration::from_secs(120)).await;
+    assert_eq!(
+        stored, allowed as u64,
+        "every allowed call is metered, no refused one"
+    );
 }

@@ -352,6 +352,29 @@ async fn gateway_and_control_api_errors_are_problem_json() {
         !current.headers().contains_key("deprecation") && !current.headers().contains_key("sunset")
     );
 
+    // The version may come in an Api-Version header instead of the path.
+    let get = |path: &str, version: &str| {
+        c.get(format!("{gw}{path}"))
+            .bearer_auth(p.s("api_key"))
+            .header("api-version", version)
+            .send()
+    };
+    let by_header = get("/demo/hello", "v0").await.unwrap();
+    assert_eq!(by_header.status(), 200);
+    assert_eq!(by_header.headers()["deprecation"], "@1788220800");
+    assert_eq!(
+        by_header.text().await.unwrap(),
+        current.text().await.unwrap()
+    );
+    let same = get("/demo/v1/hello", "v1").await.unwrap();
+    assert_eq!(same.status(), 200, "path and header may both say v1");
+    let body = assert_problem(get("/demo/v1/hello", "v0").await.unwrap(), 400).await;
+    assert_eq!(
+        body["type"],
+        "https://peage.dev/problems/api-version-conflict"
+    );
+    assert_problem(get("/demo/hello", "v9").await.unwrap(), 404).await;
+
     // The control API refuses a wrong admin token and the partner's own key.
     let ctl = p.s("control_url");
     assert_problem(

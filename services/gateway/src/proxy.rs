@@ -279,6 +279,76 @@ async fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<ResolvedKey, 
     }
 }
 
+/// Where a call goes: `/{api}/{version}/{rest}`, or `/{api}/{rest}` with an `Api-Version`
+/// header. `rest` keeps the path byte for byte (percent-encoding included).
+pub(crate) struct Route {
+    api: String,
+    version: String,
+    rest: String,
+}
+
+const API_VERSION: &str = "api-version";
+
+fn route(gw: &Gateway, req: &Request) -> Result<Route, Box<Response>> {
+    let path = req.uri().path();
+    let mut parts = path.splitn(3, '/').skip(1);
+    let api = parts.next().unwrap_or("").to_string();
+    let tail = parts.next().map(|t| format!("/{t}")).unwrap_or_default();
+    let split = |tail: &str| -> (String, String) {
+        let mut p = tail.splitn(3, '/').skip(1);
+        let first = p.next().unwrap_or("").to_string();
+        let rest = p
+            .next()
+            .map(|r| format!("/{r}"))
+            .unwrap_or_else(|| "/".into());
+        (first, rest)
+    };
+    let (second, after_second) = split(&tail);
+    let header = match req.headers().get(API_VERSION).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) => Some(v.trim().to_string()),
+        Some(Err(_)) => {
+            return Err(Box::new(problem(
+                StatusCode::BAD_REQUEST,
+                "bad-api-version",
+                "Bad Api-Version header",
+                "the Api-Version header must be a version id such as v1",
+            )))
+        }
+    };
+    let route = match header {
+        None => Route {
+            api,
+            version: second,
+            rest: after_second,
+        },
+        // The path names a version of this API too: they must agree.
+        Some(h) if gw.catalog.api_version(&api, &second).is_some() => {
+            if h != second {
+                return Err(Box::new(problem(
+                    StatusCode::BAD_REQUEST,
+                    "api-version-conflict",
+                    "Conflicting API versions",
+                    format!(
+                        "the path asks for {second} and the Api-Version header for {h}; send one"
+                    ),
+                )));
+            }
+            Route {
+                api,
+                version: second,
+                rest: after_second,
+            }
+        }
+        Some(h) => Route {
+            api,
+            version: h,
+            rest: if tail.is_empty() { "/".into() } else { tail },
+        },
+    };
+    Ok(route)
+}
+
 /// Every answer for a deprecated version carries `Deprecation` (RFC 9745), `Sunset`
 /// (RFC 8594) and, when the catalog names one, a `Link` to the successor version.
 pub(crate) async fn handle(
@@ -286,13 +356,14 @@ pub(crate) async fn handle(
     connect: ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    let mut segments = req.uri().path().splitn(4, '/').skip(1);
-    let (api, version) = (
-        segments.next().unwrap_or("").to_string(),
-        segments.next().unwrap_or("").to_string(),
-    );
-    let mut response = handle_call(State(Arc::clone(&gw)), connect, req).await;
-    if let Some(v) = gw.catalog.api_version(&api, &version) {
+    let route = match route(&gw, &req) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    let version = gw.catalog.api_version(&route.api, &route.version);
+    let api = route.api.clone();
+    let mut response = handle_call(State(Arc::clone(&gw)), connect, route, req).await;
+    if let Some(v) = version {
         deprecation_headers(&api, v, response.headers_mut());
     }
     response
@@ -330,6 +401,7 @@ pub(crate) fn deprecation_headers(
 async fn handle_call(
     State(gw): State<Arc<Gateway>>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
+    route: Route,
     req: Request,
 ) -> Response {
     let started = Instant::now();
@@ -352,14 +424,11 @@ async fn handle_call(
         return r;
     }
 
-    // `/{api}/{version}/{rest}`, keeping `rest` byte for byte (percent-encoding included).
-    let path = req.uri().path().to_string();
-    let mut parts = path.splitn(4, '/').skip(1);
-    let (api, version) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let rest = parts
-        .next()
-        .map(|r| format!("/{r}"))
-        .unwrap_or_else(|| "/".into());
+    let (api, version, rest) = (
+        route.api.as_str(),
+        route.version.as_str(),
+        route.rest.as_str(),
+    );
     let Some(api_version) = gw.catalog.api_version(api, version) else {
         return problem(
             StatusCode::NOT_FOUND,
@@ -390,9 +459,9 @@ async fn handle_call(
     };
 
     let method = req.method().as_str().to_string();
-    let operation = api_version.operation_for(&method, &rest);
+    let operation = api_version.operation_for(&method, rest);
     let weight = operation.map_or(Decimal::ONE, |o| o.units);
-    let operation = operation.map_or_else(|| default_operation(&method, &rest), |o| o.name.clone());
+    let operation = operation.map_or_else(|| default_operation(&method, rest), |o| o.name.clone());
     let query = req
         .uri()
         .query()
