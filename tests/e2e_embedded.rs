@@ -721,3 +721,294 @@ async fn hard_quotas_rate_limits_and_the_sandbox() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(call(&p, key).await.status(), 200, "one more after a second");
 }
+
+async fn token(
+    p: &Peage,
+    client_id: &str,
+    secret: &str,
+    form: &[(&str, &str)],
+) -> reqwest::Response {
+    client()
+        .post(format!("{}/oauth/token", p.s("control_url")))
+        .basic_auth(client_id, Some(secret))
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn call_with(p: &Peage, path: &str, bearer: &str) -> reqwest::Response {
+    client()
+        .get(format!("{}{path}", p.s("gateway_url")))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Asserts a 401 problem whose detail says `why`.
+async fn refused(r: reqwest::Response, why: &str) {
+    let body = assert_problem(r, 401).await;
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains(why), "{detail:?} should say {why:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_tokens_from_peage_and_from_a_partner_identity_provider() {
+    let (_dir, data) = temp_dir();
+    let p = Peage::start(&data);
+    let partner = p.s("partner_id");
+    let key = admin_post(
+        &p,
+        &format!("/v1/partners/{partner}/keys"),
+        serde_json::json!({"env": "live"}),
+    )
+    .await;
+    let (key_id, secret) = (
+        key["key_id"].as_str().unwrap(),
+        key["secret"].as_str().unwrap(),
+    );
+
+    // OAuth2 client credentials: the key id and secret buy an EdDSA JWT.
+    let grant = [("grant_type", "client_credentials")];
+    let r = token(&p, key_id, secret, &grant).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let t: Value = r.json().await.unwrap();
+    assert_eq!(
+        (t["token_type"].as_str(), t["expires_in"].as_i64()),
+        (Some("Bearer"), Some(3600))
+    );
+    let jwt = t["access_token"].as_str().unwrap().to_string();
+    let r = call_with(&p, "/demo/v1/hello", &jwt).await;
+    assert_eq!(r.status(), 200);
+    let bad = token(&p, key_id, "pk_live_wrong", &grant).await;
+    assert_eq!(bad.status(), 401);
+    assert_eq!(
+        bad.json::<Value>().await.unwrap()["error"],
+        "invalid_client"
+    );
+    let bad = token(&p, key_id, secret, &[("grant_type", "password")]).await;
+    assert_eq!(
+        bad.json::<Value>().await.unwrap()["error"],
+        "unsupported_grant_type"
+    );
+    let bad = token(
+        &p,
+        key_id,
+        secret,
+        &[("grant_type", "client_credentials"), ("scope", "nope")],
+    )
+    .await;
+    assert_eq!(bad.json::<Value>().await.unwrap()["error"], "invalid_scope");
+
+    // A scoped token may call only what its scope names.
+    let scoped: Value = token(
+        &p,
+        key_id,
+        secret,
+        &[("grant_type", "client_credentials"), ("scope", "demo:v0")],
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(scoped["scope"], "demo:v0");
+    let scoped = scoped["access_token"].as_str().unwrap();
+    let r = call_with(&p, "/demo/v1/hello", scoped).await;
+    let body = assert_problem(r, 403).await;
+    assert_eq!(
+        body["type"],
+        "https://peage.dev/problems/insufficient-scope"
+    );
+    assert_eq!(call_with(&p, "/demo/v0/hello", scoped).await.status(), 200);
+
+    // Rotation: old tokens keep working, new ones are signed by the new key, the JWKS has both.
+    let rotated = client()
+        .post(format!(
+            "{}/v1/oauth/signing-keys/rotate",
+            p.s("control_url")
+        ))
+        .bearer_auth(p.s("admin_token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rotated.status(), 201);
+    let jwks: Value = client()
+        .get(format!("{}/.well-known/jwks.json", p.s("control_url")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2, "{jwks}");
+    assert!(jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|k| k["kty"] == "OKP" && k["alg"] == "EdDSA"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let fresh: Value = token(&p, key_id, secret, &grant)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let fresh = fresh["access_token"].as_str().unwrap().to_string();
+    assert_eq!(
+        call_with(&p, "/demo/v1/hello", &fresh).await.status(),
+        200,
+        "new key"
+    );
+    assert_eq!(
+        call_with(&p, "/demo/v1/hello", &jwt).await.status(),
+        200,
+        "old key"
+    );
+
+    // Tampering and revocation.
+    let mut tampered = jwt.clone();
+    tampered.pop();
+    tampered.push(if jwt.ends_with('A') { 'B' } else { 'A' });
+    refused(
+        call_with(&p, "/demo/v1/hello", &tampered).await,
+        "signature",
+    )
+    .await;
+    let revoked = client()
+        .delete(format!("{}/v1/keys/{key_id}", p.s("control_url")))
+        .bearer_auth(p.s("admin_token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    refused(call_with(&p, "/demo/v1/hello", &fresh).await, "revoked").await;
+
+    // A partner's own identity provider, RS256 pinned.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let jwks_doc = std::fs::read_to_string(fixtures.join("partner-idp-jwks.json")).unwrap();
+    let idp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let idp_url = format!("http://{}/jwks.json", idp.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let doc = jwks_doc.clone();
+            async move { ([("content-type", "application/json")], doc) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(idp, app).await });
+    let r = client()
+        .put(format!("{}/v1/partners/{partner}/issuer", p.s("control_url")))
+        .bearer_auth(p.s("admin_token"))
+        .json(&serde_json::json!({"issuer": "https://idp.acme.test", "jwks_url": idp_url, "algorithm": "RS256", "audience": "acme-api"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let issuer: Value = r.json().await.unwrap();
+    assert!(issuer["id"].as_str().unwrap().starts_with("iss_"));
+    let hs = client()
+        .put(format!("{}/v1/partners/{partner}/issuer", p.s("control_url")))
+        .bearer_auth(p.s("admin_token"))
+        .json(&serde_json::json!({"issuer": "https://x", "jwks_url": "http://x/j", "algorithm": "HS256", "audience": "a"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        hs.status(),
+        400,
+        "no shared-secret algorithms for partner issuers"
+    );
+
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let pem = std::fs::read(fixtures.join("partner-idp-rsa.pem")).unwrap();
+    let rsa = EncodingKey::from_rsa_pem(&pem).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let claims = |iss: &str, aud: &str, exp: i64, nbf: i64| serde_json::json!({"iss": iss, "aud": aud, "sub": "svc-billing", "exp": exp, "nbf": nbf, "iat": now});
+    let good = claims("https://idp.acme.test", "acme-api", now + 600, now - 10);
+    let mut rs256 = Header::new(Algorithm::RS256);
+    rs256.kid = Some("acme-1".into());
+    let sign = |c: &Value| encode(&rs256, c, &rsa).unwrap();
+    assert_eq!(
+        call_with(&p, "/demo/v1/hello", &sign(&good)).await.status(),
+        200
+    );
+
+    // Each refusal, with its reason.
+    let b64 = |v: &Value| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+    };
+    let none = format!(
+        "{}.{}.",
+        b64(&serde_json::json!({"alg": "none", "typ": "JWT"})),
+        b64(&good)
+    );
+    refused(
+        call_with(&p, "/demo/v1/hello", &none).await,
+        "not an acceptable JWT",
+    )
+    .await;
+    // HS/RS confusion: an HMAC signed with the provider's public key as the secret.
+    let public_pem = std::fs::read(fixtures.join("partner-idp-rsa.pub.pem")).unwrap();
+    let mut hs256 = Header::new(Algorithm::HS256);
+    hs256.kid = Some("acme-1".into());
+    let confused = encode(&hs256, &good, &EncodingKey::from_secret(&public_pem)).unwrap();
+    refused(
+        call_with(&p, "/demo/v1/hello", &confused).await,
+        "not accepted from this issuer",
+    )
+    .await;
+    let expired = sign(&claims(
+        "https://idp.acme.test",
+        "acme-api",
+        now - 3600,
+        now - 7200,
+    ));
+    refused(call_with(&p, "/demo/v1/hello", &expired).await, "expired").await;
+    let early = sign(&claims(
+        "https://idp.acme.test",
+        "acme-api",
+        now + 7200,
+        now + 3600,
+    ));
+    refused(
+        call_with(&p, "/demo/v1/hello", &early).await,
+        "not valid yet",
+    )
+    .await;
+    let wrong_aud = sign(&claims(
+        "https://idp.acme.test",
+        "someone-else",
+        now + 600,
+        now - 10,
+    ));
+    refused(
+        call_with(&p, "/demo/v1/hello", &wrong_aud).await,
+        "audience",
+    )
+    .await;
+    let wrong_iss = sign(&claims(
+        "https://idp.evil.test",
+        "acme-api",
+        now + 600,
+        now - 10,
+    ));
+    refused(
+        call_with(&p, "/demo/v1/hello", &wrong_iss).await,
+        "not accepted",
+    )
+    .await;
+    // Péage's own issuer name with the partner's key: wrong algorithm for that issuer.
+    let forged = sign(&claims(
+        "urn:peage:control",
+        "urn:peage:gateway",
+        now + 600,
+        now - 10,
+    ));
+    refused(
+        call_with(&p, "/demo/v1/hello", &forged).await,
+        "not accepted from this issuer",
+    )
+    .await;
+}

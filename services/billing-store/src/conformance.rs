@@ -8,7 +8,9 @@ use peage_core::pricing::{Quota, QuotaKind};
 use peage_core::quota::QuotaDecision;
 use rust_decimal::Decimal;
 
-use crate::{BillingStore, BillingStoreError, NewKey, QuotaKey, Subscription};
+use crate::{
+    BillingStore, BillingStoreError, NewKey, QuotaKey, SigningKey, Subscription, TrustedIssuer,
+};
 
 pub fn sub(plan: &str, at: DateTime<Utc>) -> Subscription {
     Subscription {
@@ -25,6 +27,7 @@ pub async fn run_all(s: &dyn BillingStore) {
     keys_are_found_by_hash_and_revocation_is_idempotent(s).await;
     times_keep_microseconds(s).await;
     concurrent_quota_grants_never_pass_a_hard_limit(s).await;
+    signing_keys_rotate_and_issuers_belong_to_one_partner(s).await;
 }
 
 async fn partners_keep_their_plan_history(s: &dyn BillingStore) {
@@ -179,4 +182,63 @@ async fn concurrent_quota_grants_never_pass_a_hard_limit(s: &dyn BillingStore) {
         ..key
     };
     assert_eq!(s.quota_ledger(&next).await.unwrap().granted, Decimal::ZERO);
+}
+
+async fn signing_keys_rotate_and_issuers_belong_to_one_partner(s: &dyn BillingStore) {
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 2, 0, 0, 0).unwrap();
+    let key = |kid: &str, at| SigningKey {
+        kid: kid.into(),
+        seed: format!("seed-{kid}"),
+        created_at: at,
+        retired_at: None,
+    };
+    assert!(s.signing_keys().await.unwrap().is_empty());
+    s.rotate_signing_key(&key("k1", t0)).await.unwrap();
+    let t1 = t0 + Duration::days(1);
+    s.rotate_signing_key(&key("k2", t1)).await.unwrap();
+    let keys = s.signing_keys().await.unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!((keys[0].kid.as_str(), keys[0].retired_at), ("k2", None));
+    assert_eq!((keys[1].kid.as_str(), keys[1].retired_at), ("k1", Some(t1)));
+    assert_eq!(keys[1].seed, "seed-k1");
+
+    let found = s.key("key_t").await.unwrap().unwrap();
+    assert_eq!(found.env, Env::Sandbox);
+    assert!(s.key("key_none").await.unwrap().is_none());
+
+    let issuer = TrustedIssuer {
+        id: "iss_1".into(),
+        partner_id: "prt_a".into(),
+        issuer: "https://idp.acme.example".into(),
+        jwks_url: "https://idp.acme.example/jwks".into(),
+        algorithm: "RS256".into(),
+        audience: "peage".into(),
+        env: Env::Live,
+        created_at: t0,
+    };
+    assert_eq!(s.put_issuer(&issuer).await.unwrap(), issuer);
+    let moved = TrustedIssuer {
+        id: "iss_2".into(),
+        jwks_url: "https://idp.acme.example/jwks2".into(),
+        ..issuer.clone()
+    };
+    let updated = s.put_issuer(&moved).await.unwrap();
+    assert_eq!(
+        (updated.id.as_str(), updated.jwks_url.as_str()),
+        ("iss_1", "https://idp.acme.example/jwks2")
+    );
+    let stolen = TrustedIssuer {
+        id: "iss_3".into(),
+        partner_id: "prt_b".into(),
+        ..issuer.clone()
+    };
+    assert!(matches!(
+        s.put_issuer(&stolen).await,
+        Err(BillingStoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.issuer(&issuer.issuer).await.unwrap().unwrap().partner_id,
+        "prt_a"
+    );
+    assert!(s.issuer("https://other").await.unwrap().is_none());
 }

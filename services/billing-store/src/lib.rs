@@ -26,6 +26,8 @@ pub enum BillingStoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{what} {id} not found")]
     NotFound { what: &'static str, id: String },
+    #[error("{0}")]
+    Conflict(String),
     #[error("stored {what} is unreadable: {reason}")]
     Corrupt { what: &'static str, reason: String },
 }
@@ -64,6 +66,29 @@ pub struct NewKey {
     pub env: Env,
     pub secret_hash: String,
     pub prefix: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One of Péage's token-signing keys (Ed25519).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKey {
+    pub kid: String,
+    /// The 32-byte private seed, base64url.
+    pub seed: String,
+    pub created_at: DateTime<Utc>,
+    pub retired_at: Option<DateTime<Utc>>,
+}
+
+/// A partner's own JWT issuer, trusted for that partner only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrustedIssuer {
+    pub id: String,
+    pub partner_id: String,
+    pub issuer: String,
+    pub jwks_url: String,
+    pub algorithm: String,
+    pub audience: String,
+    pub env: Env,
     pub created_at: DateTime<Utc>,
 }
 
@@ -134,6 +159,7 @@ pub trait BillingStore: Send + Sync + 'static {
     /// The key with this secret hash, revoked or not.
     async fn key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>, BillingStoreError>;
     async fn keys(&self, partner_id: &str) -> Result<Vec<ApiKey>, BillingStoreError>;
+    async fn key(&self, key_id: &str) -> Result<Option<ApiKey>, BillingStoreError>;
     /// Revokes a key (idempotent); `NotFound` if there is no such key.
     async fn revoke_key(
         &self,
@@ -155,4 +181,12 @@ pub trait BillingStore: Send + Sync + 'static {
 
     /// The period's grants so far (`used` left at zero).
     async fn quota_ledger(&self, key: &QuotaKey) -> Result<QuotaLedger, BillingStoreError>;
+
+    /// Every signing key, newest first.
+    async fn signing_keys(&self) -> Result<Vec<SigningKey>, BillingStoreError>;
+    /// Retires the keys in use at `next.created_at` and adds `next`, in one transaction.
+    async fn rotate_signing_key(&self, next: &SigningKey) -> Result<(), BillingStoreError>;
+    /// Adds or replaces (by `issuer`) a partner's trusted issuer; returns what is stored.
+    async fn put_issuer(&self, issuer: &TrustedIssuer) -> Result<TrustedIssuer, BillingStoreError>;
+    async fn issuer(&self, issuer: &str) -> Result<Option<TrustedIssuer>, BillingStoreError>;
 }

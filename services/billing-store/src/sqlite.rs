@@ -15,7 +15,8 @@ use peage_core::quota::{decide, Grant, QuotaLedger};
 use rust_decimal::Decimal;
 
 use crate::{
-    ledger_of, ApiKey, BillingStore, BillingStoreError, NewKey, Partner, QuotaKey, Subscription,
+    ledger_of, ApiKey, BillingStore, BillingStoreError, NewKey, Partner, QuotaKey, SigningKey,
+    Subscription, TrustedIssuer,
 };
 
 #[derive(Clone)]
@@ -84,6 +85,26 @@ fn key_from(row: &SqliteRow) -> Result<ApiKey, BillingStoreError> {
 }
 
 const KEY_COLUMNS: &str = "key_id, partner_id, env, prefix, created_at, revoked_at";
+
+fn issuer_from(row: &SqliteRow) -> Result<TrustedIssuer, BillingStoreError> {
+    let env: String = row.try_get("env")?;
+    Ok(TrustedIssuer {
+        id: row.try_get("id")?,
+        partner_id: row.try_get("partner_id")?,
+        issuer: row.try_get("issuer")?,
+        jwks_url: row.try_get("jwks_url")?,
+        algorithm: row.try_get("algorithm")?,
+        audience: row.try_get("audience")?,
+        env: Env::parse(&env).ok_or(BillingStoreError::Corrupt {
+            what: "issuer",
+            reason: format!("env {env:?}"),
+        })?,
+        created_at: parse_ts("issuer", &row.try_get::<String, _>("created_at")?)?,
+    })
+}
+
+const ISSUER_COLUMNS: &str =
+    "id, partner_id, issuer, jwks_url, algorithm, audience, env, created_at";
 
 impl SqliteBillingStore {
     pub async fn open(path: &Path) -> Result<SqliteBillingStore, BillingStoreError> {
@@ -263,6 +284,86 @@ impl BillingStore for SqliteBillingStore {
                 what: "api key",
                 id: key_id.to_string(),
             })
+    }
+
+    async fn key(&self, key_id: &str) -> Result<Option<ApiKey>, BillingStoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?"
+        ))
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(key_from).transpose()
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<SigningKey>, BillingStoreError> {
+        let rows = sqlx::query(
+            "SELECT kid, seed, created_at, retired_at FROM signing_keys ORDER BY created_at DESC, kid DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SigningKey {
+                    kid: row.try_get("kid")?,
+                    seed: row.try_get("seed")?,
+                    created_at: parse_ts("signing key", &row.try_get::<String, _>("created_at")?)?,
+                    retired_at: opt_ts("signing key", row.try_get("retired_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn rotate_signing_key(&self, next: &SigningKey) -> Result<(), BillingStoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE signing_keys SET retired_at = ? WHERE retired_at IS NULL")
+            .bind(ts(next.created_at))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO signing_keys (kid, seed, created_at) VALUES (?, ?, ?)")
+            .bind(&next.kid)
+            .bind(&next.seed)
+            .bind(ts(next.created_at))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn put_issuer(&self, issuer: &TrustedIssuer) -> Result<TrustedIssuer, BillingStoreError> {
+        sqlx::query(
+            "INSERT INTO partner_issuers (id, partner_id, issuer, jwks_url, algorithm, audience, env, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (issuer) DO UPDATE SET jwks_url = excluded.jwks_url, algorithm = excluded.algorithm, \
+             audience = excluded.audience, env = excluded.env \
+             WHERE partner_issuers.partner_id = excluded.partner_id",
+        )
+        .bind(&issuer.id)
+        .bind(&issuer.partner_id)
+        .bind(&issuer.issuer)
+        .bind(&issuer.jwks_url)
+        .bind(&issuer.algorithm)
+        .bind(&issuer.audience)
+        .bind(issuer.env.as_str())
+        .bind(ts(issuer.created_at))
+        .execute(&self.pool)
+        .await?;
+        match self.issuer(&issuer.issuer).await? {
+            Some(stored) if stored.partner_id == issuer.partner_id => Ok(stored),
+            _ => Err(BillingStoreError::Conflict(format!(
+                "issuer {:?} belongs to another partner",
+                issuer.issuer
+            ))),
+        }
+    }
+
+    async fn issuer(&self, issuer: &str) -> Result<Option<TrustedIssuer>, BillingStoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {ISSUER_COLUMNS} FROM partner_issuers WHERE issuer = ?"
+        ))
+        .bind(issuer)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(issuer_from).transpose()
     }
 
     async fn grant_quota(

@@ -18,6 +18,8 @@ pub enum ApiError {
     Store(#[from] BillingStoreError),
     #[error(transparent)]
     Usage(#[from] UsageStoreError),
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl IntoResponse for ApiError {
@@ -28,8 +30,10 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) | ApiError::Store(BillingStoreError::NotFound { .. }) => {
                 (StatusCode::NOT_FOUND, "not-found", "Not found")
             }
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
-            ApiError::Store(_) | ApiError::Usage(_) => (
+            ApiError::Conflict(_) | ApiError::Store(BillingStoreError::Conflict(_)) => {
+                (StatusCode::CONFLICT, "conflict", "Conflict")
+            }
+            ApiError::Store(_) | ApiError::Usage(_) | ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 "Internal error",

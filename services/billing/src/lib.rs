@@ -3,6 +3,7 @@
 //! error is `application/problem+json`, mapped once from [`ApiError`].
 
 mod error;
+pub mod oauth;
 pub mod provisioning;
 mod quota;
 mod routes;
@@ -21,6 +22,7 @@ use peage_usage_store::UsageStore;
 use subtle::ConstantTimeEq;
 
 pub use error::ApiError;
+pub use oauth::OAuthConfig;
 
 /// Called after a key is revoked, so an in-process gateway forgets it at once.
 pub type RevocationHook = Arc<dyn Fn() + Send + Sync>;
@@ -31,6 +33,7 @@ pub struct ControlApi {
     pub(crate) usage: Arc<dyn UsageStore>,
     admin_token: String,
     pub(crate) on_revoke: Option<RevocationHook>,
+    pub(crate) oauth: OAuthConfig,
 }
 
 impl ControlApi {
@@ -40,6 +43,7 @@ impl ControlApi {
         usage: Arc<dyn UsageStore>,
         admin_token: String,
         on_revoke: Option<RevocationHook>,
+        oauth: OAuthConfig,
     ) -> Arc<ControlApi> {
         Arc::new(ControlApi {
             catalog,
@@ -47,6 +51,7 @@ impl ControlApi {
             usage,
             admin_token,
             on_revoke,
+            oauth,
         })
     }
 
@@ -71,6 +76,8 @@ impl ControlApi {
             .route("/partners/{id}/usage", get(routes::usage))
             .route("/partners/{id}/quotas", get(quota::partner_quotas))
             .route("/quota/leases", post(quota::lease))
+            .route("/partners/{id}/issuer", put(oauth::put_issuer))
+            .route("/oauth/signing-keys/rotate", post(oauth::rotate))
             .route(
                 "/partners/{id}/invoices/upcoming",
                 get(routes::upcoming_invoice),
@@ -82,6 +89,8 @@ impl ControlApi {
             ));
         Router::new()
             .route("/healthz", get(|| async { "ok" }))
+            .route("/oauth/token", post(oauth::token))
+            .route("/.well-known/jwks.json", get(oauth::jwks))
             .nest("/v1", v1)
             .with_state(Arc::clone(self))
     }

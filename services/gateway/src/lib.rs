@@ -5,6 +5,7 @@
 //! away), without waiting on the event log. Its own errors are `application/problem+json`.
 
 mod body;
+pub mod jwt;
 mod keys;
 mod limits;
 mod proxy;
@@ -22,7 +23,8 @@ use peage_core::problem::{Problem, CONTENT_TYPE};
 use peage_core::Catalog;
 use peage_eventlog::EventEmitter;
 
-pub use keys::{KeyCache, KeyResolver, ResolvedKey};
+pub use jwt::JwtConfig;
+pub use keys::{KeyCache, KeyResolver, ResolvedIssuer, ResolvedKey};
 pub use limits::RateLimits;
 pub use quota::{QuotaAuthority, QuotaConfig, Quotas};
 
@@ -32,6 +34,8 @@ pub struct GatewayConfig {
     pub gateway_id: String,
     /// Time allowed for the upstream's response headers; past it the call is answered 504.
     pub upstream_timeout: Duration,
+    /// Accept JWTs (Péage's own and partners' issuers); `None`: API keys only.
+    pub jwt: Option<JwtConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -39,6 +43,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             gateway_id: "gw-1".into(),
             upstream_timeout: Duration::from_secs(30),
+            jwt: None,
         }
     }
 }
@@ -52,6 +57,7 @@ pub struct Gateway {
     pub(crate) limits: RateLimits,
     /// `None`: quotas are not enforced (no billing to lease from).
     pub(crate) quotas: Option<Arc<Quotas>>,
+    pub(crate) jwt: Option<jwt::JwtVerifier>,
 }
 
 impl Gateway {
@@ -67,9 +73,10 @@ impl Gateway {
             keys,
             emitter,
             client: proxy::upstream_client(),
-            config,
             limits: RateLimits::default(),
             quotas,
+            jwt: config.jwt.clone().map(jwt::JwtVerifier::new),
+            config,
         })
     }
 

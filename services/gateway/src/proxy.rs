@@ -21,6 +21,7 @@ use peage_core::{CallEvent, Env};
 use rust_decimal::Decimal;
 
 use crate::body::{CountingBody, MeteredBody, OnFinish};
+use crate::jwt::{scope_allows, JwtError};
 use crate::keys::ResolvedKey;
 use crate::limits::Limited;
 use crate::quota::{Demand, Refusal, Taken};
@@ -257,11 +258,28 @@ fn unauthorized(detail: &str) -> Response {
 async fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<ResolvedKey, Response> {
     let Some(token) = bearer(headers) else {
         return Err(unauthorized(
-            "send an API key as `Authorization: Bearer pk_live_…`",
+            "send an API key (`Authorization: Bearer pk_live_…`) or an access token",
         ));
     };
     if api_key::env_of(token).is_none() {
-        return Err(unauthorized("the credential is not a Péage API key"));
+        return match (&gw.jwt, token.bytes().filter(|b| *b == b'.').count()) {
+            (Some(verifier), 2) => match verifier.verify(token, &gw.keys).await {
+                Ok(k) => Ok(k),
+                Err(JwtError::Invalid(why)) => Err(unauthorized(&why)),
+                Err(JwtError::Unavailable(why)) => {
+                    tracing::error!(error = %why, "gateway: cannot check a token");
+                    Err(problem(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "token-check-unavailable",
+                        "Token check unavailable",
+                        "the gateway cannot check access tokens right now; retry shortly",
+                    ))
+                }
+            },
+            _ => Err(unauthorized(
+                "the credential is neither a Péage API key nor an accepted access token",
+            )),
+        };
     }
     match gw.keys.resolve(&api_key::secret_hash(token)).await {
         Ok(Some(k)) if !k.revoked => Ok(k),
@@ -437,6 +455,24 @@ async fn handle_call(
             format!("no API {api:?} with version {version:?}; call /{{api}}/{{version}}/…"),
         );
     };
+    if let Some(scopes) = &key.scopes {
+        if !scope_allows(scopes, api, version) {
+            let mut r = problem(
+                StatusCode::FORBIDDEN,
+                "insufficient-scope",
+                "Insufficient scope",
+                format!(
+                    "the token's scope ({}) does not include {api}:{version}",
+                    scopes.join(" ")
+                ),
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"peage\", error=\"insufficient_scope\""),
+            );
+            return r;
+        }
+    }
     if api_version.status == VersionStatus::Retired {
         return problem(
             StatusCode::GONE,

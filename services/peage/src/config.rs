@@ -22,6 +22,7 @@ const SECTIONS: &[&str] = &[
     "postgres",
     "aggregator",
     "metrics",
+    "oauth",
 ];
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -36,6 +37,38 @@ pub struct PeageConfig {
     pub postgres: PostgresSection,
     pub aggregator: AggregatorSection,
     pub metrics: MetricsSection,
+    pub oauth: OAuthSection,
+}
+
+/// Péage's own access tokens: the same on billing (which issues them) and gateways (which
+/// check them).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthSection {
+    pub issuer: String,
+    pub audience: String,
+    pub token_ttl_s: u64,
+}
+
+impl Default for OAuthSection {
+    fn default() -> Self {
+        let d = peage_billing::OAuthConfig::default();
+        OAuthSection {
+            issuer: d.issuer,
+            audience: d.audience,
+            token_ttl_s: d.token_ttl.as_secs(),
+        }
+    }
+}
+
+impl OAuthSection {
+    pub fn config(&self) -> peage_billing::OAuthConfig {
+        peage_billing::OAuthConfig {
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            token_ttl: std::time::Duration::from_secs(self.token_ttl_s.clamp(60, 86_400)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

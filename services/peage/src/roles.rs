@@ -95,6 +95,10 @@ pub async fn gateway(
         emitter.clone(),
         Some(quotas),
         GatewayConfig {
+            jwt: Some(crate::up::jwt_config(
+                &config.oauth.config(),
+                &config.gateway.billing_url,
+            )),
             gateway_id: config.gateway.id.clone(),
             upstream_timeout: Duration::from_millis(config.gateway.upstream_timeout_ms),
         },
@@ -254,7 +258,7 @@ pub async fn billing(
     let store: Arc<dyn BillingStore> = Arc::new(postgres(config).await?);
     let usage = Arc::new(clickhouse(config).await?);
     let token = config.control.token()?;
-    let api = ControlApi::new(catalog, store, usage, token, None);
+    let api = ControlApi::new(catalog, store, usage, token, None, config.oauth.config());
     let listener = tokio::net::TcpListener::bind(config.control.listen)
         .await
         .with_context(|| format!("control API cannot listen on {}", config.control.listen))?;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use async_trait::async_trait;
 use peage_aggregator::{Aggregator, AggregatorConfig, DeadLetterFile};
-use peage_billing::{provisioning, ControlApi};
+use peage_billing::{provisioning, ControlApi, OAuthConfig};
 use peage_billing_store::{BillingStore, SqliteBillingStore};
 use peage_core::ids::api_key;
 use peage_core::quota::{Lease, LeaseRequest};
@@ -19,7 +19,8 @@ use peage_core::{Catalog, Env};
 use peage_eventlog::{EmbeddedLog, EventEmitter, EventLog};
 use peage_gateway::quota::LeaseError;
 use peage_gateway::{
-    Gateway, GatewayConfig, KeyCache, KeyResolver, QuotaAuthority, QuotaConfig, Quotas, ResolvedKey,
+    Gateway, GatewayConfig, JwtConfig, KeyCache, KeyResolver, QuotaAuthority, QuotaConfig, Quotas,
+    ResolvedIssuer, ResolvedKey,
 };
 use peage_usage_store::SqliteUsageStore;
 use serde::{Deserialize, Serialize};
@@ -68,27 +69,75 @@ pub struct DemoInfo {
 /// The gateway asks billing state for keys directly when they share a process.
 pub(crate) struct StoreKeys(pub(crate) Arc<dyn BillingStore>);
 
-#[async_trait]
-impl KeyResolver for StoreKeys {
-    async fn resolve(&self, secret_hash: &str) -> Result<Option<ResolvedKey>, String> {
-        let key = self
-            .0
-            .key_by_hash(secret_hash)
-            .await
-            .map_err(|e| e.to_string())?;
-        let Some(k) = key else { return Ok(None) };
+impl StoreKeys {
+    async fn plan_of(&self, partner_id: &str) -> Result<String, String> {
         let partner = self
             .0
-            .partner(&k.partner_id)
+            .partner(partner_id)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(Some(ResolvedKey {
+        Ok(partner.map(|p| p.subscription.plan_id).unwrap_or_default())
+    }
+
+    async fn resolved(&self, k: peage_billing_store::ApiKey) -> Result<ResolvedKey, String> {
+        Ok(ResolvedKey {
+            plan_id: self.plan_of(&k.partner_id).await?,
             key_id: k.key_id,
             env: k.env,
             revoked: k.revoked_at.is_some(),
-            plan_id: partner.map(|p| p.subscription.plan_id).unwrap_or_default(),
             partner_id: k.partner_id,
+            scopes: None,
+        })
+    }
+}
+
+#[async_trait]
+impl KeyResolver for StoreKeys {
+    async fn resolve(&self, secret_hash: &str) -> Result<Option<ResolvedKey>, String> {
+        match self
+            .0
+            .key_by_hash(secret_hash)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Some(k) => Ok(Some(self.resolved(k).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn resolve_id(&self, key_id: &str) -> Result<Option<ResolvedKey>, String> {
+        match self.0.key(key_id).await.map_err(|e| e.to_string())? {
+            Some(k) => Ok(Some(self.resolved(k).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn issuer(&self, iss: &str) -> Result<Option<ResolvedIssuer>, String> {
+        let Some(i) = self.0.issuer(iss).await.map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        Ok(Some(ResolvedIssuer {
+            plan_id: self.plan_of(&i.partner_id).await?,
+            id: i.id,
+            partner_id: i.partner_id,
+            jwks_url: i.jwks_url,
+            algorithm: i.algorithm,
+            audience: i.audience,
+            env: i.env,
         }))
+    }
+}
+
+/// The gateway accepts Péage's tokens as the control API at `control_url` issues them.
+pub(crate) fn jwt_config(oauth: &OAuthConfig, control_url: &str) -> JwtConfig {
+    JwtConfig {
+        issuer: oauth.issuer.clone(),
+        audience: oauth.audience.clone(),
+        jwks_url: format!(
+            "{}/.well-known/jwks.json",
+            control_url.trim_end_matches('/')
+        ),
+        leeway: Duration::from_secs(30),
     }
 }
 
@@ -255,12 +304,22 @@ pub async fn run(
         let keys = keys.clone();
         Arc::new(move || keys.invalidate())
     };
+    let gateway_listener = tokio::net::TcpListener::bind(options.gateway_listen)
+        .await
+        .with_context(|| format!("gateway cannot listen on {}", options.gateway_listen))?;
+    let control_listener = tokio::net::TcpListener::bind(options.control_listen)
+        .await
+        .with_context(|| format!("control API cannot listen on {}", options.control_listen))?;
+    let gateway_url = format!("http://{}", gateway_listener.local_addr()?);
+    let control_url = format!("http://{}", control_listener.local_addr()?);
+    let oauth = OAuthConfig::default();
     let control = ControlApi::new(
         Arc::clone(&catalog),
         Arc::clone(&billing),
         usage.clone(),
         token.clone(),
         Some(on_revoke),
+        oauth.clone(),
     );
     let quotas = Quotas::new(
         Arc::new(InProcessQuotas(Arc::clone(&control))),
@@ -274,18 +333,10 @@ pub async fn run(
         Some(quotas),
         GatewayConfig {
             gateway_id: options.gateway_id.clone(),
+            jwt: Some(jwt_config(&oauth, &control_url)),
             ..GatewayConfig::default()
         },
     );
-
-    let gateway_listener = tokio::net::TcpListener::bind(options.gateway_listen)
-        .await
-        .with_context(|| format!("gateway cannot listen on {}", options.gateway_listen))?;
-    let control_listener = tokio::net::TcpListener::bind(options.control_listen)
-        .await
-        .with_context(|| format!("control API cannot listen on {}", options.control_listen))?;
-    let gateway_url = format!("http://{}", gateway_listener.local_addr()?);
-    let control_url = format!("http://{}", control_listener.local_addr()?);
     let gateway_server = tokio::spawn(peage_gateway::serve(
         gateway_listener,
         gateway,
