@@ -424,6 +424,10 @@ async fn twenty_thousand_calls_through_two_gateways_are_stored_once_and_billed_f
         "peage_spool_pending_events 0",
         "peage_spool_dropped_events_total 0",
         "peage_spool_accepting 1",
+        "peage_quota_billing_reachable 1",
+        "peage_quota_lease_failures_total 0",
+        "peage_gateway_request_duration_seconds_count{api=\"demo\",version=\"v1\",status=\"200\"} 10000",
+        "peage_gateway_request_duration_seconds_bucket{api=\"demo\",version=\"v1\",status=\"200\",le=\"+Inf\"} 10000",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),

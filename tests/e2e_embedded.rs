@@ -592,6 +592,15 @@ async fn hard_quotas_rate_limits_and_the_sandbox() {
     limits_catalog(&data);
     let p = Peage::start(&data);
     let live = p.s("api_key");
+    let ready: Value = client()
+        .get(format!("{}/readyz", p.s("gateway_url")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["ready"], true, "{ready}");
 
     // A hard quota of 30 calls: exactly 30 pass, the rest are 429 with the IETF headers.
     let mut statuses = vec![];
@@ -867,9 +876,10 @@ async fn access_tokens_from_peage_and_from_a_partner_identity_provider() {
     );
 
     // Tampering and revocation.
-    let mut tampered = jwt.clone();
-    tampered.pop();
-    tampered.push(if jwt.ends_with('A') { 'B' } else { 'A' });
+    // One token's header and claims with another token's signature.
+    let (signed_part, _) = jwt.rsplit_once('.').unwrap();
+    let (_, other_signature) = fresh.rsplit_once('.').unwrap();
+    let tampered = format!("{signed_part}.{other_signature}");
     refused(
         call_with(&p, "/demo/v1/hello", &tampered).await,
         "signature",

@@ -8,6 +8,7 @@ mod body;
 pub mod jwt;
 mod keys;
 mod limits;
+pub mod metrics;
 mod proxy;
 pub mod quota;
 
@@ -15,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -58,6 +60,7 @@ pub struct Gateway {
     /// `None`: quotas are not enforced (no billing to lease from).
     pub(crate) quotas: Option<Arc<Quotas>>,
     pub(crate) jwt: Option<jwt::JwtVerifier>,
+    pub(crate) latency: metrics::LatencyHistograms,
 }
 
 impl Gateway {
@@ -76,14 +79,46 @@ impl Gateway {
             limits: RateLimits::default(),
             quotas,
             jwt: config.jwt.clone().map(jwt::JwtVerifier::new),
+            latency: Default::default(),
             config,
         })
+    }
+
+    /// Latency histograms and quota counters, in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        self.latency.render()
+    }
+
+    /// Whether this gateway should get traffic: metering accepts calls, and quota leases can
+    /// be had (or the unreachable policy serves without them).
+    pub fn readiness(&self) -> (bool, serde_json::Value) {
+        let metering = self.emitter.accepting();
+        let quotas = self.quotas.as_ref().is_none_or(|q| q.can_serve());
+        (
+            metering && quotas,
+            serde_json::json!({ "metering": metering, "quotas": quotas }),
+        )
     }
 
     /// The gateway's router; serve it with `into_make_service_with_connect_info::<SocketAddr>()`.
     pub fn router(self: &Arc<Gateway>) -> Router {
         Router::new()
             .route("/healthz", get(|| async { "ok" }))
+            .route(
+                "/readyz",
+                get(|State(gw): State<Arc<Gateway>>| async move {
+                    let (ready, checks) = gw.readiness();
+                    let status = if ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (
+                        status,
+                        axum::Json(serde_json::json!({ "ready": ready, "checks": checks })),
+                    )
+                }),
+            )
             .fallback(proxy::handle)
             .with_state(Arc::clone(self))
     }

@@ -111,6 +111,9 @@ impl OnFinish for PendingCall {
                     .map_or(Decimal::ZERO, |m| m.contribution(&event))
             });
         }
+        self.gateway
+            .latency
+            .observe(&event.api, &event.version, event.status, event.latency_us);
         self.gateway.emitter.emit(event);
     }
 }

@@ -208,6 +208,12 @@ impl Quotas {
         })
     }
 
+    /// False while billing is away and the policy refuses calls that need a lease.
+    pub fn can_serve(&self) -> bool {
+        self.stats.billing_reachable.load(Ordering::Relaxed) == 1
+            || matches!(self.config.unreachable, UnreachablePolicy::Serve { .. })
+    }
+
     pub fn stats(&self) -> Arc<QuotaStats> {
         Arc::clone(&self.stats)
     }

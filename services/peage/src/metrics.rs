@@ -31,10 +31,11 @@ pub fn read(c: &AtomicU64) -> u64 {
     c.load(Relaxed)
 }
 
-/// Serves `GET /metrics` with what `samples` returns at each scrape, until `shutdown`.
+/// Serves `GET /metrics` with what `exposition` returns at each scrape (text format), until
+/// `shutdown`.
 pub async fn serve(
     listen: SocketAddr,
-    samples: Arc<dyn Fn() -> Vec<Sample> + Send + Sync>,
+    exposition: Arc<dyn Fn() -> String + Send + Sync>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -44,11 +45,11 @@ pub async fn serve(
     let app = Router::new().route(
         "/metrics",
         get(move || {
-            let samples = Arc::clone(&samples);
+            let exposition = Arc::clone(&exposition);
             async move {
                 (
                     [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    render(&samples()),
+                    exposition(),
                 )
                     .into_response()
             }

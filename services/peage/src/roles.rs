@@ -132,7 +132,9 @@ pub async fn gateway(
                 ("peage_quota_refused_unreachable_total", "Calls refused (503) because billing was away.", "counter", read(&q.refused_unreachable)),
             ]
         };
-        metrics::serve(listen, Arc::new(samples), stopped(stop_rx.clone())).await?;
+        let gw = Arc::clone(&gw);
+        let exposition = move || metrics::render(&samples()) + &gw.render_metrics();
+        metrics::serve(listen, Arc::new(exposition), stopped(stop_rx.clone())).await?;
     }
     let server = tokio::spawn(peage_gateway::serve(listener, gw, stopped(stop_rx)));
     tracing::info!(listen = %addr, id = %config.gateway.id, topic = %config.kafka.topic, "gateway up");
@@ -223,7 +225,8 @@ pub async fn aggregator(
             ]
         };
         let mut rx = stop_rx.clone();
-        metrics::serve(listen, Arc::new(samples), async move {
+        let exposition = move || metrics::render(&samples());
+        metrics::serve(listen, Arc::new(exposition), async move {
             let _ = rx.wait_for(|s| *s).await;
         })
         .await?;
