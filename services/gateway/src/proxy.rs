@@ -130,19 +130,26 @@ fn rate_limited(l: Limited) -> Response {
             l.per_second
         ),
     );
+    ratelimit_headers(&mut r, "rate", &l.per_second.to_string(), 1, secs);
+    r
+}
+
+/// `RateLimit-Policy`, `RateLimit` (draft-ietf-httpapi-ratelimit-headers) and `Retry-After` of a
+/// refused call: policy `name` allows `quota` per `window` seconds; none left for `secs`.
+fn ratelimit_headers(r: &mut Response, name: &str, quota: &str, window: i64, secs: u64) {
     let h = r.headers_mut();
-    let policy = format!("\"rate\";q={};w=1", l.per_second);
-    let state = format!("\"rate\";r=0;t={secs}");
-    for (name, value) in [
-        ("ratelimit-policy", policy),
-        ("ratelimit", state),
+    for (header, value) in [
+        (
+            "ratelimit-policy",
+            format!("\"{name}\";q={quota};w={window}"),
+        ),
+        ("ratelimit", format!("\"{name}\";r=0;t={secs}")),
         ("retry-after", secs.to_string()),
     ] {
         if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(name, v);
+            h.insert(header, v);
         }
     }
-    r
 }
 
 /// 429 for a hard quota, 503 when billing cannot be reached and the policy refuses.
@@ -164,18 +171,8 @@ fn quota_refused(refusal: Refusal) -> Response {
                     resets_at.to_rfc3339()
                 ),
             );
-            let h = r.headers_mut();
-            let policy = format!("\"{meter}\";q={};w={period_seconds}", limit.normalize());
-            let state = format!("\"{meter}\";r=0;t={secs}");
-            for (name, value) in [
-                ("ratelimit-policy", policy),
-                ("ratelimit", state),
-                ("retry-after", secs.to_string()),
-            ] {
-                if let Ok(v) = HeaderValue::from_str(&value) {
-                    h.insert(name, v);
-                }
-            }
+            let quota = limit.normalize().to_string();
+            ratelimit_headers(&mut r, &meter, &quota, period_seconds, secs as u64);
             r
         }
         Refusal::Unavailable { meter } => {
@@ -382,10 +379,9 @@ pub(crate) async fn handle(
         Err(r) => return *r,
     };
     let version = gw.catalog.api_version(&route.api, &route.version);
-    let api = route.api.clone();
-    let mut response = handle_call(State(Arc::clone(&gw)), connect, route, req).await;
+    let mut response = handle_call(&gw, connect, &route, version, req).await;
     if let Some(v) = version {
-        deprecation_headers(&api, v, response.headers_mut());
+        deprecation_headers(&route.api, v, response.headers_mut());
     }
     response
 }
@@ -420,14 +416,15 @@ pub(crate) fn deprecation_headers(
 }
 
 async fn handle_call(
-    State(gw): State<Arc<Gateway>>,
+    gw: &Arc<Gateway>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
-    route: Route,
+    route: &Route,
+    api_version: Option<&peage_core::catalog::ApiVersion>,
     req: Request,
 ) -> Response {
     let started = Instant::now();
     let time = peage_core::event::truncate_to_micros(Utc::now());
-    let key = match authenticate(&gw, req.headers()).await {
+    let key = match authenticate(gw, req.headers()).await {
         Ok(k) => k,
         Err(r) => return r,
     };
@@ -450,7 +447,7 @@ async fn handle_call(
         route.version.as_str(),
         route.rest.as_str(),
     );
-    let Some(api_version) = gw.catalog.api_version(api, version) else {
+    let Some(api_version) = api_version else {
         return problem(
             StatusCode::NOT_FOUND,
             "unknown-api",
@@ -527,7 +524,7 @@ async fn handle_call(
         attributes: Default::default(),
     };
 
-    let taken = match admit(&gw, &key, &event).await {
+    let taken = match admit(gw, &key, &event).await {
         Ok(t) => t,
         Err(r) => return r,
     };
@@ -538,8 +535,15 @@ async fn handle_call(
             .insert("quota_soft_exceeded".into(), soft_exceeded.clone());
     }
 
+    let mut pending = PendingCall {
+        gateway: Arc::clone(gw),
+        started,
+        event,
+        request_bytes: Arc::new(AtomicU64::new(0)),
+        taken,
+    };
+
     let (mut head, body) = req.into_parts();
-    let request_bytes = Arc::new(AtomicU64::new(0));
     let original_host = head.headers.get(header::HOST).cloned();
     strip_hop_by_hop(&mut head.headers);
     head.headers.remove(header::AUTHORIZATION);
@@ -568,13 +572,7 @@ async fn handle_call(
         Ok(u) => u,
         Err(e) => {
             return finish_error(
-                PendingCall {
-                    gateway: Arc::clone(&gw),
-                    started,
-                    event,
-                    request_bytes,
-                    taken,
-                },
+                pending,
                 problem(
                     StatusCode::BAD_REQUEST,
                     "bad-path",
@@ -587,7 +585,7 @@ async fn handle_call(
     head.version = http::Version::HTTP_11;
     let upstream_req = http::Request::from_parts(
         head,
-        Body::new(CountingBody::new(body, Arc::clone(&request_bytes))),
+        Body::new(CountingBody::new(body, Arc::clone(&pending.request_bytes))),
     );
 
     let response =
@@ -603,16 +601,7 @@ async fn handle_call(
                     "Upstream unavailable",
                     format!("the upstream of {api} {version} could not be reached"),
                 );
-                return finish_error(
-                    PendingCall {
-                        gateway: Arc::clone(&gw),
-                        started,
-                        event,
-                        request_bytes,
-                        taken,
-                    },
-                    r,
-                );
+                return finish_error(pending, r);
             }
             Err(_) => {
                 let r = problem(
@@ -624,16 +613,7 @@ async fn handle_call(
                         gw.config.upstream_timeout.as_millis()
                     ),
                 );
-                return finish_error(
-                    PendingCall {
-                        gateway: Arc::clone(&gw),
-                        started,
-                        event,
-                        request_bytes,
-                        taken,
-                    },
-                    r,
-                );
+                return finish_error(pending, r);
             }
         };
 
@@ -646,30 +626,23 @@ async fn handle_call(
             .and_then(|s| Decimal::from_str(s.trim()).ok())
             .filter(|d| !d.is_sign_negative())
         {
-            Some(u) => event.units = u,
+            Some(u) => pending.event.units = u,
             None => {
                 tracing::warn!(api, version, value = ?units, "gateway: ignored an invalid Peage-Units header from the upstream");
-                event.attributes.insert(
+                pending.event.attributes.insert(
                     "invalid_units_header".into(),
                     String::from_utf8_lossy(units.as_bytes()).into_owned(),
                 );
             }
         }
     }
-    event.status = parts.status.as_u16();
+    pending.event.status = parts.status.as_u16();
     if !soft_exceeded.is_empty() {
         if let Ok(v) = HeaderValue::from_str(&soft_exceeded) {
             parts.headers.insert("peage-quota-exceeded", v);
         }
     }
-    let pending = Box::new(PendingCall {
-        gateway: Arc::clone(&gw),
-        started,
-        event,
-        request_bytes,
-        taken,
-    });
-    Response::from_parts(parts, Body::new(MeteredBody::new(body, pending)))
+    Response::from_parts(parts, Body::new(MeteredBody::new(body, Box::new(pending))))
 }
 
 /// Meters a call the gateway answered itself after routing it (502, 504, 400).
