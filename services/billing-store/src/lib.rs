@@ -10,7 +10,7 @@ pub mod sqlite;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use peage_core::pricing::Quota;
-use peage_core::quota::{Grant, QuotaLedger};
+use peage_core::quota::{decide, Grant, QuotaLedger};
 use peage_core::Env;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -133,6 +133,30 @@ fn ledger_of(
     let newcomer = gateway_id.is_some_and(|gw| !rows.iter().any(|(g, _)| g == gw));
     ledger.gateways = rows.len() as u32 + u32::from(newcomer);
     Ok(ledger)
+}
+
+/// The grant both stores make, from the period's rows read under their lock: the decision, and
+/// `gateway_id`'s new running total to store when something was granted.
+fn decide_grant(
+    rows: &[(String, String)],
+    gateway_id: &str,
+    quota: &Quota,
+    used: Decimal,
+    want: Decimal,
+) -> Result<(Grant, Option<Decimal>), BillingStoreError> {
+    let mut ledger = ledger_of(rows, Some(gateway_id))?;
+    ledger.used = used;
+    let grant = decide(quota, &ledger, want);
+    if grant.granted.is_zero() {
+        return Ok((grant, None));
+    }
+    let mine = rows
+        .iter()
+        .find(|(g, _)| g == gateway_id)
+        .map(|(_, a)| parse_granted(a))
+        .transpose()?
+        .unwrap_or_default();
+    Ok((grant, Some(mine + grant.granted)))
 }
 
 #[async_trait]

@@ -11,12 +11,12 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 
 use peage_core::pricing::Quota;
-use peage_core::quota::{decide, Grant, QuotaLedger};
+use peage_core::quota::{Grant, QuotaLedger};
 use rust_decimal::Decimal;
 
 use crate::{
-    ledger_of, ApiKey, BillingStore, BillingStoreError, NewKey, Partner, QuotaKey, SigningKey,
-    Subscription, TrustedIssuer,
+    decide_grant, ledger_of, ApiKey, BillingStore, BillingStoreError, NewKey, Partner, QuotaKey,
+    SigningKey, Subscription, TrustedIssuer,
 };
 
 #[derive(Clone)]
@@ -377,16 +377,8 @@ impl BillingStore for SqliteBillingStore {
         let _one_at_a_time = self.grants.lock().await;
         let mut tx = self.pool.begin().await?;
         let rows = grant_rows(&mut tx, key).await?;
-        let mut ledger = ledger_of(&rows, Some(gateway_id))?;
-        ledger.used = used;
-        let grant = decide(quota, &ledger, want);
-        if !grant.granted.is_zero() {
-            let mine = rows
-                .iter()
-                .find(|(g, _)| g == gateway_id)
-                .map(|(_, a)| crate::parse_granted(a))
-                .transpose()?
-                .unwrap_or_default();
+        let (grant, total) = decide_grant(&rows, gateway_id, quota, used, want)?;
+        if let Some(total) = total {
             sqlx::query(
                 "INSERT INTO quota_grants (partner_id, env, meter, period_start, gateway_id, granted, updated_at) \
                  VALUES (?, ?, ?, ?, ?, ?, ?) \
@@ -398,7 +390,7 @@ impl BillingStore for SqliteBillingStore {
             .bind(&key.meter)
             .bind(ts(key.period_start))
             .bind(gateway_id)
-            .bind((mine + grant.granted).to_string())
+            .bind(total.to_string())
             .bind(ts(Utc::now()))
             .execute(&mut *tx)
             .await?;
