@@ -7,7 +7,7 @@
 //! wrong audience, unknown issuers, revoked keys.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
@@ -68,8 +68,11 @@ const JWKS_MIN_REFRESH: Duration = Duration::from_secs(1);
 pub struct JwtVerifier {
     config: JwtConfig,
     client: UpstreamClient,
-    sets: tokio::sync::Mutex<HashMap<String, KeySet>>,
-    failures: Mutex<HashMap<String, Instant>>,
+    /// Read on every token; written only when a JWKS is (re)fetched.
+    sets: RwLock<HashMap<String, Arc<KeySet>>>,
+    /// Per JWKS URL: one fetch at a time, and when the last one failed. A slow partner JWKS
+    /// never holds up tokens of other issuers.
+    fetches: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
 }
 
 impl JwtVerifier {
@@ -78,7 +81,7 @@ impl JwtVerifier {
             config,
             client: crate::proxy::upstream_client(),
             sets: Default::default(),
-            failures: Default::default(),
+            fetches: Default::default(),
         }
     }
 
@@ -128,30 +131,41 @@ impl JwtVerifier {
         })
     }
 
+    fn cached(&self, url: &str) -> Option<Arc<KeySet>> {
+        let sets = self.sets.read().unwrap_or_else(|p| p.into_inner());
+        sets.get(url).cloned()
+    }
+
     /// The key `kid` of the JWKS at `url`, fetching it when missing or stale.
     async fn key(&self, url: &str, kid: Option<&str>) -> Result<DecodingKey, JwtError> {
-        let mut sets = self.sets.lock().await;
         let pick = |set: &KeySet| match kid {
             Some(kid) => set.keys.get(kid).cloned(),
             None => set.only.clone(),
         };
-        if let Some(set) = sets.get(url) {
+        let unknown = || invalid("the token's signing key (kid) is unknown");
+        // Fresh and known, or fetched too recently to refresh for an unknown kid (a rotation
+        // is picked up within a second; random kids cannot make the gateway hammer a JWKS).
+        let settled = |set: &KeySet| {
             let fresh = set.fetched.elapsed() < JWKS_TTL;
-            if let (true, Some(k)) = (fresh, pick(set)) {
-                return Ok(k);
+            match pick(set) {
+                Some(k) if fresh => Some(Ok(k)),
+                None if fresh && set.fetched.elapsed() < JWKS_MIN_REFRESH => Some(Err(unknown())),
+                _ => None,
             }
-            // Unknown kid (a rotation): refresh, but not more than once a second.
-            if fresh && set.fetched.elapsed() < JWKS_MIN_REFRESH {
-                return Err(invalid("the token's signing key (kid) is unknown"));
-            }
+        };
+        if let Some(answer) = self.cached(url).and_then(|set| settled(&set)) {
+            return answer;
         }
-        let recent_failure = self
-            .failures
-            .lock()
-            .ok()
-            .and_then(|f| f.get(url).copied())
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(1));
-        let fetched = if recent_failure {
+        let lock = {
+            let mut fetches = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(fetches.entry(url.to_string()).or_default())
+        };
+        let mut last_failure = lock.lock().await;
+        // Another call may have fetched while this one waited.
+        if let Some(answer) = self.cached(url).and_then(|set| settled(&set)) {
+            return answer;
+        }
+        let fetched = if last_failure.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
             Err(JwtError::Unavailable(format!(
                 "JWKS {url} failed moments ago"
             )))
@@ -160,19 +174,16 @@ impl JwtVerifier {
         };
         match fetched {
             Ok(set) => {
+                *last_failure = None;
                 let k = pick(&set);
-                sets.insert(url.to_string(), set);
-                k.ok_or_else(|| invalid("the token's signing key (kid) is unknown"))
+                let mut sets = self.sets.write().unwrap_or_else(|p| p.into_inner());
+                sets.insert(url.to_string(), Arc::new(set));
+                k.ok_or_else(unknown)
             }
             Err(e) => {
-                if let Ok(mut f) = self.failures.lock() {
-                    f.insert(url.to_string(), Instant::now());
-                }
+                *last_failure = Some(Instant::now());
                 // A stale set still verifies tokens while the JWKS is unreachable.
-                match sets.get(url).and_then(pick) {
-                    Some(k) => Ok(k),
-                    None => Err(e),
-                }
+                self.cached(url).and_then(|set| pick(&set)).ok_or(e)
             }
         }
     }
