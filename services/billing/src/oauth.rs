@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use peage_billing_store::{SigningKey, TrustedIssuer};
-use peage_core::ids::api_key;
+use peage_core::ids::{api_key, IssuerId};
 use peage_core::Env;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -349,12 +349,10 @@ pub async fn put_issuer(
         return Err(ApiError::BadRequest("audience must not be empty".into()));
     }
     let env = crate::routes::env_param(req.env.as_deref())?;
-    let mut random = [0u8; 10];
-    rand::rngs::OsRng.fill_bytes(&mut random);
     let stored = api
         .store
         .put_issuer(&TrustedIssuer {
-            id: format!("iss_{}", hex::encode(random)),
+            id: IssuerId::from_random(rand::random()).to_string(),
             partner_id: partner.id,
             issuer: req.issuer,
             jwks_url: req.jwks_url,

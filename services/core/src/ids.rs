@@ -66,6 +66,7 @@ macro_rules! prefixed_id {
 
 prefixed_id!(PartnerId, "prt_");
 prefixed_id!(KeyId, "key_");
+prefixed_id!(IssuerId, "iss_");
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{value:?} is not a valid {kind}")]
