@@ -265,6 +265,17 @@ async fn admin_post(client: &reqwest::Client, control: &str, path: &str, body: V
     r.json().await.unwrap()
 }
 
+async fn admin_get(client: &reqwest::Client, control: &str, path: &str) -> Value {
+    let r = client
+        .get(format!("{control}{path}"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.json().await.unwrap()
+}
+
 /// Creates a partner on the demo plan and a live key through the control API, as an operator
 /// would; returns the partner id and the key's secret.
 async fn partner_with_live_key(client: &reqwest::Client, control: &str) -> (String, String) {
@@ -448,15 +459,7 @@ async fn twenty_thousand_calls_through_two_gateways_are_stored_once_and_billed_f
     );
 
     // The billing API reads the rollups; its numbers equal the raw rows'.
-    let usage: Value = client
-        .get(format!("{control}/v1/partners/{pid}/usage"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage: Value = admin_get(&client, &control, &format!("/v1/partners/{pid}/usage")).await;
     let meter = |name: &str| -> Decimal {
         let m = usage["meters"]
             .as_array()
@@ -478,15 +481,12 @@ async fn twenty_thousand_calls_through_two_gateways_are_stored_once_and_billed_f
         meter("egress_kb"),
         (Decimal::from(raw.response_bytes) / Decimal::from(1000)).normalize()
     );
-    let invoice: Value = client
-        .get(format!("{control}/v1/partners/{pid}/invoices/upcoming"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let invoice: Value = admin_get(
+        &client,
+        &control,
+        &format!("/v1/partners/{pid}/invoices/upcoming"),
+    )
+    .await;
     let billed: Decimal = invoice["invoice"]["lines"]
         .as_array()
         .unwrap()
@@ -843,15 +843,7 @@ async fn a_hard_quota_shared_by_three_gateways_allows_at_most_its_limit() {
     );
     assert!(allowed * 100 >= L * 99, "only {allowed} of {L} allowed");
 
-    let quotas: Value = client
-        .get(format!("{control}/v1/partners/{pid}/quotas"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let quotas: Value = admin_get(&client, &control, &format!("/v1/partners/{pid}/quotas")).await;
     let q = &quotas["quotas"][0];
     assert_eq!(q["decision"], "hard_blocked", "{quotas}");
     let granted: Decimal = q["granted"].as_str().unwrap().parse().unwrap();

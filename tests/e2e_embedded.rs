@@ -969,56 +969,28 @@ async fn access_tokens_from_peage_and_from_a_partner_identity_provider() {
         "not accepted from this issuer",
     )
     .await;
-    let expired = sign(&claims(
-        "https://idp.acme.test",
-        "acme-api",
-        now - 3600,
-        now - 7200,
-    ));
-    refused(call_with(&p, "/demo/v1/hello", &expired).await, "expired").await;
-    let early = sign(&claims(
-        "https://idp.acme.test",
-        "acme-api",
-        now + 7200,
-        now + 3600,
-    ));
-    refused(
-        call_with(&p, "/demo/v1/hello", &early).await,
-        "not valid yet",
-    )
-    .await;
-    let wrong_aud = sign(&claims(
-        "https://idp.acme.test",
-        "someone-else",
-        now + 600,
-        now - 10,
-    ));
-    refused(
-        call_with(&p, "/demo/v1/hello", &wrong_aud).await,
-        "audience",
-    )
-    .await;
-    let wrong_iss = sign(&claims(
-        "https://idp.evil.test",
-        "acme-api",
-        now + 600,
-        now - 10,
-    ));
-    refused(
-        call_with(&p, "/demo/v1/hello", &wrong_iss).await,
-        "not accepted",
-    )
-    .await;
-    // Péage's own issuer name with the partner's key: wrong algorithm for that issuer.
-    let forged = sign(&claims(
-        "urn:peage:control",
-        "urn:peage:gateway",
-        now + 600,
-        now - 10,
-    ));
-    refused(
-        call_with(&p, "/demo/v1/hello", &forged).await,
-        "not accepted from this issuer",
-    )
-    .await;
+    let idp = "https://idp.acme.test";
+    for (iss, aud, exp, nbf, why) in [
+        (idp, "acme-api", now - 3600, now - 7200, "expired"),
+        (idp, "acme-api", now + 7200, now + 3600, "not valid yet"),
+        (idp, "someone-else", now + 600, now - 10, "audience"),
+        (
+            "https://idp.evil.test",
+            "acme-api",
+            now + 600,
+            now - 10,
+            "not accepted",
+        ),
+        // Péage's own issuer name with the partner's key: wrong algorithm for that issuer.
+        (
+            "urn:peage:control",
+            "urn:peage:gateway",
+            now + 600,
+            now - 10,
+            "not accepted from this issuer",
+        ),
+    ] {
+        let token = sign(&claims(iss, aud, exp, nbf));
+        refused(call_with(&p, "/demo/v1/hello", &token).await, why).await;
+    }
 }
