@@ -166,44 +166,54 @@ pub async fn partner_quotas(
     let partner = existing_partner(&api, &id).await?;
     let now = Utc::now();
     let plan_id = partner.subscription.plan_id.clone();
-    let quotas = match api.catalog.plan(&plan_id) {
-        Some(plan) => plan.quotas.clone(),
-        None => vec![],
-    };
     let mut out = Vec::new();
-    for q in &quotas {
-        let ctx = context(&api, &partner, &q.meter)?;
-        let period = ctx.plan.period.containing(now);
-        let used = used(&api, &partner.id, env, ctx.meter, period.start, now).await?;
-        let key = QuotaKey {
+    if let Some(plan) = api.catalog.plan(&plan_id) {
+        let period = plan.period.containing(now);
+        let meters = plan
+            .quotas
+            .iter()
+            .map(|q| context(&api, &partner, &q.meter).map(|c| c.meter.clone()))
+            .collect::<Result<Vec<Meter>, ApiError>>()?;
+        // Every quota's usage in one query.
+        let query = UsageQuery {
             partner_id: partner.id.clone(),
             env,
-            meter: q.meter.clone(),
-            period_start: period.start,
+            from: period.start,
+            to: now,
         };
-        let mut ledger = api.store.quota_ledger(&key).await?;
-        ledger.used = used;
-        let consumed = ledger.consumed();
-        let remaining = (q.limit - consumed).max(Decimal::ZERO);
-        let utilization = (used / q.limit).round_dp(4);
-        let decision = match (q.kind, consumed >= q.limit) {
-            (_, false) => QuotaDecision::Allow,
-            (QuotaKind::Hard, true) => QuotaDecision::HardBlocked,
-            (QuotaKind::Soft, true) => QuotaDecision::SoftExceeded,
-        };
-        out.push(QuotaState {
-            meter: q.meter.clone(),
-            kind: q.kind,
-            limit: q.limit,
-            used,
-            granted: ledger.granted,
-            remaining,
-            utilization,
-            near_limit: utilization >= Decimal::new(8, 1),
-            decision,
-            period_start: period.start,
-            resets_at: period.end,
-        });
+        let usage = api.usage.meter_usage(&query, &meters).await?;
+        for (q, u) in plan.quotas.iter().zip(&usage) {
+            let used = u.quantity;
+            let key = QuotaKey {
+                partner_id: partner.id.clone(),
+                env,
+                meter: q.meter.clone(),
+                period_start: period.start,
+            };
+            let mut ledger = api.store.quota_ledger(&key).await?;
+            ledger.used = used;
+            let consumed = ledger.consumed();
+            let remaining = (q.limit - consumed).max(Decimal::ZERO);
+            let utilization = (used / q.limit).round_dp(4);
+            let decision = match (q.kind, consumed >= q.limit) {
+                (_, false) => QuotaDecision::Allow,
+                (QuotaKind::Hard, true) => QuotaDecision::HardBlocked,
+                (QuotaKind::Soft, true) => QuotaDecision::SoftExceeded,
+            };
+            out.push(QuotaState {
+                meter: q.meter.clone(),
+                kind: q.kind,
+                limit: q.limit,
+                used,
+                granted: ledger.granted,
+                remaining,
+                utilization,
+                near_limit: utilization >= Decimal::new(8, 1),
+                decision,
+                period_start: period.start,
+                resets_at: period.end,
+            });
+        }
     }
     Ok(Json(serde_json::json!({
         "partner_id": partner.id,
