@@ -57,10 +57,29 @@ pub struct ApiVersion {
     pub successor: Option<String>,
     pub live: String,
     pub sandbox: Option<String>,
+    /// How calls to this version are read for metering.
+    pub protocol: Protocol,
+    /// gRPC only: the fully qualified services (`greet.v1.Greeter`) this version serves. Calls
+    /// to `/{service}/{Method}` are routed here, since gRPC clients cannot prefix paths.
+    pub grpc_services: Vec<String>,
     pub operations: Vec<Operation>,
 }
 
-/// A route template such as `GET /forecast/{city}` and its weight in billable units.
+/// What the gateway reads from a call to name its operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// REST/JSON or any HTTP: the operation is the matching route template.
+    #[default]
+    Http,
+    /// The operation is the GraphQL operation name, read from the request document.
+    Graphql,
+    /// The operation is the gRPC method, `/pkg.Service/Method`.
+    Grpc,
+}
+
+/// A route template such as `GET /forecast/{city}` (HTTP), an operation name (GraphQL) or a
+/// method path `/pkg.Service/Method` (gRPC), and its weight in billable units.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Operation {
     pub name: String,
@@ -104,12 +123,27 @@ impl Catalog {
     pub fn meter(&self, name: &str) -> Option<&Meter> {
         self.meters.iter().find(|m| m.name == name)
     }
+
+    /// The API and version serving a gRPC service (`greet.v1.Greeter`).
+    pub fn grpc_service(&self, service: &str) -> Option<(&Api, &ApiVersion)> {
+        self.apis.iter().find_map(|a| {
+            a.versions
+                .iter()
+                .find(|v| v.grpc_services.iter().any(|s| s == service))
+                .map(|v| (a, v))
+        })
+    }
 }
 
 impl ApiVersion {
     /// The operation template a request matches, if the catalog declares one.
     pub fn operation_for(&self, method: &str, path: &str) -> Option<&Operation> {
         self.operations.iter().find(|o| o.matches(method, path))
+    }
+
+    /// The GraphQL or gRPC operation of that exact name, if the catalog declares one.
+    pub fn operation_named(&self, name: &str) -> Option<&Operation> {
+        self.operations.iter().find(|o| o.name == name)
     }
 }
 
@@ -261,6 +295,9 @@ struct RawVersion {
     successor: Option<Spanned<String>>,
     live: Spanned<String>,
     sandbox: Option<Spanned<String>>,
+    protocol: Option<Spanned<String>>,
+    #[serde(default)]
+    grpc_services: Vec<Spanned<String>>,
     #[serde(default)]
     operations: BTreeMap<String, Spanned<RawOperation>>,
 }
@@ -503,6 +540,7 @@ fn validate_apis(
 ) -> Vec<Api> {
     let mut apis = Vec::new();
     let mut seen = HashSet::new();
+    let mut seen_services = HashSet::new();
     for a in raw {
         let path = format!("api[{}]", a.name.get_ref());
         src.name(&a.name, &format!("{path}.name"));
@@ -587,17 +625,31 @@ fn validate_apis(
                 .sandbox
                 .as_ref()
                 .and_then(|s| src.upstream(s, &format!("{vpath}.sandbox"), vars));
+            // An unknown protocol is reported once; its operations are not checked against a guess.
+            let (protocol, known) = match &v.protocol {
+                None => (Protocol::Http, true),
+                Some(p) => match parse_enum::<Protocol>(p.get_ref()) {
+                    Some(p) => (p, true),
+                    None => {
+                        src.issue(
+                            p.span(),
+                            format!("{vpath}.protocol"),
+                            format!("{:?} is not one of http, graphql, grpc", p.get_ref()),
+                        );
+                        (Protocol::Http, false)
+                    }
+                },
+            };
+            let grpc_services = grpc_services(src, v, protocol, &vpath, &mut seen_services);
             let mut operations = Vec::new();
-            for (name, op) in &v.operations {
+            for (name, op) in v.operations.iter().filter(|_| known) {
                 let opath = format!("{vpath}.operations[{name:?}]");
-                let Some((method, route)) =
-                    name.split_once(' ').filter(|(_, r)| r.starts_with('/'))
+                let Some((method, segments)) = operation_key(name, protocol, &grpc_services)
+                    .map_err(|why| {
+                        src.issue(op.span(), opath.clone(), why);
+                    })
+                    .ok()
                 else {
-                    src.issue(
-                        op.span(),
-                        opath,
-                        "operation must read \"METHOD /path/{param}\"",
-                    );
                     continue;
                 };
                 let units = match &op.get_ref().units {
@@ -608,12 +660,8 @@ fn validate_apis(
                 };
                 operations.push(Operation {
                     name: name.clone(),
-                    method: method.to_ascii_uppercase(),
-                    segments: route
-                        .split('/')
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_string)
-                        .collect(),
+                    method,
+                    segments,
                     units,
                 });
             }
@@ -625,6 +673,8 @@ fn validate_apis(
                 successor: v.successor.as_ref().map(|s| s.get_ref().clone()),
                 live: live.unwrap_or_default(),
                 sandbox,
+                protocol,
+                grpc_services,
                 operations,
             });
         }
@@ -642,6 +692,103 @@ fn validate_apis(
         });
     }
     apis
+}
+
+/// The gRPC services of a version: required for `grpc`, refused otherwise, unique catalog-wide.
+fn grpc_services(
+    src: &mut Source,
+    v: &RawVersion,
+    protocol: Protocol,
+    vpath: &str,
+    seen: &mut HashSet<String>,
+) -> Vec<String> {
+    let field = format!("{vpath}.grpc_services");
+    if protocol != Protocol::Grpc {
+        if let Some(s) = v.grpc_services.first() {
+            src.issue(s.span(), field, "grpc_services needs protocol = \"grpc\"");
+        }
+        return Vec::new();
+    }
+    if v.grpc_services.is_empty() {
+        let span = v.protocol.as_ref().map_or(v.id.span(), |p| p.span());
+        src.issue(
+            span,
+            field.clone(),
+            "a grpc version names the services it serves, e.g. grpc_services = [\"greet.v1.Greeter\"]",
+        );
+    }
+    let mut out = Vec::new();
+    for s in &v.grpc_services {
+        let name = s.get_ref();
+        let valid = !name.is_empty()
+            && name.split('.').all(|p| {
+                !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            });
+        if !valid {
+            src.issue(
+                s.span(),
+                field.clone(),
+                format!(
+                    "{name:?} is not a fully qualified gRPC service name such as greet.v1.Greeter"
+                ),
+            );
+        } else if !seen.insert(name.clone()) {
+            src.issue(
+                s.span(),
+                field.clone(),
+                format!("{name:?} is already served by another version; a gRPC service routes to one version"),
+            );
+        }
+        out.push(name.clone());
+    }
+    out
+}
+
+/// An operation's key by protocol: `METHOD /route/{param}` (HTTP), an operation name
+/// (GraphQL), `/pkg.Service/Method` of one of the version's services (gRPC).
+fn operation_key(
+    name: &str,
+    protocol: Protocol,
+    grpc_services: &[String],
+) -> Result<(String, Vec<String>), String> {
+    let graphql_name = |s: &str| {
+        s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    match protocol {
+        Protocol::Http => {
+            let (method, route) = name
+                .split_once(' ')
+                .filter(|(_, r)| r.starts_with('/'))
+                .ok_or("operation must read \"METHOD /path/{param}\"")?;
+            let segments = route
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
+            Ok((method.to_ascii_uppercase(), segments))
+        }
+        Protocol::Graphql if graphql_name(name) => Ok(("POST".into(), Vec::new())),
+        Protocol::Graphql => {
+            Err("a graphql operation is an operation name such as GetForecast".into())
+        }
+        Protocol::Grpc => {
+            let service = name
+                .strip_prefix('/')
+                .and_then(|p| p.rsplit_once('/'))
+                .filter(|(_, m)| graphql_name(m))
+                .map(|(s, _)| s)
+                .ok_or("a grpc operation reads \"/pkg.Service/Method\"")?;
+            if !grpc_services.iter().any(|s| s == service) {
+                return Err(format!(
+                    "{service:?} is not in this version's grpc_services"
+                ));
+            }
+            Ok(("POST".into(), Vec::new()))
+        }
+    }
 }
 
 fn parse_enum<T: for<'de> Deserialize<'de>>(s: &str) -> Option<T> {
@@ -1256,6 +1403,65 @@ rate_limit = { per_second = 50, burst = 100 }
             (i.line, i.field.as_str()),
             (44, "plan[growth-2026].rate_limit")
         );
+    }
+
+    const PROTOCOLS: &str = r#"
+[[api]]
+name = "graph"
+[[api.versions]]
+id = "v1"
+protocol = "graphql"
+live = "http://127.0.0.1:1"
+operations = { GetForecast = { units = 3 } }
+
+[[api]]
+name = "greet"
+[[api.versions]]
+id = "v1"
+protocol = "grpc"
+grpc_services = ["greet.v1.Greeter"]
+live = "http://127.0.0.1:2"
+operations = { "/greet.v1.Greeter/Chat" = { units = 2 } }
+"#;
+
+    #[test]
+    fn graphql_and_grpc_versions_name_operations_their_own_way() {
+        let c = parse(PROTOCOLS).unwrap();
+        let g = c.api_version("graph", "v1").unwrap();
+        assert_eq!(g.protocol, Protocol::Graphql);
+        assert_eq!(
+            g.operation_named("GetForecast").unwrap().units,
+            Decimal::from(3)
+        );
+        let (api, v) = c.grpc_service("greet.v1.Greeter").unwrap();
+        assert_eq!((api.name.as_str(), v.id.as_str()), ("greet", "v1"));
+        assert_eq!(v.protocol, Protocol::Grpc);
+        assert!(v.operation_named("/greet.v1.Greeter/Chat").is_some());
+        assert!(c.grpc_service("greet.v1.Other").is_none());
+
+        let i = only_issue(&PROTOCOLS.replace("GetForecast =", "\"GET /x\" ="));
+        assert_eq!(i.field, "api[graph].versions[v1].operations[\"GET /x\"]");
+        let i = only_issue(&PROTOCOLS.replace("\"/greet.v1.Greeter/Chat\"", "\"/other.Svc/Chat\""));
+        assert!(
+            i.message.contains("not in this version's grpc_services"),
+            "{i}"
+        );
+        let i = only_issue(
+            &PROTOCOLS
+                .replace("grpc_services = [\"greet.v1.Greeter\"]\n", "")
+                .replace(
+                    "operations = { \"/greet.v1.Greeter/Chat\" = { units = 2 } }",
+                    "",
+                ),
+        );
+        assert_eq!(i.field, "api[greet].versions[v1].grpc_services");
+        let i = only_issue(&PROTOCOLS.replace("protocol = \"graphql\"", "protocol = \"soap\""));
+        assert!(i.message.contains("http, graphql, grpc"), "{i}");
+        let twice = PROTOCOLS.replace(
+            "[[api]]\nname = \"greet\"",
+            "[[api]]\nname = \"greet\"\n[[api.versions]]\nid = \"v0\"\nprotocol = \"grpc\"\ngrpc_services = [\"greet.v1.Greeter\"]\nlive = \"http://127.0.0.1:3\"",
+        );
+        assert!(only_issue(&twice).message.contains("already served"));
     }
 
     #[test]
