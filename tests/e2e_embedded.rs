@@ -17,7 +17,13 @@ struct Peage {
 impl Peage {
     /// Starts `peage up --demo` on ports chosen by the OS and waits for its fresh demo.json.
     fn start(data_dir: &Path) -> Peage {
+        Peage::start_with(data_dir, &[])
+    }
+
+    /// The same, with extra `PEAGE_*` settings in the environment.
+    fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Peage {
         let child = Command::new(env!("CARGO_BIN_EXE_peage"))
+            .envs(env.iter().copied())
             .args([
                 "up",
                 "--demo",
@@ -992,5 +998,291 @@ async fn access_tokens_from_peage_and_from_a_partner_identity_provider() {
     ] {
         let token = sign(&claims(iss, aud, exp, nbf));
         refused(call_with(&p, "/demo/v1/hello", &token).await, why).await;
+    }
+}
+
+/// The demo catalog plus a GraphQL API (on the demo upstream's echo route) and a gRPC API on a
+/// real tonic server, with meters that split calls and units by operation.
+fn protocols_catalog(data: &Path, grpc_upstream: std::net::SocketAddr) {
+    std::fs::create_dir_all(data).unwrap();
+    let demo_catalog = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/demo-catalog.toml"),
+    )
+    .unwrap();
+    let extra = format!(
+        r#"
+[[api]]
+name = "graph"
+[[api.versions]]
+id = "v1"
+protocol = "graphql"
+live = "${{PEAGE_DEMO_UPSTREAM}}"
+operations = {{ GetForecast = {{ units = 3 }} }}
+
+[[api]]
+name = "greet"
+[[api.versions]]
+id = "v1"
+protocol = "grpc"
+grpc_services = ["greet.v1.Greeter"]
+live = "http://{grpc_upstream}"
+operations = {{ "/greet.v1.Greeter/Collect" = {{ units = 2 }} }}
+
+[[meter]]
+name = "units_by_operation"
+aggregation = "sum"
+field = "units"
+group_by = ["operation"]
+"#
+    );
+    std::fs::write(data.join("catalog.toml"), format!("{demo_catalog}{extra}")).unwrap();
+}
+
+/// The events the gateway wrote for `api`, read from the embedded usage store.
+async fn events_of(data: &Path, api: &str, n: usize) -> Vec<Value> {
+    let url = format!("sqlite://{}?mode=ro", data.join("usage.db").display());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut db = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        let rows: Vec<(String, String, i64, i64, i64, String)> = sqlx::query_as(
+            "SELECT operation, units, status, request_bytes, response_bytes, attributes \
+             FROM call_events WHERE api = ? ORDER BY time_us",
+        )
+        .bind(api)
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+        assert!(
+            rows.len() <= n,
+            "{} events for {api}, more than {n}",
+            rows.len()
+        );
+        if rows.len() == n {
+            return rows
+                .into_iter()
+                .map(|(op, units, status, req, resp, attrs)| {
+                    serde_json::json!({ "operation": op, "units": units, "status": status,
+                        "request_bytes": req, "response_bytes": resp,
+                        "attributes": serde_json::from_str::<Value>(&attrs).unwrap() })
+                })
+                .collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} events for {api}",
+            rows.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphql_and_grpc_calls_are_metered_per_operation_over_http2() {
+    use peage_grpc_upstream::pb::{CountdownRequest, HelloRequest};
+    use peage_grpc_upstream::GreeterClient;
+
+    let (_dir, data) = temp_dir();
+    let upstream = peage_grpc_upstream::spawn().await.unwrap();
+    protocols_catalog(&data, upstream);
+    let p = Peage::start_with(&data, &[("PEAGE_GATEWAY__MAX_REQUEST_BODY_BYTES", "65536")]);
+    let key = p.s("api_key");
+    let gw = p.s("gateway_url");
+
+    // GraphQL over HTTP/2 (prior knowledge), as a partner's HTTP/2 client would send it.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let doc = "query GetForecast { a: forecast(city: \"Paris\") { temp } ...Extra } \
+               fragment Extra on Query { alerts } query Other { x }";
+    for _ in 0..3 {
+        let r = h2
+            .post(format!("{gw}/graph/v1/echo"))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({ "query": doc, "operationName": "GetForecast" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.status(), 200);
+        // The upstream got the document untouched.
+        let echoed: Value = r.json().await.unwrap();
+        assert_eq!(echoed["query"], doc, "{echoed}");
+    }
+    let r = client()
+        .get(format!(
+            "{gw}/graph/v1/echo?query=query%20Ping%20%7B%20ping%20%7D"
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        405,
+        "the echo route is POST only; the call is still metered"
+    );
+    let r = client()
+        .post(format!("{gw}/graph/v1/echo"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({ "query": "mutation { book(id: 1) { id } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for (body, why) in [
+        (
+            serde_json::json!({ "query": "query A { x" }),
+            "does not parse",
+        ),
+        (
+            serde_json::json!({ "query": "query A { x } query B { y }" }),
+            "operationName",
+        ),
+    ] {
+        let r = client()
+            .post(format!("{gw}/graph/v1/echo"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(r, 400).await;
+        assert!(
+            problem["detail"].as_str().unwrap().contains(why),
+            "{problem}"
+        );
+    }
+    let big = "x".repeat(70_000);
+    let r = client()
+        .post(format!("{gw}/graph/v1/echo"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({ "query": format!("query Big {{ a(s: \"{big}\") }}") }))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 413).await;
+    // A chunked body (no Content-Length) that outgrows the limit is cut off at the limit.
+    let chunks = (0..20).map(|_| Ok::<_, std::io::Error>(vec![b'a'; 8192]));
+    let r = client()
+        .post(format!("{gw}/demo/v1/echo"))
+        .bearer_auth(&key)
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 413).await;
+
+    let graph = events_of(&data, "graph", 5).await;
+    for e in &graph[..3] {
+        assert_eq!(e["operation"], "GetForecast");
+        assert_eq!(e["units"], "3");
+        assert_eq!(e["attributes"]["graphql_operation_type"], "query");
+        assert_eq!(e["attributes"]["graphql_root_fields"], "alerts,forecast");
+    }
+    assert_eq!(
+        (graph[3]["operation"].as_str(), graph[3]["status"].as_i64()),
+        (Some("Ping"), Some(405))
+    );
+    assert_eq!(graph[4]["operation"], "anonymous");
+    assert_eq!(graph[4]["attributes"]["graphql_operation_type"], "mutation");
+    assert_eq!(graph[4]["attributes"]["graphql_root_fields"], "book");
+
+    // gRPC over h2c: the partner's tonic client names the service; the catalog routes it.
+    let channel = tonic::transport::Channel::from_shared(gw.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {key}").parse().unwrap();
+    let mut greeter =
+        GreeterClient::with_interceptor(channel.clone(), move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", bearer.clone());
+            Ok(r)
+        });
+    let hello = |name: &str| HelloRequest { name: name.into() };
+    for name in ["ada", "bob"] {
+        let reply = greeter.say_hello(hello(name)).await.unwrap().into_inner();
+        assert_eq!(reply.message, format!("hello {name}"));
+    }
+    let mut countdown = greeter
+        .countdown(CountdownRequest { count: 5 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(m) = countdown.message().await.unwrap() {
+        got.push(m.message);
+    }
+    assert_eq!(got, ["4", "3", "2", "1", "0"]);
+    let collected = greeter
+        .collect(futures::stream::iter(["a", "b", "c"].map(hello)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(collected.message, "a,b,c");
+    let mut chat = greeter
+        .chat(futures::stream::iter(["w", "x", "y", "z"].map(hello)))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut replies = 0;
+    while let Some(m) = chat.message().await.unwrap() {
+        assert!(m.message.starts_with("hi "));
+        replies += 1;
+    }
+    assert_eq!(replies, 4);
+    let missing = greeter.missing(hello("x")).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    // The gateway's own refusals reach a gRPC client as gRPC statuses, and are not metered.
+    let mut anonymous = GreeterClient::new(channel);
+    let refused = anonymous.say_hello(hello("eve")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+
+    let grpc = events_of(&data, "greet", 6).await;
+    let summary: Vec<(String, String, String, String, String)> = grpc
+        .iter()
+        .map(|e| {
+            let a = &e["attributes"];
+            let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+            (
+                s(&e["operation"]),
+                s(&e["units"]),
+                s(&a["grpc_status"]),
+                s(&a["grpc_request_messages"]),
+                s(&a["grpc_response_messages"]),
+            )
+        })
+        .collect();
+    let row = |op: &str, units: &str, status: &str, sent: &str, received: &str| {
+        (
+            format!("/greet.v1.Greeter/{op}"),
+            units.into(),
+            status.into(),
+            sent.into(),
+            received.into(),
+        )
+    };
+    assert_eq!(
+        summary,
+        [
+            row("SayHello", "1", "0", "1", "1"),
+            row("SayHello", "1", "0", "1", "1"),
+            row("Countdown", "5", "0", "1", "5"),
+            row("Collect", "6", "0", "3", "1"),
+            row("Chat", "4", "0", "4", "4"),
+            row("Missing", "1", "5", "1", "0"),
+        ]
+    );
+    for e in &grpc {
+        assert_eq!(
+            e["status"], 200,
+            "gRPC answers are HTTP 200; the status is in grpc_status"
+        );
+        assert!(e["request_bytes"].as_i64().unwrap() > 0 && e["response_bytes"].as_i64().is_some());
     }
 }

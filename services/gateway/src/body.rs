@@ -9,15 +9,30 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-/// Counts the bytes of a request body into a shared counter.
+use crate::grpc::MessageCounter;
+
+/// What a request body has carried so far, shared with the call's event.
+#[derive(Default)]
+pub struct RequestTally {
+    pub bytes: AtomicU64,
+    /// gRPC messages; zero for other calls.
+    pub messages: AtomicU64,
+}
+
+/// Counts the bytes (and, for gRPC, the messages) of a request body into a shared tally.
 pub struct CountingBody<B> {
     inner: B,
-    counter: Arc<AtomicU64>,
+    tally: Arc<RequestTally>,
+    messages: Option<MessageCounter>,
 }
 
 impl<B> CountingBody<B> {
-    pub fn new(inner: B, counter: Arc<AtomicU64>) -> Self {
-        CountingBody { inner, counter }
+    pub fn new(inner: B, tally: Arc<RequestTally>, grpc: bool) -> Self {
+        CountingBody {
+            inner,
+            tally,
+            messages: grpc.then(MessageCounter::default),
+        }
     }
 }
 
@@ -32,7 +47,14 @@ impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
-                self.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                let this = &mut *self;
+                this.tally
+                    .bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                if let Some(m) = &mut this.messages {
+                    m.feed(data);
+                    this.tally.messages.store(m.messages, Ordering::Relaxed);
+                }
             }
         }
         polled
@@ -47,31 +69,51 @@ impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
     }
 }
 
+/// How a response body ended.
+pub struct Finished {
+    /// Bytes sent to the client.
+    pub bytes: u64,
+    /// `complete`, `upstream_body_error` or `client_aborted`.
+    pub outcome: &'static str,
+    /// gRPC messages in the response (zero for other calls).
+    pub messages: u64,
+    /// `grpc-status` of the trailers, if the body ended with them.
+    pub grpc_status: Option<String>,
+}
+
 /// What the call's event needs once the response is over.
 pub trait OnFinish: Send + 'static {
-    /// `response_bytes` sent to the client; `outcome` says how the body ended.
-    fn finish(self: Box<Self>, response_bytes: u64, outcome: &'static str);
+    fn finish(self: Box<Self>, finished: Finished);
 }
 
 /// A response body that calls its `OnFinish` exactly once.
 pub struct MeteredBody<B: Body> {
     inner: B,
     bytes: u64,
+    messages: Option<MessageCounter>,
+    grpc_status: Option<String>,
     on_finish: Option<Box<dyn OnFinish>>,
 }
 
 impl<B: Body> MeteredBody<B> {
-    pub fn new(inner: B, on_finish: Box<dyn OnFinish>) -> Self {
+    pub fn new(inner: B, on_finish: Box<dyn OnFinish>, grpc: bool) -> Self {
         MeteredBody {
             inner,
             bytes: 0,
+            messages: grpc.then(MessageCounter::default),
+            grpc_status: None,
             on_finish: Some(on_finish),
         }
     }
 
     fn finish(&mut self, outcome: &'static str) {
         if let Some(f) = self.on_finish.take() {
-            f.finish(self.bytes, outcome);
+            f.finish(Finished {
+                bytes: self.bytes,
+                outcome,
+                messages: self.messages.as_ref().map_or(0, |m| m.messages),
+                grpc_status: self.grpc_status.take(),
+            });
         }
     }
 }
@@ -87,8 +129,14 @@ impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
+                let this = &mut *self;
                 if let Some(data) = frame.data_ref() {
-                    self.bytes += data.len() as u64;
+                    this.bytes += data.len() as u64;
+                    if let Some(m) = &mut this.messages {
+                        m.feed(data);
+                    }
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    this.grpc_status = crate::grpc::status_of(trailers);
                 }
                 if self.inner.is_end_stream() {
                     self.finish("complete");

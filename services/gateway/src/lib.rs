@@ -5,6 +5,8 @@
 //! away), without waiting on the event log. Its own errors are `application/problem+json`.
 
 mod body;
+mod graphql;
+mod grpc;
 pub mod jwt;
 mod keys;
 mod limits;
@@ -36,6 +38,10 @@ pub struct GatewayConfig {
     pub gateway_id: String,
     /// Time allowed for the upstream's response headers; past it the call is answered 504.
     pub upstream_timeout: Duration,
+    /// Time allowed to open a connection to an upstream.
+    pub connect_timeout: Duration,
+    /// Largest request body accepted; larger ones are answered 413.
+    pub max_request_body_bytes: u64,
     /// Accept JWTs (Péage's own and partners' issuers); `None`: API keys only.
     pub jwt: Option<JwtConfig>,
 }
@@ -45,6 +51,8 @@ impl Default for GatewayConfig {
         GatewayConfig {
             gateway_id: "gw-1".into(),
             upstream_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            max_request_body_bytes: 10 * 1024 * 1024,
             jwt: None,
         }
     }
@@ -55,6 +63,8 @@ pub struct Gateway {
     pub(crate) keys: KeyCache,
     pub(crate) emitter: EventEmitter,
     pub(crate) client: proxy::UpstreamClient,
+    /// For gRPC upstreams: HTTP/2 only.
+    pub(crate) h2_client: proxy::UpstreamClient,
     pub(crate) config: GatewayConfig,
     pub(crate) limits: RateLimits,
     /// `None`: quotas are not enforced (no billing to lease from).
@@ -75,7 +85,8 @@ impl Gateway {
             catalog,
             keys,
             emitter,
-            client: proxy::upstream_client(),
+            client: proxy::upstream_client(config.connect_timeout, false),
+            h2_client: proxy::upstream_client(config.connect_timeout, true),
             limits: RateLimits::default(),
             quotas,
             jwt: config.jwt.clone().map(jwt::JwtVerifier::new),

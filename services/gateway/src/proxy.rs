@@ -2,9 +2,9 @@
 
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -12,27 +12,31 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Uri};
+use http_body_util::{BodyExt, LengthLimitError, Limited as BodyLimit};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use peage_core::catalog::VersionStatus;
+use peage_core::catalog::{Protocol, VersionStatus};
 use peage_core::ids::api_key;
 use peage_core::{CallEvent, Env};
 use rust_decimal::Decimal;
 
-use crate::body::{CountingBody, MeteredBody, OnFinish};
+use crate::body::{CountingBody, Finished, MeteredBody, OnFinish, RequestTally};
 use crate::jwt::{scope_allows, JwtError};
 use crate::keys::ResolvedKey;
 use crate::limits::Limited;
 use crate::quota::{Demand, Refusal, Taken};
-use crate::{problem, Gateway};
+use crate::{graphql, grpc, problem, Gateway};
 
 pub(crate) type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
-pub(crate) fn upstream_client() -> UpstreamClient {
+/// A pooled client for upstreams. `http2_only`: gRPC upstreams, spoken to over HTTP/2 with prior
+/// knowledge (h2c) on `http://` and through ALPN on `https://`.
+pub(crate) fn upstream_client(connect_timeout: Duration, http2_only: bool) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
     let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
         Ok(b) => b,
         Err(e) => {
@@ -48,13 +52,16 @@ pub(crate) fn upstream_client() -> UpstreamClient {
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
         }
     };
-    let https = builder
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
+    let builder = builder.https_or_http();
+    let https = if http2_only {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.enable_http1().enable_http2().wrap_connector(http)
+    };
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(256)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .http2_only(http2_only)
         .build(https)
 }
 
@@ -90,18 +97,46 @@ struct PendingCall {
     gateway: Arc<Gateway>,
     started: Instant,
     event: CallEvent,
-    request_bytes: Arc<AtomicU64>,
+    request: Arc<RequestTally>,
     taken: Taken,
+    /// gRPC calls: their status and message counts go on the event.
+    grpc: Option<GrpcCall>,
+}
+
+struct GrpcCall {
+    /// The catalog weight of the method; a call is charged it once per message of its
+    /// busier direction (a unary call once), unless the upstream sends `Peage-Units`.
+    weight: Decimal,
+    units_from_upstream: bool,
+    /// A trailers-only answer carries its status in the headers.
+    header_status: Option<String>,
 }
 
 impl OnFinish for PendingCall {
-    fn finish(self: Box<Self>, response_bytes: u64, outcome: &'static str) {
+    fn finish(self: Box<Self>, finished: Finished) {
         let mut event = self.event;
         event.latency_us = self.started.elapsed().as_micros() as u64;
-        event.request_bytes = self.request_bytes.load(Ordering::Relaxed);
-        event.response_bytes = response_bytes;
-        if outcome != "complete" {
-            event.attributes.insert("outcome".into(), outcome.into());
+        event.request_bytes = self.request.bytes.load(Ordering::Relaxed);
+        event.response_bytes = finished.bytes;
+        if finished.outcome != "complete" {
+            event
+                .attributes
+                .insert("outcome".into(), finished.outcome.into());
+        }
+        if let Some(g) = self.grpc {
+            let sent = self.request.messages.load(Ordering::Relaxed);
+            let a = &mut event.attributes;
+            a.insert("grpc_request_messages".into(), sent.to_string());
+            a.insert(
+                "grpc_response_messages".into(),
+                finished.messages.to_string(),
+            );
+            if let Some(status) = finished.grpc_status.or(g.header_status) {
+                a.insert("grpc_status".into(), status);
+            }
+            if !g.units_from_upstream {
+                event.units = g.weight * Decimal::from(sent.max(finished.messages).max(1));
+            }
         }
         if !self.taken.is_empty() {
             let catalog = &self.gateway.catalog;
@@ -307,10 +342,21 @@ pub(crate) struct Route {
 
 const API_VERSION: &str = "api-version";
 
-fn route(gw: &Gateway, req: &Request) -> Result<Route, Box<Response>> {
+fn route(gw: &Gateway, req: &Request, grpc: bool) -> Result<Route, Box<Response>> {
     let path = req.uri().path();
     let mut parts = path.splitn(3, '/').skip(1);
     let api = parts.next().unwrap_or("").to_string();
+    if grpc {
+        // gRPC clients call `/{package.Service}/{Method}` and cannot add a prefix: the
+        // catalog says which API version serves each service.
+        if let Some((a, v)) = gw.catalog.grpc_service(&api) {
+            return Ok(Route {
+                api: a.name.clone(),
+                version: v.id.clone(),
+                rest: path.to_string(),
+            });
+        }
+    }
     let tail = parts.next().map(|t| format!("/{t}")).unwrap_or_default();
     let split = |tail: &str| -> (String, String) {
         let mut p = tail.splitn(3, '/').skip(1);
@@ -374,16 +420,39 @@ pub(crate) async fn handle(
     connect: ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    let route = match route(&gw, &req) {
+    let grpc = grpc::is_grpc(req.headers());
+    let route = match route(&gw, &req, grpc) {
         Ok(r) => r,
-        Err(r) => return *r,
+        Err(r) => return as_grpc_if(grpc, *r).await,
     };
     let version = gw.catalog.api_version(&route.api, &route.version);
-    let mut response = handle_call(&gw, connect, &route, version, req).await;
+    let response = handle_call(&gw, connect, &route, version, req).await;
+    let mut response = as_grpc_if(grpc, response).await;
     if let Some(v) = version {
         deprecation_headers(&route.api, v, response.headers_mut());
     }
     response
+}
+
+/// A gRPC client cannot read problem+json: the gateway's own refusals are sent to it as gRPC
+/// statuses. Upstream answers pass as they are.
+async fn as_grpc_if(grpc: bool, response: Response) -> Response {
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|c| c == peage_core::problem::CONTENT_TYPE);
+    if !grpc || !is_problem {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let detail = match axum::body::to_bytes(body, 64 * 1024).await {
+        Ok(b) => serde_json::from_slice::<serde_json::Value>(&b)
+            .ok()
+            .and_then(|p| p.get("detail").and_then(|d| d.as_str()).map(str::to_string))
+            .unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    grpc::from_problem(parts.status, &detail, &parts.headers)
 }
 
 /// The lifecycle headers of a deprecated version; nothing for an active or retired one.
@@ -494,16 +563,74 @@ async fn handle_call(
         );
     };
 
+    let limit = gw.config.max_request_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return too_large(limit);
+    }
     let method = req.method().as_str().to_string();
-    let operation = api_version.operation_for(&method, rest);
-    let weight = operation.map_or(Decimal::ONE, |o| o.units);
-    let operation = operation.map_or_else(|| default_operation(&method, rest), |o| o.name.clone());
     let query = req
         .uri()
         .query()
         .map(|q| format!("?{q}"))
         .unwrap_or_default();
     let target = format!("{base}{rest}{query}");
+    let (mut head, body) = req.into_parts();
+    let mut attributes = std::collections::BTreeMap::new();
+    let (operation, weight, body) = match api_version.protocol {
+        Protocol::Http => {
+            let op = api_version.operation_for(&method, rest);
+            let name = op.map_or_else(|| default_operation(&method, rest), |o| o.name.clone());
+            (name, op.map_or(Decimal::ONE, |o| o.units), body)
+        }
+        Protocol::Grpc => {
+            let op = api_version.operation_named(rest);
+            (rest.to_string(), op.map_or(Decimal::ONE, |o| o.units), body)
+        }
+        Protocol::Graphql => {
+            // The document is read whole (within the body limit) to name the operation.
+            let bytes = match BodyLimit::new(body, limit as usize).collect().await {
+                Ok(c) => c.to_bytes(),
+                Err(e) if e.is::<LengthLimitError>() => return too_large(limit),
+                Err(e) => {
+                    return problem(
+                        StatusCode::BAD_REQUEST,
+                        "bad-request-body",
+                        "Request body could not be read",
+                        e.to_string(),
+                    )
+                }
+            };
+            let content_type = head
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            let call = match graphql::read(&head.method, content_type, head.uri.query(), &bytes) {
+                Ok(c) => c,
+                Err(why) => {
+                    return problem(
+                        StatusCode::BAD_REQUEST,
+                        "bad-graphql-request",
+                        "GraphQL request not understood",
+                        why,
+                    )
+                }
+            };
+            attributes.insert("graphql_operation_type".to_string(), call.kind.to_string());
+            attributes.insert(
+                "graphql_root_fields".to_string(),
+                call.root_fields.join(","),
+            );
+            let weight = api_version
+                .operation_named(&call.operation)
+                .map_or(Decimal::ONE, |o| o.units);
+            (call.operation, weight, Body::from(bytes))
+        }
+    };
+    let is_grpc = api_version.protocol == Protocol::Grpc;
 
     let mut event = CallEvent {
         id: uuid::Uuid::now_v7(),
@@ -521,7 +648,7 @@ async fn handle_call(
         response_bytes: 0,
         units: weight,
         gateway_id: gw.config.gateway_id.clone(),
-        attributes: Default::default(),
+        attributes,
     };
 
     let taken = match admit(gw, &key, &event).await {
@@ -539,13 +666,26 @@ async fn handle_call(
         gateway: Arc::clone(gw),
         started,
         event,
-        request_bytes: Arc::new(AtomicU64::new(0)),
+        request: Arc::default(),
         taken,
+        grpc: is_grpc.then_some(GrpcCall {
+            weight,
+            units_from_upstream: false,
+            header_status: None,
+        }),
     };
 
-    let (mut head, body) = req.into_parts();
     let original_host = head.headers.get(header::HOST).cloned();
+    let trailers_wanted = head
+        .headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     strip_hop_by_hop(&mut head.headers);
+    if trailers_wanted {
+        // `TE: trailers` is end to end in HTTP/2, and gRPC servers require it.
+        head.headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     head.headers.remove(header::AUTHORIZATION);
     head.headers.remove(header::HOST);
     let forwarded_for = match head
@@ -579,43 +719,59 @@ async fn handle_call(
                     "Bad request path",
                     e.to_string(),
                 ),
-            );
+            )
+            .await;
         }
     };
-    head.version = http::Version::HTTP_11;
+    let client = if is_grpc {
+        head.version = http::Version::HTTP_2;
+        &gw.h2_client
+    } else {
+        head.version = http::Version::HTTP_11;
+        &gw.client
+    };
     let upstream_req = http::Request::from_parts(
         head,
-        Body::new(CountingBody::new(body, Arc::clone(&pending.request_bytes))),
+        Body::new(CountingBody::new(
+            BodyLimit::new(body, limit as usize),
+            Arc::clone(&pending.request),
+            is_grpc,
+        )),
     );
 
-    let response =
-        match tokio::time::timeout(gw.config.upstream_timeout, gw.client.request(upstream_req))
-            .await
-        {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, upstream = %base, "gateway: upstream request failed");
-                let r = problem(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream-unavailable",
-                    "Upstream unavailable",
-                    format!("the upstream of {api} {version} could not be reached"),
-                );
-                return finish_error(pending, r);
-            }
-            Err(_) => {
-                let r = problem(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream-timeout",
-                    "Upstream timeout",
-                    format!(
-                        "the upstream of {api} {version} did not answer within {} ms",
-                        gw.config.upstream_timeout.as_millis()
-                    ),
-                );
-                return finish_error(pending, r);
-            }
-        };
+    let response = match tokio::time::timeout(
+        gw.config.upstream_timeout,
+        client.request(upstream_req),
+    )
+    .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) if caused_by_body_limit(&e) => {
+            return finish_error(pending, too_large(limit)).await;
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, upstream = %base, "gateway: upstream request failed");
+            let r = problem(
+                StatusCode::BAD_GATEWAY,
+                "upstream-unavailable",
+                "Upstream unavailable",
+                format!("the upstream of {api} {version} could not be reached"),
+            );
+            return finish_error(pending, r).await;
+        }
+        Err(_) => {
+            let r = problem(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream-timeout",
+                "Upstream timeout",
+                format!(
+                    "the upstream of {api} {version} did not answer within {} ms",
+                    gw.config.upstream_timeout.as_millis()
+                ),
+            );
+            return finish_error(pending, r).await;
+        }
+    };
 
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -626,7 +782,12 @@ async fn handle_call(
             .and_then(|s| Decimal::from_str(s.trim()).ok())
             .filter(|d| !d.is_sign_negative())
         {
-            Some(u) => pending.event.units = u,
+            Some(u) => {
+                pending.event.units = u;
+                if let Some(g) = &mut pending.grpc {
+                    g.units_from_upstream = true;
+                }
+            }
             None => {
                 tracing::warn!(api, version, value = ?units, "gateway: ignored an invalid Peage-Units header from the upstream");
                 pending.event.attributes.insert(
@@ -637,20 +798,57 @@ async fn handle_call(
         }
     }
     pending.event.status = parts.status.as_u16();
+    if let Some(g) = &mut pending.grpc {
+        g.header_status = grpc::status_of(&parts.headers);
+    }
     if !soft_exceeded.is_empty() {
         if let Ok(v) = HeaderValue::from_str(&soft_exceeded) {
             parts.headers.insert("peage-quota-exceeded", v);
         }
     }
-    Response::from_parts(parts, Body::new(MeteredBody::new(body, Box::new(pending))))
+    let grpc = pending.grpc.is_some();
+    Response::from_parts(
+        parts,
+        Body::new(MeteredBody::new(body, Box::new(pending), grpc)),
+    )
 }
 
-/// Meters a call the gateway answered itself after routing it (502, 504, 400).
-fn finish_error(mut pending: PendingCall, response: Response) -> Response {
+fn too_large(limit: u64) -> Response {
+    problem(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request-too-large",
+        "Request body too large",
+        format!("request bodies are limited to {limit} bytes"),
+    )
+}
+
+/// Whether an upstream request failed because the partner's body outgrew the limit.
+fn caused_by_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// Meters a call the gateway answered itself after routing it (502, 504, 400, 413); a gRPC
+/// caller gets it as a gRPC status, which the event records too.
+async fn finish_error(mut pending: PendingCall, response: Response) -> Response {
     pending.event.status = response.status().as_u16();
+    let grpc = pending.grpc.is_some();
+    let response = as_grpc_if(grpc, response).await;
+    if let Some(g) = &mut pending.grpc {
+        g.header_status = grpc::status_of(response.headers());
+    }
     let (parts, body) = response.into_parts();
-    Response::from_parts(parts, Body::new(MeteredBody::new(body, Box::new(pending))))
-        .into_response()
+    Response::from_parts(
+        parts,
+        Body::new(MeteredBody::new(body, Box::new(pending), grpc)),
+    )
+    .into_response()
 }
 
 #[cfg(test)]

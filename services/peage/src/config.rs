@@ -102,7 +102,12 @@ pub struct GatewaySection {
     /// How long a resolved API key is trusted before billing state is asked again (a revoked
     /// key stops working within this time on other processes).
     pub key_cache_ttl_ms: u64,
+    /// Time allowed for an upstream's response headers (504 past it).
     pub upstream_timeout_ms: u64,
+    /// Time allowed to connect to an upstream (502 past it).
+    pub connect_timeout_ms: u64,
+    /// Largest request body accepted (413 beyond it).
+    pub max_request_body_bytes: u64,
     /// The billing role's control API, where quota leases come from (with the admin token).
     pub billing_url: String,
     /// The smallest quota lease asked for, in meter units; busy quotas ask for about 2 s of use.
@@ -143,6 +148,8 @@ impl Default for GatewaySection {
             id: "gw-1".into(),
             key_cache_ttl_ms: 5_000,
             upstream_timeout_ms: 30_000,
+            connect_timeout_ms: 5_000,
+            max_request_body_bytes: 10 * 1024 * 1024,
             billing_url: "http://127.0.0.1:8090".into(),
             quota_lease_size: 100,
             quota_when_billing_unreachable: UnreachableChoice::Serve,

@@ -101,6 +101,8 @@ pub async fn gateway(
             )),
             gateway_id: config.gateway.id.clone(),
             upstream_timeout: Duration::from_millis(config.gateway.upstream_timeout_ms),
+            connect_timeout: Duration::from_millis(config.gateway.connect_timeout_ms),
+            max_request_body_bytes: config.gateway.max_request_body_bytes,
         },
     );
     let listener = tokio::net::TcpListener::bind(config.gateway.listen)

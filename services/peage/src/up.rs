@@ -48,6 +48,16 @@ pub struct UpOptions {
     /// Names this gateway in the events it emits.
     #[arg(long, env = "PEAGE_GATEWAY__ID", default_value = "gw-local")]
     pub gateway_id: String,
+    /// Time allowed for an upstream's response headers, in ms (504 past it).
+    #[arg(
+        long,
+        env = "PEAGE_GATEWAY__UPSTREAM_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub upstream_timeout_ms: u64,
+    /// Largest request body the gateway accepts (413 beyond it).
+    #[arg(long, env = "PEAGE_GATEWAY__MAX_REQUEST_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_request_body_bytes: u64,
     /// Seed a demo API (served by a built-in upstream), a partner and a live key, and write
     /// `<data-dir>/demo.json`.
     #[arg(long)]
@@ -334,6 +344,8 @@ pub async fn run(
         GatewayConfig {
             gateway_id: options.gateway_id.clone(),
             jwt: Some(jwt_config(&oauth, &control_url)),
+            upstream_timeout: Duration::from_millis(options.upstream_timeout_ms),
+            max_request_body_bytes: options.max_request_body_bytes,
             ..GatewayConfig::default()
         },
     );
