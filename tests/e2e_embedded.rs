@@ -72,9 +72,14 @@ impl Peage {
     }
 
     /// Ctrl-C, as a person would press it; the process must exit cleanly.
-    fn interrupt(mut self) {
+    fn interrupt(self) {
+        self.stop_with("-INT")
+    }
+
+    /// Sends `signal` and waits for a clean exit.
+    fn stop_with(mut self, signal: &str) {
         let status = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
+            .args([signal, &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
@@ -86,7 +91,7 @@ impl Peage {
             }
             assert!(
                 Instant::now() < deadline,
-                "peage did not stop within 30 s of Ctrl-C"
+                "peage did not stop within 30 s of {signal}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -1285,4 +1290,36 @@ async fn graphql_and_grpc_calls_are_metered_per_operation_over_http2() {
         );
         assert!(e["request_bytes"].as_i64().unwrap() > 0 && e["response_bytes"].as_i64().is_some());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_calls_in_flight_and_meters_them() {
+    let (_dir, data) = temp_dir();
+    let p = Peage::start(&data);
+    let key = p.s("api_key");
+    let url = format!("{}/demo/v1/slow?ms=1500", p.s("gateway_url"));
+    let calls: Vec<_> = (0..20)
+        .map(|_| {
+            let (url, key) = (url.clone(), key.clone());
+            tokio::spawn(async move {
+                client()
+                    .get(url)
+                    .bearer_auth(key)
+                    .send()
+                    .await
+                    .map(|r| r.status())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = p.child.id();
+    // SIGTERM while the 20 calls wait on the upstream: each must still get its answer.
+    let stopping = tokio::task::spawn_blocking(move || p.stop_with("-TERM"));
+    for c in calls {
+        assert_eq!(c.await.unwrap().expect("an answer, not a reset"), 200);
+    }
+    stopping.await.unwrap();
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    let p = Peage::start(&data);
+    wait_for_calls(&p, 20).await;
 }
