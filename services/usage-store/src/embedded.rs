@@ -1,13 +1,19 @@
 //! Embedded usage store on SQLite (WAL, `synchronous = FULL`: an insert that returned survives
 //! power loss, so the aggregator may commit its log position right after it).
+//!
+//! Raw events, plus hourly rollups written in the same transaction: additive meters read the
+//! rollups for whole hours and raw events only for the edges of a range that is not on the hour,
+//! so a quota check or a month's usage costs hours, not calls.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
 use chrono::DateTime;
 use futures::TryStreamExt;
-use peage_core::{meter::MeterAccumulator, CallEvent, Env, Meter, MeterUsage};
+use peage_core::meter::{evaluate_rollups, MeterAccumulator, RollupRow};
+use peage_core::{CallEvent, Env, Meter, MeterUsage};
 use rust_decimal::Decimal;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -34,7 +40,9 @@ impl SqliteUsageStore {
         sqlx::migrate!("../../schemas/sql/sqlite/usage")
             .run(&pool)
             .await?;
-        Ok(SqliteUsageStore { pool })
+        let store = SqliteUsageStore { pool };
+        store.backfill_rollups().await?;
+        Ok(store)
     }
 
     /// Number of stored events of a partner (both environments), for operators and tests.
@@ -45,6 +53,236 @@ impl SqliteUsageStore {
             .await?;
         Ok(n as u64)
     }
+
+    /// A data directory written before the rollups existed: sum its raw events once.
+    async fn backfill_rollups(&self) -> Result<(), UsageStoreError> {
+        let has_rollups: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM call_rollups_hour)")
+                .fetch_one(&self.pool)
+                .await?;
+        let has_events: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM call_events)")
+            .fetch_one(&self.pool)
+            .await?;
+        if has_rollups || !has_events {
+            return Ok(());
+        }
+        tracing::info!("usage store: summing existing events into hourly rollups (once)");
+        let mut sums: HashMap<RollupKey, Sums> = HashMap::new();
+        let mut rows = sqlx::query(ALL_EVENTS).fetch(&self.pool);
+        while let Some(row) = rows.try_next().await? {
+            let e = row_to_event(&row)?;
+            sums.entry(RollupKey::of(&e)).or_default().add(&e);
+        }
+        drop(rows);
+        let mut tx = self.pool.begin().await?;
+        add_to_rollups(&mut tx, sums).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Raw events of the query's partner and env in `[from, to)` (µs), each as a one-call
+    /// rollup row.
+    async fn raw_rows(
+        &self,
+        query: &UsageQuery,
+        from: i64,
+        to: i64,
+        out: &mut Vec<RollupRow>,
+    ) -> Result<(), UsageStoreError> {
+        if from >= to {
+            return Ok(());
+        }
+        let mut rows = sqlx::query(EVENTS_IN_RANGE)
+            .bind(&query.partner_id)
+            .bind(query.env.as_str())
+            .bind(from)
+            .bind(to)
+            .fetch(&self.pool);
+        while let Some(row) = rows.try_next().await? {
+            let e = row_to_event(&row)?;
+            out.push(RollupRow {
+                calls: 1,
+                units: e.units,
+                request_bytes: e.request_bytes,
+                response_bytes: e.response_bytes,
+                latency_us: e.latency_us,
+                status: e.status,
+                api: e.api,
+                version: e.version,
+                operation: e.operation,
+                method: e.method,
+            });
+        }
+        Ok(())
+    }
+
+    /// Rollup rows covering `[from, to)`: hourly rollups for the whole hours, raw events for
+    /// the edges.
+    async fn rollup_rows(&self, query: &UsageQuery) -> Result<Vec<RollupRow>, UsageStoreError> {
+        let (from, to) = (query.from.timestamp_micros(), query.to.timestamp_micros());
+        let first_hour = from.div_euclid(HOUR_US) * HOUR_US
+            + if from.rem_euclid(HOUR_US) == 0 {
+                0
+            } else {
+                HOUR_US
+            };
+        let end_hour = to.div_euclid(HOUR_US) * HOUR_US;
+        let mut out = Vec::new();
+        if first_hour >= end_hour {
+            self.raw_rows(query, from, to, &mut out).await?;
+            return Ok(out);
+        }
+        self.raw_rows(query, from, first_hour, &mut out).await?;
+        self.raw_rows(query, end_hour, to, &mut out).await?;
+        let mut rows = sqlx::query(
+            "SELECT api, version, operation, method, status, calls, units, request_bytes, response_bytes, latency_us \
+             FROM call_rollups_hour WHERE partner_id = ? AND env = ? AND hour_us >= ? AND hour_us < ?",
+        )
+        .bind(&query.partner_id)
+        .bind(query.env.as_str())
+        .bind(first_hour)
+        .bind(end_hour)
+        .fetch(&self.pool);
+        while let Some(row) = rows.try_next().await? {
+            let units: String = row.try_get("units")?;
+            out.push(RollupRow {
+                api: row.try_get("api")?,
+                version: row.try_get("version")?,
+                operation: row.try_get("operation")?,
+                method: row.try_get("method")?,
+                status: row.try_get::<i64, _>("status")? as u16,
+                calls: row.try_get::<i64, _>("calls")? as u64,
+                units: Decimal::from_str(&units).map_err(|e| UsageStoreError::Corrupt {
+                    id: format!("rollup of {}", query.partner_id),
+                    reason: format!("units {units:?}: {e}"),
+                })?,
+                request_bytes: row.try_get::<i64, _>("request_bytes")? as u64,
+                response_bytes: row.try_get::<i64, _>("response_bytes")? as u64,
+                latency_us: row.try_get::<i64, _>("latency_us")? as u64,
+            });
+        }
+        Ok(out)
+    }
+}
+
+const HOUR_US: i64 = 3_600_000_000;
+
+/// 16 parameters a row: 100 rows stay far below SQLite's 32,766 bound parameters.
+const ROWS_PER_INSERT: usize = 100;
+
+macro_rules! select_events {
+    ($where:literal) => {
+        concat!(
+            "SELECT partner_id, id, time_us, key_id, env, api, version, operation, method, status, \
+             latency_us, request_bytes, response_bytes, units, gateway_id FROM call_events",
+            $where
+        )
+    };
+}
+
+const ALL_EVENTS: &str = select_events!("");
+
+/// A partner's events of one env in `[from, to)` (µs).
+const EVENTS_IN_RANGE: &str =
+    select_events!(" WHERE partner_id = ? AND env = ? AND time_us >= ? AND time_us < ?");
+
+#[derive(PartialEq, Eq, Hash)]
+struct RollupKey {
+    partner_id: String,
+    env: &'static str,
+    hour_us: i64,
+    api: String,
+    version: String,
+    operation: String,
+    method: String,
+    status: u16,
+}
+
+impl RollupKey {
+    fn of(e: &CallEvent) -> RollupKey {
+        RollupKey {
+            partner_id: e.partner_id.clone(),
+            env: e.env.as_str(),
+            hour_us: e.time_us().div_euclid(HOUR_US) * HOUR_US,
+            api: e.api.clone(),
+            version: e.version.clone(),
+            operation: e.operation.clone(),
+            method: e.method.clone(),
+            status: e.status,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Sums {
+    calls: i64,
+    units: Decimal,
+    request_bytes: i64,
+    response_bytes: i64,
+    latency_us: i64,
+}
+
+impl Sums {
+    fn add(&mut self, e: &CallEvent) {
+        self.calls += 1;
+        self.units += e.units;
+        self.request_bytes += e.request_bytes as i64;
+        self.response_bytes += e.response_bytes as i64;
+        self.latency_us += e.latency_us as i64;
+    }
+}
+
+/// Adds `sums` to the stored rollups, exactly (units as decimals, in Rust).
+async fn add_to_rollups(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    sums: HashMap<RollupKey, Sums>,
+) -> Result<(), UsageStoreError> {
+    for (k, s) in sums {
+        let prior: Option<String> = sqlx::query_scalar(
+            "SELECT units FROM call_rollups_hour WHERE partner_id = ? AND env = ? AND hour_us = ? \
+             AND api = ? AND version = ? AND operation = ? AND method = ? AND status = ?",
+        )
+        .bind(&k.partner_id)
+        .bind(k.env)
+        .bind(k.hour_us)
+        .bind(&k.api)
+        .bind(&k.version)
+        .bind(&k.operation)
+        .bind(&k.method)
+        .bind(k.status as i64)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let prior = match prior {
+            Some(p) => Decimal::from_str(&p).map_err(|e| UsageStoreError::Corrupt {
+                id: format!("rollup of {}", k.partner_id),
+                reason: format!("units {p:?}: {e}"),
+            })?,
+            None => Decimal::ZERO,
+        };
+        sqlx::query(
+            "INSERT INTO call_rollups_hour (partner_id, env, hour_us, api, version, operation, method, status, \
+             calls, units, request_bytes, response_bytes, latency_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (partner_id, env, hour_us, api, version, operation, method, status) DO UPDATE SET \
+             calls = calls + excluded.calls, units = excluded.units, request_bytes = request_bytes + excluded.request_bytes, \
+             response_bytes = response_bytes + excluded.response_bytes, latency_us = latency_us + excluded.latency_us",
+        )
+        .bind(&k.partner_id)
+        .bind(k.env)
+        .bind(k.hour_us)
+        .bind(&k.api)
+        .bind(&k.version)
+        .bind(&k.operation)
+        .bind(&k.method)
+        .bind(k.status as i64)
+        .bind(s.calls)
+        .bind((prior + s.units).normalize().to_string())
+        .bind(s.request_bytes)
+        .bind(s.response_bytes)
+        .bind(s.latency_us)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 fn row_to_event(row: &sqlx::sqlite::SqliteRow) -> Result<CallEvent, UsageStoreError> {
@@ -82,36 +320,51 @@ impl UsageStore for SqliteUsageStore {
     async fn insert(&self, events: &[CallEvent]) -> Result<InsertOutcome, UsageStoreError> {
         let mut tx = self.pool.begin().await?;
         let mut outcome = InsertOutcome::default();
-        for e in events {
-            let attributes = serde_json::to_string(&e.attributes).unwrap_or_else(|_| "{}".into());
-            let done = sqlx::query(
-                "INSERT OR IGNORE INTO call_events (partner_id, id, time_us, key_id, env, api, version, operation, method, status, latency_us, request_bytes, response_bytes, units, gateway_id, attributes) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&e.partner_id)
-            .bind(e.id.to_string())
-            .bind(e.time_us())
-            .bind(&e.key_id)
-            .bind(e.env.as_str())
-            .bind(&e.api)
-            .bind(&e.version)
-            .bind(&e.operation)
-            .bind(&e.method)
-            .bind(e.status as i64)
-            .bind(e.latency_us as i64)
-            .bind(e.request_bytes as i64)
-            .bind(e.response_bytes as i64)
-            .bind(e.units.normalize().to_string())
-            .bind(&e.gateway_id)
-            .bind(attributes)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 1 {
-                outcome.inserted += 1;
-            } else {
-                outcome.duplicates += 1;
+        let mut sums: HashMap<RollupKey, Sums> = HashMap::new();
+        // Many rows per statement (each statement is a round trip to SQLite's thread);
+        // RETURNING names the rows actually inserted, so duplicates add nothing to rollups.
+        for chunk in events.chunks(ROWS_PER_INSERT) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT OR IGNORE INTO call_events (partner_id, id, time_us, key_id, env, api, version, operation, method, status, latency_us, request_bytes, response_bytes, units, gateway_id, attributes) ",
+            );
+            q.push_values(chunk, |mut row, e| {
+                let attributes =
+                    serde_json::to_string(&e.attributes).unwrap_or_else(|_| "{}".into());
+                row.push_bind(e.partner_id.clone())
+                    .push_bind(e.id.to_string())
+                    .push_bind(e.time_us())
+                    .push_bind(e.key_id.clone())
+                    .push_bind(e.env.as_str())
+                    .push_bind(e.api.clone())
+                    .push_bind(e.version.clone())
+                    .push_bind(e.operation.clone())
+                    .push_bind(e.method.clone())
+                    .push_bind(e.status as i64)
+                    .push_bind(e.latency_us as i64)
+                    .push_bind(e.request_bytes as i64)
+                    .push_bind(e.response_bytes as i64)
+                    .push_bind(e.units.normalize().to_string())
+                    .push_bind(e.gateway_id.clone())
+                    .push_bind(attributes);
+            });
+            q.push(" RETURNING partner_id, id");
+            let mut inserted: std::collections::HashSet<(String, String)> = q
+                .build_query_as::<(String, String)>()
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
+            for e in chunk {
+                // Removed on first sight: the same id twice in one batch counts once.
+                if inserted.remove(&(e.partner_id.clone(), e.id.to_string())) {
+                    outcome.inserted += 1;
+                    sums.entry(RollupKey::of(e)).or_default().add(e);
+                } else {
+                    outcome.duplicates += 1;
+                }
             }
         }
+        add_to_rollups(&mut tx, sums).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -121,23 +374,38 @@ impl UsageStore for SqliteUsageStore {
         query: &UsageQuery,
         meters: &[Meter],
     ) -> Result<Vec<MeterUsage>, UsageStoreError> {
-        let mut accs: Vec<MeterAccumulator> = meters.iter().map(Meter::accumulator).collect();
-        let mut rows = sqlx::query(
-            "SELECT partner_id, id, time_us, key_id, env, api, version, operation, method, status, latency_us, request_bytes, response_bytes, units, gateway_id \
-             FROM call_events WHERE partner_id = ? AND env = ? AND time_us >= ? AND time_us < ?",
-        )
-        .bind(&query.partner_id)
-        .bind(query.env.as_str())
-        .bind(query.from.timestamp_micros())
-        .bind(query.to.timestamp_micros())
-        .fetch(&self.pool);
-        while let Some(row) = rows.try_next().await? {
-            let event = row_to_event(&row)?;
-            for a in &mut accs {
-                a.add(&event);
+        let rollups = if meters.iter().any(Meter::rollup_compatible) {
+            self.rollup_rows(query).await?
+        } else {
+            Vec::new()
+        };
+        let mut raw: Vec<MeterAccumulator> = meters
+            .iter()
+            .filter(|m| !m.rollup_compatible())
+            .map(Meter::accumulator)
+            .collect();
+        if !raw.is_empty() {
+            let mut rows = sqlx::query(EVENTS_IN_RANGE)
+                .bind(&query.partner_id)
+                .bind(query.env.as_str())
+                .bind(query.from.timestamp_micros())
+                .bind(query.to.timestamp_micros())
+                .fetch(&self.pool);
+            while let Some(row) = rows.try_next().await? {
+                let event = row_to_event(&row)?;
+                for a in &mut raw {
+                    a.add(&event);
+                }
             }
         }
-        Ok(accs.into_iter().map(MeterAccumulator::finish).collect())
+        let mut raw = raw.into_iter().map(MeterAccumulator::finish);
+        Ok(meters
+            .iter()
+            .map(|m| match evaluate_rollups(m, &rollups) {
+                Some(u) => u,
+                None => raw.next().expect("one raw result per raw meter"),
+            })
+            .collect())
     }
 }
 
@@ -213,13 +481,22 @@ mod tests {
         let mut other = a.clone();
         other.partner_id = "prt_b".into();
         assert_eq!(store.insert(&[other]).await.unwrap().inserted, 1);
+        // The same id twice in one batch is one event.
+        let c = event("prt_a", 3, "0.4", Env::Live);
+        assert_eq!(
+            store.insert(&[c.clone(), c]).await.unwrap(),
+            InsertOutcome {
+                inserted: 1,
+                duplicates: 1
+            }
+        );
         let u = store
             .meter_usage(&query("prt_a", Env::Live), &meters())
             .await
             .unwrap();
-        assert_eq!(u[0].quantity, Decimal::from(2));
-        // 0.1 + 0.2 is exactly 0.3 here: no float anywhere on the path.
-        assert_eq!(u[1].quantity.to_string(), "0.3");
+        assert_eq!(u[0].quantity, Decimal::from(3));
+        // 0.1 + 0.2 + 0.4 is exactly 0.7 here: no float anywhere on the path.
+        assert_eq!(u[1].quantity.to_string(), "0.7");
     }
 
     #[tokio::test]
@@ -277,5 +554,97 @@ mod tests {
                 .to_string(),
             "2.5"
         );
+    }
+
+    /// Meters over rollups plus raw edges equal the same meters over the raw events, for
+    /// ranges on and off the hour, and after a backfill of an old data directory.
+    #[tokio::test]
+    async fn rollups_and_raw_edges_equal_the_raw_events_over_any_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.db");
+        let store = SqliteUsageStore::open(&path).await.unwrap();
+        let mut events = Vec::new();
+        for i in 0..400i64 {
+            // Three and a bit hours, two operations, three statuses, units with decimals.
+            let mut e = event(
+                "prt_a",
+                i * 31 + (i % 7),
+                &format!("{}.{}", i % 4, i % 10),
+                Env::Live,
+            );
+            e.operation = if i % 3 == 0 {
+                "GET /a".into()
+            } else {
+                "POST /b".into()
+            };
+            e.status = [200, 404, 503][(i % 5 % 3) as usize];
+            e.latency_us = (i * 37 % 1000) as u64;
+            events.push(e);
+        }
+        // Inserted in batches, each batch again (duplicates must not add to the rollups).
+        for batch in events.chunks(64) {
+            store.insert(batch).await.unwrap();
+            store.insert(batch).await.unwrap();
+        }
+        let m = |name: &str, aggregation, field, group: bool| Meter {
+            name: name.into(),
+            aggregation,
+            field,
+            scale: None,
+            filter: if group {
+                [(
+                    peage_core::meter::Dimension::StatusClass,
+                    ["2xx".to_string(), "4xx".to_string()].into(),
+                )]
+                .into()
+            } else {
+                Default::default()
+            },
+            group_by: if group {
+                vec![peage_core::meter::Dimension::Operation]
+            } else {
+                vec![]
+            },
+        };
+        let meters = vec![
+            m("calls", Aggregation::Count, MeterField::Calls, false),
+            m("units_ok", Aggregation::Sum, MeterField::Units, true),
+            m("latency", Aggregation::Sum, MeterField::LatencyMs, false),
+            m("slowest", Aggregation::Max, MeterField::LatencyMs, false),
+        ];
+        let start = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+        let ranges = [
+            (Duration::zero(), Duration::hours(24)),
+            (Duration::minutes(17), Duration::minutes(150)),
+            (Duration::minutes(61), Duration::minutes(62)),
+            (Duration::hours(1), Duration::hours(3)),
+            (Duration::seconds(-5), Duration::seconds(3601)),
+        ];
+        let check = |store: SqliteUsageStore| {
+            let (events, meters) = (events.clone(), meters.clone());
+            async move {
+                for (from, to) in ranges {
+                    let mut q = query("prt_a", Env::Live);
+                    (q.from, q.to) = (start + from, start + to);
+                    let inside: Vec<&CallEvent> = events
+                        .iter()
+                        .filter(|e| e.time >= q.from && e.time < q.to)
+                        .collect();
+                    assert_eq!(
+                        store.meter_usage(&q, &meters).await.unwrap(),
+                        peage_core::meter::evaluate(&meters, inside),
+                        "{from} .. {to}"
+                    );
+                }
+            }
+        };
+        check(store.clone()).await;
+        // An old data directory: raw events and no rollups. Opening it sums them once.
+        sqlx::query("DELETE FROM call_rollups_hour")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        drop(store);
+        check(SqliteUsageStore::open(&path).await.unwrap()).await;
     }
 }
