@@ -10,6 +10,7 @@ use axum::Json;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use peage_billing_store::{Partner, QuotaKey};
+use peage_core::period::BillingPeriod;
 use peage_core::pricing::{Plan, Quota, QuotaKind};
 use peage_core::quota::{Lease, LeaseRequest, QuotaDecision};
 use peage_core::{Env, Meter};
@@ -53,20 +54,20 @@ fn context<'a>(
     Ok(QuotaContext { plan, quota, meter })
 }
 
-/// Metered usage of one meter for the partner and env in `[from, now)`.
+/// Metered usage of one meter for the partner and env in the period. The whole period, not up
+/// to now: a period starts and ends on the hour, so stores answer from rollups alone.
 async fn used(
     api: &ControlApi,
     partner_id: &str,
     env: Env,
     meter: &Meter,
-    from: DateTime<Utc>,
-    now: DateTime<Utc>,
+    period: &BillingPeriod,
 ) -> Result<Decimal, ApiError> {
     let query = UsageQuery {
         partner_id: partner_id.to_string(),
         env,
-        from,
-        to: now,
+        from: period.start,
+        to: period.end,
     };
     let usage = api
         .usage
@@ -94,7 +95,7 @@ impl ControlApi {
         let ctx = context(self, &partner, &req.meter)?;
         let now = Utc::now();
         let period = ctx.plan.period.containing(now);
-        let used = used(self, &partner.id, req.env, ctx.meter, period.start, now).await?;
+        let used = used(self, &partner.id, req.env, ctx.meter, &period).await?;
         let key = QuotaKey {
             partner_id: partner.id.clone(),
             env: req.env,
@@ -179,7 +180,7 @@ pub async fn partner_quotas(
             partner_id: partner.id.clone(),
             env,
             from: period.start,
-            to: now,
+            to: period.end,
         };
         let usage = api.usage.meter_usage(&query, &meters).await?;
         for (q, u) in plan.quotas.iter().zip(&usage) {
