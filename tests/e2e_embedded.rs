@@ -1008,7 +1008,7 @@ async fn access_tokens_from_peage_and_from_a_partner_identity_provider() {
 
 /// The demo catalog plus a GraphQL API (on the demo upstream's echo route) and a gRPC API on a
 /// real tonic server, with meters that split calls and units by operation.
-fn protocols_catalog(data: &Path, grpc_upstream: std::net::SocketAddr) {
+fn protocols_catalog(data: &Path, grpc_upstream: &str) {
     std::fs::create_dir_all(data).unwrap();
     let demo_catalog = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("src/demo-catalog.toml"),
@@ -1030,7 +1030,7 @@ name = "greet"
 id = "v1"
 protocol = "grpc"
 grpc_services = ["greet.v1.Greeter"]
-live = "http://{grpc_upstream}"
+live = "{grpc_upstream}"
 operations = {{ "/greet.v1.Greeter/Collect" = {{ units = 2 }} }}
 
 [[meter]]
@@ -1090,7 +1090,7 @@ async fn graphql_and_grpc_calls_are_metered_per_operation_over_http2() {
 
     let (_dir, data) = temp_dir();
     let upstream = peage_grpc_upstream::spawn().await.unwrap();
-    protocols_catalog(&data, upstream);
+    protocols_catalog(&data, &format!("http://{upstream}"));
     let p = Peage::start_with(&data, &[("PEAGE_GATEWAY__MAX_REQUEST_BODY_BYTES", "65536")]);
     let key = p.s("api_key");
     let gw = p.s("gateway_url");
@@ -1322,4 +1322,84 @@ async fn sigterm_drains_calls_in_flight_and_meters_them() {
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
     let p = Peage::start(&data);
     wait_for_calls(&p, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_to_a_tls_upstream_signed_by_a_private_ca() {
+    use peage_grpc_upstream::pb::{CountdownRequest, HelloRequest};
+    use peage_grpc_upstream::GreeterClient;
+
+    let (_dir, data) = temp_dir();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert_pem = cert.cert.pem();
+    let upstream =
+        peage_grpc_upstream::spawn_tls(cert_pem.clone(), cert.signing_key.serialize_pem())
+            .await
+            .unwrap();
+    protocols_catalog(&data, &format!("https://{upstream}"));
+    let ca_file = data.join("upstream-ca.pem");
+    std::fs::write(&ca_file, &cert_pem).unwrap();
+
+    let greeter = |p: &Peage| {
+        let (gw, key) = (p.s("gateway_url"), p.s("api_key"));
+        async move {
+            let channel = tonic::transport::Channel::from_shared(gw)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let bearer: tonic::metadata::MetadataValue<_> =
+                format!("Bearer {key}").parse().unwrap();
+            GreeterClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+                r.metadata_mut().insert("authorization", bearer.clone());
+                Ok(r)
+            })
+        }
+    };
+    let hello = || HelloRequest { name: "tls".into() };
+
+    // Without the CA the upstream's certificate is not trusted: UNAVAILABLE, metered as a 502.
+    let p = Peage::start(&data);
+    let refused = greeter(&p).await.say_hello(hello()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    events_of(&data, "greet", 1).await;
+    p.interrupt();
+
+    let ca = ca_file.to_str().unwrap();
+    let p = Peage::start_with(&data, &[("PEAGE_GATEWAY__UPSTREAM_CA_FILE", ca)]);
+    let mut g = greeter(&p).await;
+    assert_eq!(
+        g.say_hello(hello()).await.unwrap().into_inner().message,
+        "hello tls"
+    );
+    let mut stream = g
+        .countdown(CountdownRequest { count: 3 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut n = 0;
+    while stream.message().await.unwrap().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 3);
+    let events = events_of(&data, "greet", 3).await;
+    let seen: Vec<(i64, &str, &str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["status"].as_i64().unwrap(),
+                e["operation"].as_str().unwrap(),
+                e["units"].as_str().unwrap(),
+                e["attributes"]["grpc_status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (502, "/greet.v1.Greeter/SayHello", "1", "14"),
+            (200, "/greet.v1.Greeter/SayHello", "1", "0"),
+            (200, "/greet.v1.Greeter/Countdown", "3", "0"),
+        ]
+    );
 }

@@ -79,7 +79,7 @@ impl JwtVerifier {
     pub fn new(config: JwtConfig) -> JwtVerifier {
         JwtVerifier {
             config,
-            client: crate::proxy::upstream_client(std::time::Duration::from_secs(5), false),
+            client: crate::proxy::upstream_client(std::time::Duration::from_secs(5), false, &[]),
             sets: Default::default(),
             fetches: Default::default(),
         }

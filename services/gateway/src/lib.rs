@@ -30,6 +30,9 @@ use peage_eventlog::EventEmitter;
 pub use jwt::JwtConfig;
 pub use keys::{KeyCache, KeyResolver, ResolvedIssuer, ResolvedKey};
 pub use limits::RateLimits;
+pub use proxy::parse_pem_certificates;
+/// A DER certificate, as trusted for upstreams.
+pub type Certificate = rustls::pki_types::CertificateDer<'static>;
 pub use quota::{QuotaAuthority, QuotaConfig, Quotas};
 
 #[derive(Debug, Clone)]
@@ -42,6 +45,8 @@ pub struct GatewayConfig {
     pub connect_timeout: Duration,
     /// Largest request body accepted; larger ones are answered 413.
     pub max_request_body_bytes: u64,
+    /// CA certificates trusted for `https://` upstreams besides the system's (a private CA).
+    pub upstream_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// Accept JWTs (Péage's own and partners' issuers); `None`: API keys only.
     pub jwt: Option<JwtConfig>,
 }
@@ -53,6 +58,7 @@ impl Default for GatewayConfig {
             upstream_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             max_request_body_bytes: 10 * 1024 * 1024,
+            upstream_roots: Vec::new(),
             jwt: None,
         }
     }
@@ -85,8 +91,8 @@ impl Gateway {
             catalog,
             keys,
             emitter,
-            client: proxy::upstream_client(config.connect_timeout, false),
-            h2_client: proxy::upstream_client(config.connect_timeout, true),
+            client: proxy::upstream_client(config.connect_timeout, false, &config.upstream_roots),
+            h2_client: proxy::upstream_client(config.connect_timeout, true, &config.upstream_roots),
             limits: RateLimits::default(),
             quotas,
             jwt: config.jwt.clone().map(jwt::JwtVerifier::new),

@@ -20,6 +20,8 @@ use peage_core::catalog::{Protocol, VersionStatus};
 use peage_core::ids::api_key;
 use peage_core::{CallEvent, Env};
 use rust_decimal::Decimal;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 use crate::body::{CountingBody, Finished, MeteredBody, OnFinish, RequestTally};
 use crate::jwt::{scope_allows, JwtError};
@@ -31,28 +33,42 @@ use crate::{graphql, grpc, problem, Gateway};
 pub(crate) type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
 /// A pooled client for upstreams. `http2_only`: gRPC upstreams, spoken to over HTTP/2 with prior
-/// knowledge (h2c) on `http://` and through ALPN on `https://`.
-pub(crate) fn upstream_client(connect_timeout: Duration, http2_only: bool) -> UpstreamClient {
+/// knowledge (h2c) on `http://` and through ALPN on `https://`. `https://` upstreams are
+/// verified against the system's CA certificates plus `extra_roots` (a private CA).
+pub(crate) fn upstream_client(
+    connect_timeout: Duration,
+    http2_only: bool,
+    extra_roots: &[CertificateDer<'static>],
+) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
-    let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
-        Ok(b) => b,
-        Err(e) => {
-            // Plain-http upstreams still work; https ones fail verification, loudly.
-            tracing::warn!(error = %e, "no system CA certificates found; https upstreams will be refused");
-            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth();
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::warn!(error = %e, "gateway: a system CA certificate could not be read");
+    }
+    let (added, _) = roots.add_parsable_certificates(native.certs);
+    for cert in extra_roots {
+        if let Err(e) = roots.add(cert.clone()) {
+            tracing::warn!(error = %e, "gateway: an upstream CA certificate was refused");
         }
-    };
-    let builder = builder.https_or_http();
+    }
+    if added == 0 && extra_roots.is_empty() {
+        // Plain-http upstreams still work; https ones fail verification, loudly.
+        tracing::warn!("no system CA certificates found; https upstreams will be refused");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http();
     let https = if http2_only {
         builder.enable_http2().wrap_connector(http)
     } else {
@@ -63,6 +79,17 @@ pub(crate) fn upstream_client(connect_timeout: Duration, http2_only: bool) -> Up
         .pool_idle_timeout(Duration::from_secs(90))
         .http2_only(http2_only)
         .build(https)
+}
+
+/// The certificates of a PEM file's text (a private CA for upstreams).
+pub fn parse_pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err("no CERTIFICATE block in the file".into());
+    }
+    Ok(certs)
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
@@ -885,6 +912,17 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key(header::ACCEPT));
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_pem_certificates() {
+        assert!(parse_pem_certificates(b"")
+            .unwrap_err()
+            .contains("no CERTIFICATE"));
+        assert!(parse_pem_certificates(
+            b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n"
+        )
+        .is_err());
     }
 
     #[test]

@@ -467,7 +467,7 @@ impl HttpQuotaAuthority {
         let authorization = http::HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| "the billing token is not a valid header value".to_string())?;
         Ok(HttpQuotaAuthority {
-            client: crate::proxy::upstream_client(std::time::Duration::from_secs(5), false),
+            client: crate::proxy::upstream_client(std::time::Duration::from_secs(5), false, &[]),
             url,
             authorization,
             timeout,

@@ -108,6 +108,8 @@ pub struct GatewaySection {
     pub connect_timeout_ms: u64,
     /// Largest request body accepted (413 beyond it).
     pub max_request_body_bytes: u64,
+    /// A PEM file of CA certificates trusted for `https://` upstreams besides the system's.
+    pub upstream_ca_file: Option<std::path::PathBuf>,
     /// The billing role's control API, where quota leases come from (with the admin token).
     pub billing_url: String,
     /// The smallest quota lease asked for, in meter units; busy quotas ask for about 2 s of use.
@@ -150,6 +152,7 @@ impl Default for GatewaySection {
             upstream_timeout_ms: 30_000,
             connect_timeout_ms: 5_000,
             max_request_body_bytes: 10 * 1024 * 1024,
+            upstream_ca_file: None,
             billing_url: "http://127.0.0.1:8090".into(),
             quota_lease_size: 100,
             quota_when_billing_unreachable: UnreachableChoice::Serve,

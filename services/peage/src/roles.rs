@@ -103,6 +103,7 @@ pub async fn gateway(
             upstream_timeout: Duration::from_millis(config.gateway.upstream_timeout_ms),
             connect_timeout: Duration::from_millis(config.gateway.connect_timeout_ms),
             max_request_body_bytes: config.gateway.max_request_body_bytes,
+            upstream_roots: crate::up::upstream_roots(config.gateway.upstream_ca_file.as_deref())?,
         },
     );
     let listener = tokio::net::TcpListener::bind(config.gateway.listen)

@@ -58,6 +58,9 @@ pub struct UpOptions {
     /// Largest request body the gateway accepts (413 beyond it).
     #[arg(long, env = "PEAGE_GATEWAY__MAX_REQUEST_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_request_body_bytes: u64,
+    /// PEM file of CA certificates trusted for https upstreams besides the system's.
+    #[arg(long, env = "PEAGE_GATEWAY__UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<PathBuf>,
     /// Seed a demo API (served by a built-in upstream), a partner and a live key, and write
     /// `<data-dir>/demo.json`.
     #[arg(long)]
@@ -74,6 +77,19 @@ pub struct DemoInfo {
     pub api_key: String,
     /// The process that wrote this file, so scripts can tell a fresh file from a stale one.
     pub pid: u32,
+}
+
+/// The CA certificates of `gateway.upstream_ca_file`, if one is configured.
+pub(crate) fn upstream_roots(
+    path: Option<&Path>,
+) -> anyhow::Result<Vec<peage_gateway::Certificate>> {
+    let Some(path) = path else {
+        return Ok(Vec::new());
+    };
+    let pem = std::fs::read(path)
+        .with_context(|| format!("reading the upstream CA file {}", path.display()))?;
+    peage_gateway::parse_pem_certificates(&pem)
+        .map_err(|e| anyhow::anyhow!("upstream CA file {}: {e}", path.display()))
 }
 
 /// The gateway asks billing state for keys directly when they share a process.
@@ -346,6 +362,7 @@ pub async fn run(
             jwt: Some(jwt_config(&oauth, &control_url)),
             upstream_timeout: Duration::from_millis(options.upstream_timeout_ms),
             max_request_body_bytes: options.max_request_body_bytes,
+            upstream_roots: upstream_roots(options.upstream_ca_file.as_deref())?,
             ..GatewayConfig::default()
         },
     );

@@ -65,20 +65,38 @@ impl Greeter for Service {
     }
 }
 
-/// Serves the Greeter on `listener` until the task is dropped or aborted.
-pub async fn serve(listener: tokio::net::TcpListener) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
+/// Serves the Greeter on `listener` until the task is dropped or aborted: h2c, or TLS with
+/// `tls = Some((certificate PEM, private key PEM))`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<(String, String)>,
+) -> Result<(), tonic::transport::Error> {
+    let mut server = tonic::transport::Server::builder();
+    if let Some((cert, key)) = tls {
+        let identity = tonic::transport::Identity::from_pem(cert, key);
+        server = server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    server
         .add_service(GreeterServer::new(Service))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
         .await
 }
 
-/// Binds a free local port and serves there in the background.
+/// Binds a free local port and serves there in the background (h2c).
 pub async fn spawn() -> std::io::Result<SocketAddr> {
+    spawn_with(None).await
+}
+
+/// The same over TLS with this certificate and key (PEM).
+pub async fn spawn_tls(cert_pem: String, key_pem: String) -> std::io::Result<SocketAddr> {
+    spawn_with(Some((cert_pem, key_pem))).await
+}
+
+async fn spawn_with(tls: Option<(String, String)>) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
-        if let Err(e) = serve(listener).await {
+        if let Err(e) = serve(listener, tls).await {
             eprintln!("grpc upstream stopped: {e}");
         }
     });
