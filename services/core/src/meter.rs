@@ -382,6 +382,23 @@ pub fn evaluate_rollups(meter: &Meter, rows: &[RollupRow]) -> Option<MeterUsage>
     })
 }
 
+/// Every meter's usage: the rollup-compatible ones over `rollups`, the others taken in order
+/// from `raw` (one result per meter that needs raw events, as a store computed them).
+pub fn combine(
+    meters: &[Meter],
+    rollups: &[RollupRow],
+    raw: impl IntoIterator<Item = MeterUsage>,
+) -> Vec<MeterUsage> {
+    let mut raw = raw.into_iter();
+    meters
+        .iter()
+        .map(|m| match evaluate_rollups(m, rollups) {
+            Some(u) => u,
+            None => raw.next().expect("one raw result per raw meter"),
+        })
+        .collect()
+}
+
 /// Evaluates every meter over one pass of events.
 pub fn evaluate<'a>(
     meters: &[Meter],

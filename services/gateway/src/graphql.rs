@@ -73,14 +73,14 @@ pub(crate) fn read(
 pub(crate) fn operation(query: &str, wanted: Option<&str>) -> Result<GraphqlCall, String> {
     let doc: Document<&str> =
         parse_query(query).map_err(|e| format!("the GraphQL document does not parse: {e}"))?;
-    let ops: Vec<&OperationDefinition<&str>> = doc
-        .definitions
-        .iter()
-        .filter_map(|d| match d {
-            Definition::Operation(op) => Some(op),
-            Definition::Fragment(_) => None,
-        })
-        .collect();
+    let mut ops: Vec<&OperationDefinition<&str>> = Vec::new();
+    let mut fragments: Vec<&FragmentDefinition<&str>> = Vec::new();
+    for d in &doc.definitions {
+        match d {
+            Definition::Operation(op) => ops.push(op),
+            Definition::Fragment(f) => fragments.push(f),
+        }
+    }
     let op = match wanted.filter(|w| !w.is_empty()) {
         Some(w) => ops
             .iter()
@@ -102,14 +102,6 @@ pub(crate) fn operation(query: &str, wanted: Option<&str>) -> Result<GraphqlCall
         OperationDefinition::Mutation(m) => ("mutation", &m.selection_set),
         OperationDefinition::Subscription(s) => ("subscription", &s.selection_set),
     };
-    let fragments: Vec<&FragmentDefinition<&str>> = doc
-        .definitions
-        .iter()
-        .filter_map(|d| match d {
-            Definition::Fragment(f) => Some(f),
-            Definition::Operation(_) => None,
-        })
-        .collect();
     let mut fields = BTreeSet::new();
     let mut visited = BTreeSet::new();
     root_fields(selection, &fragments, &mut visited, &mut fields);

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use clickhouse::{Client, Row};
 use peage_core::event::UNITS_SCALE;
-use peage_core::meter::{evaluate_rollups, RollupRow};
+use peage_core::meter::{combine, RollupRow};
 use peage_core::{CallEvent, Env, Meter, MeterUsage};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -774,19 +774,12 @@ impl UsageStore for ClickHouseUsageStore {
         } else {
             vec![]
         };
-        let mut raw = if needs_raw.is_empty() {
+        let raw = if needs_raw.is_empty() {
             vec![]
         } else {
             self.meter_usage_raw(query, &needs_raw).await?
-        }
-        .into_iter();
-        Ok(meters
-            .iter()
-            .map(|m| match evaluate_rollups(m, &rollups) {
-                Some(u) => u,
-                None => raw.next().expect("one raw result per raw meter"),
-            })
-            .collect())
+        };
+        Ok(combine(meters, &rollups, raw))
     }
 }
 

@@ -12,7 +12,7 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use chrono::DateTime;
 use futures::TryStreamExt;
-use peage_core::meter::{evaluate_rollups, MeterAccumulator, RollupRow};
+use peage_core::meter::{combine, MeterAccumulator, RollupRow};
 use peage_core::{CallEvent, Env, Meter, MeterUsage};
 use rust_decimal::Decimal;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -198,7 +198,22 @@ struct RollupKey {
     status: u16,
 }
 
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
 impl RollupKey {
+    /// Binds the key's columns, in the table's key order, as the query's next parameters.
+    fn bind<'q>(&'q self, query: SqliteQuery<'q>) -> SqliteQuery<'q> {
+        query
+            .bind(&self.partner_id)
+            .bind(self.env)
+            .bind(self.hour_us)
+            .bind(&self.api)
+            .bind(&self.version)
+            .bind(&self.operation)
+            .bind(&self.method)
+            .bind(self.status as i64)
+    }
+
     fn of(e: &CallEvent) -> RollupKey {
         RollupKey {
             partner_id: e.partner_id.clone(),
@@ -238,20 +253,15 @@ async fn add_to_rollups(
     sums: HashMap<RollupKey, Sums>,
 ) -> Result<(), UsageStoreError> {
     for (k, s) in sums {
-        let prior: Option<String> = sqlx::query_scalar(
-            "SELECT units FROM call_rollups_hour WHERE partner_id = ? AND env = ? AND hour_us = ? \
-             AND api = ? AND version = ? AND operation = ? AND method = ? AND status = ?",
-        )
-        .bind(&k.partner_id)
-        .bind(k.env)
-        .bind(k.hour_us)
-        .bind(&k.api)
-        .bind(&k.version)
-        .bind(&k.operation)
-        .bind(&k.method)
-        .bind(k.status as i64)
-        .fetch_optional(&mut **tx)
-        .await?;
+        let prior: Option<String> = k
+            .bind(sqlx::query(
+                "SELECT units FROM call_rollups_hour WHERE partner_id = ? AND env = ? AND hour_us = ? \
+                 AND api = ? AND version = ? AND operation = ? AND method = ? AND status = ?",
+            ))
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|row| row.try_get("units"))
+            .transpose()?;
         let prior = match prior {
             Some(p) => Decimal::from_str(&p).map_err(|e| UsageStoreError::Corrupt {
                 id: format!("rollup of {}", k.partner_id),
@@ -259,21 +269,13 @@ async fn add_to_rollups(
             })?,
             None => Decimal::ZERO,
         };
-        sqlx::query(
+        k.bind(sqlx::query(
             "INSERT INTO call_rollups_hour (partner_id, env, hour_us, api, version, operation, method, status, \
              calls, units, request_bytes, response_bytes, latency_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (partner_id, env, hour_us, api, version, operation, method, status) DO UPDATE SET \
              calls = calls + excluded.calls, units = excluded.units, request_bytes = request_bytes + excluded.request_bytes, \
              response_bytes = response_bytes + excluded.response_bytes, latency_us = latency_us + excluded.latency_us",
-        )
-        .bind(&k.partner_id)
-        .bind(k.env)
-        .bind(k.hour_us)
-        .bind(&k.api)
-        .bind(&k.version)
-        .bind(&k.operation)
-        .bind(&k.method)
-        .bind(k.status as i64)
+        ))
         .bind(s.calls)
         .bind((prior + s.units).normalize().to_string())
         .bind(s.request_bytes)
@@ -398,14 +400,11 @@ impl UsageStore for SqliteUsageStore {
                 }
             }
         }
-        let mut raw = raw.into_iter().map(MeterAccumulator::finish);
-        Ok(meters
-            .iter()
-            .map(|m| match evaluate_rollups(m, &rollups) {
-                Some(u) => u,
-                None => raw.next().expect("one raw result per raw meter"),
-            })
-            .collect())
+        Ok(combine(
+            meters,
+            &rollups,
+            raw.into_iter().map(MeterAccumulator::finish),
+        ))
     }
 }
 
