@@ -305,6 +305,31 @@ pub struct RollupRow {
 }
 
 impl RollupRow {
+    /// The rollup row of one call.
+    pub fn of(e: &CallEvent) -> RollupRow {
+        RollupRow {
+            api: e.api.clone(),
+            version: e.version.clone(),
+            operation: e.operation.clone(),
+            method: e.method.clone(),
+            status: e.status,
+            calls: 1,
+            units: e.units,
+            request_bytes: e.request_bytes,
+            response_bytes: e.response_bytes,
+            latency_us: e.latency_us,
+        }
+    }
+
+    /// Adds one more call with the same dimensions.
+    pub fn add(&mut self, e: &CallEvent) {
+        self.calls += 1;
+        self.units += e.units;
+        self.request_bytes += e.request_bytes;
+        self.response_bytes += e.response_bytes;
+        self.latency_us += e.latency_us;
+    }
+
     fn dimension(&self, d: Dimension) -> Option<&str> {
         Some(match d {
             Dimension::Api => &self.api,

@@ -194,7 +194,7 @@ impl Rollup {
     }
 }
 
-fn ceil_to(t: DateTime<Utc>, width: TimeDelta) -> DateTime<Utc> {
+pub(crate) fn ceil_to(t: DateTime<Utc>, width: TimeDelta) -> DateTime<Utc> {
     let floor = t.duration_trunc(width).unwrap_or(t);
     if floor == t {
         t
@@ -203,7 +203,7 @@ fn ceil_to(t: DateTime<Utc>, width: TimeDelta) -> DateTime<Utc> {
     }
 }
 
-fn floor_to(t: DateTime<Utc>, width: TimeDelta) -> DateTime<Utc> {
+pub(crate) fn floor_to(t: DateTime<Utc>, width: TimeDelta) -> DateTime<Utc> {
     t.duration_trunc(width).unwrap_or(t)
 }
 

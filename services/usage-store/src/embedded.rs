@@ -5,6 +5,7 @@
 //! rollups for whole hours and raw events only for the edges of a range that is not on the hour,
 //! so a quota check or a month's usage costs hours, not calls.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
@@ -18,6 +19,7 @@ use rust_decimal::Decimal;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
+use crate::clickhouse::{ceil_to, floor_to};
 use crate::{InsertOutcome, UsageQuery, UsageStore, UsageStoreError};
 
 #[derive(Clone)]
@@ -67,11 +69,16 @@ impl SqliteUsageStore {
             return Ok(());
         }
         tracing::info!("usage store: summing existing events into hourly rollups (once)");
-        let mut sums: HashMap<RollupKey, Sums> = HashMap::new();
+        let mut sums: HashMap<RollupKey, RollupRow> = HashMap::new();
         let mut rows = sqlx::query(ALL_EVENTS).fetch(&self.pool);
         while let Some(row) = rows.try_next().await? {
             let e = row_to_event(&row)?;
-            sums.entry(RollupKey::of(&e)).or_default().add(&e);
+            match sums.entry(RollupKey::of(&e)) {
+                Entry::Occupied(mut r) => r.get_mut().add(&e),
+                Entry::Vacant(v) => {
+                    v.insert(RollupRow::of(&e));
+                }
+            }
         }
         drop(rows);
         let mut tx = self.pool.begin().await?;
@@ -99,19 +106,7 @@ impl SqliteUsageStore {
             .bind(to)
             .fetch(&self.pool);
         while let Some(row) = rows.try_next().await? {
-            let e = row_to_event(&row)?;
-            out.push(RollupRow {
-                calls: 1,
-                units: e.units,
-                request_bytes: e.request_bytes,
-                response_bytes: e.response_bytes,
-                latency_us: e.latency_us,
-                status: e.status,
-                api: e.api,
-                version: e.version,
-                operation: e.operation,
-                method: e.method,
-            });
+            out.push(RollupRow::of(&row_to_event(&row)?));
         }
         Ok(())
     }
@@ -119,14 +114,10 @@ impl SqliteUsageStore {
     /// Rollup rows covering `[from, to)`: hourly rollups for the whole hours, raw events for
     /// the edges.
     async fn rollup_rows(&self, query: &UsageQuery) -> Result<Vec<RollupRow>, UsageStoreError> {
+        let hour = chrono::TimeDelta::hours(1);
         let (from, to) = (query.from.timestamp_micros(), query.to.timestamp_micros());
-        let first_hour = from.div_euclid(HOUR_US) * HOUR_US
-            + if from.rem_euclid(HOUR_US) == 0 {
-                0
-            } else {
-                HOUR_US
-            };
-        let end_hour = to.div_euclid(HOUR_US) * HOUR_US;
+        let first_hour = ceil_to(query.from, hour).timestamp_micros();
+        let end_hour = floor_to(query.to, hour).timestamp_micros();
         let mut out = Vec::new();
         if first_hour >= end_hour {
             self.raw_rows(query, from, to, &mut out).await?;
@@ -164,8 +155,6 @@ impl SqliteUsageStore {
         Ok(out)
     }
 }
-
-const HOUR_US: i64 = 3_600_000_000;
 
 /// 16 parameters a row: 100 rows stay far below SQLite's 32,766 bound parameters.
 const ROWS_PER_INSERT: usize = 100;
@@ -218,7 +207,7 @@ impl RollupKey {
         RollupKey {
             partner_id: e.partner_id.clone(),
             env: e.env.as_str(),
-            hour_us: e.time_us().div_euclid(HOUR_US) * HOUR_US,
+            hour_us: floor_to(e.time, chrono::TimeDelta::hours(1)).timestamp_micros(),
             api: e.api.clone(),
             version: e.version.clone(),
             operation: e.operation.clone(),
@@ -228,29 +217,10 @@ impl RollupKey {
     }
 }
 
-#[derive(Default)]
-struct Sums {
-    calls: i64,
-    units: Decimal,
-    request_bytes: i64,
-    response_bytes: i64,
-    latency_us: i64,
-}
-
-impl Sums {
-    fn add(&mut self, e: &CallEvent) {
-        self.calls += 1;
-        self.units += e.units;
-        self.request_bytes += e.request_bytes as i64;
-        self.response_bytes += e.response_bytes as i64;
-        self.latency_us += e.latency_us as i64;
-    }
-}
-
 /// Adds `sums` to the stored rollups, exactly (units as decimals, in Rust).
 async fn add_to_rollups(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    sums: HashMap<RollupKey, Sums>,
+    sums: HashMap<RollupKey, RollupRow>,
 ) -> Result<(), UsageStoreError> {
     for (k, s) in sums {
         let prior: Option<String> = k
@@ -276,11 +246,11 @@ async fn add_to_rollups(
              calls = calls + excluded.calls, units = excluded.units, request_bytes = request_bytes + excluded.request_bytes, \
              response_bytes = response_bytes + excluded.response_bytes, latency_us = latency_us + excluded.latency_us",
         ))
-        .bind(s.calls)
+        .bind(s.calls as i64)
         .bind((prior + s.units).normalize().to_string())
-        .bind(s.request_bytes)
-        .bind(s.response_bytes)
-        .bind(s.latency_us)
+        .bind(s.request_bytes as i64)
+        .bind(s.response_bytes as i64)
+        .bind(s.latency_us as i64)
         .execute(&mut **tx)
         .await?;
     }
@@ -322,7 +292,7 @@ impl UsageStore for SqliteUsageStore {
     async fn insert(&self, events: &[CallEvent]) -> Result<InsertOutcome, UsageStoreError> {
         let mut tx = self.pool.begin().await?;
         let mut outcome = InsertOutcome::default();
-        let mut sums: HashMap<RollupKey, Sums> = HashMap::new();
+        let mut sums: HashMap<RollupKey, RollupRow> = HashMap::new();
         // Many rows per statement (each statement is a round trip to SQLite's thread);
         // RETURNING names the rows actually inserted, so duplicates add nothing to rollups.
         for chunk in events.chunks(ROWS_PER_INSERT) {
@@ -360,7 +330,12 @@ impl UsageStore for SqliteUsageStore {
                 // Removed on first sight: the same id twice in one batch counts once.
                 if inserted.remove(&(e.partner_id.clone(), e.id.to_string())) {
                     outcome.inserted += 1;
-                    sums.entry(RollupKey::of(e)).or_default().add(e);
+                    match sums.entry(RollupKey::of(e)) {
+                        Entry::Occupied(mut r) => r.get_mut().add(e),
+                        Entry::Vacant(v) => {
+                            v.insert(RollupRow::of(e));
+                        }
+                    }
                 } else {
                     outcome.duplicates += 1;
                 }
