@@ -1,15 +1,27 @@
-//! Invoices: a plan applied to a period's usage. Lines are rounded once each; the subtotal is
-//! their sum, tax is rounded once on the subtotal, and the total is subtotal plus tax.
+//! Invoices: plans applied to a period's usage.
+//!
+//! The rules (docs/pricing.md has worked examples):
+//! - Every line is rounded once, to the currency's minor unit, half to even
+//!   ([`Currency::round`]); the subtotal is the sum of the rounded lines; tax is rounded once, on
+//!   the subtotal; the total is subtotal plus tax. Nothing else rounds.
+//! - A period may span several subscriptions (a plan change mid-period). Each part is priced by
+//!   its own plan version with that part's usage; base fees and minimum commitments are prorated
+//!   by the share of the period's time the part covers.
+//! - Meters with `group_by` give one set of lines per group, each group priced on its own.
+//! - Late usage for periods already finalized arrives as adjustment lines naming their period.
+//! - Prepaid credits reduce the amount due, never below zero; a negative total (a correction
+//!   in the partner's favour) goes back to their credit balance.
 
 use std::collections::BTreeMap;
 
-use rust_decimal::Decimal;
+use chrono::{DateTime, Utc};
+use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
 use crate::meter::MeterUsage;
 use crate::money::Currency;
 use crate::period::BillingPeriod;
-use crate::pricing::Plan;
+use crate::pricing::{Plan, TaxRate};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -18,6 +30,8 @@ pub enum LineKind {
     FreeAllowance,
     Usage,
     CommitmentTopUp,
+    /// Late usage of an earlier, finalized period.
+    Adjustment,
 }
 
 impl LineKind {
@@ -27,8 +41,17 @@ impl LineKind {
             LineKind::FreeAllowance => "free_allowance",
             LineKind::Usage => "usage",
             LineKind::CommitmentTopUp => "commitment_top_up",
+            LineKind::Adjustment => "adjustment",
         }
     }
+}
+
+/// The finalized invoice an adjustment line corrects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdjustedInvoice {
+    pub invoice_id: String,
+    pub number: Option<String>,
+    pub period: BillingPeriod,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,15 +59,22 @@ pub struct InvoiceLine {
     pub kind: LineKind,
     pub description: String,
     pub meter: Option<String>,
+    /// The group's dimensions, for meters with `group_by`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<BTreeMap<String, String>>,
     /// 1-based tier of a graduated or volume charge.
     pub tier: Option<u32>,
     #[serde(with = "rust_decimal::serde::str")]
     pub quantity: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
     pub unit_price: Decimal,
-    /// `quantity × unit_price`, rounded to the currency's minor unit, half to even.
+    /// `quantity × unit_price`, rounded to the currency's minor unit, half to even. Prorated
+    /// base fees and commitments use the exact share of time; their quantity shows it to six
+    /// decimals.
     #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adjusts: Option<AdjustedInvoice>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,152 +86,523 @@ pub struct Tax {
     pub amount: Decimal,
 }
 
+/// The plan version that priced part of the period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanSpan {
+    pub plan_id: String,
+    pub plan_version: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Invoice {
     pub partner_id: String,
+    /// The plan in force at the end of the period (see `plans` for every part).
     pub plan_id: String,
     pub plan_version: String,
     pub currency: Currency,
     pub period: BillingPeriod,
+    /// The IANA time zone the period's boundaries are midnights of.
+    #[serde(default = "utc_name")]
+    pub timezone: String,
+    #[serde(default)]
+    pub plans: Vec<PlanSpan>,
     pub lines: Vec<InvoiceLine>,
     #[serde(with = "rust_decimal::serde::str")]
     pub subtotal: Decimal,
     pub tax: Option<Tax>,
     #[serde(with = "rust_decimal::serde::str")]
     pub total: Decimal,
+    /// Taken from the partner's prepaid credits (negative: given back to them).
+    #[serde(with = "rust_decimal::serde::str", default)]
+    pub credits_applied: Decimal,
+    /// `total − credits_applied`, never below zero.
+    #[serde(with = "rust_decimal::serde::str", default)]
+    pub amount_due: Decimal,
+}
+
+fn utc_name() -> String {
+    "UTC".into()
+}
+
+/// One part of a period priced by one plan version: the part of the period it covers and the
+/// usage metered in it.
+#[derive(Debug, Clone, Copy)]
+pub struct Segment<'a> {
+    pub plan: &'a Plan,
+    pub span: BillingPeriod,
+    pub usage: &'a [MeterUsage],
+}
+
+/// What an invoice is computed from.
+#[derive(Debug, Clone)]
+pub struct InvoiceInput<'a> {
+    pub partner_id: &'a str,
+    pub period: BillingPeriod,
+    pub timezone: &'a str,
+    /// In time order, inside `period`, not overlapping.
+    pub segments: Vec<Segment<'a>>,
+    /// The partner's own tax rate, which replaces the plan's.
+    pub tax: Option<&'a TaxRate>,
+    /// Corrections of earlier periods (kind `Adjustment`, already rounded).
+    pub adjustments: Vec<InvoiceLine>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InvoiceError {
+    #[error("no subscription covers any part of the period")]
+    NoPlan,
+    #[error("the period mixes currencies ({0} and {1}); a plan change must keep the currency")]
+    MixedCurrencies(String, String),
+    #[error("the plan parts are out of order or outside the period")]
+    BadSegments,
+}
+
+/// The share of `period` that `span` covers, as the exact ratio `part / whole` (microseconds).
+/// Amounts multiply by `part` first and divide by `whole` last, so a prorated amount that lands
+/// exactly on a rounding midpoint is not nudged off it by a non-terminating share.
+#[derive(Debug, Clone, Copy)]
+struct Share {
+    part: Decimal,
+    whole: Decimal,
+}
+
+impl Share {
+    fn of(span: &BillingPeriod, period: &BillingPeriod) -> Share {
+        let whole = (period.end - period.start).num_microseconds().unwrap_or(i64::MAX);
+        let part = (span.end - span.start).num_microseconds().unwrap_or(i64::MAX);
+        if whole <= 0 {
+            return Share {
+                part: Decimal::ONE,
+                whole: Decimal::ONE,
+            };
+        }
+        Share {
+            part: Decimal::from(part),
+            whole: Decimal::from(whole),
+        }
+    }
+
+    fn is_whole(&self) -> bool {
+        self.part == self.whole
+    }
+
+    fn ratio(&self) -> Decimal {
+        self.part / self.whole
+    }
+}
+
+/// A prorated line: `amount = round(unit_price × part / whole)`; the quantity shows the share
+/// to six decimals.
+fn prorated_line(
+    kind: LineKind,
+    description: String,
+    unit_price: Decimal,
+    share: Share,
+    cur: Currency,
+) -> InvoiceLine {
+    InvoiceLine {
+        kind,
+        description,
+        meter: None,
+        group: None,
+        tier: None,
+        quantity: share
+            .ratio()
+            .round_dp_with_strategy(6, RoundingStrategy::MidpointNearestEven)
+            .normalize(),
+        unit_price: unit_price.normalize(),
+        amount: cur.round(unit_price * share.part / share.whole),
+        adjusts: None,
+    }
+}
+
+fn describe_span(span: &BillingPeriod, period: &BillingPeriod) -> String {
+    if span == period {
+        String::new()
+    } else {
+        format!(
+            " ({} – {})",
+            span.start.format("%Y-%m-%d %H:%M"),
+            span.end.format("%Y-%m-%d %H:%M")
+        )
+    }
+}
+
+fn group_label(dims: &BTreeMap<String, String>) -> String {
+    dims.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Invoice {
-    /// Prices `usage` (one entry per meter; missing meters count as zero) under `plan`.
+    /// Prices `usage` (one entry per meter; missing meters count as zero) under one `plan` for
+    /// the whole period, in UTC.
     pub fn compute(
         partner_id: &str,
         plan: &Plan,
         period: BillingPeriod,
         usage: &[MeterUsage],
     ) -> Invoice {
-        let cur = plan.currency;
-        let quantities: BTreeMap<&str, Decimal> = usage
-            .iter()
-            .map(|u| (u.meter.as_str(), u.quantity))
-            .collect();
+        Invoice::build(&InvoiceInput {
+            partner_id,
+            period,
+            timezone: "UTC",
+            segments: vec![Segment {
+                plan,
+                span: period,
+                usage,
+            }],
+            tax: None,
+            adjustments: Vec::new(),
+        })
+        .expect("one segment covering the period is always valid")
+    }
+
+    pub fn build(input: &InvoiceInput<'_>) -> Result<Invoice, InvoiceError> {
+        let period = input.period;
+        let last = input.segments.last().ok_or(InvoiceError::NoPlan)?;
+        let cur = last.plan.currency;
+        let mut previous_end = period.start;
+        for s in &input.segments {
+            if s.plan.currency != cur {
+                return Err(InvoiceError::MixedCurrencies(
+                    s.plan.currency.code().into(),
+                    cur.code().into(),
+                ));
+            }
+            if s.span.start < previous_end || s.span.end <= s.span.start || s.span.end > period.end
+            {
+                return Err(InvoiceError::BadSegments);
+            }
+            previous_end = s.span.end;
+        }
         let mut lines = Vec::new();
-        if !plan.base_fee.is_zero() {
-            lines.push(InvoiceLine {
-                kind: LineKind::BaseFee,
-                description: format!("{}: base fee", plan.name),
-                meter: None,
-                tier: None,
-                quantity: Decimal::ONE,
-                unit_price: plan.base_fee,
-                amount: cur.round(plan.base_fee),
-            });
+        // Σ commitment × part, divided by the period's length once at the end.
+        let mut commitment_parts = Decimal::ZERO;
+        let mut has_commitment = false;
+        let whole = Share::of(&period, &period).whole;
+        for s in &input.segments {
+            let plan = s.plan;
+            let share = Share::of(&s.span, &period);
+            let when = describe_span(&s.span, &period);
+            if !plan.base_fee.is_zero() {
+                let description = if share.is_whole() {
+                    format!("{}: base fee", plan.name)
+                } else {
+                    format!("{}: base fee, prorated{when}", plan.name)
+                };
+                lines.push(prorated_line(
+                    LineKind::BaseFee,
+                    description,
+                    plan.base_fee,
+                    share,
+                    cur,
+                ));
+            }
+            if let Some(c) = plan.minimum_commitment {
+                commitment_parts += c * share.part;
+                has_commitment = true;
+            }
+            let quantities: BTreeMap<&str, &MeterUsage> =
+                s.usage.iter().map(|u| (u.meter.as_str(), u)).collect();
+            for charge in &plan.charges {
+                match quantities.get(charge.meter.as_str()) {
+                    Some(u) if !u.groups.is_empty() => {
+                        for g in &u.groups {
+                            let label = group_label(&g.dimensions);
+                            for mut l in charge.price(g.quantity, cur) {
+                                l.description = format!("{} [{label}]{when}", l.description);
+                                l.group = Some(g.dimensions.clone());
+                                lines.push(l);
+                            }
+                        }
+                    }
+                    other => {
+                        let q = other.map(|u| u.quantity).unwrap_or_default();
+                        for mut l in charge.price(q, cur) {
+                            l.description.push_str(&when);
+                            lines.push(l);
+                        }
+                    }
+                }
+            }
         }
-        for charge in &plan.charges {
-            let q = quantities
-                .get(charge.meter.as_str())
-                .copied()
-                .unwrap_or_default();
-            lines.extend(charge.price(q, cur));
-        }
-        if let Some(commitment) = plan.minimum_commitment {
+        if has_commitment {
             let usage_total: Decimal = lines
                 .iter()
                 .filter(|l| l.kind == LineKind::Usage)
                 .map(|l| l.amount)
                 .sum();
-            let top_up = cur.round(commitment) - usage_total;
+            let commitment = cur.round(commitment_parts / whole);
+            let top_up = commitment - usage_total;
             if top_up > Decimal::ZERO {
                 lines.push(InvoiceLine {
                     kind: LineKind::CommitmentTopUp,
                     description: format!(
                         "minimum commitment of {} {}",
-                        cur.round(commitment),
+                        commitment,
                         cur.code()
                     ),
                     meter: None,
+                    group: None,
                     tier: None,
                     quantity: Decimal::ONE,
                     unit_price: top_up,
                     amount: top_up,
+                    adjusts: None,
                 });
             }
         }
+        lines.extend(input.adjustments.iter().cloned());
         let subtotal = cur.round(lines.iter().map(|l| l.amount).sum());
-        let tax = plan.tax.as_ref().map(|t| Tax {
+        let tax_rate = input.tax.or(last.plan.tax.as_ref());
+        let tax = tax_rate.map(|t| Tax {
             label: t.label.clone(),
             rate: t.rate,
             amount: cur.round(subtotal * t.rate),
         });
         let total = subtotal + tax.as_ref().map_or(Decimal::ZERO, |t| t.amount);
-        Invoice {
-            partner_id: partner_id.to_string(),
-            plan_id: plan.id.clone(),
-            plan_version: plan.version.clone(),
+        let mut invoice = Invoice {
+            partner_id: input.partner_id.to_string(),
+            plan_id: last.plan.id.clone(),
+            plan_version: last.plan.version.clone(),
             currency: cur,
             period,
+            timezone: input.timezone.to_string(),
+            plans: input
+                .segments
+                .iter()
+                .map(|s| PlanSpan {
+                    plan_id: s.plan.id.clone(),
+                    plan_version: s.plan.version.clone(),
+                    from: s.span.start,
+                    to: s.span.end,
+                })
+                .collect(),
             lines,
             subtotal,
             tax,
             total,
+            credits_applied: Decimal::ZERO,
+            amount_due: total,
+        };
+        invoice.apply_credits(Decimal::ZERO);
+        Ok(invoice)
+    }
+
+    /// Takes what the partner's prepaid `balance` (in this currency) covers of the total. A
+    /// negative total is given back: `credits_applied` is then negative and the amount due 0.
+    pub fn apply_credits(&mut self, balance: Decimal) {
+        let cur = self.currency;
+        self.credits_applied = if self.total < Decimal::ZERO {
+            self.total
+        } else {
+            cur.round(balance.max(Decimal::ZERO).min(self.total))
+        };
+        self.amount_due = self.total - self.credits_applied;
+    }
+
+    /// The subtotal of this period's own lines: what late usage of this period is compared with.
+    pub fn own_subtotal(&self) -> Decimal {
+        self.lines
+            .iter()
+            .filter(|l| l.kind != LineKind::Adjustment)
+            .map(|l| l.amount)
+            .sum()
+    }
+
+    /// The amounts of adjustment lines on this invoice that correct `invoice_id`.
+    pub fn adjustments_of(&self, invoice_id: &str) -> Decimal {
+        self.lines
+            .iter()
+            .filter(|l| l.adjusts.as_ref().is_some_and(|a| a.invoice_id == invoice_id))
+            .map(|l| l.amount)
+            .sum()
+    }
+}
+
+/// The adjustment line for a finalized invoice whose period, priced again with today's usage,
+/// comes to `repriced` (its own subtotal), when `billed` (its own subtotal plus adjustments
+/// already finalized) differs.
+pub fn late_usage_adjustment(
+    of: &AdjustedInvoice,
+    repriced: Decimal,
+    billed: Decimal,
+    cur: Currency,
+) -> Option<InvoiceLine> {
+    let diff = cur.round(repriced - billed);
+    (!diff.is_zero()).then(|| InvoiceLine {
+        kind: LineKind::Adjustment,
+        description: format!(
+            "late usage for {} – {}{}",
+            of.period.start.format("%Y-%m-%d"),
+            of.period.end.format("%Y-%m-%d"),
+            of.number
+                .as_ref()
+                .map(|n| format!(" (invoice {n})"))
+                .unwrap_or_default()
+        ),
+        meter: None,
+        group: None,
+        tier: None,
+        quantity: Decimal::ONE,
+        unit_price: diff,
+        amount: diff,
+        adjusts: Some(of.clone()),
+    })
+}
+
+/// Where an invoice is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvoiceStatus {
+    /// Computed by an invoice run; recomputed by the next run until finance finalizes it.
+    Draft,
+    /// Numbered and immutable.
+    Finalized,
+    /// Cancelled by finance; keeps its number (if it had one) so numbering has no gaps.
+    Void,
+}
+
+impl InvoiceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvoiceStatus::Draft => "draft",
+            InvoiceStatus::Finalized => "finalized",
+            InvoiceStatus::Void => "void",
         }
     }
 
-    /// Finance CSV: one row per invoice line, then a `tax` row when the plan has tax.
-    /// Columns are documented in docs/invoices.md.
-    pub fn to_csv(&self) -> String {
-        const HEADER: &str = "partner_id,plan_id,plan_version,period_start,period_end,currency,kind,description,meter,tier,quantity,unit_price,amount";
-        let mut out = String::from(HEADER);
-        out.push_str("\r\n");
-        let start = self
-            .period
-            .start
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let end = self
-            .period
-            .end
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let mut row =
-            |kind: &str, desc: &str, meter: &str, tier: String, q: String, p: String, a: String| {
-                let fields = [
-                    self.partner_id.as_str(),
-                    &self.plan_id,
-                    &self.plan_version,
-                    &start,
-                    &end,
-                    self.currency.code(),
-                    kind,
-                    desc,
-                    meter,
-                    &tier,
-                    &q,
-                    &p,
-                    &a,
-                ];
-                let escaped: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-                out.push_str(&escaped.join(","));
-                out.push_str("\r\n");
-            };
-        for l in &self.lines {
+    pub fn parse(s: &str) -> Option<InvoiceStatus> {
+        match s {
+            "draft" => Some(InvoiceStatus::Draft),
+            "finalized" => Some(InvoiceStatus::Finalized),
+            "void" => Some(InvoiceStatus::Void),
+            _ => None,
+        }
+    }
+}
+
+/// An invoice as billing keeps it: the document plus its identity and lifecycle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvoiceRecord {
+    pub id: String,
+    pub number: Option<String>,
+    pub status: InvoiceStatus,
+    pub partner_id: String,
+    /// The calendar month (`YYYY-MM`, partner time zone) the period starts in.
+    pub period_label: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finalized_at: Option<DateTime<Utc>>,
+    pub voided_at: Option<DateTime<Utc>>,
+    pub invoice: Invoice,
+}
+
+/// The CSV export's columns, in order (documented in docs/invoices.md).
+pub const CSV_HEADER: &str = "invoice_id,number,status,partner_id,period_start,period_end,timezone,currency,kind,description,meter,group,tier,quantity,unit_price,amount,adjusts_invoice";
+
+impl InvoiceRecord {
+    /// One CSV row per invoice line, then a `tax` row when there is tax, a `credits` row when
+    /// credits were applied, and a `total` row with the amount due.
+    pub fn csv_rows(&self, out: &mut String) {
+        let inv = &self.invoice;
+        let start = inv.period.start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let end = inv.period.end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let number = self.number.clone().unwrap_or_default();
+        let mut row = |kind: &str,
+                       desc: &str,
+                       meter: &str,
+                       group: String,
+                       tier: String,
+                       q: String,
+                       p: String,
+                       a: String,
+                       adjusts: &str| {
+            let fields = [
+                self.id.as_str(),
+                &number,
+                self.status.as_str(),
+                &inv.partner_id,
+                &start,
+                &end,
+                &inv.timezone,
+                inv.currency.code(),
+                kind,
+                desc,
+                meter,
+                &group,
+                &tier,
+                &q,
+                &p,
+                &a,
+                adjusts,
+            ];
+            let escaped: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+            out.push_str(&escaped.join(","));
+            out.push_str("\r\n");
+        };
+        for l in &inv.lines {
             row(
                 l.kind.as_str(),
                 &l.description,
                 l.meter.as_deref().unwrap_or(""),
+                l.group.as_ref().map(group_label).unwrap_or_default(),
                 l.tier.map(|t| t.to_string()).unwrap_or_default(),
                 l.quantity.to_string(),
                 l.unit_price.to_string(),
                 l.amount.to_string(),
+                l.adjusts.as_ref().map_or("", |a| a.invoice_id.as_str()),
             );
         }
-        if let Some(t) = &self.tax {
+        if let Some(t) = &inv.tax {
             row(
                 "tax",
                 &t.label,
                 "",
                 String::new(),
-                self.subtotal.to_string(),
+                String::new(),
+                inv.subtotal.to_string(),
                 t.rate.to_string(),
                 t.amount.to_string(),
+                "",
             );
+        }
+        if !inv.credits_applied.is_zero() {
+            row(
+                "credits",
+                "prepaid credits",
+                "",
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                (-inv.credits_applied).to_string(),
+                "",
+            );
+        }
+        row(
+            "total",
+            "amount due",
+            "",
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            inv.amount_due.to_string(),
+            "",
+        );
+    }
+
+    /// The CSV of many invoices: one header, then every invoice's rows.
+    pub fn to_csv<'a>(records: impl IntoIterator<Item = &'a InvoiceRecord>) -> String {
+        let mut out = String::from(CSV_HEADER);
+        out.push_str("\r\n");
+        for r in records {
+            r.csv_rows(&mut out);
         }
         out
     }
@@ -306,23 +707,260 @@ mod tests {
         assert_eq!(inv.total, d("149.00"));
     }
 
+    fn record(inv: Invoice) -> InvoiceRecord {
+        let now = Utc.with_ymd_and_hms(2026, 12, 2, 0, 0, 0).unwrap();
+        InvoiceRecord {
+            id: "inv_1".into(),
+            number: Some("PEAGE-2026-000001".into()),
+            status: InvoiceStatus::Finalized,
+            partner_id: inv.partner_id.clone(),
+            period_label: "2026-11".into(),
+            created_at: now,
+            updated_at: now,
+            finalized_at: Some(now),
+            voided_at: None,
+            invoice: inv,
+        }
+    }
+
     #[test]
-    fn csv_has_one_row_per_line_plus_tax_and_escapes_text() {
+    fn csv_has_one_row_per_line_plus_tax_and_total_and_escapes_text() {
         let mut p = plan(vec![]);
         p.name = "Growth, \"2026\"".into();
         let inv = Invoice::compute("prt_1", &p, period(), &[]);
-        let csv = inv.to_csv();
+        let csv = InvoiceRecord::to_csv([&record(inv)]);
         let rows: Vec<&str> = csv.trim_end().split("\r\n").collect();
-        assert_eq!(rows.len(), 3, "{csv}");
+        assert_eq!(rows[0], CSV_HEADER);
+        assert_eq!(rows.len(), 4, "{csv}");
         assert!(
             rows[1].contains("\"Growth, \"\"2026\"\": base fee\""),
             "{csv}"
         );
         assert!(
-            rows[2].starts_with("prt_1,growth,test,2026-11-01T00:00:00Z"),
+            rows[2].starts_with("inv_1,PEAGE-2026-000001,finalized,prt_1,2026-11-01T00:00:00Z"),
             "{csv}"
         );
-        assert!(rows[2].ends_with(",tax,VAT,,,49.00,0.20,9.80"), "{csv}");
+        assert!(rows[2].ends_with(",tax,VAT,,,,49.00,0.20,9.80,"), "{csv}");
+        assert!(rows[3].ends_with(",total,amount due,,,,,,58.80,"), "{csv}");
+    }
+
+    fn per_unit(meter: &str, price: &str) -> Charge {
+        Charge {
+            meter: meter.into(),
+            free: Decimal::ZERO,
+            model: ChargeModel::PerUnit {
+                unit_price: d(price),
+            },
+        }
+    }
+
+    fn january() -> BillingPeriod {
+        BillingPeriod {
+            start: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+            end: Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap(),
+        }
+    }
+
+    #[test]
+    fn lago_upgrade_on_january_15th_prorates_100_and_200_base_fees_to_45_16_and_109_68() {
+        // Lago, "Upgrades and downgrades", subscription paid in arrears: Plan A (€100/month)
+        // from January 1st, upgraded to Plan B (€200/month) on January 15th: "14 days prorated
+        // = €45.16 (14/31 × €100)"; Plan B covers the other 17 days: 17/31 × €200 = €109.68.
+        // Lago puts the two parts on two invoices; Péage puts both on the period's invoice.
+        let mut a = plan(vec![per_unit("calls", "0.01")]);
+        a.id = "a".into();
+        a.name = "Plan A".into();
+        a.base_fee = d("100");
+        a.tax = None;
+        let mut b = plan(vec![per_unit("calls", "0.02")]);
+        b.id = "b".into();
+        b.name = "Plan B".into();
+        b.base_fee = d("200");
+        b.tax = None;
+        let change = Utc.with_ymd_and_hms(2026, 1, 15, 0, 0, 0).unwrap();
+        let p = january();
+        let before = usage("calls", d("1000"));
+        let after = usage("calls", d("500"));
+        let inv = Invoice::build(&InvoiceInput {
+            partner_id: "prt_1",
+            period: p,
+            timezone: "UTC",
+            segments: vec![
+                Segment {
+                    plan: &a,
+                    span: BillingPeriod {
+                        start: p.start,
+                        end: change,
+                    },
+                    usage: &before,
+                },
+                Segment {
+                    plan: &b,
+                    span: BillingPeriod {
+                        start: change,
+                        end: p.end,
+                    },
+                    usage: &after,
+                },
+            ],
+            tax: None,
+            adjustments: vec![],
+        })
+        .unwrap();
+        let amounts: Vec<String> = inv.lines.iter().map(|l| l.amount.to_string()).collect();
+        // Each side's usage is priced by its own plan: 1000 × 0.01 and 500 × 0.02.
+        assert_eq!(amounts, ["45.16", "10.00", "109.68", "10.00"]);
+        assert_eq!(inv.lines[0].quantity, d("0.451613"));
+        assert_eq!(inv.total, d("174.84"));
+        assert_eq!(inv.plan_id, "b");
+        assert_eq!(inv.plans.len(), 2);
+        assert_eq!(inv.plans[0].to, change);
+    }
+
+    #[test]
+    fn a_plan_change_across_currencies_is_refused() {
+        let a = plan(vec![]);
+        let mut b = plan(vec![]);
+        b.currency = Currency::parse("USD").unwrap();
+        let p = january();
+        let mid = Utc.with_ymd_and_hms(2026, 1, 10, 0, 0, 0).unwrap();
+        let err = Invoice::build(&InvoiceInput {
+            partner_id: "prt_1",
+            period: p,
+            timezone: "UTC",
+            segments: vec![
+                Segment {
+                    plan: &a,
+                    span: BillingPeriod {
+                        start: p.start,
+                        end: mid,
+                    },
+                    usage: &[],
+                },
+                Segment {
+                    plan: &b,
+                    span: BillingPeriod {
+                        start: mid,
+                        end: p.end,
+                    },
+                    usage: &[],
+                },
+            ],
+            tax: None,
+            adjustments: vec![],
+        })
+        .unwrap_err();
+        assert_eq!(err, InvoiceError::MixedCurrencies("EUR".into(), "USD".into()));
+    }
+
+    #[test]
+    fn a_grouped_meter_gives_one_line_per_group_each_with_its_own_free_allowance() {
+        let mut c = per_unit("calls", "0.01");
+        c.free = d("100");
+        let p = plan(vec![c]);
+        let group = |api: &str, q: &str| crate::meter::MeterGroup {
+            dimensions: [("api".to_string(), api.to_string())].into_iter().collect(),
+            quantity: d(q),
+        };
+        let u = vec![MeterUsage {
+            meter: "calls".into(),
+            quantity: d("1300"),
+            groups: vec![group("maps", "1000"), group("weather", "300")],
+        }];
+        let inv = Invoice::compute("prt_1", &p, period(), &u);
+        let usage: Vec<(String, String)> = inv
+            .lines
+            .iter()
+            .filter(|l| l.kind == LineKind::Usage)
+            .map(|l| (l.group.as_ref().unwrap()["api"].clone(), l.amount.to_string()))
+            .collect();
+        assert_eq!(
+            usage,
+            [("maps".into(), "9.00".into()), ("weather".into(), "2.00".into())]
+        );
+        assert!(inv.lines[2].description.contains("[api=maps]"), "{:?}", inv.lines);
+    }
+
+    #[test]
+    fn a_partner_tax_rate_replaces_the_plan_s() {
+        let p = plan(vec![]);
+        let reverse_charge = TaxRate {
+            rate: Decimal::ZERO,
+            label: "VAT reverse charge".into(),
+        };
+        let inv = Invoice::build(&InvoiceInput {
+            partner_id: "prt_1",
+            period: period(),
+            timezone: "UTC",
+            segments: vec![Segment {
+                plan: &p,
+                span: period(),
+                usage: &[],
+            }],
+            tax: Some(&reverse_charge),
+            adjustments: vec![],
+        })
+        .unwrap();
+        let tax = inv.tax.unwrap();
+        assert_eq!(tax.label, "VAT reverse charge");
+        assert_eq!(tax.amount, d("0.00"));
+        assert_eq!(inv.total, d("49.00"));
+    }
+
+    #[test]
+    fn credits_cover_what_they_can_and_never_go_below_zero() {
+        let mut inv = Invoice::compute("prt_1", &plan(vec![]), period(), &[]);
+        assert_eq!(inv.total, d("58.80"));
+        inv.apply_credits(d("20"));
+        assert_eq!(inv.credits_applied, d("20.00"));
+        assert_eq!(inv.amount_due, d("38.80"));
+        inv.apply_credits(d("500"));
+        assert_eq!(inv.credits_applied, d("58.80"));
+        assert_eq!(inv.amount_due, d("0.00"));
+        inv.apply_credits(d("-5"));
+        assert_eq!(inv.credits_applied, d("0.00"));
+        assert_eq!(inv.amount_due, d("58.80"));
+    }
+
+    #[test]
+    fn late_usage_becomes_an_adjustment_line_naming_its_period_and_is_taxed() {
+        let p = plan(vec![per_unit("calls", "0.01")]);
+        let october = BillingPeriod {
+            start: Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
+            end: Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap(),
+        };
+        let finalized = Invoice::compute("prt_1", &p, october, &usage("calls", d("1000")));
+        let repriced = Invoice::compute("prt_1", &p, october, &usage("calls", d("1250")));
+        let of = AdjustedInvoice {
+            invoice_id: "inv_oct".into(),
+            number: Some("PEAGE-2026-000007".into()),
+            period: october,
+        };
+        let cur = p.currency;
+        assert!(late_usage_adjustment(&of, finalized.own_subtotal(), finalized.own_subtotal(), cur).is_none());
+        let adj =
+            late_usage_adjustment(&of, repriced.own_subtotal(), finalized.own_subtotal(), cur)
+                .unwrap();
+        assert_eq!(adj.amount, d("2.50"));
+        assert!(adj.description.contains("2026-10-01 – 2026-11-01 (invoice PEAGE-2026-000007)"));
+        let nov = Invoice::build(&InvoiceInput {
+            partner_id: "prt_1",
+            period: period(),
+            timezone: "UTC",
+            segments: vec![Segment {
+                plan: &p,
+                span: period(),
+                usage: &[],
+            }],
+            tax: None,
+            adjustments: vec![adj],
+        })
+        .unwrap();
+        // 49.00 base + 0.00 usage + 2.50 late = 51.50, VAT 10.30.
+        assert_eq!(nov.subtotal, d("51.50"));
+        assert_eq!(nov.total, d("61.80"));
+        assert_eq!(nov.adjustments_of("inv_oct"), d("2.50"));
+        assert_eq!(nov.own_subtotal(), d("49.00"));
     }
 
     #[test]

@@ -119,10 +119,12 @@ fn line(
         kind,
         description,
         meter: Some(meter.to_string()),
+        group: None,
         tier,
         quantity: quantity.normalize(),
         unit_price: unit_price.normalize(),
         amount: currency.round(quantity * unit_price),
+        adjusts: None,
     }
 }
 
@@ -255,6 +257,10 @@ mod tests {
 
     fn eur() -> Currency {
         Currency::parse("EUR").unwrap()
+    }
+
+    fn usd() -> Currency {
+        Currency::parse("USD").unwrap()
     }
 
     fn tiers(spec: &[(Option<&str>, &str)]) -> Vec<Tier> {
@@ -392,6 +398,86 @@ mod tests {
         );
         // 500.5 rounds half to even: 500.
         assert_eq!(amounts(&c.price(d("1001"), jpy)), ["500"]);
+    }
+
+    // ---- worked examples from Lago's public documentation (getlago.com/docs, "Charge
+    // models"), with their numbers, so our semantics match theirs ------------------------------
+
+    #[test]
+    fn lago_graduated_1_per_unit_for_100_then_0_50_for_100_then_0_10_at_250_units_is_155() {
+        // Lago, "Graduated": "$1 per unit for the first 100 units, then $0.50 per unit for the
+        // next 100 calls and finally, $0.10 for any additional unit."
+        // 250 units: 100 × 1 + 100 × 0.50 + 50 × 0.10 = 155.00.
+        let c = charge(
+            "0",
+            ChargeModel::Graduated {
+                tiers: tiers(&[(Some("100"), "1"), (Some("200"), "0.50"), (None, "0.10")]),
+            },
+        );
+        let lines = c.price(d("250"), usd());
+        assert_eq!(amounts(&lines), ["100.00", "50.00", "5.00"]);
+        assert_eq!(total(&lines), d("155.00"));
+    }
+
+    #[test]
+    fn lago_volume_65_000_api_calls_in_the_third_tier_cost_39() {
+        // Lago, "Volume": tiers 0–10,000 at $0.0010, 10,001–50,000 at $0.0008, 50,001–100,000
+        // at $0.0006, then $0.0004: "65,000 API calls would cost 65,000 x $0.0006 + $10 = $49",
+        // where $10 is a per-tier flat fee Péage does not model: the unit part is $39.00.
+        let c = charge(
+            "0",
+            ChargeModel::Volume {
+                tiers: tiers(&[
+                    (Some("10000"), "0.0010"),
+                    (Some("50000"), "0.0008"),
+                    (Some("100000"), "0.0006"),
+                    (None, "0.0004"),
+                ]),
+            },
+        );
+        let lines = c.price(d("65000"), usd());
+        assert_eq!(amounts(&lines), ["39.00"]);
+        assert_eq!(lines[0].tier, Some(3));
+    }
+
+    #[test]
+    fn lago_package_of_100_at_5_with_100_free_bills_201_units_10() {
+        // Lago, "Package": "$5 per 100 units and offer the first 100 units. In this example, 201
+        // units would cost $0 (first 100 units) + $5 (next 100 units) + $5 (last unit) = $10."
+        let c = charge(
+            "100",
+            ChargeModel::Package {
+                size: d("100"),
+                price: d("5"),
+            },
+        );
+        let lines = c.price(d("201"), usd());
+        assert_eq!(total(&lines), d("10.00"));
+        assert_eq!(lines.last().unwrap().quantity, d("2"));
+    }
+
+    #[test]
+    fn graduated_15_000_units_at_0_10_then_0_05_then_0_01_is_600() {
+        // The graduated example of Zuplo's pricing-model docs (tiers 0–1,000 at $0.10,
+        // 1,001–10,000 at $0.05, then $0.01): 100 + 450 + 50 = $600; volume pricing of the
+        // same 15,000 units is 15,000 × $0.01 = $150.
+        let t = tiers(&[(Some("1000"), "0.10"), (Some("10000"), "0.05"), (None, "0.01")]);
+        let g = charge("0", ChargeModel::Graduated { tiers: t.clone() });
+        assert_eq!(total(&g.price(d("15000"), usd())), d("600.00"));
+        let v = charge("0", ChargeModel::Volume { tiers: t });
+        assert_eq!(total(&v.price(d("15000"), usd())), d("150.00"));
+    }
+
+    #[test]
+    fn kwd_keeps_three_decimals_1234_units_at_0_0015_is_1_851() {
+        let kwd = Currency::parse("KWD").unwrap();
+        let c = charge(
+            "0",
+            ChargeModel::PerUnit {
+                unit_price: d("0.0015"),
+            },
+        );
+        assert_eq!(amounts(&c.price(d("1234"), kwd)), ["1.851"]);
     }
 
     #[test]
