@@ -28,6 +28,299 @@ pub async fn run_all(s: &dyn BillingStore) {
     times_keep_microseconds(s).await;
     concurrent_quota_grants_never_pass_a_hard_limit(s).await;
     signing_keys_rotate_and_issuers_belong_to_one_partner(s).await;
+    invoices_go_draft_finalized_void_with_gapless_numbers(s).await;
+    credits_are_taken_by_finalization_and_given_back_by_void(s).await;
+    plan_versions_and_profiles_are_kept(s).await;
+    webhooks_are_queued_once_per_event_and_logged(s).await;
+}
+
+/// A draft invoice for `partner` over November 2026 with `base` as its only line.
+pub fn draft(id: &str, partner: &str, base: &str) -> peage_core::InvoiceRecord {
+    use peage_core::pricing::Plan;
+    let t = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    let plan: Plan = serde_json::from_value(serde_json::json!({
+        "id": "growth", "name": "Growth", "version": "v1", "currency": "EUR",
+        "period": {"every": "month", "anchor_day": 1}, "base_fee": base, "tax": null,
+        "minimum_commitment": null, "charges": [], "quotas": [], "rate_limit": null
+    }))
+    .unwrap();
+    let period = peage_core::BillingPeriod {
+        start: t,
+        end: Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap(),
+    };
+    peage_core::InvoiceRecord {
+        id: id.into(),
+        number: None,
+        status: peage_core::InvoiceStatus::Draft,
+        partner_id: partner.into(),
+        period_label: "2026-11".into(),
+        created_at: t,
+        updated_at: t,
+        finalized_at: None,
+        voided_at: None,
+        invoice: peage_core::Invoice::compute(partner, &plan, period, &[]),
+    }
+}
+
+async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn BillingStore) {
+    use crate::ledger::{DraftOutcome, InvoiceFilter};
+    use peage_core::InvoiceStatus;
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    s.create_partner("prt_inv1", "Inv One", &sub("growth", t0))
+        .await
+        .unwrap();
+    s.create_partner("prt_inv2", "Inv Two", &sub("growth", t0))
+        .await
+        .unwrap();
+    let d1 = draft("inv_1", "prt_inv1", "10");
+    assert!(matches!(
+        s.save_draft(&d1).await.unwrap(),
+        DraftOutcome::Created(_)
+    ));
+    assert!(matches!(
+        s.save_draft(&d1).await.unwrap(),
+        DraftOutcome::Unchanged(_)
+    ));
+    // A re-run with other usage replaces the draft's document and keeps its id.
+    let mut d1b = draft("inv_other", "prt_inv1", "12");
+    d1b.updated_at = t0 + Duration::hours(1);
+    match s.save_draft(&d1b).await.unwrap() {
+        DraftOutcome::Updated(r) => {
+            assert_eq!(r.id, "inv_1");
+            assert_eq!(r.invoice.total, Decimal::new(1200, 2));
+        }
+        other => panic!("{other:?}"),
+    }
+    s.save_draft(&draft("inv_2", "prt_inv2", "20"))
+        .await
+        .unwrap();
+
+    let at = Utc.with_ymd_and_hms(2026, 12, 3, 9, 0, 0).unwrap();
+    // Finalizing something that is not there takes no number.
+    assert!(matches!(
+        s.finalize_invoice("inv_nope", "TEST", at).await,
+        Err(BillingStoreError::NotFound { .. })
+    ));
+    let f2 = s.finalize_invoice("inv_2", "TEST", at).await.unwrap();
+    assert_eq!(f2.number.as_deref(), Some("TEST-2026-000001"));
+    assert_eq!(f2.status, InvoiceStatus::Finalized);
+    // A second finalization is refused and takes no number either.
+    assert!(matches!(
+        s.finalize_invoice("inv_2", "TEST", at).await,
+        Err(BillingStoreError::Conflict(_))
+    ));
+    let f1 = s.finalize_invoice("inv_1", "TEST", at).await.unwrap();
+    assert_eq!(f1.number.as_deref(), Some("TEST-2026-000002"));
+    assert_eq!(f1.invoice.total, Decimal::new(1200, 2));
+
+    // A finalized invoice is never replaced by a later run.
+    match s
+        .save_draft(&draft("inv_again", "prt_inv1", "99"))
+        .await
+        .unwrap()
+    {
+        DraftOutcome::AlreadyFinal(r) => assert_eq!(r.invoice.total, Decimal::new(1200, 2)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.invoice("inv_1").await.unwrap().unwrap(), f1);
+
+    let finals = s
+        .invoices(&InvoiceFilter {
+            period_label: Some("2026-11".into()),
+            status: Some(InvoiceStatus::Finalized),
+            partner_id: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(finals.len(), 2);
+    let one = s
+        .invoices(&InvoiceFilter {
+            partner_id: Some("prt_inv2".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+
+    // Void keeps the number; voiding twice is refused; the period can then be drafted again.
+    let v = s.void_invoice("inv_2", at).await.unwrap();
+    assert_eq!(v.status, InvoiceStatus::Void);
+    assert_eq!(v.number.as_deref(), Some("TEST-2026-000001"));
+    assert!(matches!(
+        s.void_invoice("inv_2", at).await,
+        Err(BillingStoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.save_draft(&draft("inv_3", "prt_inv2", "20"))
+            .await
+            .unwrap(),
+        DraftOutcome::Created(_)
+    ));
+    // Next year starts at 1 again.
+    let next_year = Utc.with_ymd_and_hms(2027, 1, 2, 0, 0, 0).unwrap();
+    let f3 = s
+        .finalize_invoice("inv_3", "TEST", next_year)
+        .await
+        .unwrap();
+    assert_eq!(f3.number.as_deref(), Some("TEST-2027-000001"));
+}
+
+async fn credits_are_taken_by_finalization_and_given_back_by_void(s: &dyn BillingStore) {
+    use crate::ledger::CreditEntry;
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    s.create_partner("prt_cred", "Cred", &sub("growth", t0))
+        .await
+        .unwrap();
+    s.add_credit(&CreditEntry {
+        id: "crd_grant1".into(),
+        partner_id: "prt_cred".into(),
+        currency: "EUR".into(),
+        amount: Decimal::new(3000, 2),
+        description: "prepaid".into(),
+        invoice_id: None,
+        created_at: t0,
+    })
+    .await
+    .unwrap();
+    s.save_draft(&draft("inv_c1", "prt_cred", "12.50"))
+        .await
+        .unwrap();
+    let at = t0 + Duration::days(31);
+    let f = s.finalize_invoice("inv_c1", "CRED", at).await.unwrap();
+    assert_eq!(f.invoice.credits_applied, Decimal::new(1250, 2));
+    assert_eq!(f.invoice.amount_due, Decimal::new(0, 2));
+    assert_eq!(
+        s.credit_balance("prt_cred", "EUR").await.unwrap(),
+        Decimal::new(1750, 2)
+    );
+    assert_eq!(
+        s.credit_balance("prt_cred", "USD").await.unwrap(),
+        Decimal::ZERO
+    );
+    s.void_invoice("inv_c1", at).await.unwrap();
+    assert_eq!(
+        s.credit_balance("prt_cred", "EUR").await.unwrap(),
+        Decimal::new(3000, 2)
+    );
+    assert_eq!(s.credit_entries("prt_cred").await.unwrap().len(), 3);
+}
+
+async fn plan_versions_and_profiles_are_kept(s: &dyn BillingStore) {
+    use crate::ledger::BillingProfile;
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    s.put_plan_version("growth", "abc", "{\"first\":1}", t0)
+        .await
+        .unwrap();
+    s.put_plan_version("growth", "abc", "{\"second\":2}", t0)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.plan_version("growth", "abc").await.unwrap().as_deref(),
+        Some("{\"first\":1}")
+    );
+    assert_eq!(s.plan_version("growth", "zzz").await.unwrap(), None);
+    s.create_partner("prt_prof", "Prof", &sub("growth", t0))
+        .await
+        .unwrap();
+    assert_eq!(s.billing_profile("prt_prof").await.unwrap(), None);
+    let p = BillingProfile {
+        partner_id: "prt_prof".into(),
+        timezone: "Asia/Tokyo".into(),
+        tax: Some(peage_core::pricing::TaxRate {
+            rate: Decimal::new(10, 2),
+            label: "JCT".into(),
+        }),
+        updated_at: t0,
+    };
+    s.put_billing_profile(&p).await.unwrap();
+    assert_eq!(
+        s.billing_profile("prt_prof").await.unwrap(),
+        Some(p.clone())
+    );
+    let q = BillingProfile { tax: None, ..p };
+    s.put_billing_profile(&q).await.unwrap();
+    assert_eq!(s.billing_profile("prt_prof").await.unwrap(), Some(q));
+}
+
+async fn webhooks_are_queued_once_per_event_and_logged(s: &dyn BillingStore) {
+    use crate::ledger::{Attempt, WebhookEndpoint};
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    for (id, events) in [
+        ("ep_a", "invoice.finalized"),
+        ("ep_b", "*"),
+        ("ep_c", "quota.hard_blocked"),
+    ] {
+        s.add_webhook_endpoint(&WebhookEndpoint {
+            id: id.into(),
+            url: format!("http://127.0.0.1:9/{id}"),
+            secret: "whsec_x".into(),
+            events: crate::ledger::endpoint_events(events),
+            created_at: t0,
+            disabled_at: None,
+        })
+        .await
+        .unwrap();
+    }
+    let mut n = 0;
+    let mut ids = std::iter::from_fn(move || {
+        n += 1;
+        Some(format!("msg_{n}"))
+    });
+    let queued = s
+        .enqueue_webhook(
+            "invoice.finalized",
+            "invoice.finalized:inv_1",
+            "{}",
+            &mut ids,
+            t0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(queued, 2, "ep_a and the wildcard ep_b");
+    let again = s
+        .enqueue_webhook(
+            "invoice.finalized",
+            "invoice.finalized:inv_1",
+            "{}",
+            &mut ids,
+            t0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, 0, "the same event is queued once");
+    let due = s.due_webhooks(t0, 10).await.unwrap();
+    assert_eq!(due.len(), 2);
+    assert_eq!(due[0].1.secret, "whsec_x");
+    let (first, second) = (&due[0].0.id, &due[1].0.id);
+    s.record_webhook_attempt(first, t0, &Attempt::Delivered { status: 204 })
+        .await
+        .unwrap();
+    s.record_webhook_attempt(
+        second,
+        t0,
+        &Attempt::Retry {
+            next: t0 + Duration::seconds(5),
+            status: Some(503),
+            error: "HTTP 503".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(s.due_webhooks(t0, 10).await.unwrap().is_empty());
+    assert_eq!(
+        s.due_webhooks(t0 + Duration::seconds(5), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let log = s.webhook_deliveries(10).await.unwrap();
+    assert_eq!(log.len(), 2);
+    let retried = log.iter().find(|d| &d.id == second).unwrap();
+    assert_eq!((retried.attempts, retried.last_status), (1, Some(503)));
+    assert_eq!(retried.status, "pending");
+    let delivered = log.iter().find(|d| &d.id == first).unwrap();
+    assert_eq!(delivered.status, "delivered");
 }
 
 async fn partners_keep_their_plan_history(s: &dyn BillingStore) {
@@ -242,3 +535,26 @@ async fn signing_keys_rotate_and_issuers_belong_to_one_partner(s: &dyn BillingSt
     );
     assert!(s.issuer("https://other").await.unwrap().is_none());
 }
+
+/// Creates a finalized invoice `inv_raw` for tests that then try to change it with raw SQL.
+pub async fn finalized_for_raw_sql(s: &dyn BillingStore) {
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    s.create_partner("prt_raw", "Raw", &sub("growth", t0))
+        .await
+        .unwrap();
+    s.save_draft(&draft("inv_raw", "prt_raw", "10"))
+        .await
+        .unwrap();
+    s.finalize_invoice("inv_raw", "RAW", t0 + Duration::days(31))
+        .await
+        .unwrap();
+}
+
+/// Statements that must all fail on a finalized invoice, whoever runs them.
+pub const RAW_TAMPERING: &[&str] = &[
+    "UPDATE invoices SET total = '0.00' WHERE id = 'inv_raw'",
+    "UPDATE invoices SET document = '{}' WHERE id = 'inv_raw'",
+    "UPDATE invoices SET status = 'draft' WHERE id = 'inv_raw'",
+    "UPDATE invoices SET number = 'RAW-2026-000999' WHERE id = 'inv_raw'",
+    "DELETE FROM invoices WHERE id = 'inv_raw'",
+];

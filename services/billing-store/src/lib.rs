@@ -4,6 +4,7 @@
 
 #[doc(hidden)]
 pub mod conformance;
+pub mod ledger;
 pub mod postgres;
 pub mod sqlite;
 
@@ -15,6 +16,10 @@ use peage_core::Env;
 use rust_decimal::Decimal;
 use serde::Serialize;
 
+pub use ledger::{
+    Attempt, BillingProfile, CreditEntry, DraftOutcome, InvoiceFilter, LedgerStore,
+    WebhookDelivery, WebhookEndpoint,
+};
 pub use postgres::PostgresBillingStore;
 pub use sqlite::SqliteBillingStore;
 
@@ -160,7 +165,7 @@ fn decide_grant(
 }
 
 #[async_trait]
-pub trait BillingStore: Send + Sync + 'static {
+pub trait BillingStore: LedgerStore + Send + Sync + 'static {
     async fn create_partner(
         &self,
         id: &str,

@@ -398,3 +398,5 @@ async fn grant_rows(
     .fetch_all(conn)
     .await?)
 }
+
+crate::ledger::ledger_store!(PostgresBillingStore);

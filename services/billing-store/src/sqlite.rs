@@ -432,6 +432,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn finalized_invoices_resist_raw_sql() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        crate::conformance::finalized_for_raw_sql(&s).await;
+        use crate::LedgerStore;
+        let before = s.invoice("inv_raw").await.unwrap();
+        for sql in crate::conformance::RAW_TAMPERING {
+            let err = sqlx::query(sql).execute(&s.pool).await.unwrap_err();
+            assert!(
+                err.to_string().contains("finalized invoice"),
+                "{sql}: {err}"
+            );
+        }
+        assert_eq!(s.invoice("inv_raw").await.unwrap(), before);
+    }
+
+    #[tokio::test]
     async fn passes_the_conformance_suite() {
         let dir = tempfile::tempdir().unwrap();
         crate::conformance::run_all(&store(&dir).await).await;
@@ -462,3 +479,5 @@ mod tests {
         );
     }
 }
+
+crate::ledger::ledger_store!(SqliteBillingStore);

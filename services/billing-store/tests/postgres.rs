@@ -32,6 +32,19 @@ async fn passes_the_conformance_suite() {
             .await
             .unwrap();
     conformance::run_all(&store).await;
+    // Finalized invoices resist raw SQL too (the trigger, not only the code).
+    conformance::finalized_for_raw_sql(&store).await;
+    let options: PgConnectOptions = url.parse().unwrap();
+    let mut raw = PgConnection::connect_with(&options.options([("search_path", schema.as_str())]))
+        .await
+        .unwrap();
+    for sql in conformance::RAW_TAMPERING {
+        let err = sqlx::query(sql).execute(&mut raw).await.unwrap_err();
+        assert!(
+            err.to_string().contains("finalized invoice"),
+            "{sql}: {err}"
+        );
+    }
     // Migrations are idempotent.
     let options: PgConnectOptions = url.parse().unwrap();
     PostgresBillingStore::connect_with(options.options([("search_path", schema.as_str())]))

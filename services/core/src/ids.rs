@@ -67,6 +67,10 @@ macro_rules! prefixed_id {
 prefixed_id!(PartnerId, "prt_");
 prefixed_id!(KeyId, "key_");
 prefixed_id!(IssuerId, "iss_");
+prefixed_id!(InvoiceId, "inv_");
+prefixed_id!(CreditId, "crd_");
+prefixed_id!(WebhookEndpointId, "ep_");
+prefixed_id!(WebhookMessageId, "msg_");
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{value:?} is not a valid {kind}")]

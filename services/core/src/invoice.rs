@@ -170,8 +170,12 @@ struct Share {
 
 impl Share {
     fn of(span: &BillingPeriod, period: &BillingPeriod) -> Share {
-        let whole = (period.end - period.start).num_microseconds().unwrap_or(i64::MAX);
-        let part = (span.end - span.start).num_microseconds().unwrap_or(i64::MAX);
+        let whole = (period.end - period.start)
+            .num_microseconds()
+            .unwrap_or(i64::MAX);
+        let part = (span.end - span.start)
+            .num_microseconds()
+            .unwrap_or(i64::MAX);
         if whole <= 0 {
             return Share {
                 part: Decimal::ONE,
@@ -341,11 +345,7 @@ impl Invoice {
             if top_up > Decimal::ZERO {
                 lines.push(InvoiceLine {
                     kind: LineKind::CommitmentTopUp,
-                    description: format!(
-                        "minimum commitment of {} {}",
-                        commitment,
-                        cur.code()
-                    ),
+                    description: format!("minimum commitment of {} {}", commitment, cur.code()),
                     meter: None,
                     group: None,
                     tier: None,
@@ -418,7 +418,11 @@ impl Invoice {
     pub fn adjustments_of(&self, invoice_id: &str) -> Decimal {
         self.lines
             .iter()
-            .filter(|l| l.adjusts.as_ref().is_some_and(|a| a.invoice_id == invoice_id))
+            .filter(|l| {
+                l.adjusts
+                    .as_ref()
+                    .is_some_and(|a| a.invoice_id == invoice_id)
+            })
             .map(|l| l.amount)
             .sum()
     }
@@ -510,8 +514,14 @@ impl InvoiceRecord {
     /// credits were applied, and a `total` row with the amount due.
     pub fn csv_rows(&self, out: &mut String) {
         let inv = &self.invoice;
-        let start = inv.period.start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let end = inv.period.end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let start = inv
+            .period
+            .start
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let end = inv
+            .period
+            .end
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let number = self.number.clone().unwrap_or_default();
         let mut row = |kind: &str,
                        desc: &str,
@@ -850,7 +860,10 @@ mod tests {
             adjustments: vec![],
         })
         .unwrap_err();
-        assert_eq!(err, InvoiceError::MixedCurrencies("EUR".into(), "USD".into()));
+        assert_eq!(
+            err,
+            InvoiceError::MixedCurrencies("EUR".into(), "USD".into())
+        );
     }
 
     #[test]
@@ -872,13 +885,25 @@ mod tests {
             .lines
             .iter()
             .filter(|l| l.kind == LineKind::Usage)
-            .map(|l| (l.group.as_ref().unwrap()["api"].clone(), l.amount.to_string()))
+            .map(|l| {
+                (
+                    l.group.as_ref().unwrap()["api"].clone(),
+                    l.amount.to_string(),
+                )
+            })
             .collect();
         assert_eq!(
             usage,
-            [("maps".into(), "9.00".into()), ("weather".into(), "2.00".into())]
+            [
+                ("maps".into(), "9.00".into()),
+                ("weather".into(), "2.00".into())
+            ]
         );
-        assert!(inv.lines[2].description.contains("[api=maps]"), "{:?}", inv.lines);
+        assert!(
+            inv.lines[2].description.contains("[api=maps]"),
+            "{:?}",
+            inv.lines
+        );
     }
 
     #[test]
@@ -937,12 +962,20 @@ mod tests {
             period: october,
         };
         let cur = p.currency;
-        assert!(late_usage_adjustment(&of, finalized.own_subtotal(), finalized.own_subtotal(), cur).is_none());
+        assert!(late_usage_adjustment(
+            &of,
+            finalized.own_subtotal(),
+            finalized.own_subtotal(),
+            cur
+        )
+        .is_none());
         let adj =
             late_usage_adjustment(&of, repriced.own_subtotal(), finalized.own_subtotal(), cur)
                 .unwrap();
         assert_eq!(adj.amount, d("2.50"));
-        assert!(adj.description.contains("2026-10-01 – 2026-11-01 (invoice PEAGE-2026-000007)"));
+        assert!(adj
+            .description
+            .contains("2026-10-01 – 2026-11-01 (invoice PEAGE-2026-000007)"));
         let nov = Invoice::build(&InvoiceInput {
             partner_id: "prt_1",
             period: period(),

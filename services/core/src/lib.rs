@@ -17,7 +17,7 @@ pub mod quota;
 
 pub use catalog::{Catalog, CatalogError};
 pub use event::{CallEvent, Env};
-pub use ids::{KeyId, PartnerId};
+pub use ids::{CreditId, InvoiceId, KeyId, PartnerId, WebhookEndpointId, WebhookMessageId};
 pub use invoice::{Invoice, InvoiceLine, InvoiceRecord, InvoiceStatus, LineKind};
 pub use meter::{Aggregation, Meter, MeterField, MeterUsage};
 pub use money::Currency;

@@ -461,7 +461,11 @@ mod tests {
         // The graduated example of Zuplo's pricing-model docs (tiers 0–1,000 at $0.10,
         // 1,001–10,000 at $0.05, then $0.01): 100 + 450 + 50 = $600; volume pricing of the
         // same 15,000 units is 15,000 × $0.01 = $150.
-        let t = tiers(&[(Some("1000"), "0.10"), (Some("10000"), "0.05"), (None, "0.01")]);
+        let t = tiers(&[
+            (Some("1000"), "0.10"),
+            (Some("10000"), "0.05"),
+            (None, "0.01"),
+        ]);
         let g = charge("0", ChargeModel::Graduated { tiers: t.clone() });
         assert_eq!(total(&g.price(d("15000"), usd())), d("600.00"));
         let v = charge("0", ChargeModel::Volume { tiers: t });

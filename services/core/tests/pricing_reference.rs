@@ -219,14 +219,16 @@ fn price() -> impl Strategy<Value = i128> {
 }
 
 fn tiers() -> impl Strategy<Value = Vec<(Option<i128>, i128)>> {
-    (prop::collection::btree_map(1i128..2_000_000, price(), 0..4), price()).prop_map(
-        |(bounded, last)| {
+    (
+        prop::collection::btree_map(1i128..2_000_000, price(), 0..4),
+        price(),
+    )
+        .prop_map(|(bounded, last)| {
             let mut t: Vec<(Option<i128>, i128)> =
                 bounded.into_iter().map(|(b, p)| (Some(b), p)).collect();
             t.push((None, last));
             t
-        },
-    )
+        })
 }
 
 fn charge() -> impl Strategy<Value = RefCharge> {
@@ -237,7 +239,8 @@ fn charge() -> impl Strategy<Value = RefCharge> {
         tiers().prop_map(RefModel::Volume),
         (1i128..10_000, price()).prop_map(|(size, price)| RefModel::Package { size, price }),
     ];
-    (model, prop_oneof![Just(0i128), 0i128..50_000]).prop_map(|(model, free)| RefCharge { free, model })
+    (model, prop_oneof![Just(0i128), 0i128..50_000])
+        .prop_map(|(model, free)| RefCharge { free, model })
 }
 
 fn plan() -> impl Strategy<Value = RefPlan> {

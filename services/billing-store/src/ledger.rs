@@ -1,0 +1,894 @@
+//! The billing ledger: plan versions, partner billing profiles, prepaid credits, invoices and
+//! their lifecycle, and webhook deliveries. The SQL is written once, in portable SQL with `$n`
+//! parameters, text times and text decimals, and instantiated for SQLite and PostgreSQL by
+//! [`ledger_store!`], so the two stores cannot drift (the conformance suite runs on both).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use peage_core::invoice::{Invoice, InvoiceRecord, InvoiceStatus};
+use peage_core::pricing::TaxRate;
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::BillingStoreError;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BillingProfile {
+    pub partner_id: String,
+    /// IANA time zone; billing periods start at local midnight.
+    pub timezone: String,
+    /// Replaces the plan's tax (for example a reverse-charge 0 %).
+    pub tax: Option<TaxRate>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CreditEntry {
+    pub id: String,
+    pub partner_id: String,
+    pub currency: String,
+    /// Positive: credits granted; negative: taken by an invoice.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub description: String,
+    pub invoice_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What saving a draft did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DraftOutcome {
+    Created(InvoiceRecord),
+    Updated(InvoiceRecord),
+    Unchanged(InvoiceRecord),
+    /// The period is already finalized; nothing was written.
+    AlreadyFinal(InvoiceRecord),
+}
+
+impl DraftOutcome {
+    pub fn record(&self) -> &InvoiceRecord {
+        match self {
+            DraftOutcome::Created(r)
+            | DraftOutcome::Updated(r)
+            | DraftOutcome::Unchanged(r)
+            | DraftOutcome::AlreadyFinal(r) => r,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct InvoiceFilter {
+    pub period_label: Option<String>,
+    pub status: Option<InvoiceStatus>,
+    pub partner_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WebhookEndpoint {
+    pub id: String,
+    pub url: String,
+    /// `whsec_…`: shown once when the endpoint is created.
+    #[serde(skip)]
+    pub secret: String,
+    pub events: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WebhookDelivery {
+    pub id: String,
+    pub endpoint_id: String,
+    pub event_type: String,
+    pub event_key: String,
+    pub payload: String,
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The result of one delivery attempt.
+#[derive(Debug, Clone)]
+pub enum Attempt {
+    Delivered {
+        status: i64,
+    },
+    /// Failed; try again at `next`.
+    Retry {
+        next: DateTime<Utc>,
+        status: Option<i64>,
+        error: String,
+    },
+    /// Failed for the last time.
+    GaveUp {
+        status: Option<i64>,
+        error: String,
+    },
+}
+
+#[async_trait]
+pub trait LedgerStore: Send + Sync + 'static {
+    /// Records a plan version (idempotent: the first definition seen for a version stays).
+    async fn put_plan_version(
+        &self,
+        plan_id: &str,
+        version: &str,
+        definition: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), BillingStoreError>;
+    async fn plan_version(
+        &self,
+        plan_id: &str,
+        version: &str,
+    ) -> Result<Option<String>, BillingStoreError>;
+
+    async fn billing_profile(
+        &self,
+        partner_id: &str,
+    ) -> Result<Option<BillingProfile>, BillingStoreError>;
+    async fn put_billing_profile(&self, profile: &BillingProfile) -> Result<(), BillingStoreError>;
+
+    async fn add_credit(&self, entry: &CreditEntry) -> Result<(), BillingStoreError>;
+    async fn credit_entries(&self, partner_id: &str)
+        -> Result<Vec<CreditEntry>, BillingStoreError>;
+    async fn credit_balance(
+        &self,
+        partner_id: &str,
+        currency: &str,
+    ) -> Result<Decimal, BillingStoreError>;
+
+    /// Stores the draft for its partner and period: inserts it, replaces an existing draft's
+    /// document (keeping its id), or leaves a finalized invoice alone.
+    async fn save_draft(&self, draft: &InvoiceRecord) -> Result<DraftOutcome, BillingStoreError>;
+    async fn invoices(
+        &self,
+        filter: &InvoiceFilter,
+    ) -> Result<Vec<InvoiceRecord>, BillingStoreError>;
+    async fn invoice(&self, id: &str) -> Result<Option<InvoiceRecord>, BillingStoreError>;
+    /// Finalizes a draft in one transaction: the next number of `prefix` for the year of `at`
+    /// (no gaps: a failed finalization takes no number), credits applied from the balance.
+    async fn finalize_invoice(
+        &self,
+        id: &str,
+        prefix: &str,
+        at: DateTime<Utc>,
+    ) -> Result<InvoiceRecord, BillingStoreError>;
+    /// Voids a draft or a finalized invoice; credits it took go back to the balance.
+    async fn void_invoice(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<InvoiceRecord, BillingStoreError>;
+
+    async fn add_webhook_endpoint(&self, ep: &WebhookEndpoint) -> Result<(), BillingStoreError>;
+    async fn webhook_endpoints(&self) -> Result<Vec<WebhookEndpoint>, BillingStoreError>;
+    /// Queues `payload` for every active endpoint subscribed to `event_type`, once per
+    /// `event_key`; returns how many deliveries were queued.
+    async fn enqueue_webhook(
+        &self,
+        event_type: &str,
+        event_key: &str,
+        payload: &str,
+        ids: &mut (dyn Iterator<Item = String> + Send),
+        at: DateTime<Utc>,
+    ) -> Result<usize, BillingStoreError>;
+    /// Pending deliveries due at `now`, oldest first, with their endpoint.
+    async fn due_webhooks(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(WebhookDelivery, WebhookEndpoint)>, BillingStoreError>;
+    async fn record_webhook_attempt(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        attempt: &Attempt,
+    ) -> Result<(), BillingStoreError>;
+    /// The delivery log, newest first.
+    async fn webhook_deliveries(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<WebhookDelivery>, BillingStoreError>;
+}
+
+pub(crate) fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+pub(crate) fn parse_time(what: &'static str, s: &str) -> Result<DateTime<Utc>, BillingStoreError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| BillingStoreError::Corrupt {
+            what,
+            reason: format!("time {s:?}: {e}"),
+        })
+}
+
+pub(crate) fn parse_opt_time(
+    what: &'static str,
+    s: Option<String>,
+) -> Result<Option<DateTime<Utc>>, BillingStoreError> {
+    s.map(|s| parse_time(what, &s)).transpose()
+}
+
+pub(crate) fn parse_decimal(what: &'static str, s: &str) -> Result<Decimal, BillingStoreError> {
+    s.parse().map_err(|e| BillingStoreError::Corrupt {
+        what,
+        reason: format!("amount {s:?}: {e}"),
+    })
+}
+
+pub(crate) fn document(inv: &Invoice) -> Result<String, BillingStoreError> {
+    serde_json::to_string(inv).map_err(|e| BillingStoreError::Corrupt {
+        what: "invoice",
+        reason: e.to_string(),
+    })
+}
+
+/// The columns a record is read from, in this order.
+pub(crate) const INVOICE_COLUMNS: &str = "id, number, status, partner_id, period_label, created_at, updated_at, finalized_at, voided_at, document";
+
+pub(crate) struct InvoiceRow {
+    pub id: String,
+    pub number: Option<String>,
+    pub status: String,
+    pub partner_id: String,
+    pub period_label: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub finalized_at: Option<String>,
+    pub voided_at: Option<String>,
+    pub document: String,
+}
+
+impl InvoiceRow {
+    pub fn record(self) -> Result<InvoiceRecord, BillingStoreError> {
+        let corrupt = |reason: String| BillingStoreError::Corrupt {
+            what: "invoice",
+            reason,
+        };
+        Ok(InvoiceRecord {
+            status: InvoiceStatus::parse(&self.status)
+                .ok_or_else(|| corrupt(format!("status {:?}", self.status)))?,
+            invoice: serde_json::from_str(&self.document)
+                .map_err(|e| corrupt(format!("{}: {e}", self.id)))?,
+            created_at: parse_time("invoice", &self.created_at)?,
+            updated_at: parse_time("invoice", &self.updated_at)?,
+            finalized_at: parse_opt_time("invoice", self.finalized_at)?,
+            voided_at: parse_opt_time("invoice", self.voided_at)?,
+            id: self.id,
+            number: self.number,
+            partner_id: self.partner_id,
+            period_label: self.period_label,
+        })
+    }
+}
+
+pub(crate) fn invoice_number(prefix: &str, year: i32, n: i64) -> String {
+    format!("{prefix}-{year}-{n:06}")
+}
+
+pub(crate) fn not_found(what: &'static str, id: &str) -> BillingStoreError {
+    BillingStoreError::NotFound {
+        what,
+        id: id.to_string(),
+    }
+}
+
+pub(crate) fn endpoint_events(events: &str) -> Vec<String> {
+    events
+        .split(',')
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Implements [`LedgerStore`] for a store with a `pool` field of an sqlx pool type.
+macro_rules! ledger_store {
+    ($store:ty) => {
+        const _: () = {
+            use chrono::Datelike;
+            use sqlx::Row;
+            use $crate::ledger::*;
+
+            fn invoice_row<R: sqlx::Row>(row: &R) -> Result<InvoiceRow, sqlx::Error>
+            where
+                for<'c> &'c str: sqlx::ColumnIndex<R>,
+                String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+                Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            {
+                Ok(InvoiceRow {
+                    id: row.try_get("id")?,
+                    number: row.try_get("number")?,
+                    status: row.try_get("status")?,
+                    partner_id: row.try_get("partner_id")?,
+                    period_label: row.try_get("period_label")?,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                    finalized_at: row.try_get("finalized_at")?,
+                    voided_at: row.try_get("voided_at")?,
+                    document: row.try_get("document")?,
+                })
+            }
+
+            fn credit_row<R: sqlx::Row>(row: &R) -> Result<CreditEntry, $crate::BillingStoreError>
+            where
+                for<'c> &'c str: sqlx::ColumnIndex<R>,
+                String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+                Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            {
+                Ok(CreditEntry {
+                    id: row.try_get("id")?,
+                    partner_id: row.try_get("partner_id")?,
+                    currency: row.try_get("currency")?,
+                    amount: parse_decimal("credit", &row.try_get::<String, _>("amount")?)?,
+                    description: row.try_get("description")?,
+                    invoice_id: row.try_get("invoice_id")?,
+                    created_at: parse_time("credit", &row.try_get::<String, _>("created_at")?)?,
+                })
+            }
+
+            fn endpoint_row<R: sqlx::Row>(
+                row: &R,
+                prefix: &str,
+            ) -> Result<WebhookEndpoint, $crate::BillingStoreError>
+            where
+                for<'c> &'c str: sqlx::ColumnIndex<R>,
+                String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+                Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            {
+                let col = |c: &str| format!("{prefix}{c}");
+                Ok(WebhookEndpoint {
+                    id: row.try_get(col("id").as_str())?,
+                    url: row.try_get(col("url").as_str())?,
+                    secret: row.try_get(col("secret").as_str())?,
+                    events: endpoint_events(&row.try_get::<String, _>(col("events").as_str())?),
+                    created_at: parse_time(
+                        "webhook endpoint",
+                        &row.try_get::<String, _>(col("created_at").as_str())?,
+                    )?,
+                    disabled_at: parse_opt_time(
+                        "webhook endpoint",
+                        row.try_get(col("disabled_at").as_str())?,
+                    )?,
+                })
+            }
+
+            fn delivery_row<R: sqlx::Row>(row: &R) -> Result<WebhookDelivery, $crate::BillingStoreError>
+            where
+                for<'c> &'c str: sqlx::ColumnIndex<R>,
+                String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+                Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+                i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+                Option<i64>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            {
+                Ok(WebhookDelivery {
+                    id: row.try_get("id")?,
+                    endpoint_id: row.try_get("endpoint_id")?,
+                    event_type: row.try_get("event_type")?,
+                    event_key: row.try_get("event_key")?,
+                    payload: row.try_get("payload")?,
+                    status: row.try_get("status")?,
+                    attempts: row.try_get("attempts")?,
+                    next_attempt_at: parse_time(
+                        "webhook delivery",
+                        &row.try_get::<String, _>("next_attempt_at")?,
+                    )?,
+                    last_attempt_at: parse_opt_time(
+                        "webhook delivery",
+                        row.try_get("last_attempt_at")?,
+                    )?,
+                    last_status: row.try_get("last_status")?,
+                    last_error: row.try_get("last_error")?,
+                    created_at: parse_time(
+                        "webhook delivery",
+                        &row.try_get::<String, _>("created_at")?,
+                    )?,
+                })
+            }
+
+            const DELIVERY_COLUMNS: &str = "d.id, d.endpoint_id, d.event_type, d.event_key, d.payload, d.status, d.attempts, d.next_attempt_at, d.last_attempt_at, d.last_status, d.last_error, d.created_at";
+            const ENDPOINT_COLUMNS: &str = "e.id AS e_id, e.url AS e_url, e.secret AS e_secret, e.events AS e_events, e.created_at AS e_created_at, e.disabled_at AS e_disabled_at";
+
+            #[async_trait::async_trait]
+            impl LedgerStore for $store {
+                async fn put_plan_version(
+                    &self,
+                    plan_id: &str,
+                    version: &str,
+                    definition: &str,
+                    at: chrono::DateTime<chrono::Utc>,
+                ) -> Result<(), $crate::BillingStoreError> {
+                    sqlx::query(
+                        "INSERT INTO plan_versions (plan_id, version, definition, first_seen) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (plan_id, version) DO NOTHING",
+                    )
+                    .bind(plan_id)
+                    .bind(version)
+                    .bind(definition)
+                    .bind(ts(at))
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn plan_version(
+                    &self,
+                    plan_id: &str,
+                    version: &str,
+                ) -> Result<Option<String>, $crate::BillingStoreError> {
+                    let row = sqlx::query(
+                        "SELECT definition FROM plan_versions WHERE plan_id = $1 AND version = $2",
+                    )
+                    .bind(plan_id)
+                    .bind(version)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    Ok(row.map(|r| r.try_get("definition")).transpose()?)
+                }
+
+                async fn billing_profile(
+                    &self,
+                    partner_id: &str,
+                ) -> Result<Option<BillingProfile>, $crate::BillingStoreError> {
+                    let row = sqlx::query(
+                        "SELECT partner_id, timezone, tax_rate, tax_label, updated_at \
+                         FROM partner_billing WHERE partner_id = $1",
+                    )
+                    .bind(partner_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    let Some(row) = row else { return Ok(None) };
+                    let rate: Option<String> = row.try_get("tax_rate")?;
+                    let label: Option<String> = row.try_get("tax_label")?;
+                    let tax = match rate {
+                        Some(r) => Some(peage_core::pricing::TaxRate {
+                            rate: parse_decimal("billing profile", &r)?,
+                            label: label.unwrap_or_default(),
+                        }),
+                        None => None,
+                    };
+                    Ok(Some(BillingProfile {
+                        partner_id: row.try_get("partner_id")?,
+                        timezone: row.try_get("timezone")?,
+                        tax,
+                        updated_at: parse_time(
+                            "billing profile",
+                            &row.try_get::<String, _>("updated_at")?,
+                        )?,
+                    }))
+                }
+
+                async fn put_billing_profile(
+                    &self,
+                    p: &BillingProfile,
+                ) -> Result<(), $crate::BillingStoreError> {
+                    sqlx::query(
+                        "INSERT INTO partner_billing (partner_id, timezone, tax_rate, tax_label, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (partner_id) DO UPDATE SET \
+                         timezone = excluded.timezone, tax_rate = excluded.tax_rate, \
+                         tax_label = excluded.tax_label, updated_at = excluded.updated_at",
+                    )
+                    .bind(&p.partner_id)
+                    .bind(&p.timezone)
+                    .bind(p.tax.as_ref().map(|t| t.rate.to_string()))
+                    .bind(p.tax.as_ref().map(|t| t.label.clone()))
+                    .bind(ts(p.updated_at))
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn add_credit(&self, e: &CreditEntry) -> Result<(), $crate::BillingStoreError> {
+                    sqlx::query(
+                        "INSERT INTO credit_entries (id, partner_id, currency, amount, description, invoice_id, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(&e.id)
+                    .bind(&e.partner_id)
+                    .bind(&e.currency)
+                    .bind(e.amount.to_string())
+                    .bind(&e.description)
+                    .bind(&e.invoice_id)
+                    .bind(ts(e.created_at))
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn credit_entries(
+                    &self,
+                    partner_id: &str,
+                ) -> Result<Vec<CreditEntry>, $crate::BillingStoreError> {
+                    let rows = sqlx::query(
+                        "SELECT id, partner_id, currency, amount, description, invoice_id, created_at \
+                         FROM credit_entries WHERE partner_id = $1 ORDER BY created_at, id",
+                    )
+                    .bind(partner_id)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.iter().map(credit_row).collect()
+                }
+
+                async fn credit_balance(
+                    &self,
+                    partner_id: &str,
+                    currency: &str,
+                ) -> Result<rust_decimal::Decimal, $crate::BillingStoreError> {
+                    let rows = sqlx::query(
+                        "SELECT amount FROM credit_entries WHERE partner_id = $1 AND currency = $2",
+                    )
+                    .bind(partner_id)
+                    .bind(currency)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    let mut sum = rust_decimal::Decimal::ZERO;
+                    for r in &rows {
+                        sum += parse_decimal("credit", &r.try_get::<String, _>("amount")?)?;
+                    }
+                    Ok(sum)
+                }
+
+                async fn save_draft(
+                    &self,
+                    draft: &peage_core::InvoiceRecord,
+                ) -> Result<DraftOutcome, $crate::BillingStoreError> {
+                    let inv = &draft.invoice;
+                    let doc = document(inv)?;
+                    let mut tx = self.pool.begin().await?;
+                    let existing = sqlx::query(&format!(
+                        "SELECT {INVOICE_COLUMNS} FROM invoices \
+                         WHERE partner_id = $1 AND period_start = $2 AND status <> 'void'"
+                    ))
+                    .bind(&inv.partner_id)
+                    .bind(ts(inv.period.start))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some(row) = existing else {
+                        sqlx::query(
+                            "INSERT INTO invoices (id, partner_id, period_label, period_start, period_end, status, \
+                             number, currency, total, document, created_at, updated_at) \
+                             VALUES ($1, $2, $3, $4, $5, 'draft', NULL, $6, $7, $8, $9, $10)",
+                        )
+                        .bind(&draft.id)
+                        .bind(&inv.partner_id)
+                        .bind(&draft.period_label)
+                        .bind(ts(inv.period.start))
+                        .bind(ts(inv.period.end))
+                        .bind(inv.currency.code())
+                        .bind(inv.total.to_string())
+                        .bind(&doc)
+                        .bind(ts(draft.created_at))
+                        .bind(ts(draft.updated_at))
+                        .execute(&mut *tx)
+                        .await?;
+                        tx.commit().await?;
+                        let mut created = draft.clone();
+                        created.status = peage_core::InvoiceStatus::Draft;
+                        created.number = None;
+                        return Ok(DraftOutcome::Created(created));
+                    };
+                    let current = invoice_row(&row)?.record()?;
+                    if current.status != peage_core::InvoiceStatus::Draft {
+                        return Ok(DraftOutcome::AlreadyFinal(current));
+                    }
+                    if current.invoice == *inv {
+                        return Ok(DraftOutcome::Unchanged(current));
+                    }
+                    sqlx::query(
+                        "UPDATE invoices SET document = $1, total = $2, currency = $3, period_end = $4, \
+                         updated_at = $5 WHERE id = $6 AND status = 'draft'",
+                    )
+                    .bind(&doc)
+                    .bind(inv.total.to_string())
+                    .bind(inv.currency.code())
+                    .bind(ts(inv.period.end))
+                    .bind(ts(draft.updated_at))
+                    .bind(&current.id)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    Ok(DraftOutcome::Updated(peage_core::InvoiceRecord {
+                        invoice: inv.clone(),
+                        updated_at: draft.updated_at,
+                        ..current
+                    }))
+                }
+
+                async fn invoices(
+                    &self,
+                    f: &InvoiceFilter,
+                ) -> Result<Vec<peage_core::InvoiceRecord>, $crate::BillingStoreError> {
+                    // Optional filters as `($n IS NULL OR col = $n)`, so the SQL stays static.
+                    let rows = sqlx::query(&format!(
+                        "SELECT {INVOICE_COLUMNS} FROM invoices \
+                         WHERE ($1 IS NULL OR period_label = $1) AND ($2 IS NULL OR status = $2) \
+                         AND ($3 IS NULL OR partner_id = $3) \
+                         ORDER BY period_start, partner_id, created_at"
+                    ))
+                    .bind(f.period_label.as_deref())
+                    .bind(f.status.map(|s| s.as_str()))
+                    .bind(f.partner_id.as_deref())
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.iter().map(|r| invoice_row(r)?.record()).collect()
+                }
+
+                async fn invoice(
+                    &self,
+                    id: &str,
+                ) -> Result<Option<peage_core::InvoiceRecord>, $crate::BillingStoreError> {
+                    let row = sqlx::query(&format!(
+                        "SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1"
+                    ))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    row.map(|r| invoice_row(&r)?.record()).transpose()
+                }
+
+                async fn finalize_invoice(
+                    &self,
+                    id: &str,
+                    prefix: &str,
+                    at: chrono::DateTime<chrono::Utc>,
+                ) -> Result<peage_core::InvoiceRecord, $crate::BillingStoreError> {
+                    let year = at.year();
+                    let mut tx = self.pool.begin().await?;
+                    // The number first: its row lock serialises finalizations of one issuer,
+                    // and rolling back gives the number back.
+                    let n: i64 = sqlx::query(
+                        "INSERT INTO invoice_numbers (prefix, year, last) VALUES ($1, $2, 1) \
+                         ON CONFLICT (prefix, year) DO UPDATE SET last = invoice_numbers.last + 1 \
+                         RETURNING last",
+                    )
+                    .bind(prefix)
+                    .bind(i64::from(year))
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("last")?;
+                    let row = sqlx::query(&format!(
+                        "SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1"
+                    ))
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or_else(|| not_found("invoice", id))?;
+                    let mut record = invoice_row(&row)?.record()?;
+                    if record.status != peage_core::InvoiceStatus::Draft {
+                        return Err($crate::BillingStoreError::Conflict(format!(
+                            "invoice {id} is {}; only a draft can be finalized",
+                            record.status.as_str()
+                        )));
+                    }
+                    let currency = record.invoice.currency.code().to_string();
+                    let rows = sqlx::query(
+                        "SELECT amount FROM credit_entries WHERE partner_id = $1 AND currency = $2",
+                    )
+                    .bind(&record.partner_id)
+                    .bind(&currency)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let mut balance = rust_decimal::Decimal::ZERO;
+                    for r in &rows {
+                        balance += parse_decimal("credit", &r.try_get::<String, _>("amount")?)?;
+                    }
+                    record.invoice.apply_credits(balance);
+                    let number = invoice_number(prefix, year, n);
+                    if !record.invoice.credits_applied.is_zero() {
+                        sqlx::query(
+                            "INSERT INTO credit_entries (id, partner_id, currency, amount, description, invoice_id, created_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                        )
+                        .bind(format!("crd_{}", &id[4.min(id.len())..]))
+                        .bind(&record.partner_id)
+                        .bind(&currency)
+                        .bind((-record.invoice.credits_applied).to_string())
+                        .bind(format!("invoice {number}"))
+                        .bind(id)
+                        .bind(ts(at))
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    sqlx::query(
+                        "UPDATE invoices SET status = 'finalized', number = $1, document = $2, total = $3, \
+                         finalized_at = $4, updated_at = $4 WHERE id = $5 AND status = 'draft'",
+                    )
+                    .bind(&number)
+                    .bind(document(&record.invoice)?)
+                    .bind(record.invoice.total.to_string())
+                    .bind(ts(at))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    record.status = peage_core::InvoiceStatus::Finalized;
+                    record.number = Some(number);
+                    record.finalized_at = Some(at);
+                    record.updated_at = at;
+                    Ok(record)
+                }
+
+                async fn void_invoice(
+                    &self,
+                    id: &str,
+                    at: chrono::DateTime<chrono::Utc>,
+                ) -> Result<peage_core::InvoiceRecord, $crate::BillingStoreError> {
+                    let mut tx = self.pool.begin().await?;
+                    let changed = sqlx::query(
+                        "UPDATE invoices SET status = 'void', voided_at = $1, updated_at = $1 \
+                         WHERE id = $2 AND status IN ('draft', 'finalized')",
+                    )
+                    .bind(ts(at))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    let row = sqlx::query(&format!(
+                        "SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1"
+                    ))
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or_else(|| not_found("invoice", id))?;
+                    let record = invoice_row(&row)?.record()?;
+                    if changed.rows_affected() == 0 {
+                        return Err($crate::BillingStoreError::Conflict(format!(
+                            "invoice {id} is already void"
+                        )));
+                    }
+                    let taken = record.invoice.credits_applied;
+                    if record.number.is_some() && !taken.is_zero() {
+                        sqlx::query(
+                            "INSERT INTO credit_entries (id, partner_id, currency, amount, description, invoice_id, created_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                        )
+                        .bind(format!("crd_v{}", &id[4.min(id.len())..]))
+                        .bind(&record.partner_id)
+                        .bind(record.invoice.currency.code())
+                        .bind(taken.to_string())
+                        .bind(format!(
+                            "invoice {} voided",
+                            record.number.as_deref().unwrap_or(id)
+                        ))
+                        .bind(id)
+                        .bind(ts(at))
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    tx.commit().await?;
+                    Ok(record)
+                }
+
+                async fn add_webhook_endpoint(
+                    &self,
+                    ep: &WebhookEndpoint,
+                ) -> Result<(), $crate::BillingStoreError> {
+                    sqlx::query(
+                        "INSERT INTO webhook_endpoints (id, url, secret, events, created_at, disabled_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(&ep.id)
+                    .bind(&ep.url)
+                    .bind(&ep.secret)
+                    .bind(ep.events.join(","))
+                    .bind(ts(ep.created_at))
+                    .bind(ep.disabled_at.map(ts))
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn webhook_endpoints(
+                    &self,
+                ) -> Result<Vec<WebhookEndpoint>, $crate::BillingStoreError> {
+                    let rows = sqlx::query(&format!(
+                        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints e ORDER BY e.created_at, e.id"
+                    ))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.iter().map(|r| endpoint_row(r, "e_")).collect()
+                }
+
+                async fn enqueue_webhook(
+                    &self,
+                    event_type: &str,
+                    event_key: &str,
+                    payload: &str,
+                    ids: &mut (dyn Iterator<Item = String> + Send),
+                    at: chrono::DateTime<chrono::Utc>,
+                ) -> Result<usize, $crate::BillingStoreError> {
+                    let endpoints = self.webhook_endpoints().await?;
+                    let mut queued = 0;
+                    for ep in endpoints.iter().filter(|e| {
+                        e.disabled_at.is_none() && e.events.iter().any(|t| t == event_type || t == "*")
+                    }) {
+                        let Some(id) = ids.next() else { break };
+                        let done = sqlx::query(
+                            "INSERT INTO webhook_deliveries (id, endpoint_id, event_type, event_key, payload, status, \
+                             attempts, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6) \
+                             ON CONFLICT (endpoint_id, event_key) DO NOTHING",
+                        )
+                        .bind(id)
+                        .bind(&ep.id)
+                        .bind(event_type)
+                        .bind(event_key)
+                        .bind(payload)
+                        .bind(ts(at))
+                        .execute(&self.pool)
+                        .await?;
+                        queued += done.rows_affected() as usize;
+                    }
+                    Ok(queued)
+                }
+
+                async fn due_webhooks(
+                    &self,
+                    now: chrono::DateTime<chrono::Utc>,
+                    limit: i64,
+                ) -> Result<Vec<(WebhookDelivery, WebhookEndpoint)>, $crate::BillingStoreError> {
+                    let rows = sqlx::query(&format!(
+                        "SELECT {DELIVERY_COLUMNS}, {ENDPOINT_COLUMNS} FROM webhook_deliveries d \
+                         JOIN webhook_endpoints e ON e.id = d.endpoint_id \
+                         WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
+                         ORDER BY d.next_attempt_at, d.id LIMIT $2"
+                    ))
+                    .bind(ts(now))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.iter()
+                        .map(|r| Ok((delivery_row(r)?, endpoint_row(r, "e_")?)))
+                        .collect()
+                }
+
+                async fn record_webhook_attempt(
+                    &self,
+                    id: &str,
+                    at: chrono::DateTime<chrono::Utc>,
+                    attempt: &Attempt,
+                ) -> Result<(), $crate::BillingStoreError> {
+                    let (status, next, code, error) = match attempt {
+                        Attempt::Delivered { status } => ("delivered", at, Some(*status), None),
+                        Attempt::Retry { next, status, error } => {
+                            ("pending", *next, *status, Some(error.clone()))
+                        }
+                        Attempt::GaveUp { status, error } => ("failed", at, *status, Some(error.clone())),
+                    };
+                    sqlx::query(
+                        "UPDATE webhook_deliveries SET status = $1, attempts = attempts + 1, \
+                         next_attempt_at = $2, last_attempt_at = $3, last_status = $4, last_error = $5 \
+                         WHERE id = $6",
+                    )
+                    .bind(status)
+                    .bind(ts(next))
+                    .bind(ts(at))
+                    .bind(code)
+                    .bind(error)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn webhook_deliveries(
+                    &self,
+                    limit: i64,
+                ) -> Result<Vec<WebhookDelivery>, $crate::BillingStoreError> {
+                    let rows = sqlx::query(&format!(
+                        "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d \
+                         ORDER BY d.created_at DESC, d.id DESC LIMIT $1"
+                    ))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.iter().map(delivery_row).collect()
+                }
+            }
+        };
+    };
+}
+pub(crate) use ledger_store;
