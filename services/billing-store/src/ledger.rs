@@ -637,6 +637,8 @@ macro_rules! ledger_store {
                     prefix: &str,
                     at: chrono::DateTime<chrono::Utc>,
                 ) -> Result<peage_core::InvoiceRecord, $crate::BillingStoreError> {
+                    // Stored to the microsecond: answer what is stored.
+                    let at = parse_time("invoice", &ts(at))?;
                     let year = at.year();
                     let mut tx = self.pool.begin().await?;
                     // The number first: its row lock serialises finalizations of one issuer,
@@ -718,6 +720,7 @@ macro_rules! ledger_store {
                     id: &str,
                     at: chrono::DateTime<chrono::Utc>,
                 ) -> Result<peage_core::InvoiceRecord, $crate::BillingStoreError> {
+                    let at = parse_time("invoice", &ts(at))?;
                     let mut tx = self.pool.begin().await?;
                     let changed = sqlx::query(
                         "UPDATE invoices SET status = 'void', voided_at = $1, updated_at = $1 \

@@ -3,10 +3,14 @@
 //! error is `application/problem+json`, mapped once from [`ApiError`].
 
 mod error;
+pub mod invoice_routes;
+pub mod invoicing;
 pub mod oauth;
+pub mod pdf;
 pub mod provisioning;
 mod quota;
 mod routes;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -34,6 +38,7 @@ pub struct ControlApi {
     admin_token: String,
     pub(crate) on_revoke: Option<RevocationHook>,
     pub(crate) oauth: OAuthConfig,
+    pub invoicing: invoicing::Invoicing,
 }
 
 impl ControlApi {
@@ -44,8 +49,16 @@ impl ControlApi {
         admin_token: String,
         on_revoke: Option<RevocationHook>,
         oauth: OAuthConfig,
+        issuer: invoicing::Issuer,
     ) -> Arc<ControlApi> {
+        let invoicing = invoicing::Invoicing {
+            catalog: Arc::clone(&catalog),
+            store: Arc::clone(&store),
+            usage: Arc::clone(&usage),
+            issuer,
+        };
         Arc::new(ControlApi {
+            invoicing,
             catalog,
             store,
             usage,
@@ -82,6 +95,24 @@ impl ControlApi {
                 "/partners/{id}/invoices/upcoming",
                 get(routes::upcoming_invoice),
             )
+            .route("/invoices", get(invoice_routes::list))
+            .route("/invoices/run", post(invoice_routes::run))
+            .route("/invoices/{id}", get(invoice_routes::get))
+            .route("/invoices/{id}/finalize", post(invoice_routes::finalize))
+            .route("/invoices/{id}/void", post(invoice_routes::void))
+            .route(
+                "/partners/{id}/billing",
+                put(invoice_routes::put_profile).get(invoice_routes::get_profile),
+            )
+            .route(
+                "/partners/{id}/credits",
+                post(invoice_routes::add_credit).get(invoice_routes::credits),
+            )
+            .route(
+                "/webhooks",
+                post(invoice_routes::add_webhook).get(invoice_routes::webhooks),
+            )
+            .route("/webhooks/deliveries", get(invoice_routes::deliveries))
             .fallback(|| async { ApiError::NotFound("no such route".into()) })
             .route_layer(middleware::from_fn_with_state(
                 Arc::clone(self),

@@ -94,7 +94,8 @@ impl ControlApi {
         let partner = existing_partner(self, &req.partner_id).await?;
         let ctx = context(self, &partner, &req.meter)?;
         let now = Utc::now();
-        let period = ctx.plan.period.containing(now);
+        let tz = crate::invoicing::partner_time_zone(self.store.as_ref(), &partner.id).await?;
+        let period = ctx.plan.period.containing_in(tz, now);
         let used = used(self, &partner.id, req.env, ctx.meter, &period).await?;
         let key = QuotaKey {
             partner_id: partner.id.clone(),
@@ -109,6 +110,31 @@ impl ControlApi {
         if grant.decision != QuotaDecision::Allow {
             tracing::info!(partner_id = %partner.id, meter = %req.meter, env = req.env.as_str(),
                 decision = grant.decision.as_str(), "quota limit reached");
+            // Once per partner, env, meter and period: the event key deduplicates.
+            let event = format!("quota.{}", grant.decision.as_str());
+            let key = format!(
+                "{event}:{}:{}:{}:{}",
+                partner.id,
+                req.env.as_str(),
+                req.meter,
+                period.start.timestamp()
+            );
+            crate::webhooks::enqueue(
+                self.store.as_ref(),
+                &event,
+                &key,
+                serde_json::json!({
+                    "partner_id": partner.id,
+                    "env": req.env.as_str(),
+                    "meter": req.meter,
+                    "limit": ctx.quota.limit.to_string(),
+                    "used": used.to_string(),
+                    "period_start": period.start,
+                    "resets_at": period.end,
+                }),
+                now,
+            )
+            .await?;
         }
         Ok(Lease {
             partner_id: partner.id,
@@ -166,10 +192,11 @@ pub async fn partner_quotas(
     let env = crate::routes::env_param(params.env.as_deref())?;
     let partner = existing_partner(&api, &id).await?;
     let now = Utc::now();
+    let tz = crate::invoicing::partner_time_zone(api.store.as_ref(), &partner.id).await?;
     let plan_id = partner.subscription.plan_id.clone();
     let mut out = Vec::new();
     if let Some(plan) = api.catalog.plan(&plan_id) {
-        let period = plan.period.containing(now);
+        let period = plan.period.containing_in(tz, now);
         let meters = plan
             .quotas
             .iter()

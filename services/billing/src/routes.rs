@@ -7,7 +7,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::{header, HeaderValue, StatusCode};
 use peage_billing_store::{Partner, Subscription};
-use peage_core::{Env, Invoice, KeyId, PartnerId};
+use peage_core::{Env, KeyId, PartnerId};
 
 use crate::provisioning;
 use peage_usage_store::UsageQuery;
@@ -222,7 +222,7 @@ pub async fn usage(
 
 #[derive(Deserialize)]
 pub struct InvoiceParams {
-    format: Option<String>,
+    pub(crate) format: Option<String>,
 }
 
 pub async fn upcoming_invoice(
@@ -230,42 +230,9 @@ pub async fn upcoming_invoice(
     Path(id): Path<String>,
     Query(params): Query<InvoiceParams>,
 ) -> Result<Response, ApiError> {
-    let csv = match params.format.as_deref() {
-        None | Some("json") => false,
-        Some("csv") => true,
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "format must be json or csv, not {other:?}"
-            )))
-        }
-    };
+    let format = crate::invoice_routes::Format::parse(params.format.as_deref(), false)?;
     let partner = existing_partner(&api, &id).await?;
-    let plan_id = &partner.subscription.plan_id;
-    let plan = api.catalog.plan(plan_id).ok_or_else(|| {
-        ApiError::Conflict(format!(
-            "the partner's plan {plan_id:?} is no longer in the catalog"
-        ))
-    })?;
-    let period = plan.period.containing(Utc::now());
-    let query = UsageQuery {
-        partner_id: partner.id.clone(),
-        env: Env::Live,
-        from: period.start,
-        to: period.end,
-    };
-    let usage = api.usage.meter_usage(&query, &api.catalog.meters).await?;
-    let invoice = Invoice::compute(&partner.id, plan, period, &usage);
-    if csv {
-        let mut r = invoice.to_csv().into_response();
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/csv; charset=utf-8"),
-        );
-        let name = format!("attachment; filename=\"{}-upcoming.csv\"", partner.id);
-        if let Ok(v) = HeaderValue::from_str(&name) {
-            r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
-        }
-        return Ok(r);
-    }
-    Ok(Json(json!({ "status": "draft", "invoice": invoice })).into_response())
+    let record = api.invoicing.upcoming(&partner, Utc::now()).await?;
+    crate::invoice_routes::respond(&api, format, &[record], &format!("{}-upcoming", partner.id))
+        .await
 }

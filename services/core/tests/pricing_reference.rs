@@ -94,6 +94,7 @@ fn ref_charge(c: &RefCharge, q: i128, minor: u32) -> i128 {
 
 /// Totals of one period split in two parts at `split_day` of 30 (`split_day == 30`: no change),
 /// with `qa` usage in the first part under `a`, `qb` in the second under `b`.
+#[allow(clippy::too_many_arguments)] // the reference mirrors the engine's inputs one by one
 fn reference(
     a: &RefPlan,
     b: &RefPlan,

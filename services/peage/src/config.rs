@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 /// The sections the environment may override.
 const SECTIONS: &[&str] = &[
+    "billing",
     "catalog",
     "gateway",
     "control",
@@ -38,6 +39,7 @@ pub struct PeageConfig {
     pub aggregator: AggregatorSection,
     pub metrics: MetricsSection,
     pub oauth: OAuthSection,
+    pub billing: BillingSection,
 }
 
 /// Péage's own access tokens: the same on billing (which issues them) and gateways (which
@@ -180,6 +182,79 @@ impl Default for ControlSection {
     }
 }
 
+/// `[billing]`: who issues invoices, and how webhooks are retried.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BillingSection {
+    pub issuer_name: String,
+    pub issuer_address: Vec<String>,
+    pub issuer_tax_id: Option<String>,
+    /// Invoice numbers are `<prefix>-<year>-<6 digits>`, gapless per prefix and year.
+    pub invoice_prefix: String,
+    /// Waits between webhook attempts, in seconds; after the last, the delivery fails.
+    pub webhook_retry_s: Vec<u64>,
+    pub webhook_poll_ms: u64,
+}
+
+impl Default for BillingSection {
+    fn default() -> Self {
+        BillingSection {
+            issuer_name: "Péage".into(),
+            issuer_address: Vec::new(),
+            issuer_tax_id: None,
+            invoice_prefix: "PEAGE".into(),
+            webhook_retry_s: vec![5, 300, 1800, 7200, 18000, 36000, 36000],
+            webhook_poll_ms: 1000,
+        }
+    }
+}
+
+impl BillingSection {
+    pub fn issuer(&self) -> anyhow::Result<peage_billing::invoicing::Issuer> {
+        let p = &self.invoice_prefix;
+        if p.is_empty()
+            || p.len() > 20
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-')
+        {
+            anyhow::bail!("billing.invoice_prefix must be 1 to 20 of A-Z, 0-9 and '-', not {p:?}");
+        }
+        Ok(peage_billing::invoicing::Issuer {
+            name: self.issuer_name.clone(),
+            address: self.issuer_address.clone(),
+            tax_id: self.issuer_tax_id.clone(),
+            prefix: p.clone(),
+        })
+    }
+
+    pub fn retry_schedule(&self) -> peage_billing::webhooks::RetrySchedule {
+        peage_billing::webhooks::RetrySchedule(
+            self.webhook_retry_s
+                .iter()
+                .map(|s| std::time::Duration::from_secs(*s))
+                .collect(),
+        )
+    }
+
+    /// The `[billing]` section from `PEAGE_BILLING__*` alone (for `peage up`, which has no
+    /// configuration file).
+    pub fn from_env(env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Self> {
+        let mut doc = toml::Table::new();
+        apply_env(
+            &mut doc,
+            env.into_iter()
+                .filter(|(k, _)| k.starts_with("PEAGE_BILLING__")),
+        )?;
+        let section = doc
+            .remove("billing")
+            .unwrap_or(toml::Value::Table(Default::default()));
+        section
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("PEAGE_BILLING__*: {e}"))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresSection {
@@ -238,15 +313,11 @@ impl ControlSection {
 
 /// Reads `path`, applies `PEAGE_<SECTION>__<KEY>` overrides from `env`, and resolves relative
 /// paths against the file's directory.
-pub fn load(
-    path: &Path,
+/// Overrides keys of `doc` from `PEAGE_<SECTION>__<KEY>` variables.
+fn apply_env(
+    doc: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
-) -> anyhow::Result<PeageConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the configuration {}", path.display()))?;
-    let mut doc: toml::Table = text
-        .parse()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+) -> anyhow::Result<()> {
     for (name, value) in env {
         let Some(rest) = name.strip_prefix("PEAGE_") else {
             continue;
@@ -261,7 +332,7 @@ pub fn load(
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or(toml::Value::String(value));
-        let mut table = &mut doc;
+        let mut table = &mut *doc;
         for p in &parts[..parts.len() - 1] {
             let entry = table
                 .entry(p.clone())
@@ -272,6 +343,19 @@ pub fn load(
         }
         table.insert(parts[parts.len() - 1].clone(), parsed);
     }
+    Ok(())
+}
+
+pub fn load(
+    path: &Path,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> anyhow::Result<PeageConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the configuration {}", path.display()))?;
+    let mut doc: toml::Table = text
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    apply_env(&mut doc, env)?;
     let mut config: PeageConfig = toml::Value::Table(doc)
         .try_into()
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;

@@ -26,6 +26,9 @@ enum Command {
     Aggregator(ConfigArg),
     /// The billing role: the control API on PostgreSQL and ClickHouse.
     Billing(ConfigArg),
+    /// Invoices: `run` computes a month's drafts, `export` writes them as CSV, JSON or PDF.
+    #[command(subcommand)]
+    Invoice(peage::invoice_cli::InvoiceCommand),
     /// Serve the built-in demo API on its own (the upstream that `peage up --demo` uses).
     DemoUpstream {
         #[arg(
@@ -95,6 +98,7 @@ async fn main() -> std::process::ExitCode {
             })
             .await
         }
+        Command::Invoice(c) => peage::invoice_cli::run(c).await,
         Command::DemoUpstream { listen } => {
             peage::demo::serve_standalone(listen, peage::shutdown_signal()).await
         }

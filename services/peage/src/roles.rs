@@ -19,13 +19,13 @@ use crate::config::PeageConfig;
 use crate::metrics::{self, read, Sample};
 use crate::up::{load_catalog, StoreKeys};
 
-async fn clickhouse(config: &PeageConfig) -> anyhow::Result<ClickHouseUsageStore> {
+pub(crate) async fn clickhouse(config: &PeageConfig) -> anyhow::Result<ClickHouseUsageStore> {
     ClickHouseUsageStore::connect(&config.clickhouse)
         .await
         .context("connecting to ClickHouse ([clickhouse] url)")
 }
 
-async fn postgres(config: &PeageConfig) -> anyhow::Result<PostgresBillingStore> {
+pub(crate) async fn postgres(config: &PeageConfig) -> anyhow::Result<PostgresBillingStore> {
     PostgresBillingStore::connect(&config.postgres.url)
         .await
         .context("connecting to PostgreSQL ([postgres] url)")
@@ -264,13 +264,38 @@ pub async fn billing(
     let store: Arc<dyn BillingStore> = Arc::new(postgres(config).await?);
     let usage = Arc::new(clickhouse(config).await?);
     let token = config.control.token()?;
-    let api = ControlApi::new(catalog, store, usage, token, None, config.oauth.config());
+    let api = ControlApi::new(
+        catalog,
+        Arc::clone(&store),
+        usage,
+        token,
+        None,
+        config.oauth.config(),
+        config.billing.issuer()?,
+    );
+    api.invoicing
+        .register_plan_versions(chrono::Utc::now())
+        .await
+        .map_err(|e| anyhow::anyhow!("recording plan versions: {e}"))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let webhooks = tokio::spawn(peage_billing::webhooks::run_worker(
+        store,
+        config.billing.retry_schedule(),
+        std::time::Duration::from_millis(config.billing.webhook_poll_ms),
+        async move {
+            let mut rx = stop_rx;
+            let _ = rx.wait_for(|s| *s).await;
+        },
+    ));
     let listener = tokio::net::TcpListener::bind(config.control.listen)
         .await
         .with_context(|| format!("control API cannot listen on {}", config.control.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(listen = %addr, "billing (control API) up");
     println!("peage billing (control API) listening on http://{addr}");
-    peage_billing::serve(listener, api, shutdown).await?;
+    let served = peage_billing::serve(listener, api, shutdown).await;
+    let _ = stop_tx.send(true);
+    let _ = webhooks.await;
+    served?;
     Ok(())
 }

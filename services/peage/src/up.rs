@@ -339,6 +339,7 @@ pub async fn run(
     let gateway_url = format!("http://{}", gateway_listener.local_addr()?);
     let control_url = format!("http://{}", control_listener.local_addr()?);
     let oauth = OAuthConfig::default();
+    let billing_config = crate::config::BillingSection::from_env(std::env::vars())?;
     let control = ControlApi::new(
         Arc::clone(&catalog),
         Arc::clone(&billing),
@@ -346,7 +347,19 @@ pub async fn run(
         token.clone(),
         Some(on_revoke),
         oauth.clone(),
+        billing_config.issuer()?,
     );
+    control
+        .invoicing
+        .register_plan_versions(chrono::Utc::now())
+        .await
+        .map_err(|e| anyhow::anyhow!("recording plan versions: {e}"))?;
+    let webhooks = tokio::spawn(peage_billing::webhooks::run_worker(
+        Arc::clone(&billing),
+        billing_config.retry_schedule(),
+        Duration::from_millis(billing_config.webhook_poll_ms),
+        stopped(stop_rx.clone()),
+    ));
     let quotas = Quotas::new(
         Arc::new(InProcessQuotas(Arc::clone(&control))),
         QuotaConfig::default(),
@@ -409,6 +422,7 @@ pub async fn run(
             Err(e) => tracing::error!(error = %e, "{name} server panicked"),
         }
     }
+    let _ = webhooks.await;
     // Every call has finished: put its event in the log, then let the aggregator drain the log.
     emitter.flush().await;
     let _ = agg_stop_tx.send(true);

@@ -1,0 +1,350 @@
+//! Finance routes: invoice runs, the invoice list and its exports (JSON, CSV, PDF), finalize and
+//! void; partner billing profiles and prepaid credits; webhook endpoints and their delivery log.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use chrono::Utc;
+use http::{header, HeaderValue, StatusCode};
+use peage_billing_store::{BillingProfile, CreditEntry, InvoiceFilter, WebhookEndpoint};
+use peage_core::period::{parse_time_zone, PeriodLabel};
+use peage_core::pricing::TaxRate;
+use peage_core::{CreditId, Currency, InvoiceRecord, InvoiceStatus, WebhookEndpointId};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::routes::{body, existing_partner};
+use crate::{ApiError, ControlApi};
+
+type Api = State<Arc<ControlApi>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Csv,
+    Pdf,
+}
+
+impl Format {
+    pub fn parse(raw: Option<&str>, pdf_allowed: bool) -> Result<Format, ApiError> {
+        match raw {
+            None | Some("json") => Ok(Format::Json),
+            Some("csv") => Ok(Format::Csv),
+            Some("pdf") if pdf_allowed => Ok(Format::Pdf),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "format must be json, csv{}, not {other:?}",
+                if pdf_allowed { " or pdf" } else { "" }
+            ))),
+        }
+    }
+}
+
+fn attachment(mut r: Response, content_type: &'static str, name: &str) -> Response {
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
+    r
+}
+
+/// Answers invoices in `format`; PDF only for exactly one invoice.
+pub async fn respond(
+    api: &ControlApi,
+    format: Format,
+    records: &[InvoiceRecord],
+    name: &str,
+) -> Result<Response, ApiError> {
+    Ok(match format {
+        Format::Json if records.len() == 1 && name != "invoices" => {
+            Json(&records[0]).into_response()
+        }
+        Format::Json => Json(json!({ "invoices": records })).into_response(),
+        Format::Csv => attachment(
+            InvoiceRecord::to_csv(records).into_response(),
+            "text/csv; charset=utf-8",
+            &format!("{name}.csv"),
+        ),
+        Format::Pdf => {
+            let record = records
+                .first()
+                .ok_or_else(|| ApiError::NotFound("no invoice".into()))?;
+            let partner = api
+                .store
+                .partner(&record.partner_id)
+                .await?
+                .map(|p| p.name)
+                .unwrap_or_default();
+            let pdf = crate::pdf::render(record, &partner, &api.invoicing.issuer);
+            attachment(
+                pdf.into_response(),
+                "application/pdf",
+                &format!("{name}.pdf"),
+            )
+        }
+    })
+}
+
+#[derive(Deserialize)]
+pub struct ListParams {
+    period: Option<String>,
+    status: Option<String>,
+    partner_id: Option<String>,
+    format: Option<String>,
+}
+
+pub async fn list(State(api): Api, Query(q): Query<ListParams>) -> Result<Response, ApiError> {
+    let format = Format::parse(q.format.as_deref(), false)?;
+    let period_label = q
+        .period
+        .as_deref()
+        .map(|p| p.parse::<PeriodLabel>().map(|l| l.to_string()))
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| {
+            InvoiceStatus::parse(s).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "status must be draft, finalized or void, not {s:?}"
+                ))
+            })
+        })
+        .transpose()?;
+    let records = api
+        .store
+        .invoices(&InvoiceFilter {
+            period_label,
+            status,
+            partner_id: q.partner_id,
+        })
+        .await?;
+    respond(&api, format, &records, "invoices").await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunRequest {
+    period: String,
+}
+
+pub async fn run(State(api): Api, raw: Bytes) -> Result<Response, ApiError> {
+    let req: RunRequest = body(&raw)?;
+    let label: PeriodLabel = req.period.parse().map_err(ApiError::BadRequest)?;
+    let summary = api.invoicing.run(label, Utc::now(), &|_, _| {}).await?;
+    Ok(Json(summary).into_response())
+}
+
+async fn existing_invoice(api: &ControlApi, id: &str) -> Result<InvoiceRecord, ApiError> {
+    api.store
+        .invoice(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("invoice {id} not found")))
+}
+
+pub async fn get(
+    State(api): Api,
+    Path(id): Path<String>,
+    Query(q): Query<crate::routes::InvoiceParams>,
+) -> Result<Response, ApiError> {
+    let format = Format::parse(q.format.as_deref(), true)?;
+    let record = existing_invoice(&api, &id).await?;
+    let name = record.number.clone().unwrap_or_else(|| record.id.clone());
+    respond(&api, format, &[record], &name).await
+}
+
+pub async fn finalize(State(api): Api, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(api.invoicing.finalize(&id, Utc::now()).await?).into_response())
+}
+
+pub async fn void(State(api): Api, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(api.invoicing.void(&id, Utc::now()).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileRequest {
+    timezone: String,
+    #[serde(default)]
+    tax: Option<TaxRequest>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaxRequest {
+    #[serde(with = "rust_decimal::serde::str")]
+    rate: Decimal,
+    label: String,
+}
+
+pub async fn put_profile(
+    State(api): Api,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    let req: ProfileRequest = body(&raw)?;
+    let partner = existing_partner(&api, &id).await?;
+    parse_time_zone(&req.timezone).map_err(ApiError::BadRequest)?;
+    if let Some(t) = &req.tax {
+        if t.rate < Decimal::ZERO || t.rate >= Decimal::ONE {
+            return Err(ApiError::BadRequest(format!(
+                "tax.rate must be a fraction from 0 to below 1 (0.20 for 20 %), not {}",
+                t.rate
+            )));
+        }
+        if t.label.trim().is_empty() {
+            return Err(ApiError::BadRequest("tax.label must not be empty".into()));
+        }
+    }
+    let profile = BillingProfile {
+        partner_id: partner.id,
+        timezone: req.timezone,
+        tax: req.tax.map(|t| TaxRate {
+            rate: t.rate,
+            label: t.label,
+        }),
+        updated_at: Utc::now(),
+    };
+    api.store.put_billing_profile(&profile).await?;
+    Ok(Json(profile).into_response())
+}
+
+pub async fn get_profile(State(api): Api, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let partner = existing_partner(&api, &id).await?;
+    let profile = api.store.billing_profile(&partner.id).await?;
+    Ok(Json(profile.unwrap_or(BillingProfile {
+        partner_id: partner.id,
+        timezone: "UTC".into(),
+        tax: None,
+        updated_at: partner.created_at,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreditRequest {
+    #[serde(with = "rust_decimal::serde::str")]
+    amount: Decimal,
+    currency: String,
+    description: String,
+}
+
+pub async fn add_credit(
+    State(api): Api,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    let req: CreditRequest = body(&raw)?;
+    let partner = existing_partner(&api, &id).await?;
+    let currency = Currency::parse(&req.currency)
+        .ok_or_else(|| ApiError::BadRequest(format!("unknown currency {:?}", req.currency)))?;
+    if req.amount <= Decimal::ZERO || req.amount.normalize().scale() > currency.minor_units() {
+        return Err(ApiError::BadRequest(format!(
+            "amount must be positive with at most {} decimals for {}",
+            currency.minor_units(),
+            currency.code()
+        )));
+    }
+    let entry = CreditEntry {
+        id: CreditId::from_random(rand::random()).to_string(),
+        partner_id: partner.id.clone(),
+        currency: currency.code().to_string(),
+        amount: currency.round(req.amount),
+        description: req.description,
+        invoice_id: None,
+        created_at: Utc::now(),
+    };
+    api.store.add_credit(&entry).await?;
+    Ok((StatusCode::CREATED, Json(entry)).into_response())
+}
+
+pub async fn credits(State(api): Api, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let partner = existing_partner(&api, &id).await?;
+    let entries = api.store.credit_entries(&partner.id).await?;
+    let mut balances: std::collections::BTreeMap<String, Decimal> = Default::default();
+    for e in &entries {
+        *balances.entry(e.currency.clone()).or_default() += e.amount;
+    }
+    let balances: std::collections::BTreeMap<String, String> = balances
+        .into_iter()
+        .map(|(c, b)| (c, b.to_string()))
+        .collect();
+    Ok(
+        Json(json!({ "partner_id": partner.id, "balances": balances, "entries": entries }))
+            .into_response(),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointRequest {
+    url: String,
+    events: Vec<String>,
+}
+
+pub async fn add_webhook(State(api): Api, raw: Bytes) -> Result<Response, ApiError> {
+    let req: EndpointRequest = body(&raw)?;
+    let url: http::Uri = req
+        .url
+        .parse()
+        .map_err(|e| ApiError::BadRequest(format!("url {:?}: {e}", req.url)))?;
+    if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
+        return Err(ApiError::BadRequest(format!(
+            "url must be an absolute http(s) URL, not {:?}",
+            req.url
+        )));
+    }
+    if req.events.is_empty() {
+        return Err(ApiError::BadRequest(
+            "events must name at least one event type".into(),
+        ));
+    }
+    for e in &req.events {
+        if e != "*" && !crate::webhooks::EVENT_TYPES.contains(&e.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "unknown event type {e:?}; known: {}",
+                crate::webhooks::EVENT_TYPES.join(", ")
+            )));
+        }
+    }
+    let ep = WebhookEndpoint {
+        id: WebhookEndpointId::from_random(rand::random()).to_string(),
+        url: req.url,
+        secret: crate::webhooks::new_secret(),
+        events: req.events,
+        created_at: Utc::now(),
+        disabled_at: None,
+    };
+    api.store.add_webhook_endpoint(&ep).await?;
+    let mut r = (
+        StatusCode::CREATED,
+        Json(json!({ "id": ep.id, "url": ep.url, "events": ep.events, "secret": ep.secret, "created_at": ep.created_at })),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+pub async fn webhooks(State(api): Api) -> Result<Response, ApiError> {
+    Ok(Json(json!({ "endpoints": api.store.webhook_endpoints().await? })).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct DeliveryParams {
+    limit: Option<i64>,
+}
+
+pub async fn deliveries(
+    State(api): Api,
+    Query(q): Query<DeliveryParams>,
+) -> Result<Response, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    Ok(Json(json!({ "deliveries": api.store.webhook_deliveries(limit).await? })).into_response())
+}

@@ -1,0 +1,482 @@
+//! The invoice lifecycle through the control API, on the embedded stores: an idempotent run,
+//! finalization with gapless numbers and credits, a finalized invoice no API can change, late
+//! usage landing as an adjustment on the next invoice, exports, and a signed webhook received by
+//! a real HTTP endpoint.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::routing::post;
+use axum::Router;
+use chrono::{DateTime, TimeZone, Utc};
+use peage_billing::invoicing::Issuer;
+use peage_billing::{ControlApi, OAuthConfig};
+use peage_billing_store::{BillingStore, SqliteBillingStore};
+use peage_core::{CallEvent, Catalog, Env};
+use peage_usage_store::{SqliteUsageStore, UsageStore};
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+
+const CATALOG: &str = r#"
+[[api]]
+name = "maps"
+[[api.versions]]
+id = "v1"
+live = "http://127.0.0.1:9"
+sandbox = "http://127.0.0.1:9"
+
+[[meter]]
+name = "calls"
+aggregation = "count"
+
+[[plan]]
+id = "growth"
+name = "Growth"
+currency = "EUR"
+period = { every = "month", anchor_day = 1 }
+base_fee = "49.00"
+tax = { rate = "0.20", label = "VAT" }
+charges = [{ meter = "calls", model = "per_unit", unit_price = "0.01" }]
+"#;
+
+const TOKEN: &str = "admin-test-token";
+
+struct Env_ {
+    base: String,
+    client: reqwest::Client,
+    usage: Arc<SqliteUsageStore>,
+    store: Arc<dyn BillingStore>,
+    _dir: tempfile::TempDir,
+}
+
+impl Env_ {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let mut req = self
+            .client
+            .request(method.parse().unwrap(), &url)
+            .bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn raw(&self, path: &str) -> (u16, String, Vec<u8>) {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        (status, ct, resp.bytes().await.unwrap().to_vec())
+    }
+}
+
+async fn start() -> Env_ {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Arc::new(Catalog::parse("catalog.toml", CATALOG, &|_| None).unwrap());
+    let store: Arc<dyn BillingStore> = Arc::new(
+        SqliteBillingStore::open(&dir.path().join("billing.db"))
+            .await
+            .unwrap(),
+    );
+    let usage = Arc::new(
+        SqliteUsageStore::open(&dir.path().join("usage.db"))
+            .await
+            .unwrap(),
+    );
+    let api = ControlApi::new(
+        catalog,
+        Arc::clone(&store),
+        usage.clone(),
+        TOKEN.into(),
+        None,
+        OAuthConfig::default(),
+        Issuer {
+            name: "Acme APIs SAS".into(),
+            address: vec!["1 rue de la Paix".into(), "75002 Paris".into()],
+            tax_id: Some("FR12345678901".into()),
+            prefix: "PEAGE".into(),
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(peage_billing::serve(listener, api, std::future::pending()));
+    Env_ {
+        base,
+        client: reqwest::Client::new(),
+        usage,
+        store,
+        _dir: dir,
+    }
+}
+
+fn calls(partner: &str, at: DateTime<Utc>, n: usize) -> Vec<CallEvent> {
+    (0..n)
+        .map(|i| {
+            let mut e: CallEvent = serde_json::from_str(include_str!(
+                "../../../schemas/events/examples/rest_call.json"
+            ))
+            .unwrap();
+            e.id = uuid::Uuid::now_v7();
+            e.time = at + chrono::Duration::seconds(i as i64);
+            e.partner_id = partner.into();
+            e.env = Env::Live;
+            e.api = "maps".into();
+            e.version = "v1".into();
+            e.status = 200;
+            e
+        })
+        .collect()
+}
+
+fn d(s: &str) -> Decimal {
+    s.parse().unwrap()
+}
+
+fn dec(v: &Value) -> Decimal {
+    d(v.as_str()
+        .unwrap_or_else(|| panic!("not a decimal string: {v}")))
+}
+
+#[tokio::test]
+async fn an_invoice_goes_from_draft_to_finalized_and_late_usage_lands_on_the_next_one() {
+    let env = start().await;
+
+    // A webhook endpoint that records what it receives.
+    let received: Arc<Mutex<Vec<(axum::http::HeaderMap, String)>>> = Default::default();
+    let hook = {
+        let received = Arc::clone(&received);
+        Router::new().route(
+            "/hook",
+            post(move |headers: axum::http::HeaderMap, body: String| {
+                let received = Arc::clone(&received);
+                async move {
+                    received.lock().unwrap().push((headers, body));
+                    "ok"
+                }
+            }),
+        )
+    };
+    let hook_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", hook_listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(hook_listener, hook).await });
+    let (s, ep) = env
+        .call(
+            "POST",
+            "/v1/webhooks",
+            Some(json!({"url": hook_url, "events": ["invoice.finalized"]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{ep}");
+    let secret = ep["secret"].as_str().unwrap().to_string();
+    let (s, bad) = env
+        .call(
+            "POST",
+            "/v1/webhooks",
+            Some(json!({"url": hook_url, "events": ["invoice.paid"]})),
+        )
+        .await;
+    assert_eq!(s, 400, "{bad}");
+    tokio::spawn(peage_billing::webhooks::run_worker(
+        Arc::clone(&env.store),
+        peage_billing::webhooks::RetrySchedule(vec![Duration::from_millis(100)]),
+        Duration::from_millis(50),
+        std::future::pending(),
+    ));
+
+    // A partner on Growth since October 1st, with 10 € of prepaid credits.
+    let october = Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap();
+    let (s, partner) = env
+        .call(
+            "POST",
+            "/v1/partners",
+            Some(json!({"name": "Globex", "plan": "growth"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{partner}");
+    let pid = partner["id"].as_str().unwrap().to_string();
+    // The partner was created now; move its subscription start back to October for the test.
+    env.store
+        .change_subscription(
+            &pid,
+            &peage_billing_store::Subscription {
+                plan_id: "growth".into(),
+                plan_version: partner["subscription"]["plan_version"]
+                    .as_str()
+                    .unwrap()
+                    .into(),
+                started_at: october,
+                ended_at: None,
+            },
+        )
+        .await
+        .ok();
+    let (s, c) = env
+        .call(
+            "POST",
+            &format!("/v1/partners/{pid}/credits"),
+            Some(json!({"amount": "10.00", "currency": "EUR", "description": "welcome credit"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{c}");
+    let (s, c) = env
+        .call(
+            "POST",
+            &format!("/v1/partners/{pid}/credits"),
+            Some(json!({"amount": "0.001", "currency": "EUR", "description": "too precise"})),
+        )
+        .await;
+    assert_eq!(s, 400, "{c}");
+
+    // 1,500 calls in October: 49.00 + 15.00 = 64.00, VAT 12.80, total 76.80.
+    env.usage
+        .insert(&calls(&pid, october + chrono::Duration::days(3), 1500))
+        .await
+        .unwrap();
+    let (s, run) = env
+        .call(
+            "POST",
+            "/v1/invoices/run",
+            Some(json!({"period": "2026-10"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{run}");
+    assert_eq!(run["created"], 1, "{run}");
+    // Idempotent: the same run again changes nothing.
+    let (_, again) = env
+        .call(
+            "POST",
+            "/v1/invoices/run",
+            Some(json!({"period": "2026-10"})),
+        )
+        .await;
+    assert_eq!(
+        (again["created"].as_u64(), again["unchanged"].as_u64()),
+        (Some(0), Some(1)),
+        "{again}"
+    );
+
+    let (_, list) = env
+        .call("GET", "/v1/invoices?period=2026-10&status=draft", None)
+        .await;
+    let drafts = list["invoices"].as_array().unwrap();
+    assert_eq!(drafts.len(), 1, "{list}");
+    let id = drafts[0]["id"].as_str().unwrap().to_string();
+    let inv = &drafts[0]["invoice"];
+    assert_eq!(dec(&inv["subtotal"]), d("64.00"));
+    assert_eq!(dec(&inv["total"]), d("76.80"));
+    assert_eq!(
+        dec(&inv["amount_due"]),
+        d("66.80"),
+        "credits shown on the draft"
+    );
+
+    // Finalize: numbered, credits taken, webhook sent and signed.
+    let (s, fin) = env
+        .call("POST", &format!("/v1/invoices/{id}/finalize"), None)
+        .await;
+    assert_eq!(s, 200, "{fin}");
+    assert_eq!(fin["number"], "PEAGE-2026-000001");
+    assert_eq!(dec(&fin["invoice"]["credits_applied"]), d("10.00"));
+    let (_, credits) = env
+        .call("GET", &format!("/v1/partners/{pid}/credits"), None)
+        .await;
+    assert_eq!(credits["balances"]["EUR"], "0.00", "{credits}");
+
+    // No API changes a finalized invoice.
+    let (s, _) = env
+        .call("POST", &format!("/v1/invoices/{id}/finalize"), None)
+        .await;
+    assert_eq!(s, 409);
+    for (method, path) in [
+        ("PUT", format!("/v1/invoices/{id}")),
+        ("PATCH", format!("/v1/invoices/{id}")),
+        ("DELETE", format!("/v1/invoices/{id}")),
+    ] {
+        let (s, _) = env.call(method, &path, Some(json!({"total": "0"}))).await;
+        assert!(s == 404 || s == 405, "{method} {path}: {s}");
+    }
+    let (_, rerun) = env
+        .call(
+            "POST",
+            "/v1/invoices/run",
+            Some(json!({"period": "2026-10"})),
+        )
+        .await;
+    assert_eq!(rerun["already_finalized"], 1, "{rerun}");
+    let (_, same) = env.call("GET", &format!("/v1/invoices/{id}"), None).await;
+    assert_eq!(same, fin, "the finalized invoice is exactly as finalized");
+
+    // The signed webhook.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while received.lock().unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no webhook within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (headers, body) = received.lock().unwrap()[0].clone();
+    let msg_id = headers["webhook-id"].to_str().unwrap();
+    let ts: i64 = headers["webhook-timestamp"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let expected = peage_billing::webhooks::sign(&secret, msg_id, ts, &body).unwrap();
+    assert_eq!(headers["webhook-signature"].to_str().unwrap(), expected);
+    let payload: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(payload["type"], "invoice.finalized");
+    assert_eq!(payload["data"]["number"], "PEAGE-2026-000001");
+    let (_, log) = env.call("GET", "/v1/webhooks/deliveries", None).await;
+    assert_eq!(log["deliveries"][0]["status"], "delivered", "{log}");
+
+    // 250 late calls for October arrive; November's draft carries them as an adjustment:
+    // 49.00 base + 2.50 late = 51.50, VAT 10.30, total 61.80.
+    env.usage
+        .insert(&calls(&pid, october + chrono::Duration::days(20), 250))
+        .await
+        .unwrap();
+    let (_, nov) = env
+        .call(
+            "POST",
+            "/v1/invoices/run",
+            Some(json!({"period": "2026-11"})),
+        )
+        .await;
+    assert_eq!(nov["created"], 1, "{nov}");
+    let (_, list) = env.call("GET", "/v1/invoices?period=2026-11", None).await;
+    let nov_inv = &list["invoices"][0];
+    let adj: Vec<&Value> = nov_inv["invoice"]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["kind"] == "adjustment")
+        .collect();
+    assert_eq!(adj.len(), 1, "{nov_inv}");
+    assert_eq!(dec(&adj[0]["amount"]), d("2.50"));
+    assert_eq!(adj[0]["adjusts"]["invoice_id"], id.as_str());
+    assert!(adj[0]["description"]
+        .as_str()
+        .unwrap()
+        .contains("late usage for 2026-10-01 – 2026-11-01 (invoice PEAGE-2026-000001)"));
+    assert_eq!(dec(&nov_inv["invoice"]["total"]), d("61.80"));
+
+    // Exports: CSV rows per line, a PDF that is a PDF.
+    let (s, ct, csv) = env.raw("/v1/invoices?period=2026-10&format=csv").await;
+    assert_eq!((s, ct.as_str()), (200, "text/csv; charset=utf-8"));
+    let csv = String::from_utf8(csv).unwrap();
+    assert!(csv.starts_with(peage_core::invoice::CSV_HEADER), "{csv}");
+    assert!(csv.contains(",PEAGE-2026-000001,finalized,"), "{csv}");
+    assert!(
+        csv.contains(",usage,calls: per unit,calls,,,1500,0.01,15.00,"),
+        "{csv}"
+    );
+    let (s, ct, pdf) = env.raw(&format!("/v1/invoices/{id}?format=pdf")).await;
+    assert_eq!((s, ct.as_str()), (200, "application/pdf"));
+    assert!(pdf.starts_with(b"%PDF-"), "not a PDF");
+    // To look at it: PEAGE_PDF_OUT=/tmp/invoice.pdf, then `pdftoppm -png` it.
+    if let Ok(path) = std::env::var("PEAGE_PDF_OUT") {
+        std::fs::write(path, &pdf).unwrap();
+    }
+    let (s, _, _) = env.raw("/v1/invoices?period=2026-13").await;
+    assert_eq!(s, 400);
+
+    // Void gives the credits back; the number stays taken.
+    let (s, v) = env
+        .call("POST", &format!("/v1/invoices/{id}/void"), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["status"].as_str(), v["number"].as_str()),
+        (Some("void"), Some("PEAGE-2026-000001"))
+    );
+    let (_, credits) = env
+        .call("GET", &format!("/v1/partners/{pid}/credits"), None)
+        .await;
+    assert_eq!(credits["balances"]["EUR"], "10.00", "{credits}");
+    let (s, _) = env
+        .call("POST", &format!("/v1/invoices/{id}/void"), None)
+        .await;
+    assert_eq!(s, 409);
+}
+
+#[tokio::test]
+async fn a_period_not_over_cannot_be_finalized_and_time_zones_move_period_bounds() {
+    let env = start().await;
+    let (_, partner) = env
+        .call(
+            "POST",
+            "/v1/partners",
+            Some(json!({"name": "Initech", "plan": "growth"})),
+        )
+        .await;
+    let pid = partner["id"].as_str().unwrap().to_string();
+    let (s, p) = env
+        .call(
+            "PUT",
+            &format!("/v1/partners/{pid}/billing"),
+            Some(json!({"timezone": "Asia/Tokyo", "tax": {"rate": "0.10", "label": "JCT"}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{p}");
+    let (s, bad) = env
+        .call(
+            "PUT",
+            &format!("/v1/partners/{pid}/billing"),
+            Some(json!({"timezone": "Mars/Olympus"})),
+        )
+        .await;
+    assert_eq!(s, 400, "{bad}");
+    let (s, up) = env
+        .call(
+            "GET",
+            &format!("/v1/partners/{pid}/invoices/upcoming"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{up}");
+    assert_eq!(up["invoice"]["timezone"], "Asia/Tokyo");
+    assert_eq!(up["invoice"]["tax"]["label"], "JCT");
+    // Tokyo midnight is 15:00 UTC the day before.
+    let start = up["invoice"]["period"]["start"].as_str().unwrap();
+    assert!(start.ends_with("T15:00:00Z"), "{start}");
+
+    let label = peage_core::PeriodLabel::of(Utc::now(), "Asia/Tokyo".parse().unwrap());
+    let (_, run) = env
+        .call(
+            "POST",
+            "/v1/invoices/run",
+            Some(json!({"period": label.to_string()})),
+        )
+        .await;
+    assert_eq!(run["created"], 1, "{run}");
+    let (_, list) = env.call("GET", "/v1/invoices?status=draft", None).await;
+    let id = list["invoices"][0]["id"].as_str().unwrap().to_string();
+    let (s, e) = env
+        .call("POST", &format!("/v1/invoices/{id}/finalize"), None)
+        .await;
+    assert_eq!(s, 409, "{e}");
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap()
+            .contains("once the period is over"),
+        "{e}"
+    );
+}
