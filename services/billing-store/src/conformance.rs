@@ -156,6 +156,34 @@ async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn BillingSt
             .unwrap(),
         DraftOutcome::Created(_)
     ));
+    // A batch in one transaction: a finalized period stays, a draft is updated, a new one created.
+    s.create_partner("prt_inv3", "Inv Three", &sub("growth", t0))
+        .await
+        .unwrap();
+    let outcomes = s
+        .save_drafts(&[
+            draft("inv_b1", "prt_inv1", "99"),
+            draft("inv_b2", "prt_inv2", "21"),
+            draft("inv_b3", "prt_inv3", "30"),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcomes[0], DraftOutcome::AlreadyFinal(_)),
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(&outcomes[1], DraftOutcome::Updated(r) if r.id == "inv_3"),
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(&outcomes[2], DraftOutcome::Created(r) if r.id == "inv_b3"),
+        "{outcomes:?}"
+    );
+    let all = s.all_subscriptions().await.unwrap();
+    assert_eq!(all["prt_inv3"].len(), 1);
+    assert_eq!(all["prt_a"].len(), 2, "plan history, oldest first");
+    assert!(all["prt_a"][0].started_at < all["prt_a"][1].started_at);
     // Next year starts at 1 again.
     let next_year = Utc.with_ymd_and_hms(2027, 1, 2, 0, 0, 0).unwrap();
     let f3 = s
@@ -203,6 +231,11 @@ async fn credits_are_taken_by_finalization_and_given_back_by_void(s: &dyn Billin
         Decimal::new(3000, 2)
     );
     assert_eq!(s.credit_entries("prt_cred").await.unwrap().len(), 3);
+    let balances = s.credit_balances().await.unwrap();
+    assert_eq!(
+        balances[&("prt_cred".to_string(), "EUR".to_string())],
+        Decimal::new(3000, 2)
+    );
 }
 
 async fn plan_versions_and_profiles_are_kept(s: &dyn BillingStore) {
@@ -239,7 +272,11 @@ async fn plan_versions_and_profiles_are_kept(s: &dyn BillingStore) {
     );
     let q = BillingProfile { tax: None, ..p };
     s.put_billing_profile(&q).await.unwrap();
-    assert_eq!(s.billing_profile("prt_prof").await.unwrap(), Some(q));
+    assert_eq!(
+        s.billing_profile("prt_prof").await.unwrap(),
+        Some(q.clone())
+    );
+    assert_eq!(s.billing_profiles().await.unwrap(), vec![q]);
 }
 
 async fn webhooks_are_queued_once_per_event_and_logged(s: &dyn BillingStore) {

@@ -131,6 +131,8 @@ pub trait LedgerStore: Send + Sync + 'static {
         partner_id: &str,
     ) -> Result<Option<BillingProfile>, BillingStoreError>;
     async fn put_billing_profile(&self, profile: &BillingProfile) -> Result<(), BillingStoreError>;
+    /// Every partner's billing profile (an invoice run reads them at once).
+    async fn billing_profiles(&self) -> Result<Vec<BillingProfile>, BillingStoreError>;
 
     async fn add_credit(&self, entry: &CreditEntry) -> Result<(), BillingStoreError>;
     async fn credit_entries(&self, partner_id: &str)
@@ -140,10 +142,19 @@ pub trait LedgerStore: Send + Sync + 'static {
         partner_id: &str,
         currency: &str,
     ) -> Result<Decimal, BillingStoreError>;
+    /// Every partner's balance per currency: `(partner_id, currency) → balance`.
+    async fn credit_balances(
+        &self,
+    ) -> Result<std::collections::HashMap<(String, String), Decimal>, BillingStoreError>;
 
     /// Stores the draft for its partner and period: inserts it, replaces an existing draft's
     /// document (keeping its id), or leaves a finalized invoice alone.
     async fn save_draft(&self, draft: &InvoiceRecord) -> Result<DraftOutcome, BillingStoreError>;
+    /// [`LedgerStore::save_draft`] for many drafts in one transaction.
+    async fn save_drafts(
+        &self,
+        drafts: &[InvoiceRecord],
+    ) -> Result<Vec<DraftOutcome>, BillingStoreError>;
     async fn invoices(
         &self,
         filter: &InvoiceFilter,
@@ -289,7 +300,7 @@ pub(crate) fn endpoint_events(events: &str) -> Vec<String> {
 
 /// Implements [`LedgerStore`] for a store with a `pool` field of an sqlx pool type.
 macro_rules! ledger_store {
-    ($store:ty) => {
+    ($store:ty, $db:ty) => {
         const _: () = {
             use chrono::Datelike;
             use sqlx::Row;
@@ -391,6 +402,127 @@ macro_rules! ledger_store {
                 })
             }
 
+            fn profile_row<R: sqlx::Row>(row: &R) -> Result<BillingProfile, $crate::BillingStoreError>
+            where
+                for<'c> &'c str: sqlx::ColumnIndex<R>,
+                String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+                Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            {
+                let rate: Option<String> = row.try_get("tax_rate")?;
+                let label: Option<String> = row.try_get("tax_label")?;
+                let tax = match rate {
+                    Some(r) => Some(peage_core::pricing::TaxRate {
+                        rate: parse_decimal("billing profile", &r)?,
+                        label: label.unwrap_or_default(),
+                    }),
+                    None => None,
+                };
+                Ok(BillingProfile {
+                    partner_id: row.try_get("partner_id")?,
+                    timezone: row.try_get("timezone")?,
+                    tax,
+                    updated_at: parse_time(
+                        "billing profile",
+                        &row.try_get::<String, _>("updated_at")?,
+                    )?,
+                })
+            }
+
+            const PROFILE_COLUMNS: &str = "partner_id, timezone, tax_rate, tax_label, updated_at";
+
+            /// The live (not void) invoices of these partners, by (partner, period start).
+            async fn live_invoices(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                partners: &[&str],
+            ) -> Result<
+                std::collections::HashMap<(String, String), peage_core::InvoiceRecord>,
+                $crate::BillingStoreError,
+            > {
+                let mut out = std::collections::HashMap::new();
+                for chunk in partners.chunks(500) {
+                    let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                    let sql = format!(
+                        "SELECT {INVOICE_COLUMNS}, period_start FROM invoices \
+                         WHERE status <> 'void' AND partner_id IN ({})",
+                        params.join(", ")
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for p in chunk {
+                        q = q.bind(*p);
+                    }
+                    for row in q.fetch_all(&mut **tx).await? {
+                        let start: String = row.try_get("period_start")?;
+                        let record = invoice_row(&row)?.record()?;
+                        out.insert((record.partner_id.clone(), start), record);
+                    }
+                }
+                Ok(out)
+            }
+
+            /// Saves drafts inside `tx` (see `LedgerStore::save_draft`).
+            async fn save_in(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                drafts: &[peage_core::InvoiceRecord],
+            ) -> Result<Vec<DraftOutcome>, $crate::BillingStoreError> {
+                let partners: Vec<&str> = drafts.iter().map(|d| d.invoice.partner_id.as_str()).collect();
+                let mut live = live_invoices(tx, &partners).await?;
+                let mut out = Vec::with_capacity(drafts.len());
+                for draft in drafts {
+                    let inv = &draft.invoice;
+                    let key = (inv.partner_id.clone(), ts(inv.period.start));
+                    let Some(current) = live.remove(&key) else {
+                        sqlx::query(
+                            "INSERT INTO invoices (id, partner_id, period_label, period_start, period_end, status, \
+                             number, currency, total, document, created_at, updated_at) \
+                             VALUES ($1, $2, $3, $4, $5, 'draft', NULL, $6, $7, $8, $9, $10)",
+                        )
+                        .bind(&draft.id)
+                        .bind(&inv.partner_id)
+                        .bind(&draft.period_label)
+                        .bind(ts(inv.period.start))
+                        .bind(ts(inv.period.end))
+                        .bind(inv.currency.code())
+                        .bind(inv.total.to_string())
+                        .bind(document(inv)?)
+                        .bind(ts(draft.created_at))
+                        .bind(ts(draft.updated_at))
+                        .execute(&mut **tx)
+                        .await?;
+                        let mut created = draft.clone();
+                        created.status = peage_core::InvoiceStatus::Draft;
+                        created.number = None;
+                        out.push(DraftOutcome::Created(created));
+                        continue;
+                    };
+                    if current.status != peage_core::InvoiceStatus::Draft {
+                        out.push(DraftOutcome::AlreadyFinal(current));
+                        continue;
+                    }
+                    if current.invoice == *inv {
+                        out.push(DraftOutcome::Unchanged(current));
+                        continue;
+                    }
+                    sqlx::query(
+                        "UPDATE invoices SET document = $1, total = $2, currency = $3, period_end = $4, \
+                         updated_at = $5 WHERE id = $6 AND status = 'draft'",
+                    )
+                    .bind(document(inv)?)
+                    .bind(inv.total.to_string())
+                    .bind(inv.currency.code())
+                    .bind(ts(inv.period.end))
+                    .bind(ts(draft.updated_at))
+                    .bind(&current.id)
+                    .execute(&mut **tx)
+                    .await?;
+                    out.push(DraftOutcome::Updated(peage_core::InvoiceRecord {
+                        invoice: inv.clone(),
+                        updated_at: draft.updated_at,
+                        ..current
+                    }));
+                }
+                Ok(out)
+            }
+
             const DELIVERY_COLUMNS: &str = "d.id, d.endpoint_id, d.event_type, d.event_key, d.payload, d.status, d.attempts, d.next_attempt_at, d.last_attempt_at, d.last_status, d.last_error, d.created_at";
             const ENDPOINT_COLUMNS: &str = "e.id AS e_id, e.url AS e_url, e.secret AS e_secret, e.events AS e_events, e.created_at AS e_created_at, e.disabled_at AS e_disabled_at";
 
@@ -435,32 +567,24 @@ macro_rules! ledger_store {
                     &self,
                     partner_id: &str,
                 ) -> Result<Option<BillingProfile>, $crate::BillingStoreError> {
-                    let row = sqlx::query(
-                        "SELECT partner_id, timezone, tax_rate, tax_label, updated_at \
-                         FROM partner_billing WHERE partner_id = $1",
-                    )
+                    let row = sqlx::query(&format!(
+                        "SELECT {PROFILE_COLUMNS} FROM partner_billing WHERE partner_id = $1"
+                    ))
                     .bind(partner_id)
                     .fetch_optional(&self.pool)
                     .await?;
-                    let Some(row) = row else { return Ok(None) };
-                    let rate: Option<String> = row.try_get("tax_rate")?;
-                    let label: Option<String> = row.try_get("tax_label")?;
-                    let tax = match rate {
-                        Some(r) => Some(peage_core::pricing::TaxRate {
-                            rate: parse_decimal("billing profile", &r)?,
-                            label: label.unwrap_or_default(),
-                        }),
-                        None => None,
-                    };
-                    Ok(Some(BillingProfile {
-                        partner_id: row.try_get("partner_id")?,
-                        timezone: row.try_get("timezone")?,
-                        tax,
-                        updated_at: parse_time(
-                            "billing profile",
-                            &row.try_get::<String, _>("updated_at")?,
-                        )?,
-                    }))
+                    row.as_ref().map(profile_row).transpose()
+                }
+
+                async fn billing_profiles(
+                    &self,
+                ) -> Result<Vec<BillingProfile>, $crate::BillingStoreError> {
+                    let rows = sqlx::query(&format!(
+                        "SELECT {PROFILE_COLUMNS} FROM partner_billing ORDER BY partner_id"
+                    ))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.iter().map(profile_row).collect()
                 }
 
                 async fn put_billing_profile(
@@ -533,70 +657,45 @@ macro_rules! ledger_store {
                     Ok(sum)
                 }
 
+                async fn credit_balances(
+                    &self,
+                ) -> Result<
+                    std::collections::HashMap<(String, String), rust_decimal::Decimal>,
+                    $crate::BillingStoreError,
+                > {
+                    let rows = sqlx::query("SELECT partner_id, currency, amount FROM credit_entries")
+                        .fetch_all(&self.pool)
+                        .await?;
+                    let mut out: std::collections::HashMap<(String, String), rust_decimal::Decimal> =
+                        Default::default();
+                    for r in &rows {
+                        let amount = parse_decimal("credit", &r.try_get::<String, _>("amount")?)?;
+                        *out.entry((r.try_get("partner_id")?, r.try_get("currency")?))
+                            .or_default() += amount;
+                    }
+                    Ok(out)
+                }
+
                 async fn save_draft(
                     &self,
                     draft: &peage_core::InvoiceRecord,
                 ) -> Result<DraftOutcome, $crate::BillingStoreError> {
-                    let inv = &draft.invoice;
-                    let doc = document(inv)?;
                     let mut tx = self.pool.begin().await?;
-                    let existing = sqlx::query(&format!(
-                        "SELECT {INVOICE_COLUMNS} FROM invoices \
-                         WHERE partner_id = $1 AND period_start = $2 AND status <> 'void'"
-                    ))
-                    .bind(&inv.partner_id)
-                    .bind(ts(inv.period.start))
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    let Some(row) = existing else {
-                        sqlx::query(
-                            "INSERT INTO invoices (id, partner_id, period_label, period_start, period_end, status, \
-                             number, currency, total, document, created_at, updated_at) \
-                             VALUES ($1, $2, $3, $4, $5, 'draft', NULL, $6, $7, $8, $9, $10)",
-                        )
-                        .bind(&draft.id)
-                        .bind(&inv.partner_id)
-                        .bind(&draft.period_label)
-                        .bind(ts(inv.period.start))
-                        .bind(ts(inv.period.end))
-                        .bind(inv.currency.code())
-                        .bind(inv.total.to_string())
-                        .bind(&doc)
-                        .bind(ts(draft.created_at))
-                        .bind(ts(draft.updated_at))
-                        .execute(&mut *tx)
-                        .await?;
-                        tx.commit().await?;
-                        let mut created = draft.clone();
-                        created.status = peage_core::InvoiceStatus::Draft;
-                        created.number = None;
-                        return Ok(DraftOutcome::Created(created));
-                    };
-                    let current = invoice_row(&row)?.record()?;
-                    if current.status != peage_core::InvoiceStatus::Draft {
-                        return Ok(DraftOutcome::AlreadyFinal(current));
-                    }
-                    if current.invoice == *inv {
-                        return Ok(DraftOutcome::Unchanged(current));
-                    }
-                    sqlx::query(
-                        "UPDATE invoices SET document = $1, total = $2, currency = $3, period_end = $4, \
-                         updated_at = $5 WHERE id = $6 AND status = 'draft'",
-                    )
-                    .bind(&doc)
-                    .bind(inv.total.to_string())
-                    .bind(inv.currency.code())
-                    .bind(ts(inv.period.end))
-                    .bind(ts(draft.updated_at))
-                    .bind(&current.id)
-                    .execute(&mut *tx)
-                    .await?;
+                    let outcome = save_in(&mut tx, std::slice::from_ref(draft)).await?;
                     tx.commit().await?;
-                    Ok(DraftOutcome::Updated(peage_core::InvoiceRecord {
-                        invoice: inv.clone(),
-                        updated_at: draft.updated_at,
-                        ..current
-                    }))
+                    outcome.into_iter().next().ok_or_else(|| {
+                        $crate::BillingStoreError::Conflict("the draft was not saved".into())
+                    })
+                }
+
+                async fn save_drafts(
+                    &self,
+                    drafts: &[peage_core::InvoiceRecord],
+                ) -> Result<Vec<DraftOutcome>, $crate::BillingStoreError> {
+                    let mut tx = self.pool.begin().await?;
+                    let out = save_in(&mut tx, drafts).await?;
+                    tx.commit().await?;
+                    Ok(out)
                 }
 
                 async fn invoices(

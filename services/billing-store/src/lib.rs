@@ -183,6 +183,10 @@ pub trait BillingStore: LedgerStore + Send + Sync + 'static {
     /// Every subscription of the partner, oldest first.
     async fn subscriptions(&self, partner_id: &str)
         -> Result<Vec<Subscription>, BillingStoreError>;
+    /// Every subscription of every partner, oldest first per partner (an invoice run).
+    async fn all_subscriptions(
+        &self,
+    ) -> Result<std::collections::HashMap<String, Vec<Subscription>>, BillingStoreError>;
 
     async fn create_key(&self, key: &NewKey) -> Result<ApiKey, BillingStoreError>;
     /// The key with this secret hash, revoked or not.

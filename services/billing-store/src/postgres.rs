@@ -194,6 +194,21 @@ impl BillingStore for PostgresBillingStore {
         rows.iter().map(subscription_from).collect()
     }
 
+    async fn all_subscriptions(
+        &self,
+    ) -> Result<std::collections::HashMap<String, Vec<Subscription>>, BillingStoreError> {
+        let rows = sqlx::query("SELECT partner_id, plan_id, plan_version, started_at, ended_at FROM subscriptions ORDER BY partner_id, started_at")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out: std::collections::HashMap<String, Vec<Subscription>> = Default::default();
+        for r in &rows {
+            out.entry(r.try_get("partner_id")?)
+                .or_default()
+                .push(subscription_from(r)?);
+        }
+        Ok(out)
+    }
+
     async fn create_key(&self, key: &NewKey) -> Result<ApiKey, BillingStoreError> {
         self.required_partner(&key.partner_id).await?;
         sqlx::query("INSERT INTO api_keys (key_id, partner_id, env, secret_hash, prefix, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
@@ -399,4 +414,4 @@ async fn grant_rows(
     .await?)
 }
 
-crate::ledger::ledger_store!(PostgresBillingStore);
+crate::ledger::ledger_store!(PostgresBillingStore, sqlx::Postgres);

@@ -2,12 +2,14 @@
 //! a re-run with the same usage changes nothing), late usage of finalized periods as adjustment
 //! lines, finalization (numbered, credits applied, `invoice.finalized` webhook) and void.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
-use peage_billing_store::{BillingStore, DraftOutcome, InvoiceFilter, Partner};
+use peage_billing_store::{
+    BillingProfile, BillingStore, DraftOutcome, InvoiceFilter, Partner, Subscription,
+};
 use peage_core::invoice::{
     late_usage_adjustment, AdjustedInvoice, InvoiceInput, InvoiceLine, Segment,
 };
@@ -83,6 +85,58 @@ pub async fn partner_time_zone(store: &dyn BillingStore, partner_id: &str) -> Re
     }
 }
 
+/// Drafts stored per transaction by an invoice run.
+const SAVE_BATCH: usize = 500;
+
+/// What billing knows of one partner for invoicing.
+struct PartnerBook {
+    partner: Partner,
+    tz: Tz,
+    tz_name: String,
+    tax: Option<TaxRate>,
+    /// Oldest first.
+    subs: Vec<Subscription>,
+    finalized: Vec<InvoiceRecord>,
+    /// Prepaid credit balance per currency.
+    balances: HashMap<String, Decimal>,
+}
+
+impl PartnerBook {
+    fn new(
+        partner: Partner,
+        profile: Option<&BillingProfile>,
+        subs: Vec<Subscription>,
+        finalized: Vec<InvoiceRecord>,
+        balances: HashMap<String, Decimal>,
+    ) -> Result<PartnerBook, ApiError> {
+        let (tz, tz_name, tax) = match profile {
+            Some(p) => (
+                parse_time_zone(&p.timezone)
+                    .map_err(|e| ApiError::Conflict(format!("partner {}: {e}", partner.id)))?,
+                p.timezone.clone(),
+                p.tax.clone(),
+            ),
+            None => (Tz::UTC, "UTC".to_string(), None),
+        };
+        Ok(PartnerBook {
+            partner,
+            tz,
+            tz_name,
+            tax,
+            subs,
+            finalized,
+            balances,
+        })
+    }
+}
+
+/// Usage read ahead for an invoice run: span → partner → usage.
+#[derive(Default)]
+struct UsageCache(HashMap<Span, HashMap<String, Vec<MeterUsage>>>);
+
+/// A span's bounds, `[start, end)`.
+type Span = (DateTime<Utc>, DateTime<Utc>);
+
 fn new_invoice_id() -> String {
     InvoiceId::from_random(rand::random()).to_string()
 }
@@ -119,22 +173,38 @@ impl Invoicing {
         })
     }
 
-    /// The partner's time zone and tax override.
-    async fn profile(&self, partner_id: &str) -> Result<(Tz, String, Option<TaxRate>), ApiError> {
-        match self.store.billing_profile(partner_id).await? {
-            Some(p) => {
-                let tz = parse_time_zone(&p.timezone).map_err(ApiError::Conflict)?;
-                Ok((tz, p.timezone, p.tax))
-            }
-            None => Ok((Tz::UTC, "UTC".into(), None)),
+    /// Everything billing knows of one partner for invoicing, read with single queries.
+    async fn book(&self, partner: &Partner) -> Result<PartnerBook, ApiError> {
+        let profile = self.store.billing_profile(&partner.id).await?;
+        let subs = self.store.subscriptions(&partner.id).await?;
+        let finalized = self
+            .store
+            .invoices(&InvoiceFilter {
+                partner_id: Some(partner.id.clone()),
+                status: Some(InvoiceStatus::Finalized),
+                period_label: None,
+            })
+            .await?;
+        let mut balances = HashMap::new();
+        for e in self.store.credit_entries(&partner.id).await? {
+            *balances.entry(e.currency).or_insert(Decimal::ZERO) += e.amount;
         }
+        PartnerBook::new(partner.clone(), profile.as_ref(), subs, finalized, balances)
     }
 
     async fn usage_in(
         &self,
         partner_id: &str,
         span: &BillingPeriod,
+        cache: &UsageCache,
     ) -> Result<Vec<MeterUsage>, ApiError> {
+        if let Some(u) = cache
+            .0
+            .get(&(span.start, span.end))
+            .and_then(|m| m.get(partner_id))
+        {
+            return Ok(u.clone());
+        }
         let query = UsageQuery {
             partner_id: partner_id.to_string(),
             env: Env::Live,
@@ -144,22 +214,21 @@ impl Invoicing {
         Ok(self.usage.meter_usage(&query, &self.catalog.meters).await?)
     }
 
-    /// The billing period of `partner` that starts in `label`, or `None` when none does (a
+    /// The partner's billing period that starts in `label`, or `None` when none does (a
     /// yearly plan outside its anchor month, or a partner who did not exist yet).
-    pub async fn period_of(
+    async fn period_in(
         &self,
-        partner: &Partner,
+        book: &PartnerBook,
         label: PeriodLabel,
-    ) -> Result<Option<(BillingPeriod, Tz)>, ApiError> {
-        let (tz, _, _) = self.profile(&partner.id).await?;
-        let subs = self.store.subscriptions(&partner.id).await?;
+    ) -> Result<Option<BillingPeriod>, ApiError> {
         // The plan in force when the month starts decides the period rule; a partner created
         // during the month takes the rule of their first plan.
         let month_start = peage_core::period::start_of_day(
-            tz,
+            book.tz,
             chrono::NaiveDate::from_ymd_opt(label.year, label.month, 1)
                 .ok_or_else(|| ApiError::BadRequest(format!("bad period {label}")))?,
         );
+        let subs = &book.subs;
         let sub = subs
             .iter()
             .rev()
@@ -167,36 +236,45 @@ impl Invoicing {
             .or_else(|| subs.first());
         let Some(sub) = sub else { return Ok(None) };
         let plan = self.plan_version(&sub.plan_id, &sub.plan_version).await?;
-        let Some(period) = plan.period.starting_in(tz, label) else {
+        let Some(period) = plan.period.starting_in(book.tz, label) else {
             return Ok(None);
         };
         if subs.iter().all(|s| s.started_at >= period.end) {
             return Ok(None);
         }
-        Ok(Some((period, tz)))
+        Ok(Some(period))
+    }
+
+    /// The parts of `period` each subscription covers.
+    fn spans(book: &PartnerBook, period: BillingPeriod) -> Vec<(&Subscription, BillingPeriod)> {
+        book.subs
+            .iter()
+            .filter_map(|s| {
+                period
+                    .overlap(s.started_at, s.ended_at)
+                    .map(|span| (s, span))
+            })
+            .collect()
     }
 
     /// Prices `period` for the partner with the plan versions in force and today's usage.
     async fn price(
         &self,
-        partner: &Partner,
+        book: &PartnerBook,
         period: BillingPeriod,
         adjustments: Vec<InvoiceLine>,
+        cache: &UsageCache,
     ) -> Result<Invoice, ApiError> {
-        let (_, tz_name, tax) = self.profile(&partner.id).await?;
-        let subs = self.store.subscriptions(&partner.id).await?;
         let mut parts = Vec::new();
-        for s in &subs {
-            if let Some(span) = period.overlap(s.started_at, s.ended_at) {
-                let plan = self.plan_version(&s.plan_id, &s.plan_version).await?;
-                let usage = self.usage_in(&partner.id, &span).await?;
-                parts.push((plan, span, usage));
-            }
+        for (s, span) in Self::spans(book, period) {
+            let plan = self.plan_version(&s.plan_id, &s.plan_version).await?;
+            let usage = self.usage_in(&book.partner.id, &span, cache).await?;
+            parts.push((plan, span, usage));
         }
         let input = InvoiceInput {
-            partner_id: &partner.id,
+            partner_id: &book.partner.id,
             period,
-            timezone: &tz_name,
+            timezone: &book.tz_name,
             segments: parts
                 .iter()
                 .map(|(plan, span, usage)| Segment {
@@ -205,41 +283,44 @@ impl Invoicing {
                     usage,
                 })
                 .collect(),
-            tax: tax.as_ref(),
+            tax: book.tax.as_ref(),
             adjustments,
         };
         Invoice::build(&input)
-            .map_err(|e| ApiError::Conflict(format!("partner {}: {e}", partner.id)))
+            .map_err(|e| ApiError::Conflict(format!("partner {}: {e}", book.partner.id)))
+    }
+
+    /// The partner's finalized invoices whose late usage belongs on an invoice for `period`.
+    fn adjustable(
+        book: &PartnerBook,
+        period: BillingPeriod,
+    ) -> impl Iterator<Item = &InvoiceRecord> {
+        let window_start = period.start - Duration::days(BACKFILL_WINDOW_DAYS);
+        book.finalized.iter().filter(move |r| {
+            r.invoice.period.end <= period.start && r.invoice.period.end > window_start
+        })
     }
 
     /// Adjustment lines for late usage of the partner's finalized invoices that ended within
     /// the backfill window before `period`.
     async fn late_usage(
         &self,
-        partner: &Partner,
+        book: &PartnerBook,
         period: BillingPeriod,
+        cache: &UsageCache,
     ) -> Result<Vec<InvoiceLine>, ApiError> {
-        let finalized = self
-            .store
-            .invoices(&InvoiceFilter {
-                partner_id: Some(partner.id.clone()),
-                status: Some(InvoiceStatus::Finalized),
-                period_label: None,
-            })
-            .await?;
-        let window_start = period.start - Duration::days(BACKFILL_WINDOW_DAYS);
         let mut lines = Vec::new();
-        for past in finalized
-            .iter()
-            .filter(|r| r.invoice.period.end <= period.start && r.invoice.period.end > window_start)
-        {
-            let repriced = self.price(partner, past.invoice.period, Vec::new()).await?;
+        for past in Self::adjustable(book, period) {
+            let repriced = self
+                .price(book, past.invoice.period, Vec::new(), cache)
+                .await?;
             if repriced.currency != past.invoice.currency {
                 tracing::warn!(invoice = %past.id, "late usage in another currency is not adjusted automatically");
                 continue;
             }
             let billed = past.invoice.own_subtotal()
-                + finalized
+                + book
+                    .finalized
                     .iter()
                     .map(|r| r.invoice.adjustments_of(&past.id))
                     .sum::<Decimal>();
@@ -258,28 +339,29 @@ impl Invoicing {
         Ok(lines)
     }
 
-    /// The draft of `partner` for `label`, or `None` when the partner is not due.
-    pub async fn draft(
+    async fn draft_with(
         &self,
-        partner: &Partner,
+        book: &PartnerBook,
         label: PeriodLabel,
         now: DateTime<Utc>,
+        cache: &UsageCache,
     ) -> Result<Option<InvoiceRecord>, ApiError> {
-        let Some((period, _)) = self.period_of(partner, label).await? else {
+        let Some(period) = self.period_in(book, label).await? else {
             return Ok(None);
         };
-        let adjustments = self.late_usage(partner, period).await?;
-        let mut invoice = self.price(partner, period, adjustments).await?;
-        let balance = self
-            .store
-            .credit_balance(&partner.id, invoice.currency.code())
-            .await?;
+        let adjustments = self.late_usage(book, period, cache).await?;
+        let mut invoice = self.price(book, period, adjustments, cache).await?;
+        let balance = book
+            .balances
+            .get(invoice.currency.code())
+            .copied()
+            .unwrap_or_default();
         invoice.apply_credits(balance);
         Ok(Some(InvoiceRecord {
             id: new_invoice_id(),
             number: None,
             status: InvoiceStatus::Draft,
-            partner_id: partner.id.clone(),
+            partner_id: book.partner.id.clone(),
             period_label: label.to_string(),
             created_at: now,
             updated_at: now,
@@ -289,31 +371,155 @@ impl Invoicing {
         }))
     }
 
+    /// The draft of `partner` for `label`, or `None` when the partner is not due.
+    pub async fn draft(
+        &self,
+        partner: &Partner,
+        label: PeriodLabel,
+        now: DateTime<Utc>,
+    ) -> Result<Option<InvoiceRecord>, ApiError> {
+        let book = self.book(partner).await?;
+        self.draft_with(&book, label, now, &UsageCache::default())
+            .await
+    }
+
     /// The invoice of the period running now, as it stands (not stored).
     pub async fn upcoming(
         &self,
         partner: &Partner,
         now: DateTime<Utc>,
     ) -> Result<InvoiceRecord, ApiError> {
-        let (tz, _, _) = self.profile(&partner.id).await?;
+        let book = self.book(partner).await?;
         let sub = &partner.subscription;
         let plan = self.plan_version(&sub.plan_id, &sub.plan_version).await?;
-        let label = PeriodLabel::of(plan.period.containing_in(tz, now).start, tz);
-        let mut record = match self.draft(partner, label, now).await? {
-            Some(r) => r,
-            None => {
-                return Err(ApiError::Conflict(format!(
+        let label = PeriodLabel::of(plan.period.containing_in(book.tz, now).start, book.tz);
+        let mut record = self
+            .draft_with(&book, label, now, &UsageCache::default())
+            .await?
+            .ok_or_else(|| {
+                ApiError::Conflict(format!(
                     "partner {} has no billing period running",
                     partner.id
-                )))
-            }
-        };
+                ))
+            })?;
         record.id = "upcoming".into();
         Ok(record)
     }
 
+    /// Reads billing state for every partner at once (a handful of queries, not a handful per
+    /// partner) and the usage of every span the run prices, one query per span.
+    async fn prepare(
+        &self,
+        partners: Vec<Partner>,
+        label: PeriodLabel,
+    ) -> Result<(Vec<Result<PartnerBook, ApiError>>, UsageCache), ApiError> {
+        let mut subs = self.store.all_subscriptions().await?;
+        let profiles: HashMap<String, BillingProfile> = self
+            .store
+            .billing_profiles()
+            .await?
+            .into_iter()
+            .map(|p| (p.partner_id.clone(), p))
+            .collect();
+        let mut finalized: HashMap<String, Vec<InvoiceRecord>> = HashMap::new();
+        for r in self
+            .store
+            .invoices(&InvoiceFilter {
+                status: Some(InvoiceStatus::Finalized),
+                ..Default::default()
+            })
+            .await?
+        {
+            finalized.entry(r.partner_id.clone()).or_default().push(r);
+        }
+        let mut balances: HashMap<String, HashMap<String, Decimal>> = HashMap::new();
+        for ((partner, currency), b) in self.store.credit_balances().await? {
+            balances.entry(partner).or_default().insert(currency, b);
+        }
+        let mut books = Vec::with_capacity(partners.len());
+        let mut spans: HashMap<Span, Vec<String>> = HashMap::new();
+        for partner in partners {
+            let id = partner.id.clone();
+            let book = PartnerBook::new(
+                partner,
+                profiles.get(&id),
+                subs.remove(&id).unwrap_or_default(),
+                finalized.remove(&id).unwrap_or_default(),
+                balances.remove(&id).unwrap_or_default(),
+            );
+            if let Ok(book) = &book {
+                if let Ok(Some(period)) = self.period_in(book, label).await {
+                    let mut periods = vec![period];
+                    periods.extend(Self::adjustable(book, period).map(|r| r.invoice.period));
+                    for p in periods {
+                        for (_, span) in Self::spans(book, p) {
+                            spans
+                                .entry((span.start, span.end))
+                                .or_default()
+                                .push(id.clone());
+                        }
+                    }
+                }
+            }
+            books.push(book);
+        }
+        let mut cache = UsageCache::default();
+        for ((from, to), ids) in spans {
+            if ids.len() < 2 {
+                continue; // asked for when priced
+            }
+            let usage = self
+                .usage
+                .meter_usage_many(&ids, Env::Live, from, to, &self.catalog.meters)
+                .await?;
+            cache.0.insert((from, to), usage);
+        }
+        Ok((books, cache))
+    }
+
+    /// Stores a batch of drafts in one transaction; if that fails, one by one, so one bad
+    /// draft fails alone.
+    async fn save(
+        &self,
+        drafts: Vec<InvoiceRecord>,
+        summary: &mut RunSummary,
+        totals: &mut BTreeMap<String, Decimal>,
+    ) {
+        let outcomes: Vec<Result<DraftOutcome, String>> =
+            match self.store.save_drafts(&drafts).await {
+                Ok(o) => o.into_iter().map(Ok).collect(),
+                Err(_) => {
+                    let mut each = Vec::with_capacity(drafts.len());
+                    for d in &drafts {
+                        each.push(self.store.save_draft(d).await.map_err(|e| e.to_string()));
+                    }
+                    each
+                }
+            };
+        for (draft, outcome) in drafts.iter().zip(outcomes) {
+            match outcome {
+                Ok(outcome) => {
+                    let r = outcome.record();
+                    *totals
+                        .entry(r.invoice.currency.code().to_string())
+                        .or_default() += r.invoice.amount_due;
+                    match outcome {
+                        DraftOutcome::Created(_) => summary.created += 1,
+                        DraftOutcome::Updated(_) => summary.updated += 1,
+                        DraftOutcome::Unchanged(_) => summary.unchanged += 1,
+                        DraftOutcome::AlreadyFinal(_) => summary.already_finalized += 1,
+                    }
+                }
+                Err(error) => summary.errors.push(RunError {
+                    partner_id: draft.partner_id.clone(),
+                    error,
+                }),
+            }
+        }
+    }
+
     /// Computes and stores the drafts of every partner due in `label`. `progress` is called
-    /// after each partner with (done, total).
+    /// as partners are done with (done, total).
     pub async fn run(
         &self,
         label: PeriodLabel,
@@ -322,39 +528,36 @@ impl Invoicing {
     ) -> Result<RunSummary, ApiError> {
         self.register_plan_versions(now).await?;
         let partners = self.store.partners().await?;
+        let total = partners.len();
         let mut summary = RunSummary {
             period: label.to_string(),
-            partners: partners.len(),
+            partners: total,
             ..Default::default()
         };
+        let (books, cache) = self.prepare(partners, label).await?;
         let mut totals: BTreeMap<String, Decimal> = BTreeMap::new();
-        for (i, partner) in partners.iter().enumerate() {
-            match self.draft(partner, label, now).await {
+        let mut batch = Vec::new();
+        for (i, book) in books.iter().enumerate() {
+            let drafted = match book {
+                Ok(book) => self.draft_with(book, label, now, &cache).await,
+                Err(e) => Err(ApiError::Conflict(e.to_string())),
+            };
+            match drafted {
                 Ok(None) => summary.not_due += 1,
-                Ok(Some(draft)) => match self.store.save_draft(&draft).await {
-                    Ok(outcome) => {
-                        let r = outcome.record();
-                        *totals
-                            .entry(r.invoice.currency.code().to_string())
-                            .or_default() += r.invoice.amount_due;
-                        match outcome {
-                            DraftOutcome::Created(_) => summary.created += 1,
-                            DraftOutcome::Updated(_) => summary.updated += 1,
-                            DraftOutcome::Unchanged(_) => summary.unchanged += 1,
-                            DraftOutcome::AlreadyFinal(_) => summary.already_finalized += 1,
-                        }
-                    }
-                    Err(e) => summary.errors.push(RunError {
-                        partner_id: partner.id.clone(),
-                        error: e.to_string(),
-                    }),
-                },
+                Ok(Some(draft)) => batch.push(draft),
                 Err(e) => summary.errors.push(RunError {
-                    partner_id: partner.id.clone(),
+                    partner_id: match book {
+                        Ok(b) => b.partner.id.clone(),
+                        Err(_) => String::new(),
+                    },
                     error: e.to_string(),
                 }),
             }
-            progress(i + 1, partners.len());
+            if batch.len() >= SAVE_BATCH || i + 1 == total {
+                self.save(std::mem::take(&mut batch), &mut summary, &mut totals)
+                    .await;
+                progress(i + 1, total);
+            }
         }
         summary.totals = totals
             .into_iter()

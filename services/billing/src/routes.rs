@@ -84,6 +84,23 @@ pub async fn change_subscription(
     let req: PlanChange = body(&raw)?;
     let partner = existing_partner(&api, &id).await?;
     let plan_version = provisioning::plan_version(&api.catalog, &req.plan)?;
+    if let (Some(from), Some(to)) = (
+        api.catalog.plan(&partner.subscription.plan_id),
+        api.catalog.plan(&req.plan),
+    ) {
+        // One invoice per period in one currency: a change mid-period must keep both.
+        if from.currency != to.currency || from.period != to.period {
+            return Err(ApiError::Conflict(format!(
+                "plan {:?} bills in {} every {:?}, plan {:?} in {} every {:?}: a change mid-period must keep the currency and the billing period",
+                from.id,
+                from.currency.code(),
+                from.period,
+                to.id,
+                to.currency.code(),
+                to.period
+            )));
+        }
+    }
     if partner.subscription.plan_id == req.plan && partner.subscription.plan_version == plan_version
     {
         return Ok(Json(partner).into_response());

@@ -37,6 +37,21 @@ period = { every = "month", anchor_day = 1 }
 base_fee = "49.00"
 tax = { rate = "0.20", label = "VAT" }
 charges = [{ meter = "calls", model = "per_unit", unit_price = "0.01" }]
+
+[[plan]]
+id = "scale"
+name = "Scale"
+currency = "EUR"
+period = { every = "month", anchor_day = 1 }
+base_fee = "99.00"
+charges = [{ meter = "calls", model = "per_unit", unit_price = "0.005" }]
+
+[[plan]]
+id = "growth-usd"
+name = "Growth (USD)"
+currency = "USD"
+period = { every = "month", anchor_day = 1 }
+base_fee = "49.00"
 "#;
 
 const TOKEN: &str = "admin-test-token";
@@ -456,6 +471,47 @@ async fn a_period_not_over_cannot_be_finalized_and_time_zones_move_period_bounds
     // Tokyo midnight is 15:00 UTC the day before.
     let start = up["invoice"]["period"]["start"].as_str().unwrap();
     assert!(start.ends_with("T15:00:00Z"), "{start}");
+
+    // A plan change mid-period: both plans appear, each base fee prorated.
+    let (s, e) = env
+        .call(
+            "PUT",
+            &format!("/v1/partners/{pid}/subscription"),
+            Some(json!({"plan": "growth-usd"})),
+        )
+        .await;
+    assert_eq!(s, 409, "a change of currency mid-period is refused: {e}");
+    let (s, e) = env
+        .call(
+            "PUT",
+            &format!("/v1/partners/{pid}/subscription"),
+            Some(json!({"plan": "scale"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{e}");
+    let (_, up) = env
+        .call(
+            "GET",
+            &format!("/v1/partners/{pid}/invoices/upcoming"),
+            None,
+        )
+        .await;
+    let plans: Vec<&str> = up["invoice"]["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["plan_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(plans, ["growth", "scale"], "{up}");
+    let base: Vec<Decimal> = up["invoice"]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["kind"] == "base_fee")
+        .map(|l| dec(&l["amount"]))
+        .collect();
+    assert_eq!(base.len(), 2, "{up}");
+    assert!(base[0] < d("49.00") && base[1] < d("99.00"), "{up}");
 
     let label = peage_core::PeriodLabel::of(Utc::now(), "Asia/Tokyo".parse().unwrap());
     let (_, run) = env

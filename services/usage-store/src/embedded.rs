@@ -125,36 +125,50 @@ impl SqliteUsageStore {
         }
         self.raw_rows(query, from, first_hour, &mut out).await?;
         self.raw_rows(query, end_hour, to, &mut out).await?;
-        let mut rows = sqlx::query(
-            "SELECT api, version, operation, method, status, calls, units, request_bytes, response_bytes, latency_us \
-             FROM call_rollups_hour WHERE partner_id = ? AND env = ? AND hour_us >= ? AND hour_us < ?",
-        )
-        .bind(&query.partner_id)
-        .bind(query.env.as_str())
-        .bind(first_hour)
-        .bind(end_hour)
-        .fetch(&self.pool);
+        let sql = format!(
+            "SELECT {HOUR_ROLLUP_COLUMNS} FROM call_rollups_hour \
+             WHERE partner_id = ? AND env = ? AND hour_us >= ? AND hour_us < ?"
+        );
+        let mut rows = sqlx::query(&sql)
+            .bind(&query.partner_id)
+            .bind(query.env.as_str())
+            .bind(first_hour)
+            .bind(end_hour)
+            .fetch(&self.pool);
         while let Some(row) = rows.try_next().await? {
-            let units: String = row.try_get("units")?;
-            out.push(RollupRow {
-                api: row.try_get("api")?,
-                version: row.try_get("version")?,
-                operation: row.try_get("operation")?,
-                method: row.try_get("method")?,
-                status: row.try_get::<i64, _>("status")? as u16,
-                calls: row.try_get::<i64, _>("calls")? as u64,
-                units: Decimal::from_str(&units).map_err(|e| UsageStoreError::Corrupt {
-                    id: format!("rollup of {}", query.partner_id),
-                    reason: format!("units {units:?}: {e}"),
-                })?,
-                request_bytes: row.try_get::<i64, _>("request_bytes")? as u64,
-                response_bytes: row.try_get::<i64, _>("response_bytes")? as u64,
-                latency_us: row.try_get::<i64, _>("latency_us")? as u64,
-            });
+            out.push(hour_rollup(&row, &query.partner_id)?);
         }
         Ok(out)
     }
 }
+
+/// A row of `call_rollups_hour` (the columns of [`HOUR_ROLLUP_COLUMNS`]).
+fn hour_rollup(row: &sqlx::sqlite::SqliteRow, partner: &str) -> Result<RollupRow, UsageStoreError> {
+    let units: String = row.try_get("units")?;
+    Ok(RollupRow {
+        api: row.try_get("api")?,
+        version: row.try_get("version")?,
+        operation: row.try_get("operation")?,
+        method: row.try_get("method")?,
+        status: row.try_get::<i64, _>("status")? as u16,
+        calls: row.try_get::<i64, _>("calls")? as u64,
+        units: sum_units(&units).map_err(|e| UsageStoreError::Corrupt {
+            id: format!("rollup of {partner}"),
+            reason: format!("units {units:?}: {e}"),
+        })?,
+        request_bytes: row.try_get::<i64, _>("request_bytes")? as u64,
+        response_bytes: row.try_get::<i64, _>("response_bytes")? as u64,
+        latency_us: row.try_get::<i64, _>("latency_us")? as u64,
+    })
+}
+
+/// Units of one rollup row, or of several joined by spaces (summed in SQL by group_concat).
+fn sum_units(text: &str) -> Result<Decimal, rust_decimal::Error> {
+    text.split(' ').map(Decimal::from_str).sum()
+}
+
+const HOUR_ROLLUP_COLUMNS: &str =
+    "api, version, operation, method, status, calls, units, request_bytes, response_bytes, latency_us";
 
 /// 16 parameters a row: 100 rows stay far below SQLite's 32,766 bound parameters.
 const ROWS_PER_INSERT: usize = 100;
@@ -381,6 +395,44 @@ impl UsageStore for SqliteUsageStore {
             raw.into_iter().map(MeterAccumulator::finish),
         ))
     }
+
+    /// One read of the hour rollups for every partner when the range is whole hours and every
+    /// meter reads rollups (an invoice run over calendar periods); else partner by partner.
+    async fn meter_usage_many(
+        &self,
+        partners: &[String],
+        env: Env,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+        meters: &[Meter],
+    ) -> Result<HashMap<String, Vec<MeterUsage>>, UsageStoreError> {
+        let hour = chrono::TimeDelta::hours(1);
+        let whole_hours = ceil_to(from, hour) == from && floor_to(to, hour) == to && from < to;
+        if !whole_hours || !meters.iter().all(Meter::rollup_compatible) {
+            return crate::meter_usage_each(self, partners, env, from, to, meters).await;
+        }
+        // Summed in SQL over the range, so a month reads one row per partner and dimensions,
+        // not one per hour; units are exact decimal text, so they are joined and added here.
+        let rows = sqlx::query(
+            "SELECT partner_id, api, version, operation, method, status, SUM(calls) AS calls, \
+             group_concat(units, ' ') AS units, SUM(request_bytes) AS request_bytes, \
+             SUM(response_bytes) AS response_bytes, SUM(latency_us) AS latency_us \
+             FROM call_rollups_hour WHERE env = ? AND hour_us >= ? AND hour_us < ? \
+             GROUP BY partner_id, api, version, operation, method, status",
+        )
+        .bind(env.as_str())
+        .bind(from.timestamp_micros())
+        .bind(to.timestamp_micros())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let partner: String = row.try_get("partner_id")?;
+            let r = hour_rollup(row, &partner)?;
+            out.push((partner, r));
+        }
+        Ok(crate::usage_per_partner(partners, out, meters))
+    }
 }
 
 #[cfg(test)]
@@ -471,6 +523,41 @@ mod tests {
         assert_eq!(u[0].quantity, Decimal::from(3));
         // 0.1 + 0.2 + 0.4 is exactly 0.7 here: no float anywhere on the path.
         assert_eq!(u[1].quantity.to_string(), "0.7");
+    }
+
+    #[tokio::test]
+    async fn usage_of_many_partners_at_once_equals_partner_by_partner() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteUsageStore::open(&dir.path().join("usage.db"))
+            .await
+            .unwrap();
+        let events: Vec<CallEvent> = (0..500)
+            .map(|i| {
+                event(
+                    if i % 3 == 0 { "prt_b" } else { "prt_a" },
+                    i * 4001,
+                    "1.5",
+                    Env::Live,
+                )
+            })
+            .chain([event("prt_a", 50, "7", Env::Sandbox)])
+            .collect();
+        store.insert(&events).await.unwrap();
+        let partners: Vec<String> = ["prt_a", "prt_b", "prt_none"].map(String::from).to_vec();
+        let q = query("prt_a", Env::Live);
+        // Whole hours (one query) and a range that is not (partner by partner).
+        for (from, to) in [(q.from, q.to), (q.from + Duration::seconds(1), q.to)] {
+            let many = store
+                .meter_usage_many(&partners, Env::Live, from, to, &meters())
+                .await
+                .unwrap();
+            let each = crate::meter_usage_each(&store, &partners, Env::Live, from, to, &meters())
+                .await
+                .unwrap();
+            assert_eq!(many, each);
+            assert_eq!(many["prt_none"][0].quantity, Decimal::ZERO);
+            assert!(many["prt_b"][0].quantity > Decimal::ZERO);
+        }
     }
 
     #[tokio::test]

@@ -100,4 +100,65 @@ pub trait UsageStore: Send + Sync + 'static {
         query: &UsageQuery,
         meters: &[Meter],
     ) -> Result<Vec<MeterUsage>, UsageStoreError>;
+
+    /// [`UsageStore::meter_usage`] for many partners over one range (an invoice run): one entry
+    /// per partner asked for, zero usage included. Stores answer it with one query when they
+    /// can; this default asks partner by partner.
+    async fn meter_usage_many(
+        &self,
+        partners: &[String],
+        env: Env,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        meters: &[Meter],
+    ) -> Result<HashMap<String, Vec<MeterUsage>>, UsageStoreError> {
+        meter_usage_each(self, partners, env, from, to, meters).await
+    }
+}
+
+/// Partner by partner: the fallback of [`UsageStore::meter_usage_many`].
+pub async fn meter_usage_each<S: UsageStore + ?Sized>(
+    store: &S,
+    partners: &[String],
+    env: Env,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    meters: &[Meter],
+) -> Result<HashMap<String, Vec<MeterUsage>>, UsageStoreError> {
+    let mut out = HashMap::with_capacity(partners.len());
+    for p in partners {
+        let q = UsageQuery {
+            partner_id: p.clone(),
+            env,
+            from,
+            to,
+        };
+        out.insert(p.clone(), store.meter_usage(&q, meters).await?);
+    }
+    Ok(out)
+}
+
+/// Groups rollup rows read for many partners into one usage per partner asked for.
+pub(crate) fn usage_per_partner(
+    partners: &[String],
+    rows: Vec<(String, peage_core::meter::RollupRow)>,
+    meters: &[Meter],
+) -> HashMap<String, Vec<MeterUsage>> {
+    let wanted: HashSet<&str> = partners.iter().map(String::as_str).collect();
+    let mut by_partner: HashMap<String, Vec<peage_core::meter::RollupRow>> = HashMap::new();
+    for (p, row) in rows {
+        if wanted.contains(p.as_str()) {
+            by_partner.entry(p).or_default().push(row);
+        }
+    }
+    partners
+        .iter()
+        .map(|p| {
+            let rows = by_partner.get(p).map(Vec::as_slice).unwrap_or(&[]);
+            (
+                p.clone(),
+                peage_core::meter::combine(meters, rows, Vec::new()),
+            )
+        })
+        .collect()
 }

@@ -134,6 +134,29 @@ async fn rollups_raw_events_and_the_embedded_engine_agree_and_positions_are_kept
     for chunk in events.chunks(1_000) {
         store.insert_logged("peage.calls.v1", chunk).await.unwrap();
     }
+    // Many partners at once (an invoice run) equals partner by partner, on whole hours (one
+    // query) and on a range that is not (the fallback); partners without usage get zeros.
+    let partners: Vec<String> = ["prt_a", "prt_other", "prt_none"]
+        .map(String::from)
+        .to_vec();
+    for (from, to) in [
+        (
+            Utc.with_ymd_and_hms(2026, 10, 31, 22, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(2026, 11, 1, 3, 0, 0).unwrap(),
+        ),
+        (start, start + TimeDelta::minutes(90)),
+    ] {
+        let many = store
+            .meter_usage_many(&partners, Env::Live, from, to, &meters())
+            .await
+            .unwrap();
+        let each =
+            peage_usage_store::meter_usage_each(&store, &partners, Env::Live, from, to, &meters())
+                .await
+                .unwrap();
+        assert_eq!(many, each, "{from} – {to}");
+        assert!(many["prt_a"][0].quantity > Decimal::ZERO);
+    }
     let positions = store
         .stored_positions("peage.calls.v1", &[0, 1, 2, 3])
         .await
