@@ -298,19 +298,19 @@ pub(crate) fn endpoint_events(events: &str) -> Vec<String> {
         .collect()
 }
 
-/// Implements [`LedgerStore`] for a store with a `pool` field of an sqlx pool type.
+/// Implements [`LedgerStore`] for a store with a `pool` field of an sqlx pool type. `$begin`
+/// starts a write transaction: SQLite needs `BEGIN IMMEDIATE`, or a transaction that reads
+/// before it writes fails with "database is locked" when another connection writes meanwhile.
 macro_rules! ledger_store {
-    ($store:ty, $db:ty) => {
+    ($store:ty, $db:ty, $begin:literal) => {
         const _: () = {
             use chrono::Datelike;
-            use sqlx::Row;
+            use sqlx::Row as _;
             use $crate::ledger::*;
 
-            fn invoice_row<R: sqlx::Row>(row: &R) -> Result<InvoiceRow, sqlx::Error>
-            where
-                for<'c> &'c str: sqlx::ColumnIndex<R>,
-                String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-                Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            type DbRow = <$db as sqlx::Database>::Row;
+
+            fn invoice_row(row: &DbRow) -> Result<InvoiceRow, sqlx::Error>
             {
                 Ok(InvoiceRow {
                     id: row.try_get("id")?,
@@ -326,11 +326,7 @@ macro_rules! ledger_store {
                 })
             }
 
-            fn credit_row<R: sqlx::Row>(row: &R) -> Result<CreditEntry, $crate::BillingStoreError>
-            where
-                for<'c> &'c str: sqlx::ColumnIndex<R>,
-                String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-                Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            fn credit_row(row: &DbRow) -> Result<CreditEntry, $crate::BillingStoreError>
             {
                 Ok(CreditEntry {
                     id: row.try_get("id")?,
@@ -343,14 +339,7 @@ macro_rules! ledger_store {
                 })
             }
 
-            fn endpoint_row<R: sqlx::Row>(
-                row: &R,
-                prefix: &str,
-            ) -> Result<WebhookEndpoint, $crate::BillingStoreError>
-            where
-                for<'c> &'c str: sqlx::ColumnIndex<R>,
-                String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-                Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            fn endpoint_row(row: &DbRow, prefix: &str) -> Result<WebhookEndpoint, $crate::BillingStoreError>
             {
                 let col = |c: &str| format!("{prefix}{c}");
                 Ok(WebhookEndpoint {
@@ -369,13 +358,7 @@ macro_rules! ledger_store {
                 })
             }
 
-            fn delivery_row<R: sqlx::Row>(row: &R) -> Result<WebhookDelivery, $crate::BillingStoreError>
-            where
-                for<'c> &'c str: sqlx::ColumnIndex<R>,
-                String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-                Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-                i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-                Option<i64>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            fn delivery_row(row: &DbRow) -> Result<WebhookDelivery, $crate::BillingStoreError>
             {
                 Ok(WebhookDelivery {
                     id: row.try_get("id")?,
@@ -402,11 +385,7 @@ macro_rules! ledger_store {
                 })
             }
 
-            fn profile_row<R: sqlx::Row>(row: &R) -> Result<BillingProfile, $crate::BillingStoreError>
-            where
-                for<'c> &'c str: sqlx::ColumnIndex<R>,
-                String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-                Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            fn profile_row(row: &DbRow) -> Result<BillingProfile, $crate::BillingStoreError>
             {
                 let rate: Option<String> = row.try_get("tax_rate")?;
                 let label: Option<String> = row.try_get("tax_label")?;
@@ -523,6 +502,26 @@ macro_rules! ledger_store {
                 Ok(out)
             }
 
+            async fn insert_credit<'e, E>(exec: E, e: &CreditEntry) -> Result<(), $crate::BillingStoreError>
+            where
+                E: sqlx::Executor<'e, Database = $db>,
+            {
+                sqlx::query(
+                    "INSERT INTO credit_entries (id, partner_id, currency, amount, description, invoice_id, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&e.id)
+                .bind(&e.partner_id)
+                .bind(&e.currency)
+                .bind(e.amount.to_string())
+                .bind(&e.description)
+                .bind(&e.invoice_id)
+                .bind(ts(e.created_at))
+                .execute(exec)
+                .await?;
+                Ok(())
+            }
+
             const DELIVERY_COLUMNS: &str = "d.id, d.endpoint_id, d.event_type, d.event_key, d.payload, d.status, d.attempts, d.next_attempt_at, d.last_attempt_at, d.last_status, d.last_error, d.created_at";
             const ENDPOINT_COLUMNS: &str = "e.id AS e_id, e.url AS e_url, e.secret AS e_secret, e.events AS e_events, e.created_at AS e_created_at, e.disabled_at AS e_disabled_at";
 
@@ -608,20 +607,7 @@ macro_rules! ledger_store {
                 }
 
                 async fn add_credit(&self, e: &CreditEntry) -> Result<(), $crate::BillingStoreError> {
-                    sqlx::query(
-                        "INSERT INTO credit_entries (id, partner_id, currency, amount, description, invoice_id, created_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    )
-                    .bind(&e.id)
-                    .bind(&e.partner_id)
-                    .bind(&e.currency)
-                    .bind(e.amount.to_string())
-                    .bind(&e.description)
-                    .bind(&e.invoice_id)
-                    .bind(ts(e.created_at))
-                    .execute(&self.pool)
-                    .await?;
-                    Ok(())
+                    insert_credit(&self.pool, e).await
                 }
 
                 async fn credit_entries(
@@ -680,7 +666,7 @@ macro_rules! ledger_store {
                     &self,
                     draft: &peage_core::InvoiceRecord,
                 ) -> Result<DraftOutcome, $crate::BillingStoreError> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin).await?;
                     let outcome = save_in(&mut tx, std::slice::from_ref(draft)).await?;
                     tx.commit().await?;
                     outcome.into_iter().next().ok_or_else(|| {
@@ -692,7 +678,7 @@ macro_rules! ledger_store {
                     &self,
                     drafts: &[peage_core::InvoiceRecord],
                 ) -> Result<Vec<DraftOutcome>, $crate::BillingStoreError> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin).await?;
                     let out = save_in(&mut tx, drafts).await?;
                     tx.commit().await?;
                     Ok(out)
@@ -739,7 +725,7 @@ macro_rules! ledger_store {
                     // Stored to the microsecond: answer what is stored.
                     let at = parse_time("invoice", &ts(at))?;
                     let year = at.year();
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin).await?;
                     // The number first: its row lock serialises finalizations of one issuer,
                     // and rolling back gives the number back.
                     let n: i64 = sqlx::query(
@@ -781,19 +767,16 @@ macro_rules! ledger_store {
                     record.invoice.apply_credits(balance);
                     let number = invoice_number(prefix, year, n);
                     if !record.invoice.credits_applied.is_zero() {
-                        sqlx::query(
-                            "INSERT INTO credit_entries (id, partner_id, currency, amount, description, invoice_id, created_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                        )
-                        .bind(format!("crd_{}", &id[4.min(id.len())..]))
-                        .bind(&record.partner_id)
-                        .bind(&currency)
-                        .bind((-record.invoice.credits_applied).to_string())
-                        .bind(format!("invoice {number}"))
-                        .bind(id)
-                        .bind(ts(at))
-                        .execute(&mut *tx)
-                        .await?;
+                        let entry = CreditEntry {
+                            id: format!("crd_{}", &id[4.min(id.len())..]),
+                            partner_id: record.partner_id.clone(),
+                            currency: currency.clone(),
+                            amount: -record.invoice.credits_applied,
+                            description: format!("invoice {number}"),
+                            invoice_id: Some(id.to_string()),
+                            created_at: at,
+                        };
+                        insert_credit(&mut *tx, &entry).await?;
                     }
                     sqlx::query(
                         "UPDATE invoices SET status = 'finalized', number = $1, document = $2, total = $3, \
@@ -820,7 +803,7 @@ macro_rules! ledger_store {
                     at: chrono::DateTime<chrono::Utc>,
                 ) -> Result<peage_core::InvoiceRecord, $crate::BillingStoreError> {
                     let at = parse_time("invoice", &ts(at))?;
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin).await?;
                     let changed = sqlx::query(
                         "UPDATE invoices SET status = 'void', voided_at = $1, updated_at = $1 \
                          WHERE id = $2 AND status IN ('draft', 'finalized')",
@@ -844,22 +827,19 @@ macro_rules! ledger_store {
                     }
                     let taken = record.invoice.credits_applied;
                     if record.number.is_some() && !taken.is_zero() {
-                        sqlx::query(
-                            "INSERT INTO credit_entries (id, partner_id, currency, amount, description, invoice_id, created_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                        )
-                        .bind(format!("crd_v{}", &id[4.min(id.len())..]))
-                        .bind(&record.partner_id)
-                        .bind(record.invoice.currency.code())
-                        .bind(taken.to_string())
-                        .bind(format!(
-                            "invoice {} voided",
-                            record.number.as_deref().unwrap_or(id)
-                        ))
-                        .bind(id)
-                        .bind(ts(at))
-                        .execute(&mut *tx)
-                        .await?;
+                        let entry = CreditEntry {
+                            id: format!("crd_v{}", &id[4.min(id.len())..]),
+                            partner_id: record.partner_id.clone(),
+                            currency: record.invoice.currency.code().to_string(),
+                            amount: taken,
+                            description: format!(
+                                "invoice {} voided",
+                                record.number.as_deref().unwrap_or(id)
+                            ),
+                            invoice_id: Some(id.to_string()),
+                            created_at: at,
+                        };
+                        insert_credit(&mut *tx, &entry).await?;
                     }
                     tx.commit().await?;
                     Ok(record)

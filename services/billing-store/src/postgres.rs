@@ -414,4 +414,4 @@ async fn grant_rows(
     .await?)
 }
 
-crate::ledger::ledger_store!(PostgresBillingStore, sqlx::Postgres);
+crate::ledger::ledger_store!(PostgresBillingStore, sqlx::Postgres, "BEGIN");

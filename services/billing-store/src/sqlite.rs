@@ -495,4 +495,4 @@ mod tests {
     }
 }
 
-crate::ledger::ledger_store!(SqliteBillingStore, sqlx::Sqlite);
+crate::ledger::ledger_store!(SqliteBillingStore, sqlx::Sqlite, "BEGIN IMMEDIATE");
