@@ -499,6 +499,38 @@ async fn twenty_thousand_calls_through_two_gateways_are_stored_once_and_billed_f
         Decimal::from(20_000),
         "the invoice's call lines add up to every call"
     );
+
+    // Finance's batch work on the distributed setup: `peage invoice run --config` on PostgreSQL
+    // and ClickHouse, twice (the second changes nothing), then a CSV export.
+    let label = chrono::Utc::now().format("%Y-%m").to_string();
+    let config = s.dir.path().join("peage.toml").display().to_string();
+    let invoice = |args: &[&str]| {
+        let out = s
+            .command("invoice", &[])
+            .args(args)
+            .args(["--config", &config])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "peage invoice {args:?}: {text}{err}");
+        text
+    };
+    let run = invoice(&["run", "--period", &label]);
+    assert!(run.contains("created 1 ·"), "{run}");
+    let again = invoice(&["run", "--period", &label]);
+    assert!(again.contains("unchanged 1"), "{again}");
+    let csv = invoice(&["export", "--period", &label, "--format", "csv"]);
+    let calls: Decimal = csv
+        .lines()
+        .filter(|l| {
+            l.contains(&pid)
+                && (l.contains(",usage,") || l.contains(",free_allowance,"))
+                && l.contains(",calls,")
+        })
+        .map(|l| l.split(',').nth(13).unwrap().parse::<Decimal>().unwrap())
+        .sum();
+    assert_eq!(calls, Decimal::from(20_000), "{csv}");
 }
 
 fn event(i: u64, partner: &str) -> CallEvent {

@@ -97,6 +97,14 @@ impl Page {
     }
 }
 
+/// `49` as `49.00` in EUR; finer unit prices (`0.0005`) keep their digits.
+fn at_least(mut d: Decimal, minor: u32) -> Decimal {
+    if d.scale() < minor {
+        d.rescale(minor);
+    }
+    d
+}
+
 fn money(amount: Decimal, code: &str) -> String {
     format!("{amount} {code}")
 }
@@ -105,6 +113,7 @@ fn money(amount: Decimal, code: &str) -> String {
 pub fn render(record: &InvoiceRecord, partner_name: &str, issuer: &Issuer) -> Vec<u8> {
     let inv = &record.invoice;
     let code = inv.currency.code();
+    let minor = inv.currency.minor_units();
     let mut pages: Vec<Page> = Vec::new();
     let mut p = Page::new();
 
@@ -219,7 +228,13 @@ pub fn render(record: &InvoiceRecord, partner_name: &str, issuer: &Issuer) -> Ve
         }
         p.text(MARGIN, p.y, REGULAR, 9.0, &clip(&l.description, 62));
         p.right(qty_x, p.y, REGULAR, 9.0, &l.quantity.to_string());
-        p.right(price_x, p.y, REGULAR, 9.0, &l.unit_price.to_string());
+        p.right(
+            price_x,
+            p.y,
+            REGULAR,
+            9.0,
+            &at_least(l.unit_price, minor).to_string(),
+        );
         p.right(amount_x, p.y, REGULAR, 9.0, &l.amount.to_string());
         p.y -= ROW;
     }
@@ -306,6 +321,55 @@ fn tz_of(name: &str) -> chrono_tz::Tz {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_invoice_with_many_lines_continues_on_more_pages() {
+        use chrono::{TimeZone, Utc};
+        use peage_core::pricing::Plan;
+        let plan: Plan = serde_json::from_value(serde_json::json!({
+            "id": "p", "name": "P", "version": "v", "currency": "EUR",
+            "period": {"every": "month", "anchor_day": 1}, "base_fee": "1", "tax": null,
+            "minimum_commitment": null, "charges": [], "quotas": [], "rate_limit": null
+        }))
+        .unwrap();
+        let period = peage_core::BillingPeriod {
+            start: Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
+            end: Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap(),
+        };
+        let mut invoice = peage_core::Invoice::compute("prt_x", &plan, period, &[]);
+        let line = invoice.lines[0].clone();
+        invoice.lines = vec![line; 120];
+        let now = Utc::now();
+        let record = InvoiceRecord {
+            id: "inv_x".into(),
+            number: None,
+            status: InvoiceStatus::Draft,
+            partner_id: "prt_x".into(),
+            period_label: "2026-10".into(),
+            created_at: now,
+            updated_at: now,
+            finalized_at: None,
+            voided_at: None,
+            invoice,
+        };
+        let pdf = render(&record, "X", &Issuer::default());
+        let text = String::from_utf8_lossy(&pdf);
+        let one_page = render(
+            &InvoiceRecord {
+                invoice: peage_core::Invoice::compute("prt_x", &plan, period, &[]),
+                ..record.clone()
+            },
+            "X",
+            &Issuer::default(),
+        );
+        assert!(String::from_utf8_lossy(&one_page).contains("/Count 1"));
+        // About 35 lines fit a page after the header: 120 lines take 4 pages.
+        assert!(
+            text.contains("/Count 4"),
+            "pages: {}",
+            text.matches("/Type /Page\n").count()
+        );
+    }
 
     #[test]
     fn win_ansi_maps_the_euro_sign_and_accents() {

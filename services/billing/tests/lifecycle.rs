@@ -47,6 +47,15 @@ base_fee = "99.00"
 charges = [{ meter = "calls", model = "per_unit", unit_price = "0.005" }]
 
 [[plan]]
+id = "capped"
+name = "Capped"
+currency = "EUR"
+period = { every = "month", anchor_day = 1 }
+base_fee = "0"
+charges = [{ meter = "calls", model = "per_unit", unit_price = "0.01" }]
+quotas = [{ meter = "calls", limit = 5, kind = "hard" }]
+
+[[plan]]
 id = "growth-usd"
 name = "Growth (USD)"
 currency = "USD"
@@ -535,4 +544,114 @@ async fn a_period_not_over_cannot_be_finalized_and_time_zones_move_period_bounds
             .contains("once the period is over"),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn a_hard_quota_reached_sends_one_signed_webhook_retried_until_delivered() {
+    let env = start().await;
+    // An endpoint that fails its first request (503) and accepts the next.
+    let received: Arc<Mutex<Vec<(axum::http::HeaderMap, String)>>> = Default::default();
+    let hook = {
+        let received = Arc::clone(&received);
+        Router::new().route(
+            "/hook",
+            post(move |headers: axum::http::HeaderMap, body: String| {
+                let received = Arc::clone(&received);
+                async move {
+                    let mut r = received.lock().unwrap();
+                    r.push((headers, body));
+                    if r.len() == 1 {
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        axum::http::StatusCode::NO_CONTENT
+                    }
+                }
+            }),
+        )
+    };
+    let hook_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", hook_listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(hook_listener, hook).await });
+    let (s, ep) = env
+        .call(
+            "POST",
+            "/v1/webhooks",
+            Some(json!({"url": hook_url, "events": ["quota.hard_blocked", "quota.soft_exceeded"]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{ep}");
+    let secret = ep["secret"].as_str().unwrap().to_string();
+    tokio::spawn(peage_billing::webhooks::run_worker(
+        Arc::clone(&env.store),
+        peage_billing::webhooks::RetrySchedule(vec![Duration::from_millis(200)]),
+        Duration::from_millis(50),
+        std::future::pending(),
+    ));
+
+    let (_, partner) = env
+        .call(
+            "POST",
+            "/v1/partners",
+            Some(json!({"name": "Hooli", "plan": "capped"})),
+        )
+        .await;
+    let pid = partner["id"].as_str().unwrap().to_string();
+    let lease = |want: &str| json!({"partner_id": pid, "meter": "calls", "gateway_id": "gw-1", "want": want});
+    // Leases are handed out in shares until the 5 calls are granted; then the quota blocks.
+    let mut granted = Decimal::ZERO;
+    for _ in 0..20 {
+        let (_, l) = env
+            .call("POST", "/v1/quota/leases", Some(lease("10")))
+            .await;
+        if l["decision"] == "hard_blocked" {
+            break;
+        }
+        granted += dec(&l["granted"]);
+    }
+    assert_eq!(granted, d("5"), "a hard quota grants exactly its limit");
+    for _ in 0..3 {
+        let (_, l) = env.call("POST", "/v1/quota/leases", Some(lease("1"))).await;
+        assert_eq!(l["decision"], "hard_blocked", "{l}");
+    }
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, log) = env.call("GET", "/v1/webhooks/deliveries", None).await;
+        let d = &log["deliveries"];
+        assert_eq!(
+            d.as_array().unwrap().len(),
+            1,
+            "one event per quota and period: {log}"
+        );
+        if d[0]["status"] == "delivered" {
+            assert_eq!(d[0]["attempts"], 2, "{log}");
+            assert_eq!(d[0]["last_status"], 204, "{log}");
+            assert_eq!(d[0]["event_type"], "quota.hard_blocked");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not delivered within 10 s: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 2, "the failed attempt and the retry");
+    assert_eq!(
+        got[0].0["webhook-id"], got[1].0["webhook-id"],
+        "a retry keeps the message id"
+    );
+    let (headers, body) = &got[1];
+    let ts: i64 = headers["webhook-timestamp"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let sig =
+        peage_billing::webhooks::sign(&secret, headers["webhook-id"].to_str().unwrap(), ts, body)
+            .unwrap();
+    assert_eq!(headers["webhook-signature"].to_str().unwrap(), sig);
+    let payload: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(payload["data"]["partner_id"], pid.as_str());
+    assert_eq!(payload["data"]["limit"], "5");
 }
