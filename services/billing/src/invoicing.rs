@@ -412,7 +412,7 @@ impl Invoicing {
         &self,
         partners: Vec<Partner>,
         label: PeriodLabel,
-    ) -> Result<(Vec<Result<PartnerBook, ApiError>>, UsageCache), ApiError> {
+    ) -> Result<(Vec<(String, Result<PartnerBook, ApiError>)>, UsageCache), ApiError> {
         let mut subs = self.store.all_subscriptions().await?;
         let profiles: HashMap<String, BillingProfile> = self
             .store
@@ -461,7 +461,7 @@ impl Invoicing {
                     }
                 }
             }
-            books.push(book);
+            books.push((id, book));
         }
         let mut cache = UsageCache::default();
         for ((from, to), ids) in spans {
@@ -537,7 +537,7 @@ impl Invoicing {
         let (books, cache) = self.prepare(partners, label).await?;
         let mut totals: BTreeMap<String, Decimal> = BTreeMap::new();
         let mut batch = Vec::new();
-        for (i, book) in books.iter().enumerate() {
+        for (i, (partner_id, book)) in books.iter().enumerate() {
             let drafted = match book {
                 Ok(book) => self.draft_with(book, label, now, &cache).await,
                 Err(e) => Err(ApiError::Conflict(e.to_string())),
@@ -546,10 +546,7 @@ impl Invoicing {
                 Ok(None) => summary.not_due += 1,
                 Ok(Some(draft)) => batch.push(draft),
                 Err(e) => summary.errors.push(RunError {
-                    partner_id: match book {
-                        Ok(b) => b.partner.id.clone(),
-                        Err(_) => String::new(),
-                    },
+                    partner_id: partner_id.clone(),
                     error: e.to_string(),
                 }),
             }
@@ -583,7 +580,9 @@ impl Invoicing {
             .store
             .finalize_invoice(id, &self.issuer.prefix, now)
             .await?;
-        webhooks::enqueue(
+        // The invoice is final whatever happens to its webhook; a failure to queue it is logged
+        // (the delivery log then lacks it) rather than reported as a failed finalization.
+        if let Err(e) = webhooks::enqueue(
             self.store.as_ref(),
             "invoice.finalized",
             &format!("invoice.finalized:{}", record.id),
@@ -599,7 +598,10 @@ impl Invoicing {
             }),
             now,
         )
-        .await?;
+        .await
+        {
+            tracing::error!(error = %e, invoice = %record.id, "invoice.finalized webhook not queued");
+        }
         tracing::info!(invoice = %record.id, number = ?record.number, "invoice finalized");
         Ok(record)
     }

@@ -119,7 +119,8 @@ impl ControlApi {
                 req.meter,
                 period.start.timestamp()
             );
-            crate::webhooks::enqueue(
+            // A webhook that cannot be queued must not cost the gateway its lease decision.
+            if let Err(e) = crate::webhooks::enqueue(
                 self.store.as_ref(),
                 &event,
                 &key,
@@ -134,7 +135,10 @@ impl ControlApi {
                 }),
                 now,
             )
-            .await?;
+            .await
+            {
+                tracing::error!(error = %e, partner_id = %partner.id, "quota webhook not queued");
+            }
         }
         Ok(Lease {
             partner_id: partner.id,

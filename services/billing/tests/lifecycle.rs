@@ -655,3 +655,43 @@ async fn a_hard_quota_reached_sends_one_signed_webhook_retried_until_delivered()
     assert_eq!(payload["data"]["partner_id"], pid.as_str());
     assert_eq!(payload["data"]["limit"], "5");
 }
+
+#[tokio::test]
+async fn a_partner_that_cannot_be_billed_fails_alone_and_is_named() {
+    let env = start().await;
+    let mut ids = Vec::new();
+    for name in ["Good", "Broken"] {
+        let (_, p) = env
+            .call(
+                "POST",
+                "/v1/partners",
+                Some(json!({"name": name, "plan": "growth"})),
+            )
+            .await;
+        ids.push(p["id"].as_str().unwrap().to_string());
+    }
+    // A profile the API would refuse, written straight to the store (an old or hand-edited row).
+    env.store
+        .put_billing_profile(&peage_billing_store::BillingProfile {
+            partner_id: ids[1].clone(),
+            timezone: "Mars/Olympus".into(),
+            tax: None,
+            updated_at: Utc::now(),
+        })
+        .await
+        .unwrap();
+    let label = Utc::now().format("%Y-%m").to_string();
+    let (s, run) = env
+        .call("POST", "/v1/invoices/run", Some(json!({"period": label})))
+        .await;
+    assert_eq!(s, 200, "{run}");
+    assert_eq!(run["created"], 1, "{run}");
+    assert_eq!(run["errors"][0]["partner_id"], ids[1].as_str(), "{run}");
+    assert!(
+        run["errors"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown time zone"),
+        "{run}"
+    );
+}
