@@ -119,10 +119,7 @@ impl QuotaKey {
 }
 
 fn parse_granted(s: &str) -> Result<Decimal, BillingStoreError> {
-    s.parse().map_err(|e| BillingStoreError::Corrupt {
-        what: "quota grant",
-        reason: format!("amount {s:?}: {e}"),
-    })
+    ledger::parse_decimal("quota grant", s)
 }
 
 /// Sums a period's grant rows (gateway id, amount) into a ledger; counts `gateway_id` among the

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use async_trait::async_trait;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use peage_core::Env;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -27,25 +27,8 @@ pub struct SqliteBillingStore {
     grants: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-fn parse_ts(what: &'static str, s: &str) -> Result<DateTime<Utc>, BillingStoreError> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| BillingStoreError::Corrupt {
-            what,
-            reason: format!("time {s:?}: {e}"),
-        })
-}
-
-fn opt_ts(
-    what: &'static str,
-    s: Option<String>,
-) -> Result<Option<DateTime<Utc>>, BillingStoreError> {
-    s.map(|s| parse_ts(what, &s)).transpose()
-}
+// The ledger's text-time helpers: one encoding of times for every SQLite table.
+use crate::ledger::{parse_opt_time as opt_ts, parse_time as parse_ts, ts};
 
 const PARTNER_SELECT: &str =
     "SELECT p.id, p.name, p.created_at, s.plan_id, s.plan_version, s.started_at, s.ended_at \

@@ -211,10 +211,12 @@ pub async fn usage(
 ) -> Result<Response, ApiError> {
     let partner = existing_partner(&api, &id).await?;
     let now = Utc::now();
+    // The same period as quotas and invoices: boundaries in the partner's time zone.
+    let tz = crate::invoicing::partner_time_zone(api.store.as_ref(), &partner.id).await?;
     let period = api
         .catalog
         .plan(&partner.subscription.plan_id)
-        .map(|p| p.period.containing(now));
+        .map(|p| p.period.containing_in(tz, now));
     let from = match &params.from {
         Some(f) => parse_time("from", f)?,
         None => period.map_or(now - chrono::Duration::days(30), |p| p.start),
