@@ -32,6 +32,59 @@ pub async fn run_all(s: &dyn BillingStore) {
     credits_are_taken_by_finalization_and_given_back_by_void(s).await;
     plan_versions_and_profiles_are_kept(s).await;
     webhooks_are_queued_once_per_event_and_logged(s).await;
+    sign_in_links_are_used_once_and_sessions_end(s).await;
+}
+
+async fn sign_in_links_are_used_once_and_sessions_end(s: &dyn BillingStore) {
+    use crate::{DashboardGrant, DashboardRole};
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 20, 9, 0, 0).unwrap();
+    s.create_partner("prt_dash", "Dash", &sub("growth", t0))
+        .await
+        .unwrap();
+    let link = |hash: &str, role: DashboardRole| DashboardGrant {
+        token_hash: hash.into(),
+        role,
+        created_at: t0,
+        expires_at: t0 + Duration::minutes(15),
+    };
+    let partner = DashboardRole::Partner {
+        partner_id: "prt_dash".into(),
+    };
+    s.create_sign_in_link(&link("l1", partner.clone()))
+        .await
+        .unwrap();
+    s.create_sign_in_link(&link("l2", DashboardRole::Finance))
+        .await
+        .unwrap();
+    let later = t0 + Duration::hours(8);
+    let session = s
+        .redeem_sign_in_link("l1", t0 + Duration::minutes(1), "s1", later)
+        .await
+        .unwrap()
+        .expect("a fresh link opens a session");
+    assert_eq!(session.role, partner);
+    // Used once: the same link again, and an unknown one, open nothing.
+    for hash in ["l1", "nope"] {
+        assert!(s
+            .redeem_sign_in_link(hash, t0 + Duration::minutes(2), "s2", later)
+            .await
+            .unwrap()
+            .is_none());
+    }
+    // Expired: the finance link after its 15 minutes opens nothing.
+    assert!(s
+        .redeem_sign_in_link("l2", t0 + Duration::minutes(15), "s3", later)
+        .await
+        .unwrap()
+        .is_none());
+    let now = t0 + Duration::minutes(3);
+    let found = s.dashboard_session("s1", now).await.unwrap().unwrap();
+    assert_eq!((found.role, found.expires_at), (partner, later));
+    assert!(s.dashboard_session("s2", now).await.unwrap().is_none());
+    assert!(s.dashboard_session("s1", later).await.unwrap().is_none());
+    s.end_dashboard_session("s1", now).await.unwrap();
+    s.end_dashboard_session("s1", now).await.unwrap();
+    assert!(s.dashboard_session("s1", now).await.unwrap().is_none());
 }
 
 /// A draft invoice for `partner` over November 2026 with `base` as its only line.

@@ -91,6 +91,48 @@ pub struct WebhookDelivery {
     pub created_at: DateTime<Utc>,
 }
 
+/// Who a dashboard sign-in link or session belongs to: finance (every partner) or one partner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "role", rename_all = "snake_case")]
+pub enum DashboardRole {
+    Finance,
+    Partner { partner_id: String },
+}
+
+impl DashboardRole {
+    pub(crate) fn columns(&self) -> (&'static str, Option<&str>) {
+        match self {
+            DashboardRole::Finance => ("finance", None),
+            DashboardRole::Partner { partner_id } => ("partner", Some(partner_id)),
+        }
+    }
+
+    pub(crate) fn from_columns(
+        role: &str,
+        partner_id: Option<String>,
+    ) -> Result<Self, BillingStoreError> {
+        match (role, partner_id) {
+            ("finance", None) => Ok(DashboardRole::Finance),
+            ("partner", Some(partner_id)) => Ok(DashboardRole::Partner { partner_id }),
+            (role, p) => Err(BillingStoreError::Corrupt {
+                what: "dashboard session",
+                reason: format!("role {role:?} with partner {p:?}"),
+            }),
+        }
+    }
+}
+
+/// A one-time sign-in link (only the SHA-256 of its token is stored) or a session made from one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DashboardGrant {
+    #[serde(skip)]
+    pub token_hash: String,
+    #[serde(flatten)]
+    pub role: DashboardRole,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// The result of one delivery attempt.
 #[derive(Debug, Clone)]
 pub enum Attempt {
@@ -204,6 +246,31 @@ pub trait LedgerStore: Send + Sync + 'static {
         &self,
         limit: i64,
     ) -> Result<Vec<WebhookDelivery>, BillingStoreError>;
+
+    /// Stores a one-time dashboard sign-in link.
+    async fn create_sign_in_link(&self, link: &DashboardGrant) -> Result<(), BillingStoreError>;
+    /// Uses the link whose token hashes to `link_hash` (once: a second call finds nothing) and
+    /// opens `session` for its role, in one transaction. `None` when the link is unknown,
+    /// used or expired at `now`.
+    async fn redeem_sign_in_link(
+        &self,
+        link_hash: &str,
+        now: DateTime<Utc>,
+        session_hash: &str,
+        session_expires_at: DateTime<Utc>,
+    ) -> Result<Option<DashboardGrant>, BillingStoreError>;
+    /// The live session whose token hashes to `session_hash` at `now`.
+    async fn dashboard_session(
+        &self,
+        session_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DashboardGrant>, BillingStoreError>;
+    /// Ends a session (sign out); ending an unknown or ended one is not an error.
+    async fn end_dashboard_session(
+        &self,
+        session_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), BillingStoreError>;
 }
 
 pub(crate) fn ts(t: DateTime<Utc>) -> String {
@@ -968,6 +1035,109 @@ macro_rules! ledger_store {
                     .fetch_all(&self.pool)
                     .await?;
                     rows.iter().map(delivery_row).collect()
+                }
+
+                async fn create_sign_in_link(
+                    &self,
+                    link: &DashboardGrant,
+                ) -> Result<(), $crate::BillingStoreError> {
+                    let (role, partner) = link.role.columns();
+                    sqlx::query(
+                        "INSERT INTO dashboard_sign_in_links (token_hash, role, partner_id, created_at, expires_at) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(&link.token_hash)
+                    .bind(role)
+                    .bind(partner)
+                    .bind(ts(link.created_at))
+                    .bind(ts(link.expires_at))
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn redeem_sign_in_link(
+                    &self,
+                    link_hash: &str,
+                    now: DateTime<Utc>,
+                    session_hash: &str,
+                    session_expires_at: DateTime<Utc>,
+                ) -> Result<Option<DashboardGrant>, $crate::BillingStoreError> {
+                    let mut tx = self.pool.begin_with($begin).await?;
+                    // Times are fixed-width UTC text, so text order is time order.
+                    let row = sqlx::query(
+                        "UPDATE dashboard_sign_in_links SET used_at = $1 \
+                         WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1 \
+                         RETURNING role, partner_id",
+                    )
+                    .bind(ts(now))
+                    .bind(link_hash)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some(row) = row else { return Ok(None) };
+                    let role = DashboardRole::from_columns(
+                        &row.try_get::<String, _>("role")?,
+                        row.try_get("partner_id")?,
+                    )?;
+                    let (r, p) = role.columns();
+                    sqlx::query(
+                        "INSERT INTO dashboard_sessions (token_hash, role, partner_id, created_at, expires_at) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(session_hash)
+                    .bind(r)
+                    .bind(p)
+                    .bind(ts(now))
+                    .bind(ts(session_expires_at))
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    Ok(Some(DashboardGrant {
+                        token_hash: session_hash.to_string(),
+                        role,
+                        created_at: now,
+                        expires_at: session_expires_at,
+                    }))
+                }
+
+                async fn dashboard_session(
+                    &self,
+                    session_hash: &str,
+                    now: DateTime<Utc>,
+                ) -> Result<Option<DashboardGrant>, $crate::BillingStoreError> {
+                    let row = sqlx::query(
+                        "SELECT role, partner_id, created_at, expires_at FROM dashboard_sessions \
+                         WHERE token_hash = $1 AND ended_at IS NULL AND expires_at > $2",
+                    )
+                    .bind(session_hash)
+                    .bind(ts(now))
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    let Some(row) = row else { return Ok(None) };
+                    Ok(Some(DashboardGrant {
+                        token_hash: session_hash.to_string(),
+                        role: DashboardRole::from_columns(
+                            &row.try_get::<String, _>("role")?,
+                            row.try_get("partner_id")?,
+                        )?,
+                        created_at: parse_time("dashboard session", &row.try_get::<String, _>("created_at")?)?,
+                        expires_at: parse_time("dashboard session", &row.try_get::<String, _>("expires_at")?)?,
+                    }))
+                }
+
+                async fn end_dashboard_session(
+                    &self,
+                    session_hash: &str,
+                    now: DateTime<Utc>,
+                ) -> Result<(), $crate::BillingStoreError> {
+                    sqlx::query(
+                        "UPDATE dashboard_sessions SET ended_at = $1 WHERE token_hash = $2 AND ended_at IS NULL",
+                    )
+                    .bind(ts(now))
+                    .bind(session_hash)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
                 }
             }
         };

@@ -17,8 +17,8 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 pub use ledger::{
-    Attempt, BillingProfile, CreditEntry, DraftOutcome, InvoiceFilter, LedgerStore,
-    WebhookDelivery, WebhookEndpoint,
+    Attempt, BillingProfile, CreditEntry, DashboardGrant, DashboardRole, DraftOutcome,
+    InvoiceFilter, LedgerStore, WebhookDelivery, WebhookEndpoint,
 };
 pub use postgres::PostgresBillingStore;
 pub use sqlite::SqliteBillingStore;

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
+use crate::auth::Principal;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use bytes::Bytes;
 use chrono::Utc;
 use http::{header, HeaderValue, StatusCode};
@@ -16,6 +17,7 @@ use peage_core::{CreditId, Currency, InvoiceRecord, InvoiceStatus, WebhookEndpoi
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::routes::{body, existing_partner};
 use crate::{ApiError, ControlApi};
@@ -89,7 +91,8 @@ pub async fn respond(
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     period: Option<String>,
     status: Option<String>,
@@ -97,7 +100,25 @@ pub struct ListParams {
     format: Option<String>,
 }
 
-pub async fn list(State(api): Api, Query(q): Query<ListParams>) -> Result<Response, ApiError> {
+#[utoipa::path(get,
+    path = "/v1/invoices",
+    tag = "invoices",
+    params(ListParams),
+    responses((status = 200, description = "Invoices (JSON, or CSV with format=csv)", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
+pub async fn list(
+    State(api): Api,
+    Extension(who): Extension<Principal>,
+    Query(q): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    // A partner session lists its own invoices only; asking for another's is "not found".
+    if let Some(p) = &q.partner_id {
+        who.may_see(p)?;
+    }
+    let partner_id = q
+        .partner_id
+        .clone()
+        .or_else(|| who.own_partner().map(String::from));
     let format = Format::parse(q.format.as_deref(), false)?;
     let period_label = q
         .period
@@ -121,18 +142,24 @@ pub async fn list(State(api): Api, Query(q): Query<ListParams>) -> Result<Respon
         .invoices(&InvoiceFilter {
             period_label,
             status,
-            partner_id: q.partner_id,
+            partner_id,
         })
         .await?;
     respond(&api, format, &records, "invoices").await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RunRequest {
+pub(crate) struct RunRequest {
     period: String,
 }
 
+#[utoipa::path(post,
+    path = "/v1/invoices/run",
+    tag = "invoices",
+    request_body = RunRequest,
+    responses((status = 200, description = "What the run did", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
 pub async fn run(State(api): Api, raw: Bytes) -> Result<Response, ApiError> {
     let req: RunRequest = body(&raw)?;
     let label: PeriodLabel = req.period.parse().map_err(ApiError::BadRequest)?;
@@ -147,41 +174,71 @@ async fn existing_invoice(api: &ControlApi, id: &str) -> Result<InvoiceRecord, A
         .ok_or_else(|| ApiError::NotFound(format!("invoice {id} not found")))
 }
 
+#[utoipa::path(get,
+    path = "/v1/invoices/{id}",
+    tag = "invoices",
+    params(("id" = String, Path, description = "Invoice id"), crate::routes::InvoiceParams),
+    responses((status = 200, description = "The invoice (JSON, CSV or PDF)", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
 pub async fn get(
     State(api): Api,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     Query(q): Query<crate::routes::InvoiceParams>,
 ) -> Result<Response, ApiError> {
     let format = Format::parse(q.format.as_deref(), true)?;
     let record = existing_invoice(&api, &id).await?;
+    who.may_see(&record.partner_id)
+        .map_err(|_| ApiError::NotFound(format!("invoice {id} not found")))?;
     let name = record.number.clone().unwrap_or_else(|| record.id.clone());
     respond(&api, format, &[record], &name).await
 }
 
+#[utoipa::path(post,
+    path = "/v1/invoices/{id}/finalize",
+    tag = "invoices",
+    params(("id" = String, Path, description = "Invoice id")),
+    responses((status = 200, description = "The finalized, numbered invoice", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 409, description = "Conflicts with the current state", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
 pub async fn finalize(State(api): Api, Path(id): Path<String>) -> Result<Response, ApiError> {
     Ok(Json(api.invoicing.finalize(&id, Utc::now()).await?).into_response())
 }
 
+#[utoipa::path(post,
+    path = "/v1/invoices/{id}/void",
+    tag = "invoices",
+    params(("id" = String, Path, description = "Invoice id")),
+    responses((status = 200, description = "The void invoice", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 409, description = "Conflicts with the current state", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
 pub async fn void(State(api): Api, Path(id): Path<String>) -> Result<Response, ApiError> {
     Ok(Json(api.invoicing.void(&id, Utc::now()).await?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ProfileRequest {
+pub(crate) struct ProfileRequest {
     timezone: String,
     #[serde(default)]
     tax: Option<TaxRequest>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TaxRequest {
+pub(crate) struct TaxRequest {
+    /// A fraction: "0.20" for 20 %.
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     rate: Decimal,
     label: String,
 }
 
+#[utoipa::path(put,
+    path = "/v1/partners/{id}/billing",
+    tag = "invoices",
+    params(("id" = String, Path, description = "Partner id")),
+    request_body = ProfileRequest,
+    responses((status = 200, description = "The billing profile", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
 pub async fn put_profile(
     State(api): Api,
     Path(id): Path<String>,
@@ -214,6 +271,12 @@ pub async fn put_profile(
     Ok(Json(profile).into_response())
 }
 
+#[utoipa::path(get,
+    path = "/v1/partners/{id}/billing",
+    tag = "invoices",
+    params(("id" = String, Path, description = "Partner id")),
+    responses((status = 200, description = "The billing profile", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
 pub async fn get_profile(State(api): Api, Path(id): Path<String>) -> Result<Response, ApiError> {
     let partner = existing_partner(&api, &id).await?;
     let profile = api.store.billing_profile(&partner.id).await?;
@@ -226,15 +289,24 @@ pub async fn get_profile(State(api): Api, Path(id): Path<String>) -> Result<Resp
     .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreditRequest {
+pub(crate) struct CreditRequest {
+    /// A positive decimal string, at most the currency's decimals.
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     amount: Decimal,
     currency: String,
     description: String,
 }
 
+#[utoipa::path(post,
+    path = "/v1/partners/{id}/credits",
+    tag = "invoices",
+    params(("id" = String, Path, description = "Partner id")),
+    request_body = CreditRequest,
+    responses((status = 201, description = "The credit entry", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
 pub async fn add_credit(
     State(api): Api,
     Path(id): Path<String>,
@@ -264,6 +336,12 @@ pub async fn add_credit(
     Ok((StatusCode::CREATED, Json(entry)).into_response())
 }
 
+#[utoipa::path(get,
+    path = "/v1/partners/{id}/credits",
+    tag = "invoices",
+    params(("id" = String, Path, description = "Partner id")),
+    responses((status = 200, description = "Balances and entries", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
 pub async fn credits(State(api): Api, Path(id): Path<String>) -> Result<Response, ApiError> {
     let partner = existing_partner(&api, &id).await?;
     let entries = api.store.credit_entries(&partner.id).await?;
@@ -281,13 +359,19 @@ pub async fn credits(State(api): Api, Path(id): Path<String>) -> Result<Response
     )
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct EndpointRequest {
+pub(crate) struct EndpointRequest {
     url: String,
     events: Vec<String>,
 }
 
+#[utoipa::path(post,
+    path = "/v1/webhooks",
+    tag = "webhooks",
+    request_body = EndpointRequest,
+    responses((status = 201, description = "The endpoint, with its secret shown this once", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
 pub async fn add_webhook(State(api): Api, raw: Bytes) -> Result<Response, ApiError> {
     let req: EndpointRequest = body(&raw)?;
     let url: http::Uri = req
@@ -332,15 +416,27 @@ pub async fn add_webhook(State(api): Api, raw: Bytes) -> Result<Response, ApiErr
     Ok(r)
 }
 
+#[utoipa::path(get,
+    path = "/v1/webhooks",
+    tag = "webhooks",
+    responses((status = 200, description = "Webhook endpoints", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
 pub async fn webhooks(State(api): Api) -> Result<Response, ApiError> {
     Ok(Json(json!({ "endpoints": api.store.webhook_endpoints().await? })).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveryParams {
     limit: Option<i64>,
 }
 
+#[utoipa::path(get,
+    path = "/v1/webhooks/deliveries",
+    tag = "webhooks",
+    params(DeliveryParams),
+    responses((status = 200, description = "The latest deliveries", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
 pub async fn deliveries(
     State(api): Api,
     Query(q): Query<DeliveryParams>,

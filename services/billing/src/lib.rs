@@ -2,10 +2,12 @@
 //! per meter and the upcoming invoice. Every `/v1` route needs the admin bearer token; every
 //! error is `application/problem+json`, mapped once from [`ApiError`].
 
+pub mod auth;
 mod error;
 pub mod invoice_routes;
 pub mod invoicing;
 pub mod oauth;
+mod openapi;
 pub mod pdf;
 pub mod provisioning;
 mod quota;
@@ -14,16 +16,14 @@ pub mod webhooks;
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::middleware::{self, Next};
-use axum::response::Response;
-use axum::routing::{delete, get, post, put};
+use axum::middleware;
+use axum::routing::any;
 use axum::Router;
-use http::header;
 use peage_billing_store::BillingStore;
 use peage_core::Catalog;
 use peage_usage_store::UsageStore;
-use subtle::ConstantTimeEq;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub use oauth::OAuthConfig;
@@ -35,11 +35,16 @@ pub struct ControlApi {
     pub(crate) catalog: Arc<Catalog>,
     pub(crate) store: Arc<dyn BillingStore>,
     pub(crate) usage: Arc<dyn UsageStore>,
-    admin_token: String,
+    pub(crate) admin_token: String,
     pub(crate) on_revoke: Option<RevocationHook>,
     pub(crate) oauth: OAuthConfig,
     pub invoicing: invoicing::Invoicing,
+    /// Each API version's OpenAPI document, by (api, version), as the catalog names them.
+    pub(crate) api_docs: std::sync::RwLock<ApiDocs>,
 }
+
+/// OpenAPI documents of API versions, keyed by (api, version).
+pub type ApiDocs = std::collections::HashMap<(String, String), serde_json::Value>;
 
 impl ControlApi {
     pub fn new(
@@ -65,89 +70,89 @@ impl ControlApi {
             admin_token,
             on_revoke,
             oauth,
+            api_docs: Default::default(),
         })
+    }
+
+    /// Replaces the API versions' OpenAPI documents the dashboard shows.
+    pub fn set_api_docs(&self, docs: ApiDocs) {
+        if let Ok(mut d) = self.api_docs.write() {
+            *d = docs;
+        }
+    }
+
+    /// The control API's routes and their OpenAPI description, built together so the two
+    /// cannot drift: a route exists only if it is registered with its `#[utoipa::path]`.
+    fn routes(self: &Arc<ControlApi>) -> OpenApiRouter<Arc<ControlApi>> {
+        use auth::require_staff;
+        use invoice_routes as inv;
+        let staff = OpenApiRouter::new()
+            .routes(routes!(routes::plans))
+            .routes(routes!(routes::create_partner, routes::list_partners))
+            .routes(routes!(routes::change_subscription))
+            .routes(routes!(quota::lease))
+            .routes(routes!(oauth::put_issuer))
+            .routes(routes!(oauth::rotate))
+            .routes(routes!(inv::run))
+            .routes(routes!(inv::finalize))
+            .routes(routes!(inv::void))
+            .routes(routes!(inv::put_profile, inv::get_profile))
+            .routes(routes!(inv::add_credit, inv::credits))
+            .routes(routes!(inv::add_webhook, inv::webhooks))
+            .routes(routes!(inv::deliveries))
+            .routes(routes!(auth::create_sign_in_link))
+            .route_layer(middleware::from_fn(require_staff));
+        // Reachable by partner sessions too; each handler limits them to their own partner.
+        let shared = OpenApiRouter::new()
+            .routes(routes!(auth::whoami))
+            .routes(routes!(routes::apis))
+            .routes(routes!(routes::api_openapi))
+            .routes(routes!(routes::get_partner))
+            .routes(routes!(routes::create_key, routes::list_keys))
+            .routes(routes!(routes::revoke_key))
+            .routes(routes!(routes::rotate_key))
+            .routes(routes!(routes::usage))
+            .routes(routes!(routes::usage_series))
+            .routes(routes!(quota::partner_quotas))
+            .routes(routes!(routes::upcoming_invoice))
+            .routes(routes!(inv::list))
+            .routes(routes!(inv::get));
+        let v1 = staff
+            .merge(shared)
+            .route_layer(middleware::from_fn_with_state(
+                Arc::clone(self),
+                auth::authenticate,
+            ));
+        OpenApiRouter::with_openapi(openapi::base())
+            .routes(routes!(healthz))
+            .routes(routes!(oauth::token))
+            .routes(routes!(oauth::jwks))
+            .routes(routes!(auth::sign_in))
+            .routes(routes!(auth::sign_out))
+            .merge(v1)
     }
 
     pub fn router(self: &Arc<ControlApi>) -> Router {
-        let v1 = Router::new()
-            .route("/plans", get(routes::plans))
-            .route("/apis", get(routes::apis))
+        let (router, _) = self.routes().split_for_parts();
+        router
             .route(
-                "/partners",
-                post(routes::create_partner).get(routes::list_partners),
+                "/v1/{*rest}",
+                any(|| async { ApiError::NotFound("no such route".into()) }),
             )
-            .route("/partners/{id}", get(routes::get_partner))
-            .route(
-                "/partners/{id}/subscription",
-                put(routes::change_subscription),
-            )
-            .route(
-                "/partners/{id}/keys",
-                post(routes::create_key).get(routes::list_keys),
-            )
-            .route("/keys/{key_id}", delete(routes::revoke_key))
-            .route("/partners/{id}/usage", get(routes::usage))
-            .route("/partners/{id}/quotas", get(quota::partner_quotas))
-            .route("/quota/leases", post(quota::lease))
-            .route("/partners/{id}/issuer", put(oauth::put_issuer))
-            .route("/oauth/signing-keys/rotate", post(oauth::rotate))
-            .route(
-                "/partners/{id}/invoices/upcoming",
-                get(routes::upcoming_invoice),
-            )
-            .route("/invoices", get(invoice_routes::list))
-            .route("/invoices/run", post(invoice_routes::run))
-            .route("/invoices/{id}", get(invoice_routes::get))
-            .route("/invoices/{id}/finalize", post(invoice_routes::finalize))
-            .route("/invoices/{id}/void", post(invoice_routes::void))
-            .route(
-                "/partners/{id}/billing",
-                put(invoice_routes::put_profile).get(invoice_routes::get_profile),
-            )
-            .route(
-                "/partners/{id}/credits",
-                post(invoice_routes::add_credit).get(invoice_routes::credits),
-            )
-            .route(
-                "/webhooks",
-                post(invoice_routes::add_webhook).get(invoice_routes::webhooks),
-            )
-            .route("/webhooks/deliveries", get(invoice_routes::deliveries))
-            .fallback(|| async { ApiError::NotFound("no such route".into()) })
-            .route_layer(middleware::from_fn_with_state(
-                Arc::clone(self),
-                require_admin,
-            ));
-        Router::new()
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/oauth/token", post(oauth::token))
-            .route("/.well-known/jwks.json", get(oauth::jwks))
-            .nest("/v1", v1)
             .with_state(Arc::clone(self))
+    }
+
+    /// The OpenAPI 3.1 document of [`ControlApi::router`] (committed as
+    /// `schemas/openapi/control-api.yaml`).
+    pub fn openapi(self: &Arc<ControlApi>) -> utoipa::openapi::OpenApi {
+        self.routes().split_for_parts().1
     }
 }
 
-async fn require_admin(
-    State(api): State<Arc<ControlApi>>,
-    req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .unwrap_or("");
-    let ok = !api.admin_token.is_empty()
-        && bool::from(presented.as_bytes().ct_eq(api.admin_token.as_bytes()));
-    if !ok {
-        return Err(ApiError::Unauthorized);
-    }
-    Ok(next.run(req).await)
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The control API is up", body = String, content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok"
 }
 
 /// Serves the control API until `shutdown` resolves.
@@ -156,7 +161,16 @@ pub async fn serve(
     api: Arc<ControlApi>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, api.router())
+    serve_router(listener, api.router(), shutdown).await
+}
+
+/// Serves `router` (the control API merged with the dashboard's pages) until `shutdown`.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -124,8 +124,8 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     r
 }
 
-#[derive(Deserialize)]
-struct TokenForm {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct TokenForm {
     grant_type: Option<String>,
     scope: Option<String>,
     client_id: Option<String>,
@@ -145,6 +145,11 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
 }
 
 /// `POST /oauth/token`.
+#[utoipa::path(post,
+    path = "/oauth/token",
+    tag = "oauth",
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "An access token", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
 pub async fn token(State(api): State<Arc<ControlApi>>, headers: HeaderMap, raw: Bytes) -> Response {
     let form: TokenForm = match serde_urlencoded::from_bytes(&raw) {
         Ok(f) => f,
@@ -267,6 +272,10 @@ async fn issue(
 
 /// `GET /.well-known/jwks.json`: the signing key and those retired less than a token lifetime
 /// ago (their tokens may still be in use).
+#[utoipa::path(get,
+    path = "/.well-known/jwks.json",
+    tag = "oauth",
+    responses((status = 200, description = "The token-signing public keys", body = Object)))]
 pub async fn jwks(State(api): State<Arc<ControlApi>>) -> Result<Response, ApiError> {
     api.active_signing_key().await?;
     let horizon = Utc::now()
@@ -290,6 +299,11 @@ pub async fn jwks(State(api): State<Arc<ControlApi>>) -> Result<Response, ApiErr
 
 /// `POST /v1/oauth/signing-keys/rotate` (admin): new tokens are signed with a new key; the old
 /// one stays in the JWKS until its tokens have expired.
+#[utoipa::path(post,
+    path = "/v1/oauth/signing-keys/rotate",
+    tag = "oauth",
+    responses((status = 201, description = "The new signing key", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
 pub async fn rotate(State(api): State<Arc<ControlApi>>) -> Result<Response, ApiError> {
     let key = new_signing_key(Utc::now());
     api.store.rotate_signing_key(&key).await?;
@@ -307,9 +321,9 @@ pub const PARTNER_ALGORITHMS: [&str; 9] = [
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct IssuerRequest {
+pub(crate) struct IssuerRequest {
     issuer: String,
     jwks_url: String,
     algorithm: String,
@@ -318,6 +332,13 @@ struct IssuerRequest {
 }
 
 /// `PUT /v1/partners/{id}/issuer` (admin): trust JWTs from the partner's own identity provider.
+#[utoipa::path(put,
+    path = "/v1/partners/{id}/issuer",
+    tag = "oauth",
+    params(("id" = String, Path, description = "Partner id")),
+    request_body = IssuerRequest,
+    responses((status = 200, description = "The trusted issuer", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 409, description = "Conflicts with the current state", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
 pub async fn put_issuer(
     State(api): State<Arc<ControlApi>>,
     Path(id): Path<String>,

@@ -155,13 +155,21 @@ impl ControlApi {
     }
 }
 
+#[utoipa::path(post,
+    path = "/v1/quota/leases",
+    tag = "usage",
+    request_body = crate::openapi::LeaseRequestDoc,
+    responses((status = 200, description = "The lease granted", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
 pub async fn lease(State(api): State<Arc<ControlApi>>, raw: Bytes) -> Result<Response, ApiError> {
     let req: LeaseRequest = body(&raw)?;
     Ok(Json(api.lease(&req).await?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct QuotaParams {
+    /// `live` (default) or `sandbox`.
     env: Option<String>,
 }
 
@@ -188,13 +196,20 @@ struct QuotaState {
     resets_at: DateTime<Utc>,
 }
 
+#[utoipa::path(get,
+    path = "/v1/partners/{id}/quotas",
+    tag = "usage",
+    params(("id" = String, Path, description = "Partner id"), QuotaParams),
+    responses((status = 200, description = "Every quota of the partner's plan this period", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
 pub async fn partner_quotas(
     State(api): State<Arc<ControlApi>>,
+    axum::Extension(who): axum::Extension<crate::auth::Principal>,
     Path(id): Path<String>,
     Query(params): Query<QuotaParams>,
 ) -> Result<Response, ApiError> {
     let env = crate::routes::env_param(params.env.as_deref())?;
-    let partner = existing_partner(&api, &id).await?;
+    let partner = crate::routes::scoped_partner(&api, &who, &id).await?;
     let now = Utc::now();
     let tz = crate::invoicing::partner_time_zone(api.store.as_ref(), &partner.id).await?;
     let plan_id = partner.subscription.plan_id.clone();

@@ -2,12 +2,13 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::{header, HeaderValue, StatusCode};
 use peage_billing_store::{Partner, Subscription};
 use peage_core::{Env, KeyId, PartnerId};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::provisioning;
 use peage_usage_store::UsageQuery;
@@ -15,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::auth::Principal;
 use crate::{ApiError, ControlApi};
 
 type Api = State<Arc<ControlApi>>;
@@ -29,6 +31,17 @@ fn partner_id(raw: &str) -> Result<PartnerId, ApiError> {
     PartnerId::parse(raw).map_err(|_| ApiError::NotFound(format!("partner {raw} not found")))
 }
 
+/// The partner `raw` names, if the caller may see it: for a partner session another
+/// partner's id is "not found", as an id that does not exist.
+pub(crate) async fn scoped_partner(
+    api: &ControlApi,
+    who: &Principal,
+    raw: &str,
+) -> Result<Partner, ApiError> {
+    who.may_see(raw)?;
+    existing_partner(api, raw).await
+}
+
 pub(crate) async fn existing_partner(api: &ControlApi, raw: &str) -> Result<Partner, ApiError> {
     let id = partner_id(raw)?;
     api.store
@@ -37,23 +50,39 @@ pub(crate) async fn existing_partner(api: &ControlApi, raw: &str) -> Result<Part
         .ok_or_else(|| ApiError::NotFound(format!("partner {id} not found")))
 }
 
+#[utoipa::path(get,
+    path = "/v1/plans",
+    tag = "catalog",
+    responses((status = 200, description = "Plans of the loaded catalog", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
 pub async fn plans(State(api): Api) -> Response {
     Json(json!({ "catalog_version": api.catalog.version, "plans": api.catalog.plans }))
         .into_response()
 }
 
+#[utoipa::path(get,
+    path = "/v1/apis",
+    tag = "catalog",
+    responses((status = 200, description = "APIs and versions of the loaded catalog", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
 pub async fn apis(State(api): Api) -> Response {
     Json(json!({ "catalog_version": api.catalog.version, "apis": api.catalog.apis }))
         .into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewPartner {
+pub(crate) struct NewPartner {
     name: String,
     plan: String,
 }
 
+#[utoipa::path(post,
+    path = "/v1/partners",
+    tag = "partners",
+    request_body = NewPartner,
+    responses((status = 201, description = "The partner", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
 pub async fn create_partner(State(api): Api, raw: Bytes) -> Result<Response, ApiError> {
     let req: NewPartner = body(&raw)?;
     let partner =
@@ -62,20 +91,42 @@ pub async fn create_partner(State(api): Api, raw: Bytes) -> Result<Response, Api
     Ok((StatusCode::CREATED, Json(partner)).into_response())
 }
 
+#[utoipa::path(get,
+    path = "/v1/partners",
+    tag = "partners",
+    responses((status = 200, description = "Every partner", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
 pub async fn list_partners(State(api): Api) -> Result<Response, ApiError> {
     Ok(Json(json!({ "partners": api.store.partners().await? })).into_response())
 }
 
-pub async fn get_partner(State(api): Api, Path(id): Path<String>) -> Result<Response, ApiError> {
-    Ok(Json(existing_partner(&api, &id).await?).into_response())
+#[utoipa::path(get,
+    path = "/v1/partners/{id}",
+    tag = "partners",
+    params(("id" = String, Path, description = "Partner id")),
+    responses((status = 200, description = "The partner and its subscription", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
+pub async fn get_partner(
+    State(api): Api,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(scoped_partner(&api, &who, &id).await?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PlanChange {
+pub(crate) struct PlanChange {
     plan: String,
 }
 
+#[utoipa::path(put,
+    path = "/v1/partners/{id}/subscription",
+    tag = "partners",
+    params(("id" = String, Path, description = "Partner id")),
+    request_body = PlanChange,
+    responses((status = 200, description = "The partner on its new plan", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 409, description = "Conflicts with the current state", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
 pub async fn change_subscription(
     State(api): Api,
     Path(id): Path<String>,
@@ -116,16 +167,17 @@ pub async fn change_subscription(
     Ok(Json(partner).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct KeyRequest {
+pub(crate) struct KeyRequest {
     env: String,
 }
 
-#[derive(Serialize)]
-struct CreatedKey {
+#[derive(Serialize, ToSchema)]
+pub(crate) struct CreatedKey {
     key_id: String,
     partner_id: String,
+    #[schema(value_type = String)]
     env: &'static str,
     /// Shown once, never stored: only its SHA-256 is kept.
     secret: String,
@@ -133,8 +185,16 @@ struct CreatedKey {
     created_at: DateTime<Utc>,
 }
 
+#[utoipa::path(post,
+    path = "/v1/partners/{id}/keys",
+    tag = "partners",
+    params(("id" = String, Path, description = "Partner id")),
+    request_body = KeyRequest,
+    responses((status = 201, description = "The key, with its secret shown this once", body = CreatedKey), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
 pub async fn create_key(
     State(api): Api,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     raw: Bytes,
 ) -> Result<Response, ApiError> {
@@ -148,8 +208,95 @@ pub async fn create_key(
             )))
         }
     };
-    let partner = existing_partner(&api, &id).await?;
+    let partner = scoped_partner(&api, &who, &id).await?;
     let (stored, secret) = provisioning::issue_key(api.store.as_ref(), &partner.id, env).await?;
+    created_key_response(stored, secret, env)
+}
+
+#[utoipa::path(get,
+    path = "/v1/partners/{id}/keys",
+    tag = "partners",
+    params(("id" = String, Path, description = "Partner id")),
+    responses((status = 200, description = "The partner's keys (no secrets)", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
+pub async fn list_keys(
+    State(api): Api,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let partner = scoped_partner(&api, &who, &id).await?;
+    Ok(Json(json!({ "keys": api.store.keys(&partner.id).await? })).into_response())
+}
+
+#[utoipa::path(delete,
+    path = "/v1/keys/{key_id}",
+    tag = "partners",
+    params(("key_id" = String, Path, description = "API key id")),
+    responses((status = 200, description = "The revoked key", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
+pub async fn revoke_key(
+    State(api): Api,
+    Extension(who): Extension<Principal>,
+    Path(key_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let key = owned_key(&api, &who, &key_id).await?;
+    let key = api.store.revoke_key(&key.key_id, Utc::now()).await?;
+    if let Some(hook) = &api.on_revoke {
+        hook();
+    }
+    tracing::info!(key_id = %key.key_id, "api key revoked");
+    Ok(Json(key).into_response())
+}
+
+/// The key `raw` names, if the caller may see its partner (else "not found").
+async fn owned_key(
+    api: &ControlApi,
+    who: &Principal,
+    raw: &str,
+) -> Result<peage_billing_store::ApiKey, ApiError> {
+    let missing = || ApiError::NotFound(format!("api key {raw} not found"));
+    let key_id = KeyId::parse(raw).map_err(|_| missing())?;
+    let key = api.store.key(key_id.as_str()).await?.ok_or_else(missing)?;
+    who.may_see(&key.partner_id).map_err(|_| missing())?;
+    Ok(key)
+}
+
+/// Issues a new key for the same partner and environment, then revokes the old one: the new
+/// secret is shown once. A revoked key cannot be rotated (409).
+#[utoipa::path(post,
+    path = "/v1/keys/{key_id}/rotate",
+    tag = "partners",
+    params(("key_id" = String, Path, description = "API key id")),
+    responses((status = 201, description = "The new key, with its secret shown this once; the old one is revoked", body = CreatedKey), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 409, description = "The key is already revoked", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
+pub async fn rotate_key(
+    State(api): Api,
+    Extension(who): Extension<Principal>,
+    Path(key_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let old = owned_key(&api, &who, &key_id).await?;
+    if old.revoked_at.is_some() {
+        return Err(ApiError::Conflict(format!(
+            "api key {} is revoked; issue a new one instead",
+            old.key_id
+        )));
+    }
+    let env = old.env;
+    let (stored, secret) =
+        provisioning::issue_key(api.store.as_ref(), &old.partner_id, env).await?;
+    api.store.revoke_key(&old.key_id, Utc::now()).await?;
+    if let Some(hook) = &api.on_revoke {
+        hook();
+    }
+    tracing::info!(old = %old.key_id, new = %stored.key_id, "api key rotated");
+    created_key_response(stored, secret, env)
+}
+
+fn created_key_response(
+    stored: peage_billing_store::ApiKey,
+    secret: String,
+    env: Env,
+) -> Result<Response, ApiError> {
     let created = CreatedKey {
         key_id: stored.key_id,
         partner_id: stored.partner_id,
@@ -164,26 +311,14 @@ pub async fn create_key(
     Ok(r)
 }
 
-pub async fn list_keys(State(api): Api, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let partner = existing_partner(&api, &id).await?;
-    Ok(Json(json!({ "keys": api.store.keys(&partner.id).await? })).into_response())
-}
-
-pub async fn revoke_key(State(api): Api, Path(key_id): Path<String>) -> Result<Response, ApiError> {
-    let key_id = KeyId::parse(&key_id)
-        .map_err(|_| ApiError::NotFound(format!("api key {key_id} not found")))?;
-    let key = api.store.revoke_key(key_id.as_str(), Utc::now()).await?;
-    if let Some(hook) = &api.on_revoke {
-        hook();
-    }
-    tracing::info!(key_id = %key.key_id, "api key revoked");
-    Ok(Json(key).into_response())
-}
-
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsageParams {
+    /// RFC 3339; the start of the current billing period when absent.
     from: Option<String>,
+    /// RFC 3339; the end of the current billing period when absent.
     to: Option<String>,
+    /// `live` (default) or `sandbox`.
     env: Option<String>,
 }
 
@@ -204,30 +339,49 @@ pub(crate) fn env_param(raw: Option<&str>) -> Result<Env, ApiError> {
     }
 }
 
-pub async fn usage(
-    State(api): Api,
-    Path(id): Path<String>,
-    Query(params): Query<UsageParams>,
-) -> Result<Response, ApiError> {
-    let partner = existing_partner(&api, &id).await?;
+/// `[from, to)` from the query, defaulting to the partner's current billing period in their
+/// time zone (as quotas and invoices count it).
+async fn usage_range(
+    api: &ControlApi,
+    partner: &Partner,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<(DateTime<Utc>, DateTime<Utc>, chrono_tz::Tz), ApiError> {
     let now = Utc::now();
-    // The same period as quotas and invoices: boundaries in the partner's time zone.
     let tz = crate::invoicing::partner_time_zone(api.store.as_ref(), &partner.id).await?;
     let period = api
         .catalog
         .plan(&partner.subscription.plan_id)
         .map(|p| p.period.containing_in(tz, now));
-    let from = match &params.from {
+    let from = match from {
         Some(f) => parse_time("from", f)?,
         None => period.map_or(now - chrono::Duration::days(30), |p| p.start),
     };
-    let to = match &params.to {
+    let to = match to {
         Some(t) => parse_time("to", t)?,
         None => period.map_or(now, |p| p.end),
     };
     if from >= to {
         return Err(ApiError::BadRequest("from must be before to".into()));
     }
+    Ok((from, to, tz))
+}
+
+#[utoipa::path(get,
+    path = "/v1/partners/{id}/usage",
+    tag = "usage",
+    params(("id" = String, Path, description = "Partner id"), UsageParams),
+    responses((status = 200, description = "Every meter over the range", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
+pub async fn usage(
+    State(api): Api,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    Query(params): Query<UsageParams>,
+) -> Result<Response, ApiError> {
+    let partner = scoped_partner(&api, &who, &id).await?;
+    let (from, to, _) =
+        usage_range(&api, &partner, params.from.as_deref(), params.to.as_deref()).await?;
     let env = env_param(params.env.as_deref())?;
     let query = UsageQuery {
         partner_id: partner.id.clone(),
@@ -239,19 +393,122 @@ pub async fn usage(
     Ok(Json(json!({ "partner_id": partner.id, "env": env.as_str(), "from": from, "to": to, "meters": meters })).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct InvoiceParams {
+    /// `json` (default), `csv`, or `pdf` for one invoice.
     pub(crate) format: Option<String>,
 }
 
+#[utoipa::path(get,
+    path = "/v1/partners/{id}/invoices/upcoming",
+    tag = "invoices",
+    params(("id" = String, Path, description = "Partner id"), InvoiceParams),
+    responses((status = 200, description = "The current period's invoice so far", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
 pub async fn upcoming_invoice(
     State(api): Api,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     Query(params): Query<InvoiceParams>,
 ) -> Result<Response, ApiError> {
     let format = crate::invoice_routes::Format::parse(params.format.as_deref(), false)?;
-    let partner = existing_partner(&api, &id).await?;
+    let partner = scoped_partner(&api, &who, &id).await?;
     let record = api.invoicing.upcoming(&partner, Utc::now()).await?;
     crate::invoice_routes::respond(&api, format, &[record], &format!("{}-upcoming", partner.id))
         .await
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SeriesParams {
+    /// RFC 3339; the start of the current billing period when absent.
+    from: Option<String>,
+    /// RFC 3339; the end of the current billing period when absent.
+    to: Option<String>,
+    /// `live` (default) or `sandbox`.
+    env: Option<String>,
+    /// `hour` or `day` (default).
+    granularity: Option<String>,
+    /// `meter` (default), `api`, `version` or `operation`.
+    by: Option<String>,
+    /// An IANA time zone for the buckets; the partner's own by default.
+    tz: Option<String>,
+}
+
+#[utoipa::path(get,
+    path = "/v1/partners/{id}/usage/series",
+    tag = "usage",
+    params(("id" = String, Path, description = "Partner id"), SeriesParams),
+    responses((status = 200, description = "Usage per hour or day, split by meter, API, version or operation, read from the hourly rollups", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
+pub async fn usage_series(
+    State(api): Api,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    Query(params): Query<SeriesParams>,
+) -> Result<Response, ApiError> {
+    use peage_core::series::{bucket_end, buckets, usage_series as series, Granularity, SplitBy};
+    let partner = scoped_partner(&api, &who, &id).await?;
+    let (from, to, partner_tz) =
+        usage_range(&api, &partner, params.from.as_deref(), params.to.as_deref()).await?;
+    let g = match params.granularity.as_deref() {
+        None => Granularity::Day,
+        Some(raw) => Granularity::parse(raw).ok_or_else(|| {
+            ApiError::BadRequest(format!("granularity must be hour or day, not {raw:?}"))
+        })?,
+    };
+    let by = match params.by.as_deref() {
+        None => SplitBy::Meter,
+        Some(raw) => SplitBy::parse(raw).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "by must be meter, api, version or operation, not {raw:?}"
+            ))
+        })?,
+    };
+    let tz = match params.tz.as_deref() {
+        None => partner_tz,
+        Some(raw) => peage_core::period::parse_time_zone(raw).map_err(ApiError::BadRequest)?,
+    };
+    let env = env_param(params.env.as_deref())?;
+    let cells = buckets(from, to, g, tz).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let (Some(first), Some(last)) = (cells.first(), cells.last()) else {
+        return Err(ApiError::BadRequest("the range holds no bucket".into()));
+    };
+    let query = UsageQuery {
+        partner_id: partner.id.clone(),
+        env,
+        from: *first,
+        to: bucket_end(*last, g, tz),
+    };
+    let rows = api.usage.hourly_rollups(&query).await?;
+    let out = series(&api.catalog.meters, &rows, &cells, g, by, tz);
+    Ok(Json(json!({
+        "partner_id": partner.id,
+        "env": env.as_str(),
+        "from": from,
+        "to": to,
+        "usage": out,
+    }))
+    .into_response())
+}
+
+#[utoipa::path(get,
+    path = "/v1/apis/{api}/versions/{version}/openapi",
+    tag = "catalog",
+    params(("api" = String, Path), ("version" = String, Path)),
+    responses((status = 200, description = "The version's OpenAPI document, as JSON", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "No such API version, or it has no document", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
+pub async fn api_openapi(
+    State(api): Api,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let docs = api
+        .api_docs
+        .read()
+        .map_err(|_| ApiError::Internal("api docs lock".into()))?;
+    let doc = docs
+        .get(&(name.clone(), version.clone()))
+        .ok_or_else(|| ApiError::NotFound(format!("no OpenAPI document for {name} {version}")))?;
+    Ok(Json(doc.clone()).into_response())
 }

@@ -63,6 +63,9 @@ pub struct ApiVersion {
     /// to `/{service}/{Method}` are routed here, since gRPC clients cannot prefix paths.
     pub grpc_services: Vec<String>,
     pub operations: Vec<Operation>,
+    /// The version's OpenAPI document (JSON or YAML), a path relative to the catalog file;
+    /// partners read it rendered in the dashboard.
+    pub openapi: Option<String>,
 }
 
 /// What the gateway reads from a call to name its operation.
@@ -300,6 +303,7 @@ struct RawVersion {
     grpc_services: Vec<Spanned<String>>,
     #[serde(default)]
     operations: BTreeMap<String, Spanned<RawOperation>>,
+    openapi: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -676,6 +680,7 @@ fn validate_apis(
                 protocol,
                 grpc_services,
                 operations,
+                openapi: v.openapi.as_ref().map(|s| s.get_ref().clone()),
             });
         }
         if a.versions.is_empty() {

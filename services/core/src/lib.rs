@@ -14,6 +14,7 @@ pub mod period;
 pub mod pricing;
 pub mod problem;
 pub mod quota;
+pub mod series;
 
 pub use catalog::{Catalog, CatalogError};
 pub use event::{CallEvent, Env};

@@ -158,6 +158,41 @@ impl PartnerSumRow {
 }
 
 #[derive(Row, Deserialize)]
+struct HourSumRow {
+    hour_s: u32,
+    api: String,
+    version: String,
+    operation: String,
+    method: String,
+    status: u16,
+    calls: u64,
+    units: i128,
+    request_bytes: u64,
+    response_bytes: u64,
+    latency_us: u64,
+}
+
+impl HourSumRow {
+    fn split(self) -> (u32, SumRow) {
+        (
+            self.hour_s,
+            SumRow {
+                api: self.api,
+                version: self.version,
+                operation: self.operation,
+                method: self.method,
+                status: self.status,
+                calls: self.calls,
+                units: self.units,
+                request_bytes: self.request_bytes,
+                response_bytes: self.response_bytes,
+                latency_us: self.latency_us,
+            },
+        )
+    }
+}
+
+#[derive(Row, Deserialize)]
 struct SumRow {
     api: String,
     version: String,
@@ -822,6 +857,39 @@ impl UsageStore for ClickHouseUsageStore {
             self.meter_usage_raw(query, &needs_raw).await?
         };
         Ok(combine(meters, &rollups, raw))
+    }
+
+    async fn hourly_rollups(
+        &self,
+        query: &UsageQuery,
+    ) -> Result<Vec<(DateTime<Utc>, RollupRow)>, UsageStoreError> {
+        let (first, end) = crate::overlapping_hours(query.from, query.to);
+        let (partner, env) = Self::scope(query);
+        let q = self
+            .client
+            .query(&format!(
+                "SELECT toUInt32(toUnixTimestamp(bucket)) AS hour_s, {SUM_COLUMNS} FROM {} \
+                 WHERE partner_id = ? AND env = ? \
+                 AND bucket >= toDateTime(?) AND bucket < toDateTime(?) \
+                 GROUP BY bucket, api, version, operation, method, status ORDER BY bucket",
+                Rollup::Hour.table()
+            ))
+            .bind(&partner)
+            .bind(env)
+            .bind(first.timestamp())
+            .bind(end.timestamp());
+        let fetched = self
+            .traced(q)
+            .fetch_all::<HourSumRow>()
+            .await
+            .map_err(|e| ch("hourly usage rollups", e))?;
+        let mut out = Vec::with_capacity(fetched.len());
+        for r in fetched {
+            let (s, sum) = r.split();
+            let hour = DateTime::from_timestamp(i64::from(s), 0).unwrap_or_default();
+            out.push((hour, sum.into_rollup(&partner)?));
+        }
+        Ok(out)
     }
 
     /// One query over the hour rollups for every partner when the range is whole hours and

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use chrono::DateTime;
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use peage_core::meter::{combine, MeterAccumulator, RollupRow};
 use peage_core::{CallEvent, Env, Meter, MeterUsage};
@@ -394,6 +394,34 @@ impl UsageStore for SqliteUsageStore {
             &rollups,
             raw.into_iter().map(MeterAccumulator::finish),
         ))
+    }
+
+    async fn hourly_rollups(
+        &self,
+        query: &UsageQuery,
+    ) -> Result<Vec<(DateTime<Utc>, RollupRow)>, UsageStoreError> {
+        let (first, end) = crate::overlapping_hours(query.from, query.to);
+        let sql = format!(
+            "SELECT hour_us, {HOUR_ROLLUP_COLUMNS} FROM call_rollups_hour \
+             WHERE partner_id = ? AND env = ? AND hour_us >= ? AND hour_us < ? ORDER BY hour_us"
+        );
+        let mut rows = sqlx::query(&sql)
+            .bind(&query.partner_id)
+            .bind(query.env.as_str())
+            .bind(first.timestamp_micros())
+            .bind(end.timestamp_micros())
+            .fetch(&self.pool);
+        let mut out = Vec::new();
+        while let Some(row) = rows.try_next().await? {
+            let us: i64 = row.try_get("hour_us")?;
+            let hour =
+                DateTime::from_timestamp_micros(us).ok_or_else(|| UsageStoreError::Corrupt {
+                    id: format!("rollup of {}", query.partner_id),
+                    reason: format!("hour {us} out of range"),
+                })?;
+            out.push((hour, hour_rollup(&row, &query.partner_id)?));
+        }
+        Ok(out)
     }
 
     /// One read of the hour rollups for every partner when the range is whole hours and every

@@ -101,6 +101,14 @@ pub trait UsageStore: Send + Sync + 'static {
         meters: &[Meter],
     ) -> Result<Vec<MeterUsage>, UsageStoreError>;
 
+    /// The hourly rollup rows of the query's partner and env for every hour that overlaps
+    /// `[from, to)` (whole hours: the first and last may hold calls outside the range), each
+    /// with the start of its hour. What dashboards chart: a month costs hours, not calls.
+    async fn hourly_rollups(
+        &self,
+        query: &UsageQuery,
+    ) -> Result<Vec<(DateTime<Utc>, peage_core::meter::RollupRow)>, UsageStoreError>;
+
     /// [`UsageStore::meter_usage`] for many partners over one range (an invoice run): one entry
     /// per partner asked for, zero usage included. Stores answer it with one query when they
     /// can; this default asks partner by partner.
@@ -114,6 +122,20 @@ pub trait UsageStore: Send + Sync + 'static {
     ) -> Result<HashMap<String, Vec<MeterUsage>>, UsageStoreError> {
         meter_usage_each(self, partners, env, from, to, meters).await
     }
+}
+
+/// The whole hours that overlap `[from, to)`, as `[first, end)` hour starts.
+pub(crate) fn overlapping_hours(
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> (DateTime<Utc>, DateTime<Utc>) {
+    let hour = chrono::TimeDelta::hours(1);
+    let first = chrono::DurationRound::duration_trunc(from, hour).unwrap_or(from);
+    let mut end = chrono::DurationRound::duration_trunc(to, hour).unwrap_or(to);
+    if end < to {
+        end += hour;
+    }
+    (first, end)
 }
 
 /// Partner by partner: the fallback of [`UsageStore::meter_usage_many`].

@@ -1,0 +1,352 @@
+//! Who is calling the control API, and what they may read.
+//!
+//! Two ways in:
+//! - the admin bearer token (operators, scripts, the gateway): everything;
+//! - a dashboard session cookie, opened with a one-time sign-in link that an admin created
+//!   (`POST /v1/sign-in-links`). A finance session may do what the admin token may; a partner
+//!   session reaches only the routes a partner needs, and on each of them only its own partner:
+//!   another partner's ids answer 404, exactly as ids that do not exist, so nothing leaks.
+//!
+//! Why links rather than a partner admin key: an API key is a long-lived gateway credential
+//! that lives in partners' servers; making it a browser password too would let a key leaked from
+//! a server rotate keys and read invoices. A link is single-use, expires in 15 minutes, is
+//! stored only as a SHA-256, carries its token in the URL fragment (never sent to a server or a
+//! log), and needs a click (mail scanners that open links do not use it up). The session it
+//! opens lives server-side, so signing out ends it everywhere.
+//!
+//! Cookie-authenticated writes must carry `X-Peage-Csrf: 1`: a header another site cannot make a
+//! browser send without a CORS preflight, which this server never grants (the cookie is also
+//! `SameSite=Strict`).
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use bytes::Bytes;
+use chrono::{Duration, Utc};
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use peage_billing_store::{DashboardGrant, DashboardRole};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
+
+use crate::routes::{body, existing_partner};
+use crate::{ApiError, ControlApi};
+
+pub const SESSION_COOKIE: &str = "peage_session";
+pub const CSRF_HEADER: &str = "x-peage-csrf";
+const LINK_TTL_MINUTES: i64 = 15;
+const SESSION_TTL_HOURS: i64 = 12;
+
+/// The caller of a `/v1` route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// The admin token or a finance session.
+    Staff { session: bool },
+    /// A partner's dashboard session.
+    Partner(String),
+}
+
+impl Principal {
+    /// Allows a partner session only on its own partner; another partner's id is "not found",
+    /// as an id that does not exist.
+    pub fn may_see(&self, partner_id: &str) -> Result<(), ApiError> {
+        match self {
+            Principal::Staff { .. } => Ok(()),
+            Principal::Partner(own) if own == partner_id => Ok(()),
+            Principal::Partner(_) => Err(ApiError::NotFound(format!(
+                "partner {partner_id} not found"
+            ))),
+        }
+    }
+
+    /// The partner a partner session is limited to; `None` for staff.
+    pub fn own_partner(&self) -> Option<&str> {
+        match self {
+            Principal::Staff { .. } => None,
+            Principal::Partner(p) => Some(p),
+        }
+    }
+}
+
+fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn new_token(prefix: &str) -> String {
+    format!("{prefix}{}", hex::encode(rand::random::<[u8; 32]>()))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+                .unwrap_or("")
+                .trim()
+        })
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v)
+}
+
+/// The `/v1` middleware: finds the principal and puts it in the request's extensions.
+pub(crate) async fn authenticate(
+    State(api): State<Arc<ControlApi>>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let principal = match bearer(req.headers()) {
+        Some(presented) => {
+            let ok = !api.admin_token.is_empty()
+                && bool::from(presented.as_bytes().ct_eq(api.admin_token.as_bytes()));
+            if !ok {
+                return Err(ApiError::Unauthorized);
+            }
+            Principal::Staff { session: false }
+        }
+        None => {
+            let token = session_cookie(req.headers()).ok_or(ApiError::Unauthorized)?;
+            let grant = api
+                .store
+                .dashboard_session(&token_hash(token), Utc::now())
+                .await?
+                .ok_or(ApiError::Unauthorized)?;
+            let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+            if !safe && req.headers().get(CSRF_HEADER).is_none() {
+                return Err(ApiError::Forbidden(format!(
+                    "a dashboard session's writes must carry the {CSRF_HEADER} header"
+                )));
+            }
+            match grant.role {
+                DashboardRole::Finance => Principal::Staff { session: true },
+                DashboardRole::Partner { partner_id } => Principal::Partner(partner_id),
+            }
+        }
+    };
+    req.extensions_mut().insert(principal);
+    Ok(next.run(req).await)
+}
+
+/// Layered on the routes only staff may call.
+pub(crate) async fn require_staff(
+    Extension(who): Extension<Principal>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    match who {
+        Principal::Staff { .. } => Ok(next.run(req).await),
+        Principal::Partner(_) => Err(ApiError::Forbidden(
+            "this route is for finance and admins, not partner sessions".into(),
+        )),
+    }
+}
+
+/// `POST /v1/sign-in-links`: either `partner_id` or `"role": "finance"`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSignInLink {
+    /// The partner the link signs in as.
+    pub partner_id: Option<String>,
+    /// `finance` for a finance (all partners) session; `partner` (the default) with `partner_id`.
+    pub role: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SignInLink {
+    /// Shown once; only its SHA-256 is stored.
+    pub token: String,
+    /// The dashboard address that uses it, relative to the control API's base URL.
+    pub path: String,
+    pub role: String,
+    pub partner_id: Option<String>,
+    pub expires_at: chrono::DateTime<Utc>,
+}
+
+#[utoipa::path(post, path = "/v1/sign-in-links", tag = "dashboard",
+    request_body = NewSignInLink,
+    responses((status = 201, body = SignInLink), (status = 400), (status = 401), (status = 404)),
+    security(("admin" = [])))]
+pub(crate) async fn create_sign_in_link(
+    State(api): State<Arc<ControlApi>>,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    let req: NewSignInLink = body(&raw)?;
+    let role = match (req.role.as_deref(), req.partner_id) {
+        (Some("finance"), None) => DashboardRole::Finance,
+        (None | Some("partner"), Some(id)) => {
+            let partner = existing_partner(&api, &id).await?;
+            DashboardRole::Partner {
+                partner_id: partner.id,
+            }
+        }
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give either partner_id, or \"role\": \"finance\" without a partner_id".into(),
+            ))
+        }
+    };
+    let now = Utc::now();
+    let token = new_token("psl_");
+    let grant = DashboardGrant {
+        token_hash: token_hash(&token),
+        role: role.clone(),
+        created_at: now,
+        expires_at: now + Duration::minutes(LINK_TTL_MINUTES),
+    };
+    api.store.create_sign_in_link(&grant).await?;
+    let (role_name, partner_id) = match role {
+        DashboardRole::Finance => ("finance", None),
+        DashboardRole::Partner { partner_id } => ("partner", Some(partner_id)),
+    };
+    tracing::info!(role = role_name, partner_id = ?partner_id, "dashboard sign-in link created");
+    let link = SignInLink {
+        path: format!("/sign-in#token={token}"),
+        token,
+        role: role_name.into(),
+        partner_id,
+        expires_at: grant.expires_at,
+    };
+    let mut r = (StatusCode::CREATED, Json(link)).into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+/// Creates a sign-in link without going through HTTP (for `peage up` and the CLI).
+pub async fn sign_in_link(api: &ControlApi, role: DashboardRole) -> Result<String, ApiError> {
+    let now = Utc::now();
+    let token = new_token("psl_");
+    api.store
+        .create_sign_in_link(&DashboardGrant {
+            token_hash: token_hash(&token),
+            role,
+            created_at: now,
+            expires_at: now + Duration::minutes(LINK_TTL_MINUTES),
+        })
+        .await?;
+    Ok(format!("/sign-in#token={token}"))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignIn {
+    /// The token of a sign-in link.
+    pub token: String,
+}
+
+/// Who a session is.
+#[derive(Serialize, ToSchema)]
+pub struct SessionInfo {
+    /// `finance`, `admin` (the bearer token) or `partner`.
+    pub role: String,
+    pub partner_id: Option<String>,
+    pub partner_name: Option<String>,
+}
+
+async fn session_info(api: &ControlApi, who: &Principal) -> Result<SessionInfo, ApiError> {
+    Ok(match who {
+        Principal::Staff { session } => SessionInfo {
+            role: if *session { "finance" } else { "admin" }.into(),
+            partner_id: None,
+            partner_name: None,
+        },
+        Principal::Partner(id) => SessionInfo {
+            role: "partner".into(),
+            partner_id: Some(id.clone()),
+            partner_name: api.store.partner(id).await?.map(|p| p.name),
+        },
+    })
+}
+
+fn cookie(value: &str, max_age_s: i64, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}{secure}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("peage_session=; Path=/; Max-Age=0"))
+}
+
+/// Behind a TLS-terminating proxy the cookie is marked `Secure`.
+fn over_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
+#[utoipa::path(post, path = "/auth/sign-in", tag = "dashboard",
+    request_body = SignIn,
+    responses((status = 200, body = SessionInfo, description = "Signed in; the session cookie is set"),
+              (status = 400), (status = 401, description = "Unknown, used or expired link")))]
+pub(crate) async fn sign_in(
+    State(api): State<Arc<ControlApi>>,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    let req: SignIn = body(&raw)?;
+    let now = Utc::now();
+    let session = new_token("pss_");
+    let grant = api
+        .store
+        .redeem_sign_in_link(
+            &token_hash(req.token.trim()),
+            now,
+            &token_hash(&session),
+            now + Duration::hours(SESSION_TTL_HOURS),
+        )
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    let who = match grant.role {
+        DashboardRole::Finance => Principal::Staff { session: true },
+        DashboardRole::Partner { partner_id } => Principal::Partner(partner_id),
+    };
+    tracing::info!(principal = ?who, "dashboard session opened");
+    let mut r = Json(session_info(&api, &who).await?).into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        cookie(&session, SESSION_TTL_HOURS * 3600, over_https(&headers)),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+#[utoipa::path(post, path = "/auth/sign-out", tag = "dashboard",
+    responses((status = 204, description = "The session is ended and its cookie cleared")))]
+pub(crate) async fn sign_out(
+    State(api): State<Arc<ControlApi>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(token) = session_cookie(&headers) {
+        api.store
+            .end_dashboard_session(&token_hash(token), Utc::now())
+            .await?;
+    }
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    r.headers_mut()
+        .insert(header::SET_COOKIE, cookie("", 0, over_https(&headers)));
+    Ok(r)
+}
+
+#[utoipa::path(get, path = "/v1/session", tag = "dashboard",
+    responses((status = 200, body = SessionInfo), (status = 401)),
+    security(("admin" = []), ("session" = [])))]
+pub(crate) async fn whoami(
+    State(api): State<Arc<ControlApi>>,
+    Extension(who): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    Ok(Json(session_info(&api, &who).await?).into_response())
+}

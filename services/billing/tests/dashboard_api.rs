@@ -1,0 +1,443 @@
+//! The control API as the dashboard uses it: the committed OpenAPI document matches the router;
+//! sign-in links are used once; and a partner session reads nothing of another partner's through
+//! any route the document lists, downloads included.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use peage_billing::invoicing::Issuer;
+use peage_billing::{ControlApi, OAuthConfig};
+use peage_billing_store::{BillingStore, SqliteBillingStore, Subscription};
+use peage_core::{CallEvent, Catalog, Env};
+use peage_usage_store::{SqliteUsageStore, UsageStore};
+use serde_json::{json, Value};
+
+const CATALOG: &str = r#"
+[[api]]
+name = "maps"
+[[api.versions]]
+id = "v1"
+live = "http://127.0.0.1:9"
+sandbox = "http://127.0.0.1:9"
+
+[[meter]]
+name = "calls"
+aggregation = "count"
+
+[[plan]]
+id = "growth"
+name = "Growth"
+currency = "EUR"
+period = { every = "month", anchor_day = 1 }
+base_fee = "49.00"
+charges = [{ meter = "calls", model = "per_unit", unit_price = "0.01" }]
+quotas = [{ meter = "calls", limit = 1000, kind = "soft" }]
+"#;
+
+const TOKEN: &str = "admin-test-token";
+const ALPHA: &str = "prt_a1a1a1a1a1a1a1a1a1a1";
+const BRAVO: &str = "prt_b2b2b2b2b2b2b2b2b2b2";
+
+struct Fixture {
+    base: String,
+    api: Arc<ControlApi>,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Arc::new(Catalog::parse("catalog.toml", CATALOG, &|_| None).unwrap());
+    let store: Arc<dyn BillingStore> = Arc::new(
+        SqliteBillingStore::open(&dir.path().join("billing.db"))
+            .await
+            .unwrap(),
+    );
+    let usage = Arc::new(
+        SqliteUsageStore::open(&dir.path().join("usage.db"))
+            .await
+            .unwrap(),
+    );
+    let october = Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap();
+    for (id, name) in [(ALPHA, "Alpha"), (BRAVO, "Bravo")] {
+        let sub = Subscription {
+            plan_id: "growth".into(),
+            plan_version: catalog.plan("growth").unwrap().version.clone(),
+            started_at: october,
+            ended_at: None,
+        };
+        store.create_partner(id, name, &sub).await.unwrap();
+        let calls: Vec<CallEvent> = (0..5)
+            .map(|i| {
+                let mut e: CallEvent = serde_json::from_str(include_str!(
+                    "../../../schemas/events/examples/rest_call.json"
+                ))
+                .unwrap();
+                e.id = uuid::Uuid::now_v7();
+                e.time = october + chrono::Duration::hours(30 + i);
+                e.partner_id = id.into();
+                e.env = Env::Live;
+                e.api = "maps".into();
+                e.version = "v1".into();
+                e
+            })
+            .collect();
+        usage.insert(&calls).await.unwrap();
+    }
+    let api = ControlApi::new(
+        catalog,
+        store,
+        usage,
+        TOKEN.into(),
+        None,
+        OAuthConfig::default(),
+        Issuer {
+            name: "Acme".into(),
+            address: vec![],
+            tax_id: None,
+            prefix: "PEAGE".into(),
+        },
+    );
+    api.invoicing.register_plan_versions(october).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(peage_billing::serve(
+        listener,
+        Arc::clone(&api),
+        std::future::pending(),
+    ));
+    Fixture {
+        base,
+        api,
+        client: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+/// A request as the admin (`cookie: None`) or as a dashboard session.
+async fn call(
+    f: &Fixture,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    cookie: Option<&str>,
+) -> (u16, String) {
+    let mut req = f.client.request(
+        method.to_uppercase().parse().unwrap(),
+        format!("{}{path}", f.base),
+    );
+    req = match cookie {
+        None => req.bearer_auth(TOKEN),
+        Some(c) => req
+            .header("cookie", format!("peage_session={c}"))
+            .header("x-peage-csrf", "1"),
+    };
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
+/// Signs in with a fresh link for `body` (`{"partner_id": …}` or `{"role": "finance"}`);
+/// returns the session cookie's value.
+async fn sign_in(f: &Fixture, body: Value) -> String {
+    let (s, link) = call(f, "POST", "/v1/sign-in-links", Some(body), None).await;
+    assert_eq!(s, 201, "{link}");
+    let link: Value = serde_json::from_str(&link).unwrap();
+    let token = link["token"].as_str().unwrap();
+    assert_eq!(
+        link["path"].as_str().unwrap(),
+        format!("/sign-in#token={token}")
+    );
+    let resp = f
+        .client
+        .post(format!("{}/auth/sign-in", f.base))
+        .json(&json!({ "token": token }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let set_cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    // The link is used up.
+    let again = f
+        .client
+        .post(format!("{}/auth/sign-in", f.base))
+        .json(&json!({ "token": token }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 401);
+    set_cookie
+        .strip_prefix("peage_session=")
+        .and_then(|v| v.split(';').next())
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn the_committed_openapi_document_matches_the_router() {
+    let f = start().await;
+    let generated = f.api.openapi().to_yaml().unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../schemas/openapi/control-api.yaml");
+    if std::env::var_os("PEAGE_UPDATE_OPENAPI").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "schemas/openapi/control-api.yaml differs from the router's document; \
+         regenerate it with PEAGE_UPDATE_OPENAPI=1 cargo test -p peage-billing --test dashboard_api"
+    );
+    let doc: Value = serde_json::to_value(f.api.openapi()).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    // Every documented operation answers (not axum's bare 404 or 405 for an unknown route).
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            let concrete = path
+                .replace("{id}", "nothing")
+                .replace("{key_id}", "nothing")
+                .replace("{api}", "maps")
+                .replace("{version}", "v1");
+            let (s, body) = call(&f, method, &concrete, None, None).await;
+            assert!(
+                s != 405 && !(s == 404 && body.is_empty()),
+                "{method} {path}: {s} {body}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_partner_session_reads_nothing_of_another_partner() {
+    let f = start().await;
+    // Both partners get a key and an October invoice.
+    let mut keys = Vec::new();
+    for p in [ALPHA, BRAVO] {
+        let (s, k) = call(
+            &f,
+            "POST",
+            &format!("/v1/partners/{p}/keys"),
+            Some(json!({"env": "live"})),
+            None,
+        )
+        .await;
+        assert_eq!(s, 201, "{k}");
+        let k: Value = serde_json::from_str(&k).unwrap();
+        keys.push(k["key_id"].as_str().unwrap().to_string());
+    }
+    let (s, run) = call(
+        &f,
+        "POST",
+        "/v1/invoices/run",
+        Some(json!({"period": "2026-10"})),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{run}");
+    let (_, list) = call(&f, "GET", "/v1/invoices?period=2026-10", None, None).await;
+    let list: Value = serde_json::from_str(&list).unwrap();
+    let invoice_of = |p: &str| {
+        list["invoices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["partner_id"] == p)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (alpha_inv, bravo_inv) = (invoice_of(ALPHA), invoice_of(BRAVO));
+    let (alpha_key, bravo_key) = (keys[0].clone(), keys[1].clone());
+
+    let alpha = sign_in(&f, json!({"partner_id": ALPHA})).await;
+    let (s, me) = call(&f, "GET", "/v1/session", None, Some(&alpha)).await;
+    assert_eq!(s, 200);
+    let me: Value = serde_json::from_str(&me).unwrap();
+    assert_eq!(
+        (me["role"].as_str(), me["partner_name"].as_str()),
+        (Some("partner"), Some("Alpha"))
+    );
+
+    // Their own data, through the routes the dashboard uses.
+    for path in [
+        format!("/v1/partners/{ALPHA}"),
+        format!("/v1/partners/{ALPHA}/keys"),
+        format!("/v1/partners/{ALPHA}/quotas"),
+        format!("/v1/partners/{ALPHA}/invoices/upcoming"),
+        format!("/v1/partners/{ALPHA}/usage?from=2026-10-01T00:00:00Z&to=2026-11-01T00:00:00Z"),
+        format!("/v1/invoices/{alpha_inv}?format=pdf"),
+        format!("/v1/invoices/{alpha_inv}?format=csv"),
+    ] {
+        let (s, body) = call(&f, "GET", &path, None, Some(&alpha)).await;
+        assert_eq!(s, 200, "{path}: {body}");
+    }
+    let (s, series) = call(
+        &f,
+        "GET",
+        &format!("/v1/partners/{ALPHA}/usage/series?from=2026-10-01T00:00:00Z&to=2026-10-04T00:00:00Z&by=api"),
+        None,
+        Some(&alpha),
+    )
+    .await;
+    assert_eq!(s, 200, "{series}");
+    let series: Value = serde_json::from_str(&series).unwrap();
+    assert_eq!(series["usage"]["buckets"].as_array().unwrap().len(), 3);
+    assert_eq!(series["usage"]["series"][0]["key"], "maps");
+    assert_eq!(
+        series["usage"]["series"][0]["values"],
+        json!(["0", "5", "0"])
+    );
+    let (_, mine) = call(&f, "GET", "/v1/invoices", None, Some(&alpha)).await;
+    assert!(
+        mine.contains(&alpha_inv) && !mine.contains(&bravo_inv),
+        "{mine}"
+    );
+
+    // Every documented route, with Bravo's ids wherever an id goes, in every format.
+    let doc: Value = serde_json::to_value(f.api.openapi()).unwrap();
+    let secrets_of_bravo = [BRAVO, "Bravo", bravo_key.as_str(), bravo_inv.as_str()];
+    let mut tried = BTreeSet::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            let id = if path.starts_with("/v1/invoices/") {
+                bravo_inv.as_str()
+            } else {
+                BRAVO
+            };
+            let concrete = path
+                .replace("{id}", id)
+                .replace("{key_id}", &bravo_key)
+                .replace("{api}", "maps")
+                .replace("{version}", "v1");
+            let body = match path.as_str() {
+                "/v1/partners/{id}/keys" => Some(json!({"env": "live"})),
+                "/v1/sign-in-links" => Some(json!({"partner_id": BRAVO})),
+                "/v1/quota/leases" => Some(
+                    json!({"partner_id": BRAVO, "meter": "calls", "gateway_id": "g", "want": "1"}),
+                ),
+                "/v1/invoices/run" => Some(json!({"period": "2026-10"})),
+                _ if method != "get" => Some(json!({})),
+                _ => None,
+            };
+            let queries: Vec<String> = if method == "get" {
+                vec![
+                    String::new(),
+                    "?format=csv".into(),
+                    "?format=pdf".into(),
+                    format!("?partner_id={BRAVO}"),
+                ]
+            } else {
+                vec![String::new()]
+            };
+            for q in &queries {
+                let url = format!("{concrete}{q}");
+                if path == "/auth/sign-out" {
+                    continue; // would end Alpha's own session; tested below
+                }
+                let (s, text) = call(&f, method, &url, body.clone(), Some(&alpha)).await;
+                tried.insert(format!("{method} {path}"));
+                if (200..300).contains(&s) {
+                    for secret in secrets_of_bravo {
+                        assert!(
+                            !text.contains(secret),
+                            "{method} {url} answered {s} with Bravo's {secret}: {text}"
+                        );
+                    }
+                } else {
+                    assert!(
+                        [400, 401, 403, 404, 409].contains(&s),
+                        "{method} {url}: {s} {text}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(tried.len() >= 30, "only {} operations tried", tried.len());
+
+    // Bravo's key still works and Bravo's invoice is still a draft: nothing was changed either.
+    let (_, bravo_keys) = call(&f, "GET", &format!("/v1/partners/{BRAVO}/keys"), None, None).await;
+    let bravo_keys: Value = serde_json::from_str(&bravo_keys).unwrap();
+    assert!(
+        bravo_keys["keys"][0]["revoked_at"].is_null(),
+        "{bravo_keys}"
+    );
+    let (_, inv) = call(&f, "GET", &format!("/v1/invoices/{bravo_inv}"), None, None).await;
+    assert!(inv.contains("\"status\":\"draft\""), "{inv}");
+
+    // A write without the CSRF header is refused; with it, Alpha rotates its own key.
+    let resp = f
+        .client
+        .post(format!("{}/v1/keys/{alpha_key}/rotate", f.base))
+        .header("cookie", format!("peage_session={alpha}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let (s, rotated) = call(
+        &f,
+        "POST",
+        &format!("/v1/keys/{alpha_key}/rotate"),
+        None,
+        Some(&alpha),
+    )
+    .await;
+    assert_eq!(s, 201, "{rotated}");
+    let rotated: Value = serde_json::from_str(&rotated).unwrap();
+    assert!(rotated["secret"].as_str().unwrap().starts_with("pk_live_"));
+    let (s, _) = call(
+        &f,
+        "POST",
+        &format!("/v1/keys/{alpha_key}/rotate"),
+        None,
+        Some(&alpha),
+    )
+    .await;
+    assert_eq!(s, 409, "a revoked key cannot be rotated again");
+
+    // Finance sees everyone; a partner session cannot finalize.
+    let finance = sign_in(&f, json!({"role": "finance"})).await;
+    let (s, all) = call(&f, "GET", "/v1/partners", None, Some(&finance)).await;
+    assert!(s == 200 && all.contains(BRAVO), "{all}");
+    let (s, _) = call(
+        &f,
+        "POST",
+        &format!("/v1/invoices/{alpha_inv}/finalize"),
+        None,
+        Some(&alpha),
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, fin) = call(
+        &f,
+        "POST",
+        &format!("/v1/invoices/{alpha_inv}/finalize"),
+        None,
+        Some(&finance),
+    )
+    .await;
+    assert_eq!(s, 200, "{fin}");
+
+    // Signing out ends the session on the server.
+    let resp = f
+        .client
+        .post(format!("{}/auth/sign-out", f.base))
+        .header("cookie", format!("peage_session={alpha}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let (s, _) = call(&f, "GET", "/v1/session", None, Some(&alpha)).await;
+    assert_eq!(s, 401);
+    // Garbage cookies and bad tokens are plain 401s.
+    let (s, _) = call(&f, "GET", "/v1/session", None, Some("pss_forged")).await;
+    assert_eq!(s, 401);
+}
