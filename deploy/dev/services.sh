@@ -22,8 +22,10 @@ CH_TCP_PORT=${PEAGE_CLICKHOUSE_TCP_PORT:-9000}
 PG_PORT=${PEAGE_POSTGRES_PORT:-5432}
 TANSU_VERSION=0.6.0
 CHDB_VERSION=4.4.0
+SCHEMATHESIS_VERSION=4.32.5
 TOOLS=${PEAGE_TOOLS_DIR:-$HOME/.cache/peage}
 PG_BIN=/usr/lib/postgresql/15/bin
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 
 log() { echo "services: $*" >&2; }
 
@@ -38,6 +40,10 @@ install() {
     command -v cmake >/dev/null || missing+=(cmake) # rdkafka builds its bundled librdkafka
     command -v cc >/dev/null || missing+=(build-essential)
     command -v curl >/dev/null || missing+=(curl)
+    # The dashboard's browser tests: Debian's Chromium driven by playwright-core from npm.
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+    command -v node >/dev/null || missing+=(nodejs)
+    command -v npm >/dev/null || missing+=(npm)
     if [ ${#missing[@]} -gt 0 ]; then
         log "apt-get install ${missing[*]}"
         as_root apt-get update -qq
@@ -53,6 +59,20 @@ install() {
         (python3 -m venv "$TOOLS/chdb-venv" &&
             "$TOOLS/chdb-venv/bin/pip" install -q "chdb==$CHDB_VERSION") >"$TOOLS/chdb-install.log" 2>&1 &
         chdb_pid=$!
+    fi
+    # schemathesis (PyPI) fuzzes the control API from its OpenAPI document.
+    if ! "$TOOLS/schemathesis-venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+        log "pip install schemathesis $SCHEMATHESIS_VERSION into $TOOLS/schemathesis-venv"
+        mkdir -p "$TOOLS"
+        python3 -m venv "$TOOLS/schemathesis-venv"
+        "$TOOLS/schemathesis-venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+    fi
+    # playwright-core, pinned by tests/browser/package-lock.json (no browser download).
+    local browser="$ROOT/tests/browser"
+    if ! cmp -s "$browser/package-lock.json" "$browser/node_modules/.peage-installed-lock" 2>/dev/null; then
+        log "npm ci in tests/browser"
+        (cd "$browser" && npm ci --no-audit --no-fund --silent &&
+            cp package-lock.json node_modules/.peage-installed-lock)
     fi
     if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
         log "cargo install tansu $TANSU_VERSION (about 10 minutes on 2 cores, once per machine)"

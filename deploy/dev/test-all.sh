@@ -17,3 +17,6 @@ fi
 
 # Tests that need a server fail (never skip) when CI=true and it is unreachable.
 cargo test --workspace --all-targets --locked
+
+# The control API against its OpenAPI document: no generated request may cause a server error.
+deploy/dev/schemathesis.sh

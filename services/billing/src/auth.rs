@@ -226,11 +226,22 @@ pub(crate) async fn create_sign_in_link(
     Ok(r)
 }
 
-/// Creates a sign-in link without going through HTTP (for `peage up` and the CLI).
-pub async fn sign_in_link(api: &ControlApi, role: DashboardRole) -> Result<String, ApiError> {
+/// Creates a sign-in link without going through HTTP (for `peage up` and `peage sign-in-link`):
+/// the path to open on the control API's address.
+pub async fn sign_in_link(
+    store: &dyn peage_billing_store::BillingStore,
+    role: DashboardRole,
+) -> Result<String, ApiError> {
+    if let DashboardRole::Partner { partner_id } = &role {
+        if store.partner(partner_id).await?.is_none() {
+            return Err(ApiError::NotFound(format!(
+                "partner {partner_id} not found"
+            )));
+        }
+    }
     let now = Utc::now();
     let token = new_token("psl_");
-    api.store
+    store
         .create_sign_in_link(&DashboardGrant {
             token_hash: token_hash(&token),
             role,

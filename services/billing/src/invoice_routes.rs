@@ -137,7 +137,7 @@ pub async fn list(
             })
         })
         .transpose()?;
-    let records = api
+    let mut records = api
         .store
         .invoices(&InvoiceFilter {
             period_label,
@@ -145,6 +145,10 @@ pub async fn list(
             partner_id,
         })
         .await?;
+    // Drafts are finance's work in progress: partners see invoices once finalized.
+    if who.own_partner().is_some() {
+        records.retain(|r| r.status != InvoiceStatus::Draft);
+    }
     respond(&api, format, &records, "invoices").await
 }
 
@@ -188,8 +192,10 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let format = Format::parse(q.format.as_deref(), true)?;
     let record = existing_invoice(&api, &id).await?;
-    who.may_see(&record.partner_id)
-        .map_err(|_| ApiError::NotFound(format!("invoice {id} not found")))?;
+    let hidden_draft = who.own_partner().is_some() && record.status == InvoiceStatus::Draft;
+    if who.may_see(&record.partner_id).is_err() || hidden_draft {
+        return Err(ApiError::NotFound(format!("invoice {id} not found")));
+    }
     let name = record.number.clone().unwrap_or_else(|| record.id.clone());
     respond(&api, format, &[record], &name).await
 }

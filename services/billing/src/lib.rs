@@ -89,6 +89,7 @@ impl ControlApi {
         let staff = OpenApiRouter::new()
             .routes(routes!(routes::plans))
             .routes(routes!(routes::create_partner, routes::list_partners))
+            .routes(routes!(routes::partners_overview))
             .routes(routes!(routes::change_subscription))
             .routes(routes!(quota::lease))
             .routes(routes!(oauth::put_issuer))

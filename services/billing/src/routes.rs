@@ -65,9 +65,40 @@ pub async fn plans(State(api): Api) -> Response {
     tag = "catalog",
     responses((status = 200, description = "APIs and versions of the loaded catalog", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
     security(("admin" = []), ("session" = [])))]
-pub async fn apis(State(api): Api) -> Response {
-    Json(json!({ "catalog_version": api.catalog.version, "apis": api.catalog.apis }))
-        .into_response()
+pub async fn apis(State(api): Api, Extension(who): Extension<Principal>) -> Response {
+    // Partners see what they may call, never the upstream addresses behind it.
+    let staff = matches!(who, Principal::Staff { .. });
+    let docs = api.api_docs.read().map(|d| d.clone()).unwrap_or_default();
+    let apis: Vec<serde_json::Value> = api
+        .catalog
+        .apis
+        .iter()
+        .map(|a| {
+            let versions: Vec<serde_json::Value> = a
+                .versions
+                .iter()
+                .map(|v| {
+                    let mut version = json!({
+                        "id": v.id,
+                        "status": v.status,
+                        "deprecated": v.deprecated,
+                        "sunset": v.sunset,
+                        "successor": v.successor,
+                        "protocol": v.protocol,
+                        "operations": v.operations.iter().map(|o| &o.name).collect::<Vec<_>>(),
+                        "has_openapi": docs.contains_key(&(a.name.clone(), v.id.clone())),
+                    });
+                    if staff {
+                        version["live"] = json!(v.live);
+                        version["sandbox"] = json!(v.sandbox);
+                    }
+                    version
+                })
+                .collect();
+            json!({ "name": a.name, "description": a.description, "versions": versions })
+        })
+        .collect();
+    Json(json!({ "catalog_version": api.catalog.version, "apis": apis })).into_response()
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -511,4 +542,111 @@ pub async fn api_openapi(
         .get(&(name.clone(), version.clone()))
         .ok_or_else(|| ApiError::NotFound(format!("no OpenAPI document for {name} {version}")))?;
     Ok(Json(doc.clone()).into_response())
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OverviewParams {
+    /// Keeps partners whose id, name or plan contains this (case-insensitive).
+    q: Option<String>,
+    /// At most this many partners (1–200, default 50).
+    limit: Option<usize>,
+    /// Skips this many partners first.
+    offset: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct PartnerOverview {
+    id: String,
+    name: String,
+    plan_id: String,
+    period_start: DateTime<Utc>,
+    period_end: DateTime<Utc>,
+    timezone: String,
+    currency: String,
+    /// The current period's invoice so far, tax included.
+    running_total: String,
+    usage: Vec<peage_core::MeterUsage>,
+    /// Set when this partner's numbers could not be computed (the others still are).
+    error: Option<String>,
+}
+
+/// Finance's list: every partner (a page of them, searchable) with the current period's usage
+/// and running cost.
+#[utoipa::path(get,
+    path = "/v1/partners/overview",
+    tag = "partners",
+    params(OverviewParams),
+    responses((status = 200, description = "A page of partners with this period's usage and running cost", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
+pub async fn partners_overview(
+    State(api): Api,
+    Query(params): Query<OverviewParams>,
+) -> Result<Response, ApiError> {
+    let needle = params.q.as_deref().unwrap_or("").trim().to_lowercase();
+    let limit = params.limit.unwrap_or(50).clamp(1, 200);
+    let offset = params.offset.unwrap_or(0);
+    let matching: Vec<Partner> = api
+        .store
+        .partners()
+        .await?
+        .into_iter()
+        .filter(|p| {
+            needle.is_empty()
+                || p.id.to_lowercase().contains(&needle)
+                || p.name.to_lowercase().contains(&needle)
+                || p.subscription.plan_id.to_lowercase().contains(&needle)
+        })
+        .collect();
+    let total = matching.len();
+    let now = Utc::now();
+    let mut out = Vec::new();
+    for p in matching.into_iter().skip(offset).take(limit) {
+        let row = match api.invoicing.upcoming(&p, now).await {
+            Ok(record) => {
+                let inv = &record.invoice;
+                let usage = api
+                    .usage
+                    .meter_usage(
+                        &UsageQuery {
+                            partner_id: p.id.clone(),
+                            env: Env::Live,
+                            from: inv.period.start,
+                            to: inv.period.end,
+                        },
+                        &api.catalog.meters,
+                    )
+                    .await?;
+                PartnerOverview {
+                    id: p.id,
+                    name: p.name,
+                    plan_id: p.subscription.plan_id,
+                    period_start: inv.period.start,
+                    period_end: inv.period.end,
+                    timezone: inv.timezone.clone(),
+                    currency: inv.currency.code().to_string(),
+                    running_total: inv.total.to_string(),
+                    usage,
+                    error: None,
+                }
+            }
+            Err(e) => PartnerOverview {
+                id: p.id,
+                name: p.name,
+                plan_id: p.subscription.plan_id,
+                period_start: now,
+                period_end: now,
+                timezone: "UTC".into(),
+                currency: String::new(),
+                running_total: String::new(),
+                usage: vec![],
+                error: Some(e.to_string()),
+            },
+        };
+        out.push(row);
+    }
+    Ok(
+        Json(json!({ "total": total, "offset": offset, "limit": limit, "partners": out }))
+            .into_response(),
+    )
 }

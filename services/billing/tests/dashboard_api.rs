@@ -259,6 +259,27 @@ async fn a_partner_session_reads_nothing_of_another_partner() {
     let (alpha_key, bravo_key) = (keys[0].clone(), keys[1].clone());
 
     let alpha = sign_in(&f, json!({"partner_id": ALPHA})).await;
+    // Drafts are not shown to partners until finance finalizes them.
+    let (_, mine) = call(&f, "GET", "/v1/invoices", None, Some(&alpha)).await;
+    assert!(!mine.contains(&alpha_inv), "{mine}");
+    let (s, _) = call(
+        &f,
+        "GET",
+        &format!("/v1/invoices/{alpha_inv}"),
+        None,
+        Some(&alpha),
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (s, fin) = call(
+        &f,
+        "POST",
+        &format!("/v1/invoices/{alpha_inv}/finalize"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{fin}");
     let (s, me) = call(&f, "GET", "/v1/session", None, Some(&alpha)).await;
     assert_eq!(s, 200);
     let me: Value = serde_json::from_str(&me).unwrap();
@@ -410,7 +431,7 @@ async fn a_partner_session_reads_nothing_of_another_partner() {
     let (s, _) = call(
         &f,
         "POST",
-        &format!("/v1/invoices/{alpha_inv}/finalize"),
+        &format!("/v1/invoices/{bravo_inv}/finalize"),
         None,
         Some(&alpha),
     )
@@ -419,7 +440,7 @@ async fn a_partner_session_reads_nothing_of_another_partner() {
     let (s, fin) = call(
         &f,
         "POST",
-        &format!("/v1/invoices/{alpha_inv}/finalize"),
+        &format!("/v1/invoices/{bravo_inv}/finalize"),
         None,
         Some(&finance),
     )

@@ -15,6 +15,8 @@ pub const UPSTREAM_VAR: &str = "PEAGE_DEMO_UPSTREAM";
 
 /// Written to `<data-dir>/catalog.toml` by `peage up --demo` when none is there.
 pub const CATALOG: &str = include_str!("demo-catalog.toml");
+/// The demo API's OpenAPI document, written beside the demo catalog.
+pub const OPENAPI: &str = include_str!("demo-openapi.yaml");
 
 #[derive(Deserialize)]
 struct SlowParams {

@@ -59,7 +59,7 @@ pub enum InvoiceCommand {
     },
 }
 
-async fn invoicing(target: &Target) -> anyhow::Result<Invoicing> {
+pub(crate) async fn invoicing(target: &Target) -> anyhow::Result<Invoicing> {
     if let Some(config) = &target.config {
         let config = crate::config::load(config, std::env::vars())?;
         let catalog = Arc::new(load_catalog(&config.catalog.path, None)?);
@@ -233,4 +233,31 @@ async fn export(
         }
         other => bail!("--format must be csv, json or pdf, not {other:?}"),
     }
+}
+
+/// `peage sign-in-link`: a one-time dashboard sign-in link, for a partner or for finance.
+#[derive(Debug, clap::Args)]
+pub struct SignInLinkCommand {
+    /// The partner the link signs in as.
+    #[arg(long, conflicts_with = "finance", required_unless_present = "finance")]
+    pub partner: Option<String>,
+    /// A finance session (every partner, invoices to review and finalize).
+    #[arg(long)]
+    pub finance: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+pub async fn sign_in_link(c: SignInLinkCommand) -> anyhow::Result<()> {
+    let store = invoicing(&c.target).await?.store;
+    let role = match c.partner {
+        Some(partner_id) => peage_billing_store::DashboardRole::Partner { partner_id },
+        None => peage_billing_store::DashboardRole::Finance,
+    };
+    let path = peage_billing::auth::sign_in_link(store.as_ref(), role)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{path}");
+    eprintln!("Open it on the control API's address (http://127.0.0.1:8090{path} by default): it works once, within 15 minutes.");
+    Ok(())
 }

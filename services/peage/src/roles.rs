@@ -265,7 +265,7 @@ pub async fn billing(
     let usage = Arc::new(clickhouse(config).await?);
     let token = config.control.token()?;
     let api = ControlApi::new(
-        catalog,
+        Arc::clone(&catalog),
         Arc::clone(&store),
         usage,
         token,
@@ -273,6 +273,7 @@ pub async fn billing(
         config.oauth.config(),
         config.billing.issuer()?,
     );
+    api.set_api_docs(crate::up::api_docs(&catalog, &config.catalog.path)?);
     api.invoicing
         .register_plan_versions(chrono::Utc::now())
         .await
@@ -293,7 +294,13 @@ pub async fn billing(
     let addr = listener.local_addr()?;
     tracing::info!(listen = %addr, "billing (control API) up");
     println!("peage billing (control API) listening on http://{addr}");
-    let served = peage_billing::serve(listener, api, shutdown).await;
+    // The dashboard's pages are served beside the control API they read.
+    let served = peage_billing::serve_router(
+        listener,
+        api.router().merge(peage_dashboard::router()),
+        shutdown,
+    )
+    .await;
     let _ = stop_tx.send(true);
     let _ = webhooks.await;
     served?;

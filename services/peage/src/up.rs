@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use async_trait::async_trait;
 use peage_aggregator::{Aggregator, AggregatorConfig, DeadLetterFile};
-use peage_billing::{provisioning, ControlApi, OAuthConfig};
-use peage_billing_store::{BillingStore, SqliteBillingStore};
+use peage_billing::{provisioning, ApiDocs, ControlApi, OAuthConfig};
+use peage_billing_store::{BillingStore, DashboardRole, SqliteBillingStore};
 use peage_core::ids::api_key;
 use peage_core::quota::{Lease, LeaseRequest};
 use peage_core::{Catalog, Env};
@@ -232,6 +232,41 @@ pub(crate) fn load_catalog(path: &Path, demo_upstream: Option<&str>) -> anyhow::
     Catalog::parse(&path.display().to_string(), &text, &vars).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// Reads the OpenAPI document (JSON or YAML) each API version of the catalog names, relative to
+/// the catalog file; an unreadable or invalid document stops the start with its path.
+pub(crate) fn api_docs(catalog: &Catalog, catalog_path: &Path) -> anyhow::Result<ApiDocs> {
+    let dir = catalog_path.parent().unwrap_or(Path::new("."));
+    let mut docs = ApiDocs::new();
+    for api in &catalog.apis {
+        for v in &api.versions {
+            let Some(rel) = &v.openapi else { continue };
+            let path = dir.join(rel);
+            let what = || {
+                format!(
+                    "api[{}].versions[{}].openapi {}",
+                    api.name,
+                    v.id,
+                    path.display()
+                )
+            };
+            let text = std::fs::read_to_string(&path).with_context(what)?;
+            let doc: serde_json::Value = if text.trim_start().starts_with('{') {
+                serde_json::from_str(&text).with_context(what)?
+            } else {
+                serde_norway::from_str(&text).with_context(what)?
+            };
+            if doc.get("openapi").and_then(|o| o.as_str()).is_none() {
+                bail!(
+                    "{}: not an OpenAPI document (no `openapi` version field)",
+                    what()
+                );
+            }
+            docs.insert((api.name.clone(), v.id.clone()), doc);
+        }
+    }
+    Ok(docs)
+}
+
 /// Reuses the demo partner and key from an earlier run on this data directory, or creates them.
 async fn demo_partner(
     store: &Arc<dyn BillingStore>,
@@ -285,6 +320,15 @@ pub async fn run(
     if options.demo && options.catalog.is_none() && !catalog_path.exists() {
         std::fs::write(&catalog_path, demo::CATALOG)
             .with_context(|| format!("writing {}", catalog_path.display()))?;
+    }
+    // The demo API's document, which the demo catalog (and catalogs made from it) points at.
+    let demo_doc = catalog_path
+        .parent()
+        .unwrap_or(data_dir)
+        .join("demo-openapi.yaml");
+    if options.demo && !demo_doc.exists() {
+        std::fs::write(&demo_doc, demo::OPENAPI)
+            .with_context(|| format!("writing {}", demo_doc.display()))?;
     }
     if !catalog_path.exists() {
         bail!("no catalog at {}: pass --catalog FILE, or run `peage up --demo` to start with the demo catalog", catalog_path.display());
@@ -349,6 +393,7 @@ pub async fn run(
         oauth.clone(),
         billing_config.issuer()?,
     );
+    control.set_api_docs(api_docs(&catalog, &catalog_path)?);
     control
         .invoicing
         .register_plan_versions(chrono::Utc::now())
@@ -384,13 +429,17 @@ pub async fn run(
         gateway,
         stopped(stop_rx.clone()),
     ));
-    let control_server = tokio::spawn(peage_billing::serve(
+    let control_server = tokio::spawn(peage_billing::serve_router(
         control_listener,
-        control,
+        control.router().merge(peage_dashboard::router()),
         stopped(stop_rx.clone()),
     ));
     tracing::info!(gateway = %gateway_url, control = %control_url, data_dir = %data_dir.display(), "peage is up");
-    println!("Péage is up.\n  gateway:     {gateway_url}\n  control API: {control_url}\n  data:        {}", data_dir.display());
+    println!("Péage is up.\n  gateway:     {gateway_url}\n  control API: {control_url}\n  dashboard:   {control_url}/app\n  data:        {}", data_dir.display());
+    let finance_link = peage_billing::auth::sign_in_link(billing.as_ref(), DashboardRole::Finance)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating a sign-in link: {e}"))?;
+    println!("  finance sign-in (works once, for 15 minutes): {control_url}{finance_link}");
 
     if options.demo {
         let (partner_id, api_key) = demo_partner(&billing, &catalog, data_dir).await?;
@@ -402,6 +451,17 @@ pub async fn run(
             api_key: api_key.clone(),
             pid: std::process::id(),
         };
+        let partner_link = peage_billing::auth::sign_in_link(
+            billing.as_ref(),
+            DashboardRole::Partner {
+                partner_id: partner_id.clone(),
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("creating a sign-in link: {e}"))?;
+        println!(
+            "  demo partner sign-in (works once, for 15 minutes): {control_url}{partner_link}"
+        );
         write_private(
             &data_dir.join("demo.json"),
             &serde_json::to_vec_pretty(&info)?,

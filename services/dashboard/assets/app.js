@@ -1,0 +1,630 @@
+// Péage dashboard: plain JavaScript, no build step. Every number comes from the control API
+// with the session cookie; the server decides what this session may read. Text is always set
+// with textContent (never innerHTML), so nothing from the API can become markup.
+'use strict';
+
+(function () {
+  const main = document.getElementById('main');
+  const nav = document.getElementById('nav');
+  const whoBox = document.getElementById('who');
+  const toastBox = document.getElementById('toast');
+  let session = null;
+  const charts = [];
+
+  // ---------- small helpers ----------
+
+  function h(tag, attrs, ...children) {
+    const el = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === 'class') el.className = v;
+      else if (k === 'text') el.textContent = v;
+      else if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+      else el.setAttribute(k, v === true ? '' : String(v));
+    }
+    for (const c of children.flat()) {
+      if (c === undefined || c === null || c === false) continue;
+      el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return el;
+  }
+
+  class ApiError extends Error {
+    constructor(status, detail) { super(detail); this.status = status; }
+  }
+
+  async function api(path, opts) {
+    opts = opts || {};
+    const headers = { accept: 'application/json' };
+    const method = opts.method || 'GET';
+    if (method !== 'GET') headers['x-peage-csrf'] = '1';
+    if (opts.body !== undefined) headers['content-type'] = 'application/json';
+    const r = await fetch(path, {
+      method, headers, credentials: 'same-origin',
+      body: opts.body !== undefined ? JSON.stringify(opts.body) : undefined,
+    });
+    const type = r.headers.get('content-type') || '';
+    const data = type.includes('json') ? await r.json() : await r.text();
+    if (r.status === 401 && !opts.allow401) {
+      location.assign('/sign-in');
+      throw new ApiError(401, 'Your session has ended: sign in again.');
+    }
+    if (!r.ok) throw new ApiError(r.status, (data && (data.detail || data.title)) || r.statusText);
+    return data;
+  }
+
+  function toast(text) {
+    toastBox.textContent = text;
+    clearTimeout(toast.timer);
+    toast.timer = setTimeout(() => { toastBox.textContent = ''; }, 5000);
+  }
+
+  function fail(where, e) {
+    where.replaceChildren(h('div', { class: 'error', role: 'alert', text: 'Could not load this: ' + e.message }));
+  }
+
+  const dec = (s) => Number(s || 0); // display only: money stays a decimal string from the API
+  function money(amount, currency) {
+    if (amount === undefined || amount === null || amount === '') return '—';
+    try {
+      return new Intl.NumberFormat(undefined, { style: 'currency', currency }).format(dec(amount));
+    } catch (_) { return amount + ' ' + currency; }
+  }
+  const num = (s) => new Intl.NumberFormat(undefined, { maximumFractionDigits: 3 }).format(dec(s));
+  function when(t, tz, withTime) {
+    if (!t) return '—';
+    const o = { year: 'numeric', month: 'short', day: 'numeric', timeZone: tz || undefined };
+    if (withTime) { o.hour = '2-digit'; o.minute = '2-digit'; }
+    return new Intl.DateTimeFormat(undefined, o).format(new Date(t));
+  }
+  const badge = (text, cls) => h('span', { class: 'badge ' + (cls || text), text });
+
+  function table(headers, rows, caption) {
+    return h('div', { class: 'table-wrap' },
+      h('table', {},
+        caption ? h('caption', { class: 'visually-hidden', text: caption }) : null,
+        h('thead', {}, h('tr', {}, headers.map((x) => {
+          const [label, cls] = Array.isArray(x) ? x : [x, ''];
+          return h('th', { scope: 'col', class: cls, text: label });
+        }))),
+        h('tbody', {}, rows)));
+  }
+
+  function destroyCharts() { while (charts.length) charts.pop().destroy(); }
+
+  // ---------- navigation ----------
+
+  function go(path) { history.pushState({}, '', path); navigated = true; render(); }
+  document.addEventListener('click', (ev) => {
+    const a = ev.target.closest && ev.target.closest('a[data-nav]');
+    if (!a || ev.metaKey || ev.ctrlKey || ev.shiftKey || ev.button !== 0) return;
+    ev.preventDefault();
+    go(a.getAttribute('href'));
+  });
+  window.addEventListener('popstate', render);
+  const link = (href, text, attrs) => h('a', Object.assign({ href, 'data-nav': true, text }, attrs || {}));
+
+  function drawNav() {
+    const items = session.role === 'partner'
+      ? [['/app', 'Usage'], ['/app/keys', 'API keys'], ['/app/invoices', 'Invoices'], ['/app/apis', 'APIs']]
+      : [['/app', 'Partners'], ['/app/invoices', 'Invoices'], ['/app/apis', 'APIs']];
+    const here = location.pathname.replace(/\/$/, '') || '/app';
+    nav.replaceChildren(...items.map(([href, text]) => {
+      const current = href === '/app' ? (here === '/app' || here.startsWith('/app/partners')) : here.startsWith(href);
+      return link(href, text, { 'aria-current': current ? 'page' : null });
+    }));
+    const name = session.role === 'partner' ? session.partner_name : 'Finance';
+    whoBox.replaceChildren(
+      h('span', { text: name }),
+      h('button', { type: 'button', class: 'secondary', onclick: signOut, text: 'Sign out' }));
+  }
+
+  async function signOut() {
+    await fetch('/auth/sign-out', { method: 'POST', credentials: 'same-origin', headers: { 'x-peage-csrf': '1' } });
+    location.assign('/sign-in');
+  }
+
+  let navigated = false; // the first page keeps the browser's focus order (skip link first)
+  function page(title, ...content) {
+    document.title = title + ' · Péage';
+    main.replaceChildren(h('h1', { text: title }), ...content.filter((c) => c !== null && c !== undefined));
+    // After an in-app navigation, move focus to the new content, as a page load would.
+    if (navigated) main.focus({ preventScroll: true });
+  }
+
+  // ---------- sign in ----------
+
+  async function signInPage() {
+    nav.replaceChildren();
+    whoBox.replaceChildren();
+    document.title = 'Sign in · Péage';
+    const fromLink = new URLSearchParams(location.hash.slice(1)).get('token');
+    const status = h('div', { role: 'status', 'aria-live': 'polite' });
+    const input = h('input', { id: 'token', name: 'token', autocomplete: 'off', spellcheck: 'false', required: true, value: fromLink || '' });
+    const form = h('form', { class: 'panel signin' },
+      h('h1', { text: 'Sign in to Péage' }),
+      h('p', { class: 'muted', text: fromLink
+        ? 'Your sign-in link is ready. It works once and expires 15 minutes after it was made.'
+        : 'Paste the sign-in link or token your account manager sent you. Links work once and expire after 15 minutes.' }),
+      h('label', { for: 'token', class: fromLink ? 'visually-hidden' : 'field', text: 'Sign-in link or token' }),
+      fromLink ? null : input,
+      status,
+      h('p', {}, h('button', { type: 'submit', text: 'Continue' })));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      let token = (fromLink || input.value).trim();
+      const m = token.match(/token=([^&\s]+)/);
+      if (m) token = m[1];
+      status.replaceChildren(h('p', { class: 'muted', text: 'Signing in…' }));
+      try {
+        await api('/auth/sign-in', { method: 'POST', body: { token }, allow401: true });
+        history.replaceState({}, '', '/app');
+        await start();
+      } catch (e) {
+        status.replaceChildren(h('div', { class: 'error', role: 'alert', text: e.status === 401
+          ? 'This link was already used or has expired. Ask for a new one.'
+          : 'Sign-in failed: ' + e.message }));
+      }
+    });
+    main.replaceChildren(form);
+    (fromLink ? form.querySelector('button') : input).focus();
+  }
+
+  // ---------- partner usage ----------
+
+  const PALETTE = ['#3730a3', '#0f766e', '#b45309', '#be123c', '#4d7c0f', '#7e22ce', '#0369a1', '#a16207'];
+
+  async function usagePage(partnerId) {
+    const [partner, upcoming, quotas] = await Promise.all([
+      api(`/v1/partners/${encodeURIComponent(partnerId)}`),
+      api(`/v1/partners/${encodeURIComponent(partnerId)}/invoices/upcoming`).catch((e) => ({ error: e.message })),
+      api(`/v1/partners/${encodeURIComponent(partnerId)}/quotas`).catch(() => ({ quotas: [] })),
+    ]);
+    const inv = upcoming.invoice;
+    const tz = inv ? inv.timezone : 'UTC';
+    const cards = h('div', { class: 'cards' });
+    if (inv) {
+      const start = new Date(inv.period.start), end = new Date(inv.period.end), now = new Date();
+      const elapsed = Math.min(1, Math.max(0.0001, (now - start) / (end - start)));
+      const usageLines = inv.lines.filter((l) => l.meter);
+      cards.append(
+        h('div', { class: 'card' },
+          h('div', { class: 'label', text: 'Running cost this period' }),
+          h('div', { class: 'value', id: 'running-cost', text: money(inv.total, inv.currency) }),
+          h('div', { class: 'sub', text: `${when(inv.period.start, tz)} – ${when(new Date(end - 1), tz)} (${tz}), tax included` })),
+        h('div', { class: 'card' },
+          h('div', { class: 'label', text: 'Plan' }),
+          h('div', { class: 'value', text: partner.subscription.plan_id }),
+          h('div', { class: 'sub', text: `version ${partner.subscription.plan_version.slice(0, 12)}` })),
+        h('div', { class: 'card' },
+          h('div', { class: 'label', text: 'Period elapsed' }),
+          h('div', { class: 'value', text: Math.round(elapsed * 100) + ' %' }),
+          h('div', { class: 'sub', text: usageLines.length
+            ? `at this pace, about ${num(Math.round(usageLines.reduce((s, l) => s + dec(l.quantity), 0) / elapsed))} ${usageLines[0].meter} by period end`
+            : 'no metered charges yet' })));
+    } else {
+      cards.append(h('div', { class: 'card' }, h('div', { class: 'label', text: 'Running cost' }), h('div', { class: 'sub', text: upcoming.error || 'No period running' })));
+    }
+
+    // Chart controls.
+    const sel = (id, label, options, value) => h('label', { for: id }, label,
+      h('select', { id, name: id }, options.map(([v, t]) => h('option', { value: v, selected: v === value, text: t }))));
+    const browserTz = Intl.DateTimeFormat().resolvedOptions().timeZone;
+    const tzOptions = [[tz, `${tz} (billing)`]];
+    if (browserTz && browserTz !== tz) tzOptions.push([browserTz, `${browserTz} (this device)`]);
+    if (tz !== 'UTC' && browserTz !== 'UTC') tzOptions.push(['UTC', 'UTC']);
+    const controls = h('form', { class: 'controls', 'aria-label': 'Chart options' },
+      sel('range', 'Range', [['period', 'This billing period'], ['24h', 'Last 24 hours'], ['7d', 'Last 7 days'], ['30d', 'Last 30 days'], ['custom', 'Custom…']], 'period'),
+      h('label', { for: 'from', class: 'custom', hidden: true }, 'From', h('input', { type: 'date', id: 'from' })),
+      h('label', { for: 'to', class: 'custom', hidden: true }, 'To (inclusive)', h('input', { type: 'date', id: 'to' })),
+      sel('granularity', 'Granularity', [['day', 'Day'], ['hour', 'Hour']], 'day'),
+      sel('by', 'Split by', [['meter', 'Meter'], ['api', 'API'], ['version', 'Version'], ['operation', 'Operation']], 'meter'),
+      sel('meter', 'Meter', [], ''),
+      sel('tz', 'Time zone', tzOptions, tz));
+    const chartBox = h('div');
+    const seriesCharts = [];
+    charts.push({ destroy: () => { while (seriesCharts.length) seriesCharts.pop().destroy(); } });
+    const dataTable = h('details', {}, h('summary', { text: 'Show the chart as a table' }));
+    const chartNote = h('p', { class: 'muted', id: 'chart-note' });
+    const chartPanel = h('section', { class: 'panel', 'aria-labelledby': 'usage-h' },
+      h('h2', { id: 'usage-h', text: 'Usage over time' }), controls, chartBox, chartNote, dataTable);
+
+    const quotaPanel = h('section', { class: 'panel', 'aria-labelledby': 'quota-h' }, h('h2', { id: 'quota-h', text: 'Quotas' }));
+    drawQuotas(quotaPanel, quotas.quotas || [], tz);
+
+    const linesPanel = h('section', { class: 'panel', 'aria-labelledby': 'lines-h' }, h('h2', { id: 'lines-h', text: 'This period so far' }));
+    if (inv) {
+      linesPanel.append(table(['Line', ['Quantity', 'num'], ['Unit price', 'num hide-narrow'], ['Amount', 'num']],
+        inv.lines.map((l) => h('tr', {},
+          h('td', { text: l.description }),
+          h('td', { class: 'num', text: num(l.quantity) }),
+          h('td', { class: 'num hide-narrow', text: money(l.unit_price, inv.currency) }),
+          h('td', { class: 'num', text: money(l.amount, inv.currency) }))).concat([
+          h('tr', {}, h('th', { scope: 'row', text: 'Subtotal' }), h('td'), h('td', { class: 'hide-narrow' }), h('td', { class: 'num', text: money(inv.subtotal, inv.currency) })),
+          inv.tax ? h('tr', {}, h('th', { scope: 'row', text: `${inv.tax.label} ${dec(inv.tax.rate) * 100} %` }), h('td'), h('td', { class: 'hide-narrow' }), h('td', { class: 'num', text: money(inv.tax.amount, inv.currency) })) : null,
+          h('tr', {}, h('th', { scope: 'row', text: 'Total' }), h('td'), h('td', { class: 'hide-narrow' }), h('td', { class: 'num', text: money(inv.total, inv.currency) }))]),
+        'Upcoming invoice lines'));
+    }
+
+    const title = session.role === 'partner' ? 'Usage' : partner.name;
+    const lead = session.role === 'partner' ? null : h('p', {}, link('/app', '← All partners'), ' · ', h('span', { class: 'mono', text: partner.id }));
+    page(title, lead, cards, chartPanel, quotaPanel, linesPanel);
+
+    const field = (id) => controls.querySelector('#' + id);
+    field('range').addEventListener('change', () => {
+      const custom = field('range').value === 'custom';
+      controls.querySelectorAll('.custom').forEach((el) => { el.hidden = !custom; });
+      if (custom && !field('from').value) {
+        const d = new Date();
+        field('to').value = d.toISOString().slice(0, 10);
+        d.setDate(d.getDate() - 6);
+        field('from').value = d.toISOString().slice(0, 10);
+      }
+    });
+    let lastSeries = null;
+    async function refresh() {
+      const q = new URLSearchParams({ granularity: field('granularity').value, by: field('by').value, tz: field('tz').value });
+      const range = field('range').value, now = Date.now();
+      if (range === '24h') { q.set('from', new Date(now - 864e5).toISOString()); q.set('to', new Date(now).toISOString()); }
+      if (range === '7d') { q.set('from', new Date(now - 7 * 864e5).toISOString()); q.set('to', new Date(now).toISOString()); }
+      if (range === '30d') { q.set('from', new Date(now - 30 * 864e5).toISOString()); q.set('to', new Date(now).toISOString()); }
+      if (range === 'custom') {
+        if (!field('from').value || !field('to').value) return;
+        q.set('from', new Date(field('from').value + 'T00:00:00Z').toISOString());
+        q.set('to', new Date(new Date(field('to').value + 'T00:00:00Z').getTime() + 864e5).toISOString());
+      }
+      chartNote.textContent = 'Loading…';
+      try {
+        const data = await api(`/v1/partners/${encodeURIComponent(partnerId)}/usage/series?${q}`);
+        lastSeries = data.usage;
+        drawSeries();
+      } catch (e) {
+        chartNote.textContent = 'Could not load usage: ' + e.message;
+      }
+    }
+    function drawSeries() {
+      const u = lastSeries;
+      const meters = [...new Set(u.series.map((s) => s.meter))];
+      const meterSel = field('meter');
+      const keep = meterSel.value;
+      meterSel.replaceChildren(...meters.map((m) => h('option', { value: m, text: m, selected: m === keep })));
+      meterSel.parentElement.hidden = u.split_by === 'meter';
+      meterSel.disabled = u.split_by === 'meter';
+      const shown = u.split_by === 'meter' ? u.series : u.series.filter((s) => s.meter === (meterSel.value || meters[0]));
+      const labels = u.buckets.map((b) => when(b, u.time_zone, u.granularity === 'hour'));
+      while (seriesCharts.length) seriesCharts.pop().destroy();
+      chartBox.replaceChildren();
+      // By meter: one small chart per meter, each on its own scale. Otherwise one stacked chart
+      // of the chosen meter, a colour per API, version or operation.
+      const groups = u.split_by === 'meter' ? shown.map((s) => [s.meter, [s]]) : [[meterSel.value || meters[0], shown]];
+      chartBox.className = groups.length > 1 ? 'chart-grid' : '';
+      groups.forEach(([meter, sets], g) => {
+        const canvas = h('canvas', { role: 'img', id: g === 0 ? 'usage-chart' : `usage-chart-${g}`, 'aria-label': `${meter} per ${u.granularity}${u.split_by === 'meter' ? '' : ', split by ' + u.split_by}; the numbers are in the table below` });
+        chartBox.append(h('figure', { class: 'chart-box' }, groups.length > 1 ? h('figcaption', { text: meter }) : null, h('div', { class: 'chart-canvas' }, canvas)));
+        if (!window.Chart) return;
+        seriesCharts.push(new window.Chart(canvas, {
+          type: 'bar',
+          data: {
+            labels,
+            datasets: sets.map((s, i) => ({
+              label: u.split_by === 'meter' ? s.meter : s.key,
+              data: s.values.map(Number),
+              backgroundColor: PALETTE[(u.split_by === 'meter' ? g : i) % PALETTE.length],
+            })),
+          },
+          options: {
+            maintainAspectRatio: false, animation: false,
+            interaction: { mode: 'index', intersect: false },
+            scales: { x: { stacked: true, ticks: { maxRotation: 0, autoSkip: true } }, y: { stacked: true, beginAtZero: true, title: { display: true, text: meter } } },
+            plugins: { legend: { display: u.split_by !== 'meter', position: 'bottom' } },
+          },
+        }));
+      });
+      if (!window.Chart) chartBox.append(h('p', { class: 'muted', text: 'The chart library did not load; the numbers are in the table below.' }));
+      const total = (s) => num(s.total);
+      chartNote.textContent = shown.length
+        ? shown.map((s) => `${u.split_by === 'meter' ? s.meter : s.key}: ${total(s)}`).join(' · ') + (u.not_charted.length ? ` — not charted (not additive): ${u.not_charted.join(', ')}` : '')
+        : 'No usage in this range.';
+      dataTable.replaceChildren(h('summary', { text: 'Show the chart as a table' }),
+        table([u.granularity === 'hour' ? 'Hour' : 'Day', ...shown.map((s) => [u.split_by === 'meter' ? s.meter : s.key, 'num'])],
+          labels.map((l, i) => h('tr', {}, h('th', { scope: 'row', text: l }), shown.map((s) => h('td', { class: 'num', text: num(s.values[i]) })))),
+          'Usage per bucket'));
+    }
+    controls.addEventListener('change', (ev) => { if (ev.target.id === 'meter') drawSeries(); else refresh(); });
+    await refresh();
+  }
+
+  function drawQuotas(panel, quotas, tz) {
+    if (!quotas.length) {
+      panel.append(h('p', { class: 'muted', text: 'Your plan has no quotas: every call is allowed and billed.' }));
+      return;
+    }
+    const grid = h('div', { class: 'gauges' });
+    panel.append(grid);
+    for (const q of quotas) {
+      const pct = Math.round(dec(q.utilization) * 1000) / 10;
+      const canvas = h('canvas', { 'aria-hidden': 'true' });
+      const consequence = q.kind === 'hard'
+        ? 'Hard limit: at the limit, calls are refused with 429 until the period resets.'
+        : 'Soft limit: calls above the limit are still served, billed as overage, and you are notified.';
+      const state = q.decision === 'hard_blocked' ? badge('blocked', 'bad') : q.decision === 'soft_exceeded' ? badge('over limit', 'warn') : q.near_limit ? badge('near limit', 'warn') : badge('ok', 'ok');
+      grid.append(h('div', { class: 'gauge card' },
+        h('div', { class: 'ring' }, canvas, h('div', { class: 'pct', text: pct + ' %' })),
+        h('div', {},
+          h('h3', {}, q.meter + ' ', badge(q.kind, q.kind), ' ', state),
+          h('div', { text: `${num(q.used)} of ${num(q.limit)} used; ${num(q.remaining)} left` }),
+          h('div', { class: 'muted', text: consequence }),
+          h('div', { class: 'muted', text: 'Resets ' + when(q.resets_at, tz, true) }))));
+      if (window.Chart) {
+        const used = Math.min(100, pct);
+        charts.push(new window.Chart(canvas, {
+          type: 'doughnut',
+          data: { datasets: [{ data: [used, 100 - used], backgroundColor: [pct >= 100 ? '#991b1b' : pct >= 80 ? '#b45309' : '#3730a3', '#e5e7eb'], borderWidth: 0 }] },
+          options: { rotation: -90, circumference: 180, cutout: '70%', maintainAspectRatio: false, animation: false, plugins: { tooltip: { enabled: false }, legend: { display: false } } },
+        }));
+      }
+    }
+  }
+
+  // ---------- keys ----------
+
+  async function keysPage(partnerId) {
+    const secretBox = h('div');
+    const list = h('div');
+    const envSel = h('select', { id: 'new-env' }, h('option', { value: 'live', text: 'Live' }), h('option', { value: 'test', text: 'Sandbox (test)' }));
+    const issue = h('form', { class: 'controls' },
+      h('label', { for: 'new-env' }, 'Environment', envSel),
+      h('button', { type: 'submit', text: 'Issue a new key' }));
+    issue.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      try {
+        const k = await api(`/v1/partners/${encodeURIComponent(partnerId)}/keys`, { method: 'POST', body: { env: envSel.value } });
+        showSecret(k, 'New key issued');
+        await load();
+      } catch (e) { toast('Could not issue a key: ' + e.message); }
+    });
+    function showSecret(k, title) {
+      const code = h('code', { id: 'secret', text: k.secret });
+      secretBox.replaceChildren(h('div', { class: 'secret', role: 'alert' },
+        h('h2', { text: title }),
+        h('p', { text: 'Copy this secret now: it is shown once and Péage keeps only its hash.' }),
+        code,
+        h('div', { class: 'actions' },
+          h('button', { type: 'button', onclick: async () => { try { await navigator.clipboard.writeText(k.secret); toast('Copied.'); } catch (_) { toast('Select the secret and copy it.'); } }, text: 'Copy' }),
+          h('button', { type: 'button', class: 'secondary', onclick: () => secretBox.replaceChildren(), text: 'I have stored it' }))));
+      secretBox.querySelector('button').focus();
+    }
+    async function load() {
+      const data = await api(`/v1/partners/${encodeURIComponent(partnerId)}/keys`);
+      const keys = data.keys.slice().sort((a, b) => (a.revoked_at ? 1 : 0) - (b.revoked_at ? 1 : 0) || b.created_at.localeCompare(a.created_at));
+      list.replaceChildren(keys.length
+        ? table(['Key', 'Environment', 'Created', 'Status', 'Actions'], keys.map(keyRow), 'API keys')
+        : h('p', { class: 'muted', text: 'No keys yet.' }));
+    }
+    function keyRow(k) {
+      const rotate = async () => {
+        if (!confirm(`Rotate ${k.prefix}…? A new key is issued and this one stops working at once.`)) return;
+        try {
+          showSecret(await api(`/v1/keys/${encodeURIComponent(k.key_id)}/rotate`, { method: 'POST' }), 'Key rotated');
+          await load();
+        } catch (e) { toast('Could not rotate: ' + e.message); }
+      };
+      const revoke = async () => {
+        if (!confirm(`Revoke ${k.prefix}…? Calls with it are refused at once.`)) return;
+        try {
+          await api(`/v1/keys/${encodeURIComponent(k.key_id)}`, { method: 'DELETE' });
+          toast('Key revoked.');
+          await load();
+        } catch (e) { toast('Could not revoke: ' + e.message); }
+      };
+      const actions = k.revoked_at
+        ? h('span', { class: 'muted', text: 'revoked ' + when(k.revoked_at) })
+        : h('div', { class: 'actions' },
+          h('button', { type: 'button', class: 'secondary', 'aria-label': `Rotate key ${k.prefix}`, text: 'Rotate', onclick: rotate }),
+          h('button', { type: 'button', class: 'danger', 'aria-label': `Revoke key ${k.prefix}`, text: 'Revoke', onclick: revoke }));
+      return h('tr', { 'data-key': k.key_id },
+        h('td', {}, h('span', { class: 'mono', text: k.prefix + '…' }), h('div', { class: 'muted mono', text: k.key_id })),
+        h('td', { text: k.env === 'live' ? 'Live' : 'Sandbox' }),
+        h('td', { text: when(k.created_at, undefined, true) }),
+        h('td', {}, k.revoked_at ? badge('revoked') : badge('active')),
+        h('td', {}, actions));
+    }
+    page('API keys', secretBox, h('section', { class: 'panel' }, h('h2', { text: 'Issue a key' }), issue), h('section', { class: 'panel' }, h('h2', { text: 'Your keys' }), list));
+    await load();
+  }
+
+  // ---------- invoices ----------
+
+  function downloads(inv) {
+    const base = `/v1/invoices/${encodeURIComponent(inv.id)}`;
+    const name = inv.number || inv.id;
+    return h('div', { class: 'actions' },
+      h('a', { class: 'button secondary', href: base + '?format=pdf', download: name + '.pdf', 'aria-label': `Download ${name} as PDF`, text: 'PDF' }),
+      h('a', { class: 'button secondary', href: base + '?format=csv', download: name + '.csv', 'aria-label': `Download ${name} as CSV`, text: 'CSV' }));
+  }
+
+  async function invoicesPage() {
+    const finance = session.role !== 'partner';
+    const filters = h('form', { class: 'controls', 'aria-label': 'Filters' },
+      h('label', { for: 'f-period' }, 'Period', h('input', { id: 'f-period', type: 'month' })),
+      h('label', { for: 'f-status' }, 'Status', h('select', { id: 'f-status' }, [['', 'Any'], ['draft', 'Draft'], ['finalized', 'Finalized'], ['void', 'Void']].map(([v, t]) => h('option', { value: v, text: t })))),
+      finance ? h('label', { for: 'f-q' }, 'Partner', h('input', { id: 'f-q', type: 'search', placeholder: 'name or id' })) : null,
+      h('button', { type: 'submit', text: 'Apply' }));
+    const exportLink = h('a', { class: 'button secondary', id: 'export-csv', text: 'Export CSV' });
+    const runBox = finance ? h('form', { class: 'controls' },
+      h('label', { for: 'run-period' }, 'Invoice run for period', h('input', { id: 'run-period', type: 'month', required: true })),
+      h('button', { type: 'submit', text: 'Compute drafts' })) : null;
+    const list = h('div');
+    const partners = {};
+    if (finance) {
+      (await api('/v1/partners')).partners.forEach((p) => { partners[p.id] = p.name; });
+      runBox.addEventListener('submit', async (ev) => {
+        ev.preventDefault();
+        try {
+          const s = await api('/v1/invoices/run', { method: 'POST', body: { period: runBox.querySelector('input').value } });
+          toast(`Run done: ${s.created} created, ${s.updated} updated, ${s.unchanged} unchanged, ${s.errors.length} failed.`);
+          await load();
+        } catch (e) { toast('Run failed: ' + e.message); }
+      });
+    }
+    async function load() {
+      const q = new URLSearchParams();
+      const period = filters.querySelector('#f-period').value;
+      const status = filters.querySelector('#f-status').value;
+      if (period) q.set('period', period);
+      if (status) q.set('status', status);
+      exportLink.href = '/v1/invoices?format=csv&' + q;
+      exportLink.setAttribute('download', 'invoices.csv');
+      let rows;
+      try { rows = (await api('/v1/invoices?' + q)).invoices; } catch (e) { fail(list, e); return; }
+      const needle = finance ? filters.querySelector('#f-q').value.trim().toLowerCase() : '';
+      if (needle) rows = rows.filter((r) => r.partner_id.toLowerCase().includes(needle) || (partners[r.partner_id] || '').toLowerCase().includes(needle));
+      rows.sort((a, b) => b.period_label.localeCompare(a.period_label) || a.partner_id.localeCompare(b.partner_id));
+      const head = ['Invoice', 'Period', ...(finance ? ['Partner'] : []), 'Status', ['Total', 'num'], ['Amount due', 'num'], 'Download', ...(finance ? ['Actions'] : [])];
+      list.replaceChildren(rows.length ? table(head, rows.map((r) => {
+        const i = r.invoice;
+        return h('tr', { 'data-invoice': r.id },
+          h('td', {}, h('div', { class: 'mono', text: r.number || 'draft' }), h('div', { class: 'muted mono', text: r.id })),
+          h('td', { text: r.period_label }),
+          finance ? h('td', { text: partners[r.partner_id] || r.partner_id }) : null,
+          h('td', {}, badge(r.status)),
+          h('td', { class: 'num', text: money(i.total, i.currency) }),
+          h('td', { class: 'num', text: money(i.amount_due, i.currency) }),
+          h('td', {}, downloads(r)),
+          finance ? h('td', {}, actions(r)) : null);
+      }), 'Invoices') : h('p', { class: 'muted', text: 'No invoices match.' }));
+    }
+    function actions(r) {
+      const box = h('div', { class: 'actions' });
+      const act = (verb, cls, question) => h('button', { type: 'button', class: cls, text: verb[0].toUpperCase() + verb.slice(1), 'aria-label': `${verb} ${r.number || r.id}`, onclick: async () => {
+        if (!confirm(question)) return;
+        try {
+          const done = await api(`/v1/invoices/${encodeURIComponent(r.id)}/${verb}`, { method: 'POST' });
+          toast(verb === 'finalize' ? `Finalized as ${done.number}.` : `Voided ${done.number || done.id}.`);
+          await load();
+        } catch (e) { toast(`Could not ${verb}: ${e.message}`); }
+      } });
+      if (r.status === 'draft') box.append(act('finalize', '', `Finalize this invoice for ${r.period_label}? It gets a number and can no longer change.`));
+      if (r.status === 'finalized') box.append(act('void', 'danger', `Void ${r.number}? The number is kept; credits taken are given back.`));
+      return box;
+    }
+    filters.addEventListener('submit', (ev) => { ev.preventDefault(); load(); });
+    page('Invoices',
+      finance ? h('section', { class: 'panel' }, h('h2', { text: 'Invoice run' }), runBox) : null,
+      h('section', { class: 'panel' }, filters, h('p', {}, exportLink), list));
+    await load();
+  }
+
+  // ---------- finance: partners ----------
+
+  async function partnersPage() {
+    const search = h('input', { id: 'search', type: 'search', placeholder: 'Name, id or plan', autocomplete: 'off' });
+    const form = h('form', { class: 'controls', role: 'search' }, h('label', { for: 'search' }, 'Search partners', search), h('button', { type: 'submit', text: 'Search' }));
+    const list = h('div');
+    async function load() {
+      list.replaceChildren(h('p', { class: 'muted', text: 'Loading…' }));
+      let data;
+      try { data = await api('/v1/partners/overview?limit=200&q=' + encodeURIComponent(search.value)); } catch (e) { fail(list, e); return; }
+      list.replaceChildren(
+        h('p', { class: 'muted', text: `${data.total} partner(s)${data.total > data.partners.length ? `, first ${data.partners.length} shown` : ''}` }),
+        table(['Partner', 'Plan', 'Period', ['Usage this period', 'hide-narrow'], ['Running cost', 'num']], data.partners.map((p) => h('tr', {},
+          h('td', {}, link(`/app/partners/${encodeURIComponent(p.id)}`, p.name), h('div', { class: 'muted mono', text: p.id })),
+          h('td', { text: p.plan_id }),
+          h('td', { text: p.error ? '—' : `${when(p.period_start, p.timezone)} – ${when(new Date(new Date(p.period_end) - 1), p.timezone)}` }),
+          h('td', { class: 'hide-narrow', text: p.error ? p.error : p.usage.map((u) => `${u.meter} ${num(u.quantity)}`).join(' · ') }),
+          h('td', { class: 'num', text: p.error ? '—' : money(p.running_total, p.currency) }))), 'Partners'));
+    }
+    form.addEventListener('submit', (ev) => { ev.preventDefault(); load(); });
+    page('Partners', h('section', { class: 'panel' }, form, list));
+    await load();
+  }
+
+  // ---------- APIs and their docs ----------
+
+  async function apisPage() {
+    const data = await api('/v1/apis');
+    page('APIs', ...data.apis.map((a) => h('section', { class: 'panel' },
+      h('h2', { text: a.name }),
+      a.description ? h('p', { class: 'muted', text: a.description }) : null,
+      table(['Version', 'Status', 'Sunset', 'Successor', 'Docs'], a.versions.map((v) => h('tr', {},
+        h('td', { class: 'mono', text: v.id }),
+        h('td', {}, badge(v.status)),
+        h('td', { text: v.sunset ? when(v.sunset + 'T00:00:00Z', 'UTC') : '—' }),
+        h('td', { text: v.successor || '—' }),
+        h('td', {}, v.has_openapi ? link(`/app/apis/${encodeURIComponent(a.name)}/${encodeURIComponent(v.id)}`, 'Reference', { 'aria-label': `${a.name} ${v.id} reference` }) : h('span', { class: 'muted', text: (v.operations || []).length ? `${v.operations.length} operation(s), no document` : 'no document' })))), `${a.name} versions`))));
+  }
+
+  async function apiDocPage(name, version) {
+    const [doc, apis] = await Promise.all([
+      api(`/v1/apis/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}/openapi`),
+      api('/v1/apis'),
+    ]);
+    const v = ((apis.apis.find((a) => a.name === name) || {}).versions || []).find((x) => x.id === version) || {};
+    const info = doc.info || {};
+    const warn = v.status === 'deprecated'
+      ? h('div', { class: 'secret', role: 'note' }, `${name} ${version} is deprecated${v.sunset ? ' and stops answering on ' + when(v.sunset + 'T00:00:00Z', 'UTC') : ''}.`, v.successor ? ` Move to ${v.successor}.` : '')
+      : null;
+    const ops = [];
+    for (const [path, item] of Object.entries(doc.paths || {})) {
+      for (const method of ['get', 'put', 'post', 'delete', 'patch', 'head', 'options']) {
+        const op = item[method];
+        if (!op) continue;
+        const params = [...(item.parameters || []), ...(op.parameters || [])];
+        ops.push(h('details', { class: 'op' },
+          h('summary', {}, h('span', { class: 'method ' + method, text: method.toUpperCase() }), h('code', { text: path }), h('span', { class: 'muted', text: op.summary || '' })),
+          op.description ? h('p', { text: op.description }) : null,
+          params.length ? table(['Parameter', 'In', 'Required', 'Description'], params.map((p) => h('tr', {},
+            h('td', { class: 'mono', text: p.name || p.$ref || '' }), h('td', { text: p.in || '' }), h('td', { text: p.required ? 'yes' : 'no' }), h('td', { text: p.description || '' }))), 'Parameters') : null,
+          op.requestBody ? h('p', {}, h('strong', { text: 'Request body: ' }), Object.keys(op.requestBody.content || {}).join(', ')) : null,
+          table(['Response', 'Description'], Object.entries(op.responses || {}).map(([code, r]) => h('tr', {}, h('td', { class: 'mono', text: code }), h('td', { text: (r && r.description) || '' }))), 'Responses')));
+      }
+    }
+    page(`${info.title || name} ${version}`,
+      h('p', {}, link('/app/apis', '← All APIs'), ' · OpenAPI ', doc.openapi || doc.swagger || '?', info.version ? ` · document version ${info.version}` : ''),
+      warn,
+      info.description ? h('p', { text: info.description }) : null,
+      h('section', { class: 'panel' }, h('h2', { text: `Operations (${ops.length})` }), ...ops));
+  }
+
+  // ---------- routing ----------
+
+  async function render() {
+    destroyCharts();
+    const path = location.pathname.replace(/\/$/, '');
+    if (path === '/sign-in') return signInPage();
+    drawNav();
+    const m = (re) => path.match(re);
+    let r;
+    try {
+      if (path === '/app' || path === '') await (session.role === 'partner' ? usagePage(session.partner_id) : partnersPage());
+      else if (path === '/app/keys' && session.role === 'partner') await keysPage(session.partner_id);
+      else if (path === '/app/invoices') await invoicesPage();
+      else if (path === '/app/apis') await apisPage();
+      else if ((r = m(/^\/app\/apis\/([^/]+)\/([^/]+)$/))) await apiDocPage(decodeURIComponent(r[1]), decodeURIComponent(r[2]));
+      else if ((r = m(/^\/app\/partners\/([^/]+)$/)) && session.role !== 'partner') await usagePage(decodeURIComponent(r[1]));
+      else page('Not found', h('p', {}, 'There is no such page. ', link('/app', 'Back to the start')));
+    } catch (e) {
+      page('Something went wrong', h('div', { class: 'error', role: 'alert', text: e.status === 404 ? 'Not found.' : e.message }));
+    }
+  }
+
+  async function start() {
+    if (location.pathname === '/sign-in') {
+      // Already signed in and no new link: go to the dashboard.
+      if (!location.hash.includes('token=')) {
+        try { session = await api('/v1/session', { allow401: true }); history.replaceState({}, '', '/app'); } catch (_) { return signInPage(); }
+      } else {
+        return signInPage();
+      }
+    }
+    try {
+      session = await api('/v1/session', { allow401: true });
+    } catch (e) {
+      if (e.status === 401) { history.replaceState({}, '', '/sign-in'); return signInPage(); }
+      return fail(main, e);
+    }
+    await render();
+  }
+
+  start();
+})();

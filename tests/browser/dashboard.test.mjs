@@ -1,0 +1,223 @@
+// The dashboard as people use it, in Debian's headless Chromium driven by playwright-core.
+// Started by tests/e2e_dashboard.rs, which runs `peage up --demo` with seeded usage and passes:
+//   PEAGE_URL, PEAGE_ADMIN_TOKEN, PEAGE_PARTNER (Globex, with usage and a key),
+//   PEAGE_PARTNER_KEY, PEAGE_OTHER_PARTNER (the demo partner), PEAGE_PERIOD (last month),
+//   PEAGE_SCREENSHOTS (where the page screenshots go).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { chromium } from 'playwright-core';
+
+const env = (name) => {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set: run this through cargo test -p peage --test e2e_dashboard`);
+  return v;
+};
+const base = env('PEAGE_URL');
+const admin = env('PEAGE_ADMIN_TOKEN');
+const partner = env('PEAGE_PARTNER');
+const partnerKey = env('PEAGE_PARTNER_KEY');
+const other = env('PEAGE_OTHER_PARTNER');
+const period = env('PEAGE_PERIOD');
+const shots = env('PEAGE_SCREENSHOTS');
+
+let browser;
+before(async () => {
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+});
+after(async () => { await browser?.close(); });
+
+async function adminCall(method, path, body) {
+  const r = await fetch(base + path, {
+    method,
+    headers: { authorization: `Bearer ${admin}`, 'content-type': 'application/json' },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const text = await r.text();
+  assert.ok(r.ok, `${method} ${path}: ${r.status} ${text}`);
+  return JSON.parse(text);
+}
+
+/// A fresh browser context signed in through a one-time link, as a person clicking it would.
+async function signIn(who, viewport = { width: 1280, height: 860 }, screenshot) {
+  const link = await adminCall('POST', '/v1/sign-in-links', who);
+  const context = await browser.newContext({ viewport, acceptDownloads: true });
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
+  await page.goto(base + link.path);
+  await page.getByRole('button', { name: 'Continue' }).waitFor();
+  if (screenshot) await page.screenshot({ path: `${shots}/sign-in.png` });
+  await page.getByRole('button', { name: 'Continue' }).click();
+  await page.waitForURL(base + '/app');
+  // The token left the address bar and the history.
+  assert.ok(!page.url().includes('token'));
+  return { context, page, errors };
+}
+
+async function shot(page, name, fullPage = true) {
+  await page.waitForLoadState('networkidle');
+  await page.screenshot({ path: `${shots}/${name}.png`, fullPage });
+}
+
+/// Every form field has a label a screen reader can announce.
+async function assertLabelled(page) {
+  const unlabelled = await page.evaluate(() => [...document.querySelectorAll('input, select, button, canvas[role="img"]')]
+    .filter((el) => el.offsetParent !== null)
+    .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label') && !(el.textContent || '').trim())
+    .map((el) => el.outerHTML.slice(0, 80)));
+  assert.deepEqual(unlabelled, [], 'every visible control has a label');
+}
+
+test('finance computes, reviews, finalizes and exports a draft', async () => {
+  const { context, page, errors } = await signIn({ role: 'finance' });
+  // All partners with this period's usage and running cost, searchable.
+  await page.getByRole('heading', { name: 'Partners', exact: true }).waitFor();
+  await page.getByRole('link', { name: 'Globex Corporation' }).waitFor();
+  await shot(page, 'finance-partners');
+  await page.getByLabel('Search partners').fill('globex');
+  await page.getByRole('button', { name: 'Search' }).click();
+  await page.getByText('1 partner(s)').waitFor();
+  const row = page.getByRole('row').filter({ hasText: 'Globex Corporation' });
+  assert.match(await row.innerText(), /€|EUR/);
+  await assertLabelled(page);
+
+  // Last month's drafts, computed from the browser, then finalized.
+  await page.getByRole('link', { name: 'Invoices' }).click();
+  await page.getByLabel('Invoice run for period').fill(period);
+  await page.getByRole('button', { name: 'Compute drafts' }).click();
+  await page.getByText(/Run done: \d+ created/).waitFor();
+  await page.getByLabel('Partner', { exact: true }).fill('Globex');
+  await page.getByLabel('Period', { exact: true }).fill(period);
+  await page.getByRole('button', { name: 'Apply' }).click();
+  const draft = page.getByRole('row').filter({ hasText: 'Globex Corporation' }).filter({ hasText: 'draft' });
+  await draft.waitFor();
+  page.once('dialog', (d) => d.accept());
+  await draft.getByRole('button', { name: /^finalize/i }).click();
+  await page.getByText(/Finalized as PEAGE-\d{4}-\d{6}/).waitFor();
+  const number = (await page.getByText(/Finalized as/).innerText()).match(/PEAGE-\d{4}-\d{6}/)[0];
+  const finalized = page.getByRole('row').filter({ hasText: number });
+  await finalized.getByText('finalized', { exact: true }).waitFor();
+  await assertLabelled(page);
+  await shot(page, 'finance-invoices');
+
+  // The CSV download of that invoice.
+  const [download] = await Promise.all([
+    page.waitForEvent('download'),
+    finalized.getByRole('link', { name: `Download ${number} as CSV` }).click(),
+  ]);
+  const csv = await streamText(await download.createReadStream());
+  assert.match(csv, /^invoice_id,number,status,partner_id/);
+  assert.ok(csv.includes(number) && csv.includes(partner), csv);
+  assert.deepEqual(errors, []);
+  await context.close();
+});
+
+test('a partner sees its usage, quota and invoice, rotates a key, reads the docs, and nothing of another partner', async () => {
+  const { context, page, errors } = await signIn({ partner_id: partner }, undefined, true);
+  // Usage: running cost, a chart drawn by Chart.js, quota gauges with what happens at the limit.
+  await page.getByRole('heading', { name: 'Usage', exact: true }).waitFor();
+  await page.locator('#usage-chart').waitFor();
+  const cost = await page.locator('#running-cost').innerText();
+  assert.match(cost, /€|EUR/);
+  await page.getByText(/Soft limit: calls above the limit are still served/).waitFor();
+  const hasChart = await page.evaluate(() => !!window.Chart && !!window.Chart.getChart('usage-chart'));
+  assert.ok(hasChart, 'the usage chart is a Chart.js chart');
+  // The same numbers as a table; split by operation; hourly.
+  await page.getByText('Show the chart as a table').click();
+  await page.locator('select#by').selectOption('operation');
+  await page.locator('#chart-note', { hasText: 'GET /weather/{city}: ' }).waitFor();
+  const perOperation = await page.evaluate(() => window.Chart.getChart('usage-chart').data.datasets.map((d) => d.label));
+  assert.ok(perOperation.some((l) => l.includes('GET /weather/{city}')), perOperation.join());
+  await page.locator('select#by').selectOption('meter');
+  await page.locator('#chart-note', { hasText: /^calls: / }).waitFor();
+  await page.getByText('Show the chart as a table').click();
+  await assertLabelled(page);
+  await shot(page, 'partner-usage');
+  // Keyboard: on a fresh load the skip link comes first and lands on the content.
+  await page.reload();
+  await page.locator('#usage-chart').waitFor();
+  await page.keyboard.press('Tab');
+  assert.equal(await page.evaluate(() => document.activeElement.textContent), 'Skip to content');
+  await page.keyboard.press('Enter');
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'main');
+
+  // Invoices: last month's, finalized by finance in the other test; PDF download.
+  await page.getByRole('link', { name: 'Invoices' }).click();
+  const inv = page.getByRole('row').filter({ hasText: period });
+  await inv.getByText('finalized', { exact: true }).waitFor();
+  const [pdf] = await Promise.all([
+    page.waitForEvent('download'),
+    inv.getByRole('link', { name: /as PDF$/ }).click(),
+  ]);
+  const bytes = await streamBytes(await pdf.createReadStream());
+  assert.equal(bytes.subarray(0, 5).toString(), '%PDF-');
+  await shot(page, 'partner-invoices');
+
+  // Keys: rotate, the new secret shown once, the old key revoked.
+  await page.getByRole('link', { name: 'API keys' }).click();
+  const keyRow = page.locator(`tr[data-key="${partnerKey}"]`);
+  await keyRow.getByText('active', { exact: true }).waitFor();
+  page.once('dialog', (d) => d.accept());
+  await keyRow.getByRole('button', { name: /^Rotate/ }).click();
+  await page.getByRole('heading', { name: 'Key rotated' }).waitFor();
+  const secret = await page.locator('#secret').innerText();
+  assert.match(secret, /^pk_live_[A-Za-z0-9]{32}$/);
+  await keyRow.getByText('revoked', { exact: true }).waitFor();
+  await assertLabelled(page);
+  await shot(page, 'partner-keys');
+  // The new secret works at the gateway? It is a real key: the server lists it as active.
+  const keys = await adminCall('GET', `/v1/partners/${partner}/keys`);
+  assert.ok(keys.keys.some((k) => !k.revoked_at && secret.startsWith(k.prefix)), JSON.stringify(keys));
+
+  // APIs: versions, status, sunset; the rendered OpenAPI document.
+  await page.getByRole('link', { name: 'APIs' }).click();
+  await page.getByRole('cell', { name: 'deprecated' }).waitFor();
+  await shot(page, 'partner-apis');
+  await page.getByRole('link', { name: 'demo v1 reference' }).click();
+  await page.getByRole('heading', { name: 'Demo API v1' }).waitFor();
+  await page.getByText('/weather/{city}').click();
+  await page.getByRole('cell', { name: 'city', exact: true }).waitFor();
+  await shot(page, 'partner-api-docs');
+
+  // Another partner's data is out of reach, whatever the route.
+  const probes = await page.evaluate(async ({ other }) => {
+    const out = {};
+    for (const path of [`/v1/partners/${other}`, `/v1/partners/${other}/usage`, `/v1/partners/${other}/usage/series`,
+      `/v1/partners/${other}/keys`, `/v1/partners/${other}/quotas`, `/v1/partners/${other}/invoices/upcoming`,
+      `/v1/partners/${other}/invoices/upcoming?format=csv`, `/v1/invoices?partner_id=${other}`, '/v1/partners', '/v1/partners/overview']) {
+      out[path] = (await fetch(path)).status;
+    }
+    const rotate = await fetch(`/v1/partners/${other}/keys`, { method: 'POST', headers: { 'x-peage-csrf': '1', 'content-type': 'application/json' }, body: '{"env":"live"}' });
+    out['POST keys'] = rotate.status;
+    return out;
+  }, { other });
+  for (const [path, status] of Object.entries(probes)) {
+    assert.ok([403, 404].includes(status), `${path} answered ${status} to another partner's session`);
+  }
+  // And as a page: the finance-only partner view is not there for a partner.
+  await page.goto(`${base}/app/partners/${other}`);
+  await page.getByRole('heading', { name: 'Not found' }).waitFor();
+  assert.deepEqual(errors.filter((e) => !e.includes('404') && !e.includes('403')), []);
+
+  // On a phone.
+  const phone = await context.newPage();
+  await phone.setViewportSize({ width: 390, height: 844 });
+  await phone.goto(base + '/app');
+  await phone.locator('#usage-chart').waitFor();
+  const overflow = await phone.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 1, `the page is ${overflow}px wider than a phone`);
+  await shot(phone, 'partner-usage-phone');
+  await context.close();
+});
+
+async function streamBytes(stream) {
+  const chunks = [];
+  for await (const c of stream) chunks.push(c);
+  return Buffer.concat(chunks);
+}
+async function streamText(stream) { return (await streamBytes(stream)).toString('utf8'); }

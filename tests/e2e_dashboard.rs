@@ -1,0 +1,239 @@
+//! The dashboard in a real browser: seeds two months of usage for a partner, starts the real
+//! `peage up --demo`, and runs `tests/browser/dashboard.test.mjs` (playwright-core driving
+//! Debian's headless Chromium) against it. The browser signs in as finance, computes and
+//! finalizes a draft and downloads its CSV; signs in as the partner, sees its chart, quota and
+//! invoice, downloads the PDF, rotates a key, reads an API's docs, and fails to reach the other
+//! partner's data. Screenshots of each page go to `docs/screenshots/`.
+//!
+//! Needs `node`, `tests/browser/node_modules` (`npm ci` in `tests/browser`) and `chromium`:
+//! `.ci/run` installs them. Without them the test fails under `CI=true` and is skipped (with a
+//! message) elsewhere.
+
+#[path = "support/peage.rs"]
+mod peage_process;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use chrono::{Datelike, Duration, TimeZone, Utc};
+use peage_billing_store::{BillingStore, SqliteBillingStore, Subscription};
+use peage_core::{CallEvent, Catalog, Env};
+use peage_process::Peage;
+use peage_usage_store::{SqliteUsageStore, UsageStore};
+use serde_json::{json, Value};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// What the browser test needs, or why it cannot run here.
+fn browser_tools() -> Result<(), String> {
+    let node = Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|o| o.status.success()) {
+        return Err("node is not installed".into());
+    }
+    if !repo()
+        .join("tests/browser/node_modules/playwright-core")
+        .exists()
+    {
+        return Err("tests/browser/node_modules is missing: run `npm ci` in tests/browser".into());
+    }
+    if !Path::new("/usr/bin/chromium").exists() && std::env::var_os("CHROMIUM").is_none() {
+        return Err("chromium is not installed (apt-get install chromium)".into());
+    }
+    Ok(())
+}
+
+/// `n` calls of one operation at `at`, spread over a minute.
+fn calls(
+    partner: &str,
+    at: chrono::DateTime<Utc>,
+    n: usize,
+    version: &str,
+    op: &str,
+) -> Vec<CallEvent> {
+    (0..n)
+        .map(|i| {
+            let mut e: CallEvent =
+                serde_json::from_str(include_str!("../schemas/events/examples/rest_call.json"))
+                    .unwrap();
+            e.id = uuid::Uuid::now_v7();
+            e.time = at + Duration::milliseconds(i as i64 * 500);
+            e.partner_id = partner.into();
+            e.key_id = "key_seeded00000000000".into();
+            e.env = Env::Live;
+            e.api = "demo".into();
+            e.version = version.into();
+            e.operation = op.into();
+            e.method = op.split(' ').next().unwrap().into();
+            e.units = if op.contains("weather") {
+                2.into()
+            } else {
+                1.into()
+            };
+            e
+        })
+        .collect()
+}
+
+/// A second partner, Globex, on the demo plan since two months ago, with usage every day of the
+/// previous month and of this one so far (a weekly rhythm, three operations, two versions).
+async fn seed(data: &Path) -> (String, String) {
+    let now = Utc::now();
+    let this_month = Utc
+        .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+        .unwrap();
+    let prev_month = (this_month - Duration::days(1)).with_day(1).unwrap();
+    let since = (prev_month - Duration::days(1)).with_day(1).unwrap();
+    let text = std::fs::read_to_string(data.join("catalog.toml")).unwrap();
+    let catalog = Catalog::parse("catalog.toml", &text, &|_| {
+        Some("http://127.0.0.1:9".into())
+    })
+    .unwrap();
+    let store = SqliteBillingStore::open(&data.join("billing.db"))
+        .await
+        .unwrap();
+    let globex = "prt_610be8610be8610be861";
+    store
+        .create_partner(
+            globex,
+            "Globex Corporation",
+            &Subscription {
+                plan_id: "demo".into(),
+                plan_version: catalog.plan("demo").unwrap().version.clone(),
+                started_at: since,
+                ended_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    let usage = Arc::new(
+        SqliteUsageStore::open(&data.join("usage.db"))
+            .await
+            .unwrap(),
+    );
+    let mut day = prev_month;
+    let mut batch = Vec::new();
+    while day < now - Duration::hours(2) {
+        let weekday = day.weekday().num_days_from_monday() as usize;
+        let busy = if weekday < 5 { 14 + 3 * weekday } else { 4 };
+        for (h, (version, op, n)) in [
+            ("v1", "GET /weather/{city}", busy),
+            ("v1", "GET /hello", busy / 2 + 3),
+            ("v0", "GET /hello", 3),
+            ("v1", "POST /echo", busy / 3),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            batch.extend(calls(
+                globex,
+                day + Duration::hours(9 + 2 * h as i64),
+                n,
+                version,
+                op,
+            ));
+        }
+        day += Duration::days(1);
+    }
+    usage.insert(&batch).await.unwrap();
+    (globex.to_string(), prev_month.format("%Y-%m").to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_in_headless_chromium() {
+    if let Err(why) = browser_tools() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("the browser test cannot run: {why}");
+        }
+        eprintln!("skipping the browser test: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // First start writes the demo catalog and creates the demo partner; then seed while stopped.
+    Peage::start(&data).interrupt();
+    let (globex, prev_period) = seed(&data).await;
+    // An operator mints links from the command line too; unknown partners are refused.
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_peage"))
+            .arg("sign-in-link")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["--partner", &globex]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("/sign-in#token=psl_"));
+    let out = cli(&["--partner", "prt_000000000000000000aa"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    let p = Peage::start(&data);
+    let client = reqwest::Client::new();
+    // Live calls through the gateway for the demo partner: the other partner of the test.
+    for _ in 0..5 {
+        let r = client
+            .get(format!("{}/demo/v1/hello", p.s("gateway_url")))
+            .bearer_auth(p.s("api_key"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Globex needs a key of its own to rotate.
+    let r = client
+        .post(format!("{}/v1/partners/{globex}/keys", p.s("control_url")))
+        .bearer_auth(p.s("admin_token"))
+        .json(&json!({"env": "live"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let key: Value = r.json().await.unwrap();
+
+    let shots = std::env::var("PEAGE_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| dir.path().join("screenshots"));
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = Command::new("node")
+        .args(["--test", "--test-reporter=spec", "dashboard.test.mjs"])
+        .current_dir(repo().join("tests/browser"))
+        .env("PEAGE_URL", p.s("control_url"))
+        .env("PEAGE_ADMIN_TOKEN", p.s("admin_token"))
+        .env("PEAGE_PARTNER", &globex)
+        .env("PEAGE_PARTNER_KEY", key["key_id"].as_str().unwrap())
+        .env("PEAGE_OTHER_PARTNER", p.s("partner_id"))
+        .env("PEAGE_PERIOD", &prev_period)
+        .env("PEAGE_SCREENSHOTS", &shots)
+        .output()
+        .expect("node runs");
+    let report = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{report}");
+    assert!(out.status.success(), "browser tests failed:\n{report}");
+    for page in [
+        "sign-in",
+        "partner-usage",
+        "partner-usage-phone",
+        "partner-keys",
+        "partner-invoices",
+        "partner-apis",
+        "partner-api-docs",
+        "finance-partners",
+        "finance-invoices",
+    ] {
+        let f = shots.join(format!("{page}.png"));
+        assert!(
+            std::fs::metadata(&f).is_ok_and(|m| m.len() > 10_000),
+            "no screenshot {}",
+            f.display()
+        );
+    }
+    p.interrupt();
+}
