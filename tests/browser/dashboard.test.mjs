@@ -96,10 +96,20 @@ test('finance computes, reviews, finalizes and exports a draft', async () => {
   await page.getByRole('button', { name: 'Apply' }).click();
   const draft = page.getByRole('row').filter({ hasText: 'Globex Corporation' }).filter({ hasText: 'draft' });
   await draft.waitFor();
+  // Review the draft line by line, then finalize it from there.
+  await draft.getByRole('link', { name: /^Review draft/ }).click();
+  await page.getByRole('heading', { name: 'Draft invoice' }).waitFor();
+  await page.getByRole('cell', { name: /^calls: tier 1/ }).waitFor();
+  // Unit prices keep their decimals: tier 2 of the demo plan is 0.005 € a call.
+  const tier2 = page.getByRole('row').filter({ hasText: 'calls: tier 2' });
+  assert.match(await tier2.innerText(), /0[.,]005/);
+  await assertLabelled(page);
+  await shot(page, 'finance-invoice-review');
   page.once('dialog', (d) => d.accept());
-  await draft.getByRole('button', { name: /^finalize/i }).click();
-  await page.getByText(/Finalized as PEAGE-\d{4}-\d{6}/).waitFor();
-  const number = (await page.getByText(/Finalized as/).innerText()).match(/PEAGE-\d{4}-\d{6}/)[0];
+  await page.getByRole('button', { name: 'Finalize' }).click();
+  await page.getByRole('heading', { name: /^Invoice PEAGE-\d{4}-\d{6}$/ }).waitFor();
+  const number = (await page.getByRole('heading', { level: 1 }).innerText()).replace('Invoice ', '');
+  await page.getByRole('link', { name: '← All invoices' }).click();
   const finalized = page.getByRole('row').filter({ hasText: number });
   await finalized.getByText('finalized', { exact: true }).waitFor();
   await assertLabelled(page);
@@ -129,11 +139,14 @@ test('a partner sees its usage, quota and invoice, rotates a key, reads the docs
   assert.ok(hasChart, 'the usage chart is a Chart.js chart');
   // The same numbers as a table; split by operation; hourly.
   await page.getByText('Show the chart as a table').click();
+  // The last 30 days always hold seeded usage, even early on the 1st of a month.
+  await page.locator('select#range').selectOption('30d');
   await page.locator('select#by').selectOption('operation');
   await page.locator('#chart-note', { hasText: 'GET /weather/{city}: ' }).waitFor();
   const perOperation = await page.evaluate(() => window.Chart.getChart('usage-chart').data.datasets.map((d) => d.label));
   assert.ok(perOperation.some((l) => l.includes('GET /weather/{city}')), perOperation.join());
   await page.locator('select#by').selectOption('meter');
+  await page.locator('select#range').selectOption('period');
   await page.locator('#chart-note', { hasText: /^calls: / }).waitFor();
   await page.getByText('Show the chart as a table').click();
   await assertLabelled(page);

@@ -1042,6 +1042,17 @@ macro_rules! ledger_store {
                     link: &DashboardGrant,
                 ) -> Result<(), $crate::BillingStoreError> {
                     let (role, partner) = link.role.columns();
+                    // Housekeeping: links a day past their expiry and sessions a month past
+                    // theirs are of no use any more (not even to tell why a link failed).
+                    let day = chrono::Duration::days(1);
+                    sqlx::query("DELETE FROM dashboard_sign_in_links WHERE expires_at < $1")
+                        .bind(ts(link.created_at - day))
+                        .execute(&self.pool)
+                        .await?;
+                    sqlx::query("DELETE FROM dashboard_sessions WHERE expires_at < $1")
+                        .bind(ts(link.created_at - day * 30))
+                        .execute(&self.pool)
+                        .await?;
                     sqlx::query(
                         "INSERT INTO dashboard_sign_in_links (token_hash, role, partner_id, created_at, expires_at) \
                          VALUES ($1, $2, $3, $4, $5)",

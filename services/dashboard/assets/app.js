@@ -70,6 +70,12 @@
       return new Intl.NumberFormat(undefined, { style: 'currency', currency }).format(dec(amount));
     } catch (_) { return amount + ' ' + currency; }
   }
+  // Unit prices keep every decimal they have (0.005 € a call is not 0.01 €).
+  function unitMoney(amount, currency) {
+    try {
+      return new Intl.NumberFormat(undefined, { style: 'currency', currency, maximumFractionDigits: 10 }).format(dec(amount));
+    } catch (_) { return amount + ' ' + currency; }
+  }
   const num = (s) => new Intl.NumberFormat(undefined, { maximumFractionDigits: 3 }).format(dec(s));
   function when(t, tz, withTime) {
     if (!t) return '—';
@@ -200,7 +206,7 @@
           h('div', { class: 'label', text: 'Period elapsed' }),
           h('div', { class: 'value', text: Math.round(elapsed * 100) + ' %' }),
           h('div', { class: 'sub', text: usageLines.length
-            ? `at this pace, about ${num(Math.round(usageLines.reduce((s, l) => s + dec(l.quantity), 0) / elapsed))} ${usageLines[0].meter} by period end`
+            ? `at this pace, about ${num(Math.round(usageLines.filter((l) => l.meter === usageLines[0].meter).reduce((s, l) => s + dec(l.quantity), 0) / elapsed))} ${usageLines[0].meter} by period end`
             : 'no metered charges yet' })));
     } else {
       cards.append(h('div', { class: 'card' }, h('div', { class: 'label', text: 'Running cost' }), h('div', { class: 'sub', text: upcoming.error || 'No period running' })));
@@ -238,7 +244,7 @@
         inv.lines.map((l) => h('tr', {},
           h('td', { text: l.description }),
           h('td', { class: 'num', text: num(l.quantity) }),
-          h('td', { class: 'num hide-narrow', text: money(l.unit_price, inv.currency) }),
+          h('td', { class: 'num hide-narrow', text: unitMoney(l.unit_price, inv.currency) }),
           h('td', { class: 'num', text: money(l.amount, inv.currency) }))).concat([
           h('tr', {}, h('th', { scope: 'row', text: 'Subtotal' }), h('td'), h('td', { class: 'hide-narrow' }), h('td', { class: 'num', text: money(inv.subtotal, inv.currency) })),
           inv.tax ? h('tr', {}, h('th', { scope: 'row', text: `${inv.tax.label} ${dec(inv.tax.rate) * 100} %` }), h('td'), h('td', { class: 'hide-narrow' }), h('td', { class: 'num', text: money(inv.tax.amount, inv.currency) })) : null,
@@ -262,6 +268,7 @@
       }
     });
     let lastSeries = null;
+    let asked = 0;
     async function refresh() {
       const q = new URLSearchParams({ granularity: field('granularity').value, by: field('by').value, tz: field('tz').value });
       const range = field('range').value, now = Date.now();
@@ -274,12 +281,15 @@
         q.set('to', new Date(new Date(field('to').value + 'T00:00:00Z').getTime() + 864e5).toISOString());
       }
       chartNote.textContent = 'Loading…';
+      const mine = ++asked; // answers can arrive out of order: only the latest one is drawn
       try {
         const data = await api(`/v1/partners/${encodeURIComponent(partnerId)}/usage/series?${q}`);
+        if (mine !== asked) return;
         lastSeries = data.usage;
         drawSeries();
+        chartNote.append(` · updated ${new Date().toLocaleTimeString()}, every 30 s while shown`);
       } catch (e) {
-        chartNote.textContent = 'Could not load usage: ' + e.message;
+        if (mine === asked) chartNote.textContent = 'Could not load usage: ' + e.message;
       }
     }
     function drawSeries() {
@@ -332,6 +342,20 @@
     }
     controls.addEventListener('change', (ev) => { if (ev.target.id === 'meter') drawSeries(); else refresh(); });
     await refresh();
+    // Live: calls show within seconds, so the chart and the running cost follow by themselves
+    // while the page is visible (and stop when another page replaces this one).
+    const costBox = main.querySelector('#running-cost');
+    const timer = setInterval(async () => {
+      if (document.visibilityState !== 'visible' || !main.contains(chartBox)) return;
+      await refresh();
+      if (costBox) {
+        try {
+          const up = await api(`/v1/partners/${encodeURIComponent(partnerId)}/invoices/upcoming`);
+          costBox.textContent = money(up.invoice.total, up.invoice.currency);
+        } catch (_) { /* keep the last figure */ }
+      }
+    }, 30000);
+    charts.push({ destroy: () => clearInterval(timer) });
   }
 
   function drawQuotas(panel, quotas, tz) {
@@ -484,7 +508,7 @@
       list.replaceChildren(rows.length ? table(head, rows.map((r) => {
         const i = r.invoice;
         return h('tr', { 'data-invoice': r.id },
-          h('td', {}, h('div', { class: 'mono', text: r.number || 'draft' }), h('div', { class: 'muted mono', text: r.id })),
+          h('td', {}, link(`/app/invoices/${encodeURIComponent(r.id)}`, r.number || 'Draft', { class: 'mono', 'aria-label': `Review ${r.number || 'draft'} ${r.id}` }), h('div', { class: 'muted mono', text: r.id })),
           h('td', { text: r.period_label }),
           finance ? h('td', { text: partners[r.partner_id] || r.partner_id }) : null,
           h('td', {}, badge(r.status)),
@@ -513,6 +537,38 @@
       finance ? h('section', { class: 'panel' }, h('h2', { text: 'Invoice run' }), runBox) : null,
       h('section', { class: 'panel' }, filters, h('p', {}, exportLink), list));
     await load();
+  }
+
+  async function invoicePage(id) {
+    const r = await api(`/v1/invoices/${encodeURIComponent(id)}`);
+    const i = r.invoice, cur = i.currency, finance = session.role !== 'partner';
+    const partnerName = finance ? ((await api(`/v1/partners/${encodeURIComponent(r.partner_id)}`)).name) : session.partner_name;
+    const rowsOf = (label, amount) => h('tr', {}, h('th', { scope: 'row', colspan: 3, text: label }), h('td', { class: 'num', text: money(amount, cur) }));
+    const act = (verb, cls, question) => h('button', { type: 'button', class: cls, text: verb[0].toUpperCase() + verb.slice(1), onclick: async () => {
+      if (!confirm(question)) return;
+      try {
+        const done = await api(`/v1/invoices/${encodeURIComponent(r.id)}/${verb}`, { method: 'POST' });
+        toast(verb === 'finalize' ? `Finalized as ${done.number}.` : `Voided ${done.number || done.id}.`);
+        await invoicePage(id);
+      } catch (e) { toast(`Could not ${verb}: ${e.message}`); }
+    } });
+    const actions = h('div', { class: 'actions' }, Array.from(downloads(r).childNodes),
+      finance && r.status === 'draft' ? act('finalize', '', `Finalize this invoice for ${r.period_label}? It gets a number and can no longer change.`) : null,
+      finance && r.status === 'finalized' ? act('void', 'danger', `Void ${r.number}? The number is kept; credits taken are given back.`) : null);
+    page(r.number ? `Invoice ${r.number}` : 'Draft invoice',
+      h('p', {}, link('/app/invoices', '← All invoices')),
+      h('div', { class: 'cards' },
+        h('div', { class: 'card' }, h('div', { class: 'label', text: 'Partner' }), h('div', { class: 'value', text: partnerName || r.partner_id }), h('div', { class: 'sub mono', text: r.partner_id })),
+        h('div', { class: 'card' }, h('div', { class: 'label', text: 'Period' }), h('div', { class: 'value', text: r.period_label }), h('div', { class: 'sub', text: `${when(i.period.start, i.timezone)} – ${when(new Date(new Date(i.period.end) - 1), i.timezone)} (${i.timezone})` })),
+        h('div', { class: 'card' }, h('div', { class: 'label', text: 'Amount due' }), h('div', { class: 'value', text: money(i.amount_due, cur) }), h('div', {}, badge(r.status)))),
+      h('section', { class: 'panel' }, h('h2', { text: 'Lines' }),
+        table(['Line', ['Quantity', 'num'], ['Unit price', 'num hide-narrow'], ['Amount', 'num']],
+          i.lines.map((l) => h('tr', {}, h('td', { text: l.description }), h('td', { class: 'num', text: num(l.quantity) }), h('td', { class: 'num hide-narrow', text: unitMoney(l.unit_price, cur) }), h('td', { class: 'num', text: money(l.amount, cur) })))
+            .concat([rowsOf('Subtotal', i.subtotal), i.tax ? rowsOf(`${i.tax.label} ${dec(i.tax.rate) * 100} %`, i.tax.amount) : null, rowsOf('Total', i.total),
+              dec(i.credits_applied) ? rowsOf('Prepaid credits', '-' + i.credits_applied) : null, rowsOf('Amount due', i.amount_due)]),
+          'Invoice lines'),
+        h('p', { class: 'muted', text: `Plan ${i.plan_id} (version ${i.plan_version.slice(0, 12)}) · created ${when(r.created_at, undefined, true)}${r.finalized_at ? ' · finalized ' + when(r.finalized_at, undefined, true) : ''}${r.voided_at ? ' · voided ' + when(r.voided_at, undefined, true) : ''}` })),
+      actions);
   }
 
   // ---------- finance: partners ----------
@@ -599,6 +655,7 @@
       if (path === '/app' || path === '') await (session.role === 'partner' ? usagePage(session.partner_id) : partnersPage());
       else if (path === '/app/keys' && session.role === 'partner') await keysPage(session.partner_id);
       else if (path === '/app/invoices') await invoicesPage();
+      else if ((r = m(/^\/app\/invoices\/([^/]+)$/))) await invoicePage(decodeURIComponent(r[1]));
       else if (path === '/app/apis') await apisPage();
       else if ((r = m(/^\/app\/apis\/([^/]+)\/([^/]+)$/))) await apiDocPage(decodeURIComponent(r[1]), decodeURIComponent(r[2]));
       else if ((r = m(/^\/app\/partners\/([^/]+)$/)) && session.role !== 'partner') await usagePage(decodeURIComponent(r[1]));

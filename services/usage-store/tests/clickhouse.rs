@@ -4,14 +4,35 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use chrono::{DateTime, TimeDelta, TimeZone, Utc};
-use peage_core::meter::{Aggregation, Dimension, MeterField};
+use chrono::{DateTime, DurationRound, TimeDelta, TimeZone, Utc};
+use peage_core::meter::{Aggregation, Dimension, MeterField, RollupRow};
 use peage_core::{CallEvent, Env, Meter};
 use peage_usage_store::clickhouse::Rollup;
 use peage_usage_store::{
     ClickHouseConfig, ClickHouseUsageStore, LoggedEvent, UsageQuery, UsageStore,
 };
 use rust_decimal::Decimal;
+
+type HourKey = (DateTime<Utc>, String, String, String, u16);
+
+/// Sums rollup rows per hour and dimensions: (calls, units, request bytes).
+fn per_hour(rows: &[(DateTime<Utc>, RollupRow)]) -> BTreeMap<HourKey, (u64, Decimal, u64)> {
+    let mut out: BTreeMap<HourKey, (u64, Decimal, u64)> = BTreeMap::new();
+    for (hour, r) in rows {
+        let key = (
+            *hour,
+            r.api.clone(),
+            r.version.clone(),
+            r.operation.clone(),
+            r.status,
+        );
+        let cell = out.entry(key).or_default();
+        cell.0 += r.calls;
+        cell.1 += r.units;
+        cell.2 += r.request_bytes;
+    }
+    out
+}
 
 async fn store() -> Option<ClickHouseUsageStore> {
     let url = std::env::var("PEAGE_TEST_CLICKHOUSE_URL").unwrap_or("http://127.0.0.1:8123".into());
@@ -245,6 +266,27 @@ async fn rollups_raw_events_and_the_embedded_engine_agree_and_positions_are_kept
         .collect();
     sent.sort_by_key(|e| e.time);
     assert_eq!(back, sent);
+
+    // The hourly rollups the dashboard charts hold exactly each hour's raw events, here and in
+    // the embedded store.
+    let reference: Vec<(DateTime<Utc>, RollupRow)> = sent
+        .iter()
+        .map(|e| {
+            let hour = e.time.duration_trunc(TimeDelta::hours(1)).unwrap();
+            (hour, RollupRow::of(e))
+        })
+        .collect();
+    let clickhouse = store.hourly_rollups(&q).await.unwrap();
+    assert_eq!(per_hour(&clickhouse), per_hour(&reference));
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = peage_usage_store::SqliteUsageStore::open(&dir.path().join("usage.db"))
+        .await
+        .unwrap();
+    embedded.insert(&all).await.unwrap();
+    assert_eq!(
+        per_hour(&embedded.hourly_rollups(&q).await.unwrap()),
+        per_hour(&reference)
+    );
 
     // Dedup by id for events from outside the log.
     let stored = store.stored_ids(&all[..10]).await.unwrap();
