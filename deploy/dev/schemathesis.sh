@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Fuzzes the control API from its committed OpenAPI document with schemathesis (PyPI): starts a
-# fresh `peage up --demo`, runs every operation of schemas/openapi/control-api.yaml with
-# generated valid and invalid input (admin token), and fails on any server error (5xx) or a
-# response the server could not complete. Run by deploy/dev/test-all.sh (and so by CI).
+# fresh `peage up --demo` and runs every operation of schemas/openapi/control-api.yaml with
+# generated valid and invalid input (admin token) twice, once with generated ids and once with
+# real ones (so requests get past the lookups), failing on any server error (5xx) or a response
+# the server could not complete. Run by deploy/dev/test-all.sh (and so by CI).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
@@ -24,15 +25,53 @@ done
 url=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["control_url"])' "$data/demo.json")
 token=$(cat "$data/admin-token")
 mkdir -p target/schemathesis
-echo "schemathesis: fuzzing $url from schemas/openapi/control-api.yaml"
-"$SCHEMATHESIS" run schemas/openapi/control-api.yaml \
-    --url "$url" \
-    --header "Authorization: Bearer $token" \
-    --checks not_a_server_error \
-    --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-30}" \
-    --seed "${SCHEMATHESIS_SEED:-20261128}" \
-    --workers 2 \
-    --request-timeout 20 \
-    --report junit --report-dir target/schemathesis
-# The server must still be up and answering after the run.
+auth="Authorization: Bearer $token"
+run() { # label, extra arguments…
+    local label=$1; shift
+    echo "schemathesis ($label): fuzzing $url from schemas/openapi/control-api.yaml"
+    "$SCHEMATHESIS" "$@" run schemas/openapi/control-api.yaml \
+        --url "$url" \
+        --header "$auth" \
+        --checks not_a_server_error \
+        --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-30}" \
+        --seed "${SCHEMATHESIS_SEED:-20261128}" \
+        --workers 2 \
+        --request-timeout 20 \
+        --report junit --report-junit-path "target/schemathesis/$label.xml"
+}
+
+# 1. Generated ids everywhere: unknown partners, keys and invoices must be clean 4xx.
+run random-ids
+
+# 2. Real ids: the demo partner, one of its keys, an invoice of this month and the demo API, so
+#    generated bodies and queries reach the handlers behind the lookups.
+curl -fsS -H "$auth" -H 'content-type: application/json' \
+    -d "{\"period\": \"$(date -u +%Y-%m)\"}" "$url/v1/invoices/run" >/dev/null
+ids=$(python3 - "$data/demo.json" "$url" "$token" <<'PY'
+import json, sys, urllib.request
+demo, url, token = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
+def get(path):
+    req = urllib.request.Request(url + path, headers={"Authorization": "Bearer " + token})
+    return json.load(urllib.request.urlopen(req))
+partner = demo["partner_id"]
+key = get(f"/v1/partners/{partner}/keys")["keys"][0]["key_id"]
+invoice = get(f"/v1/invoices?partner_id={partner}")["invoices"][0]["id"]
+print(partner, key, invoice)
+PY
+)
+read -r partner key invoice <<<"$ids"
+cat >"$data/schemathesis.toml" <<TOML
+[parameters]
+"path.id" = "$partner"
+"path.key_id" = "$key"
+"path.api" = "demo"
+"path.version" = "v1"
+
+[[operations]]
+include-path-regex = "^/v1/invoices/"
+parameters = { "path.id" = "$invoice" }
+TOML
+run real-ids --config-file "$data/schemathesis.toml"
+
+# The server must still be up and answering after both runs.
 curl -fsS "$url/healthz" >/dev/null
