@@ -92,15 +92,15 @@ pub struct WebhookDelivery {
 }
 
 /// Who a dashboard sign-in link or session belongs to: finance (every partner) or one partner.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "role", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DashboardRole {
     Finance,
     Partner { partner_id: String },
 }
 
 impl DashboardRole {
-    pub(crate) fn columns(&self) -> (&'static str, Option<&str>) {
+    /// The role's name (`finance` or `partner`) and its partner, as stored.
+    pub fn columns(&self) -> (&'static str, Option<&str>) {
         match self {
             DashboardRole::Finance => ("finance", None),
             DashboardRole::Partner { partner_id } => ("partner", Some(partner_id)),
@@ -123,11 +123,9 @@ impl DashboardRole {
 }
 
 /// A one-time sign-in link (only the SHA-256 of its token is stored) or a session made from one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DashboardGrant {
-    #[serde(skip)]
     pub token_hash: String,
-    #[serde(flatten)]
     pub role: DashboardRole,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,

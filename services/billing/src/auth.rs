@@ -28,12 +28,13 @@ use bytes::Bytes;
 use chrono::{Duration, Utc};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use peage_billing_store::{DashboardGrant, DashboardRole};
+use peage_core::{InvoiceRecord, InvoiceStatus};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
-use crate::routes::{body, existing_partner};
+use crate::routes::body;
 use crate::{ApiError, ControlApi};
 
 pub const SESSION_COOKIE: &str = "peage_session";
@@ -63,11 +64,31 @@ impl Principal {
         }
     }
 
+    /// Whether the caller may see this invoice: staff every one; a partner its own, once
+    /// finance has finalized it (drafts are finance's work in progress).
+    pub fn may_see_invoice(&self, invoice: &InvoiceRecord) -> bool {
+        match self {
+            Principal::Staff { .. } => true,
+            Principal::Partner(own) => {
+                *own == invoice.partner_id && invoice.status != InvoiceStatus::Draft
+            }
+        }
+    }
+
     /// The partner a partner session is limited to; `None` for staff.
     pub fn own_partner(&self) -> Option<&str> {
         match self {
             Principal::Staff { .. } => None,
             Principal::Partner(p) => Some(p),
+        }
+    }
+}
+
+impl From<DashboardRole> for Principal {
+    fn from(role: DashboardRole) -> Principal {
+        match role {
+            DashboardRole::Finance => Principal::Staff { session: true },
+            DashboardRole::Partner { partner_id } => Principal::Partner(partner_id),
         }
     }
 }
@@ -131,10 +152,7 @@ pub(crate) async fn authenticate(
                     "a dashboard session's writes must carry the {CSRF_HEADER} header"
                 )));
             }
-            match grant.role {
-                DashboardRole::Finance => Principal::Staff { session: true },
-                DashboardRole::Partner { partner_id } => Principal::Partner(partner_id),
-            }
+            Principal::from(grant.role)
         }
     };
     req.extensions_mut().insert(principal);
@@ -178,7 +196,7 @@ pub struct SignInLink {
 
 #[utoipa::path(post, path = "/v1/sign-in-links", tag = "dashboard",
     request_body = NewSignInLink,
-    responses((status = 201, body = SignInLink), (status = 400), (status = 401), (status = 404)),
+    responses((status = 201, body = SignInLink), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized), (status = 404, response = crate::openapi::NotFound)),
     security(("admin" = [])))]
 pub(crate) async fn create_sign_in_link(
     State(api): State<Arc<ControlApi>>,
@@ -187,69 +205,50 @@ pub(crate) async fn create_sign_in_link(
     let req: NewSignInLink = body(&raw)?;
     let role = match (req.role.as_deref(), req.partner_id) {
         (Some("finance"), None) => DashboardRole::Finance,
-        (None | Some("partner"), Some(id)) => {
-            let partner = existing_partner(&api, &id).await?;
-            DashboardRole::Partner {
-                partner_id: partner.id,
-            }
-        }
+        (None | Some("partner"), Some(partner_id)) => DashboardRole::Partner { partner_id },
         _ => {
             return Err(ApiError::BadRequest(
                 "give either partner_id, or \"role\": \"finance\" without a partner_id".into(),
             ))
         }
     };
-    let now = Utc::now();
-    let token = new_token("psl_");
-    let grant = DashboardGrant {
-        token_hash: token_hash(&token),
-        role: role.clone(),
-        created_at: now,
-        expires_at: now + Duration::minutes(LINK_TTL_MINUTES),
-    };
-    api.store.create_sign_in_link(&grant).await?;
-    let (role_name, partner_id) = match role {
-        DashboardRole::Finance => ("finance", None),
-        DashboardRole::Partner { partner_id } => ("partner", Some(partner_id)),
-    };
-    tracing::info!(role = role_name, partner_id = ?partner_id, "dashboard sign-in link created");
-    let link = SignInLink {
-        path: format!("/sign-in#token={token}"),
-        token,
-        role: role_name.into(),
-        partner_id,
-        expires_at: grant.expires_at,
-    };
+    let link = sign_in_link(api.store.as_ref(), role).await?;
+    tracing::info!(role = %link.role, partner_id = ?link.partner_id, "dashboard sign-in link created");
     let mut r = (StatusCode::CREATED, Json(link)).into_response();
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(r)
 }
 
-/// Creates a sign-in link without going through HTTP (for `peage up` and `peage sign-in-link`):
-/// the path to open on the control API's address.
+/// Creates a one-time sign-in link for `role` (an existing partner, or finance): what
+/// `POST /v1/sign-in-links`, `peage up` and `peage sign-in-link` hand out.
 pub async fn sign_in_link(
     store: &dyn peage_billing_store::BillingStore,
     role: DashboardRole,
-) -> Result<String, ApiError> {
-    if let DashboardRole::Partner { partner_id } = &role {
-        if store.partner(partner_id).await?.is_none() {
-            return Err(ApiError::NotFound(format!(
-                "partner {partner_id} not found"
-            )));
+) -> Result<SignInLink, ApiError> {
+    let (role_name, partner_id) = role.columns();
+    let (role_name, partner_id) = (role_name.to_string(), partner_id.map(String::from));
+    if let Some(id) = &partner_id {
+        if store.partner(id).await?.is_none() {
+            return Err(ApiError::NotFound(format!("partner {id} not found")));
         }
     }
     let now = Utc::now();
     let token = new_token("psl_");
-    store
-        .create_sign_in_link(&DashboardGrant {
-            token_hash: token_hash(&token),
-            role,
-            created_at: now,
-            expires_at: now + Duration::minutes(LINK_TTL_MINUTES),
-        })
-        .await?;
-    Ok(format!("/sign-in#token={token}"))
+    let grant = DashboardGrant {
+        token_hash: token_hash(&token),
+        role,
+        created_at: now,
+        expires_at: now + Duration::minutes(LINK_TTL_MINUTES),
+    };
+    store.create_sign_in_link(&grant).await?;
+    Ok(SignInLink {
+        path: format!("/sign-in#token={token}"),
+        token,
+        role: role_name,
+        partner_id,
+        expires_at: grant.expires_at,
+    })
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -301,7 +300,8 @@ fn over_https(headers: &HeaderMap) -> bool {
 #[utoipa::path(post, path = "/auth/sign-in", tag = "dashboard",
     request_body = SignIn,
     responses((status = 200, body = SessionInfo, description = "Signed in; the session cookie is set"),
-              (status = 400), (status = 401, description = "Unknown, used or expired link")))]
+              (status = 400, response = crate::openapi::BadRequest),
+              (status = 401, description = "Unknown, used or expired link", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
 pub(crate) async fn sign_in(
     State(api): State<Arc<ControlApi>>,
     headers: HeaderMap,
@@ -320,10 +320,7 @@ pub(crate) async fn sign_in(
         )
         .await?
         .ok_or(ApiError::Unauthorized)?;
-    let who = match grant.role {
-        DashboardRole::Finance => Principal::Staff { session: true },
-        DashboardRole::Partner { partner_id } => Principal::Partner(partner_id),
-    };
+    let who = Principal::from(grant.role);
     tracing::info!(principal = ?who, "dashboard session opened");
     let mut r = Json(session_info(&api, &who).await?).into_response();
     r.headers_mut().insert(
@@ -353,7 +350,7 @@ pub(crate) async fn sign_out(
 }
 
 #[utoipa::path(get, path = "/v1/session", tag = "dashboard",
-    responses((status = 200, body = SessionInfo), (status = 401)),
+    responses((status = 200, body = SessionInfo), (status = 401, response = crate::openapi::Unauthorized)),
     security(("admin" = []), ("session" = [])))]
 pub(crate) async fn whoami(
     State(api): State<Arc<ControlApi>>,

@@ -104,7 +104,7 @@ pub struct ListParams {
     path = "/v1/invoices",
     tag = "invoices",
     params(ListParams),
-    responses((status = 200, description = "Invoices (JSON, or CSV with format=csv)", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "Invoices (JSON, or CSV with format=csv)", body = Object), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized), (status = 404, response = crate::openapi::NotFound)),
     security(("admin" = []), ("session" = [])))]
 pub async fn list(
     State(api): Api,
@@ -145,10 +145,7 @@ pub async fn list(
             partner_id,
         })
         .await?;
-    // Drafts are finance's work in progress: partners see invoices once finalized.
-    if who.own_partner().is_some() {
-        records.retain(|r| r.status != InvoiceStatus::Draft);
-    }
+    records.retain(|r| who.may_see_invoice(r));
     respond(&api, format, &records, "invoices").await
 }
 
@@ -162,7 +159,7 @@ pub(crate) struct RunRequest {
     path = "/v1/invoices/run",
     tag = "invoices",
     request_body = RunRequest,
-    responses((status = 200, description = "What the run did", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "What the run did", body = Object), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden)),
     security(("admin" = []), ("session" = [])))]
 pub async fn run(State(api): Api, raw: Bytes) -> Result<Response, ApiError> {
     let req: RunRequest = body(&raw)?;
@@ -182,7 +179,7 @@ async fn existing_invoice(api: &ControlApi, id: &str) -> Result<InvoiceRecord, A
     path = "/v1/invoices/{id}",
     tag = "invoices",
     params(("id" = String, Path, description = "Invoice id"), crate::routes::InvoiceParams),
-    responses((status = 200, description = "The invoice (JSON, CSV or PDF)", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "The invoice (JSON, CSV or PDF)", body = Object), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized), (status = 404, response = crate::openapi::NotFound)),
     security(("admin" = []), ("session" = [])))]
 pub async fn get(
     State(api): Api,
@@ -192,8 +189,7 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let format = Format::parse(q.format.as_deref(), true)?;
     let record = existing_invoice(&api, &id).await?;
-    let hidden_draft = who.own_partner().is_some() && record.status == InvoiceStatus::Draft;
-    if who.may_see(&record.partner_id).is_err() || hidden_draft {
+    if !who.may_see_invoice(&record) {
         return Err(ApiError::NotFound(format!("invoice {id} not found")));
     }
     let name = record.number.clone().unwrap_or_else(|| record.id.clone());
@@ -204,7 +200,7 @@ pub async fn get(
     path = "/v1/invoices/{id}/finalize",
     tag = "invoices",
     params(("id" = String, Path, description = "Invoice id")),
-    responses((status = 200, description = "The finalized, numbered invoice", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 409, description = "Conflicts with the current state", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "The finalized, numbered invoice", body = Object), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden), (status = 404, response = crate::openapi::NotFound), (status = 409, response = crate::openapi::Conflict)),
     security(("admin" = []), ("session" = [])))]
 pub async fn finalize(State(api): Api, Path(id): Path<String>) -> Result<Response, ApiError> {
     Ok(Json(api.invoicing.finalize(&id, Utc::now()).await?).into_response())
@@ -214,7 +210,7 @@ pub async fn finalize(State(api): Api, Path(id): Path<String>) -> Result<Respons
     path = "/v1/invoices/{id}/void",
     tag = "invoices",
     params(("id" = String, Path, description = "Invoice id")),
-    responses((status = 200, description = "The void invoice", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 409, description = "Conflicts with the current state", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "The void invoice", body = Object), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden), (status = 404, response = crate::openapi::NotFound), (status = 409, response = crate::openapi::Conflict)),
     security(("admin" = []), ("session" = [])))]
 pub async fn void(State(api): Api, Path(id): Path<String>) -> Result<Response, ApiError> {
     Ok(Json(api.invoicing.void(&id, Utc::now()).await?).into_response())
@@ -243,7 +239,7 @@ pub(crate) struct TaxRequest {
     tag = "invoices",
     params(("id" = String, Path, description = "Partner id")),
     request_body = ProfileRequest,
-    responses((status = 200, description = "The billing profile", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "The billing profile", body = Object), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden), (status = 404, response = crate::openapi::NotFound)),
     security(("admin" = []), ("session" = [])))]
 pub async fn put_profile(
     State(api): Api,
@@ -281,7 +277,7 @@ pub async fn put_profile(
     path = "/v1/partners/{id}/billing",
     tag = "invoices",
     params(("id" = String, Path, description = "Partner id")),
-    responses((status = 200, description = "The billing profile", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "The billing profile", body = Object), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden), (status = 404, response = crate::openapi::NotFound)),
     security(("admin" = []), ("session" = [])))]
 pub async fn get_profile(State(api): Api, Path(id): Path<String>) -> Result<Response, ApiError> {
     let partner = existing_partner(&api, &id).await?;
@@ -311,7 +307,7 @@ pub(crate) struct CreditRequest {
     tag = "invoices",
     params(("id" = String, Path, description = "Partner id")),
     request_body = CreditRequest,
-    responses((status = 201, description = "The credit entry", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 201, description = "The credit entry", body = Object), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden), (status = 404, response = crate::openapi::NotFound)),
     security(("admin" = []), ("session" = [])))]
 pub async fn add_credit(
     State(api): Api,
@@ -346,7 +342,7 @@ pub async fn add_credit(
     path = "/v1/partners/{id}/credits",
     tag = "invoices",
     params(("id" = String, Path, description = "Partner id")),
-    responses((status = 200, description = "Balances and entries", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "Balances and entries", body = Object), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden), (status = 404, response = crate::openapi::NotFound)),
     security(("admin" = []), ("session" = [])))]
 pub async fn credits(State(api): Api, Path(id): Path<String>) -> Result<Response, ApiError> {
     let partner = existing_partner(&api, &id).await?;
@@ -376,7 +372,7 @@ pub(crate) struct EndpointRequest {
     path = "/v1/webhooks",
     tag = "webhooks",
     request_body = EndpointRequest,
-    responses((status = 201, description = "The endpoint, with its secret shown this once", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 201, description = "The endpoint, with its secret shown this once", body = Object), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden)),
     security(("admin" = []), ("session" = [])))]
 pub async fn add_webhook(State(api): Api, raw: Bytes) -> Result<Response, ApiError> {
     let req: EndpointRequest = body(&raw)?;
@@ -425,7 +421,7 @@ pub async fn add_webhook(State(api): Api, raw: Bytes) -> Result<Response, ApiErr
 #[utoipa::path(get,
     path = "/v1/webhooks",
     tag = "webhooks",
-    responses((status = 200, description = "Webhook endpoints", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "Webhook endpoints", body = Object), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden)),
     security(("admin" = []), ("session" = [])))]
 pub async fn webhooks(State(api): Api) -> Result<Response, ApiError> {
     Ok(Json(json!({ "endpoints": api.store.webhook_endpoints().await? })).into_response())
@@ -441,7 +437,7 @@ pub struct DeliveryParams {
     path = "/v1/webhooks/deliveries",
     tag = "webhooks",
     params(DeliveryParams),
-    responses((status = 200, description = "The latest deliveries", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "The latest deliveries", body = Object), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden)),
     security(("admin" = []), ("session" = [])))]
 pub async fn deliveries(
     State(api): Api,

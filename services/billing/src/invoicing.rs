@@ -79,9 +79,17 @@ pub struct RunError {
 
 /// The partner's billing time zone (UTC unless their billing profile names one).
 pub async fn partner_time_zone(store: &dyn BillingStore, partner_id: &str) -> Result<Tz, ApiError> {
-    match store.billing_profile(partner_id).await? {
-        Some(p) => parse_time_zone(&p.timezone).map_err(ApiError::Conflict),
-        None => Ok(Tz::UTC),
+    let profile = store.billing_profile(partner_id).await?;
+    zone_of(profile.as_ref())
+        .map(|(tz, _)| tz)
+        .map_err(ApiError::Conflict)
+}
+
+/// The time zone a billing profile names, and its name; UTC without a profile.
+fn zone_of(profile: Option<&BillingProfile>) -> Result<(Tz, String), String> {
+    match profile {
+        Some(p) => Ok((parse_time_zone(&p.timezone)?, p.timezone.clone())),
+        None => Ok((Tz::UTC, "UTC".to_string())),
     }
 }
 
@@ -109,15 +117,9 @@ impl PartnerBook {
         finalized: Vec<InvoiceRecord>,
         balances: HashMap<String, Decimal>,
     ) -> Result<PartnerBook, ApiError> {
-        let (tz, tz_name, tax) = match profile {
-            Some(p) => (
-                parse_time_zone(&p.timezone)
-                    .map_err(|e| ApiError::Conflict(format!("partner {}: {e}", partner.id)))?,
-                p.timezone.clone(),
-                p.tax.clone(),
-            ),
-            None => (Tz::UTC, "UTC".to_string(), None),
-        };
+        let (tz, tz_name) = zone_of(profile)
+            .map_err(|e| ApiError::Conflict(format!("partner {}: {e}", partner.id)))?;
+        let tax = profile.and_then(|p| p.tax.clone());
         Ok(PartnerBook {
             partner,
             tz,

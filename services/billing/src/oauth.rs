@@ -149,7 +149,7 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     path = "/oauth/token",
     tag = "oauth",
     request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 200, description = "An access token", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
+    responses((status = 200, description = "An access token", body = Object), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized)))]
 pub async fn token(State(api): State<Arc<ControlApi>>, headers: HeaderMap, raw: Bytes) -> Response {
     let form: TokenForm = match serde_urlencoded::from_bytes(&raw) {
         Ok(f) => f,
@@ -302,7 +302,7 @@ pub async fn jwks(State(api): State<Arc<ControlApi>>) -> Result<Response, ApiErr
 #[utoipa::path(post,
     path = "/v1/oauth/signing-keys/rotate",
     tag = "oauth",
-    responses((status = 201, description = "The new signing key", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 201, description = "The new signing key", body = Object), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden)),
     security(("admin" = []), ("session" = [])))]
 pub async fn rotate(State(api): State<Arc<ControlApi>>) -> Result<Response, ApiError> {
     let key = new_signing_key(Utc::now());
@@ -337,7 +337,7 @@ pub(crate) struct IssuerRequest {
     tag = "oauth",
     params(("id" = String, Path, description = "Partner id")),
     request_body = IssuerRequest,
-    responses((status = 200, description = "The trusted issuer", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 409, description = "Conflicts with the current state", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "The trusted issuer", body = Object), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden), (status = 404, response = crate::openapi::NotFound), (status = 409, response = crate::openapi::Conflict)),
     security(("admin" = []), ("session" = [])))]
 pub async fn put_issuer(
     State(api): State<Arc<ControlApi>>,

@@ -3,7 +3,7 @@
 //! router in [`crate::ControlApi::routes`].
 
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi, ToResponse, ToSchema};
 
 /// An RFC 9457 problem: every error of the control API.
 #[derive(ToSchema)]
@@ -15,6 +15,27 @@ pub struct ProblemDoc {
     title: String,
     status: u16,
     detail: Option<String>,
+}
+
+/// The refusals most routes share, each a problem with its status; routes whose refusal says
+/// more than these describe it in place.
+macro_rules! problem_responses {
+    ($($name:ident: $description:literal),* $(,)?) => {
+        $(
+            #[derive(ToResponse)]
+            #[response(description = $description, content_type = "application/problem+json")]
+            #[allow(dead_code)]
+            pub struct $name(ProblemDoc);
+        )*
+    };
+}
+
+problem_responses! {
+    BadRequest: "Invalid input",
+    Unauthorized: "No admin token or session",
+    Forbidden: "Not allowed for this session",
+    NotFound: "Not found (or another partner's)",
+    Conflict: "Conflicts with the current state",
 }
 
 /// `POST /v1/quota/leases` (what gateways send): a lease of `want` units of `meter`.
@@ -67,7 +88,10 @@ impl Modify for Security {
                        Errors are `application/problem+json`.",
         license(name = "Apache-2.0")
     ),
-    components(schemas(ProblemDoc)),
+    components(
+        schemas(ProblemDoc),
+        responses(BadRequest, Unauthorized, Forbidden, NotFound, Conflict)
+    ),
     modifiers(&Security),
     tags(
         (name = "catalog", description = "APIs and plans as loaded"),

@@ -159,7 +159,7 @@ impl ControlApi {
     path = "/v1/quota/leases",
     tag = "usage",
     request_body = crate::openapi::LeaseRequestDoc,
-    responses((status = 200, description = "The lease granted", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "The lease granted", body = Object), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden), (status = 404, response = crate::openapi::NotFound)),
     security(("admin" = []), ("session" = [])))]
 pub async fn lease(State(api): State<Arc<ControlApi>>, raw: Bytes) -> Result<Response, ApiError> {
     let req: LeaseRequest = body(&raw)?;
@@ -200,7 +200,7 @@ struct QuotaState {
     path = "/v1/partners/{id}/quotas",
     tag = "usage",
     params(("id" = String, Path, description = "Partner id"), QuotaParams),
-    responses((status = 200, description = "Every quota of the partner's plan this period", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "Every quota of the partner's plan this period", body = Object), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized), (status = 404, response = crate::openapi::NotFound)),
     security(("admin" = []), ("session" = [])))]
 pub async fn partner_quotas(
     State(api): State<Arc<ControlApi>>,

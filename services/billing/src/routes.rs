@@ -53,7 +53,7 @@ pub(crate) async fn existing_partner(api: &ControlApi, raw: &str) -> Result<Part
 #[utoipa::path(get,
     path = "/v1/plans",
     tag = "catalog",
-    responses((status = 200, description = "Plans of the loaded catalog", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "Plans of the loaded catalog", body = Object), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden)),
     security(("admin" = []), ("session" = [])))]
 pub async fn plans(State(api): Api) -> Response {
     Json(json!({ "catalog_version": api.catalog.version, "plans": api.catalog.plans }))
@@ -63,12 +63,18 @@ pub async fn plans(State(api): Api) -> Response {
 #[utoipa::path(get,
     path = "/v1/apis",
     tag = "catalog",
-    responses((status = 200, description = "APIs and versions of the loaded catalog", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "APIs and versions of the loaded catalog", body = Object), (status = 401, response = crate::openapi::Unauthorized)),
     security(("admin" = []), ("session" = [])))]
-pub async fn apis(State(api): Api, Extension(who): Extension<Principal>) -> Response {
+pub async fn apis(
+    State(api): Api,
+    Extension(who): Extension<Principal>,
+) -> Result<Response, ApiError> {
     // Partners see what they may call, never the upstream addresses behind it.
     let staff = matches!(who, Principal::Staff { .. });
-    let docs = api.api_docs.read().map(|d| d.clone()).unwrap_or_default();
+    let docs = api
+        .api_docs
+        .read()
+        .map_err(|_| ApiError::Internal("api docs lock".into()))?;
     let apis: Vec<serde_json::Value> = api
         .catalog
         .apis
@@ -98,7 +104,7 @@ pub async fn apis(State(api): Api, Extension(who): Extension<Principal>) -> Resp
             json!({ "name": a.name, "description": a.description, "versions": versions })
         })
         .collect();
-    Json(json!({ "catalog_version": api.catalog.version, "apis": apis })).into_response()
+    Ok(Json(json!({ "catalog_version": api.catalog.version, "apis": apis })).into_response())
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -112,7 +118,7 @@ pub(crate) struct NewPartner {
     path = "/v1/partners",
     tag = "partners",
     request_body = NewPartner,
-    responses((status = 201, description = "The partner", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 201, description = "The partner", body = Object), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden), (status = 404, response = crate::openapi::NotFound)),
     security(("admin" = []), ("session" = [])))]
 pub async fn create_partner(State(api): Api, raw: Bytes) -> Result<Response, ApiError> {
     let req: NewPartner = body(&raw)?;
@@ -125,7 +131,7 @@ pub async fn create_partner(State(api): Api, raw: Bytes) -> Result<Response, Api
 #[utoipa::path(get,
     path = "/v1/partners",
     tag = "partners",
-    responses((status = 200, description = "Every partner", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "Every partner", body = Object), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden)),
     security(("admin" = []), ("session" = [])))]
 pub async fn list_partners(State(api): Api) -> Result<Response, ApiError> {
     Ok(Json(json!({ "partners": api.store.partners().await? })).into_response())
@@ -135,7 +141,7 @@ pub async fn list_partners(State(api): Api) -> Result<Response, ApiError> {
     path = "/v1/partners/{id}",
     tag = "partners",
     params(("id" = String, Path, description = "Partner id")),
-    responses((status = 200, description = "The partner and its subscription", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "The partner and its subscription", body = Object), (status = 401, response = crate::openapi::Unauthorized), (status = 404, response = crate::openapi::NotFound)),
     security(("admin" = []), ("session" = [])))]
 pub async fn get_partner(
     State(api): Api,
@@ -156,7 +162,7 @@ pub(crate) struct PlanChange {
     tag = "partners",
     params(("id" = String, Path, description = "Partner id")),
     request_body = PlanChange,
-    responses((status = 200, description = "The partner on its new plan", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 409, description = "Conflicts with the current state", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "The partner on its new plan", body = Object), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden), (status = 404, response = crate::openapi::NotFound), (status = 409, response = crate::openapi::Conflict)),
     security(("admin" = []), ("session" = [])))]
 pub async fn change_subscription(
     State(api): Api,
@@ -221,7 +227,7 @@ pub(crate) struct CreatedKey {
     tag = "partners",
     params(("id" = String, Path, description = "Partner id")),
     request_body = KeyRequest,
-    responses((status = 201, description = "The key, with its secret shown this once", body = CreatedKey), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 201, description = "The key, with its secret shown this once", body = CreatedKey), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden), (status = 404, response = crate::openapi::NotFound)),
     security(("admin" = []), ("session" = [])))]
 pub async fn create_key(
     State(api): Api,
@@ -248,7 +254,7 @@ pub async fn create_key(
     path = "/v1/partners/{id}/keys",
     tag = "partners",
     params(("id" = String, Path, description = "Partner id")),
-    responses((status = 200, description = "The partner's keys (no secrets)", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "The partner's keys (no secrets)", body = Object), (status = 401, response = crate::openapi::Unauthorized), (status = 404, response = crate::openapi::NotFound)),
     security(("admin" = []), ("session" = [])))]
 pub async fn list_keys(
     State(api): Api,
@@ -263,7 +269,7 @@ pub async fn list_keys(
     path = "/v1/keys/{key_id}",
     tag = "partners",
     params(("key_id" = String, Path, description = "API key id")),
-    responses((status = 200, description = "The revoked key", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "The revoked key", body = Object), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden), (status = 404, response = crate::openapi::NotFound)),
     security(("admin" = []), ("session" = [])))]
 pub async fn revoke_key(
     State(api): Api,
@@ -298,7 +304,7 @@ async fn owned_key(
     path = "/v1/keys/{key_id}/rotate",
     tag = "partners",
     params(("key_id" = String, Path, description = "API key id")),
-    responses((status = 201, description = "The new key, with its secret shown this once; the old one is revoked", body = CreatedKey), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 409, description = "The key is already revoked", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 201, description = "The new key, with its secret shown this once; the old one is revoked", body = CreatedKey), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden), (status = 404, response = crate::openapi::NotFound), (status = 409, description = "The key is already revoked", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
     security(("admin" = []), ("session" = [])))]
 pub async fn rotate_key(
     State(api): Api,
@@ -402,7 +408,7 @@ async fn usage_range(
     path = "/v1/partners/{id}/usage",
     tag = "usage",
     params(("id" = String, Path, description = "Partner id"), UsageParams),
-    responses((status = 200, description = "Every meter over the range", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "Every meter over the range", body = Object), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized), (status = 404, response = crate::openapi::NotFound)),
     security(("admin" = []), ("session" = [])))]
 pub async fn usage(
     State(api): Api,
@@ -435,7 +441,7 @@ pub struct InvoiceParams {
     path = "/v1/partners/{id}/invoices/upcoming",
     tag = "invoices",
     params(("id" = String, Path, description = "Partner id"), InvoiceParams),
-    responses((status = 200, description = "The current period's invoice so far", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "The current period's invoice so far", body = Object), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized), (status = 404, response = crate::openapi::NotFound)),
     security(("admin" = []), ("session" = [])))]
 pub async fn upcoming_invoice(
     State(api): Api,
@@ -471,7 +477,7 @@ pub struct SeriesParams {
     path = "/v1/partners/{id}/usage/series",
     tag = "usage",
     params(("id" = String, Path, description = "Partner id"), SeriesParams),
-    responses((status = 200, description = "Usage per hour or day, split by meter, API, version or operation, read from the hourly rollups", body = Object), (status = 400, description = "Invalid input", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "Not found (or another partner's)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "Usage per hour or day, split by meter, API, version or operation, read from the hourly rollups", body = Object), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized), (status = 404, response = crate::openapi::NotFound)),
     security(("admin" = []), ("session" = [])))]
 pub async fn usage_series(
     State(api): Api,
@@ -528,7 +534,7 @@ pub async fn usage_series(
     path = "/v1/apis/{api}/versions/{version}/openapi",
     tag = "catalog",
     params(("api" = String, Path), ("version" = String, Path)),
-    responses((status = 200, description = "The version's OpenAPI document, as JSON", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 404, description = "No such API version, or it has no document", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "The version's OpenAPI document, as JSON", body = Object), (status = 401, response = crate::openapi::Unauthorized), (status = 404, description = "No such API version, or it has no document", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
     security(("admin" = []), ("session" = [])))]
 pub async fn api_openapi(
     State(api): Api,
@@ -541,7 +547,7 @@ pub async fn api_openapi(
     let doc = docs
         .get(&(name.clone(), version.clone()))
         .ok_or_else(|| ApiError::NotFound(format!("no OpenAPI document for {name} {version}")))?;
-    Ok(Json(doc.clone()).into_response())
+    Ok(Json(doc).into_response())
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -577,7 +583,7 @@ struct PartnerOverview {
     path = "/v1/partners/overview",
     tag = "partners",
     params(OverviewParams),
-    responses((status = 200, description = "A page of partners with this period's usage and running cost", body = Object), (status = 401, description = "No admin token or session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "Not allowed for this session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")),
+    responses((status = 200, description = "A page of partners with this period's usage and running cost", body = Object), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden)),
     security(("admin" = []), ("session" = [])))]
 pub async fn partners_overview(
     State(api): Api,

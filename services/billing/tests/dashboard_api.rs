@@ -6,11 +6,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
-use peage_billing::invoicing::Issuer;
-use peage_billing::{ControlApi, OAuthConfig};
-use peage_billing_store::{BillingStore, SqliteBillingStore, Subscription};
-use peage_core::{CallEvent, Catalog, Env};
-use peage_usage_store::{SqliteUsageStore, UsageStore};
+use peage_billing::ControlApi;
+use peage_billing_store::Subscription;
+use peage_usage_store::UsageStore;
 use serde_json::{json, Value};
 
 const CATALOG: &str = r#"
@@ -35,7 +33,9 @@ charges = [{ meter = "calls", model = "per_unit", unit_price = "0.01" }]
 quotas = [{ meter = "calls", limit = 1000, kind = "soft" }]
 "#;
 
-const TOKEN: &str = "admin-test-token";
+mod support;
+use support::TOKEN;
+
 const ALPHA: &str = "prt_a1a1a1a1a1a1a1a1a1a1";
 const BRAVO: &str = "prt_b2b2b2b2b2b2b2b2b2b2";
 
@@ -46,72 +46,47 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
+/// Two partners on Growth since October, each with five calls on October 2nd.
 async fn start() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let catalog = Arc::new(Catalog::parse("catalog.toml", CATALOG, &|_| None).unwrap());
-    let store: Arc<dyn BillingStore> = Arc::new(
-        SqliteBillingStore::open(&dir.path().join("billing.db"))
-            .await
-            .unwrap(),
-    );
-    let usage = Arc::new(
-        SqliteUsageStore::open(&dir.path().join("usage.db"))
-            .await
-            .unwrap(),
-    );
+    let served = support::serve(CATALOG).await;
     let october = Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap();
+    let plan_version = served
+        .api
+        .invoicing
+        .catalog
+        .plan("growth")
+        .unwrap()
+        .version
+        .clone();
     for (id, name) in [(ALPHA, "Alpha"), (BRAVO, "Bravo")] {
         let sub = Subscription {
             plan_id: "growth".into(),
-            plan_version: catalog.plan("growth").unwrap().version.clone(),
+            plan_version: plan_version.clone(),
             started_at: october,
             ended_at: None,
         };
-        store.create_partner(id, name, &sub).await.unwrap();
-        let calls: Vec<CallEvent> = (0..5)
-            .map(|i| {
-                let mut e: CallEvent = serde_json::from_str(include_str!(
-                    "../../../schemas/events/examples/rest_call.json"
-                ))
-                .unwrap();
-                e.id = uuid::Uuid::now_v7();
-                e.time = october + chrono::Duration::hours(30 + i);
-                e.partner_id = id.into();
-                e.env = Env::Live;
-                e.api = "maps".into();
-                e.version = "v1".into();
-                e
-            })
-            .collect();
-        usage.insert(&calls).await.unwrap();
+        served.store.create_partner(id, name, &sub).await.unwrap();
+        served
+            .usage
+            .insert(&support::calls(
+                id,
+                october + chrono::Duration::hours(30),
+                5,
+            ))
+            .await
+            .unwrap();
     }
-    let api = ControlApi::new(
-        catalog,
-        store,
-        usage,
-        TOKEN.into(),
-        None,
-        OAuthConfig::default(),
-        Issuer {
-            name: "Acme".into(),
-            address: vec![],
-            tax_id: None,
-            prefix: "PEAGE".into(),
-        },
-    );
-    api.invoicing.register_plan_versions(october).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(peage_billing::serve(
-        listener,
-        Arc::clone(&api),
-        std::future::pending(),
-    ));
+    served
+        .api
+        .invoicing
+        .register_plan_versions(october)
+        .await
+        .unwrap();
     Fixture {
-        base,
-        api,
+        base: served.base,
+        api: served.api,
         client: reqwest::Client::new(),
-        _dir: dir,
+        _dir: served.dir,
     }
 }
 

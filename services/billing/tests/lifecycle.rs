@@ -8,12 +8,8 @@ use std::time::Duration;
 
 use axum::routing::post;
 use axum::Router;
-use chrono::{DateTime, TimeZone, Utc};
-use peage_billing::invoicing::Issuer;
-use peage_billing::{ControlApi, OAuthConfig};
-use peage_billing_store::{BillingStore, SqliteBillingStore};
-use peage_core::{CallEvent, Catalog, Env};
-use peage_usage_store::{SqliteUsageStore, UsageStore};
+use chrono::{TimeZone, Utc};
+use peage_usage_store::UsageStore;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
@@ -63,19 +59,17 @@ period = { every = "month", anchor_day = 1 }
 base_fee = "49.00"
 "#;
 
-const TOKEN: &str = "admin-test-token";
+mod support;
+use support::{calls, TOKEN};
 
 struct Env_ {
-    base: String,
+    served: support::Served,
     client: reqwest::Client,
-    usage: Arc<SqliteUsageStore>,
-    store: Arc<dyn BillingStore>,
-    _dir: tempfile::TempDir,
 }
 
 impl Env_ {
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.served.base);
         let mut req = self
             .client
             .request(method.parse().unwrap(), &url)
@@ -95,7 +89,7 @@ impl Env_ {
     async fn raw(&self, path: &str) -> (u16, String, Vec<u8>) {
         let resp = self
             .client
-            .get(format!("{}{path}", self.base))
+            .get(format!("{}{path}", self.served.base))
             .bearer_auth(TOKEN)
             .send()
             .await
@@ -111,61 +105,10 @@ impl Env_ {
 }
 
 async fn start() -> Env_ {
-    let dir = tempfile::tempdir().unwrap();
-    let catalog = Arc::new(Catalog::parse("catalog.toml", CATALOG, &|_| None).unwrap());
-    let store: Arc<dyn BillingStore> = Arc::new(
-        SqliteBillingStore::open(&dir.path().join("billing.db"))
-            .await
-            .unwrap(),
-    );
-    let usage = Arc::new(
-        SqliteUsageStore::open(&dir.path().join("usage.db"))
-            .await
-            .unwrap(),
-    );
-    let api = ControlApi::new(
-        catalog,
-        Arc::clone(&store),
-        usage.clone(),
-        TOKEN.into(),
-        None,
-        OAuthConfig::default(),
-        Issuer {
-            name: "Acme APIs SAS".into(),
-            address: vec!["1 rue de la Paix".into(), "75002 Paris".into()],
-            tax_id: Some("FR12345678901".into()),
-            prefix: "PEAGE".into(),
-        },
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(peage_billing::serve(listener, api, std::future::pending()));
     Env_ {
-        base,
+        served: support::serve(CATALOG).await,
         client: reqwest::Client::new(),
-        usage,
-        store,
-        _dir: dir,
     }
-}
-
-fn calls(partner: &str, at: DateTime<Utc>, n: usize) -> Vec<CallEvent> {
-    (0..n)
-        .map(|i| {
-            let mut e: CallEvent = serde_json::from_str(include_str!(
-                "../../../schemas/events/examples/rest_call.json"
-            ))
-            .unwrap();
-            e.id = uuid::Uuid::now_v7();
-            e.time = at + chrono::Duration::seconds(i as i64);
-            e.partner_id = partner.into();
-            e.env = Env::Live;
-            e.api = "maps".into();
-            e.version = "v1".into();
-            e.status = 200;
-            e
-        })
-        .collect()
 }
 
 fn d(s: &str) -> Decimal {
@@ -217,7 +160,7 @@ async fn an_invoice_goes_from_draft_to_finalized_and_late_usage_lands_on_the_nex
         .await;
     assert_eq!(s, 400, "{bad}");
     tokio::spawn(peage_billing::webhooks::run_worker(
-        Arc::clone(&env.store),
+        Arc::clone(&env.served.store),
         peage_billing::webhooks::RetrySchedule(vec![Duration::from_millis(100)]),
         Duration::from_millis(50),
         std::future::pending(),
@@ -235,7 +178,8 @@ async fn an_invoice_goes_from_draft_to_finalized_and_late_usage_lands_on_the_nex
     assert_eq!(s, 201, "{partner}");
     let pid = partner["id"].as_str().unwrap().to_string();
     // The partner was created now; move its subscription start back to October for the test.
-    env.store
+    env.served
+        .store
         .change_subscription(
             &pid,
             &peage_billing_store::Subscription {
@@ -268,7 +212,8 @@ async fn an_invoice_goes_from_draft_to_finalized_and_late_usage_lands_on_the_nex
     assert_eq!(s, 400, "{c}");
 
     // 1,500 calls in October: 49.00 + 15.00 = 64.00, VAT 12.80, total 76.80.
-    env.usage
+    env.served
+        .usage
         .insert(&calls(&pid, october + chrono::Duration::days(3), 1500))
         .await
         .unwrap();
@@ -372,7 +317,8 @@ async fn an_invoice_goes_from_draft_to_finalized_and_late_usage_lands_on_the_nex
 
     // 250 late calls for October arrive; November's draft carries them as an adjustment:
     // 49.00 base + 2.50 late = 51.50, VAT 10.30, total 61.80.
-    env.usage
+    env.served
+        .usage
         .insert(&calls(&pid, october + chrono::Duration::days(20), 250))
         .await
         .unwrap();
@@ -582,7 +528,7 @@ async fn a_hard_quota_reached_sends_one_signed_webhook_retried_until_delivered()
     assert_eq!(s, 201, "{ep}");
     let secret = ep["secret"].as_str().unwrap().to_string();
     tokio::spawn(peage_billing::webhooks::run_worker(
-        Arc::clone(&env.store),
+        Arc::clone(&env.served.store),
         peage_billing::webhooks::RetrySchedule(vec![Duration::from_millis(200)]),
         Duration::from_millis(50),
         std::future::pending(),
@@ -671,7 +617,8 @@ async fn a_partner_that_cannot_be_billed_fails_alone_and_is_named() {
         ids.push(p["id"].as_str().unwrap().to_string());
     }
     // A profile the API would refuse, written straight to the store (an old or hand-edited row).
-    env.store
+    env.served
+        .store
         .put_billing_profile(&peage_billing_store::BillingProfile {
             partner_id: ids[1].clone(),
             timezone: "Mars/Olympus".into(),

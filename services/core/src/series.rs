@@ -92,7 +92,7 @@ pub struct UsageSeries {
     pub not_charted: Vec<String>,
 }
 
-/// The start of the bucket holding `t`, and of the next one.
+/// The start of the bucket holding `t`.
 fn bucket_of(t: DateTime<Utc>, g: Granularity, tz: Tz) -> DateTime<Utc> {
     match g {
         // Every zone's offset is a whole number of minutes and most are whole hours; a local

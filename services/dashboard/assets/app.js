@@ -240,16 +240,7 @@
 
     const linesPanel = h('section', { class: 'panel', 'aria-labelledby': 'lines-h' }, h('h2', { id: 'lines-h', text: 'This period so far' }));
     if (inv) {
-      linesPanel.append(table(['Line', ['Quantity', 'num'], ['Unit price', 'num hide-narrow'], ['Amount', 'num']],
-        inv.lines.map((l) => h('tr', {},
-          h('td', { text: l.description }),
-          h('td', { class: 'num', text: num(l.quantity) }),
-          h('td', { class: 'num hide-narrow', text: unitMoney(l.unit_price, inv.currency) }),
-          h('td', { class: 'num', text: money(l.amount, inv.currency) }))).concat([
-          h('tr', {}, h('th', { scope: 'row', text: 'Subtotal' }), h('td'), h('td', { class: 'hide-narrow' }), h('td', { class: 'num', text: money(inv.subtotal, inv.currency) })),
-          inv.tax ? h('tr', {}, h('th', { scope: 'row', text: `${inv.tax.label} ${dec(inv.tax.rate) * 100} %` }), h('td'), h('td', { class: 'hide-narrow' }), h('td', { class: 'num', text: money(inv.tax.amount, inv.currency) })) : null,
-          h('tr', {}, h('th', { scope: 'row', text: 'Total' }), h('td'), h('td', { class: 'hide-narrow' }), h('td', { class: 'num', text: money(inv.total, inv.currency) }))]),
-        'Upcoming invoice lines'));
+      linesPanel.append(invoiceTable(inv, 'Upcoming invoice lines', false));
     }
 
     const title = session.role === 'partner' ? 'Usage' : partner.name;
@@ -467,6 +458,45 @@
       h('a', { class: 'button secondary', href: base + '?format=csv', download: name + '.csv', 'aria-label': `Download ${name} as CSV`, text: 'CSV' }));
   }
 
+  // An invoice's lines and totals; with `due`, also the credits taken and the amount due.
+  function invoiceTable(inv, caption, due) {
+    const cur = inv.currency;
+    const total = (label, amount) => h('tr', {},
+      h('th', { scope: 'row', text: label }), h('td'), h('td', { class: 'hide-narrow' }),
+      h('td', { class: 'num', text: money(amount, cur) }));
+    return table(['Line', ['Quantity', 'num'], ['Unit price', 'num hide-narrow'], ['Amount', 'num']],
+      inv.lines.map((l) => h('tr', {},
+        h('td', { text: l.description }),
+        h('td', { class: 'num', text: num(l.quantity) }),
+        h('td', { class: 'num hide-narrow', text: unitMoney(l.unit_price, cur) }),
+        h('td', { class: 'num', text: money(l.amount, cur) }))).concat([
+        total('Subtotal', inv.subtotal),
+        inv.tax ? total(`${inv.tax.label} ${dec(inv.tax.rate) * 100} %`, inv.tax.amount) : null,
+        total('Total', inv.total),
+        due && dec(inv.credits_applied) ? total('Prepaid credits', '-' + inv.credits_applied) : null,
+        due ? total('Amount due', inv.amount_due) : null]),
+      caption);
+  }
+
+  // Finance's buttons for an invoice: finalize a draft, void a finalized one; `after` runs once
+  // the server has done it.
+  function lifecycleButtons(r, after) {
+    const act = (verb, cls, question) => h('button', {
+      type: 'button', class: cls, text: verb[0].toUpperCase() + verb.slice(1), 'aria-label': `${verb} ${r.number || r.id}`,
+      onclick: async () => {
+        if (!confirm(question)) return;
+        try {
+          const done = await api(`/v1/invoices/${encodeURIComponent(r.id)}/${verb}`, { method: 'POST' });
+          toast(verb === 'finalize' ? `Finalized as ${done.number}.` : `Voided ${done.number || done.id}.`);
+          await after();
+        } catch (e) { toast(`Could not ${verb}: ${e.message}`); }
+      },
+    });
+    if (r.status === 'draft') return [act('finalize', '', `Finalize this invoice for ${r.period_label}? It gets a number and can no longer change.`)];
+    if (r.status === 'finalized') return [act('void', 'danger', `Void ${r.number}? The number is kept; credits taken are given back.`)];
+    return [];
+  }
+
   async function invoicesPage() {
     const finance = session.role !== 'partner';
     const filters = h('form', { class: 'controls', 'aria-label': 'Filters' },
@@ -515,22 +545,8 @@
           h('td', { class: 'num', text: money(i.total, i.currency) }),
           h('td', { class: 'num', text: money(i.amount_due, i.currency) }),
           h('td', {}, downloads(r)),
-          finance ? h('td', {}, actions(r)) : null);
+          finance ? h('td', {}, h('div', { class: 'actions' }, lifecycleButtons(r, load))) : null);
       }), 'Invoices') : h('p', { class: 'muted', text: 'No invoices match.' }));
-    }
-    function actions(r) {
-      const box = h('div', { class: 'actions' });
-      const act = (verb, cls, question) => h('button', { type: 'button', class: cls, text: verb[0].toUpperCase() + verb.slice(1), 'aria-label': `${verb} ${r.number || r.id}`, onclick: async () => {
-        if (!confirm(question)) return;
-        try {
-          const done = await api(`/v1/invoices/${encodeURIComponent(r.id)}/${verb}`, { method: 'POST' });
-          toast(verb === 'finalize' ? `Finalized as ${done.number}.` : `Voided ${done.number || done.id}.`);
-          await load();
-        } catch (e) { toast(`Could not ${verb}: ${e.message}`); }
-      } });
-      if (r.status === 'draft') box.append(act('finalize', '', `Finalize this invoice for ${r.period_label}? It gets a number and can no longer change.`));
-      if (r.status === 'finalized') box.append(act('void', 'danger', `Void ${r.number}? The number is kept; credits taken are given back.`));
-      return box;
     }
     filters.addEventListener('submit', (ev) => { ev.preventDefault(); load(); });
     page('Invoices',
@@ -543,18 +559,8 @@
     const r = await api(`/v1/invoices/${encodeURIComponent(id)}`);
     const i = r.invoice, cur = i.currency, finance = session.role !== 'partner';
     const partnerName = finance ? ((await api(`/v1/partners/${encodeURIComponent(r.partner_id)}`)).name) : session.partner_name;
-    const rowsOf = (label, amount) => h('tr', {}, h('th', { scope: 'row', colspan: 3, text: label }), h('td', { class: 'num', text: money(amount, cur) }));
-    const act = (verb, cls, question) => h('button', { type: 'button', class: cls, text: verb[0].toUpperCase() + verb.slice(1), onclick: async () => {
-      if (!confirm(question)) return;
-      try {
-        const done = await api(`/v1/invoices/${encodeURIComponent(r.id)}/${verb}`, { method: 'POST' });
-        toast(verb === 'finalize' ? `Finalized as ${done.number}.` : `Voided ${done.number || done.id}.`);
-        await invoicePage(id);
-      } catch (e) { toast(`Could not ${verb}: ${e.message}`); }
-    } });
     const actions = h('div', { class: 'actions' }, Array.from(downloads(r).childNodes),
-      finance && r.status === 'draft' ? act('finalize', '', `Finalize this invoice for ${r.period_label}? It gets a number and can no longer change.`) : null,
-      finance && r.status === 'finalized' ? act('void', 'danger', `Void ${r.number}? The number is kept; credits taken are given back.`) : null);
+      finance ? lifecycleButtons(r, () => invoicePage(id)) : null);
     page(r.number ? `Invoice ${r.number}` : 'Draft invoice',
       h('p', {}, link('/app/invoices', '← All invoices')),
       h('div', { class: 'cards' },
@@ -562,11 +568,7 @@
         h('div', { class: 'card' }, h('div', { class: 'label', text: 'Period' }), h('div', { class: 'value', text: r.period_label }), h('div', { class: 'sub', text: `${when(i.period.start, i.timezone)} – ${when(new Date(new Date(i.period.end) - 1), i.timezone)} (${i.timezone})` })),
         h('div', { class: 'card' }, h('div', { class: 'label', text: 'Amount due' }), h('div', { class: 'value', text: money(i.amount_due, cur) }), h('div', {}, badge(r.status)))),
       h('section', { class: 'panel' }, h('h2', { text: 'Lines' }),
-        table(['Line', ['Quantity', 'num'], ['Unit price', 'num hide-narrow'], ['Amount', 'num']],
-          i.lines.map((l) => h('tr', {}, h('td', { text: l.description }), h('td', { class: 'num', text: num(l.quantity) }), h('td', { class: 'num hide-narrow', text: unitMoney(l.unit_price, cur) }), h('td', { class: 'num', text: money(l.amount, cur) })))
-            .concat([rowsOf('Subtotal', i.subtotal), i.tax ? rowsOf(`${i.tax.label} ${dec(i.tax.rate) * 100} %`, i.tax.amount) : null, rowsOf('Total', i.total),
-              dec(i.credits_applied) ? rowsOf('Prepaid credits', '-' + i.credits_applied) : null, rowsOf('Amount due', i.amount_due)]),
-          'Invoice lines'),
+        invoiceTable(i, 'Invoice lines', true),
         h('p', { class: 'muted', text: `Plan ${i.plan_id} (version ${i.plan_version.slice(0, 12)}) · created ${when(r.created_at, undefined, true)}${r.finalized_at ? ' · finalized ' + when(r.finalized_at, undefined, true) : ''}${r.voided_at ? ' · voided ' + when(r.voided_at, undefined, true) : ''}` })),
       actions);
   }

@@ -59,50 +59,81 @@ pub enum InvoiceCommand {
     },
 }
 
-pub(crate) async fn invoicing(target: &Target) -> anyhow::Result<Invoicing> {
-    if let Some(config) = &target.config {
-        let config = crate::config::load(config, std::env::vars())?;
-        let catalog = Arc::new(load_catalog(&config.catalog.path, None)?);
-        let store: Arc<dyn BillingStore> = Arc::new(crate::roles::postgres(&config).await?);
-        let usage = Arc::new(crate::roles::clickhouse(&config).await?);
-        return Ok(Invoicing {
-            catalog,
-            store,
-            usage,
-            issuer: config.billing.issuer()?,
-        });
+/// Where a [`Target`] points, checked.
+enum Place {
+    Distributed(Box<crate::config::PeageConfig>),
+    Embedded(PathBuf),
+}
+
+impl Target {
+    fn place(&self) -> anyhow::Result<Place> {
+        if let Some(config) = &self.config {
+            return Ok(Place::Distributed(Box::new(crate::config::load(
+                config,
+                std::env::vars(),
+            )?)));
+        }
+        let Some(dir) = &self.data_dir else {
+            bail!(
+                "say where the data is: --data-dir DIR (embedded) or --config FILE (distributed)"
+            );
+        };
+        if !dir.join("billing.db").exists() {
+            bail!(
+                "{} has no billing.db: is it a `peage up` data directory?",
+                dir.display()
+            );
+        }
+        Ok(Place::Embedded(dir.clone()))
     }
-    let Some(dir) = &target.data_dir else {
-        bail!("say where the data is: --data-dir DIR (embedded) or --config FILE (distributed)");
-    };
-    if !dir.join("billing.db").exists() {
-        bail!(
-            "{} has no billing.db: is it a `peage up` data directory?",
-            dir.display()
-        );
+
+    /// The billing store alone (PostgreSQL, or the data directory's SQLite).
+    pub(crate) async fn billing_store(&self) -> anyhow::Result<Arc<dyn BillingStore>> {
+        billing_store(&self.place()?).await
     }
-    let catalog_path = target
-        .catalog
-        .clone()
-        .unwrap_or_else(|| dir.join("catalog.toml"));
-    // Upstream URLs do not matter to billing; the demo's placeholder gets a harmless value.
-    let catalog = Arc::new(load_catalog(&catalog_path, Some("http://127.0.0.1:9"))?);
-    let store: Arc<dyn BillingStore> = Arc::new(
-        SqliteBillingStore::open(&dir.join("billing.db"))
-            .await
-            .context("opening billing.db")?,
-    );
-    let usage = Arc::new(
-        SqliteUsageStore::open(&dir.join("usage.db"))
-            .await
-            .context("opening usage.db")?,
-    );
-    Ok(Invoicing {
-        catalog,
-        store,
-        usage,
-        issuer: crate::config::BillingSection::from_env(std::env::vars())?.issuer()?,
+}
+
+async fn billing_store(place: &Place) -> anyhow::Result<Arc<dyn BillingStore>> {
+    Ok(match place {
+        Place::Distributed(config) => Arc::new(crate::roles::postgres(config).await?),
+        Place::Embedded(dir) => Arc::new(
+            SqliteBillingStore::open(&dir.join("billing.db"))
+                .await
+                .context("opening billing.db")?,
+        ),
     })
+}
+
+async fn invoicing(target: &Target) -> anyhow::Result<Invoicing> {
+    let place = target.place()?;
+    let store = billing_store(&place).await?;
+    match place {
+        Place::Distributed(config) => Ok(Invoicing {
+            catalog: Arc::new(load_catalog(&config.catalog.path, None)?),
+            store,
+            usage: Arc::new(crate::roles::clickhouse(&config).await?),
+            issuer: config.billing.issuer()?,
+        }),
+        Place::Embedded(dir) => {
+            let catalog_path = target
+                .catalog
+                .clone()
+                .unwrap_or_else(|| dir.join("catalog.toml"));
+            // Upstream URLs do not matter to billing; the demo's placeholder gets a harmless value.
+            let catalog = Arc::new(load_catalog(&catalog_path, Some("http://127.0.0.1:9"))?);
+            let usage = Arc::new(
+                SqliteUsageStore::open(&dir.join("usage.db"))
+                    .await
+                    .context("opening usage.db")?,
+            );
+            Ok(Invoicing {
+                catalog,
+                store,
+                usage,
+                issuer: crate::config::BillingSection::from_env(std::env::vars())?.issuer()?,
+            })
+        }
+    }
 }
 
 fn label(period: &str) -> anyhow::Result<PeriodLabel> {
@@ -233,31 +264,4 @@ async fn export(
         }
         other => bail!("--format must be csv, json or pdf, not {other:?}"),
     }
-}
-
-/// `peage sign-in-link`: a one-time dashboard sign-in link, for a partner or for finance.
-#[derive(Debug, clap::Args)]
-pub struct SignInLinkCommand {
-    /// The partner the link signs in as.
-    #[arg(long, conflicts_with = "finance", required_unless_present = "finance")]
-    pub partner: Option<String>,
-    /// A finance session (every partner, invoices to review and finalize).
-    #[arg(long)]
-    pub finance: bool,
-    #[command(flatten)]
-    pub target: Target,
-}
-
-pub async fn sign_in_link(c: SignInLinkCommand) -> anyhow::Result<()> {
-    let store = invoicing(&c.target).await?.store;
-    let role = match c.partner {
-        Some(partner_id) => peage_billing_store::DashboardRole::Partner { partner_id },
-        None => peage_billing_store::DashboardRole::Finance,
-    };
-    let path = peage_billing::auth::sign_in_link(store.as_ref(), role)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("{path}");
-    eprintln!("Open it on the control API's address (http://127.0.0.1:8090{path} by default): it works once, within 15 minutes.");
-    Ok(())
 }

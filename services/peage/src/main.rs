@@ -30,7 +30,7 @@ enum Command {
     #[command(subcommand)]
     Invoice(peage::invoice_cli::InvoiceCommand),
     /// Print a one-time dashboard sign-in link (15 minutes) for a partner or for finance.
-    SignInLink(peage::invoice_cli::SignInLinkCommand),
+    SignInLink(peage::sign_in_cli::SignInLinkCommand),
     /// Serve the built-in demo API on its own (the upstream that `peage up --demo` uses).
     DemoUpstream {
         #[arg(
@@ -101,7 +101,7 @@ async fn main() -> std::process::ExitCode {
             .await
         }
         Command::Invoice(c) => peage::invoice_cli::run(c).await,
-        Command::SignInLink(c) => peage::invoice_cli::sign_in_link(c).await,
+        Command::SignInLink(c) => peage::sign_in_cli::run(c).await,
         Command::DemoUpstream { listen } => {
             peage::demo::serve_standalone(listen, peage::shutdown_signal()).await
         }

@@ -439,7 +439,10 @@ pub async fn run(
     let finance_link = peage_billing::auth::sign_in_link(billing.as_ref(), DashboardRole::Finance)
         .await
         .map_err(|e| anyhow::anyhow!("creating a sign-in link: {e}"))?;
-    println!("  finance sign-in (works once, for 15 minutes): {control_url}{finance_link}");
+    println!(
+        "  finance sign-in (works once, for 15 minutes): {control_url}{}",
+        finance_link.path
+    );
 
     if options.demo {
         let (partner_id, api_key) = demo_partner(&billing, &catalog, data_dir).await?;
@@ -460,7 +463,8 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("creating a sign-in link: {e}"))?;
         println!(
-            "  demo partner sign-in (works once, for 15 minutes): {control_url}{partner_link}"
+            "  demo partner sign-in (works once, for 15 minutes): {control_url}{}",
+            partner_link.path
         );
         write_private(
             &data_dir.join("demo.json"),

@@ -121,10 +121,12 @@ struct StoredRow {
     attributes: String,
 }
 
-/// A [`SumRow`] with its partner, for reads over many partners.
+/// A [`SumRow`] with what it is grouped by besides its dimensions: the partner (reads over
+/// many partners) or the hour (`toUInt32(toUnixTimestamp(bucket))`, hourly reads). The query
+/// names that column `grouped_by`.
 #[derive(Row, Deserialize)]
-struct PartnerSumRow {
-    partner_id: String,
+struct KeyedSumRow<K> {
+    grouped_by: K,
     api: String,
     version: String,
     operation: String,
@@ -137,45 +139,10 @@ struct PartnerSumRow {
     latency_us: u64,
 }
 
-impl PartnerSumRow {
-    fn split(self) -> (String, SumRow) {
+impl<K> KeyedSumRow<K> {
+    fn split(self) -> (K, SumRow) {
         (
-            self.partner_id,
-            SumRow {
-                api: self.api,
-                version: self.version,
-                operation: self.operation,
-                method: self.method,
-                status: self.status,
-                calls: self.calls,
-                units: self.units,
-                request_bytes: self.request_bytes,
-                response_bytes: self.response_bytes,
-                latency_us: self.latency_us,
-            },
-        )
-    }
-}
-
-#[derive(Row, Deserialize)]
-struct HourSumRow {
-    hour_s: u32,
-    api: String,
-    version: String,
-    operation: String,
-    method: String,
-    status: u16,
-    calls: u64,
-    units: i128,
-    request_bytes: u64,
-    response_bytes: u64,
-    latency_us: u64,
-}
-
-impl HourSumRow {
-    fn split(self) -> (u32, SumRow) {
-        (
-            self.hour_s,
+            self.grouped_by,
             SumRow {
                 api: self.api,
                 version: self.version,
@@ -868,7 +835,7 @@ impl UsageStore for ClickHouseUsageStore {
         let q = self
             .client
             .query(&format!(
-                "SELECT toUInt32(toUnixTimestamp(bucket)) AS hour_s, {SUM_COLUMNS} FROM {} \
+                "SELECT toUInt32(toUnixTimestamp(bucket)) AS grouped_by, {SUM_COLUMNS} FROM {} \
                  WHERE partner_id = ? AND env = ? \
                  AND bucket >= toDateTime(?) AND bucket < toDateTime(?) \
                  GROUP BY bucket, api, version, operation, method, status ORDER BY bucket",
@@ -880,7 +847,7 @@ impl UsageStore for ClickHouseUsageStore {
             .bind(end.timestamp());
         let fetched = self
             .traced(q)
-            .fetch_all::<HourSumRow>()
+            .fetch_all::<KeyedSumRow<u32>>()
             .await
             .map_err(|e| ch("hourly usage rollups", e))?;
         let mut out = Vec::with_capacity(fetched.len());
@@ -913,7 +880,7 @@ impl UsageStore for ClickHouseUsageStore {
         let q = self
             .client
             .query(&format!(
-                "SELECT partner_id, {SUM_COLUMNS} FROM {} WHERE env = ? \
+                "SELECT partner_id AS grouped_by, {SUM_COLUMNS} FROM {} WHERE env = ? \
                  AND bucket >= toDateTime(?) AND bucket < toDateTime(?) \
                  GROUP BY partner_id, api, version, operation, method, status",
                 Rollup::Hour.table()
@@ -923,7 +890,7 @@ impl UsageStore for ClickHouseUsageStore {
             .bind(hours.1.timestamp());
         let fetched = self
             .traced(q)
-            .fetch_all::<PartnerSumRow>()
+            .fetch_all::<KeyedSumRow<String>>()
             .await
             .map_err(|e| ch("usage rollups of many partners", e))?;
         let mut rows = Vec::with_capacity(fetched.len());

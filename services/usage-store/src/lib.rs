@@ -129,13 +129,9 @@ pub(crate) fn overlapping_hours(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> (DateTime<Utc>, DateTime<Utc>) {
+    use crate::clickhouse::{ceil_to, floor_to};
     let hour = chrono::TimeDelta::hours(1);
-    let first = chrono::DurationRound::duration_trunc(from, hour).unwrap_or(from);
-    let mut end = chrono::DurationRound::duration_trunc(to, hour).unwrap_or(to);
-    if end < to {
-        end += hour;
-    }
-    (first, end)
+    (floor_to(from, hour), ceil_to(to, hour))
 }
 
 /// Partner by partner: the fallback of [`UsageStore::meter_usage_many`].

@@ -1,0 +1,87 @@
+//! The control API on fresh embedded stores, served on a free port, for the integration tests.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use peage_billing::invoicing::Issuer;
+use peage_billing::{ControlApi, OAuthConfig};
+use peage_billing_store::{BillingStore, SqliteBillingStore};
+use peage_core::{CallEvent, Catalog, Env};
+use peage_usage_store::SqliteUsageStore;
+
+pub const TOKEN: &str = "admin-test-token";
+
+// Each test crate reads its own subset of the fields.
+#[allow(dead_code)]
+pub struct Served {
+    pub base: String,
+    pub api: Arc<ControlApi>,
+    pub store: Arc<dyn BillingStore>,
+    pub usage: Arc<SqliteUsageStore>,
+    /// Kept for the stores' files: dropped, the directory goes.
+    pub dir: tempfile::TempDir,
+}
+
+/// Parses `catalog`, opens the stores in a temporary directory and serves the control API.
+pub async fn serve(catalog: &str) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Arc::new(Catalog::parse("catalog.toml", catalog, &|_| None).unwrap());
+    let store: Arc<dyn BillingStore> = Arc::new(
+        SqliteBillingStore::open(&dir.path().join("billing.db"))
+            .await
+            .unwrap(),
+    );
+    let usage = Arc::new(
+        SqliteUsageStore::open(&dir.path().join("usage.db"))
+            .await
+            .unwrap(),
+    );
+    let api = ControlApi::new(
+        catalog,
+        Arc::clone(&store),
+        usage.clone(),
+        TOKEN.into(),
+        None,
+        OAuthConfig::default(),
+        Issuer {
+            name: "Acme APIs SAS".into(),
+            address: vec!["1 rue de la Paix".into(), "75002 Paris".into()],
+            tax_id: Some("FR12345678901".into()),
+            prefix: "PEAGE".into(),
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(peage_billing::serve(
+        listener,
+        Arc::clone(&api),
+        std::future::pending(),
+    ));
+    Served {
+        base,
+        api,
+        store,
+        usage,
+        dir,
+    }
+}
+
+/// `n` live `200` calls of the partner to `maps v1`, a second apart from `at`.
+pub fn calls(partner: &str, at: DateTime<Utc>, n: usize) -> Vec<CallEvent> {
+    (0..n)
+        .map(|i| {
+            let mut e: CallEvent = serde_json::from_str(include_str!(
+                "../../../../schemas/events/examples/rest_call.json"
+            ))
+            .unwrap();
+            e.id = uuid::Uuid::now_v7();
+            e.time = at + chrono::Duration::seconds(i as i64);
+            e.partner_id = partner.into();
+            e.env = Env::Live;
+            e.api = "maps".into();
+            e.version = "v1".into();
+            e.status = 200;
+            e
+        })
+        .collect()
+}
