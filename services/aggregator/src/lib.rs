@@ -349,6 +349,7 @@ mod tests {
             scale: None,
             filter: Default::default(),
             group_by: vec![],
+            refusals: Default::default(),
         };
         let q = UsageQuery {
             partner_id: "prt_4f1c2a9e0b7d3c5e8a61".into(),

@@ -323,6 +323,7 @@ struct RawMeter {
     filter: BTreeMap<String, Spanned<Vec<String>>>,
     #[serde(default)]
     group_by: Vec<Spanned<String>>,
+    refusals: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -882,6 +883,20 @@ fn validate_meters(src: &mut Source, raw: &[RawMeter]) -> Vec<Meter> {
                 ),
             }
         }
+        let refusals = match &m.refusals {
+            None => crate::meter::Refusals::Exclude,
+            Some(r) => match parse_enum::<crate::meter::Refusals>(r.get_ref()) {
+                Some(r) => r,
+                None => {
+                    src.issue(
+                        r.span(),
+                        format!("{path}.refusals"),
+                        format!("{:?} is not one of exclude, include, only", r.get_ref()),
+                    );
+                    crate::meter::Refusals::Exclude
+                }
+            },
+        };
         meters.push(Meter {
             name: m.name.get_ref().clone(),
             aggregation,
@@ -889,6 +904,7 @@ fn validate_meters(src: &mut Source, raw: &[RawMeter]) -> Vec<Meter> {
             scale,
             filter,
             group_by,
+            refusals,
         });
     }
     meters
@@ -979,6 +995,15 @@ fn validate_plans(src: &mut Source, raw: &[RawPlan], meters: &[Meter]) -> Vec<Pl
                     format!(
                         "meter {:?} cannot carry a quota: only count and sum meters can (it is {:?} of {:?})",
                         m.name, m.aggregation, m.field
+                    ),
+                ),
+                // Refused calls give back what they took: a quota counts served calls.
+                Some(m) if m.refusals != crate::meter::Refusals::Exclude => src.issue(
+                    q.meter.span(),
+                    format!("{qpath}.meter"),
+                    format!(
+                        "meter {:?} counts refused calls, so it cannot carry a quota",
+                        m.name
                     ),
                 ),
                 Some(_) => {}
@@ -1407,6 +1432,28 @@ rate_limit = { per_second = 50, burst = 100 }
         assert_eq!(
             (i.line, i.field.as_str()),
             (44, "plan[growth-2026].rate_limit")
+        );
+    }
+
+    #[test]
+    fn meters_may_count_refused_calls_but_quotas_may_not() {
+        let only = GOOD.replace(
+            "name = \"calls\"\naggregation = \"count\"",
+            "name = \"calls\"\naggregation = \"count\"\nrefusals = \"only\"",
+        );
+        let i = only_issue(&only);
+        assert_eq!(i.field, "plan[growth-2026].quotas[0].meter");
+        assert!(i.message.contains("counts refused calls"), "{i}");
+        let bad = GOOD.replace(
+            "name = \"calls\"\naggregation = \"count\"",
+            "name = \"calls\"\naggregation = \"count\"\nrefusals = \"sometimes\"",
+        );
+        let i = only_issue(&bad);
+        assert_eq!(i.field, "meter[calls].refusals");
+        let c = parse(GOOD).unwrap();
+        assert_eq!(
+            c.meter("calls").unwrap().refusals,
+            crate::meter::Refusals::Exclude
         );
     }
 

@@ -101,6 +101,19 @@ impl Dimension {
     }
 }
 
+/// Which calls the gateway refused (docs/gateway.md, "Refusals") a meter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusals {
+    /// Served calls only: being refused is not billable.
+    #[default]
+    Exclude,
+    /// Refused calls too.
+    Include,
+    /// Refused calls only (a meter of 429s and 403s).
+    Only,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Meter {
     pub name: String,
@@ -111,20 +124,34 @@ pub struct Meter {
     /// Every listed dimension must match one of its values.
     pub filter: BTreeMap<Dimension, BTreeSet<String>>,
     pub group_by: Vec<Dimension>,
+    #[serde(default)]
+    pub refusals: Refusals,
 }
 
 impl Meter {
     pub fn matches(&self, e: &CallEvent) -> bool {
-        self.filter
-            .iter()
-            .all(|(dim, allowed)| allowed.contains(dim.value(e)))
+        self.admits_refusal_of(e)
+            && self
+                .filter
+                .iter()
+                .all(|(dim, allowed)| allowed.contains(dim.value(e)))
+    }
+
+    fn admits_refusal_of(&self, e: &CallEvent) -> bool {
+        match (self.refusals, e.refusal().is_some()) {
+            (Refusals::Exclude, refused) => !refused,
+            (Refusals::Include, _) => true,
+            (Refusals::Only, refused) => refused,
+        }
     }
 
     /// Whether this meter can be computed from the usage rollups (sums by api, version,
     /// operation, method and status) rather than from raw events: counts and sums of numeric
     /// fields, filtered and grouped by rolled-up dimensions only.
     pub fn rollup_compatible(&self) -> bool {
-        matches!(self.aggregation, Aggregation::Count | Aggregation::Sum)
+        // Rollups hold served calls only ([`RollupRow::holds`]).
+        self.refusals == Refusals::Exclude
+            && matches!(self.aggregation, Aggregation::Count | Aggregation::Sum)
             && self.field.is_numeric()
             && self
                 .filter
@@ -158,9 +185,10 @@ impl Meter {
 
     /// Whether a call can count towards this meter once its status is known.
     pub fn may_match(&self, e: &CallEvent) -> bool {
-        self.filter
-            .iter()
-            .all(|(dim, allowed)| *dim == Dimension::StatusClass || allowed.contains(dim.value(e)))
+        self.admits_refusal_of(e)
+            && self.filter.iter().all(|(dim, allowed)| {
+                *dim == Dimension::StatusClass || allowed.contains(dim.value(e))
+            })
     }
 
     fn value_of(&self, e: &CallEvent) -> Decimal {
@@ -305,6 +333,13 @@ pub struct RollupRow {
 }
 
 impl RollupRow {
+    /// Whether rollups hold this call: served calls only, so that every meter that leaves
+    /// refused calls out (the default) can be read from rollups, and those that count them are
+    /// read from raw events.
+    pub fn holds(e: &CallEvent) -> bool {
+        e.refusal().is_none()
+    }
+
     /// The rollup row of one call.
     pub fn of(e: &CallEvent) -> RollupRow {
         RollupRow {
@@ -452,6 +487,7 @@ mod tests {
             scale: None,
             filter: BTreeMap::new(),
             group_by: vec![],
+            refusals: Default::default(),
         }
     }
 
@@ -500,6 +536,35 @@ mod tests {
             q(meter(Aggregation::Latest, MeterField::ResponseBytes)),
             Decimal::from(50)
         );
+    }
+
+    #[test]
+    fn refused_calls_count_only_in_meters_that_ask_for_them() {
+        let mut ev = events();
+        let mut refused = sample_event();
+        refused.status = 429;
+        refused.units = Decimal::ZERO;
+        refused
+            .attributes
+            .insert(crate::event::REFUSAL.into(), "rate-limited".into());
+        ev.push(refused.clone());
+        let count = |refusals: Refusals| {
+            let mut m = meter(Aggregation::Count, MeterField::Calls);
+            m.refusals = refusals;
+            evaluate(&[m], &ev)[0].quantity
+        };
+        assert_eq!(count(Refusals::Exclude), Decimal::from(3), "the default");
+        assert_eq!(count(Refusals::Include), Decimal::from(4));
+        assert_eq!(count(Refusals::Only), Decimal::from(1));
+        let mut m = meter(Aggregation::Count, MeterField::Calls);
+        assert!(m.rollup_compatible());
+        assert_eq!(m.contribution(&refused), Decimal::ZERO);
+        assert!(
+            !RollupRow::holds(&refused),
+            "rollups hold served calls only"
+        );
+        m.refusals = Refusals::Only;
+        assert!(!m.rollup_compatible(), "read from raw events");
     }
 
     #[test]

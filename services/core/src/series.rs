@@ -263,6 +263,7 @@ mod tests {
             scale: None,
             filter: Default::default(),
             group_by: vec![],
+            refusals: Default::default(),
         };
         vec![
             m("calls", Aggregation::Count, MeterField::Calls),

@@ -34,7 +34,15 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0002_usage_rollups",
         include_str!("../../../schemas/clickhouse/0002_usage_rollups.sql"),
     ),
+    (
+        "0003_rollups_of_served_calls",
+        include_str!("../../../schemas/clickhouse/0003_rollups_of_served_calls.sql"),
+    ),
 ];
+
+/// The condition of a raw row the rollups hold: a served call, not a refusal
+/// (`RollupRow::holds`).
+const SERVED: &str = "visitParamExtractString(attributes, 'refusal') = ''";
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -533,7 +541,7 @@ impl ClickHouseUsageStore {
                  toUInt64(1) AS calls, units, request_bytes, response_bytes, latency_us \
                  FROM call_events WHERE partner_id = ? AND env = ? \
                  AND time >= toDateTime(?) AND time <= toDateTime(?) \
-                 AND time_us >= {} AND time_us < {}) \
+                 AND time_us >= {} AND time_us < {} AND {SERVED}) \
                  GROUP BY api, version, operation, method, status",
                 a.timestamp_micros(),
                 b.timestamp_micros()
@@ -597,12 +605,15 @@ impl ClickHouseUsageStore {
         Ok(peage_core::meter::evaluate(meters, &events))
     }
 
-    /// Totals of the raw table, optionally for one partner.
+    /// Totals of the raw table's served calls (what the rollups hold), optionally for one
+    /// partner.
     pub async fn raw_totals(&self, partner_id: Option<&str>) -> Result<Totals, UsageStoreError> {
         self.totals(
-            "SELECT count() AS calls, sum(request_bytes) AS request_bytes, \
-             sum(response_bytes) AS response_bytes, sum(latency_us) AS latency_us, \
-             sum(units) AS units_nano FROM call_events",
+            &format!(
+                "SELECT count() AS calls, sum(request_bytes) AS request_bytes, \
+                 sum(response_bytes) AS response_bytes, sum(latency_us) AS latency_us, \
+                 sum(units) AS units_nano FROM call_events WHERE {SERVED}"
+            ),
             partner_id,
         )
         .await
@@ -632,10 +643,16 @@ impl ClickHouseUsageStore {
         partner_id: Option<&str>,
     ) -> Result<Totals, UsageStoreError> {
         let q = match partner_id {
-            Some(p) => self
-                .client
-                .query(&format!("{select} WHERE partner_id = ?"))
-                .bind(p),
+            Some(p) => {
+                let and = if select.contains(" WHERE ") {
+                    "AND"
+                } else {
+                    "WHERE"
+                };
+                self.client
+                    .query(&format!("{select} {and} partner_id = ?"))
+                    .bind(p)
+            }
             None => self.client.query(select),
         };
         self.traced(q)

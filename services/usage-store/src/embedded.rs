@@ -73,6 +73,9 @@ impl SqliteUsageStore {
         let mut rows = sqlx::query(ALL_EVENTS).fetch(&self.pool);
         while let Some(row) = rows.try_next().await? {
             let e = row_to_event(&row)?;
+            if !RollupRow::holds(&e) {
+                continue;
+            }
             match sums.entry(RollupKey::of(&e)) {
                 Entry::Occupied(mut r) => r.get_mut().add(&e),
                 Entry::Vacant(v) => {
@@ -106,7 +109,10 @@ impl SqliteUsageStore {
             .bind(to)
             .fetch(&self.pool);
         while let Some(row) = rows.try_next().await? {
-            out.push(RollupRow::of(&row_to_event(&row)?));
+            let e = row_to_event(&row)?;
+            if RollupRow::holds(&e) {
+                out.push(RollupRow::of(&e));
+            }
         }
         Ok(())
     }
@@ -177,7 +183,7 @@ macro_rules! select_events {
     ($where:literal) => {
         concat!(
             "SELECT partner_id, id, time_us, key_id, env, api, version, operation, method, status, \
-             latency_us, request_bytes, response_bytes, units, gateway_id FROM call_events",
+             latency_us, request_bytes, response_bytes, units, gateway_id, attributes FROM call_events",
             $where
         )
     };
@@ -297,7 +303,11 @@ fn row_to_event(row: &sqlx::sqlite::SqliteRow) -> Result<CallEvent, UsageStoreEr
         response_bytes: row.try_get::<i64, _>("response_bytes")? as u64,
         units: Decimal::from_str(&units).map_err(|e| corrupt(format!("units {units:?}: {e}")))?,
         gateway_id: row.try_get("gateway_id")?,
-        attributes: Default::default(),
+        // Meters read `refusal` from here (peage_core::meter::Refusals).
+        attributes: {
+            let text: String = row.try_get("attributes")?;
+            serde_json::from_str(&text).map_err(|e| corrupt(format!("attributes: {e}")))?
+        },
     })
 }
 
@@ -344,6 +354,9 @@ impl UsageStore for SqliteUsageStore {
                 // Removed on first sight: the same id twice in one batch counts once.
                 if inserted.remove(&(e.partner_id.clone(), e.id.to_string())) {
                     outcome.inserted += 1;
+                    if !RollupRow::holds(e) {
+                        continue;
+                    }
                     match sums.entry(RollupKey::of(e)) {
                         Entry::Occupied(mut r) => r.get_mut().add(e),
                         Entry::Vacant(v) => {
@@ -492,6 +505,7 @@ mod tests {
             scale: None,
             filter: Default::default(),
             group_by: vec![],
+            refusals: Default::default(),
         };
         vec![
             m("calls", Aggregation::Count, MeterField::Calls),
@@ -506,6 +520,38 @@ mod tests {
             from: Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap(),
             to: Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap(),
         }
+    }
+
+    #[tokio::test]
+    async fn refused_calls_are_kept_raw_out_of_rollups_and_meters_that_do_not_ask() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteUsageStore::open(&dir.path().join("usage.db"))
+            .await
+            .unwrap();
+        let served = event("prt_a", 60, "1", Env::Live);
+        let mut refused = event("prt_a", 120, "0", Env::Live);
+        refused.status = 429;
+        refused
+            .attributes
+            .insert(peage_core::event::REFUSAL.into(), "rate-limited".into());
+        store.insert(&[served, refused]).await.unwrap();
+        let mut ms = meters();
+        let mut refusals = ms[0].clone();
+        refusals.name = "refused_calls".into();
+        refusals.refusals = peage_core::meter::Refusals::Only;
+        ms.push(refusals);
+        let u = store
+            .meter_usage(&query("prt_a", Env::Live), &ms)
+            .await
+            .unwrap();
+        assert_eq!(u[0].quantity, Decimal::ONE, "calls leave the refusal out");
+        assert_eq!(u[2].quantity, Decimal::ONE, "refused_calls count it");
+        let hours = store
+            .hourly_rollups(&query("prt_a", Env::Live))
+            .await
+            .unwrap();
+        let rolled: u64 = hours.iter().map(|(_, r)| r.calls).sum();
+        assert_eq!(rolled, 1, "rollups hold the served call only");
     }
 
     #[tokio::test]
@@ -694,6 +740,7 @@ mod tests {
             } else {
                 vec![]
             },
+            refusals: Default::default(),
         };
         let meters = vec![
             m("calls", Aggregation::Count, MeterField::Calls, false),

@@ -57,6 +57,12 @@ async fn store() -> Option<ClickHouseUsageStore> {
 fn event(i: u64, partner: &str, time: DateTime<Utc>) -> CallEvent {
     let ops = ["GET /forecast/{city}", "POST /bulk", "GET /alerts"];
     let op = ops[(i % 3) as usize];
+    // Every 11th call is a recorded refusal (a 429, no units): kept raw, out of the rollups.
+    let refused = i % 11 == 5;
+    let mut attributes = BTreeMap::from([("graphql.root_fields".to_string(), format!("f{i}"))]);
+    if refused {
+        attributes.insert(peage_core::event::REFUSAL.into(), "rate-limited".into());
+    }
     CallEvent {
         id: uuid::Uuid::now_v7(),
         time,
@@ -71,13 +77,21 @@ fn event(i: u64, partner: &str, time: DateTime<Utc>) -> CallEvent {
         version: ["v1", "v2"][(i / 2 % 2) as usize].into(),
         operation: op.into(),
         method: op.split(' ').next().unwrap().into(),
-        status: [200, 200, 201, 404, 500][(i % 5) as usize],
+        status: if refused {
+            429
+        } else {
+            [200, 200, 201, 404, 500][(i % 5) as usize]
+        },
         latency_us: 1_000 + i * 37,
         request_bytes: i * 3,
         response_bytes: 100 + i * 7,
-        units: Decimal::new((i % 17) as i64 * 125, 3),
+        units: if refused {
+            Decimal::ZERO
+        } else {
+            Decimal::new((i % 17) as i64 * 125, 3)
+        },
         gateway_id: "gw-test".into(),
-        attributes: BTreeMap::from([("graphql.root_fields".to_string(), format!("f{i}"))]),
+        attributes,
     }
 }
 
@@ -89,6 +103,7 @@ fn meters() -> Vec<Meter> {
         scale: None,
         filter: Default::default(),
         group_by,
+        refusals: Default::default(),
     };
     let mut ok_calls = m(
         "ok_calls",
@@ -106,7 +121,16 @@ fn meters() -> Vec<Meter> {
         vec![Dimension::Operation],
     );
     egress.scale = Some(Decimal::from_str("0.001").unwrap());
+    let mut refused = m(
+        "refused_calls",
+        Aggregation::Count,
+        MeterField::Calls,
+        vec![Dimension::StatusClass],
+    );
+    refused.refusals = peage_core::meter::Refusals::Only;
     vec![
+        // Counts refusals only: answered from raw events (refusals are not in the rollups).
+        refused,
         ok_calls,
         m("units", Aggregation::Sum, MeterField::Units, vec![]),
         egress,
@@ -132,7 +156,14 @@ fn meters() -> Vec<Meter> {
 async fn rollups_raw_events_and_the_embedded_engine_agree_and_positions_are_kept() {
     let Some(store) = store().await else { return };
     let applied = store.migrate().await.unwrap();
-    assert_eq!(applied, ["0001_call_events", "0002_usage_rollups"]);
+    assert_eq!(
+        applied,
+        [
+            "0001_call_events",
+            "0002_usage_rollups",
+            "0003_rollups_of_served_calls"
+        ]
+    );
     assert!(
         store.migrate().await.unwrap().is_empty(),
         "a second migrate applies nothing"
@@ -193,7 +224,15 @@ async fn rollups_raw_events_and_the_embedded_engine_agree_and_positions_are_kept
         .is_empty());
 
     let raw = store.raw_totals(None).await.unwrap();
-    assert_eq!(raw.calls, 3_000);
+    let refused = (0..3_000u64).filter(|i| i % 11 == 5).count() as u64;
+    assert_eq!(raw.calls, 3_000 - refused, "totals are of served calls");
+    let stored: u64 = store
+        .client()
+        .query("SELECT count() FROM call_events")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(stored, 3_000, "refusals are kept raw");
     assert_eq!(
         store.rollup_totals(Rollup::Minute, None).await.unwrap(),
         raw
@@ -267,10 +306,11 @@ async fn rollups_raw_events_and_the_embedded_engine_agree_and_positions_are_kept
     sent.sort_by_key(|e| e.time);
     assert_eq!(back, sent);
 
-    // The hourly rollups the dashboard charts hold exactly each hour's raw events, here and in
-    // the embedded store.
+    // The hourly rollups the dashboard charts hold exactly each hour's served raw events (not
+    // the refusals), here and in the embedded store.
     let reference: Vec<(DateTime<Utc>, RollupRow)> = sent
         .iter()
+        .filter(|e| RollupRow::holds(e))
         .map(|e| {
             let hour = e.time.duration_trunc(TimeDelta::hours(1)).unwrap();
             (hour, RollupRow::of(e))
@@ -291,13 +331,13 @@ async fn rollups_raw_events_and_the_embedded_engine_agree_and_positions_are_kept
     // Dedup by id for events from outside the log.
     let stored = store.stored_ids(&all[..10]).await.unwrap();
     assert_eq!(stored.len(), 10);
-    let fresh = event(5, "prt_a", start);
+    let fresh = event(6, "prt_a", start);
     let outcome = store
         .insert(&[all[0].clone(), fresh.clone()])
         .await
         .unwrap();
     assert_eq!((outcome.inserted, outcome.duplicates), (1, 1));
-    assert_eq!(store.raw_totals(None).await.unwrap().calls, 3_001);
+    assert_eq!(store.raw_totals(None).await.unwrap().calls, raw.calls + 1);
     store
         .client()
         .query(&format!("DROP DATABASE {}", store_db(&store)))
