@@ -795,7 +795,14 @@ async fn calls_made_while_the_broker_is_down_for_30_seconds_are_all_stored_once_
     let s = Setup::new(&format!("127.0.0.1:{port}")).await;
     let (_billing, control) = s.start("billing", &[]);
     let control = control.unwrap();
-    let (_gw, gw) = s.start("gateway", &[s.spool("gw-1")]);
+    let mport = free_port();
+    let (_gw, gw) = s.start(
+        "gateway",
+        &[
+            s.spool("gw-1"),
+            ("PEAGE_METRICS__LISTEN", format!("127.0.0.1:{mport}")),
+        ],
+    );
     let gw = vec![gw.unwrap()];
     let (_agg, _) = s.start("aggregator", &[]);
     let client = reqwest::Client::new();
@@ -823,7 +830,22 @@ async fn calls_made_while_the_broker_is_down_for_30_seconds_are_all_stored_once_
 
     let ch = s.clickhouse().await;
     let stored = settle(&ch, made as u64, Duration::from_secs(180)).await;
-    assert_eq!(stored, made as u64, "every call is stored exactly once");
+    let spool = client
+        .get(format!("http://127.0.0.1:{mport}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let spool: Vec<&str> = spool
+        .lines()
+        .filter(|l| l.starts_with("peage_spool"))
+        .collect();
+    assert_eq!(
+        stored, made as u64,
+        "every call is stored exactly once; the gateway's spool: {spool:#?}"
+    );
     assert_rollups_equal_raw(&ch).await;
 }
 

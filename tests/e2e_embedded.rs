@@ -1178,7 +1178,8 @@ async fn graphql_and_grpc_calls_are_metered_per_operation_over_http2() {
     }
     assert!(answered, "no 413 in 10 tries");
 
-    let graph = events_of(&data, "graph", 5).await;
+    // Two 400s and a 413 of an identified partner are recorded refusals (docs/gateway.md).
+    let graph = events_of(&data, "graph", 8).await;
     for e in &graph[..3] {
         assert_eq!(e["operation"], "GetForecast");
         assert_eq!(e["units"], "3");
@@ -1192,6 +1193,24 @@ async fn graphql_and_grpc_calls_are_metered_per_operation_over_http2() {
     assert_eq!(graph[4]["operation"], "anonymous");
     assert_eq!(graph[4]["attributes"]["graphql_operation_type"], "mutation");
     assert_eq!(graph[4]["attributes"]["graphql_root_fields"], "book");
+    let refused: Vec<_> = graph[5..]
+        .iter()
+        .map(|e| {
+            (
+                e["status"].as_i64().unwrap(),
+                e["units"].as_str().unwrap(),
+                e["attributes"]["refusal"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            (400, "0", "bad-graphql-request"),
+            (400, "0", "bad-graphql-request"),
+            (413, "0", "request-too-large"),
+        ]
+    );
 
     // gRPC over h2c: the partner's tonic client names the service; the catalog routes it.
     let channel = tonic::transport::Channel::from_shared(gw.clone())

@@ -32,7 +32,10 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, FutureProducer, FutureRecord, Producer,
+    ProducerContext,
+};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::Deserialize;
 
@@ -146,18 +149,9 @@ pub struct OutRecord<'a> {
 
 impl KafkaProducer {
     pub fn new(config: &KafkaConfig) -> Result<KafkaProducer, EventLogError> {
-        let mut c = config.client();
-        c.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", &config.compression)
-            .set("linger.ms", config.linger_ms.to_string())
-            .set("batch.num.messages", "10000")
-            // Waiting in the spool is safe; give up on a record only after 2 minutes so a
-            // long outage surfaces as an error and a fresh producer, never as a silent drop.
-            .set("message.timeout.ms", "120000")
-            .set("queue.buffering.max.messages", "200000");
-        config.apply_properties(&mut c);
-        let producer = c.create().map_err(|e| kafka_err("producer", e))?;
+        let producer = producer_config(config)
+            .create()
+            .map_err(|e| kafka_err("producer", e))?;
         Ok(KafkaProducer { producer })
     }
 
@@ -168,10 +162,7 @@ impl KafkaProducer {
         topic: &str,
         events: &[CallEvent],
     ) -> Result<(), EventLogError> {
-        let payloads = events
-            .iter()
-            .map(crate::encode)
-            .collect::<Result<Vec<_>, _>>()?;
+        let payloads = events.iter().map(crate::encode).collect::<Vec<_>>();
         let out: Vec<OutRecord<'_>> = events
             .iter()
             .zip(&payloads)
@@ -254,6 +245,10 @@ pub struct SpoolConfig {
     /// Events waiting in the spool before the policy applies.
     pub max_events: u64,
     pub when_full: SpoolFullPolicy,
+    /// How long written events may wait for `fdatasync`: a crash of the gateway process loses
+    /// none of them, an OS crash or power loss at most this long of those not yet in Kafka
+    /// (normally there within milliseconds). 0: sync every batch.
+    pub sync_interval_ms: u64,
 }
 
 impl Default for SpoolConfig {
@@ -262,6 +257,7 @@ impl Default for SpoolConfig {
             dir: "./peage-data/spool".into(),
             max_events: 10_000_000,
             when_full: SpoolFullPolicy::FailOpen,
+            sync_interval_ms: 100,
         }
     }
 }
@@ -275,56 +271,118 @@ pub struct SpoolStats {
     pub dropped: AtomicU64,
     /// Forward attempts that failed (broker down, timeouts); each is retried.
     pub forward_failures: AtomicU64,
+    /// Events the forwarder read back from the spool on disk (a backlog from the last run, or
+    /// more than fit in memory), rather than taking them from memory as they were spooled.
+    pub read_from_disk: AtomicU64,
+}
+
+/// Events spooled but not yet handed to the forwarder, kept in memory up to this many so the
+/// forwarder need not read them back from disk; beyond it, it does.
+const IN_MEMORY_EVENTS: u64 = 200_000;
+/// The most events the forwarder sends as one batch.
+const FORWARD_BATCH: u64 = 20_000;
+/// How often the forwarder records its position in the spool (and lets retention delete what
+/// Kafka has): records acknowledged but not yet recorded are re-sent, flagged, after a crash.
+const COMMIT_EVERY: Duration = Duration::from_millis(500);
+
+/// Spooled records on their way from the spool writer to the forwarder, in memory.
+struct SpooledBatch {
+    first: u64,
+    keys: Vec<Bytes>,
+    payloads: Vec<Bytes>,
+}
+
+/// What the spool writer and the forwarder share.
+struct Forwarding {
+    /// The offset after the last record Kafka acknowledged.
+    forwarded_to: AtomicU64,
+    /// Batches spooled and not yet taken by the forwarder, and how many events they hold.
+    handoff: std::sync::mpsc::Sender<SpooledBatch>,
+    in_memory: AtomicU64,
+    stop: AtomicBool,
+    stats: SpoolStats,
 }
 
 /// The gateway side of the Kafka log: append to the spool, forward in the background.
 /// `consumer` is not offered here (the aggregator uses [`KafkaConsumer`]).
+///
+/// The forwarder is a thread of its own with a `BaseProducer`: it hands librdkafka whole
+/// batches and waits for their delivery reports with one flush, with no future or channel per
+/// record. Batches come straight from memory once they are durable in the spool; only a
+/// backlog (from the last run, or more than [`IN_MEMORY_EVENTS`]) is read back from disk.
 pub struct SpooledKafkaLog {
     spool: EmbeddedLog,
     config: SpoolConfig,
-    stats: Arc<SpoolStats>,
-    forwarded_to: Arc<AtomicU64>,
+    shared: Arc<Forwarding>,
     full_logged: AtomicBool,
 }
 
 impl SpooledKafkaLog {
-    /// Opens the spool and starts the forwarder on the current runtime.
+    /// Opens the spool and starts the forwarder.
     pub async fn start(
         kafka: &KafkaConfig,
         spool: SpoolConfig,
     ) -> Result<Arc<SpooledKafkaLog>, EventLogError> {
-        let log = EmbeddedLog::open(&spool.dir)?;
-        let consumer = log.consumer(FORWARDER_GROUP).await?;
-        let backlog = consumer.lag().await?;
-        let forwarded_to = Arc::new(AtomicU64::new(log.end_offset() - backlog));
-        let stats = Arc::new(SpoolStats::default());
-        if backlog > 0 {
+        let log = EmbeddedLog::open_with(
+            &spool.dir,
+            crate::embedded::LogOptions {
+                sync_interval: Duration::from_millis(spool.sync_interval_ms),
+                ..Default::default()
+            },
+        )?;
+        // Registers the forwarder's group, so retention keeps what it has not sent.
+        drop(log.consumer(FORWARDER_GROUP).await?);
+        let committed = log.committed_offset(FORWARDER_GROUP)?;
+        let end = log.written_offset();
+        if end > committed {
             tracing::info!(
-                backlog,
+                backlog = end - committed,
                 "kafka spool: replaying events left from the last run"
             );
         }
-        KafkaProducer::new(kafka)?; // fail fast on a bad configuration
-        let (st, fwd) = (Arc::clone(&stats), Arc::clone(&forwarded_to));
-        tokio::spawn(forward(consumer, kafka.clone(), backlog, st, fwd));
+        new_base_producer(kafka)?; // fail fast on a bad configuration
+        let (tx, rx) = std::sync::mpsc::channel();
+        let shared = Arc::new(Forwarding {
+            forwarded_to: AtomicU64::new(committed),
+            handoff: tx,
+            in_memory: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            stats: SpoolStats::default(),
+        });
+        let forwarder = Forwarder {
+            spool: log.clone(),
+            kafka: kafka.clone(),
+            shared: Arc::clone(&shared),
+            handoff: rx,
+            pending: BTreeMap::new(),
+            next: committed,
+            // Records unacknowledged when this process started may have been sent by the last.
+            resend_below: end,
+            reader: None,
+            committed,
+            committed_at: Instant::now(),
+        };
+        std::thread::Builder::new()
+            .name("peage-spool-kafka".into())
+            .spawn(move || forwarder.run())
+            .map_err(|e| EventLogError::Task(format!("cannot start the forwarder: {e}")))?;
         Ok(Arc::new(SpooledKafkaLog {
             spool: log,
             config: spool,
-            stats,
-            forwarded_to,
+            shared,
             full_logged: AtomicBool::new(false),
         }))
     }
 
     pub fn stats(&self) -> &SpoolStats {
-        &self.stats
+        &self.shared.stats
     }
 
     /// Events spooled but not yet acknowledged by Kafka.
     pub fn pending(&self) -> u64 {
         self.spool
-            .end_offset()
-            .saturating_sub(self.forwarded_to.load(Ordering::Relaxed))
+            .written_offset()
+            .saturating_sub(self.shared.forwarded_to.load(Ordering::Relaxed))
     }
 
     /// Waits until everything spooled so far is acknowledged by Kafka, or `timeout` passes.
@@ -338,91 +396,316 @@ impl SpooledKafkaLog {
     }
 }
 
+impl Drop for SpooledKafkaLog {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 #[derive(Deserialize)]
 struct PartnerKey<'a> {
     #[serde(borrow)]
     partner_id: std::borrow::Cow<'a, str>,
 }
 
-fn partner_key(payload: &[u8]) -> Vec<u8> {
+fn partner_key(payload: &[u8]) -> Bytes {
     // A record without a partner id still goes out (the aggregator dead-letters it).
     serde_json::from_slice::<PartnerKey>(payload)
-        .map(|k| k.partner_id.into_owned().into_bytes())
+        .map(|k| Bytes::from(k.partner_id.into_owned().into_bytes()))
         .unwrap_or_default()
 }
 
-async fn forward(
-    mut consumer: Box<dyn LogConsumer>,
+/// Delivery reports of the forwarder's producer, counted per batch.
+#[derive(Default)]
+struct Deliveries {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = Some(e.to_string());
+                }
+            }
+        }
+    }
+}
+
+fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = kafka.client();
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", &kafka.compression)
+        .set("linger.ms", kafka.linger_ms.to_string())
+        .set("batch.num.messages", "10000")
+        // Waiting in the spool is safe; give up on a record only after 2 minutes so a
+        // long outage surfaces as an error and a fresh producer, never as a silent drop.
+        .set("message.timeout.ms", "120000")
+        .set("queue.buffering.max.messages", "200000");
+    kafka.apply_properties(&mut c);
+    c
+}
+
+fn new_base_producer(kafka: &KafkaConfig) -> Result<BaseProducer<Deliveries>, EventLogError> {
+    producer_config(kafka)
+        .create_with_context(Deliveries::default())
+        .map_err(|e| kafka_err("producer", e))
+}
+
+/// The forwarder thread: spool → Kafka, in order, each batch acknowledged before the next.
+struct Forwarder {
+    spool: EmbeddedLog,
     kafka: KafkaConfig,
-    mut resend_backlog: u64,
-    stats: Arc<SpoolStats>,
-    forwarded_to: Arc<AtomicU64>,
-) {
-    let mut producer = None;
-    // A batch whose delivery failed, to send again (flagged: it may have landed).
-    let mut retry: Option<Vec<LogRecord>> = None;
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let (records, resend) = match retry.take() {
-            Some(r) => (r, true),
-            None => match consumer.poll(20_000, Duration::from_millis(200)).await {
-                Ok(r) if r.is_empty() => continue,
-                Ok(r) => (r, false),
+    shared: Arc<Forwarding>,
+    handoff: std::sync::mpsc::Receiver<SpooledBatch>,
+    /// Batches from memory not yet sent, by first offset.
+    pending: BTreeMap<u64, SpooledBatch>,
+    /// The next offset to send.
+    next: u64,
+    /// Records below this were spooled by an earlier process and may be in Kafka already.
+    resend_below: u64,
+    reader: Option<crate::embedded::SegmentReader>,
+    committed: u64,
+    committed_at: Instant,
+}
+
+impl Forwarder {
+    fn run(mut self) {
+        let mut producer: Option<BaseProducer<Deliveries>> = None;
+        // A batch whose delivery failed, to send again (flagged: it may have landed).
+        let mut retry: Option<SpooledBatch> = None;
+        let mut backoff = Duration::from_millis(100);
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            let (batch, resend) = match retry.take() {
+                Some(b) => (b, true),
+                None => match self.next_batch() {
+                    Some(b) => (b, false),
+                    None => {
+                        self.commit(false);
+                        continue;
+                    }
+                },
+            };
+            let p = match &producer {
+                Some(p) => p,
+                None => match new_base_producer(&self.kafka) {
+                    Ok(p) => producer.insert(p),
+                    Err(e) => {
+                        tracing::error!(error = %e, "kafka spool: cannot create the producer");
+                        retry = Some(batch);
+                        std::thread::sleep(Duration::from_secs(1));
+                        continue;
+                    }
+                },
+            };
+            tracing::debug!(
+                first = batch.first,
+                events = batch.payloads.len(),
+                resend,
+                "kafka spool: sending"
+            );
+            match self.send(p, &batch, resend) {
+                Ok(()) => {
+                    backoff = Duration::from_millis(100);
+                    let n = batch.payloads.len() as u64;
+                    self.next = batch.first + n;
+                    self.shared.forwarded_to.store(self.next, Ordering::Relaxed);
+                    self.shared.stats.forwarded.fetch_add(n, Ordering::Relaxed);
+                    self.commit(false);
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "kafka spool: cannot read the spool");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+                    self.shared
+                        .stats
+                        .forward_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, events = batch.payloads.len(), retry_in_ms = backoff.as_millis() as u64,
+                        "kafka spool: forwarding failed; the events stay in the spool and are sent again");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    // A fresh producer starts clean of any fatal idempotence state.
+                    producer = None;
+                    retry = Some(batch);
                 }
-            },
+            }
+        }
+        self.commit(true);
+    }
+
+    /// The batch at `next`: from memory when it is there, from disk otherwise; `None` after
+    /// waiting a little for one.
+    fn next_batch(&mut self) -> Option<SpooledBatch> {
+        let taken = |b: &SpooledBatch, shared: &Forwarding| {
+            shared
+                .in_memory
+                .fetch_sub(b.payloads.len() as u64, Ordering::Relaxed);
         };
-        let keys: Vec<Vec<u8>> = records.iter().map(|r| partner_key(&r.payload)).collect();
-        let out: Vec<OutRecord<'_>> = records
-            .iter()
-            .zip(&keys)
-            .enumerate()
-            .map(|(i, (r, key))| OutRecord {
-                key,
-                payload: &r.payload,
-                // Records unacknowledged when this process started may have been sent by the
-                // last one.
-                possible_duplicate: resend || (i as u64) < resend_backlog,
-                headers: &[],
-            })
-            .collect();
-        let p = match &producer {
-            Some(p) => p,
-            None => match KafkaProducer::new(&kafka) {
-                Ok(p) => producer.insert(p),
-                Err(e) => {
-                    tracing::error!(error = %e, "kafka spool: cannot create the producer");
-                    retry = Some(records);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+        while let Ok(b) = self.handoff.try_recv() {
+            self.pending.insert(b.first, b);
+        }
+        if self.pending.is_empty() && self.spool.written_offset() <= self.next {
+            match self.handoff.recv_timeout(Duration::from_millis(100)) {
+                Ok(b) => {
+                    self.pending.insert(b.first, b);
                 }
-            },
-        };
-        match p.send_all(&kafka.topic, &out).await {
-            Ok(()) => {
-                backoff = Duration::from_millis(100);
-                resend_backlog = resend_backlog.saturating_sub(records.len() as u64);
-                if let Err(e) = consumer.commit(&records).await {
-                    tracing::error!(error = %e, "kafka spool: cannot record progress; records will be re-sent after a restart (flagged)");
+                Err(_) => return None,
+            }
+        }
+        // Batches the disk path already covered, wholly or in part.
+        while let Some(entry) = self.pending.first_entry() {
+            let b = entry.get();
+            if b.first >= self.next {
+                break;
+            }
+            let mut b = entry.remove();
+            taken(&b, &self.shared);
+            let covered = (self.next - b.first) as usize;
+            if covered < b.payloads.len() {
+                b.keys.drain(..covered);
+                b.payloads.drain(..covered);
+                b.first = self.next;
+                self.shared
+                    .in_memory
+                    .fetch_add(b.payloads.len() as u64, Ordering::Relaxed);
+                self.pending.insert(b.first, b);
+                break;
+            }
+        }
+        if let Some(mut b) = self.pending.remove(&self.next) {
+            taken(&b, &self.shared);
+            // Consecutive batches in memory go out as one: a send waits for its delivery
+            // reports, so many small batches (a quiet gateway, or a backlog after an outage)
+            // would otherwise cost a round trip each.
+            loop {
+                let end = b.first + b.payloads.len() as u64;
+                if b.payloads.len() as u64 >= FORWARD_BATCH {
+                    break;
                 }
-                let last = records.last().map_or(0, |r| r.offset + 1);
-                forwarded_to.store(last, Ordering::Relaxed);
-                stats
-                    .forwarded
+                let Some(more) = self.pending.remove(&end) else {
+                    break;
+                };
+                taken(&more, &self.shared);
+                b.keys.extend(more.keys);
+                b.payloads.extend(more.payloads);
+            }
+            return Some(b);
+        }
+        // A gap before the first batch in memory (or none in memory): read it from disk.
+        let end = self.spool.end_offset();
+        let mut upto = end.min(self.next + FORWARD_BATCH);
+        if let Some((&first, _)) = self.pending.first_key_value() {
+            upto = upto.min(first.max(self.next + 1));
+        }
+        if upto <= self.next {
+            std::thread::sleep(Duration::from_millis(10));
+            return None;
+        }
+        match self.spool.read_range(&mut self.reader, self.next, upto) {
+            Ok(records) => {
+                self.shared
+                    .stats
+                    .read_from_disk
                     .fetch_add(records.len() as u64, Ordering::Relaxed);
+                Some(SpooledBatch {
+                    first: self.next,
+                    keys: records.iter().map(|r| partner_key(&r.payload)).collect(),
+                    payloads: records.into_iter().map(|r| r.payload).collect(),
+                })
             }
             Err(e) => {
-                stats.forward_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, events = records.len(), retry_in_ms = backoff.as_millis() as u64,
-                    "kafka spool: forwarding failed; the events stay in the spool and are sent again");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                // A fresh producer starts clean of any fatal idempotence state.
-                producer = None;
-                retry = Some(records);
+                tracing::error!(error = %e, "kafka spool: cannot read the spool");
+                std::thread::sleep(Duration::from_secs(1));
+                None
+            }
+        }
+    }
+
+    /// Produces every record of `batch` and waits for all their delivery reports.
+    fn send(
+        &self,
+        p: &BaseProducer<Deliveries>,
+        batch: &SpooledBatch,
+        resend: bool,
+    ) -> Result<(), EventLogError> {
+        let ctx = p.context();
+        ctx.delivered.store(0, Ordering::Relaxed);
+        ctx.failed.store(0, Ordering::Relaxed);
+        let topic = self.kafka.topic.as_str();
+        for (i, (key, payload)) in batch.keys.iter().zip(&batch.payloads).enumerate() {
+            let duplicate = resend || batch.first + (i as u64) < self.resend_below;
+            let mut record = BaseRecord::to(topic).key(&key[..]).payload(&payload[..]);
+            if duplicate {
+                record = record.headers(OwnedHeaders::new().insert(Header {
+                    key: POSSIBLE_DUPLICATE,
+                    value: Some("1"),
+                }));
+            }
+            loop {
+                match p.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        // librdkafka's queue is full: let deliveries make room, keep order.
+                        record = back;
+                        p.poll(Duration::from_millis(5));
+                    }
+                    Err((e, _)) => {
+                        // What was queued is still delivered (or fails) before the retry.
+                        let _ = p.flush(Duration::from_secs(130));
+                        return Err(kafka_err("produce", e));
+                    }
+                }
+            }
+        }
+        let n = batch.payloads.len() as u64;
+        // Delivery is bounded by message.timeout.ms (2 minutes); a little more here. Polled in
+        // short steps rather than with `flush`, which waits in steps of 100 ms.
+        let deadline = Instant::now() + Duration::from_secs(130);
+        let reported =
+            || ctx.delivered.load(Ordering::Relaxed) + ctx.failed.load(Ordering::Relaxed);
+        while reported() < n && Instant::now() < deadline {
+            p.poll(Duration::from_millis(1));
+        }
+        let (delivered, failed) = (
+            ctx.delivered.load(Ordering::Relaxed),
+            ctx.failed.load(Ordering::Relaxed),
+        );
+        if failed > 0 || delivered < n {
+            let why = ctx
+                .last_error
+                .lock()
+                .ok()
+                .and_then(|mut l| l.take())
+                .unwrap_or_else(|| "not every record was acknowledged in 130 s".into());
+            return Err(EventLogError::Kafka(format!(
+                "delivery: {failed} failed, {delivered} of {n} acknowledged: {why}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records the position in the spool, at most every [`COMMIT_EVERY`] unless `now`.
+    fn commit(&mut self, now: bool) {
+        if self.next == self.committed || (!now && self.committed_at.elapsed() < COMMIT_EVERY) {
+            return;
+        }
+        match self.spool.commit_blocking(FORWARDER_GROUP, self.next) {
+            Ok(()) => {
+                self.committed = self.next;
+                self.committed_at = Instant::now();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "kafka spool: cannot record progress; records will be re-sent after a restart (flagged)");
             }
         }
     }
@@ -434,7 +717,8 @@ impl EventLog for SpooledKafkaLog {
         if self.pending() >= self.config.max_events {
             match self.config.when_full {
                 SpoolFullPolicy::FailOpen => {
-                    self.stats
+                    self.shared
+                        .stats
                         .dropped
                         .fetch_add(events.len() as u64, Ordering::Relaxed);
                     if !self.full_logged.swap(true, Ordering::Relaxed) {
@@ -456,7 +740,27 @@ impl EventLog for SpooledKafkaLog {
         } else if self.full_logged.swap(false, Ordering::Relaxed) {
             tracing::info!("kafka spool below its bound again");
         }
-        self.spool.append(events).await
+        if events.is_empty() {
+            return Ok(());
+        }
+        let payloads: Vec<Bytes> = events.iter().map(|e| crate::encode(e).into()).collect();
+        let first = self.spool.append_payloads(&payloads).await?;
+        let n = payloads.len() as u64;
+        if self.shared.in_memory.load(Ordering::Relaxed) + n <= IN_MEMORY_EVENTS {
+            let batch = SpooledBatch {
+                first,
+                keys: events
+                    .iter()
+                    .map(|e| Bytes::copy_from_slice(e.partner_id.as_bytes()))
+                    .collect(),
+                payloads,
+            };
+            self.shared.in_memory.fetch_add(n, Ordering::Relaxed);
+            if self.shared.handoff.send(batch).is_err() {
+                self.shared.in_memory.fetch_sub(n, Ordering::Relaxed);
+            }
+        }
+        Ok(())
     }
 
     async fn consumer(&self, _group: &str) -> Result<Box<dyn LogConsumer>, EventLogError> {
@@ -709,6 +1013,7 @@ mod tests {
                 dir: dir.path().to_path_buf(),
                 max_events: 10,
                 when_full,
+                ..Default::default()
             },
         )
         .await

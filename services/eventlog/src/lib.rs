@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use peage_core::CallEvent;
 
-pub use embedded::EmbeddedLog;
-pub use emitter::{EmitterStats, EventEmitter};
+pub use embedded::{EmbeddedLog, LogOptions};
+pub use emitter::{EmitterStats, EventEmitter, LocalEmitter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventLogError {
@@ -115,9 +115,9 @@ pub trait DeadLetterSink: Send + Sync {
     async fn send(&self, letters: &[DeadLetter]) -> Result<(), EventLogError>;
 }
 
-pub(crate) fn encode(event: &CallEvent) -> Result<Vec<u8>, EventLogError> {
-    serde_json::to_vec(event).map_err(|source| EventLogError::Encode {
-        id: event.id.to_string(),
-        source,
-    })
+/// A record's bytes: the event's JSON wire form.
+pub(crate) fn encode(event: &CallEvent) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    event.write_json(&mut out);
+    out
 }

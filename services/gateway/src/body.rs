@@ -1,5 +1,7 @@
 //! Body wrappers that count bytes as they stream, and emit the call's event when the response
 //! body ends, fails, or is dropped because the client went away: exactly one event per call.
+//! Plus the two concrete body types of a call, so nothing is boxed per request: what goes to
+//! the upstream ([`UpstreamBody`]) and what goes back to the partner ([`ResponseBody`]).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,8 +10,114 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Full, Limited};
+use hyper::body::Incoming;
 
 use crate::grpc::MessageCounter;
+use crate::pool::Checkin;
+use crate::server::InFlight;
+
+/// The body sent upstream: the partner's, streamed within the size limit, or one the gateway
+/// read whole (GraphQL), counted either way.
+pub type UpstreamBody = CountingBody<Either<Limited<Incoming>, Full<Bytes>>>;
+
+/// The body of every answer to a partner: the upstream's, metered as it streams, or one of the
+/// gateway's own. It holds the connection's in-flight mark until it is done, so idle
+/// connections are told from busy ones.
+pub struct ResponseBody {
+    inner: Answer,
+    in_flight: Option<InFlight>,
+    /// The pooled upstream connection the answer came on, given back when it has been read
+    /// to its end (dropped, so closed, otherwise).
+    checkin: Option<Checkin>,
+}
+
+enum Answer {
+    Full(Option<Bytes>),
+    Upstream(MeteredBody<Incoming>),
+}
+
+impl ResponseBody {
+    pub fn full(bytes: Bytes) -> ResponseBody {
+        ResponseBody {
+            inner: Answer::Full((!bytes.is_empty()).then_some(bytes)),
+            in_flight: None,
+            checkin: None,
+        }
+    }
+
+    pub(crate) fn upstream(body: MeteredBody<Incoming>, checkin: Option<Checkin>) -> ResponseBody {
+        let mut r = ResponseBody {
+            inner: Answer::Upstream(body),
+            in_flight: None,
+            checkin,
+        };
+        if r.is_end_stream() {
+            r.give_back();
+        }
+        r
+    }
+
+    fn give_back(&mut self) {
+        if let Some(c) = self.checkin.take() {
+            c.give_back();
+        }
+    }
+
+    pub(crate) fn hold(&mut self, mark: InFlight) {
+        self.in_flight = Some(mark);
+    }
+
+    /// Bytes of a body the gateway made itself (0 for an upstream's).
+    pub fn len(&self) -> u64 {
+        match &self.inner {
+            Answer::Full(b) => b.as_ref().map_or(0, |b| b.len() as u64),
+            Answer::Upstream(_) => 0,
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.inner {
+            Answer::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Answer::Upstream(m) => {
+                let polled = Pin::new(&mut *m).poll_frame(cx);
+                let ended = match &polled {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => m.is_end_stream(),
+                    _ => false,
+                };
+                if ended {
+                    self.give_back();
+                } else if matches!(polled, Poll::Ready(Some(Err(_)))) {
+                    self.checkin = None;
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Answer::Full(b) => b.is_none(),
+            Answer::Upstream(m) => m.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Answer::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Answer::Upstream(m) => m.size_hint(),
+        }
+    }
+}
 
 /// What a request body has carried so far, shared with the call's event.
 #[derive(Default)]

@@ -2,8 +2,6 @@
 //! status is read from the trailers (or the headers of a trailers-only answer), and the
 //! gateway's own refusals are sent as gRPC statuses so gRPC clients can read them.
 
-use axum::body::Body;
-use axum::response::Response;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::StatusCode;
 
@@ -54,7 +52,7 @@ impl MessageCounter {
 
 /// The gRPC status code for an HTTP status the gateway answers with (the gRPC project's
 /// "HTTP to gRPC status code mapping", extended with the gateway's own refusals).
-fn code_for(status: StatusCode) -> u8 {
+pub(crate) fn code_for(status: StatusCode) -> u8 {
     match status.as_u16() {
         400 | 413 => 3,  // INVALID_ARGUMENT
         401 => 16,       // UNAUTHENTICATED
@@ -80,33 +78,16 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-/// The gateway's problem answer as a trailers-only gRPC response: HTTP 200, `grpc-status` and
-/// `grpc-message` in the headers, no body; rate-limit and `Retry-After` headers kept.
-pub(crate) fn from_problem(status: StatusCode, detail: &str, headers: &HeaderMap) -> Response {
-    let mut r = Response::new(Body::empty());
-    let h = r.headers_mut();
-    for name in [
-        "ratelimit-policy",
-        "ratelimit",
-        "retry-after",
-        "www-authenticate",
-    ] {
-        if let Some(v) = headers.get(name) {
-            h.insert(name, v.clone());
-        }
-    }
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    h.insert(
+/// Makes `headers` a trailers-only gRPC answer of the gateway's own refusal: `grpc-status` for
+/// its HTTP `status`, and `grpc-message` with the detail.
+pub(crate) fn set_status(headers: &mut HeaderMap, status: StatusCode, detail: &str) {
+    headers.insert(
         "grpc-status",
         HeaderValue::from(u16::from(code_for(status))),
     );
     if let Ok(v) = HeaderValue::from_str(&percent_encode(detail)) {
-        h.insert("grpc-message", v);
+        headers.insert("grpc-message", v);
     }
-    r
 }
 
 /// The `grpc-status` of a headers or trailers block.
@@ -146,12 +127,9 @@ mod tests {
     #[test]
     fn refusals_become_grpc_statuses() {
         let mut h = HeaderMap::new();
-        h.insert("retry-after", HeaderValue::from_static("3"));
-        let r = from_problem(StatusCode::TOO_MANY_REQUESTS, "quota 100% used", &h);
-        assert_eq!(r.status(), StatusCode::OK);
-        assert_eq!(r.headers()["grpc-status"], "8");
-        assert_eq!(r.headers()["grpc-message"], "quota 100%25 used");
-        assert_eq!(r.headers()["retry-after"], "3");
+        set_status(&mut h, StatusCode::TOO_MANY_REQUESTS, "quota 100% used");
+        assert_eq!(h["grpc-status"], "8");
+        assert_eq!(h["grpc-message"], "quota 100%25 used");
         assert_eq!(code_for(StatusCode::UNAUTHORIZED), 16);
         assert_eq!(code_for(StatusCode::GATEWAY_TIMEOUT), 4);
     }

@@ -16,8 +16,8 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
+use crate::clients::HttpClient;
 use crate::keys::{KeyCache, ResolvedKey};
-use crate::proxy::UpstreamClient;
 
 #[derive(Debug, Clone)]
 pub struct JwtConfig {
@@ -65,9 +65,13 @@ struct KeySet {
 const JWKS_TTL: Duration = Duration::from_secs(300);
 const JWKS_MIN_REFRESH: Duration = Duration::from_secs(1);
 
+type JwksClient = HttpClient<http_body_util::Full<bytes::Bytes>>;
+
 pub struct JwtVerifier {
     config: JwtConfig,
-    client: UpstreamClient,
+    client: JwksClient,
+    /// JWKS are fetched here (the runtime that made the verifier), not on serving threads.
+    background: tokio::runtime::Handle,
     /// Read on every token; written only when a JWKS is (re)fetched.
     sets: RwLock<HashMap<String, Arc<KeySet>>>,
     /// Per JWKS URL: one fetch at a time, and when the last one failed. A slow partner JWKS
@@ -76,10 +80,13 @@ pub struct JwtVerifier {
 }
 
 impl JwtVerifier {
-    pub fn new(config: JwtConfig) -> JwtVerifier {
+    /// Call within the gateway's background runtime; `client` comes from the gateway's
+    /// [`crate::Clients`].
+    pub fn new(config: JwtConfig, client: JwksClient) -> JwtVerifier {
         JwtVerifier {
             config,
-            client: crate::proxy::upstream_client(std::time::Duration::from_secs(5), false, &[]),
+            client,
+            background: tokio::runtime::Handle::current(),
             sets: Default::default(),
             fetches: Default::default(),
         }
@@ -89,11 +96,13 @@ impl JwtVerifier {
         let unavailable = |e: String| JwtError::Unavailable(format!("JWKS {url}: {e}"));
         let uri: http::Uri = url.parse().map_err(|e| unavailable(format!("{e}")))?;
         let req = http::Request::get(uri)
-            .body(axum::body::Body::empty())
+            .body(http_body_util::Full::default())
             .map_err(|e| unavailable(e.to_string()))?;
-        let fetch = async {
-            let resp = self
-                .client
+        let client = self.client.clone();
+        let owned_url = url.to_string();
+        let fetch = async move {
+            let unavailable = |e: String| JwtError::Unavailable(format!("JWKS {owned_url}: {e}"));
+            let resp = client
                 .request(req)
                 .await
                 .map_err(|e| unavailable(e.to_string()))?;
@@ -108,8 +117,11 @@ impl JwtVerifier {
                 .to_bytes();
             serde_json::from_slice::<JwkSet>(&body).map_err(|e| unavailable(e.to_string()))
         };
-        let set = tokio::time::timeout(Duration::from_secs(5), fetch)
+        let set = self
+            .background
+            .spawn(tokio::time::timeout(Duration::from_secs(5), fetch))
             .await
+            .map_err(|e| unavailable(format!("fetch task failed: {e}")))?
             .map_err(|_| unavailable("timed out".into()))??;
         let mut keys = HashMap::new();
         let mut all = Vec::new();
@@ -275,7 +287,10 @@ impl JwtVerifier {
                 if claims.sub.as_deref() != Some(key.partner_id.as_str()) {
                     return Err(invalid("the token's subject does not own its key"));
                 }
-                Ok(ResolvedKey { scopes, ..key })
+                Ok(ResolvedKey {
+                    scopes,
+                    ..(*key).clone()
+                })
             }
         }
     }

@@ -1,39 +1,42 @@
 //! The gateway: `/{api}/{version}/{rest}` → the catalog's upstream for that API version.
 //!
-//! Per call: authenticate the API key (only its hash is looked up), route, proxy with streamed
-//! bodies both ways, and emit one `CallEvent` when the response body ends (or the client goes
-//! away), without waiting on the event log. Its own errors are `application/problem+json`.
+//! A call goes through a pipeline of stages ([`call`]): route, authenticate, admit, name the
+//! operation, forward (bodies streamed both ways), meter (one `CallEvent` when the response body
+//! ends, or the client goes away, emitted without waiting on the event log). Its own answers
+//! are `application/problem+json` (gRPC statuses for gRPC callers), from one `Refusal` type.
+//!
+//! [`GatewayServer`] serves it on one single-threaded runtime per core ([`server`]).
 
 mod body;
+pub mod call;
+pub mod clients;
 mod graphql;
 mod grpc;
 pub mod jwt;
 mod keys;
 mod limits;
 pub mod metrics;
-mod proxy;
+mod pool;
 pub mod quota;
+pub mod server;
+mod worker;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
-use http::{header, HeaderValue, StatusCode};
-use peage_core::problem::{Problem, CONTENT_TYPE};
 use peage_core::Catalog;
 use peage_eventlog::EventEmitter;
 
+pub use call::path::EncodedSlashes;
+pub use clients::{parse_pem_certificates, Clients, OutboundConfig};
 pub use jwt::JwtConfig;
 pub use keys::{KeyCache, KeyResolver, ResolvedIssuer, ResolvedKey};
 pub use limits::RateLimits;
-pub use proxy::parse_pem_certificates;
+pub use quota::{QuotaAuthority, QuotaConfig, Quotas};
+pub use server::{ConnectionStats, EdgeLimits, GatewayServer};
+
 /// A DER certificate, as trusted for upstreams.
 pub type Certificate = rustls::pki_types::CertificateDer<'static>;
-pub use quota::{QuotaAuthority, QuotaConfig, Quotas};
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -41,14 +44,18 @@ pub struct GatewayConfig {
     pub gateway_id: String,
     /// Time allowed for the upstream's response headers; past it the call is answered 504.
     pub upstream_timeout: Duration,
-    /// Time allowed to open a connection to an upstream.
-    pub connect_timeout: Duration,
     /// Largest request body accepted; larger ones are answered 413.
     pub max_request_body_bytes: u64,
-    /// CA certificates trusted for `https://` upstreams besides the system's (a private CA).
-    pub upstream_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// How upstream, JWKS and billing connections are made (connect timeout, CAs, pools).
+    pub outbound: OutboundConfig,
     /// Accept JWTs (Péage's own and partners' issuers); `None`: API keys only.
     pub jwt: Option<JwtConfig>,
+    /// Serving threads, each with its own runtime and listener; 0: one per core.
+    pub threads: usize,
+    /// Header-read and idle timeouts, connection limit.
+    pub edge: EdgeLimits,
+    /// `%2F` and `%5C` in paths: refused (the default) or forwarded.
+    pub encoded_slashes: EncodedSlashes,
 }
 
 impl Default for GatewayConfig {
@@ -56,30 +63,35 @@ impl Default for GatewayConfig {
         GatewayConfig {
             gateway_id: "gw-1".into(),
             upstream_timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(5),
             max_request_body_bytes: 10 * 1024 * 1024,
-            upstream_roots: Vec::new(),
+            outbound: OutboundConfig::default(),
             jwt: None,
+            threads: 0,
+            edge: EdgeLimits::default(),
+            encoded_slashes: EncodedSlashes::Reject,
         }
     }
 }
 
 pub struct Gateway {
     pub(crate) catalog: Arc<Catalog>,
+    pub(crate) routes: call::route::Routes,
+    pub(crate) plans: call::admit::Plans,
     pub(crate) keys: KeyCache,
     pub(crate) emitter: EventEmitter,
-    pub(crate) client: proxy::UpstreamClient,
-    /// For gRPC upstreams: HTTP/2 only.
-    pub(crate) h2_client: proxy::UpstreamClient,
+    pub(crate) clients: Clients,
     pub(crate) config: GatewayConfig,
     pub(crate) limits: RateLimits,
     /// `None`: quotas are not enforced (no billing to lease from).
     pub(crate) quotas: Option<Arc<Quotas>>,
     pub(crate) jwt: Option<jwt::JwtVerifier>,
-    pub(crate) latency: metrics::LatencyHistograms,
+    pub(crate) metrics: metrics::GatewayMetrics,
+    pub(crate) connection_stats: ConnectionStats,
 }
 
 impl Gateway {
+    /// Call within the runtime that should run the gateway's background work (key lookups,
+    /// quota leases, JWKS fetches); calls are served on threads of their own.
     pub fn new(
         catalog: Arc<Catalog>,
         keys: KeyCache,
@@ -87,23 +99,58 @@ impl Gateway {
         quotas: Option<Arc<Quotas>>,
         config: GatewayConfig,
     ) -> Arc<Gateway> {
-        Arc::new(Gateway {
+        let clients = Clients::new(config.outbound.clone());
+        let routes = call::route::Routes::new(&catalog);
+        let metrics = metrics::GatewayMetrics::new(
+            routes
+                .versions
+                .iter()
+                .map(|v| (v.api.clone(), v.spec.id.clone())),
+        );
+        let gateway = Arc::new(Gateway {
+            plans: call::admit::Plans::new(&catalog),
+            limits: RateLimits::for_catalog(&catalog),
+            routes,
             catalog,
             keys,
             emitter,
-            client: proxy::upstream_client(config.connect_timeout, false, &config.upstream_roots),
-            h2_client: proxy::upstream_client(config.connect_timeout, true, &config.upstream_roots),
-            limits: RateLimits::default(),
+            jwt: config
+                .jwt
+                .clone()
+                .map(|c| jwt::JwtVerifier::new(c, clients.http())),
+            clients,
             quotas,
-            jwt: config.jwt.clone().map(jwt::JwtVerifier::new),
-            latency: Default::default(),
+            metrics,
+            connection_stats: ConnectionStats::default(),
             config,
-        })
+        });
+        let idle = Arc::downgrade(&gateway);
+        tokio::spawn(async move {
+            // Rate-limit state of keys idle for a while is dropped, so memory follows live keys.
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                match idle.upgrade() {
+                    Some(gw) => gw.limits.retain_recent(),
+                    None => break,
+                }
+            }
+        });
+        gateway
     }
 
-    /// Latency histograms and quota counters, in the Prometheus text format.
+    /// Serving threads the gateway runs (its configuration, with 0 meaning one per core).
+    pub fn serving_threads(&self) -> usize {
+        match self.config.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// Latency histograms, refusals, connections and quota counters, in the Prometheus text
+    /// format.
     pub fn render_metrics(&self) -> String {
-        self.latency.render()
+        self.metrics.render(&self.connection_stats)
     }
 
     /// Whether this gateway should get traffic: metering accepts calls, and quota leases can
@@ -116,69 +163,4 @@ impl Gateway {
             serde_json::json!({ "metering": metering, "quotas": quotas }),
         )
     }
-
-    /// The gateway's router; serve it with `into_make_service_with_connect_info::<SocketAddr>()`.
-    pub fn router(self: &Arc<Gateway>) -> Router {
-        Router::new()
-            .route("/healthz", get(|| async { "ok" }))
-            .route(
-                "/readyz",
-                get(|State(gw): State<Arc<Gateway>>| async move {
-                    let (ready, checks) = gw.readiness();
-                    let status = if ready {
-                        StatusCode::OK
-                    } else {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    };
-                    (
-                        status,
-                        axum::Json(serde_json::json!({ "ready": ready, "checks": checks })),
-                    )
-                }),
-            )
-            .fallback(proxy::handle)
-            .with_state(Arc::clone(self))
-    }
-}
-
-/// Serves the gateway until `shutdown` resolves, then drains in-flight calls.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    gateway: Arc<Gateway>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let idle = Arc::downgrade(&gateway);
-    tokio::spawn(async move {
-        // Rate-limit state of keys idle for a while is dropped, so memory follows live keys.
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            tick.tick().await;
-            match idle.upgrade() {
-                Some(gw) => gw.limits.retain_recent(),
-                None => break,
-            }
-        }
-    });
-    axum::serve(
-        listener,
-        gateway
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-}
-
-pub(crate) fn problem(
-    status: StatusCode,
-    slug: &str,
-    title: &str,
-    detail: impl Into<String>,
-) -> Response {
-    let p = Problem::new(status.as_u16(), slug, title).with_detail(detail);
-    let body = serde_json::to_vec(&p).unwrap_or_default();
-    let mut r = (status, body).into_response();
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-    r
 }

@@ -1,10 +1,19 @@
-//! Call latency histograms per API, version and status, in the Prometheus text format
-//! (`peage_gateway_request_duration_seconds`). Latency is from the request's arrival to the end
-//! of the response body, as the call event records it.
+//! The gateway's own metrics, in the Prometheus text format:
+//! - `peage_gateway_request_duration_seconds`: calls per API, version and status, from arrival
+//!   to the end of the response body, as the call event records it;
+//! - `peage_gateway_refusals_total{reason}`: answers the gateway gave itself, by problem type;
+//! - connection counters (accepted, open, closed by the header-read and idle timeouts).
+//!
+//! Each serving thread writes its own shard (no lock or cache line is shared between threads
+//! on a call); `/metrics` adds the shards up. Label values are resolved when the catalog is
+//! loaded: a call records into a slot by its version's index, never by building strings.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::call::refusal::RefusalKind;
+use crate::server::ConnectionStats;
 
 /// Upper bounds in microseconds: 0.5 ms to 10 s, then +Inf.
 const BOUNDS_US: [u64; 14] = [
@@ -20,9 +29,51 @@ struct Histogram {
     count: u64,
 }
 
+impl Histogram {
+    fn add(&mut self, other: &Histogram) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
+            *a += b;
+        }
+        self.sum_us += other.sum_us;
+        self.count += other.count;
+    }
+}
+
+/// One serving thread's counters.
 #[derive(Default)]
-pub struct LatencyHistograms {
-    by_label: Mutex<BTreeMap<(String, String, u16), Histogram>>,
+pub(crate) struct Shard {
+    /// By (version index, status).
+    latency: Mutex<foldhash::HashMap<(usize, u16), Histogram>>,
+    refusals: [AtomicU64; RefusalKind::ALL.len()],
+}
+
+impl Shard {
+    pub fn observe(&self, version: usize, status: u16, latency_us: u64) {
+        let slot = BOUNDS_US
+            .iter()
+            .position(|b| latency_us <= *b)
+            .unwrap_or(BOUNDS_US.len());
+        let mut map = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let h = map.entry((version, status)).or_default();
+        h.buckets[slot] += 1;
+        h.sum_us += latency_us;
+        h.count += 1;
+    }
+
+    pub fn refused(&self, kind: RefusalKind) {
+        let i = RefusalKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or_default();
+        self.refusals[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Every shard, and the labels of each version index.
+pub struct GatewayMetrics {
+    shards: Mutex<Vec<Arc<Shard>>>,
+    /// (api, version) by version index, label-escaped.
+    versions: Vec<(String, String)>,
 }
 
 fn escape(v: &str) -> String {
@@ -31,37 +82,53 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-impl LatencyHistograms {
-    pub fn observe(&self, api: &str, version: &str, status: u16, latency_us: u64) {
-        let slot = BOUNDS_US
-            .iter()
-            .position(|b| latency_us <= *b)
-            .unwrap_or(BOUNDS_US.len());
-        let mut map = self.by_label.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (api.to_string(), version.to_string(), status);
-        let h = map.entry(key).or_default();
-        h.buckets[slot] += 1;
-        h.sum_us += latency_us;
-        h.count += 1;
+impl GatewayMetrics {
+    pub(crate) fn new(versions: impl IntoIterator<Item = (String, String)>) -> GatewayMetrics {
+        GatewayMetrics {
+            shards: Mutex::default(),
+            versions: versions
+                .into_iter()
+                .map(|(a, v)| (escape(&a), escape(&v)))
+                .collect(),
+        }
     }
 
-    /// The histogram family in the text exposition format.
-    pub fn render(&self) -> String {
-        let map = self
-            .by_label
+    /// A new shard for a serving thread.
+    pub(crate) fn shard(&self) -> Arc<Shard> {
+        let shard = Arc::new(Shard::default());
+        self.shards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::clone(&shard));
+        shard
+    }
+
+    /// Every family in the text exposition format.
+    pub(crate) fn render(&self, connections: &ConnectionStats) -> String {
+        let shards: Vec<Arc<Shard>> = self
+            .shards
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let mut latency: std::collections::BTreeMap<(usize, u16), Histogram> = Default::default();
+        let mut refusals = [0u64; RefusalKind::ALL.len()];
+        for s in &shards {
+            for (k, h) in s.latency.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                latency.entry(*k).or_default().add(h);
+            }
+            for (total, n) in refusals.iter_mut().zip(s.refusals.iter()) {
+                *total += n.load(Ordering::Relaxed);
+            }
+        }
         let name = "peage_gateway_request_duration_seconds";
         let mut out = format!(
             "# HELP {name} Calls through the gateway, from arrival to the end of the response body.\n# TYPE {name} histogram\n"
         );
-        for ((api, version, status), h) in &map {
-            let labels = format!(
-                "api=\"{}\",version=\"{}\",status=\"{status}\"",
-                escape(api),
-                escape(version)
-            );
+        for ((version, status), h) in &latency {
+            let Some((api, v)) = self.versions.get(*version) else {
+                continue;
+            };
+            let labels = format!("api=\"{api}\",version=\"{v}\",status=\"{status}\"");
             let mut cumulative = 0;
             for (i, bound) in BOUNDS_US.iter().enumerate() {
                 cumulative += h.buckets[i];
@@ -72,6 +139,28 @@ impl LatencyHistograms {
             let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_us as f64 / 1e6);
             let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
         }
+        let name = "peage_gateway_refusals_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Calls the gateway answered itself, by problem type.\n# TYPE {name} counter"
+        );
+        for (kind, n) in RefusalKind::ALL.iter().zip(refusals) {
+            let _ = writeln!(out, "{name}{{reason=\"{}\"}} {n}", kind.slug());
+        }
+        let c = connections;
+        for (name, kind, help, v) in [
+            ("peage_gateway_connections_accepted_total", "counter", "Client connections accepted.", &c.accepted),
+            ("peage_gateway_connections_open", "gauge", "Client connections open.", &c.open),
+            ("peage_gateway_header_timeouts_total", "counter", "Connections closed because a request head did not arrive within gateway.header_read_timeout_ms.", &c.header_timeouts),
+            ("peage_gateway_idle_closed_total", "counter", "Keep-alive connections closed after gateway.idle_timeout_ms without a request.", &c.idle_closed),
+            ("peage_gateway_connection_limit_waits_total", "counter", "Times accepting waited because gateway.max_connections were open.", &c.at_limit),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
         out
     }
 }
@@ -81,13 +170,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buckets_are_cumulative_and_labelled() {
-        let h = LatencyHistograms::default();
-        h.observe("demo", "v1", 200, 300);
-        h.observe("demo", "v1", 200, 2_000);
-        h.observe("demo", "v1", 200, 20_000_000);
-        h.observe("demo", "v0", 404, 700);
-        let text = h.render();
+    fn shards_add_up_buckets_are_cumulative_and_labelled() {
+        let m = GatewayMetrics::new([
+            ("demo".to_string(), "v1".to_string()),
+            ("demo".to_string(), "v0".to_string()),
+        ]);
+        let (a, b) = (m.shard(), m.shard());
+        a.observe(0, 200, 300);
+        b.observe(0, 200, 2_000);
+        a.observe(0, 200, 20_000_000);
+        b.observe(1, 404, 700);
+        a.refused(RefusalKind::RateLimited);
+        b.refused(RefusalKind::RateLimited);
+        let text = m.render(&ConnectionStats::default());
         let line = |needle: &str| {
             text.lines()
                 .find(|l| l.starts_with(needle))
@@ -105,6 +200,11 @@ mod tests {
         assert_eq!(line(&format!("{p}_bucket{{{v1},le=\"+Inf\"}}")), "3");
         assert_eq!(line(&format!("{p}_count{{{v1}}}")), "3");
         assert_eq!(line(&format!("{p}_sum{{{v1}}}")), "20.0023");
-        assert!(text.contains("status=\"404\""));
+        assert!(text.contains("version=\"v0\",status=\"404\""));
+        assert_eq!(
+            line("peage_gateway_refusals_total{reason=\"rate-limited\"}"),
+            "2"
+        );
+        assert_eq!(line("peage_gateway_connections_open"), "0");
     }
 }

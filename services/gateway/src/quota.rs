@@ -11,7 +11,6 @@
 //! When billing cannot be reached, [`UnreachablePolicy`] decides: keep serving up to a bound
 //! per quota (taken out of the next grant), or refuse with 503.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -88,7 +87,7 @@ pub struct QuotaStats {
     pub billing_reachable: AtomicU64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct EntryKey {
     partner_id: String,
     env: Env,
@@ -125,7 +124,7 @@ struct Entry {
 
 /// What a refused call is answered with.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Refusal {
+pub enum QuotaRefusal {
     HardBlocked {
         meter: String,
         limit: Decimal,
@@ -172,16 +171,34 @@ impl Taken {
 
 enum Try {
     Taken { soft: bool },
-    Blocked(Refusal),
+    Blocked(QuotaRefusal),
     NeedLease,
 }
+
+/// Quota entries by partner, then meter, then env: looked up by borrowed names, so a call
+/// allocates nothing to find its entries.
+type Entries = foldhash::HashMap<String, foldhash::HashMap<String, [Option<Arc<Entry>>; 2]>>;
 
 pub struct Quotas {
     authority: Arc<dyn QuotaAuthority>,
     config: QuotaConfig,
     gateway_id: String,
-    entries: Mutex<HashMap<EntryKey, Arc<Entry>>>,
+    entries: std::sync::RwLock<Entries>,
     stats: Arc<QuotaStats>,
+    /// Lease requests run here (the runtime that made `Quotas`), never on serving threads:
+    /// billing's connections belong to it.
+    background: tokio::runtime::Handle,
+}
+
+/// One serving thread's copy of the entries it has used.
+#[derive(Default)]
+pub(crate) struct LocalEntries(Mutex<Entries>);
+
+fn env_slot(env: Env) -> usize {
+    match env {
+        Env::Live => 0,
+        Env::Sandbox => 1,
+    }
 }
 
 /// One quota'd meter a call is about to spend, with its estimate.
@@ -203,8 +220,9 @@ impl Quotas {
             authority,
             config,
             gateway_id,
-            entries: Mutex::default(),
+            entries: Default::default(),
             stats,
+            background: tokio::runtime::Handle::current(),
         })
     }
 
@@ -219,15 +237,30 @@ impl Quotas {
     }
 
     fn entry(&self, partner_id: &str, env: Env, meter: &str, kind: QuotaKind) -> Arc<Entry> {
-        let key = EntryKey {
-            partner_id: partner_id.to_string(),
-            env,
-            meter: meter.to_string(),
-        };
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(entries.entry(key.clone()).or_insert_with(|| {
+        let slot = env_slot(env);
+        {
+            let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = entries
+                .get(partner_id)
+                .and_then(|m| m.get(meter))
+                .and_then(|e| e[slot].as_ref())
+            {
+                return Arc::clone(e);
+            }
+        }
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        let by_env = entries
+            .entry(partner_id.to_string())
+            .or_default()
+            .entry(meter.to_string())
+            .or_default();
+        Arc::clone(by_env[slot].get_or_insert_with(|| {
             Arc::new(Entry {
-                key,
+                key: EntryKey {
+                    partner_id: partner_id.to_string(),
+                    env,
+                    meter: meter.to_string(),
+                },
                 state: Mutex::new(EntryState {
                     kind,
                     balance: Decimal::ZERO,
@@ -248,16 +281,58 @@ impl Quotas {
         }))
     }
 
+    /// [`Quotas::entry`], first in a serving thread's own copy of the entries it has used
+    /// (entries live as long as the gateway, so a copy never goes stale).
+    fn entry_in(
+        &self,
+        local: &LocalEntries,
+        partner_id: &str,
+        env: Env,
+        meter: &str,
+        kind: QuotaKind,
+    ) -> Arc<Entry> {
+        let slot = env_slot(env);
+        let mut entries = local.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = entries
+            .get(partner_id)
+            .and_then(|m| m.get(meter))
+            .and_then(|e| e[slot].as_ref())
+        {
+            return Arc::clone(e);
+        }
+        let entry = self.entry(partner_id, env, meter, kind);
+        entries
+            .entry(partner_id.to_string())
+            .or_default()
+            .entry(meter.to_string())
+            .or_default()[slot] = Some(Arc::clone(&entry));
+        entry
+    }
+
     /// Takes every demand of a call, or refuses it (giving back what was already taken).
     pub async fn admit(
         self: &Arc<Self>,
         partner_id: &str,
         env: Env,
         demands: &[Demand<'_>],
-    ) -> Result<Taken, Refusal> {
+    ) -> Result<Taken, QuotaRefusal> {
+        self.admit_in(None, partner_id, env, demands).await
+    }
+
+    /// [`Quotas::admit`] from a serving thread, with its own copy of the entries.
+    pub(crate) async fn admit_in(
+        self: &Arc<Self>,
+        local: Option<&LocalEntries>,
+        partner_id: &str,
+        env: Env,
+        demands: &[Demand<'_>],
+    ) -> Result<Taken, QuotaRefusal> {
         let mut taken = Taken::none();
         for d in demands {
-            let entry = self.entry(partner_id, env, d.meter, d.kind);
+            let entry = match local {
+                Some(l) => self.entry_in(l, partner_id, env, d.meter, d.kind),
+                None => self.entry(partner_id, env, d.meter, d.kind),
+            };
             match self.take(&entry, d.estimate).await {
                 Ok(soft) => {
                     if soft {
@@ -267,7 +342,7 @@ impl Quotas {
                     taken.taken.push((entry, d.estimate));
                 }
                 Err(refusal) => {
-                    if matches!(refusal, Refusal::HardBlocked { .. }) {
+                    if matches!(refusal, QuotaRefusal::HardBlocked { .. }) {
                         self.stats.hard_blocked.fetch_add(1, Ordering::Relaxed);
                     }
                     taken.settle(|_| Decimal::ZERO);
@@ -283,13 +358,21 @@ impl Quotas {
         self: &Arc<Self>,
         entry: &Arc<Entry>,
         estimate: Decimal,
-    ) -> Result<bool, Refusal> {
+    ) -> Result<bool, QuotaRefusal> {
         match self.try_take(entry, estimate) {
-            Try::Taken { soft } => return Ok(soft),
-            Try::Blocked(r) => return Err(r),
-            Try::NeedLease => {}
+            Try::Taken { soft } => Ok(soft),
+            Try::Blocked(r) => Err(r),
+            // Rare, and its future is large: kept off the call's own.
+            Try::NeedLease => Box::pin(self.take_leased(entry, estimate)).await,
         }
-        // The balance is empty: wait for a lease (one request per quota at a time).
+    }
+
+    /// The balance is empty: waits for a lease (one request per quota at a time), then takes.
+    async fn take_leased(
+        self: &Arc<Self>,
+        entry: &Arc<Entry>,
+        estimate: Decimal,
+    ) -> Result<bool, QuotaRefusal> {
         let guard = tokio::time::timeout(self.config.lease_timeout, entry.renewing.lock()).await;
         let Ok(_guard) = guard else {
             return self.unreachable(entry, estimate, "lease request still in flight");
@@ -367,7 +450,7 @@ impl Quotas {
 
     fn renew_in_background(self: &Arc<Self>, entry: Arc<Entry>) {
         let quotas = Arc::clone(self);
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             let _g = entry.renewing.lock().await;
             let want = {
                 let s = entry.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -392,7 +475,13 @@ impl Quotas {
             want,
         };
         self.stats.lease_requests.fetch_add(1, Ordering::Relaxed);
-        let lease = match self.authority.lease(&req).await {
+        let authority = Arc::clone(&self.authority);
+        let asked = self
+            .background
+            .spawn(async move { authority.lease(&req).await })
+            .await
+            .unwrap_or_else(|e| Err(LeaseError::Unreachable(format!("lease task failed: {e}"))));
+        let lease = match asked {
             Ok(l) => {
                 self.stats.billing_reachable.store(1, Ordering::Relaxed);
                 l
@@ -427,7 +516,12 @@ impl Quotas {
         Ok(())
     }
 
-    fn unreachable(&self, entry: &Entry, estimate: Decimal, error: &str) -> Result<bool, Refusal> {
+    fn unreachable(
+        &self,
+        entry: &Entry,
+        estimate: Decimal,
+        error: &str,
+    ) -> Result<bool, QuotaRefusal> {
         let mut s = entry.state.lock().unwrap_or_else(|p| p.into_inner());
         if let UnreachablePolicy::Serve { bound } = self.config.unreachable {
             if s.overdraft + estimate <= bound {
@@ -443,7 +537,7 @@ impl Quotas {
         self.stats
             .refused_unreachable
             .fetch_add(1, Ordering::Relaxed);
-        Err(Refusal::Unavailable {
+        Err(QuotaRefusal::Unavailable {
             meter: entry.key.meter.clone(),
         })
     }
@@ -452,22 +546,28 @@ impl Quotas {
 /// Billing's `POST /v1/quota/leases` over HTTP (distributed mode), with the control API's
 /// bearer token.
 pub struct HttpQuotaAuthority {
-    client: crate::proxy::UpstreamClient,
+    client: crate::clients::HttpClient<http_body_util::Full<bytes::Bytes>>,
     url: http::Uri,
     authorization: http::HeaderValue,
     timeout: Duration,
 }
 
 impl HttpQuotaAuthority {
-    /// `billing_url` is the control API's base (`http://billing:8090`).
-    pub fn new(billing_url: &str, token: &str, timeout: Duration) -> Result<Self, String> {
+    /// `billing_url` is the control API's base (`http://billing:8090`); connections are made
+    /// as the gateway's `clients` make them (connect timeout, trusted CAs).
+    pub fn new(
+        billing_url: &str,
+        token: &str,
+        timeout: Duration,
+        clients: &crate::Clients,
+    ) -> Result<Self, String> {
         let url = format!("{}/v1/quota/leases", billing_url.trim_end_matches('/'))
             .parse()
             .map_err(|e| format!("billing url {billing_url:?}: {e}"))?;
         let authorization = http::HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| "the billing token is not a valid header value".to_string())?;
         Ok(HttpQuotaAuthority {
-            client: crate::proxy::upstream_client(std::time::Duration::from_secs(5), false, &[]),
+            client: clients.http(),
             url,
             authorization,
             timeout,
@@ -483,7 +583,7 @@ impl QuotaAuthority for HttpQuotaAuthority {
         let request = http::Request::post(self.url.clone())
             .header(http::header::AUTHORIZATION, self.authorization.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(axum::body::Body::from(body))
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
             .map_err(|e| LeaseError::Refused(e.to_string()))?;
         let call = async {
             let response = self
@@ -518,9 +618,9 @@ impl QuotaAuthority for HttpQuotaAuthority {
     }
 }
 
-fn blocked(meter: &str, s: &EntryState) -> Refusal {
+fn blocked(meter: &str, s: &EntryState) -> QuotaRefusal {
     let resets_at = s.resets_at.unwrap_or_else(Utc::now);
-    Refusal::HardBlocked {
+    QuotaRefusal::HardBlocked {
         meter: meter.to_string(),
         limit: s.limit,
         period_seconds: s.period_start.map_or(0, |p| (resets_at - p).num_seconds()),
@@ -615,7 +715,7 @@ mod tests {
             .err()
             .unwrap();
         assert!(
-            matches!(refusal, Refusal::HardBlocked { limit, .. } if limit == Decimal::from(57))
+            matches!(refusal, QuotaRefusal::HardBlocked { limit, .. } if limit == Decimal::from(57))
         );
     }
 
@@ -637,7 +737,7 @@ mod tests {
         let (billing, quotas) = setup(1000, UnreachablePolicy::Refuse);
         billing.down.store(true, Ordering::Relaxed);
         let r = quotas.admit("prt_a", Env::Live, &[demand(1)]).await;
-        assert!(matches!(r, Err(Refusal::Unavailable { .. })));
+        assert!(matches!(r, Err(QuotaRefusal::Unavailable { .. })));
         assert_eq!(quotas.stats().billing_reachable.load(Ordering::Relaxed), 0);
 
         let (billing, quotas) = setup(

@@ -110,8 +110,20 @@ pub struct GatewaySection {
     pub connect_timeout_ms: u64,
     /// Largest request body accepted (413 beyond it).
     pub max_request_body_bytes: u64,
-    /// A PEM file of CA certificates trusted for `https://` upstreams besides the system's.
+    /// A PEM file of CA certificates trusted for `https://` upstreams besides the system's
+    /// (also for JWKS and billing).
     pub upstream_ca_file: Option<std::path::PathBuf>,
+    /// Serving threads, each with its own runtime, listener and upstream pools; 0: one per core.
+    pub threads: usize,
+    /// Time allowed for a request head from its first byte (from the connection's start for
+    /// the first request); the connection is closed past it.
+    pub header_read_timeout_ms: u64,
+    /// A keep-alive connection with no request in flight is closed after this long.
+    pub idle_timeout_ms: u64,
+    /// Client connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// `%2F` and `%5C` in paths: `reject` (400) or `forward` unchanged.
+    pub encoded_slashes: peage_gateway::EncodedSlashes,
     /// The billing role's control API, where quota leases come from (with the admin token).
     pub billing_url: String,
     /// The smallest quota lease asked for, in meter units; busy quotas ask for about 2 s of use.
@@ -130,6 +142,45 @@ pub enum UnreachableChoice {
 }
 
 impl GatewaySection {
+    /// The gateway's configuration from this section, with `jwt` for access tokens.
+    pub fn gateway_config(
+        &self,
+        jwt: peage_gateway::JwtConfig,
+    ) -> anyhow::Result<peage_gateway::GatewayConfig> {
+        use std::time::Duration;
+        for (key, ms) in [
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("upstream_timeout_ms", self.upstream_timeout_ms),
+        ] {
+            if ms == 0 {
+                bail!("gateway.{key} must be more than 0");
+            }
+        }
+        if self.max_connections == 0 {
+            bail!("gateway.max_connections must be more than 0");
+        }
+        Ok(peage_gateway::GatewayConfig {
+            gateway_id: self.id.clone(),
+            upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
+            max_request_body_bytes: self.max_request_body_bytes,
+            outbound: peage_gateway::OutboundConfig {
+                connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+                extra_roots: crate::up::upstream_roots(self.upstream_ca_file.as_deref())?,
+                ..Default::default()
+            },
+            jwt: Some(jwt),
+            threads: self.threads,
+            edge: peage_gateway::EdgeLimits {
+                header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+                idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+                max_connections: self.max_connections,
+            },
+            encoded_slashes: self.encoded_slashes,
+        })
+    }
+
     pub fn quota_config(&self) -> peage_gateway::QuotaConfig {
         use rust_decimal::Decimal;
         peage_gateway::QuotaConfig {
@@ -155,6 +206,11 @@ impl Default for GatewaySection {
             connect_timeout_ms: 5_000,
             max_request_body_bytes: 10 * 1024 * 1024,
             upstream_ca_file: None,
+            threads: 0,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 16_384,
+            encoded_slashes: peage_gateway::EncodedSlashes::Reject,
             billing_url: "http://127.0.0.1:8090".into(),
             quota_lease_size: 100,
             quota_when_billing_unreachable: UnreachableChoice::Serve,
@@ -240,19 +296,28 @@ impl BillingSection {
     /// The `[billing]` section from `PEAGE_BILLING__*` alone (for `peage up`, which has no
     /// configuration file).
     pub fn from_env(env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Self> {
-        let mut doc = toml::Table::new();
-        apply_env(
-            &mut doc,
-            env.into_iter()
-                .filter(|(k, _)| k.starts_with("PEAGE_BILLING__")),
-        )?;
-        let section = doc
-            .remove("billing")
-            .unwrap_or(toml::Value::Table(Default::default()));
-        section
-            .try_into()
-            .map_err(|e| anyhow::anyhow!("PEAGE_BILLING__*: {e}"))
+        section_from_env("billing", env)
     }
+}
+
+/// One section from `PEAGE_<SECTION>__*` alone, the rest at its defaults (for `peage up`,
+/// which has no configuration file).
+pub fn section_from_env<T: serde::de::DeserializeOwned>(
+    section: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> anyhow::Result<T> {
+    let prefix = format!("PEAGE_{}__", section.to_ascii_uppercase());
+    let mut doc = toml::Table::new();
+    apply_env(
+        &mut doc,
+        env.into_iter().filter(|(k, _)| k.starts_with(&prefix)),
+    )?;
+    let table = doc
+        .remove(section)
+        .unwrap_or(toml::Value::Table(Default::default()));
+    table
+        .try_into()
+        .map_err(|e| anyhow::anyhow!("{prefix}*: {e}"))
 }
 
 #[derive(Debug, Clone, Deserialize)]

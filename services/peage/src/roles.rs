@@ -11,7 +11,7 @@ use peage_billing_store::{BillingStore, PostgresBillingStore};
 use peage_eventlog::kafka::{ensure_topics, KafkaConsumer, KafkaDeadLetters, SpooledKafkaLog};
 use peage_eventlog::{EventEmitter, EventLog};
 use peage_gateway::quota::HttpQuotaAuthority;
-use peage_gateway::{Gateway, GatewayConfig, KeyCache, Quotas};
+use peage_gateway::{Clients, Gateway, GatewayServer, KeyCache, Quotas};
 use peage_usage_store::ClickHouseUsageStore;
 use tokio::sync::watch;
 
@@ -77,10 +77,15 @@ pub async fn gateway(
         Arc::new(StoreKeys(billing)),
         Duration::from_millis(config.gateway.key_cache_ttl_ms),
     );
+    let gateway_config = config.gateway.gateway_config(crate::up::jwt_config(
+        &config.oauth.config(),
+        &config.gateway.billing_url,
+    ))?;
     let authority = HttpQuotaAuthority::new(
         &config.gateway.billing_url,
         &config.control.token()?,
         Duration::from_secs(2),
+        &Clients::new(gateway_config.outbound.clone()),
     )
     .map_err(|e| anyhow::anyhow!("gateway.billing_url: {e}"))?;
     let quotas = Quotas::new(
@@ -89,27 +94,10 @@ pub async fn gateway(
         config.gateway.id.clone(),
     );
     let quota_stats = quotas.stats();
-    let gw = Gateway::new(
-        catalog,
-        keys,
-        emitter.clone(),
-        Some(quotas),
-        GatewayConfig {
-            jwt: Some(crate::up::jwt_config(
-                &config.oauth.config(),
-                &config.gateway.billing_url,
-            )),
-            gateway_id: config.gateway.id.clone(),
-            upstream_timeout: Duration::from_millis(config.gateway.upstream_timeout_ms),
-            connect_timeout: Duration::from_millis(config.gateway.connect_timeout_ms),
-            max_request_body_bytes: config.gateway.max_request_body_bytes,
-            upstream_roots: crate::up::upstream_roots(config.gateway.upstream_ca_file.as_deref())?,
-        },
-    );
-    let listener = tokio::net::TcpListener::bind(config.gateway.listen)
-        .await
+    let gw = Gateway::new(catalog, keys, emitter.clone(), Some(quotas), gateway_config);
+    let server = GatewayServer::bind(Arc::clone(&gw), config.gateway.listen)
         .with_context(|| format!("gateway cannot listen on {}", config.gateway.listen))?;
-    let addr = listener.local_addr()?;
+    let addr = server.local_addr();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -123,6 +111,7 @@ pub async fn gateway(
                 ("peage_events_spooled_total", "Call events written to the disk spool.", "counter", read(&e.persisted)),
                 ("peage_spool_pending_events", "Events in the spool not yet acknowledged by Kafka.", "gauge", spool.pending()),
                 ("peage_spool_forwarded_events_total", "Events acknowledged by Kafka.", "counter", read(&s.forwarded)),
+                ("peage_spool_read_from_disk_events_total", "Events the forwarder read back from the spool's files (a backlog) rather than from memory.", "counter", read(&s.read_from_disk)),
                 ("peage_spool_forward_failures_total", "Failed attempts to forward a batch to Kafka (each retried).", "counter", read(&s.forward_failures)),
                 ("peage_spool_dropped_events_total", "Events dropped because the spool was full (fail_open).", "counter", read(&s.dropped)),
                 ("peage_spool_accepting", "1 while the gateway admits calls; 0 while a full spool refuses them (fail_closed).", "gauge", u64::from(spool.accepting())),
@@ -139,12 +128,11 @@ pub async fn gateway(
         let exposition = move || metrics::render(&samples()) + &gw.render_metrics();
         metrics::serve(listen, Arc::new(exposition), stopped(stop_rx.clone())).await?;
     }
-    let server = tokio::spawn(peage_gateway::serve(listener, gw, stopped(stop_rx)));
-    tracing::info!(listen = %addr, id = %config.gateway.id, topic = %config.kafka.topic, "gateway up");
+    tracing::info!(listen = %addr, id = %config.gateway.id, topic = %config.kafka.topic, threads = gw.serving_threads(), "gateway up");
     println!("peage gateway listening on http://{addr}");
     shutdown.await;
     let _ = stop_tx.send(true);
-    server.await??;
+    server.stop().await;
     emitter.flush().await;
     let left = spool.drain(Duration::from_secs(10)).await;
     if left > 0 {

@@ -19,7 +19,7 @@ use peage_core::{Catalog, Env};
 use peage_eventlog::{EmbeddedLog, EventEmitter, EventLog};
 use peage_gateway::quota::LeaseError;
 use peage_gateway::{
-    Gateway, GatewayConfig, JwtConfig, KeyCache, KeyResolver, QuotaAuthority, QuotaConfig, Quotas,
+    Gateway, GatewayServer, JwtConfig, KeyCache, KeyResolver, QuotaAuthority, QuotaConfig, Quotas,
     ResolvedIssuer, ResolvedKey,
 };
 use peage_usage_store::SqliteUsageStore;
@@ -374,13 +374,9 @@ pub async fn run(
         let keys = keys.clone();
         Arc::new(move || keys.invalidate())
     };
-    let gateway_listener = tokio::net::TcpListener::bind(options.gateway_listen)
-        .await
-        .with_context(|| format!("gateway cannot listen on {}", options.gateway_listen))?;
     let control_listener = tokio::net::TcpListener::bind(options.control_listen)
         .await
         .with_context(|| format!("control API cannot listen on {}", options.control_listen))?;
-    let gateway_url = format!("http://{}", gateway_listener.local_addr()?);
     let control_url = format!("http://{}", control_listener.local_addr()?);
     let oauth = OAuthConfig::default();
     let billing_config = crate::config::BillingSection::from_env(std::env::vars())?;
@@ -410,25 +406,25 @@ pub async fn run(
         QuotaConfig::default(),
         options.gateway_id.clone(),
     );
+    // The gateway's own settings from PEAGE_GATEWAY__* (threads, edge limits…), with the
+    // options above.
+    let mut section: crate::config::GatewaySection =
+        crate::config::section_from_env("gateway", std::env::vars())?;
+    section.listen = options.gateway_listen;
+    section.id = options.gateway_id.clone();
+    section.upstream_timeout_ms = options.upstream_timeout_ms;
+    section.max_request_body_bytes = options.max_request_body_bytes;
+    section.upstream_ca_file = options.upstream_ca_file.clone();
     let gateway = Gateway::new(
         Arc::clone(&catalog),
         keys,
         emitter.clone(),
         Some(quotas),
-        GatewayConfig {
-            gateway_id: options.gateway_id.clone(),
-            jwt: Some(jwt_config(&oauth, &control_url)),
-            upstream_timeout: Duration::from_millis(options.upstream_timeout_ms),
-            max_request_body_bytes: options.max_request_body_bytes,
-            upstream_roots: upstream_roots(options.upstream_ca_file.as_deref())?,
-            ..GatewayConfig::default()
-        },
+        section.gateway_config(jwt_config(&oauth, &control_url))?,
     );
-    let gateway_server = tokio::spawn(peage_gateway::serve(
-        gateway_listener,
-        gateway,
-        stopped(stop_rx.clone()),
-    ));
+    let gateway_server = GatewayServer::bind(gateway, options.gateway_listen)
+        .with_context(|| format!("gateway cannot listen on {}", options.gateway_listen))?;
+    let gateway_url = format!("http://{}", gateway_server.local_addr());
     let control_server = tokio::spawn(peage_billing::serve_router(
         control_listener,
         control.router().merge(peage_dashboard::router()),
@@ -479,12 +475,11 @@ pub async fn run(
     shutdown.await;
     println!("Shutting down: draining calls, flushing events…");
     let _ = stop_tx.send(true);
-    for (name, server) in [("gateway", gateway_server), ("control API", control_server)] {
-        match server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "{name} server failed"),
-            Err(e) => tracing::error!(error = %e, "{name} server panicked"),
-        }
+    gateway_server.stop().await;
+    match control_server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "control API server failed"),
+        Err(e) => tracing::error!(error = %e, "control API server panicked"),
     }
     let _ = webhooks.await;
     // Every call has finished: put its event in the log, then let the aggregator drain the log.

@@ -1,0 +1,208 @@
+//! Stage 3, admit: may this partner make this call now?
+//!
+//! [`access`] runs before the operation is named, so a call refused here never has its body
+//! read: the key's scope must cover the version, the version must not be retired, a test key
+//! needs a sandbox, and the key's rate limit must allow the call. [`quotas`] runs once the
+//! operation is named, so a quota's estimate is the operation's real weight (GraphQL and gRPC
+//! weights are only known then); what it takes is settled when the call ends.
+//!
+//! A plan's rate limit and quotas are looked up once per plan when the gateway starts
+//! ([`Plans`]), not searched per call.
+
+use chrono::Utc;
+use http::header::{HeaderName, HeaderValue, WWW_AUTHENTICATE};
+use peage_core::catalog::VersionStatus;
+use peage_core::meter::Meter;
+use peage_core::pricing::{QuotaKind, RateLimit};
+use peage_core::{CallEvent, Catalog, Env};
+
+use super::refusal::{Refusal, RefusalKind};
+use super::route::{UpstreamBase, VersionRoute};
+use crate::jwt::scope_allows;
+use crate::keys::ResolvedKey;
+use crate::limits::Limited;
+use crate::quota::{Demand, QuotaRefusal, Taken};
+use crate::Gateway;
+
+/// A quota of a plan, with its meter.
+pub(crate) struct PlanQuota {
+    pub meter: Meter,
+    pub kind: QuotaKind,
+}
+
+/// What admitting a call needs of a plan.
+pub(crate) struct PlanPolicy {
+    pub rate_limit: Option<RateLimit>,
+    pub quotas: Vec<PlanQuota>,
+}
+
+/// Every plan's policy, by plan id.
+pub(crate) struct Plans(foldhash::HashMap<String, PlanPolicy>);
+
+impl Plans {
+    pub fn new(catalog: &Catalog) -> Plans {
+        Plans(
+            catalog
+                .plans
+                .iter()
+                .map(|p| {
+                    let quotas = p
+                        .quotas
+                        .iter()
+                        .filter_map(|q| {
+                            Some(PlanQuota {
+                                meter: catalog.meter(&q.meter)?.clone(),
+                                kind: q.kind,
+                            })
+                        })
+                        .collect();
+                    (
+                        p.id.clone(),
+                        PlanPolicy {
+                            rate_limit: p.rate_limit.clone(),
+                            quotas,
+                        },
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, plan_id: &str) -> Option<&PlanPolicy> {
+        self.0.get(plan_id)
+    }
+}
+
+/// The key's access to `version`, then its rate limit. Returns the upstream base to call.
+pub(crate) fn access<'v>(
+    gw: &Gateway,
+    key: &ResolvedKey,
+    version: &'v VersionRoute,
+) -> Result<&'v UpstreamBase, Refusal> {
+    let (api, id) = (version.api.as_str(), version.spec.id.as_str());
+    if let Some(scopes) = &key.scopes {
+        if !scope_allows(scopes, api, id) {
+            return Err(Refusal::new(
+                RefusalKind::InsufficientScope,
+                format!(
+                    "the token's scope ({}) does not include {api}:{id}",
+                    scopes.join(" ")
+                ),
+            )
+            .with_header(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"peage\", error=\"insufficient_scope\""),
+            ));
+        }
+    }
+    if version.spec.status == VersionStatus::Retired {
+        return Err(Refusal::new(
+            RefusalKind::VersionRetired,
+            format!("{api} {id} is retired"),
+        ));
+    }
+    let Some(base) = version.base(key.env) else {
+        return Err(Refusal::new(
+            RefusalKind::NoSandbox,
+            format!("{api} {id} has no sandbox upstream; use a live key"),
+        ));
+    };
+    if let Some(limit) = gw
+        .plans
+        .get(&key.plan_id)
+        .and_then(|p| p.rate_limit.as_ref())
+    {
+        gw.limits.check(&key.key_id, limit).map_err(rate_limited)?;
+    }
+    Ok(base)
+}
+
+/// Takes the call's estimate from each quota of the plan whose meter it may count towards.
+pub(crate) async fn quotas(
+    gw: &Gateway,
+    local: &crate::quota::LocalEntries,
+    partner_id: &str,
+    env: Env,
+    plan_id: &str,
+    event: &CallEvent,
+) -> Result<Taken, Refusal> {
+    let (Some(quotas), Some(plan)) = (&gw.quotas, gw.plans.get(plan_id)) else {
+        return Ok(Taken::none());
+    };
+    let demands: Vec<Demand> = plan
+        .quotas
+        .iter()
+        .filter(|q| q.meter.may_match(event))
+        .map(|q| Demand {
+            meter: &q.meter.name,
+            kind: q.kind,
+            estimate: q.meter.estimate(event),
+        })
+        .collect();
+    if demands.is_empty() {
+        return Ok(Taken::none());
+    }
+    quotas
+        .admit_in(Some(local), partner_id, env, &demands)
+        .await
+        .map_err(quota_refused)
+}
+
+/// `RateLimit-Policy`, `RateLimit` (draft-ietf-httpapi-ratelimit-headers) and `Retry-After` of a
+/// refused call: policy `name` allows `quota` per `window` seconds; none left for `secs`.
+fn ratelimit_headers(r: Refusal, name: &str, quota: &str, window: i64, secs: u64) -> Refusal {
+    let mut r = r;
+    for (header, value) in [
+        (
+            "ratelimit-policy",
+            format!("\"{name}\";q={quota};w={window}"),
+        ),
+        ("ratelimit", format!("\"{name}\";r=0;t={secs}")),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            r = r.with_header(HeaderName::from_static(header), v);
+        }
+    }
+    r.retry_after(secs)
+}
+
+/// 429 for a per-key rate limit.
+fn rate_limited(l: Limited) -> Refusal {
+    let secs = l.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    let r = Refusal::new(
+        RefusalKind::RateLimited,
+        format!(
+            "this key may make {} calls per second; retry in {secs} s",
+            l.per_second
+        ),
+    );
+    ratelimit_headers(r, "rate", &l.per_second.to_string(), 1, secs)
+}
+
+/// 429 for a hard quota, 503 when billing cannot be reached and the policy refuses.
+fn quota_refused(refusal: QuotaRefusal) -> Refusal {
+    match refusal {
+        QuotaRefusal::HardBlocked {
+            meter,
+            limit,
+            period_seconds,
+            resets_at,
+        } => {
+            let secs = (resets_at - Utc::now()).num_seconds().max(1);
+            let r = Refusal::new(
+                RefusalKind::QuotaExceeded,
+                format!(
+                    "the {meter:?} quota of {limit} for this billing period is used up; it resets at {}",
+                    resets_at.to_rfc3339()
+                ),
+            );
+            let quota = limit.normalize().to_string();
+            ratelimit_headers(r, &meter, &quota, period_seconds, secs as u64)
+        }
+        QuotaRefusal::Unavailable { meter } => Refusal::new(
+            RefusalKind::QuotaUnavailable,
+            format!("the gateway cannot check the {meter:?} quota right now; retry shortly"),
+        )
+        .retry_after(5),
+    }
+}

@@ -1,0 +1,290 @@
+//! Stage 5, forward: the request as the upstream gets it, sent on the serving thread's pooled
+//! client, and the upstream's answer as the partner gets it.
+//!
+//! Upstream requests lose the hop-by-hop headers (RFC 9110 §7.6.1, and those `Connection`
+//! names), `Authorization` and `Host`, and gain `X-Forwarded-For`/`-Proto`/`-Host`,
+//! `Peage-Partner-Id` and `Peage-Env`. gRPC upstreams are spoken to over HTTP/2 and keep
+//! `TE: trailers`. The upstream's `Peage-Units` header is read (and removed) for metering.
+
+use std::str::FromStr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http_body_util::LengthLimitError;
+use hyper::body::Incoming;
+use rust_decimal::Decimal;
+
+use super::refusal::{Refusal, RefusalKind};
+use super::route::{UpstreamBase, VersionRoute};
+use crate::body::UpstreamBody;
+use crate::keys::ResolvedKey;
+use crate::pool::{Checkin, PoolError};
+use crate::worker::Worker;
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(listed) = headers.get(header::CONNECTION) {
+        // Names listed in `Connection` are hop-by-hop too (rare: a copy is cheap then).
+        let listed: Vec<HeaderName> = listed
+            .to_str()
+            .ok()
+            .into_iter()
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_str(n.trim()).ok())
+            .collect();
+        for name in &listed {
+            headers.remove(name);
+        }
+    }
+    // One pass over what is there (a handful of headers) rather than a lookup per name.
+    let mut found: [Option<&HeaderName>; HOP_BY_HOP.len()] = [None; HOP_BY_HOP.len()];
+    let mut n = 0;
+    for name in headers.keys() {
+        let hop = match name.as_str() {
+            "connection" => 0,
+            "keep-alive" => 1,
+            "proxy-authenticate" => 2,
+            "proxy-authorization" => 3,
+            "te" => 4,
+            "trailer" => 5,
+            "transfer-encoding" => 6,
+            "upgrade" => 7,
+            _ => continue,
+        };
+        if n < found.len() {
+            found[n] = Some(&HOP_BY_HOP[hop]);
+            n += 1;
+        }
+    }
+    for hop in found.into_iter().flatten() {
+        headers.remove(hop);
+    }
+}
+
+const UNITS_HEADER: HeaderName = HeaderName::from_static("peage-units");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const PEAGE_PARTNER_ID: HeaderName = HeaderName::from_static("peage-partner-id");
+const PEAGE_ENV: HeaderName = HeaderName::from_static("peage-env");
+
+/// The upstream's `Peage-Units`, removed from the answer: `Ok(None)` when absent, `Err` with the
+/// raw value when it is not a non-negative decimal.
+pub(crate) fn take_units(headers: &mut HeaderMap) -> Result<Option<Decimal>, String> {
+    let Some(units) = headers.remove(&UNITS_HEADER) else {
+        return Ok(None);
+    };
+    units
+        .to_str()
+        .ok()
+        .and_then(|s| Decimal::from_str(s.trim()).ok())
+        .filter(|d| !d.is_sign_negative())
+        .map(Some)
+        .ok_or_else(|| String::from_utf8_lossy(units.as_bytes()).into_owned())
+}
+
+/// The upstream request's headers, from the partner's.
+fn upstream_headers(h: &mut HeaderMap, peer_ip: &HeaderValue, key: &ResolvedKey) {
+    // Room for what is added below, in one go rather than a regrowth per insert.
+    h.reserve(6);
+    let original_host = h.remove(header::HOST);
+    let trailers_wanted = h
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    strip_hop_by_hop(h);
+    if trailers_wanted {
+        // `TE: trailers` is end to end in HTTP/2, and gRPC servers require it.
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    h.remove(header::AUTHORIZATION);
+    let forwarded_for = match h.get(&X_FORWARDED_FOR).map(|v| v.to_str()) {
+        None => Some(peer_ip.clone()),
+        Some(Ok(prior)) => {
+            let ip = peer_ip.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{prior}, {ip}")).ok()
+        }
+        Some(Err(_)) => None,
+    };
+    if let Some(v) = forwarded_for {
+        h.insert(X_FORWARDED_FOR, v);
+    }
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if let Some(host) = original_host {
+        h.insert(X_FORWARDED_HOST, host);
+    }
+    if let Ok(v) = HeaderValue::from_str(&key.partner_id) {
+        h.insert(PEAGE_PARTNER_ID, v);
+    }
+    h.insert(PEAGE_ENV, HeaderValue::from_static(key.env.as_str()));
+}
+
+/// Sends the call to `base` + `rest` (+ the query) and returns the upstream's answer (with the
+/// pooled connection it came on, to give back once it is read), or the refusal the partner gets
+/// instead (502, 504, or 413 when the body outgrew the limit while streaming).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn forward(
+    worker: &Worker,
+    mut head: Parts,
+    body: UpstreamBody,
+    version: &VersionRoute,
+    base: &UpstreamBase,
+    rest: &str,
+    peer_ip: &HeaderValue,
+    key: &ResolvedKey,
+    grpc: bool,
+) -> Result<(http::Response<Incoming>, Option<Checkin>), Refusal> {
+    let pooled = !grpc && base.plain_http();
+    let query = head.uri.query();
+    let target = if pooled {
+        base.origin_target(rest, query)
+    } else {
+        base.target(rest, query)
+    };
+    head.uri = target.map_err(|e| {
+        Refusal::new(
+            RefusalKind::BadPath,
+            format!("the request path cannot be forwarded: {e}"),
+        )
+    })?;
+    upstream_headers(&mut head.headers, peer_ip, key);
+    if grpc {
+        head.version = http::Version::HTTP_2;
+    } else {
+        head.version = http::Version::HTTP_11;
+        // Made once per upstream, so the client need not format it per call.
+        head.headers.insert(header::HOST, base.host.clone());
+    }
+    let request = http::Request::from_parts(head, body);
+    let gw = &worker.gateway;
+    let timeout = gw.config.upstream_timeout;
+    // Each branch awaits its client directly: a future nested in another is copied into it
+    // whole, and these are the largest of a call.
+    let sent: Result<Result<_, Box<dyn std::error::Error + Send + Sync>>, _> = if pooled {
+        tokio::time::timeout(timeout, worker.pool.send(base, request))
+            .await
+            .map(|r| {
+                r.map(|(r, c)| (r, Some(c))).map_err(|e| match e {
+                    PoolError::Http(e) => Box::new(e) as Box<dyn std::error::Error + Send + Sync>,
+                    other => Box::new(other),
+                })
+            })
+    } else {
+        let client = if grpc { &worker.grpc } else { &worker.http };
+        tokio::time::timeout(timeout, client.request(request))
+            .await
+            .map(|r| r.map(|r| (r, None)).map_err(|e| Box::new(e) as _))
+    };
+    match sent {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) if caused_by_body_limit(&*e) => Err(super::operation::too_large(
+            gw.config.max_request_body_bytes,
+        )),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, upstream = %base.url, "gateway: upstream request failed");
+            Err(Refusal::new(
+                RefusalKind::UpstreamUnavailable,
+                format!(
+                    "the upstream of {} {} could not be reached",
+                    version.api, version.spec.id
+                ),
+            ))
+        }
+        Err(_) => Err(Refusal::new(
+            RefusalKind::UpstreamTimeout,
+            format!(
+                "the upstream of {} {} did not answer within {} ms",
+                version.api,
+                version.spec.id,
+                timeout.as_millis()
+            ),
+        )),
+    }
+}
+
+/// Whether an upstream request failed because the partner's body outgrew the limit.
+fn caused_by_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_by_connection_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::ACCEPT));
+    }
+
+    #[test]
+    fn units_must_be_a_non_negative_decimal() {
+        let mut h = HeaderMap::new();
+        assert_eq!(take_units(&mut h), Ok(None));
+        h.insert(UNITS_HEADER, HeaderValue::from_static(" 2.5 "));
+        assert_eq!(take_units(&mut h), Ok(Some(Decimal::new(25, 1))));
+        assert!(!h.contains_key(UNITS_HEADER));
+        h.insert(UNITS_HEADER, HeaderValue::from_static("-1"));
+        assert_eq!(take_units(&mut h), Err("-1".to_string()));
+        h.insert(UNITS_HEADER, HeaderValue::from_static("lots"));
+        assert_eq!(take_units(&mut h), Err("lots".to_string()));
+    }
+
+    #[test]
+    fn upstreams_learn_who_called_but_not_the_credential() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("gw.example"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer pk_live_x"),
+        );
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        let key = ResolvedKey {
+            key_id: "key_1".into(),
+            partner_id: "prt_1".into(),
+            env: peage_core::Env::Sandbox,
+            revoked: false,
+            plan_id: "p".into(),
+            scopes: None,
+        };
+        upstream_headers(&mut h, &HeaderValue::from_static("192.0.2.7"), &key);
+        assert!(!h.contains_key(header::AUTHORIZATION));
+        assert!(!h.contains_key(header::HOST));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(h["x-forwarded-host"], "gw.example");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["peage-partner-id"], "prt_1");
+        assert_eq!(h["peage-env"], "sandbox");
+        assert_eq!(h[header::TE], "trailers");
+    }
+}
