@@ -211,11 +211,14 @@ impl EmbeddedLog {
             let interval = options.sync_interval;
             std::thread::Builder::new()
                 .name("peage-log-sync".into())
-                .spawn(move || loop {
-                    std::thread::sleep(interval);
-                    let Some(inner) = weak.upgrade() else { break };
-                    if let Err(e) = Self::sync_blocking(&inner) {
-                        tracing::error!(error = %e, "event log: sync failed; retrying");
+                .spawn(move || {
+                    crate::lower_this_threads_priority(crate::BACKGROUND_NICENESS);
+                    loop {
+                        std::thread::sleep(interval);
+                        let Some(inner) = weak.upgrade() else { break };
+                        if let Err(e) = Self::sync_blocking(&inner) {
+                            tracing::error!(error = %e, "event log: sync failed; retrying");
+                        }
                     }
                 })
                 .map_err(|e| {

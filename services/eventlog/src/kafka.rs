@@ -33,8 +33,8 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{
-    BaseProducer, BaseRecord, DeliveryResult, FutureProducer, FutureRecord, Producer,
-    ProducerContext,
+    BaseRecord, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext,
+    ThreadedProducer,
 };
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::Deserialize;
@@ -306,10 +306,10 @@ struct Forwarding {
 /// The gateway side of the Kafka log: append to the spool, forward in the background.
 /// `consumer` is not offered here (the aggregator uses [`KafkaConsumer`]).
 ///
-/// The forwarder is a thread of its own with a `BaseProducer`: it hands librdkafka whole
-/// batches and waits for their delivery reports with one flush, with no future or channel per
-/// record. Batches come straight from memory once they are durable in the spool; only a
-/// backlog (from the last run, or more than [`IN_MEMORY_EVENTS`]) is read back from disk.
+/// The forwarder is a thread of its own: it hands librdkafka whole batches (consecutive spooled
+/// batches coalesced) and waits for their delivery reports on a condition variable, with no
+/// future or channel per record. Batches come straight from memory once they are in the spool;
+/// only a backlog (from the last run, or more than [`IN_MEMORY_EVENTS`]) is read back from disk.
 pub struct SpooledKafkaLog {
     spool: EmbeddedLog,
     config: SpoolConfig,
@@ -340,7 +340,10 @@ impl SpooledKafkaLog {
                 "kafka spool: replaying events left from the last run"
             );
         }
-        new_base_producer(kafka)?; // fail fast on a bad configuration
+        // Fail fast on a bad configuration.
+        let _: rdkafka::producer::BaseProducer = producer_config(kafka)
+            .create()
+            .map_err(|e| kafka_err("producer", e))?;
         let (tx, rx) = std::sync::mpsc::channel();
         let shared = Arc::new(Forwarding {
             forwarded_to: AtomicU64::new(committed),
@@ -415,12 +418,45 @@ fn partner_key(payload: &[u8]) -> Bytes {
         .unwrap_or_default()
 }
 
-/// Delivery reports of the forwarder's producer, counted per batch.
+/// Delivery reports of the forwarder's producer, counted per batch. The producer's own polling
+/// thread reports here; the forwarder waits on `changed` (no polling loop of its own: a
+/// `BaseProducer::poll` with a short timeout spins on the clock for its last millisecond).
 #[derive(Default)]
 struct Deliveries {
-    delivered: AtomicU64,
-    failed: AtomicU64,
-    last_error: std::sync::Mutex<Option<String>>,
+    reports: std::sync::Mutex<Reports>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct Reports {
+    delivered: u64,
+    failed: u64,
+    last_error: Option<String>,
+}
+
+impl Deliveries {
+    fn reset(&self) {
+        if let Ok(mut r) = self.reports.lock() {
+            *r = Reports::default();
+        }
+    }
+
+    /// Waits until `n` reports came in or `deadline` passes; returns the reports so far.
+    fn wait_for(&self, n: u64, deadline: Instant) -> Reports {
+        let Ok(mut r) = self.reports.lock() else {
+            return Reports::default();
+        };
+        while r.delivered + r.failed < n {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            r = match self.changed.wait_timeout(r, left) {
+                Ok((r, _)) => r,
+                Err(_) => return Reports::default(),
+            };
+        }
+        std::mem::take(&mut *r)
+    }
 }
 
 impl ClientContext for Deliveries {}
@@ -429,17 +465,16 @@ impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => {
-                self.delivered.fetch_add(1, Ordering::Relaxed);
-            }
-            Err((e, _)) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut last) = self.last_error.lock() {
-                    *last = Some(e.to_string());
+        if let Ok(mut r) = self.reports.lock() {
+            match result {
+                Ok(_) => r.delivered += 1,
+                Err((e, _)) => {
+                    r.failed += 1;
+                    r.last_error = Some(e.to_string());
                 }
             }
         }
+        self.changed.notify_one();
     }
 }
 
@@ -458,7 +493,9 @@ fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     c
 }
 
-fn new_base_producer(kafka: &KafkaConfig) -> Result<BaseProducer<Deliveries>, EventLogError> {
+type ForwardProducer = ThreadedProducer<Deliveries>;
+
+fn new_forward_producer(kafka: &KafkaConfig) -> Result<ForwardProducer, EventLogError> {
     producer_config(kafka)
         .create_with_context(Deliveries::default())
         .map_err(|e| kafka_err("producer", e))
@@ -483,7 +520,9 @@ struct Forwarder {
 
 impl Forwarder {
     fn run(mut self) {
-        let mut producer: Option<BaseProducer<Deliveries>> = None;
+        // librdkafka's threads start from this one and inherit its priority.
+        crate::lower_this_threads_priority(crate::BACKGROUND_NICENESS);
+        let mut producer: Option<ForwardProducer> = None;
         // A batch whose delivery failed, to send again (flagged: it may have landed).
         let mut retry: Option<SpooledBatch> = None;
         let mut backoff = Duration::from_millis(100);
@@ -500,7 +539,7 @@ impl Forwarder {
             };
             let p = match &producer {
                 Some(p) => p,
-                None => match new_base_producer(&self.kafka) {
+                None => match new_forward_producer(&self.kafka) {
                     Ok(p) => producer.insert(p),
                     Err(e) => {
                         tracing::error!(error = %e, "kafka spool: cannot create the producer");
@@ -634,13 +673,12 @@ impl Forwarder {
     /// Produces every record of `batch` and waits for all their delivery reports.
     fn send(
         &self,
-        p: &BaseProducer<Deliveries>,
+        p: &ForwardProducer,
         batch: &SpooledBatch,
         resend: bool,
     ) -> Result<(), EventLogError> {
         let ctx = p.context();
-        ctx.delivered.store(0, Ordering::Relaxed);
-        ctx.failed.store(0, Ordering::Relaxed);
+        ctx.reset();
         let topic = self.kafka.topic.as_str();
         for (i, (key, payload)) in batch.keys.iter().zip(&batch.payloads).enumerate() {
             let duplicate = resend || batch.first + (i as u64) < self.resend_below;
@@ -657,7 +695,7 @@ impl Forwarder {
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         // librdkafka's queue is full: let deliveries make room, keep order.
                         record = back;
-                        p.poll(Duration::from_millis(5));
+                        std::thread::sleep(Duration::from_millis(5));
                     }
                     Err((e, _)) => {
                         // What was queued is still delivered (or fails) before the retry.
@@ -668,25 +706,15 @@ impl Forwarder {
             }
         }
         let n = batch.payloads.len() as u64;
-        // Delivery is bounded by message.timeout.ms (2 minutes); a little more here. Polled in
-        // short steps rather than with `flush`, which waits in steps of 100 ms.
-        let deadline = Instant::now() + Duration::from_secs(130);
-        let reported =
-            || ctx.delivered.load(Ordering::Relaxed) + ctx.failed.load(Ordering::Relaxed);
-        while reported() < n && Instant::now() < deadline {
-            p.poll(Duration::from_millis(1));
-        }
-        let (delivered, failed) = (
-            ctx.delivered.load(Ordering::Relaxed),
-            ctx.failed.load(Ordering::Relaxed),
-        );
+        // Delivery is bounded by message.timeout.ms (2 minutes); a little more here.
+        let Reports {
+            delivered,
+            failed,
+            last_error,
+        } = ctx.wait_for(n, Instant::now() + Duration::from_secs(130));
         if failed > 0 || delivered < n {
-            let why = ctx
-                .last_error
-                .lock()
-                .ok()
-                .and_then(|mut l| l.take())
-                .unwrap_or_else(|| "not every record was acknowledged in 130 s".into());
+            let why =
+                last_error.unwrap_or_else(|| "not every record was acknowledged in 130 s".into());
             return Err(EventLogError::Kafka(format!(
                 "delivery: {failed} failed, {delivered} of {n} acknowledged: {why}"
             )));

@@ -18,6 +18,31 @@ use peage_core::CallEvent;
 pub use embedded::{EmbeddedLog, LogOptions};
 pub use emitter::{EmitterStats, EventEmitter, LocalEmitter};
 
+/// Makes the calling thread `niceness` steps nicer. Linux keeps a CPU priority per thread and
+/// the threads a thread starts inherit it, so background work (the Kafka forwarder and the
+/// librdkafka threads it creates, the log's sync thread, `peage up`'s aggregator) yields to the
+/// gateway's serving threads when the CPU is contended, and still gets the idle time. Best
+/// effort: elsewhere, or if refused, the thread keeps its priority.
+pub fn lower_this_threads_priority(niceness: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid, getpriority and setpriority take no pointers and act on this thread.
+        let result = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+            libc::setpriority(libc::PRIO_PROCESS, tid, now.saturating_add(niceness))
+        };
+        if result != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower a background thread's priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = niceness;
+}
+
+/// How much nicer than the serving threads the forwarder and the log's sync thread run.
+pub(crate) const BACKGROUND_NICENESS: i32 = 5;
+
 #[derive(Debug, thiserror::Error)]
 pub enum EventLogError {
     #[error("event log I/O on {path}: {source}")]

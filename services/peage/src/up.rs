@@ -16,7 +16,7 @@ use peage_billing_store::{BillingStore, DashboardRole, SqliteBillingStore};
 use peage_core::ids::api_key;
 use peage_core::quota::{Lease, LeaseRequest};
 use peage_core::{Catalog, Env};
-use peage_eventlog::{EmbeddedLog, EventEmitter, EventLog};
+use peage_eventlog::{EmbeddedLog, EventEmitter, EventLog, LogOptions};
 use peage_gateway::quota::LeaseError;
 use peage_gateway::{
     Gateway, GatewayServer, JwtConfig, KeyCache, KeyResolver, QuotaAuthority, QuotaConfig, Quotas,
@@ -353,16 +353,24 @@ pub async fn run(
             .await
             .context("opening usage.db")?,
     );
-    let log = EmbeddedLog::open(data_dir.join("log")).context("opening the event log")?;
+    // Synced every 100 ms rather than per batch, as the distributed gateway's spool: a killed
+    // process loses nothing (the kernel has every write); a power cut, up to 100 ms of events.
+    let log = EmbeddedLog::open_with(
+        data_dir.join("log"),
+        LogOptions {
+            sync_interval: Duration::from_millis(LOG_SYNC_INTERVAL_MS),
+            ..Default::default()
+        },
+    )
+    .context("opening the event log")?;
 
-    let aggregator = Aggregator::new(
-        log.consumer("aggregator").await?,
-        usage.clone(),
-        Box::new(DeadLetterFile::new(data_dir.join("dead-letter.jsonl"))),
-        AggregatorConfig::default(),
-    );
     let (agg_stop_tx, agg_stop_rx) = watch::channel(false);
-    let aggregator_task = tokio::spawn(aggregator.run(agg_stop_rx));
+    let aggregator_task = background_aggregator(
+        log.consumer("aggregator").await?,
+        data_dir.join("usage.db"),
+        data_dir.join("dead-letter.jsonl"),
+        agg_stop_rx,
+    )?;
 
     let log: Arc<dyn EventLog> = Arc::new(log);
     let emitter = EventEmitter::start(log, 65_536);
@@ -490,8 +498,8 @@ pub async fn run(
         Ok(Ok(Err(e))) => {
             tracing::error!(error = %e, "aggregator failed; the log keeps its events for the next start")
         }
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "aggregator panicked; the log keeps its events for the next start")
+        Ok(Err(_)) => {
+            tracing::error!("aggregator panicked; the log keeps its events for the next start")
         }
         Err(_) => tracing::warn!(
             "aggregator did not drain within 30 s; the log keeps the rest for the next start"
@@ -499,4 +507,53 @@ pub async fn run(
     }
     println!("Stopped cleanly.");
     Ok(())
+}
+
+/// How often `peage up` syncs its event log (`spool.sync_interval_ms`'s default too).
+const LOG_SYNC_INTERVAL_MS: u64 = 100;
+
+/// How much nicer than the gateway the embedded aggregator runs (`nice` steps).
+const AGGREGATOR_NICENESS: i32 = 10;
+
+/// Runs the embedded aggregator on a thread of its own, with its own runtime and its own
+/// connections to `usage.db`, at a lower CPU priority than the gateway's serving threads (the
+/// threads SQLite and the runtime start from it inherit that priority). Under saturation,
+/// ingest then falls behind, the log holding every event durably, instead of taking CPU from
+/// calls; it catches up as soon as the load eases. Resolves when the aggregator stops.
+fn background_aggregator(
+    consumer: Box<dyn peage_eventlog::LogConsumer>,
+    usage_db: PathBuf,
+    dead_letters: PathBuf,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<anyhow::Result<()>>> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("peage-aggregator".into())
+        .spawn(move || {
+            peage_eventlog::lower_this_threads_priority(AGGREGATOR_NICENESS);
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .thread_name("peage-aggregator-io")
+                .build()
+                .context("starting the aggregator's runtime")
+                .and_then(|rt| {
+                    rt.block_on(async move {
+                        let usage = SqliteUsageStore::open(&usage_db)
+                            .await
+                            .context("opening usage.db for the aggregator")?;
+                        Aggregator::new(
+                            consumer,
+                            Arc::new(usage),
+                            Box::new(DeadLetterFile::new(dead_letters)),
+                            AggregatorConfig::default(),
+                        )
+                        .run(stop)
+                        .await
+                        .map_err(anyhow::Error::from)
+                    })
+                });
+            let _ = done_tx.send(result);
+        })
+        .context("starting the aggregator's thread")?;
+    Ok(done_rx)
 }
