@@ -1,23 +1,36 @@
 #!/usr/bin/env bash
-# Gateway benchmark: the same upstream called directly, through nginx (Debian package, a plain
-# proxy_pass with upstream keep-alive) and through the Péage gateway with auth + rate limit +
-# quota + metering on (`peage up`, embedded: its event log, aggregator and billing run in the
-# same process). Load from oha. Prints a table and appends it to load-tests/RESULTS.md.
+# Gateway benchmark, one run, four targets on the same upstream:
+#   direct   the upstream itself (`peage demo-upstream`, GET /hello, small JSON)
+#   nginx    Debian's nginx, `proxy_pass` with upstream keep-alive, as many workers as Péage
+#            has serving threads
+#   role     the distributed `peage gateway` role (auth, rate limit, hard quota, metering),
+#            spooling every call event to the real Kafka-wire broker (tansu), with `peage
+#            billing` for keys and quota leases (PostgreSQL + ClickHouse)
+#   up       `peage up` (embedded: its event log, aggregator and billing in the same process)
+# Load from oha. Prints a table, appends it to load-tests/RESULTS.md, ends with a RESULT line.
 #
-#   load-tests/gateway/run.sh            # DURATION=10s RATE=5000 CONNECTIONS=64; PERF=1 profiles
+#   load-tests/gateway/run.sh     # DURATION=10s RATE=5000 CONNECTIONS=64 THREADS=$(nproc)
+#                                 # PERF=role|up profiles that target at saturation
 #
-# Measures, per target: throughput at saturation (CONNECTIONS connections, as fast as they go),
-# then latency at a fixed RATE (p50/p99/p99.9, with coordinated-omission correction). "Added"
-# latency is the target's percentile minus the direct call's percentile from the same run.
+# Per target: throughput at saturation (CONNECTIONS connections, as fast as they go); CPU µs per
+# call of the proxy's processes (utime+stime over the saturation run ÷ calls answered; nginx:
+# master and workers); latency at a fixed RATE (p50/p99/p99.9, coordinated-omission corrected),
+# "added" = the target's percentile minus the direct call's in the same run; and for Péage,
+# metered = answered (the role's events counted in ClickHouse after `peage aggregator` ingests
+# them, `peage up`'s from its usage API).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 DURATION=${DURATION:-10s}
 RATE=${RATE:-5000}
 CONNECTIONS=${CONNECTIONS:-64}
 RATE_CONNECTIONS=${RATE_CONNECTIONS:-50}
-UP_PORT=18181 NGINX_PORT=18182 GW_PORT=18183 CTL_PORT=18184
+THREADS=${THREADS:-$(nproc)}
+UP_PORT=18181 NGINX_PORT=18182 GW_PORT=18183 CTL_PORT=18184 ROLE_PORT=18185 BILLING_PORT=18186
+KAFKA_PORT=18187 ROLE_METRICS_PORT=18188
+TOKEN=bench-admin-token-0123456789
 
 need() { command -v "$1" >/dev/null 2>&1; }
 sudo_if() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -26,7 +39,10 @@ need oha || { echo "== installing oha (cargo install oha --locked)"; cargo insta
 
 echo "== building peage (release)"
 cargo build --release -q -p peage
-PEAGE=target/release/peage
+PEAGE=$ROOT/target/release/peage
+
+echo "== servers for the role (deploy/dev/services.sh start)"
+deploy/dev/services.sh start
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -39,22 +55,25 @@ cleanup() {
 trap cleanup EXIT
 
 wait_http() { # url [header]
-  for _ in $(seq 1 200); do
+  for _ in $(seq 1 300); do
     if curl -fsS -o /dev/null ${2:+-H "$2"} "$1" 2>/dev/null; then return 0; fi
     sleep 0.1
   done
   echo "not answering: $1" >&2; exit 1
 }
+json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"; }
+# utime+stime in clock ticks of these processes (all their threads).
+cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 
 echo "== upstream: peage demo-upstream on :$UP_PORT"
 PEAGE_LOG=warn "$PEAGE" demo-upstream --listen "127.0.0.1:$UP_PORT" &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$UP_PORT/hello"
 
-echo "== nginx proxy_pass on :$NGINX_PORT"
+echo "== nginx proxy_pass on :$NGINX_PORT ($THREADS workers)"
 mkdir -p "$WORK/nginx"
 cat > "$WORK/nginx.conf" <<CONF
-worker_processes auto;
+worker_processes $THREADS;
 pid $WORK/nginx.pid;
 error_log $WORK/nginx/error.log warn;
 events { worker_connections 4096; }
@@ -78,8 +97,9 @@ http {
 CONF
 /usr/sbin/nginx -c "$WORK/nginx.conf"
 wait_http "http://127.0.0.1:$NGINX_PORT/demo/v1/hello"
+NGINX_PIDS=("$(cat "$WORK/nginx.pid")")
+for p in $(pgrep -P "${NGINX_PIDS[0]}"); do NGINX_PIDS+=("$p"); done
 
-echo "== Péage: peage up on :$GW_PORT (auth, rate limit, hard quota, metering)"
 cat > "$WORK/catalog.toml" <<CONF
 [[api]]
 name = "demo"
@@ -101,64 +121,175 @@ charges = [{ meter = "calls", model = "per_unit", unit_price = "0.001" }]
 quotas = [{ meter = "calls", limit = 1000000000000, kind = "hard" }]
 rate_limit = { per_second = 1000000, burst = 1000000 }
 CONF
-TOKEN=bench-admin-token-0123456789
-PEAGE_LOG=warn "$PEAGE" up --data-dir "$WORK/data" --catalog "$WORK/catalog.toml" \
+
+new_partner() { # control-url -> "partner key"
+  local partner key
+  partner=$(curl -fsS -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
+    -d '{"name":"Bench","plan":"bench"}' "$1/v1/partners" | json_field id)
+  key=$(curl -fsS -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
+    -d '{"env":"live"}' "$1/v1/partners/$partner/keys" | json_field secret)
+  echo "$partner $key"
+}
+
+# The role's own broker on a fresh data directory: the shared dev broker's SQLite file grows
+# with every test run and would make the numbers depend on the machine's history.
+echo "== tansu for the role on :$KAFKA_PORT (fresh, $WORK/kafka)"
+mkdir -p "$WORK/kafka"
+(cd "$WORK/kafka" && exec tansu broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+  --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine "sqlite://tansu.db" \
+  </dev/null >"$WORK/kafka/broker.log" 2>&1) &
+KAFKA_PID=$!
+PIDS+=($KAFKA_PID)
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null && break; sleep 0.1; done
+
+echo "== Péage role: peage billing on :$BILLING_PORT, peage gateway on :$ROLE_PORT ($THREADS threads, spool → tansu)"
+NAME="bench_$(date +%s)_$$"
+PGURL="postgres://peage:peage@127.0.0.1:${PEAGE_POSTGRES_PORT:-5432}"
+psql "$PGURL/peage" -qc "CREATE DATABASE $NAME" >/dev/null
+cat > "$WORK/peage.toml" <<CONF
+[catalog]
+path = "$WORK/catalog.toml"
+[gateway]
+listen = "127.0.0.1:$ROLE_PORT"
+id = "gw-bench"
+threads = $THREADS
+billing_url = "http://127.0.0.1:$BILLING_PORT"
+[metrics]
+listen = "127.0.0.1:$ROLE_METRICS_PORT"
+[control]
+listen = "127.0.0.1:$BILLING_PORT"
+admin_token = "$TOKEN"
+[kafka]
+brokers = "127.0.0.1:$KAFKA_PORT"
+topic = "$NAME.calls"
+dead_letter_topic = "$NAME.dead"
+partitions = 4
+[spool]
+dir = "$WORK/spool"
+[clickhouse]
+url = "http://127.0.0.1:${PEAGE_CLICKHOUSE_PORT:-8123}"
+database = "$NAME"
+validation = false
+[postgres]
+url = "$PGURL/$NAME"
+[aggregator]
+group = "$NAME-agg"
+max_wait_ms = 200
+CONF
+export PEAGE_CONFIG="$WORK/peage.toml"
+PEAGE_LOG=warn "$PEAGE" migrate >/dev/null
+PEAGE_LOG=warn "$PEAGE" billing >/dev/null &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$BILLING_PORT/healthz"
+read -r ROLE_PARTNER ROLE_KEY < <(new_partner "http://127.0.0.1:$BILLING_PORT")
+PEAGE_LOG=warn "$PEAGE" gateway >/dev/null &
+ROLE_PID=$!
+PIDS+=($ROLE_PID)
+wait_http "http://127.0.0.1:$ROLE_PORT/demo/v1/hello" "Authorization: Bearer $ROLE_KEY"
+
+echo "== Péage up on :$GW_PORT ($THREADS threads)"
+PEAGE_LOG=warn PEAGE_GATEWAY__THREADS=$THREADS "$PEAGE" up --data-dir "$WORK/data" --catalog "$WORK/catalog.toml" \
   --gateway-listen "127.0.0.1:$GW_PORT" --control-listen "127.0.0.1:$CTL_PORT" \
-  --admin-token "$TOKEN" &
-PEAGE_PID=$!
-PIDS+=($PEAGE_PID)
+  --admin-token "$TOKEN" >/dev/null &
+UP_PID=$!
+PIDS+=($UP_PID)
 wait_http "http://127.0.0.1:$CTL_PORT/healthz"
-CTL="http://127.0.0.1:$CTL_PORT"
-PARTNER=$(curl -fsS -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
-  -d '{"name":"Bench","plan":"bench"}' "$CTL/v1/partners" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-KEY=$(curl -fsS -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
-  -d '{"env":"live"}' "$CTL/v1/partners/$PARTNER/keys" | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
-wait_http "http://127.0.0.1:$GW_PORT/demo/v1/hello" "Authorization: Bearer $KEY"
+read -r UP_PARTNER UP_KEY < <(new_partner "http://127.0.0.1:$CTL_PORT")
+wait_http "http://127.0.0.1:$GW_PORT/demo/v1/hello" "Authorization: Bearer $UP_KEY"
 
 declare -A URL=(
   [direct]="http://127.0.0.1:$UP_PORT/hello"
   [nginx]="http://127.0.0.1:$NGINX_PORT/demo/v1/hello"
-  [peage]="http://127.0.0.1:$GW_PORT/demo/v1/hello"
+  [role]="http://127.0.0.1:$ROLE_PORT/demo/v1/hello"
+  [up]="http://127.0.0.1:$GW_PORT/demo/v1/hello"
 )
-auth_for() { [ "$1" = peage ] && echo "Authorization: Bearer $KEY" || echo "X-Bench: 1"; }
-run() { # name mode -> $WORK/name-mode.json
-  local name=$1 mode=$2 out="$WORK/$1-$2.json"
-  if [ "$mode" = max ]; then
-    oha --no-tui --wait-ongoing-requests-after-deadline --output-format json -z "$DURATION" -c "$CONNECTIONS" -H "$(auth_for "$name")" "${URL[$name]}" > "$out"
-  else
-    oha --no-tui --wait-ongoing-requests-after-deadline --output-format json -z "$DURATION" -c "$RATE_CONNECTIONS" -q "$RATE" --latency-correction \
-      -H "$(auth_for "$name")" "${URL[$name]}" > "$out"
-  fi
+auth_for() {
+  case "$1" in
+    role) echo "Authorization: Bearer $ROLE_KEY" ;;
+    up) echo "Authorization: Bearer $UP_KEY" ;;
+    *) echo "X-Bench: 1" ;;
+  esac
 }
-for name in direct nginx peage; do
+pids_of() {
+  case "$1" in
+    nginx) echo "${NGINX_PIDS[@]}" ;;
+    role) echo "$ROLE_PID" ;;
+    up) echo "$UP_PID" ;;
+    *) echo "" ;;
+  esac
+}
+spool_pending() {
+  curl -fsS "http://127.0.0.1:$ROLE_METRICS_PORT/metrics" | awk '$1 == "peage_spool_pending_events" { print $2 }'
+}
+TARGETS=(direct nginx role up)
+for name in "${TARGETS[@]}"; do
   echo "== $name: warm-up, saturation, fixed $RATE req/s"
   oha --no-tui --wait-ongoing-requests-after-deadline --output-format json -z 2s -c "$CONNECTIONS" -H "$(auth_for "$name")" "${URL[$name]}" > "$WORK/$name-warmup.json"
-  if [ "$name" = peage ] && [ "${PERF:-0}" = 1 ]; then
-    # Where the gateway's time goes at saturation (PERF=1): a call-graph profile of peage.
-    perf record -q -F 499 -g -p "$PEAGE_PID" -o "$WORK/perf.data" -- sleep 5 2>/dev/null &
+  read -ra procs <<< "$(pids_of "$name")"
+  if [ "${PERF:-}" = "$name" ] && [ ${#procs[@]} -gt 0 ]; then
+    perf record -q -F 999 -g -p "$(IFS=,; echo "${procs[*]}")" -o "$WORK/perf.data" -- sleep 5 2>/dev/null &
     PERF_PID=$!
   fi
-  run "$name" max
-  run "$name" rate
+  before=0; [ ${#procs[@]} -gt 0 ] && before=$(cpu_ticks "${procs[@]}")
+  oha --no-tui --wait-ongoing-requests-after-deadline --output-format json -z "$DURATION" -c "$CONNECTIONS" -H "$(auth_for "$name")" "${URL[$name]}" > "$WORK/$name-max.json"
+  after=0; [ ${#procs[@]} -gt 0 ] && after=$(cpu_ticks "${procs[@]}")
+  echo $((after - before)) > "$WORK/$name-cpu-ticks"
+  oha --no-tui --wait-ongoing-requests-after-deadline --output-format json -z "$DURATION" -c "$RATE_CONNECTIONS" -q "$RATE" --latency-correction \
+    -H "$(auth_for "$name")" "${URL[$name]}" > "$WORK/$name-rate.json"
+  if [ "$name" = role ]; then
+    # The next target is measured on a quiet machine: let the spool catch up with the broker.
+    t0=$(date +%s)
+    while [ "$(spool_pending)" != 0 ] && [ $(( $(date +%s) - t0 )) -lt 300 ]; do sleep 1; done
+    echo "   the role's spool drained $(( $(date +%s) - t0 )) s after its last call"
+  fi
 done
 if [ -n "${PERF_PID:-}" ]; then
   wait "$PERF_PID" || true
-  echo "== where peage's time goes at saturation (perf, inclusive, user-space frames)"
-  perf report -i "$WORK/perf.data" --children --sort symbol --stdio -g none 2>/dev/null |
-    grep -v '^#' | grep '%' | grep -v '\[k\]' | head -40 | cut -c1-140 || true
+  echo "== where $PERF's time goes at saturation (perf, self, by symbol)"
+  perf report -i "$WORK/perf.data" --no-children --sort dso,symbol --stdio -g none 2>/dev/null |
+    grep -v '^#' | grep '%' | head -50 | cut -c1-150 || true
 fi
 
-# Every call Péage answered must be metered, once: wait until usage stops moving.
-metered() {
-  curl -fsS -H "Authorization: Bearer $TOKEN" "$CTL/v1/partners/$PARTNER/usage" |
+# Every call answered must be metered, once: wait until the count reaches what was answered,
+# or has not moved for 30 s (a consumer joining its group can take a while to start).
+answered_by() { # target -> 2xx answers over its runs (and the readiness probe)
+  python3 - "$WORK" "$1" <<'PY'
+import json, sys
+work, name = sys.argv[1], sys.argv[2]
+print(1 + sum(json.load(open(f"{work}/{name}-{run}.json"))["statusCodeDistribution"].get("200", 0)
+              for run in ["warmup", "max", "rate"]))
+PY
+}
+settle() { # expected command… -> the count it settled at
+  local expected=$1 now still=0
+  shift
+  now=$("$@" || echo 0)
+  while [ "${now%.*}" -lt "$expected" ] && [ "$still" -lt 10 ]; do
+    sleep 3
+    local prev=$now
+    now=$("$@" || echo 0)
+    if [ "$now" = "$prev" ]; then still=$((still + 1)); else still=0; fi
+  done
+  echo "$now"
+}
+up_metered() {
+  curl -fsS -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$CTL_PORT/v1/partners/$UP_PARTNER/usage" |
     python3 -c 'import json,sys; m=json.load(sys.stdin)["meters"]; print(next(x["quantity"] for x in m if x["meter"]=="calls"))'
 }
-METERED=$(metered); PREV=""
-while [ "$METERED" != "$PREV" ]; do sleep 2; PREV=$METERED; METERED=$(metered); done
+role_metered() {
+  curl -fsS "http://127.0.0.1:${PEAGE_CLICKHOUSE_PORT:-8123}/" \
+    --data-binary "SELECT count() FROM $NAME.call_events WHERE partner_id = '$ROLE_PARTNER' AND status BETWEEN 200 AND 299"
+}
+echo "== metering: peage aggregator ingests the role's events into ClickHouse"
+PEAGE_LOG=warn PEAGE_METRICS__LISTEN=127.0.0.1:0 "$PEAGE" aggregator >/dev/null &
+PIDS+=($!)
+ROLE_METERED=$(settle "$(answered_by role)" role_metered)
+UP_METERED=$(settle "$(answered_by up)" up_metered)
 
-python3 - "$WORK" "$RATE" "$DURATION" "$CONNECTIONS" "$METERED" <<'PY'
-import json, sys, datetime, os, platform, subprocess
-work, rate, duration, conns, metered = sys.argv[1:6]
+python3 - "$WORK" "$RATE" "$DURATION" "$CONNECTIONS" "$THREADS" "$ROLE_METERED" "$UP_METERED" "$(getconf CLK_TCK)" <<'PY'
+import json, sys, datetime, os, subprocess
+work, rate, duration, conns, threads, role_metered, up_metered, hz = sys.argv[1:9]
+hz = int(hz)
 def load(name, mode):
     with open(f"{work}/{name}-{mode}.json") as f:
         return json.load(f)
@@ -167,33 +298,51 @@ def pct(d, p):
 def ok(d):
     codes = d.get("statusCodeDistribution", {})
     return sum(v for k, v in codes.items() if k.startswith("2")), sum(codes.values())
-rows, answered = [], 0
+labels = {
+    "direct": "direct to upstream",
+    "nginx": f"nginx proxy_pass ({threads} workers)",
+    "role": f"**`peage gateway` role** ({threads} threads; spool → Kafka wire)",
+    "up": f"**`peage up`** ({threads} threads; embedded)",
+}
 direct_rate = load("direct", "rate")
-for name, label in [("direct", "direct to upstream"), ("nginx", "nginx proxy_pass"), ("peage", "**Péage gateway** (auth + rate limit + quota + metering)")]:
+rows, res = [], {}
+for name in ["direct", "nginx", "role", "up"]:
     mx, rt = load(name, "max"), load(name, "rate")
     good, total = ok(mx)
     good_r, total_r = ok(rt)
-    if name == "peage":
-        # The readiness probe, the warm-up, saturation and fixed-rate runs.
-        answered = 1 + ok(load(name, "warmup"))[0] + good + good_r
-    added = lambda p: "—" if name == "direct" else f"{pct(rt, p) - pct(direct_rate, p):+.3f}"
-    rows.append((label, mx["summary"]["requestsPerSec"], good, total, rt["summary"]["requestsPerSec"],
-                 pct(rt, "p50"), pct(rt, "p99"), pct(rt, "p99.9"), added("p50"), added("p99"), added("p99.9"), good_r, total_r))
+    ticks = int(open(f"{work}/{name}-cpu-ticks").read())
+    cpu_us = ticks / hz * 1e6 / good if (name != "direct" and good) else None
+    answered = 1 + ok(load(name, "warmup"))[0] + good + good_r  # the readiness probe too
+    added = {p: (pct(rt, p) - pct(direct_rate, p)) for p in ["p50", "p99", "p99.9"]}
+    res[name] = dict(rps=mx["summary"]["requestsPerSec"], cpu=cpu_us, added=added, answered=answered)
+    fmt_added = lambda p: "—" if name == "direct" else f"{added[p]:+.3f}"
+    rows.append(f"| {labels[name]} | {mx['summary']['requestsPerSec']:.0f} | {good}/{total} | "
+                + ("—" if cpu_us is None else f"{cpu_us:.1f}") + f" | {rt['summary']['requestsPerSec']:.0f} | "
+                f"{pct(rt, 'p50'):.3f} | {pct(rt, 'p99'):.3f} | {pct(rt, 'p99.9'):.3f} | "
+                f"{fmt_added('p50')} | {fmt_added('p99')} | {fmt_added('p99.9')} |")
+metered = {"role": int(float(role_metered)), "up": int(float(up_metered))}
+eq = all(metered[n] == res[n]["answered"] for n in ["role", "up"])
+n = res["nginx"]
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
 nginx_v = subprocess.run(["/usr/sbin/nginx", "-v"], capture_output=True, text=True).stderr.strip()
 oha_v = subprocess.run(["oha", "--version"], capture_output=True, text=True).stdout.strip()
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 out = [f"## Gateway — {now}", "",
-       f"Machine: {os.cpu_count()} cores, {cpu}. Upstream: `peage demo-upstream` (`GET /hello`, small JSON). {nginx_v}, `proxy_pass` with upstream keep-alive. Load: {oha_v}, {duration} per measure; saturation with {conns} connections; fixed rate {rate} req/s with latency correction. Everything (load generator, upstream, proxy) shares the machine. Péage runs as `peage up` (embedded), so its event log, aggregator and usage store work in the same process during the test.", "",
-       "| target | saturation req/s | 2xx / sent | req/s at fixed rate | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | added p99.9 ms |",
-       "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-for r in rows:
-    out.append(f"| {r[0]} | {r[1]:.0f} | {r[2]}/{r[3]} | {r[4]:.0f} | {r[5]:.3f} | {r[6]:.3f} | {r[7]:.3f} | {r[8]} | {r[9]} | {r[10]} |")
-nginx_max, peage_max = rows[1][1], rows[2][1]
-out += ["", f"Péage / nginx throughput = **{peage_max / nginx_max * 100:.0f} %** (aim ≥ 100 %). Added p99 at {rate} req/s: nginx **{rows[1][9]} ms**, Péage **{rows[2][9]} ms** (aim ≤ 1 ms).",
-        f"Metered: usage shows **{metered}** calls for the **{answered}** Péage answered with 2xx (readiness probe and warm-up included){'' if int(metered) == answered else ' — MISMATCH'}.", ""]
+       f"Machine: {os.cpu_count()} cores, {cpu}. Upstream: `peage demo-upstream` (`GET /hello`, small JSON). {nginx_v}, `proxy_pass` with upstream keep-alive. Load: {oha_v}, {duration} per measure; saturation with {conns} connections; fixed rate {rate} req/s with latency correction. Load generator, upstream, proxies, broker and databases share the machine. Both Péage targets run auth (API key), rate limit, a hard quota and metering; the role spools every event to tansu (durable SQLite engine) with `peage billing` beside it; `peage up` runs its event log, aggregator and billing in the same process.", "",
+       "| target | saturation req/s | 2xx / sent | CPU µs per call | req/s at fixed rate | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | added p99.9 ms |",
+       "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"] + rows
+ratio = lambda a, b: a / b if b else 0.0
+role_vs = ratio(res["role"]["rps"], n["rps"])
+up_vs = ratio(res["up"]["rps"], n["rps"])
+cpu_vs = ratio(res["role"]["cpu"] or 0, n["cpu"] or 0)
+out += ["",
+        f"Role / nginx throughput = **{role_vs * 100:.0f} %** (aim ≥ 100 %), CPU per call **{cpu_vs:.2f}×** nginx's (aim ≤ 1.5×); `peage up` / nginx = **{up_vs * 100:.0f} %** (aim ≥ 75 %). Added p99 at {rate} req/s: nginx **{n['added']['p99']:+.3f} ms**, role **{res['role']['added']['p99']:+.3f} ms**, `peage up` **{res['up']['added']['p99']:+.3f} ms** (aim: no worse than nginx's).",
+        f"Metered = answered: role **{metered['role']}** of **{res['role']['answered']}**, `peage up` **{metered['up']}** of **{res['up']['answered']}** (readiness probe, warm-up, saturation and fixed-rate runs){'' if eq else ' — MISMATCH'}.", ""]
 text = "\n".join(out)
 print(text)
 with open("load-tests/RESULTS.md", "a") as f:
     f.write("\n" + text)
+print(f"RESULT role_vs_nginx={role_vs:.2f} up_vs_nginx={up_vs:.2f} role_cpu_per_call_vs_nginx={cpu_vs:.2f} "
+      f"role_added_p99_ms={res['role']['added']['p99']:.3f} nginx_added_p99_ms={n['added']['p99']:.3f} "
+      f"metered_equals_answered={'true' if eq else 'false'}")
 PY
