@@ -298,6 +298,18 @@ async fn partner_with_live_key(client: &reqwest::Client, control: &str) -> (Stri
 }
 
 /// Waits until ClickHouse holds `n` raw rows (or the timeout), then checks it stays there.
+/// A role's `GET /metrics` text.
+async fn metrics_of(client: &reqwest::Client, port: u16) -> String {
+    client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn settle(ch: &ClickHouseUsageStore, n: u64, timeout: Duration) -> u64 {
     let deadline = Instant::now() + timeout;
     let mut count = 0;
@@ -421,14 +433,7 @@ async fn twenty_thousand_calls_through_two_gateways_are_stored_once_and_billed_f
         "exactly 20,000 rows"
     );
     assert_rollups_equal_raw(&ch).await;
-    let metrics = client
-        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(&client, metrics_port).await;
     for line in [
         "peage_events_emitted_total 10000",
         "peage_spool_forwarded_events_total 10000",
@@ -830,14 +835,7 @@ async fn calls_made_while_the_broker_is_down_for_30_seconds_are_all_stored_once_
 
     let ch = s.clickhouse().await;
     let stored = settle(&ch, made as u64, Duration::from_secs(180)).await;
-    let spool = client
-        .get(format!("http://127.0.0.1:{mport}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let spool = metrics_of(&client, mport).await;
     let spool: Vec<&str> = spool
         .lines()
         .filter(|l| l.starts_with("peage_spool"))
