@@ -180,6 +180,7 @@ export PEAGE_CONFIG="$WORK/peage.toml"
 PEAGE_LOG=warn "$PEAGE" migrate >/dev/null
 PEAGE_LOG=warn "$PEAGE" billing >/dev/null &
 PIDS+=($!)
+OTHERS=("$KAFKA_PID" "$!")
 wait_http "http://127.0.0.1:$BILLING_PORT/healthz"
 read -r ROLE_PARTNER ROLE_KEY < <(new_partner "http://127.0.0.1:$BILLING_PORT")
 PEAGE_LOG=warn "$PEAGE" gateway >/dev/null &
@@ -231,9 +232,13 @@ for name in "${TARGETS[@]}"; do
     PERF_PID=$!
   fi
   before=0; [ ${#procs[@]} -gt 0 ] && before=$(cpu_ticks "${procs[@]}")
+  others_before=$(cpu_ticks "${OTHERS[@]}")
   oha --no-tui --wait-ongoing-requests-after-deadline --output-format json -z "$DURATION" -c "$CONNECTIONS" -H "$(auth_for "$name")" "${URL[$name]}" > "$WORK/$name-max.json"
   after=0; [ ${#procs[@]} -gt 0 ] && after=$(cpu_ticks "${procs[@]}")
   echo $((after - before)) > "$WORK/$name-cpu-ticks"
+  # What the role's neighbours on this machine (broker, billing) spent meanwhile: not the
+  # gateway's CPU, but taken from the same cores.
+  echo $(( $(cpu_ticks "${OTHERS[@]}") - others_before )) > "$WORK/$name-others-ticks"
   oha --no-tui --wait-ongoing-requests-after-deadline --output-format json -z "$DURATION" -c "$RATE_CONNECTIONS" -q "$RATE" --latency-correction \
     -H "$(auth_for "$name")" "${URL[$name]}" > "$WORK/$name-rate.json"
   if [ "$name" = role ]; then
@@ -320,6 +325,7 @@ for name in ["direct", "nginx", "role", "up"]:
                 + ("—" if cpu_us is None else f"{cpu_us:.1f}") + f" | {rt['summary']['requestsPerSec']:.0f} | "
                 f"{pct(rt, 'p50'):.3f} | {pct(rt, 'p99'):.3f} | {pct(rt, 'p99.9'):.3f} | "
                 f"{fmt_added('p50')} | {fmt_added('p99')} | {fmt_added('p99.9')} |")
+others_us = int(open(f"{work}/role-others-ticks").read()) / hz * 1e6 / max(ok(load("role", "max"))[0], 1)
 metered = {"role": int(float(role_metered)), "up": int(float(up_metered))}
 eq = all(metered[n] == res[n]["answered"] for n in ["role", "up"])
 n = res["nginx"]
@@ -337,6 +343,7 @@ up_vs = ratio(res["up"]["rps"], n["rps"])
 cpu_vs = ratio(res["role"]["cpu"] or 0, n["cpu"] or 0)
 out += ["",
         f"Role / nginx throughput = **{role_vs * 100:.0f} %** (aim ≥ 100 %), CPU per call **{cpu_vs:.2f}×** nginx's (aim ≤ 1.5×); `peage up` / nginx = **{up_vs * 100:.0f} %** (aim ≥ 75 %). Added p99 at {rate} req/s: nginx **{n['added']['p99']:+.3f} ms**, role **{res['role']['added']['p99']:+.3f} ms**, `peage up` **{res['up']['added']['p99']:+.3f} ms** (aim: no worse than nginx's).",
+        f"While the role ran at saturation, its broker and `peage billing` on the same cores used **{others_us:.1f} µs** of CPU per call besides (not counted above).",
         f"Metered = answered: role **{metered['role']}** of **{res['role']['answered']}**, `peage up` **{metered['up']}** of **{res['up']['answered']}** (readiness probe, warm-up, saturation and fixed-rate runs){'' if eq else ' — MISMATCH'}.", ""]
 text = "\n".join(out)
 print(text)
