@@ -56,6 +56,9 @@ pub struct GatewayConfig {
     pub edge: EdgeLimits,
     /// `%2F` and `%5C` in paths: refused (the default) or forwarded.
     pub encoded_slashes: EncodedSlashes,
+    /// Peers whose `X-Forwarded-*`, `Forwarded` and `X-Real-IP` headers are believed (load
+    /// balancers in front of the gateway). From anyone else they are replaced. Empty: no one.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for GatewayConfig {
@@ -69,6 +72,7 @@ impl Default for GatewayConfig {
             threads: 0,
             edge: EdgeLimits::default(),
             encoded_slashes: EncodedSlashes::Reject,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -221,8 +221,15 @@ async fn serve_thread(
             edge: Arc::clone(&edge),
         });
         // The client's address, as upstreams get it in `X-Forwarded-For`, made once.
-        let peer_ip = http::HeaderValue::from_str(&peer.ip().to_string())
-            .unwrap_or(http::HeaderValue::from_static("unknown"));
+        let peer_ip = crate::call::Peer {
+            ip: http::HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or(http::HeaderValue::from_static("unknown")),
+            trusted: gateway
+                .config
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(&peer.ip().to_canonical())),
+        };
         let svc = {
             let (worker, edge) = (Arc::clone(&worker), Arc::clone(&edge));
             hyper::service::service_fn(move |req| {

@@ -124,6 +124,9 @@ pub struct GatewaySection {
     pub max_connections: usize,
     /// `%2F` and `%5C` in paths: `reject` (400) or `forward` unchanged.
     pub encoded_slashes: peage_gateway::EncodedSlashes,
+    /// Addresses or CIDR blocks (`10.0.0.0/8`, `2001:db8::1`) of proxies in front of the
+    /// gateway whose forwarding headers are believed; from anyone else they are replaced.
+    pub trusted_proxies: Vec<String>,
     /// The billing role's control API, where quota leases come from (with the admin token).
     pub billing_url: String,
     /// The smallest quota lease asked for, in meter units; busy quotas ask for about 2 s of use.
@@ -161,6 +164,19 @@ impl GatewaySection {
         if self.max_connections == 0 {
             bail!("gateway.max_connections must be more than 0");
         }
+        let trusted_proxies = self
+            .trusted_proxies
+            .iter()
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "gateway.trusted_proxies: {p:?} is neither an IP address nor a CIDR block (10.0.0.0/8)"
+                        )
+                    })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(peage_gateway::GatewayConfig {
             gateway_id: self.id.clone(),
             upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
@@ -178,6 +194,7 @@ impl GatewaySection {
                 max_connections: self.max_connections,
             },
             encoded_slashes: self.encoded_slashes,
+            trusted_proxies,
         })
     }
 
@@ -211,6 +228,7 @@ impl Default for GatewaySection {
             idle_timeout_ms: 60_000,
             max_connections: 16_384,
             encoded_slashes: peage_gateway::EncodedSlashes::Reject,
+            trusted_proxies: Vec::new(),
             billing_url: "http://127.0.0.1:8090".into(),
             quota_lease_size: 100,
             quota_when_billing_unreachable: UnreachableChoice::Serve,
@@ -489,6 +507,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing.toml"), "{e}");
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_blocks_and_name_a_bad_one() {
+        let jwt = || peage_gateway::JwtConfig {
+            issuer: "http://127.0.0.1:8090".into(),
+            audience: "peage".into(),
+            jwks_url: "http://127.0.0.1:8090/.well-known/jwks.json".into(),
+            leeway: std::time::Duration::from_secs(30),
+        };
+        let mut g = GatewaySection {
+            trusted_proxies: vec!["10.0.0.0/8".into(), "2001:db8::1".into()],
+            ..Default::default()
+        };
+        let nets = g.gateway_config(jwt()).unwrap().trusted_proxies;
+        assert!(nets[0].contains(&"10.20.30.40".parse::<std::net::IpAddr>().unwrap()));
+        assert!(nets[1].contains(&"2001:db8::1".parse::<std::net::IpAddr>().unwrap()));
+        assert!(!nets[1].contains(&"2001:db8::2".parse::<std::net::IpAddr>().unwrap()));
+        g.trusted_proxies = vec!["lb.internal".into()];
+        let e = g.gateway_config(jwt()).unwrap_err().to_string();
+        assert!(
+            e.contains("trusted_proxies") && e.contains("lb.internal"),
+            "{e}"
+        );
     }
 
     #[test]

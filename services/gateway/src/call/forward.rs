@@ -94,8 +94,26 @@ pub(crate) fn take_units(headers: &mut HeaderMap) -> Result<Option<Decimal>, Str
         .ok_or_else(|| String::from_utf8_lossy(units.as_bytes()).into_owned())
 }
 
+/// Removes what a caller must not be able to tell the upstream: every `Peage-*` header (the
+/// gateway's own to set: partner, environment, units), and, unless the peer is a trusted proxy,
+/// the forwarding headers (`Forwarded`, `X-Real-IP`, `X-Forwarded-*`), which the gateway then
+/// writes itself. One pass over the names that are there.
+fn strip_untrusted(h: &mut HeaderMap, trusted_peer: bool) {
+    let mut drop: Vec<HeaderName> = Vec::new();
+    for name in h.keys() {
+        let n = name.as_str();
+        let forwarding = n == "forwarded" || n == "x-real-ip" || n.starts_with("x-forwarded-");
+        if n.starts_with("peage-") || (forwarding && !trusted_peer) {
+            drop.push(name.clone());
+        }
+    }
+    for name in &drop {
+        h.remove(name);
+    }
+}
+
 /// The upstream request's headers, from the partner's.
-fn upstream_headers(h: &mut HeaderMap, peer_ip: &HeaderValue, key: &ResolvedKey) {
+fn upstream_headers(h: &mut HeaderMap, peer: &super::Peer, key: &ResolvedKey) {
     // Room for what is added below, in one go rather than a regrowth per insert.
     h.reserve(6);
     let original_host = h.remove(header::HOST);
@@ -108,20 +126,25 @@ fn upstream_headers(h: &mut HeaderMap, peer_ip: &HeaderValue, key: &ResolvedKey)
         h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     h.remove(header::AUTHORIZATION);
+    strip_untrusted(h, peer.trusted);
     let forwarded_for = match h.get(&X_FORWARDED_FOR).map(|v| v.to_str()) {
-        None => Some(peer_ip.clone()),
+        None => Some(peer.ip.clone()),
         Some(Ok(prior)) => {
-            let ip = peer_ip.to_str().unwrap_or_default();
+            let ip = peer.ip.to_str().unwrap_or_default();
             HeaderValue::from_str(&format!("{prior}, {ip}")).ok()
         }
-        Some(Err(_)) => None,
+        Some(Err(_)) => Some(peer.ip.clone()),
     };
     if let Some(v) = forwarded_for {
         h.insert(X_FORWARDED_FOR, v);
     }
-    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if !h.contains_key(&X_FORWARDED_PROTO) {
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
     if let Some(host) = original_host {
-        h.insert(X_FORWARDED_HOST, host);
+        if !h.contains_key(&X_FORWARDED_HOST) {
+            h.insert(X_FORWARDED_HOST, host);
+        }
     }
     if let Ok(v) = HeaderValue::from_str(&key.partner_id) {
         h.insert(PEAGE_PARTNER_ID, v);
@@ -140,7 +163,7 @@ pub(crate) async fn forward(
     version: &VersionRoute,
     base: &UpstreamBase,
     rest: &str,
-    peer_ip: &HeaderValue,
+    peer_ip: &super::Peer,
     key: &ResolvedKey,
     grpc: bool,
 ) -> Result<(http::Response<Incoming>, Option<Checkin>), Refusal> {
@@ -277,14 +300,41 @@ mod tests {
             plan_id: "p".into(),
             scopes: None,
         };
-        upstream_headers(&mut h, &HeaderValue::from_static("192.0.2.7"), &key);
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("forwarded", HeaderValue::from_static("for=10.0.0.1"));
+        h.insert("x-real-ip", HeaderValue::from_static("10.0.0.1"));
+        h.insert("peage-partner-id", HeaderValue::from_static("prt_forged"));
+        h.insert("peage-quota-exceeded", HeaderValue::from_static("calls"));
+        let mut trusted = h.clone();
+        upstream_headers(&mut h, &peer("192.0.2.7", false), &key);
         assert!(!h.contains_key(header::AUTHORIZATION));
         assert!(!h.contains_key(header::HOST));
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        // From an untrusted peer the forwarding headers are replaced, not extended.
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
         assert_eq!(h["x-forwarded-host"], "gw.example");
         assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!h.contains_key("forwarded") && !h.contains_key("x-real-ip"));
+        // No caller-sent Peage-* header survives; the gateway's own are set.
         assert_eq!(h["peage-partner-id"], "prt_1");
+        assert_eq!(h.get_all("peage-partner-id").iter().count(), 1);
+        assert!(!h.contains_key("peage-quota-exceeded"));
         assert_eq!(h["peage-env"], "sandbox");
         assert_eq!(h[header::TE], "trailers");
+
+        // A trusted proxy's headers are believed and extended.
+        upstream_headers(&mut trusted, &peer("10.1.0.5", true), &key);
+        assert_eq!(trusted["x-forwarded-for"], "10.0.0.1, 10.1.0.5");
+        assert_eq!(trusted["x-forwarded-proto"], "https");
+        assert_eq!(trusted["forwarded"], "for=10.0.0.1");
+        assert_eq!(trusted["x-real-ip"], "10.0.0.1");
+        assert_eq!(trusted["peage-partner-id"], "prt_1");
+        assert!(!trusted.contains_key("peage-quota-exceeded"));
+    }
+
+    fn peer(ip: &'static str, trusted: bool) -> super::super::Peer {
+        super::super::Peer {
+            ip: HeaderValue::from_static(ip),
+            trusted,
+        }
     }
 }

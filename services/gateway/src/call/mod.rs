@@ -38,9 +38,18 @@ use meter::{GrpcCall, PendingCall};
 use refusal::Refusal;
 
 /// Answers one request: a probe, or a call through the pipeline.
+/// Who is on the other end of a connection, as upstreams are told.
+#[derive(Clone)]
+pub(crate) struct Peer {
+    /// The address, as `X-Forwarded-For` carries it.
+    pub ip: HeaderValue,
+    /// One of `gateway.trusted_proxies`: its forwarding headers are believed.
+    pub trusted: bool,
+}
+
 pub(crate) async fn handle(
     worker: &Arc<Worker>,
-    peer_ip: &HeaderValue,
+    peer_ip: &Peer,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     match req.uri().path() {
@@ -106,7 +115,7 @@ struct Call {
 async fn pipeline(
     worker: &Arc<Worker>,
     call: &mut Call,
-    peer_ip: &HeaderValue,
+    peer_ip: &Peer,
     grpc: bool,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Refusal> {
