@@ -33,6 +33,43 @@ pub async fn run_all(s: &dyn BillingStore) {
     plan_versions_and_profiles_are_kept(s).await;
     webhooks_are_queued_once_per_event_and_logged(s).await;
     sign_in_links_are_used_once_and_sessions_end(s).await;
+    // Last: it leaves a balance that cannot be summed.
+    sums_of_stored_credits_that_overflow_are_errors_not_panics(s).await;
+}
+
+/// Rows stored before amounts were bounded (a credit of `Decimal::MAX` was once accepted) make
+/// the sums fail with an error naming them; they never panic.
+async fn sums_of_stored_credits_that_overflow_are_errors_not_panics(s: &dyn BillingStore) {
+    use crate::ledger::CreditEntry;
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    s.create_partner("prt_huge", "Huge", &sub("growth", t0))
+        .await
+        .unwrap();
+    for (id, amount) in [("crd_huge1", Decimal::MAX), ("crd_huge2", Decimal::ONE)] {
+        s.add_credit(&CreditEntry {
+            id: id.into(),
+            partner_id: "prt_huge".into(),
+            currency: "EUR".into(),
+            amount,
+            description: "from before the bound".into(),
+            invoice_id: None,
+            created_at: t0,
+        })
+        .await
+        .unwrap();
+    }
+    let e = s.credit_balance("prt_huge", "EUR").await.unwrap_err();
+    assert!(e.to_string().contains("overflows"), "{e}");
+    let e = s.credit_balances().await.unwrap_err();
+    assert!(e.to_string().contains("overflows"), "{e}");
+    s.save_draft(&draft("inv_huge", "prt_huge", "12.50"))
+        .await
+        .unwrap();
+    let e = s
+        .finalize_invoice("inv_huge", "HUGE", t0 + Duration::days(31))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("overflows"), "{e}");
 }
 
 async fn sign_in_links_are_used_once_and_sessions_end(s: &dyn BillingStore) {

@@ -298,6 +298,20 @@ pub(crate) fn parse_decimal(what: &'static str, s: &str) -> Result<Decimal, Bill
     })
 }
 
+/// `sum + amount` of stored amounts, checked: an overflow (only possible from rows stored
+/// before amounts were bounded) is an error naming what was summed, never a panic.
+pub(crate) fn add_stored(
+    what: &'static str,
+    sum: Decimal,
+    amount: Decimal,
+) -> Result<Decimal, BillingStoreError> {
+    sum.checked_add(amount)
+        .ok_or_else(|| BillingStoreError::Corrupt {
+            what,
+            reason: format!("the sum of stored amounts overflows at {amount}; correct the entries"),
+        })
+}
+
 pub(crate) fn document(inv: &Invoice) -> Result<String, BillingStoreError> {
     serde_json::to_string(inv).map_err(|e| BillingStoreError::Corrupt {
         what: "invoice",
@@ -703,7 +717,8 @@ macro_rules! ledger_store {
                     .await?;
                     let mut sum = rust_decimal::Decimal::ZERO;
                     for r in &rows {
-                        sum += parse_decimal("credit", &r.try_get::<String, _>("amount")?)?;
+                        let amount = parse_decimal("credit", &r.try_get::<String, _>("amount")?)?;
+                        sum = add_stored("credit", sum, amount)?;
                     }
                     Ok(sum)
                 }
@@ -721,8 +736,10 @@ macro_rules! ledger_store {
                         Default::default();
                     for r in &rows {
                         let amount = parse_decimal("credit", &r.try_get::<String, _>("amount")?)?;
-                        *out.entry((r.try_get("partner_id")?, r.try_get("currency")?))
-                            .or_default() += amount;
+                        let b = out
+                            .entry((r.try_get("partner_id")?, r.try_get("currency")?))
+                            .or_default();
+                        *b = add_stored("credit", *b, amount)?;
                     }
                     Ok(out)
                 }
@@ -827,7 +844,8 @@ macro_rules! ledger_store {
                     .await?;
                     let mut balance = rust_decimal::Decimal::ZERO;
                     for r in &rows {
-                        balance += parse_decimal("credit", &r.try_get::<String, _>("amount")?)?;
+                        let amount = parse_decimal("credit", &r.try_get::<String, _>("amount")?)?;
+                        balance = add_stored("credit", balance, amount)?;
                     }
                     record.invoice.apply_credits(balance);
                     let number = invoice_number(prefix, year, n);

@@ -294,7 +294,7 @@ pub async fn get_profile(State(api): Api, Path(id): Path<String>) -> Result<Resp
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreditRequest {
-    /// A positive decimal string, at most the currency's decimals.
+    /// A positive decimal string, at most 1000000000000000 and the currency's decimals.
     #[serde(with = "rust_decimal::serde::str")]
     #[schema(value_type = String)]
     amount: Decimal,
@@ -318,9 +318,13 @@ pub async fn add_credit(
     let partner = existing_partner(&api, &id).await?;
     let currency = Currency::parse(&req.currency)
         .ok_or_else(|| ApiError::BadRequest(format!("unknown currency {:?}", req.currency)))?;
-    if req.amount <= Decimal::ZERO || req.amount.normalize().scale() > currency.minor_units() {
+    if req.amount <= Decimal::ZERO
+        || req.amount > peage_core::money::MAX_AMOUNT
+        || req.amount.normalize().scale() > currency.minor_units()
+    {
         return Err(ApiError::BadRequest(format!(
-            "amount must be positive with at most {} decimals for {}",
+            "amount must be positive, at most {} and with at most {} decimals for {}",
+            peage_core::money::MAX_AMOUNT,
             currency.minor_units(),
             currency.code()
         )));
@@ -347,10 +351,7 @@ pub async fn add_credit(
 pub async fn credits(State(api): Api, Path(id): Path<String>) -> Result<Response, ApiError> {
     let partner = existing_partner(&api, &id).await?;
     let entries = api.store.credit_entries(&partner.id).await?;
-    let mut balances: std::collections::BTreeMap<String, Decimal> = Default::default();
-    for e in &entries {
-        *balances.entry(e.currency.clone()).or_default() += e.amount;
-    }
+    let balances = crate::invoicing::credit_balances(entries.iter())?;
     let balances: std::collections::BTreeMap<String, String> = balances
         .into_iter()
         .map(|(c, b)| (c, b.to_string()))

@@ -187,10 +187,8 @@ impl Invoicing {
                 period_label: None,
             })
             .await?;
-        let mut balances = HashMap::new();
-        for e in self.store.credit_entries(&partner.id).await? {
-            *balances.entry(e.currency).or_insert(Decimal::ZERO) += e.amount;
-        }
+        let entries = self.store.credit_entries(&partner.id).await?;
+        let balances = credit_balances(entries.iter())?.into_iter().collect();
         PartnerBook::new(partner.clone(), profile.as_ref(), subs, finalized, balances)
     }
 
@@ -613,4 +611,23 @@ impl Invoicing {
         tracing::info!(invoice = %record.id, "invoice voided");
         Ok(record)
     }
+}
+
+/// A partner's credit balance per currency, summed with checked arithmetic: entries stored
+/// before amounts were bounded (`money::MAX_AMOUNT`) give an error for this partner, never a
+/// panic.
+pub(crate) fn credit_balances<'a>(
+    entries: impl Iterator<Item = &'a peage_billing_store::CreditEntry>,
+) -> Result<std::collections::BTreeMap<String, Decimal>, ApiError> {
+    let mut balances: std::collections::BTreeMap<String, Decimal> = Default::default();
+    for e in entries {
+        let b = balances.entry(e.currency.clone()).or_default();
+        *b = peage_core::money::checked_total([*b, e.amount]).ok_or_else(|| {
+            ApiError::Internal(format!(
+                "the credit balance in {} is too large to add up; remove or correct its entries",
+                e.currency
+            ))
+        })?;
+    }
+    Ok(balances)
 }

@@ -210,6 +210,19 @@ async fn an_invoice_goes_from_draft_to_finalized_and_late_usage_lands_on_the_nex
         )
         .await;
     assert_eq!(s, 400, "{c}");
+    // Amounts are bounded (money::MAX_AMOUNT = 10^15): Decimal::MAX used to be accepted, and
+    // the next credit overflowed inside the handler, breaking every invoice run after it.
+    for amount in ["79228162514264337593543950335", "1000000000000000.01"] {
+        let (s, c) = env
+            .call(
+                "POST",
+                &format!("/v1/partners/{pid}/credits"),
+                Some(json!({"amount": amount, "currency": "EUR", "description": "huge"})),
+            )
+            .await;
+        assert_eq!(s, 400, "{amount}: {c}");
+        assert!(c.to_string().contains("at most 1000000000000000"), "{c}");
+    }
 
     // 1,500 calls in October: 49.00 + 15.00 = 64.00, VAT 12.80, total 76.80.
     env.served

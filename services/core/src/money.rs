@@ -104,6 +104,19 @@ impl TryFrom<String> for Currency {
     }
 }
 
+/// The largest amount of money Péage accepts as one input (a credit): 10^15 of a currency's
+/// major unit. Sums of stored amounts stay far below `Decimal::MAX` (about 7.9 × 10^28) for any
+/// realistic number of entries, and are added with [`checked_total`] regardless.
+pub const MAX_AMOUNT: Decimal = Decimal::from_parts(0xA4C6_8000, 0x0003_8D7E, 0, false, 0);
+
+/// The sum of `amounts`, or `None` if it would overflow `Decimal`: sums of stored amounts never
+/// panic, whatever was stored.
+pub fn checked_total(amounts: impl IntoIterator<Item = Decimal>) -> Option<Decimal> {
+    amounts
+        .into_iter()
+        .try_fold(Decimal::ZERO, |sum, a| sum.checked_add(a))
+}
+
 impl From<Currency> for String {
     fn from(c: Currency) -> String {
         c.code().to_string()
@@ -117,6 +130,17 @@ mod tests {
 
     fn d(s: &str) -> Decimal {
         Decimal::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn the_largest_amount_is_ten_to_the_fifteenth_and_totals_never_overflow() {
+        assert_eq!(MAX_AMOUNT, d("1000000000000000"));
+        assert_eq!(
+            checked_total([MAX_AMOUNT, MAX_AMOUNT]),
+            Some(d("2000000000000000"))
+        );
+        assert_eq!(checked_total([Decimal::MAX, Decimal::ONE]), None);
+        assert_eq!(checked_total([]), Some(Decimal::ZERO));
     }
 
     #[test]
