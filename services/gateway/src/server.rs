@@ -221,7 +221,7 @@ async fn serve_thread(
             edge: Arc::clone(&edge),
         });
         // The client's address, as upstreams get it in `X-Forwarded-For`, made once.
-        let peer_ip = crate::call::Peer {
+        let peer_info = crate::call::Peer {
             ip: http::HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or(http::HeaderValue::from_static("unknown")),
             trusted: gateway
@@ -235,9 +235,9 @@ async fn serve_thread(
             hyper::service::service_fn(move |req| {
                 let mark = InFlight::begin(&edge);
                 let worker = Arc::clone(&worker);
-                let peer_ip = peer_ip.clone();
+                let peer = peer_info.clone();
                 async move {
-                    let mut response = crate::call::handle(&worker, &peer_ip, req).await;
+                    let mut response = crate::call::handle(&worker, &peer, req).await;
                     response.body_mut().hold(mark);
                     Ok::<_, Infallible>(response)
                 }

@@ -2,7 +2,8 @@
 //! client, and the upstream's answer as the partner gets it.
 //!
 //! Upstream requests lose the hop-by-hop headers (RFC 9110 §7.6.1, and those `Connection`
-//! names), `Authorization` and `Host`, and gain `X-Forwarded-For`/`-Proto`/`-Host`,
+//! names), `Authorization`, `Host`, caller-sent `Peage-*` headers and (unless the peer is a
+//! trusted proxy) caller-sent forwarding headers, and gain `X-Forwarded-For`/`-Proto`/`-Host`,
 //! `Peage-Partner-Id` and `Peage-Env`. gRPC upstreams are spoken to over HTTP/2 and keep
 //! `TE: trailers`. The upstream's `Peage-Units` header is read (and removed) for metering.
 
@@ -163,7 +164,7 @@ pub(crate) async fn forward(
     version: &VersionRoute,
     base: &UpstreamBase,
     rest: &str,
-    peer_ip: &super::Peer,
+    peer: &super::Peer,
     key: &ResolvedKey,
     grpc: bool,
 ) -> Result<(http::Response<Incoming>, Option<Checkin>), Refusal> {
@@ -180,7 +181,7 @@ pub(crate) async fn forward(
             format!("the request path cannot be forwarded: {e}"),
         )
     })?;
-    upstream_headers(&mut head.headers, peer_ip, key);
+    upstream_headers(&mut head.headers, peer, key);
     if grpc {
         head.version = http::Version::HTTP_2;
     } else {

@@ -37,7 +37,6 @@ use crate::worker::Worker;
 use meter::{GrpcCall, PendingCall};
 use refusal::Refusal;
 
-/// Answers one request: a probe, or a call through the pipeline.
 /// Who is on the other end of a connection, as upstreams are told.
 #[derive(Clone)]
 pub(crate) struct Peer {
@@ -47,9 +46,10 @@ pub(crate) struct Peer {
     pub trusted: bool,
 }
 
+/// Answers one request: a probe, or a call through the pipeline.
 pub(crate) async fn handle(
     worker: &Arc<Worker>,
-    peer_ip: &Peer,
+    peer: &Peer,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     match req.uri().path() {
@@ -77,7 +77,7 @@ pub(crate) async fn handle(
         version: None,
         pending: None,
     };
-    let response = match pipeline(worker, &mut call, peer_ip, grpc, req).await {
+    let mut response = match pipeline(worker, &mut call, peer, grpc, req).await {
         Ok(r) => r,
         Err(refusal) => {
             worker.metrics.refused(refusal.kind);
@@ -90,7 +90,6 @@ pub(crate) async fn handle(
             r
         }
     };
-    let mut response = response;
     if let Some(v) = &call.version {
         v.add_lifecycle_headers(response.headers_mut());
     }
@@ -115,7 +114,7 @@ struct Call {
 async fn pipeline(
     worker: &Arc<Worker>,
     call: &mut Call,
-    peer_ip: &Peer,
+    peer: &Peer,
     grpc: bool,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Refusal> {
@@ -226,7 +225,7 @@ async fn pipeline(
         &version,
         base,
         &routed.rest,
-        peer_ip,
+        peer,
         &key,
         is_grpc,
     )
