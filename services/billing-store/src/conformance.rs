@@ -148,7 +148,7 @@ pub fn draft(id: &str, partner: &str, base: &str) -> peage_core::InvoiceRecord {
         updated_at: t,
         finalized_at: None,
         voided_at: None,
-        invoice: peage_core::Invoice::compute(partner, &plan, period, &[]),
+        invoice: peage_core::Invoice::compute(partner, &plan, period, &[]).unwrap(),
     }
 }
 

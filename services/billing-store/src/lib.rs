@@ -130,7 +130,7 @@ fn ledger_of(
 ) -> Result<QuotaLedger, BillingStoreError> {
     let mut ledger = QuotaLedger::default();
     for (_, amount) in rows {
-        ledger.granted += parse_granted(amount)?;
+        ledger.granted = ledger::add_stored("quota grant", ledger.granted, parse_granted(amount)?)?;
     }
     let newcomer = gateway_id.is_some_and(|gw| !rows.iter().any(|(g, _)| g == gw));
     ledger.gateways = rows.len() as u32 + u32::from(newcomer);

@@ -18,14 +18,16 @@
 //! browser send without a CORS preflight, which this server never grants (the cookie is also
 //! `SameSite=Strict`).
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use chrono::{Duration, Utc};
+use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use peage_billing_store::{DashboardGrant, DashboardRole};
 use peage_core::{InvoiceRecord, InvoiceStatus};
@@ -124,33 +126,78 @@ fn session_cookie(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, v)| v)
 }
 
+/// The address a request came from (the TCP peer), when the server knows it: served through
+/// [`crate::serve_router`] it always does; a router driven in process does not.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerIp(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<PeerIp, Self::Rejection> {
+        Ok(PeerIp(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
+impl ControlApi {
+    /// Refuses an attempt from an address that has sent too many wrong credentials.
+    pub(crate) fn throttle(&self, peer: PeerIp) -> Result<(), ApiError> {
+        let Some(ip) = peer.0 else { return Ok(()) };
+        self.failures
+            .check(ip, std::time::Instant::now())
+            .map_err(|t| {
+                tracing::warn!(%ip, "control API: too many wrong credentials; attempts refused");
+                ApiError::TooManyFailures {
+                    retry_after: t.retry_after_secs(),
+                }
+            })
+    }
+
+    /// Counts a wrong credential against its address.
+    pub(crate) fn failed(&self, peer: PeerIp) {
+        if let Some(ip) = peer.0 {
+            self.failures.failed(ip, std::time::Instant::now());
+        }
+    }
+}
+
 /// The `/v1` middleware: finds the principal and puts it in the request's extensions.
 pub(crate) async fn authenticate(
     State(api): State<Arc<ControlApi>>,
+    peer: PeerIp,
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let principal = match bearer(req.headers()) {
         Some(presented) => {
+            api.throttle(peer)?;
             let ok = !api.admin_token.is_empty()
                 && bool::from(presented.as_bytes().ct_eq(api.admin_token.as_bytes()));
             if !ok {
+                api.failed(peer);
                 return Err(ApiError::Unauthorized);
             }
             Principal::Staff { session: false }
         }
         None => {
             let token = session_cookie(req.headers()).ok_or(ApiError::Unauthorized)?;
-            let grant = api
+            api.throttle(peer)?;
+            let Some(grant) = api
                 .store
                 .dashboard_session(&token_hash(token), Utc::now())
                 .await?
-                .ok_or(ApiError::Unauthorized)?;
+            else {
+                api.failed(peer);
+                return Err(ApiError::Unauthorized);
+            };
             let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-            if !safe && req.headers().get(CSRF_HEADER).is_none() {
-                return Err(ApiError::Forbidden(format!(
-                    "a dashboard session's writes must carry the {CSRF_HEADER} header"
-                )));
+            if !safe {
+                require_csrf(req.headers())?;
             }
             Principal::from(grant.role)
         }
@@ -304,13 +351,15 @@ fn over_https(headers: &HeaderMap) -> bool {
               (status = 401, description = "Unknown, used or expired link", body = crate::openapi::ProblemDoc, content_type = "application/problem+json")))]
 pub(crate) async fn sign_in(
     State(api): State<Arc<ControlApi>>,
+    peer: PeerIp,
     headers: HeaderMap,
     raw: Bytes,
 ) -> Result<Response, ApiError> {
+    api.throttle(peer)?;
     let req: SignIn = body(&raw)?;
     let now = Utc::now();
     let session = new_token("pss_");
-    let grant = api
+    let Some(grant) = api
         .store
         .redeem_sign_in_link(
             &token_hash(req.token.trim()),
@@ -319,7 +368,10 @@ pub(crate) async fn sign_in(
             now + Duration::hours(SESSION_TTL_HOURS),
         )
         .await?
-        .ok_or(ApiError::Unauthorized)?;
+    else {
+        api.failed(peer);
+        return Err(ApiError::Unauthorized);
+    };
     let who = Principal::from(grant.role);
     tracing::info!(principal = ?who, "dashboard session opened");
     let mut r = Json(session_info(&api, &who).await?).into_response();
@@ -332,13 +384,27 @@ pub(crate) async fn sign_in(
     Ok(r)
 }
 
+/// A session's write without the CSRF header: another site's page may not sign a user out (or
+/// write anything else) with their cookie.
+fn require_csrf(headers: &HeaderMap) -> Result<(), ApiError> {
+    if headers.contains_key(CSRF_HEADER) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "a dashboard session's writes must carry the {CSRF_HEADER} header"
+        )))
+    }
+}
+
 #[utoipa::path(post, path = "/auth/sign-out", tag = "dashboard",
-    responses((status = 204, description = "The session is ended and its cookie cleared")))]
+    responses((status = 204, description = "The session is ended and its cookie cleared"),
+              (status = 403, response = crate::openapi::Forbidden)))]
 pub(crate) async fn sign_out(
     State(api): State<Arc<ControlApi>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if let Some(token) = session_cookie(&headers) {
+        require_csrf(&headers)?;
         api.store
             .end_dashboard_session(&token_hash(token), Utc::now())
             .await?;

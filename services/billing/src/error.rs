@@ -22,6 +22,8 @@ pub enum ApiError {
     Usage(#[from] UsageStoreError),
     #[error("{0}")]
     Internal(String),
+    #[error("too many wrong credentials from this address; retry in {retry_after} s")]
+    TooManyFailures { retry_after: u64 },
 }
 
 impl IntoResponse for ApiError {
@@ -36,6 +38,11 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(_) | ApiError::Store(BillingStoreError::Conflict(_)) => {
                 (StatusCode::CONFLICT, "conflict", "Conflict")
             }
+            ApiError::TooManyFailures { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-failures",
+                "Too many wrong credentials",
+            ),
             ApiError::Store(_) | ApiError::Usage(_) | ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -54,6 +61,10 @@ impl IntoResponse for ApiError {
         let mut r = (status, body).into_response();
         r.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        if let ApiError::TooManyFailures { retry_after } = &self {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -62,4 +73,58 @@ impl IntoResponse for ApiError {
         }
         r
     }
+}
+
+/// Whether a response already carries a body of its own kind: problem+json, or JSON (the OAuth
+/// token endpoint answers RFC 6749's `{"error": …}` as clients expect).
+fn has_typed_body(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(CONTENT_TYPE) || v.starts_with("application/json"))
+}
+
+/// Layered over everything served on the control API's port: an error answered by the
+/// framework rather than a handler (a malformed query string, a body over the limit, an unknown
+/// route, a wrong method) is plain text or empty; it becomes problem+json with the same status,
+/// the framework's words as its detail, and its other headers (`Allow`, `Retry-After`) kept.
+pub(crate) async fn problem_for_every_error(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let r = next.run(req).await;
+    let status = r.status();
+    if !(status.is_client_error() || status.is_server_error()) || has_typed_body(r.headers()) {
+        return r;
+    }
+    let (mut parts, body) = r.into_parts();
+    let text =
+        match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, 4096)).await {
+            Ok(b) => String::from_utf8_lossy(&b.to_bytes()).trim().to_string(),
+            Err(_) => String::new(),
+        };
+    let title = status.canonical_reason().unwrap_or("Error");
+    let slug = title.to_ascii_lowercase().replace(' ', "-");
+    let mut problem = Problem::new(status.as_u16(), &slug, title);
+    if !text.is_empty() {
+        problem = problem.with_detail(text);
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+/// What a handler that panicked answers: 500 problem+json for its own request; the panic is in
+/// the log, the server and every other request carry on.
+pub(crate) fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = what, "control API: a handler panicked");
+    ApiError::Internal(format!("handler panicked: {what}")).into_response()
 }

@@ -318,23 +318,36 @@ impl Invoicing {
                 tracing::warn!(invoice = %past.id, "late usage in another currency is not adjusted automatically");
                 continue;
             }
-            let billed = past.invoice.own_subtotal()
-                + book
-                    .finalized
-                    .iter()
-                    .map(|r| r.invoice.adjustments_of(&past.id))
-                    .sum::<Decimal>();
+            let overflow = |e: peage_core::money::Overflow| {
+                ApiError::Conflict(format!(
+                    "partner {}: invoice {}: {e}",
+                    book.partner.id, past.id
+                ))
+            };
+            let adjusted = book
+                .finalized
+                .iter()
+                .map(|r| r.invoice.adjustments_of(&past.id))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(overflow)?;
+            let billed = peage_core::money::checked_total(
+                std::iter::once(past.invoice.own_subtotal().map_err(overflow)?).chain(adjusted),
+            )
+            .ok_or_else(|| overflow(peage_core::money::Overflow))?;
             let of = AdjustedInvoice {
                 invoice_id: past.id.clone(),
                 number: past.number.clone(),
                 period: past.invoice.period,
             };
-            lines.extend(late_usage_adjustment(
-                &of,
-                repriced.own_subtotal(),
-                billed,
-                past.invoice.currency,
-            ));
+            lines.extend(
+                late_usage_adjustment(
+                    &of,
+                    repriced.own_subtotal().map_err(overflow)?,
+                    billed,
+                    past.invoice.currency,
+                )
+                .map_err(overflow)?,
+            );
         }
         Ok(lines)
     }
@@ -500,9 +513,19 @@ impl Invoicing {
             match outcome {
                 Ok(outcome) => {
                     let r = outcome.record();
-                    *totals
+                    let total = totals
                         .entry(r.invoice.currency.code().to_string())
-                        .or_default() += r.invoice.amount_due;
+                        .or_default();
+                    match total.checked_add(r.invoice.amount_due) {
+                        Some(sum) => *total = sum,
+                        None => summary.errors.push(RunError {
+                            partner_id: draft.partner_id.clone(),
+                            error: format!(
+                                "the run's total in {} overflows; this partner's draft is saved but not counted in it",
+                                r.invoice.currency.code()
+                            ),
+                        }),
+                    }
                     match outcome {
                         DraftOutcome::Created(_) => summary.created += 1,
                         DraftOutcome::Updated(_) => summary.updated += 1,

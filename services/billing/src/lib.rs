@@ -41,6 +41,8 @@ pub struct ControlApi {
     pub invoicing: invoicing::Invoicing,
     /// Each API version's OpenAPI document, by (api, version), as the catalog names them.
     pub(crate) api_docs: std::sync::RwLock<ApiDocs>,
+    /// Wrong admin tokens, sessions, sign-in links and OAuth client secrets, per source address.
+    pub failures: peage_core::throttle::FailureLimiter,
 }
 
 /// OpenAPI documents of API versions, keyed by (api, version).
@@ -71,6 +73,7 @@ impl ControlApi {
             on_revoke,
             oauth,
             api_docs: Default::default(),
+            failures: peage_core::throttle::FailureLimiter::standard(),
         })
     }
 
@@ -165,13 +168,27 @@ pub async fn serve(
     serve_router(listener, api.router(), shutdown).await
 }
 
-/// Serves `router` (the control API merged with the dashboard's pages) until `shutdown`.
+/// What every route on the control API's port is wrapped in: a panicking handler answers 500
+/// problem+json for its own request only, and every error, the framework's own included, is
+/// problem+json.
+pub fn hardened(router: Router) -> Router {
+    router
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            error::panic_response,
+        ))
+        .layer(middleware::from_fn(error::problem_for_every_error))
+}
+
+/// Serves `router` (the control API merged with the dashboard's pages) until `shutdown`, with
+/// each connection's peer address known to the handlers (sign-in and token limits are per
+/// address).
 pub async fn serve_router(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
+    let app = hardened(router).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

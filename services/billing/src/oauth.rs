@@ -150,7 +150,15 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     tag = "oauth",
     request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, description = "An access token", body = Object), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized)))]
-pub async fn token(State(api): State<Arc<ControlApi>>, headers: HeaderMap, raw: Bytes) -> Response {
+pub async fn token(
+    State(api): State<Arc<ControlApi>>,
+    peer: crate::auth::PeerIp,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> Response {
+    if let Err(e) = api.throttle(peer) {
+        return e.into_response();
+    }
     let form: TokenForm = match serde_urlencoded::from_bytes(&raw) {
         Ok(f) => f,
         Err(e) => {
@@ -179,7 +187,12 @@ pub async fn token(State(api): State<Arc<ControlApi>>, headers: HeaderMap, raw: 
     };
     match issue(&api, &client_id, &secret, form.scope.as_deref()).await {
         Ok(r) => r,
-        Err(r) => r,
+        Err(r) => {
+            if r.status() == StatusCode::UNAUTHORIZED {
+                api.failed(peer);
+            }
+            r
+        }
     }
 }
 

@@ -336,7 +336,7 @@ mod tests {
             start: Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
             end: Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap(),
         };
-        let mut invoice = peage_core::Invoice::compute("prt_x", &plan, period, &[]);
+        let mut invoice = peage_core::Invoice::compute("prt_x", &plan, period, &[]).unwrap();
         let line = invoice.lines[0].clone();
         invoice.lines = vec![line; 120];
         let now = Utc::now();
@@ -356,7 +356,7 @@ mod tests {
         let text = String::from_utf8_lossy(&pdf);
         let one_page = render(
             &InvoiceRecord {
-                invoice: peage_core::Invoice::compute("prt_x", &plan, period, &[]),
+                invoice: peage_core::Invoice::compute("prt_x", &plan, period, &[]).unwrap(),
                 ..record.clone()
             },
             "X",

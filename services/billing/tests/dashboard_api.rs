@@ -427,6 +427,7 @@ async fn a_partner_session_reads_nothing_of_another_partner() {
         .client
         .post(format!("{}/auth/sign-out", f.base))
         .header("cookie", format!("peage_session={alpha}"))
+        .header("x-peage-csrf", "1")
         .send()
         .await
         .unwrap();

@@ -108,7 +108,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("invoice_5_charges_x1000", |b| {
         b.iter(|| {
             for u in &usages {
-                black_box(Invoice::compute("prt_bench", &plan, period, black_box(u)));
+                black_box(Invoice::compute("prt_bench", &plan, period, black_box(u)).unwrap());
             }
         })
     });

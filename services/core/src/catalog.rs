@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use crate::meter::{Aggregation, Dimension, Meter, MeterField};
-use crate::money::Currency;
+use crate::money::{Currency, MAX_AMOUNT};
 use crate::period::PeriodRule;
 use crate::pricing::{Charge, ChargeModel, Plan, Quota, QuotaKind, RateLimit, TaxRate, Tier};
 
@@ -396,7 +396,8 @@ struct RawRateLimit {
 // ---- validation ---------------------------------------------------------------------------
 
 impl Source<'_> {
-    /// A non-negative decimal, or `None` after recording why not.
+    /// A decimal between 0 and [`MAX_AMOUNT`] (10^15: every price, allowance, tier bound, weight
+    /// and scale), or `None` after recording why not.
     fn decimal(&mut self, n: &SNum, field: &str) -> Option<Decimal> {
         let parsed = match n.get_ref() {
             RawNumber::Int(i) => Ok(Decimal::from(*i)),
@@ -410,6 +411,10 @@ impl Source<'_> {
         match parsed {
             Ok(d) if d.is_sign_negative() => {
                 self.issue(n.span(), field, "must not be negative");
+                None
+            }
+            Ok(d) if d > MAX_AMOUNT => {
+                self.issue(n.span(), field, "must be at most 1000000000000000 (10^15)");
                 None
             }
             Ok(d) => Some(d),
@@ -1390,6 +1395,21 @@ rate_limit = { per_second = 50, burst = 100 }
         assert_eq!(i.line, 41);
         assert_eq!(i.field, "plan[growth-2026].charges[1].unit_price");
         assert!(i.message.contains("float"), "{i}");
+    }
+
+    #[test]
+    fn a_price_above_the_maximum_amount_is_refused_with_its_field() {
+        let i = only_issue(&GOOD.replace(
+            "unit_price = \"0.09\"",
+            "unit_price = \"79228162514264337593543950335\"",
+        ));
+        assert_eq!(i.field, "plan[growth-2026].charges[1].unit_price");
+        assert!(i.message.contains("at most"), "{i}");
+        assert!(
+            only_issue(&GOOD.replace("base_fee = \"49.00\"", "base_fee = \"1e16\""))
+                .message
+                .contains("10^15")
+        );
     }
 
     #[test]

@@ -68,17 +68,28 @@ pub const REFUSAL: &str = "refusal";
 /// Decimal places of `units` the stores keep exactly (ClickHouse `Decimal(38, 9)`).
 pub const UNITS_SCALE: u32 = 9;
 
+/// The most units one event may carry: 10^15, the same bound as money
+/// ([`crate::money::MAX_AMOUNT`]). Sums of a period's events then stay far inside `Decimal` and
+/// ClickHouse's `Decimal(38, 9)`.
+pub const MAX_UNITS: Decimal = crate::money::MAX_AMOUNT;
+
 impl CallEvent {
     /// `2xx`, `4xx`…, the status class meters filter on.
     pub fn status_class(&self) -> &'static str {
         status_class(self.status)
     }
 
-    /// What every usage store can hold exactly: units non-negative with at most
-    /// [`UNITS_SCALE`] decimal places. A failing event is dead-lettered, in every mode alike.
+    /// What every usage store can hold exactly: units non-negative, at most [`MAX_UNITS`], with
+    /// at most [`UNITS_SCALE`] decimal places. A failing event is dead-lettered, in every mode alike.
     pub fn check(&self) -> Result<(), String> {
         if self.units.is_sign_negative() && !self.units.is_zero() {
             return Err(format!("units {} are negative", self.units));
+        }
+        if self.units > MAX_UNITS {
+            return Err(format!(
+                "units {} are above the maximum of 10^15",
+                self.units
+            ));
         }
         if self.units.normalize().scale() > UNITS_SCALE {
             return Err(format!(
@@ -301,6 +312,20 @@ pub(crate) mod tests {
             gateway_id: "gw-1".into(),
             attributes: BTreeMap::from([("graphql.root_field".into(), "forecast".into())]),
         }
+    }
+
+    #[test]
+    fn units_are_checked_against_sign_scale_and_the_maximum() {
+        let mut e = sample_event();
+        assert_eq!(e.check(), Ok(()));
+        e.units = MAX_UNITS;
+        assert_eq!(e.check(), Ok(()));
+        e.units = MAX_UNITS + Decimal::ONE;
+        assert!(e.check().unwrap_err().contains("maximum"));
+        e.units = Decimal::from_str("-1").unwrap();
+        assert!(e.check().unwrap_err().contains("negative"));
+        e.units = Decimal::from_str("0.0000000001").unwrap();
+        assert!(e.check().unwrap_err().contains("decimal places"));
     }
 
     #[test]

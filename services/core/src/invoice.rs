@@ -19,7 +19,7 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
 use crate::meter::MeterUsage;
-use crate::money::Currency;
+use crate::money::{checked_total, Currency, Overflow};
 use crate::period::BillingPeriod;
 use crate::pricing::{Plan, TaxRate};
 
@@ -157,6 +157,8 @@ pub enum InvoiceError {
     MixedCurrencies(String, String),
     #[error("the plan parts are out of order or outside the period")]
     BadSegments,
+    #[error(transparent)]
+    Overflow(#[from] Overflow),
 }
 
 /// The share of `period` that `span` covers, as the exact ratio `part / whole` (microseconds).
@@ -205,8 +207,12 @@ fn prorated_line(
     unit_price: Decimal,
     share: Share,
     cur: Currency,
-) -> InvoiceLine {
-    InvoiceLine {
+) -> Result<InvoiceLine, Overflow> {
+    let amount = unit_price
+        .checked_mul(share.part)
+        .and_then(|a| a.checked_div(share.whole))
+        .ok_or(Overflow)?;
+    Ok(InvoiceLine {
         kind,
         description,
         meter: None,
@@ -217,9 +223,9 @@ fn prorated_line(
             .round_dp_with_strategy(6, RoundingStrategy::MidpointNearestEven)
             .normalize(),
         unit_price: unit_price.normalize(),
-        amount: cur.round(unit_price * share.part / share.whole),
+        amount: cur.round(amount),
         adjusts: None,
-    }
+    })
 }
 
 fn describe_span(span: &BillingPeriod, period: &BillingPeriod) -> String {
@@ -249,7 +255,7 @@ impl Invoice {
         plan: &Plan,
         period: BillingPeriod,
         usage: &[MeterUsage],
-    ) -> Invoice {
+    ) -> Result<Invoice, InvoiceError> {
         Invoice::build(&InvoiceInput {
             partner_id,
             period,
@@ -262,7 +268,6 @@ impl Invoice {
             tax: None,
             adjustments: Vec::new(),
         })
-        .expect("one segment covering the period is always valid")
     }
 
     pub fn build(input: &InvoiceInput<'_>) -> Result<Invoice, InvoiceError> {
@@ -304,10 +309,13 @@ impl Invoice {
                     plan.base_fee,
                     share,
                     cur,
-                ));
+                )?);
             }
             if let Some(c) = plan.minimum_commitment {
-                commitment_parts += c * share.part;
+                commitment_parts = c
+                    .checked_mul(share.part)
+                    .and_then(|p| commitment_parts.checked_add(p))
+                    .ok_or(Overflow)?;
                 has_commitment = true;
             }
             let quantities: BTreeMap<&str, &MeterUsage> =
@@ -317,7 +325,7 @@ impl Invoice {
                     Some(u) if !u.groups.is_empty() => {
                         for g in &u.groups {
                             let label = group_label(&g.dimensions);
-                            for mut l in charge.price(g.quantity, cur) {
+                            for mut l in charge.price(g.quantity, cur)? {
                                 l.description = format!("{} [{label}]{when}", l.description);
                                 l.group = Some(g.dimensions.clone());
                                 lines.push(l);
@@ -326,7 +334,7 @@ impl Invoice {
                     }
                     other => {
                         let q = other.map(|u| u.quantity).unwrap_or_default();
-                        for mut l in charge.price(q, cur) {
+                        for mut l in charge.price(q, cur)? {
                             l.description.push_str(&when);
                             lines.push(l);
                         }
@@ -335,13 +343,15 @@ impl Invoice {
             }
         }
         if has_commitment {
-            let usage_total: Decimal = lines
-                .iter()
-                .filter(|l| l.kind == LineKind::Usage)
-                .map(|l| l.amount)
-                .sum();
+            let usage_total = checked_total(
+                lines
+                    .iter()
+                    .filter(|l| l.kind == LineKind::Usage)
+                    .map(|l| l.amount),
+            )
+            .ok_or(Overflow)?;
             let commitment = cur.round(commitment_parts / whole);
-            let top_up = commitment - usage_total;
+            let top_up = commitment.checked_sub(usage_total).ok_or(Overflow)?;
             if top_up > Decimal::ZERO {
                 lines.push(InvoiceLine {
                     kind: LineKind::CommitmentTopUp,
@@ -357,14 +367,19 @@ impl Invoice {
             }
         }
         lines.extend(input.adjustments.iter().cloned());
-        let subtotal = cur.round(lines.iter().map(|l| l.amount).sum());
+        let subtotal = cur.round(checked_total(lines.iter().map(|l| l.amount)).ok_or(Overflow)?);
         let tax_rate = input.tax.or(last.plan.tax.as_ref());
-        let tax = tax_rate.map(|t| Tax {
-            label: t.label.clone(),
-            rate: t.rate,
-            amount: cur.round(subtotal * t.rate),
-        });
-        let total = subtotal + tax.as_ref().map_or(Decimal::ZERO, |t| t.amount);
+        let tax = match tax_rate {
+            Some(t) => Some(Tax {
+                label: t.label.clone(),
+                rate: t.rate,
+                amount: cur.round(subtotal.checked_mul(t.rate).ok_or(Overflow)?),
+            }),
+            None => None,
+        };
+        let total = subtotal
+            .checked_add(tax.as_ref().map_or(Decimal::ZERO, |t| t.amount))
+            .ok_or(Overflow)?;
         let mut invoice = Invoice {
             partner_id: input.partner_id.to_string(),
             plan_id: last.plan.id.clone(),
@@ -406,25 +421,29 @@ impl Invoice {
     }
 
     /// The subtotal of this period's own lines: what late usage of this period is compared with.
-    pub fn own_subtotal(&self) -> Decimal {
-        self.lines
-            .iter()
-            .filter(|l| l.kind != LineKind::Adjustment)
-            .map(|l| l.amount)
-            .sum()
+    pub fn own_subtotal(&self) -> Result<Decimal, Overflow> {
+        checked_total(
+            self.lines
+                .iter()
+                .filter(|l| l.kind != LineKind::Adjustment)
+                .map(|l| l.amount),
+        )
+        .ok_or(Overflow)
     }
 
     /// The amounts of adjustment lines on this invoice that correct `invoice_id`.
-    pub fn adjustments_of(&self, invoice_id: &str) -> Decimal {
-        self.lines
-            .iter()
-            .filter(|l| {
-                l.adjusts
-                    .as_ref()
-                    .is_some_and(|a| a.invoice_id == invoice_id)
-            })
-            .map(|l| l.amount)
-            .sum()
+    pub fn adjustments_of(&self, invoice_id: &str) -> Result<Decimal, Overflow> {
+        checked_total(
+            self.lines
+                .iter()
+                .filter(|l| {
+                    l.adjusts
+                        .as_ref()
+                        .is_some_and(|a| a.invoice_id == invoice_id)
+                })
+                .map(|l| l.amount),
+        )
+        .ok_or(Overflow)
     }
 }
 
@@ -436,9 +455,9 @@ pub fn late_usage_adjustment(
     repriced: Decimal,
     billed: Decimal,
     cur: Currency,
-) -> Option<InvoiceLine> {
-    let diff = cur.round(repriced - billed);
-    (!diff.is_zero()).then(|| InvoiceLine {
+) -> Result<Option<InvoiceLine>, Overflow> {
+    let diff = cur.round(repriced.checked_sub(billed).ok_or(Overflow)?);
+    Ok((!diff.is_zero()).then(|| InvoiceLine {
         kind: LineKind::Adjustment,
         description: format!(
             "late usage for {} – {}{}",
@@ -456,7 +475,7 @@ pub fn late_usage_adjustment(
         unit_price: diff,
         amount: diff,
         adjusts: Some(of.clone()),
-    })
+    }))
 }
 
 /// Where an invoice is in its life.
@@ -690,7 +709,7 @@ mod tests {
                 unit_price: d("0.01"),
             },
         }]);
-        let inv = Invoice::compute("prt_1", &p, period(), &usage("calls", d("1500")));
+        let inv = Invoice::compute("prt_1", &p, period(), &usage("calls", d("1500"))).unwrap();
         assert_eq!(inv.subtotal.to_string(), "64.00");
         assert_eq!(inv.tax.as_ref().unwrap().amount.to_string(), "12.80");
         assert_eq!(inv.total.to_string(), "76.80");
@@ -707,7 +726,7 @@ mod tests {
         }]);
         p.minimum_commitment = Some(d("100"));
         p.tax = None;
-        let inv = Invoice::compute("prt_1", &p, period(), &usage("calls", d("3000")));
+        let inv = Invoice::compute("prt_1", &p, period(), &usage("calls", d("3000"))).unwrap();
         let top_up = inv
             .lines
             .iter()
@@ -737,7 +756,7 @@ mod tests {
     fn csv_has_one_row_per_line_plus_tax_and_total_and_escapes_text() {
         let mut p = plan(vec![]);
         p.name = "Growth, \"2026\"".into();
-        let inv = Invoice::compute("prt_1", &p, period(), &[]);
+        let inv = Invoice::compute("prt_1", &p, period(), &[]).unwrap();
         let csv = InvoiceRecord::to_csv([&record(inv)]);
         let rows: Vec<&str> = csv.trim_end().split("\r\n").collect();
         assert_eq!(rows[0], CSV_HEADER);
@@ -880,7 +899,7 @@ mod tests {
             quantity: d("1300"),
             groups: vec![group("maps", "1000"), group("weather", "300")],
         }];
-        let inv = Invoice::compute("prt_1", &p, period(), &u);
+        let inv = Invoice::compute("prt_1", &p, period(), &u).unwrap();
         let usage: Vec<(String, String)> = inv
             .lines
             .iter()
@@ -934,7 +953,7 @@ mod tests {
 
     #[test]
     fn credits_cover_what_they_can_and_never_go_below_zero() {
-        let mut inv = Invoice::compute("prt_1", &plan(vec![]), period(), &[]);
+        let mut inv = Invoice::compute("prt_1", &plan(vec![]), period(), &[]).unwrap();
         assert_eq!(inv.total, d("58.80"));
         inv.apply_credits(d("20"));
         assert_eq!(inv.credits_applied, d("20.00"));
@@ -954,8 +973,8 @@ mod tests {
             start: Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
             end: Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap(),
         };
-        let finalized = Invoice::compute("prt_1", &p, october, &usage("calls", d("1000")));
-        let repriced = Invoice::compute("prt_1", &p, october, &usage("calls", d("1250")));
+        let finalized = Invoice::compute("prt_1", &p, october, &usage("calls", d("1000"))).unwrap();
+        let repriced = Invoice::compute("prt_1", &p, october, &usage("calls", d("1250"))).unwrap();
         let of = AdjustedInvoice {
             invoice_id: "inv_oct".into(),
             number: Some("PEAGE-2026-000007".into()),
@@ -964,14 +983,20 @@ mod tests {
         let cur = p.currency;
         assert!(late_usage_adjustment(
             &of,
-            finalized.own_subtotal(),
-            finalized.own_subtotal(),
+            finalized.own_subtotal().unwrap(),
+            finalized.own_subtotal().unwrap(),
             cur
         )
+        .unwrap()
         .is_none());
-        let adj =
-            late_usage_adjustment(&of, repriced.own_subtotal(), finalized.own_subtotal(), cur)
-                .unwrap();
+        let adj = late_usage_adjustment(
+            &of,
+            repriced.own_subtotal().unwrap(),
+            finalized.own_subtotal().unwrap(),
+            cur,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(adj.amount, d("2.50"));
         assert!(adj
             .description
@@ -992,8 +1017,8 @@ mod tests {
         // 49.00 base + 0.00 usage + 2.50 late = 51.50, VAT 10.30.
         assert_eq!(nov.subtotal, d("51.50"));
         assert_eq!(nov.total, d("61.80"));
-        assert_eq!(nov.adjustments_of("inv_oct"), d("2.50"));
-        assert_eq!(nov.own_subtotal(), d("49.00"));
+        assert_eq!(nov.adjustments_of("inv_oct").unwrap(), d("2.50"));
+        assert_eq!(nov.own_subtotal().unwrap(), d("49.00"));
     }
 
     #[test]
@@ -1083,7 +1108,7 @@ mod tests {
         #[test]
         fn total_is_the_sum_of_rounded_lines_plus_tax(p in arb_plan(), qs in prop::collection::vec(qty(), 4)) {
             let usage: Vec<MeterUsage> = qs.iter().enumerate().map(|(i, q)| MeterUsage { meter: format!("m{i}"), quantity: *q, groups: vec![] }).collect();
-            let inv = Invoice::compute("prt", &p, period(), &usage);
+            let inv = Invoice::compute("prt", &p, period(), &usage).unwrap();
             let cur = p.currency;
             for l in &inv.lines {
                 prop_assert_eq!(cur.round(l.amount), l.amount, "line not rounded: {:?}", l);
@@ -1100,7 +1125,7 @@ mod tests {
             let c = Charge { meter: "m".into(), free: Decimal::from(free), model: ChargeModel::Graduated { tiers: t } };
             let eur = Currency::parse("EUR").unwrap();
             let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-            let cost = |q| c.price(q, eur).iter().map(|l| l.quantity * l.unit_price).sum::<Decimal>();
+            let cost = |q| c.price(q, eur).unwrap().iter().map(|l| l.quantity * l.unit_price).sum::<Decimal>();
             prop_assert!(cost(lo) <= cost(hi));
         }
 
@@ -1110,7 +1135,7 @@ mod tests {
             let one = vec![Tier { up_to: None, unit_price }];
             let total = |model: ChargeModel| {
                 Charge { meter: "m".into(), free: Decimal::from(free), model }
-                    .price(q, eur).iter().map(|l| l.amount).sum::<Decimal>()
+                    .price(q, eur).unwrap().iter().map(|l| l.amount).sum::<Decimal>()
             };
             let per_unit = total(ChargeModel::PerUnit { unit_price });
             prop_assert_eq!(total(ChargeModel::Graduated { tiers: one.clone() }), per_unit);
@@ -1121,7 +1146,7 @@ mod tests {
         fn zero_usage_yields_the_base_fee_alone(mut p in arb_plan()) {
             p.tax = None;
             p.minimum_commitment = None;
-            let inv = Invoice::compute("prt", &p, period(), &[]);
+            let inv = Invoice::compute("prt", &p, period(), &[]).unwrap();
             prop_assert_eq!(inv.total, p.currency.round(p.base_fee));
         }
     }

@@ -15,6 +15,7 @@ pub mod pricing;
 pub mod problem;
 pub mod quota;
 pub mod series;
+pub mod throttle;
 
 pub use catalog::{Catalog, CatalogError};
 pub use event::{CallEvent, Env};

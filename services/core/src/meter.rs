@@ -197,7 +197,7 @@ impl Meter {
             Aggregation::Sum => self.field.numeric(e),
             _ => Decimal::ZERO,
         };
-        self.scale.map_or(raw, |s| raw * s)
+        self.scale.map_or(raw, |s| raw.saturating_mul(s))
     }
 
     pub fn accumulator(&self) -> MeterAccumulator<'_> {
@@ -222,7 +222,7 @@ impl Acc {
     fn add(&mut self, meter: &Meter, e: &CallEvent) {
         match meter.aggregation {
             Aggregation::Count => self.count += 1,
-            Aggregation::Sum => self.sum += meter.field.numeric(e),
+            Aggregation::Sum => self.sum = self.sum.saturating_add(meter.field.numeric(e)),
             Aggregation::Max => {
                 let v = meter.field.numeric(e);
                 self.max = Some(self.max.map_or(v, |m| m.max(v)));
@@ -249,7 +249,7 @@ impl Acc {
             Aggregation::Latest => self.latest.map_or(Decimal::ZERO, |(_, v)| v),
         };
         match meter.scale {
-            Some(s) => (raw * s).normalize(),
+            Some(s) => raw.saturating_mul(s).normalize(),
             None => raw.normalize(),
         }
     }
@@ -359,7 +359,7 @@ impl RollupRow {
     /// Adds one more call with the same dimensions.
     pub fn add(&mut self, e: &CallEvent) {
         self.calls += 1;
-        self.units += e.units;
+        self.units = self.units.saturating_add(e.units);
         self.request_bytes += e.request_bytes;
         self.response_bytes += e.response_bytes;
         self.latency_us += e.latency_us;
@@ -410,14 +410,15 @@ pub fn evaluate_rollups(meter: &Meter, rows: &[RollupRow]) -> Option<MeterUsage>
             continue;
         }
         let v = value(r);
-        total += v;
+        total = total.saturating_add(v);
         if !meter.group_by.is_empty() {
             let key = meter
                 .group_by
                 .iter()
                 .map(|d| r.dimension(*d).unwrap_or_default().to_string())
                 .collect();
-            *groups.entry(key).or_default() += v;
+            let g = groups.entry(key).or_default();
+            *g = g.saturating_add(v);
         }
     }
     let scaled = |raw: Decimal| match meter.scale {

@@ -109,6 +109,12 @@ impl TryFrom<String> for Currency {
 /// realistic number of entries, and are added with [`checked_total`] regardless.
 pub const MAX_AMOUNT: Decimal = Decimal::from_parts(0xA4C6_8000, 0x0003_8D7E, 0, false, 0);
 
+/// An amount beyond what `Decimal` holds (about 7.9 × 10^28): quantity × price, or a sum, that
+/// no real invoice reaches. Reported as an error, never a panic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("an amount is too large to compute (beyond 7.9 × 10^28); check the usage and the prices")]
+pub struct Overflow;
+
 /// The sum of `amounts`, or `None` if it would overflow `Decimal`: sums of stored amounts never
 /// panic, whatever was stored.
 pub fn checked_total(amounts: impl IntoIterator<Item = Decimal>) -> Option<Decimal> {

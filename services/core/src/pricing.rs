@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::invoice::{InvoiceLine, LineKind};
-use crate::money::Currency;
+use crate::money::{Currency, Overflow};
 use crate::period::PeriodRule;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,8 +114,9 @@ fn line(
     unit_price: Decimal,
     description: String,
     currency: Currency,
-) -> InvoiceLine {
-    InvoiceLine {
+) -> Result<InvoiceLine, Overflow> {
+    let amount = quantity.checked_mul(unit_price).ok_or(Overflow)?;
+    Ok(InvoiceLine {
         kind,
         description,
         meter: Some(meter.to_string()),
@@ -123,9 +124,9 @@ fn line(
         tier,
         quantity: quantity.normalize(),
         unit_price: unit_price.normalize(),
-        amount: currency.round(quantity * unit_price),
+        amount: currency.round(amount),
         adjusts: None,
-    }
+    })
 }
 
 fn bound(up_to: Option<Decimal>) -> String {
@@ -135,7 +136,12 @@ fn bound(up_to: Option<Decimal>) -> String {
 impl Charge {
     /// The invoice lines this charge yields for a period's metered `quantity`.
     /// Always at least one line, so every charge of the plan is visible on the invoice.
-    pub fn price(&self, quantity: Decimal, currency: Currency) -> Vec<InvoiceLine> {
+    /// [`Overflow`] when quantity × price is beyond `Decimal`, never a panic.
+    pub fn price(
+        &self,
+        quantity: Decimal,
+        currency: Currency,
+    ) -> Result<Vec<InvoiceLine>, Overflow> {
         let quantity = quantity.max(Decimal::ZERO);
         let free = self.free.max(Decimal::ZERO);
         let billable = (quantity - free).max(Decimal::ZERO);
@@ -150,7 +156,7 @@ impl Charge {
                 Decimal::ZERO,
                 format!("{m}: free allowance of {}", free.normalize()),
                 currency,
-            ));
+            )?);
         }
         match &self.model {
             ChargeModel::Flat { amount } => {
@@ -167,7 +173,7 @@ impl Charge {
                     *amount,
                     format!("{m}: flat fee"),
                     currency,
-                ));
+                )?);
             }
             ChargeModel::PerUnit { unit_price } => {
                 lines.push(line(
@@ -178,7 +184,7 @@ impl Charge {
                     *unit_price,
                     format!("{m}: per unit"),
                     currency,
-                ));
+                )?);
             }
             ChargeModel::Graduated { tiers } => {
                 let mut lower = Decimal::ZERO;
@@ -200,7 +206,7 @@ impl Charge {
                                 bound(tier.up_to)
                             ),
                             currency,
-                        ));
+                        )?);
                     }
                     if quantity <= upper {
                         break;
@@ -222,14 +228,14 @@ impl Charge {
                         tier.unit_price,
                         format!("{m}: volume tier {} (up to {})", idx + 1, bound(tier.up_to)),
                         currency,
-                    ));
+                    )?);
                 }
             }
             ChargeModel::Package { size, price } => {
                 let packages = if size.is_zero() {
                     Decimal::ZERO
                 } else {
-                    (billable / size).ceil()
+                    billable.checked_div(*size).ok_or(Overflow)?.ceil()
                 };
                 lines.push(line(
                     LineKind::Usage,
@@ -239,10 +245,10 @@ impl Charge {
                     *price,
                     format!("{m}: packages of {}", size.normalize()),
                     currency,
-                ));
+                )?);
             }
         }
-        lines
+        Ok(lines)
     }
 }
 
@@ -289,6 +295,31 @@ mod tests {
     }
 
     #[test]
+    fn a_quantity_times_price_beyond_decimal_is_an_overflow_not_a_panic() {
+        let huge = Decimal::MAX;
+        let per_unit = charge(
+            "0",
+            ChargeModel::PerUnit {
+                unit_price: d("1000000000000000"),
+            },
+        );
+        assert_eq!(per_unit.price(huge, eur()), Err(Overflow));
+        let package = charge(
+            "0",
+            ChargeModel::Package {
+                size: d("0.000000001"),
+                price: d("1"),
+            },
+        );
+        assert_eq!(package.price(huge, eur()), Err(Overflow));
+        // The same charge at a real quantity prices as always.
+        assert_eq!(
+            amounts(&per_unit.price(d("2"), eur()).unwrap()),
+            ["2000000000000000.00"]
+        );
+    }
+
+    #[test]
     fn per_unit_1500_calls_at_0_002_is_3_00() {
         let c = charge(
             "0",
@@ -296,7 +327,7 @@ mod tests {
                 unit_price: d("0.002"),
             },
         );
-        assert_eq!(amounts(&c.price(d("1500"), eur())), ["3.00"]);
+        assert_eq!(amounts(&c.price(d("1500"), eur()).unwrap()), ["3.00"]);
     }
 
     #[test]
@@ -307,7 +338,7 @@ mod tests {
                 unit_price: d("0.0005"),
             },
         );
-        assert_eq!(amounts(&c.price(d("250"), eur())), ["0.12"]);
+        assert_eq!(amounts(&c.price(d("250"), eur()).unwrap()), ["0.12"]);
     }
 
     #[test]
@@ -320,7 +351,7 @@ mod tests {
                 tiers: tiers(&[(Some("100000"), "0.0010"), (None, "0.0006")]),
             },
         );
-        let lines = c.price(d("150000"), eur());
+        let lines = c.price(d("150000"), eur()).unwrap();
         assert_eq!(amounts(&lines), ["0.00", "90.00", "30.00"]);
         assert_eq!(lines[1].quantity, d("90000"));
         assert_eq!(lines[2].quantity, d("50000"));
@@ -336,7 +367,7 @@ mod tests {
                 tiers: tiers(&[(Some("3"), "1"), (None, "2")]),
             },
         );
-        let lines = c.price(d("10"), eur());
+        let lines = c.price(d("10"), eur()).unwrap();
         assert_eq!(total(&lines), d("10.00"));
         assert_eq!(lines.last().unwrap().tier, Some(2));
     }
@@ -349,8 +380,8 @@ mod tests {
                 tiers: tiers(&[(Some("100"), "1"), (None, "0.5")]),
             },
         );
-        assert_eq!(amounts(&c.price(d("150"), eur())), ["75.00"]);
-        assert_eq!(amounts(&c.price(d("100"), eur())), ["100.00"]);
+        assert_eq!(amounts(&c.price(d("150"), eur()).unwrap()), ["75.00"]);
+        assert_eq!(amounts(&c.price(d("100"), eur()).unwrap()), ["100.00"]);
     }
 
     #[test]
@@ -362,10 +393,10 @@ mod tests {
                 price: d("5"),
             },
         );
-        let lines = c.price(d("2001"), eur());
+        let lines = c.price(d("2001"), eur()).unwrap();
         assert_eq!(lines[0].quantity, d("3"));
         assert_eq!(amounts(&lines), ["15.00"]);
-        assert_eq!(amounts(&c.price(d("2000"), eur())), ["10.00"]);
+        assert_eq!(amounts(&c.price(d("2000"), eur()).unwrap()), ["10.00"]);
     }
 
     #[test]
@@ -377,14 +408,14 @@ mod tests {
                 price: d("5"),
             },
         );
-        assert_eq!(total(&c.price(d("1500"), eur())), d("5.00"));
+        assert_eq!(total(&c.price(d("1500"), eur()).unwrap()), d("5.00"));
     }
 
     #[test]
     fn flat_25_is_due_only_beyond_the_free_allowance() {
         let c = charge("100", ChargeModel::Flat { amount: d("25") });
-        assert_eq!(total(&c.price(d("100"), eur())), d("0.00"));
-        assert_eq!(total(&c.price(d("101"), eur())), d("25.00"));
+        assert_eq!(total(&c.price(d("100"), eur()).unwrap()), d("0.00"));
+        assert_eq!(total(&c.price(d("101"), eur()).unwrap()), d("25.00"));
     }
 
     #[test]
@@ -397,7 +428,7 @@ mod tests {
             },
         );
         // 500.5 rounds half to even: 500.
-        assert_eq!(amounts(&c.price(d("1001"), jpy)), ["500"]);
+        assert_eq!(amounts(&c.price(d("1001"), jpy).unwrap()), ["500"]);
     }
 
     // ---- worked examples from Lago's public documentation (getlago.com/docs, "Charge
@@ -414,7 +445,7 @@ mod tests {
                 tiers: tiers(&[(Some("100"), "1"), (Some("200"), "0.50"), (None, "0.10")]),
             },
         );
-        let lines = c.price(d("250"), usd());
+        let lines = c.price(d("250"), usd()).unwrap();
         assert_eq!(amounts(&lines), ["100.00", "50.00", "5.00"]);
         assert_eq!(total(&lines), d("155.00"));
     }
@@ -435,7 +466,7 @@ mod tests {
                 ]),
             },
         );
-        let lines = c.price(d("65000"), usd());
+        let lines = c.price(d("65000"), usd()).unwrap();
         assert_eq!(amounts(&lines), ["39.00"]);
         assert_eq!(lines[0].tier, Some(3));
     }
@@ -451,7 +482,7 @@ mod tests {
                 price: d("5"),
             },
         );
-        let lines = c.price(d("201"), usd());
+        let lines = c.price(d("201"), usd()).unwrap();
         assert_eq!(total(&lines), d("10.00"));
         assert_eq!(lines.last().unwrap().quantity, d("2"));
     }
@@ -467,9 +498,9 @@ mod tests {
             (None, "0.01"),
         ]);
         let g = charge("0", ChargeModel::Graduated { tiers: t.clone() });
-        assert_eq!(total(&g.price(d("15000"), usd())), d("600.00"));
+        assert_eq!(total(&g.price(d("15000"), usd()).unwrap()), d("600.00"));
         let v = charge("0", ChargeModel::Volume { tiers: t });
-        assert_eq!(total(&v.price(d("15000"), usd())), d("150.00"));
+        assert_eq!(total(&v.price(d("15000"), usd()).unwrap()), d("150.00"));
     }
 
     #[test]
@@ -481,7 +512,7 @@ mod tests {
                 unit_price: d("0.0015"),
             },
         );
-        assert_eq!(amounts(&c.price(d("1234"), kwd)), ["1.851"]);
+        assert_eq!(amounts(&c.price(d("1234"), kwd).unwrap()), ["1.851"]);
     }
 
     #[test]
@@ -492,7 +523,7 @@ mod tests {
                 tiers: tiers(&[(Some("10"), "1"), (None, "2")]),
             },
         );
-        let lines = c.price(Decimal::ZERO, eur());
+        let lines = c.price(Decimal::ZERO, eur()).unwrap();
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0].amount, d("0.00"));
     }

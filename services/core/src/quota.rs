@@ -128,7 +128,7 @@ pub fn decide(quota: &Quota, ledger: &QuotaLedger, want: Decimal) -> Grant {
             }
         }
         QuotaKind::Soft => {
-            let after = ledger.consumed() + want;
+            let after = ledger.consumed().saturating_add(want);
             Grant {
                 granted: want,
                 remaining: (quota.limit - after).max(Decimal::ZERO),

@@ -59,6 +59,9 @@ pub struct GatewayConfig {
     /// Peers whose `X-Forwarded-*`, `Forwarded` and `X-Real-IP` headers are believed (load
     /// balancers in front of the gateway). From anyone else they are replaced. Empty: no one.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Wrong credentials (API keys, tokens) a source address may present in a minute before
+    /// every attempt from it is answered 429 until the minute is over.
+    pub credential_failures_per_minute: u32,
 }
 
 impl Default for GatewayConfig {
@@ -73,6 +76,7 @@ impl Default for GatewayConfig {
             edge: EdgeLimits::default(),
             encoded_slashes: EncodedSlashes::Reject,
             trusted_proxies: Vec::new(),
+            credential_failures_per_minute: 20,
         }
     }
 }
@@ -91,6 +95,8 @@ pub struct Gateway {
     pub(crate) jwt: Option<jwt::JwtVerifier>,
     pub(crate) metrics: metrics::GatewayMetrics,
     pub(crate) connection_stats: ConnectionStats,
+    /// Wrong credentials per source address (docs/security.md, "Guessing credentials").
+    pub(crate) failures: peage_core::throttle::FailureLimiter,
 }
 
 impl Gateway {
@@ -126,6 +132,11 @@ impl Gateway {
             quotas,
             metrics,
             connection_stats: ConnectionStats::default(),
+            failures: peage_core::throttle::FailureLimiter::new(
+                config.credential_failures_per_minute,
+                Duration::from_secs(60),
+                65_536,
+            ),
             config,
         });
         let idle = Arc::downgrade(&gateway);

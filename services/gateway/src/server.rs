@@ -224,6 +224,7 @@ async fn serve_thread(
         let peer_info = crate::call::Peer {
             ip: http::HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or(http::HeaderValue::from_static("unknown")),
+            addr: peer.ip().to_canonical(),
             trusted: gateway
                 .config
                 .trusted_proxies

@@ -374,6 +374,7 @@ async fn suite(edge: EdgeLimits) -> Suite {
             }),
             threads: 2,
             edge,
+            credential_failures_per_minute: FAILURES_PER_MINUTE,
             ..GatewayConfig::default()
         },
     );
@@ -389,6 +390,9 @@ async fn suite(edge: EdgeLimits) -> Suite {
         _dir: dir,
     }
 }
+
+/// Wrong credentials one address may send in a minute in these suites.
+const FAILURES_PER_MINUTE: u32 = 5;
 
 fn edge() -> EdgeLimits {
     EdgeLimits {
@@ -511,7 +515,7 @@ async fn a_call_goes_below_its_version_base_named_and_metered_once() {
 
 /// The rule of docs/gateway.md ("Refusals"), written out on its own: each kind's status,
 /// whether the call becomes an event, and whether that event counts as forwarded.
-const RULE: [(RefusalKind, u16, bool, bool); 19] = {
+const RULE: [(RefusalKind, u16, bool, bool); 20] = {
     use RefusalKind::*;
     [
         (BadPath, 400, false, false),
@@ -533,6 +537,7 @@ const RULE: [(RefusalKind, u16, bool, bool); 19] = {
         (BadGraphql, 400, true, false),
         (UpstreamUnavailable, 502, true, true),
         (UpstreamTimeout, 504, true, true),
+        (TooManyFailures, 429, false, false),
     ]
 };
 
@@ -593,6 +598,15 @@ fn provoke(s: &Suite, kind: RefusalKind) -> Vec<u8> {
         .into_bytes(),
         UpstreamUnavailable => get("/dead/v1/case/upstream-unavailable", &bearer(LIVE)),
         UpstreamTimeout => get("/demo/v1/case/upstream-timeout/slow", &bearer(LIVE)),
+        TooManyFailures => {
+            // Guessing keys: each wrong one is a 401 until the address has used its minute's
+            // allowance; from then on every attempt is a 429, the right key's too.
+            for i in 0..FAILURES_PER_MINUTE {
+                let guess = format!("pk_live_{i:0>32}");
+                assert_eq!(raw(s.addr, &get(&path, &bearer(&guess))).0, 401, "guess {i}");
+            }
+            get(&path, &bearer(LIVE))
+        }
     }
 }
 
@@ -637,6 +651,9 @@ async fn every_refusal_is_answered_as_its_kind_and_recorded_by_the_rule() {
         match kind {
             RefusalKind::RateLimited | RefusalKind::QuotaExceeded => {
                 assert!(headers.contains_key("ratelimit-policy"), "{kind:?}");
+                assert!(headers.contains_key("retry-after"), "{kind:?}");
+            }
+            RefusalKind::TooManyFailures => {
                 assert!(headers.contains_key("retry-after"), "{kind:?}");
             }
             RefusalKind::Unauthorized | RefusalKind::InsufficientScope => {

@@ -127,6 +127,9 @@ pub struct GatewaySection {
     /// Addresses or CIDR blocks (`10.0.0.0/8`, `2001:db8::1`) of proxies in front of the
     /// gateway whose forwarding headers are believed; from anyone else they are replaced.
     pub trusted_proxies: Vec<String>,
+    /// Wrong API keys or tokens one client address may send in a minute; past it every attempt
+    /// from the address is answered 429 until the minute ends.
+    pub credential_failures_per_minute: u32,
     /// The billing role's control API, where quota leases come from (with the admin token).
     pub billing_url: String,
     /// The smallest quota lease asked for, in meter units; busy quotas ask for about 2 s of use.
@@ -164,6 +167,9 @@ impl GatewaySection {
         if self.max_connections == 0 {
             bail!("gateway.max_connections must be more than 0");
         }
+        if self.credential_failures_per_minute == 0 {
+            bail!("gateway.credential_failures_per_minute must be more than 0");
+        }
         let trusted_proxies = self
             .trusted_proxies
             .iter()
@@ -195,6 +201,7 @@ impl GatewaySection {
             },
             encoded_slashes: self.encoded_slashes,
             trusted_proxies,
+            credential_failures_per_minute: self.credential_failures_per_minute,
         })
     }
 
@@ -229,6 +236,7 @@ impl Default for GatewaySection {
             max_connections: 16_384,
             encoded_slashes: peage_gateway::EncodedSlashes::Reject,
             trusted_proxies: Vec::new(),
+            credential_failures_per_minute: 20,
             billing_url: "http://127.0.0.1:8090".into(),
             quota_lease_size: 100,
             quota_when_billing_unreachable: UnreachableChoice::Serve,

@@ -267,6 +267,7 @@ pub async fn billing(
         .await
         .map_err(|e| anyhow::anyhow!("recording plan versions: {e}"))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics_stop = stop_rx.clone();
     let webhooks = tokio::spawn(peage_billing::webhooks::run_worker(
         store,
         config.billing.retry_schedule(),
@@ -276,6 +277,22 @@ pub async fn billing(
             let _ = rx.wait_for(|s| *s).await;
         },
     ));
+    if let Some(listen) = config.metrics.listen {
+        let api = Arc::clone(&api);
+        let exposition = move || {
+            let f = &api.failures.stats;
+            metrics::render(&[
+                ("peage_control_credential_failures_total", "Wrong admin tokens, sessions, sign-in links and OAuth client secrets.", "counter", read(&f.failures)),
+                ("peage_control_credential_throttled_total", "Attempts refused (429) because their address sent too many wrong credentials.", "counter", read(&f.throttled)),
+                ("peage_control_credential_untracked_total", "Wrong credentials from addresses not tracked because the table of addresses was full.", "counter", read(&f.untracked)),
+            ])
+        };
+        let mut rx = metrics_stop;
+        metrics::serve(listen, Arc::new(exposition), async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })
+        .await?;
+    }
     let listener = tokio::net::TcpListener::bind(config.control.listen)
         .await
         .with_context(|| format!("control API cannot listen on {}", config.control.listen))?;

@@ -170,7 +170,10 @@ fn hour_rollup(row: &sqlx::sqlite::SqliteRow, partner: &str) -> Result<RollupRow
 
 /// Units of one rollup row, or of several joined by spaces (summed in SQL by group_concat).
 fn sum_units(text: &str) -> Result<Decimal, rust_decimal::Error> {
-    text.split(' ').map(Decimal::from_str).sum()
+    text.split(' ').try_fold(Decimal::ZERO, |sum, u| {
+        sum.checked_add(Decimal::from_str(u)?)
+            .ok_or(rust_decimal::Error::ExceedsMaximumPossibleValue)
+    })
 }
 
 const HOUR_ROLLUP_COLUMNS: &str =

@@ -2,12 +2,15 @@
 //! `pk_test_…`, looked up by its SHA-256 only), a Péage access token, or a JWT from the
 //! partner's own identity provider.
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use peage_core::ids::api_key;
 
 use super::refusal::{Refusal, RefusalKind};
+use super::Peer;
 use crate::jwt::JwtError;
 use crate::keys::{LocalKeys, ResolvedKey};
 use crate::Gateway;
@@ -25,10 +28,29 @@ pub(crate) fn unauthorized(detail: &str) -> Refusal {
     )
 }
 
-/// The key (or token) the call is made with, or why it is refused.
+/// The address wrong credentials count against: the TCP peer or, when the peer is a trusted
+/// proxy, the client it names last in `X-Forwarded-For`.
+fn source(peer: &Peer, headers: &HeaderMap) -> IpAddr {
+    if !peer.trusted {
+        return peer.addr;
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(peer.addr)
+}
+
+/// The key (or token) the call is made with, or why it is refused. A source address that has
+/// presented too many wrong credentials is refused before its credential is even looked at,
+/// so a right guess cannot be told from a wrong one.
 pub(crate) async fn authenticate(
     gw: &Gateway,
     local: &LocalKeys,
+    peer: &Peer,
     headers: &HeaderMap,
 ) -> Result<Arc<ResolvedKey>, Refusal> {
     let Some(token) = bearer(headers) else {
@@ -36,6 +58,24 @@ pub(crate) async fn authenticate(
             "send an API key (`Authorization: Bearer pk_live_…`) or an access token",
         ));
     };
+    let source = source(peer, headers);
+    if let Err(t) = gw.failures.check(source, Instant::now()) {
+        return Err(Refusal::new(
+            RefusalKind::TooManyFailures,
+            "too many wrong credentials from this address; retry later",
+        )
+        .retry_after(t.retry_after_secs()));
+    }
+    let checked = check(gw, local, token).await;
+    if let Err(r) = &checked {
+        if r.kind == RefusalKind::Unauthorized {
+            gw.failures.failed(source, Instant::now());
+        }
+    }
+    checked
+}
+
+async fn check(gw: &Gateway, local: &LocalKeys, token: &str) -> Result<Arc<ResolvedKey>, Refusal> {
     if api_key::env_of(token).is_none() {
         return match (&gw.jwt, token.bytes().filter(|b| *b == b'.').count()) {
             // Boxed: verifying a token is rare next to API keys, and its future is large.
@@ -87,5 +127,33 @@ mod tests {
         assert_eq!(bearer(&h), None);
         h.remove(header::AUTHORIZATION);
         assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn failures_count_against_the_peer_or_the_client_a_trusted_proxy_names() {
+        let peer = |trusted| Peer {
+            ip: HeaderValue::from_static("10.0.0.2"),
+            addr: "10.0.0.2".parse().unwrap(),
+            trusted,
+        };
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.9, 192.0.2.4"),
+        );
+        assert_eq!(
+            source(&peer(false), &h),
+            "10.0.0.2".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            source(&peer(true), &h),
+            "192.0.2.4".parse::<IpAddr>().unwrap()
+        );
+        h.insert("x-forwarded-for", HeaderValue::from_static("garbage"));
+        assert_eq!(
+            source(&peer(true), &h),
+            "10.0.0.2".parse::<IpAddr>().unwrap()
+        );
     }
 }

@@ -81,7 +81,7 @@ const PEAGE_PARTNER_ID: HeaderName = HeaderName::from_static("peage-partner-id")
 const PEAGE_ENV: HeaderName = HeaderName::from_static("peage-env");
 
 /// The upstream's `Peage-Units`, removed from the answer: `Ok(None)` when absent, `Err` with the
-/// raw value when it is not a non-negative decimal.
+/// raw value when it is not a decimal between 0 and [`peage_core::event::MAX_UNITS`].
 pub(crate) fn take_units(headers: &mut HeaderMap) -> Result<Option<Decimal>, String> {
     let Some(units) = headers.remove(&UNITS_HEADER) else {
         return Ok(None);
@@ -90,7 +90,7 @@ pub(crate) fn take_units(headers: &mut HeaderMap) -> Result<Option<Decimal>, Str
         .to_str()
         .ok()
         .and_then(|s| Decimal::from_str(s.trim()).ok())
-        .filter(|d| !d.is_sign_negative())
+        .filter(|d| !d.is_sign_negative() && *d <= peage_core::event::MAX_UNITS)
         .map(Some)
         .ok_or_else(|| String::from_utf8_lossy(units.as_bytes()).into_owned())
 }
@@ -271,7 +271,7 @@ mod tests {
     }
 
     #[test]
-    fn units_must_be_a_non_negative_decimal() {
+    fn units_must_be_a_decimal_between_zero_and_the_maximum() {
         let mut h = HeaderMap::new();
         assert_eq!(take_units(&mut h), Ok(None));
         h.insert(UNITS_HEADER, HeaderValue::from_static(" 2.5 "));
@@ -281,6 +281,8 @@ mod tests {
         assert_eq!(take_units(&mut h), Err("-1".to_string()));
         h.insert(UNITS_HEADER, HeaderValue::from_static("lots"));
         assert_eq!(take_units(&mut h), Err("lots".to_string()));
+        h.insert(UNITS_HEADER, HeaderValue::from_static("1000000000000001"));
+        assert_eq!(take_units(&mut h), Err("1000000000000001".to_string()));
     }
 
     #[test]
@@ -335,6 +337,7 @@ mod tests {
     fn peer(ip: &'static str, trusted: bool) -> super::super::Peer {
         super::super::Peer {
             ip: HeaderValue::from_static(ip),
+            addr: ip.parse().unwrap(),
             trusted,
         }
     }

@@ -71,7 +71,9 @@ impl PendingCall {
                 a.insert("grpc_status".into(), status);
             }
             if !g.units_from_upstream {
-                event.units = g.weight * Decimal::from(sent.max(messages).max(1));
+                event.units = g
+                    .weight
+                    .saturating_mul(Decimal::from(sent.max(messages).max(1)));
             }
         }
         let gw = &worker.gateway;

@@ -42,6 +42,8 @@ use refusal::Refusal;
 pub(crate) struct Peer {
     /// The address, as `X-Forwarded-For` carries it.
     pub ip: HeaderValue,
+    /// The same address, to count wrong credentials against.
+    pub addr: std::net::IpAddr,
     /// One of `gateway.trusted_proxies`: its forwarding headers are believed.
     pub trusted: bool,
 }
@@ -127,7 +129,7 @@ async fn pipeline(
     let version = Arc::clone(&routed.version);
     call.version = Some(Arc::clone(&version));
 
-    let key = authenticate::authenticate(gw, &worker.keys, &head.headers).await?;
+    let key = authenticate::authenticate(gw, &worker.keys, peer, &head.headers).await?;
     if !gw.emitter.accepting() {
         // The metering spool is full and the operator chose fail_closed: a call that could
         // not be metered is not served.

@@ -29,6 +29,8 @@ pub enum RefusalKind {
     UnknownApi,
     // Authenticate.
     Unauthorized,
+    /// Too many wrong credentials from the caller's address.
+    TooManyFailures,
     KeyLookupUnavailable,
     TokenCheckUnavailable,
     // Metering cannot take the call (a full spool under `fail_closed`): nothing can record it.
@@ -49,7 +51,7 @@ pub enum RefusalKind {
 }
 
 impl RefusalKind {
-    pub const ALL: [RefusalKind; 19] = [
+    pub const ALL: [RefusalKind; 20] = [
         RefusalKind::BadPath,
         RefusalKind::BadApiVersion,
         RefusalKind::ApiVersionConflict,
@@ -69,6 +71,7 @@ impl RefusalKind {
         RefusalKind::BadGraphql,
         RefusalKind::UpstreamUnavailable,
         RefusalKind::UpstreamTimeout,
+        RefusalKind::TooManyFailures,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -82,7 +85,7 @@ impl RefusalKind {
             InsufficientScope | NoSandbox => StatusCode::FORBIDDEN,
             VersionRetired => StatusCode::GONE,
             RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            RateLimited | QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited | QuotaExceeded | TooManyFailures => StatusCode::TOO_MANY_REQUESTS,
             KeyLookupUnavailable
             | TokenCheckUnavailable
             | MeteringUnavailable
@@ -102,6 +105,7 @@ impl RefusalKind {
             ApiVersionConflict => "api-version-conflict",
             UnknownApi => "unknown-api",
             Unauthorized => "unauthorized",
+            TooManyFailures => "too-many-failures",
             KeyLookupUnavailable => "key-lookup-unavailable",
             TokenCheckUnavailable => "token-check-unavailable",
             MeteringUnavailable => "metering-unavailable",
@@ -127,6 +131,7 @@ impl RefusalKind {
             ApiVersionConflict => "Conflicting API versions",
             UnknownApi => "Unknown API or version",
             Unauthorized => "Unauthorized",
+            TooManyFailures => "Too many wrong credentials",
             KeyLookupUnavailable => "Key lookup unavailable",
             TokenCheckUnavailable => "Token check unavailable",
             MeteringUnavailable => "Metering backlog full",
@@ -154,6 +159,7 @@ impl RefusalKind {
             | ApiVersionConflict
             | UnknownApi
             | Unauthorized
+            | TooManyFailures
             | KeyLookupUnavailable
             | TokenCheckUnavailable
             | MeteringUnavailable => false,

@@ -1,0 +1,404 @@
+//! The control API under an attacker's input: every error is problem+json (the framework's
+//! own too), a panicking handler answers 500 for its own request only, extreme amounts never
+//! reach a panic, sign-out needs the CSRF header, and guessing credentials is limited per
+//! address. Each test here failed before the change it names.
+
+use axum::routing::get;
+use chrono::{Datelike, TimeZone, Utc};
+use peage_billing_store::Subscription;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+mod support;
+use support::TOKEN;
+
+const CATALOG: &str = r#"
+[[api]]
+name = "maps"
+[[api.versions]]
+id = "v1"
+live = "http://127.0.0.1:9"
+sandbox = "http://127.0.0.1:9"
+
+[[meter]]
+name = "calls"
+aggregation = "count"
+
+[[meter]]
+name = "units"
+aggregation = "sum"
+field = "units"
+
+[[plan]]
+id = "growth"
+name = "Growth"
+currency = "EUR"
+period = { every = "month", anchor_day = 1 }
+base_fee = "1000000000000000"
+minimum_commitment = "1000000000000000"
+tax = { label = "VAT", rate = "0.2" }
+charges = [
+  { meter = "calls", model = "per_unit", unit_price = "1000000000000000" },
+  { meter = "units", model = "package", size = "0.000000001", price = "1000000000000000" },
+]
+"#;
+
+const PARTNER: &str = "prt_a1a1a1a1a1a1a1a1a1a1";
+
+struct Fixture {
+    base: String,
+    client: reqwest::Client,
+    served: support::Served,
+}
+
+/// A partner on Growth (every price at the maximum) since October, with usage that prices
+/// beyond `Decimal`: 10^15 units at 10^15 € per 10^-9 units.
+async fn start() -> Fixture {
+    let served = support::serve(CATALOG).await;
+    let october = Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap();
+    let plan_version = served
+        .api
+        .invoicing
+        .catalog
+        .plan("growth")
+        .unwrap()
+        .version
+        .clone();
+    let sub = Subscription {
+        plan_id: "growth".into(),
+        plan_version,
+        started_at: october,
+        ended_at: None,
+    };
+    served
+        .store
+        .create_partner(PARTNER, "Alpha", &sub)
+        .await
+        .unwrap();
+    // In October (for the run) and in the current period (for the upcoming invoice).
+    let now = Utc::now();
+    let this_month = Utc
+        .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+        .unwrap();
+    let mut calls = support::calls(PARTNER, october + chrono::Duration::hours(30), 3);
+    calls.extend(support::calls(
+        PARTNER,
+        (now - chrono::Duration::seconds(10)).max(this_month),
+        3,
+    ));
+    for c in &mut calls {
+        c.units = peage_core::event::MAX_UNITS;
+    }
+    use peage_usage_store::UsageStore;
+    served.usage.insert(&calls).await.unwrap();
+    served
+        .api
+        .invoicing
+        .register_plan_versions(october)
+        .await
+        .unwrap();
+    Fixture {
+        base: served.base.clone(),
+        client: reqwest::Client::new(),
+        served,
+    }
+}
+
+impl Fixture {
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> (u16, reqwest::header::HeaderMap, String) {
+        let resp = req
+            .send()
+            .await
+            .expect("the server answers, never drops the connection");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        (status, headers, resp.text().await.unwrap())
+    }
+
+    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .client
+            .request(method.parse().unwrap(), format!("{}{path}", self.base))
+            .bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let (s, _, text) = self.send(req).await;
+        (
+            s,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+}
+
+fn assert_problem(status: u16, headers: &reqwest::header::HeaderMap, body: &str, want: u16) {
+    assert_eq!(status, want, "{body}");
+    assert_eq!(
+        headers["content-type"], "application/problem+json",
+        "{status}: {body}"
+    );
+    let p: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(p["status"], want);
+    assert!(p["type"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://peage.dev/problems/"));
+}
+
+/// The usage prices beyond what `Decimal` holds: the upcoming invoice and the run say so as a
+/// 409 naming the partner (they used to panic and drop the connection), and everything else
+/// of the partner still answers.
+#[tokio::test]
+async fn usage_that_prices_beyond_decimal_is_an_error_not_a_dropped_connection() {
+    let f = start().await;
+    let (s, body) = f
+        .admin(
+            "GET",
+            &format!("/v1/partners/{PARTNER}/invoices/upcoming"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 409, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("too large"),
+        "{body}"
+    );
+    let (s, run) = f
+        .admin(
+            "POST",
+            "/v1/invoices/run",
+            Some(json!({"period": "2026-10"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{run}");
+    assert_eq!(run["errors"][0]["partner_id"], PARTNER, "{run}");
+    for path in [
+        format!("/v1/partners/{PARTNER}"),
+        format!("/v1/partners/{PARTNER}/credits"),
+        format!("/v1/partners/{PARTNER}/usage?from=2026-10-01T00:00:00Z&to=2026-11-01T00:00:00Z"),
+        "/v1/partners/overview".to_string(),
+    ] {
+        let (s, body) = f.admin("GET", &path, None).await;
+        assert!(s < 500, "{path}: {s} {body}");
+    }
+}
+
+/// Amounts as an attacker writes them: every answer is a 2xx or a 4xx problem, and the
+/// partner's credits, upcoming invoice and the run keep answering after each.
+#[test]
+fn extreme_amounts_never_reach_a_panic() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let f = rt.block_on(start());
+    let amount = prop_oneof![
+        Just("79228162514264337593543950335".to_string()),
+        Just("-79228162514264337593543950335".to_string()),
+        Just("1000000000000000".to_string()),
+        Just("1000000000000000.01".to_string()),
+        Just("1e28".to_string()),
+        Just("0.0000000000000000000000000001".to_string()),
+        Just("NaN".to_string()),
+        Just("".to_string()),
+        "-?[0-9]{1,40}(\\.[0-9]{0,30})?",
+        (0i64..=i64::MAX).prop_map(|i| i.to_string()),
+    ];
+    let config = ProptestConfig {
+        cases: 48,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(amount in amount, as_number in any::<bool>())| {
+        rt.block_on(async {
+            let value = if as_number {
+                serde_json::from_str::<Value>(&amount).unwrap_or(Value::String(amount.clone()))
+            } else {
+                Value::String(amount.clone())
+            };
+            let credit = json!({"amount": value, "currency": "EUR", "description": "p"});
+            let (s, body) = f
+                .admin("POST", &format!("/v1/partners/{PARTNER}/credits"), Some(credit))
+                .await;
+            prop_assert!(s == 201 || s == 400, "{amount}: {s} {body}");
+            for (method, path, body) in [
+                ("GET", format!("/v1/partners/{PARTNER}/credits"), None),
+                ("GET", format!("/v1/partners/{PARTNER}/invoices/upcoming"), None),
+                ("GET", "/v1/partners/overview".to_string(), None),
+                ("POST", "/v1/invoices/run".to_string(), Some(json!({"period": "2026-10"}))),
+            ] {
+                let (s, answer) = f.admin(method, &path, body).await;
+                prop_assert!(s < 500, "after {amount}: {method} {path}: {s} {answer}");
+            }
+            Ok(())
+        })?;
+    });
+    drop(f.served);
+}
+
+/// Errors the framework answers itself (a query string it cannot parse, a body over the
+/// limit, a wrong method, an unknown page) used to be text/plain or empty.
+#[tokio::test]
+async fn every_error_is_problem_json_the_frameworks_own_too() {
+    let f = start().await;
+    let url = |p: &str| format!("{}{p}", f.base);
+    let cases = [
+        (
+            f.client
+                .get(url("/v1/webhooks/deliveries?limit=lots"))
+                .bearer_auth(TOKEN),
+            400,
+        ),
+        (
+            f.client
+                .post(url("/v1/partners"))
+                .bearer_auth(TOKEN)
+                .header("content-type", "application/json")
+                .body(vec![b' '; 3 * 1024 * 1024]),
+            413,
+        ),
+        (f.client.delete(url("/v1/plans")).bearer_auth(TOKEN), 405),
+        (f.client.get(url("/no/such/page")), 404),
+        (f.client.get(url("/v1/nothing")).bearer_auth(TOKEN), 404),
+    ];
+    for (req, want) in cases {
+        let (s, h, body) = f.send(req).await;
+        assert_problem(s, &h, &body, want);
+    }
+    // OAuth's token endpoint keeps RFC 6749's JSON errors, which its clients parse.
+    let (s, h, body) = f
+        .send(
+            f.client
+                .post(url("/oauth/token"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("grant_type=password"),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(h["content-type"], "application/json");
+    assert!(body.contains("unsupported_grant_type"));
+}
+
+#[tokio::test]
+async fn a_panicking_handler_answers_500_problem_json_for_its_own_request_only() {
+    let app = peage_billing::hardened(
+        axum::Router::new()
+            .route("/boom", get(|| async { panic!("boom") as &'static str }))
+            .route("/fine", get(|| async { "fine" })),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = reqwest::Client::new();
+    let r = client.get(format!("{base}/boom")).send().await.unwrap();
+    assert_eq!(r.status(), 500);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["type"], "https://peage.dev/problems/internal");
+    assert!(
+        !p["detail"].as_str().unwrap().contains("boom"),
+        "no internals leak: {p}"
+    );
+    let r = client.get(format!("{base}/fine")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "fine");
+}
+
+/// Signs in as the partner; returns the session cookie's value.
+async fn session(f: &Fixture) -> String {
+    let (s, link) = f
+        .admin(
+            "POST",
+            "/v1/sign-in-links",
+            Some(json!({"partner_id": PARTNER})),
+        )
+        .await;
+    assert_eq!(s, 201, "{link}");
+    let resp = f
+        .client
+        .post(format!("{}/auth/sign-in", f.base))
+        .json(&json!({"token": link["token"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
+    cookie
+        .strip_prefix("peage_session=")
+        .and_then(|v| v.split(';').next())
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn sign_out_needs_the_csrf_header() {
+    let f = start().await;
+    let cookie = session(&f).await;
+    let whoami = || {
+        f.client
+            .get(format!("{}/v1/session", f.base))
+            .header("cookie", format!("peage_session={cookie}"))
+    };
+    let sign_out = || {
+        f.client
+            .post(format!("{}/auth/sign-out", f.base))
+            .header("cookie", format!("peage_session={cookie}"))
+    };
+    // Another site's form posting to sign-out carries the cookie but cannot add the header.
+    let (s, h, body) = f.send(sign_out()).await;
+    assert_problem(s, &h, &body, 403);
+    assert_eq!(f.send(whoami()).await.0, 200, "the session survives");
+    let (s, _, _) = f.send(sign_out().header("x-peage-csrf", "1")).await;
+    assert_eq!(s, 204);
+    assert_eq!(f.send(whoami()).await.0, 401, "the session is over");
+}
+
+/// 20 wrong credentials a minute per address; then every attempt is refused, the right admin
+/// token's too, so a right guess cannot be told from a wrong one. Used to be unlimited (500
+/// wrong admin tokens in 0.12 s).
+#[tokio::test]
+async fn guessing_credentials_is_limited_per_address() {
+    let f = start().await;
+    let url = format!("{}/v1/plans", f.base);
+    for i in 0..20 {
+        let (s, h, body) = f
+            .send(f.client.get(&url).bearer_auth(format!("guess-{i}")))
+            .await;
+        assert_problem(s, &h, &body, 401);
+    }
+    let (s, h, body) = f.send(f.client.get(&url).bearer_auth(TOKEN)).await;
+    assert_problem(s, &h, &body, 429);
+    let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    // Sign-in links and sessions from the same address are refused as well.
+    let (s, _, _) = f
+        .send(
+            f.client
+                .post(format!("{}/auth/sign-in", f.base))
+                .json(&json!({"token": "psl_guess"})),
+        )
+        .await;
+    assert_eq!(s, 429);
+    let stats = &f.served.api.failures.stats;
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(stats.failures.load(Relaxed), 20);
+    assert_eq!(stats.throttled.load(Relaxed), 2);
+}
+
+/// Guessing sign-in links alone trips the same limit.
+#[tokio::test]
+async fn guessing_sign_in_links_is_limited_too() {
+    let f = start().await;
+    let mut statuses = Vec::new();
+    for i in 0..21 {
+        let (s, _, _) = f
+            .send(
+                f.client
+                    .post(format!("{}/auth/sign-in", f.base))
+                    .json(&json!({"token": format!("psl_{i:0>64}")})),
+            )
+            .await;
+        statuses.push(s);
+    }
+    assert!(statuses[..20].iter().all(|s| *s == 401), "{statuses:?}");
+    assert_eq!(statuses[20], 429);
+}
