@@ -761,7 +761,15 @@ async fn refused(r: reqwest::Response, why: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_tokens_from_peage_and_from_a_partner_identity_provider() {
     let (_dir, data) = temp_dir();
-    let p = Peage::start(&data);
+    // The test's identity provider is on http://127.0.0.1, which the outbound policy refuses
+    // unless told otherwise; 127.0.0.1 alone is allowed, not the rest of loopback.
+    let p = Peage::start_with(
+        &data,
+        &[
+            ("PEAGE_OUTBOUND__ALLOW_HTTP", "true"),
+            ("PEAGE_OUTBOUND__ALLOW_PRIVATE", "[\"127.0.0.1\"]"),
+        ],
+    );
     let partner = p.s("partner_id");
     let key = admin_post(
         &p,
@@ -913,6 +921,33 @@ async fn access_tokens_from_peage_and_from_a_partner_identity_provider() {
     assert_eq!(r.status(), 200);
     let issuer: Value = r.json().await.unwrap();
     assert!(issuer["id"].as_str().unwrap().starts_with("iss_"));
+    // JWKS URLs that would make the gateway call what it must not: refused when registered.
+    for (jwks_url, why) in [
+        ("http://127.0.0.2/jwks.json", "not a public address"),
+        (
+            "http://169.254.169.254/latest/meta-data/",
+            "not a public address",
+        ),
+        ("http://0x7f000001/jwks.json", "written as a number"),
+        (
+            "http://user:pw@idp.acme.test/jwks.json",
+            "user name or password",
+        ),
+    ] {
+        let r = client()
+            .put(format!("{}/v1/partners/{partner}/issuer", p.s("control_url")))
+            .bearer_auth(p.s("admin_token"))
+            .json(&serde_json::json!({"issuer": "https://evil.test", "jwks_url": jwks_url, "algorithm": "RS256", "audience": "a"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{jwks_url}");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["detail"].as_str().unwrap().contains(why),
+            "{jwks_url}: {body}"
+        );
+    }
     let hs = client()
         .put(format!("{}/v1/partners/{partner}/issuer", p.s("control_url")))
         .bearer_auth(p.s("admin_token"))

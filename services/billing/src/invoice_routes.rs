@@ -377,16 +377,7 @@ pub(crate) struct EndpointRequest {
     security(("admin" = []), ("session" = [])))]
 pub async fn add_webhook(State(api): Api, raw: Bytes) -> Result<Response, ApiError> {
     let req: EndpointRequest = body(&raw)?;
-    let url: http::Uri = req
-        .url
-        .parse()
-        .map_err(|e| ApiError::BadRequest(format!("url {:?}: {e}", req.url)))?;
-    if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
-        return Err(ApiError::BadRequest(format!(
-            "url must be an absolute http(s) URL, not {:?}",
-            req.url
-        )));
-    }
+    api.check_outbound_url("url", &req.url).await?;
     if req.events.is_empty() {
         return Err(ApiError::BadRequest(
             "events must name at least one event type".into(),

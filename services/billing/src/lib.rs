@@ -38,6 +38,8 @@ pub struct ControlApi {
     pub(crate) admin_token: String,
     pub(crate) on_revoke: Option<RevocationHook>,
     pub(crate) oauth: OAuthConfig,
+    /// What partner issuers' JWKS URLs and webhook endpoints may point at.
+    pub(crate) outbound: Arc<peage_net::OutboundPolicy>,
     pub invoicing: invoicing::Invoicing,
     /// Each API version's OpenAPI document, by (api, version), as the catalog names them.
     pub(crate) api_docs: std::sync::RwLock<ApiDocs>,
@@ -45,19 +47,41 @@ pub struct ControlApi {
     pub failures: peage_core::throttle::FailureLimiter,
 }
 
+/// How the control API is set up, from the operator's configuration.
+pub struct ControlSettings {
+    /// Péage's own access tokens.
+    pub oauth: OAuthConfig,
+    /// Who invoices are from.
+    pub issuer: invoicing::Issuer,
+    /// What registered JWKS URLs and webhook endpoints may point at.
+    pub outbound: Arc<peage_net::OutboundPolicy>,
+}
+
 /// OpenAPI documents of API versions, keyed by (api, version).
 pub type ApiDocs = std::collections::HashMap<(String, String), serde_json::Value>;
 
 impl ControlApi {
+    /// Checks a URL a caller registers for Péage to call (a JWKS, a webhook endpoint) against
+    /// the outbound policy, its DNS answer included: a `400` naming the reason.
+    pub(crate) async fn check_outbound_url(&self, field: &str, url: &str) -> Result<(), ApiError> {
+        let refused = |e: peage_net::Refused| ApiError::BadRequest(format!("{field}: {e}"));
+        let uri = self.outbound.check_url(url).map_err(refused)?;
+        self.outbound.check_resolved(&uri).await.map_err(refused)
+    }
+
     pub fn new(
         catalog: Arc<Catalog>,
         store: Arc<dyn BillingStore>,
         usage: Arc<dyn UsageStore>,
         admin_token: String,
         on_revoke: Option<RevocationHook>,
-        oauth: OAuthConfig,
-        issuer: invoicing::Issuer,
+        settings: ControlSettings,
     ) -> Arc<ControlApi> {
+        let ControlSettings {
+            oauth,
+            issuer,
+            outbound,
+        } = settings;
         let invoicing = invoicing::Invoicing {
             catalog: Arc::clone(&catalog),
             store: Arc::clone(&store),
@@ -72,6 +96,7 @@ impl ControlApi {
             admin_token,
             on_revoke,
             oauth,
+            outbound,
             api_docs: Default::default(),
             failures: peage_core::throttle::FailureLimiter::standard(),
         })

@@ -364,14 +364,7 @@ pub async fn put_issuer(
             "issuer must be the partner's own, non-empty `iss`".into(),
         ));
     }
-    if !(req.jwks_url.starts_with("https://") || req.jwks_url.starts_with("http://"))
-        || req.jwks_url.parse::<http::Uri>().is_err()
-    {
-        return Err(ApiError::BadRequest(format!(
-            "jwks_url {:?} is not an http(s) URL",
-            req.jwks_url
-        )));
-    }
+    api.check_outbound_url("jwks_url", &req.jwks_url).await?;
     if !PARTNER_ALGORITHMS.contains(&req.algorithm.as_str()) {
         return Err(ApiError::BadRequest(format!(
             "algorithm must be one of {}, not {:?}",

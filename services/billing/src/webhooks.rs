@@ -86,18 +86,37 @@ impl Default for RetrySchedule {
 }
 
 type HttpsClient = Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    peage_net::Guarded<
+        hyper_rustls::HttpsConnector<
+            hyper_util::client::legacy::connect::HttpConnector<peage_net::GuardedResolver>,
+        >,
+    >,
     Full<Bytes>,
 >;
 
-fn client() -> Result<HttpsClient, String> {
+/// Deliveries go only where the outbound policy allows, checked after DNS at each connection
+/// (an endpoint whose name later resolves to a private address is refused then).
+fn client(policy: Arc<peage_net::OutboundPolicy>) -> Result<HttpsClient, String> {
+    let mut http = peage_net::http_connector(peage_net::GuardedResolver::new(Arc::clone(&policy)));
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_native_roots()
         .map_err(|e| format!("loading the system's CA roots: {e}"))?
         .https_or_http()
         .enable_http1()
-        .build();
-    Ok(Client::builder(TokioExecutor::new()).build(https))
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new()).build(peage_net::Guarded::new(https, policy)))
+}
+
+/// What the delivery log says about a failed send. Deliberately coarse: a log that told
+/// "connection refused" from "reset" from "no route" would map the network the endpoint's
+/// address points at. The outbound policy's own refusals are shown as they are.
+fn delivery_error(e: &hyper_util::client::legacy::Error) -> String {
+    match peage_net::refusal_in(e) {
+        Some(refused) => format!("refused by the outbound policy: {refused}"),
+        None if e.is_connect() => "could not connect to the endpoint".into(),
+        None => "the connection failed before an answer".into(),
+    }
 }
 
 async fn deliver(
@@ -118,8 +137,11 @@ async fn deliver(
         .map_err(|e| (None, format!("bad request to {}: {e}", ep.url)))?;
     let resp = tokio::time::timeout(Duration::from_secs(15), client.request(req))
         .await
-        .map_err(|_| (None, "timed out after 15 s".to_string()))?
-        .map_err(|e| (None, format!("{e}")))?;
+        .map_err(|_| (None, "no answer within 15 s".to_string()))?
+        .map_err(|e| {
+            tracing::debug!(endpoint = %ep.url, error = %e, "webhook delivery failed");
+            (None, delivery_error(&e))
+        })?;
     let status = i64::from(resp.status().as_u16());
     if resp.status().is_success() {
         Ok(status)
@@ -128,14 +150,16 @@ async fn deliver(
     }
 }
 
-/// Sends due deliveries until `shutdown` resolves, polling every `poll`.
+/// Sends due deliveries until `shutdown` resolves, polling every `poll`, to endpoints the
+/// outbound `policy` allows.
 pub async fn run_worker(
     store: Arc<dyn BillingStore>,
     schedule: RetrySchedule,
     poll: Duration,
+    policy: Arc<peage_net::OutboundPolicy>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
-    let client = match client() {
+    let client = match client(policy) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "webhooks: no HTTP client; deliveries stay queued");

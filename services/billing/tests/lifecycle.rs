@@ -163,6 +163,7 @@ async fn an_invoice_goes_from_draft_to_finalized_and_late_usage_lands_on_the_nex
         Arc::clone(&env.served.store),
         peage_billing::webhooks::RetrySchedule(vec![Duration::from_millis(100)]),
         Duration::from_millis(50),
+        support::loopback_policy(),
         std::future::pending(),
     ));
 
@@ -544,6 +545,7 @@ async fn a_hard_quota_reached_sends_one_signed_webhook_retried_until_delivered()
         Arc::clone(&env.served.store),
         peage_billing::webhooks::RetrySchedule(vec![Duration::from_millis(200)]),
         Duration::from_millis(50),
+        support::loopback_policy(),
         std::future::pending(),
     ));
 

@@ -402,3 +402,218 @@ async fn guessing_sign_in_links_is_limited_too() {
     assert!(statuses[..20].iter().all(|s| *s == 401), "{statuses:?}");
     assert_eq!(statuses[20], 429);
 }
+
+/// Under the default policy, webhook endpoints and JWKS URLs may only be https to public
+/// addresses; they used to accept loopback, `0x7f000001`, the metadata service, private ranges
+/// and `user:pw@`. `localhost` is refused after DNS.
+#[tokio::test]
+async fn urls_for_peage_to_call_must_be_public_https() {
+    let served = support::serve_with(
+        CATALOG,
+        std::sync::Arc::new(peage_net::OutboundPolicy::strict()),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let sub = Subscription {
+        plan_id: "growth".into(),
+        plan_version: served
+            .api
+            .invoicing
+            .catalog
+            .plan("growth")
+            .unwrap()
+            .version
+            .clone(),
+        started_at: Utc::now(),
+        ended_at: None,
+    };
+    served
+        .store
+        .create_partner(PARTNER, "Alpha", &sub)
+        .await
+        .unwrap();
+    let refused = [
+        ("http://hooks.example.com/in", "only https://"),
+        ("https://127.0.0.1/in", "not a public address"),
+        ("https://[::1]/in", "not a public address"),
+        ("https://0x7f000001/in", "written as a number"),
+        ("https://2130706433/in", "written as a number"),
+        (
+            "https://169.254.169.254/latest/meta-data/",
+            "not a public address",
+        ),
+        ("https://10.0.0.8/in", "not a public address"),
+        ("https://192.168.1.20/in", "not a public address"),
+        (
+            "https://user:pw@hooks.example.com/in",
+            "user name or password",
+        ),
+        (
+            "https://localhost/in",
+            "resolves only to addresses that are not public",
+        ),
+        ("not a url", "not an absolute URL"),
+    ];
+    for (url, why) in refused {
+        for (path, body) in [
+            (
+                "/v1/webhooks".to_string(),
+                json!({"url": url, "events": ["*"]}),
+            ),
+            (
+                format!("/v1/partners/{PARTNER}/issuer"),
+                json!({"issuer": "https://idp.test", "jwks_url": url, "algorithm": "RS256", "audience": "a"}),
+            ),
+        ] {
+            let r = client
+                .request(
+                    if path.ends_with("issuer") {
+                        reqwest::Method::PUT
+                    } else {
+                        reqwest::Method::POST
+                    },
+                    format!("{}{path}", served.base),
+                )
+                .bearer_auth(TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 400, "{path} {url}");
+            let p: Value = r.json().await.unwrap();
+            assert!(
+                p["detail"].as_str().unwrap().contains(why),
+                "{path} {url}: {p}"
+            );
+        }
+    }
+    // A public https endpoint is accepted (it need not resolve yet).
+    let r = client
+        .post(format!("{}/v1/webhooks", served.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({"url": "https://hooks.example.com/in", "events": ["*"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+}
+
+/// An endpoint accepted when registered is checked again at every delivery, after DNS: a
+/// worker whose policy refuses it never connects (what a name that later resolves to a private
+/// address meets). Transport failures are logged in generic words, so the log is no port
+/// scanner.
+#[tokio::test]
+async fn deliveries_are_checked_at_each_connection_and_logged_generically() {
+    let f = start().await;
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", hook.local_addr().unwrap());
+    let counted = std::sync::Arc::clone(&hits);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async { http::StatusCode::NO_CONTENT }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(hook, app).await });
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_url = format!("http://{}/hook", closed.local_addr().unwrap());
+    drop(closed);
+    for url in [&hook_url, &closed_url] {
+        let (s, body) = f
+            .admin(
+                "POST",
+                "/v1/webhooks",
+                Some(json!({"url": url, "events": ["*"]})),
+            )
+            .await;
+        assert_eq!(s, 201, "{body}");
+    }
+    peage_billing::webhooks::enqueue(
+        f.served.store.as_ref(),
+        "invoice.finalized",
+        "inv_test",
+        json!({"id": "inv_test"}),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let deliveries = |f: &Fixture| {
+        let f = f.base.clone();
+        async move {
+            let v: Value = reqwest::Client::new()
+                .get(format!("{f}/v1/webhooks/deliveries"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["deliveries"].as_array().unwrap().clone()
+        }
+    };
+    let worker = |policy| {
+        tokio::spawn(peage_billing::webhooks::run_worker(
+            std::sync::Arc::clone(&f.served.store),
+            peage_billing::webhooks::RetrySchedule(vec![std::time::Duration::from_secs(3600)]),
+            std::time::Duration::from_millis(20),
+            policy,
+            std::future::pending(),
+        ))
+    };
+    let strict = worker(std::sync::Arc::new(peage_net::OutboundPolicy::strict()));
+    let attempted = |d: &Vec<Value>| d.len() == 2 && d.iter().all(|x| x["attempts"] == 1);
+    let mut log = deliveries(&f).await;
+    for _ in 0..200 {
+        if attempted(&log) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        log = deliveries(&f).await;
+    }
+    strict.abort();
+    assert!(attempted(&log), "{log:#?}");
+    for d in &log {
+        assert!(
+            d["last_error"]
+                .as_str()
+                .unwrap()
+                .starts_with("refused by the outbound policy: "),
+            "{d}"
+        );
+    }
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "never connected"
+    );
+    // Under a policy that allows loopback, the closed port is a generic failure.
+    peage_billing::webhooks::enqueue(
+        f.served.store.as_ref(),
+        "invoice.finalized",
+        "inv_test_2",
+        json!({"id": "inv_test_2"}),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let open = worker(support::loopback_policy());
+    let mut errors = Vec::new();
+    for _ in 0..200 {
+        errors = deliveries(&f)
+            .await
+            .iter()
+            .filter(|d| d["status"] != "delivered" && d["last_error"] != Value::Null)
+            .map(|d| d["last_error"].as_str().unwrap().to_string())
+            .filter(|e| !e.starts_with("refused"))
+            .collect();
+        if !errors.is_empty() && hits.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    open.abort();
+    assert_eq!(errors, ["could not connect to the endpoint"]);
+}

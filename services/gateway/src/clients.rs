@@ -15,6 +15,13 @@ use rustls::pki_types::CertificateDer;
 /// A pooled HTTP client with bodies of type `B`.
 pub type HttpClient<B> = Client<hyper_rustls::HttpsConnector<HttpConnector>, B>;
 
+/// A client for URLs partners registered (their JWKS): every connection obeys
+/// [`OutboundConfig::partner_urls`], checked after DNS (peage-net).
+pub type GuardedClient<B> = Client<
+    peage_net::Guarded<hyper_rustls::HttpsConnector<HttpConnector<peage_net::GuardedResolver>>>,
+    B,
+>;
+
 /// How the gateway's outbound connections are made.
 #[derive(Debug, Clone)]
 pub struct OutboundConfig {
@@ -26,6 +33,10 @@ pub struct OutboundConfig {
     pub pool_max_idle_per_host: usize,
     /// How long an idle pooled connection is kept.
     pub pool_idle_timeout: Duration,
+    /// What URLs that partners registered (their identity provider's JWKS) may reach:
+    /// `outbound.*`, https to public addresses by default. Upstreams, billing and Péage's own
+    /// JWKS are the operator's and are not limited.
+    pub partner_urls: Arc<peage_net::OutboundPolicy>,
 }
 
 impl Default for OutboundConfig {
@@ -35,6 +46,7 @@ impl Default for OutboundConfig {
             extra_roots: Vec::new(),
             pool_max_idle_per_host: 256,
             pool_idle_timeout: Duration::from_secs(90),
+            partner_urls: Arc::new(peage_net::OutboundPolicy::strict()),
         }
     }
 }
@@ -95,6 +107,26 @@ impl Clients {
         B::Data: Send,
     {
         self.build(true)
+    }
+
+    /// A client for partner-registered URLs, under [`OutboundConfig::partner_urls`].
+    pub fn guarded_http<B>(&self) -> GuardedClient<B>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+    {
+        let policy = Arc::clone(&self.config.partner_urls);
+        let mut http =
+            peage_net::http_connector(peage_net::GuardedResolver::new(Arc::clone(&policy)));
+        http.set_connect_timeout(Some(self.config.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*self.tls).clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .build(peage_net::Guarded::new(https, policy))
     }
 
     fn build<B>(&self, http2_only: bool) -> HttpClient<B>

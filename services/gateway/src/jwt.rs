@@ -16,7 +16,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::clients::HttpClient;
+use crate::clients::{GuardedClient, HttpClient};
 use crate::keys::{KeyCache, ResolvedKey};
 
 #[derive(Debug, Clone)]
@@ -66,10 +66,15 @@ const JWKS_TTL: Duration = Duration::from_secs(300);
 const JWKS_MIN_REFRESH: Duration = Duration::from_secs(1);
 
 type JwksClient = HttpClient<http_body_util::Full<bytes::Bytes>>;
+type PartnerJwksClient = GuardedClient<http_body_util::Full<bytes::Bytes>>;
 
 pub struct JwtVerifier {
     config: JwtConfig,
+    /// For Péage's own JWKS (the operator's billing URL).
     client: JwksClient,
+    /// For partners' JWKS: under the outbound policy, so a registered URL cannot make the
+    /// gateway call its loopback or private network.
+    partner_client: PartnerJwksClient,
     /// JWKS are fetched here (the runtime that made the verifier), not on serving threads.
     background: tokio::runtime::Handle,
     /// Read on every token; written only when a JWKS is (re)fetched.
@@ -80,12 +85,17 @@ pub struct JwtVerifier {
 }
 
 impl JwtVerifier {
-    /// Call within the gateway's background runtime; `client` comes from the gateway's
+    /// Call within the gateway's background runtime; the clients come from the gateway's
     /// [`crate::Clients`].
-    pub fn new(config: JwtConfig, client: JwksClient) -> JwtVerifier {
+    pub fn new(
+        config: JwtConfig,
+        client: JwksClient,
+        partner_client: PartnerJwksClient,
+    ) -> JwtVerifier {
         JwtVerifier {
             config,
             client,
+            partner_client,
             background: tokio::runtime::Handle::current(),
             sets: Default::default(),
             fetches: Default::default(),
@@ -98,14 +108,20 @@ impl JwtVerifier {
         let req = http::Request::get(uri)
             .body(http_body_util::Full::default())
             .map_err(|e| unavailable(e.to_string()))?;
-        let client = self.client.clone();
+        let (client, partner_client) = (self.client.clone(), self.partner_client.clone());
+        let own = url == self.config.jwks_url;
         let owned_url = url.to_string();
         let fetch = async move {
             let unavailable = |e: String| JwtError::Unavailable(format!("JWKS {owned_url}: {e}"));
-            let resp = client
-                .request(req)
-                .await
-                .map_err(|e| unavailable(e.to_string()))?;
+            let sent = if own {
+                client.request(req).await
+            } else {
+                partner_client.request(req).await
+            };
+            let resp = sent.map_err(|e| match peage_net::refusal_in(&e) {
+                Some(refused) => unavailable(format!("refused by the outbound policy: {refused}")),
+                None => unavailable(e.to_string()),
+            })?;
             if !resp.status().is_success() {
                 return Err(unavailable(format!("answered {}", resp.status())));
             }

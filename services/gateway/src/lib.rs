@@ -127,7 +127,7 @@ impl Gateway {
             jwt: config
                 .jwt
                 .clone()
-                .map(|c| jwt::JwtVerifier::new(c, clients.http())),
+                .map(|c| jwt::JwtVerifier::new(c, clients.http(), clients.guarded_http())),
             clients,
             quotas,
             metrics,

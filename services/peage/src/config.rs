@@ -14,6 +14,7 @@ use serde::Deserialize;
 /// The sections the environment may override.
 const SECTIONS: &[&str] = &[
     "billing",
+    "outbound",
     "catalog",
     "gateway",
     "control",
@@ -40,6 +41,44 @@ pub struct PeageConfig {
     pub metrics: MetricsSection,
     pub oauth: OAuthSection,
     pub billing: BillingSection,
+    pub outbound: OutboundSection,
+}
+
+/// What URLs registered through the control API (partner issuers' JWKS, webhook endpoints)
+/// may reach: docs/security.md, "Outbound calls".
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundSection {
+    /// Also allow `http://` URLs (https only by default).
+    pub allow_http: bool,
+    /// Addresses or CIDR blocks allowed although not public: a private identity provider
+    /// (`["10.20.0.0/16"]`).
+    pub allow_private: Vec<String>,
+}
+
+impl OutboundSection {
+    pub fn policy(&self) -> anyhow::Result<std::sync::Arc<peage_net::OutboundPolicy>> {
+        Ok(std::sync::Arc::new(peage_net::OutboundPolicy::new(
+            self.allow_http,
+            ip_blocks("outbound.allow_private", &self.allow_private)?,
+        )))
+    }
+}
+
+/// Addresses and CIDR blocks of a list setting (`10.0.0.0/8`, `2001:db8::1`), or an error
+/// naming the setting and the entry.
+fn ip_blocks(key: &str, list: &[String]) -> anyhow::Result<Vec<ipnet::IpNet>> {
+    list.iter()
+        .map(|p| {
+            p.parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "{key}: {p:?} is neither an IP address nor a CIDR block (10.0.0.0/8)"
+                    )
+                })
+        })
+        .collect()
 }
 
 /// Péage's own access tokens: the same on billing (which issues them) and gateways (which
@@ -170,19 +209,7 @@ impl GatewaySection {
         if self.credential_failures_per_minute == 0 {
             bail!("gateway.credential_failures_per_minute must be more than 0");
         }
-        let trusted_proxies = self
-            .trusted_proxies
-            .iter()
-            .map(|p| {
-                p.parse::<ipnet::IpNet>()
-                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| {
-                        anyhow::anyhow!(
-                            "gateway.trusted_proxies: {p:?} is neither an IP address nor a CIDR block (10.0.0.0/8)"
-                        )
-                    })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let trusted_proxies = ip_blocks("gateway.trusted_proxies", &self.trusted_proxies)?;
         Ok(peage_gateway::GatewayConfig {
             gateway_id: self.id.clone(),
             upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
@@ -515,6 +542,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing.toml"), "{e}");
+    }
+
+    #[test]
+    fn the_outbound_policy_is_strict_unless_the_environment_opens_it() {
+        let strict: OutboundSection = section_from_env("outbound", Vec::new()).unwrap();
+        let p = strict.policy().unwrap();
+        assert!(p.check_url("http://127.0.0.1/jwks").is_err());
+        let env = [
+            ("PEAGE_OUTBOUND__ALLOW_HTTP", "true"),
+            (
+                "PEAGE_OUTBOUND__ALLOW_PRIVATE",
+                "[\"127.0.0.1\", \"10.20.0.0/16\"]",
+            ),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let open: OutboundSection = section_from_env("outbound", env).unwrap();
+        let p = open.policy().unwrap();
+        assert!(p.check_url("http://127.0.0.1/jwks").is_ok());
+        assert!(p.check_url("http://10.20.1.1/jwks").is_ok());
+        assert!(p.check_url("http://127.0.0.2/jwks").is_err());
+        let bad = OutboundSection {
+            allow_private: vec!["idp.internal".into()],
+            ..Default::default()
+        };
+        let e = bad.policy().unwrap_err().to_string();
+        assert!(
+            e.contains("outbound.allow_private") && e.contains("idp.internal"),
+            "{e}"
+        );
     }
 
     #[test]

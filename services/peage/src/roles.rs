@@ -77,10 +77,11 @@ pub async fn gateway(
         Arc::new(StoreKeys(billing)),
         Duration::from_millis(config.gateway.key_cache_ttl_ms),
     );
-    let gateway_config = config.gateway.gateway_config(crate::up::jwt_config(
+    let mut gateway_config = config.gateway.gateway_config(crate::up::jwt_config(
         &config.oauth.config(),
         &config.gateway.billing_url,
     ))?;
+    gateway_config.outbound.partner_urls = config.outbound.policy()?;
     let authority = HttpQuotaAuthority::new(
         &config.gateway.billing_url,
         &config.control.token()?,
@@ -258,8 +259,11 @@ pub async fn billing(
         usage,
         token,
         None,
-        config.oauth.config(),
-        config.billing.issuer()?,
+        peage_billing::ControlSettings {
+            oauth: config.oauth.config(),
+            issuer: config.billing.issuer()?,
+            outbound: config.outbound.policy()?,
+        },
     );
     api.set_api_docs(crate::up::api_docs(&catalog, &config.catalog.path)?);
     api.invoicing
@@ -272,6 +276,7 @@ pub async fn billing(
         store,
         config.billing.retry_schedule(),
         std::time::Duration::from_millis(config.billing.webhook_poll_ms),
+        config.outbound.policy()?,
         async move {
             let mut rx = stop_rx;
             let _ = rx.wait_for(|s| *s).await;

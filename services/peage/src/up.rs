@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use async_trait::async_trait;
 use peage_aggregator::{Aggregator, AggregatorConfig, DeadLetterFile};
-use peage_billing::{provisioning, ApiDocs, ControlApi, OAuthConfig};
+use peage_billing::{provisioning, ApiDocs, ControlApi, ControlSettings, OAuthConfig};
 use peage_billing_store::{BillingStore, DashboardRole, SqliteBillingStore};
 use peage_core::ids::api_key;
 use peage_core::quota::{Lease, LeaseRequest};
@@ -388,14 +388,22 @@ pub async fn run(
     let control_url = format!("http://{}", control_listener.local_addr()?);
     let oauth = OAuthConfig::default();
     let billing_config = crate::config::BillingSection::from_env(std::env::vars())?;
+    let outbound = crate::config::section_from_env::<crate::config::OutboundSection>(
+        "outbound",
+        std::env::vars(),
+    )?
+    .policy()?;
     let control = ControlApi::new(
         Arc::clone(&catalog),
         Arc::clone(&billing),
         usage.clone(),
         token.clone(),
         Some(on_revoke),
-        oauth.clone(),
-        billing_config.issuer()?,
+        ControlSettings {
+            oauth: oauth.clone(),
+            issuer: billing_config.issuer()?,
+            outbound: Arc::clone(&outbound),
+        },
     );
     control.set_api_docs(api_docs(&catalog, &catalog_path)?);
     control
@@ -407,6 +415,7 @@ pub async fn run(
         Arc::clone(&billing),
         billing_config.retry_schedule(),
         Duration::from_millis(billing_config.webhook_poll_ms),
+        Arc::clone(&outbound),
         stopped(stop_rx.clone()),
     ));
     let quotas = Quotas::new(
@@ -423,12 +432,14 @@ pub async fn run(
     section.upstream_timeout_ms = options.upstream_timeout_ms;
     section.max_request_body_bytes = options.max_request_body_bytes;
     section.upstream_ca_file = options.upstream_ca_file.clone();
+    let mut gateway_config = section.gateway_config(jwt_config(&oauth, &control_url))?;
+    gateway_config.outbound.partner_urls = outbound;
     let gateway = Gateway::new(
         Arc::clone(&catalog),
         keys,
         emitter.clone(),
         Some(quotas),
-        section.gateway_config(jwt_config(&oauth, &control_url))?,
+        gateway_config,
     );
     let gateway_server = GatewayServer::bind(gateway, options.gateway_listen)
         .with_context(|| format!("gateway cannot listen on {}", options.gateway_listen))?;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use peage_billing::invoicing::Issuer;
-use peage_billing::{ControlApi, OAuthConfig};
+use peage_billing::{ControlApi, ControlSettings, OAuthConfig};
 use peage_billing_store::{BillingStore, SqliteBillingStore};
 use peage_core::{CallEvent, Catalog, Env};
 use peage_usage_store::SqliteUsageStore;
@@ -22,8 +22,22 @@ pub struct Served {
     pub dir: tempfile::TempDir,
 }
 
-/// Parses `catalog`, opens the stores in a temporary directory and serves the control API.
+/// What the tests' webhook endpoints and identity providers need: http on loopback.
+pub fn loopback_policy() -> Arc<peage_net::OutboundPolicy> {
+    Arc::new(peage_net::OutboundPolicy::new(
+        true,
+        vec!["127.0.0.0/8".parse().unwrap()],
+    ))
+}
+
+/// Parses `catalog`, opens the stores in a temporary directory and serves the control API,
+/// letting outbound calls reach loopback ([`loopback_policy`]).
 pub async fn serve(catalog: &str) -> Served {
+    serve_with(catalog, loopback_policy()).await
+}
+
+/// [`serve`] under another outbound policy.
+pub async fn serve_with(catalog: &str, outbound: Arc<peage_net::OutboundPolicy>) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let catalog = Arc::new(Catalog::parse("catalog.toml", catalog, &|_| None).unwrap());
     let store: Arc<dyn BillingStore> = Arc::new(
@@ -42,12 +56,15 @@ pub async fn serve(catalog: &str) -> Served {
         usage.clone(),
         TOKEN.into(),
         None,
-        OAuthConfig::default(),
-        Issuer {
-            name: "Acme APIs SAS".into(),
-            address: vec!["1 rue de la Paix".into(), "75002 Paris".into()],
-            tax_id: Some("FR12345678901".into()),
-            prefix: "PEAGE".into(),
+        ControlSettings {
+            oauth: OAuthConfig::default(),
+            issuer: Issuer {
+                name: "Acme APIs SAS".into(),
+                address: vec!["1 rue de la Paix".into(), "75002 Paris".into()],
+                tax_id: Some("FR12345678901".into()),
+                prefix: "PEAGE".into(),
+            },
+            outbound,
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
