@@ -1454,3 +1454,90 @@ async fn grpc_to_a_tls_upstream_signed_by_a_private_ca() {
         ]
     );
 }
+
+/// Signing seeds are sealed in billing.db with `<data-dir>/secrets.key`; `peage secrets rotate`
+/// is refused while `peage up` runs, and afterwards replaces the key, reseals every secret and
+/// deletes the old key: the next start serves the same signing keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_secrets_are_sealed_and_the_key_rotates_from_the_cli() {
+    use peage_billing_store::BillingStore;
+    let (_dir, data) = temp_dir();
+    let jwks = |p: &Peage| {
+        let url = format!("{}/.well-known/jwks.json", p.s("control_url"));
+        async move {
+            let v: Value = client()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["keys"].clone()
+        }
+    };
+    let p = Peage::start(&data);
+    let before = jwks(&p).await;
+    assert_eq!(before.as_array().unwrap().len(), 1, "{before}");
+    let store = peage_billing_store::SqliteBillingStore::open(&data.join("billing.db"))
+        .await
+        .unwrap();
+    let seeds: Vec<String> = store
+        .signing_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.seed)
+        .collect();
+    assert!(seeds.iter().all(|s| s.starts_with("enc:v1:")), "{seeds:?}");
+    let rotate = || {
+        Command::new(env!("CARGO_BIN_EXE_peage"))
+            .args(["secrets", "rotate", "--data-dir"])
+            .arg(&data)
+            .env("PEAGE_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let busy = rotate();
+    assert!(!busy.status.success());
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("in use by a running `peage up`"),
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
+    p.interrupt();
+    let old_key = std::fs::read_to_string(data.join("secrets.key")).unwrap();
+    let done = rotate();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(String::from_utf8_lossy(&done.stdout).contains("1 secrets sealed with the new key"));
+    assert_ne!(
+        std::fs::read_to_string(data.join("secrets.key")).unwrap(),
+        old_key
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("secrets.") && n != "secrets.key")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let resealed: Vec<String> = store
+        .signing_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.seed)
+        .collect();
+    assert_ne!(resealed, seeds);
+    let p = Peage::start(&data);
+    assert_eq!(
+        jwks(&p).await,
+        before,
+        "the same signing key, opened with the new KEK"
+    );
+    p.interrupt();
+}

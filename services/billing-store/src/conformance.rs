@@ -388,6 +388,28 @@ async fn webhooks_are_queued_once_per_event_and_logged(s: &dyn BillingStore) {
         .await
         .unwrap();
     }
+    s.replace_webhook_secret("ep_b", "enc:v1:x:b")
+        .await
+        .unwrap();
+    let secrets: Vec<(String, String)> = s
+        .webhook_endpoints()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.id, e.secret))
+        .collect();
+    assert!(
+        secrets.contains(&("ep_b".into(), "enc:v1:x:b".into())),
+        "{secrets:?}"
+    );
+    assert!(
+        secrets.contains(&("ep_a".into(), "whsec_x".into())),
+        "{secrets:?}"
+    );
+    assert!(matches!(
+        s.replace_webhook_secret("ep_none", "x").await,
+        Err(BillingStoreError::NotFound { .. })
+    ));
     let mut n = 0;
     let mut ids = std::iter::from_fn(move || {
         n += 1;
@@ -621,6 +643,18 @@ async fn signing_keys_rotate_and_issuers_belong_to_one_partner(s: &dyn BillingSt
     assert_eq!((keys[0].kid.as_str(), keys[0].retired_at), ("k2", None));
     assert_eq!((keys[1].kid.as_str(), keys[1].retired_at), ("k1", Some(t1)));
     assert_eq!(keys[1].seed, "seed-k1");
+    // Re-encryption replaces a seed and nothing else.
+    s.replace_signing_seed("k1", "enc:v1:x:k1").await.unwrap();
+    let keys = s.signing_keys().await.unwrap();
+    assert_eq!(
+        (keys[1].seed.as_str(), keys[1].retired_at),
+        ("enc:v1:x:k1", Some(t1))
+    );
+    assert_eq!(keys[0].seed, "seed-k2");
+    assert!(matches!(
+        s.replace_signing_seed("k9", "x").await,
+        Err(BillingStoreError::NotFound { .. })
+    ));
 
     let found = s.key("key_t").await.unwrap().unwrap();
     assert_eq!(found.env, Env::Sandbox);

@@ -217,6 +217,12 @@ pub trait LedgerStore: Send + Sync + 'static {
 
     async fn add_webhook_endpoint(&self, ep: &WebhookEndpoint) -> Result<(), BillingStoreError>;
     async fn webhook_endpoints(&self) -> Result<Vec<WebhookEndpoint>, BillingStoreError>;
+    /// Replaces an endpoint's stored secret with the same secret in another form (encrypted, or
+    /// under a new key-encryption key); `NotFound` for an unknown endpoint.
+    async fn replace_webhook_secret(&self, id: &str, secret: &str)
+        -> Result<(), BillingStoreError>;
+    /// Replaces a signing key's stored seed, likewise.
+    async fn replace_signing_seed(&self, kid: &str, seed: &str) -> Result<(), BillingStoreError>;
     /// Queues `payload` for every active endpoint subscribed to `event_type`, once per
     /// `event_key`; returns how many deliveries were queued.
     async fn enqueue_webhook(
@@ -944,6 +950,44 @@ macro_rules! ledger_store {
                     .bind(ep.disabled_at.map(ts))
                     .execute(&self.pool)
                     .await?;
+                    Ok(())
+                }
+
+                async fn replace_webhook_secret(
+                    &self,
+                    id: &str,
+                    secret: &str,
+                ) -> Result<(), $crate::BillingStoreError> {
+                    let done = sqlx::query("UPDATE webhook_endpoints SET secret = $1 WHERE id = $2")
+                        .bind(secret)
+                        .bind(id)
+                        .execute(&self.pool)
+                        .await?;
+                    if done.rows_affected() == 0 {
+                        return Err($crate::BillingStoreError::NotFound {
+                            what: "webhook endpoint",
+                            id: id.to_string(),
+                        });
+                    }
+                    Ok(())
+                }
+
+                async fn replace_signing_seed(
+                    &self,
+                    kid: &str,
+                    seed: &str,
+                ) -> Result<(), $crate::BillingStoreError> {
+                    let done = sqlx::query("UPDATE signing_keys SET seed = $1 WHERE kid = $2")
+                        .bind(seed)
+                        .bind(kid)
+                        .execute(&self.pool)
+                        .await?;
+                    if done.rows_affected() == 0 {
+                        return Err($crate::BillingStoreError::NotFound {
+                            what: "signing key",
+                            id: kid.to_string(),
+                        });
+                    }
                     Ok(())
                 }
 

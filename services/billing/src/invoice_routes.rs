@@ -391,10 +391,12 @@ pub async fn add_webhook(State(api): Api, raw: Bytes) -> Result<Response, ApiErr
             )));
         }
     }
+    let id = WebhookEndpointId::from_random(rand::random()).to_string();
+    let secret = crate::webhooks::new_secret();
     let ep = WebhookEndpoint {
-        id: WebhookEndpointId::from_random(rand::random()).to_string(),
+        secret: api.secrets.seal(&crate::secrets::webhook_row(&id), &secret),
+        id,
         url: req.url,
-        secret: crate::webhooks::new_secret(),
         events: req.events,
         created_at: Utc::now(),
         disabled_at: None,
@@ -402,7 +404,7 @@ pub async fn add_webhook(State(api): Api, raw: Bytes) -> Result<Response, ApiErr
     api.store.add_webhook_endpoint(&ep).await?;
     let mut r = (
         StatusCode::CREATED,
-        Json(json!({ "id": ep.id, "url": ep.url, "events": ep.events, "secret": ep.secret, "created_at": ep.created_at })),
+        Json(json!({ "id": ep.id, "url": ep.url, "events": ep.events, "secret": secret, "created_at": ep.created_at })),
     )
         .into_response();
     r.headers_mut()

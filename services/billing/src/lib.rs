@@ -12,6 +12,7 @@ pub mod pdf;
 pub mod provisioning;
 mod quota;
 mod routes;
+pub mod secrets;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -40,6 +41,7 @@ pub struct ControlApi {
     pub(crate) oauth: OAuthConfig,
     /// What partner issuers' JWKS URLs and webhook endpoints may point at.
     pub(crate) outbound: Arc<peage_net::OutboundPolicy>,
+    pub(crate) secrets: Arc<secrets::SecretBox>,
     pub invoicing: invoicing::Invoicing,
     /// Each API version's OpenAPI document, by (api, version), as the catalog names them.
     pub(crate) api_docs: std::sync::RwLock<ApiDocs>,
@@ -55,6 +57,8 @@ pub struct ControlSettings {
     pub issuer: invoicing::Issuer,
     /// What registered JWKS URLs and webhook endpoints may point at.
     pub outbound: Arc<peage_net::OutboundPolicy>,
+    /// Seals signing seeds and webhook secrets in the store.
+    pub secrets: Arc<secrets::SecretBox>,
 }
 
 /// OpenAPI documents of API versions, keyed by (api, version).
@@ -81,6 +85,7 @@ impl ControlApi {
             oauth,
             issuer,
             outbound,
+            secrets,
         } = settings;
         let invoicing = invoicing::Invoicing {
             catalog: Arc::clone(&catalog),
@@ -97,6 +102,7 @@ impl ControlApi {
             on_revoke,
             oauth,
             outbound,
+            secrets,
             api_docs: Default::default(),
             failures: peage_core::throttle::FailureLimiter::standard(),
         })

@@ -18,6 +18,8 @@ use chrono::{DateTime, Utc};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use peage_billing_store::{SigningKey, TrustedIssuer};
+
+use crate::secrets::{signing_row, SecretBox};
 use peage_core::ids::{api_key, IssuerId};
 use peage_core::Env;
 use rand::RngCore;
@@ -66,9 +68,13 @@ const ED25519_PKCS8_PREFIX: [u8; 16] = [
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
 
-fn seed_of(key: &SigningKey) -> Result<[u8; 32], ApiError> {
+/// The seed of a stored key, opened with the key-encryption key.
+fn seed_of(secrets: &SecretBox, key: &SigningKey) -> Result<[u8; 32], ApiError> {
+    let stored = secrets
+        .open(&signing_row(&key.kid), &key.seed)
+        .map_err(|e| ApiError::Internal(format!("signing key {}: {e}", key.kid)))?;
     URL_SAFE_NO_PAD
-        .decode(&key.seed)
+        .decode(stored)
         .ok()
         .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
         .ok_or_else(|| ApiError::Internal(format!("signing key {} is unreadable", key.kid)))
@@ -79,14 +85,16 @@ fn public_x(seed: &[u8; 32]) -> String {
     URL_SAFE_NO_PAD.encode(public.to_bytes())
 }
 
-fn new_signing_key(now: DateTime<Utc>) -> SigningKey {
+/// A new signing key, its seed sealed for the store.
+fn new_signing_key(secrets: &SecretBox, now: DateTime<Utc>) -> SigningKey {
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
     let x = public_x(&seed);
     let digest = <sha2::Sha256 as sha2::Digest>::digest(x.as_bytes());
+    let kid = format!("pk-{}-{}", now.format("%Y%m%d"), &hex::encode(digest)[..12]);
     SigningKey {
-        kid: format!("pk-{}-{}", now.format("%Y%m%d"), &hex::encode(digest)[..12]),
-        seed: URL_SAFE_NO_PAD.encode(seed),
+        seed: secrets.seal(&signing_row(&kid), &URL_SAFE_NO_PAD.encode(seed)),
+        kid,
         created_at: now,
         retired_at: None,
     }
@@ -99,7 +107,7 @@ impl ControlApi {
         if let Some(k) = keys.into_iter().find(|k| k.retired_at.is_none()) {
             return Ok(k);
         }
-        let key = new_signing_key(Utc::now());
+        let key = new_signing_key(&self.secrets, Utc::now());
         self.store.rotate_signing_key(&key).await?;
         tracing::info!(kid = %key.kid, "first token-signing key created");
         Ok(key)
@@ -252,7 +260,7 @@ async fn issue(
         }
     };
     let signing = api.active_signing_key().await.map_err(internal)?;
-    let seed = seed_of(&signing).map_err(internal)?;
+    let seed = seed_of(&api.secrets, &signing).map_err(internal)?;
     let mut der = ED25519_PKCS8_PREFIX.to_vec();
     der.extend_from_slice(&seed);
     let now = Utc::now().timestamp();
@@ -299,7 +307,7 @@ pub async fn jwks(State(api): State<Arc<ControlApi>>) -> Result<Response, ApiErr
         if k.retired_at.is_some_and(|r| r < horizon) {
             continue;
         }
-        let x = public_x(&seed_of(&k)?);
+        let x = public_x(&seed_of(&api.secrets, &k)?);
         keys.push(json!({ "kty": "OKP", "crv": "Ed25519", "x": x, "kid": k.kid, "alg": "EdDSA", "use": "sig" }));
     }
     let mut r = Json(json!({ "keys": keys })).into_response();
@@ -318,7 +326,7 @@ pub async fn jwks(State(api): State<Arc<ControlApi>>) -> Result<Response, ApiErr
     responses((status = 201, description = "The new signing key", body = Object), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden)),
     security(("admin" = []), ("session" = [])))]
 pub async fn rotate(State(api): State<Arc<ControlApi>>) -> Result<Response, ApiError> {
-    let key = new_signing_key(Utc::now());
+    let key = new_signing_key(&api.secrets, Utc::now());
     api.store.rotate_signing_key(&key).await?;
     tracing::info!(kid = %key.kid, "token-signing key rotated");
     Ok((

@@ -18,6 +18,7 @@ use peage_billing_store::{Attempt, BillingStore, WebhookDelivery, WebhookEndpoin
 use peage_core::WebhookMessageId;
 use sha2::Sha256;
 
+use crate::secrets::{webhook_row, SecretBox};
 use crate::ApiError;
 
 /// The event types Péage sends.
@@ -121,12 +122,16 @@ fn delivery_error(e: &hyper_util::client::legacy::Error) -> String {
 
 async fn deliver(
     client: &HttpsClient,
+    secrets: &SecretBox,
     d: &WebhookDelivery,
     ep: &WebhookEndpoint,
     now: DateTime<Utc>,
 ) -> Result<i64, (Option<i64>, String)> {
     let ts = now.timestamp();
-    let signature = sign(&ep.secret, &d.id, ts, &d.payload).map_err(|e| (None, e))?;
+    let secret = secrets
+        .open(&webhook_row(&ep.id), &ep.secret)
+        .map_err(|e| (None, format!("the endpoint's secret: {e}")))?;
+    let signature = sign(&secret, &d.id, ts, &d.payload).map_err(|e| (None, e))?;
     let req = http::Request::post(&ep.url)
         .header("content-type", "application/json")
         .header("user-agent", "peage-webhooks/1")
@@ -150,15 +155,29 @@ async fn deliver(
     }
 }
 
-/// Sends due deliveries until `shutdown` resolves, polling every `poll`, to endpoints the
-/// outbound `policy` allows.
+/// How the webhook worker sends.
+pub struct WorkerSettings {
+    pub schedule: RetrySchedule,
+    /// How often due deliveries are looked for.
+    pub poll: Duration,
+    /// Where deliveries may go.
+    pub policy: Arc<peage_net::OutboundPolicy>,
+    /// Opens the endpoints' secrets.
+    pub secrets: Arc<SecretBox>,
+}
+
+/// Sends due deliveries until `shutdown` resolves.
 pub async fn run_worker(
     store: Arc<dyn BillingStore>,
-    schedule: RetrySchedule,
-    poll: Duration,
-    policy: Arc<peage_net::OutboundPolicy>,
+    settings: WorkerSettings,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
+    let WorkerSettings {
+        schedule,
+        poll,
+        policy,
+        secrets,
+    } = settings;
     let client = match client(policy) {
         Ok(c) => c,
         Err(e) => {
@@ -182,7 +201,7 @@ pub async fn run_worker(
         };
         for (d, ep) in due {
             let at = Utc::now();
-            let attempt = match deliver(&client, &d, &ep, at).await {
+            let attempt = match deliver(&client, &secrets, &d, &ep, at).await {
                 Ok(status) => Attempt::Delivered { status },
                 Err((status, error)) => match schedule.0.get(d.attempts as usize) {
                     Some(wait) => Attempt::Retry {

@@ -161,9 +161,12 @@ async fn an_invoice_goes_from_draft_to_finalized_and_late_usage_lands_on_the_nex
     assert_eq!(s, 400, "{bad}");
     tokio::spawn(peage_billing::webhooks::run_worker(
         Arc::clone(&env.served.store),
-        peage_billing::webhooks::RetrySchedule(vec![Duration::from_millis(100)]),
-        Duration::from_millis(50),
-        support::loopback_policy(),
+        peage_billing::webhooks::WorkerSettings {
+            schedule: peage_billing::webhooks::RetrySchedule(vec![Duration::from_millis(100)]),
+            poll: Duration::from_millis(50),
+            policy: support::loopback_policy(),
+            secrets: support::secrets(),
+        },
         std::future::pending(),
     ));
 
@@ -543,9 +546,12 @@ async fn a_hard_quota_reached_sends_one_signed_webhook_retried_until_delivered()
     let secret = ep["secret"].as_str().unwrap().to_string();
     tokio::spawn(peage_billing::webhooks::run_worker(
         Arc::clone(&env.served.store),
-        peage_billing::webhooks::RetrySchedule(vec![Duration::from_millis(200)]),
-        Duration::from_millis(50),
-        support::loopback_policy(),
+        peage_billing::webhooks::WorkerSettings {
+            schedule: peage_billing::webhooks::RetrySchedule(vec![Duration::from_millis(200)]),
+            poll: Duration::from_millis(50),
+            policy: support::loopback_policy(),
+            secrets: support::secrets(),
+        },
         std::future::pending(),
     ));
 

@@ -557,9 +557,14 @@ async fn deliveries_are_checked_at_each_connection_and_logged_generically() {
     let worker = |policy| {
         tokio::spawn(peage_billing::webhooks::run_worker(
             std::sync::Arc::clone(&f.served.store),
-            peage_billing::webhooks::RetrySchedule(vec![std::time::Duration::from_secs(3600)]),
-            std::time::Duration::from_millis(20),
-            policy,
+            peage_billing::webhooks::WorkerSettings {
+                schedule: peage_billing::webhooks::RetrySchedule(vec![
+                    std::time::Duration::from_secs(3600),
+                ]),
+                poll: std::time::Duration::from_millis(20),
+                policy,
+                secrets: support::secrets(),
+            },
             std::future::pending(),
         ))
     };
@@ -616,4 +621,90 @@ async fn deliveries_are_checked_at_each_connection_and_logged_generically() {
     }
     open.abort();
     assert_eq!(errors, ["could not connect to the endpoint"]);
+}
+
+/// Signing-key seeds and webhook secrets used to be stored as they are. Now the store holds
+/// them sealed with the key-encryption key; values from before are sealed by the first start
+/// (`reseal_all`), and a rotation seals everything again under the new key.
+#[tokio::test]
+async fn secrets_are_sealed_at_rest_migrated_and_rotated() {
+    use peage_billing::secrets::{reseal_all, webhook_row, SecretBox};
+    let f = start().await;
+    let (s, created) = f
+        .admin(
+            "POST",
+            "/v1/webhooks",
+            Some(json!({"url": "https://hooks.example.com/in", "events": ["*"]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{created}");
+    let plain = created["secret"].as_str().unwrap().to_string();
+    assert!(plain.starts_with("whsec_"));
+    let (s, _) = f.admin("POST", "/v1/oauth/signing-keys/rotate", None).await;
+    assert_eq!(s, 201);
+    let store = f.served.store.as_ref();
+    let sealed = |v: &str| v.starts_with("enc:v1:");
+    let eps = store.webhook_endpoints().await.unwrap();
+    assert!(
+        sealed(&eps[0].secret) && !eps[0].secret.contains(&plain),
+        "{}",
+        eps[0].secret
+    );
+    let keys = store.signing_keys().await.unwrap();
+    assert!(keys.iter().all(|k| sealed(&k.seed)), "{keys:?}");
+
+    // A row from before encryption: plain, until the next start seals it.
+    let old = peage_billing_store::WebhookEndpoint {
+        id: "wh_legacy".into(),
+        url: "https://hooks.example.com/legacy".into(),
+        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+        events: vec!["*".into()],
+        created_at: Utc::now(),
+        disabled_at: None,
+    };
+    store.add_webhook_endpoint(&old).await.unwrap();
+    let first = support::secrets();
+    let done = reseal_all(store, &first).await.unwrap();
+    assert_eq!((done.resealed, done.current), (1, 2));
+    let stored = |id: &str| {
+        let id = id.to_string();
+        async move {
+            store
+                .webhook_endpoints()
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|e| e.id == id)
+                .unwrap()
+                .secret
+        }
+    };
+    let legacy = stored("wh_legacy").await;
+    assert!(sealed(&legacy));
+    assert_eq!(
+        first.open(&webhook_row("wh_legacy"), &legacy).unwrap(),
+        old.secret
+    );
+
+    // Rotation: the new key current, the old one previous; afterwards the old key alone
+    // opens nothing and the new one opens everything.
+    let rotated = SecretBox::new(&[9; 32], &[vec![7; 32]]).unwrap();
+    let done = reseal_all(store, &rotated).await.unwrap();
+    assert_eq!((done.resealed, done.current), (3, 0));
+    assert_eq!(
+        reseal_all(store, &rotated).await.unwrap().resealed,
+        0,
+        "idempotent"
+    );
+    let new_only = SecretBox::new(&[9; 32], &[]).unwrap();
+    let ep_id = created["id"].as_str().unwrap();
+    assert_eq!(
+        new_only
+            .open(&webhook_row(ep_id), &stored(ep_id).await)
+            .unwrap(),
+        plain
+    );
+    assert!(first
+        .open(&webhook_row(ep_id), &stored(ep_id).await)
+        .is_err());
 }

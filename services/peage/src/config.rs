@@ -15,6 +15,7 @@ use serde::Deserialize;
 const SECTIONS: &[&str] = &[
     "billing",
     "outbound",
+    "secrets",
     "catalog",
     "gateway",
     "control",
@@ -42,6 +43,47 @@ pub struct PeageConfig {
     pub oauth: OAuthSection,
     pub billing: BillingSection,
     pub outbound: OutboundSection,
+    pub secrets: SecretsSection,
+}
+
+/// The key-encryption key that seals signing seeds and webhook secrets in billing's database
+/// (docs/security.md, "Secrets at rest"): base64 of 32 bytes, in `key_file` (mode 0600) or
+/// `key` (`PEAGE_SECRETS__KEY`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsSection {
+    pub key: Option<String>,
+    pub key_file: Option<PathBuf>,
+    /// Keys values may still be sealed with, after a rotation, until `peage secrets rotate`.
+    pub previous_key_files: Vec<PathBuf>,
+}
+
+impl SecretsSection {
+    pub fn secret_box(&self) -> anyhow::Result<std::sync::Arc<peage_billing::secrets::SecretBox>> {
+        let read = |f: &PathBuf| {
+            std::fs::read_to_string(f).with_context(|| format!("secrets key file {}", f.display()))
+        };
+        let text = match (&self.key, &self.key_file) {
+            (Some(k), _) => k.clone(),
+            (None, Some(f)) => read(f)?,
+            (None, None) => bail!(
+                "set secrets.key_file (or PEAGE_SECRETS__KEY): the key that encrypts signing keys and webhook secrets in billing's database; `peage secrets new-key` prints one"
+            ),
+        };
+        let parse = |t: &str, what: &str| {
+            peage_billing::secrets::parse_key(t).map_err(|e| anyhow::anyhow!("{what}: {e}"))
+        };
+        let current = parse(&text, "secrets.key")?;
+        let previous = self
+            .previous_key_files
+            .iter()
+            .map(|f| parse(&read(f)?, &f.display().to_string()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(std::sync::Arc::new(
+            peage_billing::secrets::SecretBox::new(&current, &previous)
+                .map_err(|e| anyhow::anyhow!("secrets: {e}"))?,
+        ))
+    }
 }
 
 /// What URLs registered through the control API (partner issuers' JWKS, webhook endpoints)
@@ -488,6 +530,14 @@ pub fn load(
     if let Some(f) = &mut config.control.admin_token_file {
         resolve(f);
     }
+    if let Some(f) = &mut config.secrets.key_file {
+        resolve(f);
+    }
+    config
+        .secrets
+        .previous_key_files
+        .iter_mut()
+        .for_each(resolve);
     Ok(config)
 }
 

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod invoice_cli;
 pub mod metrics;
 pub mod roles;
+pub mod secrets_cli;
 pub mod sign_in_cli;
 pub mod up;
 

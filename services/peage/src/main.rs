@@ -37,6 +37,9 @@ enum Command {
     Invoice(peage::invoice_cli::InvoiceCommand),
     /// Print a one-time dashboard sign-in link (15 minutes) for a partner or for finance.
     SignInLink(peage::sign_in_cli::SignInLinkCommand),
+    /// The key that encrypts stored signing keys and webhook secrets: `new-key`, `rotate`.
+    #[command(subcommand)]
+    Secrets(peage::secrets_cli::SecretsCommand),
     /// Serve the built-in demo API on its own (the upstream that `peage up --demo` uses).
     DemoUpstream {
         #[arg(
@@ -108,6 +111,7 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Invoice(c) => peage::invoice_cli::run(c).await,
         Command::SignInLink(c) => peage::sign_in_cli::run(c).await,
+        Command::Secrets(c) => peage::secrets_cli::run(c).await,
         Command::DemoUpstream { listen } => {
             peage::demo::serve_standalone(listen, peage::shutdown_signal()).await
         }

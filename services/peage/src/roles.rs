@@ -251,6 +251,8 @@ pub async fn billing(
 ) -> anyhow::Result<()> {
     let catalog = Arc::new(load_catalog(&config.catalog.path, None)?);
     let store: Arc<dyn BillingStore> = Arc::new(postgres(config).await?);
+    let secrets = config.secrets.secret_box()?;
+    crate::secrets_cli::reseal(store.as_ref(), &secrets).await?;
     let usage = Arc::new(clickhouse(config).await?);
     let token = config.control.token()?;
     let api = ControlApi::new(
@@ -263,6 +265,7 @@ pub async fn billing(
             oauth: config.oauth.config(),
             issuer: config.billing.issuer()?,
             outbound: config.outbound.policy()?,
+            secrets: Arc::clone(&secrets),
         },
     );
     api.set_api_docs(crate::up::api_docs(&catalog, &config.catalog.path)?);
@@ -274,9 +277,12 @@ pub async fn billing(
     let metrics_stop = stop_rx.clone();
     let webhooks = tokio::spawn(peage_billing::webhooks::run_worker(
         store,
-        config.billing.retry_schedule(),
-        std::time::Duration::from_millis(config.billing.webhook_poll_ms),
-        config.outbound.policy()?,
+        peage_billing::webhooks::WorkerSettings {
+            schedule: config.billing.retry_schedule(),
+            poll: std::time::Duration::from_millis(config.billing.webhook_poll_ms),
+            policy: config.outbound.policy()?,
+            secrets,
+        },
         async move {
             let mut rx = stop_rx;
             let _ = rx.wait_for(|s| *s).await;

@@ -183,7 +183,7 @@ impl QuotaAuthority for InProcessQuotas {
     }
 }
 
-fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut options = std::fs::OpenOptions::new();
@@ -197,6 +197,28 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     f.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// Held for as long as `peage up` runs on `dir`: a second `peage up`, or a key rotation, on
+/// the same directory is refused rather than racing it. The OS releases it if the process dies.
+pub(crate) fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("peage.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{} is in use by a running `peage up`; stop it first",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
 }
 
 fn admin_token(options: &UpOptions) -> anyhow::Result<String> {
@@ -301,6 +323,7 @@ pub async fn run(
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700));
     }
+    let _lock = lock_data_dir(data_dir)?;
 
     // One shutdown signal fans out to every server.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -348,6 +371,8 @@ pub async fn run(
             .await
             .context("opening billing.db")?,
     );
+    let secrets = crate::secrets_cli::embedded_secrets(data_dir)?;
+    crate::secrets_cli::reseal(billing.as_ref(), &secrets).await?;
     let usage = Arc::new(
         SqliteUsageStore::open(&data_dir.join("usage.db"))
             .await
@@ -403,6 +428,7 @@ pub async fn run(
             oauth: oauth.clone(),
             issuer: billing_config.issuer()?,
             outbound: Arc::clone(&outbound),
+            secrets: Arc::clone(&secrets),
         },
     );
     control.set_api_docs(api_docs(&catalog, &catalog_path)?);
@@ -413,9 +439,12 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("recording plan versions: {e}"))?;
     let webhooks = tokio::spawn(peage_billing::webhooks::run_worker(
         Arc::clone(&billing),
-        billing_config.retry_schedule(),
-        Duration::from_millis(billing_config.webhook_poll_ms),
-        Arc::clone(&outbound),
+        peage_billing::webhooks::WorkerSettings {
+            schedule: billing_config.retry_schedule(),
+            poll: Duration::from_millis(billing_config.webhook_poll_ms),
+            policy: Arc::clone(&outbound),
+            secrets,
+        },
         stopped(stop_rx.clone()),
     ));
     let quotas = Quotas::new(

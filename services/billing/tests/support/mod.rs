@@ -22,6 +22,11 @@ pub struct Served {
     pub dir: tempfile::TempDir,
 }
 
+/// A key-encryption key for the tests' stores.
+pub fn secrets() -> Arc<peage_billing::secrets::SecretBox> {
+    Arc::new(peage_billing::secrets::SecretBox::new(&[7; 32], &[]).unwrap())
+}
+
 /// What the tests' webhook endpoints and identity providers need: http on loopback.
 pub fn loopback_policy() -> Arc<peage_net::OutboundPolicy> {
     Arc::new(peage_net::OutboundPolicy::new(
@@ -65,6 +70,7 @@ pub async fn serve_with(catalog: &str, outbound: Arc<peage_net::OutboundPolicy>)
                 prefix: "PEAGE".into(),
             },
             outbound,
+            secrets: secrets(),
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
