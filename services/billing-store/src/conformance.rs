@@ -33,8 +33,85 @@ pub async fn run_all(s: &dyn BillingStore) {
     plan_versions_and_profiles_are_kept(s).await;
     webhooks_are_queued_once_per_event_and_logged(s).await;
     sign_in_links_are_used_once_and_sessions_end(s).await;
+    idempotency_keys_are_claimed_once_answered_and_expire(s).await;
     // Last: it leaves a balance that cannot be summed.
     sums_of_stored_credits_that_overflow_are_errors_not_panics(s).await;
+}
+
+async fn idempotency_keys_are_claimed_once_answered_and_expire(s: &dyn BillingStore) {
+    use crate::idempotency::{ClaimOutcome, IdempotencyClaim, KeptAnswer};
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 3, 0, 0, 0).unwrap();
+    let claim = |scope: &str, key: &str, hash: &str, at| IdempotencyClaim {
+        scope: scope.into(),
+        key: key.into(),
+        request_hash: hash.into(),
+        at,
+    };
+    let c = claim("admin", "k1", "h1", t0);
+    assert_eq!(
+        s.claim_idempotency_key(&c).await.unwrap(),
+        ClaimOutcome::Claimed
+    );
+    assert_eq!(
+        s.claim_idempotency_key(&claim("admin", "k1", "h2", t0))
+            .await
+            .unwrap(),
+        ClaimOutcome::InFlight {
+            request_hash: "h1".into()
+        }
+    );
+    // Another caller's key of the same name is its own.
+    assert_eq!(
+        s.claim_idempotency_key(&claim("partner:prt_a", "k1", "h1", t0))
+            .await
+            .unwrap(),
+        ClaimOutcome::Claimed
+    );
+    let answer = KeptAnswer {
+        status: 201,
+        content_type: Some("application/json".into()),
+        body: "{\"id\":\"x\"}".into(),
+    };
+    s.complete_idempotency_key("admin", "k1", &answer)
+        .await
+        .unwrap();
+    let later = t0 + Duration::hours(23);
+    assert_eq!(
+        s.claim_idempotency_key(&claim("admin", "k1", "h1", later))
+            .await
+            .unwrap(),
+        ClaimOutcome::Answered {
+            request_hash: "h1".into(),
+            answer: answer.clone()
+        }
+    );
+    // After 24 hours the key is new again.
+    let next_day = t0 + Duration::hours(25);
+    assert_eq!(
+        s.claim_idempotency_key(&claim("admin", "k1", "h3", next_day))
+            .await
+            .unwrap(),
+        ClaimOutcome::Claimed
+    );
+    // Released (a server error): a retry runs afresh; a claim abandoned for a minute too.
+    s.release_idempotency_key("admin", "k1").await.unwrap();
+    assert_eq!(
+        s.claim_idempotency_key(&claim("admin", "k1", "h3", next_day))
+            .await
+            .unwrap(),
+        ClaimOutcome::Claimed
+    );
+    assert_eq!(
+        s.claim_idempotency_key(&claim(
+            "admin",
+            "k1",
+            "h3",
+            next_day + Duration::seconds(61)
+        ))
+        .await
+        .unwrap(),
+        ClaimOutcome::Claimed
+    );
 }
 
 /// Rows stored before amounts were bounded (a credit of `Decimal::MAX` was once accepted) make

@@ -4,6 +4,7 @@
 
 #[doc(hidden)]
 pub mod conformance;
+pub mod idempotency;
 pub mod ledger;
 pub mod postgres;
 pub mod sqlite;
@@ -16,6 +17,7 @@ use peage_core::Env;
 use rust_decimal::Decimal;
 use serde::Serialize;
 
+pub use idempotency::{ClaimOutcome, IdempotencyClaim, IdempotencyStore, KeptAnswer};
 pub use ledger::{
     Attempt, BillingProfile, CreditEntry, DashboardGrant, DashboardRole, DraftOutcome,
     InvoiceFilter, LedgerStore, WebhookDelivery, WebhookEndpoint,
@@ -162,7 +164,7 @@ fn decide_grant(
 }
 
 #[async_trait]
-pub trait BillingStore: LedgerStore + Send + Sync + 'static {
+pub trait BillingStore: LedgerStore + IdempotencyStore + Send + Sync + 'static {
     async fn create_partner(
         &self,
         id: &str,

@@ -415,3 +415,4 @@ async fn grant_rows(
 }
 
 crate::ledger::ledger_store!(PostgresBillingStore, sqlx::Postgres, "BEGIN");
+crate::idempotency::idempotency_store!(PostgresBillingStore);

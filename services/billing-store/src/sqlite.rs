@@ -479,3 +479,4 @@ mod tests {
 }
 
 crate::ledger::ledger_store!(SqliteBillingStore, sqlx::Sqlite, "BEGIN IMMEDIATE");
+crate::idempotency::idempotency_store!(SqliteBillingStore);

@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod error;
+mod idempotency;
 pub mod invoice_routes;
 pub mod invoicing;
 pub mod oauth;
@@ -152,8 +153,13 @@ impl ControlApi {
             .routes(routes!(routes::upcoming_invoice))
             .routes(routes!(inv::list))
             .routes(routes!(inv::get));
+        // Layers run outside in: authentication, then Idempotency-Key (which needs the caller).
         let v1 = staff
             .merge(shared)
+            .route_layer(middleware::from_fn_with_state(
+                Arc::clone(self),
+                idempotency::idempotent,
+            ))
             .route_layer(middleware::from_fn_with_state(
                 Arc::clone(self),
                 auth::authenticate,
@@ -180,7 +186,9 @@ impl ControlApi {
     /// The OpenAPI 3.1 document of [`ControlApi::router`] (committed as
     /// `schemas/openapi/control-api.yaml`).
     pub fn openapi(self: &Arc<ControlApi>) -> utoipa::openapi::OpenApi {
-        self.routes().split_for_parts().1
+        let mut doc = self.routes().split_for_parts().1;
+        openapi::document_idempotency(&mut doc);
+        doc
     }
 }
 

@@ -112,3 +112,31 @@ pub(crate) fn base() -> utoipa::openapi::OpenApi {
     doc.info.version = "1".into();
     doc
 }
+
+/// Adds the optional `Idempotency-Key` header (crate::idempotency) to every `/v1` POST.
+pub(crate) fn document_idempotency(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    use utoipa::openapi::{ObjectBuilder, Required, Type};
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let Some(post) = item.post.as_mut().filter(|_| path.starts_with("/v1/")) else {
+            continue;
+        };
+        let parameter = ParameterBuilder::new()
+            .name("Idempotency-Key")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some(
+                "Makes a retry safe: the first answer to this key is replayed for 24 hours \
+                 (`Idempotent-Replayed: true`); the key with another request is a 409.",
+            ))
+            .schema(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1))
+                    .max_length(Some(255))
+                    .pattern(Some("^[!-~]+$")),
+            ))
+            .build();
+        post.parameters.get_or_insert_with(Vec::new).push(parameter);
+    }
+}

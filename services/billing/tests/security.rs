@@ -708,3 +708,69 @@ async fn secrets_are_sealed_at_rest_migrated_and_rotated() {
         .open(&webhook_row(ep_id), &stored(ep_id).await)
         .is_err());
 }
+
+/// A POST retried with its Idempotency-Key is answered from the first time (one credit, not
+/// two); the key with another body is a 409; keys are per caller; a bad key is a 400.
+#[tokio::test]
+async fn idempotency_keys_make_retries_safe() {
+    let f = start().await;
+    let url = format!("{}/v1/partners/{PARTNER}/credits", f.base);
+    let credit = |key: &str, amount: &str| {
+        f.client
+            .post(&url)
+            .bearer_auth(TOKEN)
+            .header("idempotency-key", key)
+            .json(&json!({"amount": amount, "currency": "EUR", "description": "retried"}))
+    };
+    let (s1, h1, first) = f.send(credit("credit-0001", "10.00")).await;
+    assert_eq!(s1, 201, "{first}");
+    assert!(!h1.contains_key("idempotent-replayed"));
+    let (s2, h2, again) = f.send(credit("credit-0001", "10.00")).await;
+    assert_eq!(
+        (s2, again.as_str()),
+        (201, first.as_str()),
+        "the same answer"
+    );
+    assert_eq!(h2["idempotent-replayed"], "true");
+    let (_, balances) = f
+        .admin("GET", &format!("/v1/partners/{PARTNER}/credits"), None)
+        .await;
+    assert_eq!(
+        balances["balances"]["EUR"], "10.00",
+        "credited once: {balances}"
+    );
+    // The same key with another request.
+    let (s, h, body) = f.send(credit("credit-0001", "20.00")).await;
+    assert_problem(s, &h, &body, 409);
+    assert!(body.contains("another request"), "{body}");
+    // A refusal (400) is an answer too, replayed as such.
+    let (s, _, _) = f.send(credit("credit-0002", "-1")).await;
+    assert_eq!(s, 400);
+    let (s, h, _) = f.send(credit("credit-0002", "-1")).await;
+    assert_eq!(
+        (s, &h["idempotent-replayed"]),
+        (
+            400,
+            &"true".parse::<reqwest::header::HeaderValue>().unwrap()
+        )
+    );
+    // Keys are per caller: a partner session's "credit-0001" is not the admin's.
+    let cookie = session(&f).await;
+    let (s, _, body) = f
+        .send(
+            f.client
+                .post(format!("{}/v1/partners/{PARTNER}/keys", f.base))
+                .header("cookie", format!("peage_session={cookie}"))
+                .header("x-peage-csrf", "1")
+                .header("idempotency-key", "credit-0001")
+                .json(&json!({"env": "test"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let (s, h, body) = f.send(credit("has space", "1.00")).await;
+    assert_problem(s, &h, &body, 400);
+    let (_, balances) = f
+        .admin("GET", &format!("/v1/partners/{PARTNER}/credits"), None)
+        .await;
+    assert_eq!(balances["balances"]["EUR"], "10.00", "{balances}");
+}
