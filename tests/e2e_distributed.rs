@@ -62,6 +62,8 @@ struct Setup {
     env: BTreeMap<String, String>,
     /// The billing role's URL once started: gateways lease quotas from it.
     billing_url: std::sync::Mutex<Option<String>>,
+    /// The gateways' own `gateway` service token (never the admin token), made once.
+    gateway_token: std::sync::Mutex<Option<String>>,
     _upstream: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -133,6 +135,7 @@ impl Setup {
             brokers: brokers.to_string(),
             env,
             billing_url: Default::default(),
+            gateway_token: Default::default(),
             _upstream: tx,
         };
         let out = s.command("migrate", &[]).output().unwrap();
@@ -161,6 +164,7 @@ impl Setup {
             if let Some(url) = self.billing_url.lock().unwrap().clone() {
                 extra.push(("PEAGE_GATEWAY__BILLING_URL", url));
             }
+            extra.push(("PEAGE_GATEWAY__BILLING_TOKEN", self.gateway_token()));
         }
         let mut child = self
             .command(role, &extra)
@@ -186,6 +190,36 @@ impl Setup {
             *self.billing_url.lock().unwrap() = url.clone();
         }
         (proc, url)
+    }
+
+    /// A `gateway` service token, made with the CLI as an operator would.
+    fn gateway_token(&self) -> String {
+        let mut cached = self.gateway_token.lock().unwrap();
+        if let Some(t) = cached.as_ref() {
+            return t.clone();
+        }
+        let out = self
+            .command("service-token", &[])
+            .args([
+                "create",
+                "--scope",
+                "gateway",
+                "--name",
+                "e2e-gateways",
+                "--config",
+            ])
+            .arg(self.dir.path().join("peage.toml"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "peage service-token create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert!(token.starts_with("pst_"), "{token}");
+        *cached = Some(token.clone());
+        token
     }
 
     fn kafka(&self) -> KafkaConfig {

@@ -34,8 +34,59 @@ pub async fn run_all(s: &dyn BillingStore) {
     webhooks_are_queued_once_per_event_and_logged(s).await;
     sign_in_links_are_used_once_and_sessions_end(s).await;
     idempotency_keys_are_claimed_once_answered_and_expire(s).await;
+    service_tokens_are_found_by_hash_and_revoked_once(s).await;
     // Last: it leaves a balance that cannot be summed.
     sums_of_stored_credits_that_overflow_are_errors_not_panics(s).await;
+}
+
+async fn service_tokens_are_found_by_hash_and_revoked_once(s: &dyn BillingStore) {
+    use crate::service_tokens::ServiceToken;
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 4, 0, 0, 0).unwrap();
+    let token = |id: &str, scope: &str, at| ServiceToken {
+        id: id.into(),
+        name: format!("{scope} token"),
+        scope: scope.into(),
+        token_hash: format!("hash-{id}"),
+        created_at: at,
+        revoked_at: None,
+    };
+    s.create_service_token(&token("svc_1", "gateway", t0))
+        .await
+        .unwrap();
+    s.create_service_token(&token("svc_2", "read-only", t0 + Duration::seconds(1)))
+        .await
+        .unwrap();
+    let listed = s.service_tokens().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        ["svc_1", "svc_2"]
+    );
+    assert_eq!(
+        s.service_token_by_hash("hash-svc_1").await.unwrap(),
+        Some(listed[0].clone())
+    );
+    assert_eq!(s.service_token_by_hash("hash-none").await.unwrap(), None);
+    let t1 = t0 + Duration::hours(1);
+    let revoked = s.revoke_service_token("svc_1", t1).await.unwrap();
+    assert_eq!(revoked.revoked_at, Some(t1));
+    let again = s
+        .revoke_service_token("svc_1", t1 + Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.revoked_at,
+        Some(t1),
+        "the first revocation's time stays"
+    );
+    assert!(matches!(
+        s.revoke_service_token("svc_none", t1).await,
+        Err(BillingStoreError::NotFound { .. })
+    ));
+    // Scopes are a closed list in both schemas.
+    assert!(s
+        .create_service_token(&token("svc_3", "root", t0))
+        .await
+        .is_err());
 }
 
 async fn idempotency_keys_are_claimed_once_answered_and_expire(s: &dyn BillingStore) {

@@ -7,6 +7,7 @@ pub mod conformance;
 pub mod idempotency;
 pub mod ledger;
 pub mod postgres;
+pub mod service_tokens;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -23,6 +24,7 @@ pub use ledger::{
     InvoiceFilter, LedgerStore, WebhookDelivery, WebhookEndpoint,
 };
 pub use postgres::PostgresBillingStore;
+pub use service_tokens::{ServiceToken, ServiceTokenStore};
 pub use sqlite::SqliteBillingStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +166,9 @@ fn decide_grant(
 }
 
 #[async_trait]
-pub trait BillingStore: LedgerStore + IdempotencyStore + Send + Sync + 'static {
+pub trait BillingStore:
+    LedgerStore + IdempotencyStore + ServiceTokenStore + Send + Sync + 'static
+{
     async fn create_partner(
         &self,
         id: &str,

@@ -416,3 +416,4 @@ async fn grant_rows(
 
 crate::ledger::ledger_store!(PostgresBillingStore, sqlx::Postgres, "BEGIN");
 crate::idempotency::idempotency_store!(PostgresBillingStore);
+crate::service_tokens::service_token_store!(PostgresBillingStore, sqlx::Postgres);

@@ -480,3 +480,4 @@ mod tests {
 
 crate::ledger::ledger_store!(SqliteBillingStore, sqlx::Sqlite, "BEGIN IMMEDIATE");
 crate::idempotency::idempotency_store!(SqliteBillingStore);
+crate::service_tokens::service_token_store!(SqliteBillingStore, sqlx::Sqlite);

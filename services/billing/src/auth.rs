@@ -41,6 +41,8 @@ use crate::{ApiError, ControlApi};
 
 pub const SESSION_COOKIE: &str = "peage_session";
 pub const CSRF_HEADER: &str = "x-peage-csrf";
+/// Service tokens are `pst_` and 64 hex digits.
+pub const SERVICE_TOKEN_PREFIX: &str = "pst_";
 const LINK_TTL_MINUTES: i64 = 15;
 const SESSION_TTL_HOURS: i64 = 12;
 
@@ -51,6 +53,70 @@ pub enum Principal {
     Staff { session: bool },
     /// A partner's dashboard session.
     Partner(String),
+    /// A service token (`pst_…`): a role or a script, limited to its scope's routes.
+    Service { id: String, scope: ServiceScope },
+}
+
+/// What a service token may do (docs/security.md, "Service tokens").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceScope {
+    /// A gateway: quota leases (and, as they move off the database, key resolution).
+    Gateway,
+    /// Usage from the company's own services (the events API).
+    EventsWrite,
+    /// What a finance session may do.
+    Finance,
+    /// Every staff route that only reads.
+    ReadOnly,
+    /// Everything the admin token may do.
+    Admin,
+}
+
+/// The routes a gateway token reaches: (method, route as the router names it).
+pub const GATEWAY_ROUTES: &[(&str, &str)] = &[("POST", "/v1/quota/leases")];
+/// The routes an `events:write` token reaches.
+pub const EVENTS_ROUTES: &[(&str, &str)] = &[("POST", "/v1/events")];
+
+impl ServiceScope {
+    pub const ALL: [ServiceScope; 5] = [
+        ServiceScope::Gateway,
+        ServiceScope::EventsWrite,
+        ServiceScope::Finance,
+        ServiceScope::ReadOnly,
+        ServiceScope::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceScope::Gateway => "gateway",
+            ServiceScope::EventsWrite => "events:write",
+            ServiceScope::Finance => "finance",
+            ServiceScope::ReadOnly => "read-only",
+            ServiceScope::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ServiceScope> {
+        ServiceScope::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    /// Whether the scope reaches `route` (the router's template, `/v1/keys/{key_id}`) with
+    /// `method`. Service tokens are managed by admins alone.
+    pub fn allows(self, method: &Method, route: &str) -> bool {
+        let listed = |routes: &[(&str, &str)]| {
+            routes
+                .iter()
+                .any(|(m, r)| *m == method.as_str() && *r == route)
+        };
+        let admin_only = route.starts_with("/v1/service-tokens");
+        match self {
+            ServiceScope::Admin => true,
+            ServiceScope::Finance => !admin_only,
+            ServiceScope::ReadOnly => matches!(*method, Method::GET | Method::HEAD) && !admin_only,
+            ServiceScope::Gateway => listed(GATEWAY_ROUTES),
+            ServiceScope::EventsWrite => listed(EVENTS_ROUTES),
+        }
+    }
 }
 
 impl Principal {
@@ -58,7 +124,7 @@ impl Principal {
     /// as an id that does not exist.
     pub fn may_see(&self, partner_id: &str) -> Result<(), ApiError> {
         match self {
-            Principal::Staff { .. } => Ok(()),
+            Principal::Staff { .. } | Principal::Service { .. } => Ok(()),
             Principal::Partner(own) if own == partner_id => Ok(()),
             Principal::Partner(_) => Err(ApiError::NotFound(format!(
                 "partner {partner_id} not found"
@@ -70,7 +136,7 @@ impl Principal {
     /// finance has finalized it (drafts are finance's work in progress).
     pub fn may_see_invoice(&self, invoice: &InvoiceRecord) -> bool {
         match self {
-            Principal::Staff { .. } => true,
+            Principal::Staff { .. } | Principal::Service { .. } => true,
             Principal::Partner(own) => {
                 *own == invoice.partner_id && invoice.status != InvoiceStatus::Draft
             }
@@ -80,7 +146,7 @@ impl Principal {
     /// The partner a partner session is limited to; `None` for staff.
     pub fn own_partner(&self) -> Option<&str> {
         match self {
-            Principal::Staff { .. } => None,
+            Principal::Staff { .. } | Principal::Service { .. } => None,
             Principal::Partner(p) => Some(p),
         }
     }
@@ -95,11 +161,11 @@ impl From<DashboardRole> for Principal {
     }
 }
 
-fn token_hash(token: &str) -> String {
+pub(crate) fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-fn new_token(prefix: &str) -> String {
+pub(crate) fn new_token(prefix: &str) -> String {
     format!("{prefix}{}", hex::encode(rand::random::<[u8; 32]>()))
 }
 
@@ -176,13 +242,29 @@ pub(crate) async fn authenticate(
     let principal = match bearer(req.headers()) {
         Some(presented) => {
             api.throttle(peer)?;
-            let ok = !api.admin_token.is_empty()
+            let admin = !api.admin_token.is_empty()
                 && bool::from(presented.as_bytes().ct_eq(api.admin_token.as_bytes()));
-            if !ok {
-                api.failed(peer);
-                return Err(ApiError::Unauthorized);
+            if admin {
+                Principal::Staff { session: false }
+            } else {
+                let Some((id, scope)) = service_token(&api, presented).await? else {
+                    api.failed(peer);
+                    return Err(ApiError::Unauthorized);
+                };
+                let route = req
+                    .extensions()
+                    .get::<axum::extract::MatchedPath>()
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or_default();
+                if !scope.allows(req.method(), &route) {
+                    return Err(ApiError::Forbidden(format!(
+                        "a {} service token may not call {} {route}",
+                        scope.as_str(),
+                        req.method()
+                    )));
+                }
+                Principal::Service { id, scope }
             }
-            Principal::Staff { session: false }
         }
         None => {
             let token = session_cookie(req.headers()).ok_or(ApiError::Unauthorized)?;
@@ -206,6 +288,33 @@ pub(crate) async fn authenticate(
     Ok(next.run(req).await)
 }
 
+/// The live service token `presented` is, with its scope; `None` for anything else.
+async fn service_token(
+    api: &ControlApi,
+    presented: &str,
+) -> Result<Option<(String, ServiceScope)>, ApiError> {
+    if !presented.starts_with(SERVICE_TOKEN_PREFIX) {
+        return Ok(None);
+    }
+    let Some(t) = api
+        .store
+        .service_token_by_hash(&token_hash(presented))
+        .await?
+    else {
+        return Ok(None);
+    };
+    if t.revoked_at.is_some() {
+        return Ok(None);
+    }
+    let scope = ServiceScope::parse(&t.scope).ok_or_else(|| {
+        ApiError::Internal(format!(
+            "service token {} has unknown scope {:?}",
+            t.id, t.scope
+        ))
+    })?;
+    Ok(Some((t.id, scope)))
+}
+
 /// Layered on the routes only staff may call.
 pub(crate) async fn require_staff(
     Extension(who): Extension<Principal>,
@@ -213,7 +322,7 @@ pub(crate) async fn require_staff(
     next: Next,
 ) -> Result<Response, ApiError> {
     match who {
-        Principal::Staff { .. } => Ok(next.run(req).await),
+        Principal::Staff { .. } | Principal::Service { .. } => Ok(next.run(req).await),
         Principal::Partner(_) => Err(ApiError::Forbidden(
             "this route is for finance and admins, not partner sessions".into(),
         )),
@@ -318,6 +427,11 @@ async fn session_info(api: &ControlApi, who: &Principal) -> Result<SessionInfo, 
     Ok(match who {
         Principal::Staff { session } => SessionInfo {
             role: if *session { "finance" } else { "admin" }.into(),
+            partner_id: None,
+            partner_name: None,
+        },
+        Principal::Service { scope, .. } => SessionInfo {
+            role: format!("service:{}", scope.as_str()),
             partner_id: None,
             partner_name: None,
         },

@@ -33,6 +33,7 @@ fn scope(who: &Principal) -> String {
         Principal::Staff { session: false } => "admin".into(),
         Principal::Staff { session: true } => "finance".into(),
         Principal::Partner(p) => format!("partner:{p}"),
+        Principal::Service { id, .. } => format!("service:{id}"),
     }
 }
 

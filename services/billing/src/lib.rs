@@ -14,6 +14,7 @@ pub mod provisioning;
 mod quota;
 mod routes;
 pub mod secrets;
+pub mod service_tokens;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -153,9 +154,17 @@ impl ControlApi {
             .routes(routes!(routes::upcoming_invoice))
             .routes(routes!(inv::list))
             .routes(routes!(inv::get));
+        let admin = OpenApiRouter::new()
+            .routes(routes!(
+                service_tokens::create_token,
+                service_tokens::list_tokens
+            ))
+            .routes(routes!(service_tokens::revoke_token))
+            .route_layer(middleware::from_fn(service_tokens::require_admin));
         // Layers run outside in: authentication, then Idempotency-Key (which needs the caller).
         let v1 = staff
             .merge(shared)
+            .merge(admin)
             .route_layer(middleware::from_fn_with_state(
                 Arc::clone(self),
                 idempotency::idempotent,

@@ -70,7 +70,7 @@ pub async fn apis(
     Extension(who): Extension<Principal>,
 ) -> Result<Response, ApiError> {
     // Partners see what they may call, never the upstream addresses behind it.
-    let staff = matches!(who, Principal::Staff { .. });
+    let staff = who.own_partner().is_none();
     let docs = api
         .api_docs
         .read()

@@ -774,3 +774,132 @@ async fn idempotency_keys_make_retries_safe() {
         .await;
     assert_eq!(balances["balances"]["EUR"], "10.00", "{balances}");
 }
+
+/// Service tokens: a gateway token reaches quota leases and is refused (403) on every other
+/// route of the OpenAPI document; a read-only token reads and writes nothing; a revoked token
+/// is a 401; only admins manage tokens.
+#[tokio::test]
+async fn service_tokens_reach_only_their_scope() {
+    let f = start().await;
+    let token = |scope: &str| {
+        let f = &f;
+        let scope = scope.to_string();
+        async move {
+            let (s, t) = f
+                .admin(
+                    "POST",
+                    "/v1/service-tokens",
+                    Some(json!({"name": format!("{scope}-1"), "scope": scope})),
+                )
+                .await;
+            assert_eq!(s, 201, "{t}");
+            assert!(t["token"].as_str().unwrap().starts_with("pst_"));
+            t
+        }
+    };
+    let gateway = token("gateway").await;
+    let read_only = token("read-only").await;
+    let (s, body) = f
+        .admin(
+            "POST",
+            "/v1/service-tokens",
+            Some(json!({"name": "x", "scope": "root"})),
+        )
+        .await;
+    assert_eq!(s, 400, "{body}");
+    let call = |bearer: String, method: reqwest::Method, path: String, body: Option<Value>| {
+        let f = &f;
+        async move {
+            let mut req = f
+                .client
+                .request(method, format!("{}{path}", f.base))
+                .bearer_auth(bearer);
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            let (s, _, text) = f.send(req).await;
+            (s, text)
+        }
+    };
+    let gw = gateway["token"].as_str().unwrap().to_string();
+    let lease = json!({"partner_id": PARTNER, "meter": "calls", "gateway_id": "gw-1", "want": 1});
+    let (s, body) = call(
+        gw.clone(),
+        reqwest::Method::POST,
+        "/v1/quota/leases".into(),
+        Some(lease),
+    )
+    .await;
+    assert_ne!(s, 403, "the gateway token leases: {body}");
+    assert!(s < 500, "{body}");
+
+    // Every other /v1 route of the document, with ids filled in.
+    let doc = serde_json::to_value(f.served.api.openapi()).unwrap();
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        for method in ["get", "post", "put", "delete"] {
+            if item.get(method).is_none() {
+                continue;
+            }
+            let concrete = path
+                .replace("{id}", PARTNER)
+                .replace("{key_id}", "key_00000000000000000000")
+                .replace("{api}", "maps")
+                .replace("{version}", "v1");
+            let m: reqwest::Method = method.to_uppercase().parse().unwrap();
+            let allowed = peage_billing::auth::GATEWAY_ROUTES
+                .iter()
+                .any(|(am, ap)| am.eq_ignore_ascii_case(method) && ap == path);
+            let (s, body) = call(gw.clone(), m.clone(), concrete.clone(), Some(json!({}))).await;
+            if allowed {
+                assert_ne!(s, 403, "{method} {path}: {body}");
+            } else {
+                assert_eq!(s, 403, "a gateway token may not {method} {path}: {body}");
+                checked += 1;
+            }
+            // A read-only token: every GET passes the scope check, nothing else does.
+            let ro = read_only["token"].as_str().unwrap().to_string();
+            let (s, body) = call(ro, m, concrete, Some(json!({}))).await;
+            if method == "get" && !path.starts_with("/v1/service-tokens") {
+                assert_ne!(s, 403, "read-only may GET {path}: {body}");
+            } else {
+                assert_eq!(s, 403, "read-only may not {method} {path}: {body}");
+            }
+        }
+    }
+    assert!(checked > 30, "{checked} routes checked");
+
+    // Finance sessions and partner sessions do not manage tokens; revocation is immediate.
+    let cookie = session(&f).await;
+    let (s, h, body) = f
+        .send(
+            f.client
+                .get(format!("{}/v1/service-tokens", f.base))
+                .header("cookie", format!("peage_session={cookie}")),
+        )
+        .await;
+    assert_problem(s, &h, &body, 403);
+    let (s, listed) = f.admin("GET", "/v1/service-tokens", None).await;
+    assert_eq!(s, 200);
+    assert!(
+        !listed.to_string().contains(&gw),
+        "tokens are never listed: {listed}"
+    );
+    let id = gateway["id"].as_str().unwrap();
+    let (s, revoked) = f
+        .admin("DELETE", &format!("/v1/service-tokens/{id}"), None)
+        .await;
+    assert_eq!(s, 200, "{revoked}");
+    let lease = json!({"partner_id": PARTNER, "meter": "calls", "gateway_id": "gw-1", "want": 1});
+    let (s, _) = call(
+        gw,
+        reqwest::Method::POST,
+        "/v1/quota/leases".into(),
+        Some(lease),
+    )
+    .await;
+    assert_eq!(s, 401, "a revoked token is refused at once");
+}

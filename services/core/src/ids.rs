@@ -70,6 +70,7 @@ prefixed_id!(IssuerId, "iss_");
 prefixed_id!(InvoiceId, "inv_");
 prefixed_id!(CreditId, "crd_");
 prefixed_id!(WebhookEndpointId, "ep_");
+prefixed_id!(ServiceTokenId, "svc_");
 prefixed_id!(WebhookMessageId, "msg_");
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

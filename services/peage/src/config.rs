@@ -211,8 +211,12 @@ pub struct GatewaySection {
     /// Wrong API keys or tokens one client address may send in a minute; past it every attempt
     /// from the address is answered 429 until the minute ends.
     pub credential_failures_per_minute: u32,
-    /// The billing role's control API, where quota leases come from (with the admin token).
+    /// The billing role's control API, where quota leases come from.
     pub billing_url: String,
+    /// The `gateway` service token the gateway calls billing with (`peage service-token
+    /// create --scope gateway`), or `billing_token_file`.
+    pub billing_token: Option<String>,
+    pub billing_token_file: Option<PathBuf>,
     /// The smallest quota lease asked for, in meter units; busy quotas ask for about 2 s of use.
     pub quota_lease_size: u64,
     /// What to do when billing cannot be reached for a quota lease: `serve` (up to
@@ -307,6 +311,8 @@ impl Default for GatewaySection {
             trusted_proxies: Vec::new(),
             credential_failures_per_minute: 20,
             billing_url: "http://127.0.0.1:8090".into(),
+            billing_token: None,
+            billing_token_file: None,
             quota_lease_size: 100,
             quota_when_billing_unreachable: UnreachableChoice::Serve,
             quota_unreachable_bound: 1_000,
@@ -452,6 +458,25 @@ impl Default for AggregatorSection {
     }
 }
 
+impl GatewaySection {
+    /// The token the gateway calls billing with: its own `gateway` service token. Without
+    /// one it falls back to the admin token, loudly: that works, but a compromised gateway
+    /// then holds every right of the control API.
+    pub fn billing_token(&self, control: &ControlSection) -> anyhow::Result<String> {
+        match (&self.billing_token, &self.billing_token_file) {
+            (Some(t), _) => Ok(t.trim().to_string()),
+            (None, Some(f)) => Ok(std::fs::read_to_string(f)
+                .with_context(|| format!("gateway.billing_token_file {}", f.display()))?
+                .trim()
+                .to_string()),
+            (None, None) => {
+                tracing::warn!("gateway.billing_token is not set: calling billing with the admin token; create a gateway token with `peage service-token create --scope gateway`");
+                control.token()
+            }
+        }
+    }
+}
+
 impl ControlSection {
     pub fn token(&self) -> anyhow::Result<String> {
         let token = match (&self.admin_token, &self.admin_token_file) {
@@ -528,6 +553,9 @@ pub fn load(
     resolve(&mut config.catalog.path);
     resolve(&mut config.spool.dir);
     if let Some(f) = &mut config.control.admin_token_file {
+        resolve(f);
+    }
+    if let Some(f) = &mut config.gateway.billing_token_file {
         resolve(f);
     }
     if let Some(f) = &mut config.secrets.key_file {

@@ -6,6 +6,7 @@ pub mod invoice_cli;
 pub mod metrics;
 pub mod roles;
 pub mod secrets_cli;
+pub mod service_token_cli;
 pub mod sign_in_cli;
 pub mod up;
 

@@ -37,6 +37,9 @@ enum Command {
     Invoice(peage::invoice_cli::InvoiceCommand),
     /// Print a one-time dashboard sign-in link (15 minutes) for a partner or for finance.
     SignInLink(peage::sign_in_cli::SignInLinkCommand),
+    /// Scoped credentials for roles and scripts: `create`, `list`, `revoke`.
+    #[command(subcommand)]
+    ServiceToken(peage::service_token_cli::ServiceTokenCommand),
     /// The key that encrypts stored signing keys and webhook secrets: `new-key`, `rotate`.
     #[command(subcommand)]
     Secrets(peage::secrets_cli::SecretsCommand),
@@ -112,6 +115,7 @@ async fn main() -> std::process::ExitCode {
         Command::Invoice(c) => peage::invoice_cli::run(c).await,
         Command::SignInLink(c) => peage::sign_in_cli::run(c).await,
         Command::Secrets(c) => peage::secrets_cli::run(c).await,
+        Command::ServiceToken(c) => peage::service_token_cli::run(c).await,
         Command::DemoUpstream { listen } => {
             peage::demo::serve_standalone(listen, peage::shutdown_signal()).await
         }

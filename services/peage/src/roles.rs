@@ -84,7 +84,7 @@ pub async fn gateway(
     gateway_config.outbound.partner_urls = config.outbound.policy()?;
     let authority = HttpQuotaAuthority::new(
         &config.gateway.billing_url,
-        &config.control.token()?,
+        &config.gateway.billing_token(&config.control)?,
         Duration::from_secs(2),
         &Clients::new(gateway_config.outbound.clone()),
     )
