@@ -668,6 +668,18 @@ async fn keys_are_found_by_hash_and_revocation_is_idempotent(s: &dyn BillingStor
         .await
         .unwrap();
     assert_eq!(again.revoked_at, Some(now), "first revocation time is kept");
+    // The feed gateways follow: revocations after a point in time, oldest first.
+    let feed = s
+        .keys_revoked_since(now - Duration::seconds(1), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        feed.iter()
+            .map(|r| (r.key_id.as_str(), r.revoked_at))
+            .collect::<Vec<_>>(),
+        [("key_1", now)]
+    );
+    assert!(s.keys_revoked_since(now, 10).await.unwrap().is_empty());
     assert!(matches!(
         s.revoke_key("key_x", now).await,
         Err(BillingStoreError::NotFound { .. })

@@ -7,6 +7,7 @@ pub mod conformance;
 pub mod idempotency;
 pub mod ledger;
 pub mod postgres;
+pub mod revocations;
 pub mod service_tokens;
 pub mod sqlite;
 
@@ -24,6 +25,7 @@ pub use ledger::{
     InvoiceFilter, LedgerStore, WebhookDelivery, WebhookEndpoint,
 };
 pub use postgres::PostgresBillingStore;
+pub use revocations::{Revocation, RevocationFeed};
 pub use service_tokens::{ServiceToken, ServiceTokenStore};
 pub use sqlite::SqliteBillingStore;
 
@@ -167,7 +169,7 @@ fn decide_grant(
 
 #[async_trait]
 pub trait BillingStore:
-    LedgerStore + IdempotencyStore + ServiceTokenStore + Send + Sync + 'static
+    LedgerStore + IdempotencyStore + ServiceTokenStore + RevocationFeed + Send + Sync + 'static
 {
     async fn create_partner(
         &self,

@@ -417,3 +417,10 @@ async fn grant_rows(
 crate::ledger::ledger_store!(PostgresBillingStore, sqlx::Postgres, "BEGIN");
 crate::idempotency::idempotency_store!(PostgresBillingStore);
 crate::service_tokens::service_token_store!(PostgresBillingStore, sqlx::Postgres);
+crate::revocations::revocation_feed!(
+    PostgresBillingStore,
+    |t: DateTime<Utc>| t,
+    |r: &sqlx::postgres::PgRow| -> Result<DateTime<Utc>, BillingStoreError> {
+        Ok(r.try_get("revoked_at")?)
+    }
+);

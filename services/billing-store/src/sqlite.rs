@@ -481,3 +481,10 @@ mod tests {
 crate::ledger::ledger_store!(SqliteBillingStore, sqlx::Sqlite, "BEGIN IMMEDIATE");
 crate::idempotency::idempotency_store!(SqliteBillingStore);
 crate::service_tokens::service_token_store!(SqliteBillingStore, sqlx::Sqlite);
+crate::revocations::revocation_feed!(
+    SqliteBillingStore,
+    ts,
+    |r: &sqlx::sqlite::SqliteRow| -> Result<DateTime<Utc>, BillingStoreError> {
+        parse_ts("api key", &r.try_get::<String, _>("revoked_at")?)
+    }
+);

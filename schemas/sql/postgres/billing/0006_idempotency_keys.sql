@@ -8,7 +8,7 @@ CREATE TABLE idempotency_keys (
     key          TEXT NOT NULL,
     request_hash TEXT NOT NULL,
     created_at   TEXT NOT NULL,
-    status       INTEGER,
+    status       BIGINT,
     content_type TEXT,
     body         TEXT,
     PRIMARY KEY (scope, key)
