@@ -951,3 +951,86 @@ async fn a_hard_quota_shared_by_three_gateways_allows_at_most_its_limit() {
         "every allowed call is metered, no refused one"
     );
 }
+
+/// Three gateways started with only their `gateway` service token and no way to reach
+/// billing's PostgreSQL (a wrong URL) serve calls, lease quotas and resolve keys through
+/// billing; a key revoked through the control API stops working on all three within a second,
+/// though their key cache holds answers for a minute (PEAGE_GATEWAY__KEY_CACHE_TTL_MS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_stops_working_on_three_gateways_within_a_second() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !servers_up() {
+        return;
+    }
+    let s = Setup::new(KAFKA).await;
+    let (_billing, control) = s.start("billing", &[]);
+    let control = control.unwrap();
+    let mut procs = vec![];
+    let mut gateways = vec![];
+    for id in ["gw-1", "gw-2", "gw-3"] {
+        let (p, url) = s.start(
+            "gateway",
+            &[
+                ("PEAGE_GATEWAY__ID", id.into()),
+                s.spool(id),
+                // Nothing listens there: the gateway must not need billing's database.
+                (
+                    "PEAGE_POSTGRES__URL",
+                    "postgres://nobody:none@127.0.0.1:9/none".into(),
+                ),
+                (
+                    "PEAGE_CONTROL__ADMIN_TOKEN",
+                    "not-the-admin-token-of-billing".into(),
+                ),
+            ],
+        );
+        procs.push(p);
+        gateways.push(url.unwrap());
+    }
+    let client = reqwest::Client::new();
+    let (_pid, secret) = partner_with_live_key(&client, &control).await;
+    let call = |gw: String| {
+        let (client, secret) = (client.clone(), secret.clone());
+        async move {
+            client
+                .get(format!("{gw}/demo/v1/weather/paris"))
+                .bearer_auth(&secret)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for gw in &gateways {
+        assert_eq!(call(gw.clone()).await, 200, "{gw} serves with the key");
+    }
+    let keys = admin_get(&client, &control, &format!("/v1/partners/{_pid}/keys")).await;
+    let key_id = keys["keys"][0]["key_id"].as_str().unwrap().to_string();
+    let revoked = client
+        .delete(format!("{control}/v1/keys/{key_id}"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let at = std::time::Instant::now();
+    let mut refused_after = vec![None; gateways.len()];
+    while refused_after.iter().any(Option::is_none) && at.elapsed() < Duration::from_secs(5) {
+        for (i, gw) in gateways.iter().enumerate() {
+            if refused_after[i].is_none() && call(gw.clone()).await == 401 {
+                refused_after[i] = Some(at.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("revocation in force after {refused_after:?}");
+    for (gw, t) in gateways.iter().zip(&refused_after) {
+        let t = t.unwrap_or_else(|| panic!("{gw} still accepts the revoked key after 5 s"));
+        assert!(
+            t <= Duration::from_secs(1),
+            "{gw} refused the key only after {t:?}"
+        );
+    }
+    drop(procs);
+}

@@ -73,7 +73,13 @@ pub enum ServiceScope {
 }
 
 /// The routes a gateway token reaches: (method, route as the router names it).
-pub const GATEWAY_ROUTES: &[(&str, &str)] = &[("POST", "/v1/quota/leases")];
+pub const GATEWAY_ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/quota/leases"),
+    ("GET", "/v1/gateway/keys/{secret_hash}"),
+    ("GET", "/v1/gateway/key-ids/{key_id}"),
+    ("GET", "/v1/gateway/issuers"),
+    ("GET", "/v1/gateway/revocations"),
+];
 /// The routes an `events:write` token reaches.
 pub const EVENTS_ROUTES: &[(&str, &str)] = &[("POST", "/v1/events")];
 

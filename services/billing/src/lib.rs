@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod error;
+pub mod gateway_routes;
 mod idempotency;
 pub mod invoice_routes;
 pub mod invoicing;
@@ -128,6 +129,10 @@ impl ControlApi {
             .routes(routes!(routes::partners_overview))
             .routes(routes!(routes::change_subscription))
             .routes(routes!(quota::lease))
+            .routes(routes!(gateway_routes::key_by_hash))
+            .routes(routes!(gateway_routes::key_by_id))
+            .routes(routes!(gateway_routes::issuer))
+            .routes(routes!(gateway_routes::revocations))
             .routes(routes!(oauth::put_issuer))
             .routes(routes!(oauth::rotate))
             .routes(routes!(inv::run))

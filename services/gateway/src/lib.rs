@@ -7,6 +7,7 @@
 //!
 //! [`GatewayServer`] serves it on one single-threaded runtime per core ([`server`]).
 
+pub mod billing;
 mod body;
 pub mod call;
 pub mod clients;

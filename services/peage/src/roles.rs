@@ -17,7 +17,8 @@ use tokio::sync::watch;
 
 use crate::config::PeageConfig;
 use crate::metrics::{self, read, Sample};
-use crate::up::{load_catalog, StoreKeys};
+use crate::up::load_catalog;
+use peage_gateway::billing::BillingKeys;
 
 pub(crate) async fn clickhouse(config: &PeageConfig) -> anyhow::Result<ClickHouseUsageStore> {
     ClickHouseUsageStore::connect(&config.clickhouse)
@@ -65,7 +66,6 @@ pub async fn gateway(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let catalog = Arc::new(load_catalog(&config.catalog.path, None)?);
-    let billing: Arc<dyn BillingStore> = Arc::new(postgres(config).await?);
     ensure_topics(&config.kafka)
         .await
         .context("creating the Kafka topics")?;
@@ -73,22 +73,33 @@ pub async fn gateway(
         .await
         .context("opening the spool")?;
     let emitter = EventEmitter::start(Arc::clone(&spool) as Arc<dyn EventLog>, 65_536);
-    let keys = KeyCache::new(
-        Arc::new(StoreKeys(billing)),
-        Duration::from_millis(config.gateway.key_cache_ttl_ms),
-    );
     let mut gateway_config = config.gateway.gateway_config(crate::up::jwt_config(
         &config.oauth.config(),
         &config.gateway.billing_url,
     ))?;
     gateway_config.outbound.partner_urls = config.outbound.policy()?;
-    let authority = HttpQuotaAuthority::new(
+    let clients = Clients::new(gateway_config.outbound.clone());
+    let billing_token = config.gateway.billing_token(&config.control)?;
+    // Keys, issuers and revocations come from billing's control API, never its database.
+    let billing_keys = BillingKeys::new(
         &config.gateway.billing_url,
-        &config.gateway.billing_token(&config.control)?,
+        &billing_token,
         Duration::from_secs(2),
-        &Clients::new(gateway_config.outbound.clone()),
+        &clients,
     )
     .map_err(|e| anyhow::anyhow!("gateway.billing_url: {e}"))?;
+    let keys = KeyCache::new(
+        Arc::new(billing_keys.clone()),
+        Duration::from_millis(config.gateway.key_cache_ttl_ms),
+    );
+    let authority = HttpQuotaAuthority::new(
+        &config.gateway.billing_url,
+        &billing_token,
+        Duration::from_secs(2),
+        &clients,
+    )
+    .map_err(|e| anyhow::anyhow!("gateway.billing_url: {e}"))?;
+    let revocations = keys.clone();
     let quotas = Quotas::new(
         Arc::new(authority),
         config.gateway.quota_config(),
@@ -103,6 +114,11 @@ pub async fn gateway(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    tokio::spawn(peage_gateway::billing::follow_revocations(
+        billing_keys,
+        revocations,
+        stopped(stop_rx.clone()),
+    ));
     if let Some(listen) = config.metrics.listen {
         let (spool, emitter) = (Arc::clone(&spool), emitter.clone());
         let samples = move || -> Vec<Sample> {
