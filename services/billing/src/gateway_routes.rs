@@ -129,7 +129,9 @@ pub(crate) async fn issuer(
 pub struct RevocationParams {
     /// The `cursor` of the previous answer; absent: from now.
     after: Option<DateTime<Utc>>,
-    /// How long to wait for a revocation before answering none (long poll), at most 30000.
+    /// How long to wait for a revocation before answering none (long poll); more than
+    /// 15000 is taken as 15000, so the answer comes well inside common client timeouts.
+    #[param(maximum = 15000)]
     wait_ms: Option<u64>,
 }
 
@@ -149,6 +151,8 @@ pub struct RevokedKey {
 /// How often a waiting request looks for new revocations: a revocation reaches gateways within
 /// about this, plus a round trip.
 const POLL: Duration = Duration::from_millis(100);
+/// The longest a request waits.
+const MAX_WAIT_MS: u64 = 15_000;
 
 #[utoipa::path(get, path = "/v1/gateway/revocations", tag = "gateway",
     params(RevocationParams),
@@ -160,7 +164,7 @@ pub(crate) async fn revocations(
     Query(q): Query<RevocationParams>,
 ) -> Result<Response, ApiError> {
     let started = tokio::time::Instant::now();
-    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(30_000));
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
     let Some(after) = q.after else {
         return Ok(Json(RevocationPage {
             revocations: Vec::new(),

@@ -62,6 +62,8 @@ pub struct ControlSettings {
     pub outbound: Arc<peage_net::OutboundPolicy>,
     /// Seals signing seeds and webhook secrets in the store.
     pub secrets: Arc<secrets::SecretBox>,
+    /// Wrong credentials one address may send in a minute before it is refused (429).
+    pub credential_failures_per_minute: u32,
 }
 
 /// OpenAPI documents of API versions, keyed by (api, version).
@@ -89,6 +91,7 @@ impl ControlApi {
             issuer,
             outbound,
             secrets,
+            credential_failures_per_minute,
         } = settings;
         let invoicing = invoicing::Invoicing {
             catalog: Arc::clone(&catalog),
@@ -107,7 +110,11 @@ impl ControlApi {
             outbound,
             secrets,
             api_docs: Default::default(),
-            failures: peage_core::throttle::FailureLimiter::standard(),
+            failures: peage_core::throttle::FailureLimiter::new(
+                credential_failures_per_minute,
+                std::time::Duration::from_secs(60),
+                65_536,
+            ),
         })
     }
 

@@ -169,7 +169,7 @@ impl KeyResolver for BillingKeys {
 }
 
 /// Follows billing's revocation feed until `stop` resolves: each revocation drops `keys`'
-/// cached answers, on every serving thread. Long polls of 20 s; after a failure, waits a
+/// cached answers, on every serving thread. Long polls of 15 s; after a failure, waits a
 /// second and starts again from where it was.
 pub async fn follow_revocations(
     billing: BillingKeys,
@@ -182,13 +182,13 @@ pub async fn follow_revocations(
         let path = match cursor {
             None => "/v1/gateway/revocations".to_string(),
             Some(c) => format!(
-                "/v1/gateway/revocations?wait_ms=20000&after={}",
+                "/v1/gateway/revocations?wait_ms=15000&after={}",
                 encode(&c.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
             ),
         };
         let page = tokio::select! {
             _ = &mut stop => return,
-            page = billing.get::<Page>(&path, Duration::from_secs(25)) => page,
+            page = billing.get::<Page>(&path, Duration::from_secs(20)) => page,
         };
         match page {
             Ok(Some(page)) => {

@@ -327,6 +327,9 @@ pub struct ControlSection {
     /// The admin bearer token (at least 16 characters), or `admin_token_file`.
     pub admin_token: Option<String>,
     pub admin_token_file: Option<PathBuf>,
+    /// Wrong admin tokens, service tokens, sessions, sign-in links or OAuth client secrets one
+    /// address may send in a minute; past it every attempt from it is answered 429.
+    pub credential_failures_per_minute: u32,
 }
 
 impl Default for ControlSection {
@@ -335,6 +338,7 @@ impl Default for ControlSection {
             listen: "127.0.0.1:8090".parse().expect("literal address"),
             admin_token: None,
             admin_token_file: None,
+            credential_failures_per_minute: 20,
         }
     }
 }

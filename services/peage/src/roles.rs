@@ -282,6 +282,7 @@ pub async fn billing(
             issuer: config.billing.issuer()?,
             outbound: config.outbound.policy()?,
             secrets: Arc::clone(&secrets),
+            credential_failures_per_minute: config.control.credential_failures_per_minute,
         },
     );
     api.set_api_docs(crate::up::api_docs(&catalog, &config.catalog.path)?);

@@ -429,6 +429,10 @@ pub async fn run(
             issuer: billing_config.issuer()?,
             outbound: Arc::clone(&outbound),
             secrets: Arc::clone(&secrets),
+            credential_failures_per_minute: crate::config::section_from_env::<
+                crate::config::ControlSection,
+            >("control", std::env::vars())?
+            .credential_failures_per_minute,
         },
     );
     control.set_api_docs(api_docs(&catalog, &catalog_path)?);

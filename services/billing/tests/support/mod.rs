@@ -71,6 +71,7 @@ pub async fn serve_with(catalog: &str, outbound: Arc<peage_net::OutboundPolicy>)
             },
             outbound,
             secrets: secrets(),
+            credential_failures_per_minute: 20,
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
