@@ -35,8 +35,43 @@ pub async fn run_all(s: &dyn BillingStore) {
     sign_in_links_are_used_once_and_sessions_end(s).await;
     idempotency_keys_are_claimed_once_answered_and_expire(s).await;
     service_tokens_are_found_by_hash_and_revoked_once(s).await;
+    audit_records_are_appended_and_read_in_order(s).await;
     // Last: it leaves a balance that cannot be summed.
     sums_of_stored_credits_that_overflow_are_errors_not_panics(s).await;
+}
+
+async fn audit_records_are_appended_and_read_in_order(s: &dyn BillingStore) {
+    use crate::audit::AuditRecord;
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 5, 0, 0, 0).unwrap();
+    let record = |id: &str, at| AuditRecord {
+        id: id.into(),
+        at,
+        actor: "admin".into(),
+        action: "POST /v1/partners/{id}/credits".into(),
+        target: "id=prt_a".into(),
+        status: 201,
+        request_id: format!("req-{id}"),
+        after: Some("{\"amount\":\"10.00\"}".into()),
+    };
+    s.append_audit(&record("aud_01", t0)).await.unwrap();
+    s.append_audit(&record("aud_02", t0 + Duration::seconds(1)))
+        .await
+        .unwrap();
+    let all = s.audit_records(None, 10).await.unwrap();
+    assert_eq!(
+        all,
+        [
+            record("aud_01", t0),
+            record("aud_02", t0 + Duration::seconds(1))
+        ]
+    );
+    let next = s.audit_records(Some("aud_01"), 10).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].id, "aud_02");
+    assert!(
+        s.append_audit(&record("aud_01", t0)).await.is_err(),
+        "ids are unique"
+    );
 }
 
 async fn service_tokens_are_found_by_hash_and_revoked_once(s: &dyn BillingStore) {
@@ -852,6 +887,12 @@ pub async fn finalized_for_raw_sql(s: &dyn BillingStore) {
 }
 
 /// Statements that must all fail on a finalized invoice, whoever runs them.
+/// What raw SQL may not do to the audit log (the schema's triggers), once it holds a record.
+pub const RAW_AUDIT_TAMPERING: &[&str] = &[
+    "UPDATE audit_log SET actor = 'nobody'",
+    "DELETE FROM audit_log",
+];
+
 pub const RAW_TAMPERING: &[&str] = &[
     "UPDATE invoices SET total = '0.00' WHERE id = 'inv_raw'",
     "UPDATE invoices SET document = '{}' WHERE id = 'inv_raw'",

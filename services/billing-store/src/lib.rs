@@ -2,6 +2,7 @@
 //! [`sqlite::SqliteBillingStore`] serves embedded mode; a PostgreSQL implementation plugs in
 //! behind the same trait and the same test suite.
 
+pub mod audit;
 #[doc(hidden)]
 pub mod conformance;
 pub mod idempotency;
@@ -19,6 +20,7 @@ use peage_core::Env;
 use rust_decimal::Decimal;
 use serde::Serialize;
 
+pub use audit::{AuditRecord, AuditStore};
 pub use idempotency::{ClaimOutcome, IdempotencyClaim, IdempotencyStore, KeptAnswer};
 pub use ledger::{
     Attempt, BillingProfile, CreditEntry, DashboardGrant, DashboardRole, DraftOutcome,
@@ -169,7 +171,14 @@ fn decide_grant(
 
 #[async_trait]
 pub trait BillingStore:
-    LedgerStore + IdempotencyStore + ServiceTokenStore + RevocationFeed + Send + Sync + 'static
+    LedgerStore
+    + IdempotencyStore
+    + ServiceTokenStore
+    + RevocationFeed
+    + AuditStore
+    + Send
+    + Sync
+    + 'static
 {
     async fn create_partner(
         &self,

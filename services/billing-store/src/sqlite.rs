@@ -447,6 +447,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_audit_log_resists_raw_sql() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        crate::conformance::run_all(&s).await;
+        for sql in crate::conformance::RAW_AUDIT_TAMPERING {
+            let err = sqlx::query(sql).execute(&s.pool).await.unwrap_err();
+            assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+        }
+    }
+
+    #[tokio::test]
     async fn passes_the_conformance_suite() {
         let dir = tempfile::tempdir().unwrap();
         crate::conformance::run_all(&store(&dir).await).await;
@@ -480,6 +491,7 @@ mod tests {
 
 crate::ledger::ledger_store!(SqliteBillingStore, sqlx::Sqlite, "BEGIN IMMEDIATE");
 crate::idempotency::idempotency_store!(SqliteBillingStore);
+crate::audit::audit_store!(SqliteBillingStore);
 crate::service_tokens::service_token_store!(SqliteBillingStore, sqlx::Sqlite);
 crate::revocations::revocation_feed!(
     SqliteBillingStore,

@@ -45,6 +45,10 @@ async fn passes_the_conformance_suite() {
             "{sql}: {err}"
         );
     }
+    for sql in conformance::RAW_AUDIT_TAMPERING {
+        let err = sqlx::query(sql).execute(&mut raw).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
     // Migrations are idempotent.
     let options: PgConnectOptions = url.parse().unwrap();
     PostgresBillingStore::connect_with(options.options([("search_path", schema.as_str())]))

@@ -114,7 +114,7 @@ impl ServiceScope {
                 .iter()
                 .any(|(m, r)| *m == method.as_str() && *r == route)
         };
-        let admin_only = route.starts_with("/v1/service-tokens");
+        let admin_only = route.starts_with("/v1/service-tokens") || route == "/v1/audit";
         match self {
             ServiceScope::Admin => true,
             ServiceScope::Finance => !admin_only,
@@ -290,8 +290,11 @@ pub(crate) async fn authenticate(
             Principal::from(grant.role)
         }
     };
-    req.extensions_mut().insert(principal);
-    Ok(next.run(req).await)
+    req.extensions_mut().insert(principal.clone());
+    let mut response = next.run(req).await;
+    // For the audit log, which records the answer outside routing.
+    response.extensions_mut().insert(principal);
+    Ok(response)
 }
 
 /// The live service token `presented` is, with its scope; `None` for anything else.

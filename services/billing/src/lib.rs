@@ -2,6 +2,7 @@
 //! per meter and the upcoming invoice. Every `/v1` route needs the admin bearer token; every
 //! error is `application/problem+json`, mapped once from [`ApiError`].
 
+pub mod audit;
 pub mod auth;
 mod error;
 pub mod gateway_routes;
@@ -172,6 +173,7 @@ impl ControlApi {
                 service_tokens::list_tokens
             ))
             .routes(routes!(service_tokens::revoke_token))
+            .routes(routes!(audit::list))
             .route_layer(middleware::from_fn(service_tokens::require_admin));
         // Layers run outside in: authentication, then Idempotency-Key (which needs the caller).
         let v1 = staff
@@ -197,10 +199,15 @@ impl ControlApi {
     pub fn router(self: &Arc<ControlApi>) -> Router {
         let (router, _) = self.routes().split_for_parts();
         router
+            .route_layer(middleware::from_fn(audit::tag_route))
             .route(
                 "/v1/{*rest}",
                 any(|| async { ApiError::NotFound("no such route".into()) }),
             )
+            .layer(middleware::from_fn_with_state(
+                Arc::clone(self),
+                audit::record,
+            ))
             .with_state(Arc::clone(self))
     }
 
