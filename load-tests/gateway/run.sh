@@ -175,15 +175,19 @@ url = "$PGURL/$NAME"
 [aggregator]
 group = "$NAME-agg"
 max_wait_ms = 200
+[secrets]
+key = "$("$PEAGE" secrets new-key)"
 CONF
 export PEAGE_CONFIG="$WORK/peage.toml"
 PEAGE_LOG=warn "$PEAGE" migrate >/dev/null
-PEAGE_LOG=warn "$PEAGE" billing >/dev/null &
+PEAGE_LOG=warn PEAGE_METRICS__LISTEN=127.0.0.1:0 "$PEAGE" billing >/dev/null &
 PIDS+=($!)
 OTHERS=("$KAFKA_PID" "$!")
 wait_http "http://127.0.0.1:$BILLING_PORT/healthz"
 read -r ROLE_PARTNER ROLE_KEY < <(new_partner "http://127.0.0.1:$BILLING_PORT")
-PEAGE_LOG=warn "$PEAGE" gateway >/dev/null &
+# The gateway calls billing with its own scoped token, as in production.
+GATEWAY_TOKEN=$(PEAGE_LOG=warn "$PEAGE" service-token create --scope gateway --name gw-bench --config "$WORK/peage.toml" 2>/dev/null)
+PEAGE_LOG=warn PEAGE_GATEWAY__BILLING_TOKEN="$GATEWAY_TOKEN" "$PEAGE" gateway >/dev/null &
 ROLE_PID=$!
 PIDS+=($ROLE_PID)
 wait_http "http://127.0.0.1:$ROLE_PORT/demo/v1/hello" "Authorization: Bearer $ROLE_KEY"
