@@ -95,9 +95,10 @@ impl FailureLimiter {
         }
     }
 
-    /// The default for every credential: 20 failures a minute per source, 65,536 sources.
-    pub fn standard() -> FailureLimiter {
-        FailureLimiter::new(20, Duration::from_secs(60), 65_536)
+    /// Whether no source is tracked: then every [`FailureLimiter::check`] passes, and a caller
+    /// on a hot path need not work out the source or read the clock for it.
+    pub fn is_quiet(&self) -> bool {
+        self.tracked.load(Ordering::Relaxed) == 0
     }
 
     fn lock(&self, source: Source) -> std::sync::MutexGuard<'_, HashMap<Source, Window>> {
@@ -109,7 +110,7 @@ impl FailureLimiter {
 
     /// Whether an attempt from `ip` may be checked at all.
     pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Throttled> {
-        if self.tracked.load(Ordering::Relaxed) == 0 {
+        if self.is_quiet() {
             return Ok(());
         }
         let source = Source::of(ip);
@@ -247,8 +248,11 @@ mod tests {
 
     #[test]
     fn nobody_failing_means_nothing_tracked() {
-        let l = FailureLimiter::standard();
+        let l = FailureLimiter::new(20, Duration::from_secs(60), 65_536);
+        assert!(l.is_quiet());
         assert_eq!(l.check(v4(1), Instant::now()), Ok(()));
         assert_eq!(l.tracked.load(Ordering::Relaxed), 0);
+        l.failed(v4(1), Instant::now());
+        assert!(!l.is_quiet());
     }
 }
