@@ -63,12 +63,10 @@ impl SecretsSection {
         let read = |f: &PathBuf| {
             std::fs::read_to_string(f).with_context(|| format!("secrets key file {}", f.display()))
         };
-        let text = match (&self.key, &self.key_file) {
-            (Some(k), _) => k.clone(),
-            (None, Some(f)) => read(f)?,
-            (None, None) => bail!(
+        let Some(text) = inline_or_file(&self.key, &self.key_file, "secrets.key_file")? else {
+            bail!(
                 "set secrets.key_file (or PEAGE_SECRETS__KEY): the key that encrypts signing keys and webhook secrets in billing's database; `peage secrets new-key` prints one"
-            ),
+            )
         };
         let parse = |t: &str, what: &str| {
             peage_billing::secrets::parse_key(t).map_err(|e| anyhow::anyhow!("{what}: {e}"))
@@ -467,13 +465,13 @@ impl GatewaySection {
     /// one it falls back to the admin token, loudly: that works, but a compromised gateway
     /// then holds every right of the control API.
     pub fn billing_token(&self, control: &ControlSection) -> anyhow::Result<String> {
-        match (&self.billing_token, &self.billing_token_file) {
-            (Some(t), _) => Ok(t.trim().to_string()),
-            (None, Some(f)) => Ok(std::fs::read_to_string(f)
-                .with_context(|| format!("gateway.billing_token_file {}", f.display()))?
-                .trim()
-                .to_string()),
-            (None, None) => {
+        match inline_or_file(
+            &self.billing_token,
+            &self.billing_token_file,
+            "gateway.billing_token_file",
+        )? {
+            Some(t) => Ok(t.trim().to_string()),
+            None => {
                 tracing::warn!("gateway.billing_token is not set: calling billing with the admin token; create a gateway token with `peage service-token create --scope gateway`");
                 control.token()
             }
@@ -481,17 +479,36 @@ impl GatewaySection {
     }
 }
 
-impl ControlSection {
-    pub fn token(&self) -> anyhow::Result<String> {
-        let token = match (&self.admin_token, &self.admin_token_file) {
-            (Some(t), _) => t.clone(),
-            (None, Some(f)) => std::fs::read_to_string(f)
-                .with_context(|| format!("control.admin_token_file {}", f.display()))?
+/// A credential given in the configuration itself (`value`, as written) or in a file (its
+/// text, trimmed; `file_key` names the setting in errors). `None` when neither is set.
+fn inline_or_file(
+    value: &Option<String>,
+    file: &Option<PathBuf>,
+    file_key: &str,
+) -> anyhow::Result<Option<String>> {
+    Ok(match (value, file) {
+        (Some(v), _) => Some(v.clone()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("{file_key} {}", f.display()))?
                 .trim()
                 .to_string(),
-            (None, None) => bail!(
+        ),
+        (None, None) => None,
+    })
+}
+
+impl ControlSection {
+    pub fn token(&self) -> anyhow::Result<String> {
+        let Some(token) = inline_or_file(
+            &self.admin_token,
+            &self.admin_token_file,
+            "control.admin_token_file",
+        )?
+        else {
+            bail!(
                 "set control.admin_token_file (or PEAGE_CONTROL__ADMIN_TOKEN) for the control API"
-            ),
+            )
         };
         if token.len() < 16 {
             bail!("the admin token must be at least 16 characters");
