@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use peage_billing_store::ApiKey;
+use peage_billing_store::{ApiKey, BillingStore, BillingStoreError, TrustedIssuer};
 use peage_core::Env;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -44,27 +44,50 @@ pub struct GatewayIssuer {
     pub env: Env,
 }
 
-async fn plan_of(api: &ControlApi, partner_id: &str) -> Result<String, ApiError> {
-    Ok(api
-        .store
+async fn plan_of(store: &dyn BillingStore, partner_id: &str) -> Result<String, BillingStoreError> {
+    Ok(store
         .partner(partner_id)
         .await?
         .map(|p| p.subscription.plan_id)
         .unwrap_or_default())
 }
 
-async fn gateway_key(api: &ControlApi, k: Option<ApiKey>) -> Result<Response, ApiError> {
-    let Some(k) = k else {
-        return Err(ApiError::NotFound("no such key".into()));
-    };
-    Ok(Json(GatewayKey {
-        plan_id: plan_of(api, &k.partner_id).await?,
+/// A stored key as a gateway needs it, with its partner's current plan: what these routes
+/// answer, and what `peage up`'s in-process gateway reads without HTTP.
+pub async fn gateway_key(
+    store: &dyn BillingStore,
+    k: ApiKey,
+) -> Result<GatewayKey, BillingStoreError> {
+    Ok(GatewayKey {
+        plan_id: plan_of(store, &k.partner_id).await?,
         key_id: k.key_id,
         env: k.env,
         revoked: k.revoked_at.is_some(),
         partner_id: k.partner_id,
     })
-    .into_response())
+}
+
+/// A stored issuer as a gateway needs it, likewise.
+pub async fn gateway_issuer(
+    store: &dyn BillingStore,
+    i: TrustedIssuer,
+) -> Result<GatewayIssuer, BillingStoreError> {
+    Ok(GatewayIssuer {
+        plan_id: plan_of(store, &i.partner_id).await?,
+        id: i.id,
+        partner_id: i.partner_id,
+        jwks_url: i.jwks_url,
+        algorithm: i.algorithm,
+        audience: i.audience,
+        env: i.env,
+    })
+}
+
+async fn key_answer(api: &ControlApi, k: Option<ApiKey>) -> Result<Response, ApiError> {
+    let Some(k) = k else {
+        return Err(ApiError::NotFound("no such key".into()));
+    };
+    Ok(Json(gateway_key(api.store.as_ref(), k).await?).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/gateway/keys/{secret_hash}", tag = "gateway",
@@ -77,7 +100,7 @@ pub(crate) async fn key_by_hash(
     Path(secret_hash): Path<String>,
 ) -> Result<Response, ApiError> {
     let k = api.store.key_by_hash(&secret_hash).await?;
-    gateway_key(&api, k).await
+    key_answer(&api, k).await
 }
 
 #[utoipa::path(get, path = "/v1/gateway/key-ids/{key_id}", tag = "gateway",
@@ -90,7 +113,7 @@ pub(crate) async fn key_by_id(
     Path(key_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let k = api.store.key(&key_id).await?;
-    gateway_key(&api, k).await
+    key_answer(&api, k).await
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -112,16 +135,7 @@ pub(crate) async fn issuer(
     let Some(i) = api.store.issuer(&q.iss).await? else {
         return Err(ApiError::NotFound("no such issuer".into()));
     };
-    Ok(Json(GatewayIssuer {
-        plan_id: plan_of(&api, &i.partner_id).await?,
-        id: i.id,
-        partner_id: i.partner_id,
-        jwks_url: i.jwks_url,
-        algorithm: i.algorithm,
-        audience: i.audience,
-        env: i.env,
-    })
-    .into_response())
+    Ok(Json(gateway_issuer(api.store.as_ref(), i).await?).into_response())
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use async_trait::async_trait;
 use peage_aggregator::{Aggregator, AggregatorConfig, DeadLetterFile};
-use peage_billing::{provisioning, ApiDocs, ControlApi, ControlSettings, OAuthConfig};
+use peage_billing::{
+    gateway_routes, provisioning, ApiDocs, ControlApi, ControlSettings, OAuthConfig,
+};
 use peage_billing_store::{BillingStore, DashboardRole, SqliteBillingStore};
 use peage_core::ids::api_key;
 use peage_core::quota::{Lease, LeaseRequest};
@@ -96,22 +98,16 @@ pub(crate) fn upstream_roots(
 pub(crate) struct StoreKeys(pub(crate) Arc<dyn BillingStore>);
 
 impl StoreKeys {
-    async fn plan_of(&self, partner_id: &str) -> Result<String, String> {
-        let partner = self
-            .0
-            .partner(partner_id)
+    async fn resolved(&self, k: peage_billing_store::ApiKey) -> Result<ResolvedKey, String> {
+        let k = gateway_routes::gateway_key(self.0.as_ref(), k)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(partner.map(|p| p.subscription.plan_id).unwrap_or_default())
-    }
-
-    async fn resolved(&self, k: peage_billing_store::ApiKey) -> Result<ResolvedKey, String> {
         Ok(ResolvedKey {
-            plan_id: self.plan_of(&k.partner_id).await?,
             key_id: k.key_id,
-            env: k.env,
-            revoked: k.revoked_at.is_some(),
             partner_id: k.partner_id,
+            env: k.env,
+            revoked: k.revoked,
+            plan_id: k.plan_id,
             scopes: None,
         })
     }
@@ -142,10 +138,13 @@ impl KeyResolver for StoreKeys {
         let Some(i) = self.0.issuer(iss).await.map_err(|e| e.to_string())? else {
             return Ok(None);
         };
+        let i = gateway_routes::gateway_issuer(self.0.as_ref(), i)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(Some(ResolvedIssuer {
-            plan_id: self.plan_of(&i.partner_id).await?,
             id: i.id,
             partner_id: i.partner_id,
+            plan_id: i.plan_id,
             jwks_url: i.jwks_url,
             algorithm: i.algorithm,
             audience: i.audience,
