@@ -134,6 +134,15 @@ impl Fixture {
     }
 }
 
+/// A route of the OpenAPI document with its parameters filled in.
+fn concrete(route: &str) -> String {
+    route
+        .replace("{id}", PARTNER)
+        .replace("{key_id}", "key_00000000000000000000")
+        .replace("{api}", "maps")
+        .replace("{version}", "v1")
+}
+
 fn assert_problem(status: u16, headers: &reqwest::header::HeaderMap, body: &str, want: u16) {
     assert_eq!(status, want, "{body}");
     assert_eq!(
@@ -844,11 +853,7 @@ async fn service_tokens_reach_only_their_scope() {
             if item.get(method).is_none() {
                 continue;
             }
-            let concrete = path
-                .replace("{id}", PARTNER)
-                .replace("{key_id}", "key_00000000000000000000")
-                .replace("{api}", "maps")
-                .replace("{version}", "v1");
+            let concrete = concrete(path);
             let m: reqwest::Method = method.to_uppercase().parse().unwrap();
             let allowed = peage_billing::auth::GATEWAY_ROUTES
                 .iter()
@@ -917,11 +922,7 @@ async fn every_mutating_route_leaves_an_audit_record() {
             if item.get(method).is_none() {
                 continue;
             }
-            let concrete = path
-                .replace("{id}", PARTNER)
-                .replace("{key_id}", "key_00000000000000000000")
-                .replace("{api}", "maps")
-                .replace("{version}", "v1");
+            let concrete = concrete(path);
             let m: reqwest::Method = method.to_uppercase().parse().unwrap();
             let (s, h, body) = f
                 .send(
