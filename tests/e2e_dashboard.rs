@@ -1,6 +1,6 @@
 //! The dashboard in a real browser: seeds two months of usage for a partner, starts the real
 //! `peage up --demo`, and runs `tests/browser/dashboard.test.mjs` (playwright-core driving
-//! Debian's headless Chromium) against it. The browser signs in as finance, computes and
+//! Debian's headless Chromium) against it. The browser signs in as a finance staff member, computes and
 //! finalizes a draft and downloads its CSV; signs in as the partner, sees its chart, quota and
 //! invoice, downloads the PDF, rotates a key, reads an API's docs, and fails to reach the other
 //! partner's data. Screenshots of each page go to `docs/screenshots/`.
@@ -172,6 +172,65 @@ async fn the_dashboard_in_headless_chromium() {
     let out = cli(&["--partner", "prt_000000000000000000aa"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    // Named staff from the command line: the first start made an admin; add, list, disable.
+    let staff = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_peage"))
+            .arg("staff")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    let out = staff(&[
+        "add",
+        "--email",
+        "Ops@Example.com",
+        "--name",
+        "Olga Ops",
+        "--role",
+        "finance",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = staff(&[
+        "add",
+        "--email",
+        "ops@example.com",
+        "--name",
+        "Twice",
+        "--role",
+        "viewer",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists already"));
+    let out = staff(&[
+        "add",
+        "--email",
+        "x@example.com",
+        "--name",
+        "X",
+        "--role",
+        "owner",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("role must be one of"));
+    let listed = String::from_utf8_lossy(&staff(&["list"]).stdout).to_string();
+    assert!(
+        listed.contains("admin@localhost\tadmin")
+            && listed.contains("ops@example.com\tfinance\tOlga Ops\tactive"),
+        "{listed}"
+    );
+    let out = cli(&["--staff", "ops@example.com"]);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("/sign-in#token=psl_"));
+    assert!(staff(&["set", "ops@example.com", "--disable"])
+        .status
+        .success());
+    let out = cli(&["--staff", "ops@example.com"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is disabled"));
+    let out = cli(&["--staff", "nobody@example.com"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
     let p = Peage::start(&data);
     let client = reqwest::Client::new();
     // Live calls through the gateway for the demo partner: the other partner of the test.
@@ -229,6 +288,7 @@ async fn the_dashboard_in_headless_chromium() {
         "finance-partners",
         "finance-invoices",
         "finance-invoice-review",
+        "viewer-invoices",
     ] {
         let f = shots.join(format!("{page}.png"));
         assert!(

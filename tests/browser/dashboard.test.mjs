@@ -74,7 +74,10 @@ async function assertLabelled(page) {
 }
 
 test('finance computes, reviews, finalizes and exports a draft', async () => {
-  const { context, page, errors } = await signIn({ role: 'finance' });
+  await adminCall('POST', '/v1/staff', { email: 'fiona@example.com', name: 'Fiona Finance', role: 'finance' });
+  const { context, page, errors } = await signIn({ staff: 'fiona@example.com' });
+  // The header names who is signed in, and as what.
+  await page.getByText('Fiona Finance (finance)').waitFor();
   // All partners with this period's usage and running cost, searchable.
   await page.getByRole('heading', { name: 'Partners', exact: true }).waitFor();
   await page.getByRole('link', { name: 'Globex Corporation' }).waitFor();
@@ -109,6 +112,8 @@ test('finance computes, reviews, finalizes and exports a draft', async () => {
   await page.getByRole('button', { name: 'Finalize' }).click();
   await page.getByRole('heading', { name: /^Invoice PEAGE-\d{4}-\d{6}$/ }).waitFor();
   const number = (await page.getByRole('heading', { level: 1 }).innerText()).replace('Invoice ', '');
+  // The invoice says who finalized it.
+  await page.getByText(/finalized .* by fiona@example\.com/).waitFor();
   await page.getByRole('link', { name: '← All invoices' }).click();
   const finalized = page.getByRole('row').filter({ hasText: number });
   await finalized.getByText('finalized', { exact: true }).waitFor();
@@ -123,6 +128,20 @@ test('finance computes, reviews, finalizes and exports a draft', async () => {
   const csv = await streamText(await download.createReadStream());
   assert.match(csv, /^invoice_id,number,status,partner_id/);
   assert.ok(csv.includes(number) && csv.includes(partner), csv);
+  assert.deepEqual(errors, []);
+  await context.close();
+});
+
+test('a viewer reads invoices but is offered no action', async () => {
+  await adminCall('POST', '/v1/staff', { email: 'victor@example.com', name: 'Victor Viewer', role: 'viewer' });
+  const { context, page, errors } = await signIn({ staff: 'victor@example.com' });
+  await page.getByText('Victor Viewer (viewer)').waitFor();
+  await page.getByRole('link', { name: 'Invoices' }).click();
+  await page.getByRole('heading', { name: 'Invoices', exact: true }).waitFor();
+  await page.waitForLoadState('networkidle');
+  assert.equal(await page.getByRole('button', { name: 'Compute drafts' }).count(), 0);
+  assert.equal(await page.getByRole('button', { name: /^(Finalize|Void)/ }).count(), 0);
+  await shot(page, 'viewer-invoices');
   assert.deepEqual(errors, []);
   await context.close();
 });

@@ -12,7 +12,8 @@ pub struct AuditRecord {
     /// `aud_` and a time-ordered UUID.
     pub id: String,
     pub at: DateTime<Utc>,
-    /// `admin`, `finance`, `partner:<id>`, `service:<id>:<scope>`, or `anonymous` (sign-in).
+    /// `admin` (the admin token), `staff:<email>`, `partner:<id>`, `service:<id>:<scope>`, or
+    /// `anonymous` (sign-in).
     pub actor: String,
     /// Method and route: `POST /v1/partners/{id}/credits`.
     pub action: String,
@@ -20,6 +21,9 @@ pub struct AuditRecord {
     pub target: String,
     pub status: u16,
     pub request_id: String,
+    /// What the changed thing was before (JSON, secrets redacted), for actions that change
+    /// something that existed; `None` for creations and failed actions.
+    pub before: Option<String>,
     /// The answer's JSON, secrets redacted; `None` when it was not JSON or too large.
     pub after: Option<String>,
 }
@@ -46,8 +50,8 @@ macro_rules! audit_store {
                 r: &$crate::audit::AuditRecord,
             ) -> Result<(), $crate::BillingStoreError> {
                 sqlx::query(
-                    "INSERT INTO audit_log (id, at, actor, action, target, status, request_id, after) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    "INSERT INTO audit_log (id, at, actor, action, target, status, request_id, before, after) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 )
                 .bind(&r.id)
                 .bind($crate::ledger::ts(r.at))
@@ -56,6 +60,7 @@ macro_rules! audit_store {
                 .bind(&r.target)
                 .bind(i64::from(r.status))
                 .bind(&r.request_id)
+                .bind(&r.before)
                 .bind(&r.after)
                 .execute(&self.pool)
                 .await?;
@@ -69,7 +74,7 @@ macro_rules! audit_store {
             ) -> Result<Vec<$crate::audit::AuditRecord>, $crate::BillingStoreError> {
                 use sqlx::Row as _;
                 let rows = sqlx::query(
-                    "SELECT id, at, actor, action, target, status, request_id, after FROM audit_log \
+                    "SELECT id, at, actor, action, target, status, request_id, before, after FROM audit_log \
                      WHERE id > $1 ORDER BY id LIMIT $2",
                 )
                 .bind(after.unwrap_or(""))
@@ -87,6 +92,7 @@ macro_rules! audit_store {
                             target: r.try_get("target")?,
                             status: u16::try_from(status).unwrap_or(0),
                             request_id: r.try_get("request_id")?,
+                            before: r.try_get("before")?,
                             after: r.try_get("after")?,
                         })
                     })

@@ -36,6 +36,7 @@ pub async fn run_all(s: &dyn BillingStore) {
     idempotency_keys_are_claimed_once_answered_and_expire(s).await;
     service_tokens_are_found_by_hash_and_revoked_once(s).await;
     audit_records_are_appended_and_read_in_order(s).await;
+    staff_are_unique_by_email_and_changes_keep_before_and_after(s).await;
     // Last: it leaves a balance that cannot be summed.
     sums_of_stored_credits_that_overflow_are_errors_not_panics(s).await;
 }
@@ -51,6 +52,7 @@ async fn audit_records_are_appended_and_read_in_order(s: &dyn BillingStore) {
         target: "id=prt_a".into(),
         status: 201,
         request_id: format!("req-{id}"),
+        before: Some("{\"amount\":\"0.00\"}".into()),
         after: Some("{\"amount\":\"10.00\"}".into()),
     };
     s.append_audit(&record("aud_01", t0)).await.unwrap();
@@ -229,7 +231,7 @@ async fn sums_of_stored_credits_that_overflow_are_errors_not_panics(s: &dyn Bill
         .await
         .unwrap();
     let e = s
-        .finalize_invoice("inv_huge", "HUGE", t0 + Duration::days(31))
+        .finalize_invoice("inv_huge", "HUGE", t0 + Duration::days(31), "admin")
         .await
         .unwrap_err();
     assert!(e.to_string().contains("overflows"), "{e}");
@@ -253,7 +255,15 @@ async fn sign_in_links_are_used_once_and_sessions_end(s: &dyn BillingStore) {
     s.create_sign_in_link(&link("l1", partner.clone()))
         .await
         .unwrap();
-    s.create_sign_in_link(&link("l2", DashboardRole::Finance))
+    let ann = staff_member("stf_00000000000000000a01", "Ann@Example.com", t0);
+    s.create_staff(&ann).await.unwrap();
+    let staff = DashboardRole::Staff {
+        staff_id: ann.id.clone(),
+    };
+    s.create_sign_in_link(&link("l2", staff.clone()))
+        .await
+        .unwrap();
+    s.create_sign_in_link(&link("l3", staff.clone()))
         .await
         .unwrap();
     let later = t0 + Duration::hours(8);
@@ -271,7 +281,7 @@ async fn sign_in_links_are_used_once_and_sessions_end(s: &dyn BillingStore) {
             .unwrap()
             .is_none());
     }
-    // Expired: the finance link after its 15 minutes opens nothing.
+    // Expired: a staff link after its 15 minutes opens nothing.
     assert!(s
         .redeem_sign_in_link("l2", t0 + Duration::minutes(15), "s3", later)
         .await
@@ -285,6 +295,111 @@ async fn sign_in_links_are_used_once_and_sessions_end(s: &dyn BillingStore) {
     s.end_dashboard_session("s1", now).await.unwrap();
     s.end_dashboard_session("s1", now).await.unwrap();
     assert!(s.dashboard_session("s1", now).await.unwrap().is_none());
+
+    // A staff session belongs to its person; disabling them ends it and spends their links.
+    let mine = s
+        .redeem_sign_in_link("l3", t0 + Duration::minutes(1), "s4", later)
+        .await
+        .unwrap()
+        .expect("a staff link opens a session");
+    assert_eq!(mine.role, staff);
+    s.create_sign_in_link(&link("l4", staff.clone()))
+        .await
+        .unwrap();
+    s.update_staff(
+        &ann.id,
+        &crate::StaffChange {
+            disabled: Some(true),
+            ..Default::default()
+        },
+        now,
+    )
+    .await
+    .unwrap();
+    assert!(s.dashboard_session("s4", now).await.unwrap().is_none());
+    assert!(s
+        .redeem_sign_in_link("l4", now, "s5", later)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+fn staff_member(id: &str, email: &str, at: DateTime<Utc>) -> crate::StaffMember {
+    crate::StaffMember {
+        id: id.into(),
+        email: email.to_lowercase(),
+        name: "Ann Example".into(),
+        role: crate::StaffRole::Finance,
+        created_at: at,
+        disabled_at: None,
+    }
+}
+
+async fn staff_are_unique_by_email_and_changes_keep_before_and_after(s: &dyn BillingStore) {
+    use crate::{StaffChange, StaffRole};
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 6, 0, 0, 0).unwrap();
+    let bob = crate::StaffMember {
+        name: "Bob".into(),
+        role: StaffRole::Viewer,
+        ..staff_member("stf_00000000000000000b01", "bob@example.com", t0)
+    };
+    s.create_staff(&bob).await.unwrap();
+    let again = crate::StaffMember {
+        id: "stf_00000000000000000b02".into(),
+        email: "BOB@example.com".into(),
+        ..bob.clone()
+    };
+    assert!(matches!(
+        s.create_staff(&again).await,
+        Err(BillingStoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.staff_member("Bob@Example.com").await.unwrap().unwrap(),
+        bob
+    );
+    assert_eq!(s.staff_member(&bob.id).await.unwrap().unwrap(), bob);
+    assert!(s
+        .staff_member("nobody@example.com")
+        .await
+        .unwrap()
+        .is_none());
+    let at = t0 + Duration::hours(1);
+    let (before, after) = s
+        .update_staff(
+            &bob.id,
+            &StaffChange {
+                role: Some(StaffRole::Admin),
+                name: Some("Robert".into()),
+                disabled: Some(true),
+            },
+            at,
+        )
+        .await
+        .unwrap();
+    assert_eq!(before, bob);
+    assert_eq!(
+        (after.role, after.name.as_str(), after.disabled_at),
+        (StaffRole::Admin, "Robert", Some(at))
+    );
+    assert_eq!(s.staff_member(&bob.id).await.unwrap().unwrap(), after);
+    let (_, enabled) = s
+        .update_staff(
+            &bob.id,
+            &StaffChange {
+                disabled: Some(false),
+                ..Default::default()
+            },
+            at,
+        )
+        .await
+        .unwrap();
+    assert_eq!(enabled.disabled_at, None);
+    assert!(matches!(
+        s.update_staff("stf_nope", &StaffChange::default(), at)
+            .await,
+        Err(BillingStoreError::NotFound { .. })
+    ));
+    assert!(s.staff().await.unwrap().iter().any(|m| m.id == bob.id));
 }
 
 /// A draft invoice for `partner` over November 2026 with `base` as its only line.
@@ -311,6 +426,8 @@ pub fn draft(id: &str, partner: &str, base: &str) -> peage_core::InvoiceRecord {
         updated_at: t,
         finalized_at: None,
         voided_at: None,
+        finalized_by: None,
+        voided_by: None,
         invoice: peage_core::Invoice::compute(partner, &plan, period, &[]).unwrap(),
     }
 }
@@ -351,18 +468,31 @@ async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn BillingSt
     let at = Utc.with_ymd_and_hms(2026, 12, 3, 9, 0, 0).unwrap();
     // Finalizing something that is not there takes no number.
     assert!(matches!(
-        s.finalize_invoice("inv_nope", "TEST", at).await,
+        s.finalize_invoice("inv_nope", "TEST", at, "admin").await,
         Err(BillingStoreError::NotFound { .. })
     ));
-    let f2 = s.finalize_invoice("inv_2", "TEST", at).await.unwrap();
+    let f2 = s
+        .finalize_invoice("inv_2", "TEST", at, "staff:ann@example.com")
+        .await
+        .unwrap();
     assert_eq!(f2.number.as_deref(), Some("TEST-2026-000001"));
     assert_eq!(f2.status, InvoiceStatus::Finalized);
+    assert_eq!(f2.finalized_by.as_deref(), Some("staff:ann@example.com"));
+    assert_eq!(
+        s.invoice("inv_2").await.unwrap().unwrap(),
+        f2,
+        "who is stored"
+    );
     // A second finalization is refused and takes no number either.
     assert!(matches!(
-        s.finalize_invoice("inv_2", "TEST", at).await,
+        s.finalize_invoice("inv_2", "TEST", at, "staff:ann@example.com")
+            .await,
         Err(BillingStoreError::Conflict(_))
     ));
-    let f1 = s.finalize_invoice("inv_1", "TEST", at).await.unwrap();
+    let f1 = s
+        .finalize_invoice("inv_1", "TEST", at, "admin")
+        .await
+        .unwrap();
     assert_eq!(f1.number.as_deref(), Some("TEST-2026-000002"));
     assert_eq!(f1.invoice.total, Decimal::new(1200, 2));
 
@@ -396,11 +526,16 @@ async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn BillingSt
     assert_eq!(one.len(), 1);
 
     // Void keeps the number; voiding twice is refused; the period can then be drafted again.
-    let v = s.void_invoice("inv_2", at).await.unwrap();
+    let v = s
+        .void_invoice("inv_2", at, "staff:bob@example.com")
+        .await
+        .unwrap();
     assert_eq!(v.status, InvoiceStatus::Void);
+    assert_eq!(v.voided_by.as_deref(), Some("staff:bob@example.com"));
+    assert_eq!(v.finalized_by.as_deref(), Some("staff:ann@example.com"));
     assert_eq!(v.number.as_deref(), Some("TEST-2026-000001"));
     assert!(matches!(
-        s.void_invoice("inv_2", at).await,
+        s.void_invoice("inv_2", at, "admin").await,
         Err(BillingStoreError::Conflict(_))
     ));
     assert!(matches!(
@@ -440,7 +575,7 @@ async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn BillingSt
     // Next year starts at 1 again.
     let next_year = Utc.with_ymd_and_hms(2027, 1, 2, 0, 0, 0).unwrap();
     let f3 = s
-        .finalize_invoice("inv_3", "TEST", next_year)
+        .finalize_invoice("inv_3", "TEST", next_year, "admin")
         .await
         .unwrap();
     assert_eq!(f3.number.as_deref(), Some("TEST-2027-000001"));
@@ -467,7 +602,10 @@ async fn credits_are_taken_by_finalization_and_given_back_by_void(s: &dyn Billin
         .await
         .unwrap();
     let at = t0 + Duration::days(31);
-    let f = s.finalize_invoice("inv_c1", "CRED", at).await.unwrap();
+    let f = s
+        .finalize_invoice("inv_c1", "CRED", at, "admin")
+        .await
+        .unwrap();
     assert_eq!(f.invoice.credits_applied, Decimal::new(1250, 2));
     assert_eq!(f.invoice.amount_due, Decimal::new(0, 2));
     assert_eq!(
@@ -478,7 +616,7 @@ async fn credits_are_taken_by_finalization_and_given_back_by_void(s: &dyn Billin
         s.credit_balance("prt_cred", "USD").await.unwrap(),
         Decimal::ZERO
     );
-    s.void_invoice("inv_c1", at).await.unwrap();
+    s.void_invoice("inv_c1", at, "admin").await.unwrap();
     assert_eq!(
         s.credit_balance("prt_cred", "EUR").await.unwrap(),
         Decimal::new(3000, 2)
@@ -881,7 +1019,7 @@ pub async fn finalized_for_raw_sql(s: &dyn BillingStore) {
     s.save_draft(&draft("inv_raw", "prt_raw", "10"))
         .await
         .unwrap();
-    s.finalize_invoice("inv_raw", "RAW", t0 + Duration::days(31))
+    s.finalize_invoice("inv_raw", "RAW", t0 + Duration::days(31), "admin")
         .await
         .unwrap();
 }
@@ -898,5 +1036,6 @@ pub const RAW_TAMPERING: &[&str] = &[
     "UPDATE invoices SET document = '{}' WHERE id = 'inv_raw'",
     "UPDATE invoices SET status = 'draft' WHERE id = 'inv_raw'",
     "UPDATE invoices SET number = 'RAW-2026-000999' WHERE id = 'inv_raw'",
+    "UPDATE invoices SET finalized_by = 'someone else' WHERE id = 'inv_raw'",
     "DELETE FROM invoices WHERE id = 'inv_raw'",
 ];

@@ -91,32 +91,35 @@ pub struct WebhookDelivery {
     pub created_at: DateTime<Utc>,
 }
 
-/// Who a dashboard sign-in link or session belongs to: finance (every partner) or one partner.
+/// Who a dashboard sign-in link or session belongs to: a named staff member (whose role is
+/// read when the session is used, so a change of role or a disabling counts at once) or one
+/// partner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DashboardRole {
-    Finance,
+    Staff { staff_id: String },
     Partner { partner_id: String },
 }
 
 impl DashboardRole {
-    /// The role's name (`finance` or `partner`) and its partner, as stored.
-    pub fn columns(&self) -> (&'static str, Option<&str>) {
+    /// The role's name (`staff` or `partner`), its partner and its staff member, as stored.
+    pub fn columns(&self) -> (&'static str, Option<&str>, Option<&str>) {
         match self {
-            DashboardRole::Finance => ("finance", None),
-            DashboardRole::Partner { partner_id } => ("partner", Some(partner_id)),
+            DashboardRole::Staff { staff_id } => ("staff", None, Some(staff_id)),
+            DashboardRole::Partner { partner_id } => ("partner", Some(partner_id), None),
         }
     }
 
     pub(crate) fn from_columns(
         role: &str,
         partner_id: Option<String>,
+        staff_id: Option<String>,
     ) -> Result<Self, BillingStoreError> {
-        match (role, partner_id) {
-            ("finance", None) => Ok(DashboardRole::Finance),
-            ("partner", Some(partner_id)) => Ok(DashboardRole::Partner { partner_id }),
-            (role, p) => Err(BillingStoreError::Corrupt {
+        match (role, partner_id, staff_id) {
+            ("staff", None, Some(staff_id)) => Ok(DashboardRole::Staff { staff_id }),
+            ("partner", Some(partner_id), None) => Ok(DashboardRole::Partner { partner_id }),
+            (role, p, st) => Err(BillingStoreError::Corrupt {
                 what: "dashboard session",
-                reason: format!("role {role:?} with partner {p:?}"),
+                reason: format!("role {role:?} with partner {p:?} and staff {st:?}"),
             }),
         }
     }
@@ -202,17 +205,21 @@ pub trait LedgerStore: Send + Sync + 'static {
     async fn invoice(&self, id: &str) -> Result<Option<InvoiceRecord>, BillingStoreError>;
     /// Finalizes a draft in one transaction: the next number of `prefix` for the year of `at`
     /// (no gaps: a failed finalization takes no number), credits applied from the balance.
+    /// `by` names who did it (the audit log's actor).
     async fn finalize_invoice(
         &self,
         id: &str,
         prefix: &str,
         at: DateTime<Utc>,
+        by: &str,
     ) -> Result<InvoiceRecord, BillingStoreError>;
-    /// Voids a draft or a finalized invoice; credits it took go back to the balance.
+    /// Voids a draft or a finalized invoice; credits it took go back to the balance. `by` names
+    /// who did it.
     async fn void_invoice(
         &self,
         id: &str,
         at: DateTime<Utc>,
+        by: &str,
     ) -> Result<InvoiceRecord, BillingStoreError>;
 
     async fn add_webhook_endpoint(&self, ep: &WebhookEndpoint) -> Result<(), BillingStoreError>;
@@ -326,7 +333,7 @@ pub(crate) fn document(inv: &Invoice) -> Result<String, BillingStoreError> {
 }
 
 /// The columns a record is read from, in this order.
-pub(crate) const INVOICE_COLUMNS: &str = "id, number, status, partner_id, period_label, created_at, updated_at, finalized_at, voided_at, document";
+pub(crate) const INVOICE_COLUMNS: &str = "id, number, status, partner_id, period_label, created_at, updated_at, finalized_at, voided_at, finalized_by, voided_by, document";
 
 pub(crate) struct InvoiceRow {
     pub id: String,
@@ -338,6 +345,8 @@ pub(crate) struct InvoiceRow {
     pub updated_at: String,
     pub finalized_at: Option<String>,
     pub voided_at: Option<String>,
+    pub finalized_by: Option<String>,
+    pub voided_by: Option<String>,
     pub document: String,
 }
 
@@ -356,6 +365,8 @@ impl InvoiceRow {
             updated_at: parse_time("invoice", &self.updated_at)?,
             finalized_at: parse_opt_time("invoice", self.finalized_at)?,
             voided_at: parse_opt_time("invoice", self.voided_at)?,
+            finalized_by: self.finalized_by,
+            voided_by: self.voided_by,
             id: self.id,
             number: self.number,
             partner_id: self.partner_id,
@@ -407,6 +418,8 @@ macro_rules! ledger_store {
                     updated_at: row.try_get("updated_at")?,
                     finalized_at: row.try_get("finalized_at")?,
                     voided_at: row.try_get("voided_at")?,
+                    finalized_by: row.try_get("finalized_by")?,
+                    voided_by: row.try_get("voided_by")?,
                     document: row.try_get("document")?,
                 })
             }
@@ -809,6 +822,7 @@ macro_rules! ledger_store {
                     id: &str,
                     prefix: &str,
                     at: chrono::DateTime<chrono::Utc>,
+                    by: &str,
                 ) -> Result<peage_core::InvoiceRecord, $crate::BillingStoreError> {
                     // Stored to the microsecond: answer what is stored.
                     let at = parse_time("invoice", &ts(at))?;
@@ -869,12 +883,13 @@ macro_rules! ledger_store {
                     }
                     sqlx::query(
                         "UPDATE invoices SET status = 'finalized', number = $1, document = $2, total = $3, \
-                         finalized_at = $4, updated_at = $4 WHERE id = $5 AND status = 'draft'",
+                         finalized_at = $4, updated_at = $4, finalized_by = $5 WHERE id = $6 AND status = 'draft'",
                     )
                     .bind(&number)
                     .bind(document(&record.invoice)?)
                     .bind(record.invoice.total.to_string())
                     .bind(ts(at))
+                    .bind(by)
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
@@ -882,6 +897,7 @@ macro_rules! ledger_store {
                     record.status = peage_core::InvoiceStatus::Finalized;
                     record.number = Some(number);
                     record.finalized_at = Some(at);
+                    record.finalized_by = Some(by.to_string());
                     record.updated_at = at;
                     Ok(record)
                 }
@@ -890,14 +906,16 @@ macro_rules! ledger_store {
                     &self,
                     id: &str,
                     at: chrono::DateTime<chrono::Utc>,
+                    by: &str,
                 ) -> Result<peage_core::InvoiceRecord, $crate::BillingStoreError> {
                     let at = parse_time("invoice", &ts(at))?;
                     let mut tx = self.pool.begin_with($begin).await?;
                     let changed = sqlx::query(
-                        "UPDATE invoices SET status = 'void', voided_at = $1, updated_at = $1 \
-                         WHERE id = $2 AND status IN ('draft', 'finalized')",
+                        "UPDATE invoices SET status = 'void', voided_at = $1, updated_at = $1, voided_by = $2 \
+                         WHERE id = $3 AND status IN ('draft', 'finalized')",
                     )
                     .bind(ts(at))
+                    .bind(by)
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
@@ -1101,7 +1119,7 @@ macro_rules! ledger_store {
                     &self,
                     link: &DashboardGrant,
                 ) -> Result<(), $crate::BillingStoreError> {
-                    let (role, partner) = link.role.columns();
+                    let (role, partner, staff) = link.role.columns();
                     // Housekeeping: links a day past their expiry and sessions a month past
                     // theirs are of no use any more (not even to tell why a link failed).
                     let day = chrono::Duration::days(1);
@@ -1114,12 +1132,13 @@ macro_rules! ledger_store {
                         .execute(&self.pool)
                         .await?;
                     sqlx::query(
-                        "INSERT INTO dashboard_sign_in_links (token_hash, role, partner_id, created_at, expires_at) \
-                         VALUES ($1, $2, $3, $4, $5)",
+                        "INSERT INTO dashboard_sign_in_links (token_hash, role, partner_id, staff_id, created_at, expires_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
                     )
                     .bind(&link.token_hash)
                     .bind(role)
                     .bind(partner)
+                    .bind(staff)
                     .bind(ts(link.created_at))
                     .bind(ts(link.expires_at))
                     .execute(&self.pool)
@@ -1139,7 +1158,7 @@ macro_rules! ledger_store {
                     let row = sqlx::query(
                         "UPDATE dashboard_sign_in_links SET used_at = $1 \
                          WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1 \
-                         RETURNING role, partner_id",
+                         RETURNING role, partner_id, staff_id",
                     )
                     .bind(ts(now))
                     .bind(link_hash)
@@ -1149,15 +1168,17 @@ macro_rules! ledger_store {
                     let role = DashboardRole::from_columns(
                         &row.try_get::<String, _>("role")?,
                         row.try_get("partner_id")?,
+                        row.try_get("staff_id")?,
                     )?;
-                    let (r, p) = role.columns();
+                    let (r, p, st) = role.columns();
                     sqlx::query(
-                        "INSERT INTO dashboard_sessions (token_hash, role, partner_id, created_at, expires_at) \
-                         VALUES ($1, $2, $3, $4, $5)",
+                        "INSERT INTO dashboard_sessions (token_hash, role, partner_id, staff_id, created_at, expires_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
                     )
                     .bind(session_hash)
                     .bind(r)
                     .bind(p)
+                    .bind(st)
                     .bind(ts(now))
                     .bind(ts(session_expires_at))
                     .execute(&mut *tx)
@@ -1177,7 +1198,7 @@ macro_rules! ledger_store {
                     now: DateTime<Utc>,
                 ) -> Result<Option<DashboardGrant>, $crate::BillingStoreError> {
                     let row = sqlx::query(
-                        "SELECT role, partner_id, created_at, expires_at FROM dashboard_sessions \
+                        "SELECT role, partner_id, staff_id, created_at, expires_at FROM dashboard_sessions \
                          WHERE token_hash = $1 AND ended_at IS NULL AND expires_at > $2",
                     )
                     .bind(session_hash)
@@ -1190,6 +1211,7 @@ macro_rules! ledger_store {
                         role: DashboardRole::from_columns(
                             &row.try_get::<String, _>("role")?,
                             row.try_get("partner_id")?,
+                            row.try_get("staff_id")?,
                         )?,
                         created_at: parse_time("dashboard session", &row.try_get::<String, _>("created_at")?)?,
                         expires_at: parse_time("dashboard session", &row.try_get::<String, _>("expires_at")?)?,

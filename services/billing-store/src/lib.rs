@@ -11,6 +11,7 @@ pub mod postgres;
 pub mod revocations;
 pub mod service_tokens;
 pub mod sqlite;
+pub mod staff;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -30,6 +31,7 @@ pub use postgres::PostgresBillingStore;
 pub use revocations::{Revocation, RevocationFeed};
 pub use service_tokens::{ServiceToken, ServiceTokenStore};
 pub use sqlite::SqliteBillingStore;
+pub use staff::{StaffChange, StaffMember, StaffRole, StaffStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BillingStoreError {
@@ -176,6 +178,7 @@ pub trait BillingStore:
     + ServiceTokenStore
     + RevocationFeed
     + AuditStore
+    + StaffStore
     + Send
     + Sync
     + 'static

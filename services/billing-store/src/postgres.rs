@@ -415,6 +415,7 @@ async fn grant_rows(
 }
 
 crate::ledger::ledger_store!(PostgresBillingStore, sqlx::Postgres, "BEGIN");
+crate::staff::staff_store!(PostgresBillingStore, sqlx::Postgres, "BEGIN");
 crate::idempotency::idempotency_store!(PostgresBillingStore);
 crate::audit::audit_store!(PostgresBillingStore);
 crate::service_tokens::service_token_store!(PostgresBillingStore, sqlx::Postgres);

@@ -490,6 +490,7 @@ mod tests {
 }
 
 crate::ledger::ledger_store!(SqliteBillingStore, sqlx::Sqlite, "BEGIN IMMEDIATE");
+crate::staff::staff_store!(SqliteBillingStore, sqlx::Sqlite, "BEGIN IMMEDIATE");
 crate::idempotency::idempotency_store!(SqliteBillingStore);
 crate::audit::audit_store!(SqliteBillingStore);
 crate::service_tokens::service_token_store!(SqliteBillingStore, sqlx::Sqlite);

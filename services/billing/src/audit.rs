@@ -34,15 +34,32 @@ const ANONYMOUS_ACTIONS: &[&str] = &["/auth/sign-in", "/auth/sign-out", "/oauth/
 /// Fields whose values are credentials, replaced by `"[redacted]"` wherever they appear.
 const REDACTED: &[&str] = &["secret", "token", "access_token", "client_secret"];
 
+/// What a changed thing was before an action: a handler puts it on its answer
+/// ([`with_before`]) and [`record`] keeps it next to the answer.
+#[derive(Clone)]
+pub(crate) struct Before(Value);
+
+/// `response`, carrying `before` for the audit log.
+pub(crate) fn with_before(mut response: Response, before: &impl serde::Serialize) -> Response {
+    match serde_json::to_value(before) {
+        Ok(v) => {
+            response.extensions_mut().insert(Before(v));
+        }
+        Err(e) => tracing::error!(error = %e, "audit log: a previous state is not JSON"),
+    }
+    response
+}
+
+/// `v` redacted and as text, unless larger than is kept.
+fn kept(mut v: Value) -> Option<String> {
+    redact(&mut v);
+    let text = v.to_string();
+    (text.len() <= MAX_KEPT).then_some(text)
+}
+
 /// Who made a request, as the audit log names them.
 pub(crate) fn actor(who: Option<&Principal>) -> String {
-    match who {
-        None => "anonymous".into(),
-        Some(Principal::Staff { session: false }) => "admin".into(),
-        Some(Principal::Staff { session: true }) => "finance".into(),
-        Some(Principal::Partner(p)) => format!("partner:{p}"),
-        Some(Principal::Service { id, scope }) => format!("service:{id}:{}", scope.as_str()),
-    }
+    who.map_or_else(|| "anonymous".into(), Principal::label)
 }
 
 /// The route's parameters, from its template and the path: `id=prt_…,key_id=key_…`.
@@ -116,6 +133,10 @@ pub(crate) async fn record(
         .headers()
         .contains_key(crate::idempotency::REPLAYED);
     let who = response.extensions().get::<Principal>().cloned();
+    let before = response
+        .extensions_mut()
+        .remove::<Before>()
+        .and_then(|b| kept(b.0));
     let route = response
         .extensions()
         .get::<MatchedPath>()
@@ -144,10 +165,7 @@ pub(crate) async fn record(
                 let after = (bytes.len() <= MAX_KEPT)
                     .then(|| serde_json::from_slice::<Value>(&bytes).ok())
                     .flatten()
-                    .map(|mut v| {
-                        redact(&mut v);
-                        v.to_string()
-                    });
+                    .and_then(kept);
                 (Body::from(bytes), after)
             }
             Err(e) => {
@@ -166,6 +184,7 @@ pub(crate) async fn record(
         target: target(&route, &path),
         status: status.as_u16(),
         request_id: id,
+        before,
         after,
     };
     if let Err(e) = api.store.append_audit(&entry).await {
@@ -211,7 +230,8 @@ pub(crate) async fn list(
     match q.format.as_deref() {
         None | Some("json") => Ok(Json(serde_json::json!({ "records": records })).into_response()),
         Some("csv") => {
-            let mut out = String::from("id,at,actor,action,target,status,request_id,after\n");
+            let mut out =
+                String::from("id,at,actor,action,target,status,request_id,before,after\n");
             for r in &records {
                 let row = [
                     r.id.clone(),
@@ -221,6 +241,7 @@ pub(crate) async fn list(
                     r.target.clone(),
                     r.status.to_string(),
                     r.request_id.clone(),
+                    r.before.clone().unwrap_or_default(),
                     r.after.clone().unwrap_or_default(),
                 ];
                 out.push_str(

@@ -1,11 +1,15 @@
 //! Who is calling the control API, and what they may read.
 //!
-//! Two ways in:
-//! - the admin bearer token (operators, scripts, the gateway): everything;
-//! - a dashboard session cookie, opened with a one-time sign-in link that an admin created
-//!   (`POST /v1/sign-in-links`). A finance session may do what the admin token may; a partner
-//!   session reaches only the routes a partner needs, and on each of them only its own partner:
-//!   another partner's ids answer 404, exactly as ids that do not exist, so nothing leaks.
+//! Three ways in:
+//! - the admin bearer token (operators bootstrapping a setup): everything;
+//! - a service token (`pst_…`, a role or a script): the routes of its scope;
+//! - a dashboard session cookie, opened with a one-time sign-in link made for one person or one
+//!   partner (`POST /v1/sign-in-links`, `peage sign-in-link`). A staff member's session may do
+//!   what their role may (viewer, finance, admin: the same route sets as the service scopes of
+//!   those names), read afresh on every request, so a demotion or a disabling counts at once; a
+//!   partner session reaches only the routes a partner needs, and on each of them only its own
+//!   partner: another partner's ids answer 404, exactly as ids that do not exist, so nothing
+//!   leaks.
 //!
 //! Why links rather than a partner admin key: an API key is a long-lived gateway credential
 //! that lives in partners' servers; making it a browser password too would let a key leaked from
@@ -29,7 +33,7 @@ use bytes::Bytes;
 use chrono::{Duration, Utc};
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use peage_billing_store::{DashboardGrant, DashboardRole};
+use peage_billing_store::{DashboardGrant, DashboardRole, StaffMember, StaffRole};
 use peage_core::{InvoiceRecord, InvoiceStatus};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -49,8 +53,10 @@ const SESSION_TTL_HOURS: i64 = 12;
 /// The caller of a `/v1` route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
-    /// The admin token or a finance session.
-    Staff { session: bool },
+    /// The admin bearer token.
+    AdminToken,
+    /// A named staff member's dashboard session, with their role as of this request.
+    Staff(StaffMember),
     /// A partner's dashboard session.
     Partner(String),
     /// A service token (`pst_…`): a role or a script, limited to its scope's routes.
@@ -64,7 +70,7 @@ pub enum ServiceScope {
     Gateway,
     /// Usage from the company's own services (the events API).
     EventsWrite,
-    /// What a finance session may do.
+    /// What a finance staff member may do.
     Finance,
     /// Every staff route that only reads.
     ReadOnly,
@@ -114,7 +120,9 @@ impl ServiceScope {
                 .iter()
                 .any(|(m, r)| *m == method.as_str() && *r == route)
         };
-        let admin_only = route.starts_with("/v1/service-tokens") || route == "/v1/audit";
+        let admin_only = route.starts_with("/v1/service-tokens")
+            || route.starts_with("/v1/staff")
+            || route == "/v1/audit";
         match self {
             ServiceScope::Admin => true,
             ServiceScope::Finance => !admin_only,
@@ -125,12 +133,44 @@ impl ServiceScope {
     }
 }
 
+impl From<StaffRole> for ServiceScope {
+    /// A staff member reaches the routes of the service scope of their role's name.
+    fn from(role: StaffRole) -> ServiceScope {
+        match role {
+            StaffRole::Viewer => ServiceScope::ReadOnly,
+            StaffRole::Finance => ServiceScope::Finance,
+            StaffRole::Admin => ServiceScope::Admin,
+        }
+    }
+}
+
 impl Principal {
+    /// Who this is, as the audit log and invoices name them: `admin` (the admin token),
+    /// `staff:<email>`, `partner:<id>`, `service:<id>:<scope>`.
+    pub fn label(&self) -> String {
+        match self {
+            Principal::AdminToken => "admin".into(),
+            Principal::Staff(m) => format!("staff:{}", m.email),
+            Principal::Partner(p) => format!("partner:{p}"),
+            Principal::Service { id, scope } => format!("service:{id}:{}", scope.as_str()),
+        }
+    }
+
+    /// Whether the caller may do everything (manage staff, service tokens, read the audit log).
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Principal::AdminToken => true,
+            Principal::Staff(m) => m.role == StaffRole::Admin,
+            Principal::Service { scope, .. } => *scope == ServiceScope::Admin,
+            Principal::Partner(_) => false,
+        }
+    }
+
     /// Allows a partner session only on its own partner; another partner's id is "not found",
     /// as an id that does not exist.
     pub fn may_see(&self, partner_id: &str) -> Result<(), ApiError> {
         match self {
-            Principal::Staff { .. } | Principal::Service { .. } => Ok(()),
+            Principal::AdminToken | Principal::Staff(_) | Principal::Service { .. } => Ok(()),
             Principal::Partner(own) if own == partner_id => Ok(()),
             Principal::Partner(_) => Err(ApiError::NotFound(format!(
                 "partner {partner_id} not found"
@@ -142,7 +182,7 @@ impl Principal {
     /// finance has finalized it (drafts are finance's work in progress).
     pub fn may_see_invoice(&self, invoice: &InvoiceRecord) -> bool {
         match self {
-            Principal::Staff { .. } | Principal::Service { .. } => true,
+            Principal::AdminToken | Principal::Staff(_) | Principal::Service { .. } => true,
             Principal::Partner(own) => {
                 *own == invoice.partner_id && invoice.status != InvoiceStatus::Draft
             }
@@ -152,19 +192,41 @@ impl Principal {
     /// The partner a partner session is limited to; `None` for staff.
     pub fn own_partner(&self) -> Option<&str> {
         match self {
-            Principal::Staff { .. } | Principal::Service { .. } => None,
+            Principal::AdminToken | Principal::Staff(_) | Principal::Service { .. } => None,
             Principal::Partner(p) => Some(p),
         }
     }
+
+    /// The principal a session or link of `role` is now: `None` for a staff member who was
+    /// removed or disabled since.
+    pub(crate) async fn of_session(
+        store: &dyn peage_billing_store::BillingStore,
+        role: DashboardRole,
+    ) -> Result<Option<Principal>, ApiError> {
+        Ok(match role {
+            DashboardRole::Partner { partner_id } => Some(Principal::Partner(partner_id)),
+            DashboardRole::Staff { staff_id } => store
+                .staff_member(&staff_id)
+                .await?
+                .filter(|m| m.disabled_at.is_none())
+                .map(Principal::Staff),
+        })
+    }
 }
 
-impl From<DashboardRole> for Principal {
-    fn from(role: DashboardRole) -> Principal {
-        match role {
-            DashboardRole::Finance => Principal::Staff { session: true },
-            DashboardRole::Partner { partner_id } => Principal::Partner(partner_id),
-        }
-    }
+/// The route template a request matched (`/v1/keys/{key_id}`), empty outside routing.
+fn matched_route(req: &Request) -> String {
+    req.extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default()
+}
+
+fn refuse(scope: ServiceScope, what: &str, method: &Method, route: &str) -> ApiError {
+    ApiError::Forbidden(format!(
+        "{what} {} may not call {method} {route}",
+        scope.as_str()
+    ))
 }
 
 pub(crate) fn token_hash(token: &str) -> String {
@@ -251,23 +313,20 @@ pub(crate) async fn authenticate(
             let admin = !api.admin_token.is_empty()
                 && bool::from(presented.as_bytes().ct_eq(api.admin_token.as_bytes()));
             if admin {
-                Principal::Staff { session: false }
+                Principal::AdminToken
             } else {
                 let Some((id, scope)) = service_token(&api, presented).await? else {
                     api.failed(peer);
                     return Err(ApiError::Unauthorized);
                 };
-                let route = req
-                    .extensions()
-                    .get::<axum::extract::MatchedPath>()
-                    .map(|p| p.as_str().to_string())
-                    .unwrap_or_default();
+                let route = matched_route(&req);
                 if !scope.allows(req.method(), &route) {
-                    return Err(ApiError::Forbidden(format!(
-                        "a {} service token may not call {} {route}",
-                        scope.as_str(),
-                        req.method()
-                    )));
+                    return Err(refuse(
+                        scope,
+                        "a service token of scope",
+                        req.method(),
+                        &route,
+                    ));
                 }
                 Principal::Service { id, scope }
             }
@@ -287,7 +346,21 @@ pub(crate) async fn authenticate(
             if !safe {
                 require_csrf(req.headers())?;
             }
-            Principal::from(grant.role)
+            let Some(who) = Principal::of_session(api.store.as_ref(), grant.role).await? else {
+                return Err(ApiError::Unauthorized);
+            };
+            if let Principal::Staff(m) = &who {
+                let (scope, route) = (ServiceScope::from(m.role), matched_route(&req));
+                if !scope.allows(req.method(), &route) {
+                    return Err(refuse(
+                        scope,
+                        "a staff member with role",
+                        req.method(),
+                        &route,
+                    ));
+                }
+            }
+            who
         }
     };
     req.extensions_mut().insert(principal.clone());
@@ -331,21 +404,21 @@ pub(crate) async fn require_staff(
     next: Next,
 ) -> Result<Response, ApiError> {
     match who {
-        Principal::Staff { .. } | Principal::Service { .. } => Ok(next.run(req).await),
         Principal::Partner(_) => Err(ApiError::Forbidden(
-            "this route is for finance and admins, not partner sessions".into(),
+            "this route is for staff and admins, not partner sessions".into(),
         )),
+        _ => Ok(next.run(req).await),
     }
 }
 
-/// `POST /v1/sign-in-links`: either `partner_id` or `"role": "finance"`.
+/// `POST /v1/sign-in-links`: either `partner_id` or `staff` (an id or an email).
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSignInLink {
     /// The partner the link signs in as.
     pub partner_id: Option<String>,
-    /// `finance` for a finance (all partners) session; `partner` (the default) with `partner_id`.
-    pub role: Option<String>,
+    /// The staff member (`stf_…` or their email) the link signs in as; admins only.
+    pub staff: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -354,49 +427,88 @@ pub struct SignInLink {
     pub token: String,
     /// The dashboard address that uses it, relative to the control API's base URL.
     pub path: String,
+    /// `staff` or `partner`.
     pub role: String,
     pub partner_id: Option<String>,
+    pub staff_id: Option<String>,
     pub expires_at: chrono::DateTime<Utc>,
 }
 
 #[utoipa::path(post, path = "/v1/sign-in-links", tag = "dashboard",
     request_body = NewSignInLink,
-    responses((status = 201, body = SignInLink), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized), (status = 404, response = crate::openapi::NotFound)),
+    responses((status = 201, body = SignInLink), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden), (status = 404, response = crate::openapi::NotFound)),
     security(("admin" = [])))]
 pub(crate) async fn create_sign_in_link(
     State(api): State<Arc<ControlApi>>,
+    Extension(who): Extension<Principal>,
     raw: Bytes,
 ) -> Result<Response, ApiError> {
     let req: NewSignInLink = body(&raw)?;
-    let role = match (req.role.as_deref(), req.partner_id) {
-        (Some("finance"), None) => DashboardRole::Finance,
-        (None | Some("partner"), Some(partner_id)) => DashboardRole::Partner { partner_id },
+    let role = match (req.partner_id, req.staff) {
+        (Some(partner_id), None) => DashboardRole::Partner { partner_id },
+        (None, Some(staff)) => {
+            // A link is the person's password for 15 minutes: only admins hand them out, or
+            // a finance member could sign in as an admin.
+            if !who.is_admin() {
+                return Err(ApiError::Forbidden(
+                    "only admins create sign-in links for staff".into(),
+                ));
+            }
+            DashboardRole::Staff {
+                staff_id: live_staff(api.store.as_ref(), &staff).await?.id,
+            }
+        }
         _ => {
             return Err(ApiError::BadRequest(
-                "give either partner_id, or \"role\": \"finance\" without a partner_id".into(),
+                "give either partner_id or staff (an id or an email), not both".into(),
             ))
         }
     };
     let link = sign_in_link(api.store.as_ref(), role).await?;
-    tracing::info!(role = %link.role, partner_id = ?link.partner_id, "dashboard sign-in link created");
+    tracing::info!(role = %link.role, partner_id = ?link.partner_id, staff_id = ?link.staff_id, by = %who.label(), "dashboard sign-in link created");
     let mut r = (StatusCode::CREATED, Json(link)).into_response();
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(r)
 }
 
-/// Creates a one-time sign-in link for `role` (an existing partner, or finance): what
+/// The staff member with this id or email, refused when unknown (404) or disabled (400).
+pub async fn live_staff(
+    store: &dyn peage_billing_store::BillingStore,
+    id_or_email: &str,
+) -> Result<StaffMember, ApiError> {
+    let m = store
+        .staff_member(id_or_email.trim())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("staff member {id_or_email} not found")))?;
+    if m.disabled_at.is_some() {
+        return Err(ApiError::BadRequest(format!(
+            "staff member {} is disabled",
+            m.email
+        )));
+    }
+    Ok(m)
+}
+
+/// Creates a one-time sign-in link for `role` (an existing partner or staff member): what
 /// `POST /v1/sign-in-links`, `peage up` and `peage sign-in-link` hand out.
 pub async fn sign_in_link(
     store: &dyn peage_billing_store::BillingStore,
     role: DashboardRole,
 ) -> Result<SignInLink, ApiError> {
-    let (role_name, partner_id) = role.columns();
-    let (role_name, partner_id) = (role_name.to_string(), partner_id.map(String::from));
+    let (role_name, partner_id, staff_id) = role.columns();
+    let (role_name, partner_id, staff_id) = (
+        role_name.to_string(),
+        partner_id.map(String::from),
+        staff_id.map(String::from),
+    );
     if let Some(id) = &partner_id {
         if store.partner(id).await?.is_none() {
             return Err(ApiError::NotFound(format!("partner {id} not found")));
         }
+    }
+    if let Some(id) = &staff_id {
+        live_staff(store, id).await?;
     }
     let now = Utc::now();
     let token = new_token("psl_");
@@ -412,6 +524,7 @@ pub async fn sign_in_link(
         token,
         role: role_name,
         partner_id,
+        staff_id,
         expires_at: grant.expires_at,
     })
 }
@@ -424,30 +537,42 @@ pub struct SignIn {
 }
 
 /// Who a session is.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, ToSchema, Default)]
 pub struct SessionInfo {
-    /// `finance`, `admin` (the bearer token) or `partner`.
+    /// A staff member's role (`viewer`, `finance`, `admin`), `admin` for the admin token,
+    /// `service:<scope>` for a service token, or `partner`.
     pub role: String,
     pub partner_id: Option<String>,
     pub partner_name: Option<String>,
+    /// The signed-in staff member.
+    pub staff_id: Option<String>,
+    pub name: Option<String>,
+    pub email: Option<String>,
 }
 
 async fn session_info(api: &ControlApi, who: &Principal) -> Result<SessionInfo, ApiError> {
     Ok(match who {
-        Principal::Staff { session } => SessionInfo {
-            role: if *session { "finance" } else { "admin" }.into(),
-            partner_id: None,
-            partner_name: None,
+        Principal::AdminToken => SessionInfo {
+            role: "admin".into(),
+            name: Some("Admin token".into()),
+            ..Default::default()
+        },
+        Principal::Staff(m) => SessionInfo {
+            role: m.role.as_str().into(),
+            staff_id: Some(m.id.clone()),
+            name: Some(m.name.clone()),
+            email: Some(m.email.clone()),
+            ..Default::default()
         },
         Principal::Service { scope, .. } => SessionInfo {
             role: format!("service:{}", scope.as_str()),
-            partner_id: None,
-            partner_name: None,
+            ..Default::default()
         },
         Principal::Partner(id) => SessionInfo {
             role: "partner".into(),
             partner_id: Some(id.clone()),
             partner_name: api.store.partner(id).await?.map(|p| p.name),
+            ..Default::default()
         },
     })
 }
@@ -495,8 +620,10 @@ pub(crate) async fn sign_in(
         api.failed(peer);
         return Err(ApiError::Unauthorized);
     };
-    let who = Principal::from(grant.role);
-    tracing::info!(principal = ?who, "dashboard session opened");
+    let Some(who) = Principal::of_session(api.store.as_ref(), grant.role).await? else {
+        return Err(ApiError::Unauthorized);
+    };
+    tracing::info!(principal = %who.label(), "dashboard session opened");
     let mut r = Json(session_info(&api, &who).await?).into_response();
     r.headers_mut().insert(
         header::SET_COOKIE,

@@ -30,8 +30,8 @@ const MAX_BYTES: usize = 2 * 1024 * 1024;
 
 fn scope(who: &Principal) -> String {
     match who {
-        Principal::Staff { session: false } => "admin".into(),
-        Principal::Staff { session: true } => "finance".into(),
+        Principal::AdminToken => "admin".into(),
+        Principal::Staff(m) => format!("staff:{}", m.id),
         Principal::Partner(p) => format!("partner:{p}"),
         Principal::Service { id, .. } => format!("service:{id}"),
     }

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::audit;
 use crate::routes::{body, existing_partner};
 use crate::{ApiError, ControlApi};
 
@@ -146,6 +147,7 @@ pub async fn list(
         })
         .await?;
     records.retain(|r| who.may_see_invoice(r));
+    hide_staff(&who, &mut records);
     respond(&api, format, &records, "invoices").await
 }
 
@@ -193,7 +195,19 @@ pub async fn get(
         return Err(ApiError::NotFound(format!("invoice {id} not found")));
     }
     let name = record.number.clone().unwrap_or_else(|| record.id.clone());
-    respond(&api, format, &[record], &name).await
+    let mut records = [record];
+    hide_staff(&who, &mut records);
+    respond(&api, format, &records, &name).await
+}
+
+/// Who finalized or voided an invoice is the company's business, not its partner's.
+fn hide_staff(who: &Principal, records: &mut [InvoiceRecord]) {
+    if who.own_partner().is_some() {
+        for r in records {
+            r.finalized_by = None;
+            r.voided_by = None;
+        }
+    }
 }
 
 #[utoipa::path(post,
@@ -202,8 +216,16 @@ pub async fn get(
     params(("id" = String, Path, description = "Invoice id")),
     responses((status = 200, description = "The finalized, numbered invoice", body = Object), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden), (status = 404, response = crate::openapi::NotFound), (status = 409, response = crate::openapi::Conflict)),
     security(("admin" = []), ("session" = [])))]
-pub async fn finalize(State(api): Api, Path(id): Path<String>) -> Result<Response, ApiError> {
-    Ok(Json(api.invoicing.finalize(&id, Utc::now()).await?).into_response())
+pub async fn finalize(
+    State(api): Api,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (before, after) = api
+        .invoicing
+        .finalize(&id, Utc::now(), &who.label())
+        .await?;
+    Ok(audit::with_before(Json(after).into_response(), &before))
 }
 
 #[utoipa::path(post,
@@ -212,8 +234,13 @@ pub async fn finalize(State(api): Api, Path(id): Path<String>) -> Result<Respons
     params(("id" = String, Path, description = "Invoice id")),
     responses((status = 200, description = "The void invoice", body = Object), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden), (status = 404, response = crate::openapi::NotFound), (status = 409, response = crate::openapi::Conflict)),
     security(("admin" = []), ("session" = [])))]
-pub async fn void(State(api): Api, Path(id): Path<String>) -> Result<Response, ApiError> {
-    Ok(Json(api.invoicing.void(&id, Utc::now()).await?).into_response())
+pub async fn void(
+    State(api): Api,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (before, after) = api.invoicing.void(&id, Utc::now(), &who.label()).await?;
+    Ok(audit::with_before(Json(after).into_response(), &before))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -269,8 +296,9 @@ pub async fn put_profile(
         }),
         updated_at: Utc::now(),
     };
+    let before = api.store.billing_profile(&profile.partner_id).await?;
     api.store.put_billing_profile(&profile).await?;
-    Ok(Json(profile).into_response())
+    Ok(audit::with_before(Json(profile).into_response(), &before))
 }
 
 #[utoipa::path(get,

@@ -380,6 +380,8 @@ impl Invoicing {
             updated_at: now,
             finalized_at: None,
             voided_at: None,
+            finalized_by: None,
+            voided_by: None,
             invoice,
         }))
     }
@@ -586,8 +588,14 @@ impl Invoicing {
         Ok(summary)
     }
 
-    /// Finalizes a draft whose period has ended, and queues `invoice.finalized`.
-    pub async fn finalize(&self, id: &str, now: DateTime<Utc>) -> Result<InvoiceRecord, ApiError> {
+    /// Finalizes a draft whose period has ended, and queues `invoice.finalized`; `by` names who
+    /// (the audit log's actor). Answers the invoice before and after.
+    pub async fn finalize(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+        by: &str,
+    ) -> Result<(InvoiceRecord, InvoiceRecord), ApiError> {
         let draft = self
             .store
             .invoice(id)
@@ -601,7 +609,7 @@ impl Invoicing {
         }
         let record = self
             .store
-            .finalize_invoice(id, &self.issuer.prefix, now)
+            .finalize_invoice(id, &self.issuer.prefix, now, by)
             .await?;
         // The invoice is final whatever happens to its webhook; a failure to queue it is logged
         // (the delivery log then lacks it) rather than reported as a failed finalization.
@@ -625,14 +633,25 @@ impl Invoicing {
         {
             tracing::error!(error = %e, invoice = %record.id, "invoice.finalized webhook not queued");
         }
-        tracing::info!(invoice = %record.id, number = ?record.number, "invoice finalized");
-        Ok(record)
+        tracing::info!(invoice = %record.id, number = ?record.number, by, "invoice finalized");
+        Ok((draft, record))
     }
 
-    pub async fn void(&self, id: &str, now: DateTime<Utc>) -> Result<InvoiceRecord, ApiError> {
-        let record = self.store.void_invoice(id, now).await?;
-        tracing::info!(invoice = %record.id, "invoice voided");
-        Ok(record)
+    /// Voids an invoice; `by` names who. Answers the invoice before and after.
+    pub async fn void(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+        by: &str,
+    ) -> Result<(InvoiceRecord, InvoiceRecord), ApiError> {
+        let before = self
+            .store
+            .invoice(id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("invoice {id} not found")))?;
+        let record = self.store.void_invoice(id, now, by).await?;
+        tracing::info!(invoice = %record.id, by, "invoice voided");
+        Ok((before, record))
     }
 }
 

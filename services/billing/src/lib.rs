@@ -17,6 +17,7 @@ mod quota;
 mod routes;
 pub mod secrets;
 pub mod service_tokens;
+pub mod staff;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -174,6 +175,8 @@ impl ControlApi {
             ))
             .routes(routes!(service_tokens::revoke_token))
             .routes(routes!(audit::list))
+            .routes(routes!(staff::add, staff::list))
+            .routes(routes!(staff::patch))
             .route_layer(middleware::from_fn(service_tokens::require_admin));
         // Layers run outside in: authentication, then Idempotency-Key (which needs the caller).
         let v1 = staff

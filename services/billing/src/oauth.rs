@@ -384,6 +384,7 @@ pub async fn put_issuer(
         return Err(ApiError::BadRequest("audience must not be empty".into()));
     }
     let env = crate::routes::env_param(req.env.as_deref())?;
+    let before = api.store.issuer(&req.issuer).await?;
     let stored = api
         .store
         .put_issuer(&TrustedIssuer {
@@ -397,5 +398,8 @@ pub async fn put_issuer(
             created_at: Utc::now(),
         })
         .await?;
-    Ok(Json(stored).into_response())
+    Ok(crate::audit::with_before(
+        Json(stored).into_response(),
+        &before,
+    ))
 }

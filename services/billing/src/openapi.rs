@@ -72,9 +72,11 @@ impl Modify for Security {
             "session",
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
                 crate::auth::SESSION_COOKIE,
-                "A dashboard session from a sign-in link. Finance sessions may call every \
-                 route; partner sessions only the partner routes, on their own partner. Writes \
-                 must carry the `X-Peage-Csrf: 1` header.",
+                "A dashboard session from a sign-in link made for one person or one partner. \
+                 A staff member's session reaches what their role does (viewer: every staff \
+                 GET; finance: every staff route but staff, service tokens and the audit log; \
+                 admin: everything); partner sessions only the partner routes, on their own \
+                 partner. Writes must carry the `X-Peage-Csrf: 1` header.",
             ))),
         );
     }

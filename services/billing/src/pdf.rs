@@ -350,6 +350,8 @@ mod tests {
             updated_at: now,
             finalized_at: None,
             voided_at: None,
+            finalized_by: None,
+            voided_by: None,
             invoice,
         };
         let pdf = render(&record, "X", &Issuer::default());

@@ -199,9 +199,12 @@ pub async fn change_subscription(
         started_at: Utc::now(),
         ended_at: None,
     };
-    let partner = api.store.change_subscription(&partner.id, &next).await?;
-    tracing::info!(partner_id = %partner.id, plan = %partner.subscription.plan_id, "subscription changed");
-    Ok(Json(partner).into_response())
+    let after = api.store.change_subscription(&partner.id, &next).await?;
+    tracing::info!(partner_id = %after.id, plan = %after.subscription.plan_id, "subscription changed");
+    Ok(crate::audit::with_before(
+        Json(after).into_response(),
+        &partner,
+    ))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -276,13 +279,16 @@ pub async fn revoke_key(
     Extension(who): Extension<Principal>,
     Path(key_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let key = owned_key(&api, &who, &key_id).await?;
-    let key = api.store.revoke_key(&key.key_id, Utc::now()).await?;
+    let before = owned_key(&api, &who, &key_id).await?;
+    let key = api.store.revoke_key(&before.key_id, Utc::now()).await?;
     if let Some(hook) = &api.on_revoke {
         hook();
     }
     tracing::info!(key_id = %key.key_id, "api key revoked");
-    Ok(Json(key).into_response())
+    Ok(crate::audit::with_before(
+        Json(key).into_response(),
+        &before,
+    ))
 }
 
 /// The key `raw` names, if the caller may see its partner (else "not found").
@@ -326,7 +332,10 @@ pub async fn rotate_key(
         hook();
     }
     tracing::info!(old = %old.key_id, new = %stored.key_id, "api key rotated");
-    created_key_response(stored, secret, env)
+    Ok(crate::audit::with_before(
+        created_key_response(stored, secret, env)?,
+        &old,
+    ))
 }
 
 fn created_key_response(

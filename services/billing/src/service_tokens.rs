@@ -27,15 +27,12 @@ pub(crate) async fn require_admin(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    match who {
-        Principal::Staff { session: false }
-        | Principal::Service {
-            scope: ServiceScope::Admin,
-            ..
-        } => Ok(next.run(req).await),
-        _ => Err(ApiError::Forbidden(
-            "service tokens are managed with the admin token or an admin service token".into(),
-        )),
+    if who.is_admin() {
+        Ok(next.run(req).await)
+    } else {
+        Err(ApiError::Forbidden(
+            "this route is for admins: the admin token, an admin staff member or an admin service token".into(),
+        ))
     }
 }
 
@@ -135,7 +132,16 @@ pub(crate) async fn revoke_token(
     State(api): State<Arc<ControlApi>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let before = api
+        .store
+        .service_tokens()
+        .await?
+        .into_iter()
+        .find(|t| t.id == id);
     let revoked = api.store.revoke_service_token(&id, Utc::now()).await?;
     tracing::info!(id = %revoked.id, "service token revoked");
-    Ok(Json(revoked).into_response())
+    Ok(crate::audit::with_before(
+        Json(revoked).into_response(),
+        &before,
+    ))
 }

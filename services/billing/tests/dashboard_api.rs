@@ -116,7 +116,7 @@ async fn call(
     (status, resp.text().await.unwrap())
 }
 
-/// Signs in with a fresh link for `body` (`{"partner_id": …}` or `{"role": "finance"}`);
+/// Signs in with a fresh link for `body` (`{"partner_id": …}` or `{"staff": <email>}`);
 /// returns the session cookie's value.
 async fn sign_in(f: &Fixture, body: Value) -> String {
     let (s, link) = call(f, "POST", "/v1/sign-in-links", Some(body), None).await;
@@ -399,19 +399,62 @@ async fn a_partner_session_reads_nothing_of_another_partner() {
     .await;
     assert_eq!(s, 409, "a revoked key cannot be rotated again");
 
-    // Finance sees everyone; a partner session cannot finalize.
-    let finance = sign_in(&f, json!({"role": "finance"})).await;
-    let (s, all) = call(&f, "GET", "/v1/partners", None, Some(&finance)).await;
-    assert!(s == 200 && all.contains(BRAVO), "{all}");
-    let (s, _) = call(
+    // Named staff: each person signs in with a link of their own and acts within their role.
+    for (email, name, role) in [
+        ("fiona@example.com", "Fiona Finance", "finance"),
+        ("victor@example.com", "Victor Viewer", "viewer"),
+        ("ada@example.com", "Ada Admin", "admin"),
+    ] {
+        let (s, m) = call(
+            &f,
+            "POST",
+            "/v1/staff",
+            Some(json!({"email": email, "name": name, "role": role})),
+            None,
+        )
+        .await;
+        assert_eq!(s, 201, "{m}");
+    }
+    let (s, dup) = call(
         &f,
         "POST",
-        &format!("/v1/invoices/{bravo_inv}/finalize"),
+        "/v1/staff",
+        Some(json!({"email": "Fiona@Example.com", "name": "Again", "role": "viewer"})),
         None,
-        Some(&alpha),
     )
     .await;
-    assert_eq!(s, 403);
+    assert_eq!(s, 409, "emails are unique whatever their case: {dup}");
+    let finance = sign_in(&f, json!({"staff": "fiona@example.com"})).await;
+    let viewer = sign_in(&f, json!({"staff": "victor@example.com"})).await;
+    let admin = sign_in(&f, json!({"staff": "ada@example.com"})).await;
+    let (s, me) = call(&f, "GET", "/v1/session", None, Some(&finance)).await;
+    let me: Value = serde_json::from_str(&me).unwrap();
+    assert_eq!(s, 200);
+    assert_eq!(
+        (&me["role"], &me["name"], &me["email"]),
+        (
+            &json!("finance"),
+            &json!("Fiona Finance"),
+            &json!("fiona@example.com")
+        ),
+        "the session is the person: {me}"
+    );
+    let (s, all) = call(&f, "GET", "/v1/partners", None, Some(&finance)).await;
+    assert!(s == 200 && all.contains(BRAVO), "{all}");
+    let (s, all) = call(&f, "GET", "/v1/partners", None, Some(&viewer)).await;
+    assert!(s == 200 && all.contains(BRAVO), "a viewer reads: {all}");
+    // A partner session and a viewer cannot finalize; finance can, and the invoice says who.
+    for who in [&alpha, &viewer] {
+        let (s, body) = call(
+            &f,
+            "POST",
+            &format!("/v1/invoices/{bravo_inv}/finalize"),
+            None,
+            Some(who),
+        )
+        .await;
+        assert_eq!(s, 403, "{body}");
+    }
     let (s, fin) = call(
         &f,
         "POST",
@@ -421,6 +464,85 @@ async fn a_partner_session_reads_nothing_of_another_partner() {
     )
     .await;
     assert_eq!(s, 200, "{fin}");
+    let fin: Value = serde_json::from_str(&fin).unwrap();
+    assert_eq!(fin["finalized_by"], "staff:fiona@example.com");
+    // Only admins manage staff, hand out staff links and read the audit log.
+    for (method, path, body) in [
+        ("GET", "/v1/staff", None),
+        ("GET", "/v1/audit", None),
+        (
+            "POST",
+            "/v1/sign-in-links",
+            Some(json!({"staff": "ada@example.com"})),
+        ),
+        (
+            "PATCH",
+            "/v1/staff/ada@example.com",
+            Some(json!({"role": "viewer"})),
+        ),
+    ] {
+        let (s, answer) = call(&f, method, path, body, Some(&finance)).await;
+        assert_eq!(s, 403, "finance may not {method} {path}: {answer}");
+    }
+    let (s, audit) = call(&f, "GET", "/v1/audit?limit=1000", None, Some(&admin)).await;
+    assert_eq!(s, 200, "{audit}");
+    let audit: Value = serde_json::from_str(&audit).unwrap();
+    let finalized = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            r["action"] == "POST /v1/invoices/{id}/finalize"
+                && r["target"] == format!("id={bravo_inv}")
+                && r["status"] == 200
+        })
+        .expect("the finalization is in the audit log");
+    assert_eq!(finalized["actor"], "staff:fiona@example.com");
+    let before: Value = serde_json::from_str(finalized["before"].as_str().unwrap()).unwrap();
+    let after: Value = serde_json::from_str(finalized["after"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (&before["status"], &after["status"]),
+        (&json!("draft"), &json!("finalized"))
+    );
+    // Disabling a member ends their session at once; a demotion counts on the next request.
+    let (s, changed) = call(
+        &f,
+        "PATCH",
+        "/v1/staff/victor@example.com",
+        Some(json!({"disabled": true})),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(s, 200, "{changed}");
+    let (s, _) = call(&f, "GET", "/v1/session", None, Some(&viewer)).await;
+    assert_eq!(s, 401, "a disabled member's session has ended");
+    let (s, _) = call(
+        &f,
+        "POST",
+        "/v1/sign-in-links",
+        Some(json!({"staff": "victor@example.com"})),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(s, 400, "no links for a disabled member");
+    let (s, _) = call(
+        &f,
+        "PATCH",
+        "/v1/staff/fiona@example.com",
+        Some(json!({"role": "viewer"})),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, body) = call(
+        &f,
+        "POST",
+        &format!("/v1/partners/{BRAVO}/credits"),
+        Some(json!({"amount": "5.00", "currency": "EUR", "description": "goodwill"})),
+        Some(&finance),
+    )
+    .await;
+    assert_eq!(s, 403, "demoted to viewer: {body}");
 
     // Signing out ends the session on the server.
     let resp = f

@@ -868,7 +868,10 @@ async fn service_tokens_reach_only_their_scope() {
             // A read-only token: every GET passes the scope check, nothing else does.
             let ro = read_only["token"].as_str().unwrap().to_string();
             let (s, body) = call(ro, m, concrete, Some(json!({}))).await;
-            if method == "get" && !path.starts_with("/v1/service-tokens") && path != "/v1/audit" {
+            let admin_only = path.starts_with("/v1/service-tokens")
+                || path.starts_with("/v1/staff")
+                || path == "/v1/audit";
+            if method == "get" && !admin_only {
                 assert_ne!(s, 403, "read-only may GET {path}: {body}");
             } else {
                 assert_eq!(s, 403, "read-only may not {method} {path}: {body}");
@@ -877,7 +880,8 @@ async fn service_tokens_reach_only_their_scope() {
     }
     assert!(checked > 30, "{checked} routes checked");
 
-    // Finance sessions and partner sessions do not manage tokens; revocation is immediate.
+    // Partner sessions do not manage tokens (staff roles: tests/dashboard_api.rs); revocation is
+    // immediate.
     let cookie = session(&f).await;
     let (s, h, body) = f
         .send(
@@ -952,6 +956,10 @@ async fn every_mutating_route_leaves_an_audit_record() {
         .await;
     assert_eq!(s, 201);
     let secret = key["secret"].as_str().unwrap().to_string();
+    // A change keeps what it changed: the key before its revocation, and after.
+    let key_id = key["key_id"].as_str().unwrap();
+    let (s, _) = f.admin("DELETE", &format!("/v1/keys/{key_id}"), None).await;
+    assert_eq!(s, 200);
     let (s, log) = f.admin("GET", "/v1/audit?limit=1000", None).await;
     assert_eq!(s, 200);
     let records = log["records"].as_array().unwrap();
@@ -968,6 +976,18 @@ async fn every_mutating_route_leaves_an_audit_record() {
         .find(|r| r["action"] == "POST /v1/partners/{id}/credits")
         .unwrap();
     assert_eq!(credit["target"], format!("id={PARTNER}"));
+    let revoked = records
+        .iter()
+        .find(|r| {
+            r["action"] == "DELETE /v1/keys/{key_id}" && r["target"] == format!("key_id={key_id}")
+        })
+        .unwrap();
+    let before: Value = serde_json::from_str(revoked["before"].as_str().unwrap()).unwrap();
+    let after: Value = serde_json::from_str(revoked["after"].as_str().unwrap()).unwrap();
+    assert!(
+        before["revoked_at"].is_null() && after["revoked_at"].is_string(),
+        "{revoked}"
+    );
     assert!(!log.to_string().contains(&secret), "secrets are redacted");
     assert!(log.to_string().contains("[redacted]"));
     // Reading is not an action; the log is the admin's.
@@ -990,7 +1010,7 @@ async fn every_mutating_route_leaves_an_audit_record() {
     assert_eq!(s, 200);
     assert!(h["content-type"].to_str().unwrap().starts_with("text/csv"));
     assert!(
-        csv.starts_with("id,at,actor,action,target,status,request_id,after\n"),
+        csv.starts_with("id,at,actor,action,target,status,request_id,before,after\n"),
         "{csv}"
     );
 }

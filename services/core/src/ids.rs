@@ -72,6 +72,7 @@ prefixed_id!(CreditId, "crd_");
 prefixed_id!(WebhookEndpointId, "ep_");
 prefixed_id!(ServiceTokenId, "svc_");
 prefixed_id!(WebhookMessageId, "msg_");
+prefixed_id!(StaffId, "stf_");
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{value:?} is not a valid {kind}")]

@@ -522,6 +522,12 @@ pub struct InvoiceRecord {
     pub updated_at: DateTime<Utc>,
     pub finalized_at: Option<DateTime<Utc>>,
     pub voided_at: Option<DateTime<Utc>>,
+    /// Who finalized it (`staff:<email>`, `admin`, `service:<id>:<scope>`), when it is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finalized_by: Option<String>,
+    /// Who voided it, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voided_by: Option<String>,
     pub invoice: Invoice,
 }
 
@@ -748,6 +754,8 @@ mod tests {
             updated_at: now,
             finalized_at: Some(now),
             voided_at: None,
+            finalized_by: None,
+            voided_by: None,
             invoice: inv,
         }
     }

@@ -119,7 +119,8 @@
       const current = href === '/app' ? (here === '/app' || here.startsWith('/app/partners')) : here.startsWith(href);
       return link(href, text, { 'aria-current': current ? 'page' : null });
     }));
-    const name = session.role === 'partner' ? session.partner_name : 'Finance';
+    const name = session.role === 'partner' ? session.partner_name
+      : session.email ? `${session.name} (${session.role})` : (session.name || session.role);
     whoBox.replaceChildren(
       h('span', { text: name }),
       h('button', { type: 'button', class: 'secondary', onclick: signOut, text: 'Sign out' }));
@@ -478,9 +479,15 @@
       caption);
   }
 
+  // Viewers read; finance and admins act.
+  const mayAct = () => session.role === 'finance' || session.role === 'admin';
+  // Who did something, as the audit log names them: a staff member by their email.
+  const byWhom = (label) => label ? ' by ' + label.replace(/^staff:/, '') : '';
+
   // Finance's buttons for an invoice: finalize a draft, void a finalized one; `after` runs once
   // the server has done it.
   function lifecycleButtons(r, after) {
+    if (!mayAct()) return [];
     const act = (verb, cls, question) => h('button', {
       type: 'button', class: cls, text: verb[0].toUpperCase() + verb.slice(1), 'aria-label': `${verb} ${r.number || r.id}`,
       onclick: async () => {
@@ -505,14 +512,14 @@
       finance ? h('label', { for: 'f-q' }, 'Partner', h('input', { id: 'f-q', type: 'search', placeholder: 'name or id' })) : null,
       h('button', { type: 'submit', text: 'Apply' }));
     const exportLink = h('a', { class: 'button secondary', id: 'export-csv', text: 'Export CSV' });
-    const runBox = finance ? h('form', { class: 'controls' },
+    const runBox = finance && mayAct() ? h('form', { class: 'controls' },
       h('label', { for: 'run-period' }, 'Invoice run for period', h('input', { id: 'run-period', type: 'month', required: true })),
       h('button', { type: 'submit', text: 'Compute drafts' })) : null;
     const list = h('div');
     const partners = {};
     if (finance) {
       (await api('/v1/partners')).partners.forEach((p) => { partners[p.id] = p.name; });
-      runBox.addEventListener('submit', async (ev) => {
+      if (runBox) runBox.addEventListener('submit', async (ev) => {
         ev.preventDefault();
         try {
           const s = await api('/v1/invoices/run', { method: 'POST', body: { period: runBox.querySelector('input').value } });
@@ -534,7 +541,7 @@
       const needle = finance ? filters.querySelector('#f-q').value.trim().toLowerCase() : '';
       if (needle) rows = rows.filter((r) => r.partner_id.toLowerCase().includes(needle) || (partners[r.partner_id] || '').toLowerCase().includes(needle));
       rows.sort((a, b) => b.period_label.localeCompare(a.period_label) || a.partner_id.localeCompare(b.partner_id));
-      const head = ['Invoice', 'Period', ...(finance ? ['Partner'] : []), 'Status', ['Total', 'num'], ['Amount due', 'num'], 'Download', ...(finance ? ['Actions'] : [])];
+      const head = ['Invoice', 'Period', ...(finance ? ['Partner'] : []), 'Status', ['Total', 'num'], ['Amount due', 'num'], 'Download', ...(finance && mayAct() ? ['Actions'] : [])];
       list.replaceChildren(rows.length ? table(head, rows.map((r) => {
         const i = r.invoice;
         return h('tr', { 'data-invoice': r.id },
@@ -545,12 +552,12 @@
           h('td', { class: 'num', text: money(i.total, i.currency) }),
           h('td', { class: 'num', text: money(i.amount_due, i.currency) }),
           h('td', {}, downloads(r)),
-          finance ? h('td', {}, h('div', { class: 'actions' }, lifecycleButtons(r, load))) : null);
+          finance && mayAct() ? h('td', {}, h('div', { class: 'actions' }, lifecycleButtons(r, load))) : null);
       }), 'Invoices') : h('p', { class: 'muted', text: 'No invoices match.' }));
     }
     filters.addEventListener('submit', (ev) => { ev.preventDefault(); load(); });
     page('Invoices',
-      finance ? h('section', { class: 'panel' }, h('h2', { text: 'Invoice run' }), runBox) : null,
+      runBox ? h('section', { class: 'panel' }, h('h2', { text: 'Invoice run' }), runBox) : null,
       h('section', { class: 'panel' }, filters, h('p', {}, exportLink), list));
     await load();
   }
@@ -569,7 +576,7 @@
         h('div', { class: 'card' }, h('div', { class: 'label', text: 'Amount due' }), h('div', { class: 'value', text: money(i.amount_due, cur) }), h('div', {}, badge(r.status)))),
       h('section', { class: 'panel' }, h('h2', { text: 'Lines' }),
         invoiceTable(i, 'Invoice lines', true),
-        h('p', { class: 'muted', text: `Plan ${i.plan_id} (version ${i.plan_version.slice(0, 12)}) · created ${when(r.created_at, undefined, true)}${r.finalized_at ? ' · finalized ' + when(r.finalized_at, undefined, true) : ''}${r.voided_at ? ' · voided ' + when(r.voided_at, undefined, true) : ''}` })),
+        h('p', { class: 'muted', text: `Plan ${i.plan_id} (version ${i.plan_version.slice(0, 12)}) · created ${when(r.created_at, undefined, true)}${r.finalized_at ? ' · finalized ' + when(r.finalized_at, undefined, true) + byWhom(r.finalized_by) : ''}${r.voided_at ? ' · voided ' + when(r.voided_at, undefined, true) + byWhom(r.voided_by) : ''}` })),
       actions);
   }
 

@@ -8,6 +8,7 @@ pub mod roles;
 pub mod secrets_cli;
 pub mod service_token_cli;
 pub mod sign_in_cli;
+pub mod staff_cli;
 pub mod up;
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -35,8 +35,11 @@ enum Command {
     /// Invoices: `run` computes a month's drafts, `export` writes them as CSV, JSON or PDF.
     #[command(subcommand)]
     Invoice(peage::invoice_cli::InvoiceCommand),
-    /// Print a one-time dashboard sign-in link (15 minutes) for a partner or for finance.
+    /// Print a one-time dashboard sign-in link (15 minutes) for a partner or a staff member.
     SignInLink(peage::sign_in_cli::SignInLinkCommand),
+    /// The company's named dashboard users (viewer, finance, admin): `add`, `list`, `set`.
+    #[command(subcommand)]
+    Staff(peage::staff_cli::StaffCommand),
     /// Scoped credentials for roles and scripts: `create`, `list`, `revoke`.
     #[command(subcommand)]
     ServiceToken(peage::service_token_cli::ServiceTokenCommand),
@@ -114,6 +117,7 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Invoice(c) => peage::invoice_cli::run(c).await,
         Command::SignInLink(c) => peage::sign_in_cli::run(c).await,
+        Command::Staff(c) => peage::staff_cli::run(c).await,
         Command::Secrets(c) => peage::secrets_cli::run(c).await,
         Command::ServiceToken(c) => peage::service_token_cli::run(c).await,
         Command::DemoUpstream { listen } => {

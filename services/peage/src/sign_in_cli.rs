@@ -1,5 +1,6 @@
-//! `peage sign-in-link`: a one-time dashboard sign-in link for a partner or for finance, minted
-//! on the billing store alone (an embedded data directory or a distributed setup's PostgreSQL).
+//! `peage sign-in-link`: a one-time dashboard sign-in link for a partner or for a named staff
+//! member, minted on the billing store alone (an embedded data directory or a distributed
+//! setup's PostgreSQL).
 
 use peage_billing_store::DashboardRole;
 
@@ -8,24 +9,31 @@ use crate::invoice_cli::Target;
 #[derive(Debug, clap::Args)]
 pub struct SignInLinkCommand {
     /// The partner the link signs in as.
-    #[arg(long, conflicts_with = "finance", required_unless_present = "finance")]
+    #[arg(long, conflicts_with = "staff", required_unless_present = "staff")]
     pub partner: Option<String>,
-    /// A finance session (every partner, invoices to review and finalize).
+    /// The staff member (email or `stf_…` id) the link signs in as (`peage staff add` first).
     #[arg(long)]
-    pub finance: bool,
+    pub staff: Option<String>,
     #[command(flatten)]
     pub target: Target,
 }
 
 pub async fn run(c: SignInLinkCommand) -> anyhow::Result<()> {
     let store = c.target.billing_store().await?;
-    let role = match c.partner {
-        Some(partner_id) => DashboardRole::Partner { partner_id },
-        None => DashboardRole::Finance,
+    let fail = |e: peage_billing::ApiError| anyhow::anyhow!("{e}");
+    let role = match (c.partner, c.staff) {
+        (Some(partner_id), _) => DashboardRole::Partner { partner_id },
+        (None, Some(staff)) => DashboardRole::Staff {
+            staff_id: peage_billing::auth::live_staff(store.as_ref(), &staff)
+                .await
+                .map_err(fail)?
+                .id,
+        },
+        (None, None) => anyhow::bail!("give --partner <id> or --staff <email>"),
     };
     let link = peage_billing::auth::sign_in_link(store.as_ref(), role)
         .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(fail)?;
     println!("{}", link.path);
     eprintln!(
         "Open it on the control API's address (http://127.0.0.1:8090{} by default): it works once, within 15 minutes.",

@@ -289,6 +289,27 @@ pub(crate) fn api_docs(catalog: &Catalog, catalog_path: &Path) -> anyhow::Result
 }
 
 /// Reuses the demo partner and key from an earlier run on this data directory, or creates them.
+/// The staff member `peage up` prints a sign-in link for: the first active admin, or, on a
+/// store without staff yet, a new `admin@localhost` (rename or replace them with `peage staff`).
+/// Whoever can start `peage up` on a data directory owns it already.
+async fn first_admin(
+    billing: &dyn BillingStore,
+) -> anyhow::Result<peage_billing_store::StaffMember> {
+    let staff = billing.staff().await?;
+    if let Some(m) = staff
+        .iter()
+        .find(|m| m.role == peage_billing_store::StaffRole::Admin && m.disabled_at.is_none())
+    {
+        return Ok(m.clone());
+    }
+    if !staff.is_empty() {
+        anyhow::bail!("no active admin among the staff: enable or add one with `peage staff`");
+    }
+    peage_billing::staff::create(billing, "admin@localhost", "Administrator", "admin")
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the first admin: {e}"))
+}
+
 async fn demo_partner(
     store: &Arc<dyn BillingStore>,
     catalog: &Catalog,
@@ -483,12 +504,18 @@ pub async fn run(
     ));
     tracing::info!(gateway = %gateway_url, control = %control_url, data_dir = %data_dir.display(), "peage is up");
     println!("Péage is up.\n  gateway:     {gateway_url}\n  control API: {control_url}\n  dashboard:   {control_url}/app\n  data:        {}", data_dir.display());
-    let finance_link = peage_billing::auth::sign_in_link(billing.as_ref(), DashboardRole::Finance)
-        .await
-        .map_err(|e| anyhow::anyhow!("creating a sign-in link: {e}"))?;
+    let admin = first_admin(billing.as_ref()).await?;
+    let admin_link = peage_billing::auth::sign_in_link(
+        billing.as_ref(),
+        DashboardRole::Staff {
+            staff_id: admin.id.clone(),
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("creating a sign-in link: {e}"))?;
     println!(
-        "  finance sign-in (works once, for 15 minutes): {control_url}{}",
-        finance_link.path
+        "  admin sign-in for {} (works once, for 15 minutes): {control_url}{}",
+        admin.email, admin_link.path
     );
 
     if options.demo {
