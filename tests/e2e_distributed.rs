@@ -1034,3 +1034,221 @@ async fn a_revoked_key_stops_working_on_three_gateways_within_a_second() {
     }
     drop(procs);
 }
+
+/// A TCP forwarder to a real server that the test can cut (every open connection closed, new
+/// ones closed as soon as they arrive) and restore: an outage of that server as its clients
+/// see it, without stopping the server other tests share.
+struct Cuttable {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Bumped on every cut, so open connections notice and close.
+    epoch: tokio::sync::watch::Sender<u64>,
+}
+
+impl Cuttable {
+    async fn to(target: &'static str) -> Cuttable {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (epoch, _) = tokio::sync::watch::channel(0u64);
+        let (flag, rx) = (cut.clone(), epoch.subscribe());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut rx = rx.clone();
+                rx.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Cuttable { port, cut, epoch }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.epoch.send_modify(|e| *e += 1);
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Issue 16, item 1: billing's PostgreSQL unreachable for 10 s while a known partner keeps
+/// calling. Known keys keep working past the cache's TTL (served as last known, counted), a key
+/// never seen gets a quick 503, the control API answers 503 problem+json with `Retry-After`
+/// within about a second instead of hanging, and everything recovers by itself. Then ClickHouse
+/// unreachable: the usage route answers 503 with `Retry-After`, and recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_billing_database_outage_keeps_known_keys_working_and_answers_503_quickly() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !servers_up() {
+        return;
+    }
+    let s = Setup::new(KAFKA).await;
+    let pg = Cuttable::to("127.0.0.1:5432").await;
+    let ch = Cuttable::to("127.0.0.1:8123").await;
+    let (_billing, control) = s.start(
+        "billing",
+        &[
+            (
+                "PEAGE_POSTGRES__URL",
+                format!("postgres://peage:peage@127.0.0.1:{}/{}", pg.port, s.name),
+            ),
+            (
+                "PEAGE_CLICKHOUSE__URL",
+                format!("http://127.0.0.1:{}", ch.port),
+            ),
+        ],
+    );
+    let control = control.unwrap();
+    let mport = free_port();
+    let (_gw, gw) = s.start(
+        "gateway",
+        &[
+            s.spool("gw-1"),
+            ("PEAGE_GATEWAY__KEY_CACHE_TTL_MS", "500".into()),
+            ("PEAGE_METRICS__LISTEN", format!("127.0.0.1:{mport}")),
+        ],
+    );
+    let gw = gw.unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let (_pid, secret) = partner_with_live_key(&client, &control).await;
+    let call = |secret: String| {
+        let (client, gw) = (client.clone(), gw.clone());
+        async move {
+            let t = Instant::now();
+            let r = client
+                .get(format!("{gw}/demo/v1/weather/paris"))
+                .bearer_auth(&secret)
+                .send()
+                .await
+                .unwrap();
+            let retry = r.headers().get("retry-after").cloned();
+            (r.status().as_u16(), retry, t.elapsed())
+        }
+    };
+    assert_eq!(call(secret.clone()).await.0, 200);
+
+    pg.cut();
+    let outage = Instant::now();
+    let (mut known, mut slowest_known) = (0, Duration::ZERO);
+    let mut slowest_unknown = Duration::ZERO;
+    let mut slowest_control = Duration::ZERO;
+    while outage.elapsed() < Duration::from_secs(10) {
+        let (status, _, took) = call(secret.clone()).await;
+        assert_eq!(status, 200, "a known key keeps working during the outage");
+        known += 1;
+        slowest_known = slowest_known.max(took);
+        let (status, retry, took) =
+            call(format!("pk_live_{}", uuid::Uuid::now_v7().simple())).await;
+        assert_eq!(
+            (status, retry.is_some()),
+            (503, true),
+            "a key never seen: a quick 503"
+        );
+        slowest_unknown = slowest_unknown.max(took);
+        let t = Instant::now();
+        let r = client
+            .get(format!("{control}/v1/partners"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        slowest_control = slowest_control.max(t.elapsed());
+        assert_eq!(r.status(), 503, "the control API says the store is out");
+        assert!(r.headers().contains_key("retry-after"));
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ready: Value = client
+        .get(format!("{gw}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let metrics = metrics_of(&client, mport).await;
+    let stale = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("peage_gateway_key_stale_answers_total "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    eprintln!(
+        "billing database out 10 s: {known} known-key calls all 200 (slowest {slowest_known:?}), \
+         unknown keys 503 (slowest {slowest_unknown:?}), control API 503 (slowest \
+         {slowest_control:?}), {stale} stale key answers, readiness {ready}"
+    );
+    assert_eq!(ready["checks"]["keys"], false, "{ready}");
+    assert!(stale > 0, "stale answers are counted");
+    // Hang detectors, not performance figures: each answer came without waiting for a timeout.
+    for t in [slowest_known, slowest_unknown, slowest_control] {
+        assert!(t < Duration::from_secs(3), "an answer took {t:?}");
+    }
+
+    pg.restore();
+    let back = Instant::now();
+    loop {
+        let r = client
+            .get(format!("{control}/v1/partners"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "billing did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Fresh answers again: a new key works once the gateway's second of backoff has passed.
+    let (_pid, fresh) = partner_with_live_key(&client, &control).await;
+    let mut status = 0;
+    for _ in 0..30 {
+        status = call(fresh.clone()).await.0;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "a key made after the outage works");
+    eprintln!("recovered {:?} after the database returned", back.elapsed());
+
+    // ClickHouse out: usage answers 503 with Retry-After, not 500; it comes back by itself.
+    let usage = format!("{control}/v1/partners/{_pid}/usage");
+    let get = || client.get(&usage).bearer_auth(ADMIN).send();
+    assert_eq!(get().await.unwrap().status(), 200);
+    ch.cut();
+    let r = get().await.unwrap();
+    assert_eq!(r.status(), 503, "ClickHouse unreachable is a 503");
+    assert!(r.headers().contains_key("retry-after"));
+    ch.restore();
+    let back = Instant::now();
+    while get().await.unwrap().status() != 200 {
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "usage did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -47,6 +47,29 @@ pub enum BillingStoreError {
     Corrupt { what: &'static str, reason: String },
 }
 
+impl BillingStoreError {
+    /// Whether the database could not be reached (down, restarting, no connection free in
+    /// time): worth a quick 503 and a retry, unlike a wrong query or corrupt data.
+    pub fn is_unavailable(&self) -> bool {
+        let BillingStoreError::Db(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            // PostgreSQL's connection exceptions (08…) and operator intervention (57P…:
+            // shutting down, cannot connect now); SQLite's busy database.
+            sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+                c.starts_with("08") || c.starts_with("57P") || c == "5" || c == "517"
+            }),
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Partner {
     pub id: String,

@@ -80,6 +80,10 @@ fn issuer_from(row: &PgRow) -> Result<TrustedIssuer, BillingStoreError> {
 const ISSUER_COLUMNS: &str =
     "id, partner_id, issuer, jwks_url, algorithm, audience, env, created_at";
 
+/// How long a query waits for a connection (a new one included) before the store answers
+/// that the database is unavailable.
+pub const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
+
 impl PostgresBillingStore {
     /// Connects (`postgres://user:password@host:port/db`) and applies the migrations under
     /// `schemas/sql/postgres/billing`.
@@ -93,7 +97,9 @@ impl PostgresBillingStore {
     ) -> Result<PostgresBillingStore, BillingStoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(16)
-            .acquire_timeout(std::time::Duration::from_secs(10))
+            // An outage is answered within a second (503, Retry-After) rather than after a
+            // caller's own timeout; the pool reconnects by itself when the server is back.
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;
         sqlx::migrate!("../../schemas/sql/postgres/billing")

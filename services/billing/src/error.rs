@@ -26,6 +26,17 @@ pub enum ApiError {
     TooManyFailures { retry_after: u64 },
 }
 
+impl ApiError {
+    /// A store that could not be reached: billing's database or the usage store.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            ApiError::Store(e) => e.is_unavailable(),
+            ApiError::Usage(UsageStoreError::Unavailable(_)) => true,
+            _ => false,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, slug, title) = match &self {
@@ -43,6 +54,11 @@ impl IntoResponse for ApiError {
                 "too-many-failures",
                 "Too many wrong credentials",
             ),
+            e if e.is_unavailable() => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store-unavailable",
+                "Store unavailable",
+            ),
             ApiError::Store(_) | ApiError::Usage(_) | ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -52,6 +68,9 @@ impl IntoResponse for ApiError {
         let detail = if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self, "control API: internal error");
             "the server failed; the error is in its log".to_string()
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(error = %self, "control API: a store is unavailable");
+            "a store this answer needs is unreachable; retry shortly".to_string()
         } else {
             self.to_string()
         };
@@ -64,6 +83,10 @@ impl IntoResponse for ApiError {
         if let ApiError::TooManyFailures { retry_after } = &self {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(

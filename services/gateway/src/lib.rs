@@ -166,17 +166,31 @@ impl Gateway {
     /// Latency histograms, refusals, connections and quota counters, in the Prometheus text
     /// format.
     pub fn render_metrics(&self) -> String {
-        self.metrics.render(&self.connection_stats)
+        let mut out = self.metrics.render(&self.connection_stats);
+        let k = self.keys.stats();
+        let load = |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
+        for (name, kind, help, v) in [
+            ("peage_gateway_key_lookup_failures_total", "counter", "Key and issuer lookups billing did not answer (or that waited out the second after a failure).", load(&k.lookup_failures)),
+            ("peage_gateway_key_stale_answers_total", "counter", "Keys and issuers served past the cache's TTL because billing did not answer (gateway.key_stale_ms bounds their age).", load(&k.stale_answers)),
+            ("peage_gateway_key_lookups_reachable", "gauge", "1 when billing answered the last key lookup, 0 while lookups fail.", u64::from(k.reachable())),
+        ] {
+            use std::fmt::Write as _;
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        }
+        out
     }
 
     /// Whether this gateway should get traffic: metering accepts calls, and quota leases can
-    /// be had (or the unreachable policy serves without them).
+    /// be had (or the unreachable policy serves without them). `keys` says whether billing
+    /// answers key lookups; it does not make the gateway unready, since every gateway shares
+    /// that outage and known keys are still served from the cache.
     pub fn readiness(&self) -> (bool, serde_json::Value) {
         let metering = self.emitter.accepting();
         let quotas = self.quotas.as_ref().is_none_or(|q| q.can_serve());
+        let keys = self.keys.stats().reachable();
         (
             metering && quotas,
-            serde_json::json!({ "metering": metering, "quotas": quotas }),
+            serde_json::json!({ "metering": metering, "quotas": quotas, "keys": keys }),
         )
     }
 }

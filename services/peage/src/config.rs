@@ -183,6 +183,9 @@ pub struct GatewaySection {
     /// How long a resolved API key is trusted before billing state is asked again (a revoked
     /// key stops working within this time on other processes).
     pub key_cache_ttl_ms: u64,
+    /// While billing does not answer key lookups, a key (or issuer) looked up within this
+    /// long is still served as it was last known; keys never seen get a quick 503.
+    pub key_stale_ms: u64,
     /// Time allowed for an upstream's response headers (504 past it).
     pub upstream_timeout_ms: u64,
     /// Time allowed to connect to an upstream (502 past it).
@@ -297,6 +300,7 @@ impl Default for GatewaySection {
             listen: "127.0.0.1:8080".parse().expect("literal address"),
             id: "gw-1".into(),
             key_cache_ttl_ms: 5_000,
+            key_stale_ms: 900_000,
             upstream_timeout_ms: 30_000,
             connect_timeout_ms: 5_000,
             max_request_body_bytes: 10 * 1024 * 1024,

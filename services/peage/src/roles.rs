@@ -88,9 +88,10 @@ pub async fn gateway(
         &clients,
     )
     .map_err(|e| anyhow::anyhow!("gateway.billing_url: {e}"))?;
-    let keys = KeyCache::new(
+    let keys = KeyCache::with_stale(
         Arc::new(billing_keys.clone()),
         Duration::from_millis(config.gateway.key_cache_ttl_ms),
+        Duration::from_millis(config.gateway.key_stale_ms),
     );
     let authority = HttpQuotaAuthority::new(
         &config.gateway.billing_url,

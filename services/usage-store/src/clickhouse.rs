@@ -695,7 +695,12 @@ fn stored_to_event(r: StoredRow) -> Result<CallEvent, UsageStoreError> {
 }
 
 fn ch(what: impl std::fmt::Display, e: clickhouse::error::Error) -> UsageStoreError {
-    UsageStoreError::ClickHouse(format!("{what}: {e}"))
+    match e {
+        clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut => {
+            UsageStoreError::Unavailable(format!("{what}: {e}"))
+        }
+        e => UsageStoreError::ClickHouse(format!("{what}: {e}")),
+    }
 }
 
 fn checksum(sql: &str) -> String {

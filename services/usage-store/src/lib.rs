@@ -25,6 +25,9 @@ pub enum UsageStoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("clickhouse: {0}")]
     ClickHouse(String),
+    /// The server did not answer (refused, reset, timed out): worth retrying shortly.
+    #[error("clickhouse unavailable: {0}")]
+    Unavailable(String),
     #[error("usage store configuration: {0}")]
     Config(String),
     #[error("event {id} cannot be stored: {reason}")]

@@ -103,7 +103,9 @@ async fn check(gw: &Gateway, local: &LocalKeys, token: &str) -> Result<Arc<Resol
         Ok(Some(_)) => Err(unauthorized("this API key has been revoked")),
         Ok(None) => Err(unauthorized("unknown API key")),
         Err(e) => {
-            tracing::error!(error = %e, "gateway: key lookup failed");
+            if e != crate::keys::BACKING_OFF {
+                tracing::warn!(error = %e, "gateway: key lookup failed");
+            }
             Err(Refusal::new(
                 RefusalKind::KeyLookupUnavailable,
                 "the gateway cannot check API keys right now; retry shortly",
