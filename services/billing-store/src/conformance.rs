@@ -21,6 +21,15 @@ pub fn sub(plan: &str, at: DateTime<Utc>) -> Subscription {
     }
 }
 
+/// Webhook message ids, unique across a run.
+pub fn msg_ids() -> impl Iterator<Item = String> + Send {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    std::iter::repeat_with(|| {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("msg_{n:020}")
+    })
+}
+
 /// Runs every check on an empty store.
 pub async fn run_all(s: &dyn BillingStore) {
     partners_keep_their_plan_history(s).await;
@@ -231,7 +240,13 @@ async fn sums_of_stored_credits_that_overflow_are_errors_not_panics(s: &dyn Bill
         .await
         .unwrap();
     let e = s
-        .finalize_invoice("inv_huge", "HUGE", t0 + Duration::days(31), "admin")
+        .finalize_invoice(
+            "inv_huge",
+            "HUGE",
+            t0 + Duration::days(31),
+            "admin",
+            &mut msg_ids(),
+        )
         .await
         .unwrap_err();
     assert!(e.to_string().contains("overflows"), "{e}");
@@ -468,11 +483,12 @@ async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn BillingSt
     let at = Utc.with_ymd_and_hms(2026, 12, 3, 9, 0, 0).unwrap();
     // Finalizing something that is not there takes no number.
     assert!(matches!(
-        s.finalize_invoice("inv_nope", "TEST", at, "admin").await,
+        s.finalize_invoice("inv_nope", "TEST", at, "admin", &mut msg_ids())
+            .await,
         Err(BillingStoreError::NotFound { .. })
     ));
     let f2 = s
-        .finalize_invoice("inv_2", "TEST", at, "staff:ann@example.com")
+        .finalize_invoice("inv_2", "TEST", at, "staff:ann@example.com", &mut msg_ids())
         .await
         .unwrap();
     assert_eq!(f2.number.as_deref(), Some("TEST-2026-000001"));
@@ -485,12 +501,12 @@ async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn BillingSt
     );
     // A second finalization is refused and takes no number either.
     assert!(matches!(
-        s.finalize_invoice("inv_2", "TEST", at, "staff:ann@example.com")
+        s.finalize_invoice("inv_2", "TEST", at, "staff:ann@example.com", &mut msg_ids())
             .await,
         Err(BillingStoreError::Conflict(_))
     ));
     let f1 = s
-        .finalize_invoice("inv_1", "TEST", at, "admin")
+        .finalize_invoice("inv_1", "TEST", at, "admin", &mut msg_ids())
         .await
         .unwrap();
     assert_eq!(f1.number.as_deref(), Some("TEST-2026-000002"));
@@ -575,7 +591,7 @@ async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn BillingSt
     // Next year starts at 1 again.
     let next_year = Utc.with_ymd_and_hms(2027, 1, 2, 0, 0, 0).unwrap();
     let f3 = s
-        .finalize_invoice("inv_3", "TEST", next_year, "admin")
+        .finalize_invoice("inv_3", "TEST", next_year, "admin", &mut msg_ids())
         .await
         .unwrap();
     assert_eq!(f3.number.as_deref(), Some("TEST-2027-000001"));
@@ -603,7 +619,7 @@ async fn credits_are_taken_by_finalization_and_given_back_by_void(s: &dyn Billin
         .unwrap();
     let at = t0 + Duration::days(31);
     let f = s
-        .finalize_invoice("inv_c1", "CRED", at, "admin")
+        .finalize_invoice("inv_c1", "CRED", at, "admin", &mut msg_ids())
         .await
         .unwrap();
     assert_eq!(f.invoice.credits_applied, Decimal::new(1250, 2));
@@ -771,6 +787,35 @@ async fn webhooks_are_queued_once_per_event_and_logged(s: &dyn BillingStore) {
     assert_eq!(retried.status, "pending");
     let delivered = log.iter().find(|d| &d.id == first).unwrap();
     assert_eq!(delivered.status, "delivered");
+    // Finalizing queues its invoice.finalized in the same transaction (an outbox), once; a
+    // refused finalization queues nothing.
+    s.create_partner("prt_outbox", "Outbox", &sub("growth", t0))
+        .await
+        .unwrap();
+    s.save_draft(&draft("inv_outbox", "prt_outbox", "10"))
+        .await
+        .unwrap();
+    let at = t0 + Duration::days(31);
+    let f = s
+        .finalize_invoice("inv_outbox", "OUT", at, "admin", &mut msg_ids())
+        .await
+        .unwrap();
+    assert!(s
+        .finalize_invoice("inv_outbox", "OUT", at, "admin", &mut msg_ids())
+        .await
+        .is_err());
+    let queued: Vec<_> = s
+        .webhook_deliveries(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.event_key == "invoice.finalized:inv_outbox")
+        .collect();
+    assert_eq!(queued.len(), 2, "ep_a and the wildcard ep_b, once each");
+    let payload: serde_json::Value = serde_json::from_str(&queued[0].payload).unwrap();
+    assert_eq!(payload["type"], "invoice.finalized");
+    assert_eq!(payload["data"]["number"], f.number.clone().unwrap());
+    assert_eq!(payload["data"]["total"], "10.00");
 }
 
 async fn partners_keep_their_plan_history(s: &dyn BillingStore) {
@@ -1019,9 +1064,15 @@ pub async fn finalized_for_raw_sql(s: &dyn BillingStore) {
     s.save_draft(&draft("inv_raw", "prt_raw", "10"))
         .await
         .unwrap();
-    s.finalize_invoice("inv_raw", "RAW", t0 + Duration::days(31), "admin")
-        .await
-        .unwrap();
+    s.finalize_invoice(
+        "inv_raw",
+        "RAW",
+        t0 + Duration::days(31),
+        "admin",
+        &mut msg_ids(),
+    )
+    .await
+    .unwrap();
 }
 
 /// Statements that must all fail on a finalized invoice, whoever runs them.

@@ -205,13 +205,16 @@ pub trait LedgerStore: Send + Sync + 'static {
     async fn invoice(&self, id: &str) -> Result<Option<InvoiceRecord>, BillingStoreError>;
     /// Finalizes a draft in one transaction: the next number of `prefix` for the year of `at`
     /// (no gaps: a failed finalization takes no number), credits applied from the balance.
-    /// `by` names who did it (the audit log's actor).
+    /// `by` names who did it (the audit log's actor). Its `invoice.finalized` webhook is
+    /// queued in the same transaction (an outbox: a crash cannot keep one without the other),
+    /// with message ids from `ids`.
     async fn finalize_invoice(
         &self,
         id: &str,
         prefix: &str,
         at: DateTime<Utc>,
         by: &str,
+        ids: &mut (dyn Iterator<Item = String> + Send),
     ) -> Result<InvoiceRecord, BillingStoreError>;
     /// Voids a draft or a finalized invoice; credits it took go back to the balance. `by` names
     /// who did it.
@@ -422,6 +425,44 @@ macro_rules! ledger_store {
                     voided_by: row.try_get("voided_by")?,
                     document: row.try_get("document")?,
                 })
+            }
+
+/// Queues `payload` for every active endpoint subscribed to `event_type`, once per
+            /// `event_key`, in the caller's transaction.
+            async fn queue_webhook(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                event_type: &str,
+                event_key: &str,
+                payload: &str,
+                ids: &mut (dyn Iterator<Item = String> + Send),
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<usize, $crate::BillingStoreError> {
+                let rows = sqlx::query(&format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints e"))
+                    .fetch_all(&mut **tx)
+                    .await?;
+                let mut queued = 0;
+                for row in &rows {
+                    let ep = endpoint_row(row, "e_")?;
+                    if ep.disabled_at.is_some() || !ep.events.iter().any(|t| t == event_type || t == "*") {
+                        continue;
+                    }
+                    let Some(id) = ids.next() else { break };
+                    let done = sqlx::query(
+                        "INSERT INTO webhook_deliveries (id, endpoint_id, event_type, event_key, payload, status, \
+                         attempts, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6) \
+                         ON CONFLICT (endpoint_id, event_key) DO NOTHING",
+                    )
+                    .bind(id)
+                    .bind(&ep.id)
+                    .bind(event_type)
+                    .bind(event_key)
+                    .bind(payload)
+                    .bind(ts(at))
+                    .execute(&mut **tx)
+                    .await?;
+                    queued += done.rows_affected() as usize;
+                }
+                Ok(queued)
             }
 
             fn credit_row(row: &DbRow) -> Result<CreditEntry, $crate::BillingStoreError>
@@ -823,6 +864,7 @@ macro_rules! ledger_store {
                     prefix: &str,
                     at: chrono::DateTime<chrono::Utc>,
                     by: &str,
+                    ids: &mut (dyn Iterator<Item = String> + Send),
                 ) -> Result<peage_core::InvoiceRecord, $crate::BillingStoreError> {
                     // Stored to the microsecond: answer what is stored.
                     let at = parse_time("invoice", &ts(at))?;
@@ -893,12 +935,15 @@ macro_rules! ledger_store {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                    tx.commit().await?;
                     record.status = peage_core::InvoiceStatus::Finalized;
                     record.number = Some(number);
                     record.finalized_at = Some(at);
                     record.finalized_by = Some(by.to_string());
                     record.updated_at = at;
+                    let event = "invoice.finalized";
+                    let payload = peage_core::invoice::webhook_message(event, at, record.finalized_event());
+                    queue_webhook(&mut tx, event, &format!("{event}:{id}"), &payload, ids, at).await?;
+                    tx.commit().await?;
                     Ok(record)
                 }
 
@@ -1028,27 +1073,9 @@ macro_rules! ledger_store {
                     ids: &mut (dyn Iterator<Item = String> + Send),
                     at: chrono::DateTime<chrono::Utc>,
                 ) -> Result<usize, $crate::BillingStoreError> {
-                    let endpoints = self.webhook_endpoints().await?;
-                    let mut queued = 0;
-                    for ep in endpoints.iter().filter(|e| {
-                        e.disabled_at.is_none() && e.events.iter().any(|t| t == event_type || t == "*")
-                    }) {
-                        let Some(id) = ids.next() else { break };
-                        let done = sqlx::query(
-                            "INSERT INTO webhook_deliveries (id, endpoint_id, event_type, event_key, payload, status, \
-                             attempts, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6) \
-                             ON CONFLICT (endpoint_id, event_key) DO NOTHING",
-                        )
-                        .bind(id)
-                        .bind(&ep.id)
-                        .bind(event_type)
-                        .bind(event_key)
-                        .bind(payload)
-                        .bind(ts(at))
-                        .execute(&self.pool)
-                        .await?;
-                        queued += done.rows_affected() as usize;
-                    }
+                    let mut tx = self.pool.begin_with($begin).await?;
+                    let queued = queue_webhook(&mut tx, event_type, event_key, payload, ids, at).await?;
+                    tx.commit().await?;
                     Ok(queued)
                 }
 

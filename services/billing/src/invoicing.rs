@@ -607,32 +607,17 @@ impl Invoicing {
                 draft.invoice.period.end.to_rfc3339()
             )));
         }
+        // Its invoice.finalized webhook is queued in the finalizing transaction.
         let record = self
             .store
-            .finalize_invoice(id, &self.issuer.prefix, now, by)
+            .finalize_invoice(
+                id,
+                &self.issuer.prefix,
+                now,
+                by,
+                &mut webhooks::message_ids(),
+            )
             .await?;
-        // The invoice is final whatever happens to its webhook; a failure to queue it is logged
-        // (the delivery log then lacks it) rather than reported as a failed finalization.
-        if let Err(e) = webhooks::enqueue(
-            self.store.as_ref(),
-            "invoice.finalized",
-            &format!("invoice.finalized:{}", record.id),
-            serde_json::json!({
-                "invoice_id": record.id,
-                "number": record.number,
-                "partner_id": record.partner_id,
-                "period_start": record.invoice.period.start,
-                "period_end": record.invoice.period.end,
-                "currency": record.invoice.currency.code(),
-                "total": record.invoice.total.to_string(),
-                "amount_due": record.invoice.amount_due.to_string(),
-            }),
-            now,
-        )
-        .await
-        {
-            tracing::error!(error = %e, invoice = %record.id, "invoice.finalized webhook not queued");
-        }
         tracing::info!(invoice = %record.id, number = ?record.number, by, "invoice finalized");
         Ok((draft, record))
     }

@@ -47,7 +47,7 @@ pub fn new_secret() -> String {
     format!("whsec_{}", STANDARD.encode(rand::random::<[u8; 24]>()))
 }
 
-fn message_ids() -> impl Iterator<Item = String> + Send {
+pub(crate) fn message_ids() -> impl Iterator<Item = String> + Send {
     std::iter::repeat_with(|| WebhookMessageId::from_random(rand::random()).to_string())
 }
 
@@ -59,12 +59,7 @@ pub async fn enqueue(
     data: serde_json::Value,
     now: DateTime<Utc>,
 ) -> Result<usize, ApiError> {
-    let payload = serde_json::json!({
-        "type": event_type,
-        "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        "data": data,
-    })
-    .to_string();
+    let payload = peage_core::invoice::webhook_message(event_type, now, data);
     Ok(store
         .enqueue_webhook(event_type, key, &payload, &mut message_ids(), now)
         .await?)

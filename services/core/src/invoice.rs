@@ -531,6 +531,32 @@ pub struct InvoiceRecord {
     pub invoice: Invoice,
 }
 
+impl InvoiceRecord {
+    /// The `data` of its `invoice.finalized` webhook (docs/invoices.md, "Webhooks").
+    pub fn finalized_event(&self) -> serde_json::Value {
+        serde_json::json!({
+            "invoice_id": self.id,
+            "number": self.number,
+            "partner_id": self.partner_id,
+            "period_start": self.invoice.period.start,
+            "period_end": self.invoice.period.end,
+            "currency": self.invoice.currency.code(),
+            "total": self.invoice.total.to_string(),
+            "amount_due": self.invoice.amount_due.to_string(),
+        })
+    }
+}
+
+/// A webhook message's body: its type, when it happened, and its data (Standard Webhooks).
+pub fn webhook_message(event_type: &str, at: DateTime<Utc>, data: serde_json::Value) -> String {
+    serde_json::json!({
+        "type": event_type,
+        "timestamp": at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "data": data,
+    })
+    .to_string()
+}
+
 /// The CSV export's columns, in order (documented in docs/invoices.md).
 pub const CSV_HEADER: &str = "invoice_id,number,status,partner_id,period_start,period_end,timezone,currency,kind,description,meter,group,tier,quantity,unit_price,amount,adjusts_invoice";
 
