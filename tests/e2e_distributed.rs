@@ -1352,3 +1352,136 @@ async fn a_gateway_sigkilled_under_load_loses_at_most_its_unspooled_window() {
         "{lost} of {answered} answered calls lost: more than the spool's window"
     );
 }
+
+/// Issue 16, fault suite: billing SIGKILLed while finance finalizes invoices in parallel. After
+/// a restart finishes the job, the numbers run 1..N with no gap and no duplicate, and every
+/// finalized invoice has exactly one `invoice.finalized` delivery queued (the outbox: the
+/// webhook is queued in the finalizing transaction). Prints the counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billing_sigkilled_while_finalizing_leaves_no_gap_no_duplicate_and_no_lost_webhook() {
+    use peage_billing_store::{conformance, BillingStore, LedgerStore, PostgresBillingStore};
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !servers_up() {
+        return;
+    }
+    const N: usize = 300;
+    let s = Setup::new(KAFKA).await;
+    let store = PostgresBillingStore::connect(&format!("{POSTGRES}/{}", s.name))
+        .await
+        .unwrap();
+    let t0 = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 10, 1, 0, 0, 0).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let (partner, invoice) = (format!("prt_{i:020x}"), format!("inv_{i:020x}"));
+        store
+            .create_partner(&partner, &format!("P{i}"), &conformance::sub("growth", t0))
+            .await
+            .unwrap();
+        store
+            .save_draft(&conformance::draft(&invoice, &partner, "10"))
+            .await
+            .unwrap();
+        ids.push(invoice);
+    }
+    store
+        .add_webhook_endpoint(&peage_billing_store::WebhookEndpoint {
+            id: "ep_00000000000000000001".into(),
+            url: "https://hooks.example.com/peage".into(),
+            secret: "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3".into(),
+            events: vec!["invoice.finalized".into()],
+            created_at: t0,
+            disabled_at: None,
+        })
+        .await
+        .unwrap();
+
+    let finalize_all = |control: String, ids: Vec<String>| {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (client, control, ids, next, answered) = (
+                    client.clone(),
+                    control.clone(),
+                    ids.clone(),
+                    next.clone(),
+                    answered.clone(),
+                );
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(id) = ids.get(i) else { return };
+                        match client
+                            .post(format!("{control}/v1/invoices/{id}/finalize"))
+                            .bearer_auth(ADMIN)
+                            .send()
+                            .await
+                        {
+                            Ok(r) if r.status() == 200 || r.status() == 409 => {
+                                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            Ok(r) => panic!("finalize {id}: {}", r.status()),
+                            // Billing is gone: this task stops.
+                            Err(_) => return,
+                        }
+                    }
+                })
+            })
+            .collect();
+        (tasks, answered)
+    };
+
+    let (billing, control) = s.start("billing", &[]);
+    let (tasks, answered) = finalize_all(control.unwrap(), ids.clone());
+    while answered.load(std::sync::atomic::Ordering::Relaxed) < N / 3 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    billing.sigkill();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let before_kill = answered.load(std::sync::atomic::Ordering::Relaxed);
+    let (_billing, control) = s.start("billing", &[]);
+    let (tasks, _) = finalize_all(control.unwrap(), ids.clone());
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    let mut numbers = Vec::new();
+    for id in &ids {
+        let r = store.invoice(id).await.unwrap().unwrap();
+        assert_eq!(r.status, peage_core::InvoiceStatus::Finalized, "{id}");
+        numbers.push(r.number.unwrap());
+    }
+    numbers.sort();
+    let expected: Vec<String> = (1..=N).map(|n| format!("PEAGE-2026-{n:06}")).collect();
+    let gaps = expected.iter().filter(|n| !numbers.contains(n)).count();
+    let deliveries = store.webhook_deliveries(10 * N as i64).await.unwrap();
+    let mut per_invoice: BTreeMap<String, usize> = BTreeMap::new();
+    for d in deliveries
+        .iter()
+        .filter(|d| d.event_type == "invoice.finalized")
+    {
+        *per_invoice.entry(d.event_key.clone()).or_default() += 1;
+    }
+    let lost = ids
+        .iter()
+        .filter(|id| !per_invoice.contains_key(&format!("invoice.finalized:{id}")))
+        .count();
+    let duplicated = per_invoice.values().filter(|n| **n > 1).count();
+    eprintln!(
+        "fault billing-sigkill-finalize: sent {N}, answered {before_kill} before the kill, \
+         finalized {}, number gaps {gaps}, webhooks lost {lost}, duplicated {duplicated}",
+        numbers.len()
+    );
+    assert_eq!(numbers, expected, "numbers 1..{N}, no gap, no duplicate");
+    assert_eq!(
+        (lost, duplicated),
+        (0, 0),
+        "one invoice.finalized per invoice"
+    );
+}
