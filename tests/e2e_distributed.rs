@@ -1311,20 +1311,30 @@ async fn a_gateway_sigkilled_under_load_loses_at_most_its_unspooled_window() {
         answered += a;
     }
     // A new gateway on the same spool forwards what the killed one had spooled.
-    let (_gw2, _) = s.start("gateway", &[s.spool("gw-1")]);
+    let mport = free_port();
+    let (_gw2, _) = s.start(
+        "gateway",
+        &[
+            s.spool("gw-1"),
+            ("PEAGE_METRICS__LISTEN", format!("127.0.0.1:{mport}")),
+        ],
+    );
     let ch = s.clickhouse().await;
     // Some answered calls are lost, so waiting for all of them would wait out the timeout:
-    // stored is settled once it has not moved for 5 s.
+    // stored is settled once the new gateway's spool is empty and the count has not moved for
+    // 10 s since.
     let (mut stored, mut still_since) = (0, Instant::now());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < deadline
-        && (stored == 0 || still_since.elapsed() < Duration::from_secs(5))
-    {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while Instant::now() < deadline && stored < answered {
+        let pending = metrics_of(&client, mport)
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix("peage_spool_pending_events "))
+            .and_then(|v| v.trim().parse::<u64>().ok());
         let now = ch.raw_totals(None).await.map(|t| t.calls).unwrap_or(0);
-        if now != stored {
+        if now != stored || pending != Some(0) {
             (stored, still_since) = (now, Instant::now());
-        }
-        if stored >= answered {
+        } else if still_since.elapsed() > Duration::from_secs(10) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -1484,4 +1494,148 @@ async fn billing_sigkilled_while_finalizing_leaves_no_gap_no_duplicate_and_no_lo
         (0, 0),
         "one invoice.finalized per invoice"
     );
+}
+
+/// Mounts a tmpfs of `size` at `dir` (needs root, as CI has); `remount` changes its size.
+fn tmpfs(dir: &Path, size: &str, remount: bool) {
+    let opts = if remount {
+        format!("remount,size={size}")
+    } else {
+        format!("size={size}")
+    };
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &opts, "tmpfs"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mount tmpfs at {} (the disk-full test needs root): {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issue 16, fault suite: gateways' spools on disks that fill up while the broker is down. With
+/// `fail_open` (the default) the gateway keeps serving and holds the events; with `fail_closed`
+/// it answers 503 until the disk takes writes again. Nothing crashes, and once space returns
+/// and the broker is back every answered call is stored. Prints the counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_disk_keeps_the_gateway_serving_and_recovers_when_space_returns() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !servers_up() {
+        return;
+    }
+    let port = free_port();
+    let broker_dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(broker_dir.path(), port);
+    let s = Setup::new(&format!("127.0.0.1:{port}")).await;
+    let spool_disk = tempfile::tempdir().unwrap();
+    let closed_disk = tempfile::tempdir().unwrap();
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let mut _unmount = Vec::new();
+    for d in [&spool_disk, &closed_disk] {
+        tmpfs(d.path(), "256k", false);
+        _unmount.push(Unmount(d.path().to_path_buf()));
+    }
+    let (_billing, control) = s.start("billing", &[]);
+    let control = control.unwrap();
+    let mport = free_port();
+    let (_gw, gw) = s.start(
+        "gateway",
+        &[
+            (
+                "PEAGE_SPOOL__DIR",
+                spool_disk.path().join("spool").display().to_string(),
+            ),
+            ("PEAGE_METRICS__LISTEN", format!("127.0.0.1:{mport}")),
+        ],
+    );
+    let gw = vec![gw.unwrap()];
+    let (_gw_closed, closed) = s.start(
+        "gateway",
+        &[
+            (
+                "PEAGE_SPOOL__DIR",
+                closed_disk.path().join("spool").display().to_string(),
+            ),
+            ("PEAGE_SPOOL__WHEN_FULL", "fail_closed".into()),
+            ("PEAGE_GATEWAY__ID", "gw-closed".into()),
+        ],
+    );
+    let closed = vec![closed.unwrap()];
+    let (_agg, _) = s.start("aggregator", &[]);
+    let client = reqwest::Client::new();
+    let (_pid, secret) = partner_with_live_key(&client, &control).await;
+
+    let mut answered = calls(&gw, &secret, 200, 8).await[&200];
+    answered += calls(&closed, &secret, 200, 8).await[&200];
+    broker.stop();
+    let mut closed_statuses: BTreeMap<u16, usize> = BTreeMap::new();
+    for _ in 0..10 {
+        for (k, v) in calls(&closed, &secret, 500, 8).await {
+            *closed_statuses.entry(k).or_default() += v;
+        }
+    }
+    eprintln!("fail_closed calls while its disk fills: {closed_statuses:?}");
+    assert!(
+        closed_statuses.keys().all(|k| *k == 200 || *k == 503),
+        "served or refused, nothing else: {closed_statuses:?}"
+    );
+    assert!(
+        closed_statuses.contains_key(&503),
+        "fail_closed refuses once the disk is full"
+    );
+    answered += closed_statuses.get(&200).copied().unwrap_or(0);
+    let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+    for _ in 0..10 {
+        for (k, v) in calls(&gw, &secret, 500, 8).await {
+            *statuses.entry(k).or_default() += v;
+        }
+    }
+    let df = Command::new("df").arg(spool_disk.path()).output().unwrap();
+    eprintln!(
+        "spool disk while full: {}\ncalls while full: {statuses:?}",
+        String::from_utf8_lossy(&df.stdout)
+    );
+    let during = statuses.get(&200).copied().unwrap_or(0);
+    assert!(during > 0, "the gateway keeps serving: {statuses:?}");
+    answered += during;
+    let spool = metrics_of(&client, mport).await;
+    let spool: Vec<String> = spool
+        .lines()
+        .filter(|l| l.starts_with("peage_spool") || l.starts_with("peage_emitter"))
+        .map(String::from)
+        .collect();
+    eprintln!("{spool:#?}");
+    tmpfs(spool_disk.path(), "64m", true);
+    tmpfs(closed_disk.path(), "64m", true);
+    broker.restart();
+    answered += calls(&gw, &secret, 200, 8).await[&200];
+    // fail_closed serves again once its retried batch lands (within its 5 s backoff).
+    let back = Instant::now();
+    loop {
+        let seen = calls(&closed, &secret, 50, 4).await;
+        answered += seen.get(&200).copied().unwrap_or(0);
+        if seen.get(&200) == Some(&50) {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "fail_closed did not recover: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ch = s.clickhouse().await;
+    let stored = settle(&ch, answered as u64, Duration::from_secs(120)).await;
+    eprintln!(
+        "fault spool-disk-full: answered {answered}, stored {stored}, lost {}",
+        (answered as u64).saturating_sub(stored)
+    );
+    assert_eq!(stored, answered as u64, "every answered call is stored");
 }

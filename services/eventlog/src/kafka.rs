@@ -315,6 +315,9 @@ pub struct SpooledKafkaLog {
     config: SpoolConfig,
     shared: Arc<Forwarding>,
     full_logged: AtomicBool,
+    /// Set while the spool's disk refuses writes (full, read-only): `fail_closed` then refuses
+    /// calls as for a full spool; the emitter keeps the events it has and retries.
+    write_failing: AtomicBool,
 }
 
 impl SpooledKafkaLog {
@@ -374,6 +377,7 @@ impl SpooledKafkaLog {
             config: spool,
             shared,
             full_logged: AtomicBool::new(false),
+            write_failing: AtomicBool::new(false),
         }))
     }
 
@@ -772,7 +776,20 @@ impl EventLog for SpooledKafkaLog {
             return Ok(());
         }
         let payloads: Vec<Bytes> = events.iter().map(|e| crate::encode(e).into()).collect();
-        let first = self.spool.append_payloads(&payloads).await?;
+        let first = match self.spool.append_payloads(&payloads).await {
+            Ok(first) => {
+                if self.write_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("kafka spool: writes succeed again");
+                }
+                first
+            }
+            Err(e) => {
+                if !self.write_failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %e, policy = ?self.config.when_full, "kafka spool: the disk refuses writes; events wait in memory (fail_open) or calls are refused (fail_closed) until it accepts them again");
+                }
+                return Err(e);
+            }
+        };
         let n = payloads.len() as u64;
         if self.shared.in_memory.load(Ordering::Relaxed) + n <= IN_MEMORY_EVENTS {
             let batch = SpooledBatch {
@@ -799,7 +816,8 @@ impl EventLog for SpooledKafkaLog {
 
     fn accepting(&self) -> bool {
         self.config.when_full == SpoolFullPolicy::FailOpen
-            || self.pending() < self.config.max_events
+            || (self.pending() < self.config.max_events
+                && !self.write_failing.load(Ordering::Relaxed))
     }
 }
 
