@@ -7,9 +7,10 @@ use peage_billing_store::DashboardRole;
 use crate::invoice_cli::Target;
 
 #[derive(Debug, clap::Args)]
+#[group(id = "who", required = true, multiple = false, args = ["partner", "staff"])]
 pub struct SignInLinkCommand {
     /// The partner the link signs in as.
-    #[arg(long, conflicts_with = "staff", required_unless_present = "staff")]
+    #[arg(long)]
     pub partner: Option<String>,
     /// The staff member (email or `stf_…` id) the link signs in as (`peage staff add` first).
     #[arg(long)]

@@ -294,19 +294,21 @@ pub(crate) fn api_docs(catalog: &Catalog, catalog_path: &Path) -> anyhow::Result
 /// Whoever can start `peage up` on a data directory owns it already.
 async fn first_admin(
     billing: &dyn BillingStore,
-) -> anyhow::Result<peage_billing_store::StaffMember> {
+) -> anyhow::Result<Option<peage_billing_store::StaffMember>> {
     let staff = billing.staff().await?;
     if let Some(m) = staff
         .iter()
         .find(|m| m.role == peage_billing_store::StaffRole::Admin && m.disabled_at.is_none())
     {
-        return Ok(m.clone());
+        return Ok(Some(m.clone()));
     }
     if !staff.is_empty() {
-        anyhow::bail!("no active admin among the staff: enable or add one with `peage staff`");
+        // Someone disabled or demoted every admin: start all the same, and say how to mend it.
+        return Ok(None);
     }
     peage_billing::staff::create(billing, "admin@localhost", "Administrator", "admin")
         .await
+        .map(Some)
         .map_err(|e| anyhow::anyhow!("creating the first admin: {e}"))
 }
 
@@ -504,19 +506,25 @@ pub async fn run(
     ));
     tracing::info!(gateway = %gateway_url, control = %control_url, data_dir = %data_dir.display(), "peage is up");
     println!("Péage is up.\n  gateway:     {gateway_url}\n  control API: {control_url}\n  dashboard:   {control_url}/app\n  data:        {}", data_dir.display());
-    let admin = first_admin(billing.as_ref()).await?;
-    let admin_link = peage_billing::auth::sign_in_link(
-        billing.as_ref(),
-        DashboardRole::Staff {
-            staff_id: admin.id.clone(),
-        },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("creating a sign-in link: {e}"))?;
-    println!(
-        "  admin sign-in for {} (works once, for 15 minutes): {control_url}{}",
-        admin.email, admin_link.path
-    );
+    match first_admin(billing.as_ref()).await? {
+        Some(admin) => {
+            let admin_link = peage_billing::auth::sign_in_link(
+                billing.as_ref(),
+                DashboardRole::Staff {
+                    staff_id: admin.id.clone(),
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("creating a sign-in link: {e}"))?;
+            println!(
+                "  admin sign-in for {} (works once, for 15 minutes): {control_url}{}",
+                admin.email, admin_link.path
+            );
+        }
+        None => println!(
+            "  no active admin among the staff: `peage staff set <email> --enable` or `peage staff add … --role admin` (the admin token still works)"
+        ),
+    }
 
     if options.demo {
         let (partner_id, api_key) = demo_partner(&billing, &catalog, data_dir).await?;
