@@ -333,6 +333,15 @@ async fn partner_with_live_key(client: &reqwest::Client, control: &str) -> (Stri
 
 /// Waits until ClickHouse holds `n` raw rows (or the timeout), then checks it stays there.
 /// A role's `GET /metrics` text.
+/// The value of an unlabelled counter or gauge in a `/metrics` text; 0 when it is absent.
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 async fn metrics_of(client: &reqwest::Client, port: u16) -> String {
     client
         .get(format!("http://127.0.0.1:{port}/metrics"))
@@ -1186,11 +1195,7 @@ async fn a_billing_database_outage_keeps_known_keys_working_and_answers_503_quic
         .await
         .unwrap();
     let metrics = metrics_of(&client, mport).await;
-    let stale = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("peage_gateway_key_stale_answers_total "))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
+    let stale = counter(&metrics, "peage_gateway_key_stale_answers_total");
     eprintln!(
         "billing database out 10 s: {known} known-key calls all 200 (slowest {slowest_known:?}), \
          unknown keys 503 (slowest {slowest_unknown:?}), control API 503 (slowest \
@@ -1317,15 +1322,9 @@ async fn a_gateway_sigkilled_under_load_loses_at_most_its_unspooled_window() {
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
     // The emitter's backlog (emitted, not yet spooled) just before the kill: what it can lose.
-    let counter = |text: &str, name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
     let before = metrics_of(&client, first_metrics).await;
-    let in_memory = counter(&before, "peage_events_emitted_total ")
-        .saturating_sub(counter(&before, "peage_events_spooled_total "));
+    let in_memory = counter(&before, "peage_events_emitted_total")
+        .saturating_sub(counter(&before, "peage_events_spooled_total"));
     gw_proc.sigkill();
     let load_time = started.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -1348,7 +1347,7 @@ async fn a_gateway_sigkilled_under_load_loses_at_most_its_unspooled_window() {
     // Everything spooled before the kill must reach ClickHouse: wait for that many (the
     // broker and the aggregator may be slow), then for the count to be still for 5 s (the
     // few events spooled between the sample and the kill).
-    let spooled = counter(&before, "peage_events_spooled_total ");
+    let spooled = counter(&before, "peage_events_spooled_total");
     let mut stored = settle(&ch, spooled, Duration::from_secs(240)).await;
     let mut still_since = Instant::now();
     while still_since.elapsed() < Duration::from_secs(5) && stored < answered {
@@ -1361,11 +1360,11 @@ async fn a_gateway_sigkilled_under_load_loses_at_most_its_unspooled_window() {
     let after = metrics_of(&client, mport).await;
     eprintln!(
         "before the kill: spooled {}, forwarded {}; the new gateway: forwarded {}, read back from disk {}, pending {}",
-        counter(&before, "peage_events_spooled_total "),
-        counter(&before, "peage_spool_forwarded_events_total "),
-        counter(&after, "peage_spool_forwarded_events_total "),
-        counter(&after, "peage_spool_read_from_disk_events_total "),
-        counter(&after, "peage_spool_pending_events "),
+        counter(&before, "peage_events_spooled_total"),
+        counter(&before, "peage_spool_forwarded_events_total"),
+        counter(&after, "peage_spool_forwarded_events_total"),
+        counter(&after, "peage_spool_read_from_disk_events_total"),
+        counter(&after, "peage_spool_pending_events"),
     );
     let lost = answered.saturating_sub(stored);
     let duplicated: u64 = ch

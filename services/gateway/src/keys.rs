@@ -79,9 +79,18 @@ impl<K: std::hash::Hash + Eq, V: Clone> TtlMap<K, V> {
         K: std::borrow::Borrow<Q>,
         Q: std::hash::Hash + Eq + ?Sized,
     {
+        self.get_within(k, self.stale)
+    }
+
+    /// An answer fetched less than `max_age` ago, with when it was fetched.
+    fn get_within<Q>(&self, k: &Q, max_age: Duration) -> Option<(Instant, V)>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
         let entries = self.entries.lock().ok()?;
         let (at, v) = entries.get(k)?;
-        (at.elapsed() < self.stale).then(|| (*at, v.clone()))
+        (at.elapsed() < max_age).then(|| (*at, v.clone()))
     }
 
     fn get<Q>(&self, k: &Q) -> Option<V>
@@ -98,9 +107,7 @@ impl<K: std::hash::Hash + Eq, V: Clone> TtlMap<K, V> {
         K: std::borrow::Borrow<Q>,
         Q: std::hash::Hash + Eq + ?Sized,
     {
-        let entries = self.entries.lock().ok()?;
-        let (at, v) = entries.get(k)?;
-        (at.elapsed() < self.ttl).then(|| (*at, v.clone()))
+        self.get_within(k, self.ttl)
     }
 
     fn put(&self, k: K, v: V) {
