@@ -126,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
         AggregatorConfig {
             max_batch: 20_000,
             poll_wait: Duration::from_millis(200),
+            ..Default::default()
         },
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use peage_core::CallEvent;
-use peage_eventlog::{DeadLetter, DeadLetterSink, EventLogError, LogConsumer, LogRecord};
+use peage_eventlog::{DeadLetter, DeadLetterSink, EventLogError, Lease, LogConsumer, LogRecord};
 use peage_usage_store::{InsertOutcome, LoggedEvent, UsageStore, UsageStoreError};
 use tokio::sync::watch;
 
@@ -35,6 +35,9 @@ pub struct AggregatorStats {
     pub dead_lettered: AtomicU64,
     pub store_failures: AtomicU64,
     pub batches: AtomicU64,
+    /// Batches given up unwritten because the partitions they came from may have moved to
+    /// another member before the write could finish (re-read from the committed offsets).
+    pub abandoned_batches: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +46,10 @@ pub struct AggregatorConfig {
     pub max_batch: usize,
     /// How long a batch may wait to fill.
     pub poll_wait: Duration,
+    /// The deadline of one insert attempt. An attempt starts only while the batch's lease
+    /// holds for that long, and a member given partitions waits that long before it reads
+    /// where the store stands (docs/exactly-once.md, "Rebalances").
+    pub insert_timeout: Duration,
 }
 
 impl Default for AggregatorConfig {
@@ -50,6 +57,7 @@ impl Default for AggregatorConfig {
         AggregatorConfig {
             max_batch: 5_000,
             poll_wait: Duration::from_millis(100),
+            insert_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -102,8 +110,13 @@ pub struct Aggregator {
     floors: HashMap<u32, Option<u64>>,
     epoch: u64,
     /// The batch being inserted while the next one is read and decoded, with its records to
-    /// commit once the insert is done. At most one: batches land and commit in order.
-    in_flight: Option<(tokio::task::JoinHandle<InsertOutcome>, Vec<LogRecord>)>,
+    /// commit once the insert is done (`None` from the task: abandoned, see [`Lease`]). At
+    /// most one: batches land and commit in order.
+    in_flight: Option<(
+        tokio::task::JoinHandle<Option<InsertOutcome>>,
+        Vec<LogRecord>,
+        Lease,
+    )>,
 }
 
 impl Aggregator {
@@ -157,12 +170,17 @@ impl Aggregator {
         }
     }
 
-    /// Waits for the batch being inserted, then commits its records.
-    async fn finish_in_flight(&mut self) -> Result<(), AggregatorError> {
-        if let Some((handle, records)) = self.in_flight.take() {
+    /// Waits for the batch being inserted, then commits its records. False if the batch was
+    /// abandoned: the consumer then restarted from its committed offsets, and whatever was
+    /// read since is stale.
+    async fn finish_in_flight(&mut self) -> Result<bool, AggregatorError> {
+        if let Some((handle, records, lease)) = self.in_flight.take() {
             let outcome = handle
                 .await
                 .map_err(|e| AggregatorError::Log(EventLogError::Task(e.to_string())))?;
+            let Some(outcome) = outcome else {
+                return Ok(!self.abandon(records.len(), &lease).await?);
+            };
             self.stats
                 .inserted
                 .fetch_add(outcome.inserted, Ordering::Relaxed);
@@ -174,14 +192,39 @@ impl Aggregator {
             self.stats.batches.fetch_add(1, Ordering::Relaxed);
             self.consumer.commit(&records).await?;
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Gives up a batch whose lease ran out: nothing of it is written or committed. After a
+    /// rebalance the consumer already resumes from the committed offsets; a member that ran
+    /// out of time without one (it may have been expelled) restarts as a fresh member and
+    /// forgets what it knew of stored positions. True if it restarted.
+    async fn abandon(&mut self, records: usize, lease: &Lease) -> Result<bool, AggregatorError> {
+        self.stats.abandoned_batches.fetch_add(1, Ordering::Relaxed);
+        let restart = !lease.rebalanced();
+        tracing::warn!(
+            records,
+            restart,
+            "aggregator: batch abandoned unwritten: its partitions may have moved to another \
+             member before the store call could finish; it is read again from the committed \
+             offsets"
+        );
+        if restart {
+            self.floors.clear();
+            self.consumer.restart().await?;
+            self.epoch = self.consumer.assignment_epoch();
+        }
+        Ok(restart)
     }
 
     /// Skip what the store holds, dead-letter what is not an event, insert, then commit: the
     /// order that makes a crash at any point safe (docs/exactly-once.md).
     async fn process(&mut self, records: &[LogRecord]) -> Result<(), AggregatorError> {
         let topic = self.consumer.topic().to_string();
-        // 1. Positions the store already holds, re-learnt after every rebalance.
+        // The claim on these records, taken before anything can await.
+        let lease = self.consumer.lease();
+        // 1. Positions the store already holds, re-learnt after every rebalance, once a write
+        //    the partitions' previous owner may have started has ended.
         let epoch = self.consumer.assignment_epoch();
         if epoch != self.epoch {
             self.floors.clear();
@@ -195,11 +238,30 @@ impl Aggregator {
             .into_iter()
             .collect();
         if !unknown.is_empty() {
+            let settle = self.consumer.settle_remaining(self.config.insert_timeout);
+            if !settle.is_zero() {
+                tracing::info!(
+                    wait_ms = settle.as_millis() as u64,
+                    "aggregator: new partitions; waiting out the previous owner's insert deadline"
+                );
+                tokio::time::sleep(settle).await;
+            }
             let store = Arc::clone(&self.store);
-            let stored = retry(&self.stats, "reading stored positions", || {
-                store.stored_positions(&topic, &unknown)
-            })
-            .await;
+            let Some(stored) = retry(
+                &self.stats,
+                "reading stored positions",
+                &lease,
+                self.config.insert_timeout,
+                || store.stored_positions(&topic, &unknown),
+            )
+            .await
+            else {
+                // The batch before lands or is abandoned first, so nothing is left running.
+                if self.finish_in_flight().await? {
+                    self.abandon(records.len(), &lease).await?;
+                }
+                return Ok(());
+            };
             for p in unknown {
                 self.floors.insert(p, stored.get(&p).copied());
             }
@@ -240,17 +302,30 @@ impl Aggregator {
         // 3. Records the producer may have sent twice: drop ids already stored or seen.
         if events.iter().any(|(maybe, _)| *maybe) {
             // The originals may be in the batch still being inserted.
-            self.finish_in_flight().await?;
+            if !self.finish_in_flight().await? {
+                return Ok(());
+            }
             let suspects: Vec<CallEvent> = events
                 .iter()
                 .filter(|(maybe, _)| *maybe)
                 .map(|(_, l)| l.event.clone())
                 .collect();
             let store = Arc::clone(&self.store);
-            let stored = retry(&self.stats, "checking re-sent ids", || {
-                store.stored_ids(&suspects)
-            })
-            .await;
+            let Some(stored) = retry(
+                &self.stats,
+                "checking re-sent ids",
+                &lease,
+                self.config.insert_timeout,
+                || store.stored_ids(&suspects),
+            )
+            .await
+            else {
+                // The batch before lands or is abandoned first, so nothing is left running.
+                if self.finish_in_flight().await? {
+                    self.abandon(records.len(), &lease).await?;
+                }
+                return Ok(());
+            };
             let mut seen: HashSet<(String, uuid::Uuid)> = HashSet::new();
             let before = events.len();
             events.retain(|(_, l)| {
@@ -272,8 +347,11 @@ impl Aggregator {
             tracing::warn!(count = dead.len(), partition = dead[0].partition, first_offset = dead[0].offset, reason = %dead[0].reason, "aggregator: records sent to dead letters");
         }
         // 4. Insert the batch (all or nothing) in the background while the next batch is read;
-        //    its records are committed once it landed, in order.
-        self.finish_in_flight().await?;
+        //    its records are committed once it landed, in order. If the one before was
+        //    abandoned, these records were read by the member that gave up: drop them too.
+        if !self.finish_in_flight().await? {
+            return Ok(());
+        }
         for r in records {
             let floor = self.floors.entry(r.partition).or_default();
             *floor = Some(floor.map_or(r.offset, |f| f.max(r.offset)));
@@ -287,38 +365,51 @@ impl Aggregator {
         }
         let batch: Vec<LoggedEvent> = events.into_iter().map(|(_, l)| l).collect();
         let (store, stats) = (Arc::clone(&self.store), Arc::clone(&self.stats));
+        let (deadline, claim) = (self.config.insert_timeout, lease.clone());
         let insert = tokio::spawn(async move {
             if batch.is_empty() {
-                return InsertOutcome::default();
+                return Some(InsertOutcome::default());
             }
-            retry(&stats, "inserting the batch", || {
+            retry(&stats, "inserting the batch", &claim, deadline, || {
                 store.insert_logged(&topic, &batch)
             })
             .await
         });
-        self.in_flight = Some((insert, records.to_vec()));
+        self.in_flight = Some((insert, records.to_vec(), lease));
         Ok(())
     }
 }
 
-/// Retries a store call until it succeeds, with backoff; every failure is counted and logged.
-/// The batch is never half-applied: the store call is all or nothing.
-async fn retry<T, F, Fut>(stats: &AggregatorStats, what: &str, mut call: F) -> T
+/// Retries a store call with backoff until it succeeds, while `lease` holds: each attempt
+/// starts only if the partitions stay this member's for the attempt's whole `deadline`, and
+/// is cancelled at it (the request is dropped; ClickHouse writes nothing of a request it did
+/// not receive whole, and a hung store cannot hold the loop). Every failure is counted and
+/// logged. `None` when the lease ran out first: then the call must not be made by this member.
+async fn retry<T, F, Fut>(
+    stats: &AggregatorStats,
+    what: &str,
+    lease: &Lease,
+    deadline: Duration,
+    mut call: F,
+) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, UsageStoreError>>,
 {
     let mut backoff = Duration::from_millis(50);
     loop {
-        match call().await {
-            Ok(v) => return v,
-            Err(e) => {
-                stats.store_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "aggregator: {what} failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+        if !lease.holds_for(deadline) {
+            return None;
         }
+        let error = match tokio::time::timeout(deadline, call()).await {
+            Ok(Ok(v)) => return Some(v),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {} ms", deadline.as_millis()),
+        };
+        stats.store_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(error = %error, retry_in_ms = backoff.as_millis() as u64, "aggregator: {what} failed; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -399,6 +490,7 @@ mod tests {
             AggregatorConfig {
                 max_batch: 17,
                 poll_wait: Duration::from_millis(20),
+                ..Default::default()
             },
         );
         let stats = agg.stats();

@@ -39,7 +39,7 @@ use rdkafka::producer::{
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::Deserialize;
 
-use crate::{EmbeddedLog, EventLog, EventLogError, LogConsumer, LogRecord};
+use crate::{EmbeddedLog, EventLog, EventLogError, Lease, LogConsumer, LogRecord, Membership};
 
 /// Header on records that may already be in the topic (see the module docs).
 pub const POSSIBLE_DUPLICATE: &str = "peage-possible-duplicate";
@@ -821,17 +821,25 @@ impl EventLog for SpooledKafkaLog {
     }
 }
 
-/// Counts rebalances so the aggregator knows when partition ownership may have changed.
-#[derive(Clone, Default)]
-pub struct RebalanceEpoch(Arc<AtomicU64>);
+/// The consumer's side of its group membership: rebalances bump the epoch (a revocation before
+/// it completes), and every poll is timed, so a [`Lease`] can tell whether the partitions a
+/// batch came from are still this member's.
+#[derive(Clone)]
+pub struct MemberContext(Arc<Membership>);
 
-impl ClientContext for RebalanceEpoch {}
+impl ClientContext for MemberContext {}
 
-impl ConsumerContext for RebalanceEpoch {
+impl ConsumerContext for MemberContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
+        // Before librdkafka gives the partitions up: a write started under an older lease
+        // sees the change from here on.
+        self.0.revoked();
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
         match rebalance {
             Rebalance::Assign(tpl) => {
+                self.0.assigned();
                 let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 tracing::info!(partitions = ?parts, "kafka consumer: partitions assigned");
             }
@@ -841,13 +849,40 @@ impl ConsumerContext for RebalanceEpoch {
     }
 }
 
+/// Where the group stood, at one moment, as seen by a member that owned no partition.
+struct GroupSnapshot {
+    at: Instant,
+    /// Partition → (committed offset, high watermark), for partitions with lag.
+    lagging: HashMap<i32, (i64, i64)>,
+}
+
 /// A consumer-group member with manual commits. Offsets are committed after the records are
 /// stored; they are advisory for exactly once (the store's own positions decide) but keep the
 /// group's lag meaningful.
+///
+/// It watches for a stalled group: it owns no partition, and some partition has lag whose
+/// committed offset has not moved, for a whole session timeout. Apache Kafka hands the
+/// partitions of a member that died to the others after `session.timeout.ms`; tansu never
+/// expires a dead static member while only static members talk to the group (it expires
+/// members only on requests of dynamic members), so their partitions would wait forever. On a
+/// stall the member leaves and rejoins as a dynamic member, which both brokers handle; resume
+/// points come from the store, so nothing is read twice into it (docs/exactly-once.md).
 pub struct KafkaConsumer {
-    consumer: StreamConsumer<RebalanceEpoch>,
-    epoch: RebalanceEpoch,
+    consumer: Arc<StreamConsumer<MemberContext>>,
+    membership: Arc<Membership>,
     topic: String,
+    config: KafkaConfig,
+    group: String,
+    instance_id: Option<String>,
+    session_timeout: Duration,
+    next_check: Instant,
+    previous: Option<GroupSnapshot>,
+    recoveries: Arc<AtomicU64>,
+}
+
+/// A librdkafka duration property in milliseconds, or its default.
+fn millis(c: &ClientConfig, key: &str, default: u64) -> Duration {
+    Duration::from_millis(c.get(key).and_then(|v| v.parse().ok()).unwrap_or(default))
 }
 
 impl KafkaConsumer {
@@ -858,6 +893,33 @@ impl KafkaConsumer {
         group: &str,
         instance_id: Option<&str>,
     ) -> Result<KafkaConsumer, EventLogError> {
+        let c = Self::client_config(config, group, instance_id);
+        let session_timeout = millis(&c, "session.timeout.ms", 45_000);
+        let membership = Arc::new(Membership::new(
+            millis(&c, "max.poll.interval.ms", 300_000),
+            millis(&c, "heartbeat.interval.ms", 3_000),
+        ));
+        let consumer = Self::join(&c, config, &membership)?;
+        Ok(KafkaConsumer {
+            consumer,
+            membership,
+            topic: config.topic.clone(),
+            config: config.clone(),
+            group: group.to_string(),
+            instance_id: instance_id.map(str::to_string),
+            session_timeout,
+            next_check: Instant::now() + session_timeout,
+            previous: None,
+            recoveries: Arc::default(),
+        })
+    }
+
+    /// Times this member found the group stalled and rejoined (a metric).
+    pub fn stall_recoveries(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.recoveries)
+    }
+
+    fn client_config(config: &KafkaConfig, group: &str, instance_id: Option<&str>) -> ClientConfig {
         let mut c = config.client();
         if let Some(id) = instance_id {
             c.set("group.instance.id", id);
@@ -870,18 +932,94 @@ impl KafkaConsumer {
             .set("max.poll.interval.ms", "300000")
             .set("fetch.min.bytes", "1");
         config.apply_properties(&mut c);
-        let epoch = RebalanceEpoch::default();
-        let consumer: StreamConsumer<RebalanceEpoch> = c
-            .create_with_context(epoch.clone())
+        c
+    }
+
+    fn join(
+        c: &ClientConfig,
+        config: &KafkaConfig,
+        membership: &Arc<Membership>,
+    ) -> Result<Arc<StreamConsumer<MemberContext>>, EventLogError> {
+        let consumer: StreamConsumer<MemberContext> = c
+            .create_with_context(MemberContext(Arc::clone(membership)))
             .map_err(|e| kafka_err("consumer", e))?;
         consumer
             .subscribe(&[&config.topic])
             .map_err(|e| kafka_err("subscribe", e))?;
-        Ok(KafkaConsumer {
-            consumer,
-            epoch,
-            topic: config.topic.clone(),
+        membership.polled();
+        Ok(Arc::new(consumer))
+    }
+
+    /// Leaves the group (closing the librdkafka consumer, off the async threads) and joins it
+    /// again; `dynamic` drops the static instance id for good.
+    async fn rejoin(&mut self, dynamic: bool) -> Result<(), EventLogError> {
+        if dynamic {
+            self.instance_id = None;
+        }
+        self.membership.revoked();
+        let c = Self::client_config(&self.config, &self.group, self.instance_id.as_deref());
+        let fresh = Self::join(&c, &self.config, &self.membership)?;
+        let old = std::mem::replace(&mut self.consumer, fresh);
+        tokio::task::spawn_blocking(move || {
+            old.unsubscribe();
+            drop(old);
         })
+        .await
+        .map_err(|e| EventLogError::Task(e.to_string()))?;
+        self.previous = None;
+        self.next_check = Instant::now() + 2 * self.session_timeout;
+        Ok(())
+    }
+
+    /// Every session timeout: if this member owns no partition, compares where the group
+    /// stands with the last look, and rejoins when some partition lags without progress. A
+    /// member that owns partitions is in a formed group, whatever the others do; one without
+    /// any, in a group with lag that nobody consumes, is the stall.
+    async fn watch_for_a_stall(&mut self) -> Result<(), EventLogError> {
+        if Instant::now() < self.next_check {
+            return Ok(());
+        }
+        self.next_check = Instant::now() + self.session_timeout;
+        let (consumer, topic) = (Arc::clone(&self.consumer), self.topic.clone());
+        let snapshot = tokio::task::spawn_blocking(move || group_snapshot(&consumer, &topic))
+            .await
+            .map_err(|e| EventLogError::Task(e.to_string()))?;
+        let now = match snapshot {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                self.previous = None;
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "kafka consumer: cannot look at the group's progress");
+                return Ok(());
+            }
+        };
+        let stuck: Vec<i32> = match &self.previous {
+            Some(before) if now.at.duration_since(before.at) >= self.session_timeout => now
+                .lagging
+                .iter()
+                .filter(|(p, (committed, _))| {
+                    before.lagging.get(p).is_some_and(|(c, _)| c == committed)
+                })
+                .map(|(p, _)| *p)
+                .collect(),
+            _ => Vec::new(),
+        };
+        self.previous = Some(now);
+        if stuck.is_empty() {
+            return Ok(());
+        }
+        let mut stuck = stuck;
+        stuck.sort_unstable();
+        tracing::warn!(
+            partitions = ?stuck,
+            stalled_for_s = self.session_timeout.as_secs(),
+            "kafka consumer: no partition assigned while partitions lag without progress; \
+             rejoining the group as a dynamic member so the broker expires dead members"
+        );
+        self.recoveries.fetch_add(1, Ordering::Relaxed);
+        self.rejoin(true).await
     }
 
     fn record(m: &rdkafka::message::BorrowedMessage<'_>) -> LogRecord {
@@ -898,20 +1036,69 @@ impl KafkaConsumer {
     }
 }
 
+/// If this member owns no partition of `topic`: the partitions that have lag, with their
+/// committed offset and high watermark (blocking calls: run off the async threads).
+fn group_snapshot(
+    consumer: &StreamConsumer<MemberContext>,
+    topic: &str,
+) -> Result<Option<GroupSnapshot>, KafkaError> {
+    if consumer.assignment()?.count() > 0 {
+        return Ok(None);
+    }
+    let timeout = Duration::from_secs(5);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = consumer.committed_offsets(tpl, timeout)?;
+    let mut lagging = HashMap::new();
+    for e in committed.elements_for_topic(topic) {
+        let (low, high) = consumer.fetch_watermarks(topic, e.partition(), timeout)?;
+        let at = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => low,
+        };
+        if high > at {
+            lagging.insert(e.partition(), (at, high));
+        }
+    }
+    Ok(Some(GroupSnapshot {
+        at: Instant::now(),
+        lagging,
+    }))
+}
+
 #[async_trait]
 impl LogConsumer for KafkaConsumer {
     /// Waits up to `wait` for records and keeps collecting until `max` or until `wait` has
-    /// passed (a batch by size and time).
+    /// passed (a batch by size and time). Records read before a rebalance that happened during
+    /// the collection are dropped: they belong to the old assignment, and the new one resumes
+    /// from the committed offsets.
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<LogRecord>, EventLogError> {
+        self.watch_for_a_stall().await?;
         let deadline = tokio::time::Instant::now() + wait;
         let mut out = Vec::new();
+        let mut epoch = self.membership.epoch.load(Ordering::SeqCst);
         while out.len() < max {
             // Fast path: a record librdkafka already fetched, without arming a timer.
-            if let Some(Ok(m)) = futures::FutureExt::now_or_never(self.consumer.recv()) {
-                out.push(Self::record(&m));
-                continue;
+            let next = match futures::FutureExt::now_or_never(self.consumer.recv()) {
+                Some(r) => Ok(r),
+                None => tokio::time::timeout_at(deadline, self.consumer.recv()).await,
+            };
+            self.membership.polled();
+            let now = self.membership.epoch.load(Ordering::SeqCst);
+            if now != epoch {
+                out.clear();
+                epoch = now;
             }
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+            match next {
                 Err(_) => break,
                 Ok(Ok(m)) => out.push(Self::record(&m)),
                 Ok(Err(e)) => {
@@ -957,7 +1144,21 @@ impl LogConsumer for KafkaConsumer {
     }
 
     fn assignment_epoch(&self) -> u64 {
-        self.epoch.0.load(Ordering::SeqCst)
+        self.membership.epoch.load(Ordering::SeqCst)
+    }
+
+    fn lease(&self) -> Lease {
+        self.membership.lease()
+    }
+
+    fn settle_remaining(&self, write_deadline: Duration) -> Duration {
+        self.membership.settle_remaining(write_deadline)
+    }
+
+    /// A fresh member with the same identity: librdkafka then resumes every partition it is
+    /// given from the committed offsets, whatever it had fetched before.
+    async fn restart(&mut self) -> Result<(), EventLogError> {
+        self.rejoin(false).await
     }
 }
 

@@ -9,6 +9,8 @@ pub mod embedded;
 pub mod emitter;
 pub mod kafka;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -116,6 +118,127 @@ pub trait LogConsumer: Send + Sync {
     fn assignment_epoch(&self) -> u64 {
         0
     }
+
+    /// The claim on what the last `poll` returned: check it before writing those records
+    /// anywhere ([`Lease::holds_for`]). A log with a single consumer always holds it.
+    fn lease(&self) -> Lease {
+        Lease::always()
+    }
+
+    /// How long a member that has just been given partitions waits before it reads where the
+    /// store stands, so that a write the previous owner started under its lease has ended.
+    fn settle_remaining(&self, _write_deadline: Duration) -> Duration {
+        Duration::ZERO
+    }
+
+    /// Forgets everything read since the last commit and resumes from the committed
+    /// positions (on Kafka: a fresh group member). Called after a batch was abandoned because
+    /// its lease ran out.
+    async fn restart(&mut self) -> Result<(), EventLogError> {
+        Ok(())
+    }
+}
+
+/// Ownership of a batch of records, taken when the batch is read.
+///
+/// On Kafka a member owns its partitions until a rebalance revokes them, or until it has not
+/// polled for `max.poll.interval.ms` and the group expels it. A batch may be written to the
+/// store only while that ownership provably lasts until the write's deadline: otherwise the
+/// partition's next owner could read the store's position before the write lands and store
+/// the batch a second time (docs/exactly-once.md, "Rebalances").
+#[derive(Clone, Debug)]
+pub struct Lease {
+    claim: Option<(Arc<Membership>, u64)>,
+}
+
+/// What a group member knows about its own standing, shared with its rebalance callbacks.
+#[derive(Debug)]
+pub struct Membership {
+    /// Bumped when partitions are revoked (before the revocation completes) and when they are
+    /// assigned.
+    pub epoch: AtomicU64,
+    origin: std::time::Instant,
+    /// Milliseconds after `origin` of the last poll.
+    last_poll_ms: AtomicU64,
+    /// Milliseconds after `origin` of the last assignment.
+    assigned_ms: AtomicU64,
+    /// Time without a poll after which the group expels the member, less the heartbeat
+    /// interval (a rebalance may start up to one heartbeat before the member hears of it).
+    expel_after: Duration,
+}
+
+impl Membership {
+    pub fn new(max_poll_interval: Duration, heartbeat_interval: Duration) -> Membership {
+        Membership {
+            epoch: AtomicU64::new(0),
+            origin: std::time::Instant::now(),
+            last_poll_ms: AtomicU64::new(0),
+            assigned_ms: AtomicU64::new(0),
+            expel_after: max_poll_interval.saturating_sub(heartbeat_interval),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    pub fn polled(&self) {
+        self.last_poll_ms.store(self.now_ms(), Ordering::SeqCst);
+    }
+
+    pub fn assigned(&self) {
+        self.assigned_ms.store(self.now_ms(), Ordering::SeqCst);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn revoked(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn lease(self: &Arc<Self>) -> Lease {
+        Lease {
+            claim: Some((Arc::clone(self), self.epoch.load(Ordering::SeqCst))),
+        }
+    }
+
+    /// Time left until `write_deadline` has passed since the last assignment.
+    pub fn settle_remaining(&self, write_deadline: Duration) -> Duration {
+        let since = Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.assigned_ms.load(Ordering::SeqCst)),
+        );
+        write_deadline.saturating_sub(since)
+    }
+}
+
+impl Lease {
+    pub fn always() -> Lease {
+        Lease { claim: None }
+    }
+
+    /// True if a rebalance happened since the batch was read: the consumer then already
+    /// resumes its new assignment from the committed offsets.
+    pub fn rebalanced(&self) -> bool {
+        self.claim
+            .as_ref()
+            .is_some_and(|(m, epoch)| m.epoch.load(Ordering::SeqCst) != *epoch)
+    }
+
+    /// True if no rebalance happened since the batch was read and the member cannot be
+    /// expelled for a late poll within `ahead` (the deadline of the write about to start).
+    pub fn holds_for(&self, ahead: Duration) -> bool {
+        let Some((m, epoch)) = &self.claim else {
+            return true;
+        };
+        if m.epoch.load(Ordering::SeqCst) != *epoch {
+            return false;
+        }
+        let idle = Duration::from_millis(
+            m.now_ms()
+                .saturating_sub(m.last_poll_ms.load(Ordering::SeqCst)),
+        );
+        idle + ahead < m.expel_after
+    }
 }
 
 /// A record the consumer could not use, kept with the reason.
@@ -145,4 +268,44 @@ pub(crate) fn encode(event: &CallEvent) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     event.write_json(&mut out);
     out
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_ends_with_a_rebalance_or_when_the_member_would_be_expelled_before_the_deadline() {
+        let m = Arc::new(Membership::new(
+            Duration::from_millis(400),
+            Duration::from_millis(100),
+        ));
+        m.polled();
+        let lease = m.lease();
+        assert!(lease.holds_for(Duration::from_millis(100)));
+        // Polled 0 ms ago, expelled after 300 ms: a 350 ms write could outlive the claim.
+        assert!(!lease.holds_for(Duration::from_millis(350)));
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(
+            !lease.holds_for(Duration::from_millis(100)),
+            "idle too long"
+        );
+        m.polled();
+        assert!(
+            lease.holds_for(Duration::from_millis(100)),
+            "a poll renews it"
+        );
+        assert!(!lease.rebalanced());
+        m.revoked();
+        assert!(!lease.holds_for(Duration::ZERO), "a revocation ends it");
+        assert!(lease.rebalanced());
+        assert!(
+            m.lease().holds_for(Duration::ZERO),
+            "a new lease after it holds"
+        );
+        assert!(Lease::always().holds_for(Duration::from_secs(3600)));
+        m.assigned();
+        assert!(m.settle_remaining(Duration::from_millis(200)) > Duration::from_millis(100));
+        assert_eq!(m.settle_remaining(Duration::ZERO), Duration::ZERO);
+    }
 }

@@ -451,6 +451,9 @@ pub struct AggregatorSection {
     pub instance_id: Option<String>,
     pub max_batch: usize,
     pub max_wait_ms: u64,
+    /// The deadline of one ClickHouse insert attempt; a member given partitions also waits
+    /// this long before reading where ClickHouse stands (docs/exactly-once.md).
+    pub insert_timeout_ms: u64,
 }
 
 impl Default for AggregatorSection {
@@ -460,6 +463,7 @@ impl Default for AggregatorSection {
             instance_id: None,
             max_batch: 20_000,
             max_wait_ms: 500,
+            insert_timeout_ms: 10_000,
         }
     }
 }

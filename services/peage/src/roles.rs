@@ -180,11 +180,18 @@ pub async fn aggregator(
     ensure_topics(&config.kafka)
         .await
         .context("creating the Kafka topics")?;
+    if !(100..=120_000).contains(&config.aggregator.insert_timeout_ms) {
+        anyhow::bail!(
+            "aggregator.insert_timeout_ms must be between 100 and 120000, not {}",
+            config.aggregator.insert_timeout_ms
+        );
+    }
     let consumer = KafkaConsumer::new(
         &config.kafka,
         &config.aggregator.group,
         config.aggregator.instance_id.as_deref(),
     )?;
+    let recoveries = consumer.stall_recoveries();
     let dead = KafkaDeadLetters::new(&config.kafka)?;
     let agg = Aggregator::new(
         Box::new(consumer),
@@ -193,6 +200,7 @@ pub async fn aggregator(
         AggregatorConfig {
             max_batch: config.aggregator.max_batch,
             poll_wait: Duration::from_millis(config.aggregator.max_wait_ms),
+            insert_timeout: Duration::from_millis(config.aggregator.insert_timeout_ms),
         },
     );
     let stats = agg.stats();
@@ -230,6 +238,18 @@ pub async fn aggregator(
                     "Batches processed.",
                     "counter",
                     read(&st.batches),
+                ),
+                (
+                    "peage_aggregator_abandoned_batches_total",
+                    "Batches given up unwritten because their partitions may have moved.",
+                    "counter",
+                    read(&st.abandoned_batches),
+                ),
+                (
+                    "peage_aggregator_stall_recoveries_total",
+                    "Times the consumer found partitions stalled and rejoined its group.",
+                    "counter",
+                    read(&recoveries),
                 ),
             ]
         };
