@@ -663,16 +663,9 @@ async fn the_aggregator_killed_at_random_moments_stores_every_event_exactly_once
     }
     eprintln!("exactly-once: seed {seed}, rows stored at each SIGKILL: {seen_at_kill:?}");
     producing.await.unwrap();
-    // The last aggregator joins a fresh consumer group. tansu's group coordinator keeps the
-    // partitions of SIGKILLed static members assigned to them (Apache Kafka hands them to the
-    // member that rejoins with the same instance id), so after several kills the rejoining
-    // member can be left without some partitions. Where to resume comes from the positions
-    // stored with the rows in ClickHouse, not from the group, so a fresh group must still end
-    // with exactly N rows: that is what this checks.
-    let (agg, _) = s.start(
-        "aggregator",
-        &[("PEAGE_AGGREGATOR__GROUP", format!("{}-agg-final", s.name))],
-    );
+    // The last aggregator rejoins the same group with the same instance id. Should tansu have
+    // left partitions with a dead incarnation, the member's stall watch rejoins it.
+    let (agg, _) = s.start("aggregator", &batch);
     let stored = settle(&ch, N, Duration::from_secs(180)).await;
     agg.sigterm();
     assert_eq!(
@@ -690,6 +683,170 @@ async fn the_aggregator_killed_at_random_moments_stores_every_event_exactly_once
         Decimal::from_i128_with_scale(raw.units_nano, 9),
         expected_units
     );
+    assert_rollups_equal_raw(&ch).await;
+}
+
+/// An aggregator on short group timeouts (session 6 s, expelled after 12 s without a poll,
+/// 2 s insert deadline), with its metrics on `metrics`.
+fn quick_member(metrics: u16) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "PEAGE_KAFKA__PROPERTIES__SESSION.TIMEOUT.MS",
+            "\"6000\"".into(),
+        ),
+        (
+            "PEAGE_KAFKA__PROPERTIES__HEARTBEAT.INTERVAL.MS",
+            "\"1000\"".into(),
+        ),
+        (
+            "PEAGE_KAFKA__PROPERTIES__MAX.POLL.INTERVAL.MS",
+            "\"12000\"".into(),
+        ),
+        ("PEAGE_AGGREGATOR__INSERT_TIMEOUT_MS", "2000".into()),
+        ("PEAGE_AGGREGATOR__MAX_BATCH", "1000".into()),
+        ("PEAGE_METRICS__LISTEN", format!("127.0.0.1:{metrics}")),
+    ]
+}
+
+/// Polls `name` on the metrics at `port` until it reaches `at_least` (or `timeout`).
+async fn await_counter(port: u16, name: &str, at_least: u64, timeout: Duration) -> u64 {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = match client
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+        {
+            Ok(r) => counter(&r.text().await.unwrap_or_default(), name),
+            Err(_) => 0,
+        };
+        if v >= at_least || Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Issue 16, item 4: the rebalance window. Aggregator A's ClickHouse hangs while it holds a
+/// batch; A stops polling, the group expels it, B takes every partition and stores the
+/// batch; then A's ClickHouse answers again. A must not insert the batch it read before it
+/// lost the partitions: it abandons it (its lease ran out) and rejoins. Without the lease
+/// check A's retry lands once ClickHouse answers, and the batch is stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_stalled_past_the_poll_interval_is_abandoned_not_stored_twice() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !servers_up() {
+        return;
+    }
+    const N: u64 = 3_000;
+    let s = Setup::new(KAFKA).await;
+    let kafka = s.kafka();
+    ensure_topics(&kafka).await.unwrap();
+    let ch = s.clickhouse().await;
+    let hung = Cuttable::to("127.0.0.1:8123").await;
+    let (ma, mb) = (free_port(), free_port());
+    let mut a_env = quick_member(ma);
+    a_env.push((
+        "PEAGE_CLICKHOUSE__URL",
+        format!("http://127.0.0.1:{}", hung.port),
+    ));
+    let (a, _) = s.start("aggregator", &a_env);
+    let events: Vec<CallEvent> = (0..2 * N)
+        .map(|i| event(i, &format!("prt_{:020x}", i % 16)))
+        .collect();
+    produce(&kafka, &events[..N as usize]).await;
+    assert_eq!(settle(&ch, N, Duration::from_secs(60)).await, N);
+
+    hung.hang();
+    produce(&kafka, &events[N as usize..]).await;
+    let failures = await_counter(
+        ma,
+        "peage_aggregator_store_failures_total",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(failures >= 1, "A's insert never stalled");
+    let (b, _) = s.start("aggregator", &quick_member(mb));
+    let stored = settle(&ch, 2 * N, Duration::from_secs(120)).await;
+    assert_eq!(stored, 2 * N, "B stored what A could not");
+
+    hung.restore();
+    let abandoned = await_counter(
+        ma,
+        "peage_aggregator_abandoned_batches_total",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    // Time for a late insert of A's to land, if it were going to.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let rows = ch.raw_totals(None).await.unwrap().calls;
+    let a_inserted = counter(
+        &metrics_of(&reqwest::Client::new(), ma).await,
+        "peage_aggregator_inserted_events_total",
+    );
+    eprintln!(
+        "rebalance window: sent {}, stored {rows}, lost {}, duplicated {}; A abandoned {abandoned} \
+         batch(es), A inserted {a_inserted}, insert failures on A {failures}+",
+        2 * N,
+        (2 * N).saturating_sub(rows),
+        rows.saturating_sub(2 * N)
+    );
+    a.sigterm();
+    b.sigterm();
+    assert_eq!(rows, 2 * N, "every event stored exactly once");
+    assert!(abandoned >= 1, "A gave up the batch it held");
+    assert_rollups_equal_raw(&ch).await;
+}
+
+/// Issue 16, item 3: a member SIGKILLed with a static instance id, and a new member with
+/// another id in the same group. Apache Kafka expires the dead member after the session
+/// timeout; tansu never does while only static members talk to the group, and the new member
+/// would wait without partitions forever. It notices the lag without progress and rejoins as a
+/// dynamic member; either way every event is stored, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_left_without_partitions_by_a_dead_static_member_recovers_by_itself() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !servers_up() {
+        return;
+    }
+    const N: u64 = 2_000;
+    let s = Setup::new(KAFKA).await;
+    let kafka = s.kafka();
+    ensure_topics(&kafka).await.unwrap();
+    let ch = s.clickhouse().await;
+    let events: Vec<CallEvent> = (0..2 * N)
+        .map(|i| event(i, &format!("prt_{:020x}", i % 16)))
+        .collect();
+    let (ma, mb) = (free_port(), free_port());
+    let mut a_env = quick_member(ma);
+    a_env.push(("PEAGE_AGGREGATOR__INSTANCE_ID", "agg-1".into()));
+    let (a, _) = s.start("aggregator", &a_env);
+    produce(&kafka, &events[..N as usize]).await;
+    assert_eq!(settle(&ch, N, Duration::from_secs(60)).await, N);
+    a.sigkill();
+    produce(&kafka, &events[N as usize..]).await;
+    let mut b_env = quick_member(mb);
+    b_env.push(("PEAGE_AGGREGATOR__INSTANCE_ID", "agg-2".into()));
+    let started = Instant::now();
+    let (b, _) = s.start("aggregator", &b_env);
+    let stored = settle(&ch, 2 * N, Duration::from_secs(120)).await;
+    let took = started.elapsed();
+    let recoveries = counter(
+        &metrics_of(&reqwest::Client::new(), mb).await,
+        "peage_aggregator_stall_recoveries_total",
+    );
+    eprintln!(
+        "stall recovery: sent {}, stored {stored}, lost {}, duplicated {}; the new member \
+         stored the rest {took:.1?} after it started, after {recoveries} stall recover(ies)",
+        2 * N,
+        (2 * N).saturating_sub(stored),
+        stored.saturating_sub(2 * N)
+    );
+    b.sigterm();
+    assert_eq!(stored, 2 * N, "every event stored exactly once");
     assert_rollups_equal_raw(&ch).await;
 }
 
@@ -831,8 +988,50 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Calls through `gw` in rounds of 200 (8 at a time, 100 ms apart) until `stop`; the statuses
+/// seen.
+fn steady_load(
+    gw: String,
+    key: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<BTreeMap<u16, usize>> {
+    tokio::spawn(async move {
+        let mut all = BTreeMap::new();
+        while !*stop.borrow() {
+            for (status, n) in calls(std::slice::from_ref(&gw), &key, 200, 8).await {
+                *all.entry(status).or_default() += n;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        all
+    })
+}
+
+/// Prints one fault scenario's counts as the fault suite reports them; returns (answered,
+/// stored).
+async fn report(
+    scenario: &str,
+    seen: &BTreeMap<u16, usize>,
+    before: u64,
+    ch: &ClickHouseUsageStore,
+) -> (u64, u64) {
+    let sent: usize = seen.values().sum();
+    let answered = seen.get(&200).copied().unwrap_or(0) as u64;
+    let stored = settle(ch, before + answered, Duration::from_secs(180)).await - before;
+    eprintln!(
+        "fault {scenario}: sent {sent}, answered {answered}, stored {stored}, lost {}, \
+         duplicated {} (statuses {seen:?})",
+        answered.saturating_sub(stored),
+        stored.saturating_sub(answered)
+    );
+    (answered, stored)
+}
+
+/// Issue 16, item 2: the broker down for 60 s under load, then restarted mid-stream while the
+/// calls keep coming. The gateway serves every call from its spool throughout, and every
+/// answered call is stored once the broker is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_made_while_the_broker_is_down_for_30_seconds_are_all_stored_once_it_returns() {
+async fn the_broker_down_60_seconds_then_restarted_mid_stream_loses_and_duplicates_nothing() {
     let _one = ONE_AT_A_TIME.lock().await;
     if !servers_up() {
         return;
@@ -851,42 +1050,51 @@ async fn calls_made_while_the_broker_is_down_for_30_seconds_are_all_stored_once_
             ("PEAGE_METRICS__LISTEN", format!("127.0.0.1:{mport}")),
         ],
     );
-    let gw = vec![gw.unwrap()];
+    let gw = gw.unwrap();
     let (_agg, _) = s.start("aggregator", &[]);
     let client = reqwest::Client::new();
     let (_pid, secret) = partner_with_live_key(&client, &control).await;
-
-    let mut made = 0usize;
-    let mut during_outage = 0usize;
-    made += calls(&gw, &secret, 500, 8).await[&200];
-    broker.stop();
-    let outage = Instant::now();
-    while outage.elapsed() < Duration::from_secs(30) {
-        let seen = calls(&gw, &secret, 200, 8).await;
-        assert_eq!(
-            seen.get(&200),
-            Some(&200),
-            "the gateway keeps serving while Kafka is down: {seen:?}"
-        );
-        during_outage += 200;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    broker.restart();
-    made += during_outage;
-    made += calls(&gw, &secret, 500, 8).await[&200];
-    eprintln!("no-loss: {made} calls, {during_outage} during a 30 s broker outage");
-
     let ch = s.clickhouse().await;
-    let stored = settle(&ch, made as u64, Duration::from_secs(180)).await;
+
+    // 1. Down for 60 s under load.
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let load = steady_load(gw.clone(), secret.clone(), rx);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.stop();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    broker.restart();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.send(true).unwrap();
+    let seen = load.await.unwrap();
+    let (a1, s1) = report("broker down 60 s", &seen, 0, &ch).await;
     let spool = metrics_of(&client, mport).await;
     let spool: Vec<&str> = spool
         .lines()
         .filter(|l| l.starts_with("peage_spool"))
         .collect();
     assert_eq!(
-        stored, made as u64,
-        "every call is stored exactly once; the gateway's spool: {spool:#?}"
+        seen.values().sum::<usize>() as u64,
+        a1,
+        "every call served: {seen:?}"
     );
+    assert_eq!(s1, a1, "every answered call stored once; spool: {spool:#?}");
+
+    // 2. A restart mid-stream: stopped and started at once while calls flow.
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let load = steady_load(gw.clone(), secret.clone(), rx);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    broker.stop();
+    broker.restart();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.send(true).unwrap();
+    let seen = load.await.unwrap();
+    let (a2, s2) = report("broker restart mid-stream", &seen, s1, &ch).await;
+    assert_eq!(
+        seen.values().sum::<usize>() as u64,
+        a2,
+        "every call served: {seen:?}"
+    );
+    assert_eq!(s2, a2, "every answered call stored once");
     assert_rollups_equal_raw(&ch).await;
 }
 
@@ -1045,12 +1253,14 @@ async fn a_revoked_key_stops_working_on_three_gateways_within_a_second() {
 }
 
 /// A TCP forwarder to a real server that the test can cut (every open connection closed, new
-/// ones closed as soon as they arrive) and restore: an outage of that server as its clients
-/// see it, without stopping the server other tests share.
+/// ones closed as soon as they arrive), hang (open connections closed, new ones accepted and
+/// answered with nothing: a server that stopped responding) and restore: an outage of that
+/// server as its clients see it, without stopping the server other tests share.
 struct Cuttable {
     port: u16,
-    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// Bumped on every cut, so open connections notice and close.
+    /// 0 open, 1 cut, 2 hung.
+    mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    /// Bumped on every change, so open connections notice and close.
     epoch: tokio::sync::watch::Sender<u64>,
 }
 
@@ -1058,58 +1268,90 @@ impl Cuttable {
     async fn to(target: &'static str) -> Cuttable {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mode = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
         let (epoch, _) = tokio::sync::watch::channel(0u64);
-        let (flag, rx) = (cut.clone(), epoch.subscribe());
+        let (flag, rx) = (mode.clone(), epoch.subscribe());
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     return;
                 };
-                if flag.load(std::sync::atomic::Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
                 let mut rx = rx.clone();
                 rx.mark_unchanged();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = rx.changed() => {}
+                match flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    1 => drop(inbound),
+                    2 => {
+                        // Read and drop whatever arrives, answer nothing, until a change.
+                        tokio::spawn(async move {
+                            let mut sink = tokio::io::sink();
+                            tokio::select! {
+                                _ = tokio::io::copy(&mut inbound, &mut sink) => {}
+                                _ = rx.changed() => {}
+                            }
+                        });
                     }
-                });
+                    _ => {
+                        tokio::spawn(async move {
+                            let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await
+                            else {
+                                return;
+                            };
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                                _ = rx.changed() => {}
+                            }
+                        });
+                    }
+                }
             }
         });
-        Cuttable { port, cut, epoch }
+        Cuttable { port, mode, epoch }
     }
 
-    fn cut(&self) {
-        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, std::sync::atomic::Ordering::SeqCst);
         self.epoch.send_modify(|e| *e += 1);
     }
 
+    fn cut(&self) {
+        self.set(1);
+    }
+
+    fn hang(&self) {
+        self.set(2);
+    }
+
     fn restore(&self) {
-        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.set(0);
     }
 }
 
-/// Issue 16, item 1: billing's PostgreSQL unreachable for 10 s while a known partner keeps
-/// calling. Known keys keep working past the cache's TTL (served as last known, counted), a key
-/// never seen gets a quick 503, the control API answers 503 problem+json with `Retry-After`
-/// within about a second instead of hanging, and everything recovers by itself. Then ClickHouse
-/// unreachable: the usage route answers 503 with `Retry-After`, and recovers.
+/// Issue 16, items 1 and 2: billing's PostgreSQL unreachable for 60 s while a known partner
+/// keeps calling. Known keys keep working past the cache's TTL (served as last known, counted),
+/// a key never seen gets a quick 503, the control API answers 503 problem+json with
+/// `Retry-After` within about a second instead of hanging, and everything recovers by itself.
+/// Then ClickHouse unreachable for 60 s (for billing and the aggregator) under load: the usage
+/// route answers 503 with `Retry-After`, calls are served, and every one is stored once it
+/// returns. Each outage prints sent, answered, stored, lost and duplicated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_billing_database_outage_keeps_known_keys_working_and_answers_503_quickly() {
+async fn postgresql_then_clickhouse_down_60_seconds_each_keep_calls_working_and_lose_nothing() {
     let _one = ONE_AT_A_TIME.lock().await;
     if !servers_up() {
         return;
     }
+    const OUTAGE: Duration = Duration::from_secs(60);
     let s = Setup::new(KAFKA).await;
     let pg = Cuttable::to("127.0.0.1:5432").await;
     let ch = Cuttable::to("127.0.0.1:8123").await;
+    let stored = s.clickhouse().await;
+    // The aggregator reaches ClickHouse through the same cut as billing.
+    let (_agg, _) = s.start(
+        "aggregator",
+        &[(
+            "PEAGE_CLICKHOUSE__URL",
+            format!("http://127.0.0.1:{}", ch.port),
+        )],
+    );
     let (_billing, control) = s.start(
         "billing",
         &[
@@ -1154,14 +1396,17 @@ async fn a_billing_database_outage_keeps_known_keys_working_and_answers_503_quic
         }
     };
     assert_eq!(call(secret.clone()).await.0, 200);
+    let before = settle(&stored, 1, Duration::from_secs(30)).await;
 
     pg.cut();
     let outage = Instant::now();
     let (mut known, mut slowest_known) = (0, Duration::ZERO);
+    let mut seen: BTreeMap<u16, usize> = BTreeMap::new();
     let mut slowest_unknown = Duration::ZERO;
     let mut slowest_control = Duration::ZERO;
-    while outage.elapsed() < Duration::from_secs(10) {
+    while outage.elapsed() < OUTAGE {
         let (status, _, took) = call(secret.clone()).await;
+        *seen.entry(status).or_default() += 1;
         assert_eq!(status, 200, "a known key keeps working during the outage");
         known += 1;
         slowest_known = slowest_known.max(took);
@@ -1197,7 +1442,7 @@ async fn a_billing_database_outage_keeps_known_keys_working_and_answers_503_quic
     let metrics = metrics_of(&client, mport).await;
     let stale = counter(&metrics, "peage_gateway_key_stale_answers_total");
     eprintln!(
-        "billing database out 10 s: {known} known-key calls all 200 (slowest {slowest_known:?}), \
+        "billing database out 60 s: {known} known-key calls all 200 (slowest {slowest_known:?}), \
          unknown keys 503 (slowest {slowest_unknown:?}), control API 503 (slowest \
          {slowest_control:?}), {stale} stale key answers, readiness {ready}"
     );
@@ -1207,6 +1452,10 @@ async fn a_billing_database_outage_keeps_known_keys_working_and_answers_503_quic
     for t in [slowest_known, slowest_unknown, slowest_control] {
         assert!(t < Duration::from_secs(3), "an answer took {t:?}");
     }
+
+    // Metering does not need billing's database: the calls land while it is still out.
+    let (answered, kept) = report("postgresql down 60 s", &seen, before, &stored).await;
+    assert_eq!(kept, answered, "every answered call stored once");
 
     pg.restore();
     let back = Instant::now();
@@ -1239,15 +1488,40 @@ async fn a_billing_database_outage_keeps_known_keys_working_and_answers_503_quic
     assert_eq!(status, 200, "a key made after the outage works");
     eprintln!("recovered {:?} after the database returned", back.elapsed());
 
-    // ClickHouse out: usage answers 503 with Retry-After, not 500; it comes back by itself.
+    // ClickHouse out for billing and the aggregator, under load: usage answers 503 with
+    // Retry-After, not 500; calls keep being served; everything lands once it returns.
     let usage = format!("{control}/v1/partners/{_pid}/usage");
     let get = || client.get(&usage).bearer_auth(ADMIN).send();
     assert_eq!(get().await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = stored.raw_totals(None).await.unwrap().calls;
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let load = steady_load(gw.clone(), secret.clone(), rx);
     ch.cut();
-    let r = get().await.unwrap();
-    assert_eq!(r.status(), 503, "ClickHouse unreachable is a 503");
-    assert!(r.headers().contains_key("retry-after"));
+    let outage = Instant::now();
+    let mut slowest_usage = Duration::ZERO;
+    while outage.elapsed() < OUTAGE {
+        let t = Instant::now();
+        let r = get().await.unwrap();
+        slowest_usage = slowest_usage.max(t.elapsed());
+        assert_eq!(r.status(), 503, "ClickHouse unreachable is a 503");
+        assert!(r.headers().contains_key("retry-after"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     ch.restore();
+    stop.send(true).unwrap();
+    let seen = load.await.unwrap();
+    assert!(
+        slowest_usage < Duration::from_secs(3),
+        "usage took {slowest_usage:?}"
+    );
+    let (answered, kept) = report("clickhouse down 60 s", &seen, before, &stored).await;
+    assert_eq!(
+        seen.values().sum::<usize>() as u64,
+        answered,
+        "every call served: {seen:?}"
+    );
+    assert_eq!(kept, answered, "every answered call stored once");
     let back = Instant::now();
     while get().await.unwrap().status() != 200 {
         assert!(
@@ -1400,31 +1674,99 @@ async fn a_gateway_sigkilled_under_load_loses_at_most_its_unspooled_window() {
 /// finalized invoice has exactly one `invoice.finalized` delivery queued (the outbox: the
 /// webhook is queued in the finalizing transaction). Prints the counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn billing_sigkilled_while_finalizing_leaves_no_gap_no_duplicate_and_no_lost_webhook() {
-    use peage_billing_store::{conformance, BillingStore, LedgerStore, PostgresBillingStore};
+async fn billing_sigkilled_during_an_invoice_run_and_while_finalizing_leaves_no_gap_no_duplicate_and_no_lost_webhook(
+) {
+    use peage_billing_store::{BillingStore, LedgerStore, PostgresBillingStore};
     let _one = ONE_AT_A_TIME.lock().await;
     if !servers_up() {
         return;
     }
-    const N: usize = 300;
+    // Three of the run's save batches (500 drafts each), so a kill lands between two.
+    const N: usize = 1_500;
     let s = Setup::new(KAFKA).await;
     let store = PostgresBillingStore::connect(&format!("{POSTGRES}/{}", s.name))
         .await
         .unwrap();
     let t0 = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 10, 1, 0, 0, 0).unwrap();
-    let mut ids = Vec::new();
+    let (billing, control) = s.start("billing", &[]);
+    let control = control.unwrap();
+    // The catalog's demo plan as billing registered it; the partners joined on 1 October, so
+    // November is due for each.
+    let (probe, _) = partner_with_live_key(&reqwest::Client::new(), &control).await;
+    let mut sub = store.partner(&probe).await.unwrap().unwrap().subscription;
+    sub.started_at = t0;
     for i in 0..N {
-        let (partner, invoice) = (format!("prt_{i:020x}"), format!("inv_{i:020x}"));
         store
-            .create_partner(&partner, &format!("P{i}"), &conformance::sub("growth", t0))
+            .create_partner(&format!("prt_{i:020x}"), &format!("P{i}"), &sub)
             .await
             .unwrap();
-        store
-            .save_draft(&conformance::draft(&invoice, &partner, "10"))
-            .await
-            .unwrap();
-        ids.push(invoice);
     }
+    let mut pg = PgConnection::connect(&format!("{POSTGRES}/{}", s.name))
+        .await
+        .unwrap();
+
+    // 1. The invoice run for November, SIGKILLed once its first drafts are saved.
+    let run = |control: String| async move {
+        reqwest::Client::new()
+            .post(format!("{control}/v1/invoices/run"))
+            .bearer_auth(ADMIN)
+            .json(&serde_json::json!({"period": "2026-11"}))
+            .send()
+            .await
+    };
+    let running = tokio::spawn(run(control));
+    let drafts_at_kill = loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM invoices")
+            .fetch_one(&mut pg)
+            .await
+            .unwrap();
+        if n > 0 || running.is_finished() {
+            billing.sigkill();
+            break n as usize;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    assert!(
+        running.await.unwrap().is_err(),
+        "the run was cut off by the kill"
+    );
+    let (billing, control) = s.start("billing", &[]);
+    let summary: Value = run(control.unwrap()).await.unwrap().json().await.unwrap();
+    billing.sigterm();
+    let per_partner: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT partner_id, count(*) FROM invoices WHERE period_label = '2026-11' \
+         GROUP BY partner_id",
+    )
+    .fetch_all(&mut pg)
+    .await
+    .unwrap();
+    let duplicated = per_partner.iter().filter(|(_, n)| *n > 1).count();
+    eprintln!(
+        "fault billing-sigkill-run: partners {N}, drafts at the kill {drafts_at_kill}, after the \
+         rerun {} partners with a draft, missing {}, duplicated {duplicated}; rerun: created {}, \
+         unchanged {}, errors {}",
+        per_partner.len(),
+        N - per_partner.len(),
+        summary["created"],
+        summary["unchanged"],
+        summary["errors"]
+    );
+    assert!(
+        drafts_at_kill > 0 && drafts_at_kill < N,
+        "the kill landed mid-run: {drafts_at_kill} drafts"
+    );
+    assert_eq!(
+        (per_partner.len(), duplicated),
+        (N, 0),
+        "one draft a partner"
+    );
+    assert_eq!(summary["errors"], serde_json::json!([]));
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM invoices ORDER BY id")
+        .fetch_all(&mut pg)
+        .await
+        .unwrap();
+
+    // 2. Finalizing them all, SIGKILLed after a third of the answers.
     store
         .add_webhook_endpoint(&peage_billing_store::WebhookEndpoint {
             id: "ep_00000000000000000001".into(),

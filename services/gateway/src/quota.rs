@@ -8,8 +8,9 @@
 //! billing when the balance is empty. Hard quotas answer 429 once billing grants nothing more;
 //! soft quotas are always allowed, and flagged.
 //!
-//! When billing cannot be reached, [`UnreachablePolicy`] decides: keep serving up to a bound
-//! per quota (taken out of the next grant), or refuse with 503.
+//! When billing cannot be reached, [`UnreachablePolicy`] decides for hard quotas (and for a
+//! quota no lease has described yet): keep serving up to a bound per quota (taken out of the
+//! next grant), or refuse with 503. A soft quota keeps serving whatever the policy.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -399,8 +400,12 @@ impl Quotas {
                 }
             }
         }
-        // Granted slivers smaller than this call needs, eight times over: treat as blocked.
+        // Granted slivers smaller than this call needs, eight times over: treat as blocked,
+        // unless the quota is soft (a soft quota never refuses).
         let s = entry.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.kind == QuotaKind::Soft {
+            return Ok(s.decision == QuotaDecision::SoftExceeded);
+        }
         Err(blocked(&entry.key.meter, &s))
     }
 
@@ -523,6 +528,14 @@ impl Quotas {
         error: &str,
     ) -> Result<bool, QuotaRefusal> {
         let mut s = entry.state.lock().unwrap_or_else(|p| p.into_inner());
+        // A soft quota never refuses a call, so billing being away changes nothing for it
+        // (once a lease said it is soft): served, flagged as its last answer said, metered.
+        if s.kind == QuotaKind::Soft && s.resets_at.is_some() {
+            self.stats
+                .served_unreachable
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(s.decision == QuotaDecision::SoftExceeded);
+        }
         if let UnreachablePolicy::Serve { bound } = self.config.unreachable {
             if s.overdraft + estimate <= bound {
                 s.overdraft += estimate;
@@ -633,11 +646,23 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
 
-    /// A billing with one hard quota, deciding with the real `decide`, unreachable on demand.
+    /// A billing with one quota (hard unless `soft`), deciding with the real `decide`,
+    /// unreachable on demand.
     struct FakeBilling {
         limit: Decimal,
         granted: Mutex<Decimal>,
         down: AtomicBool,
+        soft: bool,
+    }
+
+    impl FakeBilling {
+        fn kind(&self) -> QuotaKind {
+            if self.soft {
+                QuotaKind::Soft
+            } else {
+                QuotaKind::Hard
+            }
+        }
     }
 
     #[async_trait]
@@ -649,7 +674,7 @@ mod tests {
             let quota = peage_core::pricing::Quota {
                 meter: req.meter.clone(),
                 limit: self.limit,
-                kind: QuotaKind::Hard,
+                kind: self.kind(),
             };
             let mut granted = self.granted.lock().unwrap();
             let ledger = peage_core::quota::QuotaLedger {
@@ -664,7 +689,7 @@ mod tests {
                 partner_id: req.partner_id.clone(),
                 meter: req.meter.clone(),
                 env: req.env,
-                kind: QuotaKind::Hard,
+                kind: self.kind(),
                 granted: g.granted,
                 remaining: g.remaining,
                 limit: self.limit,
@@ -688,6 +713,7 @@ mod tests {
             limit: Decimal::from(limit),
             granted: Mutex::new(Decimal::ZERO),
             down: AtomicBool::new(false),
+            soft: false,
         });
         let config = QuotaConfig {
             lease_size: Decimal::from(10),
@@ -769,5 +795,44 @@ mod tests {
         let s = e.state.lock().unwrap();
         assert_eq!(s.overdraft, Decimal::ZERO);
         assert_eq!(s.balance, Decimal::from(10 - 3 - 1));
+    }
+
+    #[tokio::test]
+    async fn a_soft_quota_keeps_serving_while_billing_is_away_whatever_the_policy() {
+        let billing = Arc::new(FakeBilling {
+            limit: Decimal::from(1000),
+            granted: Mutex::new(Decimal::ZERO),
+            down: AtomicBool::new(false),
+            soft: true,
+        });
+        let config = QuotaConfig {
+            lease_size: Decimal::from(10),
+            unreachable: UnreachablePolicy::Refuse,
+            ..QuotaConfig::default()
+        };
+        let quotas = Quotas::new(billing.clone(), config, "gw-test".into());
+        let soft = Demand {
+            meter: "calls",
+            kind: QuotaKind::Soft,
+            estimate: Decimal::ONE,
+        };
+        quotas
+            .admit("prt_a", Env::Live, std::slice::from_ref(&soft))
+            .await
+            .unwrap()
+            .settle(|_| Decimal::ONE);
+        billing.down.store(true, Ordering::Relaxed);
+        for _ in 0..100 {
+            quotas
+                .admit("prt_a", Env::Live, std::slice::from_ref(&soft))
+                .await
+                .expect("a soft quota never refuses")
+                .settle(|_| Decimal::ONE);
+        }
+        assert_eq!(
+            quotas.stats().refused_unreachable.load(Ordering::Relaxed),
+            0
+        );
+        assert!(quotas.stats().served_unreachable.load(Ordering::Relaxed) > 0);
     }
 }
