@@ -530,10 +530,13 @@ impl Quotas {
         let mut s = entry.state.lock().unwrap_or_else(|p| p.into_inner());
         // A soft quota never refuses a call, so billing being away changes nothing for it
         // (once a lease said it is soft): served, flagged as its last answer said, metered.
+        // A local allowance of one lease keeps the next calls from each waiting on billing;
+        // renewals go on in the background as the allowance is spent.
         if s.kind == QuotaKind::Soft && s.resets_at.is_some() {
             self.stats
                 .served_unreachable
                 .fetch_add(1, Ordering::Relaxed);
+            s.balance += self.config.lease_size;
             return Ok(s.decision == QuotaDecision::SoftExceeded);
         }
         if let UnreachablePolicy::Serve { bound } = self.config.unreachable {
@@ -653,6 +656,7 @@ mod tests {
         granted: Mutex<Decimal>,
         down: AtomicBool,
         soft: bool,
+        asked: AtomicU64,
     }
 
     impl FakeBilling {
@@ -668,6 +672,7 @@ mod tests {
     #[async_trait]
     impl QuotaAuthority for FakeBilling {
         async fn lease(&self, req: &LeaseRequest) -> Result<Lease, LeaseError> {
+            self.asked.fetch_add(1, Ordering::Relaxed);
             if self.down.load(Ordering::Relaxed) {
                 return Err(LeaseError::Unreachable("connection refused".into()));
             }
@@ -714,6 +719,7 @@ mod tests {
             granted: Mutex::new(Decimal::ZERO),
             down: AtomicBool::new(false),
             soft: false,
+            asked: AtomicU64::new(0),
         });
         let config = QuotaConfig {
             lease_size: Decimal::from(10),
@@ -804,6 +810,7 @@ mod tests {
             granted: Mutex::new(Decimal::ZERO),
             down: AtomicBool::new(false),
             soft: true,
+            asked: AtomicU64::new(0),
         });
         let config = QuotaConfig {
             lease_size: Decimal::from(10),
@@ -822,6 +829,7 @@ mod tests {
             .unwrap()
             .settle(|_| Decimal::ONE);
         billing.down.store(true, Ordering::Relaxed);
+        let asked = billing.asked.load(Ordering::Relaxed);
         for _ in 0..100 {
             quotas
                 .admit("prt_a", Env::Live, std::slice::from_ref(&soft))
@@ -829,6 +837,12 @@ mod tests {
                 .expect("a soft quota never refuses")
                 .settle(|_| Decimal::ONE);
         }
+        tokio::task::yield_now().await;
+        let asked = billing.asked.load(Ordering::Relaxed) - asked;
+        assert!(
+            asked <= 25,
+            "calls do not each wait on billing while it is away: {asked} lease requests"
+        );
         assert_eq!(
             quotas.stats().refused_unreachable.load(Ordering::Relaxed),
             0
