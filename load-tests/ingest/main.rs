@@ -56,8 +56,138 @@ fn rate(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
+/// CPU time (user + system, all threads) a process has used so far, from /proc.
+fn cpu_of(pid: &str) -> Duration {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses and may hold spaces.
+            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 1000 / clock_ticks())
+}
+
+fn cores_f() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+}
+
+fn clock_ticks() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// The processes whose CPU the benchmark accounts for: the broker, ClickHouse, and this one
+/// (the consumer, the inserting client, or the aggregator, phase by phase).
+struct Cpu {
+    broker: String,
+    clickhouse: String,
+}
+
+impl Cpu {
+    fn new() -> Cpu {
+        let pid = |env: &str, file: &str| {
+            std::env::var(env).unwrap_or_else(|_| {
+                std::fs::read_to_string(format!("/tmp/peage-services/{file}.pid"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            })
+        };
+        Cpu {
+            broker: pid("PEAGE_BENCH_BROKER_PID", "kafka"),
+            clickhouse: pid("PEAGE_BENCH_CLICKHOUSE_PID", "clickhouse"),
+        }
+    }
+
+    /// (broker, ClickHouse, this process) CPU so far.
+    fn now(&self) -> [Duration; 3] {
+        [
+            cpu_of(&self.broker),
+            cpu_of(&self.clickhouse),
+            cpu_of("self"),
+        ]
+    }
+
+    /// CPU µs per event of each, between two readings.
+    fn per_event(a: [Duration; 3], b: [Duration; 3], n: u64) -> [f64; 3] {
+        [0, 1, 2].map(|i| (b[i] - a[i]).as_secs_f64() * 1e6 / n.max(1) as f64)
+    }
+}
+
+/// Runs `members` aggregators in one consumer group on `kafka`'s topic into database `db`,
+/// until it holds `n` rows. With `then_produce`, the group first settles on the empty topic
+/// (tansu staggers the members' joins, and each assignment waits out one insert deadline),
+/// then the events are produced: the rate is the group's steady one. Answers (events/s after
+/// the first insert landed, the store, CPU µs per event of broker, ClickHouse and this
+/// process).
+async fn aggregate(
+    kafka: &KafkaConfig,
+    db: &str,
+    members: usize,
+    n: u64,
+    cpu: &Cpu,
+    then_produce: Option<&[CallEvent]>,
+) -> anyhow::Result<(f64, Arc<ClickHouseUsageStore>, [f64; 3])> {
+    let store = Arc::new(clickhouse(db).await?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for _ in 0..members {
+        let agg = Aggregator::new(
+            Box::new(KafkaConsumer::new(kafka, &format!("{db}-agg"), None)?),
+            store.clone(),
+            Box::new(KafkaDeadLetters::new(kafka)?),
+            AggregatorConfig {
+                max_batch: 20_000,
+                poll_wait: Duration::from_millis(200),
+                ..Default::default()
+            },
+        );
+        tasks.push(tokio::spawn(agg.run(stop_rx.clone())));
+    }
+    if let Some(events) = then_produce {
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        let producer = KafkaProducer::new(kafka)?;
+        for chunk in events.chunks(20_000) {
+            producer.send_events(&kafka.topic, chunk).await?;
+        }
+    }
+    let mut first = None;
+    let started = Instant::now();
+    let mut stored = 0;
+    while stored < n && started.elapsed() < Duration::from_secs(600) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stored = store.raw_totals(None).await?.calls;
+        if stored > 0 && first.is_none() {
+            first = Some((Instant::now(), stored, cpu.now()));
+        }
+    }
+    let (at, first_rows, cpu0) = first.unwrap_or((Instant::now(), 0, cpu.now()));
+    // Rate over the rows after the first insert landed (group join and settling excluded).
+    let ingest = rate(stored.saturating_sub(first_rows), at.elapsed());
+    let per_event = Cpu::per_event(cpu0, cpu.now(), stored.saturating_sub(first_rows));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        t.await??;
+    }
+    Ok((ingest, store, per_event))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PEAGE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let n: u64 = std::env::args()
         .nth(1)
         .map(|a| a.parse())
@@ -84,7 +214,9 @@ async fn main() -> anyhow::Result<()> {
     let produce = rate(n, t.elapsed());
     eprintln!("  produced at {produce:.0}/s");
 
+    let cpu = Cpu::new();
     // Reference 1: the broker's own consume rate (bare consumer, no decoding, no storage).
+    let cpu_consume0 = cpu.now();
     let mut bare = KafkaConsumer::new(&kafka, &format!("{run}-bare"), None)?;
     let mut got = 0u64;
     let mut t0 = None;
@@ -96,6 +228,7 @@ async fn main() -> anyhow::Result<()> {
         got += batch.len() as u64;
     }
     let consume = rate(n, t0.unwrap().elapsed());
+    let cpu_consume = Cpu::per_event(cpu_consume0, cpu.now(), n);
     drop(bare);
     eprintln!("  broker consume {consume:.0}/s");
 
@@ -111,43 +244,27 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect();
     let t = Instant::now();
+    let cpu_bulk0 = cpu.now();
     for chunk in logged.chunks(100_000) {
         reference.insert_logged("reference", chunk).await?;
     }
     let bulk = rate(n, t.elapsed());
+    let cpu_bulk = Cpu::per_event(cpu_bulk0, cpu.now(), n);
     eprintln!("  clickhouse bulk insert {bulk:.0}/s");
 
-    // Péage: the aggregator (the same code `peage aggregator` runs), Kafka → ClickHouse.
-    let store = Arc::new(clickhouse(&run).await?);
-    let agg = Aggregator::new(
-        Box::new(KafkaConsumer::new(&kafka, &format!("{run}-agg"), None)?),
-        store.clone(),
-        Box::new(KafkaDeadLetters::new(&kafka)?),
-        AggregatorConfig {
-            max_batch: 20_000,
-            poll_wait: Duration::from_millis(200),
-            ..Default::default()
-        },
-    );
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(agg.run(stop_rx));
-    let mut first = None;
-    let started = Instant::now();
-    let mut stored = 0;
-    while stored < n && started.elapsed() < Duration::from_secs(600) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        stored = store.raw_totals(None).await?.calls;
-        if stored > 0 && first.is_none() {
-            first = Some(Instant::now());
-        }
-    }
-    let ingest_time = first.map(|f| f.elapsed()).unwrap_or_default();
-    // Rate over the rows after the first insert landed (group join excluded, as above).
-    let first_rows = 20_000.min(n);
-    let ingest = rate(stored.saturating_sub(first_rows), ingest_time);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let _ = stop_tx.send(true);
-    task.await??;
+    // Péage: the aggregator (the same code `peage aggregator` runs), Kafka → ClickHouse; then
+    // two aggregators in one group, on the same topic into a database of their own.
+    let (ingest, store, cpu_agg) = aggregate(&kafka, &run, 1, n, &cpu, None).await?;
+    eprintln!("  one aggregator {ingest:.0}/s");
+    let kafka_two = KafkaConfig {
+        topic: format!("{run}.two"),
+        ..kafka.clone()
+    };
+    ensure_topics(&kafka_two).await?;
+    let (ingest_two, two, _) =
+        aggregate(&kafka_two, &format!("{run}_two"), 2, n, &cpu, Some(&events)).await?;
+    let two_rows = two.raw_totals(None).await?.calls;
+    eprintln!("  two aggregators {ingest_two:.0}/s");
     let rows = store.raw_totals(None).await?.calls;
     let distinct: u64 = store
         .client()
@@ -156,6 +273,16 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let lost = n.saturating_sub(distinct);
     let duplicated = rows - distinct;
+    let two_distinct: u64 = two
+        .client()
+        .query("SELECT uniqExact(id) FROM call_events")
+        .fetch_one()
+        .await?;
+    let (lost_two, dup_two) = (n.saturating_sub(two_distinct), two_rows - two_distinct);
+    // What each event costs in CPU, by process, in each phase; on a machine of C cores the
+    // pipeline cannot pass C ÷ (the sum of its costs).
+    let total = |c: [f64; 3]| c.iter().sum::<f64>();
+    let bound = cores_f() * 1e6 / total(cpu_agg);
     let slower = consume.min(bulk);
     let ratio = ingest / slower;
 
@@ -177,9 +304,17 @@ async fn main() -> anyhow::Result<()> {
          | broker produce (idempotent, acks=all, lz4) | {produce:.0} |\n\
          | reference: broker consume (bare consumer) | {consume:.0} |\n\
          | reference: ClickHouse bulk insert (100k-row batches, same schema and views) | {bulk:.0} |\n\
-         | **Péage aggregator, Kafka → ClickHouse** | **{ingest:.0}** |\n\n\
+         | **Péage aggregator, Kafka → ClickHouse** | **{ingest:.0}** |\n\
+         | two aggregators in one group (same process; settled group, events produced while it runs) | {ingest_two:.0} |\n\n\
          Péage / slower reference = **{pct:.0} %** (aim ≥ 90 %). Lost: **{lost}**, duplicated: **{duplicated}** \
-         ({rows} rows, {distinct} distinct ids).\n",
+         ({rows} rows, {distinct} distinct ids). Two aggregators: {scale:.2}× one; lost {lost_two}, duplicated {dup_two}.\n\n\
+         CPU µs per event (broker / ClickHouse / the benchmark's process): consume reference {c0:.1} / {c1:.1} / {c2:.1}; \
+         bulk-insert reference {b0:.1} / {b1:.1} / {b2:.1}; aggregator run {a0:.1} / {a1:.1} / {a2:.1} = {at:.1} µs, \
+         so {cores} cores bound the pipeline at about {bound:.0} events/s.\n",
+        scale = ingest_two / ingest,
+        c0 = cpu_consume[0], c1 = cpu_consume[1], c2 = cpu_consume[2],
+        b0 = cpu_bulk[0], b1 = cpu_bulk[1], b2 = cpu_bulk[2],
+        a0 = cpu_agg[0], a1 = cpu_agg[1], a2 = cpu_agg[2], at = total(cpu_agg),
         date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         lz4 = if std::env::var("PEAGE_BENCH_CLICKHOUSE_LZ4").is_ok_and(|v| v == "0") { "off" } else { "on (the default)" },
         broker = std::env::var("PEAGE_BENCH_BROKER_NAME").unwrap_or("tansu 0.6, durable SQLite engine (what CI runs)".into()),
@@ -193,7 +328,7 @@ async fn main() -> anyhow::Result<()> {
         .append(true)
         .open(results)?
         .write_all(table.as_bytes())?;
-    for db in [run.clone(), format!("{run}_ref")] {
+    for db in [run.clone(), format!("{run}_ref"), format!("{run}_two")] {
         store
             .client()
             .query(&format!("DROP DATABASE IF EXISTS {db}"))
@@ -202,8 +337,8 @@ async fn main() -> anyhow::Result<()> {
             .ok();
     }
     anyhow::ensure!(
-        lost == 0 && duplicated == 0,
-        "lost {lost}, duplicated {duplicated}"
+        lost == 0 && duplicated == 0 && lost_two == 0 && dup_two == 0,
+        "lost {lost}, duplicated {duplicated}; two aggregators: lost {lost_two}, duplicated {dup_two}"
     );
     Ok(())
 }

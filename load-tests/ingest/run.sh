@@ -16,6 +16,6 @@ if [ "${PEAGE_BENCH_MEMORY_BROKER:-1}" = 1 ]; then
     broker=$!
     trap 'kill $broker 2>/dev/null; rm -rf "$dir"' EXIT
     sleep 1
-    PEAGE_BENCH_KAFKA=127.0.0.1:19092 PEAGE_BENCH_BROKER_NAME="tansu 0.6, in-memory engine" \
+    PEAGE_BENCH_KAFKA=127.0.0.1:19092 PEAGE_BENCH_BROKER_PID=$broker PEAGE_BENCH_BROKER_NAME="tansu 0.6, in-memory engine" \
         target/release/examples/ingest "${1:-500000}"
 fi

@@ -209,7 +209,12 @@ for i in $(seq 1 "$SEGMENTS"); do
     -c "$CONNECTIONS" -q "$RATE" --latency-correction -H "Authorization: Bearer $KEY" \
     "http://127.0.0.1:$ROLE_PORT/demo/v1/hello" > "$WORK/seg-$i.json"
   sample "$i" >> "$WORK/samples.txt"
-  python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); p=j["latencyPercentiles"]; print(f"   segment {sys.argv[2]}: {j[\"summary\"][\"requestsPerSec\"]:.0f} calls/s, p99 {p[\"p99\"]*1000:.2f} ms, statuses {j[\"statusCodeDistribution\"]}")' "$WORK/seg-$i.json" "$i"
+  python3 - "$WORK/seg-$i.json" "$i" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+rps, p99 = j["summary"]["requestsPerSec"], j["latencyPercentiles"]["p99"] * 1000
+print(f"   segment {sys.argv[2]}: {rps:.0f} calls/s, p99 {p99:.2f} ms, statuses {j['statusCodeDistribution']}")
+PY
 done
 touch "$WORK/stop-probe"
 wait "$PROBE_PID" 2>/dev/null || true
