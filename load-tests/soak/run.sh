@@ -259,6 +259,11 @@ p99 = [s["latencyPercentiles"]["p99"] * 1000 for s in segs]
 p50 = [s["latencyPercentiles"]["p50"] * 1000 for s in segs]
 rps = [s["summary"]["requestsPerSec"] for s in segs]
 fresh = [tuple(map(int, l.split())) for l in open(f"{work}/freshness.txt") if l.strip()]
+late = sum(1 for f in fresh if max(f) >= 30000)
+logs = {}
+for role in ["gateway", "aggregator", "billing"]:
+    lines = [l for l in open(f"{work}/{role}.log", errors="replace") if '"ERROR"' in l or " ERROR " in l]
+    logs[role] = (len(lines), [l.strip()[:300] for l in lines[-3:]])
 def pct(v, q):
     v = sorted(v)
     return v[min(len(v) - 1, int(round(q * (len(v) - 1))))] if v else float("nan")
@@ -282,7 +287,15 @@ out += ["",
         f"| duplicated rows | {dups} |",
         f"| freshness: call → usage, p50 / p99 / max (ms, {len(fresh)} probes) | {pct([f[0] for f in fresh], .5)} / {pct([f[0] for f in fresh], .99)} / {max((f[0] for f in fresh), default=0)} |",
         f"| freshness: call → quota state, p50 / p99 / max (ms) | {pct([f[1] for f in fresh], .5)} / {pct([f[1] for f in fresh], .99)} / {max((f[1] for f in fresh), default=0)} |",
+        f"| freshness probes not visible within 30 s | {late} |",
         "", "p99 per segment (ms): " + ", ".join(f"{v:.1f}" for v in p99), ""]
+for name in ["gateway", "aggregator", "billing", "broker"]:
+    out.append(f"RSS of {name} per segment (MiB): " + ", ".join(f"{y:.0f}" for _, y, _ in samples[name]) + "  ")
+    out.append(f"open files of {name} per segment: " + ", ".join(str(f) for _, _, f in samples[name]) + "  ")
+out.append("")
+for role, (n_err, last) in logs.items():
+    out.append(f"{role}: {n_err} ERROR lines" + ("; last: " + " | ".join(f"`{l}`" for l in last) if last else ""))
+out.append("")
 text = "\n".join(out) + "\n"
 print(text)
 with open("load-tests/RESULTS.md", "a") as f:

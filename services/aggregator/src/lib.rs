@@ -40,6 +40,11 @@ pub struct AggregatorStats {
     pub abandoned_batches: AtomicU64,
 }
 
+/// How long a member given partitions waits before it reads where the store stands. A live
+/// previous owner dropped its write when the revocation began, before this assignment; this
+/// covers one that died with a request ClickHouse had received whole and was still applying.
+const SETTLE: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone)]
 pub struct AggregatorConfig {
     /// Records per batch at most.
@@ -47,8 +52,8 @@ pub struct AggregatorConfig {
     /// How long a batch may wait to fill.
     pub poll_wait: Duration,
     /// The deadline of one insert attempt. An attempt starts only while the batch's lease
-    /// holds for that long, and a member given partitions waits that long before it reads
-    /// where the store stands (docs/exactly-once.md, "Rebalances").
+    /// holds for that long, and is dropped at once if a rebalance begins
+    /// (docs/exactly-once.md, "Rebalances").
     pub insert_timeout: Duration,
 }
 
@@ -57,7 +62,7 @@ impl Default for AggregatorConfig {
         AggregatorConfig {
             max_batch: 5_000,
             poll_wait: Duration::from_millis(100),
-            insert_timeout: Duration::from_secs(10),
+            insert_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -238,7 +243,9 @@ impl Aggregator {
             .into_iter()
             .collect();
         if !unknown.is_empty() {
-            let settle = self.consumer.settle_remaining(self.config.insert_timeout);
+            let settle = self
+                .consumer
+                .settle_remaining(SETTLE.min(self.config.insert_timeout));
             if !settle.is_zero() {
                 tracing::info!(
                     wait_ms = settle.as_millis() as u64,
@@ -401,10 +408,15 @@ where
         if !lease.holds_for(deadline) {
             return None;
         }
-        let error = match tokio::time::timeout(deadline, call()).await {
-            Ok(Ok(v)) => return Some(v),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {} ms", deadline.as_millis()),
+        let attempt = tokio::time::timeout(deadline, call());
+        let error = tokio::select! {
+            r = attempt => match r {
+                Ok(Ok(v)) => return Some(v),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {} ms", deadline.as_millis()),
+            },
+            // A rebalance began: drop the request before the partitions change hands.
+            _ = lease.lost() => return None,
         };
         stats.store_failures.fetch_add(1, Ordering::Relaxed);
         tracing::error!(error = %error, retry_in_ms = backoff.as_millis() as u64, "aggregator: {what} failed; retrying");

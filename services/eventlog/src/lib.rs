@@ -165,6 +165,8 @@ pub struct Membership {
     /// Time without a poll after which the group expels the member, less the heartbeat
     /// interval (a rebalance may start up to one heartbeat before the member hears of it).
     expel_after: Duration,
+    /// Woken at every epoch change, so a write in flight can be cancelled at once.
+    changed: tokio::sync::Notify,
 }
 
 impl Membership {
@@ -175,6 +177,7 @@ impl Membership {
             last_poll_ms: AtomicU64::new(0),
             assigned_ms: AtomicU64::new(0),
             expel_after: max_poll_interval.saturating_sub(heartbeat_interval),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -189,10 +192,14 @@ impl Membership {
     pub fn assigned(&self) {
         self.assigned_ms.store(self.now_ms(), Ordering::SeqCst);
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
     }
 
+    /// Called before partitions are given up: every lease taken before ends here, and the
+    /// writes waiting on [`Lease::lost`] are woken to cancel themselves.
     pub fn revoked(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
     }
 
     pub fn lease(self: &Arc<Self>) -> Lease {
@@ -214,6 +221,25 @@ impl Membership {
 impl Lease {
     pub fn always() -> Lease {
         Lease { claim: None }
+    }
+
+    /// Completes when a rebalance ends the lease (never for [`Lease::always`]). A write
+    /// selects on it and drops its request: ClickHouse writes nothing of a request whose body
+    /// it did not receive whole, so the partitions' next owner, assigned only after the
+    /// revocation, cannot race it.
+    pub async fn lost(&self) {
+        let Some((m, epoch)) = &self.claim else {
+            return std::future::pending().await;
+        };
+        loop {
+            let notified = m.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if m.epoch.load(Ordering::SeqCst) != *epoch {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// True if a rebalance happened since the batch was read: the consumer then already
@@ -296,7 +322,24 @@ mod lease_tests {
             "a poll renews it"
         );
         assert!(!lease.rebalanced());
+        let waiting = lease.clone();
+        let woken = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    tokio::time::timeout(Duration::from_secs(5), waiting.lost())
+                        .await
+                        .is_ok()
+                })
+        });
+        std::thread::sleep(Duration::from_millis(50));
         m.revoked();
+        assert!(
+            woken.join().unwrap(),
+            "a revocation wakes the write in flight"
+        );
         assert!(!lease.holds_for(Duration::ZERO), "a revocation ends it");
         assert!(lease.rebalanced());
         assert!(

@@ -451,8 +451,7 @@ pub struct AggregatorSection {
     pub instance_id: Option<String>,
     pub max_batch: usize,
     pub max_wait_ms: u64,
-    /// The deadline of one ClickHouse insert attempt; a member given partitions also waits
-    /// this long before reading where ClickHouse stands (docs/exactly-once.md).
+    /// The deadline of one ClickHouse insert attempt (docs/exactly-once.md, "Rebalances").
     pub insert_timeout_ms: u64,
 }
 
@@ -463,7 +462,7 @@ impl Default for AggregatorSection {
             instance_id: None,
             max_batch: 20_000,
             max_wait_ms: 500,
-            insert_timeout_ms: 10_000,
+            insert_timeout_ms: 60_000,
         }
     }
 }
