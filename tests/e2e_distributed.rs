@@ -769,19 +769,22 @@ async fn an_insert_stalled_past_the_poll_interval_is_abandoned_not_stored_twice(
     .await;
     assert!(failures >= 1, "A's insert never stalled");
     let (b, _) = s.start("aggregator", &quick_member(mb));
-    let stored = settle(&ch, 2 * N, Duration::from_secs(120)).await;
-    assert_eq!(stored, 2 * N, "B stored what A could not");
-
-    hung.restore();
+    // A's lease runs out while ClickHouse hangs for it; B stores what it is given (A, still a
+    // live member, may take partitions back as it rejoins, and holds them until its ClickHouse
+    // answers: liveness is not what this checks).
     let abandoned = await_counter(
         ma,
         "peage_aggregator_abandoned_batches_total",
         1,
-        Duration::from_secs(30),
+        Duration::from_secs(60),
     )
     .await;
-    // Time for a late insert of A's to land, if it were going to.
+    let during = settle(&ch, 2 * N, Duration::from_secs(60)).await;
+    hung.restore();
+    // Everything lands once, and a late insert of A's batch would show up here.
+    let stored = settle(&ch, 2 * N, Duration::from_secs(120)).await;
     tokio::time::sleep(Duration::from_secs(8)).await;
+    eprintln!("rebalance window: {during} stored while A's ClickHouse hung, {stored} after");
     let rows = ch.raw_totals(None).await.unwrap().calls;
     let a_inserted = counter(
         &metrics_of(&reqwest::Client::new(), ma).await,

@@ -69,6 +69,14 @@ fn cpu_of(pid: &str) -> Duration {
     Duration::from_millis(ticks * 1000 / clock_ticks())
 }
 
+/// The aggregator's batch size (`PEAGE_BENCH_MAX_BATCH`, default 20,000 as `peage aggregator`).
+fn max_batch() -> usize {
+    std::env::var("PEAGE_BENCH_MAX_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000)
+}
+
 fn cores_f() -> f64 {
     std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }
@@ -143,7 +151,7 @@ async fn aggregate(
             store.clone(),
             Box::new(KafkaDeadLetters::new(kafka)?),
             AggregatorConfig {
-                max_batch: 20_000,
+                max_batch: max_batch(),
                 poll_wait: Duration::from_millis(200),
                 ..Default::default()
             },
@@ -299,7 +307,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(0);
     let table = format!(
         "\n## Ingest — {date}\n\nMachine: {cores} cores, {cpu}. Broker: {broker}, ClickHouse 18.16 (Debian), \
-         one aggregator, 4 partitions, batches of 20,000, ClickHouse lz4 {lz4}. {n} events of ~450 bytes.\n\n\
+         one aggregator, 4 partitions, batches of {batch}, ClickHouse lz4 {lz4}. {n} events of ~450 bytes.\n\n\
          | measure | events/s |\n|---|---:|\n\
          | broker produce (idempotent, acks=all, lz4) | {produce:.0} |\n\
          | reference: broker consume (bare consumer) | {consume:.0} |\n\
@@ -312,6 +320,7 @@ async fn main() -> anyhow::Result<()> {
          bulk-insert reference {b0:.1} / {b1:.1} / {b2:.1}; aggregator run {a0:.1} / {a1:.1} / {a2:.1} = {at:.1} µs, \
          so {cores} cores bound the pipeline at about {bound:.0} events/s.\n",
         scale = ingest_two / ingest,
+        batch = max_batch(),
         c0 = cpu_consume[0], c1 = cpu_consume[1], c2 = cpu_consume[2],
         b0 = cpu_bulk[0], b1 = cpu_bulk[1], b2 = cpu_bulk[2],
         a0 = cpu_agg[0], a1 = cpu_agg[1], a2 = cpu_agg[2], at = total(cpu_agg),
