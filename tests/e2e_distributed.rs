@@ -342,15 +342,20 @@ fn counter(metrics: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn metrics_of(client: &reqwest::Client, port: u16) -> String {
-    client
+/// The metrics a role serves on `port`, or `None` while it does not answer.
+async fn try_metrics(client: &reqwest::Client, port: u16) -> Option<String> {
+    let r = client
         .get(format!("http://127.0.0.1:{port}/metrics"))
         .send()
         .await
-        .unwrap()
-        .text()
+        .ok()?;
+    r.text().await.ok()
+}
+
+async fn metrics_of(client: &reqwest::Client, port: u16) -> String {
+    try_metrics(client, port)
         .await
-        .unwrap()
+        .unwrap_or_else(|| panic!("no metrics on port {port}"))
 }
 
 async fn settle(ch: &ClickHouseUsageStore, n: u64, timeout: Duration) -> u64 {
@@ -713,14 +718,9 @@ async fn await_counter(port: u16, name: &str, at_least: u64, timeout: Duration) 
     let client = reqwest::Client::new();
     let deadline = Instant::now() + timeout;
     loop {
-        let v = match client
-            .get(format!("http://127.0.0.1:{port}/metrics"))
-            .send()
+        let v = try_metrics(&client, port)
             .await
-        {
-            Ok(r) => counter(&r.text().await.unwrap_or_default(), name),
-            Err(_) => 0,
-        };
+            .map_or(0, |m| counter(&m, name));
         if v >= at_least || Instant::now() >= deadline {
             return v;
         }

@@ -175,9 +175,9 @@ impl Aggregator {
         }
     }
 
-    /// Waits for the batch being inserted, then commits its records. False if the batch was
-    /// abandoned: the consumer then restarted from its committed offsets, and whatever was
-    /// read since is stale.
+    /// Waits for the batch being inserted, then commits its records. False if that batch was
+    /// abandoned and the consumer restarted from its committed offsets: whatever was read
+    /// since is stale then.
     async fn finish_in_flight(&mut self) -> Result<bool, AggregatorError> {
         if let Some((handle, records, lease)) = self.in_flight.take() {
             let outcome = handle
@@ -222,14 +222,24 @@ impl Aggregator {
         Ok(restart)
     }
 
+    /// The batch in hand lost its lease in a store read: the batch before lands or is
+    /// abandoned first (so nothing is left running), then this one is abandoned, unless the
+    /// one before already restarted the consumer.
+    async fn give_up(&mut self, records: usize, lease: &Lease) -> Result<(), AggregatorError> {
+        if self.finish_in_flight().await? {
+            self.abandon(records, lease).await?;
+        }
+        Ok(())
+    }
+
     /// Skip what the store holds, dead-letter what is not an event, insert, then commit: the
     /// order that makes a crash at any point safe (docs/exactly-once.md).
     async fn process(&mut self, records: &[LogRecord]) -> Result<(), AggregatorError> {
         let topic = self.consumer.topic().to_string();
         // The claim on these records, taken before anything can await.
         let lease = self.consumer.lease();
-        // 1. Positions the store already holds, re-learnt after every rebalance, once a write
-        //    the partitions' previous owner may have started has ended.
+        // 1. Positions the store already holds, re-learnt after every rebalance, after a short
+        //    wait for a previous owner that died mid-insert (see SETTLE).
         let epoch = self.consumer.assignment_epoch();
         if epoch != self.epoch {
             self.floors.clear();
@@ -249,7 +259,7 @@ impl Aggregator {
             if !settle.is_zero() {
                 tracing::info!(
                     wait_ms = settle.as_millis() as u64,
-                    "aggregator: new partitions; waiting out the previous owner's insert deadline"
+                    "aggregator: new partitions; waiting for an insert of a previous owner that died"
                 );
                 tokio::time::sleep(settle).await;
             }
@@ -263,11 +273,7 @@ impl Aggregator {
             )
             .await
             else {
-                // The batch before lands or is abandoned first, so nothing is left running.
-                if self.finish_in_flight().await? {
-                    self.abandon(records.len(), &lease).await?;
-                }
-                return Ok(());
+                return self.give_up(records.len(), &lease).await;
             };
             for p in unknown {
                 self.floors.insert(p, stored.get(&p).copied());
@@ -327,11 +333,7 @@ impl Aggregator {
             )
             .await
             else {
-                // The batch before lands or is abandoned first, so nothing is left running.
-                if self.finish_in_flight().await? {
-                    self.abandon(records.len(), &lease).await?;
-                }
-                return Ok(());
+                return self.give_up(records.len(), &lease).await;
             };
             let mut seen: HashSet<(String, uuid::Uuid)> = HashSet::new();
             let before = events.len();

@@ -870,7 +870,6 @@ struct GroupSnapshot {
 pub struct KafkaConsumer {
     consumer: Arc<StreamConsumer<MemberContext>>,
     membership: Arc<Membership>,
-    topic: String,
     config: KafkaConfig,
     group: String,
     instance_id: Option<String>,
@@ -903,7 +902,6 @@ impl KafkaConsumer {
         Ok(KafkaConsumer {
             consumer,
             membership,
-            topic: config.topic.clone(),
             config: config.clone(),
             group: group.to_string(),
             instance_id: instance_id.map(str::to_string),
@@ -980,7 +978,7 @@ impl KafkaConsumer {
             return Ok(());
         }
         self.next_check = Instant::now() + self.session_timeout;
-        let (consumer, topic) = (Arc::clone(&self.consumer), self.topic.clone());
+        let (consumer, topic) = (Arc::clone(&self.consumer), self.config.topic.clone());
         let snapshot = tokio::task::spawn_blocking(move || group_snapshot(&consumer, &topic))
             .await
             .map_err(|e| EventLogError::Task(e.to_string()))?;
@@ -995,7 +993,7 @@ impl KafkaConsumer {
                 return Ok(());
             }
         };
-        let stuck: Vec<i32> = match &self.previous {
+        let mut stuck: Vec<i32> = match &self.previous {
             Some(before) if now.at.duration_since(before.at) >= self.session_timeout => now
                 .lagging
                 .iter()
@@ -1010,7 +1008,6 @@ impl KafkaConsumer {
         if stuck.is_empty() {
             return Ok(());
         }
-        let mut stuck = stuck;
         stuck.sort_unstable();
         tracing::warn!(
             partitions = ?stuck,
@@ -1086,13 +1083,13 @@ impl LogConsumer for KafkaConsumer {
         let deadline = tokio::time::Instant::now() + wait;
         let mut out = Vec::new();
         let mut epoch = self.membership.epoch.load(Ordering::SeqCst);
+        let mut back_off = false;
         while out.len() < max {
             // Fast path: a record librdkafka already fetched, without arming a timer.
             let next = match futures::FutureExt::now_or_never(self.consumer.recv()) {
                 Some(r) => Ok(r),
                 None => tokio::time::timeout_at(deadline, self.consumer.recv()).await,
             };
-            self.membership.polled();
             let now = self.membership.epoch.load(Ordering::SeqCst);
             if now != epoch {
                 out.clear();
@@ -1104,12 +1101,16 @@ impl LogConsumer for KafkaConsumer {
                 Ok(Err(e)) => {
                     // Transient broker errors are reported and retried by librdkafka.
                     tracing::warn!(error = %e, "kafka consumer");
-                    if out.is_empty() {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+                    back_off = out.is_empty();
                     break;
                 }
             }
+        }
+        // Once per poll, not per record: the lease needs the time of the last call into
+        // librdkafka, which was just now.
+        self.membership.polled();
+        if back_off {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(out)
     }
@@ -1125,7 +1126,7 @@ impl LogConsumer for KafkaConsumer {
         }
         let mut tpl = TopicPartitionList::new();
         for (p, o) in next {
-            tpl.add_partition_offset(&self.topic, p as i32, Offset::Offset(o as i64))
+            tpl.add_partition_offset(&self.config.topic, p as i32, Offset::Offset(o as i64))
                 .map_err(|e| kafka_err("commit", e))?;
         }
         self.consumer
@@ -1140,7 +1141,7 @@ impl LogConsumer for KafkaConsumer {
     }
 
     fn topic(&self) -> &str {
-        &self.topic
+        &self.config.topic
     }
 
     fn assignment_epoch(&self) -> u64 {
@@ -1151,8 +1152,8 @@ impl LogConsumer for KafkaConsumer {
         self.membership.lease()
     }
 
-    fn settle_remaining(&self, write_deadline: Duration) -> Duration {
-        self.membership.settle_remaining(write_deadline)
+    fn settle_remaining(&self, wait: Duration) -> Duration {
+        self.membership.settle_remaining(wait)
     }
 
     /// A fresh member with the same identity: librdkafka then resumes every partition it is

@@ -125,9 +125,9 @@ pub trait LogConsumer: Send + Sync {
         Lease::always()
     }
 
-    /// How long a member that has just been given partitions waits before it reads where the
-    /// store stands, so that a write the previous owner started under its lease has ended.
-    fn settle_remaining(&self, _write_deadline: Duration) -> Duration {
+    /// What is left of `wait` since this member was last given partitions: how long it still
+    /// holds off reading where the store stands (for a previous owner that died mid-write).
+    fn settle_remaining(&self, _wait: Duration) -> Duration {
         Duration::ZERO
     }
 
@@ -208,13 +208,13 @@ impl Membership {
         }
     }
 
-    /// Time left until `write_deadline` has passed since the last assignment.
-    pub fn settle_remaining(&self, write_deadline: Duration) -> Duration {
+    /// What is left of `wait` since the last assignment.
+    pub fn settle_remaining(&self, wait: Duration) -> Duration {
         let since = Duration::from_millis(
             self.now_ms()
                 .saturating_sub(self.assigned_ms.load(Ordering::SeqCst)),
         );
-        write_deadline.saturating_sub(since)
+        wait.saturating_sub(since)
     }
 }
 
@@ -228,14 +228,14 @@ impl Lease {
     /// it did not receive whole, so the partitions' next owner, assigned only after the
     /// revocation, cannot race it.
     pub async fn lost(&self) {
-        let Some((m, epoch)) = &self.claim else {
+        let Some((m, _)) = &self.claim else {
             return std::future::pending().await;
         };
         loop {
             let notified = m.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if m.epoch.load(Ordering::SeqCst) != *epoch {
+            if self.rebalanced() {
                 return;
             }
             notified.await;
@@ -253,10 +253,10 @@ impl Lease {
     /// True if no rebalance happened since the batch was read and the member cannot be
     /// expelled for a late poll within `ahead` (the deadline of the write about to start).
     pub fn holds_for(&self, ahead: Duration) -> bool {
-        let Some((m, epoch)) = &self.claim else {
+        let Some((m, _)) = &self.claim else {
             return true;
         };
-        if m.epoch.load(Ordering::SeqCst) != *epoch {
+        if self.rebalanced() {
             return false;
         }
         let idle = Duration::from_millis(

@@ -115,6 +115,13 @@ struct EntryState {
     low_water: Decimal,
 }
 
+impl EntryState {
+    /// The flag a call of this quota carries: a soft quota its last answer said is passed.
+    fn soft_exceeded(&self) -> bool {
+        self.kind == QuotaKind::Soft && self.decision == QuotaDecision::SoftExceeded
+    }
+}
+
 struct Entry {
     key: EntryKey,
     state: Mutex<EntryState>,
@@ -404,7 +411,7 @@ impl Quotas {
         // unless the quota is soft (a soft quota never refuses).
         let s = entry.state.lock().unwrap_or_else(|p| p.into_inner());
         if s.kind == QuotaKind::Soft {
-            return Ok(s.decision == QuotaDecision::SoftExceeded);
+            return Ok(s.soft_exceeded());
         }
         Err(blocked(&entry.key.meter, &s))
     }
@@ -427,7 +434,7 @@ impl Quotas {
         if enough {
             s.balance -= estimate;
             s.spent += estimate;
-            let soft = s.kind == QuotaKind::Soft && s.decision == QuotaDecision::SoftExceeded;
+            let soft = s.soft_exceeded();
             if s.balance < s.low_water && !entry.renew_queued.swap(true, Ordering::AcqRel) {
                 self.renew_in_background(Arc::clone(entry));
             }
@@ -537,7 +544,7 @@ impl Quotas {
                 .served_unreachable
                 .fetch_add(1, Ordering::Relaxed);
             s.balance += self.config.lease_size;
-            return Ok(s.decision == QuotaDecision::SoftExceeded);
+            return Ok(s.soft_exceeded());
         }
         if let UnreachablePolicy::Serve { bound } = self.config.unreachable {
             if s.overdraft + estimate <= bound {

@@ -176,16 +176,16 @@ pub async fn aggregator(
             config.aggregator.max_batch
         );
     }
-    let store = Arc::new(clickhouse(config).await?);
-    ensure_topics(&config.kafka)
-        .await
-        .context("creating the Kafka topics")?;
     if !(100..=120_000).contains(&config.aggregator.insert_timeout_ms) {
         anyhow::bail!(
             "aggregator.insert_timeout_ms must be between 100 and 120000, not {}",
             config.aggregator.insert_timeout_ms
         );
     }
+    let store = Arc::new(clickhouse(config).await?);
+    ensure_topics(&config.kafka)
+        .await
+        .context("creating the Kafka topics")?;
     let consumer = KafkaConsumer::new(
         &config.kafka,
         &config.aggregator.group,
