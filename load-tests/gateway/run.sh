@@ -32,7 +32,7 @@ UP_PORT=18181 NGINX_PORT=18182 GW_PORT=18183 CTL_PORT=18184 ROLE_PORT=18185 BILL
 KAFKA_PORT=18187 ROLE_METRICS_PORT=18188
 TOKEN=bench-admin-token-0123456789
 
-need() { command -v "$1" >/dev/null 2>&1; }
+. load-tests/lib.sh
 sudo_if() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 need oha || { echo "== installing oha (cargo install oha --locked)"; cargo install oha --locked; }
 [ -x /usr/sbin/nginx ] || { echo "== installing nginx (apt)"; sudo_if apt-get install -y nginx-light || sudo_if apt-get install -y nginx; }
@@ -54,14 +54,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_http() { # url [header]
-  for _ in $(seq 1 300); do
-    if curl -fsS -o /dev/null ${2:+-H "$2"} "$1" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "not answering: $1" >&2; exit 1
-}
-json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"; }
 # utime+stime in clock ticks of these processes (all their threads).
 cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 
@@ -100,91 +92,26 @@ wait_http "http://127.0.0.1:$NGINX_PORT/demo/v1/hello"
 NGINX_PIDS=("$(cat "$WORK/nginx.pid")")
 for p in $(pgrep -P "${NGINX_PIDS[0]}"); do NGINX_PIDS+=("$p"); done
 
-cat > "$WORK/catalog.toml" <<CONF
-[[api]]
-name = "demo"
-[[api.versions]]
-id = "v1"
-live = "http://127.0.0.1:$UP_PORT"
-operations = { "GET /hello" = { units = 1 } }
-
-[[meter]]
-name = "calls"
-aggregation = "count"
-
-[[plan]]
-id = "bench"
-currency = "EUR"
-period = { every = "month", anchor_day = 1 }
-base_fee = "0"
-charges = [{ meter = "calls", model = "per_unit", unit_price = "0.001" }]
-quotas = [{ meter = "calls", limit = 1000000000000, kind = "hard" }]
-rate_limit = { per_second = 1000000, burst = 1000000 }
-CONF
-
-new_partner() { # control-url -> "partner key"
-  local partner key
-  partner=$(curl -fsS -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
-    -d '{"name":"Bench","plan":"bench"}' "$1/v1/partners" | json_field id)
-  key=$(curl -fsS -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
-    -d '{"env":"live"}' "$1/v1/partners/$partner/keys" | json_field secret)
-  echo "$partner $key"
-}
+bench_catalog "$WORK/catalog.toml" "$UP_PORT" bench
 
 # The role's own broker on a fresh data directory: the shared dev broker's SQLite file grows
 # with every test run and would make the numbers depend on the machine's history.
 echo "== tansu for the role on :$KAFKA_PORT (fresh, $WORK/kafka)"
-mkdir -p "$WORK/kafka"
-(cd "$WORK/kafka" && exec tansu broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-  --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine "sqlite://tansu.db" \
-  </dev/null >"$WORK/kafka/broker.log" 2>&1) &
-KAFKA_PID=$!
+start_tansu "$WORK/kafka" "$KAFKA_PORT" "sqlite://tansu.db"
+KAFKA_PID=$TANSU_PID
 PIDS+=($KAFKA_PID)
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null && break; sleep 0.1; done
 
 echo "== Péage role: peage billing on :$BILLING_PORT, peage gateway on :$ROLE_PORT ($THREADS threads, spool → tansu)"
 NAME="bench_$(date +%s)_$$"
-PGURL="postgres://peage:peage@127.0.0.1:${PEAGE_POSTGRES_PORT:-5432}"
-psql "$PGURL/peage" -qc "CREATE DATABASE $NAME" >/dev/null
-cat > "$WORK/peage.toml" <<CONF
-[catalog]
-path = "$WORK/catalog.toml"
-[gateway]
-listen = "127.0.0.1:$ROLE_PORT"
-id = "gw-bench"
-threads = $THREADS
-billing_url = "http://127.0.0.1:$BILLING_PORT"
-[metrics]
-listen = "127.0.0.1:$ROLE_METRICS_PORT"
-[control]
-listen = "127.0.0.1:$BILLING_PORT"
-admin_token = "$TOKEN"
-[kafka]
-brokers = "127.0.0.1:$KAFKA_PORT"
-topic = "$NAME.calls"
-dead_letter_topic = "$NAME.dead"
-partitions = 4
-[spool]
-dir = "$WORK/spool"
-[clickhouse]
-url = "http://127.0.0.1:${PEAGE_CLICKHOUSE_PORT:-8123}"
-database = "$NAME"
-validation = false
-[postgres]
-url = "$PGURL/$NAME"
-[aggregator]
-group = "$NAME-agg"
-max_wait_ms = 200
-[secrets]
-key = "$("$PEAGE" secrets new-key)"
-CONF
+role_config "$NAME" gw-bench "threads = $THREADS" "[metrics]
+listen = \"127.0.0.1:$ROLE_METRICS_PORT\""
 export PEAGE_CONFIG="$WORK/peage.toml"
 PEAGE_LOG=warn "$PEAGE" migrate >/dev/null
 PEAGE_LOG=warn PEAGE_METRICS__LISTEN=127.0.0.1:0 "$PEAGE" billing >/dev/null &
 PIDS+=($!)
 OTHERS=("$KAFKA_PID" "$!")
 wait_http "http://127.0.0.1:$BILLING_PORT/healthz"
-read -r ROLE_PARTNER ROLE_KEY < <(new_partner "http://127.0.0.1:$BILLING_PORT")
+read -r ROLE_PARTNER ROLE_KEY < <(new_partner "http://127.0.0.1:$BILLING_PORT" bench)
 # The gateway calls billing with its own scoped token, as in production.
 GATEWAY_TOKEN=$(PEAGE_LOG=warn "$PEAGE" service-token create --scope gateway --name gw-bench --config "$WORK/peage.toml" 2>/dev/null)
 PEAGE_LOG=warn PEAGE_GATEWAY__BILLING_TOKEN="$GATEWAY_TOKEN" "$PEAGE" gateway >/dev/null &
@@ -199,7 +126,7 @@ PEAGE_LOG=warn PEAGE_GATEWAY__THREADS=$THREADS "$PEAGE" up --data-dir "$WORK/dat
 UP_PID=$!
 PIDS+=($UP_PID)
 wait_http "http://127.0.0.1:$CTL_PORT/healthz"
-read -r UP_PARTNER UP_KEY < <(new_partner "http://127.0.0.1:$CTL_PORT")
+read -r UP_PARTNER UP_KEY < <(new_partner "http://127.0.0.1:$CTL_PORT" bench)
 wait_http "http://127.0.0.1:$GW_PORT/demo/v1/hello" "Authorization: Bearer $UP_KEY"
 
 declare -A URL=(

@@ -9,13 +9,11 @@ target/release/examples/ingest "${1:-500000}"
 # The same run against tansu's in-memory engine (~10x faster than its SQLite engine), to see
 # the aggregator's own ceiling when the broker is not the bottleneck.
 if [ "${PEAGE_BENCH_MEMORY_BROKER:-1}" = 1 ]; then
+    . load-tests/lib.sh
     dir=$(mktemp -d)
-    (cd "$dir" && exec tansu broker --listener-url tcp://127.0.0.1:19092 \
-        --advertised-listener-url tcp://127.0.0.1:19092 --storage-engine memory://tansu/ \
-        >broker.log 2>&1) &
-    broker=$!
+    start_tansu "$dir" 19092 memory://tansu/
+    broker=$TANSU_PID
     trap 'kill $broker 2>/dev/null; rm -rf "$dir"' EXIT
-    sleep 1
     PEAGE_BENCH_KAFKA=127.0.0.1:19092 PEAGE_BENCH_BROKER_PID=$broker PEAGE_BENCH_BROKER_NAME="tansu 0.6, in-memory engine" \
         target/release/examples/ingest "${1:-500000}"
 fi

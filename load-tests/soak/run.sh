@@ -30,7 +30,7 @@ UP_PORT=18281 ROLE_PORT=18285 BILLING_PORT=18286 KAFKA_PORT=18287
 GW_METRICS=18288 AGG_METRICS=18289 BILLING_METRICS=18290
 TOKEN=soak-admin-token-0123456789
 
-need() { command -v "$1" >/dev/null 2>&1; }
+. load-tests/lib.sh
 need oha || { echo "== installing oha (cargo install oha --locked)"; cargo install oha --locked; }
 
 echo "== building peage (release)"
@@ -46,104 +46,34 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-wait_http() { # url [header]
-  for _ in $(seq 1 300); do
-    if curl -fsS -o /dev/null ${2:+-H "$2"} "$1" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "not answering: $1" >&2; exit 1
-}
-json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"; }
 
 echo "== upstream: peage demo-upstream on :$UP_PORT"
 PEAGE_LOG=warn "$PEAGE" demo-upstream --listen "127.0.0.1:$UP_PORT" &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$UP_PORT/hello"
 
-cat > "$WORK/catalog.toml" <<CONF
-[[api]]
-name = "demo"
-[[api.versions]]
-id = "v1"
-live = "http://127.0.0.1:$UP_PORT"
-operations = { "GET /hello" = { units = 1 } }
-
-[[meter]]
-name = "calls"
-aggregation = "count"
-
-[[plan]]
-id = "soak"
-currency = "EUR"
-period = { every = "month", anchor_day = 1 }
-base_fee = "0"
-charges = [{ meter = "calls", model = "per_unit", unit_price = "0.001" }]
-quotas = [{ meter = "calls", limit = 1000000000000, kind = "hard" }]
-rate_limit = { per_second = 1000000, burst = 1000000 }
-CONF
+bench_catalog "$WORK/catalog.toml" "$UP_PORT" soak
 
 echo "== tansu ($BROKER engine) on :$KAFKA_PORT"
-mkdir -p "$WORK/kafka"
 case "$BROKER" in
   memory) ENGINE="memory://tansu/" ;;
   sqlite) ENGINE="sqlite://tansu.db" ;;
   *) echo "BROKER must be memory or sqlite" >&2; exit 2 ;;
 esac
-(cd "$WORK/kafka" && exec tansu broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-  --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine "$ENGINE" \
-  </dev/null >"$WORK/kafka/broker.log" 2>&1) &
-KAFKA_PID=$!
+start_tansu "$WORK/kafka" "$KAFKA_PORT" "$ENGINE"
+KAFKA_PID=$TANSU_PID
 PIDS+=($KAFKA_PID)
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null && break; sleep 0.1; done
 
 NAME="soak_$(date +%s)_$$"
-PGURL="postgres://peage:peage@127.0.0.1:${PEAGE_POSTGRES_PORT:-5432}"
-psql "$PGURL/peage" -qc "CREATE DATABASE $NAME" >/dev/null
-cat > "$WORK/peage.toml" <<CONF
-[catalog]
-path = "$WORK/catalog.toml"
-[gateway]
-listen = "127.0.0.1:$ROLE_PORT"
-id = "gw-soak"
-billing_url = "http://127.0.0.1:$BILLING_PORT"
-[control]
-listen = "127.0.0.1:$BILLING_PORT"
-admin_token = "$TOKEN"
-[kafka]
-brokers = "127.0.0.1:$KAFKA_PORT"
-topic = "$NAME.calls"
-dead_letter_topic = "$NAME.dead"
-partitions = 4
-[spool]
-dir = "$WORK/spool"
-[clickhouse]
-url = "http://127.0.0.1:${PEAGE_CLICKHOUSE_PORT:-8123}"
-database = "$NAME"
-validation = false
-[postgres]
-url = "$PGURL/$NAME"
-[aggregator]
-group = "$NAME-agg"
-max_wait_ms = 200
-[secrets]
-key = "$("$PEAGE" secrets new-key)"
-CONF
+role_config "$NAME" gw-soak
 export PEAGE_CONFIG="$WORK/peage.toml"
 PEAGE_LOG=warn "$PEAGE" migrate >/dev/null
 PEAGE_LOG=warn PEAGE_METRICS__LISTEN=127.0.0.1:$BILLING_METRICS "$PEAGE" billing >"$WORK/billing.log" 2>&1 &
 BILLING_PID=$!
 PIDS+=($BILLING_PID)
 wait_http "http://127.0.0.1:$BILLING_PORT/healthz"
-new_partner() { # -> "partner key"
-  local partner key
-  partner=$(curl -fsS -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
-    -d "{\"name\":\"$1\",\"plan\":\"soak\"}" "http://127.0.0.1:$BILLING_PORT/v1/partners" | json_field id)
-  key=$(curl -fsS -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
-    -d '{"env":"live"}' "http://127.0.0.1:$BILLING_PORT/v1/partners/$partner/keys" | json_field secret)
-  echo "$partner $key"
-}
-read -r PARTNER KEY < <(new_partner Soak)
-read -r PROBE PROBE_KEY < <(new_partner Probe)
+read -r PARTNER KEY < <(new_partner "http://127.0.0.1:$BILLING_PORT" soak Soak)
+read -r PROBE PROBE_KEY < <(new_partner "http://127.0.0.1:$BILLING_PORT" soak Probe)
 GATEWAY_TOKEN=$(PEAGE_LOG=warn "$PEAGE" service-token create --scope gateway --name gw-soak --config "$WORK/peage.toml" 2>/dev/null)
 PEAGE_LOG=warn PEAGE_METRICS__LISTEN=127.0.0.1:$GW_METRICS PEAGE_GATEWAY__BILLING_TOKEN="$GATEWAY_TOKEN" \
   "$PEAGE" gateway >"$WORK/gateway.log" 2>&1 &
