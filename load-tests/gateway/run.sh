@@ -11,6 +11,7 @@
 #
 #   load-tests/gateway/run.sh     # DURATION=10s RATE=5000 CONNECTIONS=64 THREADS=$(nproc)
 #                                 # PERF=role|up profiles that target at saturation
+#                                 # PEAGE_BIN=path runs that binary instead of building
 #
 # Per target: throughput at saturation (CONNECTIONS connections, as fast as they go); CPU µs per
 # call of the proxy's processes (utime+stime over the saturation run ÷ calls answered; nginx:
@@ -37,9 +38,13 @@ sudo_if() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 need oha || { echo "== installing oha (cargo install oha --locked)"; cargo install oha --locked; }
 [ -x /usr/sbin/nginx ] || { echo "== installing nginx (apt)"; sudo_if apt-get install -y nginx-light || sudo_if apt-get install -y nginx; }
 
-echo "== building peage (release)"
-cargo build --release -q -p peage
-PEAGE=$ROOT/target/release/peage
+if [ -n "${PEAGE_BIN:-}" ]; then
+  PEAGE=$PEAGE_BIN   # another build, to compare two versions on the same machine state
+else
+  echo "== building peage (release)"
+  cargo build --release -q -p peage
+  PEAGE=$ROOT/target/release/peage
+fi
 
 echo "== servers for the role (deploy/dev/services.sh start)"
 deploy/dev/services.sh start
@@ -264,7 +269,8 @@ cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d:
 nginx_v = subprocess.run(["/usr/sbin/nginx", "-v"], capture_output=True, text=True).stderr.strip()
 oha_v = subprocess.run(["oha", "--version"], capture_output=True, text=True).stdout.strip()
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-out = [f"## Gateway — {now}", "",
+binary = os.environ.get("PEAGE_BIN")
+out = [f"## Gateway — {now}" + (f" (binary {binary})" if binary else ""), "",
        f"Machine: {os.cpu_count()} cores, {cpu}. Upstream: `peage demo-upstream` (`GET /hello`, small JSON). {nginx_v}, `proxy_pass` with upstream keep-alive. Load: {oha_v}, {duration} per measure; saturation with {conns} connections; fixed rate {rate} req/s with latency correction. Load generator, upstream, proxies, broker and databases share the machine. Both Péage targets run auth (API key), rate limit, a hard quota and metering; the role spools every event to tansu (durable SQLite engine) with `peage billing` beside it; `peage up` runs its event log, aggregator and billing in the same process.", "",
        "| target | saturation req/s | 2xx / sent | CPU µs per call | req/s at fixed rate | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | added p99.9 ms |",
        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"] + rows

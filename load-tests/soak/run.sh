@@ -26,6 +26,7 @@ RATE=${RATE:-2000}
 SEGMENT_S=${SEGMENT_S:-60}
 BROKER=${BROKER:-memory}
 CONNECTIONS=${CONNECTIONS:-50}
+ROLE_LOG=${ROLE_LOG:-warn}  # the roles' PEAGE_LOG; their logs are kept in $KEEP
 UP_PORT=18281 ROLE_PORT=18285 BILLING_PORT=18286 KAFKA_PORT=18287
 GW_METRICS=18288 AGG_METRICS=18289 BILLING_METRICS=18290
 TOKEN=soak-admin-token-0123456789
@@ -39,10 +40,13 @@ PEAGE=$ROOT/target/release/peage
 deploy/dev/services.sh start >/dev/null
 
 WORK=$(mktemp -d)
+KEEP=${KEEP:-$ROOT/target/soak-last}
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  # The logs and the probe's record stay for a look afterwards.
+  rm -rf "$KEEP" && mkdir -p "$KEEP" && cp "$WORK"/*.log "$WORK"/freshness.txt "$WORK"/samples.txt "$KEEP"/ 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -68,24 +72,25 @@ NAME="soak_$(date +%s)_$$"
 role_config "$NAME" gw-soak
 export PEAGE_CONFIG="$WORK/peage.toml"
 PEAGE_LOG=warn "$PEAGE" migrate >/dev/null
-PEAGE_LOG=warn PEAGE_METRICS__LISTEN=127.0.0.1:$BILLING_METRICS "$PEAGE" billing >"$WORK/billing.log" 2>&1 &
+PEAGE_LOG=$ROLE_LOG PEAGE_METRICS__LISTEN=127.0.0.1:$BILLING_METRICS "$PEAGE" billing >"$WORK/billing.log" 2>&1 &
 BILLING_PID=$!
 PIDS+=($BILLING_PID)
 wait_http "http://127.0.0.1:$BILLING_PORT/healthz"
 read -r PARTNER KEY < <(new_partner "http://127.0.0.1:$BILLING_PORT" soak Soak)
 read -r PROBE PROBE_KEY < <(new_partner "http://127.0.0.1:$BILLING_PORT" soak Probe)
 GATEWAY_TOKEN=$(PEAGE_LOG=warn "$PEAGE" service-token create --scope gateway --name gw-soak --config "$WORK/peage.toml" 2>/dev/null)
-PEAGE_LOG=warn PEAGE_METRICS__LISTEN=127.0.0.1:$GW_METRICS PEAGE_GATEWAY__BILLING_TOKEN="$GATEWAY_TOKEN" \
+PEAGE_LOG=$ROLE_LOG PEAGE_METRICS__LISTEN=127.0.0.1:$GW_METRICS PEAGE_GATEWAY__BILLING_TOKEN="$GATEWAY_TOKEN" \
   "$PEAGE" gateway >"$WORK/gateway.log" 2>&1 &
 GW_PID=$!
 PIDS+=($GW_PID)
-PEAGE_LOG=warn PEAGE_METRICS__LISTEN=127.0.0.1:$AGG_METRICS "$PEAGE" aggregator >"$WORK/aggregator.log" 2>&1 &
+PEAGE_LOG=$ROLE_LOG PEAGE_METRICS__LISTEN=127.0.0.1:$AGG_METRICS "$PEAGE" aggregator >"$WORK/aggregator.log" 2>&1 &
 AGG_PID=$!
 PIDS+=($AGG_PID)
 wait_http "http://127.0.0.1:$ROLE_PORT/demo/v1/hello" "Authorization: Bearer $KEY"
 
 # Freshness probe: one call every 500 ms from the probe partner; after each 200, how long until
-# billing's usage and quota state count it. One line per call: usage_ms quota_ms.
+# billing's usage and quota state count it (waiting up to 120 s). One line per call:
+# usage_ms quota_ms unix_time_of_the_response.
 python3 - "$ROLE_PORT" "$BILLING_PORT" "$PROBE" "$PROBE_KEY" "$TOKEN" "$WORK/stop-probe" > "$WORK/freshness.txt" <<'PY' &
 import json, os, sys, time, urllib.request
 gw, billing, partner, key, token, stop = sys.argv[1:7]
@@ -110,13 +115,14 @@ while not os.path.exists(stop):
         continue
     sent += 1
     seen = {}
-    while len(seen) < 2 and time.monotonic() - answered < 30:
+    at = time.time()
+    while len(seen) < 2 and time.monotonic() - answered < 120:
         if "usage" not in seen and usage() >= sent:
             seen["usage"] = time.monotonic() - answered
         if "quota" not in seen and quota() >= sent:
             seen["quota"] = time.monotonic() - answered
         time.sleep(0.02)
-    print(f"{seen.get('usage', 30) * 1000:.0f} {seen.get('quota', 30) * 1000:.0f}", flush=True)
+    print(f"{seen.get('usage', 120) * 1000:.0f} {seen.get('quota', 120) * 1000:.0f} {at:.3f}", flush=True)
     time.sleep(max(0, 0.5 - (time.monotonic() - answered)))
 PY
 PROBE_PID=$!
@@ -188,12 +194,14 @@ segs = [json.load(open(f"{work}/seg-{i}.json")) for i in range(1, n + 1)]
 p99 = [s["latencyPercentiles"]["p99"] * 1000 for s in segs]
 p50 = [s["latencyPercentiles"]["p50"] * 1000 for s in segs]
 rps = [s["summary"]["requestsPerSec"] for s in segs]
-fresh = [tuple(map(int, l.split())) for l in open(f"{work}/freshness.txt") if l.strip()]
+fresh = [tuple(map(int, l.split()[:2])) for l in open(f"{work}/freshness.txt") if l.strip()]
 late = sum(1 for f in fresh if max(f) >= 30000)
 logs = {}
 for role in ["gateway", "aggregator", "billing"]:
-    lines = [l for l in open(f"{work}/{role}.log", errors="replace") if '"ERROR"' in l or " ERROR " in l]
-    logs[role] = (len(lines), [l.strip()[:300] for l in lines[-3:]])
+    text = open(f"{work}/{role}.log", errors="replace").readlines()
+    lines = [l for l in text if '"ERROR"' in l or " ERROR " in l]
+    warns = sum(1 for l in text if '"WARN"' in l or " WARN " in l)
+    logs[role] = (len(lines), warns, [l.strip()[:300] for l in lines[-3:]])
 def pct(v, q):
     v = sorted(v)
     return v[min(len(v) - 1, int(round(q * (len(v) - 1))))] if v else float("nan")
@@ -217,14 +225,14 @@ out += ["",
         f"| duplicated rows | {dups} |",
         f"| freshness: call → usage, p50 / p99 / max (ms, {len(fresh)} probes) | {pct([f[0] for f in fresh], .5)} / {pct([f[0] for f in fresh], .99)} / {max((f[0] for f in fresh), default=0)} |",
         f"| freshness: call → quota state, p50 / p99 / max (ms) | {pct([f[1] for f in fresh], .5)} / {pct([f[1] for f in fresh], .99)} / {max((f[1] for f in fresh), default=0)} |",
-        f"| freshness probes not visible within 30 s | {late} |",
+        f"| freshness probes not visible within 30 s (of at most 120 s) | {late} |",
         "", "p99 per segment (ms): " + ", ".join(f"{v:.1f}" for v in p99), ""]
 for name in ["gateway", "aggregator", "billing", "broker"]:
     out.append(f"RSS of {name} per segment (MiB): " + ", ".join(f"{y:.0f}" for _, y, _ in samples[name]) + "  ")
     out.append(f"open files of {name} per segment: " + ", ".join(str(f) for _, _, f in samples[name]) + "  ")
 out.append("")
-for role, (n_err, last) in logs.items():
-    out.append(f"{role}: {n_err} ERROR lines" + ("; last: " + " | ".join(f"`{l}`" for l in last) if last else ""))
+for role, (n_err, warns, last) in logs.items():
+    out.append(f"{role}: {n_err} ERROR lines, {warns} WARN lines" + ("; last: " + " | ".join(f"`{l}`" for l in last) if last else ""))
 out.append("")
 text = "\n".join(out) + "\n"
 print(text)
