@@ -46,7 +46,7 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   # The logs and the probe's record stay for a look afterwards.
-  rm -rf "$KEEP" && mkdir -p "$KEEP" && cp "$WORK"/*.log "$WORK"/freshness.txt "$WORK"/samples.txt "$KEEP"/ 2>/dev/null || true
+  rm -rf "$KEEP" && mkdir -p "$KEEP" && cp "$WORK"/*.log "$WORK"/freshness.txt "$WORK"/samples.txt "$WORK"/pipeline.txt "$KEEP"/ 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -128,6 +128,22 @@ PY
 PROBE_PID=$!
 PIDS+=($PROBE_PID)
 
+# Where events wait: every 5 s, the gateway's spool (spooled, forwarded to the broker, pending)
+# and the aggregator's inserted count, with the broker's CPU ticks. One line per sample:
+# unix_time spooled forwarded pending inserted broker_ticks.
+metric() { awk -v m="$1" '$1 == m {print $2; found=1} END {if (!found) print 0}'; }
+(
+  while [ ! -e "$WORK/stop-probe" ]; do
+    gw=$(curl -fsS "http://127.0.0.1:$GW_METRICS/metrics" 2>/dev/null || true)
+    agg=$(curl -fsS "http://127.0.0.1:$AGG_METRICS/metrics" 2>/dev/null || true)
+    echo "$(date +%s.%N | cut -c1-14) $(metric peage_events_spooled_total <<<"$gw") \
+$(metric peage_spool_forwarded_events_total <<<"$gw") $(metric peage_spool_pending_events <<<"$gw") \
+$(metric peage_aggregator_inserted_events_total <<<"$agg") $(awk '{print $14 + $15}' "/proc/$KAFKA_PID/stat")"
+    sleep 5
+  done
+) > "$WORK/pipeline.txt" &
+PIDS+=($!)
+
 sample() { # segment -> one line per process: segment name rss_kib fds
   for pair in "gateway:$GW_PID" "aggregator:$AGG_PID" "billing:$BILLING_PID" "broker:$KAFKA_PID"; do
     local name=${pair%%:*} pid=${pair#*:}
@@ -152,8 +168,8 @@ rps, p99 = j["summary"]["requestsPerSec"], j["latencyPercentiles"]["p99"] * 1000
 print(f"   segment {sys.argv[2]}: {rps:.0f} calls/s, p99 {p99:.2f} ms, statuses {j['statusCodeDistribution']}")
 PY
 done
+LAST_CALL=$(date +%s)
 touch "$WORK/stop-probe"
-wait "$PROBE_PID" 2>/dev/null || true
 
 echo "== waiting for metered = answered"
 ANSWERED=$(python3 - "$WORK" "$SEGMENTS" <<'PY'
@@ -166,12 +182,13 @@ metered() {
   curl -fsS "http://127.0.0.1:${PEAGE_CLICKHOUSE_PORT:-8123}/" \
     --data-binary "SELECT count() FROM $NAME.call_events WHERE partner_id = '$PARTNER' AND status BETWEEN 200 AND 299"
 }
-still=0; now=$(metered); t0=$(date +%s)
+still=0; now=$(metered)
 while [ "$now" -lt "$ANSWERED" ] && [ "$still" -lt 20 ]; do
   sleep 3; prev=$now; now=$(metered)
   if [ "$now" = "$prev" ]; then still=$((still + 1)); else still=0; fi
 done
-echo "   metered $now of $ANSWERED answered, $(( $(date +%s) - t0 )) s after the last call"
+echo "   metered $now of $ANSWERED answered, $(( $(date +%s) - LAST_CALL )) s after the last call"
+wait "$PROBE_PID" 2>/dev/null || true
 DUPLICATES=$(curl -fsS "http://127.0.0.1:${PEAGE_CLICKHOUSE_PORT:-8123}/" \
   --data-binary "SELECT count() - uniqExact(id) FROM $NAME.call_events")
 
@@ -196,6 +213,14 @@ p50 = [s["latencyPercentiles"]["p50"] * 1000 for s in segs]
 rps = [s["summary"]["requestsPerSec"] for s in segs]
 fresh = [tuple(map(int, l.split()[:2])) for l in open(f"{work}/freshness.txt") if l.strip()]
 late = sum(1 for f in fresh if max(f) >= 30000)
+pipe = [list(map(float, l.split())) for l in open(f"{work}/pipeline.txt") if len(l.split()) == 6]
+backlog = max((f - i for _, _, f, _, i, _ in pipe), default=0)  # forwarded, not yet inserted
+pending = max((p for _, _, _, p, _, _ in pipe), default=0)       # spooled, not yet forwarded
+def broker_share(a, b):  # the broker's CPU, % of one core, between two samples
+    return (b[5] - a[5]) / os.sysconf("SC_CLK_TCK") / (b[0] - a[0]) * 100 if b[0] > a[0] else 0.0
+third = max(1, len(pipe) // 3)
+broker_first = broker_share(pipe[0], pipe[third]) if len(pipe) > third else 0.0
+broker_last = broker_share(pipe[-third - 1], pipe[-1]) if len(pipe) > third else 0.0
 logs = {}
 for role in ["gateway", "aggregator", "billing"]:
     text = open(f"{work}/{role}.log", errors="replace").readlines()
@@ -226,6 +251,9 @@ out += ["",
         f"| freshness: call → usage, p50 / p99 / max (ms, {len(fresh)} probes) | {pct([f[0] for f in fresh], .5)} / {pct([f[0] for f in fresh], .99)} / {max((f[0] for f in fresh), default=0)} |",
         f"| freshness: call → quota state, p50 / p99 / max (ms) | {pct([f[1] for f in fresh], .5)} / {pct([f[1] for f in fresh], .99)} / {max((f[1] for f in fresh), default=0)} |",
         f"| freshness probes not visible within 30 s (of at most 120 s) | {late} |",
+        f"| most events in the gateway's spool, not yet at the broker (5 s samples) | {pending:.0f} |",
+        f"| most events at the broker, not yet in ClickHouse (5 s samples) | {backlog:.0f} |",
+        f"| broker CPU, % of a core, first third → last third | {broker_first:.0f} → {broker_last:.0f} |",
         "", "p99 per segment (ms): " + ", ".join(f"{v:.1f}" for v in p99), ""]
 for name in ["gateway", "aggregator", "billing", "broker"]:
     out.append(f"RSS of {name} per segment (MiB): " + ", ".join(f"{y:.0f}" for _, y, _ in samples[name]) + "  ")

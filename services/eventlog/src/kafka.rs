@@ -58,6 +58,10 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// `compression.type` of the producer: `none`, `gzip`, `snappy`, `lz4`, `zstd`.
     pub compression: String,
+    /// `linger.ms` of the producer: how long a batch may wait to fill. Fewer, larger batches
+    /// cost the broker less per event (tansu's memory engine lists every stored batch of a
+    /// partition on each fetch); the spool forwarder is off the calls' path, so the wait only
+    /// adds to freshness.
     pub linger_ms: u32,
     /// Extra librdkafka properties (`security.protocol`, `sasl.*`, …), applied last.
     pub properties: BTreeMap<String, String>,
@@ -72,7 +76,7 @@ impl Default for KafkaConfig {
             partitions: 4,
             replication_factor: 1,
             compression: "lz4".into(),
-            linger_ms: 5,
+            linger_ms: 50,
             properties: BTreeMap::new(),
         }
     }
