@@ -52,6 +52,24 @@ async fn clickhouse(db: &str) -> anyhow::Result<ClickHouseUsageStore> {
     Ok(store)
 }
 
+/// Waits (up to 2 minutes) until ClickHouse has no merge running, so that one phase's
+/// background merges do not take the next phase's cores. Answers how long it waited.
+async fn quiet_merges(store: &ClickHouseUsageStore) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(120) {
+        let running: u64 = store
+            .client()
+            .query("SELECT count() FROM system.merges")
+            .fetch_one()
+            .await?;
+        if running == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(t.elapsed())
+}
+
 fn rate(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
@@ -143,6 +161,11 @@ async fn aggregate(
     then_produce: Option<&[CallEvent]>,
 ) -> anyhow::Result<(f64, Arc<ClickHouseUsageStore>, [f64; 3])> {
     let store = Arc::new(clickhouse(db).await?);
+    let waited = quiet_merges(&store).await?;
+    eprintln!(
+        "  (waited {} ms for ClickHouse's merges)",
+        waited.as_millis()
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for _ in 0..members {

@@ -183,8 +183,8 @@ metered() {
     --data-binary "SELECT count() FROM $NAME.call_events WHERE partner_id = '$PARTNER' AND status BETWEEN 200 AND 299"
 }
 still=0; now=$(metered)
-while [ "$now" -lt "$ANSWERED" ] && [ "$still" -lt 20 ]; do
-  sleep 3; prev=$now; now=$(metered)
+while [ "$now" -lt "$ANSWERED" ] && [ "$still" -lt 120 ]; do  # give up after 60 s without progress
+  sleep 0.5; prev=$now; now=$(metered)
   if [ "$now" = "$prev" ]; then still=$((still + 1)); else still=0; fi
 done
 echo "   metered $now of $ANSWERED answered, $(( $(date +%s) - LAST_CALL )) s after the last call"
