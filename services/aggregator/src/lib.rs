@@ -55,6 +55,12 @@ pub struct AggregatorConfig {
     /// holds for that long, and is dropped at once if a rebalance begins
     /// (docs/exactly-once.md, "Rebalances").
     pub insert_timeout: Duration,
+    /// How many inserts one batch is split into, by partition, sent at once (at least 1). Each
+    /// holds whole partitions' records, contiguous from where the store stands, so each is
+    /// all or nothing for its partitions and the position check stays exact; the batch is
+    /// committed once all of them landed. A store that applies an insert on one thread
+    /// (ClickHouse with its materialized views) then uses more than one core.
+    pub parallel_inserts: usize,
 }
 
 impl Default for AggregatorConfig {
@@ -63,8 +69,37 @@ impl Default for AggregatorConfig {
             max_batch: 5_000,
             poll_wait: Duration::from_millis(100),
             insert_timeout: Duration::from_secs(60),
+            parallel_inserts: 1,
         }
     }
+}
+
+/// Splits a batch into at most `ways` inserts by partition, each partition's records in one of
+/// them in their order, the partitions spread so the inserts come out about the same size.
+fn split_by_partition(batch: Vec<LoggedEvent>, ways: usize) -> Vec<Vec<LoggedEvent>> {
+    let ways = ways.max(1);
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    for e in &batch {
+        *counts.entry(e.partition).or_default() += 1;
+    }
+    if ways == 1 || counts.len() < 2 {
+        return vec![batch];
+    }
+    // Largest partitions first, each to the insert with the fewest records so far.
+    let mut by_size: Vec<(u32, usize)> = counts.into_iter().collect();
+    by_size.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut load = vec![0usize; ways.min(by_size.len())];
+    let mut insert_of: HashMap<u32, usize> = HashMap::new();
+    for (partition, n) in by_size {
+        let least = (0..load.len()).min_by_key(|&i| load[i]).unwrap_or(0);
+        load[least] += n;
+        insert_of.insert(partition, least);
+    }
+    let mut inserts: Vec<Vec<LoggedEvent>> = load.iter().map(|&n| Vec::with_capacity(n)).collect();
+    for e in batch {
+        inserts[insert_of[&e.partition]].push(e);
+    }
+    inserts
 }
 
 /// Embedded dead letters: one JSON object per line, fsynced before the position is committed.
@@ -373,16 +408,49 @@ impl Aggregator {
             );
         }
         let batch: Vec<LoggedEvent> = events.into_iter().map(|(_, l)| l).collect();
+        let inserts = if batch.is_empty() {
+            Vec::new()
+        } else {
+            split_by_partition(batch, self.config.parallel_inserts)
+        };
         let (store, stats) = (Arc::clone(&self.store), Arc::clone(&self.stats));
         let (deadline, claim) = (self.config.insert_timeout, lease.clone());
         let insert = tokio::spawn(async move {
-            if batch.is_empty() {
-                return Some(InsertOutcome::default());
+            // One task an insert; the batch landed when every one did. One that ran out of
+            // lease makes the batch abandoned: the others' partitions are then re-read from
+            // the committed offsets and skipped by the position check where they landed.
+            let parts: Vec<_> = inserts
+                .into_iter()
+                .map(|rows| {
+                    let (store, stats, claim, topic) = (
+                        Arc::clone(&store),
+                        Arc::clone(&stats),
+                        claim.clone(),
+                        topic.clone(),
+                    );
+                    tokio::spawn(async move {
+                        retry(&stats, "inserting the batch", &claim, deadline, || {
+                            store.insert_logged(&topic, &rows)
+                        })
+                        .await
+                    })
+                })
+                .collect();
+            let mut total = InsertOutcome::default();
+            let mut landed = true;
+            for part in parts {
+                match part.await {
+                    Ok(Some(o)) => {
+                        total.inserted += o.inserted;
+                        total.duplicates += o.duplicates;
+                    }
+                    Ok(None) => landed = false,
+                    // A panic surfaces from this task as it did before the split.
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(_) => landed = false, // cancelled: the runtime is shutting down
+                }
             }
-            retry(&stats, "inserting the batch", &claim, deadline, || {
-                store.insert_logged(&topic, &batch)
-            })
-            .await
+            landed.then_some(total)
         });
         self.in_flight = Some((insert, records.to_vec(), lease));
         Ok(())
@@ -463,6 +531,60 @@ mod tests {
             to: chrono::Utc::now() + chrono::Duration::hours(1),
         };
         store.meter_usage(&q, &[meter]).await.unwrap()[0].quantity
+    }
+
+    #[test]
+    fn a_batch_splits_by_whole_partitions_in_order_into_inserts_of_about_one_size() {
+        let logged = |partition: u32, offset: u64| LoggedEvent {
+            partition,
+            offset,
+            event: event(offset),
+        };
+        // Partition 0: 6 records, 1: 3, 2: 2, 3: 1, interleaved as a poll returns them.
+        let mut batch = Vec::new();
+        for o in 0..6u64 {
+            batch.push(logged(0, o));
+            if o < 3 {
+                batch.push(logged(1, 100 + o));
+            }
+            if o < 2 {
+                batch.push(logged(2, 200 + o));
+            }
+            if o < 1 {
+                batch.push(logged(3, 300 + o));
+            }
+        }
+        let inserts = split_by_partition(batch.clone(), 2);
+        assert_eq!(inserts.len(), 2);
+        let sizes: Vec<usize> = inserts.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![6, 6], "6 | 3 + 2 + 1");
+        let mut seen = HashSet::new();
+        for insert in &inserts {
+            let parts: HashSet<u32> = insert.iter().map(|e| e.partition).collect();
+            for p in parts {
+                assert!(seen.insert(p), "partition {p} is in one insert only");
+                let offsets: Vec<u64> = insert
+                    .iter()
+                    .filter(|e| e.partition == p)
+                    .map(|e| e.offset)
+                    .collect();
+                let all: Vec<u64> = batch
+                    .iter()
+                    .filter(|e| e.partition == p)
+                    .map(|e| e.offset)
+                    .collect();
+                assert_eq!(offsets, all, "partition {p}: every record, in order");
+            }
+        }
+        assert_eq!(seen.len(), 4);
+        assert_eq!(split_by_partition(batch.clone(), 1).len(), 1);
+        assert_eq!(
+            split_by_partition(batch.clone(), 9).len(),
+            4,
+            "no more inserts than partitions"
+        );
+        let one: Vec<_> = batch.into_iter().filter(|e| e.partition == 2).collect();
+        assert_eq!(split_by_partition(one, 4).len(), 1);
     }
 
     #[tokio::test]

@@ -453,6 +453,9 @@ pub struct AggregatorSection {
     pub max_wait_ms: u64,
     /// The deadline of one ClickHouse insert attempt (docs/exactly-once.md, "Rebalances").
     pub insert_timeout_ms: u64,
+    /// Inserts a batch is split into by partition, sent at once (ClickHouse applies one insert
+    /// and its views on one thread).
+    pub parallel_inserts: usize,
 }
 
 impl Default for AggregatorSection {
@@ -460,9 +463,10 @@ impl Default for AggregatorSection {
         AggregatorSection {
             group: "peage-aggregator".into(),
             instance_id: None,
-            max_batch: 20_000,
+            max_batch: 100_000,
             max_wait_ms: 500,
             insert_timeout_ms: 60_000,
+            parallel_inserts: 2,
         }
     }
 }

@@ -182,6 +182,12 @@ pub async fn aggregator(
             config.aggregator.insert_timeout_ms
         );
     }
+    if !(1..=16).contains(&config.aggregator.parallel_inserts) {
+        anyhow::bail!(
+            "aggregator.parallel_inserts must be between 1 and 16, not {}",
+            config.aggregator.parallel_inserts
+        );
+    }
     let store = Arc::new(clickhouse(config).await?);
     ensure_topics(&config.kafka)
         .await
@@ -201,6 +207,7 @@ pub async fn aggregator(
             max_batch: config.aggregator.max_batch,
             poll_wait: Duration::from_millis(config.aggregator.max_wait_ms),
             insert_timeout: Duration::from_millis(config.aggregator.insert_timeout_ms),
+            parallel_inserts: config.aggregator.parallel_inserts,
         },
     );
     let stats = agg.stats();
