@@ -75,14 +75,18 @@ impl Default for AggregatorConfig {
 }
 
 /// Splits a batch into at most `ways` inserts by partition, each partition's records in one of
-/// them in their order, the partitions spread so the inserts come out about the same size.
+/// them in their order, the partitions spread so the inserts come out about the same size. An
+/// empty batch is no insert at all.
 fn split_by_partition(batch: Vec<LoggedEvent>, ways: usize) -> Vec<Vec<LoggedEvent>> {
     let ways = ways.max(1);
     let mut counts: HashMap<u32, usize> = HashMap::new();
     for e in &batch {
         *counts.entry(e.partition).or_default() += 1;
     }
-    if ways == 1 || counts.len() < 2 {
+    if counts.is_empty() {
+        return Vec::new();
+    }
+    if ways == 1 || counts.len() == 1 {
         return vec![batch];
     }
     // Largest partitions first, each to the insert with the fewest records so far.
@@ -408,11 +412,7 @@ impl Aggregator {
             );
         }
         let batch: Vec<LoggedEvent> = events.into_iter().map(|(_, l)| l).collect();
-        let inserts = if batch.is_empty() {
-            Vec::new()
-        } else {
-            split_by_partition(batch, self.config.parallel_inserts)
-        };
+        let inserts = split_by_partition(batch, self.config.parallel_inserts);
         let (store, stats) = (Arc::clone(&self.store), Arc::clone(&self.stats));
         let (deadline, claim) = (self.config.insert_timeout, lease.clone());
         let insert = tokio::spawn(async move {
@@ -585,6 +585,10 @@ mod tests {
         );
         let one: Vec<_> = batch.into_iter().filter(|e| e.partition == 2).collect();
         assert_eq!(split_by_partition(one, 4).len(), 1);
+        assert!(
+            split_by_partition(Vec::new(), 2).is_empty(),
+            "an empty batch is no insert"
+        );
     }
 
     #[tokio::test]
