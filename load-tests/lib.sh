@@ -101,3 +101,6 @@ max_wait_ms = 200
 key = "$("$PEAGE" secrets new-key)"
 CONF
 }
+
+# utime+stime in clock ticks of these processes (all their threads).
+cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }

@@ -59,8 +59,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# utime+stime in clock ticks of these processes (all their threads).
-cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 
 echo "== upstream: peage demo-upstream on :$UP_PORT"
 PEAGE_LOG=warn "$PEAGE" demo-upstream --listen "127.0.0.1:$UP_PORT" &

@@ -91,20 +91,22 @@ fn cpu_of(pid: &str) -> Duration {
     Duration::from_millis(ticks * 1000 / clock_ticks())
 }
 
-/// The aggregator's batch size (`PEAGE_BENCH_MAX_BATCH`, default 100,000 as `peage aggregator`).
-fn max_batch() -> usize {
-    std::env::var("PEAGE_BENCH_MAX_BATCH")
+/// A number the run is given in the environment, or `default`.
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000)
+        .unwrap_or(default)
+}
+
+/// The aggregator's batch size (`PEAGE_BENCH_MAX_BATCH`, default 100,000 as `peage aggregator`).
+fn max_batch() -> usize {
+    setting("PEAGE_BENCH_MAX_BATCH", 100_000)
 }
 
 /// Inserts a batch is split into (`PEAGE_BENCH_PARALLEL_INSERTS`, default as `peage aggregator`).
 fn parallel_inserts() -> usize {
-    std::env::var("PEAGE_BENCH_PARALLEL_INSERTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2)
+    setting("PEAGE_BENCH_PARALLEL_INSERTS", 2)
 }
 
 fn cores_f() -> f64 {

@@ -138,7 +138,7 @@ metric() { awk -v m="$1" '$1 == m {print $2; found=1} END {if (!found) print 0}'
     agg=$(curl -fsS "http://127.0.0.1:$AGG_METRICS/metrics" 2>/dev/null || true)
     echo "$(date +%s.%N | cut -c1-14) $(metric peage_events_spooled_total <<<"$gw") \
 $(metric peage_spool_forwarded_events_total <<<"$gw") $(metric peage_spool_pending_events <<<"$gw") \
-$(metric peage_aggregator_inserted_events_total <<<"$agg") $(awk '{print $14 + $15}' "/proc/$KAFKA_PID/stat")"
+$(metric peage_aggregator_inserted_events_total <<<"$agg") $(cpu_ticks "$KAFKA_PID")"
     sleep 5
   done
 ) > "$WORK/pipeline.txt" &
