@@ -3,7 +3,9 @@
 # fresh `peage up --demo` and runs every operation of schemas/openapi/control-api.yaml with
 # generated valid and invalid input (admin token) twice, once with generated ids and once with
 # real ones (so requests get past the lookups), failing on any server error (5xx) or a response
-# the server could not complete. Run by deploy/dev/test-all.sh (and so by CI).
+# the server could not complete. A request that fails at the network level (a kept-alive
+# connection closed as it was reused) is retried twice, as HTTP clients do; a server error is
+# never retried. Run by deploy/dev/test-all.sh (and so by CI).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
@@ -32,6 +34,7 @@ auth="Authorization: Bearer $token"
 run() { # label, extra arguments…
     local label=$1; shift
     echo "schemathesis ($label): fuzzing $url from schemas/openapi/control-api.yaml"
+    local out="target/schemathesis/$label.log" status=0
     "$SCHEMATHESIS" "$@" run schemas/openapi/control-api.yaml \
         --url "$url" \
         --header "$auth" \
@@ -40,7 +43,18 @@ run() { # label, extra arguments…
         --seed "${SCHEMATHESIS_SEED:-20261128}" \
         --workers 2 \
         --request-timeout 20 \
-        --report junit --report-junit-path "target/schemathesis/$label.xml"
+        --request-retries 2 \
+        --report junit --report-junit-path "target/schemathesis/$label.xml" 2>&1 | tee "$out" ||
+        status=$?
+    if [ "$status" -ne 0 ]; then
+        # CI shows the end of a long log: repeat what went wrong there, and the server's last
+        # words, so a failure can be understood from the log alone.
+        echo "schemathesis ($label) failed ($status); its findings again:"
+        sed -n '/^=* ERRORS =*$/,/^=* SUMMARY =*$/p; /^=* FAILURES =*$/,/^=* SUMMARY =*$/p' "$out" | head -150
+        echo "--- last lines of the server's log:"
+        tail -n 30 "$data/peage.log"
+        return "$status"
+    fi
 }
 
 # The revocation feed is a long poll (up to 15 s a request): fuzz it with short waits so the
