@@ -523,6 +523,7 @@ mod tests {
             filter: Default::default(),
             group_by: vec![],
             refusals: Default::default(),
+            events: None,
         };
         let q = UsageQuery {
             partner_id: "prt_4f1c2a9e0b7d3c5e8a61".into(),

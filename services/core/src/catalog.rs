@@ -324,6 +324,8 @@ struct RawMeter {
     #[serde(default)]
     group_by: Vec<Spanned<String>>,
     refusals: Option<Spanned<String>>,
+    event_type: Option<Spanned<String>>,
+    value: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -830,6 +832,23 @@ fn validate_meters(src: &mut Source, raw: &[RawMeter]) -> Vec<Meter> {
             );
             continue;
         };
+        if let Some(t) = m
+            .event_type
+            .as_ref()
+            .filter(|t| t.get_ref() != crate::usage_event::CALL_EVENT_TYPE)
+        {
+            if let Some(meter) = event_meter(src, &path, m, aggregation, t) {
+                meters.push(meter);
+            }
+            continue;
+        }
+        if let Some(v) = &m.value {
+            src.issue(
+                v.span(),
+                format!("{path}.value"),
+                "value reads the data of usage events; a meter of call events reads `field`",
+            );
+        }
         let field = match (&m.field, aggregation) {
             (None, Aggregation::Count) => MeterField::Calls,
             (None, _) => {
@@ -910,9 +929,112 @@ fn validate_meters(src: &mut Source, raw: &[RawMeter]) -> Vec<Meter> {
             filter,
             group_by,
             refusals,
+            events: None,
         });
     }
     meters
+}
+
+/// A meter over usage events of type `t` (`[[meter]]` with `event_type`): `value`, `filter` and
+/// `group_by` name data properties; the call-only settings are refused.
+fn event_meter(
+    src: &mut Source,
+    path: &str,
+    m: &RawMeter,
+    aggregation: Aggregation,
+    t: &Spanned<String>,
+) -> Option<Meter> {
+    let mut ok = true;
+    for (key, given) in [
+        ("field", m.field.as_ref().map(Spanned::span)),
+        ("refusals", m.refusals.as_ref().map(Spanned::span)),
+    ] {
+        if let Some(span) = given {
+            src.issue(
+                span,
+                format!("{path}.{key}"),
+                format!(
+                    "{key} is for meters of call events; a meter of {:?} events reads `value`",
+                    t.get_ref()
+                ),
+            );
+            ok = false;
+        }
+    }
+    let bad_path = |p: &str| p.is_empty() || p.split('.').any(str::is_empty);
+    let value = match (&m.value, aggregation) {
+        (None, Aggregation::Count) => None,
+        (None, _) => {
+            src.issue(
+                m.aggregation.span(),
+                format!("{path}.value"),
+                "this aggregation needs a value: the data property it reads, e.g. \"tokens\" or \"usage.input_tokens\"",
+            );
+            return None;
+        }
+        (Some(v), _) if bad_path(v.get_ref()) => {
+            src.issue(
+                v.span(),
+                format!("{path}.value"),
+                format!(
+                    "{:?} is not a property path (names joined by dots)",
+                    v.get_ref()
+                ),
+            );
+            return None;
+        }
+        (Some(v), _) => Some(v.get_ref().clone()),
+    };
+    if t.get_ref().is_empty() {
+        src.issue(t.span(), format!("{path}.event_type"), "must not be empty");
+        ok = false;
+    }
+    let mut filter = BTreeMap::new();
+    for (prop, values) in &m.filter {
+        if bad_path(prop) {
+            src.issue(
+                values.span(),
+                format!("{path}.filter.{prop}"),
+                "not a property path (names joined by dots)",
+            );
+            ok = false;
+        }
+        filter.insert(prop.clone(), values.get_ref().iter().cloned().collect());
+    }
+    let mut group_by = Vec::new();
+    for g in &m.group_by {
+        if bad_path(g.get_ref()) {
+            src.issue(
+                g.span(),
+                format!("{path}.group_by"),
+                format!(
+                    "{:?} is not a property path (names joined by dots)",
+                    g.get_ref()
+                ),
+            );
+            ok = false;
+        }
+        group_by.push(g.get_ref().clone());
+    }
+    let scale = m
+        .scale
+        .as_ref()
+        .and_then(|s| src.decimal(s, &format!("{path}.scale")));
+    ok.then(|| Meter {
+        name: m.name.get_ref().clone(),
+        aggregation,
+        field: MeterField::Calls,
+        scale,
+        filter: BTreeMap::new(),
+        group_by: Vec::new(),
+        refusals: crate::meter::Refusals::Exclude,
+        events: Some(crate::meter::EventSelector {
+            event_type: t.get_ref().clone(),
+            value,
+            filter,
+            group_by,
+        }),
+    })
 }
 
 fn validate_plans(src: &mut Source, raw: &[RawPlan], meters: &[Meter]) -> Vec<Plan> {
@@ -992,6 +1114,14 @@ fn validate_plans(src: &mut Source, raw: &[RawPlan], meters: &[Meter]) -> Vec<Pl
                     q.meter.span(),
                     format!("{qpath}.meter"),
                     format!("no meter named {:?}", q.meter.get_ref()),
+                ),
+                Some(m) if m.events.is_some() => src.issue(
+                    q.meter.span(),
+                    format!("{qpath}.meter"),
+                    format!(
+                        "meter {:?} reads usage events, so it cannot carry a quota: gateways enforce quotas on calls",
+                        m.name
+                    ),
                 ),
                 // A gateway spends a quota call by call, so it must be additive.
                 Some(m) if !m.quotable() => src.issue(
@@ -1340,6 +1470,72 @@ rate_limit = { per_second = 50, burst = 100 }
         let err = parse(text).unwrap_err();
         assert_eq!(err.issues.len(), 1, "{err}");
         err.issues[0].clone()
+    }
+
+    const TOKENS: &str = r#"
+[[meter]]
+name = "llm_tokens"
+event_type = "com.example.llm.completion"
+aggregation = "sum"
+value = "usage.tokens"
+filter = { region = ["eu", "us"] }
+group_by = ["model"]
+"#;
+
+    #[test]
+    fn meters_over_usage_events_read_data_properties() {
+        let c = parse(&format!("{GOOD}{TOKENS}")).unwrap();
+        let m = c.meter("llm_tokens").unwrap();
+        let sel = m.events.as_ref().unwrap();
+        assert_eq!(sel.event_type, "com.example.llm.completion");
+        assert_eq!(sel.value.as_deref(), Some("usage.tokens"));
+        assert_eq!(sel.group_by, ["model"]);
+        assert!(sel.filter["region"].contains("eu"));
+        assert!(!m.quotable() && !m.rollup_compatible());
+        // The call type names the meters of call events, as leaving it out does.
+        let calls = GOOD.replace(
+            "name = \"calls\"\naggregation",
+            "name = \"calls\"\nevent_type = \"peage.call.v1\"\naggregation",
+        );
+        assert!(parse(&calls)
+            .unwrap()
+            .meter("calls")
+            .unwrap()
+            .events
+            .is_none());
+    }
+
+    #[test]
+    fn meters_over_usage_events_refuse_call_settings_a_missing_value_and_quotas() {
+        let i = only_issue(&format!(
+            "{GOOD}{}",
+            TOKENS.replace(
+                "value = \"usage.tokens\"",
+                "value = \"usage.tokens\"\nfield = \"units\""
+            )
+        ));
+        assert_eq!(i.field, "meter[llm_tokens].field");
+        let i = only_issue(&format!(
+            "{GOOD}{}",
+            TOKENS.replace("value = \"usage.tokens\"\n", "")
+        ));
+        assert_eq!(i.field, "meter[llm_tokens].value");
+        let i = only_issue(&format!(
+            "{GOOD}{}",
+            TOKENS.replace("usage.tokens", "usage..tokens")
+        ));
+        assert_eq!(i.field, "meter[llm_tokens].value");
+        let quota = format!("{GOOD}{TOKENS}").replace(
+            "quotas = [{ meter = \"calls\"",
+            "quotas = [{ meter = \"llm_tokens\"",
+        );
+        let i = only_issue(&quota);
+        assert!(i.message.contains("reads usage events"), "{}", i.message);
+        let i = only_issue(&GOOD.replace(
+            "filter = { status_class",
+            "value = \"tokens\"\nfilter = { status_class",
+        ));
+        assert_eq!(i.field, "meter[calls].value");
     }
 
     #[test]

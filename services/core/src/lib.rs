@@ -16,6 +16,7 @@ pub mod problem;
 pub mod quota;
 pub mod series;
 pub mod throttle;
+pub mod usage_event;
 
 pub use catalog::{Catalog, CatalogError};
 pub use event::{CallEvent, Env};
@@ -24,3 +25,4 @@ pub use invoice::{Invoice, InvoiceLine, InvoiceRecord, InvoiceStatus, LineKind};
 pub use meter::{Aggregation, Meter, MeterField, MeterUsage};
 pub use money::Currency;
 pub use period::{BillingPeriod, PeriodLabel};
+pub use usage_event::{UsageEvent, CALL_EVENT_TYPE};

@@ -8,6 +8,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::event::CallEvent;
+use crate::usage_event::{Properties, UsageEvent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -126,11 +127,40 @@ pub struct Meter {
     pub group_by: Vec<Dimension>,
     #[serde(default)]
     pub refusals: Refusals,
+    /// Set on meters over usage events (`POST /v1/events`): which events they read and how.
+    /// Call meters leave it out; `field`, `filter`, `group_by` and `refusals` are theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<EventSelector>,
+}
+
+/// What a meter over usage events reads: events of one `type`, the number at `value` in their
+/// data (count needs none), filtered and grouped by data properties (dotted paths).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventSelector {
+    pub event_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Every listed property's text must be one of its values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub filter: BTreeMap<String, BTreeSet<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_by: Vec<String>,
+}
+
+impl EventSelector {
+    pub fn matches(&self, e: &UsageEvent, p: &Properties) -> bool {
+        e.event_type == self.event_type
+            && self
+                .filter
+                .iter()
+                .all(|(path, allowed)| p.text(path).is_some_and(|v| allowed.contains(v)))
+    }
 }
 
 impl Meter {
     pub fn matches(&self, e: &CallEvent) -> bool {
-        self.admits_refusal_of(e)
+        self.events.is_none()
+            && self.admits_refusal_of(e)
             && self
                 .filter
                 .iter()
@@ -150,7 +180,8 @@ impl Meter {
     /// fields, filtered and grouped by rolled-up dimensions only.
     pub fn rollup_compatible(&self) -> bool {
         // Rollups hold served calls only ([`RollupRow::holds`]).
-        self.refusals == Refusals::Exclude
+        self.events.is_none()
+            && self.refusals == Refusals::Exclude
             && matches!(self.aggregation, Aggregation::Count | Aggregation::Sum)
             && self.field.is_numeric()
             && self
@@ -163,7 +194,9 @@ impl Meter {
     /// Whether a quota can be set on this meter: it must grow call by call (count, or sum of a
     /// numeric field), so gateways can spend it locally from leases.
     pub fn quotable(&self) -> bool {
-        matches!(self.aggregation, Aggregation::Count | Aggregation::Sum) && self.field.is_numeric()
+        self.events.is_none()
+            && matches!(self.aggregation, Aggregation::Count | Aggregation::Sum)
+            && self.field.is_numeric()
     }
 
     /// What one call adds to this meter, or zero when the call does not match its filter.
@@ -185,7 +218,8 @@ impl Meter {
 
     /// Whether a call can count towards this meter once its status is known.
     pub fn may_match(&self, e: &CallEvent) -> bool {
-        self.admits_refusal_of(e)
+        self.events.is_none()
+            && self.admits_refusal_of(e)
             && self.filter.iter().all(|(dim, allowed)| {
                 *dim == Dimension::StatusClass || allowed.contains(dim.value(e))
             })
@@ -219,6 +253,43 @@ struct Acc {
 }
 
 impl Acc {
+    /// One usage event: count it, or read the number (for `unique_count`, the text) at
+    /// `value`; an event without one counts for nothing but `count`.
+    fn add_event(
+        &mut self,
+        aggregation: Aggregation,
+        value: Option<&str>,
+        e: &UsageEvent,
+        p: &Properties,
+    ) {
+        let number = || value.and_then(|v| p.number(v));
+        match aggregation {
+            Aggregation::Count => self.count += 1,
+            Aggregation::Sum => {
+                if let Some(v) = number() {
+                    self.sum = self.sum.saturating_add(v);
+                }
+            }
+            Aggregation::Max => {
+                if let Some(v) = number() {
+                    self.max = Some(self.max.map_or(v, |m| m.max(v)));
+                }
+            }
+            Aggregation::UniqueCount => {
+                if let Some(t) = value.and_then(|v| p.text(v)) {
+                    self.unique.insert(t.to_string());
+                }
+            }
+            Aggregation::Latest => {
+                if let Some(v) = number() {
+                    if self.latest.is_none_or(|(t, lv)| (e.time, v) > (t, lv)) {
+                        self.latest = Some((e.time, v));
+                    }
+                }
+            }
+        }
+    }
+
     fn add(&mut self, meter: &Meter, e: &CallEvent) {
         match meter.aggregation {
             Aggregation::Count => self.count += 1,
@@ -474,6 +545,80 @@ pub fn evaluate<'a>(
     accs.into_iter().map(MeterAccumulator::finish).collect()
 }
 
+/// Evaluates every meter over usage events: meters over events of their type, call meters
+/// zero. Events whose data gives no properties count with none (a store checked them when they
+/// came in).
+pub fn evaluate_usage_events<'a>(
+    meters: &[Meter],
+    events: impl IntoIterator<Item = &'a UsageEvent>,
+) -> Vec<MeterUsage> {
+    let mut accs: Vec<(Acc, BTreeMap<Vec<String>, Acc>)> =
+        meters.iter().map(|_| Default::default()).collect();
+    for e in events {
+        if !meters.iter().any(|m| {
+            m.events
+                .as_ref()
+                .is_some_and(|s| s.event_type == e.event_type)
+        }) {
+            continue;
+        }
+        let props = e.properties().unwrap_or_default();
+        for (m, (total, groups)) in meters.iter().zip(&mut accs) {
+            let Some(sel) = &m.events else { continue };
+            if !sel.matches(e, &props) {
+                continue;
+            }
+            let value = sel.value.as_deref();
+            total.add_event(m.aggregation, value, e, &props);
+            if !sel.group_by.is_empty() {
+                let key = sel
+                    .group_by
+                    .iter()
+                    .map(|p| props.text(p).unwrap_or_default().to_string())
+                    .collect();
+                groups
+                    .entry(key)
+                    .or_default()
+                    .add_event(m.aggregation, value, e, &props);
+            }
+        }
+    }
+    meters
+        .iter()
+        .zip(accs)
+        .map(|(m, (total, groups))| MeterUsage {
+            meter: m.name.clone(),
+            quantity: total.value(m),
+            groups: groups
+                .iter()
+                .map(|(key, acc)| MeterGroup {
+                    dimensions: m
+                        .events
+                        .iter()
+                        .flat_map(|s| s.group_by.iter().cloned())
+                        .zip(key.iter().cloned())
+                        .collect(),
+                    quantity: acc.value(m),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Every meter's usage from the two kinds of events: meters over usage events from `events`,
+/// the others from `calls` (each one result per meter, in order).
+pub fn merge_event_meters(
+    meters: &[Meter],
+    calls: Vec<MeterUsage>,
+    events: Vec<MeterUsage>,
+) -> Vec<MeterUsage> {
+    meters
+        .iter()
+        .zip(calls.into_iter().zip(events))
+        .map(|(m, (c, e))| if m.events.is_some() { e } else { c })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,6 +634,7 @@ mod tests {
             filter: BTreeMap::new(),
             group_by: vec![],
             refusals: Default::default(),
+            events: None,
         }
     }
 
@@ -680,5 +826,107 @@ mod tests {
         assert!(!by_key.rollup_compatible());
         assert!(!meter(Aggregation::Max, MeterField::Units).rollup_compatible());
         assert_eq!(evaluate_rollups(&by_key, &rows), None);
+    }
+
+    #[test]
+    fn meters_over_usage_events_sum_exact_data_grouped_by_a_property() {
+        use crate::usage_event::{parse_cloud_event, TimeWindow};
+        let now = Utc::now();
+        let ev = |id: &str, ty: &str, data: &str| {
+            let raw = serde_json::value::RawValue::from_string(format!(
+                r#"{{"specversion":"1.0","id":"{id}","source":"/s","type":"{ty}","subject":"p","data":{data}}}"#
+            ))
+            .unwrap();
+            parse_cloud_event(&raw)
+                .unwrap()
+                .into_usage_event("p", now, &TimeWindow::default())
+                .unwrap()
+        };
+        let events = [
+            ev("1", "tok", r#"{"tokens":0.1,"model":"a"}"#),
+            ev("2", "tok", r#"{"tokens":0.2,"model":"b"}"#),
+            ev("3", "tok", r#"{"tokens":5,"model":"a","region":"us"}"#),
+            ev("4", "tok", r#"{"model":"a"}"#),
+            ev("5", "other", r#"{"tokens":100}"#),
+        ];
+        let sel = |value: Option<&str>, filter: &[(&str, &str)], group: &[&str]| EventSelector {
+            event_type: "tok".into(),
+            value: value.map(str::to_string),
+            filter: filter
+                .iter()
+                .map(|(k, v)| (k.to_string(), [v.to_string()].into()))
+                .collect(),
+            group_by: group.iter().map(|g| g.to_string()).collect(),
+        };
+        let m = |name: &str, aggregation, events| {
+            Meter {
+                events: Some(events),
+                ..meter(aggregation, MeterField::Calls)
+            }
+            .tap_name(name)
+        };
+        let meters = vec![
+            m(
+                "sum",
+                Aggregation::Sum,
+                sel(Some("tokens"), &[], &["model"]),
+            ),
+            m("count", Aggregation::Count, sel(None, &[], &[])),
+            m("max", Aggregation::Max, sel(Some("tokens"), &[], &[])),
+            m(
+                "models",
+                Aggregation::UniqueCount,
+                sel(Some("model"), &[], &[]),
+            ),
+            m(
+                "us",
+                Aggregation::Sum,
+                sel(Some("tokens"), &[("region", "us")], &[]),
+            ),
+            meter(Aggregation::Count, MeterField::Calls),
+        ];
+        let u = evaluate_usage_events(&meters, &events);
+        let q = |i: usize| u[i].quantity.to_string();
+        assert_eq!(
+            (q(0), q(1), q(2), q(3), q(4), q(5)),
+            (
+                "5.3".into(),
+                "4".into(),
+                "5".into(),
+                "2".into(),
+                "5".into(),
+                "0".into()
+            )
+        );
+        let groups: Vec<(String, String)> = u[0]
+            .groups
+            .iter()
+            .map(|g| (g.dimensions["model"].clone(), g.quantity.to_string()))
+            .collect();
+        assert_eq!(
+            groups,
+            [("a".into(), "5.1".into()), ("b".into(), "0.2".into())]
+        );
+        // 0.1 + 0.2 is exactly 0.3.
+        assert_eq!(
+            evaluate_usage_events(&meters, &events[..2])[0]
+                .quantity
+                .to_string(),
+            "0.3"
+        );
+        // Call events never count towards a meter of usage events.
+        let call = sample_event();
+        assert!(!meters[0].matches(&call));
+    }
+
+    trait TapName {
+        fn tap_name(self, name: &str) -> Self;
+    }
+
+    impl TapName for Meter {
+        fn tap_name(mut self, name: &str) -> Self {
+            self.name = name.to_string();
+            self
+        }
     }
 }

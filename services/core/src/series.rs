@@ -264,6 +264,7 @@ mod tests {
             filter: Default::default(),
             group_by: vec![],
             refusals: Default::default(),
+            events: None,
         };
         vec![
             m("calls", Aggregation::Count, MeterField::Calls),

@@ -509,6 +509,7 @@ mod tests {
             filter: Default::default(),
             group_by: vec![],
             refusals: Default::default(),
+            events: None,
         };
         vec![
             m("calls", Aggregation::Count, MeterField::Calls),
@@ -744,6 +745,7 @@ mod tests {
                 vec![]
             },
             refusals: Default::default(),
+            events: None,
         };
         let meters = vec![
             m("calls", Aggregation::Count, MeterField::Calls, false),

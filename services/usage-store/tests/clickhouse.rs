@@ -104,6 +104,7 @@ fn meters() -> Vec<Meter> {
         filter: Default::default(),
         group_by,
         refusals: Default::default(),
+        events: None,
     };
     let mut ok_calls = m(
         "ok_calls",

@@ -1,0 +1,617 @@
+//! Usage events from the company's own services (tokens, storage, seats…): CloudEvents 1.0
+//! JSON through `POST /v1/events`, checked here one by one, and `UsageEvent` v1, the form the
+//! event log and the usage stores carry (`schemas/events/usage_event.v1.json`).
+//!
+//! Meters read an event's `data` as flat properties: nested objects give dotted paths
+//! (`usage.input_tokens`), numbers are exact decimals read from the JSON text (never through a
+//! float, so `0.1` plus `0.2` is `0.3`), strings and booleans are text. See docs/events.md.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::event::{truncate_to_micros, MAX_UNITS, UNITS_SCALE};
+
+/// The CloudEvents `type` of the gateway's call events: meters without an `event_type` read
+/// them, and no other source may send events of this type.
+pub const CALL_EVENT_TYPE: &str = "peage.call.v1";
+
+/// The most characters of `id`, `type` and `subject`.
+const MAX_NAME: usize = 256;
+/// The most characters of `source` (a URI reference).
+const MAX_SOURCE: usize = 1024;
+/// The most properties one event's data may give meters, and how deep they may nest.
+pub const MAX_PROPERTIES: usize = 256;
+const MAX_DEPTH: usize = 8;
+
+/// When an event may have happened, relative to when it is received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWindow {
+    /// How far back a backfill may go (default 35 days).
+    pub backfill: TimeDelta,
+    /// How far ahead of the receiver's clock an event may be (5 minutes: clock skew).
+    pub ahead: TimeDelta,
+}
+
+impl Default for TimeWindow {
+    fn default() -> Self {
+        TimeWindow {
+            backfill: TimeDelta::days(35),
+            ahead: TimeDelta::minutes(5),
+        }
+    }
+}
+
+impl TimeWindow {
+    /// Why `time` is outside the window around `now`, if it is.
+    pub fn refuse(&self, time: DateTime<Utc>, now: DateTime<Utc>) -> Option<String> {
+        if time < now - self.backfill {
+            Some(format!(
+                "time {} is older than the backfill window of {} days",
+                time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                self.backfill.num_days()
+            ))
+        } else if time > now + self.ahead {
+            Some(format!(
+                "time {} is more than {} minutes ahead of the server's clock",
+                time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                self.ahead.num_minutes()
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// A CloudEvent that passed the format checks, before its subject is resolved to a partner.
+#[derive(Debug, Clone)]
+pub struct CloudEvent {
+    pub id: String,
+    pub source: String,
+    pub event_type: String,
+    pub subject: String,
+    pub time: Option<DateTime<Utc>>,
+    /// The event's JSON as it was sent.
+    pub raw: Box<RawValue>,
+}
+
+/// The context attributes this module reads; `data`, `data_base64` and extensions stay in the
+/// raw text.
+#[derive(Deserialize)]
+#[serde(bound(deserialize = "'de: 'a"))]
+struct Attributes<'a> {
+    #[serde(borrow)]
+    specversion: Option<&'a RawValue>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    source: Option<&'a RawValue>,
+    #[serde(rename = "type", borrow)]
+    event_type: Option<&'a RawValue>,
+    #[serde(borrow)]
+    subject: Option<&'a RawValue>,
+    #[serde(borrow)]
+    time: Option<&'a RawValue>,
+    #[serde(borrow)]
+    datacontenttype: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data_base64: Option<&'a RawValue>,
+}
+
+fn string_attr(name: &str, v: Option<&RawValue>, max: usize) -> Result<Option<String>, String> {
+    let Some(v) = v else { return Ok(None) };
+    if v.get() == "null" {
+        return Ok(None);
+    }
+    let s: String =
+        serde_json::from_str(v.get()).map_err(|_| format!("{name} must be a string"))?;
+    if s.is_empty() {
+        return Err(format!("{name} must not be empty"));
+    }
+    if s.chars().count() > max {
+        return Err(format!("{name} is longer than {max} characters"));
+    }
+    Ok(Some(s))
+}
+
+fn required(name: &str, v: Option<&RawValue>, max: usize) -> Result<String, String> {
+    string_attr(name, v, max)?.ok_or_else(|| format!("{name} is required"))
+}
+
+/// Checks one CloudEvent in the JSON format (CloudEvents 1.0): `specversion` "1.0"; `id`,
+/// `source`, `type` and `subject` non-empty strings; `time` RFC 3339 if present; `data` any JSON
+/// value and `data_base64` a string, not both; extension attributes are kept as sent. The
+/// reason names the attribute at fault.
+pub fn parse_cloud_event(raw: &RawValue) -> Result<CloudEvent, String> {
+    if !raw.get().trim_start().starts_with('{') {
+        return Err("an event must be a JSON object".into());
+    }
+    let a: Attributes<'_> =
+        serde_json::from_str(raw.get()).map_err(|e| format!("not a CloudEvent in JSON: {e}"))?;
+    match string_attr("specversion", a.specversion, 16)?.as_deref() {
+        Some("1.0") => {}
+        Some(other) => {
+            return Err(format!(
+                "specversion {other:?} is not supported, only \"1.0\""
+            ))
+        }
+        None => return Err("specversion is required".into()),
+    }
+    let id = required("id", a.id, MAX_NAME)?;
+    let source = required("source", a.source, MAX_SOURCE)?;
+    let event_type = required("type", a.event_type, MAX_NAME)?;
+    if event_type == CALL_EVENT_TYPE {
+        return Err(format!(
+            "type {CALL_EVENT_TYPE} is reserved for the gateway's call events"
+        ));
+    }
+    let subject = string_attr("subject", a.subject, MAX_NAME)?
+        .ok_or_else(|| "subject is required: the partner's id or external_id".to_string())?;
+    let time = match string_attr("time", a.time, 64)? {
+        None => None,
+        Some(t) => Some(
+            DateTime::parse_from_rfc3339(&t)
+                .map(|t| truncate_to_micros(t.with_timezone(&Utc)))
+                .map_err(|e| format!("time {t:?} is not RFC 3339: {e}"))?,
+        ),
+    };
+    string_attr("datacontenttype", a.datacontenttype, MAX_NAME)?;
+    let has_data = a.data.is_some_and(|d| d.get() != "null");
+    if has_data && a.data_base64.is_some() {
+        return Err("data and data_base64 are exclusive".into());
+    }
+    string_attr("data_base64", a.data_base64, usize::MAX)?;
+    let raw = RawValue::from_string(raw.get().trim().to_string())
+        .map_err(|e| format!("not JSON: {e}"))?;
+    let event = CloudEvent {
+        id,
+        source,
+        event_type,
+        subject,
+        time,
+        raw,
+    };
+    // The data must give properties meters can read exactly.
+    Properties::of_raw_event(&event.raw)?;
+    Ok(event)
+}
+
+impl CloudEvent {
+    /// The stored event of `partner_id`, received at `now`: its time defaults to `now` and
+    /// must fall inside `window`.
+    pub fn into_usage_event(
+        self,
+        partner_id: &str,
+        now: DateTime<Utc>,
+        window: &TimeWindow,
+    ) -> Result<UsageEvent, String> {
+        let time = self.time.unwrap_or_else(|| truncate_to_micros(now));
+        if let Some(reason) = window.refuse(time, now) {
+            return Err(reason);
+        }
+        let digest = body_digest(&self.event_type, time, &self.raw);
+        Ok(UsageEvent {
+            key: UsageEvent::key_of(partner_id, &self.source, &self.id),
+            partner_id: partner_id.to_string(),
+            id: self.id,
+            source: self.source,
+            event_type: self.event_type,
+            subject: self.subject,
+            time,
+            digest,
+            cloudevent: self.raw,
+        })
+    }
+}
+
+/// A usage event as the log and the stores carry it (UsageEvent v1).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageEvent {
+    /// The deduplication key: derived from the partner, `source` and `id`
+    /// ([`UsageEvent::key_of`]), so a retried event is stored once, as call events are by id.
+    pub key: Uuid,
+    pub partner_id: String,
+    /// The CloudEvent's `id`, unique per `source` as CloudEvents requires.
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub subject: String,
+    /// The event's `time`, or when it was received; microseconds, UTC.
+    #[serde(
+        serialize_with = "crate::event::ser_time",
+        deserialize_with = "crate::event::de_time"
+    )]
+    pub time: DateTime<Utc>,
+    /// SHA-256 of what the event says (type, time, data): the same key with another digest is
+    /// a conflicting re-use of an id, reported and never stored over the first.
+    pub digest: String,
+    /// The CloudEvent as it was sent.
+    pub cloudevent: Box<RawValue>,
+}
+
+impl PartialEq for UsageEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+            && self.partner_id == other.partner_id
+            && self.id == other.id
+            && self.source == other.source
+            && self.event_type == other.event_type
+            && self.subject == other.subject
+            && self.time == other.time
+            && self.digest == other.digest
+            && self.cloudevent.get() == other.cloudevent.get()
+    }
+}
+
+impl UsageEvent {
+    /// The key of event `id` from `source` for `partner_id`: a UUID (version 8) made of the
+    /// first 16 bytes of SHA-256 over the three, so every store keeps the dedup rule of call
+    /// events, `(partner_id, id)`.
+    pub fn key_of(partner_id: &str, source: &str, id: &str) -> Uuid {
+        let mut h = Sha256::new();
+        for part in ["peage.usage-event.v1", partner_id, source, id] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        let hash = h.finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&hash[..16]);
+        uuid::Builder::from_custom_bytes(bytes).into_uuid()
+    }
+
+    /// Microseconds since the Unix epoch.
+    pub fn time_us(&self) -> i64 {
+        self.time.timestamp_micros()
+    }
+
+    /// The properties of the event's data, as meters read them.
+    pub fn properties(&self) -> Result<Properties, String> {
+        Properties::of_raw_event(&self.cloudevent)
+    }
+
+    /// What a store can hold: the properties are readable and the key is the one of the
+    /// partner, source and id (a record that was altered on the way is dead-lettered).
+    pub fn check(&self) -> Result<(), String> {
+        if self.key != UsageEvent::key_of(&self.partner_id, &self.source, &self.id) {
+            return Err("key does not match partner_id, source and id".into());
+        }
+        self.properties().map(|_| ())
+    }
+}
+
+/// SHA-256 (hex) over the type, the time and the data as sent, without the whitespace between
+/// JSON tokens, so a re-sent event with the same content has the same digest however it was
+/// formatted.
+fn body_digest(event_type: &str, time: DateTime<Utc>, raw: &RawValue) -> String {
+    #[derive(Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        data: Option<&'a RawValue>,
+        #[serde(borrow)]
+        data_base64: Option<&'a RawValue>,
+    }
+    let body: Body<'_> = serde_json::from_str(raw.get()).unwrap_or(Body {
+        data: None,
+        data_base64: None,
+    });
+    let mut h = Sha256::new();
+    h.update(event_type.as_bytes());
+    h.update([0]);
+    h.update(time.timestamp_micros().to_le_bytes());
+    for part in [body.data, body.data_base64] {
+        h.update([0]);
+        if let Some(p) = part {
+            h.update(minify(p.get()).as_bytes());
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+/// JSON text without whitespace outside strings.
+fn minify(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if !c.is_ascii_whitespace() {
+            if c == '"' {
+                in_string = true;
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The flat properties of an event's `data` (an object; other data gives none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Properties {
+    /// Numbers, exact, at most 9 decimal places and at most 10^15 in size.
+    pub numbers: BTreeMap<String, Decimal>,
+    /// Every property's text: strings as they are, numbers in their exact decimal form,
+    /// booleans as `true`/`false`. What filters and `group_by` compare.
+    pub texts: BTreeMap<String, String>,
+}
+
+impl Properties {
+    fn of_raw_event(raw: &RawValue) -> Result<Properties, String> {
+        #[derive(Deserialize)]
+        struct Data<'a> {
+            #[serde(borrow)]
+            data: Option<&'a RawValue>,
+        }
+        let d: Data<'_> = serde_json::from_str(raw.get()).map_err(|e| format!("not JSON: {e}"))?;
+        let mut props = Properties::default();
+        if let Some(data) = d.data {
+            if data.get().trim_start().starts_with('{') {
+                props.flatten("", data, 0)?;
+            }
+        }
+        Ok(props)
+    }
+
+    /// Properties of a JSON object given as text (what `data` holds).
+    pub fn of_data(data: &str) -> Result<Properties, String> {
+        let raw: &RawValue =
+            serde_json::from_str(data).map_err(|e| format!("data is not JSON: {e}"))?;
+        let mut props = Properties::default();
+        if raw.get().trim_start().starts_with('{') {
+            props.flatten("", raw, 0)?;
+        }
+        Ok(props)
+    }
+
+    fn flatten(&mut self, prefix: &str, object: &RawValue, depth: usize) -> Result<(), String> {
+        if depth >= MAX_DEPTH {
+            return Err(format!(
+                "data nests deeper than {MAX_DEPTH} objects at {prefix:?}"
+            ));
+        }
+        let fields: BTreeMap<String, &RawValue> = serde_json::from_str(object.get())
+            .map_err(|e| format!("data{}: {e}", dotted(prefix)))?;
+        for (name, value) in fields {
+            if name.is_empty() || name.contains('.') {
+                return Err(format!(
+                    "data property {name:?}{} must be non-empty and without dots (dots join nested names)",
+                    at(prefix)
+                ));
+            }
+            let path = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}.{name}")
+            };
+            let text = value.get().trim();
+            match text.as_bytes().first() {
+                Some(b'{') => self.flatten(&path, value, depth + 1)?,
+                Some(b'"') => {
+                    let s: String =
+                        serde_json::from_str(text).map_err(|e| format!("data.{path}: {e}"))?;
+                    self.texts.insert(path, s);
+                }
+                Some(b't') | Some(b'f') => {
+                    self.texts.insert(path, text.to_string());
+                }
+                Some(b'-' | b'0'..=b'9') => {
+                    let n = exact_number(text).map_err(|m| format!("data.{path}: {m}"))?;
+                    self.texts.insert(path.clone(), n.normalize().to_string());
+                    self.numbers.insert(path, n);
+                }
+                // null and arrays: kept in the event, not properties.
+                _ => {}
+            }
+            if self.texts.len() > MAX_PROPERTIES {
+                return Err(format!("data has more than {MAX_PROPERTIES} properties"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The number at `path`, if there is one.
+    pub fn number(&self, path: &str) -> Option<Decimal> {
+        self.numbers.get(path).copied()
+    }
+
+    /// The text at `path`, if there is one.
+    pub fn text(&self, path: &str) -> Option<&str> {
+        self.texts.get(path).map(String::as_str)
+    }
+}
+
+fn dotted(prefix: &str) -> String {
+    if prefix.is_empty() {
+        String::new()
+    } else {
+        format!(".{prefix}")
+    }
+}
+
+fn at(prefix: &str) -> String {
+    if prefix.is_empty() {
+        String::new()
+    } else {
+        format!(" in data.{prefix}")
+    }
+}
+
+/// A JSON number's exact value: at most [`UNITS_SCALE`] decimal places and at most 10^15 in
+/// size, the bounds every usage store keeps exactly (as for a call's units).
+fn exact_number(text: &str) -> Result<Decimal, String> {
+    let n = if text.contains(['e', 'E']) {
+        Decimal::from_scientific(text)
+    } else {
+        text.parse::<Decimal>()
+    }
+    .map_err(|_| format!("number {text} cannot be held exactly"))?;
+    if n.abs() > MAX_UNITS {
+        return Err(format!("number {text} is above 10^15 in size"));
+    }
+    if n.normalize().scale() > UNITS_SCALE {
+        return Err(format!(
+            "number {text} has more than {UNITS_SCALE} decimal places; send it as a string if no meter sums it"
+        ));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_string()).unwrap()
+    }
+
+    fn event(extra: &str) -> String {
+        format!(
+            r#"{{"specversion":"1.0","id":"e-1","source":"/llm","type":"com.example.tokens","subject":"acme"{extra}}}"#
+        )
+    }
+
+    #[test]
+    fn a_minimal_event_is_accepted_and_time_defaults_to_receipt() {
+        let e = parse_cloud_event(&raw(&event(""))).unwrap();
+        assert_eq!((e.id.as_str(), e.source.as_str()), ("e-1", "/llm"));
+        let now = Utc::now();
+        let u = e
+            .into_usage_event("p1", now, &TimeWindow::default())
+            .unwrap();
+        assert_eq!(u.time, truncate_to_micros(now));
+        assert_eq!(u.key, UsageEvent::key_of("p1", "/llm", "e-1"));
+        u.check().unwrap();
+    }
+
+    #[test]
+    fn each_missing_or_wrong_attribute_is_named() {
+        for (body, reason) in [
+            (r#"[1]"#.to_string(), "must be a JSON object"),
+            (r#"{"id":"x"}"#.into(), "specversion is required"),
+            (
+                event("").replace("\"1.0\"", "\"0.3\""),
+                "specversion \"0.3\"",
+            ),
+            (event("").replace(r#""id":"e-1","#, ""), "id is required"),
+            (
+                event("").replace(r#""id":"e-1""#, r#""id":7"#),
+                "id must be a string",
+            ),
+            (
+                event("").replace(r#""/llm""#, r#""""#),
+                "source must not be empty",
+            ),
+            (
+                event("").replace(r#","subject":"acme""#, ""),
+                "subject is required",
+            ),
+            (
+                event("").replace("com.example.tokens", "peage.call.v1"),
+                "reserved",
+            ),
+            (
+                event(r#","time":"yesterday""#),
+                "time \"yesterday\" is not RFC 3339",
+            ),
+            (event(r#","data":{},"data_base64":"AA==""#), "exclusive"),
+            (
+                event(r#","data":{"a":0.0000000001}"#),
+                "more than 9 decimal places",
+            ),
+            (event(r#","data":{"a":1e16}"#), "above 10^15"),
+            (event(r#","data":{"a.b":1}"#), "without dots"),
+        ] {
+            let err = parse_cloud_event(&raw(&body)).unwrap_err();
+            assert!(err.contains(reason), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn data_gives_exact_flat_properties() {
+        let e = parse_cloud_event(&raw(&event(
+            r#","data":{"tokens":0.1,"model":"gpt-x","usage":{"input_tokens":3,"cached":true,"x":null,"list":[1]},"big":1.5e3}"#,
+        )))
+        .unwrap();
+        let p = Properties::of_raw_event(&e.raw).unwrap();
+        assert_eq!(p.number("tokens"), Some("0.1".parse().unwrap()));
+        assert_eq!(p.number("usage.input_tokens"), Some(Decimal::from(3)));
+        assert_eq!(p.number("big"), Some(Decimal::from(1500)));
+        assert_eq!(p.text("model"), Some("gpt-x"));
+        assert_eq!(p.text("usage.cached"), Some("true"));
+        assert_eq!(p.text("tokens"), Some("0.1"));
+        assert_eq!(p.text("usage.x"), None);
+        assert_eq!(p.text("usage.list"), None);
+        let sum = p.number("tokens").unwrap() + "0.2".parse::<Decimal>().unwrap();
+        assert_eq!(sum.to_string(), "0.3");
+    }
+
+    #[test]
+    fn the_time_window_refuses_old_and_future_events_with_the_reason() {
+        let now = Utc::now();
+        let w = TimeWindow::default();
+        let at = |t: DateTime<Utc>| {
+            parse_cloud_event(&raw(&event(&format!(r#","time":"{}""#, t.to_rfc3339()))))
+                .unwrap()
+                .into_usage_event("p1", now, &w)
+        };
+        assert!(at(now - TimeDelta::days(34)).is_ok());
+        assert!(at(now - TimeDelta::days(36))
+            .unwrap_err()
+            .contains("backfill window of 35 days"));
+        assert!(at(now + TimeDelta::minutes(4)).is_ok());
+        assert!(at(now + TimeDelta::minutes(6))
+            .unwrap_err()
+            .contains("5 minutes ahead"));
+    }
+
+    #[test]
+    fn the_digest_ignores_formatting_but_not_content() {
+        let now = Utc::now();
+        let w = TimeWindow::default();
+        let t = r#","time":"2026-12-01T10:00:00Z""#;
+        let digest = |data: &str| {
+            parse_cloud_event(&raw(&event(&format!("{t},\"data\":{data}"))))
+                .unwrap()
+                .into_usage_event("p1", "2026-12-02T00:00:00Z".parse().unwrap(), &w)
+                .unwrap()
+                .digest
+        };
+        assert_eq!(
+            digest(r#"{"a": 1, "b": "x y"}"#),
+            digest(r#"{"a":1,"b":"x y"}"#)
+        );
+        assert_ne!(digest(r#"{"a":1}"#), digest(r#"{"a":2}"#));
+        let _ = now;
+    }
+
+    #[test]
+    fn round_trips_through_json_and_keeps_the_event_as_sent() {
+        let e = parse_cloud_event(&raw(&event(r#","data":{"n":12.50},"comexampleext":5"#)))
+            .unwrap()
+            .into_usage_event("p1", Utc::now(), &TimeWindow::default())
+            .unwrap();
+        let json = serde_json::to_string(&e).unwrap();
+        let back: UsageEvent = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, e);
+        assert!(back.cloudevent.get().contains("12.50"));
+        assert!(back.cloudevent.get().contains("comexampleext"));
+        let mut altered = back.clone();
+        altered.partner_id = "p2".into();
+        assert!(altered.check().unwrap_err().contains("key does not match"));
+    }
+}
