@@ -2,7 +2,7 @@
 
 CI's server is Debian's ClickHouse 18.16; production runs a current release. This applies every
 migration under schemas/clickhouse/ (split the way `peage migrate` splits them), inserts a few
-rows through the aggregator's column list, and runs every query a usage-store test recorded
+rows (a call event, a usage event) through the aggregator's column lists, and runs every query a usage-store test recorded
 against 18.16 (a JSON list of SQL strings). Exit status 1 lists what failed.
 
     python chdb_check.py QUERIES.json
@@ -44,6 +44,19 @@ def main():
             "'prt_a', 'key_1', 'live', 'weather', 'v1', 'GET /x', 'GET', 200, 10, 1, 2, 1.5, "
             "'gw', '{}', 'peage.calls.v1', 0, 5)"
         )
+        s.query(
+            "INSERT INTO usage_events (partner_id, type, time, time_us, key, id, source, subject, "
+            "digest, number_keys, number_values, text_keys, text_values, cloudevent, log_topic, "
+            "log_partition, log_offset) VALUES ('prt_a', 'com.example.llm', toDateTime(1764000000), "
+            "1764000000123456, '0193a8a4-0000-8000-8000-000000000002', 'e-1', '/llm', 'prt_a', "
+            "'d', ['tokens'], [toDecimal128('0.1', 9)], ['model', 'tokens'], ['small', '0.1'], "
+            "'{}', 'peage.usage-events.v1', 0, 7)"
+        )
+        positions = s.query(
+            "SELECT max(max_offset) FROM log_positions WHERE log_topic = 'peage.usage-events.v1'", "CSV"
+        ).bytes().decode().strip()
+        if positions != "7":
+            failures.append(f"usage event position reads {positions!r}, not 7")
         rollup = s.query("SELECT sum(calls), sum(units) FROM call_usage_1h", "CSV").bytes().decode().strip()
         if rollup != '1,"1.5"' and rollup != "1,1.5":
             failures.append(f"rollup after one insert reads {rollup!r}, not 1 call and 1.5 units")

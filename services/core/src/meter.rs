@@ -254,7 +254,7 @@ struct Acc {
 
 impl Acc {
     /// One usage event: count it, or read the number (for `unique_count`, the text) at
-    /// `value`; an event without one counts for nothing but `count`.
+    /// `value`.
     fn add_event(
         &mut self,
         aggregation: Aggregation,
@@ -565,10 +565,17 @@ pub fn evaluate_usage_events<'a>(
         let props = e.properties().unwrap_or_default();
         for (m, (total, groups)) in meters.iter().zip(&mut accs) {
             let Some(sel) = &m.events else { continue };
-            if !sel.matches(e, &props) {
+            let value = sel.value.as_deref();
+            // An event without the value counts for `count` only: it is in no group either.
+            let has_value = match (m.aggregation, value) {
+                (Aggregation::Count, _) => true,
+                (Aggregation::UniqueCount, Some(v)) => props.text(v).is_some(),
+                (_, Some(v)) => props.number(v).is_some(),
+                (_, None) => false,
+            };
+            if !has_value || !sel.matches(e, &props) {
                 continue;
             }
-            let value = sel.value.as_deref();
             total.add_event(m.aggregation, value, e, &props);
             if !sel.group_by.is_empty() {
                 let key = sel

@@ -16,12 +16,15 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use clickhouse::{Client, Row};
 use peage_core::event::UNITS_SCALE;
 use peage_core::meter::{combine, RollupRow};
-use peage_core::{CallEvent, Env, Meter, MeterUsage};
+use peage_core::meter::{merge_event_meters, Aggregation, MeterGroup};
+use peage_core::{CallEvent, Env, Meter, MeterUsage, UsageEvent};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{InsertOutcome, LoggedEvent, UsageQuery, UsageStore, UsageStoreError};
+use crate::{
+    InsertOutcome, LoggedEvent, LoggedUsageEvent, UsageKey, UsageQuery, UsageStore, UsageStoreError,
+};
 
 /// The migrations under `schemas/clickhouse/`, in order. A test checks that this list and the
 /// directory agree.
@@ -37,6 +40,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0003_rollups_of_served_calls",
         include_str!("../../../schemas/clickhouse/0003_rollups_of_served_calls.sql"),
+    ),
+    (
+        "0004_usage_events",
+        include_str!("../../../schemas/clickhouse/0004_usage_events.sql"),
     ),
 ];
 
@@ -106,6 +113,36 @@ struct RawRow<'a> {
     log_topic: &'a str,
     log_partition: u32,
     log_offset: u64,
+}
+
+#[derive(Row, Serialize)]
+struct UsageRow<'a> {
+    partner_id: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    time: u32,
+    time_us: i64,
+    #[serde(with = "clickhouse::serde::uuid")]
+    key: Uuid,
+    id: &'a str,
+    source: &'a str,
+    subject: &'a str,
+    digest: &'a str,
+    number_keys: Vec<String>,
+    number_values: Vec<i128>,
+    text_keys: Vec<String>,
+    text_values: Vec<String>,
+    cloudevent: &'a str,
+    log_topic: &'a str,
+    log_partition: u32,
+    log_offset: u64,
+}
+
+/// One value of a meter of usage events, for one group (or the total: no group values).
+#[derive(Row, Deserialize)]
+struct EventMeterRow {
+    groups: Vec<String>,
+    value: i128,
 }
 
 #[derive(Row, Deserialize)]
@@ -510,6 +547,194 @@ impl ClickHouseUsageStore {
         })
     }
 
+    async fn insert_usage_rows(
+        &self,
+        topic: &str,
+        events: &[LoggedUsageEvent],
+    ) -> Result<InsertOutcome, UsageStoreError> {
+        if events.is_empty() {
+            return Ok(InsertOutcome::default());
+        }
+        let mut insert = self
+            .client
+            .insert::<UsageRow<'_>>("usage_events")
+            .await
+            .map_err(|e| ch("insert usage_events", e))?;
+        for l in events {
+            let e = &l.event;
+            let corrupt = |reason: String| UsageStoreError::Corrupt {
+                id: e.id.clone(),
+                reason,
+            };
+            let props = e.properties().map_err(corrupt)?;
+            let mut number_values = Vec::with_capacity(props.numbers.len());
+            for n in props.numbers.values() {
+                number_values.push(units_to_fixed(*n).map_err(corrupt)?);
+            }
+            let row = UsageRow {
+                partner_id: &e.partner_id,
+                event_type: &e.event_type,
+                time: e.time.timestamp().clamp(0, u32::MAX as i64) as u32,
+                time_us: e.time_us(),
+                key: e.key,
+                id: &e.id,
+                source: &e.source,
+                subject: &e.subject,
+                digest: &e.digest,
+                number_keys: props.numbers.keys().cloned().collect(),
+                number_values,
+                text_keys: props.texts.keys().cloned().collect(),
+                text_values: props.texts.into_values().collect(),
+                cloudevent: e.cloudevent.get(),
+                log_topic: topic,
+                log_partition: l.partition,
+                log_offset: l.offset,
+            };
+            insert
+                .write(&row)
+                .await
+                .map_err(|e| ch("insert usage_events", e))?;
+        }
+        insert
+            .end()
+            .await
+            .map_err(|e| ch("insert usage_events", e))?;
+        Ok(InsertOutcome {
+            inserted: events.len() as u64,
+            duplicates: 0,
+        })
+    }
+
+    /// A meter of usage events over the query's range, in SQL over the stored properties:
+    /// the total, and one value per group when it groups. Live only (usage events have no
+    /// sandbox).
+    async fn event_meter_usage(
+        &self,
+        query: &UsageQuery,
+        meter: &Meter,
+    ) -> Result<MeterUsage, UsageStoreError> {
+        let Some(sel) = &meter.events else {
+            return Err(UsageStoreError::Config(format!(
+                "meter {} does not read usage events",
+                meter.name
+            )));
+        };
+        let mut usage = MeterUsage {
+            meter: meter.name.clone(),
+            quantity: Decimal::ZERO,
+            groups: Vec::new(),
+        };
+        if query.env != Env::Live {
+            return Ok(usage);
+        }
+        // Property lookups: `?` placeholders bound in order below.
+        let number = "number_values[indexOf(number_keys, ?)]";
+        let text = "text_values[indexOf(text_keys, ?)]";
+        let (value, needs): (String, Option<&str>) = match meter.aggregation {
+            // Scaled to Decimal(38, 9) as the stored numbers are.
+            Aggregation::Count => ("toDecimal128(count(), 9)".into(), None),
+            Aggregation::Sum => (format!("sum({number})"), Some("number_keys")),
+            Aggregation::Max => (format!("max({number})"), Some("number_keys")),
+            Aggregation::UniqueCount => (
+                format!("toDecimal128(uniqExact({text}), 9)"),
+                Some("text_keys"),
+            ),
+            // The value at the latest time; ties go to the larger value, as in peage_core.
+            Aggregation::Latest => (
+                format!("argMax({number}, tuple(time_us, {number}))"),
+                Some("number_keys"),
+            ),
+        };
+        let group_exprs: Vec<&str> = sel.group_by.iter().map(|_| text).collect();
+        let mut filters = String::new();
+        for _ in &sel.filter {
+            filters.push_str(&format!(" AND has(?, {text})"));
+        }
+        if let Some(keys) = needs {
+            filters.push_str(&format!(" AND has({keys}, ?)"));
+        }
+        let mut groups = Vec::new();
+        for grouped in [false, true] {
+            if grouped && sel.group_by.is_empty() {
+                break;
+            }
+            let group_values = if grouped {
+                format!("[{}]", group_exprs.join(", "))
+            } else {
+                "emptyArrayString()".into()
+            };
+            let group_clause = if grouped { " GROUP BY groups" } else { "" };
+            let sql = format!(
+                "SELECT {group_values} AS groups, {value} AS value FROM usage_events \
+                 WHERE partner_id = ? AND type = ? \
+                 AND time >= toDateTime(?) AND time <= toDateTime(?) AND time_us >= ? AND time_us < ?\
+                 {filters}{group_clause}"
+            );
+            let mut q = self.client.query(&sql);
+            // The binds follow the placeholders: groups, value, then the WHERE clause.
+            if grouped {
+                for g in &sel.group_by {
+                    q = q.bind(g);
+                }
+            }
+            let value_path = sel.value.as_deref().unwrap_or_default();
+            q = match meter.aggregation {
+                Aggregation::Count => q,
+                Aggregation::Latest => q.bind(value_path).bind(value_path),
+                _ => q.bind(value_path),
+            };
+            q = q
+                .bind(&query.partner_id)
+                .bind(&sel.event_type)
+                .bind(query.from.timestamp())
+                .bind(query.to.timestamp())
+                .bind(query.from.timestamp_micros())
+                .bind(query.to.timestamp_micros());
+            for (path, allowed) in &sel.filter {
+                let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
+                q = q.bind(allowed).bind(path);
+            }
+            if needs.is_some() {
+                q = q.bind(value_path);
+            }
+            let rows = self
+                .traced(q)
+                .fetch_all::<EventMeterRow>()
+                .await
+                .map_err(|e| ch(format!("meter {}", meter.name), e))?;
+            let scaled = |v: i128| -> Result<Decimal, UsageStoreError> {
+                let raw = fixed_to_units(v).map_err(|reason| UsageStoreError::Corrupt {
+                    id: meter.name.clone(),
+                    reason,
+                })?;
+                Ok(match meter.scale {
+                    Some(s) => raw.saturating_mul(s).normalize(),
+                    None => raw.normalize(),
+                })
+            };
+            // No matching event: aggregates over nothing give one row of defaults without
+            // GROUP BY, which is zero for every aggregation here.
+            for r in rows {
+                let quantity = scaled(r.value)?;
+                if grouped {
+                    groups.push((
+                        r.groups.clone(),
+                        MeterGroup {
+                            dimensions: sel.group_by.iter().cloned().zip(r.groups).collect(),
+                            quantity,
+                        },
+                    ));
+                } else {
+                    usage.quantity = quantity;
+                }
+            }
+        }
+        // In the order of the group values, as peage_core lists them.
+        groups.sort_by(|a, b| a.0.cmp(&b.0));
+        usage.groups = groups.into_iter().map(|(_, g)| g).collect();
+        Ok(usage)
+    }
+
     fn scope(query: &UsageQuery) -> (String, &'static str) {
         (query.partner_id.clone(), query.env.as_str())
     }
@@ -754,6 +979,60 @@ impl UsageStore for ClickHouseUsageStore {
         self.insert_rows(topic, events).await
     }
 
+    async fn insert_usage_events(
+        &self,
+        topic: &str,
+        events: &[LoggedUsageEvent],
+    ) -> Result<InsertOutcome, UsageStoreError> {
+        self.insert_usage_rows(topic, events).await
+    }
+
+    async fn stored_usage_digests(
+        &self,
+        events: &[UsageEvent],
+    ) -> Result<HashMap<UsageKey, String>, UsageStoreError> {
+        let mut by_partner: HashMap<&str, Vec<&UsageEvent>> = HashMap::new();
+        for e in events {
+            by_partner.entry(&e.partner_id).or_default().push(e);
+        }
+        #[derive(Row, Deserialize)]
+        struct Stored {
+            #[serde(with = "clickhouse::serde::uuid")]
+            key: Uuid,
+            digest: String,
+        }
+        let mut found = HashMap::new();
+        for (partner, evs) in by_partner {
+            let min = evs.iter().map(|e| e.time.timestamp()).min().unwrap_or(0);
+            let max = evs.iter().map(|e| e.time.timestamp()).max().unwrap_or(0);
+            let types: HashSet<&str> = evs.iter().map(|e| e.event_type.as_str()).collect();
+            let types: Vec<&str> = types.into_iter().collect();
+            let keys: Vec<String> = evs.iter().map(|e| e.key.to_string()).collect();
+            let q = self
+                .client
+                .query(
+                    "SELECT key, any(digest) AS digest FROM usage_events WHERE partner_id = ? \
+                     AND has(?, type) AND time >= toDateTime(?) AND time <= toDateTime(?) \
+                     AND has(?, toString(key)) GROUP BY key",
+                )
+                .bind(partner)
+                .bind(&types)
+                .bind(min)
+                .bind(max)
+                .bind(&keys);
+            let rows = self
+                .traced(q)
+                .fetch_all::<Stored>()
+                .await
+                .map_err(|e| ch("stored usage events", e))?;
+            found.extend(
+                rows.into_iter()
+                    .map(|r| ((partner.to_string(), r.key), r.digest)),
+            );
+        }
+        Ok(found)
+    }
+
     async fn stored_positions(
         &self,
         topic: &str,
@@ -832,20 +1111,48 @@ impl UsageStore for ClickHouseUsageStore {
     ) -> Result<Vec<MeterUsage>, UsageStoreError> {
         let needs_raw: Vec<Meter> = meters
             .iter()
-            .filter(|m| !m.rollup_compatible())
+            .filter(|m| !m.rollup_compatible() && m.events.is_none())
             .cloned()
             .collect();
-        let rollups = if needs_raw.len() < meters.len() {
+        let call_meters = meters.iter().filter(|m| m.events.is_none()).count();
+        let rollups = if needs_raw.len() < call_meters {
             self.rollup_rows(query).await?
         } else {
             vec![]
         };
-        let raw = if needs_raw.is_empty() {
+        let mut raw = if needs_raw.is_empty() {
             vec![]
         } else {
             self.meter_usage_raw(query, &needs_raw).await?
-        };
-        Ok(combine(meters, &rollups, raw))
+        }
+        .into_iter();
+        let mut events = Vec::with_capacity(meters.len());
+        for m in meters {
+            events.push(if m.events.is_some() {
+                self.event_meter_usage(query, m).await?
+            } else {
+                MeterUsage {
+                    meter: m.name.clone(),
+                    quantity: Decimal::ZERO,
+                    groups: Vec::new(),
+                }
+            });
+        }
+        // `combine` takes one raw result per meter that is not rollup-compatible, in order:
+        // meters of usage events get a placeholder there, replaced by their own below.
+        let placeholders = meters.iter().filter(|m| !m.rollup_compatible()).map(|m| {
+            if m.events.is_some() {
+                MeterUsage {
+                    meter: m.name.clone(),
+                    quantity: Decimal::ZERO,
+                    groups: Vec::new(),
+                }
+            } else {
+                raw.next().expect("one raw result per raw call meter")
+            }
+        });
+        let calls = combine(meters, &rollups, placeholders.collect::<Vec<_>>());
+        Ok(merge_event_meters(meters, calls, events))
     }
 
     async fn hourly_rollups(

@@ -13,14 +13,16 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use peage_core::meter::{combine, MeterAccumulator, RollupRow};
-use peage_core::{CallEvent, Env, Meter, MeterUsage};
+use peage_core::meter::{
+    combine, evaluate_usage_events, merge_event_meters, MeterAccumulator, RollupRow,
+};
+use peage_core::{CallEvent, Env, Meter, MeterUsage, UsageEvent};
 use rust_decimal::Decimal;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
 use crate::clickhouse::{ceil_to, floor_to};
-use crate::{InsertOutcome, UsageQuery, UsageStore, UsageStoreError};
+use crate::{InsertOutcome, LoggedUsageEvent, UsageKey, UsageQuery, UsageStore, UsageStoreError};
 
 #[derive(Clone)]
 pub struct SqliteUsageStore {
@@ -391,7 +393,11 @@ impl UsageStore for SqliteUsageStore {
             .filter(|m| !m.rollup_compatible())
             .map(Meter::accumulator)
             .collect();
-        if !raw.is_empty() {
+        // Meters of usage events need no call events (they read none: see below).
+        if meters
+            .iter()
+            .any(|m| !m.rollup_compatible() && m.events.is_none())
+        {
             let mut rows = sqlx::query(EVENTS_IN_RANGE)
                 .bind(&query.partner_id)
                 .bind(query.env.as_str())
@@ -405,11 +411,87 @@ impl UsageStore for SqliteUsageStore {
                 }
             }
         }
-        Ok(combine(
+        let calls = combine(
             meters,
             &rollups,
             raw.into_iter().map(MeterAccumulator::finish),
+        );
+        if !meters.iter().any(|m| m.events.is_some()) {
+            return Ok(calls);
+        }
+        let events = self.usage_events_in(query, meters).await?;
+        Ok(merge_event_meters(
+            meters,
+            calls,
+            evaluate_usage_events(meters, &events),
         ))
+    }
+
+    async fn insert_usage_events(
+        &self,
+        _topic: &str,
+        events: &[LoggedUsageEvent],
+    ) -> Result<InsertOutcome, UsageStoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut outcome = InsertOutcome::default();
+        for chunk in events.chunks(USAGE_ROWS_PER_INSERT) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT OR IGNORE INTO usage_events (partner_id, key, id, source, type, subject, time_us, digest, cloudevent) ",
+            );
+            q.push_values(chunk, |mut row, l| {
+                let e = &l.event;
+                row.push_bind(e.partner_id.clone())
+                    .push_bind(e.key.to_string())
+                    .push_bind(e.id.clone())
+                    .push_bind(e.source.clone())
+                    .push_bind(e.event_type.clone())
+                    .push_bind(e.subject.clone())
+                    .push_bind(e.time_us())
+                    .push_bind(e.digest.clone())
+                    .push_bind(e.cloudevent.get().to_string());
+            });
+            q.push(" RETURNING key");
+            let inserted = q.build().fetch_all(&mut *tx).await?.len() as u64;
+            outcome.inserted += inserted;
+            outcome.duplicates += chunk.len() as u64 - inserted;
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn stored_usage_digests(
+        &self,
+        events: &[UsageEvent],
+    ) -> Result<HashMap<UsageKey, String>, UsageStoreError> {
+        let mut out = HashMap::new();
+        let keys: Vec<UsageKey> = events
+            .iter()
+            .map(|e| (e.partner_id.clone(), e.key))
+            .collect();
+        for chunk in keys.chunks(USAGE_ROWS_PER_INSERT) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "SELECT partner_id, key, digest FROM usage_events WHERE (partner_id, key) IN (VALUES ",
+            );
+            let mut list = q.separated(", ");
+            for (partner, key) in chunk {
+                list.push("(")
+                    .push_bind_unseparated(partner.clone())
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(key.to_string())
+                    .push_unseparated(")");
+            }
+            q.push(")");
+            let rows: Vec<(String, String, String)> =
+                q.build_query_as().fetch_all(&self.pool).await?;
+            for (partner, key, digest) in rows {
+                let key = uuid::Uuid::parse_str(&key).map_err(|e| UsageStoreError::Corrupt {
+                    id: key.clone(),
+                    reason: e.to_string(),
+                })?;
+                out.insert((partner, key), digest);
+            }
+        }
+        Ok(out)
     }
 
     async fn hourly_rollups(
@@ -477,6 +559,70 @@ impl UsageStore for SqliteUsageStore {
         }
         Ok(crate::usage_per_partner(partners, out, meters))
     }
+}
+
+/// 9 parameters a row.
+const USAGE_ROWS_PER_INSERT: usize = 500;
+
+impl SqliteUsageStore {
+    /// The query's usage events of the types `meters` read (none for the sandbox).
+    async fn usage_events_in(
+        &self,
+        query: &UsageQuery,
+        meters: &[Meter],
+    ) -> Result<Vec<UsageEvent>, UsageStoreError> {
+        let types: std::collections::BTreeSet<&str> = meters
+            .iter()
+            .filter_map(|m| m.events.as_ref().map(|s| s.event_type.as_str()))
+            .collect();
+        if query.env != Env::Live || types.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT partner_id, key, id, source, type, subject, time_us, digest, cloudevent \
+             FROM usage_events WHERE partner_id = ",
+        );
+        q.push_bind(query.partner_id.clone())
+            .push(" AND time_us >= ")
+            .push_bind(query.from.timestamp_micros())
+            .push(" AND time_us < ")
+            .push_bind(query.to.timestamp_micros())
+            .push(" AND type IN (");
+        let mut list = q.separated(", ");
+        for t in types {
+            list.push_bind(t.to_string());
+        }
+        q.push(")");
+        let mut rows = q.build().fetch(&self.pool);
+        let mut out = Vec::new();
+        while let Some(row) = rows.try_next().await? {
+            out.push(row_to_usage_event(&row)?);
+        }
+        Ok(out)
+    }
+}
+
+fn row_to_usage_event(row: &sqlx::sqlite::SqliteRow) -> Result<UsageEvent, UsageStoreError> {
+    let key: String = row.try_get("key")?;
+    let corrupt = |reason: String| UsageStoreError::Corrupt {
+        id: key.clone(),
+        reason,
+    };
+    let time_us: i64 = row.try_get("time_us")?;
+    let cloudevent: String = row.try_get("cloudevent")?;
+    Ok(UsageEvent {
+        key: uuid::Uuid::parse_str(&key).map_err(|e| corrupt(e.to_string()))?,
+        partner_id: row.try_get("partner_id")?,
+        id: row.try_get("id")?,
+        source: row.try_get("source")?,
+        event_type: row.try_get("type")?,
+        subject: row.try_get("subject")?,
+        time: DateTime::from_timestamp_micros(time_us)
+            .ok_or_else(|| corrupt(format!("time_us {time_us}")))?,
+        digest: row.try_get("digest")?,
+        cloudevent: serde_json::value::RawValue::from_string(cloudevent)
+            .map_err(|e| corrupt(format!("cloudevent: {e}")))?,
+    })
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use peage_core::{CallEvent, Env, Meter, MeterUsage};
+use peage_core::{CallEvent, Env, Meter, MeterUsage, UsageEvent};
 
 pub use self::clickhouse::{ClickHouseConfig, ClickHouseUsageStore};
 pub use embedded::SqliteUsageStore;
@@ -52,11 +52,20 @@ pub struct UsageQuery {
 
 /// An event with the position it was read from in the event log.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LoggedEvent {
+pub struct Logged<E> {
     pub partition: u32,
     pub offset: u64,
-    pub event: CallEvent,
+    pub event: E,
 }
+
+/// A call event with its log position.
+pub type LoggedEvent = Logged<CallEvent>;
+
+/// A usage event (`POST /v1/events`) with its log position.
+pub type LoggedUsageEvent = Logged<UsageEvent>;
+
+/// The identity of a stored usage event: partner id and key ([`UsageEvent::key`]).
+pub type UsageKey = (String, uuid::Uuid);
 
 #[async_trait]
 pub trait UsageStore: Send + Sync + 'static {
@@ -97,7 +106,26 @@ pub trait UsageStore: Send + Sync + 'static {
         Ok(HashSet::new())
     }
 
-    /// Evaluates `meters` over the query's events; one result per meter, in order.
+    /// Stores usage events read from the log `topic` with their positions (reported by
+    /// [`UsageStore::stored_positions`] as call events' are), ignoring keys already stored.
+    /// Durable when it returns.
+    async fn insert_usage_events(
+        &self,
+        topic: &str,
+        events: &[LoggedUsageEvent],
+    ) -> Result<InsertOutcome, UsageStoreError>;
+
+    /// The digests of the stored usage events with the keys of `events` (absent: not
+    /// stored). The aggregator drops re-sent events and reports an id re-used with other
+    /// content from it. The events' types and times narrow the search.
+    async fn stored_usage_digests(
+        &self,
+        events: &[UsageEvent],
+    ) -> Result<HashMap<UsageKey, String>, UsageStoreError>;
+
+    /// Evaluates `meters` over the query's events; one result per meter, in order. Meters
+    /// of usage events read the partner's usage events (live only: usage events have no
+    /// sandbox), the others its call events.
     async fn meter_usage(
         &self,
         query: &UsageQuery,

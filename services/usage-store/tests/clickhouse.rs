@@ -9,7 +9,7 @@ use peage_core::meter::{Aggregation, Dimension, MeterField, RollupRow};
 use peage_core::{CallEvent, Env, Meter};
 use peage_usage_store::clickhouse::Rollup;
 use peage_usage_store::{
-    ClickHouseConfig, ClickHouseUsageStore, LoggedEvent, UsageQuery, UsageStore,
+    ClickHouseConfig, ClickHouseUsageStore, LoggedEvent, LoggedUsageEvent, UsageQuery, UsageStore,
 };
 use rust_decimal::Decimal;
 
@@ -162,7 +162,8 @@ async fn rollups_raw_events_and_the_embedded_engine_agree_and_positions_are_kept
         [
             "0001_call_events",
             "0002_usage_rollups",
-            "0003_rollups_of_served_calls"
+            "0003_rollups_of_served_calls",
+            "0004_usage_events"
         ]
     );
     assert!(
@@ -339,6 +340,220 @@ async fn rollups_raw_events_and_the_embedded_engine_agree_and_positions_are_kept
         .unwrap();
     assert_eq!((outcome.inserted, outcome.duplicates), (1, 1));
     assert_eq!(store.raw_totals(None).await.unwrap().calls, raw.calls + 1);
+    store
+        .client()
+        .query(&format!("DROP DATABASE {}", store_db(&store)))
+        .execute()
+        .await
+        .ok();
+    chdb_check(&store.recorded_queries());
+}
+
+/// Token events for three partners over a month boundary, with values that are exact only as
+/// decimals, nested properties, events without the value and events of another type.
+fn usage_events(start: DateTime<Utc>) -> Vec<peage_core::UsageEvent> {
+    use peage_core::usage_event::{parse_cloud_event, TimeWindow};
+    let window = TimeWindow {
+        backfill: TimeDelta::days(3650),
+        ahead: TimeDelta::days(3650),
+    };
+    (0..600u64)
+        .map(|i| {
+            let partner = ["prt_a", "prt_a", "prt_b"][(i % 3) as usize];
+            let time = start + TimeDelta::microseconds((i * 19_001_003) as i64);
+            let ty = if i % 10 == 9 { "com.example.storage" } else { "com.example.llm" };
+            let tokens = if i % 13 == 4 {
+                String::new()
+            } else {
+                format!(r#""tokens":{}.{},"#, i % 40, i % 10)
+            };
+            let data = format!(
+                r#"{{{tokens}"model":"{}","usage":{{"input":{}}},"region":"{}"}}"#,
+                ["small", "large", "x"][(i % 3) as usize],
+                i * 7 % 100,
+                ["eu", "us"][(i / 3 % 2) as usize],
+            );
+            let raw = serde_json::value::RawValue::from_string(format!(
+                r#"{{"specversion":"1.0","id":"ev-{i}","source":"/llm","type":"{ty}","subject":"{partner}","time":"{}","data":{data}}}"#,
+                time.to_rfc3339()
+            ))
+            .unwrap();
+            parse_cloud_event(&raw)
+                .unwrap()
+                .into_usage_event(partner, time, &window)
+                .unwrap()
+        })
+        .collect()
+}
+
+fn usage_meters() -> Vec<Meter> {
+    use peage_core::meter::EventSelector;
+    let m = |name: &str,
+             aggregation,
+             value: Option<&str>,
+             filter: &[(&str, &str)],
+             group_by: &[&str]| Meter {
+        name: name.into(),
+        aggregation,
+        field: MeterField::Calls,
+        scale: None,
+        filter: BTreeMap::new(),
+        group_by: vec![],
+        refusals: Default::default(),
+        events: Some(EventSelector {
+            event_type: "com.example.llm".into(),
+            value: value.map(String::from),
+            filter: filter
+                .iter()
+                .map(|(k, v)| (k.to_string(), [v.to_string()].into()))
+                .collect(),
+            group_by: group_by.iter().map(|g| g.to_string()).collect(),
+        }),
+    };
+    vec![
+        m("tokens", Aggregation::Sum, Some("tokens"), &[], &["model"]),
+        m(
+            "eu_tokens",
+            Aggregation::Sum,
+            Some("tokens"),
+            &[("region", "eu")],
+            &[],
+        ),
+        m(
+            "completions",
+            Aggregation::Count,
+            None,
+            &[],
+            &["region", "model"],
+        ),
+        m("largest", Aggregation::Max, Some("usage.input"), &[], &[]),
+        m("models", Aggregation::UniqueCount, Some("model"), &[], &[]),
+        m(
+            "last_input",
+            Aggregation::Latest,
+            Some("usage.input"),
+            &[],
+            &["region"],
+        ),
+        Meter {
+            scale: Some(Decimal::new(1, 3)),
+            ..m("ktokens", Aggregation::Sum, Some("tokens"), &[], &[])
+        },
+        // A call meter beside them reads call events only (there are none here).
+        Meter {
+            events: None,
+            ..m("calls", Aggregation::Count, None, &[], &[])
+        },
+    ]
+}
+
+#[tokio::test]
+async fn meters_of_usage_events_agree_with_the_embedded_store_and_events_count_once() {
+    let Some(store) = store().await else { return };
+    store.migrate().await.unwrap();
+    let start = Utc.with_ymd_and_hms(2026, 10, 31, 23, 0, 0).unwrap();
+    let events = usage_events(start);
+    let logged: Vec<LoggedUsageEvent> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| LoggedUsageEvent {
+            partition: (i % 2) as u32,
+            offset: (i / 2) as u64,
+            event: e.clone(),
+        })
+        .collect();
+    for chunk in logged.chunks(250) {
+        store
+            .insert_usage_events("peage.usage-events.v1", chunk)
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = peage_usage_store::SqliteUsageStore::open(&dir.path().join("usage.db"))
+        .await
+        .unwrap();
+    let first = embedded.insert_usage_events("", &logged).await.unwrap();
+    assert_eq!((first.inserted, first.duplicates), (600, 0));
+    // Inserting again stores nothing twice.
+    let again = embedded
+        .insert_usage_events("", &logged[..100])
+        .await
+        .unwrap();
+    assert_eq!((again.inserted, again.duplicates), (0, 100));
+
+    // Positions of the usage topic are kept as the call topic's.
+    let positions = store
+        .stored_positions("peage.usage-events.v1", &[0, 1])
+        .await
+        .unwrap();
+    assert_eq!(positions, [(0, 299), (1, 299)].into());
+
+    let meters = usage_meters();
+    for (partner, from, to) in [
+        ("prt_a", start, start + TimeDelta::days(1)),
+        ("prt_b", start, start + TimeDelta::days(1)),
+        // Across the month boundary on an edge that is not on the hour or minute.
+        (
+            "prt_a",
+            start + TimeDelta::microseconds(1_234_567_891),
+            start + TimeDelta::minutes(150),
+        ),
+        ("prt_none", start, start + TimeDelta::days(1)),
+    ] {
+        let q = UsageQuery {
+            partner_id: partner.into(),
+            env: Env::Live,
+            from,
+            to,
+        };
+        let expected = peage_core::meter::evaluate_usage_events(
+            &meters,
+            events
+                .iter()
+                .filter(|e| e.partner_id == partner && e.time >= from && e.time < to),
+        );
+        let ch = store.meter_usage(&q, &meters).await.unwrap();
+        let sqlite = embedded.meter_usage(&q, &meters).await.unwrap();
+        assert_eq!(ch, expected, "ClickHouse, {partner} {from}..{to}");
+        assert_eq!(sqlite, expected, "embedded, {partner} {from}..{to}");
+        // The sandbox has no usage events.
+        let sandbox = UsageQuery {
+            env: Env::Sandbox,
+            ..q
+        };
+        let zero = store.meter_usage(&sandbox, &meters).await.unwrap();
+        assert!(zero.iter().all(|u| u.quantity.is_zero()), "{zero:?}");
+    }
+    let q = UsageQuery {
+        partner_id: "prt_a".into(),
+        env: Env::Live,
+        from: start,
+        to: start + TimeDelta::days(1),
+    };
+    let tokens = store.meter_usage(&q, &meters).await.unwrap();
+    assert!(
+        tokens[0].quantity > Decimal::ZERO && tokens[0].groups.len() == 2,
+        "{tokens:?}"
+    );
+
+    // The digests of what is stored, for the aggregator's re-send and conflict checks.
+    let digests = store.stored_usage_digests(&events[..20]).await.unwrap();
+    assert_eq!(digests.len(), 20);
+    assert_eq!(
+        digests[&(events[3].partner_id.clone(), events[3].key)],
+        events[3].digest
+    );
+    assert_eq!(
+        embedded.stored_usage_digests(&events[..20]).await.unwrap(),
+        digests
+    );
+    let unknown = usage_events(start + TimeDelta::days(40));
+    assert!(store
+        .stored_usage_digests(&unknown[..5])
+        .await
+        .unwrap()
+        .is_empty());
+
     store
         .client()
         .query(&format!("DROP DATABASE {}", store_db(&store)))
