@@ -1,5 +1,6 @@
-//! The aggregator: reads call events from the log, writes them to the usage store, and only
-//! then commits its log position.
+//! The aggregator: reads events from the log, writes them to the usage store, and only then
+//! commits its log position. One runs per topic: call events ([`Aggregator`]) and usage
+//! events from `POST /v1/events` ([`UsageAggregator`]), with the same machinery ([`Ingest`]).
 //!
 //! Why this is exactly once: the store ignores an event it already holds (`(partner_id, id)`),
 //! so a crash between the insert and the commit replays a batch that changes nothing. A crash
@@ -15,10 +16,112 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use peage_core::CallEvent;
+use peage_core::{CallEvent, UsageEvent};
 use peage_eventlog::{DeadLetter, DeadLetterSink, EventLogError, Lease, LogConsumer, LogRecord};
-use peage_usage_store::{InsertOutcome, LoggedEvent, UsageStore, UsageStoreError};
+use peage_usage_store::{InsertOutcome, Logged, UsageKey, UsageStore, UsageStoreError};
 use tokio::sync::watch;
+
+/// What one kind of event needs of the aggregator: how a record decodes, its identity, and
+/// which store calls hold it.
+#[async_trait]
+pub trait Ingest: Clone + Send + Sync + 'static {
+    /// Whether every record is checked against the store for an earlier copy, not only those
+    /// the producer flagged: usage events may be re-sent by their client with a new record.
+    const CHECK_EVERY_RECORD: bool;
+
+    /// The event a record holds, checked, or why it is not one (a dead letter).
+    fn decode(payload: &[u8]) -> Result<Self, String>;
+
+    /// The identity stores deduplicate by.
+    fn key(&self) -> UsageKey;
+
+    /// What the event says, to tell a re-send from an id re-used with other content (empty:
+    /// ids are never re-used, as for calls).
+    fn digest(&self) -> &str;
+
+    /// The digests of the stored events with these keys.
+    async fn stored(
+        store: &dyn UsageStore,
+        events: &[Self],
+    ) -> Result<HashMap<UsageKey, String>, UsageStoreError>;
+
+    async fn insert(
+        store: &dyn UsageStore,
+        topic: &str,
+        rows: &[Logged<Self>],
+    ) -> Result<InsertOutcome, UsageStoreError>;
+}
+
+#[async_trait]
+impl Ingest for CallEvent {
+    const CHECK_EVERY_RECORD: bool = false;
+
+    fn decode(payload: &[u8]) -> Result<Self, String> {
+        let e = serde_json::from_slice::<CallEvent>(payload)
+            .map_err(|e| format!("not a CallEvent v1: {e}"))?;
+        e.check().map_err(|m| format!("invalid CallEvent: {m}"))?;
+        Ok(e)
+    }
+
+    fn key(&self) -> UsageKey {
+        (self.partner_id.clone(), self.id)
+    }
+
+    fn digest(&self) -> &str {
+        ""
+    }
+
+    async fn stored(
+        store: &dyn UsageStore,
+        events: &[Self],
+    ) -> Result<HashMap<UsageKey, String>, UsageStoreError> {
+        let ids = store.stored_ids(events).await?;
+        Ok(ids.into_iter().map(|k| (k, String::new())).collect())
+    }
+
+    async fn insert(
+        store: &dyn UsageStore,
+        topic: &str,
+        rows: &[Logged<Self>],
+    ) -> Result<InsertOutcome, UsageStoreError> {
+        store.insert_logged(topic, rows).await
+    }
+}
+
+#[async_trait]
+impl Ingest for UsageEvent {
+    const CHECK_EVERY_RECORD: bool = true;
+
+    fn decode(payload: &[u8]) -> Result<Self, String> {
+        let e = serde_json::from_slice::<UsageEvent>(payload)
+            .map_err(|e| format!("not a UsageEvent v1: {e}"))?;
+        e.check().map_err(|m| format!("invalid UsageEvent: {m}"))?;
+        Ok(e)
+    }
+
+    fn key(&self) -> UsageKey {
+        (self.partner_id.clone(), self.key)
+    }
+
+    fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    async fn stored(
+        store: &dyn UsageStore,
+        events: &[Self],
+    ) -> Result<HashMap<UsageKey, String>, UsageStoreError> {
+        store.stored_usage_digests(events).await
+    }
+
+    async fn insert(
+        store: &dyn UsageStore,
+        topic: &str,
+        rows: &[Logged<Self>],
+    ) -> Result<InsertOutcome, UsageStoreError> {
+        store.insert_usage_events(topic, rows).await
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AggregatorError {
@@ -33,6 +136,9 @@ pub struct AggregatorStats {
     /// re-sent records).
     pub duplicates: AtomicU64,
     pub dead_lettered: AtomicU64,
+    /// Usage events whose id was already used with other content (also dead-lettered): the
+    /// first one stays, this one is reported.
+    pub conflicts: AtomicU64,
     pub store_failures: AtomicU64,
     pub batches: AtomicU64,
     /// Batches given up unwritten because the partitions they came from may have moved to
@@ -77,7 +183,7 @@ impl Default for AggregatorConfig {
 /// Splits a batch into at most `ways` inserts by partition, each partition's records in one of
 /// them in their order, the partitions spread so the inserts come out about the same size. An
 /// empty batch is no insert at all.
-fn split_by_partition(batch: Vec<LoggedEvent>, ways: usize) -> Vec<Vec<LoggedEvent>> {
+fn split_by_partition<E>(batch: Vec<Logged<E>>, ways: usize) -> Vec<Vec<Logged<E>>> {
     let ways = ways.max(1);
     let mut counts: HashMap<u32, usize> = HashMap::new();
     for e in &batch {
@@ -99,7 +205,7 @@ fn split_by_partition(batch: Vec<LoggedEvent>, ways: usize) -> Vec<Vec<LoggedEve
         load[least] += n;
         insert_of.insert(partition, least);
     }
-    let mut inserts: Vec<Vec<LoggedEvent>> = load.iter().map(|&n| Vec::with_capacity(n)).collect();
+    let mut inserts: Vec<Vec<Logged<E>>> = load.iter().map(|&n| Vec::with_capacity(n)).collect();
     for e in batch {
         inserts[insert_of[&e.partition]].push(e);
     }
@@ -144,7 +250,12 @@ impl DeadLetterSink for DeadLetterFile {
     }
 }
 
-pub struct Aggregator {
+/// The aggregator of call events.
+pub type Aggregator = Ingester<CallEvent>;
+/// The aggregator of usage events (`POST /v1/events`).
+pub type UsageAggregator = Ingester<UsageEvent>;
+
+pub struct Ingester<E: Ingest> {
     consumer: Box<dyn LogConsumer>,
     store: Arc<dyn UsageStore>,
     dead_letters: Box<dyn DeadLetterSink>,
@@ -161,9 +272,10 @@ pub struct Aggregator {
         Vec<LogRecord>,
         Lease,
     )>,
+    kind: std::marker::PhantomData<fn() -> E>,
 }
 
-impl Aggregator {
+impl<E: Ingest> Ingester<E> {
     pub fn new(
         consumer: Box<dyn LogConsumer>,
         store: Arc<dyn UsageStore>,
@@ -171,7 +283,7 @@ impl Aggregator {
         config: AggregatorConfig,
     ) -> Self {
         let epoch = consumer.assignment_epoch();
-        Aggregator {
+        Ingester {
             consumer,
             store,
             dead_letters,
@@ -180,6 +292,7 @@ impl Aggregator {
             floors: HashMap::new(),
             epoch,
             in_flight: None,
+            kind: std::marker::PhantomData,
         }
     }
 
@@ -327,21 +440,15 @@ impl Aggregator {
                 continue;
             }
             // 2. Decode and check; what is not a valid event goes to the dead letters.
-            let decoded = serde_json::from_slice::<CallEvent>(&r.payload)
-                .map_err(|e| format!("not a CallEvent v1: {e}"))
-                .and_then(|e| {
-                    e.check()
-                        .map(|()| e)
-                        .map_err(|m| format!("invalid CallEvent: {m}"))
-                });
-            match decoded {
+            match E::decode(&r.payload) {
                 Ok(event) => events.push((
-                    r.possible_duplicate,
-                    LoggedEvent {
+                    r.possible_duplicate || E::CHECK_EVERY_RECORD,
+                    Logged {
                         partition: r.partition,
                         offset: r.offset,
                         event,
                     },
+                    r,
                 )),
                 Err(reason) => dead.push(DeadLetter {
                     partition: r.partition,
@@ -351,36 +458,58 @@ impl Aggregator {
                 }),
             }
         }
-        // 3. Records the producer may have sent twice: drop ids already stored or seen.
-        if events.iter().any(|(maybe, _)| *maybe) {
+        // 3. Records the producer may have sent twice (usage events: every record, a client
+        //    may re-send): drop ids already stored or seen. An id seen with other content is
+        //    a conflict: the first stays, the later one is reported as a dead letter.
+        if events.iter().any(|(maybe, _, _)| *maybe) {
             // The originals may be in the batch still being inserted.
             if !self.finish_in_flight().await? {
                 return Ok(());
             }
-            let suspects: Vec<CallEvent> = events
+            let suspects: Vec<E> = events
                 .iter()
-                .filter(|(maybe, _)| *maybe)
-                .map(|(_, l)| l.event.clone())
+                .filter(|(maybe, _, _)| *maybe)
+                .map(|(_, l, _)| l.event.clone())
                 .collect();
             let store = Arc::clone(&self.store);
-            let Some(stored) = retry(
+            let Some(mut known) = retry(
                 &self.stats,
                 "checking re-sent ids",
                 &lease,
                 self.config.insert_timeout,
-                || store.stored_ids(&suspects),
+                || E::stored(store.as_ref(), &suspects),
             )
             .await
             else {
                 return self.give_up(records.len(), &lease).await;
             };
-            let mut seen: HashSet<(String, uuid::Uuid)> = HashSet::new();
             let before = events.len();
-            events.retain(|(_, l)| {
-                let k = (l.event.partner_id.clone(), l.event.id);
-                !stored.contains(&k) && seen.insert(k)
+            let mut conflicts = 0u64;
+            events.retain(|(_, l, r)| {
+                let key = l.event.key();
+                match known.get(&key) {
+                    None => {
+                        known.insert(key, l.event.digest().to_string());
+                        true
+                    }
+                    Some(d) if d == l.event.digest() => false,
+                    Some(_) => {
+                        conflicts += 1;
+                        dead.push(DeadLetter {
+                            partition: r.partition,
+                            offset: r.offset,
+                            reason: format!(
+                                "id {:?} of partner {} was already used by an event with other content; the first one counts",
+                                key.1, key.0
+                            ),
+                            payload: r.payload.clone(),
+                        });
+                        false
+                    }
+                }
             });
-            skipped += (before - events.len()) as u64;
+            skipped += (before - events.len()) as u64 - conflicts;
+            self.stats.conflicts.fetch_add(conflicts, Ordering::Relaxed);
         }
         if !dead.is_empty() {
             let mut backoff = Duration::from_millis(50);
@@ -411,7 +540,7 @@ impl Aggregator {
                 "aggregator: skipped events already stored (replay after a restart or a re-send)"
             );
         }
-        let batch: Vec<LoggedEvent> = events.into_iter().map(|(_, l)| l).collect();
+        let batch: Vec<Logged<E>> = events.into_iter().map(|(_, l, _)| l).collect();
         let inserts = split_by_partition(batch, self.config.parallel_inserts);
         let (store, stats) = (Arc::clone(&self.store), Arc::clone(&self.stats));
         let (deadline, claim) = (self.config.insert_timeout, lease.clone());
@@ -430,7 +559,7 @@ impl Aggregator {
                     );
                     tokio::spawn(async move {
                         retry(&stats, "inserting the batch", &claim, deadline, || {
-                            store.insert_logged(&topic, &rows)
+                            E::insert(store.as_ref(), &topic, &rows)
                         })
                         .await
                     })
@@ -536,7 +665,7 @@ mod tests {
 
     #[test]
     fn a_batch_splits_by_whole_partitions_in_order_into_inserts_of_about_one_size() {
-        let logged = |partition: u32, offset: u64| LoggedEvent {
+        let logged = |partition: u32, offset: u64| peage_usage_store::LoggedEvent {
             partition,
             offset,
             event: event(offset),
@@ -587,7 +716,7 @@ mod tests {
         let one: Vec<_> = batch.into_iter().filter(|e| e.partition == 2).collect();
         assert_eq!(split_by_partition(one, 4).len(), 1);
         assert!(
-            split_by_partition(Vec::new(), 2).is_empty(),
+            split_by_partition::<CallEvent>(Vec::new(), 2).is_empty(),
             "an empty batch is no insert"
         );
     }
@@ -656,6 +785,93 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
+    }
+
+    #[tokio::test]
+    async fn usage_events_count_once_across_re_sends_and_a_re_used_id_is_reported() {
+        use peage_core::usage_event::{parse_cloud_event, TimeWindow};
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path().join("log")).unwrap();
+        let store = Arc::new(
+            SqliteUsageStore::open(&dir.path().join("usage.db"))
+                .await
+                .unwrap(),
+        );
+        let now = chrono::Utc::now();
+        let ev = |id: &str, tokens: u32| {
+            let raw = serde_json::value::RawValue::from_string(format!(
+                r#"{{"specversion":"1.0","id":"{id}","source":"/llm","type":"tok","subject":"p","data":{{"tokens":{tokens}}}}}"#
+            ))
+            .unwrap();
+            let e = parse_cloud_event(&raw)
+                .unwrap()
+                .into_usage_event("p", now, &TimeWindow::default())
+                .unwrap();
+            bytes::Bytes::from(serde_json::to_vec(&e).unwrap())
+        };
+        // 30 events; then the same 30 re-sent (a client retry); then id 7 with other content,
+        // once within a batch of its own and once after the original was stored; and a
+        // record that is not a usage event.
+        let first: Vec<_> = (0..30).map(|i| ev(&format!("e{i}"), i)).collect();
+        log.append_payloads(&first).await.unwrap();
+        log.append_payloads(&first).await.unwrap();
+        log.append_payloads(&[ev("e7", 999), ev("x", 1), ev("x", 2)])
+            .await
+            .unwrap();
+        log.append_payloads(&[bytes::Bytes::from_static(b"{}")])
+            .await
+            .unwrap();
+
+        let agg = UsageAggregator::new(
+            log.consumer("usage-aggregator").await.unwrap(),
+            store.clone(),
+            Box::new(DeadLetterFile::new(dir.path().join("dead.jsonl"))),
+            AggregatorConfig {
+                max_batch: 13,
+                poll_wait: Duration::from_millis(20),
+                ..Default::default()
+            },
+        );
+        let stats = agg.stats();
+        let (stop_tx, stop) = watch::channel(false);
+        let task = tokio::spawn(agg.run(stop));
+        stop_tx.send(true).unwrap();
+        task.await.unwrap().unwrap();
+
+        assert_eq!(stats.inserted.load(Ordering::Relaxed), 31);
+        assert_eq!(stats.duplicates.load(Ordering::Relaxed), 30);
+        assert_eq!(stats.conflicts.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 3);
+        let dead = std::fs::read_to_string(dir.path().join("dead.jsonl")).unwrap();
+        assert!(
+            dead.contains("already used by an event with other content"),
+            "{dead}"
+        );
+        assert!(dead.contains("not a UsageEvent"), "{dead}");
+        let meter = Meter {
+            name: "tokens".into(),
+            aggregation: Aggregation::Sum,
+            field: MeterField::Calls,
+            scale: None,
+            filter: Default::default(),
+            group_by: vec![],
+            refusals: Default::default(),
+            events: Some(peage_core::meter::EventSelector {
+                event_type: "tok".into(),
+                value: Some("tokens".into()),
+                filter: Default::default(),
+                group_by: vec![],
+            }),
+        };
+        let q = UsageQuery {
+            partner_id: "p".into(),
+            env: Env::Live,
+            from: now - chrono::Duration::hours(1),
+            to: now + chrono::Duration::hours(1),
+        };
+        // 0 + 1 + … + 29, and the first "x" (1): the re-used ids changed nothing.
+        let total = store.meter_usage(&q, &[meter]).await.unwrap()[0].quantity;
+        assert_eq!(total, rust_decimal::Decimal::from(435 + 1));
     }
 
     fn crc32fast_hash(b: &[u8]) -> u32 {
