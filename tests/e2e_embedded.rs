@@ -1541,3 +1541,339 @@ async fn stored_secrets_are_sealed_and_the_key_rotates_from_the_cli() {
     );
     p.interrupt();
 }
+
+/// The demo catalog plus a meter of LLM tokens (sum of `data.tokens` by `data.model`) priced
+/// at 0.002 € a token on the demo plan; `extra` is appended (a meter added later).
+fn tokens_catalog(data: &Path, extra: &str) {
+    std::fs::create_dir_all(data).unwrap();
+    let demo = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/demo-catalog.toml"),
+    )
+    .unwrap();
+    let charges =
+        "charges = [\n  { meter = \"llm_tokens\", model = \"per_unit\", unit_price = \"0.002\" },";
+    let catalog = demo.replacen("charges = [", charges, 1);
+    assert!(catalog.contains("llm_tokens"));
+    let meter = "\n[[meter]]\nname = \"llm_tokens\"\nevent_type = \"com.example.llm.completion\"\naggregation = \"sum\"\nvalue = \"tokens\"\ngroup_by = [\"model\"]\n";
+    std::fs::write(
+        data.join("catalog.toml"),
+        format!("{catalog}{meter}{extra}"),
+    )
+    .unwrap();
+}
+
+async fn post_events(
+    p: &Peage,
+    bearer: &str,
+    content_type: &str,
+    body: String,
+) -> reqwest::Response {
+    client()
+        .post(format!("{}/v1/events", p.s("control_url")))
+        .bearer_auth(bearer)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn completion(id: &str, subject: &str, tokens: &str, model: &str) -> Value {
+    serde_json::json!({
+        "specversion": "1.0", "id": id, "source": "/services/llm", "subject": subject,
+        "type": "com.example.llm.completion",
+        "data": { "tokens": serde_json::Value::from_str(tokens).unwrap(), "model": model }
+    })
+}
+
+/// A meter of the partner's usage (`GET /v1/partners/{id}/usage`), waiting up to 10 s for
+/// the aggregator until it equals `want`.
+async fn wait_for_meter(p: &Peage, meter: &str, want: Decimal) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let usage: Value = admin_get(p, &format!("/v1/partners/{}/usage", p.s("partner_id")))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let m = usage["meters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["meter"] == meter)
+            .unwrap_or_else(|| panic!("no meter {meter} in {usage}"))
+            .clone();
+        let seen = dec(&m["quantity"]);
+        assert!(seen <= want, "{meter} shows {seen}, more than {want}");
+        if seen == want {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{meter} shows {seen} of {want} after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_events_are_checked_one_by_one_counted_once_and_priced() {
+    let (_dir, data) = temp_dir();
+    tokens_catalog(&data, "");
+    let p = Peage::start(&data);
+    let partner = p.s("partner_id");
+    let admin = p.s("admin_token");
+    let now = chrono::Utc::now();
+
+    // The JSON examples of the CloudEvents specification (JSON format, §3.1 and appendix) are
+    // accepted as they are, once given what Péage adds to them: a subject naming a partner and
+    // a time inside the backfill window (theirs is 2018). Extensions, XML data and data_base64
+    // are kept as sent; only object data gives meters properties.
+    let examples = [
+        r#"{"specversion":"1.0","type":"com.example.someevent","source":"/mycontext","id":"A234-1234-1234","time":"2018-04-05T17:31:00Z","comexampleextension1":"value","comexampleothervalue":5,"datacontenttype":"application/xml","data":"<much wow=\"xml\"/>"}"#,
+        r#"{"specversion":"1.0","type":"com.example.someevent","source":"/mycontext","subject":null,"id":"C234-1234-1234","time":"2018-04-05T17:31:00Z","comexampleextension1":"value","comexampleothervalue":5,"unsetextension":null,"datacontenttype":"application/vnd.apache.thrift.binary","data_base64":"YWJj"}"#,
+        r#"{"specversion":"1.0","type":"com.example.someevent","source":"/mycontext","id":"B234-1234-1234","time":"2018-04-05T17:31:00Z","comexampleextension1":"value","comexampleothervalue":5,"datacontenttype":"application/json","data":{"appinfoA":"abc","appinfoB":123,"appinfoC":true}}"#,
+        r#"{"specversion":"1.0","type":"com.github.pull_request.opened","source":"https://github.com/cloudevents/spec/pull","subject":"123","id":"A234-1234-1234","time":"2018-04-05T17:31:00Z","comexampleextension1":"value","comexampleothervalue":5,"datacontenttype":"text/xml","data":"<much wow=\"xml\"/>"}"#,
+    ];
+    for (i, ex) in examples.iter().enumerate() {
+        let mut e: Value = serde_json::from_str(ex).unwrap();
+        e["subject"] = partner.clone().into();
+        e["time"] = now.to_rfc3339().into();
+        let r = post_events(&p, &admin, "application/cloudevents+json", e.to_string()).await;
+        assert_eq!(r.status(), 200, "example {i}");
+        let out: Value = r.json().await.unwrap();
+        assert_eq!(out["accepted"], 1, "example {i}: {out}");
+    }
+    // As they stand, the examples are refused with the reason, not dropped.
+    let r = post_events(
+        &p,
+        &admin,
+        "application/cloudevents+json",
+        examples[2].into(),
+    )
+    .await;
+    let out: Value = r.json().await.unwrap();
+    assert!(
+        out["rejected"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("subject is required"),
+        "{out}"
+    );
+
+    // A batch of 100 with 3 bad events stores 97 and names the 3. Tokens are decimals that
+    // only add up exactly as decimals.
+    let mut batch: Vec<Value> = (0..100)
+        .map(|i| {
+            completion(
+                &format!("c-{i}"),
+                &partner,
+                "0.1",
+                ["small", "large"][i % 2],
+            )
+        })
+        .collect();
+    batch[7]["specversion"] = "0.3".into();
+    batch[42]["subject"] = "no-such-customer".into();
+    batch[99]["time"] = (now - chrono::TimeDelta::days(40)).to_rfc3339().into();
+    let body = Value::from(batch.clone()).to_string();
+    let r = post_events(
+        &p,
+        &admin,
+        "application/cloudevents-batch+json",
+        body.clone(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let out: Value = r.json().await.unwrap();
+    assert_eq!(out["accepted"], 97, "{out}");
+    let rejected: Vec<(u64, String)> = out["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_u64().unwrap(),
+                r["id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rejected,
+        [
+            (7, "c-7".to_string()),
+            (42, "c-42".into()),
+            (99, "c-99".into())
+        ],
+        "{out}"
+    );
+    let reasons = out["rejected"].to_string();
+    assert!(
+        reasons.contains("specversion")
+            && reasons.contains("no-such-customer")
+            && reasons.contains("backfill window"),
+        "{reasons}"
+    );
+
+    // 0.1 × 97 tokens, exactly, once the aggregator has them.
+    let tokens = wait_for_meter(&p, "llm_tokens", Decimal::from_str("9.7").unwrap()).await;
+    assert_eq!(tokens["groups"].as_array().unwrap().len(), 2, "{tokens}");
+
+    // The same batch retried, and 20 concurrent posts of one new batch: each stored once.
+    let r = post_events(&p, &admin, "application/json", body).await;
+    let out: Value = r.json().await.unwrap();
+    assert_eq!(
+        (out["accepted"].as_u64(), out["duplicates"].as_u64()),
+        (Some(0), Some(97)),
+        "{out}"
+    );
+    let fresh: Vec<Value> = (0..50)
+        .map(|i| completion(&format!("d-{i}"), &partner, "2.5", "small"))
+        .collect();
+    let fresh = Value::from(fresh).to_string();
+    let posts = (0..20).map(|_| {
+        post_events(
+            &p,
+            &admin,
+            "application/cloudevents-batch+json",
+            fresh.clone(),
+        )
+    });
+    for r in futures::future::join_all(posts).await {
+        assert_eq!(r.status(), 200);
+        let out: Value = r.json().await.unwrap();
+        assert!(out["rejected"].as_array().unwrap().is_empty(), "{out}");
+    }
+    // 9.7 + 50 × 2.5
+    wait_for_meter(&p, "llm_tokens", Decimal::from_str("134.7").unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for_meter(&p, "llm_tokens", Decimal::from_str("134.7").unwrap()).await;
+
+    // A reused id with other content is refused, naming why; the first one counts.
+    let r = post_events(
+        &p,
+        &admin,
+        "application/cloudevents+json",
+        completion("d-0", &partner, "1000", "small").to_string(),
+    )
+    .await;
+    let out: Value = r.json().await.unwrap();
+    assert!(
+        out["rejected"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("other content"),
+        "{out}"
+    );
+
+    // The upcoming invoice prices the tokens, a line per model: 129.9 small and 4.8 large
+    // tokens at 0.002 €, each line rounded to the cent.
+    let inv: Value = admin_get(&p, &format!("/v1/partners/{partner}/invoices/upcoming"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut lines: Vec<(String, Decimal, Decimal)> = inv["invoice"]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["meter"] == "llm_tokens")
+        .map(|l| {
+            (
+                l["group"]["model"].as_str().unwrap().to_string(),
+                dec(&l["quantity"]),
+                dec(&l["amount"]),
+            )
+        })
+        .collect();
+    lines.sort();
+    let d = |s: &str| Decimal::from_str(s).unwrap();
+    assert_eq!(
+        lines,
+        [
+            ("large".to_string(), d("4.8"), d("0.01")),
+            ("small".to_string(), d("129.9"), d("0.26"))
+        ],
+        "{inv}"
+    );
+
+    // A partner can be named by its external id; an events:write token may post events and
+    // nothing else; a partner's API key is no credential here.
+    let r = client()
+        .patch(format!("{}/v1/partners/{partner}", p.s("control_url")))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({ "external_id": "cust-0042" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let token = admin_post(
+        &p,
+        "/v1/service-tokens",
+        serde_json::json!({ "name": "llm service", "scope": "events:write" }),
+    )
+    .await;
+    let token = token["token"].as_str().unwrap().to_string();
+    let r = post_events(
+        &p,
+        &token,
+        "application/cloudevents+json",
+        completion("e-1", "cust-0042", "0.3", "large").to_string(),
+    )
+    .await;
+    let out: Value = r.json().await.unwrap();
+    assert_eq!(out["accepted"], 1, "{out}");
+    assert_eq!(
+        admin_get_with(&p, &token, "/v1/partners").await.status(),
+        403
+    );
+    let r = post_events(
+        &p,
+        &p.s("api_key"),
+        "application/cloudevents+json",
+        completion("e-2", &partner, "1", "x").to_string(),
+    )
+    .await;
+    assert_eq!(r.status(), 401);
+    wait_for_meter(&p, "llm_tokens", Decimal::from_str("135.0").unwrap()).await;
+
+    // Bad bodies are one problem each.
+    for (ct, body, status) in [
+        ("text/plain", "{}".to_string(), 415),
+        ("application/json", "{".to_string(), 400),
+        ("application/cloudevents-batch+json", "{}".to_string(), 400),
+        ("application/cloudevents-batch+json", "[]".to_string(), 400),
+        (
+            "application/json",
+            Value::from(vec![Value::Null; 1001]).to_string(),
+            413,
+        ),
+    ] {
+        let r = post_events(&p, &admin, ct, body).await;
+        assert_problem(r, status).await;
+    }
+
+    // A meter added after the events applies to them: restart with a count of completions.
+    p.interrupt();
+    tokens_catalog(&data, "\n[[meter]]\nname = \"completions\"\nevent_type = \"com.example.llm.completion\"\naggregation = \"count\"\ngroup_by = [\"model\"]\n");
+    let p = Peage::start(&data);
+    let m = wait_for_meter(&p, "completions", Decimal::from(148)).await;
+    let small = m["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["dimensions"]["model"] == "small")
+        .unwrap()
+        .clone();
+    assert_eq!(dec(&small["quantity"]), Decimal::from(49 + 50), "{m}");
+    p.interrupt();
+}
+
+async fn admin_get_with(p: &Peage, bearer: &str, path: &str) -> reqwest::Response {
+    client()
+        .get(format!("{}{path}", p.s("control_url")))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .unwrap()
+}

@@ -46,8 +46,46 @@ pub async fn run_all(s: &dyn BillingStore) {
     service_tokens_are_found_by_hash_and_revoked_once(s).await;
     audit_records_are_appended_and_read_in_order(s).await;
     staff_are_unique_by_email_and_changes_keep_before_and_after(s).await;
+    external_ids_name_one_partner_each(s).await;
     // Last: it leaves a balance that cannot be summed.
     sums_of_stored_credits_that_overflow_are_errors_not_panics(s).await;
+}
+
+async fn external_ids_name_one_partner_each(s: &dyn BillingStore) {
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 6, 0, 0, 0).unwrap();
+    s.create_partner("prt_ext_a", "A", &sub("basic", t0))
+        .await
+        .unwrap();
+    s.create_partner("prt_ext_b", "B", &sub("basic", t0))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.partner("prt_ext_a").await.unwrap().unwrap().external_id,
+        None
+    );
+    let a = s
+        .set_external_id("prt_ext_a", Some("cust-42"))
+        .await
+        .unwrap();
+    assert_eq!(a.external_id.as_deref(), Some("cust-42"));
+    let found = s.partner_by_external_id("cust-42").await.unwrap().unwrap();
+    assert_eq!(found.id, "prt_ext_a");
+    assert!(s.partner_by_external_id("cust-43").await.unwrap().is_none());
+    match s.set_external_id("prt_ext_b", Some("cust-42")).await {
+        Err(BillingStoreError::Conflict(m)) => assert!(m.contains("cust-42"), "{m}"),
+        other => panic!("a taken external id must conflict: {other:?}"),
+    }
+    assert!(matches!(
+        s.set_external_id("prt_nobody", Some("x")).await,
+        Err(BillingStoreError::NotFound { .. })
+    ));
+    // Cleared, it is free for another partner.
+    s.set_external_id("prt_ext_a", None).await.unwrap();
+    let b = s
+        .set_external_id("prt_ext_b", Some("cust-42"))
+        .await
+        .unwrap();
+    assert_eq!(b.external_id.as_deref(), Some("cust-42"));
 }
 
 async fn audit_records_are_appended_and_read_in_order(s: &dyn BillingStore) {

@@ -74,6 +74,8 @@ impl BillingStoreError {
 pub struct Partner {
     pub id: String,
     pub name: String,
+    /// The partner's id in the company's own systems (usage events may name it so).
+    pub external_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub subscription: Subscription,
 }
@@ -213,6 +215,18 @@ pub trait BillingStore:
         plan: &Subscription,
     ) -> Result<Partner, BillingStoreError>;
     async fn partner(&self, id: &str) -> Result<Option<Partner>, BillingStoreError>;
+    /// The partner with this external id, if any.
+    async fn partner_by_external_id(
+        &self,
+        external_id: &str,
+    ) -> Result<Option<Partner>, BillingStoreError>;
+    /// Sets or clears a partner's external id: `Conflict` if another partner holds it,
+    /// `NotFound` for an unknown partner.
+    async fn set_external_id(
+        &self,
+        partner_id: &str,
+        external_id: Option<&str>,
+    ) -> Result<Partner, BillingStoreError>;
     async fn partners(&self) -> Result<Vec<Partner>, BillingStoreError>;
     /// Ends the current subscription at `next.started_at` and starts `next`.
     async fn change_subscription(

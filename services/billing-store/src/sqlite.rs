@@ -31,7 +31,7 @@ pub struct SqliteBillingStore {
 use crate::ledger::{parse_opt_time as opt_ts, parse_time as parse_ts, ts};
 
 const PARTNER_SELECT: &str =
-    "SELECT p.id, p.name, p.created_at, s.plan_id, s.plan_version, s.started_at, s.ended_at \
+    "SELECT p.id, p.name, p.external_id, p.created_at, s.plan_id, s.plan_version, s.started_at, s.ended_at \
      FROM partners p JOIN subscriptions s ON s.partner_id = p.id AND s.ended_at IS NULL";
 
 fn subscription_from(row: &SqliteRow) -> Result<Subscription, BillingStoreError> {
@@ -47,6 +47,7 @@ fn partner_from(row: &SqliteRow) -> Result<Partner, BillingStoreError> {
     Ok(Partner {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
+        external_id: row.try_get("external_id")?,
         created_at: parse_ts("partner", &row.try_get::<String, _>("created_at")?)?,
         subscription: subscription_from(row)?,
     })
@@ -145,6 +146,45 @@ impl BillingStore for SqliteBillingStore {
             .await?;
         tx.commit().await?;
         self.required_partner(id).await
+    }
+
+    async fn partner_by_external_id(
+        &self,
+        external_id: &str,
+    ) -> Result<Option<Partner>, BillingStoreError> {
+        let row = sqlx::query(&format!("{PARTNER_SELECT} WHERE p.external_id = ?"))
+            .bind(external_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(partner_from).transpose()
+    }
+
+    async fn set_external_id(
+        &self,
+        partner_id: &str,
+        external_id: Option<&str>,
+    ) -> Result<Partner, BillingStoreError> {
+        let updated = sqlx::query("UPDATE partners SET external_id = ? WHERE id = ?")
+            .bind(external_id)
+            .bind(partner_id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(d) if d.is_unique_violation() => {
+                    BillingStoreError::Conflict(format!(
+                        "external_id {:?} belongs to another partner",
+                        external_id.unwrap_or_default()
+                    ))
+                }
+                _ => BillingStoreError::Db(e),
+            })?;
+        if updated.rows_affected() == 0 {
+            return Err(BillingStoreError::NotFound {
+                what: "partner",
+                id: partner_id.to_string(),
+            });
+        }
+        self.required_partner(partner_id).await
     }
 
     async fn partner(&self, id: &str) -> Result<Option<Partner>, BillingStoreError> {

@@ -22,6 +22,13 @@ pub enum ApiError {
     Usage(#[from] UsageStoreError),
     #[error("{0}")]
     Internal(String),
+    /// Something this answer needs is unreachable (the event log): 503 with `Retry-After`.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("too many wrong credentials from this address; retry in {retry_after} s")]
     TooManyFailures { retry_after: u64 },
 }
@@ -31,7 +38,7 @@ impl ApiError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             ApiError::Store(e) => e.is_unavailable(),
-            ApiError::Usage(UsageStoreError::Unavailable(_)) => true,
+            ApiError::Usage(UsageStoreError::Unavailable(_)) | ApiError::Unavailable(_) => true,
             _ => false,
         }
     }
@@ -49,6 +56,21 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(_) | ApiError::Store(BillingStoreError::Conflict(_)) => {
                 (StatusCode::CONFLICT, "conflict", "Conflict")
             }
+            ApiError::PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+            ),
+            ApiError::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            ApiError::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
             ApiError::TooManyFailures { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too-many-failures",
@@ -68,6 +90,9 @@ impl IntoResponse for ApiError {
         let detail = if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self, "control API: internal error");
             "the server failed; the error is in its log".to_string()
+        } else if let ApiError::Unavailable(m) = &self {
+            tracing::warn!(error = %m, "control API: unavailable");
+            m.clone()
         } else if status == StatusCode::SERVICE_UNAVAILABLE {
             tracing::warn!(error = %self, "control API: a store is unavailable");
             "a store this answer needs is unreachable; retry shortly".to_string()

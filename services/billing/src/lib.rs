@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod auth;
 mod error;
+pub mod events;
 pub mod gateway_routes;
 mod idempotency;
 pub mod invoice_routes;
@@ -52,6 +53,8 @@ pub struct ControlApi {
     pub(crate) api_docs: std::sync::RwLock<ApiDocs>,
     /// Wrong admin tokens, sessions, sign-in links and OAuth client secrets, per source address.
     pub failures: peage_core::throttle::FailureLimiter,
+    /// Where `POST /v1/events` puts usage events; unset, the route answers 503.
+    pub(crate) events: std::sync::OnceLock<events::EventsIntake>,
 }
 
 /// How the control API is set up, from the operator's configuration.
@@ -112,12 +115,18 @@ impl ControlApi {
             outbound,
             secrets,
             api_docs: Default::default(),
+            events: std::sync::OnceLock::new(),
             failures: peage_core::throttle::FailureLimiter::new(
                 credential_failures_per_minute,
                 std::time::Duration::from_secs(60),
                 65_536,
             ),
         })
+    }
+
+    /// Turns on `POST /v1/events`, writing to `intake.sink`. Once: false if it was already on.
+    pub fn take_events(&self, intake: events::EventsIntake) -> bool {
+        self.events.set(intake).is_ok()
     }
 
     /// Replaces the API versions' OpenAPI documents the dashboard shows.
@@ -136,6 +145,7 @@ impl ControlApi {
             .routes(routes!(routes::plans))
             .routes(routes!(routes::create_partner, routes::list_partners))
             .routes(routes!(routes::partners_overview))
+            .routes(routes!(routes::patch_partner))
             .routes(routes!(routes::change_subscription))
             .routes(routes!(quota::lease))
             .routes(routes!(gateway_routes::key_by_hash))
@@ -152,6 +162,12 @@ impl ControlApi {
             .routes(routes!(inv::add_webhook, inv::webhooks))
             .routes(routes!(inv::deliveries))
             .routes(routes!(auth::create_sign_in_link))
+            .merge(
+                OpenApiRouter::new()
+                    .routes(routes!(events::post_events))
+                    // Bodies are bounded by `events.max_batch_bytes`, checked in the handler.
+                    .layer(axum::extract::DefaultBodyLimit::max(events::MAX_BODY_BYTES)),
+            )
             .route_layer(middleware::from_fn(require_staff));
         // Reachable by partner sessions too; each handler limits them to their own partner.
         let shared = OpenApiRouter::new()

@@ -36,6 +36,9 @@ problem_responses! {
     Forbidden: "Not allowed for this session",
     NotFound: "Not found (or another partner's)",
     Conflict: "Conflicts with the current state",
+    PayloadTooLarge: "Too many events or bytes in one request",
+    UnsupportedMediaType: "Not a content type this route takes",
+    Unavailable: "A store or the event log is unreachable; retry after `Retry-After` seconds",
 }
 
 /// `POST /v1/quota/leases` (what gateways send): a lease of `want` units of `meter`.
@@ -63,7 +66,7 @@ impl Modify for Security {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "The admin token (`control.admin_token`): every route.",
+                        "The admin token (`control.admin_token`): every route. Service tokens (`pst_…`) go here too, each limited to its scope's routes (`events:write`: `POST /v1/events`).",
                     ))
                     .build(),
             ),
@@ -92,13 +95,23 @@ impl Modify for Security {
     ),
     components(
         schemas(ProblemDoc),
-        responses(BadRequest, Unauthorized, Forbidden, NotFound, Conflict)
+        responses(
+            BadRequest,
+            Unauthorized,
+            Forbidden,
+            NotFound,
+            Conflict,
+            PayloadTooLarge,
+            UnsupportedMediaType,
+            Unavailable
+        )
     ),
     modifiers(&Security),
     tags(
         (name = "catalog", description = "APIs and plans as loaded"),
         (name = "partners", description = "Partners, plans and API keys"),
         (name = "usage", description = "Usage and quotas"),
+        (name = "events", description = "Usage events from the company's own services (CloudEvents)"),
         (name = "invoices", description = "Invoices, billing profiles, credits"),
         (name = "webhooks", description = "Webhook endpoints and deliveries"),
         (name = "oauth", description = "OAuth client credentials and JWT issuers"),

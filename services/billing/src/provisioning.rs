@@ -14,12 +14,21 @@ pub async fn create_partner(
     catalog: &Catalog,
     name: &str,
     plan: &str,
+    external_id: Option<&str>,
 ) -> Result<Partner, ApiError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 200 {
         return Err(ApiError::BadRequest("name must be 1–200 characters".into()));
     }
     let plan_version = plan_version(catalog, plan)?;
+    if let Some(ext) = external_id {
+        check_external_id(ext)?;
+        if store.partner_by_external_id(ext).await?.is_some() {
+            return Err(ApiError::Conflict(format!(
+                "external_id {ext:?} belongs to another partner"
+            )));
+        }
+    }
     let id = PartnerId::from_random(rand::random());
     let sub = Subscription {
         plan_id: plan.to_string(),
@@ -27,9 +36,28 @@ pub async fn create_partner(
         started_at: Utc::now(),
         ended_at: None,
     };
-    let partner = store.create_partner(id.as_str(), name, &sub).await?;
+    let mut partner = store.create_partner(id.as_str(), name, &sub).await?;
+    if let Some(ext) = external_id {
+        partner = store.set_external_id(&partner.id, Some(ext)).await?;
+    }
     tracing::info!(partner_id = %partner.id, plan = %partner.subscription.plan_id, "partner created");
     Ok(partner)
+}
+
+/// An external id: 1–128 visible ASCII characters (what a company's customer ids are), and
+/// not of the form of a Péage partner id, so a usage event's `subject` names one partner only.
+pub fn check_external_id(ext: &str) -> Result<(), ApiError> {
+    if ext.is_empty() || ext.len() > 128 || !ext.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::BadRequest(
+            "external_id must be 1–128 visible ASCII characters".into(),
+        ));
+    }
+    if PartnerId::parse(ext).is_ok() {
+        return Err(ApiError::BadRequest(format!(
+            "external_id {ext:?} has the form of a partner id; usage events could not tell them apart"
+        )));
+    }
+    Ok(())
 }
 
 /// The current version of a catalog plan, or a 400 naming the unknown plan.

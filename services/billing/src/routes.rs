@@ -112,6 +112,8 @@ pub async fn apis(
 pub(crate) struct NewPartner {
     name: String,
     plan: String,
+    /// The partner's id in the company's own systems; usage events may name it in `subject`.
+    external_id: Option<String>,
 }
 
 #[utoipa::path(post,
@@ -122,9 +124,14 @@ pub(crate) struct NewPartner {
     security(("admin" = []), ("session" = [])))]
 pub async fn create_partner(State(api): Api, raw: Bytes) -> Result<Response, ApiError> {
     let req: NewPartner = body(&raw)?;
-    let partner =
-        provisioning::create_partner(api.store.as_ref(), &api.catalog, &req.name, &req.plan)
-            .await?;
+    let partner = provisioning::create_partner(
+        api.store.as_ref(),
+        &api.catalog,
+        &req.name,
+        &req.plan,
+        req.external_id.as_deref(),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(partner)).into_response())
 }
 
@@ -149,6 +156,46 @@ pub async fn get_partner(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     Ok(Json(scoped_partner(&api, &who, &id).await?).into_response())
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PartnerChange {
+    /// The partner's id in the company's own systems, or null to clear it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    external_id: Option<Option<String>>,
+}
+
+/// A field that may be present with null (`Some(None)`) or absent (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+#[utoipa::path(patch,
+    path = "/v1/partners/{id}",
+    tag = "partners",
+    params(("id" = String, Path, description = "Partner id")),
+    request_body = PartnerChange,
+    responses((status = 200, description = "The partner", body = Object), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized), (status = 403, response = crate::openapi::Forbidden), (status = 404, response = crate::openapi::NotFound), (status = 409, response = crate::openapi::Conflict)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn patch_partner(
+    State(api): Api,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    let req: PartnerChange = body(&raw)?;
+    let mut partner = existing_partner(&api, &id).await?;
+    if let Some(ext) = req.external_id {
+        if let Some(e) = &ext {
+            provisioning::check_external_id(e)?;
+        }
+        partner = api
+            .store
+            .set_external_id(&partner.id, ext.as_deref())
+            .await?;
+    }
+    Ok(Json(partner).into_response())
 }
 
 #[derive(Deserialize, ToSchema)]

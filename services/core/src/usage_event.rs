@@ -196,7 +196,8 @@ impl CloudEvent {
         if let Some(reason) = window.refuse(time, now) {
             return Err(reason);
         }
-        let digest = body_digest(&self.event_type, time, &self.raw);
+        // The time as sent: a retry of an event without one is the same event.
+        let digest = body_digest(&self.event_type, self.time, &self.raw);
         Ok(UsageEvent {
             key: UsageEvent::key_of(partner_id, &self.source, &self.id),
             partner_id: partner_id.to_string(),
@@ -231,7 +232,7 @@ pub struct UsageEvent {
         deserialize_with = "crate::event::de_time"
     )]
     pub time: DateTime<Utc>,
-    /// SHA-256 of what the event says (type, time, data): the same key with another digest is
+    /// SHA-256 of what the event says (type, time as sent, data): the same key with another digest is
     /// a conflicting re-use of an id, reported and never stored over the first.
     pub digest: String,
     /// The CloudEvent as it was sent.
@@ -288,10 +289,10 @@ impl UsageEvent {
     }
 }
 
-/// SHA-256 (hex) over the type, the time and the data as sent, without the whitespace between
-/// JSON tokens, so a re-sent event with the same content has the same digest however it was
-/// formatted.
-fn body_digest(event_type: &str, time: DateTime<Utc>, raw: &RawValue) -> String {
+/// SHA-256 (hex) over the type, the time (if sent) and the data as sent, without the whitespace
+/// between JSON tokens, so a re-sent event with the same content has the same digest however it
+/// was formatted.
+fn body_digest(event_type: &str, time: Option<DateTime<Utc>>, raw: &RawValue) -> String {
     #[derive(Deserialize)]
     struct Body<'a> {
         #[serde(borrow)]
@@ -306,7 +307,9 @@ fn body_digest(event_type: &str, time: DateTime<Utc>, raw: &RawValue) -> String 
     let mut h = Sha256::new();
     h.update(event_type.as_bytes());
     h.update([0]);
-    h.update(time.timestamp_micros().to_le_bytes());
+    if let Some(t) = time {
+        h.update(t.timestamp_micros().to_le_bytes());
+    }
     for part in [body.data, body.data_base64] {
         h.update([0]);
         if let Some(p) = part {
@@ -596,7 +599,15 @@ mod tests {
             digest(r#"{"a":1,"b":"x y"}"#)
         );
         assert_ne!(digest(r#"{"a":1}"#), digest(r#"{"a":2}"#));
-        let _ = now;
+        // Without a time, a retry received later is still the same event.
+        let untimed = |at: DateTime<Utc>| {
+            parse_cloud_event(&raw(&event(r#","data":{"a":1}"#)))
+                .unwrap()
+                .into_usage_event("p1", at, &w)
+                .unwrap()
+                .digest
+        };
+        assert_eq!(untimed(now), untimed(now + TimeDelta::seconds(30)));
     }
 
     #[test]

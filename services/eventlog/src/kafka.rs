@@ -396,6 +396,62 @@ impl SpooledKafkaLog {
             .saturating_sub(self.shared.forwarded_to.load(Ordering::Relaxed))
     }
 
+    /// Appends records already encoded, each with its Kafka key, refusing them (an error) while
+    /// the spool is full whatever `when_full` says: for callers that can tell their client to
+    /// retry (the events API answers 503), so nothing is ever dropped. Durable as the spool's
+    /// `sync_interval_ms` says when it returns.
+    pub async fn append_records(
+        &self,
+        keys: Vec<Bytes>,
+        payloads: Vec<Bytes>,
+    ) -> Result<(), EventLogError> {
+        if self.pending() >= self.config.max_events {
+            return Err(EventLogError::Full(format!(
+                "the spool holds {} events not yet in Kafka (spool.max_events)",
+                self.pending()
+            )));
+        }
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        self.spool_records(keys, payloads).await
+    }
+
+    /// Writes records to the spool and hands them to the forwarder.
+    async fn spool_records(
+        &self,
+        keys: Vec<Bytes>,
+        payloads: Vec<Bytes>,
+    ) -> Result<(), EventLogError> {
+        let first = match self.spool.append_payloads(&payloads).await {
+            Ok(first) => {
+                if self.write_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("kafka spool: writes succeed again");
+                }
+                first
+            }
+            Err(e) => {
+                if !self.write_failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %e, policy = ?self.config.when_full, "kafka spool: the disk refuses writes; events wait in memory (fail_open) or calls are refused (fail_closed) until it accepts them again");
+                }
+                return Err(e);
+            }
+        };
+        let n = payloads.len() as u64;
+        if self.shared.in_memory.load(Ordering::Relaxed) + n <= IN_MEMORY_EVENTS {
+            let batch = SpooledBatch {
+                first,
+                keys,
+                payloads,
+            };
+            self.shared.in_memory.fetch_add(n, Ordering::Relaxed);
+            if self.shared.handoff.send(batch).is_err() {
+                self.shared.in_memory.fetch_sub(n, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until everything spooled so far is acknowledged by Kafka, or `timeout` passes.
     /// Returns the events still waiting.
     pub async fn drain(&self, timeout: Duration) -> u64 {
@@ -780,38 +836,12 @@ impl EventLog for SpooledKafkaLog {
             return Ok(());
         }
         let payloads: Vec<Bytes> = events.iter().map(|e| crate::encode(e).into()).collect();
-        let first = match self.spool.append_payloads(&payloads).await {
-            Ok(first) => {
-                if self.write_failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!("kafka spool: writes succeed again");
-                }
-                first
-            }
-            Err(e) => {
-                if !self.write_failing.swap(true, Ordering::Relaxed) {
-                    tracing::error!(error = %e, policy = ?self.config.when_full, "kafka spool: the disk refuses writes; events wait in memory (fail_open) or calls are refused (fail_closed) until it accepts them again");
-                }
-                return Err(e);
-            }
-        };
-        let n = payloads.len() as u64;
-        if self.shared.in_memory.load(Ordering::Relaxed) + n <= IN_MEMORY_EVENTS {
-            let batch = SpooledBatch {
-                first,
-                keys: events
-                    .iter()
-                    .map(|e| Bytes::copy_from_slice(e.partner_id.as_bytes()))
-                    .collect(),
-                payloads,
-            };
-            self.shared.in_memory.fetch_add(n, Ordering::Relaxed);
-            if self.shared.handoff.send(batch).is_err() {
-                self.shared.in_memory.fetch_sub(n, Ordering::Relaxed);
-            }
-        }
-        Ok(())
+        let keys = events
+            .iter()
+            .map(|e| Bytes::copy_from_slice(e.partner_id.as_bytes()))
+            .collect();
+        self.spool_records(keys, payloads).await
     }
-
     async fn consumer(&self, _group: &str) -> Result<Box<dyn LogConsumer>, EventLogError> {
         Err(EventLogError::Kafka(
             "the spooled producer does not consume; use KafkaConsumer".into(),

@@ -67,6 +67,9 @@ pub enum EventLogError {
     Kafka(String),
     #[error("event log task failed: {0}")]
     Task(String),
+    /// The log takes no more records for now (a full spool); the caller retries later.
+    #[error("event log full: {0}")]
+    Full(String),
 }
 
 /// One record read from the log, with the position it came from.

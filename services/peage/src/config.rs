@@ -44,6 +44,73 @@ pub struct PeageConfig {
     pub billing: BillingSection,
     pub outbound: OutboundSection,
     pub secrets: SecretsSection,
+    pub events: EventsSection,
+}
+
+/// `POST /v1/events` (docs/events.md): how far back events may go, how big a request may be,
+/// and where distributed mode spools them before Kafka.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsSection {
+    /// Events older than this many days are refused (1–400).
+    pub backfill_days: u32,
+    /// The most events one request may carry (1–10,000).
+    pub max_batch_events: usize,
+    /// The most bytes one request body may have (1 KiB–16 MiB).
+    pub max_batch_bytes: usize,
+    /// The Kafka topic of usage events (distributed mode).
+    pub topic: String,
+    /// Where the control API spools accepted events before Kafka has them (distributed mode).
+    pub spool_dir: PathBuf,
+}
+
+impl Default for EventsSection {
+    fn default() -> Self {
+        EventsSection {
+            backfill_days: 35,
+            max_batch_events: 1_000,
+            max_batch_bytes: 1 << 20,
+            topic: "peage.usage-events.v1".into(),
+            spool_dir: "./peage-data/events-spool".into(),
+        }
+    }
+}
+
+impl EventsSection {
+    /// The intake's limits, checked: an error names the setting out of range.
+    pub fn intake(
+        &self,
+        sink: std::sync::Arc<dyn peage_billing::events::UsageEventSink>,
+    ) -> anyhow::Result<peage_billing::events::EventsIntake> {
+        if !(1..=400).contains(&self.backfill_days) {
+            bail!(
+                "events.backfill_days must be 1–400, not {}",
+                self.backfill_days
+            );
+        }
+        if !(1..=10_000).contains(&self.max_batch_events) {
+            bail!(
+                "events.max_batch_events must be 1–10000, not {}",
+                self.max_batch_events
+            );
+        }
+        if !(1024..=peage_billing::events::MAX_BODY_BYTES).contains(&self.max_batch_bytes) {
+            bail!(
+                "events.max_batch_bytes must be 1024–{}, not {}",
+                peage_billing::events::MAX_BODY_BYTES,
+                self.max_batch_bytes
+            );
+        }
+        Ok(peage_billing::events::EventsIntake {
+            sink,
+            window: peage_core::usage_event::TimeWindow {
+                backfill: chrono::TimeDelta::days(i64::from(self.backfill_days)),
+                ..Default::default()
+            },
+            max_events: self.max_batch_events,
+            max_bytes: self.max_batch_bytes,
+        })
+    }
 }
 
 /// The key-encryption key that seals signing seeds and webhook secrets in billing's database

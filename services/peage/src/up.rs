@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use async_trait::async_trait;
-use peage_aggregator::{Aggregator, AggregatorConfig, DeadLetterFile};
+use peage_aggregator::{Aggregator, AggregatorConfig, DeadLetterFile, UsageAggregator};
 use peage_billing::{
     gateway_routes, provisioning, ApiDocs, ControlApi, ControlSettings, OAuthConfig,
 };
@@ -328,7 +328,7 @@ async fn demo_partner(
         }
     }
     let partner =
-        provisioning::create_partner(store.as_ref(), catalog, "Demo Partner", "demo").await?;
+        provisioning::create_partner(store.as_ref(), catalog, "Demo Partner", "demo", None).await?;
     let (_, secret) = provisioning::issue_key(store.as_ref(), &partner.id, Env::Live).await?;
     Ok((partner.id, secret))
 }
@@ -410,10 +410,19 @@ pub async fn run(
         },
     )
     .context("opening the event log")?;
+    // Usage events from POST /v1/events: their own log, synced on every append, so an
+    // accepted event is on disk before the answer.
+    let usage_log =
+        EmbeddedLog::open(data_dir.join("usage-log")).context("opening the usage event log")?;
+    let events_section = crate::config::section_from_env::<crate::config::EventsSection>(
+        "events",
+        std::env::vars(),
+    )?;
 
     let (agg_stop_tx, agg_stop_rx) = watch::channel(false);
     let aggregator_task = background_aggregator(
         log.consumer("aggregator").await?,
+        usage_log.consumer("usage-aggregator").await?,
         data_dir.join("usage.db"),
         data_dir.join("dead-letter.jsonl"),
         agg_stop_rx,
@@ -458,6 +467,11 @@ pub async fn run(
         },
     );
     control.set_api_docs(api_docs(&catalog, &catalog_path)?);
+    control.take_events(
+        events_section.intake(Arc::new(crate::events_sink::EmbeddedEvents(
+            usage_log.clone(),
+        )))?,
+    );
     control
         .invoicing
         .register_plan_versions(chrono::Utc::now())
@@ -600,6 +614,7 @@ const AGGREGATOR_NICENESS: i32 = 10;
 /// calls; it catches up as soon as the load eases. Resolves when the aggregator stops.
 fn background_aggregator(
     consumer: Box<dyn peage_eventlog::LogConsumer>,
+    usage_consumer: Box<dyn peage_eventlog::LogConsumer>,
     usage_db: PathBuf,
     dead_letters: PathBuf,
     stop: watch::Receiver<bool>,
@@ -619,15 +634,24 @@ fn background_aggregator(
                         let usage = SqliteUsageStore::open(&usage_db)
                             .await
                             .context("opening usage.db for the aggregator")?;
-                        Aggregator::new(
+                        let usage = Arc::new(usage);
+                        let calls = Aggregator::new(
                             consumer,
-                            Arc::new(usage),
+                            usage.clone(),
+                            Box::new(DeadLetterFile::new(dead_letters.clone())),
+                            AggregatorConfig::default(),
+                        )
+                        .run(stop.clone());
+                        let events = UsageAggregator::new(
+                            usage_consumer,
+                            usage,
                             Box::new(DeadLetterFile::new(dead_letters)),
                             AggregatorConfig::default(),
                         )
-                        .run(stop)
-                        .await
-                        .map_err(anyhow::Error::from)
+                        .run(stop);
+                        tokio::try_join!(calls, events)
+                            .map(|_| ())
+                            .map_err(anyhow::Error::from)
                     })
                 });
             let _ = done_tx.send(result);
