@@ -117,6 +117,11 @@ impl Setup {
             ("PEAGE_KAFKA__BROKERS", brokers.to_string()),
             ("PEAGE_KAFKA__TOPIC", format!("{name}.calls")),
             ("PEAGE_KAFKA__DEAD_LETTER_TOPIC", format!("{name}.dead")),
+            ("PEAGE_EVENTS__TOPIC", format!("{name}.usage")),
+            (
+                "PEAGE_EVENTS__SPOOL_DIR",
+                dir.path().join("events-spool").display().to_string(),
+            ),
             ("PEAGE_CLICKHOUSE__DATABASE", name.clone()),
             ("PEAGE_POSTGRES__URL", format!("{POSTGRES}/{name}")),
             ("PEAGE_AGGREGATOR__GROUP", format!("{name}-agg")),
@@ -2015,4 +2020,150 @@ async fn a_full_spool_disk_keeps_the_gateway_serving_and_recovers_when_space_ret
         (answered as u64).saturating_sub(stored)
     );
     assert_eq!(stored, answered as u64, "every answered call is stored");
+}
+
+/// What the embedded end-to-end test (`tests/e2e_embedded.rs`) sends and checks, here through
+/// PostgreSQL, Kafka and ClickHouse: the same LLM-token meter priced on the same invoice lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_events_through_kafka_and_clickhouse_are_counted_once_and_priced_as_embedded() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !servers_up() {
+        return;
+    }
+    let s = Setup::with_catalog(KAFKA, |c| {
+        c.replacen(
+            "charges = [",
+            "charges = [\n  { meter = \"llm_tokens\", model = \"per_unit\", unit_price = \"0.002\" },",
+            1,
+        ) + "\n[[meter]]\nname = \"llm_tokens\"\nevent_type = \"com.example.llm.completion\"\naggregation = \"sum\"\nvalue = \"tokens\"\ngroup_by = [\"model\"]\n"
+    })
+    .await;
+    let (_billing, control) = s.start("billing", &[]);
+    let control = control.unwrap();
+    let (agg, _) = s.start("aggregator", &[]);
+    let client = reqwest::Client::new();
+    let (pid, _) = partner_with_live_key(&client, &control).await;
+    let r = client
+        .patch(format!("{control}/v1/partners/{pid}"))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({ "external_id": "cust-0042" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let post = |body: String| {
+        let client = client.clone();
+        let control = control.clone();
+        async move {
+            let r = client
+                .post(format!("{control}/v1/events"))
+                .bearer_auth(ADMIN)
+                .header("content-type", "application/cloudevents-batch+json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let completion = |id: String, subject: &str, tokens: &str, model: &str| {
+        serde_json::json!({
+            "specversion": "1.0", "id": id, "source": "/services/llm", "subject": subject,
+            "type": "com.example.llm.completion",
+            "data": { "tokens": serde_json::from_str::<Value>(tokens).unwrap(), "model": model }
+        })
+    };
+    let mut batch: Vec<Value> = (0..100)
+        .map(|i| completion(format!("c-{i}"), &pid, "0.1", ["small", "large"][i % 2]))
+        .collect();
+    batch[7]["specversion"] = "0.3".into();
+    batch[42]["subject"] = "no-such-customer".into();
+    batch[99]["time"] = (chrono::Utc::now() - chrono::TimeDelta::days(40))
+        .to_rfc3339()
+        .into();
+    let body = Value::from(batch).to_string();
+    let out = post(body.clone()).await;
+    assert_eq!(out["accepted"], 97, "{out}");
+    let named: Vec<u64> = out["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(named, [7, 42, 99], "{out}");
+    // Retried at once (the first copy may still be on its way to ClickHouse), and 20
+    // concurrent posts of one batch: each counts once.
+    post(body).await;
+    let fresh: Vec<Value> = (0..50)
+        .map(|i| completion(format!("d-{i}"), "cust-0042", "2.5", "small"))
+        .collect();
+    let fresh = Value::from(fresh).to_string();
+    for out in futures::future::join_all((0..20).map(|_| post(fresh.clone()))).await {
+        assert!(out["rejected"].as_array().unwrap().is_empty(), "{out}");
+    }
+    // The aggregator killed and restarted in the middle changes nothing.
+    agg.sigkill();
+    let (_agg, _) = s.start("aggregator", &[]);
+
+    let want = Decimal::from_str_exact("134.7").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let tokens = loop {
+        let usage = admin_get(&client, &control, &format!("/v1/partners/{pid}/usage")).await;
+        let m = usage["meters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["meter"] == "llm_tokens")
+            .unwrap()
+            .clone();
+        let seen: Decimal = m["quantity"].as_str().unwrap().parse().unwrap();
+        assert!(seen <= want, "llm_tokens shows {seen}, more than {want}");
+        if seen == want {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "llm_tokens shows {seen} of {want} after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(tokens["groups"].as_array().unwrap().len(), 2, "{tokens}");
+    // Still so once everything has settled.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ch = s.clickhouse().await;
+    let rows: u64 = ch
+        .client()
+        .query("SELECT count() FROM usage_events")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(rows, 147, "ClickHouse holds each accepted event once");
+
+    let inv = admin_get(
+        &client,
+        &control,
+        &format!("/v1/partners/{pid}/invoices/upcoming"),
+    )
+    .await;
+    let mut lines: Vec<(String, String, String)> = inv["invoice"]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["meter"] == "llm_tokens")
+        .map(|l| {
+            (
+                l["group"]["model"].as_str().unwrap().to_string(),
+                l["quantity"].as_str().unwrap().to_string(),
+                l["amount"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    lines.sort();
+    let line = |m: &str, q: &str, a: &str| (m.to_string(), q.to_string(), a.to_string());
+    assert_eq!(
+        lines,
+        [line("large", "4.8", "0.01"), line("small", "129.9", "0.26")],
+        "{inv}"
+    );
 }

@@ -47,6 +47,25 @@ pub struct PeageConfig {
     pub events: EventsSection,
 }
 
+impl PeageConfig {
+    /// The Kafka settings of the usage-event topic: `kafka` with `events.topic`, which must be
+    /// a topic of its own (its records are usage events, and positions are kept per topic).
+    pub fn events_kafka(&self) -> anyhow::Result<KafkaConfig> {
+        if self.events.topic == self.kafka.topic
+            || self.events.topic == self.kafka.dead_letter_topic
+        {
+            bail!(
+                "events.topic ({}) must differ from kafka.topic and kafka.dead_letter_topic",
+                self.events.topic
+            );
+        }
+        Ok(KafkaConfig {
+            topic: self.events.topic.clone(),
+            ..self.kafka.clone()
+        })
+    }
+}
+
 /// `POST /v1/events` (docs/events.md): how far back events may go, how big a request may be,
 /// and where distributed mode spools them before Kafka.
 #[derive(Debug, Clone, Deserialize)]

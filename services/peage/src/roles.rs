@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use peage_aggregator::{Aggregator, AggregatorConfig};
+use peage_aggregator::{Aggregator, AggregatorConfig, UsageAggregator};
 use peage_billing::ControlApi;
 use peage_billing_store::{BillingStore, PostgresBillingStore};
-use peage_eventlog::kafka::{ensure_topics, KafkaConsumer, KafkaDeadLetters, SpooledKafkaLog};
+use peage_eventlog::kafka::{
+    ensure_topics, KafkaConsumer, KafkaDeadLetters, SpoolConfig, SpooledKafkaLog,
+};
 use peage_eventlog::{EventEmitter, EventLog};
 use peage_gateway::quota::HttpQuotaAuthority;
 use peage_gateway::{Clients, Gateway, GatewayServer, KeyCache, Quotas};
@@ -199,18 +201,42 @@ pub async fn aggregator(
     )?;
     let recoveries = consumer.stall_recoveries();
     let dead = KafkaDeadLetters::new(&config.kafka)?;
+    let settings = AggregatorConfig {
+        max_batch: config.aggregator.max_batch,
+        poll_wait: Duration::from_millis(config.aggregator.max_wait_ms),
+        insert_timeout: Duration::from_millis(config.aggregator.insert_timeout_ms),
+        parallel_inserts: config.aggregator.parallel_inserts,
+    };
     let agg = Aggregator::new(
         Box::new(consumer),
-        store,
+        store.clone(),
         Box::new(dead),
-        AggregatorConfig {
-            max_batch: config.aggregator.max_batch,
-            poll_wait: Duration::from_millis(config.aggregator.max_wait_ms),
-            insert_timeout: Duration::from_millis(config.aggregator.insert_timeout_ms),
-            parallel_inserts: config.aggregator.parallel_inserts,
-        },
+        settings.clone(),
     );
     let stats = agg.stats();
+    // Usage events (POST /v1/events) from their own topic, in a group of their own.
+    let events_kafka = config.events_kafka()?;
+    ensure_topics(&events_kafka)
+        .await
+        .context("creating the Kafka topic of usage events")?;
+    let usage_group = format!("{}-usage", config.aggregator.group);
+    let usage_consumer = KafkaConsumer::new(
+        &events_kafka,
+        &usage_group,
+        config
+            .aggregator
+            .instance_id
+            .as_deref()
+            .map(|i| format!("{i}-usage"))
+            .as_deref(),
+    )?;
+    let usage_agg = UsageAggregator::new(
+        Box::new(usage_consumer),
+        store,
+        Box::new(KafkaDeadLetters::new(&config.kafka)?),
+        settings,
+    );
+    let usage_stats = usage_agg.stats();
     let (stop_tx, stop_rx) = watch::channel(false);
     if let Some(listen) = config.metrics.listen {
         let st = Arc::clone(&stats);
@@ -253,6 +279,24 @@ pub async fn aggregator(
                     read(&st.abandoned_batches),
                 ),
                 (
+                    "peage_aggregator_usage_inserted_events_total",
+                    "Usage events (POST /v1/events) stored in ClickHouse.",
+                    "counter",
+                    read(&usage_stats.inserted),
+                ),
+                (
+                    "peage_aggregator_usage_duplicate_events_total",
+                    "Usage events skipped because ClickHouse already held them (re-sends).",
+                    "counter",
+                    read(&usage_stats.duplicates),
+                ),
+                (
+                    "peage_aggregator_usage_conflicts_total",
+                    "Usage events whose id was already used with other content (dead-lettered).",
+                    "counter",
+                    read(&usage_stats.conflicts),
+                ),
+                (
                     "peage_aggregator_stall_recoveries_total",
                     "Times the consumer found partitions stalled and rejoined its group.",
                     "counter",
@@ -267,7 +311,8 @@ pub async fn aggregator(
         })
         .await?;
     }
-    let task = tokio::spawn(agg.run(stop_rx));
+    let task = tokio::spawn(agg.run(stop_rx.clone()));
+    let usage_task = tokio::spawn(usage_agg.run(stop_rx));
     tracing::info!(group = %config.aggregator.group, topic = %config.kafka.topic, "aggregator up");
     println!(
         "peage aggregator consuming {} as group {}",
@@ -278,6 +323,7 @@ pub async fn aggregator(
         let _ = stop_tx.send(true);
     });
     task.await??;
+    usage_task.await??;
     use std::sync::atomic::Ordering::Relaxed;
     tracing::info!(
         inserted = stats.inserted.load(Relaxed),
@@ -314,6 +360,30 @@ pub async fn billing(
         },
     );
     api.set_api_docs(crate::up::api_docs(&catalog, &config.catalog.path)?);
+    // POST /v1/events: accepted events go to a spool of their own, forwarded to the usage
+    // topic (docs/events.md).
+    let events_kafka = config.events_kafka()?;
+    ensure_topics(&events_kafka)
+        .await
+        .context("creating the Kafka topic of usage events")?;
+    let events_spool = SpooledKafkaLog::start(
+        &events_kafka,
+        SpoolConfig {
+            dir: config.events.spool_dir.clone(),
+            // Synced on every append: an accepted event is on disk before the answer.
+            sync_interval_ms: 0,
+            ..config.spool.clone()
+        },
+    )
+    .await
+    .context("opening the spool of usage events")?;
+    api.take_events(
+        config
+            .events
+            .intake(Arc::new(crate::events_sink::SpooledEvents(Arc::clone(
+                &events_spool,
+            ))))?,
+    );
     api.invoicing
         .register_plan_versions(chrono::Utc::now())
         .await
@@ -364,6 +434,13 @@ pub async fn billing(
     .await;
     let _ = stop_tx.send(true);
     let _ = webhooks.await;
+    let left = events_spool.drain(Duration::from_secs(10)).await;
+    if left > 0 {
+        tracing::warn!(
+            left,
+            "usage events still spooled at shutdown; they are forwarded at the next start"
+        );
+    }
     served?;
     Ok(())
 }
