@@ -1877,3 +1877,78 @@ async fn admin_get_with(p: &Peage, bearer: &str, path: &str) -> reqwest::Respons
         .await
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_of_100000_events_imported_twice_stores_each_once() {
+    let (dir, data) = temp_dir();
+    tokens_catalog(
+        &data,
+        "\n[[meter]]\nname = \"backfilled\"\nevent_type = \"com.example.backfill\"\naggregation = \"count\"\n",
+    );
+    let p = Peage::start(&data);
+    let partner = p.s("partner_id");
+    let file = dir.path().join("backfill.ndjson");
+    let hour_ago = chrono::Utc::now() - chrono::TimeDelta::hours(1);
+    let mut text = String::with_capacity(20_000_000);
+    for i in 0..100_000u32 {
+        let time = hour_ago + chrono::TimeDelta::milliseconds(i64::from(i) * 30);
+        text.push_str(&format!(
+            "{{\"specversion\":\"1.0\",\"id\":\"b-{i}\",\"source\":\"/batch\",\"type\":\"com.example.backfill\",\"subject\":\"{partner}\",\"time\":\"{}\",\"data\":{{\"n\":{i}}}}}\n",
+            time.to_rfc3339()
+        ));
+    }
+    std::fs::write(&file, text).unwrap();
+    let import = |path: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_peage"))
+            .args(["events", "import"])
+            .arg(path)
+            .arg("--data-dir")
+            .arg(&data)
+            .env("PEAGE_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let out = import(&file);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("accepted 100000, duplicates 0, rejected 0"),
+        "{stdout}"
+    );
+    wait_for_meter(&p, "backfilled", Decimal::from(100_000)).await;
+    // Again: nothing changes.
+    let out = import(&file);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("accepted 0, duplicates 100000, rejected 0"),
+        "{stdout}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for_meter(&p, "backfilled", Decimal::from(100_000)).await;
+
+    // CSV, with the lines at fault named and the exit status saying so.
+    let csv = dir.path().join("fix.csv");
+    std::fs::write(
+        &csv,
+        format!("id,source,type,subject,data.n\nx-1,/fix,com.example.backfill,{partner},1\nx-2,/fix,com.example.backfill,nobody,2\nx-3,/fix,com.example.backfill,{partner},3\n"),
+    )
+    .unwrap();
+    let out = import(&csv);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "a rejected line fails the command: {stdout}"
+    );
+    assert!(
+        stdout.contains("accepted 2, duplicates 0, rejected 1"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("line 3: subject \"nobody\""), "{stdout}");
+    wait_for_meter(&p, "backfilled", Decimal::from(100_002)).await;
+    p.interrupt();
+}

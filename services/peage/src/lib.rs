@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod events_cli;
 pub mod events_sink;
 pub mod invoice_cli;
 pub mod metrics;

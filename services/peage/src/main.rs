@@ -35,6 +35,9 @@ enum Command {
     /// Invoices: `run` computes a month's drafts, `export` writes them as CSV, JSON or PDF.
     #[command(subcommand)]
     Invoice(peage::invoice_cli::InvoiceCommand),
+    /// Usage events: `import` a backfill (NDJSON or CSV of CloudEvents) through the events API.
+    #[command(subcommand)]
+    Events(peage::events_cli::EventsCommand),
     /// Print a one-time dashboard sign-in link (15 minutes) for a partner or a staff member.
     SignInLink(peage::sign_in_cli::SignInLinkCommand),
     /// The company's named dashboard users (viewer, finance, admin): `add`, `list`, `set`.
@@ -116,6 +119,7 @@ async fn main() -> std::process::ExitCode {
             .await
         }
         Command::Invoice(c) => peage::invoice_cli::run(c).await,
+        Command::Events(c) => peage::events_cli::run(c).await,
         Command::SignInLink(c) => peage::sign_in_cli::run(c).await,
         Command::Staff(c) => peage::staff_cli::run(c).await,
         Command::Secrets(c) => peage::secrets_cli::run(c).await,
