@@ -87,7 +87,8 @@ pub const GATEWAY_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/gateway/revocations"),
 ];
 /// The routes an `events:write` token reaches.
-pub const EVENTS_ROUTES: &[(&str, &str)] = &[("POST", "/v1/events")];
+pub const EVENTS_ROUTES: &[(&str, &str)] =
+    &[("POST", "/v1/events"), ("POST", "/v1/events/cancellations")];
 
 impl ServiceScope {
     pub const ALL: [ServiceScope; 5] = [

@@ -288,3 +288,134 @@ async fn resolve_subject(api: &ControlApi, subject: &str) -> Result<Option<Strin
         .await?
         .map(|p| p.id))
 }
+
+/// An event to cancel: the partner it was for, and its `source` and `id`.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cancellation {
+    /// The partner's id or external_id, as in the event's `subject`.
+    pub subject: String,
+    pub source: String,
+    pub id: String,
+}
+
+#[utoipa::path(post,
+    path = "/v1/events/cancellations",
+    tag = "events",
+    request_body(description = "One cancellation `{subject, source, id}` or an array of them: the events meters and invoices must leave out. Raw events stay; a cancellation record is added.",
+        content((Vec<Cancellation> = "application/json"))),
+    responses(
+        (status = 200, description = "What became of each cancellation: `accepted` are recorded, `duplicates` were already", body = EventsOutcome),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 503, response = crate::openapi::Unavailable)),
+    security(("admin" = [])))]
+pub async fn cancel_events(
+    State(api): State<Arc<ControlApi>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Some(intake) = api.events.get() else {
+        return Err(ApiError::Unavailable(
+            "this server does not take usage events (no event log is configured for them)".into(),
+        ));
+    };
+    if body.len() > intake.max_bytes {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the body has {} bytes; at most {} (events.max_batch_bytes)",
+            body.len(),
+            intake.max_bytes
+        )));
+    }
+    let items: Vec<Cancellation> = if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+    {
+        crate::routes::body(&body)?
+    } else {
+        vec![crate::routes::body(&body)?]
+    };
+    if items.is_empty() {
+        return Err(ApiError::BadRequest("no cancellation given".into()));
+    }
+    if items.len() > intake.max_events {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "{} cancellations in one request; at most {} (events.max_batch_events)",
+            items.len(),
+            intake.max_events
+        )));
+    }
+    let now = Utc::now();
+    let mut rejected = Vec::new();
+    let mut records: Vec<(usize, UsageEvent)> = Vec::new();
+    let mut partners: HashMap<String, Option<String>> = HashMap::new();
+    for (index, c) in items.iter().enumerate() {
+        let reject = |reason: String| RejectedEvent {
+            index,
+            id: Some(c.id.clone()),
+            reason,
+        };
+        let partner = match partners.get(&c.subject) {
+            Some(p) => p.clone(),
+            None => {
+                let p = resolve_subject(&api, &c.subject).await?;
+                partners.insert(c.subject.clone(), p.clone());
+                p
+            }
+        };
+        let Some(partner) = partner else {
+            rejected.push(reject(format!(
+                "subject {:?} is neither a partner id nor a partner's external_id",
+                c.subject
+            )));
+            continue;
+        };
+        let key = UsageEvent::key_of(&partner, &c.source, &c.id);
+        let Some(event) = api.usage.stored_usage_event(&partner, key).await? else {
+            rejected.push(reject(format!(
+                "no stored event {:?} from source {:?} for this partner (one accepted moments ago may still be on its way: retry shortly)",
+                c.id, c.source
+            )));
+            continue;
+        };
+        if event.event_type == peage_core::usage_event::CANCELLATION_TYPE {
+            rejected.push(reject("a cancellation cannot be cancelled".into()));
+            continue;
+        }
+        if event.time < now - intake.window.backfill {
+            rejected.push(reject(format!(
+                "the event is older than the backfill window of {} days; it can no longer be cancelled",
+                intake.window.backfill.num_days()
+            )));
+            continue;
+        }
+        records.push((index, UsageEvent::cancellation_of(&event, now)));
+    }
+    let all: Vec<UsageEvent> = records.iter().map(|(_, r)| r.clone()).collect();
+    let mut known = if all.is_empty() {
+        HashMap::new()
+    } else {
+        api.usage.stored_usage_digests(&all).await?
+    };
+    let mut fresh = Vec::new();
+    let mut duplicates = 0;
+    for (_, r) in records {
+        match known.entry((r.partner_id.clone(), r.key)) {
+            std::collections::hash_map::Entry::Occupied(_) => duplicates += 1,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(r.digest.clone());
+                fresh.push(r);
+            }
+        }
+    }
+    if !fresh.is_empty() {
+        intake.sink.append(&fresh).await.map_err(|e| {
+            ApiError::Unavailable(format!("the event log refused the cancellations: {e}"))
+        })?;
+    }
+    Ok(Json(EventsOutcome {
+        accepted: fresh.len(),
+        duplicates,
+        rejected,
+    })
+    .into_response())
+}

@@ -165,6 +165,7 @@ impl ControlApi {
             .merge(
                 OpenApiRouter::new()
                     .routes(routes!(events::post_events))
+                    .routes(routes!(events::cancel_events))
                     // Bodies are bounded by `events.max_batch_bytes`, checked in the handler.
                     .layer(axum::extract::DefaultBodyLimit::max(events::MAX_BODY_BYTES)),
             )

@@ -989,6 +989,16 @@ fn event_meter(
         src.issue(t.span(), format!("{path}.event_type"), "must not be empty");
         ok = false;
     }
+    if t.get_ref()
+        .starts_with(crate::usage_event::RESERVED_TYPE_PREFIX)
+    {
+        src.issue(
+            t.span(),
+            format!("{path}.event_type"),
+            format!("{:?} is reserved: types starting with \"peage.\" are Péage's own (peage.call.v1 is the call meters')", t.get_ref()),
+        );
+        ok = false;
+    }
     let mut filter = BTreeMap::new();
     for (prop, values) in &m.filter {
         if bad_path(prop) {

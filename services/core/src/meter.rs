@@ -546,7 +546,7 @@ pub fn evaluate<'a>(
 }
 
 /// Evaluates every meter over usage events: meters over events of their type, call meters
-/// zero. Events whose data gives no properties count with none (a store checked them when they
+/// zero, events cancelled by a cancellation record among `events` left out. Events whose data gives no properties count with none (a store checked them when they
 /// came in).
 pub fn evaluate_usage_events<'a>(
     meters: &[Meter],
@@ -554,7 +554,16 @@ pub fn evaluate_usage_events<'a>(
 ) -> Vec<MeterUsage> {
     let mut accs: Vec<(Acc, BTreeMap<Vec<String>, Acc>)> =
         meters.iter().map(|_| Default::default()).collect();
+    // Cancelled events count for nothing (stores leave them out the same way).
+    let events: Vec<&UsageEvent> = events.into_iter().collect();
+    let cancelled: HashSet<(String, uuid::Uuid)> = events
+        .iter()
+        .filter_map(|e| e.cancels().map(|k| (e.partner_id.clone(), k)))
+        .collect();
     for e in events {
+        if cancelled.contains(&(e.partner_id.clone(), e.key)) {
+            continue;
+        }
         if !meters.iter().any(|m| {
             m.events
                 .as_ref()

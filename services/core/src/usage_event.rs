@@ -21,6 +21,17 @@ use crate::event::{truncate_to_micros, MAX_UNITS, UNITS_SCALE};
 /// them, and no other source may send events of this type.
 pub const CALL_EVENT_TYPE: &str = "peage.call.v1";
 
+/// The type of the record that cancels a usage event (`POST /v1/events/cancellations`): raw
+/// events stay append-only, and meters leave out every event a cancellation names.
+pub const CANCELLATION_TYPE: &str = "peage.cancellation.v1";
+
+/// Types under this prefix are Péage's own: no source may send them, no meter reads them but
+/// the call meters.
+pub const RESERVED_TYPE_PREFIX: &str = "peage.";
+
+/// The `source` of cancellation records.
+const CANCELLATION_SOURCE: &str = "peage";
+
 /// The most characters of `id`, `type` and `subject`.
 const MAX_NAME: usize = 256;
 /// The most characters of `source` (a URI reference).
@@ -147,9 +158,9 @@ pub fn parse_cloud_event(raw: &RawValue) -> Result<CloudEvent, String> {
     let id = required("id", a.id, MAX_NAME)?;
     let source = required("source", a.source, MAX_SOURCE)?;
     let event_type = required("type", a.event_type, MAX_NAME)?;
-    if event_type == CALL_EVENT_TYPE {
+    if event_type.starts_with(RESERVED_TYPE_PREFIX) {
         return Err(format!(
-            "type {CALL_EVENT_TYPE} is reserved for the gateway's call events"
+            "type {event_type:?} is reserved: types starting with {RESERVED_TYPE_PREFIX:?} are Péage's own"
         ));
     }
     let subject = string_attr("subject", a.subject, MAX_NAME)?
@@ -267,6 +278,53 @@ impl UsageEvent {
         let mut bytes = [0u8; 16];
         bytes.copy_from_slice(&hash[..16]);
         uuid::Builder::from_custom_bytes(bytes).into_uuid()
+    }
+
+    /// The record that cancels `target`, made at `now`: a usage event of
+    /// [`CANCELLATION_TYPE`] whose data names the cancelled key, id and source. Cancelling the
+    /// same event again makes the same record (a duplicate).
+    pub fn cancellation_of(target: &UsageEvent, now: DateTime<Utc>) -> UsageEvent {
+        let id = format!("cancel/{}", target.key);
+        let data = serde_json::json!({
+            "cancels": target.key.to_string(),
+            "id": target.id,
+            "source": target.source,
+        });
+        let time = truncate_to_micros(now);
+        let event = serde_json::json!({
+            "specversion": "1.0",
+            "id": id,
+            "source": CANCELLATION_SOURCE,
+            "type": CANCELLATION_TYPE,
+            "subject": target.subject,
+            "time": time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "data": data,
+        });
+        let raw = RawValue::from_string(event.to_string())
+            .unwrap_or_else(|_| RawValue::from_string("{}".into()).expect("{} is JSON"));
+        UsageEvent {
+            key: UsageEvent::key_of(&target.partner_id, CANCELLATION_SOURCE, &id),
+            partner_id: target.partner_id.clone(),
+            // Over its data only, not when it was made.
+            digest: body_digest(CANCELLATION_TYPE, None, &raw),
+            id,
+            source: CANCELLATION_SOURCE.into(),
+            event_type: CANCELLATION_TYPE.into(),
+            subject: target.subject.clone(),
+            time,
+            cloudevent: raw,
+        }
+    }
+
+    /// The key a cancellation record cancels (`None` for any other event).
+    pub fn cancels(&self) -> Option<Uuid> {
+        if self.event_type != CANCELLATION_TYPE {
+            return None;
+        }
+        self.properties()
+            .ok()?
+            .text("cancels")
+            .and_then(|k| Uuid::parse_str(k).ok())
     }
 
     /// Microseconds since the Unix epoch.
@@ -608,6 +666,21 @@ mod tests {
                 .digest
         };
         assert_eq!(untimed(now), untimed(now + TimeDelta::seconds(30)));
+    }
+
+    #[test]
+    fn a_cancellation_names_its_event_and_is_the_same_record_when_repeated() {
+        let e = parse_cloud_event(&raw(&event(r#","data":{"n":1}"#)))
+            .unwrap()
+            .into_usage_event("p1", Utc::now(), &TimeWindow::default())
+            .unwrap();
+        let c = UsageEvent::cancellation_of(&e, Utc::now());
+        let again = UsageEvent::cancellation_of(&e, Utc::now() + TimeDelta::seconds(5));
+        assert_eq!(c.cancels(), Some(e.key));
+        assert_eq!((c.key, &c.digest), (again.key, &again.digest));
+        assert_eq!(e.cancels(), None);
+        c.check().unwrap();
+        assert_eq!(c.partner_id, "p1");
     }
 
     #[test]

@@ -653,6 +653,11 @@ impl ClickHouseUsageStore {
         if let Some(keys) = needs {
             filters.push_str(&format!(" AND has({keys}, ?)"));
         }
+        // Cancelled events are left out: a cancellation record names their key.
+        filters.push_str(
+            " AND toString(key) NOT IN (SELECT text_values[indexOf(text_keys, 'cancels')] \
+             FROM usage_events WHERE partner_id = ? AND type = ?)",
+        );
         let mut groups = Vec::new();
         for grouped in [false, true] {
             if grouped && sel.group_by.is_empty() {
@@ -697,6 +702,9 @@ impl ClickHouseUsageStore {
             if needs.is_some() {
                 q = q.bind(value_path);
             }
+            q = q
+                .bind(&query.partner_id)
+                .bind(peage_core::usage_event::CANCELLATION_TYPE);
             let rows = self
                 .traced(q)
                 .fetch_all::<EventMeterRow>()
@@ -985,6 +993,57 @@ impl UsageStore for ClickHouseUsageStore {
         events: &[LoggedUsageEvent],
     ) -> Result<InsertOutcome, UsageStoreError> {
         self.insert_usage_rows(topic, events).await
+    }
+
+    async fn stored_usage_event(
+        &self,
+        partner_id: &str,
+        key: Uuid,
+    ) -> Result<Option<UsageEvent>, UsageStoreError> {
+        #[derive(Row, Deserialize)]
+        struct Stored {
+            #[serde(rename = "type")]
+            event_type: String,
+            time_us: i64,
+            id: String,
+            source: String,
+            subject: String,
+            digest: String,
+            cloudevent: String,
+        }
+        let q = self
+            .client
+            .query(
+                "SELECT type, time_us, id, source, subject, digest, cloudevent FROM usage_events \
+                 WHERE partner_id = ? AND toString(key) = ? LIMIT 1",
+            )
+            .bind(partner_id)
+            .bind(key.to_string());
+        let rows = self
+            .traced(q)
+            .fetch_all::<Stored>()
+            .await
+            .map_err(|e| ch("stored usage event", e))?;
+        let Some(r) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| UsageStoreError::Corrupt {
+            id: key.to_string(),
+            reason,
+        };
+        Ok(Some(UsageEvent {
+            key,
+            partner_id: partner_id.to_string(),
+            id: r.id,
+            source: r.source,
+            event_type: r.event_type,
+            subject: r.subject,
+            time: DateTime::from_timestamp_micros(r.time_us)
+                .ok_or_else(|| corrupt(format!("time_us {}", r.time_us)))?,
+            digest: r.digest,
+            cloudevent: serde_json::value::RawValue::from_string(r.cloudevent)
+                .map_err(|e| corrupt(format!("cloudevent: {e}")))?,
+        }))
     }
 
     async fn stored_usage_digests(

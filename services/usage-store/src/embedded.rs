@@ -459,6 +459,22 @@ impl UsageStore for SqliteUsageStore {
         Ok(outcome)
     }
 
+    async fn stored_usage_event(
+        &self,
+        partner_id: &str,
+        key: uuid::Uuid,
+    ) -> Result<Option<UsageEvent>, UsageStoreError> {
+        let row = sqlx::query(
+            "SELECT partner_id, key, id, source, type, subject, time_us, digest, cloudevent \
+             FROM usage_events WHERE partner_id = ? AND key = ?",
+        )
+        .bind(partner_id)
+        .bind(key.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(row_to_usage_event).transpose()
+    }
+
     async fn stored_usage_digests(
         &self,
         events: &[UsageEvent],
@@ -593,6 +609,15 @@ impl SqliteUsageStore {
             list.push_bind(t.to_string());
         }
         q.push(")");
+        // Cancelled events are left out: a cancellation record names their key.
+        q.push(
+            " AND key NOT IN (SELECT json_extract(cloudevent, '$.data.cancels') FROM usage_events \
+             WHERE partner_id = ",
+        )
+        .push_bind(query.partner_id.clone())
+        .push(" AND type = ")
+        .push_bind(peage_core::usage_event::CANCELLATION_TYPE)
+        .push(")");
         let mut rows = q.build().fetch(&self.pool);
         let mut out = Vec::new();
         while let Some(row) = rows.try_next().await? {

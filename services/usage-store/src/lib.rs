@@ -123,9 +123,16 @@ pub trait UsageStore: Send + Sync + 'static {
         events: &[UsageEvent],
     ) -> Result<HashMap<UsageKey, String>, UsageStoreError>;
 
+    /// The stored usage event of `partner_id` with `key`, if any (what a cancellation names).
+    async fn stored_usage_event(
+        &self,
+        partner_id: &str,
+        key: uuid::Uuid,
+    ) -> Result<Option<UsageEvent>, UsageStoreError>;
+
     /// Evaluates `meters` over the query's events; one result per meter, in order. Meters
     /// of usage events read the partner's usage events (live only: usage events have no
-    /// sandbox), the others its call events.
+    /// sandbox) but those a cancellation record names, the others its call events.
     async fn meter_usage(
         &self,
         query: &UsageQuery,

@@ -91,6 +91,7 @@ pub async fn serve_with(catalog: &str, outbound: Arc<peage_net::OutboundPolicy>)
 }
 
 /// `n` live `200` calls of the partner to `maps v1`, a second apart from `at`.
+#[allow(dead_code)] // not every test crate bills calls
 pub fn calls(partner: &str, at: DateTime<Utc>, n: usize) -> Vec<CallEvent> {
     (0..n)
         .map(|i| {
