@@ -140,6 +140,29 @@ fn split_body(body: &[u8], mode: Mode, max_events: usize) -> Result<Vec<Box<RawV
     Ok(events)
 }
 
+/// The intake, or 503 when this server takes no usage events.
+fn configured(api: &ControlApi) -> Result<&EventsIntake, ApiError> {
+    api.events.get().ok_or_else(|| {
+        ApiError::Unavailable(
+            "this server does not take usage events (no event log is configured for them)".into(),
+        )
+    })
+}
+
+impl EventsIntake {
+    /// 413 for a body over `events.max_batch_bytes`.
+    fn check_size(&self, body: &[u8]) -> Result<(), ApiError> {
+        if body.len() > self.max_bytes {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "the body has {} bytes; at most {} (events.max_batch_bytes)",
+                body.len(),
+                self.max_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The readable `id` of an event that failed its checks, for the answer.
 fn id_of(raw: &RawValue) -> Option<String> {
     #[derive(serde::Deserialize)]
@@ -171,19 +194,9 @@ pub async fn post_events(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Some(intake) = api.events.get() else {
-        return Err(ApiError::Unavailable(
-            "this server does not take usage events (no event log is configured for them)".into(),
-        ));
-    };
+    let intake = configured(&api)?;
     let mode = mode(&headers)?;
-    if body.len() > intake.max_bytes {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "the body has {} bytes; at most {} (events.max_batch_bytes)",
-            body.len(),
-            intake.max_bytes
-        )));
-    }
+    intake.check_size(&body)?;
     let raws = split_body(&body, mode, intake.max_events)?;
     let outcome = take(&api, intake, raws).await?;
     Ok(Json(outcome).into_response())
@@ -198,7 +211,6 @@ async fn take(
     let now = Utc::now();
     let mut rejected = Vec::new();
     let mut candidates: Vec<(usize, UsageEvent)> = Vec::with_capacity(raws.len());
-    // Subjects resolved once a request: Some(partner id) or None (no such partner).
     let mut partners: HashMap<String, Option<String>> = HashMap::new();
     for (index, raw) in raws.iter().enumerate() {
         let reject = |reason: String| RejectedEvent {
@@ -213,14 +225,7 @@ async fn take(
                 continue;
             }
         };
-        let partner = match partners.get(&event.subject) {
-            Some(p) => p.clone(),
-            None => {
-                let p = resolve_subject(api, &event.subject).await?;
-                partners.insert(event.subject.clone(), p.clone());
-                p
-            }
-        };
+        let partner = resolve_subject(api, &mut partners, &event.subject).await?;
         let Some(partner) = partner else {
             rejected.push(reject(format!(
                 "subject {:?} is neither a partner id nor a partner's external_id",
@@ -275,8 +280,22 @@ async fn take(
     })
 }
 
-/// The partner a `subject` names: by id when it has the form of one, else by external id.
-async fn resolve_subject(api: &ControlApi, subject: &str) -> Result<Option<String>, ApiError> {
+/// The partner a `subject` names: by id when it has the form of one, else by external id;
+/// each subject looked up once a request (`seen`).
+async fn resolve_subject(
+    api: &ControlApi,
+    seen: &mut HashMap<String, Option<String>>,
+    subject: &str,
+) -> Result<Option<String>, ApiError> {
+    if let Some(p) = seen.get(subject) {
+        return Ok(p.clone());
+    }
+    let p = lookup_subject(api, subject).await?;
+    seen.insert(subject.to_string(), p.clone());
+    Ok(p)
+}
+
+async fn lookup_subject(api: &ControlApi, subject: &str) -> Result<Option<String>, ApiError> {
     if PartnerId::parse(subject).is_ok() {
         if let Some(p) = api.store.partner(subject).await? {
             return Ok(Some(p.id));
@@ -316,18 +335,8 @@ pub async fn cancel_events(
     State(api): State<Arc<ControlApi>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Some(intake) = api.events.get() else {
-        return Err(ApiError::Unavailable(
-            "this server does not take usage events (no event log is configured for them)".into(),
-        ));
-    };
-    if body.len() > intake.max_bytes {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "the body has {} bytes; at most {} (events.max_batch_bytes)",
-            body.len(),
-            intake.max_bytes
-        )));
-    }
+    let intake = configured(&api)?;
+    intake.check_size(&body)?;
     let items: Vec<Cancellation> = if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
     {
         crate::routes::body(&body)?
@@ -354,14 +363,7 @@ pub async fn cancel_events(
             id: Some(c.id.clone()),
             reason,
         };
-        let partner = match partners.get(&c.subject) {
-            Some(p) => p.clone(),
-            None => {
-                let p = resolve_subject(&api, &c.subject).await?;
-                partners.insert(c.subject.clone(), p.clone());
-                p
-            }
-        };
+        let partner = resolve_subject(&api, &mut partners, &c.subject).await?;
         let Some(partner) = partner else {
             rejected.push(reject(format!(
                 "subject {:?} is neither a partner id nor a partner's external_id",
