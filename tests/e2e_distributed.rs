@@ -2129,6 +2129,14 @@ async fn usage_events_through_kafka_and_clickhouse_are_counted_once_and_priced_a
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(tokens["groups"].as_array().unwrap().len(), 2, "{tokens}");
+    // Re-sent seconds after they were stored: events without `time` are stamped when received,
+    // so the copies have another time than the stored ones and are still duplicates.
+    let again = post(fresh).await;
+    assert_eq!(
+        (again["accepted"].as_u64(), again["duplicates"].as_u64()),
+        (Some(0), Some(50)),
+        "{again}"
+    );
     // Still so once everything has settled.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ch = s.clickhouse().await;

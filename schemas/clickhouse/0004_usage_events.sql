@@ -38,3 +38,22 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS usage_log_positions_mv TO log_positions A
 SELECT log_topic, log_partition, max(log_offset) AS max_offset, count() AS rows
 FROM usage_events
 GROUP BY log_topic, log_partition;
+
+-- Each event's key, ordered by it: the aggregator and the intake find an earlier copy by key
+-- whatever its time (an event sent without `time` is stamped when received, so a re-send has
+-- another time than the stored copy). `usage_events` is ordered by time for meters; a key
+-- lookup there would scan the partner's events. Small granules: a lookup reads one per key.
+CREATE TABLE IF NOT EXISTS usage_event_keys
+(
+    partner_id String,
+    key        UUID,
+    digest     String,
+    time       DateTime('UTC')
+)
+ENGINE = MergeTree
+ORDER BY (partner_id, key)
+SETTINGS index_granularity = 1024;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS usage_event_keys_mv TO usage_event_keys AS
+SELECT partner_id, key, digest, time
+FROM usage_events;

@@ -49,6 +49,9 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
 
 /// The condition of a raw row the rollups hold: a served call, not a refusal
 /// (`RollupRow::holds`).
+/// Keys one lookup of stored usage events names at most: 2,000 keys are about 80 KB of SQL.
+const KEY_LOOKUP_CHUNK: usize = 2_000;
+
 const SERVED: &str = "visitParamExtractString(attributes, 'refusal') = ''";
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -1015,9 +1018,12 @@ impl UsageStore for ClickHouseUsageStore {
             .client
             .query(
                 "SELECT type, time_us, id, source, subject, digest, cloudevent FROM usage_events \
-                 WHERE partner_id = ? AND toString(key) = ? LIMIT 1",
+                 WHERE partner_id = ? AND time IN (SELECT time FROM usage_event_keys \
+                 WHERE partner_id = ? AND key = toUUID(?)) AND key = toUUID(?) LIMIT 1",
             )
             .bind(partner_id)
+            .bind(partner_id)
+            .bind(key.to_string())
             .bind(key.to_string());
         let rows = self
             .traced(q)
@@ -1050,9 +1056,12 @@ impl UsageStore for ClickHouseUsageStore {
         &self,
         events: &[UsageEvent],
     ) -> Result<HashMap<UsageKey, String>, UsageStoreError> {
-        let mut by_partner: HashMap<&str, Vec<&UsageEvent>> = HashMap::new();
+        let mut by_partner: HashMap<&str, Vec<String>> = HashMap::new();
         for e in events {
-            by_partner.entry(&e.partner_id).or_default().push(e);
+            by_partner
+                .entry(&e.partner_id)
+                .or_default()
+                .push(e.key.to_string());
         }
         #[derive(Row, Deserialize)]
         struct Stored {
@@ -1061,33 +1070,30 @@ impl UsageStore for ClickHouseUsageStore {
             digest: String,
         }
         let mut found = HashMap::new();
-        for (partner, evs) in by_partner {
-            let min = evs.iter().map(|e| e.time.timestamp()).min().unwrap_or(0);
-            let max = evs.iter().map(|e| e.time.timestamp()).max().unwrap_or(0);
-            let types: HashSet<&str> = evs.iter().map(|e| e.event_type.as_str()).collect();
-            let types: Vec<&str> = types.into_iter().collect();
-            let keys: Vec<String> = evs.iter().map(|e| e.key.to_string()).collect();
-            let q = self
-                .client
-                .query(
-                    "SELECT key, any(digest) AS digest FROM usage_events WHERE partner_id = ? \
-                     AND has(?, type) AND time >= toDateTime(?) AND time <= toDateTime(?) \
-                     AND has(?, toString(key)) GROUP BY key",
-                )
-                .bind(partner)
-                .bind(&types)
-                .bind(min)
-                .bind(max)
-                .bind(&keys);
-            let rows = self
-                .traced(q)
-                .fetch_all::<Stored>()
-                .await
-                .map_err(|e| ch("stored usage events", e))?;
-            found.extend(
-                rows.into_iter()
-                    .map(|r| ((partner.to_string(), r.key), r.digest)),
-            );
+        for (partner, keys) in by_partner {
+            // By key alone, in `usage_event_keys` (ordered by it): an earlier copy may have
+            // another time (one sent without `time` is stamped when received). Chunked so the
+            // query stays far below ClickHouse's max_query_size (256 KiB) at any batch size.
+            for chunk in keys.chunks(KEY_LOOKUP_CHUNK) {
+                let q = self
+                    .client
+                    .query(
+                        "SELECT key, any(digest) AS digest FROM usage_event_keys \
+                         WHERE partner_id = ? AND key IN (SELECT toUUID(arrayJoin(?))) \
+                         GROUP BY key",
+                    )
+                    .bind(partner)
+                    .bind(chunk);
+                let rows = self
+                    .traced(q)
+                    .fetch_all::<Stored>()
+                    .await
+                    .map_err(|e| ch("stored usage events", e))?;
+                found.extend(
+                    rows.into_iter()
+                        .map(|r| ((partner.to_string(), r.key), r.digest)),
+                );
+            }
         }
         Ok(found)
     }

@@ -560,12 +560,42 @@ async fn meters_of_usage_events_agree_with_the_embedded_store_and_events_count_o
         embedded.stored_usage_digests(&events[..20]).await.unwrap(),
         digests
     );
-    let unknown = usage_events(start + TimeDelta::days(40));
+    // The same ids received 40 days later (another time, as a re-send of an event without
+    // `time` would have) are found by key, with the stored copy's digest.
+    let later = usage_events(start + TimeDelta::days(40));
+    let found = store.stored_usage_digests(&later[..5]).await.unwrap();
+    assert_eq!(found.len(), 5, "{found:?}");
+    for (e, l) in events[..5].iter().zip(&later[..5]) {
+        assert_eq!(found[&(l.partner_id.clone(), l.key)], e.digest);
+        assert_ne!(e.digest, l.digest);
+    }
+    assert_eq!(
+        embedded.stored_usage_digests(&later[..5]).await.unwrap(),
+        found
+    );
+    // Keys never stored are not found, in lookups of more keys than one query names.
+    let unknown: Vec<_> = (0..4_500)
+        .map(|i| {
+            let mut e = later[i % later.len()].clone();
+            e.key = uuid::Uuid::now_v7();
+            e
+        })
+        .collect();
     assert!(store
-        .stored_usage_digests(&unknown[..5])
+        .stored_usage_digests(&unknown)
         .await
         .unwrap()
         .is_empty());
+    // A stored event read back by key, whatever its time.
+    let back = store
+        .stored_usage_event(&events[3].partner_id, events[3].key)
+        .await
+        .unwrap()
+        .expect("stored");
+    assert_eq!(
+        (back.time, &back.digest),
+        (events[3].time, &events[3].digest)
+    );
 
     store
         .client()
