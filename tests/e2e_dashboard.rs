@@ -86,7 +86,13 @@ async fn seed(data: &Path) -> (String, String) {
         .unwrap();
     let prev_month = (this_month - Duration::days(1)).with_day(1).unwrap();
     let since = (prev_month - Duration::days(1)).with_day(1).unwrap();
-    let text = std::fs::read_to_string(data.join("catalog.toml")).unwrap();
+    // A meter of usage events beside the demo's call meters, charted from raw events.
+    let mut text = std::fs::read_to_string(data.join("catalog.toml")).unwrap();
+    text.push_str(
+        "\n[[meter]]\nname = \"llm_tokens\"\nevent_type = \"com.example.llm.completion\"\n\
+         aggregation = \"sum\"\nvalue = \"tokens\"\n",
+    );
+    std::fs::write(data.join("catalog.toml"), &text).unwrap();
     let catalog = Catalog::parse("catalog.toml", &text, &|_| {
         Some("http://127.0.0.1:9".into())
     })
@@ -139,6 +145,32 @@ async fn seed(data: &Path) -> (String, String) {
         day += Duration::days(1);
     }
     usage.insert(&batch).await.unwrap();
+    // 40 LLM completions from the company's own services (POST /v1/events), spread over this
+    // period so far, 25 tokens each.
+    let window = peage_core::usage_event::TimeWindow {
+        backfill: Duration::days(3650),
+        ahead: Duration::days(1),
+    };
+    let logged: Vec<peage_usage_store::LoggedUsageEvent> = (0..40)
+        .map(|i| {
+            let at = this_month + (now - this_month) * (i + 1) / 42;
+            let raw = serde_json::value::RawValue::from_string(format!(
+                r#"{{"specversion":"1.0","id":"seed-{i}","source":"/services/llm","type":"com.example.llm.completion","subject":"{globex}","time":"{}","data":{{"tokens":25,"model":"small"}}}}"#,
+                at.to_rfc3339()
+            ))
+            .unwrap();
+            let event = peage_core::usage_event::parse_cloud_event(&raw)
+                .unwrap()
+                .into_usage_event(globex, now, &window)
+                .unwrap();
+            peage_usage_store::LoggedUsageEvent {
+                partition: 0,
+                offset: i as u64,
+                event,
+            }
+        })
+        .collect();
+    usage.insert_usage_events("", &logged).await.unwrap();
     (globex.to_string(), prev_month.format("%Y-%m").to_string())
 }
 

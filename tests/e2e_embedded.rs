@@ -1756,6 +1756,65 @@ async fn usage_events_are_checked_one_by_one_counted_once_and_priced() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     wait_for_meter(&p, "llm_tokens", Decimal::from_str("134.7").unwrap()).await;
 
+    // The dashboard's chart has the event meter, per hour, from the raw events; the finance
+    // view lists the event types received: the tokens and the specification's examples.
+    let series: Value = admin_get(
+        &p,
+        &format!("/v1/partners/{partner}/usage/series?granularity=hour"),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let tokens = series["usage"]["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["meter"] == "llm_tokens")
+        .unwrap_or_else(|| panic!("no llm_tokens series: {series}"));
+    let per_hour: Decimal = tokens["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| dec(v))
+        .sum();
+    assert_eq!(
+        (dec(&tokens["total"]), per_hour),
+        (
+            Decimal::from_str("134.7").unwrap(),
+            Decimal::from_str("134.7").unwrap()
+        ),
+        "{tokens}"
+    );
+    assert!(
+        !series["usage"]["not_charted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == "llm_tokens"),
+        "{series}"
+    );
+    let usage: Value = admin_get(&p, &format!("/v1/partners/{partner}/usage"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let types: Vec<(&str, u64)> = usage["event_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["type"].as_str().unwrap(), t["events"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            ("com.example.llm.completion", 147),
+            ("com.example.someevent", 3),
+            ("com.github.pull_request.opened", 1)
+        ],
+        "{usage}"
+    );
+
     // A reused id with other content is refused, naming why; the first one counts.
     let r = post_events(
         &p,

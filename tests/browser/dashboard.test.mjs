@@ -88,6 +88,17 @@ test('finance computes, reviews, finalizes and exports a draft', async () => {
   const row = page.getByRole('row').filter({ hasText: 'Globex Corporation' });
   assert.match(await row.innerText(), /€|EUR/);
   await assertLabelled(page);
+  // The partner's page: the usage event types its services sent, and their meter charted
+  // beside the call meters.
+  await page.getByRole('link', { name: 'Globex Corporation' }).click();
+  const received = page.getByRole('table', { name: 'Usage event types received' });
+  await received.waitFor();
+  const typeRow = received.getByRole('row').filter({ hasText: 'com.example.llm.completion' });
+  assert.match(await typeRow.innerText(), /\b40\b/);
+  await page.locator('#chart-note', { hasText: /llm_tokens: 1\D?000\b/ }).waitFor();
+  await assertLabelled(page);
+  await shot(page, 'finance-partner', true);
+  await page.goBack();
 
   // Last month's drafts, computed from the browser, then finalized.
   await page.getByRole('link', { name: 'Invoices' }).click();

@@ -464,7 +464,7 @@ async fn usage_range(
     path = "/v1/partners/{id}/usage",
     tag = "usage",
     params(("id" = String, Path, description = "Partner id"), UsageParams),
-    responses((status = 200, description = "Every meter over the range", body = Object), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized), (status = 404, response = crate::openapi::NotFound)),
+    responses((status = 200, description = "Every meter over the range, and the usage event types received in it", body = Object), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized), (status = 404, response = crate::openapi::NotFound)),
     security(("admin" = []), ("session" = [])))]
 pub async fn usage(
     State(api): Api,
@@ -483,7 +483,10 @@ pub async fn usage(
         to,
     };
     let meters = api.usage.meter_usage(&query, &api.catalog.meters).await?;
-    Ok(Json(json!({ "partner_id": partner.id, "env": env.as_str(), "from": from, "to": to, "meters": meters })).into_response())
+    // The usage event types received (POST /v1/events), whether a meter reads them or not:
+    // what finance checks when a meter shows nothing.
+    let event_types = api.usage.usage_event_types(&query).await?;
+    Ok(Json(json!({ "partner_id": partner.id, "env": env.as_str(), "from": from, "to": to, "meters": meters, "event_types": event_types })).into_response())
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -533,7 +536,7 @@ pub struct SeriesParams {
     path = "/v1/partners/{id}/usage/series",
     tag = "usage",
     params(("id" = String, Path, description = "Partner id"), SeriesParams),
-    responses((status = 200, description = "Usage per hour or day, split by meter, API, version or operation, read from the hourly rollups", body = Object), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized), (status = 404, response = crate::openapi::NotFound)),
+    responses((status = 200, description = "Usage per hour or day, split by meter, API, version or operation, read from the hourly rollups (meters of usage events: from the raw events, split by meter)", body = Object), (status = 400, response = crate::openapi::BadRequest), (status = 401, response = crate::openapi::Unauthorized), (status = 404, response = crate::openapi::NotFound)),
     security(("admin" = []), ("session" = [])))]
 pub async fn usage_series(
     State(api): Api,
@@ -542,6 +545,7 @@ pub async fn usage_series(
     Query(params): Query<SeriesParams>,
 ) -> Result<Response, ApiError> {
     use peage_core::series::{bucket_end, buckets, usage_series as series, Granularity, SplitBy};
+
     let partner = scoped_partner(&api, &who, &id).await?;
     let (from, to, partner_tz) =
         usage_range(&api, &partner, params.from.as_deref(), params.to.as_deref()).await?;
@@ -575,7 +579,34 @@ pub async fn usage_series(
         to: bucket_end(*last, g, tz),
     };
     let rows = api.usage.hourly_rollups(&query).await?;
-    let out = series(&api.catalog.meters, &rows, &cells, g, by, tz);
+    let meters = &api.catalog.meters;
+    let mut out = series(meters, &rows, &cells, g, by, tz);
+    // Meters of usage events, from the raw events: per bucket, and their total over the
+    // range (a maximum or a unique count is not the sum of its buckets). Split by meter only:
+    // usage events have no API, version or operation.
+    let events: Vec<&peage_core::Meter> = meters.iter().filter(|m| m.events.is_some()).collect();
+    if by == SplitBy::Meter && !events.is_empty() {
+        let mut edges = cells.clone();
+        edges.push(query.to);
+        let owned: Vec<peage_core::Meter> = events.iter().map(|m| (*m).clone()).collect();
+        let totals = api.usage.meter_usage(&query, &owned).await?;
+        for (m, total) in owned.iter().zip(totals) {
+            let values = if env == peage_core::Env::Live {
+                api.usage.event_meter_series(&partner.id, m, &edges).await?
+            } else {
+                vec![rust_decimal::Decimal::ZERO; cells.len()]
+            };
+            out.series.push(peage_core::series::Series {
+                meter: m.name.clone(),
+                key: String::new(),
+                values,
+                total: total.quantity,
+            });
+        }
+        // In the catalog's order, as the other meters.
+        let rank = |name: &str| meters.iter().position(|m| m.name == name);
+        out.series.sort_by_key(|s| rank(&s.meter));
+    }
     Ok(Json(json!({
         "partner_id": partner.id,
         "env": env.as_str(),

@@ -11,7 +11,8 @@ use chrono_tz::Tz;
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::meter::{evaluate_rollups, Meter, RollupRow};
+use crate::meter::{evaluate_rollups, evaluate_usage_events, Meter, RollupRow};
+use crate::UsageEvent;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -161,6 +162,33 @@ pub fn buckets(
     Ok(out)
 }
 
+/// A meter of usage events per bucket: `edges` are the buckets' starts then the last one's
+/// end; each bucket is evaluated on its own, events outside every bucket are left out.
+pub fn event_meter_buckets<'a>(
+    meter: &Meter,
+    events: impl IntoIterator<Item = &'a UsageEvent>,
+    edges: &[DateTime<Utc>],
+) -> Vec<Decimal> {
+    let n = edges.len().saturating_sub(1);
+    let mut per_bucket: Vec<Vec<&UsageEvent>> = vec![Vec::new(); n];
+    for e in events {
+        // The number of edges at or before the event: its bucket is the one starting at the last.
+        let i = edges.partition_point(|t| *t <= e.time);
+        if (1..=n).contains(&i) {
+            per_bucket[i - 1].push(e);
+        }
+    }
+    per_bucket
+        .into_iter()
+        .map(|evs| {
+            evaluate_usage_events(std::slice::from_ref(meter), evs)
+                .into_iter()
+                .next()
+                .map_or(Decimal::ZERO, |u| u.quantity)
+        })
+        .collect()
+}
+
 /// Evaluates `meters` per bucket and split key over hourly rollup rows (`hour`, row).
 pub fn usage_series(
     meters: &[Meter],
@@ -171,9 +199,11 @@ pub fn usage_series(
     tz: Tz,
 ) -> UsageSeries {
     let charted: Vec<&Meter> = meters.iter().filter(|m| m.rollup_compatible()).collect();
+    // Meters of usage events are charted from the raw events, by the caller
+    // ([`event_meter_buckets`]).
     let not_charted = meters
         .iter()
-        .filter(|m| !m.rollup_compatible())
+        .filter(|m| !m.rollup_compatible() && m.events.is_none())
         .map(|m| m.name.clone())
         .collect();
     // Rows per (split key, bucket index).

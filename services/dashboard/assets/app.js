@@ -244,9 +244,27 @@
       linesPanel.append(invoiceTable(inv, 'Upcoming invoice lines', false));
     }
 
+    // Finance: the usage event types this partner's services sent (POST /v1/events), metered
+    // or not, so a meter that shows nothing can be told from events that never came.
+    let eventsPanel = null;
+    if (session.role !== 'partner') {
+      eventsPanel = h('section', { class: 'panel', 'aria-labelledby': 'event-types-h' }, h('h2', { id: 'event-types-h', text: 'Usage events received this period' }));
+      try {
+        const usage = await api(`/v1/partners/${encodeURIComponent(partnerId)}/usage`);
+        const types = usage.event_types || [];
+        eventsPanel.append(types.length
+          ? table(['Event type', ['Events', 'num'], 'Latest event'],
+            types.map((t) => h('tr', {}, h('td', { class: 'mono', text: t.type }), h('td', { class: 'num', text: num(t.events) }), h('td', { text: when(t.last_time, tz, true) }))),
+            'Usage event types received')
+          : h('p', { class: 'muted', text: 'No usage events this period.' }));
+      } catch (e) {
+        eventsPanel.append(h('p', { class: 'error', role: 'alert', text: 'Could not load the event types: ' + e.message }));
+      }
+    }
+
     const title = session.role === 'partner' ? 'Usage' : partner.name;
     const lead = session.role === 'partner' ? null : h('p', {}, link('/app', '← All partners'), ' · ', h('span', { class: 'mono', text: partner.id }));
-    page(title, lead, cards, chartPanel, quotaPanel, linesPanel);
+    page(title, lead, cards, chartPanel, quotaPanel, linesPanel, eventsPanel);
 
     const field = (id) => controls.querySelector('#' + id);
     field('range').addEventListener('change', () => {

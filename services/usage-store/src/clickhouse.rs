@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    InsertOutcome, LoggedEvent, LoggedUsageEvent, UsageKey, UsageQuery, UsageStore, UsageStoreError,
+    EventTypeSeen, InsertOutcome, LoggedEvent, LoggedUsageEvent, UsageKey, UsageQuery, UsageStore,
+    UsageStoreError,
 };
 
 /// The migrations under `schemas/clickhouse/`, in order. A test checks that this list and the
@@ -142,6 +143,22 @@ struct UsageRow<'a> {
 }
 
 /// One value of a meter of usage events, for one group (or the total: no group values).
+/// How [`ClickHouseUsageStore::event_meter_rows`] splits an event meter.
+#[derive(Clone, Copy)]
+enum EventSplit<'a> {
+    Total,
+    Groups,
+    /// By time: the end of each bucket in microseconds, in order.
+    Buckets(&'a [i64]),
+}
+
+/// The event selector of a meter of usage events.
+fn event_selector(meter: &Meter) -> Result<&peage_core::meter::EventSelector, UsageStoreError> {
+    meter.events.as_ref().ok_or_else(|| {
+        UsageStoreError::Config(format!("meter {} does not read usage events", meter.name))
+    })
+}
+
 #[derive(Row, Deserialize)]
 struct EventMeterRow {
     groups: Vec<String>,
@@ -616,19 +633,48 @@ impl ClickHouseUsageStore {
         query: &UsageQuery,
         meter: &Meter,
     ) -> Result<MeterUsage, UsageStoreError> {
-        let Some(sel) = &meter.events else {
-            return Err(UsageStoreError::Config(format!(
-                "meter {} does not read usage events",
-                meter.name
-            )));
-        };
         let mut usage = MeterUsage {
             meter: meter.name.clone(),
             quantity: Decimal::ZERO,
             groups: Vec::new(),
         };
+        let sel = event_selector(meter)?;
+        // No matching event: aggregates over nothing give one row of defaults without
+        // GROUP BY, which is zero for every aggregation here.
+        for (_, q) in self
+            .event_meter_rows(query, meter, EventSplit::Total)
+            .await?
+        {
+            usage.quantity = q;
+        }
+        if !sel.group_by.is_empty() {
+            // In the order of the group values, as peage_core lists them.
+            let mut groups = self
+                .event_meter_rows(query, meter, EventSplit::Groups)
+                .await?;
+            groups.sort_by(|a, b| a.0.cmp(&b.0));
+            usage.groups = groups
+                .into_iter()
+                .map(|(values, quantity)| MeterGroup {
+                    dimensions: sel.group_by.iter().cloned().zip(values).collect(),
+                    quantity,
+                })
+                .collect();
+        }
+        Ok(usage)
+    }
+
+    /// One SQL evaluation of an event meter over the query's range: `(split key, quantity)`
+    /// rows, the split key being the group values, or the bucket index (1-based, as text).
+    async fn event_meter_rows(
+        &self,
+        query: &UsageQuery,
+        meter: &Meter,
+        split: EventSplit<'_>,
+    ) -> Result<Vec<(Vec<String>, Decimal)>, UsageStoreError> {
+        let sel = event_selector(meter)?;
         if query.env != Env::Live {
-            return Ok(usage);
+            return Ok(Vec::new());
         }
         // Property lookups: `?` placeholders bound in order below.
         let number = "number_values[indexOf(number_keys, ?)]";
@@ -648,7 +694,6 @@ impl ClickHouseUsageStore {
                 Some("number_keys"),
             ),
         };
-        let group_exprs: Vec<&str> = sel.group_by.iter().map(|_| text).collect();
         let mut filters = String::new();
         for _ in &sel.filter {
             filters.push_str(&format!(" AND has(?, {text})"));
@@ -661,89 +706,83 @@ impl ClickHouseUsageStore {
             " AND toString(key) NOT IN (SELECT text_values[indexOf(text_keys, 'cancels')] \
              FROM usage_events WHERE partner_id = ? AND type = ?)",
         );
-        let mut groups = Vec::new();
-        for grouped in [false, true] {
-            if grouped && sel.group_by.is_empty() {
-                break;
-            }
-            let group_values = if grouped {
-                format!("[{}]", group_exprs.join(", "))
-            } else {
-                "emptyArrayString()".into()
-            };
-            let group_clause = if grouped { " GROUP BY groups" } else { "" };
-            let sql = format!(
-                "SELECT {group_values} AS groups, {value} AS value FROM usage_events \
-                 WHERE partner_id = ? AND type = ? \
-                 AND time >= toDateTime(?) AND time <= toDateTime(?) AND time_us >= ? AND time_us < ?\
-                 {filters}{group_clause}"
-            );
-            let mut q = self.client.query(&sql);
-            // The binds follow the placeholders: groups, value, then the WHERE clause.
-            if grouped {
+        let (split_values, group_clause) = match split {
+            EventSplit::Total => ("emptyArrayString()".to_string(), ""),
+            EventSplit::Groups => (
+                format!(
+                    "[{}]",
+                    sel.group_by
+                        .iter()
+                        .map(|_| text)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                " GROUP BY groups",
+            ),
+            // The first bucket whose end is past the event's time.
+            EventSplit::Buckets(_) => (
+                "[toString(arrayFirstIndex(e -> e > time_us, ?))]".to_string(),
+                " GROUP BY groups",
+            ),
+        };
+        let sql = format!(
+            "SELECT {split_values} AS groups, {value} AS value FROM usage_events \
+             WHERE partner_id = ? AND type = ? \
+             AND time >= toDateTime(?) AND time <= toDateTime(?) AND time_us >= ? AND time_us < ?\
+             {filters}{group_clause}"
+        );
+        let mut q = self.client.query(&sql);
+        // The binds follow the placeholders: split, value, then the WHERE clause.
+        match split {
+            EventSplit::Total => {}
+            EventSplit::Groups => {
                 for g in &sel.group_by {
                     q = q.bind(g);
                 }
             }
-            let value_path = sel.value.as_deref().unwrap_or_default();
-            q = match meter.aggregation {
-                Aggregation::Count => q,
-                Aggregation::Latest => q.bind(value_path).bind(value_path),
-                _ => q.bind(value_path),
-            };
-            q = q
-                .bind(&query.partner_id)
-                .bind(&sel.event_type)
-                .bind(query.from.timestamp())
-                .bind(query.to.timestamp())
-                .bind(query.from.timestamp_micros())
-                .bind(query.to.timestamp_micros());
-            for (path, allowed) in &sel.filter {
-                let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
-                q = q.bind(allowed).bind(path);
-            }
-            if needs.is_some() {
-                q = q.bind(value_path);
-            }
-            q = q
-                .bind(&query.partner_id)
-                .bind(peage_core::usage_event::CANCELLATION_TYPE);
-            let rows = self
-                .traced(q)
-                .fetch_all::<EventMeterRow>()
-                .await
-                .map_err(|e| ch(format!("meter {}", meter.name), e))?;
-            let scaled = |v: i128| -> Result<Decimal, UsageStoreError> {
-                let raw = fixed_to_units(v).map_err(|reason| UsageStoreError::Corrupt {
+            EventSplit::Buckets(ends) => q = q.bind(ends),
+        }
+        let value_path = sel.value.as_deref().unwrap_or_default();
+        q = match meter.aggregation {
+            Aggregation::Count => q,
+            Aggregation::Latest => q.bind(value_path).bind(value_path),
+            _ => q.bind(value_path),
+        };
+        q = q
+            .bind(&query.partner_id)
+            .bind(&sel.event_type)
+            .bind(query.from.timestamp())
+            .bind(query.to.timestamp())
+            .bind(query.from.timestamp_micros())
+            .bind(query.to.timestamp_micros());
+        for (path, allowed) in &sel.filter {
+            let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
+            q = q.bind(allowed).bind(path);
+        }
+        if needs.is_some() {
+            q = q.bind(value_path);
+        }
+        q = q
+            .bind(&query.partner_id)
+            .bind(peage_core::usage_event::CANCELLATION_TYPE);
+        let rows = self
+            .traced(q)
+            .fetch_all::<EventMeterRow>()
+            .await
+            .map_err(|e| ch(format!("meter {}", meter.name), e))?;
+        rows.into_iter()
+            .map(|r| {
+                let raw = fixed_to_units(r.value).map_err(|reason| UsageStoreError::Corrupt {
                     id: meter.name.clone(),
                     reason,
                 })?;
-                Ok(match meter.scale {
+                let q = match meter.scale {
                     Some(s) => raw.saturating_mul(s).normalize(),
                     None => raw.normalize(),
-                })
-            };
-            // No matching event: aggregates over nothing give one row of defaults without
-            // GROUP BY, which is zero for every aggregation here.
-            for r in rows {
-                let quantity = scaled(r.value)?;
-                if grouped {
-                    groups.push((
-                        r.groups.clone(),
-                        MeterGroup {
-                            dimensions: sel.group_by.iter().cloned().zip(r.groups).collect(),
-                            quantity,
-                        },
-                    ));
-                } else {
-                    usage.quantity = quantity;
-                }
-            }
-        }
-        // In the order of the group values, as peage_core lists them.
-        groups.sort_by(|a, b| a.0.cmp(&b.0));
-        usage.groups = groups.into_iter().map(|(_, g)| g).collect();
-        Ok(usage)
+                };
+                Ok((r.groups, q))
+            })
+            .collect()
     }
 
     fn scope(query: &UsageQuery) -> (String, &'static str) {
@@ -988,6 +1027,87 @@ impl UsageStore for ClickHouseUsageStore {
         events: &[LoggedEvent],
     ) -> Result<InsertOutcome, UsageStoreError> {
         self.insert_rows(topic, events).await
+    }
+
+    async fn event_meter_series(
+        &self,
+        partner_id: &str,
+        meter: &Meter,
+        edges: &[DateTime<Utc>],
+    ) -> Result<Vec<Decimal>, UsageStoreError> {
+        let (Some(from), Some(to)) = (edges.first(), edges.last()) else {
+            return Ok(Vec::new());
+        };
+        let query = UsageQuery {
+            partner_id: partner_id.to_string(),
+            env: Env::Live,
+            from: *from,
+            to: *to,
+        };
+        let ends: Vec<i64> = edges[1..].iter().map(|t| t.timestamp_micros()).collect();
+        let mut values = vec![Decimal::ZERO; ends.len()];
+        for (key, q) in self
+            .event_meter_rows(&query, meter, EventSplit::Buckets(&ends))
+            .await?
+        {
+            // 1-based; 0 (no bucket) cannot happen inside the range.
+            let i = key
+                .first()
+                .and_then(|k| k.parse::<usize>().ok())
+                .unwrap_or(0);
+            if let Some(v) = i.checked_sub(1).and_then(|i| values.get_mut(i)) {
+                *v = q;
+            }
+        }
+        Ok(values)
+    }
+
+    async fn usage_event_types(
+        &self,
+        query: &UsageQuery,
+    ) -> Result<Vec<EventTypeSeen>, UsageStoreError> {
+        if query.env != Env::Live {
+            return Ok(Vec::new());
+        }
+        #[derive(Row, Deserialize)]
+        struct Seen {
+            #[serde(rename = "type")]
+            event_type: String,
+            events: u64,
+            last_us: i64,
+        }
+        let q = self
+            .client
+            .query(
+                "SELECT type, count() AS events, max(time_us) AS last_us FROM usage_events \
+                 WHERE partner_id = ? AND time >= toDateTime(?) AND time <= toDateTime(?) \
+                 AND time_us >= ? AND time_us < ? AND NOT startsWith(type, 'peage.') \
+                 GROUP BY type ORDER BY type",
+            )
+            .bind(&query.partner_id)
+            .bind(query.from.timestamp())
+            .bind(query.to.timestamp())
+            .bind(query.from.timestamp_micros())
+            .bind(query.to.timestamp_micros());
+        let rows = self
+            .traced(q)
+            .fetch_all::<Seen>()
+            .await
+            .map_err(|e| ch("usage event types", e))?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(EventTypeSeen {
+                    last_time: DateTime::from_timestamp_micros(r.last_us).ok_or_else(|| {
+                        UsageStoreError::Corrupt {
+                            id: r.event_type.clone(),
+                            reason: format!("time_us {}", r.last_us),
+                        }
+                    })?,
+                    events: r.events,
+                    event_type: r.event_type,
+                })
+            })
+            .collect()
     }
 
     async fn insert_usage_events(

@@ -22,7 +22,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use crate::clickhouse::{ceil_to, floor_to};
-use crate::{InsertOutcome, LoggedUsageEvent, UsageKey, UsageQuery, UsageStore, UsageStoreError};
+use crate::{
+    EventTypeSeen, InsertOutcome, LoggedUsageEvent, UsageKey, UsageQuery, UsageStore,
+    UsageStoreError,
+};
 
 #[derive(Clone)]
 pub struct SqliteUsageStore {
@@ -425,6 +428,64 @@ impl UsageStore for SqliteUsageStore {
             calls,
             evaluate_usage_events(meters, &events),
         ))
+    }
+
+    async fn event_meter_series(
+        &self,
+        partner_id: &str,
+        meter: &Meter,
+        edges: &[DateTime<Utc>],
+    ) -> Result<Vec<Decimal>, UsageStoreError> {
+        let (Some(from), Some(to)) = (edges.first(), edges.last()) else {
+            return Ok(Vec::new());
+        };
+        let query = UsageQuery {
+            partner_id: partner_id.to_string(),
+            env: Env::Live,
+            from: *from,
+            to: *to,
+        };
+        let events = self
+            .usage_events_in(&query, std::slice::from_ref(meter))
+            .await?;
+        Ok(peage_core::series::event_meter_buckets(
+            meter, &events, edges,
+        ))
+    }
+
+    async fn usage_event_types(
+        &self,
+        query: &UsageQuery,
+    ) -> Result<Vec<EventTypeSeen>, UsageStoreError> {
+        if query.env != Env::Live {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT type, count(*) AS events, max(time_us) AS last_us FROM usage_events \
+             WHERE partner_id = ? AND time_us >= ? AND time_us < ? AND type NOT LIKE 'peage.%' \
+             GROUP BY type ORDER BY type",
+        )
+        .bind(&query.partner_id)
+        .bind(query.from.timestamp_micros())
+        .bind(query.to.timestamp_micros())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let event_type: String = r.try_get("type")?;
+                let last_us: i64 = r.try_get("last_us")?;
+                Ok(EventTypeSeen {
+                    last_time: DateTime::from_timestamp_micros(last_us).ok_or_else(|| {
+                        UsageStoreError::Corrupt {
+                            id: event_type.clone(),
+                            reason: format!("time_us {last_us}"),
+                        }
+                    })?,
+                    events: r.try_get::<i64, _>("events")?.max(0) as u64,
+                    event_type,
+                })
+            })
+            .collect()
     }
 
     async fn insert_usage_events(

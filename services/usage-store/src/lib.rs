@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use peage_core::{CallEvent, Env, Meter, MeterUsage, UsageEvent};
+use rust_decimal::Decimal;
 
 pub use self::clickhouse::{ClickHouseConfig, ClickHouseUsageStore};
 pub use embedded::SqliteUsageStore;
@@ -48,6 +49,15 @@ pub struct UsageQuery {
     pub env: Env,
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
+}
+
+/// One type of usage event a partner sent over a range: how many, and the latest one's time.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EventTypeSeen {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub events: u64,
+    pub last_time: DateTime<Utc>,
 }
 
 /// An event with the position it was read from in the event log.
@@ -138,6 +148,24 @@ pub trait UsageStore: Send + Sync + 'static {
         query: &UsageQuery,
         meters: &[Meter],
     ) -> Result<Vec<MeterUsage>, UsageStoreError>;
+
+    /// A meter of usage events per time bucket, live only: `edges` are the buckets' starts
+    /// then the last one's end (one more than the buckets, in order); one quantity per bucket,
+    /// each evaluated on its own (maxima, unique counts and latest values included). What
+    /// dashboards chart for meters of usage events, which have no rollups.
+    async fn event_meter_series(
+        &self,
+        partner_id: &str,
+        meter: &Meter,
+        edges: &[DateTime<Utc>],
+    ) -> Result<Vec<Decimal>, UsageStoreError>;
+
+    /// The types of usage events the query's partner sent in its range (live only), by type:
+    /// every event received, cancelled ones included, cancellation records not.
+    async fn usage_event_types(
+        &self,
+        query: &UsageQuery,
+    ) -> Result<Vec<EventTypeSeen>, UsageStoreError>;
 
     /// The hourly rollup rows of the query's partner and env for every hour that overlaps
     /// `[from, to)` (whole hours: the first and last may hold calls outside the range), each

@@ -549,6 +549,71 @@ async fn meters_of_usage_events_agree_with_the_embedded_store_and_events_count_o
         "{tokens:?}"
     );
 
+    // Per bucket, as dashboards chart them: buckets of 5 minutes from an edge off the minute,
+    // each evaluated on its own, equal on both stores and to peage_core's.
+    let edges: Vec<DateTime<Utc>> = (0..40)
+        .map(|i| start + TimeDelta::seconds(17) + TimeDelta::minutes(5 * i))
+        .collect();
+    for m in meters.iter().filter(|m| m.events.is_some()) {
+        for partner in ["prt_a", "prt_b"] {
+            let live: Vec<&peage_core::UsageEvent> = events
+                .iter()
+                .filter(|e| {
+                    e.partner_id == partner && !cancelled.contains(&(e.partner_id.clone(), e.key))
+                })
+                .collect();
+            let expected = peage_core::series::event_meter_buckets(m, live, &edges);
+            assert!(
+                expected.iter().filter(|v| !v.is_zero()).count() > 10,
+                "{}",
+                m.name
+            );
+            let ch = store.event_meter_series(partner, m, &edges).await.unwrap();
+            let sqlite = embedded
+                .event_meter_series(partner, m, &edges)
+                .await
+                .unwrap();
+            assert_eq!(
+                ch, expected,
+                "ClickHouse series of {} for {partner}",
+                m.name
+            );
+            assert_eq!(
+                sqlite, expected,
+                "embedded series of {} for {partner}",
+                m.name
+            );
+        }
+    }
+    // The event types received, cancellation records left out.
+    let types = store.usage_event_types(&q).await.unwrap();
+    let want = |ty: &str| {
+        let of_type: Vec<_> = events
+            .iter()
+            .filter(|e| {
+                e.partner_id == "prt_a" && e.event_type == ty && e.time >= q.from && e.time < q.to
+            })
+            .collect();
+        (
+            of_type.len() as u64,
+            of_type.iter().map(|e| e.time).max().unwrap(),
+        )
+    };
+    let seen: Vec<(String, u64, DateTime<Utc>)> = types
+        .iter()
+        .map(|t| (t.event_type.clone(), t.events, t.last_time))
+        .collect();
+    let (llm, llm_last) = want("com.example.llm");
+    let (storage, storage_last) = want("com.example.storage");
+    assert_eq!(
+        seen,
+        [
+            ("com.example.llm".to_string(), llm, llm_last),
+            ("com.example.storage".to_string(), storage, storage_last)
+        ]
+    );
+    assert_eq!(embedded.usage_event_types(&q).await.unwrap(), types);
+
     // The digests of what is stored, for the aggregator's re-send and conflict checks.
     let digests = store.stored_usage_digests(&events[..20]).await.unwrap();
     assert_eq!(digests.len(), 20);
