@@ -1,0 +1,317 @@
+//! Events API benchmark: how many usage events per second `POST /v1/events` accepts, durable,
+//! in batches of 100 over 8 connections, beside the raw append rate of the same log (the sink
+//! the route writes to, driven directly from this process with the same batches and the same
+//! concurrency) measured in the same run. At the end it waits until every accepted event is
+//! counted, once, by a `count` meter over the bench's event type.
+//!
+//! Run through load-tests/events/run.sh, which starts the server and passes:
+//!   PEAGE_BENCH_MODE      embedded | distributed (which log the raw rate appends to)
+//!   PEAGE_BENCH_URL       the control API serving POST /v1/events
+//!   PEAGE_BENCH_TOKEN     a token allowed to write events and read usage (admin)
+//!   PEAGE_BENCH_PARTNER   the partner the events are for (their `subject`)
+//!   PEAGE_BENCH_SECONDS   how long each measure lasts (default 10)
+//!   PEAGE_BENCH_RAW_DIR   a scratch directory for the raw log
+//!   PEAGE_BENCH_KAFKA     brokers (distributed: the raw rate spools to a topic of its own)
+//!   PEAGE_BENCH_TOPIC     that topic
+//! It prints one `RESULT key=value ...` line last.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use peage_billing::events::UsageEventSink;
+use peage_core::usage_event::{parse_cloud_event, TimeWindow};
+use peage_core::UsageEvent;
+
+/// The allocator `peage` runs with (services/peage/src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const BATCH: usize = 100;
+const CONNECTIONS: usize = 8;
+const EVENT_TYPE: &str = "com.example.bench.tokens";
+
+fn env(name: &str) -> anyhow::Result<String> {
+    std::env::var(name).with_context(|| format!("{name} is not set (run load-tests/events/run.sh)"))
+}
+
+/// One CloudEvent as a client sends it: an LLM completion with a few properties, about 230
+/// bytes. `run` and `n` make the id unique across runs and connections.
+fn cloud_event(out: &mut String, run: &str, conn: usize, n: u64, partner: &str) {
+    use std::fmt::Write;
+    let _ = write!(
+        out,
+        r#"{{"specversion":"1.0","id":"{run}-{conn}-{n}","source":"/bench/llm","type":"{EVENT_TYPE}","subject":"{partner}","data":{{"tokens":{},"model":"{}","region":"{}"}}}}"#,
+        n % 997 + 1,
+        ["small", "large", "xl"][(n % 3) as usize],
+        ["eu", "us"][(n % 2) as usize],
+    );
+}
+
+fn batch_body(run: &str, conn: usize, first: u64, partner: &str) -> String {
+    let mut body = String::with_capacity(BATCH * 240 + 2);
+    body.push('[');
+    for i in 0..BATCH as u64 {
+        if i > 0 {
+            body.push(',');
+        }
+        cloud_event(&mut body, run, conn, first + i, partner);
+    }
+    body.push(']');
+    body
+}
+
+/// The raw rate: the same batches appended to the route's own sink, CONNECTIONS at a time.
+async fn raw_rate(
+    sink: Arc<dyn UsageEventSink>,
+    partner: &str,
+    seconds: Duration,
+) -> anyhow::Result<(u64, Duration)> {
+    let window = TimeWindow {
+        backfill: chrono::TimeDelta::days(35),
+        ahead: chrono::TimeDelta::minutes(5),
+    };
+    let now = chrono::Utc::now();
+    // Prepared once: the raw rate is the log's, not the parser's.
+    let mut batches: Vec<Vec<UsageEvent>> = Vec::new();
+    for b in 0..64u64 {
+        let body = batch_body("raw", 0, b * BATCH as u64, partner);
+        let raws: Vec<Box<serde_json::value::RawValue>> = serde_json::from_str(&body)?;
+        let events = raws
+            .iter()
+            .map(|r| {
+                parse_cloud_event(r)
+                    .and_then(|e| e.into_usage_event(partner, now, &window))
+                    .map_err(anyhow::Error::msg)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        batches.push(events);
+    }
+    let batches = Arc::new(batches);
+    let appended = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CONNECTIONS {
+        let (sink, batches, appended) = (sink.clone(), batches.clone(), appended.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = c;
+            while start.elapsed() < seconds {
+                sink.append(&batches[i % batches.len()])
+                    .await
+                    .map_err(|e| anyhow::anyhow!("raw append: {}", e.0))?;
+                appended.fetch_add(BATCH as u64, Ordering::Relaxed);
+                i += CONNECTIONS;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok((appended.load(Ordering::Relaxed), start.elapsed()))
+}
+
+#[derive(Default)]
+struct Counts {
+    accepted: AtomicU64,
+    duplicates: AtomicU64,
+    rejected: AtomicU64,
+    /// Requests answered other than 200 (each is retried with the same batch).
+    refused: AtomicU64,
+    requests: AtomicU64,
+}
+
+async fn post_load(
+    url: &str,
+    token: &str,
+    partner: &str,
+    run: &str,
+    seconds: Duration,
+) -> anyhow::Result<(Arc<Counts>, Duration, Vec<Duration>)> {
+    let counts = Arc::new(Counts::default());
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for conn in 0..CONNECTIONS {
+        // A client each: one connection each, kept alive.
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let (url, token, partner, run, counts) = (
+            format!("{url}/v1/events"),
+            token.to_string(),
+            partner.to_string(),
+            run.to_string(),
+            counts.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut latencies = Vec::new();
+            while start.elapsed() < seconds {
+                let body = batch_body(&run, conn, n, &partner);
+                loop {
+                    let t = Instant::now();
+                    let r = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .header("content-type", "application/cloudevents-batch+json")
+                        .body(body.clone())
+                        .send()
+                        .await?;
+                    counts.requests.fetch_add(1, Ordering::Relaxed);
+                    if r.status() != 200 {
+                        counts.refused.fetch_add(1, Ordering::Relaxed);
+                        let status = r.status();
+                        let text = r.text().await.unwrap_or_default();
+                        if status != 503 && status != 429 {
+                            anyhow::bail!("POST /v1/events answered {status}: {text}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    let out: serde_json::Value = r.json().await?;
+                    latencies.push(t.elapsed());
+                    let field = |k: &str| out[k].as_u64().unwrap_or(0);
+                    counts
+                        .accepted
+                        .fetch_add(field("accepted"), Ordering::Relaxed);
+                    counts
+                        .duplicates
+                        .fetch_add(field("duplicates"), Ordering::Relaxed);
+                    let rejected = out["rejected"].as_array().map_or(0, |a| a.len()) as u64;
+                    if rejected > 0 {
+                        anyhow::bail!("events rejected: {out}");
+                    }
+                    counts.rejected.fetch_add(rejected, Ordering::Relaxed);
+                    break;
+                }
+                n += BATCH as u64;
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let elapsed = start.elapsed();
+    latencies.sort();
+    Ok((counts, elapsed, latencies))
+}
+
+/// The bench meter's quantity for the partner, as the usage route reports it.
+async fn counted(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    partner: &str,
+) -> anyhow::Result<u64> {
+    let usage: serde_json::Value = client
+        .get(format!("{url}/v1/partners/{partner}/usage"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let m = usage["meters"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["meter"] == "bench_events"))
+        .with_context(|| format!("no bench_events meter in {usage}"))?;
+    let q: rust_decimal::Decimal = m["quantity"].as_str().unwrap_or("0").parse()?;
+    u64::try_from(q).context("the count is not a whole number")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mode = env("PEAGE_BENCH_MODE")?;
+    let url = env("PEAGE_BENCH_URL")?;
+    let token = env("PEAGE_BENCH_TOKEN")?;
+    let partner = env("PEAGE_BENCH_PARTNER")?;
+    let seconds = Duration::from_secs(
+        std::env::var("PEAGE_BENCH_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10),
+    );
+    let raw_dir = std::path::PathBuf::from(env("PEAGE_BENCH_RAW_DIR")?);
+
+    // 1. The raw append rate of the log the route writes to.
+    let sink: Arc<dyn UsageEventSink> = match mode.as_str() {
+        "embedded" => Arc::new(peage::events_sink::EmbeddedEvents(
+            peage_eventlog::EmbeddedLog::open(raw_dir.join("usage-log"))?,
+        )),
+        "distributed" => {
+            let kafka = peage_eventlog::kafka::KafkaConfig {
+                brokers: env("PEAGE_BENCH_KAFKA")?,
+                topic: env("PEAGE_BENCH_TOPIC")?,
+                ..Default::default()
+            };
+            peage_eventlog::kafka::ensure_topics(&kafka).await?;
+            let spool = peage_eventlog::kafka::SpooledKafkaLog::start(
+                &kafka,
+                peage_eventlog::kafka::SpoolConfig {
+                    dir: raw_dir.join("events-spool"),
+                    // As the control API's: synced on every append.
+                    sync_interval_ms: 0,
+                    ..Default::default()
+                },
+            )
+            .await?;
+            Arc::new(peage::events_sink::SpooledEvents(spool))
+        }
+        other => anyhow::bail!("PEAGE_BENCH_MODE must be embedded or distributed, not {other}"),
+    };
+    let (raw_n, raw_t) = raw_rate(sink, &partner, seconds).await?;
+    let raw = raw_n as f64 / raw_t.as_secs_f64();
+    eprintln!("raw append ({mode}): {raw_n} events in {raw_t:.1?}: {raw:.0} events/s");
+
+    // 2. The route, from 8 connections.
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let (counts, api_t, latencies) = post_load(&url, &token, &partner, &run, seconds).await?;
+    let accepted = counts.accepted.load(Ordering::Relaxed);
+    let api = accepted as f64 / api_t.as_secs_f64();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    eprintln!(
+        "POST /v1/events ({mode}): {accepted} accepted in {api_t:.1?}: {api:.0} events/s; \
+         {} requests, {} refused and retried, duplicates {}, p50 {:.2} ms, p99 {:.2} ms",
+        counts.requests.load(Ordering::Relaxed),
+        counts.refused.load(Ordering::Relaxed),
+        counts.duplicates.load(Ordering::Relaxed),
+        pct(0.5),
+        pct(0.99),
+    );
+
+    // 3. Every accepted event counted once: the meter reaches the accepted total and stays.
+    let client = reqwest::Client::new();
+    let waited = Instant::now();
+    let mut seen = counted(&client, &url, &token, &partner).await?;
+    while seen < accepted && waited.elapsed() < Duration::from_secs(300) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        seen = counted(&client, &url, &token, &partner).await?;
+    }
+    let caught_up = waited.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let settled = counted(&client, &url, &token, &partner).await?;
+    eprintln!(
+        "counted {settled} of {accepted} accepted ({:.1?} after the load stopped)",
+        caught_up
+    );
+    println!(
+        "RESULT mode={mode} api_events_per_s={api:.0} raw_events_per_s={raw:.0} api_vs_raw={:.2} \
+         accepted={accepted} counted={settled} duplicates={} refused={} p50_ms={:.2} p99_ms={:.2} \
+         caught_up_s={:.1}",
+        api / raw,
+        counts.duplicates.load(Ordering::Relaxed),
+        counts.refused.load(Ordering::Relaxed),
+        pct(0.5),
+        pct(0.99),
+        caught_up.as_secs_f64(),
+    );
+    Ok(())
+}
