@@ -26,6 +26,7 @@ const SECTIONS: &[&str] = &[
     "aggregator",
     "metrics",
     "oauth",
+    "events",
 ];
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -670,6 +671,7 @@ pub fn load(
     };
     resolve(&mut config.catalog.path);
     resolve(&mut config.spool.dir);
+    resolve(&mut config.events.spool_dir);
     if let Some(f) = &mut config.control.admin_token_file {
         resolve(f);
     }
@@ -719,6 +721,36 @@ mod tests {
         assert_eq!(c.spool.dir, dir.path().join("spool-a"));
         assert_eq!(c.catalog.path, dir.path().join("catalog.toml"));
         assert_eq!(c.kafka.topic, "peage.calls.v1");
+    }
+
+    #[test]
+    fn every_section_can_be_set_from_the_environment() {
+        // serde names every section of PeageConfig when it refuses an unknown one.
+        let e = toml::Value::Table(toml::toml! { no_such_section = 1 })
+            .try_into::<PeageConfig>()
+            .unwrap_err()
+            .to_string();
+        let listed = e
+            .split_once("expected one of")
+            .map(|(_, l)| l)
+            .unwrap_or_default();
+        let sections: Vec<&str> = listed.split('`').skip(1).step_by(2).collect();
+        assert!(sections.len() > 10, "{e}");
+        for s in sections {
+            assert!(
+                SECTIONS.contains(&s),
+                "PEAGE_{}__* would be ignored",
+                s.to_uppercase()
+            );
+        }
+        // The usage-event topic of distributed mode, and its spool beside the file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peage.toml");
+        std::fs::write(&path, "[events]\nspool_dir = \"ev-spool\"\n").unwrap();
+        let env = [("PEAGE_EVENTS__TOPIC", "t.usage")].map(|(k, v)| (k.to_string(), v.to_string()));
+        let c = load(&path, env).unwrap();
+        assert_eq!(c.events.topic, "t.usage");
+        assert_eq!(c.events.spool_dir, dir.path().join("ev-spool"));
     }
 
     #[test]
