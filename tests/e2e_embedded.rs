@@ -1772,12 +1772,7 @@ async fn usage_events_are_checked_one_by_one_counted_once_and_priced() {
         .iter()
         .find(|s| s["meter"] == "llm_tokens")
         .unwrap_or_else(|| panic!("no llm_tokens series: {series}"));
-    let per_hour: Decimal = tokens["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| dec(v))
-        .sum();
+    let per_hour: Decimal = tokens["values"].as_array().unwrap().iter().map(dec).sum();
     assert_eq!(
         (dec(&tokens["total"]), per_hour),
         (
