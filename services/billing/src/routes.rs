@@ -582,25 +582,24 @@ pub async fn usage_series(
     let meters = &api.catalog.meters;
     let mut out = series(meters, &rows, &cells, g, by, tz);
     // Meters of usage events, from the raw events: per bucket, and their total over the
-    // range (a maximum or a unique count is not the sum of its buckets). Split by meter only:
-    // usage events have no API, version or operation.
-    let events: Vec<&peage_core::Meter> = meters.iter().filter(|m| m.events.is_some()).collect();
-    if by == SplitBy::Meter && !events.is_empty() {
+    // range. Split by meter only: usage events have no API, version or operation.
+    if by == SplitBy::Meter && meters.iter().any(|m| m.events.is_some()) {
         let mut edges = cells.clone();
         edges.push(query.to);
-        let owned: Vec<peage_core::Meter> = events.iter().map(|m| (*m).clone()).collect();
-        let totals = api.usage.meter_usage(&query, &owned).await?;
-        for (m, total) in owned.iter().zip(totals) {
-            let values = if env == peage_core::Env::Live {
+        for m in meters.iter().filter(|m| m.events.is_some()) {
+            let s = if env == peage_core::Env::Live {
                 api.usage.event_meter_series(&partner.id, m, &edges).await?
             } else {
-                vec![rust_decimal::Decimal::ZERO; cells.len()]
+                peage_usage_store::MeterSeries {
+                    values: vec![rust_decimal::Decimal::ZERO; cells.len()],
+                    total: rust_decimal::Decimal::ZERO,
+                }
             };
             out.series.push(peage_core::series::Series {
                 meter: m.name.clone(),
                 key: String::new(),
-                values,
-                total: total.quantity,
+                values: s.values,
+                total: s.total,
             });
         }
         // In the catalog's order, as the other meters.

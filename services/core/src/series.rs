@@ -180,13 +180,19 @@ pub fn event_meter_buckets<'a>(
     }
     per_bucket
         .into_iter()
-        .map(|evs| {
-            evaluate_usage_events(std::slice::from_ref(meter), evs)
-                .into_iter()
-                .next()
-                .map_or(Decimal::ZERO, |u| u.quantity)
-        })
+        .map(|evs| event_meter_quantity(meter, evs))
         .collect()
+}
+
+/// One meter of usage events over `events` (those of other types left out).
+pub fn event_meter_quantity<'a>(
+    meter: &Meter,
+    events: impl IntoIterator<Item = &'a UsageEvent>,
+) -> Decimal {
+    evaluate_usage_events(std::slice::from_ref(meter), events)
+        .into_iter()
+        .next()
+        .map_or(Decimal::ZERO, |u| u.quantity)
 }
 
 /// Evaluates `meters` per bucket and split key over hourly rollup rows (`hour`, row).

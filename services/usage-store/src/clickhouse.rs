@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    EventTypeSeen, InsertOutcome, LoggedEvent, LoggedUsageEvent, UsageKey, UsageQuery, UsageStore,
-    UsageStoreError,
+    series_range, EventTypeSeen, InsertOutcome, LoggedEvent, LoggedUsageEvent, MeterSeries,
+    UsageKey, UsageQuery, UsageStore, UsageStoreError,
 };
 
 /// The migrations under `schemas/clickhouse/`, in order. A test checks that this list and the
@@ -143,6 +143,19 @@ struct UsageRow<'a> {
 }
 
 /// One value of a meter of usage events, for one group (or the total: no group values).
+/// Rows of `[from, to)` in a table partitioned by `time` (seconds, to prune) and exact in
+/// `time_us`; bound by [`bind_range`].
+const IN_RANGE: &str =
+    "time >= toDateTime(?) AND time <= toDateTime(?) AND time_us >= ? AND time_us < ?";
+
+/// Binds [`IN_RANGE`]'s placeholders for the query's range.
+fn bind_range(q: clickhouse::query::Query, query: &UsageQuery) -> clickhouse::query::Query {
+    q.bind(query.from.timestamp())
+        .bind(query.to.timestamp())
+        .bind(query.from.timestamp_micros())
+        .bind(query.to.timestamp_micros())
+}
+
 /// How [`ClickHouseUsageStore::event_meter_rows`] splits an event meter.
 #[derive(Clone, Copy)]
 enum EventSplit<'a> {
@@ -727,9 +740,7 @@ impl ClickHouseUsageStore {
         };
         let sql = format!(
             "SELECT {split_values} AS groups, {value} AS value FROM usage_events \
-             WHERE partner_id = ? AND type = ? \
-             AND time >= toDateTime(?) AND time <= toDateTime(?) AND time_us >= ? AND time_us < ?\
-             {filters}{group_clause}"
+             WHERE partner_id = ? AND type = ? AND {IN_RANGE}{filters}{group_clause}"
         );
         let mut q = self.client.query(&sql);
         // The binds follow the placeholders: split, value, then the WHERE clause.
@@ -748,13 +759,7 @@ impl ClickHouseUsageStore {
             Aggregation::Latest => q.bind(value_path).bind(value_path),
             _ => q.bind(value_path),
         };
-        q = q
-            .bind(&query.partner_id)
-            .bind(&sel.event_type)
-            .bind(query.from.timestamp())
-            .bind(query.to.timestamp())
-            .bind(query.from.timestamp_micros())
-            .bind(query.to.timestamp_micros());
+        q = bind_range(q.bind(&query.partner_id).bind(&sel.event_type), query);
         for (path, allowed) in &sel.filter {
             let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
             q = q.bind(allowed).bind(path);
@@ -847,21 +852,12 @@ impl ClickHouseUsageStore {
     /// Raw events of the query's range, in time order.
     pub async fn raw_events(&self, query: &UsageQuery) -> Result<Vec<CallEvent>, UsageStoreError> {
         let (partner, env) = Self::scope(query);
-        let q = self
-            .client
-            .query(
-                "SELECT id, time_us, partner_id, key_id, env, api, version, operation, method, \
-                 status, latency_us, request_bytes, response_bytes, units, gateway_id, attributes \
-                 FROM call_events WHERE partner_id = ? AND env = ? \
-                 AND time >= toDateTime(?) AND time <= toDateTime(?) AND time_us >= ? AND time_us < ? \
-                 ORDER BY time_us",
-            )
-            .bind(&partner)
-            .bind(env)
-            .bind(query.from.timestamp())
-            .bind(query.to.timestamp())
-            .bind(query.from.timestamp_micros())
-            .bind(query.to.timestamp_micros());
+        let q = self.client.query(&format!(
+            "SELECT id, time_us, partner_id, key_id, env, api, version, operation, method, \
+             status, latency_us, request_bytes, response_bytes, units, gateway_id, attributes \
+             FROM call_events WHERE partner_id = ? AND env = ? AND {IN_RANGE} ORDER BY time_us"
+        ));
+        let q = bind_range(q.bind(&partner).bind(env), query);
         let rows = self
             .traced(q)
             .fetch_all::<StoredRow>()
@@ -1034,18 +1030,15 @@ impl UsageStore for ClickHouseUsageStore {
         partner_id: &str,
         meter: &Meter,
         edges: &[DateTime<Utc>],
-    ) -> Result<Vec<Decimal>, UsageStoreError> {
-        let (Some(from), Some(to)) = (edges.first(), edges.last()) else {
-            return Ok(Vec::new());
+    ) -> Result<MeterSeries, UsageStoreError> {
+        let mut series = MeterSeries {
+            values: vec![Decimal::ZERO; edges.len().saturating_sub(1)],
+            total: Decimal::ZERO,
         };
-        let query = UsageQuery {
-            partner_id: partner_id.to_string(),
-            env: Env::Live,
-            from: *from,
-            to: *to,
+        let Some(query) = series_range(partner_id, edges) else {
+            return Ok(series);
         };
         let ends: Vec<i64> = edges[1..].iter().map(|t| t.timestamp_micros()).collect();
-        let mut values = vec![Decimal::ZERO; ends.len()];
         for (key, q) in self
             .event_meter_rows(&query, meter, EventSplit::Buckets(&ends))
             .await?
@@ -1055,11 +1048,17 @@ impl UsageStore for ClickHouseUsageStore {
                 .first()
                 .and_then(|k| k.parse::<usize>().ok())
                 .unwrap_or(0);
-            if let Some(v) = i.checked_sub(1).and_then(|i| values.get_mut(i)) {
+            if let Some(v) = i.checked_sub(1).and_then(|i| series.values.get_mut(i)) {
                 *v = q;
             }
         }
-        Ok(values)
+        for (_, q) in self
+            .event_meter_rows(&query, meter, EventSplit::Total)
+            .await?
+        {
+            series.total = q;
+        }
+        Ok(series)
     }
 
     async fn usage_event_types(
@@ -1076,37 +1075,19 @@ impl UsageStore for ClickHouseUsageStore {
             events: u64,
             last_us: i64,
         }
-        let q = self
-            .client
-            .query(
-                "SELECT type, count() AS events, max(time_us) AS last_us FROM usage_events \
-                 WHERE partner_id = ? AND time >= toDateTime(?) AND time <= toDateTime(?) \
-                 AND time_us >= ? AND time_us < ? AND NOT startsWith(type, 'peage.') \
-                 GROUP BY type ORDER BY type",
-            )
-            .bind(&query.partner_id)
-            .bind(query.from.timestamp())
-            .bind(query.to.timestamp())
-            .bind(query.from.timestamp_micros())
-            .bind(query.to.timestamp_micros());
+        let q = self.client.query(&format!(
+            "SELECT type, count() AS events, max(time_us) AS last_us FROM usage_events \
+             WHERE partner_id = ? AND {IN_RANGE} AND NOT startsWith(type, 'peage.') \
+             GROUP BY type ORDER BY type"
+        ));
+        let q = bind_range(q.bind(&query.partner_id), query);
         let rows = self
             .traced(q)
             .fetch_all::<Seen>()
             .await
             .map_err(|e| ch("usage event types", e))?;
         rows.into_iter()
-            .map(|r| {
-                Ok(EventTypeSeen {
-                    last_time: DateTime::from_timestamp_micros(r.last_us).ok_or_else(|| {
-                        UsageStoreError::Corrupt {
-                            id: r.event_type.clone(),
-                            reason: format!("time_us {}", r.last_us),
-                        }
-                    })?,
-                    events: r.events,
-                    event_type: r.event_type,
-                })
-            })
+            .map(|r| EventTypeSeen::from_row(r.event_type, r.events, r.last_us))
             .collect()
     }
 

@@ -23,8 +23,8 @@ use sqlx::{Row, SqlitePool};
 
 use crate::clickhouse::{ceil_to, floor_to};
 use crate::{
-    EventTypeSeen, InsertOutcome, LoggedUsageEvent, UsageKey, UsageQuery, UsageStore,
-    UsageStoreError,
+    series_range, EventTypeSeen, InsertOutcome, LoggedUsageEvent, MeterSeries, UsageKey,
+    UsageQuery, UsageStore, UsageStoreError,
 };
 
 #[derive(Clone)]
@@ -435,22 +435,21 @@ impl UsageStore for SqliteUsageStore {
         partner_id: &str,
         meter: &Meter,
         edges: &[DateTime<Utc>],
-    ) -> Result<Vec<Decimal>, UsageStoreError> {
-        let (Some(from), Some(to)) = (edges.first(), edges.last()) else {
-            return Ok(Vec::new());
+    ) -> Result<MeterSeries, UsageStoreError> {
+        let Some(query) = series_range(partner_id, edges) else {
+            return Ok(MeterSeries {
+                values: Vec::new(),
+                total: Decimal::ZERO,
+            });
         };
-        let query = UsageQuery {
-            partner_id: partner_id.to_string(),
-            env: Env::Live,
-            from: *from,
-            to: *to,
-        };
+        // Read once: the buckets and the total come from the same events.
         let events = self
             .usage_events_in(&query, std::slice::from_ref(meter))
             .await?;
-        Ok(peage_core::series::event_meter_buckets(
-            meter, &events, edges,
-        ))
+        Ok(MeterSeries {
+            values: peage_core::series::event_meter_buckets(meter, &events, edges),
+            total: peage_core::series::event_meter_quantity(meter, &events),
+        })
     }
 
     async fn usage_event_types(
@@ -472,18 +471,11 @@ impl UsageStore for SqliteUsageStore {
         .await?;
         rows.iter()
             .map(|r| {
-                let event_type: String = r.try_get("type")?;
-                let last_us: i64 = r.try_get("last_us")?;
-                Ok(EventTypeSeen {
-                    last_time: DateTime::from_timestamp_micros(last_us).ok_or_else(|| {
-                        UsageStoreError::Corrupt {
-                            id: event_type.clone(),
-                            reason: format!("time_us {last_us}"),
-                        }
-                    })?,
-                    events: r.try_get::<i64, _>("events")?.max(0) as u64,
-                    event_type,
-                })
+                EventTypeSeen::from_row(
+                    r.try_get("type")?,
+                    r.try_get::<i64, _>("events")?.max(0) as u64,
+                    r.try_get("last_us")?,
+                )
             })
             .collect()
     }

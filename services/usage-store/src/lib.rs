@@ -60,6 +60,50 @@ pub struct EventTypeSeen {
     pub last_time: DateTime<Utc>,
 }
 
+impl EventTypeSeen {
+    /// From a store's row: the type, its count, and the latest time in microseconds.
+    pub(crate) fn from_row(
+        event_type: String,
+        events: u64,
+        last_us: i64,
+    ) -> Result<EventTypeSeen, UsageStoreError> {
+        let last_time =
+            DateTime::from_timestamp_micros(last_us).ok_or_else(|| UsageStoreError::Corrupt {
+                id: event_type.clone(),
+                reason: format!("time_us {last_us}"),
+            })?;
+        Ok(EventTypeSeen {
+            event_type,
+            events,
+            last_time,
+        })
+    }
+}
+
+/// A meter of usage events per time bucket, and over all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeterSeries {
+    /// One quantity per bucket, each evaluated on its own.
+    pub values: Vec<Decimal>,
+    /// The meter over the whole range (a maximum or a unique count is not the sum of its
+    /// buckets).
+    pub total: Decimal,
+}
+
+/// The live range `edges` span (the buckets' starts, then the last one's end) for
+/// [`UsageStore::event_meter_series`]; none without two edges.
+pub(crate) fn series_range(partner_id: &str, edges: &[DateTime<Utc>]) -> Option<UsageQuery> {
+    match (edges.first(), edges.last()) {
+        (Some(from), Some(to)) if edges.len() >= 2 => Some(UsageQuery {
+            partner_id: partner_id.to_string(),
+            env: Env::Live,
+            from: *from,
+            to: *to,
+        }),
+        _ => None,
+    }
+}
+
 /// An event with the position it was read from in the event log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Logged<E> {
@@ -151,14 +195,15 @@ pub trait UsageStore: Send + Sync + 'static {
 
     /// A meter of usage events per time bucket, live only: `edges` are the buckets' starts
     /// then the last one's end (one more than the buckets, in order); one quantity per bucket,
-    /// each evaluated on its own (maxima, unique counts and latest values included). What
-    /// dashboards chart for meters of usage events, which have no rollups.
+    /// each evaluated on its own (maxima, unique counts and latest values included), and the
+    /// total over the range. What dashboards chart for meters of usage events, which have no
+    /// rollups.
     async fn event_meter_series(
         &self,
         partner_id: &str,
         meter: &Meter,
         edges: &[DateTime<Utc>],
-    ) -> Result<Vec<Decimal>, UsageStoreError>;
+    ) -> Result<MeterSeries, UsageStoreError>;
 
     /// The types of usage events the query's partner sent in its range (live only), by type:
     /// every event received, cancelled ones included, cancellation records not.

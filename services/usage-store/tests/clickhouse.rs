@@ -574,13 +574,31 @@ async fn meters_of_usage_events_agree_with_the_embedded_store_and_events_count_o
                 .await
                 .unwrap();
             assert_eq!(
-                ch, expected,
+                ch.values, expected,
                 "ClickHouse series of {} for {partner}",
                 m.name
             );
             assert_eq!(
-                sqlite, expected,
+                sqlite.values, expected,
                 "embedded series of {} for {partner}",
+                m.name
+            );
+            // The total is the meter over the whole range, not the sum of the buckets.
+            let whole = UsageQuery {
+                partner_id: partner.into(),
+                env: Env::Live,
+                from: edges[0],
+                to: *edges.last().unwrap(),
+            };
+            let total = store
+                .meter_usage(&whole, std::slice::from_ref(m))
+                .await
+                .unwrap()[0]
+                .quantity;
+            assert_eq!(
+                (ch.total, sqlite.total),
+                (total, total),
+                "total of {}",
                 m.name
             );
         }
