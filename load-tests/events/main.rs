@@ -13,6 +13,9 @@
 //!   PEAGE_BENCH_RAW_DIR   a scratch directory for the raw log
 //!   PEAGE_BENCH_KAFKA     brokers (distributed: the raw rate spools to a topic of its own)
 //!   PEAGE_BENCH_TOPIC     that topic
+//!   PEAGE_BENCH_PROCS     the processes whose CPU the route's measure accounts for, as
+//!                         `name=PID` or `name=comm:COMMAND` (every process of that command
+//!                         name), space-separated; this client is always counted
 //! It prints one `RESULT key=value ...` line last.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +30,9 @@ use peage_core::UsageEvent;
 /// The allocator `peage` runs with (services/peage/src/main.rs).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[path = "../common/cpu.rs"]
+mod cpu;
 
 const BATCH: usize = 100;
 const CONNECTIONS: usize = 8;
@@ -200,6 +206,46 @@ async fn post_load(
     Ok((counts, elapsed, latencies))
 }
 
+/// CPU used by the processes of `PEAGE_BENCH_PROCS` (and this client) from one snapshot to
+/// the next.
+struct ProcCpu(Vec<(String, String)>);
+
+impl ProcCpu {
+    fn from_env() -> ProcCpu {
+        let mut procs: Vec<(String, String)> = std::env::var("PEAGE_BENCH_PROCS")
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.split_once('='))
+            .map(|(n, p)| (n.to_string(), p.to_string()))
+            .collect();
+        procs.push(("client".into(), "self".into()));
+        ProcCpu(procs)
+    }
+
+    fn snapshot(&self) -> Vec<Duration> {
+        self.0
+            .iter()
+            .map(|(_, p)| match p.strip_prefix("comm:") {
+                Some(comm) => cpu::pids_named(comm).iter().map(|p| cpu::cpu_of(p)).sum(),
+                None => cpu::cpu_of(p),
+            })
+            .collect()
+    }
+
+    /// `name=µs` of CPU per event between the snapshots, for the RESULT line.
+    fn per_event(&self, before: &[Duration], after: &[Duration], events: u64) -> String {
+        self.0
+            .iter()
+            .zip(before.iter().zip(after))
+            .map(|((name, _), (b, a))| {
+                let us = a.saturating_sub(*b).as_secs_f64() * 1e6 / events.max(1) as f64;
+                format!("cpu_us_{name}={us:.1}")
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
 /// The bench meter's quantity for the partner, as the usage route reports it.
 async fn counted(
     client: &reqwest::Client,
@@ -238,6 +284,7 @@ async fn main() -> anyhow::Result<()> {
     let raw_dir = std::path::PathBuf::from(env("PEAGE_BENCH_RAW_DIR")?);
 
     // 1. The raw append rate of the log the route writes to.
+    let mut raw_spool = None;
     let sink: Arc<dyn UsageEventSink> = match mode.as_str() {
         "embedded" => Arc::new(peage::events_sink::EmbeddedEvents(
             peage_eventlog::EmbeddedLog::open(raw_dir.join("usage-log"))?,
@@ -259,6 +306,7 @@ async fn main() -> anyhow::Result<()> {
                 },
             )
             .await?;
+            raw_spool = Some(spool.clone());
             Arc::new(peage::events_sink::SpooledEvents(spool))
         }
         other => anyhow::bail!("PEAGE_BENCH_MODE must be embedded or distributed, not {other}"),
@@ -266,11 +314,26 @@ async fn main() -> anyhow::Result<()> {
     let (raw_n, raw_t) = raw_rate(sink, &partner, seconds).await?;
     let raw = raw_n as f64 / raw_t.as_secs_f64();
     eprintln!("raw append ({mode}): {raw_n} events in {raw_t:.1?}: {raw:.0} events/s");
+    if let Some(spool) = raw_spool {
+        // Its forwarder would otherwise send the raw events to the broker during the route's
+        // measure, on the same cores.
+        let t = Instant::now();
+        let left = spool.drain(Duration::from_secs(600)).await;
+        anyhow::ensure!(
+            left == 0,
+            "the raw spool still holds {left} events after 600 s"
+        );
+        eprintln!("raw spool forwarded to the broker in {:.1?}", t.elapsed());
+    }
 
     // 2. The route, from 8 connections.
     let run = uuid::Uuid::now_v7().simple().to_string();
+    let procs = ProcCpu::from_env();
+    let cpu_before = procs.snapshot();
     let (counts, api_t, latencies) = post_load(&url, &token, &partner, &run, seconds).await?;
     let accepted = counts.accepted.load(Ordering::Relaxed);
+    let cpu = procs.per_event(&cpu_before, &procs.snapshot(), accepted);
+    eprintln!("CPU per accepted event during the route's measure: {cpu}");
     let api = accepted as f64 / api_t.as_secs_f64();
     let pct = |p: f64| {
         latencies
@@ -305,7 +368,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "RESULT mode={mode} api_events_per_s={api:.0} raw_events_per_s={raw:.0} api_vs_raw={:.2} \
          accepted={accepted} counted={settled} duplicates={} refused={} p50_ms={:.2} p99_ms={:.2} \
-         caught_up_s={:.1}",
+         caught_up_s={:.1} {cpu}",
         api / raw,
         counts.duplicates.load(Ordering::Relaxed),
         counts.refused.load(Ordering::Relaxed),

@@ -42,9 +42,9 @@ aggregation = "count"
 CONF
 
 declare -A LINE
-run_client() { # mode url partner
+run_client() { # mode url partner processes
   mkdir -p "$WORK/raw-$1"
-  PEAGE_BENCH_MODE=$1 PEAGE_BENCH_URL=$2 PEAGE_BENCH_TOKEN=$TOKEN PEAGE_BENCH_PARTNER=$3 \
+  PEAGE_BENCH_PROCS=$4 PEAGE_BENCH_MODE=$1 PEAGE_BENCH_URL=$2 PEAGE_BENCH_TOKEN=$TOKEN PEAGE_BENCH_PARTNER=$3 \
     PEAGE_BENCH_SECONDS=$SECONDS_EACH PEAGE_BENCH_RAW_DIR="$WORK/raw-$1" \
     PEAGE_BENCH_KAFKA="127.0.0.1:$KAFKA_PORT" PEAGE_BENCH_TOPIC="raw_$(date +%s)_$$.usage" \
     "$CLIENT" | tee "$WORK/result-$1"
@@ -62,7 +62,7 @@ for mode in $MODES; do
     PIDS+=($UP_PID)
     wait_http "http://127.0.0.1:$CTL_PORT/healthz"
     read -r PARTNER _ < <(new_partner "http://127.0.0.1:$CTL_PORT" bench)
-    run_client embedded "http://127.0.0.1:$CTL_PORT" "$PARTNER"
+    run_client embedded "http://127.0.0.1:$CTL_PORT" "$PARTNER" "up=$UP_PID"
     kill "$UP_PID"; wait "$UP_PID" 2>/dev/null || true
     ;;
   distributed)
@@ -78,12 +78,15 @@ spool_dir = \"$WORK/events-spool\""
     PEAGE_LOG=warn "$PEAGE" migrate >/dev/null
     echo "== peage billing on :$BILLING_PORT (spool → tansu) and peage aggregator (→ ClickHouse)"
     PEAGE_LOG=warn PEAGE_METRICS__LISTEN=127.0.0.1:0 "$PEAGE" billing >/dev/null &
-    PIDS+=($!)
+    BILLING_PID=$!
+    PIDS+=($BILLING_PID)
     PEAGE_LOG=warn PEAGE_METRICS__LISTEN=127.0.0.1:0 "$PEAGE" aggregator >/dev/null &
-    PIDS+=($!)
+    AGG_PID=$!
+    PIDS+=($AGG_PID)
     wait_http "http://127.0.0.1:$BILLING_PORT/healthz"
     read -r PARTNER _ < <(new_partner "http://127.0.0.1:$BILLING_PORT" bench)
-    run_client distributed "http://127.0.0.1:$BILLING_PORT" "$PARTNER"
+    run_client distributed "http://127.0.0.1:$BILLING_PORT" "$PARTNER" \
+      "billing=$BILLING_PID aggregator=$AGG_PID broker=$TANSU_PID clickhouse=$(cat /tmp/peage-services/clickhouse.pid) postgres=comm:postgres"
     ;;
   *) echo "unknown mode $mode (embedded, distributed)" >&2; exit 2 ;;
   esac
@@ -100,6 +103,10 @@ field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"${LINE[$1]}"; }
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
   for mode in $MODES; do
     echo "| $mode | $(field "$mode" api_events_per_s) | $(field "$mode" raw_events_per_s) | $(field "$mode" api_vs_raw) | $(field "$mode" accepted) | $(field "$mode" counted) | $(field "$mode" p50_ms) | $(field "$mode" p99_ms) | $(field "$mode" caught_up_s) s |"
+  done
+  echo
+  for mode in $MODES; do
+    echo "CPU per accepted event during the POST measure ($mode, µs): $(grep -o 'cpu_us_[a-z]*=[0-9.]*' <<<"${LINE[$mode]}" | sed 's/cpu_us_//; s/=/ /' | paste -sd, - | sed 's/,/, /g')."
   done
   echo
   echo "Aims: ≥ 100,000 events/s in distributed mode, and POST / raw ≥ 50 %."

@@ -18,6 +18,10 @@ use peage_eventlog::LogConsumer;
 use peage_usage_store::{ClickHouseConfig, ClickHouseUsageStore, LoggedEvent, UsageStore};
 use rust_decimal::Decimal;
 
+#[path = "../common/cpu.rs"]
+mod cpu;
+use cpu::cpu_of;
+
 /// The allocator `peage aggregator` runs with (services/peage/src/main.rs).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -78,19 +82,6 @@ fn rate(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
-/// CPU time (user + system, all threads) a process has used so far, from /proc.
-fn cpu_of(pid: &str) -> Duration {
-    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            // Fields after the command name, which is in parentheses and may hold spaces.
-            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
-            Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0);
-    Duration::from_millis(ticks * 1000 / clock_ticks())
-}
-
 /// A number the run is given in the environment, or `default`.
 fn setting(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -111,15 +102,6 @@ fn parallel_inserts() -> usize {
 
 fn cores_f() -> f64 {
     std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
-}
-
-fn clock_ticks() -> u64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
-        .unwrap_or(100)
 }
 
 /// The processes whose CPU the benchmark accounts for: the broker, ClickHouse, and this one
