@@ -3,8 +3,9 @@
 //! own process, as an operator would start them.
 //!
 //! Each test has its own topic, ClickHouse database and PostgreSQL database, and the tests run
-//! one at a time (they load the machine). With `CI=true` a missing server fails the test;
-//! elsewhere the test says so and skips.
+//! one at a time (they load the machine). They run only with `--features real-servers` (as
+//! `deploy/dev/test-all.sh` runs them); without it they are listed as ignored, and with it a
+//! missing server fails them.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -33,8 +34,8 @@ fn reachable(addr: &str) -> bool {
     std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).is_ok()
 }
 
-/// The servers are up, or (outside CI) the test is skipped.
-fn servers_up() -> bool {
+/// The servers are up, or the test fails saying which are not.
+fn servers_up() {
     let missing: Vec<&str> = [
         ("kafka", "127.0.0.1:9092"),
         ("clickhouse", "127.0.0.1:8123"),
@@ -44,14 +45,20 @@ fn servers_up() -> bool {
     .filter(|(_, a)| !reachable(a))
     .map(|(n, _)| n)
     .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true and not reachable: {missing:?}; run deploy/dev/services.sh start");
-    }
-    eprintln!("SKIPPED: not reachable: {missing:?}; run deploy/dev/services.sh start");
-    false
+    assert!(
+        missing.is_empty(),
+        "not reachable: {missing:?}; run deploy/dev/services.sh start"
+    );
+}
+
+/// A CI run without the switch would list the tests as ignored and pass: it fails instead.
+#[cfg(not(feature = "real-servers"))]
+#[test]
+fn ci_runs_the_real_server_tests() {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true: run with --features real-servers, so that the distributed mode is tested"
+    );
 }
 
 /// One isolated distributed setup: topic, ClickHouse database, PostgreSQL database, catalog.
@@ -445,11 +452,13 @@ async fn calls(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "real-servers"),
+    ignore = "needs Kafka, ClickHouse and PostgreSQL: cargo test --features real-servers (deploy/dev/services.sh start)"
+)]
 async fn twenty_thousand_calls_through_two_gateways_are_stored_once_and_billed_from_rollups() {
     let _one = ONE_AT_A_TIME.lock().await;
-    if !servers_up() {
-        return;
-    }
+    servers_up();
     let s = Setup::new(KAFKA).await;
     let (_billing, control) = s.start("billing", &[]);
     let control = control.unwrap();
@@ -621,11 +630,13 @@ async fn produce(kafka: &KafkaConfig, events: &[CallEvent]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "real-servers"),
+    ignore = "needs Kafka, ClickHouse and PostgreSQL: cargo test --features real-servers (deploy/dev/services.sh start)"
+)]
 async fn the_aggregator_killed_at_random_moments_stores_every_event_exactly_once() {
     let _one = ONE_AT_A_TIME.lock().await;
-    if !servers_up() {
-        return;
-    }
+    servers_up();
     const N: u64 = 200_000;
     let s = Setup::new(KAFKA).await;
     let kafka = s.kafka();
@@ -739,11 +750,13 @@ async fn await_counter(port: u16, name: &str, at_least: u64, timeout: Duration) 
 /// lost the partitions: it abandons it (its lease ran out) and rejoins. Without the lease
 /// check A's retry lands once ClickHouse answers, and the batch is stored twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "real-servers"),
+    ignore = "needs Kafka, ClickHouse and PostgreSQL: cargo test --features real-servers (deploy/dev/services.sh start)"
+)]
 async fn an_insert_stalled_past_the_poll_interval_is_abandoned_not_stored_twice() {
     let _one = ONE_AT_A_TIME.lock().await;
-    if !servers_up() {
-        return;
-    }
+    servers_up();
     const N: u64 = 3_000;
     let s = Setup::new(KAFKA).await;
     let kafka = s.kafka();
@@ -815,11 +828,13 @@ async fn an_insert_stalled_past_the_poll_interval_is_abandoned_not_stored_twice(
 /// would wait without partitions forever. It notices the lag without progress and rejoins as a
 /// dynamic member; either way every event is stored, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "real-servers"),
+    ignore = "needs Kafka, ClickHouse and PostgreSQL: cargo test --features real-servers (deploy/dev/services.sh start)"
+)]
 async fn a_member_left_without_partitions_by_a_dead_static_member_recovers_by_itself() {
     let _one = ONE_AT_A_TIME.lock().await;
-    if !servers_up() {
-        return;
-    }
+    servers_up();
     const N: u64 = 2_000;
     let s = Setup::new(KAFKA).await;
     let kafka = s.kafka();
@@ -859,11 +874,13 @@ async fn a_member_left_without_partitions_by_a_dead_static_member_recovers_by_it
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "real-servers"),
+    ignore = "needs Kafka, ClickHouse and PostgreSQL: cargo test --features real-servers (deploy/dev/services.sh start)"
+)]
 async fn a_malformed_message_goes_to_the_dead_letter_topic_and_the_rest_flows() {
     let _one = ONE_AT_A_TIME.lock().await;
-    if !servers_up() {
-        return;
-    }
+    servers_up();
     let s = Setup::new(KAFKA).await;
     let kafka = s.kafka();
     ensure_topics(&kafka).await.unwrap();
@@ -1039,11 +1056,13 @@ async fn report(
 /// calls keep coming. The gateway serves every call from its spool throughout, and every
 /// answered call is stored once the broker is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "real-servers"),
+    ignore = "needs Kafka, ClickHouse and PostgreSQL: cargo test --features real-servers (deploy/dev/services.sh start)"
+)]
 async fn the_broker_down_60_seconds_then_restarted_mid_stream_loses_and_duplicates_nothing() {
     let _one = ONE_AT_A_TIME.lock().await;
-    if !servers_up() {
-        return;
-    }
+    servers_up();
     let port = free_port();
     let broker_dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(broker_dir.path(), port);
@@ -1109,11 +1128,13 @@ async fn the_broker_down_60_seconds_then_restarted_mid_stream_loses_and_duplicat
 /// PRODUCT.md §5: a hard limit of L calls shared by three gateway processes under concurrent
 /// load allows at most L calls and at least 99 % of L, and every allowed call is metered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "real-servers"),
+    ignore = "needs Kafka, ClickHouse and PostgreSQL: cargo test --features real-servers (deploy/dev/services.sh start)"
+)]
 async fn a_hard_quota_shared_by_three_gateways_allows_at_most_its_limit() {
     let _one = ONE_AT_A_TIME.lock().await;
-    if !servers_up() {
-        return;
-    }
+    servers_up();
     const L: usize = 3000;
     let s = Setup::with_catalog(KAFKA, |c| {
         let soft = "quotas = [{ meter = \"calls\", limit = 100000, kind = \"soft\" }]";
@@ -1182,11 +1203,13 @@ async fn a_hard_quota_shared_by_three_gateways_allows_at_most_its_limit() {
 /// billing; a key revoked through the control API stops working on all three within a second,
 /// though their key cache holds answers for a minute (PEAGE_GATEWAY__KEY_CACHE_TTL_MS).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "real-servers"),
+    ignore = "needs Kafka, ClickHouse and PostgreSQL: cargo test --features real-servers (deploy/dev/services.sh start)"
+)]
 async fn a_revoked_key_stops_working_on_three_gateways_within_a_second() {
     let _one = ONE_AT_A_TIME.lock().await;
-    if !servers_up() {
-        return;
-    }
+    servers_up();
     let s = Setup::new(KAFKA).await;
     let (_billing, control) = s.start("billing", &[]);
     let control = control.unwrap();
@@ -1342,11 +1365,13 @@ impl Cuttable {
 /// route answers 503 with `Retry-After`, calls are served, and every one is stored once it
 /// returns. Each outage prints sent, answered, stored, lost and duplicated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "real-servers"),
+    ignore = "needs Kafka, ClickHouse and PostgreSQL: cargo test --features real-servers (deploy/dev/services.sh start)"
+)]
 async fn postgresql_then_clickhouse_down_60_seconds_each_keep_calls_working_and_lose_nothing() {
     let _one = ONE_AT_A_TIME.lock().await;
-    if !servers_up() {
-        return;
-    }
+    servers_up();
     const OUTAGE: Duration = Duration::from_secs(60);
     let s = Setup::new(KAFKA).await;
     let pg = Cuttable::to("127.0.0.1:5432").await;
@@ -1546,11 +1571,13 @@ async fn postgresql_then_clickhouse_down_60_seconds_each_keep_calls_working_and_
 /// gateway opens the same spool. Prints sent, answered, stored, lost and duplicated; fails on
 /// any duplicate and on a loss larger than the window explains (a second of calls).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "real-servers"),
+    ignore = "needs Kafka, ClickHouse and PostgreSQL: cargo test --features real-servers (deploy/dev/services.sh start)"
+)]
 async fn a_gateway_sigkilled_under_load_loses_at_most_its_unspooled_window() {
     let _one = ONE_AT_A_TIME.lock().await;
-    if !servers_up() {
-        return;
-    }
+    servers_up();
     // A broker of its own: the shared tansu slows down as a suite fills its SQLite file, and
     // this test is about the gateway, not about that.
     let port = free_port();
@@ -1682,13 +1709,15 @@ async fn a_gateway_sigkilled_under_load_loses_at_most_its_unspooled_window() {
 /// finalized invoice has exactly one `invoice.finalized` delivery queued (the outbox: the
 /// webhook is queued in the finalizing transaction). Prints the counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "real-servers"),
+    ignore = "needs Kafka, ClickHouse and PostgreSQL: cargo test --features real-servers (deploy/dev/services.sh start)"
+)]
 async fn billing_sigkilled_during_an_invoice_run_and_while_finalizing_leaves_no_gap_no_duplicate_and_no_lost_webhook(
 ) {
     use peage_billing_store::{BillingStore, LedgerStore, PostgresBillingStore};
     let _one = ONE_AT_A_TIME.lock().await;
-    if !servers_up() {
-        return;
-    }
+    servers_up();
     // Three of the run's save batches (500 drafts each), so a kill lands between two.
     const N: usize = 1_500;
     let s = Setup::new(KAFKA).await;
@@ -1903,11 +1932,13 @@ fn tmpfs(dir: &Path, size: &str, remount: bool) {
 /// it answers 503 until the disk takes writes again. Nothing crashes, and once space returns
 /// and the broker is back every answered call is stored. Prints the counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "real-servers"),
+    ignore = "needs Kafka, ClickHouse and PostgreSQL: cargo test --features real-servers (deploy/dev/services.sh start)"
+)]
 async fn a_full_spool_disk_keeps_the_gateway_serving_and_recovers_when_space_returns() {
     let _one = ONE_AT_A_TIME.lock().await;
-    if !servers_up() {
-        return;
-    }
+    servers_up();
     let port = free_port();
     let broker_dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(broker_dir.path(), port);
@@ -2025,11 +2056,13 @@ async fn a_full_spool_disk_keeps_the_gateway_serving_and_recovers_when_space_ret
 /// What the embedded end-to-end test (`tests/e2e_embedded.rs`) sends and checks, here through
 /// PostgreSQL, Kafka and ClickHouse: the same LLM-token meter priced on the same invoice lines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "real-servers"),
+    ignore = "needs Kafka, ClickHouse and PostgreSQL: cargo test --features real-servers (deploy/dev/services.sh start)"
+)]
 async fn usage_events_through_kafka_and_clickhouse_are_counted_once_and_priced_as_embedded() {
     let _one = ONE_AT_A_TIME.lock().await;
-    if !servers_up() {
-        return;
-    }
+    servers_up();
     let s = Setup::with_catalog(KAFKA, |c| {
         c.replacen(
             "charges = [",

@@ -1,5 +1,6 @@
 //! The behaviour every `BillingStore` must have, run against SQLite (unit tests) and
-//! PostgreSQL (`tests/postgres.rs`) alike, so the two cannot drift apart.
+//! PostgreSQL (`tests/postgres.rs`) alike, so the two cannot drift apart: one test per behaviour
+//! per backend ([`conformance_tests!`]), each on an empty store.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use peage_core::Env;
@@ -30,28 +31,46 @@ pub fn msg_ids() -> impl Iterator<Item = String> + Send {
     })
 }
 
-/// Runs every check on an empty store.
-pub async fn run_all(s: &dyn BillingStore) {
-    partners_keep_their_plan_history(s).await;
-    keys_are_found_by_hash_and_revocation_is_idempotent(s).await;
-    times_keep_microseconds(s).await;
-    concurrent_quota_grants_never_pass_a_hard_limit(s).await;
-    signing_keys_rotate_and_issuers_belong_to_one_partner(s).await;
-    invoices_go_draft_finalized_void_with_gapless_numbers(s).await;
-    credits_are_taken_by_finalization_and_given_back_by_void(s).await;
-    plan_versions_and_profiles_are_kept(s).await;
-    webhooks_are_queued_once_per_event_and_logged(s).await;
-    sign_in_links_are_used_once_and_sessions_end(s).await;
-    idempotency_keys_are_claimed_once_answered_and_expire(s).await;
-    service_tokens_are_found_by_hash_and_revoked_once(s).await;
-    audit_records_are_appended_and_read_in_order(s).await;
-    staff_are_unique_by_email_and_changes_keep_before_and_after(s).await;
-    external_ids_name_one_partner_each(s).await;
-    // Last: it leaves a balance that cannot be summed.
-    sums_of_stored_credits_that_overflow_are_errors_not_panics(s).await;
+/// One test per behaviour, each on a store of its own: `$fixture` is an async fn that makes an
+/// empty store and returns something that derefs to it and has an async `done(self)` (which
+/// cleans up). Attributes before the fixture go on every test (such as the real-server switch).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($(#[$attr:meta])* $fixture:path) => {
+        $crate::conformance_tests!(@each [$(#[$attr])*] $fixture;
+            partners_keep_their_plan_history,
+            keys_are_found_by_hash_and_revocation_is_idempotent,
+            times_keep_microseconds,
+            concurrent_quota_grants_never_pass_a_hard_limit,
+            signing_keys_rotate_and_issuers_belong_to_one_partner,
+            invoices_go_draft_finalized_void_with_gapless_numbers,
+            credits_are_taken_by_finalization_and_given_back_by_void,
+            plan_versions_and_profiles_are_kept,
+            webhooks_are_queued_once_per_event_and_logged,
+            sign_in_links_are_used_once_and_sessions_end,
+            idempotency_keys_are_claimed_once_answered_and_expire,
+            service_tokens_are_found_by_hash_and_revoked_once,
+            audit_records_are_appended_and_read_in_order,
+            staff_are_unique_by_email_and_changes_keep_before_and_after,
+            external_ids_name_one_partner_each,
+            sums_of_stored_credits_that_overflow_are_errors_not_panics,
+        );
+    };
+    (@each $attrs:tt $fixture:path; $($name:ident,)*) => {
+        $($crate::conformance_tests!(@one $attrs $fixture; $name);)*
+    };
+    (@one [$($attr:tt)*] $fixture:path; $name:ident) => {
+        #[tokio::test]
+        $($attr)*
+        async fn $name() {
+            let fixture = $fixture().await;
+            $crate::conformance::$name(&*fixture).await;
+            fixture.done().await;
+        }
+    };
 }
 
-async fn external_ids_name_one_partner_each(s: &dyn BillingStore) {
+pub async fn external_ids_name_one_partner_each(s: &dyn BillingStore) {
     let t0 = Utc.with_ymd_and_hms(2026, 11, 6, 0, 0, 0).unwrap();
     s.create_partner("prt_ext_a", "A", &sub("basic", t0))
         .await
@@ -88,7 +107,7 @@ async fn external_ids_name_one_partner_each(s: &dyn BillingStore) {
     assert_eq!(b.external_id.as_deref(), Some("cust-42"));
 }
 
-async fn audit_records_are_appended_and_read_in_order(s: &dyn BillingStore) {
+pub async fn audit_records_are_appended_and_read_in_order(s: &dyn BillingStore) {
     use crate::audit::AuditRecord;
     let t0 = Utc.with_ymd_and_hms(2026, 11, 5, 0, 0, 0).unwrap();
     let record = |id: &str, at| AuditRecord {
@@ -123,7 +142,7 @@ async fn audit_records_are_appended_and_read_in_order(s: &dyn BillingStore) {
     );
 }
 
-async fn service_tokens_are_found_by_hash_and_revoked_once(s: &dyn BillingStore) {
+pub async fn service_tokens_are_found_by_hash_and_revoked_once(s: &dyn BillingStore) {
     use crate::service_tokens::ServiceToken;
     let t0 = Utc.with_ymd_and_hms(2026, 11, 4, 0, 0, 0).unwrap();
     let token = |id: &str, scope: &str, at| ServiceToken {
@@ -173,7 +192,7 @@ async fn service_tokens_are_found_by_hash_and_revoked_once(s: &dyn BillingStore)
         .is_err());
 }
 
-async fn idempotency_keys_are_claimed_once_answered_and_expire(s: &dyn BillingStore) {
+pub async fn idempotency_keys_are_claimed_once_answered_and_expire(s: &dyn BillingStore) {
     use crate::idempotency::{ClaimOutcome, IdempotencyClaim, KeptAnswer};
     let t0 = Utc.with_ymd_and_hms(2026, 11, 3, 0, 0, 0).unwrap();
     let claim = |scope: &str, key: &str, hash: &str, at| IdempotencyClaim {
@@ -251,7 +270,7 @@ async fn idempotency_keys_are_claimed_once_answered_and_expire(s: &dyn BillingSt
 
 /// Rows stored before amounts were bounded (a credit of `Decimal::MAX` was once accepted) make
 /// the sums fail with an error naming them; they never panic.
-async fn sums_of_stored_credits_that_overflow_are_errors_not_panics(s: &dyn BillingStore) {
+pub async fn sums_of_stored_credits_that_overflow_are_errors_not_panics(s: &dyn BillingStore) {
     use crate::ledger::CreditEntry;
     let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
     s.create_partner("prt_huge", "Huge", &sub("growth", t0))
@@ -290,7 +309,7 @@ async fn sums_of_stored_credits_that_overflow_are_errors_not_panics(s: &dyn Bill
     assert!(e.to_string().contains("overflows"), "{e}");
 }
 
-async fn sign_in_links_are_used_once_and_sessions_end(s: &dyn BillingStore) {
+pub async fn sign_in_links_are_used_once_and_sessions_end(s: &dyn BillingStore) {
     use crate::{DashboardGrant, DashboardRole};
     let t0 = Utc.with_ymd_and_hms(2026, 11, 20, 9, 0, 0).unwrap();
     s.create_partner("prt_dash", "Dash", &sub("growth", t0))
@@ -388,7 +407,7 @@ fn staff_member(id: &str, email: &str, at: DateTime<Utc>) -> crate::StaffMember 
     }
 }
 
-async fn staff_are_unique_by_email_and_changes_keep_before_and_after(s: &dyn BillingStore) {
+pub async fn staff_are_unique_by_email_and_changes_keep_before_and_after(s: &dyn BillingStore) {
     use crate::{StaffChange, StaffRole};
     let t0 = Utc.with_ymd_and_hms(2026, 11, 6, 0, 0, 0).unwrap();
     let bob = crate::StaffMember {
@@ -485,7 +504,9 @@ pub fn draft(id: &str, partner: &str, base: &str) -> peage_core::InvoiceRecord {
     }
 }
 
-async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn BillingStore) {
+pub async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn BillingStore) {
+    // Given partners prt_a (with two plans) and prt_b.
+    partners_keep_their_plan_history(s).await;
     use crate::ledger::{DraftOutcome, InvoiceFilter};
     use peage_core::InvoiceStatus;
     let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
@@ -635,7 +656,7 @@ async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn BillingSt
     assert_eq!(f3.number.as_deref(), Some("TEST-2027-000001"));
 }
 
-async fn credits_are_taken_by_finalization_and_given_back_by_void(s: &dyn BillingStore) {
+pub async fn credits_are_taken_by_finalization_and_given_back_by_void(s: &dyn BillingStore) {
     use crate::ledger::CreditEntry;
     let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
     s.create_partner("prt_cred", "Cred", &sub("growth", t0))
@@ -683,7 +704,7 @@ async fn credits_are_taken_by_finalization_and_given_back_by_void(s: &dyn Billin
     );
 }
 
-async fn plan_versions_and_profiles_are_kept(s: &dyn BillingStore) {
+pub async fn plan_versions_and_profiles_are_kept(s: &dyn BillingStore) {
     use crate::ledger::BillingProfile;
     let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
     s.put_plan_version("growth", "abc", "{\"first\":1}", t0)
@@ -724,7 +745,7 @@ async fn plan_versions_and_profiles_are_kept(s: &dyn BillingStore) {
     assert_eq!(s.billing_profiles().await.unwrap(), vec![q]);
 }
 
-async fn webhooks_are_queued_once_per_event_and_logged(s: &dyn BillingStore) {
+pub async fn webhooks_are_queued_once_per_event_and_logged(s: &dyn BillingStore) {
     use crate::ledger::{Attempt, WebhookEndpoint};
     let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
     for (id, events) in [
@@ -856,7 +877,7 @@ async fn webhooks_are_queued_once_per_event_and_logged(s: &dyn BillingStore) {
     assert_eq!(payload["data"]["total"], "10.00");
 }
 
-async fn partners_keep_their_plan_history(s: &dyn BillingStore) {
+pub async fn partners_keep_their_plan_history(s: &dyn BillingStore) {
     let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
     let p = s
         .create_partner("prt_a", "Acme", &sub("starter", t0))
@@ -894,7 +915,9 @@ async fn partners_keep_their_plan_history(s: &dyn BillingStore) {
     assert!(s.partner("prt_none").await.unwrap().is_none());
 }
 
-async fn keys_are_found_by_hash_and_revocation_is_idempotent(s: &dyn BillingStore) {
+pub async fn keys_are_found_by_hash_and_revocation_is_idempotent(s: &dyn BillingStore) {
+    // Given partners prt_a and prt_b.
+    partners_keep_their_plan_history(s).await;
     let now = Utc.with_ymd_and_hms(2026, 11, 20, 8, 0, 0).unwrap();
     let key = NewKey {
         key_id: "key_1".into(),
@@ -960,7 +983,7 @@ async fn keys_are_found_by_hash_and_revocation_is_idempotent(s: &dyn BillingStor
     );
 }
 
-async fn times_keep_microseconds(s: &dyn BillingStore) {
+pub async fn times_keep_microseconds(s: &dyn BillingStore) {
     let t =
         Utc.with_ymd_and_hms(2026, 2, 28, 23, 59, 59).unwrap() + Duration::microseconds(123_456);
     s.create_partner("prt_c", "Gamma", &sub("starter", t))
@@ -972,7 +995,9 @@ async fn times_keep_microseconds(s: &dyn BillingStore) {
 
 /// Three gateways ask at once, 60 times each, for 7 units of a 500-unit hard quota: the grants
 /// add up to exactly 500 and the ledger says so. Periods and envs are separate ledgers.
-async fn concurrent_quota_grants_never_pass_a_hard_limit(s: &dyn BillingStore) {
+pub async fn concurrent_quota_grants_never_pass_a_hard_limit(s: &dyn BillingStore) {
+    // Given partners prt_a and prt_b.
+    partners_keep_their_plan_history(s).await;
     let period_start = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
     let key = QuotaKey {
         partner_id: "prt_a".into(),
@@ -1022,7 +1047,9 @@ async fn concurrent_quota_grants_never_pass_a_hard_limit(s: &dyn BillingStore) {
     assert_eq!(s.quota_ledger(&next).await.unwrap().granted, Decimal::ZERO);
 }
 
-async fn signing_keys_rotate_and_issuers_belong_to_one_partner(s: &dyn BillingStore) {
+pub async fn signing_keys_rotate_and_issuers_belong_to_one_partner(s: &dyn BillingStore) {
+    // Given partners prt_a and prt_b, and prt_a's sandbox key key_t.
+    keys_are_found_by_hash_and_revocation_is_idempotent(s).await;
     let t0 = Utc.with_ymd_and_hms(2026, 11, 2, 0, 0, 0).unwrap();
     let key = |kid: &str, at| SigningKey {
         kid: kid.into(),
