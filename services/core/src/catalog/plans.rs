@@ -1,0 +1,387 @@
+//! `[[plan]]`: periods, taxes, charges (models and tiers), quotas and rate limits.
+
+use std::collections::HashSet;
+use std::ops::Range;
+
+use rust_decimal::Decimal;
+use toml::Spanned;
+
+use crate::meter::Meter;
+use crate::money::Currency;
+use crate::period::PeriodRule;
+use crate::pricing::{Charge, ChargeModel, Plan, Quota, QuotaKind, RateLimit, TaxRate, Tier};
+
+use super::raw::*;
+use super::short_hash;
+use super::source::Source;
+
+pub(super) fn validate_plans(src: &mut Source, raw: &[RawPlan], meters: &[Meter]) -> Vec<Plan> {
+    let meter_names: HashSet<&str> = meters.iter().map(|m| m.name.as_str()).collect();
+    let mut plans = Vec::new();
+    let mut seen = HashSet::new();
+    for p in raw {
+        let path = format!("plan[{}]", p.id.get_ref());
+        src.name(&p.id, &format!("{path}.id"));
+        if !seen.insert(p.id.get_ref().clone()) {
+            src.issue(p.id.span(), format!("{path}.id"), "duplicate plan id");
+        }
+        let currency = Currency::parse(p.currency.get_ref());
+        if currency.is_none() {
+            src.issue(
+                p.currency.span(),
+                format!("{path}.currency"),
+                format!(
+                    "{:?} is not an ISO 4217 code Péage knows",
+                    p.currency.get_ref()
+                ),
+            );
+        }
+        let period = match &p.period {
+            None => Some(PeriodRule::Month { anchor_day: 1 }),
+            Some(sp) => validate_period(src, sp, &path),
+        };
+        let base_fee = p.base_fee.as_ref().map_or(Some(Decimal::ZERO), |b| {
+            src.decimal(b, &format!("{path}.base_fee"))
+        });
+        let tax = p.tax.as_ref().and_then(|t| {
+            let rate = src.decimal(&t.rate, &format!("{path}.tax.rate"))?;
+            if rate > Decimal::ONE {
+                src.issue(
+                    t.rate.span(),
+                    format!("{path}.tax.rate"),
+                    "a rate is a fraction: 0.20 for 20 %",
+                );
+                return None;
+            }
+            Some(TaxRate {
+                rate,
+                label: t.label.clone(),
+            })
+        });
+        let minimum_commitment = p
+            .minimum_commitment
+            .as_ref()
+            .and_then(|c| src.decimal(c, &format!("{path}.minimum_commitment")));
+        let mut charges = Vec::new();
+        for (i, c) in p.charges.iter().enumerate() {
+            let cpath = format!("{path}.charges[{i}]");
+            let c_ref = c.get_ref();
+            if !meter_names.contains(c_ref.meter.get_ref().as_str()) {
+                src.issue(
+                    c_ref.meter.span(),
+                    format!("{cpath}.meter"),
+                    format!("no meter named {:?}", c_ref.meter.get_ref()),
+                );
+            }
+            if let Some(model) = validate_model(src, c, &cpath) {
+                let free = c_ref.free.as_ref().map_or(Some(Decimal::ZERO), |f| {
+                    src.decimal(f, &format!("{cpath}.free"))
+                });
+                charges.push(Charge {
+                    meter: c_ref.meter.get_ref().clone(),
+                    free: free.unwrap_or_default(),
+                    model,
+                });
+            }
+        }
+        let mut quotas = Vec::new();
+        for (i, q) in p.quotas.iter().enumerate() {
+            let qpath = format!("{path}.quotas[{i}]");
+            match meters.iter().find(|m| &m.name == q.meter.get_ref()) {
+                None => src.issue(
+                    q.meter.span(),
+                    format!("{qpath}.meter"),
+                    format!("no meter named {:?}", q.meter.get_ref()),
+                ),
+                Some(m) if m.events.is_some() => src.issue(
+                    q.meter.span(),
+                    format!("{qpath}.meter"),
+                    format!(
+                        "meter {:?} reads usage events, so it cannot carry a quota: gateways enforce quotas on calls",
+                        m.name
+                    ),
+                ),
+                // A gateway spends a quota call by call, so it must be additive.
+                Some(m) if !m.quotable() => src.issue(
+                    q.meter.span(),
+                    format!("{qpath}.meter"),
+                    format!(
+                        "meter {:?} cannot carry a quota: only count and sum meters can (it is {:?} of {:?})",
+                        m.name, m.aggregation, m.field
+                    ),
+                ),
+                // Refused calls give back what they took: a quota counts served calls.
+                Some(m) if m.refusals != crate::meter::Refusals::Exclude => src.issue(
+                    q.meter.span(),
+                    format!("{qpath}.meter"),
+                    format!(
+                        "meter {:?} counts refused calls, so it cannot carry a quota",
+                        m.name
+                    ),
+                ),
+                Some(_) => {}
+            }
+            if p.quotas[..i]
+                .iter()
+                .any(|o| o.meter.get_ref() == q.meter.get_ref())
+            {
+                src.issue(
+                    q.meter.span(),
+                    format!("{qpath}.meter"),
+                    "a plan has at most one quota per meter",
+                );
+            }
+            let kind = match q.kind.get_ref().as_str() {
+                "hard" => QuotaKind::Hard,
+                "soft" => QuotaKind::Soft,
+                other => {
+                    src.issue(
+                        q.kind.span(),
+                        format!("{qpath}.kind"),
+                        format!("{other:?} is not one of hard, soft"),
+                    );
+                    continue;
+                }
+            };
+            let limit = src.decimal(&q.limit, &format!("{qpath}.limit"));
+            if limit.is_some_and(|l| l.is_zero()) {
+                src.issue(
+                    q.limit.span(),
+                    format!("{qpath}.limit"),
+                    "a quota limit must be above 0",
+                );
+                continue;
+            }
+            if let Some(limit) = limit {
+                quotas.push(Quota {
+                    meter: q.meter.get_ref().clone(),
+                    limit,
+                    kind,
+                });
+            }
+        }
+        let rate_limit = p.rate_limit.as_ref().and_then(|r| {
+            let raw = r.get_ref();
+            if raw.per_second == 0 || raw.burst == 0 {
+                src.issue(
+                    r.span(),
+                    format!("{path}.rate_limit"),
+                    "per_second and burst must both be at least 1",
+                );
+                return None;
+            }
+            Some(RateLimit {
+                per_second: raw.per_second,
+                burst: raw.burst,
+            })
+        });
+        let (Some(currency), Some(period), Some(base_fee)) = (currency, period, base_fee) else {
+            continue;
+        };
+        let mut plan = Plan {
+            id: p.id.get_ref().clone(),
+            name: p.name.clone().unwrap_or_else(|| p.id.get_ref().clone()),
+            version: String::new(),
+            currency,
+            period,
+            base_fee,
+            tax,
+            minimum_commitment,
+            charges,
+            quotas,
+            rate_limit,
+        };
+        plan.version = short_hash(serde_json::to_string(&plan).unwrap_or_default().as_bytes());
+        plans.push(plan);
+    }
+    plans
+}
+
+fn validate_period(src: &mut Source, sp: &Spanned<RawPeriod>, path: &str) -> Option<PeriodRule> {
+    let raw = sp.get_ref();
+    let day = raw.anchor_day.as_ref().map_or(1, |d| *d.get_ref());
+    if !(1..=31).contains(&day) {
+        src.issue(
+            raw.anchor_day.as_ref().map_or(sp.span(), |d| d.span()),
+            format!("{path}.period.anchor_day"),
+            "must be 1–31 (29–31 fall back to the month's last day)",
+        );
+        return None;
+    }
+    match raw.every.get_ref().as_str() {
+        "month" => {
+            if let Some(m) = &raw.anchor_month {
+                src.issue(
+                    m.span(),
+                    format!("{path}.period.anchor_month"),
+                    "only yearly periods take an anchor month",
+                );
+                return None;
+            }
+            Some(PeriodRule::Month { anchor_day: day })
+        }
+        "year" => {
+            let month = raw.anchor_month.as_ref().map_or(1, |m| *m.get_ref());
+            if !(1..=12).contains(&month) {
+                src.issue(
+                    raw.anchor_month.as_ref().map_or(sp.span(), |m| m.span()),
+                    format!("{path}.period.anchor_month"),
+                    "must be 1–12",
+                );
+                return None;
+            }
+            Some(PeriodRule::Year {
+                anchor_month: month,
+                anchor_day: day,
+            })
+        }
+        other => {
+            src.issue(
+                raw.every.span(),
+                format!("{path}.period.every"),
+                format!("{other:?} is not one of month, year"),
+            );
+            None
+        }
+    }
+}
+
+fn validate_model(src: &mut Source, c: &Spanned<RawCharge>, cpath: &str) -> Option<ChargeModel> {
+    let r = c.get_ref();
+    let need = |src: &mut Source, v: &Option<SNum>, key: &str| -> Option<Decimal> {
+        match v {
+            Some(n) => src.decimal(n, &format!("{cpath}.{key}")),
+            None => {
+                src.issue(
+                    r.model.span(),
+                    format!("{cpath}.{key}"),
+                    format!("model {:?} needs {key}", r.model.get_ref()),
+                );
+                None
+            }
+        }
+    };
+    let model = r.model.get_ref().as_str();
+    // Keys that belong to another model are mistakes, not silently ignored.
+    let allowed: &[&str] = match model {
+        "flat" => &["amount"],
+        "per_unit" => &["unit_price"],
+        "graduated" | "volume" => &["tiers"],
+        "package" => &["size", "price"],
+        other => {
+            src.issue(
+                r.model.span(),
+                format!("{cpath}.model"),
+                format!("{other:?} is not one of flat, per_unit, graduated, volume, package"),
+            );
+            return None;
+        }
+    };
+    for (key, present) in [
+        ("amount", r.amount.is_some()),
+        ("unit_price", r.unit_price.is_some()),
+        ("tiers", r.tiers.is_some()),
+        ("size", r.size.is_some()),
+        ("price", r.price.is_some()),
+    ] {
+        if present && !allowed.contains(&key) {
+            src.issue(
+                c.span(),
+                format!("{cpath}.{key}"),
+                format!("model {model:?} does not take {key}"),
+            );
+        }
+    }
+    match model {
+        "flat" => Some(ChargeModel::Flat {
+            amount: need(src, &r.amount, "amount")?,
+        }),
+        "per_unit" => Some(ChargeModel::PerUnit {
+            unit_price: need(src, &r.unit_price, "unit_price")?,
+        }),
+        "package" => {
+            let size = need(src, &r.size, "size")?;
+            let price = need(src, &r.price, "price")?;
+            if size.is_zero() {
+                src.issue(
+                    r.size.as_ref().map_or(c.span(), |s| s.span()),
+                    format!("{cpath}.size"),
+                    "must be above zero",
+                );
+                return None;
+            }
+            Some(ChargeModel::Package { size, price })
+        }
+        _ => {
+            let Some(raw_tiers) = &r.tiers else {
+                src.issue(
+                    r.model.span(),
+                    format!("{cpath}.tiers"),
+                    format!("model {model:?} needs tiers"),
+                );
+                return None;
+            };
+            let tiers = validate_tiers(src, raw_tiers, cpath, c.span())?;
+            Some(if model == "graduated" {
+                ChargeModel::Graduated { tiers }
+            } else {
+                ChargeModel::Volume { tiers }
+            })
+        }
+    }
+}
+
+fn validate_tiers(
+    src: &mut Source,
+    raw: &[RawTier],
+    cpath: &str,
+    span: Range<usize>,
+) -> Option<Vec<Tier>> {
+    if raw.is_empty() {
+        src.issue(span, format!("{cpath}.tiers"), "needs at least one tier");
+        return None;
+    }
+    let mut tiers = Vec::new();
+    let mut previous = Decimal::ZERO;
+    for (i, t) in raw.iter().enumerate() {
+        let tpath = format!("{cpath}.tiers[{i}]");
+        let last = i + 1 == raw.len();
+        let up_to = match t.up_to.get_ref() {
+            RawNumber::Str(s) if s == "inf" => {
+                if !last {
+                    src.issue(
+                        t.up_to.span(),
+                        format!("{tpath}.up_to"),
+                        "only the last tier can be \"inf\"",
+                    );
+                    return None;
+                }
+                None
+            }
+            _ => {
+                let b = src.decimal(&t.up_to, &format!("{tpath}.up_to"))?;
+                if b <= previous {
+                    src.issue(
+                        t.up_to.span(),
+                        format!("{tpath}.up_to"),
+                        format!("must be above the previous tier's bound ({previous})"),
+                    );
+                    return None;
+                }
+                if last {
+                    src.issue(
+                        t.up_to.span(),
+                        format!("{tpath}.up_to"),
+                        "the last tier must be up_to = \"inf\", so every unit has a price",
+                    );
+                    return None;
+                }
+                previous = b;
+                Some(b)
+            }
+        };
+        let unit_price = src.decimal(&t.unit_price, &format!("{tpath}.unit_price"))?;
+        tiers.push(Tier { up_to, unit_price });
+    }
+    Some(tiers)
+}
