@@ -160,7 +160,7 @@ async fn measure(
         usage: Arc::clone(&usage),
         issuer: Issuer::default(),
     };
-    let label: PeriodLabel = "2026-10".parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let label: PeriodLabel = "2026-10".parse()?;
     let t = Instant::now();
     let summary = engine
         .run(label, Utc::now(), &|_, _| {})

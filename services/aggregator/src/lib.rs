@@ -21,6 +21,15 @@ use peage_eventlog::{DeadLetter, DeadLetterSink, EventLogError, Lease, LogConsum
 use peage_usage_store::{InsertOutcome, Logged, UsageKey, UsageStore, UsageStoreError};
 use tokio::sync::watch;
 
+/// Why a record is not an event the stores can hold: it goes to the dead letters with this.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a {schema} v1: {why}")]
+    Json { schema: &'static str, why: String },
+    #[error("invalid {schema}: {why}")]
+    Invalid { schema: &'static str, why: String },
+}
+
 /// What one kind of event needs of the aggregator: how a record decodes, its identity, and
 /// which store calls hold it.
 #[async_trait]
@@ -30,7 +39,7 @@ pub trait Ingest: Clone + Send + Sync + 'static {
     const CHECK_EVERY_RECORD: bool;
 
     /// The event a record holds, checked, or why it is not one (a dead letter).
-    fn decode(payload: &[u8]) -> Result<Self, String>;
+    fn decode(payload: &[u8]) -> Result<Self, DecodeError>;
 
     /// The identity stores deduplicate by.
     fn key(&self) -> UsageKey;
@@ -56,10 +65,15 @@ pub trait Ingest: Clone + Send + Sync + 'static {
 impl Ingest for CallEvent {
     const CHECK_EVERY_RECORD: bool = false;
 
-    fn decode(payload: &[u8]) -> Result<Self, String> {
-        let e = serde_json::from_slice::<CallEvent>(payload)
-            .map_err(|e| format!("not a CallEvent v1: {e}"))?;
-        e.check().map_err(|m| format!("invalid CallEvent: {m}"))?;
+    fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let e = serde_json::from_slice::<CallEvent>(payload).map_err(|e| DecodeError::Json {
+            schema: "CallEvent",
+            why: e.to_string(),
+        })?;
+        e.check().map_err(|m| DecodeError::Invalid {
+            schema: "CallEvent",
+            why: m.to_string(),
+        })?;
         Ok(e)
     }
 
@@ -92,10 +106,15 @@ impl Ingest for CallEvent {
 impl Ingest for UsageEvent {
     const CHECK_EVERY_RECORD: bool = true;
 
-    fn decode(payload: &[u8]) -> Result<Self, String> {
-        let e = serde_json::from_slice::<UsageEvent>(payload)
-            .map_err(|e| format!("not a UsageEvent v1: {e}"))?;
-        e.check().map_err(|m| format!("invalid UsageEvent: {m}"))?;
+    fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let e = serde_json::from_slice::<UsageEvent>(payload).map_err(|e| DecodeError::Json {
+            schema: "UsageEvent",
+            why: e.to_string(),
+        })?;
+        e.check().map_err(|m| DecodeError::Invalid {
+            schema: "UsageEvent",
+            why: m.to_string(),
+        })?;
         Ok(e)
     }
 
@@ -453,7 +472,7 @@ impl<E: Ingest> Ingester<E> {
                 Err(reason) => dead.push(DeadLetter {
                     partition: r.partition,
                     offset: r.offset,
-                    reason,
+                    reason: reason.to_string(),
                     payload: r.payload.clone(),
                 }),
             }

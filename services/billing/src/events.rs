@@ -221,7 +221,7 @@ async fn take(
         let event = match parse_cloud_event(raw) {
             Ok(e) => e,
             Err(reason) => {
-                rejected.push(reject(reason));
+                rejected.push(reject(reason.to_string()));
                 continue;
             }
         };
@@ -235,7 +235,7 @@ async fn take(
         };
         match event.into_usage_event(&partner, now, &intake.window) {
             Ok(u) => candidates.push((index, u)),
-            Err(reason) => rejected.push(reject(reason)),
+            Err(reason) => rejected.push(reject(reason.to_string())),
         }
     }
     // Events already stored, or twice in this request: the same content is a duplicate, other

@@ -126,7 +126,7 @@ pub async fn list(
         .as_deref()
         .map(|p| p.parse::<PeriodLabel>().map(|l| l.to_string()))
         .transpose()
-        .map_err(ApiError::BadRequest)?;
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let status = q
         .status
         .as_deref()
@@ -165,7 +165,10 @@ pub(crate) struct RunRequest {
     security(("admin" = []), ("session" = [])))]
 pub async fn run(State(api): Api, raw: Bytes) -> Result<Response, ApiError> {
     let req: RunRequest = body(&raw)?;
-    let label: PeriodLabel = req.period.parse().map_err(ApiError::BadRequest)?;
+    let label: PeriodLabel = req
+        .period
+        .parse()
+        .map_err(|e: peage_core::period::BadPeriodLabel| ApiError::BadRequest(e.to_string()))?;
     let summary = api.invoicing.run(label, Utc::now(), &|_, _| {}).await?;
     Ok(Json(summary).into_response())
 }
@@ -275,7 +278,7 @@ pub async fn put_profile(
 ) -> Result<Response, ApiError> {
     let req: ProfileRequest = body(&raw)?;
     let partner = existing_partner(&api, &id).await?;
-    parse_time_zone(&req.timezone).map_err(ApiError::BadRequest)?;
+    parse_time_zone(&req.timezone).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if let Some(t) = &req.tax {
         if t.rate < Decimal::ZERO || t.rate >= Decimal::ONE {
             return Err(ApiError::BadRequest(format!(

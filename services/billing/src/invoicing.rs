@@ -82,11 +82,13 @@ pub async fn partner_time_zone(store: &dyn BillingStore, partner_id: &str) -> Re
     let profile = store.billing_profile(partner_id).await?;
     zone_of(profile.as_ref())
         .map(|(tz, _)| tz)
-        .map_err(ApiError::Conflict)
+        .map_err(|e| ApiError::Conflict(e.to_string()))
 }
 
 /// The time zone a billing profile names, and its name; UTC without a profile.
-fn zone_of(profile: Option<&BillingProfile>) -> Result<(Tz, String), String> {
+fn zone_of(
+    profile: Option<&BillingProfile>,
+) -> Result<(Tz, String), peage_core::period::UnknownTimeZone> {
     match profile {
         Some(p) => Ok((parse_time_zone(&p.timezone)?, p.timezone.clone())),
         None => Ok((Tz::UTC, "UTC".to_string())),
@@ -500,13 +502,13 @@ impl Invoicing {
         summary: &mut RunSummary,
         totals: &mut BTreeMap<String, Decimal>,
     ) {
-        let outcomes: Vec<Result<DraftOutcome, String>> =
+        let outcomes: Vec<Result<DraftOutcome, peage_billing_store::BillingStoreError>> =
             match self.store.save_drafts(&drafts).await {
                 Ok(o) => o.into_iter().map(Ok).collect(),
                 Err(_) => {
                     let mut each = Vec::with_capacity(drafts.len());
                     for d in &drafts {
-                        each.push(self.store.save_draft(d).await.map_err(|e| e.to_string()));
+                        each.push(self.store.save_draft(d).await);
                     }
                     each
                 }
@@ -537,7 +539,7 @@ impl Invoicing {
                 }
                 Err(error) => summary.errors.push(RunError {
                     partner_id: draft.partner_id.clone(),
-                    error,
+                    error: error.to_string(),
                 }),
             }
         }

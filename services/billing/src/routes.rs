@@ -565,7 +565,8 @@ pub async fn usage_series(
     };
     let tz = match params.tz.as_deref() {
         None => partner_tz,
-        Some(raw) => peage_core::period::parse_time_zone(raw).map_err(ApiError::BadRequest)?,
+        Some(raw) => peage_core::period::parse_time_zone(raw)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?,
     };
     let env = env_param(params.env.as_deref())?;
     let cells = buckets(from, to, g, tz).map_err(|e| ApiError::BadRequest(e.to_string()))?;

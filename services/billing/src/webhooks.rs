@@ -28,13 +28,26 @@ pub const EVENT_TYPES: &[&str] = &[
     "quota.hard_blocked",
 ];
 
+/// Why a message cannot be signed or sent.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("webhook secret is not base64: {0}")]
+    SecretNotBase64(#[from] base64::DecodeError),
+    #[error("webhook secret: {0}")]
+    SecretLength(#[from] hmac::digest::InvalidLength),
+    #[error("loading the system's CA roots: {0}")]
+    CaRoots(std::io::Error),
+}
+
 /// The signature header value for one message.
-pub fn sign(secret: &str, msg_id: &str, timestamp: i64, body: &str) -> Result<String, String> {
-    let key = STANDARD
-        .decode(secret.strip_prefix("whsec_").unwrap_or(secret))
-        .map_err(|e| format!("webhook secret is not base64: {e}"))?;
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(&key).map_err(|e| format!("webhook secret: {e}"))?;
+pub fn sign(
+    secret: &str,
+    msg_id: &str,
+    timestamp: i64,
+    body: &str,
+) -> Result<String, WebhookError> {
+    let key = STANDARD.decode(secret.strip_prefix("whsec_").unwrap_or(secret))?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key)?;
     mac.update(format!("{msg_id}.{timestamp}.{body}").as_bytes());
     Ok(format!(
         "v1,{}",
@@ -92,12 +105,12 @@ type HttpsClient = Client<
 
 /// Deliveries go only where the outbound policy allows, checked after DNS at each connection
 /// (an endpoint whose name later resolves to a private address is refused then).
-fn client(policy: Arc<peage_net::OutboundPolicy>) -> Result<HttpsClient, String> {
+fn client(policy: Arc<peage_net::OutboundPolicy>) -> Result<HttpsClient, WebhookError> {
     let mut http = peage_net::http_connector(peage_net::GuardedResolver::new(Arc::clone(&policy)));
     http.set_connect_timeout(Some(Duration::from_secs(10)));
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_native_roots()
-        .map_err(|e| format!("loading the system's CA roots: {e}"))?
+        .map_err(WebhookError::CaRoots)?
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
@@ -126,7 +139,7 @@ async fn deliver(
     let secret = secrets
         .open(&webhook_row(&ep.id), &ep.secret)
         .map_err(|e| (None, format!("the endpoint's secret: {e}")))?;
-    let signature = sign(&secret, &d.id, ts, &d.payload).map_err(|e| (None, e))?;
+    let signature = sign(&secret, &d.id, ts, &d.payload).map_err(|e| (None, e.to_string()))?;
     let req = http::Request::post(&ep.url)
         .header("content-type", "application/json")
         .header("user-agent", "peage-webhooks/1")

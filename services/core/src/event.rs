@@ -73,6 +73,17 @@ pub const UNITS_SCALE: u32 = 9;
 /// ClickHouse's `Decimal(38, 9)`.
 pub const MAX_UNITS: Decimal = crate::money::MAX_AMOUNT;
 
+/// Why a call's units cannot be stored exactly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitsError {
+    #[error("units {0} are negative")]
+    Negative(Decimal),
+    #[error("units {0} are above the maximum of 10^15")]
+    TooLarge(Decimal),
+    #[error("units {0} have more than {scale} decimal places", scale = UNITS_SCALE)]
+    TooPrecise(Decimal),
+}
+
 impl CallEvent {
     /// `2xx`, `4xx`…, the status class meters filter on.
     pub fn status_class(&self) -> &'static str {
@@ -81,21 +92,15 @@ impl CallEvent {
 
     /// What every usage store can hold exactly: units non-negative, at most [`MAX_UNITS`], with
     /// at most [`UNITS_SCALE`] decimal places. A failing event is dead-lettered, in every mode alike.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), UnitsError> {
         if self.units.is_sign_negative() && !self.units.is_zero() {
-            return Err(format!("units {} are negative", self.units));
+            return Err(UnitsError::Negative(self.units));
         }
         if self.units > MAX_UNITS {
-            return Err(format!(
-                "units {} are above the maximum of 10^15",
-                self.units
-            ));
+            return Err(UnitsError::TooLarge(self.units));
         }
         if self.units.normalize().scale() > UNITS_SCALE {
-            return Err(format!(
-                "units {} have more than {UNITS_SCALE} decimal places",
-                self.units
-            ));
+            return Err(UnitsError::TooPrecise(self.units));
         }
         Ok(())
     }
@@ -321,11 +326,15 @@ pub(crate) mod tests {
         e.units = MAX_UNITS;
         assert_eq!(e.check(), Ok(()));
         e.units = MAX_UNITS + Decimal::ONE;
-        assert!(e.check().unwrap_err().contains("maximum"));
+        assert!(e.check().unwrap_err().to_string().contains("maximum"));
         e.units = Decimal::from_str("-1").unwrap();
-        assert!(e.check().unwrap_err().contains("negative"));
+        assert!(e.check().unwrap_err().to_string().contains("negative"));
         e.units = Decimal::from_str("0.0000000001").unwrap();
-        assert!(e.check().unwrap_err().contains("decimal places"));
+        assert!(e
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("decimal places"));
     }
 
     #[test]

@@ -97,10 +97,15 @@ impl Currency {
     }
 }
 
+/// A currency code Péage does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown currency {0:?}")]
+pub struct UnknownCurrency(pub String);
+
 impl TryFrom<String> for Currency {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        Currency::parse(&s).ok_or_else(|| format!("unknown currency {s:?}"))
+    type Error = UnknownCurrency;
+    fn try_from(s: String) -> Result<Self, UnknownCurrency> {
+        Currency::parse(&s).ok_or(UnknownCurrency(s))
     }
 }
 

@@ -44,10 +44,20 @@ pub struct PeriodLabel {
     pub month: u32,
 }
 
+/// A period label that is not `YYYY-MM` (from 1970 on).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("period {0:?} is not YYYY-MM (for example 2026-11)")]
+pub struct BadPeriodLabel(pub String);
+
+/// A time zone name that is not an IANA one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown time zone {0:?} (use an IANA name such as Europe/Paris)")]
+pub struct UnknownTimeZone(pub String);
+
 impl FromStr for PeriodLabel {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("period {s:?} is not YYYY-MM (for example 2026-11)");
+    type Err = BadPeriodLabel;
+    fn from_str(s: &str) -> Result<Self, BadPeriodLabel> {
+        let bad = || BadPeriodLabel(s.to_string());
         let (y, m) = s.split_once('-').ok_or_else(bad)?;
         if y.len() != 4 || m.len() != 2 {
             return Err(bad());
@@ -178,9 +188,9 @@ impl PeriodRule {
 }
 
 /// Parses an IANA time zone name (`Europe/Paris`), refusing anything else.
-pub fn parse_time_zone(name: &str) -> Result<Tz, String> {
+pub fn parse_time_zone(name: &str) -> Result<Tz, UnknownTimeZone> {
     name.parse::<Tz>()
-        .map_err(|_| format!("unknown time zone {name:?} (use an IANA name such as Europe/Paris)"))
+        .map_err(|_| UnknownTimeZone(name.to_string()))
 }
 
 #[cfg(test)]

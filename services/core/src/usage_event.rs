@@ -40,6 +40,93 @@ const MAX_SOURCE: usize = 1024;
 pub const MAX_PROPERTIES: usize = 256;
 const MAX_DEPTH: usize = 8;
 
+/// Why an event is refused, by cause; the message is the reason `POST /v1/events` lists.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("an event must be a JSON object")]
+    NotAnObject,
+    /// The JSON text is not a CloudEvent's shape (serde's words).
+    #[error("not a CloudEvent in JSON: {0}")]
+    NotCloudEvent(String),
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error("{attribute} must be a string")]
+    NotAString { attribute: &'static str },
+    #[error("{attribute} must not be empty")]
+    Empty { attribute: &'static str },
+    #[error("{attribute} is longer than {max} characters")]
+    TooLong { attribute: &'static str, max: usize },
+    #[error("{attribute} is required")]
+    Missing { attribute: &'static str },
+    #[error("subject is required: the partner's id or external_id")]
+    MissingSubject,
+    #[error("specversion {0:?} is not supported, only \"1.0\"")]
+    UnsupportedSpecVersion(String),
+    #[error("type {0:?} is reserved: types starting with {prefix:?} are Péage's own", prefix = RESERVED_TYPE_PREFIX)]
+    ReservedType(String),
+    #[error("time {time:?} is not RFC 3339: {why}")]
+    BadTime { time: String, why: String },
+    #[error("data and data_base64 are exclusive")]
+    DataAndDataBase64,
+    #[error(transparent)]
+    OutsideWindow(#[from] TimeRefusal),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// A stored record whose key is not the one of its partner, source and id.
+    #[error("key does not match partner_id, source and id")]
+    KeyMismatch,
+}
+
+/// Why an event's `data` gives no properties meters can read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DataError {
+    #[error("data is not JSON: {0}")]
+    NotJson(String),
+    #[error("data nests deeper than {} objects at {at:?}", MAX_DEPTH)]
+    TooDeep { at: String },
+    /// An object that does not parse as one (serde's words); `at` is the dotted path.
+    #[error("data{}: {why}", dotted(.at))]
+    BadObject { at: String, why: String },
+    #[error("data property {name:?}{} must be non-empty and without dots (dots join nested names)", in_data(.at))]
+    BadName { name: String, at: String },
+    #[error("data.{path}: {why}")]
+    BadString { path: String, why: String },
+    #[error("data.{path}: {why}")]
+    BadNumber { path: String, why: NumberError },
+    #[error("data has more than {} properties", MAX_PROPERTIES)]
+    TooManyProperties,
+}
+
+/// Why a JSON number cannot be a quantity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NumberError {
+    #[error("number {0} cannot be held exactly")]
+    Inexact(String),
+    #[error("number {0} is above 10^15 in size")]
+    TooLarge(String),
+    #[error("number {0} has more than {scale} decimal places; send it as a string if no meter sums it", scale = UNITS_SCALE)]
+    TooPrecise(String),
+}
+
+/// Why an event's time is outside the window around its receipt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimeRefusal {
+    #[error("time {} is older than the backfill window of {} days", rfc3339(.time), .backfill.num_days())]
+    TooOld {
+        time: DateTime<Utc>,
+        backfill: TimeDelta,
+    },
+    #[error("time {} is more than {} minutes ahead of the server's clock", rfc3339(.time), .ahead.num_minutes())]
+    TooFarAhead {
+        time: DateTime<Utc>,
+        ahead: TimeDelta,
+    },
+}
+
+fn rfc3339(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
 /// When an event may have happened, relative to when it is received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimeWindow {
@@ -60,19 +147,17 @@ impl Default for TimeWindow {
 
 impl TimeWindow {
     /// Why `time` is outside the window around `now`, if it is.
-    pub fn refuse(&self, time: DateTime<Utc>, now: DateTime<Utc>) -> Option<String> {
+    pub fn refuse(&self, time: DateTime<Utc>, now: DateTime<Utc>) -> Option<TimeRefusal> {
         if time < now - self.backfill {
-            Some(format!(
-                "time {} is older than the backfill window of {} days",
-                time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                self.backfill.num_days()
-            ))
+            Some(TimeRefusal::TooOld {
+                time,
+                backfill: self.backfill,
+            })
         } else if time > now + self.ahead {
-            Some(format!(
-                "time {} is more than {} minutes ahead of the server's clock",
-                time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                self.ahead.num_minutes()
-            ))
+            Some(TimeRefusal::TooFarAhead {
+                time,
+                ahead: self.ahead,
+            })
         } else {
             None
         }
@@ -116,71 +201,79 @@ struct Attributes<'a> {
     data_base64: Option<&'a RawValue>,
 }
 
-fn string_attr(name: &str, v: Option<&RawValue>, max: usize) -> Result<Option<String>, String> {
+fn string_attr(
+    attribute: &'static str,
+    v: Option<&RawValue>,
+    max: usize,
+) -> Result<Option<String>, EventError> {
     let Some(v) = v else { return Ok(None) };
     if v.get() == "null" {
         return Ok(None);
     }
     let s: String =
-        serde_json::from_str(v.get()).map_err(|_| format!("{name} must be a string"))?;
+        serde_json::from_str(v.get()).map_err(|_| EventError::NotAString { attribute })?;
     if s.is_empty() {
-        return Err(format!("{name} must not be empty"));
+        return Err(EventError::Empty { attribute });
     }
     if s.chars().count() > max {
-        return Err(format!("{name} is longer than {max} characters"));
+        return Err(EventError::TooLong { attribute, max });
     }
     Ok(Some(s))
 }
 
-fn required(name: &str, v: Option<&RawValue>, max: usize) -> Result<String, String> {
-    string_attr(name, v, max)?.ok_or_else(|| format!("{name} is required"))
+fn required(
+    attribute: &'static str,
+    v: Option<&RawValue>,
+    max: usize,
+) -> Result<String, EventError> {
+    string_attr(attribute, v, max)?.ok_or(EventError::Missing { attribute })
 }
 
 /// Checks one CloudEvent in the JSON format (CloudEvents 1.0): `specversion` "1.0"; `id`,
 /// `source`, `type` and `subject` non-empty strings; `time` RFC 3339 if present; `data` any JSON
 /// value and `data_base64` a string, not both; extension attributes are kept as sent. The
 /// reason names the attribute at fault.
-pub fn parse_cloud_event(raw: &RawValue) -> Result<CloudEvent, String> {
+pub fn parse_cloud_event(raw: &RawValue) -> Result<CloudEvent, EventError> {
     if !raw.get().trim_start().starts_with('{') {
-        return Err("an event must be a JSON object".into());
+        return Err(EventError::NotAnObject);
     }
     let a: Attributes<'_> =
-        serde_json::from_str(raw.get()).map_err(|e| format!("not a CloudEvent in JSON: {e}"))?;
-    match string_attr("specversion", a.specversion, 16)?.as_deref() {
-        Some("1.0") => {}
-        Some(other) => {
-            return Err(format!(
-                "specversion {other:?} is not supported, only \"1.0\""
-            ))
+        serde_json::from_str(raw.get()).map_err(|e| EventError::NotCloudEvent(e.to_string()))?;
+    match string_attr("specversion", a.specversion, 16)? {
+        Some(v) if v == "1.0" => {}
+        Some(other) => return Err(EventError::UnsupportedSpecVersion(other)),
+        None => {
+            return Err(EventError::Missing {
+                attribute: "specversion",
+            })
         }
-        None => return Err("specversion is required".into()),
     }
     let id = required("id", a.id, MAX_NAME)?;
     let source = required("source", a.source, MAX_SOURCE)?;
     let event_type = required("type", a.event_type, MAX_NAME)?;
     if event_type.starts_with(RESERVED_TYPE_PREFIX) {
-        return Err(format!(
-            "type {event_type:?} is reserved: types starting with {RESERVED_TYPE_PREFIX:?} are Péage's own"
-        ));
+        return Err(EventError::ReservedType(event_type));
     }
-    let subject = string_attr("subject", a.subject, MAX_NAME)?
-        .ok_or_else(|| "subject is required: the partner's id or external_id".to_string())?;
+    let subject = string_attr("subject", a.subject, MAX_NAME)?.ok_or(EventError::MissingSubject)?;
     let time = match string_attr("time", a.time, 64)? {
         None => None,
         Some(t) => Some(
             DateTime::parse_from_rfc3339(&t)
                 .map(|t| truncate_to_micros(t.with_timezone(&Utc)))
-                .map_err(|e| format!("time {t:?} is not RFC 3339: {e}"))?,
+                .map_err(|e| EventError::BadTime {
+                    time: t.clone(),
+                    why: e.to_string(),
+                })?,
         ),
     };
     string_attr("datacontenttype", a.datacontenttype, MAX_NAME)?;
     let has_data = a.data.is_some_and(|d| d.get() != "null");
     if has_data && a.data_base64.is_some() {
-        return Err("data and data_base64 are exclusive".into());
+        return Err(EventError::DataAndDataBase64);
     }
     string_attr("data_base64", a.data_base64, usize::MAX)?;
     let raw = RawValue::from_string(raw.get().trim().to_string())
-        .map_err(|e| format!("not JSON: {e}"))?;
+        .map_err(|e| EventError::NotJson(e.to_string()))?;
     let event = CloudEvent {
         id,
         source,
@@ -202,10 +295,10 @@ impl CloudEvent {
         partner_id: &str,
         now: DateTime<Utc>,
         window: &TimeWindow,
-    ) -> Result<UsageEvent, String> {
+    ) -> Result<UsageEvent, EventError> {
         let time = self.time.unwrap_or_else(|| truncate_to_micros(now));
-        if let Some(reason) = window.refuse(time, now) {
-            return Err(reason);
+        if let Some(refusal) = window.refuse(time, now) {
+            return Err(refusal.into());
         }
         // The time as sent: a retry of an event without one is the same event.
         let digest = body_digest(&self.event_type, self.time, &self.raw);
@@ -333,15 +426,15 @@ impl UsageEvent {
     }
 
     /// The properties of the event's data, as meters read them.
-    pub fn properties(&self) -> Result<Properties, String> {
+    pub fn properties(&self) -> Result<Properties, EventError> {
         Properties::of_raw_event(&self.cloudevent)
     }
 
     /// What a store can hold: the properties are readable and the key is the one of the
     /// partner, source and id (a record that was altered on the way is dead-lettered).
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), EventError> {
         if self.key != UsageEvent::key_of(&self.partner_id, &self.source, &self.id) {
-            return Err("key does not match partner_id, source and id".into());
+            return Err(EventError::KeyMismatch);
         }
         self.properties().map(|_| ())
     }
@@ -412,13 +505,14 @@ pub struct Properties {
 }
 
 impl Properties {
-    fn of_raw_event(raw: &RawValue) -> Result<Properties, String> {
+    fn of_raw_event(raw: &RawValue) -> Result<Properties, EventError> {
         #[derive(Deserialize)]
         struct Data<'a> {
             #[serde(borrow)]
             data: Option<&'a RawValue>,
         }
-        let d: Data<'_> = serde_json::from_str(raw.get()).map_err(|e| format!("not JSON: {e}"))?;
+        let d: Data<'_> =
+            serde_json::from_str(raw.get()).map_err(|e| EventError::NotJson(e.to_string()))?;
         let mut props = Properties::default();
         if let Some(data) = d.data {
             if data.get().trim_start().starts_with('{') {
@@ -429,9 +523,9 @@ impl Properties {
     }
 
     /// Properties of a JSON object given as text (what `data` holds).
-    pub fn of_data(data: &str) -> Result<Properties, String> {
+    pub fn of_data(data: &str) -> Result<Properties, DataError> {
         let raw: &RawValue =
-            serde_json::from_str(data).map_err(|e| format!("data is not JSON: {e}"))?;
+            serde_json::from_str(data).map_err(|e| DataError::NotJson(e.to_string()))?;
         let mut props = Properties::default();
         if raw.get().trim_start().starts_with('{') {
             props.flatten("", raw, 0)?;
@@ -439,20 +533,21 @@ impl Properties {
         Ok(props)
     }
 
-    fn flatten(&mut self, prefix: &str, object: &RawValue, depth: usize) -> Result<(), String> {
+    fn flatten(&mut self, prefix: &str, object: &RawValue, depth: usize) -> Result<(), DataError> {
         if depth >= MAX_DEPTH {
-            return Err(format!(
-                "data nests deeper than {MAX_DEPTH} objects at {prefix:?}"
-            ));
+            return Err(DataError::TooDeep { at: prefix.into() });
         }
-        let fields: BTreeMap<String, &RawValue> = serde_json::from_str(object.get())
-            .map_err(|e| format!("data{}: {e}", dotted(prefix)))?;
+        let fields: BTreeMap<String, &RawValue> =
+            serde_json::from_str(object.get()).map_err(|e| DataError::BadObject {
+                at: prefix.into(),
+                why: e.to_string(),
+            })?;
         for (name, value) in fields {
             if name.is_empty() || name.contains('.') {
-                return Err(format!(
-                    "data property {name:?}{} must be non-empty and without dots (dots join nested names)",
-                    at(prefix)
-                ));
+                return Err(DataError::BadName {
+                    name,
+                    at: prefix.into(),
+                });
             }
             let path = if prefix.is_empty() {
                 name
@@ -464,14 +559,20 @@ impl Properties {
                 Some(b'{') => self.flatten(&path, value, depth + 1)?,
                 Some(b'"') => {
                     let s: String =
-                        serde_json::from_str(text).map_err(|e| format!("data.{path}: {e}"))?;
+                        serde_json::from_str(text).map_err(|e| DataError::BadString {
+                            path: path.clone(),
+                            why: e.to_string(),
+                        })?;
                     self.texts.insert(path, s);
                 }
                 Some(b't') | Some(b'f') => {
                     self.texts.insert(path, text.to_string());
                 }
                 Some(b'-' | b'0'..=b'9') => {
-                    let n = exact_number(text).map_err(|m| format!("data.{path}: {m}"))?;
+                    let n = exact_number(text).map_err(|why| DataError::BadNumber {
+                        path: path.clone(),
+                        why,
+                    })?;
                     self.texts.insert(path.clone(), n.normalize().to_string());
                     self.numbers.insert(path, n);
                 }
@@ -479,7 +580,7 @@ impl Properties {
                 _ => {}
             }
             if self.texts.len() > MAX_PROPERTIES {
-                return Err(format!("data has more than {MAX_PROPERTIES} properties"));
+                return Err(DataError::TooManyProperties);
             }
         }
         Ok(())
@@ -504,7 +605,7 @@ fn dotted(prefix: &str) -> String {
     }
 }
 
-fn at(prefix: &str) -> String {
+fn in_data(prefix: &str) -> String {
     if prefix.is_empty() {
         String::new()
     } else {
@@ -514,20 +615,18 @@ fn at(prefix: &str) -> String {
 
 /// A JSON number's exact value: at most [`UNITS_SCALE`] decimal places and at most 10^15 in
 /// size, the bounds every usage store keeps exactly (as for a call's units).
-fn exact_number(text: &str) -> Result<Decimal, String> {
+fn exact_number(text: &str) -> Result<Decimal, NumberError> {
     let n = if text.contains(['e', 'E']) {
         Decimal::from_scientific(text)
     } else {
         text.parse::<Decimal>()
     }
-    .map_err(|_| format!("number {text} cannot be held exactly"))?;
+    .map_err(|_| NumberError::Inexact(text.into()))?;
     if n.abs() > MAX_UNITS {
-        return Err(format!("number {text} is above 10^15 in size"));
+        return Err(NumberError::TooLarge(text.into()));
     }
     if n.normalize().scale() > UNITS_SCALE {
-        return Err(format!(
-            "number {text} has more than {UNITS_SCALE} decimal places; send it as a string if no meter sums it"
-        ));
+        return Err(NumberError::TooPrecise(text.into()));
     }
     Ok(n)
 }
@@ -597,7 +696,7 @@ mod tests {
             (event(r#","data":{"a":1e16}"#), "above 10^15"),
             (event(r#","data":{"a.b":1}"#), "without dots"),
         ] {
-            let err = parse_cloud_event(&raw(&body)).unwrap_err();
+            let err = parse_cloud_event(&raw(&body)).unwrap_err().to_string();
             assert!(err.contains(reason), "{body}: {err}");
         }
     }
@@ -633,10 +732,12 @@ mod tests {
         assert!(at(now - TimeDelta::days(34)).is_ok());
         assert!(at(now - TimeDelta::days(36))
             .unwrap_err()
+            .to_string()
             .contains("backfill window of 35 days"));
         assert!(at(now + TimeDelta::minutes(4)).is_ok());
         assert!(at(now + TimeDelta::minutes(6))
             .unwrap_err()
+            .to_string()
             .contains("5 minutes ahead"));
     }
 
@@ -696,6 +797,10 @@ mod tests {
         assert!(back.cloudevent.get().contains("comexampleext"));
         let mut altered = back.clone();
         altered.partner_id = "p2".into();
-        assert!(altered.check().unwrap_err().contains("key does not match"));
+        assert!(altered
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("key does not match"));
     }
 }

@@ -15,7 +15,7 @@ use peage_core::Env;
 use serde::Deserialize;
 
 use crate::clients::HttpClient;
-use crate::keys::{KeyCache, KeyResolver, ResolvedIssuer, ResolvedKey};
+use crate::keys::{KeyCache, KeyLookupError, KeyResolver, ResolvedIssuer, ResolvedKey};
 
 /// How the gateway reaches billing.
 #[derive(Clone)]
@@ -76,6 +76,15 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
+/// A billing client that cannot be made from its configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BillingClientError {
+    #[error("billing url {url:?}: {why}")]
+    Url { url: String, why: String },
+    #[error("the billing token is not a valid header value")]
+    Token,
+}
+
 impl BillingKeys {
     /// `billing_url` is the control API's base; `token` the gateway's service token.
     pub fn new(
@@ -83,15 +92,17 @@ impl BillingKeys {
         token: &str,
         timeout: Duration,
         clients: &crate::Clients,
-    ) -> Result<BillingKeys, String> {
+    ) -> Result<BillingKeys, BillingClientError> {
         let base = billing_url.trim_end_matches('/').to_string();
-        base.parse::<Uri>()
-            .map_err(|e| format!("billing url {billing_url:?}: {e}"))?;
+        base.parse::<Uri>().map_err(|e| BillingClientError::Url {
+            url: billing_url.to_string(),
+            why: e.to_string(),
+        })?;
         Ok(BillingKeys {
             client: clients.http(),
             base,
             authorization: HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| "the billing token is not a valid header value".to_string())?,
+                .map_err(|_| BillingClientError::Token)?,
             timeout,
         })
     }
@@ -101,57 +112,62 @@ impl BillingKeys {
         &self,
         path: &str,
         timeout: Duration,
-    ) -> Result<Option<T>, String> {
+    ) -> Result<Option<T>, KeyLookupError> {
+        let unavailable = KeyLookupError::Unavailable;
         let uri: Uri = format!("{}{path}", self.base)
             .parse()
-            .map_err(|e| format!("{path}: {e}"))?;
+            .map_err(|e| unavailable(format!("{path}: {e}")))?;
         let req = http::Request::get(uri)
             .header(header::AUTHORIZATION, self.authorization.clone())
             .body(Full::default())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| unavailable(e.to_string()))?;
         let call = async {
             let resp = self
                 .client
                 .request(req)
                 .await
-                .map_err(|e| format!("billing: {e}"))?;
+                .map_err(|e| unavailable(format!("billing: {e}")))?;
             let status = resp.status();
             let body = resp
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| format!("billing: {e}"))?
+                .map_err(|e| unavailable(format!("billing: {e}")))?
                 .to_bytes();
             match status {
                 StatusCode::NOT_FOUND => Ok(None),
                 s if s.is_success() => serde_json::from_slice(&body)
                     .map(Some)
-                    .map_err(|e| format!("billing answered {path} unreadably: {e}")),
-                s => Err(format!(
+                    .map_err(|e| unavailable(format!("billing answered {path} unreadably: {e}"))),
+                s => Err(unavailable(format!(
                     "billing answered {path} with {s}: {}",
                     String::from_utf8_lossy(&body)
-                )),
+                ))),
             }
         };
         tokio::time::timeout(timeout, call)
             .await
-            .unwrap_or_else(|_| Err(format!("billing did not answer {path} in time")))
+            .unwrap_or_else(|_| {
+                Err(unavailable(format!(
+                    "billing did not answer {path} in time"
+                )))
+            })
     }
 }
 
 #[async_trait]
 impl KeyResolver for BillingKeys {
-    async fn resolve(&self, secret_hash: &str) -> Result<Option<ResolvedKey>, String> {
+    async fn resolve(&self, secret_hash: &str) -> Result<Option<ResolvedKey>, KeyLookupError> {
         let path = format!("/v1/gateway/keys/{}", encode(secret_hash));
         Ok(self.get::<Key>(&path, self.timeout).await?.map(Into::into))
     }
 
-    async fn resolve_id(&self, key_id: &str) -> Result<Option<ResolvedKey>, String> {
+    async fn resolve_id(&self, key_id: &str) -> Result<Option<ResolvedKey>, KeyLookupError> {
         let path = format!("/v1/gateway/key-ids/{}", encode(key_id));
         Ok(self.get::<Key>(&path, self.timeout).await?.map(Into::into))
     }
 
-    async fn issuer(&self, iss: &str) -> Result<Option<ResolvedIssuer>, String> {
+    async fn issuer(&self, iss: &str) -> Result<Option<ResolvedIssuer>, KeyLookupError> {
         let path = format!("/v1/gateway/issuers?iss={}", encode(iss));
         Ok(self
             .get::<Issuer>(&path, self.timeout)

@@ -155,13 +155,20 @@ impl Clients {
     }
 }
 
+/// Why a file is not a CA bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum PemError {
+    #[error("not PEM certificates: {0}")]
+    NotPem(#[from] rustls::pki_types::pem::Error),
+    #[error("no CERTIFICATE block in the file")]
+    NoCertificate,
+}
+
 /// The certificates of a PEM file's text (a private CA for upstreams).
-pub fn parse_pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("not PEM certificates: {e}"))?;
+pub fn parse_pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, PemError> {
+    let certs = CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>()?;
     if certs.is_empty() {
-        return Err("no CERTIFICATE block in the file".into());
+        return Err(PemError::NoCertificate);
     }
     Ok(certs)
 }
@@ -174,6 +181,7 @@ mod tests {
     fn a_ca_file_must_hold_pem_certificates() {
         assert!(parse_pem_certificates(b"")
             .unwrap_err()
+            .to_string()
             .contains("no CERTIFICATE"));
         assert!(parse_pem_certificates(
             b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n"

@@ -31,6 +31,29 @@ struct Params {
     operation_name: Option<String>,
 }
 
+/// Why a GraphQL request cannot be metered (a 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum GraphqlError {
+    #[error("the query string is not GraphQL-over-HTTP parameters: {0}")]
+    QueryString(String),
+    #[error("the GraphQL document is not UTF-8")]
+    NotUtf8,
+    #[error("batched GraphQL requests are not accepted; send one operation per request")]
+    Batched,
+    #[error("the body is not a GraphQL request ({{\"query\": …}}): {0}")]
+    Body(String),
+    #[error("the request has no GraphQL `query`")]
+    NoQuery,
+    #[error("the GraphQL document does not parse: {0}")]
+    Parse(String),
+    #[error("the document has no operation named {0:?}")]
+    NoSuchOperation(String),
+    #[error("the GraphQL document has no operation")]
+    NoOperation,
+    #[error("the document has several operations; name one with operationName")]
+    SeveralOperations,
+}
+
 /// Reads the operation of a GraphQL request: a JSON body (`{"query", "operationName"}`), an
 /// `application/graphql` body, or the `query` and `operationName` of a GET's query string.
 /// The error says why the request cannot be metered, for a 400.
@@ -39,15 +62,15 @@ pub(crate) fn read(
     content_type: Option<&str>,
     query_string: Option<&str>,
     body: &[u8],
-) -> Result<GraphqlCall, String> {
+) -> Result<GraphqlCall, GraphqlError> {
     let params = if method == http::Method::GET {
         serde_urlencoded::from_str::<Params>(query_string.unwrap_or(""))
-            .map_err(|e| format!("the query string is not GraphQL-over-HTTP parameters: {e}"))?
+            .map_err(|e| GraphqlError::QueryString(e.to_string()))?
     } else if content_type.is_some_and(|c| c.starts_with("application/graphql")) {
         Params {
             query: Some(
                 std::str::from_utf8(body)
-                    .map_err(|_| "the GraphQL document is not UTF-8")?
+                    .map_err(|_| GraphqlError::NotUtf8)?
                     .to_string(),
             ),
             operation_name: None,
@@ -55,24 +78,20 @@ pub(crate) fn read(
     } else {
         let body = body.trim_ascii_start();
         if body.first() == Some(&b'[') {
-            return Err(
-                "batched GraphQL requests are not accepted; send one operation per request".into(),
-            );
+            return Err(GraphqlError::Batched);
         }
-        serde_json::from_slice::<Params>(body)
-            .map_err(|e| format!("the body is not a GraphQL request ({{\"query\": …}}): {e}"))?
+        serde_json::from_slice::<Params>(body).map_err(|e| GraphqlError::Body(e.to_string()))?
     };
     let query = params
         .query
         .filter(|q| !q.trim().is_empty())
-        .ok_or("the request has no GraphQL `query`")?;
+        .ok_or(GraphqlError::NoQuery)?;
     operation(&query, params.operation_name.as_deref())
 }
 
 /// Parses `query` and picks the operation named `wanted`, or the only one.
-pub(crate) fn operation(query: &str, wanted: Option<&str>) -> Result<GraphqlCall, String> {
-    let doc: Document<&str> =
-        parse_query(query).map_err(|e| format!("the GraphQL document does not parse: {e}"))?;
+pub(crate) fn operation(query: &str, wanted: Option<&str>) -> Result<GraphqlCall, GraphqlError> {
+    let doc: Document<&str> = parse_query(query).map_err(|e| GraphqlError::Parse(e.to_string()))?;
     let mut ops: Vec<&OperationDefinition<&str>> = Vec::new();
     let mut fragments: Vec<&FragmentDefinition<&str>> = Vec::new();
     for d in &doc.definitions {
@@ -85,15 +104,11 @@ pub(crate) fn operation(query: &str, wanted: Option<&str>) -> Result<GraphqlCall
         Some(w) => ops
             .iter()
             .find(|op| name_of(op).as_deref() == Some(w))
-            .ok_or_else(|| format!("the document has no operation named {w:?}"))?,
+            .ok_or_else(|| GraphqlError::NoSuchOperation(w.to_string()))?,
         None => match ops.as_slice() {
             [only] => only,
-            [] => return Err("the GraphQL document has no operation".into()),
-            _ => {
-                return Err(
-                    "the document has several operations; name one with operationName".into(),
-                )
-            }
+            [] => return Err(GraphqlError::NoOperation),
+            _ => return Err(GraphqlError::SeveralOperations),
         },
     };
     let (kind, selection) = match op {
@@ -152,6 +167,7 @@ fn root_fields<'a>(
 mod tests {
     use super::*;
 
+    /// The call, or the error's text.
     fn post(body: &str) -> Result<GraphqlCall, String> {
         read(
             &http::Method::POST,
@@ -159,6 +175,7 @@ mod tests {
             None,
             body.as_bytes(),
         )
+        .map_err(|e| e.to_string())
     }
 
     #[test]

@@ -232,7 +232,7 @@ impl JwtVerifier {
             let found = keys
                 .issuer(&iss)
                 .await
-                .map_err(JwtError::Unavailable)?
+                .map_err(|e| JwtError::Unavailable(e.to_string()))?
                 .ok_or_else(|| invalid(format!("tokens from issuer {iss:?} are not accepted")))?;
             Some(found)
         };
@@ -295,7 +295,7 @@ impl JwtVerifier {
                 let key = keys
                     .resolve_id(&key_id)
                     .await
-                    .map_err(JwtError::Unavailable)?
+                    .map_err(|e| JwtError::Unavailable(e.to_string()))?
                     .ok_or_else(|| invalid("the token's API key no longer exists"))?;
                 if key.revoked {
                     return Err(invalid("the token's API key has been revoked"));

@@ -40,16 +40,31 @@ pub struct ResolvedIssuer {
     pub env: Env,
 }
 
+/// Why a key or issuer could not be looked up, by cause.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyLookupError {
+    /// Where keys live did not answer, or answered with an error (the resolver's words).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A lookup failed within the last [`BACKOFF`]: the resolver is left alone meanwhile (the
+    /// failure that started it was logged already).
+    #[error("key lookups are failing; retrying within a second")]
+    BackingOff,
+    /// The lookup's task on the background runtime ended without an answer.
+    #[error("key lookup task failed: {0}")]
+    Task(String),
+}
+
 /// Where keys live (billing state); the gateway asks by secret hash, or by key id for a token.
 #[async_trait]
 pub trait KeyResolver: Send + Sync + 'static {
-    async fn resolve(&self, secret_hash: &str) -> Result<Option<ResolvedKey>, String>;
+    async fn resolve(&self, secret_hash: &str) -> Result<Option<ResolvedKey>, KeyLookupError>;
     /// The key a Péage-issued token was obtained with.
-    async fn resolve_id(&self, _key_id: &str) -> Result<Option<ResolvedKey>, String> {
+    async fn resolve_id(&self, _key_id: &str) -> Result<Option<ResolvedKey>, KeyLookupError> {
         Ok(None)
     }
     /// A partner's trusted issuer, by the tokens' `iss`.
-    async fn issuer(&self, _iss: &str) -> Result<Option<ResolvedIssuer>, String> {
+    async fn issuer(&self, _iss: &str) -> Result<Option<ResolvedIssuer>, KeyLookupError> {
         Ok(None)
     }
 }
@@ -163,11 +178,8 @@ pub(crate) struct LocalKeys {
 /// When the answer was fetched, the cache generation it belongs to, and the answer.
 type LocalKey = (Instant, u64, Option<Arc<ResolvedKey>>);
 
-type Lookup<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, String>> + Send>>;
-
-/// What a lookup answers while the resolver is left alone: the failure that started it was
-/// logged already.
-pub const BACKING_OFF: &str = "key lookups are failing; retrying within a second";
+type Lookup<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, KeyLookupError>> + Send>>;
 
 /// How long the resolver is left alone after it failed.
 const BACKOFF: Duration = Duration::from_secs(1);
@@ -287,19 +299,19 @@ impl KeyCache {
     async fn ask<T: Send + 'static>(
         &self,
         ask: impl FnOnce(Arc<dyn KeyResolver>) -> Lookup<T>,
-    ) -> Result<T, String> {
+    ) -> Result<T, KeyLookupError> {
         let Ok(_probe) = self.stats.may_ask() else {
             self.stats
                 .lookup_failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err(BACKING_OFF.into());
+            return Err(KeyLookupError::BackingOff);
         };
         let fut = ask(Arc::clone(&self.resolver));
         let answer = self
             .background
             .spawn(fut)
             .await
-            .map_err(|e| format!("key lookup task failed: {e}"))
+            .map_err(|e| KeyLookupError::Task(e.to_string()))
             .and_then(|r| r);
         match &answer {
             Ok(_) => self.stats.answered(),
@@ -315,7 +327,7 @@ impl KeyCache {
         map: &TtlMap<K, V>,
         k: K,
         ask: impl FnOnce(Arc<dyn KeyResolver>) -> Lookup<V>,
-    ) -> Result<(Instant, V), String>
+    ) -> Result<(Instant, V), KeyLookupError>
     where
         K: std::hash::Hash + Eq,
         V: Clone + Send + 'static,
@@ -347,7 +359,10 @@ impl KeyCache {
     }
 
     /// The key of an API key's secret, as [`KeyCache::resolve`] finds it by the secret's hash.
-    pub async fn resolve_secret(&self, secret: &str) -> Result<Option<Arc<ResolvedKey>>, String> {
+    pub async fn resolve_secret(
+        &self,
+        secret: &str,
+    ) -> Result<Option<Arc<ResolvedKey>>, KeyLookupError> {
         Ok(self.resolve_fingerprinted(secret).await?.1)
     }
 
@@ -355,7 +370,7 @@ impl KeyCache {
     async fn resolve_fingerprinted(
         &self,
         secret: &str,
-    ) -> Result<(Instant, Option<Arc<ResolvedKey>>), String> {
+    ) -> Result<(Instant, Option<Arc<ResolvedKey>>), KeyLookupError> {
         let fingerprint = self.fingerprints.of(secret);
         if let Some(k) = self.by_secret.get_since(&fingerprint) {
             return Ok(k);
@@ -374,7 +389,7 @@ impl KeyCache {
         &self,
         local: &LocalKeys,
         secret: &str,
-    ) -> Result<Option<Arc<ResolvedKey>>, String> {
+    ) -> Result<Option<Arc<ResolvedKey>>, KeyLookupError> {
         let fingerprint = self.fingerprints.of(secret);
         let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
         {
@@ -395,14 +410,17 @@ impl KeyCache {
         Ok(key)
     }
 
-    pub async fn resolve(&self, secret_hash: &str) -> Result<Option<Arc<ResolvedKey>>, String> {
+    pub async fn resolve(
+        &self,
+        secret_hash: &str,
+    ) -> Result<Option<Arc<ResolvedKey>>, KeyLookupError> {
         Ok(self.resolve_since(secret_hash).await?.1)
     }
 
     async fn resolve_since(
         &self,
         secret_hash: &str,
-    ) -> Result<(Instant, Option<Arc<ResolvedKey>>), String> {
+    ) -> Result<(Instant, Option<Arc<ResolvedKey>>), KeyLookupError> {
         if let Some(k) = self.by_hash.get_since(secret_hash) {
             return Ok(k);
         }
@@ -413,7 +431,10 @@ impl KeyCache {
         .await
     }
 
-    pub async fn resolve_id(&self, key_id: &str) -> Result<Option<Arc<ResolvedKey>>, String> {
+    pub async fn resolve_id(
+        &self,
+        key_id: &str,
+    ) -> Result<Option<Arc<ResolvedKey>>, KeyLookupError> {
         if let Some(k) = self.by_id.get(key_id) {
             return Ok(k);
         }
@@ -426,7 +447,7 @@ impl KeyCache {
         Ok(key)
     }
 
-    pub async fn issuer(&self, iss: &str) -> Result<Option<ResolvedIssuer>, String> {
+    pub async fn issuer(&self, iss: &str) -> Result<Option<ResolvedIssuer>, KeyLookupError> {
         if let Some(i) = self.issuers.get(iss) {
             return Ok(i);
         }
@@ -454,10 +475,10 @@ mod tests {
 
     #[async_trait]
     impl KeyResolver for Flaky {
-        async fn resolve(&self, secret_hash: &str) -> Result<Option<ResolvedKey>, String> {
+        async fn resolve(&self, secret_hash: &str) -> Result<Option<ResolvedKey>, KeyLookupError> {
             self.asked.fetch_add(1, Ordering::SeqCst);
             if self.down.load(Ordering::SeqCst) {
-                return Err("billing unreachable".into());
+                return Err(KeyLookupError::Unavailable("billing unreachable".into()));
             }
             Ok((secret_hash == "known").then(|| ResolvedKey {
                 key_id: "key_1".into(),

@@ -31,7 +31,7 @@ use peage_eventlog::EventEmitter;
 pub use call::path::EncodedSlashes;
 pub use clients::{parse_pem_certificates, Clients, OutboundConfig};
 pub use jwt::JwtConfig;
-pub use keys::{KeyCache, KeyResolver, ResolvedIssuer, ResolvedKey};
+pub use keys::{KeyCache, KeyLookupError, KeyResolver, ResolvedIssuer, ResolvedKey};
 pub use limits::RateLimits;
 pub use quota::{QuotaAuthority, QuotaConfig, Quotas};
 pub use server::{ConnectionStats, EdgeLimits, GatewayServer};

@@ -583,12 +583,17 @@ impl HttpQuotaAuthority {
         token: &str,
         timeout: Duration,
         clients: &crate::Clients,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, crate::billing::BillingClientError> {
         let url = format!("{}/v1/quota/leases", billing_url.trim_end_matches('/'))
             .parse()
-            .map_err(|e| format!("billing url {billing_url:?}: {e}"))?;
+            .map_err(
+                |e: http::uri::InvalidUri| crate::billing::BillingClientError::Url {
+                    url: billing_url.to_string(),
+                    why: e.to_string(),
+                },
+            )?;
         let authorization = http::HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| "the billing token is not a valid header value".to_string())?;
+            .map_err(|_| crate::billing::BillingClientError::Token)?;
         Ok(HttpQuotaAuthority {
             client: clients.http(),
             url,

@@ -23,8 +23,8 @@ use peage_eventlog::{EmbeddedLog, EventEmitter, EventLog, EventLogError, LogCons
 use peage_gateway::call::refusal::RefusalKind;
 use peage_gateway::quota::{LeaseError, UnreachablePolicy};
 use peage_gateway::{
-    EdgeLimits, Gateway, GatewayConfig, GatewayServer, JwtConfig, KeyCache, KeyResolver,
-    QuotaAuthority, QuotaConfig, Quotas, ResolvedKey,
+    EdgeLimits, Gateway, GatewayConfig, GatewayServer, JwtConfig, KeyCache, KeyLookupError,
+    KeyResolver, QuotaAuthority, QuotaConfig, Quotas, ResolvedKey,
 };
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -166,9 +166,11 @@ impl Keys {
 
 #[async_trait]
 impl KeyResolver for Keys {
-    async fn resolve(&self, hash: &str) -> Result<Option<ResolvedKey>, String> {
+    async fn resolve(&self, hash: &str) -> Result<Option<ResolvedKey>, KeyLookupError> {
         if hash == api_key::secret_hash(LOOKUP_FAILS) {
-            return Err("billing database unreachable".into());
+            return Err(KeyLookupError::Unavailable(
+                "billing database unreachable".into(),
+            ));
         }
         Ok(self.0.get(hash).cloned())
     }

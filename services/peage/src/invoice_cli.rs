@@ -137,7 +137,9 @@ async fn invoicing(target: &Target) -> anyhow::Result<Invoicing> {
 }
 
 fn label(period: &str) -> anyhow::Result<PeriodLabel> {
-    period.parse().map_err(|e: String| anyhow::anyhow!(e))
+    period
+        .parse()
+        .map_err(|e: peage_core::period::BadPeriodLabel| anyhow::anyhow!(e))
 }
 
 fn print_summary(s: &RunSummary) {

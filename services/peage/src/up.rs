@@ -21,8 +21,8 @@ use peage_core::{Catalog, Env};
 use peage_eventlog::{EmbeddedLog, EventEmitter, EventLog, LogOptions};
 use peage_gateway::quota::LeaseError;
 use peage_gateway::{
-    Gateway, GatewayServer, JwtConfig, KeyCache, KeyResolver, QuotaAuthority, QuotaConfig, Quotas,
-    ResolvedIssuer, ResolvedKey,
+    Gateway, GatewayServer, JwtConfig, KeyCache, KeyLookupError, KeyResolver, QuotaAuthority,
+    QuotaConfig, Quotas, ResolvedIssuer, ResolvedKey,
 };
 use peage_usage_store::SqliteUsageStore;
 use serde::{Deserialize, Serialize};
@@ -98,10 +98,13 @@ pub(crate) fn upstream_roots(
 pub(crate) struct StoreKeys(pub(crate) Arc<dyn BillingStore>);
 
 impl StoreKeys {
-    async fn resolved(&self, k: peage_billing_store::ApiKey) -> Result<ResolvedKey, String> {
+    async fn resolved(
+        &self,
+        k: peage_billing_store::ApiKey,
+    ) -> Result<ResolvedKey, KeyLookupError> {
         let k = gateway_routes::gateway_key(self.0.as_ref(), k)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(unavailable)?;
         Ok(ResolvedKey {
             key_id: k.key_id,
             partner_id: k.partner_id,
@@ -113,34 +116,34 @@ impl StoreKeys {
     }
 }
 
+/// The billing store failed a key lookup.
+fn unavailable(e: impl std::fmt::Display) -> KeyLookupError {
+    KeyLookupError::Unavailable(e.to_string())
+}
+
 #[async_trait]
 impl KeyResolver for StoreKeys {
-    async fn resolve(&self, secret_hash: &str) -> Result<Option<ResolvedKey>, String> {
-        match self
-            .0
-            .key_by_hash(secret_hash)
-            .await
-            .map_err(|e| e.to_string())?
-        {
+    async fn resolve(&self, secret_hash: &str) -> Result<Option<ResolvedKey>, KeyLookupError> {
+        match self.0.key_by_hash(secret_hash).await.map_err(unavailable)? {
             Some(k) => Ok(Some(self.resolved(k).await?)),
             None => Ok(None),
         }
     }
 
-    async fn resolve_id(&self, key_id: &str) -> Result<Option<ResolvedKey>, String> {
-        match self.0.key(key_id).await.map_err(|e| e.to_string())? {
+    async fn resolve_id(&self, key_id: &str) -> Result<Option<ResolvedKey>, KeyLookupError> {
+        match self.0.key(key_id).await.map_err(unavailable)? {
             Some(k) => Ok(Some(self.resolved(k).await?)),
             None => Ok(None),
         }
     }
 
-    async fn issuer(&self, iss: &str) -> Result<Option<ResolvedIssuer>, String> {
-        let Some(i) = self.0.issuer(iss).await.map_err(|e| e.to_string())? else {
+    async fn issuer(&self, iss: &str) -> Result<Option<ResolvedIssuer>, KeyLookupError> {
+        let Some(i) = self.0.issuer(iss).await.map_err(unavailable)? else {
             return Ok(None);
         };
         let i = gateway_routes::gateway_issuer(self.0.as_ref(), i)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(unavailable)?;
         Ok(Some(ResolvedIssuer {
             id: i.id,
             partner_id: i.partner_id,

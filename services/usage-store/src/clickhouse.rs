@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use async_trait::async_trait;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use clickhouse::{Client, Row};
-use peage_core::event::UNITS_SCALE;
+use peage_core::event::{UnitsError, UNITS_SCALE};
 use peage_core::meter::{combine, RollupRow};
 use peage_core::meter::{merge_event_meters, Aggregation, MeterGroup};
 use peage_core::{CallEvent, Env, Meter, MeterUsage, UsageEvent};
@@ -256,7 +256,7 @@ impl SumRow {
         Ok(RollupRow {
             units: fixed_to_units(self.units).map_err(|reason| UsageStoreError::Corrupt {
                 id: format!("rollup of {partner}"),
-                reason,
+                reason: reason.to_string(),
             })?,
             api: self.api,
             version: self.version,
@@ -290,21 +290,27 @@ fn env_code(env: Env) -> i8 {
     }
 }
 
-fn units_to_fixed(units: Decimal) -> Result<i128, String> {
+fn units_to_fixed(units: Decimal) -> Result<i128, UnitsError> {
     let mut u = units.normalize();
     if u.scale() > UNITS_SCALE {
-        return Err(format!(
-            "units {units} have more than {UNITS_SCALE} decimal places"
-        ));
+        return Err(UnitsError::TooPrecise(units));
     }
     u.rescale(UNITS_SCALE);
     Ok(u.mantissa())
 }
 
-fn fixed_to_units(v: i128) -> Result<Decimal, String> {
-    Decimal::try_from_i128_with_scale(v, UNITS_SCALE)
+/// A stored fixed-point quantity that is no decimal.
+#[derive(Debug, thiserror::Error)]
+#[error("units {value}e-{scale}: {why}", scale = UNITS_SCALE)]
+struct FixedUnitsError {
+    value: i128,
+    why: rust_decimal::Error,
+}
+
+fn fixed_to_units(value: i128) -> Result<Decimal, FixedUnitsError> {
+    Decimal::try_from_i128_with_scale(value, UNITS_SCALE)
         .map(|d| d.normalize())
-        .map_err(|e| format!("units {v}e-{UNITS_SCALE}: {e}"))
+        .map_err(|why| FixedUnitsError { value, why })
 }
 
 /// The table a rollup level lives in and the width of its buckets.
@@ -541,7 +547,7 @@ impl ClickHouseUsageStore {
             let e = &l.event;
             let units = units_to_fixed(e.units).map_err(|reason| UsageStoreError::Corrupt {
                 id: e.id.to_string(),
-                reason,
+                reason: reason.to_string(),
             })?;
             let row = RawRow {
                 id: e.id,
@@ -599,10 +605,10 @@ impl ClickHouseUsageStore {
                 id: e.id.clone(),
                 reason,
             };
-            let props = e.properties().map_err(corrupt)?;
+            let props = e.properties().map_err(|r| corrupt(r.to_string()))?;
             let mut number_values = Vec::with_capacity(props.numbers.len());
             for n in props.numbers.values() {
-                number_values.push(units_to_fixed(*n).map_err(corrupt)?);
+                number_values.push(units_to_fixed(*n).map_err(|r| corrupt(r.to_string()))?);
             }
             let row = UsageRow {
                 partner_id: &e.partner_id,
@@ -779,7 +785,7 @@ impl ClickHouseUsageStore {
             .map(|r| {
                 let raw = fixed_to_units(r.value).map_err(|reason| UsageStoreError::Corrupt {
                     id: meter.name.clone(),
-                    reason,
+                    reason: reason.to_string(),
                 })?;
                 let q = match meter.scale {
                     Some(s) => raw.saturating_mul(s).normalize(),
@@ -958,7 +964,7 @@ fn stored_to_event(r: StoredRow) -> Result<CallEvent, UsageStoreError> {
         latency_us: r.latency_us,
         request_bytes: r.request_bytes,
         response_bytes: r.response_bytes,
-        units: fixed_to_units(r.units).map_err(corrupt)?,
+        units: fixed_to_units(r.units).map_err(|r| corrupt(r.to_string()))?,
         gateway_id: r.gateway_id,
         attributes: serde_json::from_str(&r.attributes)
             .map_err(|e| corrupt(format!("attributes: {e}")))?,

@@ -123,7 +123,7 @@ pub(super) fn validate_apis(
                 let opath = format!("{vpath}.operations[{name:?}]");
                 let Some((method, segments)) = operation_key(name, protocol, &grpc_services)
                     .map_err(|why| {
-                        src.issue(op.span(), opath.clone(), why);
+                        src.issue(op.span(), opath.clone(), why.to_string());
                     })
                     .ok()
                 else {
@@ -222,13 +222,26 @@ fn grpc_services(
     out
 }
 
+/// Why an operation's name does not fit its protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum OperationNameError {
+    #[error("operation must read \"METHOD /path/{{param}}\"")]
+    Http,
+    #[error("a graphql operation is an operation name such as GetForecast")]
+    Graphql,
+    #[error("a grpc operation reads \"/pkg.Service/Method\"")]
+    Grpc,
+    #[error("{0:?} is not in this version's grpc_services")]
+    UnknownGrpcService(String),
+}
+
 /// An operation's key by protocol: `METHOD /route/{param}` (HTTP), an operation name
 /// (GraphQL), `/pkg.Service/Method` of one of the version's services (gRPC).
 fn operation_key(
     name: &str,
     protocol: Protocol,
     grpc_services: &[String],
-) -> Result<(String, Vec<String>), String> {
+) -> Result<(String, Vec<String>), OperationNameError> {
     let graphql_name = |s: &str| {
         s.bytes()
             .next()
@@ -240,7 +253,7 @@ fn operation_key(
             let (method, route) = name
                 .split_once(' ')
                 .filter(|(_, r)| r.starts_with('/'))
-                .ok_or("operation must read \"METHOD /path/{param}\"")?;
+                .ok_or(OperationNameError::Http)?;
             let segments = route
                 .split('/')
                 .filter(|s| !s.is_empty())
@@ -249,20 +262,16 @@ fn operation_key(
             Ok((method.to_ascii_uppercase(), segments))
         }
         Protocol::Graphql if graphql_name(name) => Ok(("POST".into(), Vec::new())),
-        Protocol::Graphql => {
-            Err("a graphql operation is an operation name such as GetForecast".into())
-        }
+        Protocol::Graphql => Err(OperationNameError::Graphql),
         Protocol::Grpc => {
             let service = name
                 .strip_prefix('/')
                 .and_then(|p| p.rsplit_once('/'))
                 .filter(|(_, m)| graphql_name(m))
                 .map(|(s, _)| s)
-                .ok_or("a grpc operation reads \"/pkg.Service/Method\"")?;
+                .ok_or(OperationNameError::Grpc)?;
             if !grpc_services.iter().any(|s| s == service) {
-                return Err(format!(
-                    "{service:?} is not in this version's grpc_services"
-                ));
+                return Err(OperationNameError::UnknownGrpcService(service.to_string()));
             }
             Ok(("POST".into(), Vec::new()))
         }

@@ -177,7 +177,7 @@ impl Source<'_> {
         let url = match interpolate(s.get_ref(), vars) {
             Ok(u) => u,
             Err(msg) => {
-                self.issue(s.span(), field, msg);
+                self.issue(s.span(), field, msg.to_string());
                 return None;
             }
         };
@@ -202,12 +202,21 @@ impl Source<'_> {
     }
 }
 
+/// Why `${...}` in an upstream URL cannot be replaced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum InterpolationError {
+    #[error("unterminated ${{ in {0:?}")]
+    Unterminated(String),
+    #[error("environment variable {0} is not set")]
+    Unset(String),
+}
+
 /// Replaces `${NAME}` with `vars(NAME)`, or `${NAME:-default}` with the default when NAME is
 /// unset; an unset variable without a default is an error, never an empty string.
 pub(super) fn interpolate(
     s: &str,
     vars: &dyn Fn(&str) -> Option<String>,
-) -> Result<String, String> {
+) -> Result<String, InterpolationError> {
     let mut out = String::new();
     let mut rest = s;
     while let Some(start) = rest.find("${") {
@@ -215,14 +224,14 @@ pub(super) fn interpolate(
         let after = &rest[start + 2..];
         let end = after
             .find('}')
-            .ok_or_else(|| format!("unterminated ${{ in {s:?}"))?;
+            .ok_or_else(|| InterpolationError::Unterminated(s.to_string()))?;
         let (name, default) = match after[..end].split_once(":-") {
             Some((n, d)) => (n, Some(d)),
             None => (&after[..end], None),
         };
         let value = vars(name)
             .or_else(|| default.map(str::to_string))
-            .ok_or_else(|| format!("environment variable {name} is not set"))?;
+            .ok_or_else(|| InterpolationError::Unset(name.to_string()))?;
         out.push_str(&value);
         rest = &after[end + 1..];
     }

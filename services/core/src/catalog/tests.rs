@@ -409,5 +409,6 @@ fn upstream_variables_may_carry_a_default() {
     );
     assert!(interpolate("${UNSET}", &vars)
         .unwrap_err()
+        .to_string()
         .contains("UNSET is not set"));
 }

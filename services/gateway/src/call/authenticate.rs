@@ -103,7 +103,7 @@ async fn check(gw: &Gateway, local: &LocalKeys, token: &str) -> Result<Arc<Resol
         Ok(Some(_)) => Err(unauthorized("this API key has been revoked")),
         Ok(None) => Err(unauthorized("unknown API key")),
         Err(e) => {
-            if e != crate::keys::BACKING_OFF {
+            if e != crate::keys::KeyLookupError::BackingOff {
                 tracing::warn!(error = %e, "gateway: key lookup failed");
             }
             Err(Refusal::new(

@@ -80,9 +80,15 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const PEAGE_PARTNER_ID: HeaderName = HeaderName::from_static("peage-partner-id");
 const PEAGE_ENV: HeaderName = HeaderName::from_static("peage-env");
 
+/// A `Peage-Units` value that is not a decimal between 0 and [`peage_core::event::MAX_UNITS`]:
+/// the raw value, as the upstream sent it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Peage-Units {0:?} is not a decimal between 0 and 10^15")]
+pub(crate) struct BadUnits(pub String);
+
 /// The upstream's `Peage-Units`, removed from the answer: `Ok(None)` when absent, `Err` with the
 /// raw value when it is not a decimal between 0 and [`peage_core::event::MAX_UNITS`].
-pub(crate) fn take_units(headers: &mut HeaderMap) -> Result<Option<Decimal>, String> {
+pub(crate) fn take_units(headers: &mut HeaderMap) -> Result<Option<Decimal>, BadUnits> {
     let Some(units) = headers.remove(&UNITS_HEADER) else {
         return Ok(None);
     };
@@ -92,7 +98,7 @@ pub(crate) fn take_units(headers: &mut HeaderMap) -> Result<Option<Decimal>, Str
         .and_then(|s| Decimal::from_str(s.trim()).ok())
         .filter(|d| !d.is_sign_negative() && *d <= peage_core::event::MAX_UNITS)
         .map(Some)
-        .ok_or_else(|| String::from_utf8_lossy(units.as_bytes()).into_owned())
+        .ok_or_else(|| BadUnits(String::from_utf8_lossy(units.as_bytes()).into_owned()))
 }
 
 /// Removes what a caller must not be able to tell the upstream: every `Peage-*` header (the
@@ -278,11 +284,14 @@ mod tests {
         assert_eq!(take_units(&mut h), Ok(Some(Decimal::new(25, 1))));
         assert!(!h.contains_key(UNITS_HEADER));
         h.insert(UNITS_HEADER, HeaderValue::from_static("-1"));
-        assert_eq!(take_units(&mut h), Err("-1".to_string()));
+        assert_eq!(take_units(&mut h), Err(BadUnits("-1".to_string())));
         h.insert(UNITS_HEADER, HeaderValue::from_static("lots"));
-        assert_eq!(take_units(&mut h), Err("lots".to_string()));
+        assert_eq!(take_units(&mut h), Err(BadUnits("lots".to_string())));
         h.insert(UNITS_HEADER, HeaderValue::from_static("1000000000000001"));
-        assert_eq!(take_units(&mut h), Err("1000000000000001".to_string()));
+        assert_eq!(
+            take_units(&mut h),
+            Err(BadUnits("1000000000000001".to_string()))
+        );
     }
 
     #[test]

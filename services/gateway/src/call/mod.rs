@@ -244,7 +244,7 @@ async fn pipeline(
                 g.units_from_upstream = true;
             }
         }
-        Err(raw) => {
+        Err(forward::BadUnits(raw)) => {
             tracing::warn!(api = %version.api, version = %version.spec.id, value = %raw,
                 "gateway: ignored an invalid Peage-Units header from the upstream");
             pending

@@ -115,7 +115,7 @@ async fn graphql_operation(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let call = graphql::read(&head.method, content_type, head.uri.query(), &bytes)
-        .map_err(|why| Refusal::new(RefusalKind::BadGraphql, why))?;
+        .map_err(|why| Refusal::new(RefusalKind::BadGraphql, why.to_string()))?;
     let mut attributes = BTreeMap::new();
     attributes.insert("graphql_operation_type".to_string(), call.kind.to_string());
     attributes.insert(
