@@ -38,7 +38,7 @@ run() { # label, extra arguments…
     "$SCHEMATHESIS" "$@" run schemas/openapi/control-api.yaml \
         --url "$url" \
         --header "$auth" \
-        --checks not_a_server_error \
+        --checks not_a_server_error,response_schema_conformance,content_type_conformance \
         --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-30}" \
         --seed "${SCHEMATHESIS_SEED:-20261128}" \
         --workers 2 \

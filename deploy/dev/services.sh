@@ -23,6 +23,7 @@ PG_PORT=${PEAGE_POSTGRES_PORT:-5432}
 TANSU_VERSION=0.6.0
 CHDB_VERSION=4.4.0
 SCHEMATHESIS_VERSION=4.32.5
+OPENAPI_CLIENT_VERSION=0.29.1
 TOOLS=${PEAGE_TOOLS_DIR:-$HOME/.cache/peage}
 PG_BIN=/usr/lib/postgresql/15/bin
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -66,6 +67,14 @@ install() {
         mkdir -p "$TOOLS"
         python3 -m venv "$TOOLS/schemathesis-venv"
         "$TOOLS/schemathesis-venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+    fi
+    # openapi-python-client (PyPI) generates a client from the committed OpenAPI document for
+    # tests/openapi-client (deploy/dev/openapi-client.sh); httpx and attrs come with it.
+    if ! "$TOOLS/openapi-client-venv/bin/openapi-python-client" --version 2>/dev/null | grep -q "$OPENAPI_CLIENT_VERSION"; then
+        log "pip install openapi-python-client $OPENAPI_CLIENT_VERSION into $TOOLS/openapi-client-venv"
+        mkdir -p "$TOOLS"
+        python3 -m venv "$TOOLS/openapi-client-venv"
+        "$TOOLS/openapi-client-venv/bin/pip" install -q "openapi-python-client==$OPENAPI_CLIENT_VERSION"
     fi
     # playwright-core, pinned by tests/browser/package-lock.json (no browser download).
     local browser="$ROOT/tests/browser"

@@ -23,3 +23,6 @@ cargo test --workspace --all-targets --locked --features real-servers -- --show-
 
 # The control API against its OpenAPI document: no generated request may cause a server error.
 deploy/dev/schemathesis.sh
+
+# A client generated from the committed OpenAPI document, used end to end against `peage up`.
+deploy/dev/openapi-client.sh

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use peage_billing::events::UsageEventSink;
+use peage_billing::service::events::UsageEventSink;
 use peage_core::usage_event::{parse_cloud_event, TimeWindow};
 use peage_core::UsageEvent;
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
-use peage_billing::invoicing::{Invoicing, Issuer};
+use peage_billing::service::invoicing::{Invoicing, Issuer};
 use peage_billing_store::{BillingStore, PostgresBillingStore, SqliteBillingStore, Subscription};
 use peage_core::{CallEvent, Catalog, Env, Invoice, PeriodLabel};
 use peage_usage_store::{

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::BillingStoreError;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     /// `aud_` and a time-ordered UUID.
     pub id: String,

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::BillingStoreError;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct BillingProfile {
     pub partner_id: String,
     /// IANA time zone; billing periods start at local midnight.
@@ -22,7 +22,7 @@ pub struct BillingProfile {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CreditEntry {
     pub id: String,
     pub partner_id: String,
@@ -63,7 +63,7 @@ pub struct InvoiceFilter {
     pub partner_id: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct WebhookEndpoint {
     pub id: String,
     pub url: String,
@@ -75,7 +75,7 @@ pub struct WebhookEndpoint {
     pub disabled_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct WebhookDelivery {
     pub id: String,
     pub endpoint_id: String,

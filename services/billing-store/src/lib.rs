@@ -70,7 +70,7 @@ impl BillingStoreError {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Partner {
     pub id: String,
     pub name: String,
@@ -80,7 +80,7 @@ pub struct Partner {
     pub subscription: Subscription,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Subscription {
     pub plan_id: String,
     pub plan_version: String,
@@ -88,7 +88,7 @@ pub struct Subscription {
     pub ended_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ApiKey {
     pub key_id: String,
     pub partner_id: String,
@@ -120,7 +120,7 @@ pub struct SigningKey {
 }
 
 /// A partner's own JWT issuer, trusted for that partner only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TrustedIssuer {
     pub id: String,
     pub partner_id: String,

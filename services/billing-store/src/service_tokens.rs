@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::BillingStoreError;
 
 /// A service token as stored: never the token itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ServiceToken {
     pub id: String,
     pub name: String,

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::BillingStoreError;
 
 /// What a staff member may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StaffRole {
     /// Reads everything staff may read; changes nothing.
@@ -35,7 +35,7 @@ impl StaffRole {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct StaffMember {
     /// `stf_` and 20 hex digits.
     pub id: String,

@@ -156,6 +156,49 @@ async fn sign_in(f: &Fixture, body: Value) -> String {
         .to_string()
 }
 
+/// What generated clients need of the document: a unique id for every operation, and every JSON
+/// answer described field by field (a named schema or a typed one, never a bare object).
+#[tokio::test]
+async fn every_operation_has_its_own_id_and_every_json_answer_a_schema() {
+    let f = start().await;
+    let doc: Value = serde_json::to_value(f.api.openapi()).unwrap();
+    let mut ids = BTreeSet::new();
+    let mut answers = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap_or_default().to_string();
+            assert!(
+                ids.insert(id.clone()),
+                "operationId {id:?} of {method} {path} is taken"
+            );
+            for (status, answer) in op["responses"].as_object().unwrap() {
+                let Some(content) = answer["content"].as_object() else {
+                    continue;
+                };
+                for (media, body) in content {
+                    if !status.starts_with('2') || !media.contains("json") {
+                        continue;
+                    }
+                    let schema = &body["schema"];
+                    let described = schema.get("$ref").is_some()
+                        || schema["properties"].is_object()
+                        || schema["items"].is_object()
+                        || schema["oneOf"].is_array();
+                    assert!(described, "{method} {path} {status} {media}: {schema}");
+                    answers += 1;
+                }
+            }
+            if path.starts_with("/v1/invoices") && method == "get" {
+                let ok = &op["responses"]["200"]["content"];
+                assert!(ok["text/csv"].is_object(), "{path}: no CSV variant");
+            }
+        }
+    }
+    assert!(answers >= 45, "only {answers} JSON answers found");
+    let one = &doc["paths"]["/v1/invoices/{id}"]["get"]["responses"]["200"]["content"];
+    assert!(one["application/pdf"].is_object(), "{one}");
+}
+
 #[tokio::test]
 async fn the_committed_openapi_document_matches_the_router() {
     let f = start().await;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{Datelike, TimeDelta, TimeZone, Utc};
-use peage_billing::events::{EventsIntake, SinkRefused, UsageEventSink};
+use peage_billing::service::events::{EventsIntake, SinkRefused, UsageEventSink};
 use peage_core::UsageEvent;
 use peage_usage_store::{LoggedUsageEvent, SqliteUsageStore, UsageStore};
 use rust_decimal::Decimal;

@@ -159,10 +159,12 @@ async fn an_invoice_goes_from_draft_to_finalized_and_late_usage_lands_on_the_nex
         )
         .await;
     assert_eq!(s, 400, "{bad}");
-    tokio::spawn(peage_billing::webhooks::run_worker(
+    tokio::spawn(peage_billing::service::webhooks::run_worker(
         Arc::clone(&env.served.store),
-        peage_billing::webhooks::WorkerSettings {
-            schedule: peage_billing::webhooks::RetrySchedule(vec![Duration::from_millis(100)]),
+        peage_billing::service::webhooks::WorkerSettings {
+            schedule: peage_billing::service::webhooks::RetrySchedule(vec![Duration::from_millis(
+                100,
+            )]),
             poll: Duration::from_millis(50),
             policy: support::loopback_policy(),
             secrets: support::secrets(),
@@ -324,7 +326,7 @@ async fn an_invoice_goes_from_draft_to_finalized_and_late_usage_lands_on_the_nex
         .unwrap()
         .parse()
         .unwrap();
-    let expected = peage_billing::webhooks::sign(&secret, msg_id, ts, &body).unwrap();
+    let expected = peage_billing::service::webhooks::sign(&secret, msg_id, ts, &body).unwrap();
     assert_eq!(headers["webhook-signature"].to_str().unwrap(), expected);
     let payload: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(payload["type"], "invoice.finalized");
@@ -552,10 +554,12 @@ async fn a_hard_quota_reached_sends_one_signed_webhook_retried_until_delivered()
         .await;
     assert_eq!(s, 201, "{ep}");
     let secret = ep["secret"].as_str().unwrap().to_string();
-    tokio::spawn(peage_billing::webhooks::run_worker(
+    tokio::spawn(peage_billing::service::webhooks::run_worker(
         Arc::clone(&env.served.store),
-        peage_billing::webhooks::WorkerSettings {
-            schedule: peage_billing::webhooks::RetrySchedule(vec![Duration::from_millis(200)]),
+        peage_billing::service::webhooks::WorkerSettings {
+            schedule: peage_billing::service::webhooks::RetrySchedule(vec![Duration::from_millis(
+                200,
+            )]),
             poll: Duration::from_millis(50),
             policy: support::loopback_policy(),
             secrets: support::secrets(),
@@ -622,9 +626,13 @@ async fn a_hard_quota_reached_sends_one_signed_webhook_retried_until_delivered()
         .unwrap()
         .parse()
         .unwrap();
-    let sig =
-        peage_billing::webhooks::sign(&secret, headers["webhook-id"].to_str().unwrap(), ts, body)
-            .unwrap();
+    let sig = peage_billing::service::webhooks::sign(
+        &secret,
+        headers["webhook-id"].to_str().unwrap(),
+        ts,
+        body,
+    )
+    .unwrap();
     assert_eq!(headers["webhook-signature"].to_str().unwrap(), sig);
     let payload: Value = serde_json::from_str(body).unwrap();
     assert_eq!(payload["data"]["partner_id"], pid.as_str());

@@ -539,7 +539,7 @@ async fn deliveries_are_checked_at_each_connection_and_logged_generically() {
             .await;
         assert_eq!(s, 201, "{body}");
     }
-    peage_billing::webhooks::enqueue(
+    peage_billing::service::webhooks::enqueue(
         f.served.store.as_ref(),
         "invoice.finalized",
         "inv_test",
@@ -564,10 +564,10 @@ async fn deliveries_are_checked_at_each_connection_and_logged_generically() {
         }
     };
     let worker = |policy| {
-        tokio::spawn(peage_billing::webhooks::run_worker(
+        tokio::spawn(peage_billing::service::webhooks::run_worker(
             std::sync::Arc::clone(&f.served.store),
-            peage_billing::webhooks::WorkerSettings {
-                schedule: peage_billing::webhooks::RetrySchedule(vec![
+            peage_billing::service::webhooks::WorkerSettings {
+                schedule: peage_billing::service::webhooks::RetrySchedule(vec![
                     std::time::Duration::from_secs(3600),
                 ]),
                 poll: std::time::Duration::from_millis(20),
@@ -604,7 +604,7 @@ async fn deliveries_are_checked_at_each_connection_and_logged_generically() {
         "never connected"
     );
     // Under a policy that allows loopback, the closed port is a generic failure.
-    peage_billing::webhooks::enqueue(
+    peage_billing::service::webhooks::enqueue(
         f.served.store.as_ref(),
         "invoice.finalized",
         "inv_test_2",
@@ -637,7 +637,7 @@ async fn deliveries_are_checked_at_each_connection_and_logged_generically() {
 /// (`reseal_all`), and a rotation seals everything again under the new key.
 #[tokio::test]
 async fn secrets_are_sealed_at_rest_migrated_and_rotated() {
-    use peage_billing::secrets::{reseal_all, webhook_row, SecretBox};
+    use peage_billing::service::secrets::{reseal_all, webhook_row, SecretBox};
     let f = start().await;
     let (s, created) = f
         .admin(
@@ -855,7 +855,7 @@ async fn service_tokens_reach_only_their_scope() {
             }
             let concrete = concrete(path);
             let m: reqwest::Method = method.to_uppercase().parse().unwrap();
-            let allowed = peage_billing::auth::GATEWAY_ROUTES
+            let allowed = peage_billing::service::GATEWAY_ROUTES
                 .iter()
                 .any(|(am, ap)| am.eq_ignore_ascii_case(method) && ap == path);
             let (s, body) = call(gw.clone(), m.clone(), concrete.clone(), Some(json!({}))).await;

@@ -372,7 +372,7 @@ impl MeterAccumulator<'_> {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MeterUsage {
     pub meter: String,
     #[serde(with = "rust_decimal::serde::str")]
@@ -381,7 +381,7 @@ pub struct MeterUsage {
     pub groups: Vec<MeterGroup>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MeterGroup {
     pub dimensions: BTreeMap<String, String>,
     #[serde(with = "rust_decimal::serde::str")]

@@ -11,6 +11,19 @@ pub struct Currency {
     minor_units: u32,
 }
 
+/// A currency is its ISO 4217 code in JSON (`"EUR"`).
+impl utoipa::PartialSchema for Currency {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some("An ISO 4217 currency code, such as EUR"))
+            .pattern(Some("^[A-Z]{3}$"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Currency {}
+
 /// ISO 4217 minor units. Currencies not listed are refused rather than guessed.
 const MINOR_UNITS: &[(&str, u32)] = &[
     ("AED", 2),

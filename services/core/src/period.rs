@@ -9,7 +9,7 @@ use chrono::{DateTime, Datelike, Days, LocalResult, NaiveDate, NaiveTime, TimeZo
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "every", rename_all = "lowercase")]
 pub enum PeriodRule {
     Month { anchor_day: u32 },
@@ -17,7 +17,7 @@ pub enum PeriodRule {
 }
 
 /// A half-open interval `[start, end)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BillingPeriod {
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,

@@ -17,7 +17,7 @@ use crate::invoice::{InvoiceLine, LineKind};
 use crate::money::{Currency, Overflow};
 use crate::period::PeriodRule;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Plan {
     pub id: String,
     pub name: String,
@@ -35,7 +35,7 @@ pub struct Plan {
     pub rate_limit: Option<RateLimit>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaxRate {
     #[serde(with = "rust_decimal::serde::str")]
     pub rate: Decimal,
@@ -51,7 +51,95 @@ pub struct Charge {
     pub model: ChargeModel,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A charge in JSON is one object: `meter`, `free`, `model` and the model's fields. Described as
+/// one named schema per model (`ChargeFlat`, `ChargeGraduated`…) told apart by `model`, since
+/// generated clients cannot take `allOf` over a `oneOf` or unions of inline objects.
+fn charge_variants() -> Vec<(String, utoipa::openapi::schema::Object)> {
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+    use utoipa::openapi::RefOr;
+    use utoipa::PartialSchema;
+    let RefOr::T(Schema::OneOf(models)) = ChargeModel::schema() else {
+        return Vec::new();
+    };
+    models
+        .items
+        .into_iter()
+        .filter_map(|model| match model {
+            RefOr::T(Schema::Object(o)) => Some(o),
+            _ => None,
+        })
+        .map(|mut o| {
+            let tag = match o.properties.get("model") {
+                Some(RefOr::T(Schema::Object(m))) => m
+                    .enum_values
+                    .iter()
+                    .flatten()
+                    .find_map(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            let name: String = std::iter::once("Charge".to_string())
+                .chain(tag.split('_').map(|w| {
+                    let mut c = w.chars();
+                    c.next()
+                        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                        .unwrap_or_default()
+                }))
+                .collect();
+            o.properties.insert(
+                "meter".into(),
+                ObjectBuilder::new().schema_type(Type::String).into(),
+            );
+            o.properties.insert(
+                "free".into(),
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some("Free units of the period, a decimal string"))
+                    .into(),
+            );
+            o.required.extend(["meter".to_string(), "free".to_string()]);
+            o.description = Some(format!("A `{tag}` charge on one meter"));
+            (name, o)
+        })
+        .collect()
+}
+
+impl utoipa::PartialSchema for Charge {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{Discriminator, OneOfBuilder};
+        use utoipa::openapi::Ref;
+        let mut discriminator = Discriminator::new("model");
+        let mut charge = OneOfBuilder::new().description(Some(
+            "A charge on one meter: `free` units first, then priced by `model`",
+        ));
+        for (name, o) in charge_variants() {
+            if let Some(tag) = o.description.as_deref().and_then(|d| d.split('`').nth(1)) {
+                discriminator
+                    .mapping
+                    .insert(tag.to_string(), format!("#/components/schemas/{name}"));
+            }
+            charge = charge.item(Ref::from_schema_name(name));
+        }
+        charge.discriminator(Some(discriminator)).into()
+    }
+}
+
+impl utoipa::ToSchema for Charge {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use utoipa::PartialSchema;
+        for (name, o) in charge_variants() {
+            schemas.push((name, o.into()));
+        }
+        schemas.push(("Tier".into(), Tier::schema()));
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "model", rename_all = "snake_case")]
 pub enum ChargeModel {
     Flat {
@@ -76,7 +164,7 @@ pub enum ChargeModel {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Tier {
     /// Inclusive upper bound on the period's quantity; `None` is infinity (last tier only).
     #[serde(with = "rust_decimal::serde::str_option")]
@@ -85,14 +173,14 @@ pub struct Tier {
     pub unit_price: Decimal,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum QuotaKind {
     Hard,
     Soft,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Quota {
     pub meter: String,
     #[serde(with = "rust_decimal::serde::str")]
@@ -100,7 +188,7 @@ pub struct Quota {
     pub kind: QuotaKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RateLimit {
     pub per_second: u32,
     pub burst: u32,

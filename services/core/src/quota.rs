@@ -16,7 +16,7 @@ use crate::event::Env;
 use crate::pricing::{Quota, QuotaKind};
 
 /// `POST /v1/quota/leases`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseRequest {
     pub partner_id: String,
@@ -32,7 +32,7 @@ fn live() -> Env {
     Env::Live
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum QuotaDecision {
     Allow,
@@ -51,7 +51,7 @@ impl QuotaDecision {
 }
 
 /// The answer to a [`LeaseRequest`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Lease {
     pub partner_id: String,
     pub meter: String,

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::meter::{evaluate_rollups, evaluate_usage_events, Meter, RollupRow};
 use crate::UsageEvent;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Granularity {
     Hour,
@@ -32,7 +32,7 @@ impl Granularity {
 }
 
 /// What the series are split by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SplitBy {
     /// One series per meter.
@@ -63,7 +63,7 @@ impl SplitBy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Series {
     pub meter: String,
     /// The dimension value (`api`, `api version`, `api version operation`); empty when split by
@@ -80,7 +80,7 @@ fn decimals_as_strings<S: serde::Serializer>(v: &[Decimal], s: S) -> Result<S::O
     s.collect_seq(v.iter().map(|d| d.normalize().to_string()))
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct UsageSeries {
     pub granularity: Granularity,
     pub split_by: SplitBy,

@@ -100,8 +100,8 @@ impl EventsSection {
     /// The intake's limits, checked: an error names the setting out of range.
     pub fn intake(
         &self,
-        sink: std::sync::Arc<dyn peage_billing::events::UsageEventSink>,
-    ) -> anyhow::Result<peage_billing::events::EventsIntake> {
+        sink: std::sync::Arc<dyn peage_billing::service::events::UsageEventSink>,
+    ) -> anyhow::Result<peage_billing::service::events::EventsIntake> {
         if !(1..=400).contains(&self.backfill_days) {
             bail!(
                 "events.backfill_days must be 1–400, not {}",
@@ -114,14 +114,15 @@ impl EventsSection {
                 self.max_batch_events
             );
         }
-        if !(1024..=peage_billing::events::MAX_BODY_BYTES).contains(&self.max_batch_bytes) {
+        if !(1024..=peage_billing::service::events::MAX_BODY_BYTES).contains(&self.max_batch_bytes)
+        {
             bail!(
                 "events.max_batch_bytes must be 1024–{}, not {}",
-                peage_billing::events::MAX_BODY_BYTES,
+                peage_billing::service::events::MAX_BODY_BYTES,
                 self.max_batch_bytes
             );
         }
-        Ok(peage_billing::events::EventsIntake {
+        Ok(peage_billing::service::events::EventsIntake {
             sink,
             window: peage_core::usage_event::TimeWindow {
                 backfill: chrono::TimeDelta::days(i64::from(self.backfill_days)),
@@ -146,7 +147,9 @@ pub struct SecretsSection {
 }
 
 impl SecretsSection {
-    pub fn secret_box(&self) -> anyhow::Result<std::sync::Arc<peage_billing::secrets::SecretBox>> {
+    pub fn secret_box(
+        &self,
+    ) -> anyhow::Result<std::sync::Arc<peage_billing::service::secrets::SecretBox>> {
         let read = |f: &PathBuf| {
             std::fs::read_to_string(f).with_context(|| format!("secrets key file {}", f.display()))
         };
@@ -156,7 +159,8 @@ impl SecretsSection {
             )
         };
         let parse = |t: &str, what: &str| {
-            peage_billing::secrets::parse_key(t).map_err(|e| anyhow::anyhow!("{what}: {e}"))
+            peage_billing::service::secrets::parse_key(t)
+                .map_err(|e| anyhow::anyhow!("{what}: {e}"))
         };
         let current = parse(&text, "secrets.key")?;
         let previous = self
@@ -165,7 +169,7 @@ impl SecretsSection {
             .map(|f| parse(&read(f)?, &f.display().to_string()))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(std::sync::Arc::new(
-            peage_billing::secrets::SecretBox::new(&current, &previous)
+            peage_billing::service::secrets::SecretBox::new(&current, &previous)
                 .map_err(|e| anyhow::anyhow!("secrets: {e}"))?,
         ))
     }
@@ -460,7 +464,7 @@ impl Default for BillingSection {
 }
 
 impl BillingSection {
-    pub fn issuer(&self) -> anyhow::Result<peage_billing::invoicing::Issuer> {
+    pub fn issuer(&self) -> anyhow::Result<peage_billing::service::invoicing::Issuer> {
         let p = &self.invoice_prefix;
         if p.is_empty()
             || p.len() > 20
@@ -470,7 +474,7 @@ impl BillingSection {
         {
             anyhow::bail!("billing.invoice_prefix must be 1 to 20 of A-Z, 0-9 and '-', not {p:?}");
         }
-        Ok(peage_billing::invoicing::Issuer {
+        Ok(peage_billing::service::invoicing::Issuer {
             name: self.issuer_name.clone(),
             address: self.issuer_address.clone(),
             tax_id: self.issuer_tax_id.clone(),
@@ -478,8 +482,8 @@ impl BillingSection {
         })
     }
 
-    pub fn retry_schedule(&self) -> peage_billing::webhooks::RetrySchedule {
-        peage_billing::webhooks::RetrySchedule(
+    pub fn retry_schedule(&self) -> peage_billing::service::webhooks::RetrySchedule {
+        peage_billing::service::webhooks::RetrySchedule(
             self.webhook_retry_s
                 .iter()
                 .map(|s| std::time::Duration::from_secs(*s))

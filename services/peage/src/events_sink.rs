@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use peage_billing::events::{SinkRefused, UsageEventSink};
+use peage_billing::service::events::{SinkRefused, UsageEventSink};
 use peage_core::UsageEvent;
 use peage_eventlog::kafka::SpooledKafkaLog;
 use peage_eventlog::EmbeddedLog;

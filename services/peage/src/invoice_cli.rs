@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use chrono::Utc;
 use indicatif::{ProgressBar, ProgressStyle};
-use peage_billing::invoicing::{Invoicing, RunSummary};
+use peage_billing::service::invoicing::{Invoicing, RunSummary};
 use peage_billing_store::{BillingStore, InvoiceFilter, SqliteBillingStore};
 use peage_core::{InvoiceRecord, InvoiceStatus, PeriodLabel};
 use peage_usage_store::SqliteUsageStore;
@@ -257,7 +257,7 @@ async fn export(
                     .find(|p| p.id == r.partner_id)
                     .map(|p| p.name.clone())
                     .unwrap_or_default();
-                let pdf = peage_billing::pdf::render(r, &name, &engine.issuer);
+                let pdf = peage_billing::service::pdf::render(r, &name, &engine.issuer);
                 let file = format!("{}.pdf", r.number.clone().unwrap_or_else(|| r.id.clone()));
                 write_one(file, &pdf)?;
             }

@@ -390,9 +390,9 @@ pub async fn billing(
         .map_err(|e| anyhow::anyhow!("recording plan versions: {e}"))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics_stop = stop_rx.clone();
-    let webhooks = tokio::spawn(peage_billing::webhooks::run_worker(
+    let webhooks = tokio::spawn(peage_billing::service::webhooks::run_worker(
         store,
-        peage_billing::webhooks::WorkerSettings {
+        peage_billing::service::webhooks::WorkerSettings {
             schedule: config.billing.retry_schedule(),
             poll: std::time::Duration::from_millis(config.billing.webhook_poll_ms),
             policy: config.outbound.policy()?,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use peage_billing::secrets::{new_key_text, parse_key, reseal_all, SecretBox};
+use peage_billing::service::secrets::{new_key_text, parse_key, reseal_all, SecretBox};
 use peage_billing_store::BillingStore;
 
 use crate::invoice_cli::Target;

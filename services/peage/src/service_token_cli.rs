@@ -30,7 +30,7 @@ pub enum ServiceTokenCommand {
 }
 
 pub async fn run(c: ServiceTokenCommand) -> anyhow::Result<()> {
-    let fail = |e: peage_billing::ApiError| anyhow::anyhow!("{e}");
+    let fail = |e: peage_billing::ServiceError| anyhow::anyhow!("{e}");
     match c {
         ServiceTokenCommand::Create {
             name,
@@ -38,7 +38,7 @@ pub async fn run(c: ServiceTokenCommand) -> anyhow::Result<()> {
             target,
         } => {
             let store = target.billing_store().await?;
-            let t = peage_billing::service_tokens::create(store.as_ref(), &name, &scope)
+            let t = peage_billing::service::service_tokens::create(store.as_ref(), &name, &scope)
                 .await
                 .map_err(fail)?;
             println!("{}", t.token);

@@ -21,18 +21,18 @@ pub struct SignInLinkCommand {
 
 pub async fn run(c: SignInLinkCommand) -> anyhow::Result<()> {
     let store = c.target.billing_store().await?;
-    let fail = |e: peage_billing::ApiError| anyhow::anyhow!("{e}");
+    let fail = |e: peage_billing::ServiceError| anyhow::anyhow!("{e}");
     let role = match (c.partner, c.staff) {
         (Some(partner_id), _) => DashboardRole::Partner { partner_id },
         (None, Some(staff)) => DashboardRole::Staff {
-            staff_id: peage_billing::auth::live_staff(store.as_ref(), &staff)
+            staff_id: peage_billing::service::sessions::live_staff(store.as_ref(), &staff)
                 .await
                 .map_err(fail)?
                 .id,
         },
         (None, None) => anyhow::bail!("give --partner <id> or --staff <email>"),
     };
-    let link = peage_billing::auth::sign_in_link(store.as_ref(), role)
+    let link = peage_billing::service::sessions::sign_in_link(store.as_ref(), role)
         .await
         .map_err(fail)?;
     println!("{}", link.path);

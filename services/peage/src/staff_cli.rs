@@ -1,7 +1,7 @@
 //! `peage staff`: the company's named people who sign in to the dashboard (viewer, finance,
 //! admin), managed on the billing store alone, like sign-in links and service tokens.
 
-use peage_billing::staff::StaffUpdate;
+use peage_billing::service::staff::StaffUpdate;
 use peage_billing_store::StaffMember;
 
 use crate::invoice_cli::Target;
@@ -56,7 +56,7 @@ fn line(m: &StaffMember) -> String {
 }
 
 pub async fn run(c: StaffCommand) -> anyhow::Result<()> {
-    let fail = |e: peage_billing::ApiError| anyhow::anyhow!("{e}");
+    let fail = |e: peage_billing::ServiceError| anyhow::anyhow!("{e}");
     match c {
         StaffCommand::Add {
             email,
@@ -65,7 +65,7 @@ pub async fn run(c: StaffCommand) -> anyhow::Result<()> {
             target,
         } => {
             let store = target.billing_store().await?;
-            let m = peage_billing::staff::create(store.as_ref(), &email, &name, &role)
+            let m = peage_billing::service::staff::create(store.as_ref(), &email, &name, &role)
                 .await
                 .map_err(fail)?;
             println!("{}", line(&m));
@@ -90,9 +90,10 @@ pub async fn run(c: StaffCommand) -> anyhow::Result<()> {
                 role,
                 disabled: (disable || enable).then_some(disable),
             };
-            let (_, after) = peage_billing::staff::update(store.as_ref(), &member, &change)
-                .await
-                .map_err(fail)?;
+            let (_, after) =
+                peage_billing::service::staff::update(store.as_ref(), &member, &change)
+                    .await
+                    .map_err(fail)?;
             println!("{}", line(&after));
         }
     }

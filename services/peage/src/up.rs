@@ -12,7 +12,8 @@ use anyhow::{bail, Context};
 use async_trait::async_trait;
 use peage_aggregator::{Aggregator, AggregatorConfig, DeadLetterFile, UsageAggregator};
 use peage_billing::{
-    gateway_routes, provisioning, ApiDocs, ControlApi, ControlSettings, OAuthConfig,
+    service::{self as billing_service, ApiDocs},
+    ControlApi, ControlSettings, OAuthConfig,
 };
 use peage_billing_store::{BillingStore, DashboardRole, SqliteBillingStore};
 use peage_core::ids::api_key;
@@ -102,7 +103,7 @@ impl StoreKeys {
         &self,
         k: peage_billing_store::ApiKey,
     ) -> Result<ResolvedKey, KeyLookupError> {
-        let k = gateway_routes::gateway_key(self.0.as_ref(), k)
+        let k = billing_service::gateway_key(self.0.as_ref(), k)
             .await
             .map_err(unavailable)?;
         Ok(ResolvedKey {
@@ -141,7 +142,7 @@ impl KeyResolver for StoreKeys {
         let Some(i) = self.0.issuer(iss).await.map_err(unavailable)? else {
             return Ok(None);
         };
-        let i = gateway_routes::gateway_issuer(self.0.as_ref(), i)
+        let i = billing_service::gateway_issuer(self.0.as_ref(), i)
             .await
             .map_err(unavailable)?;
         Ok(Some(ResolvedIssuer {
@@ -170,17 +171,17 @@ pub(crate) fn jwt_config(oauth: &OAuthConfig, control_url: &str) -> JwtConfig {
 }
 
 /// Quota leases straight from the control API in the same process (embedded mode).
-pub(crate) struct InProcessQuotas(pub(crate) Arc<ControlApi>);
+pub(crate) struct InProcessQuotas(pub(crate) Arc<peage_billing::Billing>);
 
 #[async_trait]
 impl QuotaAuthority for InProcessQuotas {
     async fn lease(&self, req: &LeaseRequest) -> Result<Lease, LeaseError> {
-        use peage_billing::ApiError;
-        self.0.lease(req).await.map_err(|e| match e {
-            ApiError::NotFound(_) | ApiError::Conflict(_) | ApiError::BadRequest(_) => {
+        self.0.lease(req).await.map_err(|e| {
+            if e.is_refusal() {
                 LeaseError::Refused(e.to_string())
+            } else {
+                LeaseError::Unreachable(e.to_string())
             }
-            other => LeaseError::Unreachable(other.to_string()),
         })
     }
 }
@@ -309,7 +310,7 @@ async fn first_admin(
         // Someone disabled or demoted every admin: start all the same, and say how to mend it.
         return Ok(None);
     }
-    peage_billing::staff::create(billing, "admin@localhost", "Administrator", "admin")
+    peage_billing::service::staff::create(billing, "admin@localhost", "Administrator", "admin")
         .await
         .map(Some)
         .map_err(|e| anyhow::anyhow!("creating the first admin: {e}"))
@@ -331,8 +332,9 @@ async fn demo_partner(
         }
     }
     let partner =
-        provisioning::create_partner(store.as_ref(), catalog, "Demo Partner", "demo", None).await?;
-    let (_, secret) = provisioning::issue_key(store.as_ref(), &partner.id, Env::Live).await?;
+        billing_service::create_partner(store.as_ref(), catalog, "Demo Partner", "demo", None)
+            .await?;
+    let (_, secret) = billing_service::issue_key(store.as_ref(), &partner.id, Env::Live).await?;
     Ok((partner.id, secret))
 }
 
@@ -480,9 +482,9 @@ pub async fn run(
         .register_plan_versions(chrono::Utc::now())
         .await
         .map_err(|e| anyhow::anyhow!("recording plan versions: {e}"))?;
-    let webhooks = tokio::spawn(peage_billing::webhooks::run_worker(
+    let webhooks = tokio::spawn(peage_billing::service::webhooks::run_worker(
         Arc::clone(&billing),
-        peage_billing::webhooks::WorkerSettings {
+        peage_billing::service::webhooks::WorkerSettings {
             schedule: billing_config.retry_schedule(),
             poll: Duration::from_millis(billing_config.webhook_poll_ms),
             policy: Arc::clone(&outbound),
@@ -491,7 +493,7 @@ pub async fn run(
         stopped(stop_rx.clone()),
     ));
     let quotas = Quotas::new(
-        Arc::new(InProcessQuotas(Arc::clone(&control))),
+        Arc::new(InProcessQuotas(Arc::clone(&control.billing))),
         QuotaConfig::default(),
         options.gateway_id.clone(),
     );
@@ -525,7 +527,7 @@ pub async fn run(
     println!("Péage is up.\n  gateway:     {gateway_url}\n  control API: {control_url}\n  dashboard:   {control_url}/app\n  data:        {}", data_dir.display());
     match first_admin(billing.as_ref()).await? {
         Some(admin) => {
-            let admin_link = peage_billing::auth::sign_in_link(
+            let admin_link = peage_billing::service::sessions::sign_in_link(
                 billing.as_ref(),
                 DashboardRole::Staff {
                     staff_id: admin.id.clone(),
@@ -553,7 +555,7 @@ pub async fn run(
             api_key: api_key.clone(),
             pid: std::process::id(),
         };
-        let partner_link = peage_billing::auth::sign_in_link(
+        let partner_link = peage_billing::service::sessions::sign_in_link(
             billing.as_ref(),
             DashboardRole::Partner {
                 partner_id: partner_id.clone(),

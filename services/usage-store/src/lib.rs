@@ -52,7 +52,7 @@ pub struct UsageQuery {
 }
 
 /// One type of usage event a partner sent over a range: how many, and the latest one's time.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct EventTypeSeen {
     #[serde(rename = "type")]
     pub event_type: String,

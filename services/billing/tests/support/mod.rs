@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use peage_billing::invoicing::Issuer;
+use peage_billing::service::invoicing::Issuer;
 use peage_billing::{ControlApi, ControlSettings, OAuthConfig};
 use peage_billing_store::{BillingStore, SqliteBillingStore};
 use peage_core::{CallEvent, Catalog, Env};
@@ -23,8 +23,8 @@ pub struct Served {
 }
 
 /// A key-encryption key for the tests' stores.
-pub fn secrets() -> Arc<peage_billing::secrets::SecretBox> {
-    Arc::new(peage_billing::secrets::SecretBox::new(&[7; 32], &[]).unwrap())
+pub fn secrets() -> Arc<peage_billing::service::secrets::SecretBox> {
+    Arc::new(peage_billing::service::secrets::SecretBox::new(&[7; 32], &[]).unwrap())
 }
 
 /// What the tests' webhook endpoints and identity providers need: http on loopback.

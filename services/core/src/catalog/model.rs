@@ -25,7 +25,7 @@ pub struct Api {
     pub versions: Vec<ApiVersion>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum VersionStatus {
     Active,
@@ -56,7 +56,7 @@ pub struct ApiVersion {
 }
 
 /// What the gateway reads from a call to name its operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// REST/JSON or any HTTP: the operation is the matching route template.

@@ -1,0 +1,41 @@
+//! The catalog as loaded: `/v1/plans`, `/v1/apis` and each API version's OpenAPI document.
+
+use axum::extract::Path;
+use axum::Json;
+
+use super::error::ApiError;
+use super::extract::{Api, Caller};
+use super::openapi;
+use crate::service::{ApisView, PlansView};
+
+#[utoipa::path(get, operation_id = "list_plans",
+    path = "/v1/plans",
+    tag = "catalog",
+    responses((status = 200, description = "Plans of the loaded catalog", body = PlansView), (status = 401, response = openapi::Unauthorized), (status = 403, response = openapi::Forbidden)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn plans(api: Api) -> Json<PlansView> {
+    Json(api.billing.plans())
+}
+
+#[utoipa::path(get, operation_id = "list_apis",
+    path = "/v1/apis",
+    tag = "catalog",
+    responses((status = 200, description = "APIs and versions of the loaded catalog", body = ApisView), (status = 401, response = openapi::Unauthorized)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn apis(api: Api, Caller(who): Caller) -> Result<Json<ApisView>, ApiError> {
+    // Partners see what they may call, never the upstream addresses behind it.
+    Ok(Json(api.billing.apis(who.own_partner().is_none())?))
+}
+
+#[utoipa::path(get, operation_id = "get_api_document",
+    path = "/v1/apis/{api}/versions/{version}/openapi",
+    tag = "catalog",
+    params(("api" = String, Path), ("version" = String, Path)),
+    responses((status = 200, description = "The version's OpenAPI document, as JSON", body = openapi::ApiDocumentDoc), (status = 401, response = openapi::Unauthorized), (status = 404, description = "No such API version, or it has no document", body = openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
+pub async fn api_openapi(
+    api: Api,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(api.billing.api_document(&name, &version)?))
+}

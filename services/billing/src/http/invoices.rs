@@ -1,0 +1,207 @@
+//! Finance's invoices: runs, the list and its exports (JSON, CSV, PDF), one invoice, the
+//! upcoming invoice, finalize and void.
+
+use axum::extract::{Path, Query};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use peage_core::InvoiceRecord;
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+
+use super::audit::with_before;
+use super::error::ApiError;
+use super::extract::{Api, Caller, JsonBody, ScopedPartner};
+use super::openapi;
+use super::respond::attachment;
+use super::state::ControlApi;
+use crate::service::invoicing::RunSummary;
+use crate::service::{InvoiceQuery, ServiceError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Csv,
+    Pdf,
+}
+
+impl Format {
+    pub fn parse(raw: Option<&str>, pdf_allowed: bool) -> Result<Format, ApiError> {
+        match raw {
+            None | Some("json") => Ok(Format::Json),
+            Some("csv") => Ok(Format::Csv),
+            Some("pdf") if pdf_allowed => Ok(Format::Pdf),
+            Some(other) => Err(ApiError::Malformed(format!(
+                "format must be json, csv{}, not {other:?}",
+                if pdf_allowed { " or pdf" } else { "" }
+            ))),
+        }
+    }
+}
+
+/// Answers invoices in `format`: one invoice as itself, a list as `{"invoices": […]}`; PDF
+/// only for exactly one invoice.
+async fn respond(
+    api: &ControlApi,
+    format: Format,
+    records: &[InvoiceRecord],
+    name: &str,
+) -> Result<Response, ApiError> {
+    Ok(match format {
+        Format::Json if records.len() == 1 && name != "invoices" => {
+            Json(&records[0]).into_response()
+        }
+        Format::Json => Json(InvoiceList { invoices: records }).into_response(),
+        Format::Csv => attachment(
+            InvoiceRecord::to_csv(records).into_response(),
+            "text/csv; charset=utf-8",
+            &format!("{name}.csv"),
+        ),
+        Format::Pdf => {
+            let record = records
+                .first()
+                .ok_or_else(|| ServiceError::NotFound("no invoice".into()))?;
+            let partner = api.billing.partner_name(&record.partner_id).await?;
+            let pdf = crate::service::pdf::render(record, &partner, &api.billing.invoicing.issuer);
+            attachment(
+                pdf.into_response(),
+                "application/pdf",
+                &format!("{name}.pdf"),
+            )
+        }
+    })
+}
+
+/// Invoices, in the list's order.
+#[derive(serde::Serialize, ToSchema)]
+pub(crate) struct InvoiceList<'a> {
+    #[schema(value_type = Vec<InvoiceRecord>)]
+    invoices: &'a [InvoiceRecord],
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    period: Option<String>,
+    status: Option<String>,
+    partner_id: Option<String>,
+    format: Option<String>,
+}
+
+#[utoipa::path(get, operation_id = "list_invoices",
+    path = "/v1/invoices",
+    tag = "invoices",
+    params(ListParams),
+    responses((status = 200, description = "Invoices (JSON, or CSV with format=csv)", content((InvoiceList = "application/json"), (openapi::Csv = "text/csv"))), (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized), (status = 404, response = openapi::NotFound)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn list(
+    api: Api,
+    Caller(who): Caller,
+    Query(q): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    let format = Format::parse(q.format.as_deref(), false)?;
+    let query = InvoiceQuery {
+        period: q.period.as_deref(),
+        status: q.status.as_deref(),
+        partner_id: q.partner_id.as_deref(),
+    };
+    let records = api.billing.invoices(&who, query).await?;
+    respond(&api, format, &records, "invoices").await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RunRequest {
+    period: String,
+}
+
+#[utoipa::path(post, operation_id = "run_invoices",
+    path = "/v1/invoices/run",
+    tag = "invoices",
+    request_body = RunRequest,
+    responses((status = 200, description = "What the run did", body = RunSummary), (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized), (status = 403, response = openapi::Forbidden)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn run(
+    api: Api,
+    JsonBody(req): JsonBody<RunRequest>,
+) -> Result<Json<RunSummary>, ApiError> {
+    Ok(Json(api.billing.run_invoices(&req.period).await?))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct InvoiceParams {
+    /// `json` (default), `csv`, or `pdf` for one invoice.
+    pub(crate) format: Option<String>,
+}
+
+#[utoipa::path(get, operation_id = "get_invoice",
+    path = "/v1/invoices/{id}",
+    tag = "invoices",
+    params(("id" = String, Path, description = "Invoice id"), InvoiceParams),
+    responses((status = 200, description = "The invoice (JSON, CSV or PDF)", content((InvoiceRecord = "application/json"), (openapi::Csv = "text/csv"), (openapi::Pdf = "application/pdf"))), (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized), (status = 404, response = openapi::NotFound)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn get(
+    api: Api,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    Query(q): Query<InvoiceParams>,
+) -> Result<Response, ApiError> {
+    let format = Format::parse(q.format.as_deref(), true)?;
+    let record = api.billing.invoice(&who, &id).await?;
+    let name = record.number.clone().unwrap_or_else(|| record.id.clone());
+    respond(&api, format, &[record], &name).await
+}
+
+#[utoipa::path(get, operation_id = "get_upcoming_invoice",
+    path = "/v1/partners/{id}/invoices/upcoming",
+    tag = "invoices",
+    params(("id" = String, Path, description = "Partner id"), InvoiceParams),
+    responses((status = 200, description = "The current period's invoice so far (JSON, or CSV with format=csv)", content((InvoiceRecord = "application/json"), (openapi::Csv = "text/csv"))), (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized), (status = 404, response = openapi::NotFound)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn upcoming_invoice(
+    api: Api,
+    ScopedPartner(partner): ScopedPartner,
+    Query(params): Query<InvoiceParams>,
+) -> Result<Response, ApiError> {
+    let format = Format::parse(params.format.as_deref(), false)?;
+    let record = api.billing.upcoming_invoice(&partner).await?;
+    respond(&api, format, &[record], &format!("{}-upcoming", partner.id)).await
+}
+
+#[utoipa::path(post, operation_id = "finalize_invoice",
+    path = "/v1/invoices/{id}/finalize",
+    tag = "invoices",
+    params(("id" = String, Path, description = "Invoice id")),
+    responses((status = 200, description = "The finalized, numbered invoice", body = InvoiceRecord), (status = 401, response = openapi::Unauthorized), (status = 403, response = openapi::Forbidden), (status = 404, response = openapi::NotFound), (status = 409, response = openapi::Conflict)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn finalize(
+    api: Api,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (before, after) = api
+        .billing
+        .invoicing
+        .finalize(&id, chrono::Utc::now(), &who.label())
+        .await?;
+    Ok(with_before(Json(after).into_response(), &before))
+}
+
+#[utoipa::path(post, operation_id = "void_invoice",
+    path = "/v1/invoices/{id}/void",
+    tag = "invoices",
+    params(("id" = String, Path, description = "Invoice id")),
+    responses((status = 200, description = "The void invoice", body = InvoiceRecord), (status = 401, response = openapi::Unauthorized), (status = 403, response = openapi::Forbidden), (status = 404, response = openapi::NotFound), (status = 409, response = openapi::Conflict)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn void(
+    api: Api,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (before, after) = api
+        .billing
+        .invoicing
+        .void(&id, chrono::Utc::now(), &who.label())
+        .await?;
+    Ok(with_before(Json(after).into_response(), &before))
+}

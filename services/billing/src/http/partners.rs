@@ -1,0 +1,160 @@
+//! `/v1/partners`: creating, listing and reading partners, their external id and plan, and
+//! finance's overview.
+
+use axum::extract::Query;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+
+use super::audit::with_before;
+use super::error::ApiError;
+use super::extract::{Api, JsonBody, ScopedPartner};
+use super::openapi;
+use super::respond::created;
+use crate::service::{OverviewPage, PlanChanged};
+use peage_billing_store::Partner;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewPartner {
+    name: String,
+    plan: String,
+    /// The partner's id in the company's own systems; usage events may name it in `subject`.
+    external_id: Option<String>,
+}
+
+#[utoipa::path(post,
+    path = "/v1/partners",
+    tag = "partners",
+    request_body = NewPartner,
+    responses((status = 201, description = "The partner", body = Partner), (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized), (status = 403, response = openapi::Forbidden), (status = 404, response = openapi::NotFound)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn create_partner(
+    api: Api,
+    JsonBody(req): JsonBody<NewPartner>,
+) -> Result<Response, ApiError> {
+    let partner = api
+        .billing
+        .create_partner(&req.name, &req.plan, req.external_id.as_deref())
+        .await?;
+    Ok(created(partner))
+}
+
+#[utoipa::path(get,
+    path = "/v1/partners",
+    tag = "partners",
+    responses((status = 200, description = "Every partner", body = PartnerList), (status = 401, response = openapi::Unauthorized), (status = 403, response = openapi::Forbidden)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn list_partners(api: Api) -> Result<Json<PartnerList>, ApiError> {
+    Ok(Json(PartnerList {
+        partners: api.billing.partners().await?,
+    }))
+}
+
+/// Every partner.
+#[derive(serde::Serialize, ToSchema)]
+pub(crate) struct PartnerList {
+    partners: Vec<Partner>,
+}
+
+#[utoipa::path(get,
+    path = "/v1/partners/{id}",
+    tag = "partners",
+    params(("id" = String, Path, description = "Partner id")),
+    responses((status = 200, description = "The partner and its subscription", body = Partner), (status = 401, response = openapi::Unauthorized), (status = 404, response = openapi::NotFound)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn get_partner(ScopedPartner(partner): ScopedPartner) -> Json<Partner> {
+    Json(partner)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PartnerChange {
+    /// The partner's id in the company's own systems, or null to clear it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    external_id: Option<Option<String>>,
+}
+
+/// A field that may be present with null (`Some(None)`) or absent (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+#[utoipa::path(patch,
+    path = "/v1/partners/{id}",
+    tag = "partners",
+    params(("id" = String, Path, description = "Partner id")),
+    request_body = PartnerChange,
+    responses((status = 200, description = "The partner", body = Partner), (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized), (status = 403, response = openapi::Forbidden), (status = 404, response = openapi::NotFound), (status = 409, response = openapi::Conflict)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn patch_partner(
+    api: Api,
+    ScopedPartner(mut partner): ScopedPartner,
+    JsonBody(req): JsonBody<PartnerChange>,
+) -> Result<Json<Partner>, ApiError> {
+    if let Some(ext) = req.external_id {
+        partner = api
+            .billing
+            .set_external_id(&partner, ext.as_deref())
+            .await?;
+    }
+    Ok(Json(partner))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PlanChange {
+    plan: String,
+}
+
+#[utoipa::path(put,
+    path = "/v1/partners/{id}/subscription",
+    tag = "partners",
+    params(("id" = String, Path, description = "Partner id")),
+    request_body = PlanChange,
+    responses((status = 200, description = "The partner on its new plan", body = Partner), (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized), (status = 403, response = openapi::Forbidden), (status = 404, response = openapi::NotFound), (status = 409, response = openapi::Conflict)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn change_subscription(
+    api: Api,
+    ScopedPartner(partner): ScopedPartner,
+    JsonBody(req): JsonBody<PlanChange>,
+) -> Result<Response, ApiError> {
+    Ok(match api.billing.change_plan(partner, &req.plan).await? {
+        PlanChanged::Unchanged(p) => Json(p).into_response(),
+        PlanChanged::Changed { before, after } => with_before(Json(after).into_response(), &before),
+    })
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OverviewParams {
+    /// Keeps partners whose id, name or plan contains this (case-insensitive).
+    q: Option<String>,
+    /// At most this many partners (1–200, default 50).
+    limit: Option<usize>,
+    /// Skips this many partners first.
+    offset: Option<usize>,
+}
+
+/// Finance's list: every partner (a page of them, searchable) with the current period's usage
+/// and running cost.
+#[utoipa::path(get,
+    path = "/v1/partners/overview",
+    tag = "partners",
+    params(OverviewParams),
+    responses((status = 200, description = "A page of partners with this period's usage and running cost", body = OverviewPage), (status = 401, response = openapi::Unauthorized), (status = 403, response = openapi::Forbidden)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn partners_overview(
+    api: Api,
+    Query(params): Query<OverviewParams>,
+) -> Result<Json<OverviewPage>, ApiError> {
+    let limit = params.limit.unwrap_or(50).clamp(1, 200);
+    let offset = params.offset.unwrap_or(0);
+    let page = api
+        .billing
+        .overview(params.q.as_deref().unwrap_or(""), limit, offset)
+        .await?;
+    Ok(Json(page))
+}

@@ -1,0 +1,121 @@
+//! [`Billing`]: the billing services as one value, what the control API's handlers, the
+//! embedded gateway and the CLI call. No HTTP here: each operation takes typed input and
+//! answers a typed value or a [`ServiceError`] naming its cause.
+
+use std::sync::{Arc, OnceLock, RwLock};
+
+use peage_billing_store::BillingStore;
+use peage_core::Catalog;
+use peage_usage_store::UsageStore;
+
+use super::error::ServiceError;
+use super::intake::EventsIntake;
+use super::invoicing::{Invoicing, Issuer};
+use super::secrets::SecretBox;
+use super::settings::OAuthConfig;
+
+/// Called after a key is revoked, so an in-process gateway forgets it at once.
+pub type RevocationHook = Arc<dyn Fn() + Send + Sync>;
+
+/// OpenAPI documents of API versions, keyed by (api, version).
+pub type ApiDocs = std::collections::HashMap<(String, String), serde_json::Value>;
+
+/// What the billing services are built from, besides the stores and the catalog.
+pub struct BillingSettings {
+    /// Péage's own access tokens.
+    pub oauth: OAuthConfig,
+    /// Who invoices are from.
+    pub issuer: Issuer,
+    /// What registered JWKS URLs and webhook endpoints may point at.
+    pub outbound: Arc<peage_net::OutboundPolicy>,
+    /// Seals signing seeds and webhook secrets in the store.
+    pub secrets: Arc<SecretBox>,
+    /// Called after a key is revoked.
+    pub on_revoke: Option<RevocationHook>,
+}
+
+pub struct Billing {
+    pub catalog: Arc<Catalog>,
+    pub store: Arc<dyn BillingStore>,
+    pub usage: Arc<dyn UsageStore>,
+    pub invoicing: Invoicing,
+    pub(crate) oauth: OAuthConfig,
+    /// What partner issuers' JWKS URLs and webhook endpoints may point at.
+    pub(crate) outbound: Arc<peage_net::OutboundPolicy>,
+    pub(crate) secrets: Arc<SecretBox>,
+    pub(crate) on_revoke: Option<RevocationHook>,
+    /// Each API version's OpenAPI document, by (api, version), as the catalog names them.
+    pub(crate) api_docs: RwLock<ApiDocs>,
+    /// Where `POST /v1/events` puts usage events; unset, events are refused as unavailable.
+    pub(crate) events: OnceLock<EventsIntake>,
+}
+
+impl Billing {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        store: Arc<dyn BillingStore>,
+        usage: Arc<dyn UsageStore>,
+        settings: BillingSettings,
+    ) -> Billing {
+        let BillingSettings {
+            oauth,
+            issuer,
+            outbound,
+            secrets,
+            on_revoke,
+        } = settings;
+        Billing {
+            invoicing: Invoicing {
+                catalog: Arc::clone(&catalog),
+                store: Arc::clone(&store),
+                usage: Arc::clone(&usage),
+                issuer,
+            },
+            catalog,
+            store,
+            usage,
+            oauth,
+            outbound,
+            secrets,
+            on_revoke,
+            api_docs: Default::default(),
+            events: OnceLock::new(),
+        }
+    }
+
+    /// Turns on the events API, writing to `intake.sink`. Once: false if it was already on.
+    pub fn take_events(&self, intake: EventsIntake) -> bool {
+        self.events.set(intake).is_ok()
+    }
+
+    /// The events API's intake, or [`ServiceError::EventsOff`].
+    pub(crate) fn intake(&self) -> Result<&EventsIntake, ServiceError> {
+        self.events.get().ok_or(ServiceError::EventsOff)
+    }
+
+    /// Replaces the API versions' OpenAPI documents the dashboard shows.
+    pub fn set_api_docs(&self, docs: ApiDocs) {
+        if let Ok(mut d) = self.api_docs.write() {
+            *d = docs;
+        }
+    }
+
+    /// Checks a URL a caller registers for Péage to call (a JWKS, a webhook endpoint) against
+    /// the outbound policy, its DNS answer included; the refusal names `field` and the reason.
+    pub(crate) async fn check_outbound_url(
+        &self,
+        field: &str,
+        url: &str,
+    ) -> Result<(), ServiceError> {
+        let refused = |e: peage_net::Refused| ServiceError::Invalid(format!("{field}: {e}"));
+        let uri = self.outbound.check_url(url).map_err(refused)?;
+        self.outbound.check_resolved(&uri).await.map_err(refused)
+    }
+
+    /// Tells an in-process gateway that a key was revoked.
+    pub(crate) fn revoked(&self) {
+        if let Some(hook) = &self.on_revoke {
+            hook();
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! Where the events API's accepted events go, and its limits: what [`super::Billing`] holds
+//! once the events API is turned on.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use peage_core::usage_event::TimeWindow;
+use peage_core::UsageEvent;
+
+/// Where accepted usage events go: the event log (the embedded log in `peage up`, the spool
+/// to Kafka in distributed mode). `Ok` means durable.
+#[async_trait]
+pub trait UsageEventSink: Send + Sync + 'static {
+    async fn append(&self, events: &[UsageEvent]) -> Result<(), SinkRefused>;
+}
+
+/// Why the log did not take events: the caller answers 503 and the client retries.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SinkRefused(pub String);
+
+/// The events API's settings and where its events go.
+pub struct EventsIntake {
+    pub sink: Arc<dyn UsageEventSink>,
+    pub window: TimeWindow,
+    /// The most events one request may carry.
+    pub max_events: usize,
+    /// The most bytes one request body may have.
+    pub max_bytes: usize,
+}
+
+/// The hard bound on a request body; `events.max_batch_bytes` is checked against it.
+pub const MAX_BODY_BYTES: usize = 16 << 20;

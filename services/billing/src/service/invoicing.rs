@@ -1,0 +1,665 @@
+//! Invoice runs and the invoice lifecycle: drafts for every partner due in a period (idempotent:
+//! a re-run with the same usage changes nothing), late usage of finalized periods as adjustment
+//! lines, finalization (numbered, credits applied, `invoice.finalized` webhook) and void.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use chrono_tz::Tz;
+use peage_billing_store::{
+    BillingProfile, BillingStore, DraftOutcome, InvoiceFilter, Partner, Subscription,
+};
+use peage_core::invoice::{
+    late_usage_adjustment, AdjustedInvoice, InvoiceInput, InvoiceLine, Segment,
+};
+use peage_core::period::{parse_time_zone, BillingPeriod, PeriodLabel};
+use peage_core::pricing::{Plan, TaxRate};
+use peage_core::{Catalog, Env, Invoice, InvoiceId, InvoiceRecord, InvoiceStatus, MeterUsage};
+use peage_usage_store::{UsageQuery, UsageStore};
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use super::error::ServiceError;
+use super::webhooks;
+
+/// Who issues the invoices: shown on the PDF; `prefix` starts every invoice number.
+#[derive(Debug, Clone, Serialize)]
+pub struct Issuer {
+    pub name: String,
+    pub address: Vec<String>,
+    pub tax_id: Option<String>,
+    /// `PEAGE` gives `PEAGE-2026-000123`.
+    pub prefix: String,
+}
+
+impl Default for Issuer {
+    fn default() -> Self {
+        Issuer {
+            name: "Péage".into(),
+            address: Vec::new(),
+            tax_id: None,
+            prefix: "PEAGE".into(),
+        }
+    }
+}
+
+/// How far back late usage is looked for: finalized periods that ended within this window
+/// before the period being billed get adjustment lines (docs/invoices.md).
+pub const BACKFILL_WINDOW_DAYS: i64 = 93;
+
+#[derive(Clone)]
+pub struct Invoicing {
+    pub catalog: Arc<Catalog>,
+    pub store: Arc<dyn BillingStore>,
+    pub usage: Arc<dyn UsageStore>,
+    pub issuer: Issuer,
+}
+
+/// What an invoice run did.
+#[derive(Debug, Default, Clone, Serialize, utoipa::ToSchema)]
+pub struct RunSummary {
+    pub period: String,
+    pub partners: usize,
+    pub not_due: usize,
+    pub created: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+    pub already_finalized: usize,
+    /// Amount due of every draft and finalized invoice of the run, per currency.
+    pub totals: BTreeMap<String, String>,
+    pub errors: Vec<RunError>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RunError {
+    pub partner_id: String,
+    pub error: String,
+}
+
+/// The partner's billing time zone (UTC unless their billing profile names one).
+pub async fn partner_time_zone(
+    store: &dyn BillingStore,
+    partner_id: &str,
+) -> Result<Tz, ServiceError> {
+    let profile = store.billing_profile(partner_id).await?;
+    zone_of(profile.as_ref())
+        .map(|(tz, _)| tz)
+        .map_err(|e| ServiceError::WrongState(e.to_string()))
+}
+
+/// The time zone a billing profile names, and its name; UTC without a profile.
+fn zone_of(
+    profile: Option<&BillingProfile>,
+) -> Result<(Tz, String), peage_core::period::UnknownTimeZone> {
+    match profile {
+        Some(p) => Ok((parse_time_zone(&p.timezone)?, p.timezone.clone())),
+        None => Ok((Tz::UTC, "UTC".to_string())),
+    }
+}
+
+/// Drafts stored per transaction by an invoice run.
+const SAVE_BATCH: usize = 500;
+
+/// What billing knows of one partner for invoicing.
+struct PartnerBook {
+    partner: Partner,
+    tz: Tz,
+    tz_name: String,
+    tax: Option<TaxRate>,
+    /// Oldest first.
+    subs: Vec<Subscription>,
+    finalized: Vec<InvoiceRecord>,
+    /// Prepaid credit balance per currency.
+    balances: HashMap<String, Decimal>,
+}
+
+impl PartnerBook {
+    fn new(
+        partner: Partner,
+        profile: Option<&BillingProfile>,
+        subs: Vec<Subscription>,
+        finalized: Vec<InvoiceRecord>,
+        balances: HashMap<String, Decimal>,
+    ) -> Result<PartnerBook, ServiceError> {
+        let (tz, tz_name) = zone_of(profile)
+            .map_err(|e| ServiceError::WrongState(format!("partner {}: {e}", partner.id)))?;
+        let tax = profile.and_then(|p| p.tax.clone());
+        Ok(PartnerBook {
+            partner,
+            tz,
+            tz_name,
+            tax,
+            subs,
+            finalized,
+            balances,
+        })
+    }
+}
+
+/// Usage read ahead for an invoice run: span → partner → usage.
+#[derive(Default)]
+struct UsageCache(HashMap<Span, HashMap<String, Vec<MeterUsage>>>);
+
+/// A span's bounds, `[start, end)`.
+type Span = (DateTime<Utc>, DateTime<Utc>);
+
+fn new_invoice_id() -> String {
+    InvoiceId::from_random(rand::random()).to_string()
+}
+
+impl Invoicing {
+    /// Records every plan version of the loaded catalog, so periods keep being priced by the
+    /// version in force after the catalog changes.
+    pub async fn register_plan_versions(&self, now: DateTime<Utc>) -> Result<(), ServiceError> {
+        for plan in &self.catalog.plans {
+            let definition = serde_json::to_string(plan)
+                .map_err(|e| ServiceError::Corrupt(format!("plan {}: {e}", plan.id)))?;
+            self.store
+                .put_plan_version(&plan.id, &plan.version, &definition, now)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn plan_version(&self, plan_id: &str, version: &str) -> Result<Plan, ServiceError> {
+        if let Some(p) = self.catalog.plan(plan_id).filter(|p| p.version == version) {
+            return Ok(p.clone());
+        }
+        let stored = self
+            .store
+            .plan_version(plan_id, version)
+            .await?
+            .ok_or_else(|| {
+                ServiceError::CatalogDrift(format!(
+                    "plan {plan_id:?} version {version} is neither in the catalog nor on record"
+                ))
+            })?;
+        serde_json::from_str(&stored).map_err(|e| {
+            ServiceError::Corrupt(format!("stored plan {plan_id} version {version}: {e}"))
+        })
+    }
+
+    /// Everything billing knows of one partner for invoicing, read with single queries.
+    async fn book(&self, partner: &Partner) -> Result<PartnerBook, ServiceError> {
+        let profile = self.store.billing_profile(&partner.id).await?;
+        let subs = self.store.subscriptions(&partner.id).await?;
+        let finalized = self
+            .store
+            .invoices(&InvoiceFilter {
+                partner_id: Some(partner.id.clone()),
+                status: Some(InvoiceStatus::Finalized),
+                period_label: None,
+            })
+            .await?;
+        let entries = self.store.credit_entries(&partner.id).await?;
+        let balances = credit_balances(entries.iter())?.into_iter().collect();
+        PartnerBook::new(partner.clone(), profile.as_ref(), subs, finalized, balances)
+    }
+
+    async fn usage_in(
+        &self,
+        partner_id: &str,
+        span: &BillingPeriod,
+        cache: &UsageCache,
+    ) -> Result<Vec<MeterUsage>, ServiceError> {
+        if let Some(u) = cache
+            .0
+            .get(&(span.start, span.end))
+            .and_then(|m| m.get(partner_id))
+        {
+            return Ok(u.clone());
+        }
+        let query = UsageQuery {
+            partner_id: partner_id.to_string(),
+            env: Env::Live,
+            from: span.start,
+            to: span.end,
+        };
+        Ok(self.usage.meter_usage(&query, &self.catalog.meters).await?)
+    }
+
+    /// The partner's billing period that starts in `label`, or `None` when none does (a
+    /// yearly plan outside its anchor month, or a partner who did not exist yet).
+    async fn period_in(
+        &self,
+        book: &PartnerBook,
+        label: PeriodLabel,
+    ) -> Result<Option<BillingPeriod>, ServiceError> {
+        // The plan in force when the month starts decides the period rule; a partner created
+        // during the month takes the rule of their first plan.
+        let month_start = peage_core::period::start_of_day(
+            book.tz,
+            chrono::NaiveDate::from_ymd_opt(label.year, label.month, 1)
+                .ok_or_else(|| ServiceError::Invalid(format!("bad period {label}")))?,
+        );
+        let subs = &book.subs;
+        let sub = subs
+            .iter()
+            .rev()
+            .find(|s| s.started_at <= month_start)
+            .or_else(|| subs.first());
+        let Some(sub) = sub else { return Ok(None) };
+        let plan = self.plan_version(&sub.plan_id, &sub.plan_version).await?;
+        let Some(period) = plan.period.starting_in(book.tz, label) else {
+            return Ok(None);
+        };
+        if subs.iter().all(|s| s.started_at >= period.end) {
+            return Ok(None);
+        }
+        Ok(Some(period))
+    }
+
+    /// The parts of `period` each subscription covers.
+    fn spans(book: &PartnerBook, period: BillingPeriod) -> Vec<(&Subscription, BillingPeriod)> {
+        book.subs
+            .iter()
+            .filter_map(|s| {
+                period
+                    .overlap(s.started_at, s.ended_at)
+                    .map(|span| (s, span))
+            })
+            .collect()
+    }
+
+    /// Prices `period` for the partner with the plan versions in force and today's usage.
+    async fn price(
+        &self,
+        book: &PartnerBook,
+        period: BillingPeriod,
+        adjustments: Vec<InvoiceLine>,
+        cache: &UsageCache,
+    ) -> Result<Invoice, ServiceError> {
+        let mut parts = Vec::new();
+        for (s, span) in Self::spans(book, period) {
+            let plan = self.plan_version(&s.plan_id, &s.plan_version).await?;
+            let usage = self.usage_in(&book.partner.id, &span, cache).await?;
+            parts.push((plan, span, usage));
+        }
+        let input = InvoiceInput {
+            partner_id: &book.partner.id,
+            period,
+            timezone: &book.tz_name,
+            segments: parts
+                .iter()
+                .map(|(plan, span, usage)| Segment {
+                    plan,
+                    span: *span,
+                    usage,
+                })
+                .collect(),
+            tax: book.tax.as_ref(),
+            adjustments,
+        };
+        Invoice::build(&input)
+            .map_err(|e| ServiceError::WrongState(format!("partner {}: {e}", book.partner.id)))
+    }
+
+    /// The partner's finalized invoices whose late usage belongs on an invoice for `period`.
+    fn adjustable(
+        book: &PartnerBook,
+        period: BillingPeriod,
+    ) -> impl Iterator<Item = &InvoiceRecord> {
+        let window_start = period.start - Duration::days(BACKFILL_WINDOW_DAYS);
+        book.finalized.iter().filter(move |r| {
+            r.invoice.period.end <= period.start && r.invoice.period.end > window_start
+        })
+    }
+
+    /// Adjustment lines for late usage of the partner's finalized invoices that ended within
+    /// the backfill window before `period`.
+    async fn late_usage(
+        &self,
+        book: &PartnerBook,
+        period: BillingPeriod,
+        cache: &UsageCache,
+    ) -> Result<Vec<InvoiceLine>, ServiceError> {
+        let mut lines = Vec::new();
+        for past in Self::adjustable(book, period) {
+            let repriced = self
+                .price(book, past.invoice.period, Vec::new(), cache)
+                .await?;
+            if repriced.currency != past.invoice.currency {
+                tracing::warn!(invoice = %past.id, "late usage in another currency is not adjusted automatically");
+                continue;
+            }
+            let overflow = |e: peage_core::money::Overflow| {
+                ServiceError::WrongState(format!(
+                    "partner {}: invoice {}: {e}",
+                    book.partner.id, past.id
+                ))
+            };
+            let adjusted = book
+                .finalized
+                .iter()
+                .map(|r| r.invoice.adjustments_of(&past.id))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(overflow)?;
+            let billed = peage_core::money::checked_total(
+                std::iter::once(past.invoice.own_subtotal().map_err(overflow)?).chain(adjusted),
+            )
+            .ok_or_else(|| overflow(peage_core::money::Overflow))?;
+            let of = AdjustedInvoice {
+                invoice_id: past.id.clone(),
+                number: past.number.clone(),
+                period: past.invoice.period,
+            };
+            lines.extend(
+                late_usage_adjustment(
+                    &of,
+                    repriced.own_subtotal().map_err(overflow)?,
+                    billed,
+                    past.invoice.currency,
+                )
+                .map_err(overflow)?,
+            );
+        }
+        Ok(lines)
+    }
+
+    async fn draft_with(
+        &self,
+        book: &PartnerBook,
+        label: PeriodLabel,
+        now: DateTime<Utc>,
+        cache: &UsageCache,
+    ) -> Result<Option<InvoiceRecord>, ServiceError> {
+        let Some(period) = self.period_in(book, label).await? else {
+            return Ok(None);
+        };
+        let adjustments = self.late_usage(book, period, cache).await?;
+        let mut invoice = self.price(book, period, adjustments, cache).await?;
+        let balance = book
+            .balances
+            .get(invoice.currency.code())
+            .copied()
+            .unwrap_or_default();
+        invoice.apply_credits(balance);
+        Ok(Some(InvoiceRecord {
+            id: new_invoice_id(),
+            number: None,
+            status: InvoiceStatus::Draft,
+            partner_id: book.partner.id.clone(),
+            period_label: label.to_string(),
+            created_at: now,
+            updated_at: now,
+            finalized_at: None,
+            voided_at: None,
+            finalized_by: None,
+            voided_by: None,
+            invoice,
+        }))
+    }
+
+    /// The draft of `partner` for `label`, or `None` when the partner is not due.
+    pub async fn draft(
+        &self,
+        partner: &Partner,
+        label: PeriodLabel,
+        now: DateTime<Utc>,
+    ) -> Result<Option<InvoiceRecord>, ServiceError> {
+        let book = self.book(partner).await?;
+        self.draft_with(&book, label, now, &UsageCache::default())
+            .await
+    }
+
+    /// The invoice of the period running now, as it stands (not stored).
+    pub async fn upcoming(
+        &self,
+        partner: &Partner,
+        now: DateTime<Utc>,
+    ) -> Result<InvoiceRecord, ServiceError> {
+        let book = self.book(partner).await?;
+        let sub = &partner.subscription;
+        let plan = self.plan_version(&sub.plan_id, &sub.plan_version).await?;
+        let label = PeriodLabel::of(plan.period.containing_in(book.tz, now).start, book.tz);
+        let mut record = self
+            .draft_with(&book, label, now, &UsageCache::default())
+            .await?
+            .ok_or_else(|| {
+                ServiceError::WrongState(format!(
+                    "partner {} has no billing period running",
+                    partner.id
+                ))
+            })?;
+        record.id = "upcoming".into();
+        Ok(record)
+    }
+
+    /// Reads billing state for every partner at once (a handful of queries, not a handful per
+    /// partner) and the usage of every span the run prices, one query per span.
+    async fn prepare(
+        &self,
+        partners: Vec<Partner>,
+        label: PeriodLabel,
+    ) -> Result<(Vec<(String, Result<PartnerBook, ServiceError>)>, UsageCache), ServiceError> {
+        let mut subs = self.store.all_subscriptions().await?;
+        let profiles: HashMap<String, BillingProfile> = self
+            .store
+            .billing_profiles()
+            .await?
+            .into_iter()
+            .map(|p| (p.partner_id.clone(), p))
+            .collect();
+        let mut finalized: HashMap<String, Vec<InvoiceRecord>> = HashMap::new();
+        for r in self
+            .store
+            .invoices(&InvoiceFilter {
+                status: Some(InvoiceStatus::Finalized),
+                ..Default::default()
+            })
+            .await?
+        {
+            finalized.entry(r.partner_id.clone()).or_default().push(r);
+        }
+        let mut balances: HashMap<String, HashMap<String, Decimal>> = HashMap::new();
+        for ((partner, currency), b) in self.store.credit_balances().await? {
+            balances.entry(partner).or_default().insert(currency, b);
+        }
+        let mut books = Vec::with_capacity(partners.len());
+        let mut spans: HashMap<Span, Vec<String>> = HashMap::new();
+        for partner in partners {
+            let id = partner.id.clone();
+            let book = PartnerBook::new(
+                partner,
+                profiles.get(&id),
+                subs.remove(&id).unwrap_or_default(),
+                finalized.remove(&id).unwrap_or_default(),
+                balances.remove(&id).unwrap_or_default(),
+            );
+            if let Ok(book) = &book {
+                if let Ok(Some(period)) = self.period_in(book, label).await {
+                    let mut periods = vec![period];
+                    periods.extend(Self::adjustable(book, period).map(|r| r.invoice.period));
+                    for p in periods {
+                        for (_, span) in Self::spans(book, p) {
+                            spans
+                                .entry((span.start, span.end))
+                                .or_default()
+                                .push(id.clone());
+                        }
+                    }
+                }
+            }
+            books.push((id, book));
+        }
+        let mut cache = UsageCache::default();
+        for ((from, to), ids) in spans {
+            if ids.len() < 2 {
+                continue; // asked for when priced
+            }
+            let usage = self
+                .usage
+                .meter_usage_many(&ids, Env::Live, from, to, &self.catalog.meters)
+                .await?;
+            cache.0.insert((from, to), usage);
+        }
+        Ok((books, cache))
+    }
+
+    /// Stores a batch of drafts in one transaction; if that fails, one by one, so one bad
+    /// draft fails alone.
+    async fn save(
+        &self,
+        drafts: Vec<InvoiceRecord>,
+        summary: &mut RunSummary,
+        totals: &mut BTreeMap<String, Decimal>,
+    ) {
+        let outcomes: Vec<Result<DraftOutcome, peage_billing_store::BillingStoreError>> =
+            match self.store.save_drafts(&drafts).await {
+                Ok(o) => o.into_iter().map(Ok).collect(),
+                Err(_) => {
+                    let mut each = Vec::with_capacity(drafts.len());
+                    for d in &drafts {
+                        each.push(self.store.save_draft(d).await);
+                    }
+                    each
+                }
+            };
+        for (draft, outcome) in drafts.iter().zip(outcomes) {
+            match outcome {
+                Ok(outcome) => {
+                    let r = outcome.record();
+                    let total = totals
+                        .entry(r.invoice.currency.code().to_string())
+                        .or_default();
+                    match total.checked_add(r.invoice.amount_due) {
+                        Some(sum) => *total = sum,
+                        None => summary.errors.push(RunError {
+                            partner_id: draft.partner_id.clone(),
+                            error: format!(
+                                "the run's total in {} overflows; this partner's draft is saved but not counted in it",
+                                r.invoice.currency.code()
+                            ),
+                        }),
+                    }
+                    match outcome {
+                        DraftOutcome::Created(_) => summary.created += 1,
+                        DraftOutcome::Updated(_) => summary.updated += 1,
+                        DraftOutcome::Unchanged(_) => summary.unchanged += 1,
+                        DraftOutcome::AlreadyFinal(_) => summary.already_finalized += 1,
+                    }
+                }
+                Err(error) => summary.errors.push(RunError {
+                    partner_id: draft.partner_id.clone(),
+                    error: error.to_string(),
+                }),
+            }
+        }
+    }
+
+    /// Computes and stores the drafts of every partner due in `label`. `progress` is called
+    /// as partners are done with (done, total).
+    pub async fn run(
+        &self,
+        label: PeriodLabel,
+        now: DateTime<Utc>,
+        progress: &(dyn Fn(usize, usize) + Send + Sync),
+    ) -> Result<RunSummary, ServiceError> {
+        self.register_plan_versions(now).await?;
+        let partners = self.store.partners().await?;
+        let total = partners.len();
+        let mut summary = RunSummary {
+            period: label.to_string(),
+            partners: total,
+            ..Default::default()
+        };
+        let (books, cache) = self.prepare(partners, label).await?;
+        let mut totals: BTreeMap<String, Decimal> = BTreeMap::new();
+        let mut batch = Vec::new();
+        for (i, (partner_id, book)) in books.iter().enumerate() {
+            let drafted = match book {
+                Ok(book) => self.draft_with(book, label, now, &cache).await,
+                Err(e) => Err(ServiceError::WrongState(e.to_string())),
+            };
+            match drafted {
+                Ok(None) => summary.not_due += 1,
+                Ok(Some(draft)) => batch.push(draft),
+                Err(e) => summary.errors.push(RunError {
+                    partner_id: partner_id.clone(),
+                    error: e.to_string(),
+                }),
+            }
+            if batch.len() >= SAVE_BATCH || i + 1 == total {
+                self.save(std::mem::take(&mut batch), &mut summary, &mut totals)
+                    .await;
+                progress(i + 1, total);
+            }
+        }
+        summary.totals = totals
+            .into_iter()
+            .map(|(c, t)| (c, t.to_string()))
+            .collect();
+        Ok(summary)
+    }
+
+    /// Finalizes a draft whose period has ended, and queues `invoice.finalized`; `by` names who
+    /// (the audit log's actor). Answers the invoice before and after.
+    pub async fn finalize(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+        by: &str,
+    ) -> Result<(InvoiceRecord, InvoiceRecord), ServiceError> {
+        let draft = self
+            .store
+            .invoice(id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("invoice", id))?;
+        if draft.status == InvoiceStatus::Draft && draft.invoice.period.end > now {
+            return Err(ServiceError::WrongState(format!(
+                "invoice {id} covers a period that ends at {}; it can be finalized once the period is over",
+                draft.invoice.period.end.to_rfc3339()
+            )));
+        }
+        // Its invoice.finalized webhook is queued in the finalizing transaction.
+        let record = self
+            .store
+            .finalize_invoice(
+                id,
+                &self.issuer.prefix,
+                now,
+                by,
+                &mut webhooks::message_ids(),
+            )
+            .await?;
+        tracing::info!(invoice = %record.id, number = ?record.number, by, "invoice finalized");
+        Ok((draft, record))
+    }
+
+    /// Voids an invoice; `by` names who. Answers the invoice before and after.
+    pub async fn void(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+        by: &str,
+    ) -> Result<(InvoiceRecord, InvoiceRecord), ServiceError> {
+        let before = self
+            .store
+            .invoice(id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("invoice", id))?;
+        let record = self.store.void_invoice(id, now, by).await?;
+        tracing::info!(invoice = %record.id, by, "invoice voided");
+        Ok((before, record))
+    }
+}
+
+/// A partner's credit balance per currency, summed with checked arithmetic: entries stored
+/// before amounts were bounded (`money::MAX_AMOUNT`) give an error for this partner, never a
+/// panic.
+pub(crate) fn credit_balances<'a>(
+    entries: impl Iterator<Item = &'a peage_billing_store::CreditEntry>,
+) -> Result<std::collections::BTreeMap<String, Decimal>, ServiceError> {
+    let mut balances: std::collections::BTreeMap<String, Decimal> = Default::default();
+    for e in entries {
+        let b = balances.entry(e.currency.clone()).or_default();
+        *b = peage_core::money::checked_total([*b, e.amount]).ok_or_else(|| {
+            ServiceError::Corrupt(format!(
+                "the credit balance in {} is too large to add up; remove or correct its entries",
+                e.currency
+            ))
+        })?;
+    }
+    Ok(balances)
+}

@@ -1,0 +1,46 @@
+//! The billing services, without HTTP: partners, keys, quotas, usage, invoicing, webhooks,
+//! sessions and the events API, each an operation on [`Billing`] (or a function of the billing
+//! store, for the CLI) that takes typed input and answers a typed value or a [`ServiceError`]
+//! naming its cause.
+
+mod audit;
+mod billing;
+mod catalog;
+mod endpoints;
+mod error;
+pub mod events;
+mod gateway;
+mod intake;
+mod invoices;
+pub mod invoicing;
+mod keys;
+pub mod oauth;
+mod partners;
+pub mod pdf;
+mod principal;
+mod quotas;
+pub mod secrets;
+pub mod service_tokens;
+pub mod sessions;
+mod settings;
+pub mod staff;
+pub mod tokens;
+mod usage;
+pub mod values;
+pub mod webhooks;
+
+pub use billing::{ApiDocs, Billing, BillingSettings, RevocationHook};
+pub use catalog::{ApiVersionView, ApiView, ApisView, PlansView};
+pub use endpoints::{CreatedEndpoint, EndpointRequest};
+pub use error::ServiceError;
+pub use gateway::{
+    gateway_issuer, gateway_key, GatewayIssuer, GatewayKey, RevocationPage, RevokedKey, MAX_WAIT,
+};
+pub use invoices::{CreditRequest, Credits, InvoiceQuery, ProfileRequest, TaxRequest};
+pub use keys::{issue_key, IssuedKey};
+pub use partners::{
+    check_external_id, create_partner, plan_version, OverviewPage, PartnerOverview, PlanChanged,
+};
+pub use principal::{Principal, ServiceScope, EVENTS_ROUTES, GATEWAY_ROUTES};
+pub use quotas::{QuotaReport, QuotaState};
+pub use usage::{SeriesCut, SeriesReport, UsageReport};

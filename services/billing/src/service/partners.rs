@@ -1,0 +1,279 @@
+//! Partners: creating them (one place for the id rules, used by the control API and by
+//! `peage up --demo` alike), finding them as the caller may see them, their external id, their
+//! plan, and finance's overview of every partner's running period.
+
+use chrono::{DateTime, Utc};
+use peage_billing_store::{BillingStore, Partner, Subscription};
+use peage_core::{Catalog, Env, PartnerId};
+use peage_usage_store::UsageQuery;
+use serde::Serialize;
+
+use super::billing::Billing;
+use super::error::ServiceError;
+use super::principal::Principal;
+
+/// Creates a partner subscribed, from now, to `plan` as the catalog has it.
+pub async fn create_partner(
+    store: &dyn BillingStore,
+    catalog: &Catalog,
+    name: &str,
+    plan: &str,
+    external_id: Option<&str>,
+) -> Result<Partner, ServiceError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ServiceError::Invalid(
+            "name must be 1–200 characters".into(),
+        ));
+    }
+    let plan_version = plan_version(catalog, plan)?;
+    if let Some(ext) = external_id {
+        check_external_id(ext)?;
+        if store.partner_by_external_id(ext).await?.is_some() {
+            return Err(ServiceError::Taken(format!(
+                "external_id {ext:?} belongs to another partner"
+            )));
+        }
+    }
+    let id = PartnerId::from_random(rand::random());
+    let sub = Subscription {
+        plan_id: plan.to_string(),
+        plan_version,
+        started_at: Utc::now(),
+        ended_at: None,
+    };
+    let mut partner = store.create_partner(id.as_str(), name, &sub).await?;
+    if let Some(ext) = external_id {
+        partner = store.set_external_id(&partner.id, Some(ext)).await?;
+    }
+    tracing::info!(partner_id = %partner.id, plan = %partner.subscription.plan_id, "partner created");
+    Ok(partner)
+}
+
+/// An external id: 1–128 visible ASCII characters (what a company's customer ids are), and
+/// not of the form of a Péage partner id, so a usage event's `subject` names one partner only.
+pub fn check_external_id(ext: &str) -> Result<(), ServiceError> {
+    if ext.is_empty() || ext.len() > 128 || !ext.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ServiceError::Invalid(
+            "external_id must be 1–128 visible ASCII characters".into(),
+        ));
+    }
+    if PartnerId::parse(ext).is_ok() {
+        return Err(ServiceError::Invalid(format!(
+            "external_id {ext:?} has the form of a partner id; usage events could not tell them apart"
+        )));
+    }
+    Ok(())
+}
+
+/// The current version of a catalog plan, or an error naming the unknown plan.
+pub fn plan_version(catalog: &Catalog, plan: &str) -> Result<String, ServiceError> {
+    catalog
+        .plan(plan)
+        .map(|p| p.version.clone())
+        .ok_or_else(|| {
+            ServiceError::Invalid(format!(
+                "no plan {plan:?} in the catalog (GET /v1/plans lists them)"
+            ))
+        })
+}
+
+/// What a plan change did.
+pub enum PlanChanged {
+    /// The partner was on that plan version already.
+    Unchanged(Partner),
+    /// The partner before and after.
+    Changed { before: Partner, after: Partner },
+}
+
+/// One partner in finance's list, with the current period's usage and running cost.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PartnerOverview {
+    pub id: String,
+    pub name: String,
+    pub plan_id: String,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    pub timezone: String,
+    pub currency: String,
+    /// The current period's invoice so far, tax included.
+    pub running_total: String,
+    pub usage: Vec<peage_core::MeterUsage>,
+    /// Set when this partner's numbers could not be computed (the others still are).
+    pub error: Option<String>,
+}
+
+/// A page of finance's list.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OverviewPage {
+    /// Partners matching the search, on every page.
+    pub total: usize,
+    pub offset: usize,
+    pub limit: usize,
+    pub partners: Vec<PartnerOverview>,
+}
+
+impl Billing {
+    /// The partner `raw` names; an id that is not one is "not found" too.
+    pub async fn partner(&self, raw: &str) -> Result<Partner, ServiceError> {
+        let id = PartnerId::parse(raw).map_err(|_| ServiceError::not_found("partner", raw))?;
+        self.store
+            .partner(id.as_str())
+            .await?
+            .ok_or_else(|| ServiceError::not_found("partner", id))
+    }
+
+    /// The partner `raw` names, if the caller may see it: for a partner session another
+    /// partner's id is "not found", as an id that does not exist.
+    pub async fn scoped_partner(
+        &self,
+        who: &Principal,
+        raw: &str,
+    ) -> Result<Partner, ServiceError> {
+        who.may_see(raw)?;
+        self.partner(raw).await
+    }
+
+    pub async fn create_partner(
+        &self,
+        name: &str,
+        plan: &str,
+        external_id: Option<&str>,
+    ) -> Result<Partner, ServiceError> {
+        create_partner(self.store.as_ref(), &self.catalog, name, plan, external_id).await
+    }
+
+    pub async fn partners(&self) -> Result<Vec<Partner>, ServiceError> {
+        Ok(self.store.partners().await?)
+    }
+
+    /// Sets or clears (`None`) the partner's external id.
+    pub async fn set_external_id(
+        &self,
+        partner: &Partner,
+        external_id: Option<&str>,
+    ) -> Result<Partner, ServiceError> {
+        if let Some(e) = external_id {
+            check_external_id(e)?;
+        }
+        Ok(self.store.set_external_id(&partner.id, external_id).await?)
+    }
+
+    /// Moves the partner to the current version of `plan`, from now. One invoice per period
+    /// in one currency: a change must keep both the currency and the billing period.
+    pub async fn change_plan(
+        &self,
+        partner: Partner,
+        plan: &str,
+    ) -> Result<PlanChanged, ServiceError> {
+        let plan_version = plan_version(&self.catalog, plan)?;
+        if let (Some(from), Some(to)) = (
+            self.catalog.plan(&partner.subscription.plan_id),
+            self.catalog.plan(plan),
+        ) {
+            if from.currency != to.currency || from.period != to.period {
+                return Err(ServiceError::WrongState(format!(
+                    "plan {:?} bills in {} every {:?}, plan {:?} in {} every {:?}: a change mid-period must keep the currency and the billing period",
+                    from.id,
+                    from.currency.code(),
+                    from.period,
+                    to.id,
+                    to.currency.code(),
+                    to.period
+                )));
+            }
+        }
+        if partner.subscription.plan_id == plan && partner.subscription.plan_version == plan_version
+        {
+            return Ok(PlanChanged::Unchanged(partner));
+        }
+        let next = Subscription {
+            plan_id: plan.to_string(),
+            plan_version,
+            started_at: Utc::now(),
+            ended_at: None,
+        };
+        let after = self.store.change_subscription(&partner.id, &next).await?;
+        tracing::info!(partner_id = %after.id, plan = %after.subscription.plan_id, "subscription changed");
+        Ok(PlanChanged::Changed {
+            before: partner,
+            after,
+        })
+    }
+
+    /// Finance's list: a page of the partners whose id, name or plan contains `needle`
+    /// (case-insensitive), each with the current period's usage and running cost.
+    pub async fn overview(
+        &self,
+        needle: &str,
+        limit: usize,
+        offset: usize,
+    ) -> Result<OverviewPage, ServiceError> {
+        let needle = needle.trim().to_lowercase();
+        let matching: Vec<Partner> = self
+            .store
+            .partners()
+            .await?
+            .into_iter()
+            .filter(|p| {
+                needle.is_empty()
+                    || p.id.to_lowercase().contains(&needle)
+                    || p.name.to_lowercase().contains(&needle)
+                    || p.subscription.plan_id.to_lowercase().contains(&needle)
+            })
+            .collect();
+        let total = matching.len();
+        let now = Utc::now();
+        let mut partners = Vec::new();
+        for p in matching.into_iter().skip(offset).take(limit) {
+            let row = match self.invoicing.upcoming(&p, now).await {
+                Ok(record) => {
+                    let inv = &record.invoice;
+                    let usage = self
+                        .usage
+                        .meter_usage(
+                            &UsageQuery {
+                                partner_id: p.id.clone(),
+                                env: Env::Live,
+                                from: inv.period.start,
+                                to: inv.period.end,
+                            },
+                            &self.catalog.meters,
+                        )
+                        .await?;
+                    PartnerOverview {
+                        id: p.id,
+                        name: p.name,
+                        plan_id: p.subscription.plan_id,
+                        period_start: inv.period.start,
+                        period_end: inv.period.end,
+                        timezone: inv.timezone.clone(),
+                        currency: inv.currency.code().to_string(),
+                        running_total: inv.total.to_string(),
+                        usage,
+                        error: None,
+                    }
+                }
+                Err(e) => PartnerOverview {
+                    id: p.id,
+                    name: p.name,
+                    plan_id: p.subscription.plan_id,
+                    period_start: now,
+                    period_end: now,
+                    timezone: "UTC".into(),
+                    currency: String::new(),
+                    running_total: String::new(),
+                    usage: vec![],
+                    error: Some(e.to_string()),
+                },
+            };
+            partners.push(row);
+        }
+        Ok(OverviewPage {
+            total,
+            offset,
+            limit,
+            partners,
+        })
+    }
+}
