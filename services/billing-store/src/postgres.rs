@@ -460,7 +460,7 @@ async fn grant_rows(
     .await?)
 }
 
-crate::ledger::ledger_store!(PostgresBillingStore, sqlx::Postgres, "BEGIN");
+crate::ledger::db::ledger_glue!(PostgresBillingStore, sqlx::Postgres, "BEGIN");
 crate::staff::staff_store!(PostgresBillingStore, sqlx::Postgres, "BEGIN");
 crate::idempotency::idempotency_store!(PostgresBillingStore);
 crate::audit::audit_store!(PostgresBillingStore);

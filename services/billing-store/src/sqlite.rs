@@ -554,7 +554,7 @@ mod tests {
     }
 }
 
-crate::ledger::ledger_store!(SqliteBillingStore, sqlx::Sqlite, "BEGIN IMMEDIATE");
+crate::ledger::db::ledger_glue!(SqliteBillingStore, sqlx::Sqlite, "BEGIN IMMEDIATE");
 crate::staff::staff_store!(SqliteBillingStore, sqlx::Sqlite, "BEGIN IMMEDIATE");
 crate::idempotency::idempotency_store!(SqliteBillingStore);
 crate::audit::audit_store!(SqliteBillingStore);

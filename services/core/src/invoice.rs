@@ -23,7 +23,7 @@ use crate::money::{checked_total, Currency, Overflow};
 use crate::period::BillingPeriod;
 use crate::pricing::{Plan, TaxRate};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LineKind {
     BaseFee,
@@ -47,14 +47,14 @@ impl LineKind {
 }
 
 /// The finalized invoice an adjustment line corrects.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AdjustedInvoice {
     pub invoice_id: String,
     pub number: Option<String>,
     pub period: BillingPeriod,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvoiceLine {
     pub kind: LineKind,
     pub description: String,
@@ -77,7 +77,7 @@ pub struct InvoiceLine {
     pub adjusts: Option<AdjustedInvoice>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Tax {
     pub label: String,
     #[serde(with = "rust_decimal::serde::str")]
@@ -87,7 +87,7 @@ pub struct Tax {
 }
 
 /// The plan version that priced part of the period.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlanSpan {
     pub plan_id: String,
     pub plan_version: String,
@@ -95,7 +95,7 @@ pub struct PlanSpan {
     pub to: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Invoice {
     pub partner_id: String,
     /// The plan in force at the end of the period (see `plans` for every part).
@@ -479,7 +479,7 @@ pub fn late_usage_adjustment(
 }
 
 /// Where an invoice is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum InvoiceStatus {
     /// Computed by an invoice run; recomputed by the next run until finance finalizes it.
@@ -510,7 +510,7 @@ impl InvoiceStatus {
 }
 
 /// An invoice as billing keeps it: the document plus its identity and lifecycle.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvoiceRecord {
     pub id: String,
     pub number: Option<String>,
@@ -531,7 +531,65 @@ pub struct InvoiceRecord {
     pub invoice: Invoice,
 }
 
+/// `PEAGE-2026-000123`: the issuer's prefix, the year finalized in, and the year's running
+/// number (gapless: a finalization that fails gives its number back).
+pub fn invoice_number(prefix: &str, year: i32, n: i64) -> String {
+    format!("{prefix}-{year}-{n:06}")
+}
+
+/// Prepaid credit an invoice moves: taken when it is finalized, given back when it is voided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditMovement {
+    /// Derived from the invoice's id, so one invoice cannot move the same credit twice.
+    pub id: String,
+    /// Negative: taken from the balance; positive: given back.
+    pub amount: Decimal,
+    pub description: String,
+}
+
+/// The part of an invoice id after its prefix (`inv_`), which credit movements are named by.
+fn id_body(id: &str) -> &str {
+    id.get(4..).unwrap_or_default()
+}
+
 impl InvoiceRecord {
+    /// Finalizes a draft at `at`, by `by`: numbers it, and takes what the partner's prepaid
+    /// `balance` covers of it. The credit taken, if any, is for the caller to record in the same
+    /// transaction as the invoice.
+    pub fn finalize(
+        &mut self,
+        number: String,
+        balance: Decimal,
+        at: DateTime<Utc>,
+        by: &str,
+    ) -> Option<CreditMovement> {
+        self.invoice.apply_credits(balance);
+        let taken = self.invoice.credits_applied;
+        let movement = (!taken.is_zero()).then(|| CreditMovement {
+            id: format!("crd_{}", id_body(&self.id)),
+            amount: -taken,
+            description: format!("invoice {number}"),
+        });
+        self.status = InvoiceStatus::Finalized;
+        self.number = Some(number);
+        self.finalized_at = Some(at);
+        self.finalized_by = Some(by.to_string());
+        self.updated_at = at;
+        movement
+    }
+
+    /// What voiding this invoice gives back to the partner's balance: the credit it took when
+    /// it was finalized (a draft took none).
+    pub fn void_restitution(&self) -> Option<CreditMovement> {
+        let taken = self.invoice.credits_applied;
+        let number = self.number.as_deref()?;
+        (!taken.is_zero()).then(|| CreditMovement {
+            id: format!("crd_v{}", id_body(&self.id)),
+            amount: taken,
+            description: format!("invoice {number} voided"),
+        })
+    }
+
     /// The `data` of its `invoice.finalized` webhook (docs/invoices.md, "Webhooks").
     pub fn finalized_event(&self) -> serde_json::Value {
         serde_json::json!({
@@ -784,6 +842,61 @@ mod tests {
             voided_by: None,
             invoice: inv,
         }
+    }
+
+    #[test]
+    fn invoice_numbers_are_prefix_year_and_six_digits() {
+        assert_eq!(invoice_number("PEAGE", 2026, 123), "PEAGE-2026-000123");
+        assert_eq!(invoice_number("ACME", 2027, 1_234_567), "ACME-2027-1234567");
+    }
+
+    #[test]
+    fn finalizing_takes_what_the_balance_covers_and_a_void_gives_it_back() {
+        let p = plan(vec![]);
+        let at = Utc.with_ymd_and_hms(2026, 12, 3, 0, 0, 0).unwrap();
+        let mut r = record(Invoice::compute("prt_1", &p, period(), &[]).unwrap());
+        r.status = InvoiceStatus::Draft;
+        r.number = None;
+        // 49.00 + 20 % VAT = 58.80; 20.00 of credit covers 20.00 of it.
+        let taken = r
+            .finalize(
+                "PEAGE-2026-000007".into(),
+                d("20"),
+                at,
+                "staff:ann@example.com",
+            )
+            .unwrap();
+        assert_eq!(taken.amount, d("-20.00"));
+        assert_eq!(taken.id, "crd_1");
+        assert_eq!(taken.description, "invoice PEAGE-2026-000007");
+        assert_eq!(r.invoice.amount_due, d("38.80"));
+        assert_eq!(
+            (r.status, r.number.as_deref(), r.finalized_at, r.updated_at),
+            (
+                InvoiceStatus::Finalized,
+                Some("PEAGE-2026-000007"),
+                Some(at),
+                at
+            )
+        );
+        let back = r.void_restitution().unwrap();
+        assert_eq!(
+            (back.id.as_str(), back.amount, back.description.as_str()),
+            ("crd_v1", d("20.00"), "invoice PEAGE-2026-000007 voided")
+        );
+
+        // Without credit nothing moves, either way; a draft never took any.
+        let mut none = record(Invoice::compute("prt_1", &p, period(), &[]).unwrap());
+        none.status = InvoiceStatus::Draft;
+        assert_eq!(
+            none.finalize("N-1".into(), Decimal::ZERO, at, "admin"),
+            None
+        );
+        assert_eq!(none.void_restitution(), None);
+        let mut draft = record(Invoice::compute("prt_1", &p, period(), &[]).unwrap());
+        draft.number = None;
+        draft.invoice.apply_credits(d("5"));
+        assert_eq!(draft.void_restitution(), None);
     }
 
     #[test]
