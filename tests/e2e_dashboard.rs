@@ -104,7 +104,7 @@ async fn seed(data: &Path) -> (String, String) {
     let globex = "prt_610be8610be8610be861";
     store
         .create_partner(
-            globex,
+            &globex.parse().unwrap(),
             "Globex Corporation",
             &Subscription {
                 plan_id: "demo".into(),

@@ -1730,11 +1730,20 @@ async fn billing_sigkilled_during_an_invoice_run_and_while_finalizing_leaves_no_
     // The catalog's demo plan as billing registered it; the partners joined on 1 October, so
     // November is due for each.
     let (probe, _) = partner_with_live_key(&reqwest::Client::new(), &control).await;
-    let mut sub = store.partner(&probe).await.unwrap().unwrap().subscription;
+    let mut sub = store
+        .partner(&probe.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .subscription;
     sub.started_at = t0;
     for i in 0..N {
         store
-            .create_partner(&format!("prt_{i:020x}"), &format!("P{i}"), &sub)
+            .create_partner(
+                &format!("prt_{i:020x}").parse().unwrap(),
+                &format!("P{i}"),
+                &sub,
+            )
             .await
             .unwrap();
     }
@@ -1806,7 +1815,7 @@ async fn billing_sigkilled_during_an_invoice_run_and_while_finalizing_leaves_no_
     // 2. Finalizing them all, SIGKILLed after a third of the answers.
     store
         .add_webhook_endpoint(&peage_billing_store::WebhookEndpoint {
-            id: "ep_00000000000000000001".into(),
+            id: "ep_00000000000000000001".parse().unwrap(),
             url: "https://hooks.example.com/peage".into(),
             secret: "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3".into(),
             events: vec!["invoice.finalized".into()],
@@ -1874,7 +1883,7 @@ async fn billing_sigkilled_during_an_invoice_run_and_while_finalizing_leaves_no_
 
     let mut numbers = Vec::new();
     for id in &ids {
-        let r = store.invoice(id).await.unwrap().unwrap();
+        let r = store.invoice(&id.parse().unwrap()).await.unwrap().unwrap();
         assert_eq!(r.status, peage_core::InvoiceStatus::Finalized, "{id}");
         numbers.push(r.number.unwrap());
     }

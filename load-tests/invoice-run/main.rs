@@ -130,7 +130,7 @@ async fn measure(
         let id = format!("prt_{:020x}", i + 1);
         store
             .create_partner(
-                &id,
+                &id.parse().unwrap(),
                 &format!("Partner {i}"),
                 &Subscription {
                     plan_id: plan.id.clone(),

@@ -13,6 +13,11 @@ use crate::{
     BillingStore, BillingStoreError, NewKey, QuotaKey, SigningKey, Subscription, TrustedIssuer,
 };
 
+/// An id of the suite's, as the stores take it (`prt_…`, `key_…`, `inv_…`).
+pub fn typed<T: std::str::FromStr<Err = peage_core::ids::IdError>>(text: &str) -> T {
+    text.parse().unwrap()
+}
+
 pub fn sub(plan: &str, at: DateTime<Utc>) -> Subscription {
     Subscription {
         plan_id: plan.into(),
@@ -72,36 +77,46 @@ macro_rules! conformance_tests {
 
 pub async fn external_ids_name_one_partner_each(s: &dyn BillingStore) {
     let t0 = Utc.with_ymd_and_hms(2026, 11, 6, 0, 0, 0).unwrap();
-    s.create_partner("prt_ext_a", "A", &sub("basic", t0))
+    s.create_partner(&typed("prt_6578745f610000000000"), "A", &sub("basic", t0))
         .await
         .unwrap();
-    s.create_partner("prt_ext_b", "B", &sub("basic", t0))
+    s.create_partner(&typed("prt_6578745f620000000000"), "B", &sub("basic", t0))
         .await
         .unwrap();
     assert_eq!(
-        s.partner("prt_ext_a").await.unwrap().unwrap().external_id,
+        s.partner(&typed("prt_6578745f610000000000"))
+            .await
+            .unwrap()
+            .unwrap()
+            .external_id,
         None
     );
     let a = s
-        .set_external_id("prt_ext_a", Some("cust-42"))
+        .set_external_id(&typed("prt_6578745f610000000000"), Some("cust-42"))
         .await
         .unwrap();
     assert_eq!(a.external_id.as_deref(), Some("cust-42"));
     let found = s.partner_by_external_id("cust-42").await.unwrap().unwrap();
-    assert_eq!(found.id, "prt_ext_a");
+    assert_eq!(found.id, "prt_6578745f610000000000");
     assert!(s.partner_by_external_id("cust-43").await.unwrap().is_none());
-    match s.set_external_id("prt_ext_b", Some("cust-42")).await {
+    match s
+        .set_external_id(&typed("prt_6578745f620000000000"), Some("cust-42"))
+        .await
+    {
         Err(BillingStoreError::Conflict(m)) => assert!(m.contains("cust-42"), "{m}"),
         other => panic!("a taken external id must conflict: {other:?}"),
     }
     assert!(matches!(
-        s.set_external_id("prt_nobody", Some("x")).await,
+        s.set_external_id(&typed("prt_6e6f626f647900000000"), Some("x"))
+            .await,
         Err(BillingStoreError::NotFound { .. })
     ));
     // Cleared, it is free for another partner.
-    s.set_external_id("prt_ext_a", None).await.unwrap();
+    s.set_external_id(&typed("prt_6578745f610000000000"), None)
+        .await
+        .unwrap();
     let b = s
-        .set_external_id("prt_ext_b", Some("cust-42"))
+        .set_external_id(&typed("prt_6578745f620000000000"), Some("cust-42"))
         .await
         .unwrap();
     assert_eq!(b.external_id.as_deref(), Some("cust-42"));
@@ -146,34 +161,43 @@ pub async fn service_tokens_are_found_by_hash_and_revoked_once(s: &dyn BillingSt
     use crate::service_tokens::ServiceToken;
     let t0 = Utc.with_ymd_and_hms(2026, 11, 4, 0, 0, 0).unwrap();
     let token = |id: &str, scope: &str, at| ServiceToken {
-        id: id.into(),
+        id: typed(id),
         name: format!("{scope} token"),
         scope: scope.into(),
         token_hash: format!("hash-{id}"),
         created_at: at,
         revoked_at: None,
     };
-    s.create_service_token(&token("svc_1", "gateway", t0))
+    s.create_service_token(&token("svc_31000000000000000000", "gateway", t0))
         .await
         .unwrap();
-    s.create_service_token(&token("svc_2", "read-only", t0 + Duration::seconds(1)))
-        .await
-        .unwrap();
+    s.create_service_token(&token(
+        "svc_32000000000000000000",
+        "read-only",
+        t0 + Duration::seconds(1),
+    ))
+    .await
+    .unwrap();
     let listed = s.service_tokens().await.unwrap();
     assert_eq!(
         listed.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
-        ["svc_1", "svc_2"]
+        ["svc_31000000000000000000", "svc_32000000000000000000"]
     );
     assert_eq!(
-        s.service_token_by_hash("hash-svc_1").await.unwrap(),
+        s.service_token_by_hash("hash-svc_31000000000000000000")
+            .await
+            .unwrap(),
         Some(listed[0].clone())
     );
     assert_eq!(s.service_token_by_hash("hash-none").await.unwrap(), None);
     let t1 = t0 + Duration::hours(1);
-    let revoked = s.revoke_service_token("svc_1", t1).await.unwrap();
+    let revoked = s
+        .revoke_service_token(&typed("svc_31000000000000000000"), t1)
+        .await
+        .unwrap();
     assert_eq!(revoked.revoked_at, Some(t1));
     let again = s
-        .revoke_service_token("svc_1", t1 + Duration::hours(1))
+        .revoke_service_token(&typed("svc_31000000000000000000"), t1 + Duration::hours(1))
         .await
         .unwrap();
     assert_eq!(
@@ -182,12 +206,13 @@ pub async fn service_tokens_are_found_by_hash_and_revoked_once(s: &dyn BillingSt
         "the first revocation's time stays"
     );
     assert!(matches!(
-        s.revoke_service_token("svc_none", t1).await,
+        s.revoke_service_token(&typed("svc_6e6f6e65000000000000"), t1)
+            .await,
         Err(BillingStoreError::NotFound { .. })
     ));
     // Scopes are a closed list in both schemas.
     assert!(s
-        .create_service_token(&token("svc_3", "root", t0))
+        .create_service_token(&token("svc_33000000000000000000", "root", t0))
         .await
         .is_err());
 }
@@ -273,13 +298,17 @@ pub async fn idempotency_keys_are_claimed_once_answered_and_expire(s: &dyn Billi
 pub async fn sums_of_stored_credits_that_overflow_are_errors_not_panics(s: &dyn BillingStore) {
     use crate::ledger::CreditEntry;
     let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
-    s.create_partner("prt_huge", "Huge", &sub("growth", t0))
-        .await
-        .unwrap();
+    s.create_partner(
+        &typed("prt_68756765000000000000"),
+        "Huge",
+        &sub("growth", t0),
+    )
+    .await
+    .unwrap();
     for (id, amount) in [("crd_huge1", Decimal::MAX), ("crd_huge2", Decimal::ONE)] {
         s.add_credit(&CreditEntry {
             id: id.into(),
-            partner_id: "prt_huge".into(),
+            partner_id: typed("prt_68756765000000000000"),
             currency: "EUR".into(),
             amount,
             description: "from before the bound".into(),
@@ -289,16 +318,23 @@ pub async fn sums_of_stored_credits_that_overflow_are_errors_not_panics(s: &dyn 
         .await
         .unwrap();
     }
-    let e = s.credit_balance("prt_huge", "EUR").await.unwrap_err();
+    let e = s
+        .credit_balance(&typed("prt_68756765000000000000"), "EUR")
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("overflows"), "{e}");
     let e = s.credit_balances().await.unwrap_err();
     assert!(e.to_string().contains("overflows"), "{e}");
-    s.save_draft(&draft("inv_huge", "prt_huge", "12.50"))
-        .await
-        .unwrap();
+    s.save_draft(&draft(
+        "inv_68756765000000000000",
+        "prt_68756765000000000000",
+        "12.50",
+    ))
+    .await
+    .unwrap();
     let e = s
         .finalize_invoice(
-            "inv_huge",
+            &typed("inv_68756765000000000000"),
             "HUGE",
             t0 + Duration::days(31),
             "admin",
@@ -312,9 +348,13 @@ pub async fn sums_of_stored_credits_that_overflow_are_errors_not_panics(s: &dyn 
 pub async fn sign_in_links_are_used_once_and_sessions_end(s: &dyn BillingStore) {
     use crate::{DashboardGrant, DashboardRole};
     let t0 = Utc.with_ymd_and_hms(2026, 11, 20, 9, 0, 0).unwrap();
-    s.create_partner("prt_dash", "Dash", &sub("growth", t0))
-        .await
-        .unwrap();
+    s.create_partner(
+        &typed("prt_64617368000000000000"),
+        "Dash",
+        &sub("growth", t0),
+    )
+    .await
+    .unwrap();
     let link = |hash: &str, role: DashboardRole| DashboardGrant {
         token_hash: hash.into(),
         role,
@@ -322,7 +362,7 @@ pub async fn sign_in_links_are_used_once_and_sessions_end(s: &dyn BillingStore) 
         expires_at: t0 + Duration::minutes(15),
     };
     let partner = DashboardRole::Partner {
-        partner_id: "prt_dash".into(),
+        partner_id: typed("prt_64617368000000000000"),
     };
     s.create_sign_in_link(&link("l1", partner.clone()))
         .await
@@ -398,7 +438,7 @@ pub async fn sign_in_links_are_used_once_and_sessions_end(s: &dyn BillingStore) 
 
 fn staff_member(id: &str, email: &str, at: DateTime<Utc>) -> crate::StaffMember {
     crate::StaffMember {
-        id: id.into(),
+        id: typed(id),
         email: email.to_lowercase(),
         name: "Ann Example".into(),
         role: crate::StaffRole::Finance,
@@ -417,7 +457,7 @@ pub async fn staff_are_unique_by_email_and_changes_keep_before_and_after(s: &dyn
     };
     s.create_staff(&bob).await.unwrap();
     let again = crate::StaffMember {
-        id: "stf_00000000000000000b02".into(),
+        id: typed("stf_00000000000000000b02"),
         email: "BOB@example.com".into(),
         ..bob.clone()
     };
@@ -429,7 +469,7 @@ pub async fn staff_are_unique_by_email_and_changes_keep_before_and_after(s: &dyn
         s.staff_member("Bob@Example.com").await.unwrap().unwrap(),
         bob
     );
-    assert_eq!(s.staff_member(&bob.id).await.unwrap().unwrap(), bob);
+    assert_eq!(s.staff_member(bob.id.as_str()).await.unwrap().unwrap(), bob);
     assert!(s
         .staff_member("nobody@example.com")
         .await
@@ -453,7 +493,10 @@ pub async fn staff_are_unique_by_email_and_changes_keep_before_and_after(s: &dyn
         (after.role, after.name.as_str(), after.disabled_at),
         (StaffRole::Admin, "Robert", Some(at))
     );
-    assert_eq!(s.staff_member(&bob.id).await.unwrap().unwrap(), after);
+    assert_eq!(
+        s.staff_member(bob.id.as_str()).await.unwrap().unwrap(),
+        after
+    );
     let (_, enabled) = s
         .update_staff(
             &bob.id,
@@ -467,8 +510,12 @@ pub async fn staff_are_unique_by_email_and_changes_keep_before_and_after(s: &dyn
         .unwrap();
     assert_eq!(enabled.disabled_at, None);
     assert!(matches!(
-        s.update_staff("stf_nope", &StaffChange::default(), at)
-            .await,
+        s.update_staff(
+            &typed("stf_6e6f7065000000000000"),
+            &StaffChange::default(),
+            at
+        )
+        .await,
         Err(BillingStoreError::NotFound { .. })
     ));
     assert!(s.staff().await.unwrap().iter().any(|m| m.id == bob.id));
@@ -510,13 +557,21 @@ pub async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn Billi
     use crate::ledger::{DraftOutcome, InvoiceFilter};
     use peage_core::InvoiceStatus;
     let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
-    s.create_partner("prt_inv1", "Inv One", &sub("growth", t0))
-        .await
-        .unwrap();
-    s.create_partner("prt_inv2", "Inv Two", &sub("growth", t0))
-        .await
-        .unwrap();
-    let d1 = draft("inv_1", "prt_inv1", "10");
+    s.create_partner(
+        &typed("prt_696e7631000000000000"),
+        "Inv One",
+        &sub("growth", t0),
+    )
+    .await
+    .unwrap();
+    s.create_partner(
+        &typed("prt_696e7632000000000000"),
+        "Inv Two",
+        &sub("growth", t0),
+    )
+    .await
+    .unwrap();
+    let d1 = draft("inv_31000000000000000000", "prt_696e7631000000000000", "10");
     assert!(matches!(
         s.save_draft(&d1).await.unwrap(),
         DraftOutcome::Created(_)
@@ -526,46 +581,77 @@ pub async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn Billi
         DraftOutcome::Unchanged(_)
     ));
     // A re-run with other usage replaces the draft's document and keeps its id.
-    let mut d1b = draft("inv_other", "prt_inv1", "12");
+    let mut d1b = draft("inv_6f746865720000000000", "prt_696e7631000000000000", "12");
     d1b.updated_at = t0 + Duration::hours(1);
     match s.save_draft(&d1b).await.unwrap() {
         DraftOutcome::Updated(r) => {
-            assert_eq!(r.id, "inv_1");
+            assert_eq!(r.id, "inv_31000000000000000000");
             assert_eq!(r.invoice.total, Decimal::new(1200, 2));
         }
         other => panic!("{other:?}"),
     }
-    s.save_draft(&draft("inv_2", "prt_inv2", "20"))
-        .await
-        .unwrap();
+    s.save_draft(&draft(
+        "inv_32000000000000000000",
+        "prt_696e7632000000000000",
+        "20",
+    ))
+    .await
+    .unwrap();
 
     let at = Utc.with_ymd_and_hms(2026, 12, 3, 9, 0, 0).unwrap();
     // Finalizing something that is not there takes no number.
     assert!(matches!(
-        s.finalize_invoice("inv_nope", "TEST", at, "admin", &mut msg_ids())
-            .await,
+        s.finalize_invoice(
+            &typed("inv_6e6f7065000000000000"),
+            "TEST",
+            at,
+            "admin",
+            &mut msg_ids()
+        )
+        .await,
         Err(BillingStoreError::NotFound { .. })
     ));
     let f2 = s
-        .finalize_invoice("inv_2", "TEST", at, "staff:ann@example.com", &mut msg_ids())
+        .finalize_invoice(
+            &typed("inv_32000000000000000000"),
+            "TEST",
+            at,
+            "staff:ann@example.com",
+            &mut msg_ids(),
+        )
         .await
         .unwrap();
     assert_eq!(f2.number.as_deref(), Some("TEST-2026-000001"));
     assert_eq!(f2.status, InvoiceStatus::Finalized);
     assert_eq!(f2.finalized_by.as_deref(), Some("staff:ann@example.com"));
     assert_eq!(
-        s.invoice("inv_2").await.unwrap().unwrap(),
+        s.invoice(&typed("inv_32000000000000000000"))
+            .await
+            .unwrap()
+            .unwrap(),
         f2,
         "who is stored"
     );
     // A second finalization is refused and takes no number either.
     assert!(matches!(
-        s.finalize_invoice("inv_2", "TEST", at, "staff:ann@example.com", &mut msg_ids())
-            .await,
+        s.finalize_invoice(
+            &typed("inv_32000000000000000000"),
+            "TEST",
+            at,
+            "staff:ann@example.com",
+            &mut msg_ids()
+        )
+        .await,
         Err(BillingStoreError::Conflict(_))
     ));
     let f1 = s
-        .finalize_invoice("inv_1", "TEST", at, "admin", &mut msg_ids())
+        .finalize_invoice(
+            &typed("inv_31000000000000000000"),
+            "TEST",
+            at,
+            "admin",
+            &mut msg_ids(),
+        )
         .await
         .unwrap();
     assert_eq!(f1.number.as_deref(), Some("TEST-2026-000002"));
@@ -573,14 +659,24 @@ pub async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn Billi
 
     // A finalized invoice is never replaced by a later run.
     match s
-        .save_draft(&draft("inv_again", "prt_inv1", "99"))
+        .save_draft(&draft(
+            "inv_616761696e0000000000",
+            "prt_696e7631000000000000",
+            "99",
+        ))
         .await
         .unwrap()
     {
         DraftOutcome::AlreadyFinal(r) => assert_eq!(r.invoice.total, Decimal::new(1200, 2)),
         other => panic!("{other:?}"),
     }
-    assert_eq!(s.invoice("inv_1").await.unwrap().unwrap(), f1);
+    assert_eq!(
+        s.invoice(&typed("inv_31000000000000000000"))
+            .await
+            .unwrap()
+            .unwrap(),
+        f1
+    );
 
     let finals = s
         .invoices(&InvoiceFilter {
@@ -593,7 +689,7 @@ pub async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn Billi
     assert_eq!(finals.len(), 2);
     let one = s
         .invoices(&InvoiceFilter {
-            partner_id: Some("prt_inv2".into()),
+            partner_id: Some(typed("prt_696e7632000000000000")),
             ..Default::default()
         })
         .await
@@ -602,7 +698,11 @@ pub async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn Billi
 
     // Void keeps the number; voiding twice is refused; the period can then be drafted again.
     let v = s
-        .void_invoice("inv_2", at, "staff:bob@example.com")
+        .void_invoice(
+            &typed("inv_32000000000000000000"),
+            at,
+            "staff:bob@example.com",
+        )
         .await
         .unwrap();
     assert_eq!(v.status, InvoiceStatus::Void);
@@ -610,24 +710,33 @@ pub async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn Billi
     assert_eq!(v.finalized_by.as_deref(), Some("staff:ann@example.com"));
     assert_eq!(v.number.as_deref(), Some("TEST-2026-000001"));
     assert!(matches!(
-        s.void_invoice("inv_2", at, "admin").await,
+        s.void_invoice(&typed("inv_32000000000000000000"), at, "admin")
+            .await,
         Err(BillingStoreError::Conflict(_))
     ));
     assert!(matches!(
-        s.save_draft(&draft("inv_3", "prt_inv2", "20"))
-            .await
-            .unwrap(),
+        s.save_draft(&draft(
+            "inv_33000000000000000000",
+            "prt_696e7632000000000000",
+            "20"
+        ))
+        .await
+        .unwrap(),
         DraftOutcome::Created(_)
     ));
     // A batch in one transaction: a finalized period stays, a draft is updated, a new one created.
-    s.create_partner("prt_inv3", "Inv Three", &sub("growth", t0))
-        .await
-        .unwrap();
+    s.create_partner(
+        &typed("prt_696e7633000000000000"),
+        "Inv Three",
+        &sub("growth", t0),
+    )
+    .await
+    .unwrap();
     let outcomes = s
         .save_drafts(&[
-            draft("inv_b1", "prt_inv1", "99"),
-            draft("inv_b2", "prt_inv2", "21"),
-            draft("inv_b3", "prt_inv3", "30"),
+            draft("inv_62310000000000000000", "prt_696e7631000000000000", "99"),
+            draft("inv_62320000000000000000", "prt_696e7632000000000000", "21"),
+            draft("inv_62330000000000000000", "prt_696e7633000000000000", "30"),
         ])
         .await
         .unwrap();
@@ -636,21 +745,34 @@ pub async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn Billi
         "{outcomes:?}"
     );
     assert!(
-        matches!(&outcomes[1], DraftOutcome::Updated(r) if r.id == "inv_3"),
+        matches!(&outcomes[1], DraftOutcome::Updated(r) if r.id == "inv_33000000000000000000"),
         "{outcomes:?}"
     );
     assert!(
-        matches!(&outcomes[2], DraftOutcome::Created(r) if r.id == "inv_b3"),
+        matches!(&outcomes[2], DraftOutcome::Created(r) if r.id == "inv_62330000000000000000"),
         "{outcomes:?}"
     );
     let all = s.all_subscriptions().await.unwrap();
-    assert_eq!(all["prt_inv3"].len(), 1);
-    assert_eq!(all["prt_a"].len(), 2, "plan history, oldest first");
-    assert!(all["prt_a"][0].started_at < all["prt_a"][1].started_at);
+    assert_eq!(all["prt_696e7633000000000000"].len(), 1);
+    assert_eq!(
+        all["prt_61000000000000000000"].len(),
+        2,
+        "plan history, oldest first"
+    );
+    assert!(
+        all["prt_61000000000000000000"][0].started_at
+            < all["prt_61000000000000000000"][1].started_at
+    );
     // Next year starts at 1 again.
     let next_year = Utc.with_ymd_and_hms(2027, 1, 2, 0, 0, 0).unwrap();
     let f3 = s
-        .finalize_invoice("inv_3", "TEST", next_year, "admin", &mut msg_ids())
+        .finalize_invoice(
+            &typed("inv_33000000000000000000"),
+            "TEST",
+            next_year,
+            "admin",
+            &mut msg_ids(),
+        )
         .await
         .unwrap();
     assert_eq!(f3.number.as_deref(), Some("TEST-2027-000001"));
@@ -659,12 +781,16 @@ pub async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn Billi
 pub async fn credits_are_taken_by_finalization_and_given_back_by_void(s: &dyn BillingStore) {
     use crate::ledger::CreditEntry;
     let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
-    s.create_partner("prt_cred", "Cred", &sub("growth", t0))
-        .await
-        .unwrap();
+    s.create_partner(
+        &typed("prt_63726564000000000000"),
+        "Cred",
+        &sub("growth", t0),
+    )
+    .await
+    .unwrap();
     s.add_credit(&CreditEntry {
         id: "crd_grant1".into(),
-        partner_id: "prt_cred".into(),
+        partner_id: typed("prt_63726564000000000000"),
         currency: "EUR".into(),
         amount: Decimal::new(3000, 2),
         description: "prepaid".into(),
@@ -673,33 +799,57 @@ pub async fn credits_are_taken_by_finalization_and_given_back_by_void(s: &dyn Bi
     })
     .await
     .unwrap();
-    s.save_draft(&draft("inv_c1", "prt_cred", "12.50"))
-        .await
-        .unwrap();
+    s.save_draft(&draft(
+        "inv_63310000000000000000",
+        "prt_63726564000000000000",
+        "12.50",
+    ))
+    .await
+    .unwrap();
     let at = t0 + Duration::days(31);
     let f = s
-        .finalize_invoice("inv_c1", "CRED", at, "admin", &mut msg_ids())
+        .finalize_invoice(
+            &typed("inv_63310000000000000000"),
+            "CRED",
+            at,
+            "admin",
+            &mut msg_ids(),
+        )
         .await
         .unwrap();
     assert_eq!(f.invoice.credits_applied, Decimal::new(1250, 2));
     assert_eq!(f.invoice.amount_due, Decimal::new(0, 2));
     assert_eq!(
-        s.credit_balance("prt_cred", "EUR").await.unwrap(),
+        s.credit_balance(&typed("prt_63726564000000000000"), "EUR")
+            .await
+            .unwrap(),
         Decimal::new(1750, 2)
     );
     assert_eq!(
-        s.credit_balance("prt_cred", "USD").await.unwrap(),
+        s.credit_balance(&typed("prt_63726564000000000000"), "USD")
+            .await
+            .unwrap(),
         Decimal::ZERO
     );
-    s.void_invoice("inv_c1", at, "admin").await.unwrap();
+    s.void_invoice(&typed("inv_63310000000000000000"), at, "admin")
+        .await
+        .unwrap();
     assert_eq!(
-        s.credit_balance("prt_cred", "EUR").await.unwrap(),
+        s.credit_balance(&typed("prt_63726564000000000000"), "EUR")
+            .await
+            .unwrap(),
         Decimal::new(3000, 2)
     );
-    assert_eq!(s.credit_entries("prt_cred").await.unwrap().len(), 3);
+    assert_eq!(
+        s.credit_entries(&typed("prt_63726564000000000000"))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
     let balances = s.credit_balances().await.unwrap();
     assert_eq!(
-        balances[&("prt_cred".to_string(), "EUR".to_string())],
+        balances[&(typed("prt_63726564000000000000"), "EUR".to_string())],
         Decimal::new(3000, 2)
     );
 }
@@ -718,12 +868,21 @@ pub async fn plan_versions_and_profiles_are_kept(s: &dyn BillingStore) {
         Some("{\"first\":1}")
     );
     assert_eq!(s.plan_version("growth", "zzz").await.unwrap(), None);
-    s.create_partner("prt_prof", "Prof", &sub("growth", t0))
-        .await
-        .unwrap();
-    assert_eq!(s.billing_profile("prt_prof").await.unwrap(), None);
+    s.create_partner(
+        &typed("prt_70726f66000000000000"),
+        "Prof",
+        &sub("growth", t0),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.billing_profile(&typed("prt_70726f66000000000000"))
+            .await
+            .unwrap(),
+        None
+    );
     let p = BillingProfile {
-        partner_id: "prt_prof".into(),
+        partner_id: typed("prt_70726f66000000000000"),
         timezone: "Asia/Tokyo".into(),
         tax: Some(peage_core::pricing::TaxRate {
             rate: Decimal::new(10, 2),
@@ -733,13 +892,17 @@ pub async fn plan_versions_and_profiles_are_kept(s: &dyn BillingStore) {
     };
     s.put_billing_profile(&p).await.unwrap();
     assert_eq!(
-        s.billing_profile("prt_prof").await.unwrap(),
+        s.billing_profile(&typed("prt_70726f66000000000000"))
+            .await
+            .unwrap(),
         Some(p.clone())
     );
     let q = BillingProfile { tax: None, ..p };
     s.put_billing_profile(&q).await.unwrap();
     assert_eq!(
-        s.billing_profile("prt_prof").await.unwrap(),
+        s.billing_profile(&typed("prt_70726f66000000000000"))
+            .await
+            .unwrap(),
         Some(q.clone())
     );
     assert_eq!(s.billing_profiles().await.unwrap(), vec![q]);
@@ -749,12 +912,12 @@ pub async fn webhooks_are_queued_once_per_event_and_logged(s: &dyn BillingStore)
     use crate::ledger::{Attempt, WebhookEndpoint};
     let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
     for (id, events) in [
-        ("ep_a", "invoice.finalized"),
-        ("ep_b", "*"),
-        ("ep_c", "quota.hard_blocked"),
+        ("ep_61000000000000000000", "invoice.finalized"),
+        ("ep_62000000000000000000", "*"),
+        ("ep_63000000000000000000", "quota.hard_blocked"),
     ] {
         s.add_webhook_endpoint(&WebhookEndpoint {
-            id: id.into(),
+            id: typed(id),
             url: format!("http://127.0.0.1:9/{id}"),
             secret: "whsec_x".into(),
             events: crate::ledger::endpoint_events(events),
@@ -764,7 +927,7 @@ pub async fn webhooks_are_queued_once_per_event_and_logged(s: &dyn BillingStore)
         .await
         .unwrap();
     }
-    s.replace_webhook_secret("ep_b", "enc:v1:x:b")
+    s.replace_webhook_secret(&typed("ep_62000000000000000000"), "enc:v1:x:b")
         .await
         .unwrap();
     let secrets: Vec<(String, String)> = s
@@ -772,24 +935,25 @@ pub async fn webhooks_are_queued_once_per_event_and_logged(s: &dyn BillingStore)
         .await
         .unwrap()
         .into_iter()
-        .map(|e| (e.id, e.secret))
+        .map(|e| (e.id.to_string(), e.secret))
         .collect();
     assert!(
-        secrets.contains(&("ep_b".into(), "enc:v1:x:b".into())),
+        secrets.contains(&("ep_62000000000000000000".into(), "enc:v1:x:b".into())),
         "{secrets:?}"
     );
     assert!(
-        secrets.contains(&("ep_a".into(), "whsec_x".into())),
+        secrets.contains(&("ep_61000000000000000000".into(), "whsec_x".into())),
         "{secrets:?}"
     );
     assert!(matches!(
-        s.replace_webhook_secret("ep_none", "x").await,
+        s.replace_webhook_secret(&typed("ep_6e6f6e65000000000000"), "x")
+            .await,
         Err(BillingStoreError::NotFound { .. })
     ));
     let mut n = 0;
     let mut ids = std::iter::from_fn(move || {
         n += 1;
-        Some(format!("msg_{n}"))
+        Some(format!("msg_a{n:019}"))
     });
     let queued = s
         .enqueue_webhook(
@@ -848,19 +1012,39 @@ pub async fn webhooks_are_queued_once_per_event_and_logged(s: &dyn BillingStore)
     assert_eq!(delivered.status, "delivered");
     // Finalizing queues its invoice.finalized in the same transaction (an outbox), once; a
     // refused finalization queues nothing.
-    s.create_partner("prt_outbox", "Outbox", &sub("growth", t0))
-        .await
-        .unwrap();
-    s.save_draft(&draft("inv_outbox", "prt_outbox", "10"))
-        .await
-        .unwrap();
+    s.create_partner(
+        &typed("prt_6f7574626f7800000000"),
+        "Outbox",
+        &sub("growth", t0),
+    )
+    .await
+    .unwrap();
+    s.save_draft(&draft(
+        "inv_6f7574626f7800000000",
+        "prt_6f7574626f7800000000",
+        "10",
+    ))
+    .await
+    .unwrap();
     let at = t0 + Duration::days(31);
     let f = s
-        .finalize_invoice("inv_outbox", "OUT", at, "admin", &mut msg_ids())
+        .finalize_invoice(
+            &typed("inv_6f7574626f7800000000"),
+            "OUT",
+            at,
+            "admin",
+            &mut msg_ids(),
+        )
         .await
         .unwrap();
     assert!(s
-        .finalize_invoice("inv_outbox", "OUT", at, "admin", &mut msg_ids())
+        .finalize_invoice(
+            &typed("inv_6f7574626f7800000000"),
+            "OUT",
+            at,
+            "admin",
+            &mut msg_ids()
+        )
         .await
         .is_err());
     let queued: Vec<_> = s
@@ -868,7 +1052,7 @@ pub async fn webhooks_are_queued_once_per_event_and_logged(s: &dyn BillingStore)
         .await
         .unwrap()
         .into_iter()
-        .filter(|d| d.event_key == "invoice.finalized:inv_outbox")
+        .filter(|d| d.event_key == "invoice.finalized:inv_6f7574626f7800000000")
         .collect();
     assert_eq!(queued.len(), 2, "ep_a and the wildcard ep_b, once each");
     let payload: serde_json::Value = serde_json::from_str(&queued[0].payload).unwrap();
@@ -880,39 +1064,59 @@ pub async fn webhooks_are_queued_once_per_event_and_logged(s: &dyn BillingStore)
 pub async fn partners_keep_their_plan_history(s: &dyn BillingStore) {
     let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
     let p = s
-        .create_partner("prt_a", "Acme", &sub("starter", t0))
+        .create_partner(
+            &typed("prt_61000000000000000000"),
+            "Acme",
+            &sub("starter", t0),
+        )
         .await
         .unwrap();
     assert_eq!(p.subscription.plan_id, "starter");
     assert!(
-        s.create_partner("prt_a", "Again", &sub("starter", t0))
-            .await
-            .is_err(),
+        s.create_partner(
+            &typed("prt_61000000000000000000"),
+            "Again",
+            &sub("starter", t0)
+        )
+        .await
+        .is_err(),
         "ids are unique"
     );
     let t1 = t0 + Duration::days(10);
     let p = s
-        .change_subscription("prt_a", &sub("growth", t1))
+        .change_subscription(&typed("prt_61000000000000000000"), &sub("growth", t1))
         .await
         .unwrap();
     assert_eq!(p.subscription.plan_id, "growth");
-    let history = s.subscriptions("prt_a").await.unwrap();
+    let history = s
+        .subscriptions(&typed("prt_61000000000000000000"))
+        .await
+        .unwrap();
     assert_eq!(history.len(), 2);
     assert_eq!(history[0].ended_at, Some(t1));
     assert_eq!(history[1].ended_at, None);
     assert!(matches!(
-        s.change_subscription("prt_zz", &sub("growth", t1)).await,
+        s.change_subscription(&typed("prt_7a7a0000000000000000"), &sub("growth", t1))
+            .await,
         Err(BillingStoreError::NotFound { .. })
     ));
-    s.create_partner("prt_b", "Beta", &sub("starter", t1))
-        .await
-        .unwrap();
+    s.create_partner(
+        &typed("prt_62000000000000000000"),
+        "Beta",
+        &sub("starter", t1),
+    )
+    .await
+    .unwrap();
     let all = s.partners().await.unwrap();
     assert_eq!(
         all.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
-        ["prt_a", "prt_b"]
+        ["prt_61000000000000000000", "prt_62000000000000000000"]
     );
-    assert!(s.partner("prt_none").await.unwrap().is_none());
+    assert!(s
+        .partner(&typed("prt_6e6f6e65000000000000"))
+        .await
+        .unwrap()
+        .is_none());
 }
 
 pub async fn keys_are_found_by_hash_and_revocation_is_idempotent(s: &dyn BillingStore) {
@@ -920,8 +1124,8 @@ pub async fn keys_are_found_by_hash_and_revocation_is_idempotent(s: &dyn Billing
     partners_keep_their_plan_history(s).await;
     let now = Utc.with_ymd_and_hms(2026, 11, 20, 8, 0, 0).unwrap();
     let key = NewKey {
-        key_id: "key_1".into(),
-        partner_id: "prt_a".into(),
+        key_id: typed("key_31000000000000000000"),
+        partner_id: typed("prt_61000000000000000000"),
         env: Env::Live,
         secret_hash: "h1".into(),
         prefix: "pk_live_ab".into(),
@@ -929,7 +1133,7 @@ pub async fn keys_are_found_by_hash_and_revocation_is_idempotent(s: &dyn Billing
     };
     s.create_key(&key).await.unwrap();
     s.create_key(&NewKey {
-        key_id: "key_t".into(),
+        key_id: typed("key_74000000000000000000"),
         env: Env::Sandbox,
         secret_hash: "h-test".into(),
         ..key.clone()
@@ -937,13 +1141,25 @@ pub async fn keys_are_found_by_hash_and_revocation_is_idempotent(s: &dyn Billing
     .await
     .unwrap();
     let found = s.key_by_hash("h1").await.unwrap().unwrap();
-    assert_eq!((found.partner_id.as_str(), found.env), ("prt_a", Env::Live));
+    assert_eq!(
+        (found.partner_id.as_str(), found.env),
+        ("prt_61000000000000000000", Env::Live)
+    );
     assert!(s.key_by_hash("h2").await.unwrap().is_none());
-    assert_eq!(s.keys("prt_a").await.unwrap().len(), 2);
-    let revoked = s.revoke_key("key_1", now).await.unwrap();
+    assert_eq!(
+        s.keys(&typed("prt_61000000000000000000"))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let revoked = s
+        .revoke_key(&typed("key_31000000000000000000"), now)
+        .await
+        .unwrap();
     assert_eq!(revoked.revoked_at, Some(now));
     let again = s
-        .revoke_key("key_1", now + Duration::hours(1))
+        .revoke_key(&typed("key_31000000000000000000"), now + Duration::hours(1))
         .await
         .unwrap();
     assert_eq!(again.revoked_at, Some(now), "first revocation time is kept");
@@ -956,16 +1172,16 @@ pub async fn keys_are_found_by_hash_and_revocation_is_idempotent(s: &dyn Billing
         feed.iter()
             .map(|r| (r.key_id.as_str(), r.revoked_at))
             .collect::<Vec<_>>(),
-        [("key_1", now)]
+        [("key_31000000000000000000", now)]
     );
     assert!(s.keys_revoked_since(now, 10).await.unwrap().is_empty());
     assert!(matches!(
-        s.revoke_key("key_x", now).await,
+        s.revoke_key(&typed("key_78000000000000000000"), now).await,
         Err(BillingStoreError::NotFound { .. })
     ));
     let orphan = NewKey {
-        partner_id: "prt_none".into(),
-        key_id: "key_2".into(),
+        partner_id: typed("prt_6e6f6e65000000000000"),
+        key_id: typed("key_32000000000000000000"),
         secret_hash: "h3".into(),
         ..key.clone()
     };
@@ -974,7 +1190,7 @@ pub async fn keys_are_found_by_hash_and_revocation_is_idempotent(s: &dyn Billing
         "no key without a partner"
     );
     let dup_hash = NewKey {
-        key_id: "key_3".into(),
+        key_id: typed("key_33000000000000000000"),
         ..key
     };
     assert!(
@@ -986,10 +1202,18 @@ pub async fn keys_are_found_by_hash_and_revocation_is_idempotent(s: &dyn Billing
 pub async fn times_keep_microseconds(s: &dyn BillingStore) {
     let t =
         Utc.with_ymd_and_hms(2026, 2, 28, 23, 59, 59).unwrap() + Duration::microseconds(123_456);
-    s.create_partner("prt_c", "Gamma", &sub("starter", t))
+    s.create_partner(
+        &typed("prt_63000000000000000000"),
+        "Gamma",
+        &sub("starter", t),
+    )
+    .await
+    .unwrap();
+    let p = s
+        .partner(&typed("prt_63000000000000000000"))
         .await
+        .unwrap()
         .unwrap();
-    let p = s.partner("prt_c").await.unwrap().unwrap();
     assert_eq!((p.created_at, p.subscription.started_at), (t, t));
 }
 
@@ -1000,7 +1224,7 @@ pub async fn concurrent_quota_grants_never_pass_a_hard_limit(s: &dyn BillingStor
     partners_keep_their_plan_history(s).await;
     let period_start = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
     let key = QuotaKey {
-        partner_id: "prt_a".into(),
+        partner_id: typed("prt_61000000000000000000"),
         env: Env::Live,
         meter: "calls".into(),
         period_start,
@@ -1079,13 +1303,21 @@ pub async fn signing_keys_rotate_and_issuers_belong_to_one_partner(s: &dyn Billi
         Err(BillingStoreError::NotFound { .. })
     ));
 
-    let found = s.key("key_t").await.unwrap().unwrap();
+    let found = s
+        .key(&typed("key_74000000000000000000"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(found.env, Env::Sandbox);
-    assert!(s.key("key_none").await.unwrap().is_none());
+    assert!(s
+        .key(&typed("key_6e6f6e65000000000000"))
+        .await
+        .unwrap()
+        .is_none());
 
     let issuer = TrustedIssuer {
-        id: "iss_1".into(),
-        partner_id: "prt_a".into(),
+        id: typed("iss_31000000000000000000"),
+        partner_id: typed("prt_61000000000000000000"),
         issuer: "https://idp.acme.example".into(),
         jwks_url: "https://idp.acme.example/jwks".into(),
         algorithm: "RS256".into(),
@@ -1095,18 +1327,18 @@ pub async fn signing_keys_rotate_and_issuers_belong_to_one_partner(s: &dyn Billi
     };
     assert_eq!(s.put_issuer(&issuer).await.unwrap(), issuer);
     let moved = TrustedIssuer {
-        id: "iss_2".into(),
+        id: typed("iss_32000000000000000000"),
         jwks_url: "https://idp.acme.example/jwks2".into(),
         ..issuer.clone()
     };
     let updated = s.put_issuer(&moved).await.unwrap();
     assert_eq!(
         (updated.id.as_str(), updated.jwks_url.as_str()),
-        ("iss_1", "https://idp.acme.example/jwks2")
+        ("iss_31000000000000000000", "https://idp.acme.example/jwks2")
     );
     let stolen = TrustedIssuer {
-        id: "iss_3".into(),
-        partner_id: "prt_b".into(),
+        id: typed("iss_33000000000000000000"),
+        partner_id: typed("prt_62000000000000000000"),
         ..issuer.clone()
     };
     assert!(matches!(
@@ -1115,7 +1347,7 @@ pub async fn signing_keys_rotate_and_issuers_belong_to_one_partner(s: &dyn Billi
     ));
     assert_eq!(
         s.issuer(&issuer.issuer).await.unwrap().unwrap().partner_id,
-        "prt_a"
+        "prt_61000000000000000000"
     );
     assert!(s.issuer("https://other").await.unwrap().is_none());
 }
@@ -1123,14 +1355,22 @@ pub async fn signing_keys_rotate_and_issuers_belong_to_one_partner(s: &dyn Billi
 /// Creates a finalized invoice `inv_raw` for tests that then try to change it with raw SQL.
 pub async fn finalized_for_raw_sql(s: &dyn BillingStore) {
     let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
-    s.create_partner("prt_raw", "Raw", &sub("growth", t0))
-        .await
-        .unwrap();
-    s.save_draft(&draft("inv_raw", "prt_raw", "10"))
-        .await
-        .unwrap();
+    s.create_partner(
+        &typed("prt_72617700000000000000"),
+        "Raw",
+        &sub("growth", t0),
+    )
+    .await
+    .unwrap();
+    s.save_draft(&draft(
+        "inv_72617700000000000000",
+        "prt_72617700000000000000",
+        "10",
+    ))
+    .await
+    .unwrap();
     s.finalize_invoice(
-        "inv_raw",
+        &typed("inv_72617700000000000000"),
         "RAW",
         t0 + Duration::days(31),
         "admin",
@@ -1148,10 +1388,10 @@ pub const RAW_AUDIT_TAMPERING: &[&str] = &[
 ];
 
 pub const RAW_TAMPERING: &[&str] = &[
-    "UPDATE invoices SET total = '0.00' WHERE id = 'inv_raw'",
-    "UPDATE invoices SET document = '{}' WHERE id = 'inv_raw'",
-    "UPDATE invoices SET status = 'draft' WHERE id = 'inv_raw'",
-    "UPDATE invoices SET number = 'RAW-2026-000999' WHERE id = 'inv_raw'",
-    "UPDATE invoices SET finalized_by = 'someone else' WHERE id = 'inv_raw'",
-    "DELETE FROM invoices WHERE id = 'inv_raw'",
+    "UPDATE invoices SET total = '0.00' WHERE id = 'inv_72617700000000000000'",
+    "UPDATE invoices SET document = '{}' WHERE id = 'inv_72617700000000000000'",
+    "UPDATE invoices SET status = 'draft' WHERE id = 'inv_72617700000000000000'",
+    "UPDATE invoices SET number = 'RAW-2026-000999' WHERE id = 'inv_72617700000000000000'",
+    "UPDATE invoices SET finalized_by = 'someone else' WHERE id = 'inv_72617700000000000000'",
+    "DELETE FROM invoices WHERE id = 'inv_72617700000000000000'",
 ];

@@ -15,6 +15,7 @@ pub mod staff;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use peage_core::ids::{IdError, IssuerId, KeyId, PartnerId};
 use peage_core::pricing::Quota;
 use peage_core::quota::{decide, Grant, QuotaLedger};
 use peage_core::Env;
@@ -72,7 +73,7 @@ impl BillingStoreError {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Partner {
-    pub id: String,
+    pub id: PartnerId,
     pub name: String,
     /// The partner's id in the company's own systems (usage events may name it so).
     pub external_id: Option<String>,
@@ -90,8 +91,8 @@ pub struct Subscription {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ApiKey {
-    pub key_id: String,
-    pub partner_id: String,
+    pub key_id: KeyId,
+    pub partner_id: PartnerId,
     pub env: Env,
     /// The first characters of the secret (`pk_live_AbC1…`), to tell keys apart.
     pub prefix: String,
@@ -101,8 +102,8 @@ pub struct ApiKey {
 
 #[derive(Debug, Clone)]
 pub struct NewKey {
-    pub key_id: String,
-    pub partner_id: String,
+    pub key_id: KeyId,
+    pub partner_id: PartnerId,
     pub env: Env,
     pub secret_hash: String,
     pub prefix: String,
@@ -122,8 +123,8 @@ pub struct SigningKey {
 /// A partner's own JWT issuer, trusted for that partner only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TrustedIssuer {
-    pub id: String,
-    pub partner_id: String,
+    pub id: IssuerId,
+    pub partner_id: PartnerId,
     pub issuer: String,
     pub jwks_url: String,
     pub algorithm: String,
@@ -135,7 +136,7 @@ pub struct TrustedIssuer {
 /// One quota of one partner in one billing period: the unit leases are granted from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuotaKey {
-    pub partner_id: String,
+    pub partner_id: PartnerId,
     pub env: Env,
     pub meter: String,
     pub period_start: DateTime<Utc>,
@@ -151,6 +152,17 @@ impl QuotaKey {
             self.period_start.timestamp_micros()
         )
     }
+}
+
+/// An id read from a column: text that is not one is corrupt data, never a panic.
+pub(crate) fn parse_id<T: std::str::FromStr<Err = IdError>>(
+    what: &'static str,
+    s: String,
+) -> Result<T, BillingStoreError> {
+    s.parse().map_err(|e: IdError| BillingStoreError::Corrupt {
+        what,
+        reason: e.to_string(),
+    })
 }
 
 fn parse_granted(s: &str) -> Result<Decimal, BillingStoreError> {
@@ -210,11 +222,11 @@ pub trait BillingStore:
 {
     async fn create_partner(
         &self,
-        id: &str,
+        id: &PartnerId,
         name: &str,
         plan: &Subscription,
     ) -> Result<Partner, BillingStoreError>;
-    async fn partner(&self, id: &str) -> Result<Option<Partner>, BillingStoreError>;
+    async fn partner(&self, id: &PartnerId) -> Result<Option<Partner>, BillingStoreError>;
     /// The partner with this external id, if any.
     async fn partner_by_external_id(
         &self,
@@ -224,33 +236,35 @@ pub trait BillingStore:
     /// `NotFound` for an unknown partner.
     async fn set_external_id(
         &self,
-        partner_id: &str,
+        partner_id: &PartnerId,
         external_id: Option<&str>,
     ) -> Result<Partner, BillingStoreError>;
     async fn partners(&self) -> Result<Vec<Partner>, BillingStoreError>;
     /// Ends the current subscription at `next.started_at` and starts `next`.
     async fn change_subscription(
         &self,
-        partner_id: &str,
+        partner_id: &PartnerId,
         next: &Subscription,
     ) -> Result<Partner, BillingStoreError>;
     /// Every subscription of the partner, oldest first.
-    async fn subscriptions(&self, partner_id: &str)
-        -> Result<Vec<Subscription>, BillingStoreError>;
+    async fn subscriptions(
+        &self,
+        partner_id: &PartnerId,
+    ) -> Result<Vec<Subscription>, BillingStoreError>;
     /// Every subscription of every partner, oldest first per partner (an invoice run).
     async fn all_subscriptions(
         &self,
-    ) -> Result<std::collections::HashMap<String, Vec<Subscription>>, BillingStoreError>;
+    ) -> Result<std::collections::HashMap<PartnerId, Vec<Subscription>>, BillingStoreError>;
 
     async fn create_key(&self, key: &NewKey) -> Result<ApiKey, BillingStoreError>;
     /// The key with this secret hash, revoked or not.
     async fn key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>, BillingStoreError>;
-    async fn keys(&self, partner_id: &str) -> Result<Vec<ApiKey>, BillingStoreError>;
-    async fn key(&self, key_id: &str) -> Result<Option<ApiKey>, BillingStoreError>;
+    async fn keys(&self, partner_id: &PartnerId) -> Result<Vec<ApiKey>, BillingStoreError>;
+    async fn key(&self, key_id: &KeyId) -> Result<Option<ApiKey>, BillingStoreError>;
     /// Revokes a key (idempotent); `NotFound` if there is no such key.
     async fn revoke_key(
         &self,
-        key_id: &str,
+        key_id: &KeyId,
         at: DateTime<Utc>,
     ) -> Result<ApiKey, BillingStoreError>;
 

@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use peage_core::ids::{KeyId, PartnerId};
 use peage_core::Env;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
@@ -36,7 +37,7 @@ fn subscription_from(row: &PgRow) -> Result<Subscription, BillingStoreError> {
 
 fn partner_from(row: &PgRow) -> Result<Partner, BillingStoreError> {
     Ok(Partner {
-        id: row.try_get("id")?,
+        id: crate::parse_id("partner", row.try_get("id")?)?,
         name: row.try_get("name")?,
         external_id: row.try_get("external_id")?,
         created_at: row.try_get("created_at")?,
@@ -47,8 +48,8 @@ fn partner_from(row: &PgRow) -> Result<Partner, BillingStoreError> {
 fn key_from(row: &PgRow) -> Result<ApiKey, BillingStoreError> {
     let env: String = row.try_get("env")?;
     Ok(ApiKey {
-        key_id: row.try_get("key_id")?,
-        partner_id: row.try_get("partner_id")?,
+        key_id: crate::parse_id("api key", row.try_get("key_id")?)?,
+        partner_id: crate::parse_id("api key", row.try_get("partner_id")?)?,
         env: Env::parse(&env).ok_or(BillingStoreError::Corrupt {
             what: "api key",
             reason: format!("env {env:?}"),
@@ -64,8 +65,8 @@ const KEY_COLUMNS: &str = "key_id, partner_id, env, prefix, created_at, revoked_
 fn issuer_from(row: &PgRow) -> Result<TrustedIssuer, BillingStoreError> {
     let env: String = row.try_get("env")?;
     Ok(TrustedIssuer {
-        id: row.try_get("id")?,
-        partner_id: row.try_get("partner_id")?,
+        id: crate::parse_id("issuer", row.try_get("id")?)?,
+        partner_id: crate::parse_id("issuer", row.try_get("partner_id")?)?,
         issuer: row.try_get("issuer")?,
         jwks_url: row.try_get("jwks_url")?,
         algorithm: row.try_get("algorithm")?,
@@ -109,7 +110,7 @@ impl PostgresBillingStore {
         Ok(PostgresBillingStore { pool })
     }
 
-    async fn required_partner(&self, id: &str) -> Result<Partner, BillingStoreError> {
+    async fn required_partner(&self, id: &PartnerId) -> Result<Partner, BillingStoreError> {
         self.partner(id)
             .await?
             .ok_or_else(|| BillingStoreError::NotFound {
@@ -123,19 +124,19 @@ impl PostgresBillingStore {
 impl BillingStore for PostgresBillingStore {
     async fn create_partner(
         &self,
-        id: &str,
+        id: &PartnerId,
         name: &str,
         plan: &Subscription,
     ) -> Result<Partner, BillingStoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO partners (id, name, created_at) VALUES ($1, $2, $3)")
-            .bind(id)
+            .bind(id.as_str())
             .bind(name)
             .bind(plan.started_at)
             .execute(&mut *tx)
             .await?;
         sqlx::query("INSERT INTO subscriptions (partner_id, plan_id, plan_version, started_at) VALUES ($1, $2, $3, $4)")
-            .bind(id)
+            .bind(id.as_str())
             .bind(&plan.plan_id)
             .bind(&plan.plan_version)
             .bind(plan.started_at)
@@ -158,12 +159,12 @@ impl BillingStore for PostgresBillingStore {
 
     async fn set_external_id(
         &self,
-        partner_id: &str,
+        partner_id: &PartnerId,
         external_id: Option<&str>,
     ) -> Result<Partner, BillingStoreError> {
         let updated = sqlx::query("UPDATE partners SET external_id = $1 WHERE id = $2")
             .bind(external_id)
-            .bind(partner_id)
+            .bind(partner_id.as_str())
             .execute(&self.pool)
             .await
             .map_err(|e| match &e {
@@ -184,9 +185,9 @@ impl BillingStore for PostgresBillingStore {
         self.required_partner(partner_id).await
     }
 
-    async fn partner(&self, id: &str) -> Result<Option<Partner>, BillingStoreError> {
+    async fn partner(&self, id: &PartnerId) -> Result<Option<Partner>, BillingStoreError> {
         let row = sqlx::query(&format!("{PARTNER_SELECT} WHERE p.id = $1"))
-            .bind(id)
+            .bind(id.as_str())
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(partner_from).transpose()
@@ -201,7 +202,7 @@ impl BillingStore for PostgresBillingStore {
 
     async fn change_subscription(
         &self,
-        partner_id: &str,
+        partner_id: &PartnerId,
         next: &Subscription,
     ) -> Result<Partner, BillingStoreError> {
         let mut tx = self.pool.begin().await?;
@@ -209,7 +210,7 @@ impl BillingStore for PostgresBillingStore {
             "UPDATE subscriptions SET ended_at = $1 WHERE partner_id = $2 AND ended_at IS NULL",
         )
         .bind(next.started_at)
-        .bind(partner_id)
+        .bind(partner_id.as_str())
         .execute(&mut *tx)
         .await?;
         if ended.rows_affected() == 0 {
@@ -219,7 +220,7 @@ impl BillingStore for PostgresBillingStore {
             });
         }
         sqlx::query("INSERT INTO subscriptions (partner_id, plan_id, plan_version, started_at) VALUES ($1, $2, $3, $4)")
-            .bind(partner_id)
+            .bind(partner_id.as_str())
             .bind(&next.plan_id)
             .bind(&next.plan_version)
             .bind(next.started_at)
@@ -231,10 +232,10 @@ impl BillingStore for PostgresBillingStore {
 
     async fn subscriptions(
         &self,
-        partner_id: &str,
+        partner_id: &PartnerId,
     ) -> Result<Vec<Subscription>, BillingStoreError> {
         let rows = sqlx::query("SELECT plan_id, plan_version, started_at, ended_at FROM subscriptions WHERE partner_id = $1 ORDER BY started_at")
-            .bind(partner_id)
+            .bind(partner_id.as_str())
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(subscription_from).collect()
@@ -242,13 +243,13 @@ impl BillingStore for PostgresBillingStore {
 
     async fn all_subscriptions(
         &self,
-    ) -> Result<std::collections::HashMap<String, Vec<Subscription>>, BillingStoreError> {
+    ) -> Result<std::collections::HashMap<PartnerId, Vec<Subscription>>, BillingStoreError> {
         let rows = sqlx::query("SELECT partner_id, plan_id, plan_version, started_at, ended_at FROM subscriptions ORDER BY partner_id, started_at")
             .fetch_all(&self.pool)
             .await?;
-        let mut out: std::collections::HashMap<String, Vec<Subscription>> = Default::default();
+        let mut out: std::collections::HashMap<PartnerId, Vec<Subscription>> = Default::default();
         for r in &rows {
-            out.entry(r.try_get("partner_id")?)
+            out.entry(crate::parse_id("subscription", r.try_get("partner_id")?)?)
                 .or_default()
                 .push(subscription_from(r)?);
         }
@@ -258,8 +259,8 @@ impl BillingStore for PostgresBillingStore {
     async fn create_key(&self, key: &NewKey) -> Result<ApiKey, BillingStoreError> {
         self.required_partner(&key.partner_id).await?;
         sqlx::query("INSERT INTO api_keys (key_id, partner_id, env, secret_hash, prefix, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(&key.key_id)
-            .bind(&key.partner_id)
+            .bind(key.key_id.as_str())
+            .bind(key.partner_id.as_str())
             .bind(key.env.as_str())
             .bind(&key.secret_hash)
             .bind(&key.prefix)
@@ -286,11 +287,11 @@ impl BillingStore for PostgresBillingStore {
         row.as_ref().map(key_from).transpose()
     }
 
-    async fn keys(&self, partner_id: &str) -> Result<Vec<ApiKey>, BillingStoreError> {
+    async fn keys(&self, partner_id: &PartnerId) -> Result<Vec<ApiKey>, BillingStoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {KEY_COLUMNS} FROM api_keys WHERE partner_id = $1 ORDER BY created_at, key_id"
         ))
-        .bind(partner_id)
+        .bind(partner_id.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(key_from).collect()
@@ -298,18 +299,18 @@ impl BillingStore for PostgresBillingStore {
 
     async fn revoke_key(
         &self,
-        key_id: &str,
+        key_id: &KeyId,
         at: DateTime<Utc>,
     ) -> Result<ApiKey, BillingStoreError> {
         sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE key_id = $2")
             .bind(at)
-            .bind(key_id)
+            .bind(key_id.as_str())
             .execute(&self.pool)
             .await?;
         let row = sqlx::query(&format!(
             "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = $1"
         ))
-        .bind(key_id)
+        .bind(key_id.as_str())
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref()
@@ -321,11 +322,11 @@ impl BillingStore for PostgresBillingStore {
             })
     }
 
-    async fn key(&self, key_id: &str) -> Result<Option<ApiKey>, BillingStoreError> {
+    async fn key(&self, key_id: &KeyId) -> Result<Option<ApiKey>, BillingStoreError> {
         let row = sqlx::query(&format!(
             "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = $1"
         ))
-        .bind(key_id)
+        .bind(key_id.as_str())
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(key_from).transpose()
@@ -372,8 +373,8 @@ impl BillingStore for PostgresBillingStore {
              audience = excluded.audience, env = excluded.env \
              WHERE partner_issuers.partner_id = excluded.partner_id",
         )
-        .bind(&issuer.id)
-        .bind(&issuer.partner_id)
+        .bind(issuer.id.as_str())
+        .bind(issuer.partner_id.as_str())
         .bind(&issuer.issuer)
         .bind(&issuer.jwks_url)
         .bind(&issuer.algorithm)
@@ -425,7 +426,7 @@ impl BillingStore for PostgresBillingStore {
                  ON CONFLICT (partner_id, env, meter, period_start, gateway_id) \
                  DO UPDATE SET granted = excluded.granted, updated_at = excluded.updated_at",
             )
-            .bind(&key.partner_id)
+            .bind(key.partner_id.as_str())
             .bind(key.env.as_str())
             .bind(&key.meter)
             .bind(key.period_start)
@@ -452,7 +453,7 @@ async fn grant_rows(
         "SELECT gateway_id, granted FROM quota_grants \
          WHERE partner_id = $1 AND env = $2 AND meter = $3 AND period_start = $4",
     )
-    .bind(&key.partner_id)
+    .bind(key.partner_id.as_str())
     .bind(key.env.as_str())
     .bind(&key.meter)
     .bind(key.period_start)

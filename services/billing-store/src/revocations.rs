@@ -10,7 +10,7 @@ use crate::BillingStoreError;
 /// One revoked key, as the feed gives it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Revocation {
-    pub key_id: String,
+    pub key_id: peage_core::ids::KeyId,
     pub revoked_at: DateTime<Utc>,
 }
 
@@ -48,7 +48,7 @@ macro_rules! revocation_feed {
                 rows.iter()
                     .map(|r| {
                         Ok($crate::revocations::Revocation {
-                            key_id: r.try_get("key_id")?,
+                            key_id: $crate::parse_id("api key", r.try_get("key_id")?)?,
                             revoked_at: ($read)(r)?,
                         })
                     })

@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use peage_core::ids::ServiceTokenId;
 use serde::Serialize;
 
 use crate::BillingStoreError;
@@ -10,7 +11,7 @@ use crate::BillingStoreError;
 /// A service token as stored: never the token itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ServiceToken {
-    pub id: String,
+    pub id: ServiceTokenId,
     pub name: String,
     /// `gateway`, `events:write`, `finance`, `read-only` or `admin`.
     pub scope: String,
@@ -33,7 +34,7 @@ pub trait ServiceTokenStore: Send + Sync + 'static {
     /// Revokes (idempotent: the first revocation's time stays); `NotFound` for an unknown id.
     async fn revoke_service_token(
         &self,
-        id: &str,
+        id: &ServiceTokenId,
         at: DateTime<Utc>,
     ) -> Result<ServiceToken, BillingStoreError>;
 }
@@ -50,7 +51,7 @@ macro_rules! service_token_store {
 
             fn row(r: &<$db as sqlx::Database>::Row) -> Result<ServiceToken, $crate::BillingStoreError> {
                 Ok(ServiceToken {
-                    id: r.try_get("id")?,
+                    id: $crate::parse_id("service token", r.try_get("id")?)?,
                     name: r.try_get("name")?,
                     scope: r.try_get("scope")?,
                     token_hash: r.try_get("token_hash")?,
@@ -68,7 +69,7 @@ macro_rules! service_token_store {
                     sqlx::query(&format!(
                         "INSERT INTO service_tokens ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
                     ))
-                    .bind(&t.id)
+                    .bind(t.id.as_str())
                     .bind(&t.name)
                     .bind(&t.scope)
                     .bind(&t.token_hash)
@@ -105,18 +106,18 @@ macro_rules! service_token_store {
 
                 async fn revoke_service_token(
                     &self,
-                    id: &str,
+                    id: &peage_core::ids::ServiceTokenId,
                     at: chrono::DateTime<chrono::Utc>,
                 ) -> Result<ServiceToken, $crate::BillingStoreError> {
                     sqlx::query(
                         "UPDATE service_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
                     )
                     .bind(ts(at))
-                    .bind(id)
+                    .bind(id.as_str())
                     .execute(&self.pool)
                     .await?;
                     let r = sqlx::query(&format!("SELECT {COLUMNS} FROM service_tokens WHERE id = $1"))
-                        .bind(id)
+                        .bind(id.as_str())
                         .fetch_optional(&self.pool)
                         .await?;
                     match r {

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use peage_core::ids::{KeyId, PartnerId};
 use peage_core::Env;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -45,7 +46,7 @@ fn subscription_from(row: &SqliteRow) -> Result<Subscription, BillingStoreError>
 
 fn partner_from(row: &SqliteRow) -> Result<Partner, BillingStoreError> {
     Ok(Partner {
-        id: row.try_get("id")?,
+        id: crate::parse_id("partner", row.try_get("id")?)?,
         name: row.try_get("name")?,
         external_id: row.try_get("external_id")?,
         created_at: parse_ts("partner", &row.try_get::<String, _>("created_at")?)?,
@@ -56,8 +57,8 @@ fn partner_from(row: &SqliteRow) -> Result<Partner, BillingStoreError> {
 fn key_from(row: &SqliteRow) -> Result<ApiKey, BillingStoreError> {
     let env: String = row.try_get("env")?;
     Ok(ApiKey {
-        key_id: row.try_get("key_id")?,
-        partner_id: row.try_get("partner_id")?,
+        key_id: crate::parse_id("api key", row.try_get("key_id")?)?,
+        partner_id: crate::parse_id("api key", row.try_get("partner_id")?)?,
         env: Env::parse(&env).ok_or(BillingStoreError::Corrupt {
             what: "api key",
             reason: format!("env {env:?}"),
@@ -73,8 +74,8 @@ const KEY_COLUMNS: &str = "key_id, partner_id, env, prefix, created_at, revoked_
 fn issuer_from(row: &SqliteRow) -> Result<TrustedIssuer, BillingStoreError> {
     let env: String = row.try_get("env")?;
     Ok(TrustedIssuer {
-        id: row.try_get("id")?,
-        partner_id: row.try_get("partner_id")?,
+        id: crate::parse_id("issuer", row.try_get("id")?)?,
+        partner_id: crate::parse_id("issuer", row.try_get("partner_id")?)?,
         issuer: row.try_get("issuer")?,
         jwks_url: row.try_get("jwks_url")?,
         algorithm: row.try_get("algorithm")?,
@@ -112,7 +113,7 @@ impl SqliteBillingStore {
         })
     }
 
-    async fn required_partner(&self, id: &str) -> Result<Partner, BillingStoreError> {
+    async fn required_partner(&self, id: &PartnerId) -> Result<Partner, BillingStoreError> {
         self.partner(id)
             .await?
             .ok_or_else(|| BillingStoreError::NotFound {
@@ -126,19 +127,19 @@ impl SqliteBillingStore {
 impl BillingStore for SqliteBillingStore {
     async fn create_partner(
         &self,
-        id: &str,
+        id: &PartnerId,
         name: &str,
         plan: &Subscription,
     ) -> Result<Partner, BillingStoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO partners (id, name, created_at) VALUES (?, ?, ?)")
-            .bind(id)
+            .bind(id.as_str())
             .bind(name)
             .bind(ts(plan.started_at))
             .execute(&mut *tx)
             .await?;
         sqlx::query("INSERT INTO subscriptions (partner_id, plan_id, plan_version, started_at) VALUES (?, ?, ?, ?)")
-            .bind(id)
+            .bind(id.as_str())
             .bind(&plan.plan_id)
             .bind(&plan.plan_version)
             .bind(ts(plan.started_at))
@@ -161,12 +162,12 @@ impl BillingStore for SqliteBillingStore {
 
     async fn set_external_id(
         &self,
-        partner_id: &str,
+        partner_id: &PartnerId,
         external_id: Option<&str>,
     ) -> Result<Partner, BillingStoreError> {
         let updated = sqlx::query("UPDATE partners SET external_id = ? WHERE id = ?")
             .bind(external_id)
-            .bind(partner_id)
+            .bind(partner_id.as_str())
             .execute(&self.pool)
             .await
             .map_err(|e| match &e {
@@ -187,9 +188,9 @@ impl BillingStore for SqliteBillingStore {
         self.required_partner(partner_id).await
     }
 
-    async fn partner(&self, id: &str) -> Result<Option<Partner>, BillingStoreError> {
+    async fn partner(&self, id: &PartnerId) -> Result<Option<Partner>, BillingStoreError> {
         let row = sqlx::query(&format!("{PARTNER_SELECT} WHERE p.id = ?"))
-            .bind(id)
+            .bind(id.as_str())
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(partner_from).transpose()
@@ -204,7 +205,7 @@ impl BillingStore for SqliteBillingStore {
 
     async fn change_subscription(
         &self,
-        partner_id: &str,
+        partner_id: &PartnerId,
         next: &Subscription,
     ) -> Result<Partner, BillingStoreError> {
         let mut tx = self.pool.begin().await?;
@@ -212,7 +213,7 @@ impl BillingStore for SqliteBillingStore {
             "UPDATE subscriptions SET ended_at = ? WHERE partner_id = ? AND ended_at IS NULL",
         )
         .bind(ts(next.started_at))
-        .bind(partner_id)
+        .bind(partner_id.as_str())
         .execute(&mut *tx)
         .await?;
         if ended.rows_affected() == 0 {
@@ -222,7 +223,7 @@ impl BillingStore for SqliteBillingStore {
             });
         }
         sqlx::query("INSERT INTO subscriptions (partner_id, plan_id, plan_version, started_at) VALUES (?, ?, ?, ?)")
-            .bind(partner_id)
+            .bind(partner_id.as_str())
             .bind(&next.plan_id)
             .bind(&next.plan_version)
             .bind(ts(next.started_at))
@@ -234,10 +235,10 @@ impl BillingStore for SqliteBillingStore {
 
     async fn subscriptions(
         &self,
-        partner_id: &str,
+        partner_id: &PartnerId,
     ) -> Result<Vec<Subscription>, BillingStoreError> {
         let rows = sqlx::query("SELECT plan_id, plan_version, started_at, ended_at FROM subscriptions WHERE partner_id = ? ORDER BY started_at")
-            .bind(partner_id)
+            .bind(partner_id.as_str())
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(subscription_from).collect()
@@ -245,13 +246,13 @@ impl BillingStore for SqliteBillingStore {
 
     async fn all_subscriptions(
         &self,
-    ) -> Result<std::collections::HashMap<String, Vec<Subscription>>, BillingStoreError> {
+    ) -> Result<std::collections::HashMap<PartnerId, Vec<Subscription>>, BillingStoreError> {
         let rows = sqlx::query("SELECT partner_id, plan_id, plan_version, started_at, ended_at FROM subscriptions ORDER BY partner_id, started_at")
             .fetch_all(&self.pool)
             .await?;
-        let mut out: std::collections::HashMap<String, Vec<Subscription>> = Default::default();
+        let mut out: std::collections::HashMap<PartnerId, Vec<Subscription>> = Default::default();
         for r in &rows {
-            out.entry(r.try_get("partner_id")?)
+            out.entry(crate::parse_id("subscription", r.try_get("partner_id")?)?)
                 .or_default()
                 .push(subscription_from(r)?);
         }
@@ -261,8 +262,8 @@ impl BillingStore for SqliteBillingStore {
     async fn create_key(&self, key: &NewKey) -> Result<ApiKey, BillingStoreError> {
         self.required_partner(&key.partner_id).await?;
         sqlx::query("INSERT INTO api_keys (key_id, partner_id, env, secret_hash, prefix, created_at) VALUES (?, ?, ?, ?, ?, ?)")
-            .bind(&key.key_id)
-            .bind(&key.partner_id)
+            .bind(key.key_id.as_str())
+            .bind(key.partner_id.as_str())
             .bind(key.env.as_str())
             .bind(&key.secret_hash)
             .bind(&key.prefix)
@@ -289,11 +290,11 @@ impl BillingStore for SqliteBillingStore {
         row.as_ref().map(key_from).transpose()
     }
 
-    async fn keys(&self, partner_id: &str) -> Result<Vec<ApiKey>, BillingStoreError> {
+    async fn keys(&self, partner_id: &PartnerId) -> Result<Vec<ApiKey>, BillingStoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {KEY_COLUMNS} FROM api_keys WHERE partner_id = ? ORDER BY created_at, key_id"
         ))
-        .bind(partner_id)
+        .bind(partner_id.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(key_from).collect()
@@ -301,18 +302,18 @@ impl BillingStore for SqliteBillingStore {
 
     async fn revoke_key(
         &self,
-        key_id: &str,
+        key_id: &KeyId,
         at: DateTime<Utc>,
     ) -> Result<ApiKey, BillingStoreError> {
         sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?")
             .bind(ts(at))
-            .bind(key_id)
+            .bind(key_id.as_str())
             .execute(&self.pool)
             .await?;
         let row = sqlx::query(&format!(
             "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?"
         ))
-        .bind(key_id)
+        .bind(key_id.as_str())
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref()
@@ -324,11 +325,11 @@ impl BillingStore for SqliteBillingStore {
             })
     }
 
-    async fn key(&self, key_id: &str) -> Result<Option<ApiKey>, BillingStoreError> {
+    async fn key(&self, key_id: &KeyId) -> Result<Option<ApiKey>, BillingStoreError> {
         let row = sqlx::query(&format!(
             "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?"
         ))
-        .bind(key_id)
+        .bind(key_id.as_str())
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(key_from).transpose()
@@ -375,8 +376,8 @@ impl BillingStore for SqliteBillingStore {
              audience = excluded.audience, env = excluded.env \
              WHERE partner_issuers.partner_id = excluded.partner_id",
         )
-        .bind(&issuer.id)
-        .bind(&issuer.partner_id)
+        .bind(issuer.id.as_str())
+        .bind(issuer.partner_id.as_str())
         .bind(&issuer.issuer)
         .bind(&issuer.jwks_url)
         .bind(&issuer.algorithm)
@@ -423,7 +424,7 @@ impl BillingStore for SqliteBillingStore {
                  ON CONFLICT (partner_id, env, meter, period_start, gateway_id) \
                  DO UPDATE SET granted = excluded.granted, updated_at = excluded.updated_at",
             )
-            .bind(&key.partner_id)
+            .bind(key.partner_id.as_str())
             .bind(key.env.as_str())
             .bind(&key.meter)
             .bind(ts(key.period_start))
@@ -451,7 +452,7 @@ async fn grant_rows(
         "SELECT gateway_id, granted FROM quota_grants \
          WHERE partner_id = ? AND env = ? AND meter = ? AND period_start = ?",
     )
-    .bind(&key.partner_id)
+    .bind(key.partner_id.as_str())
     .bind(key.env.as_str())
     .bind(&key.meter)
     .bind(ts(key.period_start))
@@ -475,7 +476,10 @@ mod tests {
         let s = store(&dir).await;
         crate::conformance::finalized_for_raw_sql(&s).await;
         use crate::LedgerStore;
-        let before = s.invoice("inv_raw").await.unwrap();
+        let before = s
+            .invoice(&crate::conformance::typed("inv_72617700000000000000"))
+            .await
+            .unwrap();
         for sql in crate::conformance::RAW_TAMPERING {
             let err = sqlx::query(sql).execute(&s.pool).await.unwrap_err();
             assert!(
@@ -483,7 +487,12 @@ mod tests {
                 "{sql}: {err}"
             );
         }
-        assert_eq!(s.invoice("inv_raw").await.unwrap(), before);
+        assert_eq!(
+            s.invoice(&crate::conformance::typed("inv_72617700000000000000"))
+                .await
+                .unwrap(),
+            before
+        );
     }
 
     #[tokio::test]
@@ -534,7 +543,7 @@ mod tests {
         {
             let s = store(&dir).await;
             s.create_partner(
-                "prt_a",
+                &crate::conformance::typed("prt_61000000000000000000"),
                 "Acme",
                 &crate::conformance::sub("starter", Utc::now()),
             )
@@ -544,7 +553,7 @@ mod tests {
         assert_eq!(
             store(&dir)
                 .await
-                .partner("prt_a")
+                .partner(&crate::conformance::typed("prt_61000000000000000000"))
                 .await
                 .unwrap()
                 .unwrap()

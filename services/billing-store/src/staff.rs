@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use peage_core::ids::StaffId;
 use serde::Serialize;
 
 use crate::BillingStoreError;
@@ -37,8 +38,7 @@ impl StaffRole {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct StaffMember {
-    /// `stf_` and 20 hex digits.
-    pub id: String,
+    pub id: StaffId,
     /// Lower case; unique.
     pub email: String,
     pub name: String,
@@ -73,7 +73,7 @@ pub trait StaffStore: Send + Sync + 'static {
     /// `NotFound` for an unknown id.
     async fn update_staff(
         &self,
-        id: &str,
+        id: &StaffId,
         change: &StaffChange,
         at: DateTime<Utc>,
     ) -> Result<(StaffMember, StaffMember), BillingStoreError>;
@@ -93,7 +93,7 @@ macro_rules! staff_store {
             fn row(r: &<$db as sqlx::Database>::Row) -> Result<StaffMember, $crate::BillingStoreError> {
                 let role: String = r.try_get("role")?;
                 Ok(StaffMember {
-                    id: r.try_get("id")?,
+                    id: $crate::parse_id("staff member", r.try_get("id")?)?,
                     email: r.try_get("email")?,
                     name: r.try_get("name")?,
                     role: StaffRole::parse(&role).ok_or_else(|| $crate::BillingStoreError::Corrupt {
@@ -112,7 +112,7 @@ macro_rules! staff_store {
                         "INSERT INTO staff ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) \
                          ON CONFLICT (email) DO NOTHING"
                     ))
-                    .bind(&m.id)
+                    .bind(m.id.as_str())
                     .bind(m.email.to_lowercase())
                     .bind(&m.name)
                     .bind(m.role.as_str())
@@ -152,14 +152,14 @@ macro_rules! staff_store {
 
                 async fn update_staff(
                     &self,
-                    id: &str,
+                    id: &peage_core::ids::StaffId,
                     change: &StaffChange,
                     at: chrono::DateTime<chrono::Utc>,
                 ) -> Result<(StaffMember, StaffMember), $crate::BillingStoreError> {
                     let at = parse_time("staff member", &ts(at))?;
                     let mut tx = self.pool.begin_with($begin).await?;
                     let before = sqlx::query(&format!("SELECT {COLUMNS} FROM staff WHERE id = $1"))
-                        .bind(id)
+                        .bind(id.as_str())
                         .fetch_optional(&mut *tx)
                         .await?
                         .ok_or_else(|| $crate::ledger::not_found("staff member", id))?;
@@ -180,7 +180,7 @@ macro_rules! staff_store {
                         .bind(&after.name)
                         .bind(after.role.as_str())
                         .bind(after.disabled_at.map(ts))
-                        .bind(id)
+                        .bind(id.as_str())
                         .execute(&mut *tx)
                         .await?;
                     if after.disabled_at.is_some() {
@@ -188,14 +188,14 @@ macro_rules! staff_store {
                             "UPDATE dashboard_sessions SET ended_at = $1 WHERE staff_id = $2 AND ended_at IS NULL",
                         )
                         .bind(ts(at))
-                        .bind(id)
+                        .bind(id.as_str())
                         .execute(&mut *tx)
                         .await?;
                         sqlx::query(
                             "UPDATE dashboard_sign_in_links SET used_at = $1 WHERE staff_id = $2 AND used_at IS NULL",
                         )
                         .bind(ts(at))
-                        .bind(id)
+                        .bind(id.as_str())
                         .execute(&mut *tx)
                         .await?;
                     }

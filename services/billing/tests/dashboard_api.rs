@@ -65,7 +65,11 @@ async fn start() -> Fixture {
             started_at: october,
             ended_at: None,
         };
-        served.store.create_partner(id, name, &sub).await.unwrap();
+        served
+            .store
+            .create_partner(&id.parse().unwrap(), name, &sub)
+            .await
+            .unwrap();
         served
             .usage
             .insert(&support::calls(

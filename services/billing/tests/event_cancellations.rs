@@ -100,7 +100,7 @@ async fn a_cancelled_event_leaves_the_invoice_and_after_finalization_becomes_an_
     served
         .store
         .change_subscription(
-            &pid,
+            &pid.parse().unwrap(),
             &peage_billing_store::Subscription {
                 plan_id: "llm".into(),
                 plan_version: partner["subscription"]["plan_version"]

@@ -187,7 +187,7 @@ async fn an_invoice_goes_from_draft_to_finalized_and_late_usage_lands_on_the_nex
     env.served
         .store
         .change_subscription(
-            &pid,
+            &pid.parse().unwrap(),
             &peage_billing_store::Subscription {
                 plan_id: "growth".into(),
                 plan_version: partner["subscription"]["plan_version"]
@@ -657,7 +657,7 @@ async fn a_partner_that_cannot_be_billed_fails_alone_and_is_named() {
     env.served
         .store
         .put_billing_profile(&peage_billing_store::BillingProfile {
-            partner_id: ids[1].clone(),
+            partner_id: ids[1].parse().unwrap(),
             timezone: "Mars/Olympus".into(),
             tax: None,
             updated_at: Utc::now(),

@@ -72,7 +72,7 @@ async fn start() -> Fixture {
     };
     served
         .store
-        .create_partner(PARTNER, "Alpha", &sub)
+        .create_partner(&PARTNER.parse().unwrap(), "Alpha", &sub)
         .await
         .unwrap();
     // In October (for the run) and in the current period (for the upcoming invoice).
@@ -438,7 +438,7 @@ async fn urls_for_peage_to_call_must_be_public_https() {
     };
     served
         .store
-        .create_partner(PARTNER, "Alpha", &sub)
+        .create_partner(&PARTNER.parse().unwrap(), "Alpha", &sub)
         .await
         .unwrap();
     let refused = [
@@ -664,7 +664,7 @@ async fn secrets_are_sealed_at_rest_migrated_and_rotated() {
 
     // A row from before encryption: plain, until the next start seals it.
     let old = peage_billing_store::WebhookEndpoint {
-        id: "wh_legacy".into(),
+        id: "ep_1e9ac1e9ac1e9ac1e9ac".parse().unwrap(),
         url: "https://hooks.example.com/legacy".into(),
         secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
         events: vec!["*".into()],
@@ -688,10 +688,12 @@ async fn secrets_are_sealed_at_rest_migrated_and_rotated() {
                 .secret
         }
     };
-    let legacy = stored("wh_legacy").await;
+    let legacy = stored("ep_1e9ac1e9ac1e9ac1e9ac").await;
     assert!(sealed(&legacy));
     assert_eq!(
-        first.open(&webhook_row("wh_legacy"), &legacy).unwrap(),
+        first
+            .open(&webhook_row("ep_1e9ac1e9ac1e9ac1e9ac"), &legacy)
+            .unwrap(),
         old.secret
     );
 

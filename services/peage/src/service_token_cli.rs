@@ -61,6 +61,9 @@ pub async fn run(c: ServiceTokenCommand) -> anyhow::Result<()> {
         }
         ServiceTokenCommand::Revoke { id, target } => {
             let store = target.billing_store().await?;
+            let id: peage_core::ids::ServiceTokenId = id.parse().map_err(|e| {
+                anyhow::anyhow!("{e} (service token ids read svc_ and 20 hex digits)")
+            })?;
             let t = store.revoke_service_token(&id, chrono::Utc::now()).await?;
             println!("{} revoked", t.id);
         }

@@ -23,7 +23,11 @@ pub async fn run(c: SignInLinkCommand) -> anyhow::Result<()> {
     let store = c.target.billing_store().await?;
     let fail = |e: peage_billing::ServiceError| anyhow::anyhow!("{e}");
     let role = match (c.partner, c.staff) {
-        (Some(partner_id), _) => DashboardRole::Partner { partner_id },
+        (Some(partner_id), _) => DashboardRole::Partner {
+            partner_id: partner_id
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--partner: {e}"))?,
+        },
         (None, Some(staff)) => DashboardRole::Staff {
             staff_id: peage_billing::service::sessions::live_staff(store.as_ref(), &staff)
                 .await

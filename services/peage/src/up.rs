@@ -107,8 +107,8 @@ impl StoreKeys {
             .await
             .map_err(unavailable)?;
         Ok(ResolvedKey {
-            key_id: k.key_id,
-            partner_id: k.partner_id,
+            key_id: k.key_id.to_string(),
+            partner_id: k.partner_id.to_string(),
             env: k.env,
             revoked: k.revoked,
             plan_id: k.plan_id,
@@ -132,7 +132,10 @@ impl KeyResolver for StoreKeys {
     }
 
     async fn resolve_id(&self, key_id: &str) -> Result<Option<ResolvedKey>, KeyLookupError> {
-        match self.0.key(key_id).await.map_err(unavailable)? {
+        let Ok(key_id) = peage_core::ids::KeyId::parse(key_id) else {
+            return Ok(None);
+        };
+        match self.0.key(&key_id).await.map_err(unavailable)? {
             Some(k) => Ok(Some(self.resolved(k).await?)),
             None => Ok(None),
         }
@@ -146,8 +149,8 @@ impl KeyResolver for StoreKeys {
             .await
             .map_err(unavailable)?;
         Ok(Some(ResolvedIssuer {
-            id: i.id,
-            partner_id: i.partner_id,
+            id: i.id.to_string(),
+            partner_id: i.partner_id.to_string(),
             plan_id: i.plan_id,
             jwks_url: i.jwks_url,
             algorithm: i.algorithm,
@@ -335,7 +338,7 @@ async fn demo_partner(
         billing_service::create_partner(store.as_ref(), catalog, "Demo Partner", "demo", None)
             .await?;
     let (_, secret) = billing_service::issue_key(store.as_ref(), &partner.id, Env::Live).await?;
-    Ok((partner.id, secret))
+    Ok((partner.id.to_string(), secret))
 }
 
 pub async fn run(
@@ -558,7 +561,9 @@ pub async fn run(
         let partner_link = peage_billing::service::sessions::sign_in_link(
             billing.as_ref(),
             DashboardRole::Partner {
-                partner_id: partner_id.clone(),
+                partner_id: partner_id
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("the demo partner: {e}"))?,
             },
         )
         .await

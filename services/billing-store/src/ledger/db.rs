@@ -48,6 +48,23 @@ impl From<Option<&str>> for Value {
     }
 }
 
+/// Ids are bound as their text.
+macro_rules! id_values {
+    ($($id:ty),*) => {$(
+        impl From<&$id> for Value {
+            fn from(id: &$id) -> Value {
+                Value::Text(Some(id.as_str().to_string()))
+            }
+        }
+    )*};
+}
+id_values!(
+    peage_core::ids::PartnerId,
+    peage_core::ids::InvoiceId,
+    peage_core::ids::WebhookEndpointId,
+    peage_core::ids::WebhookMessageId
+);
+
 impl From<i64> for Value {
     fn from(i: i64) -> Value {
         Value::Int(Some(i))
@@ -134,6 +151,15 @@ impl Row {
         self.opt_text(column)?
             .map(|t| parse_time(what, &t))
             .transpose()
+    }
+
+    /// An id column of a `what`.
+    pub fn id<T: std::str::FromStr<Err = peage_core::ids::IdError>>(
+        &self,
+        what: &'static str,
+        column: &str,
+    ) -> Result<T, BillingStoreError> {
+        crate::parse_id(what, self.text(column)?)
     }
 
     /// A decimal column (exact text) of a `what`.

@@ -13,6 +13,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use peage_core::ids::{InvoiceId, PartnerId, StaffId, WebhookEndpointId, WebhookMessageId};
 use peage_core::invoice::{Invoice, InvoiceRecord, InvoiceStatus};
 use peage_core::pricing::TaxRate;
 use rust_decimal::Decimal;
@@ -26,7 +27,7 @@ mod store;
 
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct BillingProfile {
-    pub partner_id: String,
+    pub partner_id: PartnerId,
     /// IANA time zone; billing periods start at local midnight.
     pub timezone: String,
     /// Replaces the plan's tax (for example a reverse-charge 0 %).
@@ -36,8 +37,9 @@ pub struct BillingProfile {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CreditEntry {
+    /// `crd_…`; a void's restitution is `crd_v…`.
     pub id: String,
-    pub partner_id: String,
+    pub partner_id: PartnerId,
     pub currency: String,
     /// Positive: credits granted; negative: taken by an invoice.
     #[serde(with = "rust_decimal::serde::str")]
@@ -72,12 +74,12 @@ impl DraftOutcome {
 pub struct InvoiceFilter {
     pub period_label: Option<String>,
     pub status: Option<InvoiceStatus>,
-    pub partner_id: Option<String>,
+    pub partner_id: Option<PartnerId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct WebhookEndpoint {
-    pub id: String,
+    pub id: WebhookEndpointId,
     pub url: String,
     /// `whsec_…`: shown once when the endpoint is created.
     #[serde(skip)]
@@ -89,8 +91,8 @@ pub struct WebhookEndpoint {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct WebhookDelivery {
-    pub id: String,
-    pub endpoint_id: String,
+    pub id: WebhookMessageId,
+    pub endpoint_id: WebhookEndpointId,
     pub event_type: String,
     pub event_key: String,
     pub payload: String,
@@ -108,16 +110,16 @@ pub struct WebhookDelivery {
 /// partner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DashboardRole {
-    Staff { staff_id: String },
-    Partner { partner_id: String },
+    Staff { staff_id: StaffId },
+    Partner { partner_id: PartnerId },
 }
 
 impl DashboardRole {
     /// The role's name (`staff` or `partner`), its partner and its staff member, as stored.
     pub fn columns(&self) -> (&'static str, Option<&str>, Option<&str>) {
         match self {
-            DashboardRole::Staff { staff_id } => ("staff", None, Some(staff_id)),
-            DashboardRole::Partner { partner_id } => ("partner", Some(partner_id), None),
+            DashboardRole::Staff { staff_id } => ("staff", None, Some(staff_id.as_str())),
+            DashboardRole::Partner { partner_id } => ("partner", Some(partner_id.as_str()), None),
         }
     }
 
@@ -127,8 +129,12 @@ impl DashboardRole {
         staff_id: Option<String>,
     ) -> Result<Self, BillingStoreError> {
         match (role, partner_id, staff_id) {
-            ("staff", None, Some(staff_id)) => Ok(DashboardRole::Staff { staff_id }),
-            ("partner", Some(partner_id), None) => Ok(DashboardRole::Partner { partner_id }),
+            ("staff", None, Some(staff_id)) => Ok(DashboardRole::Staff {
+                staff_id: crate::parse_id("dashboard session", staff_id)?,
+            }),
+            ("partner", Some(partner_id), None) => Ok(DashboardRole::Partner {
+                partner_id: crate::parse_id("dashboard session", partner_id)?,
+            }),
             (role, p, st) => Err(BillingStoreError::Corrupt {
                 what: "dashboard session",
                 reason: format!("role {role:?} with partner {p:?} and staff {st:?}"),
@@ -183,24 +189,26 @@ pub trait LedgerStore: Send + Sync + 'static {
 
     async fn billing_profile(
         &self,
-        partner_id: &str,
+        partner_id: &PartnerId,
     ) -> Result<Option<BillingProfile>, BillingStoreError>;
     async fn put_billing_profile(&self, profile: &BillingProfile) -> Result<(), BillingStoreError>;
     /// Every partner's billing profile (an invoice run reads them at once).
     async fn billing_profiles(&self) -> Result<Vec<BillingProfile>, BillingStoreError>;
 
     async fn add_credit(&self, entry: &CreditEntry) -> Result<(), BillingStoreError>;
-    async fn credit_entries(&self, partner_id: &str)
-        -> Result<Vec<CreditEntry>, BillingStoreError>;
+    async fn credit_entries(
+        &self,
+        partner_id: &PartnerId,
+    ) -> Result<Vec<CreditEntry>, BillingStoreError>;
     async fn credit_balance(
         &self,
-        partner_id: &str,
+        partner_id: &PartnerId,
         currency: &str,
     ) -> Result<Decimal, BillingStoreError>;
     /// Every partner's balance per currency: `(partner_id, currency) → balance`.
     async fn credit_balances(
         &self,
-    ) -> Result<std::collections::HashMap<(String, String), Decimal>, BillingStoreError>;
+    ) -> Result<std::collections::HashMap<(PartnerId, String), Decimal>, BillingStoreError>;
 
     /// Stores the draft for its partner and period: inserts it, replaces an existing draft's
     /// document (keeping its id), or leaves a finalized invoice alone.
@@ -214,7 +222,7 @@ pub trait LedgerStore: Send + Sync + 'static {
         &self,
         filter: &InvoiceFilter,
     ) -> Result<Vec<InvoiceRecord>, BillingStoreError>;
-    async fn invoice(&self, id: &str) -> Result<Option<InvoiceRecord>, BillingStoreError>;
+    async fn invoice(&self, id: &InvoiceId) -> Result<Option<InvoiceRecord>, BillingStoreError>;
     /// Finalizes a draft in one transaction: the next number of `prefix` for the year of `at`
     /// (no gaps: a failed finalization takes no number), credits applied from the balance.
     /// `by` names who did it (the audit log's actor). Its `invoice.finalized` webhook is
@@ -222,7 +230,7 @@ pub trait LedgerStore: Send + Sync + 'static {
     /// with message ids from `ids`.
     async fn finalize_invoice(
         &self,
-        id: &str,
+        id: &InvoiceId,
         prefix: &str,
         at: DateTime<Utc>,
         by: &str,
@@ -232,7 +240,7 @@ pub trait LedgerStore: Send + Sync + 'static {
     /// who did it.
     async fn void_invoice(
         &self,
-        id: &str,
+        id: &InvoiceId,
         at: DateTime<Utc>,
         by: &str,
     ) -> Result<InvoiceRecord, BillingStoreError>;
@@ -241,8 +249,11 @@ pub trait LedgerStore: Send + Sync + 'static {
     async fn webhook_endpoints(&self) -> Result<Vec<WebhookEndpoint>, BillingStoreError>;
     /// Replaces an endpoint's stored secret with the same secret in another form (encrypted, or
     /// under a new key-encryption key); `NotFound` for an unknown endpoint.
-    async fn replace_webhook_secret(&self, id: &str, secret: &str)
-        -> Result<(), BillingStoreError>;
+    async fn replace_webhook_secret(
+        &self,
+        id: &WebhookEndpointId,
+        secret: &str,
+    ) -> Result<(), BillingStoreError>;
     /// Replaces a signing key's stored seed, likewise.
     async fn replace_signing_seed(&self, kid: &str, seed: &str) -> Result<(), BillingStoreError>;
     /// Queues `payload` for every active endpoint subscribed to `event_type`, once per
@@ -263,7 +274,7 @@ pub trait LedgerStore: Send + Sync + 'static {
     ) -> Result<Vec<(WebhookDelivery, WebhookEndpoint)>, BillingStoreError>;
     async fn record_webhook_attempt(
         &self,
-        id: &str,
+        id: &WebhookMessageId,
         at: DateTime<Utc>,
         attempt: &Attempt,
     ) -> Result<(), BillingStoreError>;
@@ -347,7 +358,7 @@ pub(crate) fn document(inv: &Invoice) -> Result<String, BillingStoreError> {
     })
 }
 
-pub(crate) fn not_found(what: &'static str, id: &str) -> BillingStoreError {
+pub(crate) fn not_found(what: &'static str, id: impl std::fmt::Display) -> BillingStoreError {
     BillingStoreError::NotFound {
         what,
         id: id.to_string(),

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, Utc};
+use peage_core::ids::{InvoiceId, PartnerId, WebhookEndpointId, WebhookMessageId};
 use peage_core::invoice::{invoice_number, CreditMovement, InvoiceRecord, InvoiceStatus};
 use peage_core::pricing::TaxRate;
 use rust_decimal::Decimal;
@@ -47,7 +48,7 @@ fn invoice(row: &Row) -> Result<InvoiceRecord, BillingStoreError> {
 fn credit(row: &Row) -> Result<CreditEntry, BillingStoreError> {
     Ok(CreditEntry {
         id: row.text("id")?,
-        partner_id: row.text("partner_id")?,
+        partner_id: row.id("credit", "partner_id")?,
         currency: row.text("currency")?,
         amount: row.decimal("credit", "amount")?,
         description: row.text("description")?,
@@ -58,7 +59,7 @@ fn credit(row: &Row) -> Result<CreditEntry, BillingStoreError> {
 
 fn endpoint(row: &Row) -> Result<WebhookEndpoint, BillingStoreError> {
     Ok(WebhookEndpoint {
-        id: row.text("e_id")?,
+        id: row.id("webhook endpoint", "e_id")?,
         url: row.text("e_url")?,
         secret: row.text("e_secret")?,
         events: endpoint_events(&row.text("e_events")?),
@@ -69,8 +70,8 @@ fn endpoint(row: &Row) -> Result<WebhookEndpoint, BillingStoreError> {
 
 fn delivery(row: &Row) -> Result<WebhookDelivery, BillingStoreError> {
     Ok(WebhookDelivery {
-        id: row.text("id")?,
-        endpoint_id: row.text("endpoint_id")?,
+        id: row.id("webhook delivery", "id")?,
+        endpoint_id: row.id("webhook delivery", "endpoint_id")?,
         event_type: row.text("event_type")?,
         event_key: row.text("event_key")?,
         payload: row.text("payload")?,
@@ -93,7 +94,7 @@ fn profile(row: &Row) -> Result<BillingProfile, BillingStoreError> {
         None => None,
     };
     Ok(BillingProfile {
-        partner_id: row.text("partner_id")?,
+        partner_id: row.id("billing profile", "partner_id")?,
         timezone: row.text("timezone")?,
         tax,
         updated_at: row.time("billing profile", "updated_at")?,
@@ -133,16 +134,20 @@ async fn insert_credit(db: &mut dyn Sql, e: &CreditEntry) -> Result<(), BillingS
 }
 
 /// The credit entry of a movement an invoice makes.
-fn movement_entry(record: &InvoiceRecord, m: CreditMovement, at: DateTime<Utc>) -> CreditEntry {
-    CreditEntry {
+fn movement_entry(
+    record: &InvoiceRecord,
+    m: CreditMovement,
+    at: DateTime<Utc>,
+) -> Result<CreditEntry, BillingStoreError> {
+    Ok(CreditEntry {
         id: m.id,
-        partner_id: record.partner_id.clone(),
+        partner_id: crate::parse_id("invoice", record.partner_id.clone())?,
         currency: record.invoice.currency.code().to_string(),
         amount: m.amount,
         description: m.description,
         invoice_id: Some(record.id.clone()),
         created_at: at,
-    }
+    })
 }
 
 /// Queues `payload` for every active endpoint subscribed to `event_type`, once per `event_key`,
@@ -290,7 +295,7 @@ impl<D: LedgerDb> LedgerStore for D {
 
     async fn billing_profile(
         &self,
-        partner_id: &str,
+        partner_id: &PartnerId,
     ) -> Result<Option<BillingProfile>, BillingStoreError> {
         let row = self
             .sql()
@@ -326,7 +331,7 @@ impl<D: LedgerDb> LedgerStore for D {
 
     async fn credit_entries(
         &self,
-        partner_id: &str,
+        partner_id: &PartnerId,
     ) -> Result<Vec<CreditEntry>, BillingStoreError> {
         let rows = self.sql().fetch(sql::CREDITS_OF, args![partner_id]).await?;
         rows.iter().map(credit).collect()
@@ -334,7 +339,7 @@ impl<D: LedgerDb> LedgerStore for D {
 
     async fn credit_balance(
         &self,
-        partner_id: &str,
+        partner_id: &PartnerId,
         currency: &str,
     ) -> Result<Decimal, BillingStoreError> {
         let rows = self
@@ -346,12 +351,12 @@ impl<D: LedgerDb> LedgerStore for D {
 
     async fn credit_balances(
         &self,
-    ) -> Result<HashMap<(String, String), Decimal>, BillingStoreError> {
-        let mut out: HashMap<(String, String), Decimal> = HashMap::new();
+    ) -> Result<HashMap<(PartnerId, String), Decimal>, BillingStoreError> {
+        let mut out: HashMap<(PartnerId, String), Decimal> = HashMap::new();
         for r in self.sql().fetch(sql::ALL_CREDIT_AMOUNTS, args![]).await? {
             let amount = r.decimal("credit", "amount")?;
             let b = out
-                .entry((r.text("partner_id")?, r.text("currency")?))
+                .entry((r.id("credit", "partner_id")?, r.text("currency")?))
                 .or_default();
             *b = add_stored("credit", *b, amount)?;
         }
@@ -386,21 +391,21 @@ impl<D: LedgerDb> LedgerStore for D {
                 args![
                     f.period_label.as_deref(),
                     f.status.map(|s| s.as_str()),
-                    f.partner_id.as_deref(),
+                    f.partner_id.as_ref().map(PartnerId::as_str),
                 ],
             )
             .await?;
         rows.iter().map(invoice).collect()
     }
 
-    async fn invoice(&self, id: &str) -> Result<Option<InvoiceRecord>, BillingStoreError> {
+    async fn invoice(&self, id: &InvoiceId) -> Result<Option<InvoiceRecord>, BillingStoreError> {
         let row = self.sql().fetch_optional(sql::INVOICE, args![id]).await?;
         row.as_ref().map(invoice).transpose()
     }
 
     async fn finalize_invoice(
         &self,
-        id: &str,
+        id: &InvoiceId,
         prefix: &str,
         at: DateTime<Utc>,
         by: &str,
@@ -436,7 +441,7 @@ impl<D: LedgerDb> LedgerStore for D {
             .await?;
         let number = invoice_number(prefix, year, n);
         if let Some(m) = record.finalize(number.clone(), balance(&credits)?, at, by) {
-            insert_credit(&mut *tx, &movement_entry(&record, m, at)).await?;
+            insert_credit(&mut *tx, &movement_entry(&record, m, at)?).await?;
         }
         tx.execute(
             sql::FINALIZE,
@@ -459,7 +464,7 @@ impl<D: LedgerDb> LedgerStore for D {
 
     async fn void_invoice(
         &self,
-        id: &str,
+        id: &InvoiceId,
         at: DateTime<Utc>,
         by: &str,
     ) -> Result<InvoiceRecord, BillingStoreError> {
@@ -477,7 +482,7 @@ impl<D: LedgerDb> LedgerStore for D {
             )));
         }
         if let Some(m) = record.void_restitution() {
-            insert_credit(&mut *tx, &movement_entry(&record, m, at)).await?;
+            insert_credit(&mut *tx, &movement_entry(&record, m, at)?).await?;
         }
         tx.commit().await?;
         Ok(record)
@@ -507,7 +512,7 @@ impl<D: LedgerDb> LedgerStore for D {
 
     async fn replace_webhook_secret(
         &self,
-        id: &str,
+        id: &WebhookEndpointId,
         secret: &str,
     ) -> Result<(), BillingStoreError> {
         let done = self
@@ -561,7 +566,7 @@ impl<D: LedgerDb> LedgerStore for D {
 
     async fn record_webhook_attempt(
         &self,
-        id: &str,
+        id: &WebhookMessageId,
         at: DateTime<Utc>,
         attempt: &Attempt,
     ) -> Result<(), BillingStoreError> {

@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use peage_billing_store::ApiKey;
-use peage_core::Env;
+use peage_core::{Env, KeyId, PartnerId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -24,8 +24,8 @@ pub(crate) struct KeyRequest {
 
 #[derive(Serialize, ToSchema)]
 pub(crate) struct CreatedKey {
-    key_id: String,
-    partner_id: String,
+    key_id: KeyId,
+    partner_id: PartnerId,
     #[schema(value_type = String)]
     env: &'static str,
     /// Shown once, never stored: only its SHA-256 is kept.

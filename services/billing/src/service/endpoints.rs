@@ -20,7 +20,7 @@ pub struct EndpointRequest {
 /// An endpoint just added, with its signing secret shown this once.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct CreatedEndpoint {
-    pub id: String,
+    pub id: peage_core::WebhookEndpointId,
     pub url: String,
     pub events: Vec<String>,
     /// `whsec_…`: verifies the `webhook-signature` of each message.
@@ -48,10 +48,10 @@ impl Billing {
                 )));
             }
         }
-        let id = peage_core::WebhookEndpointId::from_random(rand::random()).to_string();
+        let id = peage_core::WebhookEndpointId::from_random(rand::random());
         let secret = new_secret();
         let ep = WebhookEndpoint {
-            secret: self.secrets.seal(&webhook_row(&id), &secret),
+            secret: self.secrets.seal(&webhook_row(id.as_str()), &secret),
             id,
             url: req.url,
             events: req.events,

@@ -254,16 +254,16 @@ async fn resolve_subject(
 }
 
 async fn lookup_subject(api: &Billing, subject: &str) -> Result<Option<String>, ServiceError> {
-    if PartnerId::parse(subject).is_ok() {
-        if let Some(p) = api.store.partner(subject).await? {
-            return Ok(Some(p.id));
+    if let Ok(id) = PartnerId::parse(subject) {
+        if let Some(p) = api.store.partner(&id).await? {
+            return Ok(Some(p.id.to_string()));
         }
     }
     Ok(api
         .store
         .partner_by_external_id(subject)
         .await?
-        .map(|p| p.id))
+        .map(|p| p.id.to_string()))
 }
 
 /// An event to cancel: the partner it was for, and its `source` and `id`.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use peage_billing_store::{ApiKey, BillingStore, BillingStoreError, TrustedIssuer};
+use peage_core::ids::{IssuerId, KeyId, PartnerId};
 use peage_core::Env;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -16,8 +17,8 @@ use super::error::ServiceError;
 /// A key as a gateway caches it.
 #[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq, Eq)]
 pub struct GatewayKey {
-    pub key_id: String,
-    pub partner_id: String,
+    pub key_id: KeyId,
+    pub partner_id: PartnerId,
     #[schema(value_type = String)]
     pub env: Env,
     pub revoked: bool,
@@ -28,8 +29,8 @@ pub struct GatewayKey {
 /// A partner's JWT issuer, as a gateway checks its tokens.
 #[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq, Eq)]
 pub struct GatewayIssuer {
-    pub id: String,
-    pub partner_id: String,
+    pub id: IssuerId,
+    pub partner_id: PartnerId,
     pub plan_id: String,
     pub jwks_url: String,
     pub algorithm: String,
@@ -38,7 +39,10 @@ pub struct GatewayIssuer {
     pub env: Env,
 }
 
-async fn plan_of(store: &dyn BillingStore, partner_id: &str) -> Result<String, BillingStoreError> {
+async fn plan_of(
+    store: &dyn BillingStore,
+    partner_id: &PartnerId,
+) -> Result<String, BillingStoreError> {
     Ok(store
         .partner(partner_id)
         .await?
@@ -86,7 +90,7 @@ pub struct RevocationPage {
 
 #[derive(Serialize, Deserialize, ToSchema, Debug)]
 pub struct RevokedKey {
-    pub key_id: String,
+    pub key_id: KeyId,
     pub revoked_at: DateTime<Utc>,
 }
 
@@ -112,7 +116,10 @@ impl Billing {
 
     /// The key a Péage token was obtained with.
     pub async fn gateway_key_by_id(&self, key_id: &str) -> Result<GatewayKey, ServiceError> {
-        let k = self.store.key(key_id).await?;
+        let Ok(key_id) = KeyId::parse(key_id) else {
+            return Err(ServiceError::NotFound("no such key".into()));
+        };
+        let k = self.store.key(&key_id).await?;
         self.gateway_view(k).await
     }
 

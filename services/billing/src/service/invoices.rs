@@ -8,7 +8,7 @@ use chrono::Utc;
 use peage_billing_store::{BillingProfile, CreditEntry, InvoiceFilter, Partner};
 use peage_core::period::{parse_time_zone, PeriodLabel};
 use peage_core::pricing::TaxRate;
-use peage_core::{CreditId, Currency, InvoiceRecord, InvoiceStatus};
+use peage_core::{CreditId, Currency, InvoiceId, InvoiceRecord, InvoiceStatus, PartnerId};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -63,7 +63,7 @@ pub struct CreditRequest {
 /// A partner's prepaid credits: the balance per currency and every entry.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Credits {
-    pub partner_id: String,
+    pub partner_id: PartnerId,
     /// Currency code → balance (a decimal string).
     pub balances: BTreeMap<String, String>,
     pub entries: Vec<CreditEntry>,
@@ -90,7 +90,6 @@ impl Billing {
         if let Some(p) = q.partner_id {
             who.may_see(p)?;
         }
-        let partner_id = q.partner_id.or(who.own_partner()).map(String::from);
         let period_label = q
             .period
             .map(|p| super::values::period(p).map(|l| l.to_string()))
@@ -105,6 +104,14 @@ impl Billing {
                 })
             })
             .transpose()?;
+        let partner_id = match (q.partner_id, who.own_partner()) {
+            (Some(raw), _) => match PartnerId::parse(raw) {
+                Ok(id) => Some(id),
+                // No partner has an id of another form: it has no invoices.
+                Err(_) => return Ok(Vec::new()),
+            },
+            (None, own) => own.cloned(),
+        };
         let mut records = self
             .store
             .invoices(&InvoiceFilter {
@@ -120,12 +127,14 @@ impl Billing {
 
     /// One invoice, if the caller may see it.
     pub async fn invoice(&self, who: &Principal, id: &str) -> Result<InvoiceRecord, ServiceError> {
+        let missing = || ServiceError::not_found("invoice", id);
+        let invoice_id = InvoiceId::parse(id).map_err(|_| missing())?;
         let record = self
             .store
-            .invoice(id)
+            .invoice(&invoice_id)
             .await?
             .filter(|r| who.may_see_invoice(r))
-            .ok_or_else(|| ServiceError::not_found("invoice", id))?;
+            .ok_or_else(missing)?;
         let mut records = [record];
         hide_staff(who, &mut records);
         let [record] = records;
@@ -145,9 +154,12 @@ impl Billing {
 
     /// The name of the partner an invoice is for, for its PDF (empty if it is gone).
     pub async fn partner_name(&self, partner_id: &str) -> Result<String, ServiceError> {
+        let Ok(partner_id) = PartnerId::parse(partner_id) else {
+            return Ok(String::new());
+        };
         Ok(self
             .store
-            .partner(partner_id)
+            .partner(&partner_id)
             .await?
             .map(|p| p.name)
             .unwrap_or_default())

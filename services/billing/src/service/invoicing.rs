@@ -15,7 +15,9 @@ use peage_core::invoice::{
 };
 use peage_core::period::{parse_time_zone, BillingPeriod, PeriodLabel};
 use peage_core::pricing::{Plan, TaxRate};
-use peage_core::{Catalog, Env, Invoice, InvoiceId, InvoiceRecord, InvoiceStatus, MeterUsage};
+use peage_core::{
+    Catalog, Env, Invoice, InvoiceId, InvoiceRecord, InvoiceStatus, MeterUsage, PartnerId,
+};
 use peage_usage_store::{UsageQuery, UsageStore};
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -80,7 +82,7 @@ pub struct RunError {
 /// The partner's billing time zone (UTC unless their billing profile names one).
 pub async fn partner_time_zone(
     store: &dyn BillingStore,
-    partner_id: &str,
+    partner_id: &PartnerId,
 ) -> Result<Tz, ServiceError> {
     let profile = store.billing_profile(partner_id).await?;
     zone_of(profile.as_ref())
@@ -273,11 +275,13 @@ impl Invoicing {
         let mut parts = Vec::new();
         for (s, span) in Self::spans(book, period) {
             let plan = self.plan_version(&s.plan_id, &s.plan_version).await?;
-            let usage = self.usage_in(&book.partner.id, &span, cache).await?;
+            let usage = self
+                .usage_in(book.partner.id.as_str(), &span, cache)
+                .await?;
             parts.push((plan, span, usage));
         }
         let input = InvoiceInput {
-            partner_id: &book.partner.id,
+            partner_id: book.partner.id.as_str(),
             period,
             timezone: &book.tz_name,
             segments: parts
@@ -379,7 +383,7 @@ impl Invoicing {
             id: new_invoice_id(),
             number: None,
             status: InvoiceStatus::Draft,
-            partner_id: book.partner.id.clone(),
+            partner_id: book.partner.id.to_string(),
             period_label: label.to_string(),
             created_at: now,
             updated_at: now,
@@ -434,7 +438,7 @@ impl Invoicing {
         label: PeriodLabel,
     ) -> Result<(Vec<(String, Result<PartnerBook, ServiceError>)>, UsageCache), ServiceError> {
         let mut subs = self.store.all_subscriptions().await?;
-        let profiles: HashMap<String, BillingProfile> = self
+        let profiles: HashMap<PartnerId, BillingProfile> = self
             .store
             .billing_profiles()
             .await?
@@ -452,7 +456,7 @@ impl Invoicing {
         {
             finalized.entry(r.partner_id.clone()).or_default().push(r);
         }
-        let mut balances: HashMap<String, HashMap<String, Decimal>> = HashMap::new();
+        let mut balances: HashMap<PartnerId, HashMap<String, Decimal>> = HashMap::new();
         for ((partner, currency), b) in self.store.credit_balances().await? {
             balances.entry(partner).or_default().insert(currency, b);
         }
@@ -464,7 +468,7 @@ impl Invoicing {
                 partner,
                 profiles.get(&id),
                 subs.remove(&id).unwrap_or_default(),
-                finalized.remove(&id).unwrap_or_default(),
+                finalized.remove(id.as_str()).unwrap_or_default(),
                 balances.remove(&id).unwrap_or_default(),
             );
             if let Ok(book) = &book {
@@ -476,12 +480,12 @@ impl Invoicing {
                             spans
                                 .entry((span.start, span.end))
                                 .or_default()
-                                .push(id.clone());
+                                .push(id.to_string());
                         }
                     }
                 }
             }
-            books.push((id, book));
+            books.push((id.to_string(), book));
         }
         let mut cache = UsageCache::default();
         for ((from, to), ids) in spans {
@@ -593,19 +597,26 @@ impl Invoicing {
         Ok(summary)
     }
 
+    /// The invoice `raw` names, and its id; an id that is not one is "not found" too.
+    async fn existing_invoice(
+        &self,
+        raw: &str,
+    ) -> Result<(InvoiceId, InvoiceRecord), ServiceError> {
+        let missing = || ServiceError::not_found("invoice", raw);
+        let id = InvoiceId::parse(raw).map_err(|_| missing())?;
+        let record = self.store.invoice(&id).await?.ok_or_else(missing)?;
+        Ok((id, record))
+    }
+
     /// Finalizes a draft whose period has ended, and queues `invoice.finalized`; `by` names who
     /// (the audit log's actor). Answers the invoice before and after.
     pub async fn finalize(
         &self,
-        id: &str,
+        raw: &str,
         now: DateTime<Utc>,
         by: &str,
     ) -> Result<(InvoiceRecord, InvoiceRecord), ServiceError> {
-        let draft = self
-            .store
-            .invoice(id)
-            .await?
-            .ok_or_else(|| ServiceError::not_found("invoice", id))?;
+        let (id, draft) = self.existing_invoice(raw).await?;
         if draft.status == InvoiceStatus::Draft && draft.invoice.period.end > now {
             return Err(ServiceError::WrongState(format!(
                 "invoice {id} covers a period that ends at {}; it can be finalized once the period is over",
@@ -616,7 +627,7 @@ impl Invoicing {
         let record = self
             .store
             .finalize_invoice(
-                id,
+                &id,
                 &self.issuer.prefix,
                 now,
                 by,
@@ -630,16 +641,12 @@ impl Invoicing {
     /// Voids an invoice; `by` names who. Answers the invoice before and after.
     pub async fn void(
         &self,
-        id: &str,
+        raw: &str,
         now: DateTime<Utc>,
         by: &str,
     ) -> Result<(InvoiceRecord, InvoiceRecord), ServiceError> {
-        let before = self
-            .store
-            .invoice(id)
-            .await?
-            .ok_or_else(|| ServiceError::not_found("invoice", id))?;
-        let record = self.store.void_invoice(id, now, by).await?;
+        let (id, before) = self.existing_invoice(raw).await?;
+        let record = self.store.void_invoice(&id, now, by).await?;
         tracing::info!(invoice = %record.id, by, "invoice voided");
         Ok((before, record))
     }

@@ -4,7 +4,7 @@
 use chrono::Utc;
 use peage_billing_store::{ApiKey, BillingStore, NewKey, Partner};
 use peage_core::ids::api_key;
-use peage_core::{Env, KeyId};
+use peage_core::{Env, KeyId, PartnerId};
 
 use super::billing::Billing;
 use super::error::ServiceError;
@@ -13,13 +13,13 @@ use super::principal::Principal;
 /// Issues a key; returns it with its secret, which exists nowhere else (only the hash is stored).
 pub async fn issue_key(
     store: &dyn BillingStore,
-    partner_id: &str,
+    partner_id: &PartnerId,
     env: Env,
 ) -> Result<(ApiKey, String), ServiceError> {
     let secret = api_key::secret(env, rand::random());
     let key = NewKey {
-        key_id: KeyId::from_random(rand::random()).to_string(),
-        partner_id: partner_id.to_string(),
+        key_id: KeyId::from_random(rand::random()),
+        partner_id: partner_id.clone(),
         env,
         secret_hash: api_key::secret_hash(&secret),
         prefix: secret.chars().take(12).collect(),
@@ -51,8 +51,9 @@ impl Billing {
     pub async fn owned_key(&self, who: &Principal, raw: &str) -> Result<ApiKey, ServiceError> {
         let missing = || ServiceError::not_found("api key", raw);
         let key_id = KeyId::parse(raw).map_err(|_| missing())?;
-        let key = self.store.key(key_id.as_str()).await?.ok_or_else(missing)?;
-        who.may_see(&key.partner_id).map_err(|_| missing())?;
+        let key = self.store.key(&key_id).await?.ok_or_else(missing)?;
+        who.may_see(key.partner_id.as_str())
+            .map_err(|_| missing())?;
         Ok(key)
     }
 

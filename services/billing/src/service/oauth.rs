@@ -215,13 +215,13 @@ impl Billing {
         let ttl = self.oauth.token_ttl.as_secs() as i64;
         let claims = PeageClaims {
             iss: self.oauth.issuer.clone(),
-            sub: key.partner_id.clone(),
+            sub: key.partner_id.to_string(),
             aud: self.oauth.audience.clone(),
             exp: now + ttl,
             iat: now,
             nbf: now,
             jti: uuid::Uuid::now_v7().to_string(),
-            key_id: key.key_id.clone(),
+            key_id: key.key_id.to_string(),
             env: key.env,
             scope: scope.clone(),
         };
@@ -302,7 +302,7 @@ impl Billing {
         let stored = self
             .store
             .put_issuer(&TrustedIssuer {
-                id: IssuerId::from_random(rand::random()).to_string(),
+                id: IssuerId::from_random(rand::random()),
                 partner_id: partner.id,
                 issuer: req.issuer,
                 jwks_url: req.jwks_url,

@@ -42,7 +42,7 @@ pub async fn create_partner(
         started_at: Utc::now(),
         ended_at: None,
     };
-    let mut partner = store.create_partner(id.as_str(), name, &sub).await?;
+    let mut partner = store.create_partner(&id, name, &sub).await?;
     if let Some(ext) = external_id {
         partner = store.set_external_id(&partner.id, Some(ext)).await?;
     }
@@ -89,7 +89,7 @@ pub enum PlanChanged {
 /// One partner in finance's list, with the current period's usage and running cost.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PartnerOverview {
-    pub id: String,
+    pub id: PartnerId,
     pub name: String,
     pub plan_id: String,
     pub period_start: DateTime<Utc>,
@@ -118,7 +118,7 @@ impl Billing {
     pub async fn partner(&self, raw: &str) -> Result<Partner, ServiceError> {
         let id = PartnerId::parse(raw).map_err(|_| ServiceError::not_found("partner", raw))?;
         self.store
-            .partner(id.as_str())
+            .partner(&id)
             .await?
             .ok_or_else(|| ServiceError::not_found("partner", id))
     }
@@ -217,7 +217,7 @@ impl Billing {
             .into_iter()
             .filter(|p| {
                 needle.is_empty()
-                    || p.id.to_lowercase().contains(&needle)
+                    || p.id.as_str().contains(&needle)
                     || p.name.to_lowercase().contains(&needle)
                     || p.subscription.plan_id.to_lowercase().contains(&needle)
             })
@@ -233,7 +233,7 @@ impl Billing {
                         .usage
                         .meter_usage(
                             &UsageQuery {
-                                partner_id: p.id.clone(),
+                                partner_id: p.id.to_string(),
                                 env: Env::Live,
                                 from: inv.period.start,
                                 to: inv.period.end,

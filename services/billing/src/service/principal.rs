@@ -2,7 +2,8 @@
 //! partner's session, or a service token of one scope (docs/security.md).
 
 use peage_billing_store::{StaffMember, StaffRole};
-use peage_core::{InvoiceRecord, InvoiceStatus};
+use peage_core::ids::ServiceTokenId;
+use peage_core::{InvoiceRecord, InvoiceStatus, PartnerId};
 
 use super::error::ServiceError;
 
@@ -14,9 +15,12 @@ pub enum Principal {
     /// A named staff member's dashboard session, with their role as of this request.
     Staff(StaffMember),
     /// A partner's dashboard session.
-    Partner(String),
+    Partner(PartnerId),
     /// A service token (`pst_…`): a role or a script, limited to its scope's routes.
-    Service { id: String, scope: ServiceScope },
+    Service {
+        id: ServiceTokenId,
+        scope: ServiceScope,
+    },
 }
 
 /// What a service token may do (docs/security.md, "Service tokens").
@@ -125,7 +129,7 @@ impl Principal {
     pub fn may_see(&self, partner_id: &str) -> Result<(), ServiceError> {
         match self {
             Principal::AdminToken | Principal::Staff(_) | Principal::Service { .. } => Ok(()),
-            Principal::Partner(own) if own == partner_id => Ok(()),
+            Principal::Partner(own) if own.as_str() == partner_id => Ok(()),
             Principal::Partner(_) => Err(ServiceError::not_found("partner", partner_id)),
         }
     }
@@ -142,7 +146,7 @@ impl Principal {
     }
 
     /// The partner a partner session is limited to; `None` for staff.
-    pub fn own_partner(&self) -> Option<&str> {
+    pub fn own_partner(&self) -> Option<&PartnerId> {
         match self {
             Principal::AdminToken | Principal::Staff(_) | Principal::Service { .. } => None,
             Principal::Partner(p) => Some(p),

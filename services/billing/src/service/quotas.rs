@@ -7,7 +7,7 @@ use peage_billing_store::{Partner, QuotaKey};
 use peage_core::period::BillingPeriod;
 use peage_core::pricing::{Plan, Quota, QuotaKind};
 use peage_core::quota::{Lease, LeaseRequest, QuotaDecision};
-use peage_core::{Env, Meter};
+use peage_core::{Env, Meter, PartnerId};
 use peage_usage_store::UsageQuery;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -92,7 +92,7 @@ impl Billing {
         let now = Utc::now();
         let tz = partner_time_zone(self.store.as_ref(), &partner.id).await?;
         let period = ctx.plan.period.containing_in(tz, now);
-        let used = used(self, &partner.id, req.env, ctx.meter, &period).await?;
+        let used = used(self, partner.id.as_str(), req.env, ctx.meter, &period).await?;
         let key = QuotaKey {
             partner_id: partner.id.clone(),
             env: req.env,
@@ -137,7 +137,7 @@ impl Billing {
             }
         }
         Ok(Lease {
-            partner_id: partner.id,
+            partner_id: partner.id.to_string(),
             meter: req.meter.clone(),
             env: req.env,
             kind: ctx.quota.kind,
@@ -178,7 +178,7 @@ pub struct QuotaState {
 /// Every quota of the partner's plan this period.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct QuotaReport {
-    pub partner_id: String,
+    pub partner_id: PartnerId,
     pub env: Env,
     /// The partner's plan.
     pub plan: String,
@@ -202,7 +202,7 @@ impl Billing {
                 .collect::<Result<Vec<Meter>, ServiceError>>()?;
             // Every quota's usage in one query.
             let query = UsageQuery {
-                partner_id: partner.id.clone(),
+                partner_id: partner.id.to_string(),
                 env,
                 from: period.start,
                 to: period.end,

@@ -203,10 +203,10 @@ pub async fn reseal_all(
             done.current += 1;
             continue;
         }
-        let row = webhook_row(&ep.id);
+        let row = webhook_row(ep.id.as_str());
         let plain = secrets
             .open(&row, &ep.secret)
-            .map_err(|e| failed("webhook endpoint", &ep.id, e))?;
+            .map_err(|e| failed("webhook endpoint", ep.id.as_str(), e))?;
         store
             .replace_webhook_secret(&ep.id, &secrets.seal(&row, &plain))
             .await?;

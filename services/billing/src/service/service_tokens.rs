@@ -25,7 +25,7 @@ pub struct NewServiceToken {
 /// A created token: `token` is shown this once.
 #[derive(Serialize, ToSchema)]
 pub struct CreatedServiceToken {
-    pub id: String,
+    pub id: ServiceTokenId,
     pub name: String,
     pub scope: String,
     pub token: String,
@@ -52,7 +52,7 @@ pub async fn create(
     })?;
     let token = new_token(SERVICE_TOKEN_PREFIX);
     let stored = ServiceToken {
-        id: ServiceTokenId::from_random(rand::random()).to_string(),
+        id: ServiceTokenId::from_random(rand::random()),
         name: name.to_string(),
         scope: scope.as_str().to_string(),
         token_hash: token_hash(&token),
@@ -87,7 +87,17 @@ impl Billing {
             .await?
             .into_iter()
             .find(|t| t.id == id);
-        let revoked = self.store.revoke_service_token(id, Utc::now()).await?;
+        let missing = || {
+            ServiceError::Store(peage_billing_store::BillingStoreError::NotFound {
+                what: "service token",
+                id: id.to_string(),
+            })
+        };
+        let token_id = ServiceTokenId::parse(id).map_err(|_| missing())?;
+        let revoked = self
+            .store
+            .revoke_service_token(&token_id, Utc::now())
+            .await?;
         tracing::info!(id = %revoked.id, "service token revoked");
         Ok((before, revoked))
     }

@@ -10,6 +10,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use peage_billing_store::{BillingStore, DashboardGrant, DashboardRole, StaffMember};
+use peage_core::ids::{PartnerId, ServiceTokenId, StaffId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -40,8 +41,8 @@ pub struct SignInLink {
     pub path: String,
     /// `staff` or `partner`.
     pub role: String,
-    pub partner_id: Option<String>,
-    pub staff_id: Option<String>,
+    pub partner_id: Option<PartnerId>,
+    pub staff_id: Option<StaffId>,
     pub expires_at: DateTime<Utc>,
 }
 
@@ -51,10 +52,10 @@ pub struct SessionInfo {
     /// A staff member's role (`viewer`, `finance`, `admin`), `admin` for the admin token,
     /// `service:<scope>` for a service token, or `partner`.
     pub role: String,
-    pub partner_id: Option<String>,
+    pub partner_id: Option<PartnerId>,
     pub partner_name: Option<String>,
     /// The signed-in staff member.
-    pub staff_id: Option<String>,
+    pub staff_id: Option<StaffId>,
     pub name: Option<String>,
     pub email: Option<String>,
 }
@@ -93,19 +94,17 @@ pub async fn sign_in_link(
     store: &dyn BillingStore,
     role: DashboardRole,
 ) -> Result<SignInLink, ServiceError> {
-    let (role_name, partner_id, staff_id) = role.columns();
-    let (role_name, partner_id, staff_id) = (
-        role_name.to_string(),
-        partner_id.map(String::from),
-        staff_id.map(String::from),
-    );
+    let (role_name, partner_id, staff_id) = match &role {
+        DashboardRole::Partner { partner_id } => ("partner", Some(partner_id.clone()), None),
+        DashboardRole::Staff { staff_id } => ("staff", None, Some(staff_id.clone())),
+    };
     if let Some(id) = &partner_id {
         if store.partner(id).await?.is_none() {
             return Err(ServiceError::not_found("partner", id));
         }
     }
     if let Some(id) = &staff_id {
-        live_staff(store, id).await?;
+        live_staff(store, id.as_str()).await?;
     }
     let now = Utc::now();
     let token = new_token("psl_");
@@ -119,7 +118,7 @@ pub async fn sign_in_link(
     Ok(SignInLink {
         path: format!("/sign-in#token={token}"),
         token,
-        role: role_name,
+        role: role_name.to_string(),
         partner_id,
         staff_id,
         expires_at: grant.expires_at,
@@ -135,7 +134,7 @@ async fn of_session(
     Ok(match role {
         DashboardRole::Partner { partner_id } => Some(Principal::Partner(partner_id)),
         DashboardRole::Staff { staff_id } => store
-            .staff_member(&staff_id)
+            .staff_member(staff_id.as_str())
             .await?
             .filter(|m| m.disabled_at.is_none())
             .map(Principal::Staff),
@@ -147,7 +146,7 @@ impl Billing {
     pub async fn service_token(
         &self,
         presented: &str,
-    ) -> Result<Option<(String, ServiceScope)>, ServiceError> {
+    ) -> Result<Option<(ServiceTokenId, ServiceScope)>, ServiceError> {
         if !presented.starts_with(SERVICE_TOKEN_PREFIX) {
             return Ok(None);
         }
@@ -195,7 +194,10 @@ impl Billing {
         req: NewSignInLink,
     ) -> Result<SignInLink, ServiceError> {
         let role = match (req.partner_id, req.staff) {
-            (Some(partner_id), None) => DashboardRole::Partner { partner_id },
+            (Some(raw), None) => DashboardRole::Partner {
+                partner_id: PartnerId::parse(&raw)
+                    .map_err(|_| ServiceError::not_found("partner", &raw))?,
+            },
             (None, Some(staff)) => {
                 if !who.is_admin() {
                     return Err(ServiceError::NotPermitted(

@@ -81,7 +81,7 @@ pub async fn create(
     role_name: &str,
 ) -> Result<StaffMember, ServiceError> {
     let member = StaffMember {
-        id: StaffId::from_random(rand::random()).to_string(),
+        id: StaffId::from_random(rand::random()),
         email: email(email_address)?,
         name: name(full_name)?,
         role: role(role_name)?,

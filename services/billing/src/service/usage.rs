@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use peage_billing_store::Partner;
 use peage_core::series::{Granularity, SplitBy, UsageSeries};
-use peage_core::{Env, MeterUsage};
+use peage_core::{Env, MeterUsage, PartnerId};
 use peage_usage_store::{EventTypeSeen, UsageQuery};
 use serde::Serialize;
 
@@ -15,7 +15,7 @@ use super::invoicing::partner_time_zone;
 /// Every meter over a range, and the usage event types received in it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UsageReport {
-    pub partner_id: String,
+    pub partner_id: PartnerId,
     pub env: Env,
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
@@ -28,7 +28,7 @@ pub struct UsageReport {
 /// Usage per bucket over a range.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SeriesReport {
-    pub partner_id: String,
+    pub partner_id: PartnerId,
     pub env: Env,
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
@@ -77,7 +77,7 @@ impl Billing {
     ) -> Result<UsageReport, ServiceError> {
         let (from, to, _) = self.usage_range(partner, from, to).await?;
         let query = UsageQuery {
-            partner_id: partner.id.clone(),
+            partner_id: partner.id.to_string(),
             env,
             from,
             to,
@@ -114,7 +114,7 @@ impl Billing {
             return Err(ServiceError::Invalid("the range holds no bucket".into()));
         };
         let query = UsageQuery {
-            partner_id: partner.id.clone(),
+            partner_id: partner.id.to_string(),
             env,
             from: *first,
             to: bucket_end(*last, g, tz),
@@ -130,7 +130,7 @@ impl Billing {
             for m in meters.iter().filter(|m| m.events.is_some()) {
                 let s = if env == Env::Live {
                     self.usage
-                        .event_meter_series(&partner.id, m, &edges)
+                        .event_meter_series(partner.id.as_str(), m, &edges)
                         .await?
                 } else {
                     peage_usage_store::MeterSeries {

@@ -137,13 +137,14 @@ async fn deliver(
 ) -> Result<i64, (Option<i64>, String)> {
     let ts = now.timestamp();
     let secret = secrets
-        .open(&webhook_row(&ep.id), &ep.secret)
+        .open(&webhook_row(ep.id.as_str()), &ep.secret)
         .map_err(|e| (None, format!("the endpoint's secret: {e}")))?;
-    let signature = sign(&secret, &d.id, ts, &d.payload).map_err(|e| (None, e.to_string()))?;
+    let signature =
+        sign(&secret, d.id.as_str(), ts, &d.payload).map_err(|e| (None, e.to_string()))?;
     let req = http::Request::post(&ep.url)
         .header("content-type", "application/json")
         .header("user-agent", "peage-webhooks/1")
-        .header("webhook-id", &d.id)
+        .header("webhook-id", d.id.as_str())
         .header("webhook-timestamp", ts.to_string())
         .header("webhook-signature", signature)
         .body(Full::new(Bytes::from(d.payload.clone())))
