@@ -27,16 +27,8 @@ if grep -v -e 'ruff' -e 'Skipping Integration' -e '^Generating' -e '^$' \
     exit 1
 fi
 
-cargo build -p peage --locked --quiet
-data=$(mktemp -d)
-"${CARGO_TARGET_DIR:-target}/debug/peage" up --demo --data-dir "$data" \
-    --gateway-listen 127.0.0.1:0 --control-listen 127.0.0.1:0 >"$out/peage.log" 2>&1 &
-pid=$!
-trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$data"' EXIT
-for _ in $(seq 1 300); do
-    if [ -f "$data/demo.json" ] && grep -q "\"pid\": $pid" "$data/demo.json"; then break; fi
-    kill -0 "$pid" 2>/dev/null || { cat "$out/peage.log"; exit 1; }
-    sleep 0.1
-done
+# shellcheck source=deploy/dev/demo-server.sh
+. deploy/dev/demo-server.sh
+start_demo "$out/peage.log"
 PYTHONPATH="$out" "$VENV/bin/python" tests/openapi-client/test_generated_client.py "$data/demo.json" ||
     { echo "--- last lines of the server's log:"; tail -n 30 "$out/peage.log"; exit 1; }

@@ -13,23 +13,15 @@ TOOLS=${PEAGE_TOOLS_DIR:-$HOME/.cache/peage}
 SCHEMATHESIS="$TOOLS/schemathesis-venv/bin/schemathesis"
 [ -x "$SCHEMATHESIS" ] || deploy/dev/services.sh install
 
-cargo build -p peage --locked --quiet
-data=$(mktemp -d)
+# shellcheck source=deploy/dev/demo-server.sh
+. deploy/dev/demo-server.sh
+mkdir -p target/schemathesis
 # The fuzzer sends many wrong sign-in links and client secrets from one address: without a
 # higher allowance the limit on guessing (docs/security.md) would refuse its own admin token.
-PEAGE_CONTROL__CREDENTIAL_FAILURES_PER_MINUTE=1000000 \
-    "${CARGO_TARGET_DIR:-target}/debug/peage" up --demo --data-dir "$data" \
-    --gateway-listen 127.0.0.1:0 --control-listen 127.0.0.1:0 >"$data/peage.log" 2>&1 &
-pid=$!
-trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$data"' EXIT
-for _ in $(seq 1 300); do
-    if [ -f "$data/demo.json" ] && grep -q "\"pid\": $pid" "$data/demo.json"; then break; fi
-    kill -0 "$pid" 2>/dev/null || { cat "$data/peage.log"; exit 1; }
-    sleep 0.1
-done
+export PEAGE_CONTROL__CREDENTIAL_FAILURES_PER_MINUTE=1000000
+start_demo target/schemathesis/peage.log
 url=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["control_url"])' "$data/demo.json")
 token=$(cat "$data/admin-token")
-mkdir -p target/schemathesis
 auth="Authorization: Bearer $token"
 run() { # label, extra arguments…
     local label=$1; shift
@@ -52,7 +44,7 @@ run() { # label, extra arguments…
         echo "schemathesis ($label) failed ($status); its findings again:"
         sed -n '/^=* ERRORS =*$/,/^=* SUMMARY =*$/p; /^=* FAILURES =*$/,/^=* SUMMARY =*$/p' "$out" | head -150
         echo "--- last lines of the server's log:"
-        tail -n 30 "$data/peage.log"
+        tail -n 30 target/schemathesis/peage.log
         return "$status"
     fi
 }

@@ -195,6 +195,33 @@ async fn take(
     }
     // Events already stored, or twice in this request: the same content is a duplicate, other
     // content under the same id is refused (the first one counts).
+    let (fresh, duplicates, conflicts) = sort_out(api, candidates, Conflicts::Refused).await?;
+    rejected.extend(conflicts);
+    rejected.sort_by_key(|r| r.index);
+    let accepted = append(intake, fresh, "events").await?;
+    Ok(EventsOutcome {
+        accepted,
+        duplicates,
+        rejected,
+    })
+}
+
+/// What an id already stored with other content is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Conflicts {
+    /// Refused: the first content counts (events).
+    Refused,
+    /// A duplicate: a cancellation's record differs only in when it was asked for.
+    Duplicates,
+}
+
+/// Sorts `candidates` against the stored events and each other: the new ones to append, how
+/// many were duplicates, and the refusals of ids reused with other content.
+async fn sort_out(
+    api: &Billing,
+    candidates: Vec<(usize, UsageEvent)>,
+    conflicts: Conflicts,
+) -> Result<(Vec<UsageEvent>, usize, Vec<RejectedEvent>), ServiceError> {
     let events: Vec<UsageEvent> = candidates.iter().map(|(_, e)| e.clone()).collect();
     let mut known = if events.is_empty() {
         HashMap::new()
@@ -203,14 +230,15 @@ async fn take(
     };
     let mut fresh = Vec::with_capacity(events.len());
     let mut duplicates = 0;
+    let mut refused = Vec::new();
     for (index, e) in candidates {
         match known.get(&(e.partner_id.clone(), e.key)) {
             None => {
                 known.insert((e.partner_id.clone(), e.key), e.digest.clone());
                 fresh.push(e);
             }
-            Some(d) if *d == e.digest => duplicates += 1,
-            Some(_) => rejected.push(RejectedEvent {
+            Some(d) if *d == e.digest || conflicts == Conflicts::Duplicates => duplicates += 1,
+            Some(_) => refused.push(RejectedEvent {
                 index,
                 id: Some(e.id.clone()),
                 reason: format!(
@@ -220,22 +248,23 @@ async fn take(
             }),
         }
     }
+    Ok((fresh, duplicates, refused))
+}
+
+/// Appends `fresh` to the event log, durably; how many were appended.
+async fn append(
+    intake: &EventsIntake,
+    fresh: Vec<UsageEvent>,
+    what: &'static str,
+) -> Result<usize, ServiceError> {
     if !fresh.is_empty() {
         intake
             .sink
             .append(&fresh)
             .await
-            .map_err(|source| ServiceError::EventLog {
-                what: "events",
-                source,
-            })?;
+            .map_err(|source| ServiceError::EventLog { what, source })?;
     }
-    rejected.sort_by_key(|r| r.index);
-    Ok(EventsOutcome {
-        accepted: fresh.len(),
-        duplicates,
-        rejected,
-    })
+    Ok(fresh.len())
 }
 
 /// The partner a `subject` names: by id when it has the form of one, else by external id;
@@ -331,35 +360,10 @@ async fn cancel(
         }
         records.push((index, UsageEvent::cancellation_of(&event, now)));
     }
-    let all: Vec<UsageEvent> = records.iter().map(|(_, r)| r.clone()).collect();
-    let mut known = if all.is_empty() {
-        HashMap::new()
-    } else {
-        api.usage.stored_usage_digests(&all).await?
-    };
-    let mut fresh = Vec::new();
-    let mut duplicates = 0;
-    for (_, r) in records {
-        match known.entry((r.partner_id.clone(), r.key)) {
-            std::collections::hash_map::Entry::Occupied(_) => duplicates += 1,
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(r.digest.clone());
-                fresh.push(r);
-            }
-        }
-    }
-    if !fresh.is_empty() {
-        intake
-            .sink
-            .append(&fresh)
-            .await
-            .map_err(|source| ServiceError::EventLog {
-                what: "cancellations",
-                source,
-            })?;
-    }
+    let (fresh, duplicates, _) = sort_out(api, records, Conflicts::Duplicates).await?;
+    let accepted = append(intake, fresh, "cancellations").await?;
     Ok(EventsOutcome {
-        accepted: fresh.len(),
+        accepted,
         duplicates,
         rejected,
     })
