@@ -135,6 +135,50 @@ pub struct Overflow;
 
 /// The sum of `amounts`, or `None` if it would overflow `Decimal`: sums of stored amounts never
 /// panic, whatever was stored.
+/// Why a decimal text has no exact value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InexactDecimal {
+    #[error("{0:?} is not a decimal number")]
+    NotANumber(String),
+    /// More decimal places (or digits) than exact decimal arithmetic keeps: reading it would
+    /// round it, and a price of 40 decimals would silently become 0.
+    #[error("{0:?} has more digits than exact decimal arithmetic keeps (28 decimal places, 28 digits in all)")]
+    TooPrecise(String),
+}
+
+/// The exact value of a decimal text (`12.50`, `-3`, `1e-9`), never rounded: a text whose value
+/// a `Decimal` cannot hold exactly is an error.
+pub fn exact_decimal(text: &str) -> Result<Decimal, InexactDecimal> {
+    let t = text.trim();
+    let base = t.split(['e', 'E']).next().unwrap_or_default();
+    if !looks_decimal(t) {
+        return Err(InexactDecimal::NotANumber(text.to_string()));
+    }
+    Decimal::from_str_exact(base).map_err(|_| InexactDecimal::TooPrecise(text.to_string()))?;
+    if t.contains(['e', 'E']) {
+        // The base is exact: only the exponent can take the value out of range now.
+        Decimal::from_scientific(t).map_err(|_| InexactDecimal::TooPrecise(text.to_string()))
+    } else {
+        Decimal::from_str_exact(t).map_err(|_| InexactDecimal::TooPrecise(text.to_string()))
+    }
+}
+
+/// `[-+]digits[.digits][(e|E)[-+]digits]`, whatever its size.
+fn looks_decimal(t: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let unsigned = |s: &str| s.strip_prefix(['-', '+']).unwrap_or(s).to_string();
+    let (base, exp) = match t.split_once(['e', 'E']) {
+        Some((b, e)) => (b, Some(e)),
+        None => (t, None),
+    };
+    let base = unsigned(base);
+    let base_ok = match base.split_once('.') {
+        Some((i, f)) => digits(i) && (f.is_empty() || digits(f)),
+        None => digits(&base),
+    };
+    base_ok && exp.is_none_or(|e| digits(&unsigned(e)))
+}
+
 pub fn checked_total(amounts: impl IntoIterator<Item = Decimal>) -> Option<Decimal> {
     amounts
         .into_iter()
@@ -150,6 +194,44 @@ impl From<Currency> for String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimal_texts_are_exact_or_refused() {
+        use std::str::FromStr;
+        let d = |s: &str| Decimal::from_str(s).unwrap();
+        assert_eq!(exact_decimal("0.001"), Ok(d("0.001")));
+        assert_eq!(exact_decimal(" 12.50 "), Ok(d("12.50")));
+        assert_eq!(exact_decimal("1e-9"), Ok(d("0.000000001")));
+        assert_eq!(exact_decimal("1.5E3"), Ok(d("1500")));
+        // 28 decimal places are kept; 40 would round (to 0 here), so they are refused.
+        assert!(exact_decimal("0.0000000000000000000000000001").is_ok());
+        let forty = format!("0.{}1", "0".repeat(39));
+        assert_eq!(
+            Decimal::from_str(&forty).unwrap(),
+            Decimal::ZERO,
+            "what rounding would do"
+        );
+        assert_eq!(
+            exact_decimal(&forty),
+            Err(InexactDecimal::TooPrecise(forty.clone()))
+        );
+        assert!(matches!(
+            exact_decimal("1e-40"),
+            Err(InexactDecimal::TooPrecise(_))
+        ));
+        assert!(matches!(
+            exact_decimal("1e40"),
+            Err(InexactDecimal::TooPrecise(_))
+        ));
+        assert!(matches!(
+            exact_decimal("123456789012345678901234567890.5"),
+            Err(InexactDecimal::TooPrecise(_))
+        ));
+        assert!(matches!(
+            exact_decimal("ten"),
+            Err(InexactDecimal::NotANumber(_))
+        ));
+    }
     use std::str::FromStr;
 
     fn d(s: &str) -> Decimal {

@@ -616,12 +616,7 @@ fn in_data(prefix: &str) -> String {
 /// A JSON number's exact value: at most [`UNITS_SCALE`] decimal places and at most 10^15 in
 /// size, the bounds every usage store keeps exactly (as for a call's units).
 fn exact_number(text: &str) -> Result<Decimal, NumberError> {
-    let n = if text.contains(['e', 'E']) {
-        Decimal::from_scientific(text)
-    } else {
-        text.parse::<Decimal>()
-    }
-    .map_err(|_| NumberError::Inexact(text.into()))?;
+    let n = crate::money::exact_decimal(text).map_err(|_| NumberError::Inexact(text.into()))?;
     if n.abs() > MAX_UNITS {
         return Err(NumberError::TooLarge(text.into()));
     }

@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::ops::Range;
-use std::str::FromStr;
 
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -127,9 +126,7 @@ impl Source<'_> {
     pub(super) fn decimal(&mut self, n: &SNum, field: &str) -> Option<Decimal> {
         let parsed = match n.get_ref() {
             RawNumber::Int(i) => Ok(Decimal::from(*i)),
-            RawNumber::Str(s) => Decimal::from_str(s)
-                .or_else(|_| Decimal::from_scientific(s))
-                .map_err(|_| format!("{s:?} is not a decimal number")),
+            RawNumber::Str(s) => crate::money::exact_decimal(s).map_err(|e| e.to_string()),
             RawNumber::Float(f) => Err(format!(
                 "{f} is a TOML float; write it as a string (\"{f}\") so it stays exact"
             )),

@@ -201,6 +201,21 @@ fn a_price_above_the_maximum_amount_is_refused_with_its_field() {
 }
 
 #[test]
+fn a_price_exact_arithmetic_cannot_keep_is_refused_never_rounded() {
+    // 40 decimals would read as 0 and make the charge free.
+    let forty = format!("0.{}9", "0".repeat(39));
+    let i = only_issue(&GOOD.replace(
+        "unit_price = \"0.09\"",
+        &format!("unit_price = \"{forty}\""),
+    ));
+    assert_eq!(i.field, "plan[growth-2026].charges[1].unit_price");
+    assert!(i.message.contains("exact decimal arithmetic"), "{i}");
+    assert!(i.line > 0, "{i}");
+    let i = only_issue(&GOOD.replace("base_fee = \"49.00\"", "base_fee = \"49e-30\""));
+    assert!(i.message.contains("exact decimal arithmetic"), "{i}");
+}
+
+#[test]
 fn an_unknown_key_is_refused_by_name() {
     let i = only_issue(&GOOD.replace("base_fee = \"49.00\"", "base_fees = \"49.00\""));
     assert_eq!(i.line, 35);
