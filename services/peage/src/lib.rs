@@ -1,5 +1,6 @@
 //! The `peage` binary's library: each command wires the service crates together.
 
+pub mod catalog_cli;
 pub mod config;
 pub mod demo;
 pub mod events_cli;

@@ -35,6 +35,9 @@ enum Command {
     /// Invoices: `run` computes a month's drafts, `export` writes them as CSV, JSON or PDF.
     #[command(subcommand)]
     Invoice(peage::invoice_cli::InvoiceCommand),
+    /// The catalog: `validate` a file as start-up would, `diff` two versions before shipping.
+    #[command(subcommand)]
+    Catalog(peage::catalog_cli::CatalogCommand),
     /// Usage events: `import` a backfill (NDJSON or CSV of CloudEvents) through the events API.
     #[command(subcommand)]
     Events(peage::events_cli::EventsCommand),
@@ -119,6 +122,13 @@ async fn main() -> std::process::ExitCode {
             .await
         }
         Command::Invoice(c) => peage::invoice_cli::run(c).await,
+        // An invalid catalog is the command's answer, not a failure to run it: exit 1, with the
+        // problems already printed.
+        Command::Catalog(c) => match peage::catalog_cli::run(c).await {
+            Ok(true) => Ok(()),
+            Ok(false) => return std::process::ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
         Command::Events(c) => peage::events_cli::run(c).await,
         Command::SignInLink(c) => peage::sign_in_cli::run(c).await,
         Command::Staff(c) => peage::staff_cli::run(c).await,

@@ -10,6 +10,7 @@
 //! [`plans`]) turns raw forms into the model ([`model`]).
 
 mod apis;
+pub mod diff;
 mod meters;
 mod model;
 mod plans;
@@ -20,6 +21,7 @@ mod tests;
 
 use sha2::{Digest, Sha256};
 
+pub use diff::{diff, Difference, FieldChange, ItemChange, Section};
 pub use model::*;
 pub use source::{CatalogError, CatalogIssue};
 

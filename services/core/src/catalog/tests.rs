@@ -427,3 +427,46 @@ fn upstream_variables_may_carry_a_default() {
         .to_string()
         .contains("UNSET is not set"));
 }
+
+#[test]
+fn a_diff_names_every_item_added_removed_or_changed_down_to_the_field() {
+    let old = parse(GOOD).unwrap();
+    assert!(diff(&old, &old).is_empty());
+    let edited = GOOD
+        .replace("unit_price = \"0.09\"", "unit_price = \"0.08\"")
+        .replace("base_fee = \"49.00\"", "base_fee = \"59.00\"");
+    let new = parse(&edited).unwrap();
+    let d = diff(&old, &new);
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!(
+        (d[0].section, d[0].name.as_str()),
+        (Section::Plan, "growth-2026")
+    );
+    let ItemChange::Changed { fields } = &d[0].change else {
+        panic!("{d:#?}")
+    };
+    let paths: Vec<&str> = fields.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["base_fee", "charges[1].unit_price"], "{fields:#?}");
+    assert_eq!(fields[0].old, Some(serde_json::json!("49.00")));
+    assert_eq!(fields[0].new, Some(serde_json::json!("59.00")));
+    let shown = d[0].to_string();
+    assert!(shown.contains("~ plan[growth-2026] changed"), "{shown}");
+    assert!(
+        shown.contains("charges[1].unit_price: \"0.09\" → \"0.08\""),
+        "{shown}"
+    );
+
+    // Added and removed, in either direction.
+    let empty = parse("").unwrap();
+    let added = diff(&empty, &old);
+    assert!(
+        added.iter().all(|x| x.change == ItemChange::Added),
+        "{added:#?}"
+    );
+    assert_eq!(
+        added.len(),
+        old.apis.len() + old.meters.len() + old.plans.len()
+    );
+    let removed = diff(&old, &empty);
+    assert!(removed.iter().all(|x| x.change == ItemChange::Removed));
+}
