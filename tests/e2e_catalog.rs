@@ -192,3 +192,136 @@ async fn validate_and_diff_on_good_and_bad_files() {
         text(&out.stderr)
     );
 }
+
+#[path = "support/peage.rs"]
+mod peage_process;
+use peage_process::Peage;
+
+async fn upcoming_total(client: &reqwest::Client, p: &Peage) -> String {
+    let url = format!(
+        "{}/v1/partners/{}/invoices/upcoming",
+        p.s("control_url"),
+        p.s("partner_id")
+    );
+    let r: Value = client
+        .get(url)
+        .bearer_auth(p.s("admin_token"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["invoice"]["total"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_string()
+}
+
+async fn catalog_status(client: &reqwest::Client, p: &Peage) -> Value {
+    client
+        .get(format!("{}/v1/catalog", p.s("control_url")))
+        .bearer_auth(p.s("admin_token"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Polls `check` every 100 ms for up to 5 s: how long it took, or `None`.
+async fn within_5s<F, Fut>(mut check: F) -> Option<std::time::Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(5) {
+        if check().await {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_price_reaches_the_upcoming_invoice_without_a_restart_and_a_bad_edit_changes_nothing(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("peage.log");
+    let data = dir.path().join("data");
+    let p = Peage::start_logging(&data, &[("PEAGE_LOG", "info")], Some(&log));
+    let client = reqwest::Client::new();
+    let before = upcoming_total(&client, &p).await;
+    let version = catalog_status(&client, &p).await["version"].clone();
+
+    // A price edit, saved as an editor would: the upcoming invoice follows within 5 s.
+    let path = data.join("catalog.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edited = text.replace("base_fee = \"9.00\"", "base_fee = \"900.00\"");
+    assert_ne!(edited, text);
+    std::fs::write(&path, &edited).unwrap();
+    let took = within_5s(|| {
+        let (client, p, before) = (&client, &p, &before);
+        async move { upcoming_total(client, p).await != *before }
+    })
+    .await
+    .expect("the upcoming invoice did not change within 5 s of the edit");
+    eprintln!("live catalog: the upcoming invoice changed {took:?} after the edit");
+    let status = catalog_status(&client, &p).await;
+    assert_ne!(status["version"], version);
+    assert_eq!(status["last_reload"]["outcome"], "applied", "{status}");
+    let after = upcoming_total(&client, &p).await;
+
+    // An invalid edit: refused with its file, line and field, in the status and in the log;
+    // the catalog in force and the invoice stay as they were.
+    let broken = edited.replace("base_fee = \"900.00\"", "base_fees = \"1.00\"");
+    std::fs::write(&path, &broken).unwrap();
+    within_5s(|| {
+        let (client, p) = (&client, &p);
+        async move { catalog_status(client, p).await["last_reload"]["outcome"] == "refused" }
+    })
+    .await
+    .expect("the invalid edit was not refused within 5 s");
+    let refused = catalog_status(&client, &p).await;
+    assert_eq!(refused["version"], status["version"], "{refused}");
+    let issue = &refused["last_reload"]["issues"][0];
+    assert_eq!(issue["field"], "base_fees", "{refused}");
+    assert!(issue["line"].as_u64().unwrap() > 0, "{refused}");
+    assert_eq!(upcoming_total(&client, &p).await, after);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let line = logged
+        .lines()
+        .find(|l| l.contains("catalog reload refused"))
+        .unwrap_or_else(|| panic!("no refusal in the log:\n{logged}"));
+    assert!(
+        line.contains("catalog.toml") && line.contains("base_fees"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("\"line\":{}", issue["line"])),
+        "{line}"
+    );
+
+    // The reload route: a fixed file is put in force on demand.
+    std::fs::write(&path, &text).unwrap();
+    let r: Value = client
+        .post(format!("{}/v1/catalog/reload", p.s("control_url")))
+        .bearer_auth(p.s("admin_token"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(r["to"].is_string(), "{r}");
+    within_5s(|| {
+        let (client, p, version) = (&client, &p, &version);
+        async move { catalog_status(client, p).await["version"] == *version }
+    })
+    .await
+    .expect("the original catalog is back in force");
+    p.interrupt();
+}

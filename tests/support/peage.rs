@@ -21,6 +21,15 @@ impl Peage {
 
     /// The same, with extra `PEAGE_*` settings in the environment.
     pub fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Peage {
+        Peage::start_logging(data_dir, env, None)
+    }
+
+    /// The same, its log (JSON lines) written to `log` instead of the test's output.
+    pub fn start_logging(data_dir: &Path, env: &[(&str, &str)], log: Option<&Path>) -> Peage {
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("the log file")),
+            None => Stdio::inherit(),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_peage"))
             .envs(env.iter().copied())
             .args([
@@ -35,7 +44,7 @@ impl Peage {
             .arg(data_dir)
             .env("PEAGE_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("peage starts");
         // Owned at once, so a failed start still kills and reaps the process (Drop).

@@ -3,6 +3,7 @@
 //! per backend ([`conformance_tests!`]), each on an empty store.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
+use peage_core::ids::PartnerId;
 use peage_core::Env;
 
 use peage_core::pricing::{Quota, QuotaKind};
@@ -59,6 +60,7 @@ macro_rules! conformance_tests {
             staff_are_unique_by_email_and_changes_keep_before_and_after,
             external_ids_name_one_partner_each,
             sums_of_stored_credits_that_overflow_are_errors_not_panics,
+            partners_follow_a_plan_to_its_new_version_once,
         );
     };
     (@each $attrs:tt $fixture:path; $($name:ident,)*) => {
@@ -1395,3 +1397,55 @@ pub const RAW_TAMPERING: &[&str] = &[
     "UPDATE invoices SET finalized_by = 'someone else' WHERE id = 'inv_72617700000000000000'",
     "DELETE FROM invoices WHERE id = 'inv_72617700000000000000'",
 ];
+
+/// A reloaded plan: its partners move to the new version from the reload, once each, and the
+/// partners of other plans (and those already on it) stay as they are.
+pub async fn partners_follow_a_plan_to_its_new_version_once(s: &dyn BillingStore) {
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    let on = |plan: &str, version: &str| Subscription {
+        plan_id: plan.into(),
+        plan_version: version.into(),
+        started_at: t0,
+        ended_at: None,
+    };
+    let (a, b, c) = (
+        typed::<PartnerId>("prt_a0000000000000000001"),
+        typed::<PartnerId>("prt_a0000000000000000002"),
+        typed::<PartnerId>("prt_a0000000000000000003"),
+    );
+    s.create_partner(&a, "A", &on("growth", "v1"))
+        .await
+        .unwrap();
+    s.create_partner(&b, "B", &on("growth", "v2"))
+        .await
+        .unwrap();
+    s.create_partner(&c, "C", &on("starter", "v1"))
+        .await
+        .unwrap();
+    let at = t0 + Duration::days(10);
+    let moved = s.follow_plan_version("growth", "v2", at).await.unwrap();
+    assert_eq!(moved, vec![a.clone()]);
+    assert!(s
+        .follow_plan_version("growth", "v2", at)
+        .await
+        .unwrap()
+        .is_empty());
+    let history = s.subscriptions(&a).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0].ended_at, Some(at));
+    assert_eq!(
+        (history[1].plan_version.as_str(), history[1].started_at),
+        ("v2", at)
+    );
+    assert_eq!(s.subscriptions(&b).await.unwrap().len(), 1);
+    assert_eq!(s.subscriptions(&c).await.unwrap().len(), 1);
+    assert_eq!(
+        s.partner(&a)
+            .await
+            .unwrap()
+            .unwrap()
+            .subscription
+            .plan_version,
+        "v2"
+    );
+}

@@ -246,6 +246,15 @@ pub trait BillingStore:
         partner_id: &PartnerId,
         next: &Subscription,
     ) -> Result<Partner, BillingStoreError>;
+    /// Moves every partner on `plan_id` at another version than `version` to `version` from
+    /// `at` (their current subscription ends, a new one starts), in one transaction; answers
+    /// the partners moved. Two callers at once move each partner once.
+    async fn follow_plan_version(
+        &self,
+        plan_id: &str,
+        version: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<PartnerId>, BillingStoreError>;
     /// Every subscription of the partner, oldest first.
     async fn subscriptions(
         &self,

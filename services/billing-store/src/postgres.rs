@@ -230,6 +230,40 @@ impl BillingStore for PostgresBillingStore {
         self.required_partner(partner_id).await
     }
 
+    async fn follow_plan_version(
+        &self,
+        plan_id: &str,
+        version: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<PartnerId>, BillingStoreError> {
+        let mut tx = self.pool.begin().await?;
+        // RETURNING gives the rows this transaction ended: a concurrent one waits on their
+        // locks and then finds them ended, so each partner moves once.
+        let ended = sqlx::query(
+            "UPDATE subscriptions SET ended_at = $1 WHERE plan_id = $2 AND plan_version <> $3 \
+             AND ended_at IS NULL RETURNING partner_id",
+        )
+        .bind(at)
+        .bind(plan_id)
+        .bind(version)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut moved = Vec::with_capacity(ended.len());
+        for row in &ended {
+            let id: PartnerId = crate::parse_id("subscription", row.try_get("partner_id")?)?;
+            sqlx::query("INSERT INTO subscriptions (partner_id, plan_id, plan_version, started_at) VALUES ($1, $2, $3, $4)")
+                .bind(id.as_str())
+                .bind(plan_id)
+                .bind(version)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            moved.push(id);
+        }
+        tx.commit().await?;
+        Ok(moved)
+    }
+
     async fn subscriptions(
         &self,
         partner_id: &PartnerId,

@@ -233,6 +233,38 @@ impl BillingStore for SqliteBillingStore {
         self.required_partner(partner_id).await
     }
 
+    async fn follow_plan_version(
+        &self,
+        plan_id: &str,
+        version: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<PartnerId>, BillingStoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let ended = sqlx::query(
+            "UPDATE subscriptions SET ended_at = ? WHERE plan_id = ? AND plan_version <> ? \
+             AND ended_at IS NULL RETURNING partner_id",
+        )
+        .bind(ts(at))
+        .bind(plan_id)
+        .bind(version)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut moved = Vec::with_capacity(ended.len());
+        for row in &ended {
+            let id: PartnerId = crate::parse_id("subscription", row.try_get("partner_id")?)?;
+            sqlx::query("INSERT INTO subscriptions (partner_id, plan_id, plan_version, started_at) VALUES (?, ?, ?, ?)")
+                .bind(id.as_str())
+                .bind(plan_id)
+                .bind(version)
+                .bind(ts(at))
+                .execute(&mut *tx)
+                .await?;
+            moved.push(id);
+        }
+        tx.commit().await?;
+        Ok(moved)
+    }
+
     async fn subscriptions(
         &self,
         partner_id: &PartnerId,

@@ -52,7 +52,7 @@ async fn start() -> Fixture {
     let october = Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap();
     let plan_version = served
         .api
-        .invoicing
+        .invoicing()
         .catalog
         .plan("growth")
         .unwrap()
@@ -82,7 +82,7 @@ async fn start() -> Fixture {
     }
     served
         .api
-        .invoicing
+        .invoicing()
         .register_plan_versions(october)
         .await
         .unwrap();

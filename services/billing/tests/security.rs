@@ -58,7 +58,7 @@ async fn start() -> Fixture {
     let october = Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap();
     let plan_version = served
         .api
-        .invoicing
+        .invoicing()
         .catalog
         .plan("growth")
         .unwrap()
@@ -93,7 +93,7 @@ async fn start() -> Fixture {
     served.usage.insert(&calls).await.unwrap();
     served
         .api
-        .invoicing
+        .invoicing()
         .register_plan_versions(october)
         .await
         .unwrap();
@@ -427,7 +427,7 @@ async fn urls_for_peage_to_call_must_be_public_https() {
         plan_id: "growth".into(),
         plan_version: served
             .api
-            .invoicing
+            .invoicing()
             .catalog
             .plan("growth")
             .unwrap()

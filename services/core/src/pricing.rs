@@ -167,10 +167,22 @@ pub enum ChargeModel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Tier {
     /// Inclusive upper bound on the period's quantity; `None` is infinity (last tier only).
-    #[serde(with = "rust_decimal::serde::str_option")]
+    #[serde(
+        serialize_with = "rust_decimal::serde::str_option::serialize",
+        deserialize_with = "optional_decimal"
+    )]
     pub up_to: Option<Decimal>,
     #[serde(with = "rust_decimal::serde::str")]
     pub unit_price: Decimal,
+}
+
+/// An optional decimal string. A tier sits inside a charge, whose model is flattened into it:
+/// serde hands a flattened field's `null` over as a unit, which rust_decimal's own
+/// `str_option` refuses, so a stored plan with an unbounded last tier could not be read back.
+fn optional_decimal<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|s| s.parse::<Decimal>().map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -355,6 +367,39 @@ mod tests {
 
     fn usd() -> Currency {
         Currency::parse("USD").unwrap()
+    }
+
+    /// A plan is stored as JSON for the periods it priced (plan versions): it must read back
+    /// as it was, an unbounded last tier and an absent commitment included.
+    #[test]
+    fn a_plan_reads_back_from_its_stored_json() {
+        let plan = Plan {
+            id: "growth".into(),
+            name: "Growth".into(),
+            version: "v".into(),
+            currency: eur(),
+            period: crate::period::PeriodRule::Month { anchor_day: 1 },
+            base_fee: d("49.00"),
+            tax: None,
+            minimum_commitment: None,
+            charges: vec![Charge {
+                meter: "calls".into(),
+                free: d("100"),
+                model: ChargeModel::Graduated {
+                    tiers: tiers(&[(Some("1000"), "0.01"), (None, "0.005")]),
+                },
+            }],
+            quotas: vec![],
+            rate_limit: None,
+        };
+        let json = serde_json::to_string(&plan).unwrap();
+        assert!(json.contains("\"up_to\":null"), "{json}");
+        let back: Plan = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, plan);
+        let mut committed = plan.clone();
+        committed.minimum_commitment = Some(d("100"));
+        let json = serde_json::to_string(&committed).unwrap();
+        assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), committed);
     }
 
     fn tiers(spec: &[(Option<&str>, &str)]) -> Vec<Tier> {

@@ -82,15 +82,24 @@ impl Default for GatewayConfig {
     }
 }
 
+/// The catalog in force and what the gateway derives from it (routes, plan policies, rate
+/// limiters), replaced whole by a reload: a call takes it once and finishes on it.
+pub(crate) struct Loaded {
+    pub catalog: Arc<Catalog>,
+    pub routes: call::route::Routes,
+    pub plans: call::admit::Plans,
+    pub limits: RateLimits,
+    /// Counts reloads: a serving thread's connection pool belongs to one generation's
+    /// upstream slots.
+    pub generation: u64,
+}
+
 pub struct Gateway {
-    pub(crate) catalog: Arc<Catalog>,
-    pub(crate) routes: call::route::Routes,
-    pub(crate) plans: call::admit::Plans,
+    pub(crate) loaded: arc_swap::ArcSwap<Loaded>,
     pub(crate) keys: KeyCache,
     pub(crate) emitter: EventEmitter,
     pub(crate) clients: Clients,
     pub(crate) config: GatewayConfig,
-    pub(crate) limits: RateLimits,
     /// `None`: quotas are not enforced (no billing to lease from).
     pub(crate) quotas: Option<Arc<Quotas>>,
     pub(crate) jwt: Option<jwt::JwtVerifier>,
@@ -98,6 +107,26 @@ pub struct Gateway {
     pub(crate) connection_stats: ConnectionStats,
     /// Wrong credentials per source address (docs/security.md, "Guessing credentials").
     pub(crate) failures: peage_core::throttle::FailureLimiter,
+}
+
+impl Loaded {
+    fn of(
+        catalog: Arc<Catalog>,
+        metrics: &metrics::GatewayMetrics,
+        limits_before: Option<&RateLimits>,
+        generation: u64,
+    ) -> Loaded {
+        metrics.set_catalog_version(&catalog.version);
+        Loaded {
+            routes: call::route::Routes::with_indices(&catalog, &mut |api, v| {
+                metrics.index_of(api, v)
+            }),
+            plans: call::admit::Plans::new(&catalog),
+            limits: RateLimits::for_catalog_after(&catalog, limits_before),
+            catalog,
+            generation,
+        }
+    }
 }
 
 impl Gateway {
@@ -111,18 +140,10 @@ impl Gateway {
         config: GatewayConfig,
     ) -> Arc<Gateway> {
         let clients = Clients::new(config.outbound.clone());
-        let routes = call::route::Routes::new(&catalog);
-        let metrics = metrics::GatewayMetrics::new(
-            routes
-                .versions
-                .iter()
-                .map(|v| (v.api.clone(), v.spec.id.clone())),
-        );
+        let metrics = metrics::GatewayMetrics::new([]);
+        let loaded = Loaded::of(catalog, &metrics, None, 0);
         let gateway = Arc::new(Gateway {
-            plans: call::admit::Plans::new(&catalog),
-            limits: RateLimits::for_catalog(&catalog),
-            routes,
-            catalog,
+            loaded: arc_swap::ArcSwap::from_pointee(loaded),
             keys,
             emitter,
             jwt: config
@@ -147,12 +168,40 @@ impl Gateway {
             loop {
                 tick.tick().await;
                 match idle.upgrade() {
-                    Some(gw) => gw.limits.retain_recent(),
+                    Some(gw) => gw.loaded().limits.retain_recent(),
                     None => break,
                 }
             }
         });
         gateway
+    }
+
+    /// The catalog in force and what is derived from it.
+    pub(crate) fn loaded(&self) -> Arc<Loaded> {
+        self.loaded.load_full()
+    }
+
+    /// The catalog in force.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        Arc::clone(&self.loaded.load().catalog)
+    }
+
+    /// Serves `catalog` from now on: routes, plans and rate limits are rebuilt from it and
+    /// swapped in whole. Calls already routed finish on the catalog they started with; the
+    /// rate-limit state of limits both catalogs have carries over.
+    pub fn set_catalog(&self, catalog: Arc<Catalog>) {
+        let before = self.loaded();
+        if before.catalog.version == catalog.version {
+            return;
+        }
+        let next = Loaded::of(
+            catalog,
+            &self.metrics,
+            Some(&before.limits),
+            before.generation + 1,
+        );
+        tracing::info!(from = %before.catalog.version, to = %next.catalog.version, "gateway: catalog replaced");
+        self.loaded.store(Arc::new(next));
     }
 
     /// Serving threads the gateway runs (its configuration, with 0 meaning one per core).

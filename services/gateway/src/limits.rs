@@ -38,6 +38,12 @@ pub struct Limited {
 impl RateLimits {
     /// The limiters of every plan's rate limit in `catalog`.
     pub fn for_catalog(catalog: &Catalog) -> RateLimits {
+        RateLimits::for_catalog_after(catalog, None)
+    }
+
+    /// The same after a reload: a limit `before` had keeps its limiter, and so the calls its
+    /// keys made (a reload does not give every key a fresh burst).
+    pub fn for_catalog_after(catalog: &Catalog, before: Option<&RateLimits>) -> RateLimits {
         let mut limiters = foldhash::HashMap::default();
         for limit in catalog.plans.iter().filter_map(|p| p.rate_limit.as_ref()) {
             let (Some(per_second), Some(burst)) = (
@@ -46,18 +52,21 @@ impl RateLimits {
             ) else {
                 continue;
             };
+            let kept = before.and_then(|b| b.limiters.get(&(limit.per_second, limit.burst)));
             limiters
                 .entry((limit.per_second, limit.burst))
-                .or_insert_with(|| {
-                    Arc::new(governor::RateLimiter::dashmap_with_hasher(
+                .or_insert_with(|| match kept {
+                    Some(l) => Arc::clone(l),
+                    None => Arc::new(governor::RateLimiter::dashmap_with_hasher(
                         Quota::per_second(per_second).allow_burst(burst),
                         foldhash::fast::RandomState::default(),
-                    ))
+                    )),
                 });
         }
         RateLimits {
             limiters,
-            hasher: Default::default(),
+            // The same hasher, so a kept limiter finds its keys.
+            hasher: before.map_or_else(Default::default, |b| b.hasher.clone()),
         }
     }
 

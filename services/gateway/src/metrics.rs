@@ -72,8 +72,11 @@ impl Shard {
 /// Every shard, and the labels of each version index.
 pub struct GatewayMetrics {
     shards: Mutex<Vec<Arc<Shard>>>,
-    /// (api, version) by version index, label-escaped.
-    versions: Vec<(String, String)>,
+    /// (api, version) by version index, label-escaped. Append-only: a catalog reload adds the
+    /// versions it brings and keeps the others' indices, so their series carry on.
+    versions: Mutex<Vec<(String, String)>>,
+    /// The catalog version in force, for `peage_catalog_info`.
+    catalog_version: Mutex<String>,
 }
 
 fn escape(v: &str) -> String {
@@ -86,11 +89,35 @@ impl GatewayMetrics {
     pub(crate) fn new(versions: impl IntoIterator<Item = (String, String)>) -> GatewayMetrics {
         GatewayMetrics {
             shards: Mutex::default(),
-            versions: versions
-                .into_iter()
-                .map(|(a, v)| (escape(&a), escape(&v)))
-                .collect(),
+            versions: Mutex::new(
+                versions
+                    .into_iter()
+                    .map(|(a, v)| (escape(&a), escape(&v)))
+                    .collect(),
+            ),
+            catalog_version: Mutex::default(),
         }
+    }
+
+    /// The metrics slot of an API version, added if it is new.
+    pub(crate) fn index_of(&self, api: &str, version: &str) -> usize {
+        let key = (escape(api), escape(version));
+        let mut versions = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        match versions.iter().position(|v| *v == key) {
+            Some(i) => i,
+            None => {
+                versions.push(key);
+                versions.len() - 1
+            }
+        }
+    }
+
+    /// Records the catalog version in force.
+    pub(crate) fn set_catalog_version(&self, version: &str) {
+        *self
+            .catalog_version
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = escape(version);
     }
 
     /// A new shard for a serving thread.
@@ -124,8 +151,13 @@ impl GatewayMetrics {
         let mut out = format!(
             "# HELP {name} Calls through the gateway, from arrival to the end of the response body.\n# TYPE {name} histogram\n"
         );
+        let versions = self
+            .versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         for ((version, status), h) in &latency {
-            let Some((api, v)) = self.versions.get(*version) else {
+            let Some((api, v)) = versions.get(*version) else {
                 continue;
             };
             let labels = format!("api=\"{api}\",version=\"{v}\",status=\"{status}\"");
@@ -147,6 +179,16 @@ impl GatewayMetrics {
         for (kind, n) in RefusalKind::ALL.iter().zip(refusals) {
             let _ = writeln!(out, "{name}{{reason=\"{}\"}} {n}", kind.slug());
         }
+        let name = "peage_catalog_info";
+        let version = self
+            .catalog_version
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let _ = writeln!(
+            out,
+            "# HELP {name} The catalog version this gateway serves (1 for the version in force).\n# TYPE {name} gauge\n{name}{{version=\"{version}\"}} 1"
+        );
         let c = connections;
         for (name, kind, help, v) in [
             ("peage_gateway_connections_accepted_total", "counter", "Client connections accepted.", &c.accepted),

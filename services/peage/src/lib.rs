@@ -1,6 +1,7 @@
 //! The `peage` binary's library: each command wires the service crates together.
 
 pub mod catalog_cli;
+pub mod catalog_reload;
 pub mod config;
 pub mod demo;
 pub mod events_cli;

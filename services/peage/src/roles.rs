@@ -346,7 +346,9 @@ pub async fn billing(
     let usage = Arc::new(clickhouse(config).await?);
     let token = config.control.token()?;
     let api = ControlApi::new(
-        Arc::clone(&catalog),
+        Arc::new(peage_core::catalog::LiveCatalog::shared(Arc::clone(
+            &catalog,
+        ))),
         Arc::clone(&store),
         usage,
         token,
@@ -384,12 +386,25 @@ pub async fn billing(
                 &events_spool,
             ))))?,
     );
-    api.invoicing
+    api.invoicing()
         .register_plan_versions(chrono::Utc::now())
         .await
         .map_err(|e| anyhow::anyhow!("recording plan versions: {e}"))?;
+    api.follow_catalog()
+        .await
+        .map_err(|e| anyhow::anyhow!("moving partners to their plans' new versions: {e}"))?;
+    api.take_catalog_source(Arc::new(crate::catalog_reload::CatalogFile {
+        path: config.catalog.path.clone(),
+        demo_upstream: None,
+    }));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics_stop = stop_rx.clone();
+    // Reloads on a change of the catalog file and on SIGHUP (and POST /v1/catalog/reload).
+    let catalog_watch = crate::catalog_reload::watch(
+        Arc::clone(&api.billing),
+        &config.catalog.path,
+        stop_rx.clone(),
+    )?;
     let webhooks = tokio::spawn(peage_billing::service::webhooks::run_worker(
         store,
         peage_billing::service::webhooks::WorkerSettings {
@@ -434,6 +449,7 @@ pub async fn billing(
     .await;
     let _ = stop_tx.send(true);
     let _ = webhooks.await;
+    let _ = catalog_watch.await;
     let left = events_spool.drain(Duration::from_secs(10)).await;
     if left > 0 {
         tracing::warn!(

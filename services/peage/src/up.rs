@@ -16,6 +16,7 @@ use peage_billing::{
     ControlApi, ControlSettings, OAuthConfig,
 };
 use peage_billing_store::{BillingStore, DashboardRole, SqliteBillingStore};
+use peage_core::catalog::LiveCatalog;
 use peage_core::ids::api_key;
 use peage_core::quota::{Lease, LeaseRequest};
 use peage_core::{Catalog, Env};
@@ -458,7 +459,7 @@ pub async fn run(
     )?
     .policy()?;
     let control = ControlApi::new(
-        Arc::clone(&catalog),
+        Arc::new(LiveCatalog::shared(Arc::clone(&catalog))),
         Arc::clone(&billing),
         usage.clone(),
         token.clone(),
@@ -481,10 +482,19 @@ pub async fn run(
         )))?,
     );
     control
-        .invoicing
+        .invoicing()
         .register_plan_versions(chrono::Utc::now())
         .await
         .map_err(|e| anyhow::anyhow!("recording plan versions: {e}"))?;
+    // A plan edited while Péage was down: its partners move to the new version from now.
+    control
+        .follow_catalog()
+        .await
+        .map_err(|e| anyhow::anyhow!("moving partners to their plans' new versions: {e}"))?;
+    control.take_catalog_source(Arc::new(crate::catalog_reload::CatalogFile {
+        path: catalog_path.clone(),
+        demo_upstream: demo_upstream.clone(),
+    }));
     let webhooks = tokio::spawn(peage_billing::service::webhooks::run_worker(
         Arc::clone(&billing),
         peage_billing::service::webhooks::WorkerSettings {
@@ -518,6 +528,13 @@ pub async fn run(
         Some(quotas),
         gateway_config,
     );
+    // A reloaded catalog reaches the gateway's routes, plans and limits at once.
+    control.on_catalog({
+        let gateway = Arc::clone(&gateway);
+        Arc::new(move |c| gateway.set_catalog(c))
+    });
+    let catalog_watch =
+        crate::catalog_reload::watch(Arc::clone(&control.billing), &catalog_path, stop_rx.clone())?;
     let gateway_server = GatewayServer::bind(gateway, options.gateway_listen)
         .with_context(|| format!("gateway cannot listen on {}", options.gateway_listen))?;
     let gateway_url = format!("http://{}", gateway_server.local_addr());
@@ -592,6 +609,7 @@ pub async fn run(
         Err(e) => tracing::error!(error = %e, "control API server panicked"),
     }
     let _ = webhooks.await;
+    let _ = catalog_watch.await;
     // Every call has finished: put its event in the log, then let the aggregator drain the log.
     emitter.flush().await;
     let _ = agg_stop_tx.send(true);

@@ -6,6 +6,8 @@ use axum::Json;
 use super::error::ApiError;
 use super::extract::{Api, Caller};
 use super::openapi;
+use crate::service::catalog_state::CatalogStatus;
+use crate::service::reload::Reloaded;
 use crate::service::{ApisView, PlansView};
 
 #[utoipa::path(get, operation_id = "list_plans",
@@ -38,4 +40,28 @@ pub async fn api_openapi(
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(api.billing.api_document(&name, &version)?))
+}
+
+#[utoipa::path(get,
+    path = "/v1/catalog",
+    operation_id = "get_catalog_status",
+    tag = "catalog",
+    responses((status = 200, description = "The catalog version in force, since when, and the last reload (what triggered it, what it did, and why a refused one was refused)", body = CatalogStatus), (status = 401, response = openapi::Unauthorized), (status = 403, response = openapi::Forbidden)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn catalog_status(api: Api) -> Json<CatalogStatus> {
+    Json(api.billing.catalog_status())
+}
+
+#[utoipa::path(post,
+    path = "/v1/catalog/reload",
+    operation_id = "reload_catalog",
+    tag = "catalog",
+    responses((status = 200, description = "The catalog file was read again: the version now in force and what changed (nothing when the file did not change)", body = Reloaded), (status = 400, description = "The new catalog is invalid (every problem in `detail`, with file, line and field); the catalog in force keeps serving", body = openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, response = openapi::Unauthorized), (status = 403, response = openapi::Forbidden), (status = 409, response = openapi::Conflict)),
+    security(("admin" = [])))]
+pub async fn reload_catalog(api: Api) -> Result<Json<Reloaded>, ApiError> {
+    Ok(Json(
+        api.billing
+            .reload_catalog("POST /v1/catalog/reload")
+            .await?,
+    ))
 }

@@ -71,7 +71,7 @@ const INTERNAL: Kind = (
 fn kind(e: &ApiError) -> Kind {
     match e {
         ApiError::Service(s) => match s {
-            ServiceError::Invalid(_) => BAD_REQUEST,
+            ServiceError::Invalid(_) | ServiceError::CatalogRefused(_) => BAD_REQUEST,
             ServiceError::NotFound(_) => NOT_FOUND,
             ServiceError::WrongState(_)
             | ServiceError::Taken(_)

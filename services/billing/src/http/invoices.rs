@@ -61,7 +61,7 @@ async fn respond(
                 .first()
                 .ok_or_else(|| ServiceError::NotFound("no invoice".into()))?;
             let partner = api.billing.partner_name(&record.partner_id).await?;
-            let pdf = crate::service::pdf::render(record, &partner, &api.billing.invoicing.issuer);
+            let pdf = crate::service::pdf::render(record, &partner, &api.billing.issuer);
             attachment(
                 pdf.into_response(),
                 "application/pdf",
@@ -181,7 +181,7 @@ pub async fn finalize(
 ) -> Result<Response, ApiError> {
     let (before, after) = api
         .billing
-        .invoicing
+        .invoicing()
         .finalize(&id, chrono::Utc::now(), &who.label())
         .await?;
     Ok(with_before(Json(after).into_response(), &before))
@@ -200,7 +200,7 @@ pub async fn void(
 ) -> Result<Response, ApiError> {
     let (before, after) = api
         .billing
-        .invoicing
+        .invoicing()
         .void(&id, chrono::Utc::now(), &who.label())
         .await?;
     Ok(with_before(Json(after).into_response(), &before))

@@ -21,6 +21,7 @@ use crate::service::events::MAX_BODY_BYTES;
 fn routes(api: &Arc<ControlApi>) -> OpenApiRouter<Arc<ControlApi>> {
     let staff_routes = OpenApiRouter::new()
         .routes(routes!(catalog::plans))
+        .routes(routes!(catalog::catalog_status))
         .routes(routes!(partners::create_partner, partners::list_partners))
         .routes(routes!(partners::partners_overview))
         .routes(routes!(partners::patch_partner))
@@ -70,6 +71,7 @@ fn routes(api: &Arc<ControlApi>) -> OpenApiRouter<Arc<ControlApi>> {
         ))
         .routes(routes!(service_tokens::revoke_token))
         .routes(routes!(audit::list))
+        .routes(routes!(catalog::reload_catalog))
         .routes(routes!(staff::add, staff::list))
         .routes(routes!(staff::patch))
         .route_layer(middleware::from_fn(require_admin));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use http::request::Parts;
 use peage_billing_store::BillingStore;
-use peage_core::Catalog;
+use peage_core::catalog::LiveCatalog;
 use peage_usage_store::UsageStore;
 
 use super::error::ApiError;
@@ -57,7 +57,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
 
 impl ControlApi {
     pub fn new(
-        catalog: Arc<Catalog>,
+        catalog: Arc<LiveCatalog>,
         store: Arc<dyn BillingStore>,
         usage: Arc<dyn UsageStore>,
         admin_token: String,

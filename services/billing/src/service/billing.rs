@@ -5,9 +5,11 @@
 use std::sync::{Arc, OnceLock, RwLock};
 
 use peage_billing_store::BillingStore;
+use peage_core::catalog::LiveCatalog;
 use peage_core::Catalog;
 use peage_usage_store::UsageStore;
 
+use super::catalog_state::Reloads;
 use super::error::ServiceError;
 use super::intake::EventsIntake;
 use super::invoicing::{Invoicing, Issuer};
@@ -17,8 +19,7 @@ use super::settings::OAuthConfig;
 /// Called after a key is revoked, so an in-process gateway forgets it at once.
 pub type RevocationHook = Arc<dyn Fn() + Send + Sync>;
 
-/// OpenAPI documents of API versions, keyed by (api, version).
-pub type ApiDocs = std::collections::HashMap<(String, String), serde_json::Value>;
+pub use super::catalog_state::ApiDocs;
 
 /// What the billing services are built from, besides the stores and the catalog.
 pub struct BillingSettings {
@@ -35,10 +36,12 @@ pub struct BillingSettings {
 }
 
 pub struct Billing {
-    pub catalog: Arc<Catalog>,
+    /// The catalog in force; reloads replace it while billing serves.
+    pub live: Arc<LiveCatalog>,
     pub store: Arc<dyn BillingStore>,
     pub usage: Arc<dyn UsageStore>,
-    pub invoicing: Invoicing,
+    /// Who invoices are from.
+    pub issuer: Issuer,
     pub(crate) oauth: OAuthConfig,
     /// What partner issuers' JWKS URLs and webhook endpoints may point at.
     pub(crate) outbound: Arc<peage_net::OutboundPolicy>,
@@ -48,11 +51,15 @@ pub struct Billing {
     pub(crate) api_docs: RwLock<ApiDocs>,
     /// Where `POST /v1/events` puts usage events; unset, events are refused as unavailable.
     pub(crate) events: OnceLock<EventsIntake>,
+    /// Catalog reloads: where from, who else is told, what happened last.
+    pub(crate) reloads: Reloads,
+    /// When these services started (the first catalog's time in force).
+    pub(crate) started: chrono::DateTime<chrono::Utc>,
 }
 
 impl Billing {
     pub fn new(
-        catalog: Arc<Catalog>,
+        live: Arc<LiveCatalog>,
         store: Arc<dyn BillingStore>,
         usage: Arc<dyn UsageStore>,
         settings: BillingSettings,
@@ -65,13 +72,8 @@ impl Billing {
             on_revoke,
         } = settings;
         Billing {
-            invoicing: Invoicing {
-                catalog: Arc::clone(&catalog),
-                store: Arc::clone(&store),
-                usage: Arc::clone(&usage),
-                issuer,
-            },
-            catalog,
+            issuer,
+            live,
             store,
             usage,
             oauth,
@@ -80,6 +82,24 @@ impl Billing {
             on_revoke,
             api_docs: Default::default(),
             events: OnceLock::new(),
+            reloads: Reloads::default(),
+            started: chrono::Utc::now(),
+        }
+    }
+
+    /// The catalog in force now. An operation takes it once, so it runs on one catalog
+    /// whatever reload happens meanwhile.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.live.get()
+    }
+
+    /// The invoicing engine on the catalog in force now (an invoice run keeps it to the end).
+    pub fn invoicing(&self) -> Invoicing {
+        Invoicing {
+            catalog: self.catalog(),
+            store: Arc::clone(&self.store),
+            usage: Arc::clone(&self.usage),
+            issuer: self.issuer.clone(),
         }
     }
 

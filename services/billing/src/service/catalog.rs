@@ -50,20 +50,21 @@ pub struct ApiVersionView {
 
 impl Billing {
     pub fn plans(&self) -> PlansView {
+        let catalog = self.catalog();
         PlansView {
-            catalog_version: self.catalog.version.clone(),
-            plans: self.catalog.plans.clone(),
+            catalog_version: catalog.version.clone(),
+            plans: catalog.plans.clone(),
         }
     }
 
     /// The catalog's APIs; `staff` adds where each version's upstreams are.
     pub fn apis(&self, staff: bool) -> Result<ApisView, ServiceError> {
+        let catalog = self.catalog();
         let docs = self
             .api_docs
             .read()
             .map_err(|_| ServiceError::Corrupt("api docs lock".into()))?;
-        let apis = self
-            .catalog
+        let apis = catalog
             .apis
             .iter()
             .map(|a| ApiView {
@@ -88,7 +89,7 @@ impl Billing {
             })
             .collect();
         Ok(ApisView {
-            catalog_version: self.catalog.version.clone(),
+            catalog_version: catalog.version.clone(),
             apis,
         })
     }

@@ -27,6 +27,10 @@ pub enum ServiceError {
     /// Stored state names something the loaded catalog no longer has (a plan, a meter).
     #[error("{0}")]
     CatalogDrift(String),
+    /// A new catalog is invalid: every problem, with its file, line and field. The catalog in
+    /// force keeps serving.
+    #[error("the catalog was not reloaded: {}", .0.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("; "))]
+    CatalogRefused(Vec<peage_core::catalog::CatalogIssue>),
     /// More in one request than the configured limit.
     #[error("{0}")]
     TooLarge(String),
@@ -78,6 +82,7 @@ impl ServiceError {
                 | ServiceError::Taken(_)
                 | ServiceError::NotPermitted(_)
                 | ServiceError::CatalogDrift(_)
+                | ServiceError::CatalogRefused(_)
                 | ServiceError::TooLarge(_)
         )
     }

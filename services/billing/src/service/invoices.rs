@@ -143,13 +143,13 @@ impl Billing {
 
     /// The partner's invoice of the period running now, as it stands (not stored).
     pub async fn upcoming_invoice(&self, partner: &Partner) -> Result<InvoiceRecord, ServiceError> {
-        self.invoicing.upcoming(partner, Utc::now()).await
+        self.invoicing().upcoming(partner, Utc::now()).await
     }
 
     /// Drafts (or updates) the invoices of every partner due in `period` (`YYYY-MM`).
     pub async fn run_invoices(&self, period: &str) -> Result<RunSummary, ServiceError> {
         let label: PeriodLabel = super::values::period(period)?;
-        self.invoicing.run(label, Utc::now(), &|_, _| {}).await
+        self.invoicing().run(label, Utc::now(), &|_, _| {}).await
     }
 
     /// The name of the partner an invoice is for, for its PDF (empty if it is gone).

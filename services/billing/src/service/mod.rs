@@ -6,6 +6,7 @@
 mod audit;
 mod billing;
 mod catalog;
+pub mod catalog_state;
 mod endpoints;
 mod error;
 pub mod events;
@@ -19,6 +20,7 @@ mod partners;
 pub mod pdf;
 mod principal;
 mod quotas;
+pub mod reload;
 pub mod secrets;
 pub mod service_tokens;
 pub mod sessions;

@@ -186,6 +186,7 @@ impl Billing {
         if key.revoked_at.is_some() {
             return Err(TokenRefusal::InvalidClient("this API key has been revoked"));
         }
+        let catalog = self.catalog();
         let scope = match scope.map(str::trim).filter(|s| !s.is_empty()) {
             None => None,
             Some(s) => {
@@ -194,7 +195,7 @@ impl Billing {
                         Some((a, v)) => (a, Some(v)),
                         None => (item, None),
                     };
-                    let known = self.catalog.apis.iter().any(|a| {
+                    let known = catalog.apis.iter().any(|a| {
                         a.name == name
                             && version.is_none_or(|v| a.versions.iter().any(|x| x.id == v))
                     });

@@ -140,7 +140,14 @@ impl Billing {
         plan: &str,
         external_id: Option<&str>,
     ) -> Result<Partner, ServiceError> {
-        create_partner(self.store.as_ref(), &self.catalog, name, plan, external_id).await
+        create_partner(
+            self.store.as_ref(),
+            &self.catalog(),
+            name,
+            plan,
+            external_id,
+        )
+        .await
     }
 
     pub async fn partners(&self) -> Result<Vec<Partner>, ServiceError> {
@@ -166,10 +173,11 @@ impl Billing {
         partner: Partner,
         plan: &str,
     ) -> Result<PlanChanged, ServiceError> {
-        let plan_version = plan_version(&self.catalog, plan)?;
+        let catalog = self.catalog();
+        let plan_version = plan_version(&catalog, plan)?;
         if let (Some(from), Some(to)) = (
-            self.catalog.plan(&partner.subscription.plan_id),
-            self.catalog.plan(plan),
+            catalog.plan(&partner.subscription.plan_id),
+            catalog.plan(plan),
         ) {
             if from.currency != to.currency || from.period != to.period {
                 return Err(ServiceError::WrongState(format!(
@@ -224,9 +232,10 @@ impl Billing {
             .collect();
         let total = matching.len();
         let now = Utc::now();
+        let invoicing = self.invoicing();
         let mut partners = Vec::new();
         for p in matching.into_iter().skip(offset).take(limit) {
-            let row = match self.invoicing.upcoming(&p, now).await {
+            let row = match invoicing.upcoming(&p, now).await {
                 Ok(record) => {
                     let inv = &record.invoice;
                     let usage = self
@@ -238,7 +247,7 @@ impl Billing {
                                 from: inv.period.start,
                                 to: inv.period.end,
                             },
-                            &self.catalog.meters,
+                            &invoicing.catalog.meters,
                         )
                         .await?;
                     PartnerOverview {

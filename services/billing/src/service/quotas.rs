@@ -7,7 +7,7 @@ use peage_billing_store::{Partner, QuotaKey};
 use peage_core::period::BillingPeriod;
 use peage_core::pricing::{Plan, Quota, QuotaKind};
 use peage_core::quota::{Lease, LeaseRequest, QuotaDecision};
-use peage_core::{Env, Meter, PartnerId};
+use peage_core::{Catalog, Env, Meter, PartnerId};
 use peage_usage_store::UsageQuery;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -27,12 +27,12 @@ struct QuotaContext<'a> {
 }
 
 fn context<'a>(
-    api: &'a Billing,
+    catalog: &'a Catalog,
     partner: &Partner,
     meter: &str,
 ) -> Result<QuotaContext<'a>, ServiceError> {
     let plan_id = &partner.subscription.plan_id;
-    let plan = api.catalog.plan(plan_id).ok_or_else(|| {
+    let plan = catalog.plan(plan_id).ok_or_else(|| {
         ServiceError::CatalogDrift(format!(
             "the partner's plan {plan_id:?} is no longer in the catalog"
         ))
@@ -44,7 +44,7 @@ fn context<'a>(
         .ok_or_else(|| {
             ServiceError::NotFound(format!("plan {plan_id:?} has no quota on meter {meter:?}"))
         })?;
-    let meter = api.catalog.meter(meter).ok_or_else(|| {
+    let meter = catalog.meter(meter).ok_or_else(|| {
         ServiceError::CatalogDrift(format!("meter {meter:?} is no longer in the catalog"))
     })?;
     Ok(QuotaContext { plan, quota, meter })
@@ -88,7 +88,8 @@ impl Billing {
             )));
         }
         let partner = self.partner(&req.partner_id).await?;
-        let ctx = context(self, &partner, &req.meter)?;
+        let catalog = self.catalog();
+        let ctx = context(&catalog, &partner, &req.meter)?;
         let now = Utc::now();
         let tz = partner_time_zone(self.store.as_ref(), &partner.id).await?;
         let period = ctx.plan.period.containing_in(tz, now);
@@ -193,12 +194,13 @@ impl Billing {
         let tz = partner_time_zone(self.store.as_ref(), &partner.id).await?;
         let plan_id = partner.subscription.plan_id.clone();
         let mut out = Vec::new();
-        if let Some(plan) = self.catalog.plan(&plan_id) {
+        let catalog = self.catalog();
+        if let Some(plan) = catalog.plan(&plan_id) {
             let period = plan.period.containing_in(tz, now);
             let meters = plan
                 .quotas
                 .iter()
-                .map(|q| context(self, partner, &q.meter).map(|c| c.meter.clone()))
+                .map(|q| context(&catalog, partner, &q.meter).map(|c| c.meter.clone()))
                 .collect::<Result<Vec<Meter>, ServiceError>>()?;
             // Every quota's usage in one query.
             let query = UsageQuery {

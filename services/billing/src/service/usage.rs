@@ -55,7 +55,7 @@ impl Billing {
         let now = Utc::now();
         let tz = partner_time_zone(self.store.as_ref(), &partner.id).await?;
         let period = self
-            .catalog
+            .catalog()
             .plan(&partner.subscription.plan_id)
             .map(|p| p.period.containing_in(tz, now));
         let from =
@@ -82,7 +82,10 @@ impl Billing {
             from,
             to,
         };
-        let meters = self.usage.meter_usage(&query, &self.catalog.meters).await?;
+        let meters = self
+            .usage
+            .meter_usage(&query, &self.catalog().meters)
+            .await?;
         let event_types = self.usage.usage_event_types(&query).await?;
         Ok(UsageReport {
             partner_id: partner.id.clone(),
@@ -120,7 +123,8 @@ impl Billing {
             to: bucket_end(*last, g, tz),
         };
         let rows = self.usage.hourly_rollups(&query).await?;
-        let meters = &self.catalog.meters;
+        let catalog = self.catalog();
+        let meters = &catalog.meters;
         let mut out = series(meters, &rows, &cells, g, by, tz);
         // Meters of usage events, from the raw events: per bucket, and their total over the
         // range. Split by meter only: usage events have no API, version or operation.

@@ -44,7 +44,9 @@ pub async fn serve(catalog: &str) -> Served {
 /// [`serve`] under another outbound policy.
 pub async fn serve_with(catalog: &str, outbound: Arc<peage_net::OutboundPolicy>) -> Served {
     let dir = tempfile::tempdir().unwrap();
-    let catalog = Arc::new(Catalog::parse("catalog.toml", catalog, &|_| None).unwrap());
+    let catalog = Arc::new(peage_core::catalog::LiveCatalog::new(
+        Catalog::parse("catalog.toml", catalog, &|_| None).unwrap(),
+    ));
     let store: Arc<dyn BillingStore> = Arc::new(
         SqliteBillingStore::open(&dir.path().join("billing.db"))
             .await

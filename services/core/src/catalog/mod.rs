@@ -11,6 +11,7 @@
 
 mod apis;
 pub mod diff;
+mod live;
 mod meters;
 mod model;
 mod plans;
@@ -22,6 +23,7 @@ mod tests;
 use sha2::{Digest, Sha256};
 
 pub use diff::{diff, Difference, FieldChange, ItemChange, Section};
+pub use live::LiveCatalog;
 pub use model::*;
 pub use source::{CatalogError, CatalogIssue};
 

@@ -22,7 +22,7 @@ use crate::jwt::scope_allows;
 use crate::keys::ResolvedKey;
 use crate::limits::Limited;
 use crate::quota::{Demand, QuotaRefusal, Taken};
-use crate::Gateway;
+use crate::{Gateway, Loaded};
 
 /// A quota of a plan, with its meter.
 pub(crate) struct PlanQuota {
@@ -75,7 +75,7 @@ impl Plans {
 
 /// The key's access to `version`, then its rate limit. Returns the upstream base to call.
 pub(crate) fn access<'v>(
-    gw: &Gateway,
+    loaded: &Loaded,
     key: &ResolvedKey,
     version: &'v VersionRoute,
 ) -> Result<&'v UpstreamBase, Refusal> {
@@ -107,12 +107,15 @@ pub(crate) fn access<'v>(
             format!("{api} {id} has no sandbox upstream; use a live key"),
         ));
     };
-    if let Some(limit) = gw
+    if let Some(limit) = loaded
         .plans
         .get(&key.plan_id)
         .and_then(|p| p.rate_limit.as_ref())
     {
-        gw.limits.check(&key.key_id, limit).map_err(rate_limited)?;
+        loaded
+            .limits
+            .check(&key.key_id, limit)
+            .map_err(rate_limited)?;
     }
     Ok(base)
 }
@@ -120,13 +123,14 @@ pub(crate) fn access<'v>(
 /// Takes the call's estimate from each quota of the plan whose meter it may count towards.
 pub(crate) async fn quotas(
     gw: &Gateway,
+    loaded: &Loaded,
     local: &crate::quota::LocalEntries,
     partner_id: &str,
     env: Env,
     plan_id: &str,
     event: &CallEvent,
 ) -> Result<Taken, Refusal> {
-    let (Some(quotas), Some(plan)) = (&gw.quotas, gw.plans.get(plan_id)) else {
+    let (Some(quotas), Some(plan)) = (&gw.quotas, loaded.plans.get(plan_id)) else {
         return Ok(Taken::none());
     };
     let demands: Vec<Demand> = plan

@@ -165,6 +165,7 @@ fn upstream_headers(h: &mut HeaderMap, peer: &super::Peer, key: &ResolvedKey) {
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn forward(
     worker: &Worker,
+    loaded: &crate::Loaded,
     mut head: Parts,
     body: UpstreamBody,
     version: &VersionRoute,
@@ -201,7 +202,7 @@ pub(crate) async fn forward(
     // Each branch awaits its client directly: a future nested in another is copied into it
     // whole, and these are the largest of a call.
     let sent: Result<Result<_, Box<dyn std::error::Error + Send + Sync>>, _> = if pooled {
-        tokio::time::timeout(timeout, worker.pool.send(base, request))
+        tokio::time::timeout(timeout, worker.pool(loaded).send(base, request))
             .await
             .map(|r| {
                 r.map(|(r, c)| (r, Some(c))).map_err(|e| match e {

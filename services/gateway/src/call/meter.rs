@@ -21,6 +21,8 @@ use crate::worker::Worker;
 /// Everything the call's event needs, completed when the response body ends.
 pub(crate) struct PendingCall {
     pub worker: Arc<Worker>,
+    /// The catalog the call started on: its meters settle the call's quotas.
+    pub catalog: Arc<peage_core::Catalog>,
     pub version_index: usize,
     pub started: Instant,
     pub event: CallEvent,
@@ -49,6 +51,7 @@ impl PendingCall {
     ) {
         let PendingCall {
             worker,
+            catalog,
             version_index,
             started,
             mut event,
@@ -76,10 +79,9 @@ impl PendingCall {
                     .saturating_mul(Decimal::from(sent.max(messages).max(1)));
             }
         }
-        let gw = &worker.gateway;
         if !taken.is_empty() {
             taken.settle(|meter| {
-                gw.catalog
+                catalog
                     .meter(meter)
                     .map_or(Decimal::ZERO, |m| m.contribution(&event))
             });

@@ -125,7 +125,9 @@ async fn pipeline(
     let time = peage_core::event::truncate_to_micros(now);
     let (head, body) = req.into_parts();
 
-    let routed = route::route(&gw.routes, &head, grpc, gw.config.encoded_slashes)?;
+    // The catalog this call starts with is the one it finishes on, whatever reload happens.
+    let loaded = gw.loaded();
+    let routed = route::route(&loaded.routes, &head, grpc, gw.config.encoded_slashes)?;
     let version = Arc::clone(&routed.version);
     call.version = Some(Arc::clone(&version));
 
@@ -143,6 +145,7 @@ async fn pipeline(
     let is_grpc = version.spec.protocol == Protocol::Grpc;
     call.pending = Some(PendingCall {
         worker: Arc::clone(worker),
+        catalog: Arc::clone(&loaded.catalog),
         version_index: version.index,
         started: call.started,
         event: CallEvent {
@@ -183,7 +186,7 @@ async fn pipeline(
         r
     };
 
-    let base = admit::access(gw, &key, &version).map_err(|r| unnamed(pending, r))?;
+    let base = admit::access(&loaded, &key, &version).map_err(|r| unnamed(pending, r))?;
 
     let op = operation::name(
         &version,
@@ -203,6 +206,7 @@ async fn pipeline(
 
     pending.taken = admit::quotas(
         gw,
+        &loaded,
         &worker.quota_entries,
         &key.partner_id,
         key.env,
@@ -222,6 +226,7 @@ async fn pipeline(
     let body = CountingBody::new(op.body, tally, is_grpc);
     let (upstream, checkin) = forward::forward(
         worker,
+        &loaded,
         head,
         body,
         &version,

@@ -131,7 +131,21 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
+    #[cfg(test)]
     pub fn new(catalog: &Catalog) -> Routes {
+        let mut next = 0;
+        Routes::with_indices(catalog, &mut |_, _| {
+            next += 1;
+            next - 1
+        })
+    }
+
+    /// The routes of `catalog`, each version's metrics slot given by `index_of(api, version)`
+    /// (stable across reloads, so a version keeps its series).
+    pub fn with_indices(
+        catalog: &Catalog,
+        index_of: &mut dyn FnMut(&str, &str) -> usize,
+    ) -> Routes {
         let mut routes = Routes {
             by_api: HashMap::default(),
             grpc: HashMap::default(),
@@ -148,7 +162,7 @@ impl Routes {
                 let live = base(&v.live, &mut routes);
                 let sandbox = v.sandbox.as_deref().and_then(|s| base(s, &mut routes));
                 let route = Arc::new(VersionRoute {
-                    index: routes.versions.len(),
+                    index: index_of(&api.name, &v.id),
                     api: api.name.clone(),
                     spec: v.clone(),
                     lifecycle: lifecycle_headers(&api.name, v),
