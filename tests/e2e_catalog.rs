@@ -64,7 +64,7 @@ async fn validate_and_diff_on_good_and_bad_files() {
     );
     let report: Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(report["valid"], true);
-    assert_eq!(report["plans"], 1);
+    assert_eq!(report["plans"], 3);
 
     // Bad: a 40-decimal price, an unknown key and a dangling meter; exit 1, every problem
     // with its line and field, in text and in JSON.
@@ -324,4 +324,141 @@ async fn an_edited_price_reaches_the_upcoming_invoice_without_a_restart_and_a_ba
     .await
     .expect("the original catalog is back in force");
     p.interrupt();
+}
+
+/// `peage plans migrate`: a dry run lists who moves, when and what each would pay, and
+/// changes nothing; a refused move (another currency, now) says why and exits 1; the real run
+/// schedules every partner of the plan, and only them.
+#[tokio::test]
+async fn plans_migrate_dry_runs_then_schedules_every_partner_of_a_plan() {
+    use chrono::Datelike;
+    use peage_billing_store::{BillingStore, PlanChangeStore, SqliteBillingStore, Subscription};
+    let dir = demo_dir();
+    let d = dir.path();
+    let catalog = peage_core::Catalog::parse("catalog.toml", DEMO, &|_| {
+        Some("http://127.0.0.1:8081".into())
+    })
+    .unwrap();
+    let version = |plan: &str| catalog.plan(plan).unwrap().version.clone();
+    let store = SqliteBillingStore::open(&d.join("billing.db"))
+        .await
+        .unwrap();
+    let now = chrono::Utc::now();
+    let on = |plan: &str| Subscription {
+        plan_id: plan.into(),
+        plan_version: version(plan),
+        started_at: now,
+        ended_at: None,
+    };
+    let ids = [
+        "prt_0000000000000000000a",
+        "prt_0000000000000000000b",
+        "prt_0000000000000000000c",
+    ];
+    for (id, name, plan) in [
+        (ids[0], "Acme", "demo"),
+        (ids[1], "Globex", "demo"),
+        (ids[2], "Initech", "scale"),
+    ] {
+        store
+            .create_partner(&id.parse().unwrap(), name, &on(plan))
+            .await
+            .unwrap();
+    }
+    let migrate = |args: &[&str]| {
+        let mut all = vec!["plans", "migrate", "--data-dir", "."];
+        all.extend_from_slice(args);
+        peage(&all, d)
+    };
+
+    // Dry run: both demo partners would move at the end of this month, with what they pay.
+    let out = migrate(&[
+        "--from",
+        "demo",
+        "--to",
+        "scale",
+        "--dry-run",
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let moves = report["partners"].as_array().unwrap();
+    assert_eq!(moves.len(), 2, "{report}");
+    let next_month = {
+        let (y, m) = if now.month() == 12 {
+            (now.year() + 1, 1)
+        } else {
+            (now.year(), now.month() + 1)
+        };
+        chrono::NaiveDate::from_ymd_opt(y, m, 1).unwrap()
+    };
+    for m in moves {
+        assert_eq!(m["outcome"], "would move", "{m}");
+        let at: chrono::DateTime<chrono::Utc> = m["at"].as_str().unwrap().parse().unwrap();
+        assert_eq!(at.date_naive(), next_month, "{m}");
+        assert_eq!(m["current"][1], "EUR", "{m}");
+        assert_eq!(m["on_new_plan"][1], "EUR", "{m}");
+        let amount: rust_decimal::Decimal = m["on_new_plan"][0].as_str().unwrap().parse().unwrap();
+        assert!(amount > rust_decimal::Decimal::ZERO, "{m}");
+    }
+    let text_out = migrate(&["--from", "demo", "--to", "scale", "--dry-run"]);
+    let shown = text(&text_out.stdout);
+    assert!(
+        shown.contains("2 partner(s) on demo would move to scale")
+            && shown.contains("Acme")
+            && shown.contains("Dry run: nothing was changed"),
+        "{shown}"
+    );
+    for id in ids {
+        assert_eq!(
+            store
+                .pending_plan_change(&id.parse().unwrap())
+                .await
+                .unwrap(),
+            None,
+            "a dry run changes nothing"
+        );
+    }
+
+    // Another currency and period, now: refused for each, with the way to schedule it.
+    let out = migrate(&["--from", "demo", "--to", "enterprise-yearly", "--at", "now"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let shown = text(&out.stdout);
+    assert_eq!(shown.matches("REFUSED").count(), 2, "{shown}");
+    assert!(shown.contains("EUR every month"), "{shown}");
+
+    // One version of the plan, by its first characters; then the real run.
+    let out = migrate(&["--from", "demo@zzzz", "--to", "scale", "--dry-run"]);
+    assert!(
+        text(&out.stdout).contains("0 partner(s)"),
+        "{}",
+        text(&out.stdout)
+    );
+    let from = format!("demo@{}", &version("demo")[..6]);
+    let out = migrate(&["--from", &from, "--to", "scale"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    for id in &ids[..2] {
+        let pending = store
+            .pending_plan_change(&id.parse().unwrap())
+            .await
+            .unwrap()
+            .expect("scheduled");
+        assert_eq!(pending.plan_id, "scale");
+        assert_eq!(pending.at.date_naive(), next_month);
+        assert_eq!(pending.scheduled_by, "cli: peage plans migrate");
+    }
+    assert_eq!(
+        store
+            .pending_plan_change(&ids[2].parse().unwrap())
+            .await
+            .unwrap(),
+        None,
+        "a partner on another plan is left alone"
+    );
 }

@@ -331,6 +331,8 @@ async fn the_dashboard_in_headless_chromium() {
         "finance-partners",
         "finance-invoices",
         "finance-invoice-review",
+        "finance-partner-preview",
+        "finance-partner-plan-change",
         "viewer-invoices",
     ] {
         let f = shots.join(format!("{page}.png"));

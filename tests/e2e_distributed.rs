@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use peage_core::{CallEvent, Env};
@@ -2215,5 +2215,186 @@ async fn usage_events_through_kafka_and_clickhouse_are_counted_once_and_priced_a
         lines,
         [line("large", "4.8", "0.01"), line("small", "129.9", "0.26")],
         "{inv}"
+    );
+}
+
+/// An upstream that says who it is: where calls go after the catalog points the API at it.
+async fn second_upstream() -> (String, tokio::sync::oneshot::Sender<()>) {
+    let app = axum::Router::new().route(
+        "/hello",
+        axum::routing::get(|| async { "from the second upstream" }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    (url, tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "real-servers"),
+    ignore = "needs Kafka, ClickHouse and PostgreSQL: cargo test --features real-servers (deploy/dev/services.sh start)"
+)]
+async fn a_new_price_and_upstream_reach_every_role_within_5_s_while_calls_flow() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    servers_up();
+    let s = Setup::new(KAFKA).await;
+    let kafka = s.kafka();
+    ensure_topics(&kafka).await.unwrap();
+    let (_billing, control) = s.start("billing", &[]);
+    let control = control.unwrap();
+    let (_aggregator, _) = s.start("aggregator", &[]);
+    let (_gateway, gw) = s.start(
+        "gateway",
+        &[("PEAGE_GATEWAY__ID", "gw-live".into()), s.spool("gw-live")],
+    );
+    let gw = gw.unwrap();
+    let client = reqwest::Client::new();
+    let (pid, secret) = partner_with_live_key(&client, &control).await;
+    let upcoming = |client: reqwest::Client| {
+        let (control, pid) = (control.clone(), pid.clone());
+        async move {
+            admin_get(
+                &client,
+                &control,
+                &format!("/v1/partners/{pid}/invoices/upcoming"),
+            )
+            .await["invoice"]["lines"]
+                .to_string()
+        }
+    };
+    let before = upcoming(client.clone()).await;
+    let status = admin_get(&client, &control, "/v1/catalog").await;
+    let old_version = status["version"].as_str().unwrap().to_string();
+    assert_eq!(status["of_record"], old_version, "{status}");
+
+    // Calls flow through the gateway the whole time; every answer is kept.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answers = Arc::new(std::sync::Mutex::new(Vec::<(u16, String)>::new()));
+    let caller = {
+        let (client, gw, secret) = (client.clone(), gw.clone(), secret.clone());
+        let (stop, answers) = (Arc::clone(&stop), Arc::clone(&answers));
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, body) = match client
+                    .get(format!("{gw}/demo/v1/hello"))
+                    .bearer_auth(&secret)
+                    .send()
+                    .await
+                {
+                    Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                    Err(e) => (0, e.to_string()),
+                };
+                answers.lock().unwrap().push((status, body));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // One edit of the file billing reads: a new price, and the API moved to another upstream.
+    let (second, _second_stop) = second_upstream().await;
+    let path = s.dir.path().join("catalog.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let live = text
+        .lines()
+        .find(|l| l.starts_with("live = "))
+        .unwrap()
+        .to_string();
+    let edited = text
+        .replacen(&live, &format!("live = \"{second}\""), 1)
+        .replace("base_fee = \"9.00\"", "base_fee = \"90.00\"");
+    assert_ne!(edited, text);
+    std::fs::write(&path, edited).unwrap();
+    let edited_at = std::time::Instant::now();
+
+    let mut billing_at = None;
+    let mut gateway_reported_at = None;
+    let mut upstream_at = None;
+    let mut invoice_at = None;
+    while edited_at.elapsed() < Duration::from_secs(5)
+        && [billing_at, gateway_reported_at, upstream_at, invoice_at]
+            .iter()
+            .any(Option::is_none)
+    {
+        let status = admin_get(&client, &control, "/v1/catalog").await;
+        let new = status["version"].as_str().unwrap_or_default() != old_version;
+        if billing_at.is_none() && new && status["of_record"] == status["version"] {
+            billing_at = Some(edited_at.elapsed());
+        }
+        let gateway_runs = status["roles"].as_array().into_iter().flatten().any(|r| {
+            r["role"] == "gateway"
+                && r["instance"] == "gw-live"
+                && r["version"] == status["version"]
+        });
+        if gateway_reported_at.is_none() && new && gateway_runs {
+            gateway_reported_at = Some(edited_at.elapsed());
+        }
+        if upstream_at.is_none()
+            && answers
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(_, b)| b == "from the second upstream")
+        {
+            upstream_at = Some(edited_at.elapsed());
+        }
+        if invoice_at.is_none() && upcoming(client.clone()).await != before {
+            invoice_at = Some(edited_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A few more calls on the new catalog, then stop calling.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    caller.await.unwrap();
+    let answers = answers.lock().unwrap().clone();
+    let failed: Vec<&(u16, String)> = answers.iter().filter(|(s, _)| *s != 200).collect();
+    eprintln!(
+        "live catalog (distributed): billing {billing_at:?}, gateway reported {gateway_reported_at:?}, \
+         first call on the new upstream {upstream_at:?}, upcoming invoice {invoice_at:?}; \
+         {} calls, {} failed",
+        answers.len(),
+        failed.len()
+    );
+    assert!(
+        billing_at.is_some(),
+        "billing did not take the new catalog within 5 s"
+    );
+    assert!(
+        gateway_reported_at.is_some(),
+        "the gateway did not run the new catalog within 5 s"
+    );
+    assert!(
+        upstream_at.is_some(),
+        "no call reached the new upstream within 5 s"
+    );
+    assert!(
+        invoice_at.is_some(),
+        "the upcoming invoice did not change within 5 s"
+    );
+    assert!(
+        failed.is_empty(),
+        "calls failed during the reload: {failed:?}"
+    );
+    assert!(answers.len() > 50, "calls flowed: {}", answers.len());
+    // After the switch, every call went to the new upstream.
+    let switched = answers
+        .iter()
+        .position(|(_, b)| b == "from the second upstream")
+        .unwrap();
+    assert!(
+        answers[switched..]
+            .iter()
+            .all(|(_, b)| b == "from the second upstream"),
+        "a call went back to the old upstream after the switch"
     );
 }

@@ -98,6 +98,43 @@ test('finance computes, reviews, finalizes and exports a draft', async () => {
   await page.locator('#chart-note', { hasText: /llm_tokens: 1\D?000\b/ }).waitFor();
   await assertLabelled(page);
   await shot(page, 'finance-partner', true);
+
+  // What Globex would pay on another plan, beside the current draft; nothing is saved.
+  const preview = page.getByRole('region', { name: 'What this partner would pay on another plan' });
+  await page.locator('#preview-plan').selectOption('scale');
+  await preview.getByRole('button', { name: 'Preview' }).click();
+  await page.locator('#preview-summary', { hasText: /On scale, this period would come to/ }).waitFor();
+  await page.locator('#preview-current table').waitFor();
+  await page.locator('#preview-other table').waitFor();
+  assert.match(await page.locator('#preview-other').innerText(), /calls/);
+  await assertLabelled(page);
+  await preview.scrollIntoViewIfNeeded();
+  await page.waitForLoadState('networkidle');
+  await preview.screenshot({ path: `${shots}/finance-partner-preview.png` });
+
+  // A move to the yearly dollar plan: refused now (another currency and period), with the way
+  // to schedule it; scheduled for the period's end, shown as pending, then cancelled.
+  const plan = page.getByRole('region', { name: 'Plan', exact: true });
+  await page.locator('#change-plan').selectOption('enterprise-yearly');
+  await page.locator('#change-at').selectOption('now');
+  await plan.getByRole('button', { name: 'Change plan' }).click();
+  await plan.getByRole('alert').filter({ hasText: /at next_period|first boundary both plans share/ }).waitFor();
+  await page.locator('#change-at').selectOption('date');
+  const year = new Date().getUTCFullYear() + 1;
+  await plan.getByLabel(/^Date/).fill(`${year}-01-01`);
+  await plan.getByRole('button', { name: 'Change plan' }).click();
+  const pending = page.locator('#pending-change');
+  await pending.getByText('enterprise-yearly').waitFor();
+  assert.match(await pending.innerText(), /pending/);
+  await assertLabelled(page);
+  await plan.screenshot({ path: `${shots}/finance-partner-plan-change.png` });
+  const partnerNow = await adminCall('GET', `/v1/partners/${partner}`);
+  assert.equal(partnerNow.pending_change.plan_id, 'enterprise-yearly');
+  assert.equal(partnerNow.subscription.plan_id, 'demo');
+  page.once('dialog', (d) => d.accept());
+  await pending.getByRole('button', { name: /Cancel the change/ }).click();
+  await page.getByText('No plan change is pending.').waitFor();
+  assert.equal((await adminCall('GET', `/v1/partners/${partner}`)).pending_change, null);
   await page.goBack();
 
   // Last month's drafts, computed from the browser, then finalized.
@@ -139,7 +176,8 @@ test('finance computes, reviews, finalizes and exports a draft', async () => {
   const csv = await streamText(await download.createReadStream());
   assert.match(csv, /^invoice_id,number,status,partner_id/);
   assert.ok(csv.includes(number) && csv.includes(partner), csv);
-  assert.deepEqual(errors, []);
+  // The one error the browser saw is the refused plan change, answered 409 on purpose.
+  assert.deepEqual(errors, ['Failed to load resource: the server responded with a status of 409 (Conflict)']);
   await context.close();
 });
 

@@ -17,7 +17,12 @@ import sys
 import uuid
 
 from peage_client import AuthenticatedClient
-from peage_client.api.catalog import get_api_document, list_apis, list_plans
+from peage_client.api.catalog import (
+    get_api_document,
+    list_apis,
+    list_catalog_versions,
+    list_plans,
+)
 from peage_client.api.dashboard import create_sign_in_link, get_session
 from peage_client.api.events import cancel_events
 from peage_client.api.gateway import gateway_key_by_hash, gateway_revocations
@@ -27,6 +32,8 @@ from peage_client.api.invoices import (
     get_invoice,
     get_upcoming_invoice,
     list_credits,
+    preview_invoice,
+    preview_invoice_with_catalog,
     list_invoices,
     put_billing_profile,
     run_invoices,
@@ -40,11 +47,14 @@ from peage_client.api.operations import (
     list_staff,
 )
 from peage_client.api.partners import (
+    cancel_plan_change,
+    change_subscription,
     create_key,
     create_partner,
     get_partner,
     list_keys,
     list_partners,
+    list_plan_changes,
     partners_overview,
     patch_partner,
     rotate_key,
@@ -106,8 +116,63 @@ def main(control_url, admin_token, gateway_url, demo_key):
         models.Partner,
     )
     assert acme.external_id == external
-    got = ok(get_partner.sync_detailed(acme.id, client=client), 200, models.Partner)
+    got = ok(get_partner.sync_detailed(acme.id, client=client), 200, models.PartnerView)
     assert got.id == acme.id
+    assert got.pending_change is None
+
+    # A move to the yearly dollar plan, scheduled for the 1st of January, listed, cancelled.
+    new_year = f"{datetime.date.today().year + 1}-01-01"
+    scheduled = ok(
+        change_subscription.sync_detailed(
+            acme.id,
+            client=client,
+            body=models.SubscriptionRequest(plan="enterprise-yearly", at=new_year),
+        ),
+        200,
+        models.PartnerView,
+    )
+    assert scheduled.subscription.plan_id == "demo"
+    change = scheduled.pending_change
+    assert change.plan_id == "enterprise-yearly" and change.status == models.PlanChangeStatus.PENDING
+    changes = ok(list_plan_changes.sync_detailed(acme.id, client=client), 200, models.PlanChangeList)
+    assert [c.id for c in changes.plan_changes] == [change.id]
+    cancelled = ok(
+        cancel_plan_change.sync_detailed(acme.id, change.id, client=client), 200, models.PlanChange
+    )
+    assert cancelled.status == models.PlanChangeStatus.CANCELLED
+
+    # What Acme would pay on the Scale plan, and under an uploaded catalog; nothing is saved.
+    preview = ok(
+        preview_invoice.sync_detailed(acme.id, client=client, plan="scale"), 200, models.InvoicePreview
+    )
+    assert preview.plan_id == "scale" and preview.preview.invoice.currency == "EUR"
+    assert preview.current.id == "upcoming" and preview.preview.id == "preview"
+    versions = ok(list_catalog_versions.sync_detailed(client=client), 200, models.CatalogVersions)
+    assert versions.in_force in {v.version for v in versions.versions}
+    catalog_text = [c for c in versions.versions if c.version == versions.in_force]
+    assert catalog_text, versions
+    import io
+    from peage_client.types import File
+
+    uploaded_toml = (
+        '[[meter]]\nname = "calls"\naggregation = "count"\n\n'
+        '[[plan]]\nid = "demo"\nname = "Demo, uploaded"\ncurrency = "EUR"\n'
+        'period = { every = "month", anchor_day = 1 }\nbase_fee = "1.00"\n'
+    )
+    uploaded = ok(
+        preview_invoice_with_catalog.sync_detailed(
+            acme.id,
+            client=client,
+            body=File(payload=io.BytesIO(uploaded_toml.encode()), mime_type="application/toml"),
+        ),
+        200,
+        models.InvoicePreview,
+    )
+    # Acme joined today: the uploaded plan's 1.00 base fee, prorated from then.
+    base = uploaded.preview.invoice.lines[0]
+    assert base.description.startswith("Demo, uploaded: base fee"), base
+    assert float(base.unit_price) == 1.0 and 0 < float(base.amount) <= 1.0, base
+    assert uploaded.catalog_version != versions.in_force
     patched = ok(
         patch_partner.sync_detailed(acme.id, client=client, body=models.PartnerChange(external_id=None)),
         200,

@@ -61,6 +61,8 @@ macro_rules! conformance_tests {
             external_ids_name_one_partner_each,
             sums_of_stored_credits_that_overflow_are_errors_not_panics,
             partners_follow_a_plan_to_its_new_version_once,
+            the_catalog_in_force_is_one_and_roles_report_theirs,
+            a_scheduled_plan_change_applies_once_and_is_cancelled_only_while_pending,
         );
     };
     (@each $attrs:tt $fixture:path; $($name:ident,)*) => {
@@ -1448,4 +1450,173 @@ pub async fn partners_follow_a_plan_to_its_new_version_once(s: &dyn BillingStore
             .plan_version,
         "v2"
     );
+}
+
+/// The catalog of record: each version kept once, one in force at a time, and each role
+/// instance's last report.
+pub async fn the_catalog_in_force_is_one_and_roles_report_theirs(s: &dyn BillingStore) {
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    assert_eq!(s.catalog_in_force().await.unwrap(), None);
+    assert!(s
+        .put_catalog_in_force("v1", "[[plan]]", "test", t0)
+        .await
+        .unwrap());
+    assert!(!s
+        .put_catalog_in_force("v1", "[[plan]]", "test", t0)
+        .await
+        .unwrap());
+    let t1 = t0 + Duration::minutes(5);
+    assert!(s
+        .put_catalog_in_force("v2", "# v2", "billing:b1", t1)
+        .await
+        .unwrap());
+    let now = s.catalog_in_force().await.unwrap().unwrap();
+    assert_eq!((now.version.as_str(), now.text.as_str()), ("v2", "# v2"));
+    assert_eq!((now.since, now.accepted_by.as_str()), (t1, "billing:b1"));
+    // Back to a version seen before: in force again, from then.
+    let t2 = t1 + Duration::minutes(5);
+    assert!(s
+        .put_catalog_in_force("v1", "[[plan]]", "test", t2)
+        .await
+        .unwrap());
+    let back = s.catalog_in_force().await.unwrap().unwrap();
+    assert_eq!(
+        (back.version.as_str(), back.since, back.accepted_at),
+        ("v1", t2, t0)
+    );
+    // Every accepted version stays, the latest first, its text kept for previews.
+    let accepted: Vec<String> = s
+        .accepted_catalogs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.version)
+        .collect();
+    assert_eq!(accepted, ["v2", "v1"]);
+    assert_eq!(
+        s.accepted_catalog_text("v2").await.unwrap().as_deref(),
+        Some("# v2")
+    );
+    assert_eq!(s.accepted_catalog_text("v3").await.unwrap(), None);
+
+    s.report_catalog("gateway", "gw-2", "v1", t0).await.unwrap();
+    s.report_catalog("gateway", "gw-1", "v1", t0).await.unwrap();
+    s.report_catalog("gateway", "gw-1", "v2", t1).await.unwrap();
+    let roles = s.catalog_roles().await.unwrap();
+    let seen: Vec<(&str, &str)> = roles
+        .iter()
+        .map(|r| (r.instance.as_str(), r.version.as_str()))
+        .collect();
+    assert_eq!(seen, [("gw-1", "v2"), ("gw-2", "v1")]);
+    assert_eq!(roles[0].seen_at, t1);
+}
+
+pub async fn a_scheduled_plan_change_applies_once_and_is_cancelled_only_while_pending(
+    s: &dyn BillingStore,
+) {
+    use crate::{PlanChange, PlanChangeStatus};
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 6, 0, 0, 0).unwrap();
+    let boundary = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
+    let pid: PartnerId = typed("prt_706c616e6368616e6765");
+    let other: PartnerId = typed("prt_6f746865727061727400");
+    s.create_partner(&pid, "A", &sub("monthly", t0))
+        .await
+        .unwrap();
+    s.create_partner(&other, "B", &sub("monthly", t0))
+        .await
+        .unwrap();
+    let change = |id: &str, plan: &str, at| PlanChange {
+        id: typed(id),
+        partner_id: pid.clone(),
+        plan_id: plan.into(),
+        at,
+        scheduled_at: t0 + Duration::hours(1),
+        scheduled_by: "test".into(),
+        status: PlanChangeStatus::Pending,
+        settled_at: None,
+        settled_by: None,
+        error: None,
+    };
+    let first = change("pch_00000000000000000001", "yearly", boundary);
+    assert_eq!(s.schedule_plan_change(&first).await.unwrap(), None);
+    assert_eq!(
+        s.pending_plan_change(&pid).await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(s.pending_plan_change(&other).await.unwrap(), None);
+    // Another one replaces it: one pending per partner.
+    let second = change("pch_00000000000000000002", "yearly-pro", boundary);
+    let replaced = s.schedule_plan_change(&second).await.unwrap().unwrap();
+    assert_eq!(
+        (replaced.id.as_str(), replaced.status),
+        (first.id.as_str(), PlanChangeStatus::Cancelled)
+    );
+    assert_eq!(
+        s.pending_plan_change(&pid).await.unwrap().unwrap().id,
+        second.id
+    );
+    // Not due before its time; due from it.
+    assert!(s
+        .due_plan_changes(boundary - Duration::microseconds(1))
+        .await
+        .unwrap()
+        .is_empty());
+    let due = s.due_plan_changes(boundary).await.unwrap();
+    assert_eq!(due.len(), 1);
+    // Another partner cannot cancel it.
+    assert!(matches!(
+        s.settle_plan_change(
+            &other,
+            &second.id,
+            PlanChangeStatus::Cancelled,
+            "x",
+            None,
+            t0
+        )
+        .await,
+        Err(BillingStoreError::NotFound { .. })
+    ));
+    // Applied once: the second claim finds it applied and moves no one.
+    let next = Subscription {
+        plan_id: "yearly-pro".into(),
+        plan_version: "v-yearly-pro".into(),
+        started_at: boundary,
+        ended_at: None,
+    };
+    let applied_at = boundary + Duration::seconds(1);
+    let moved = s
+        .apply_plan_change(&due[0], &next, applied_at)
+        .await
+        .unwrap();
+    assert_eq!(moved.unwrap().subscription, next);
+    assert_eq!(
+        s.apply_plan_change(&due[0], &next, applied_at)
+            .await
+            .unwrap(),
+        None
+    );
+    let subs = s.subscriptions(&pid).await.unwrap();
+    assert_eq!(subs.len(), 2, "{subs:?}");
+    assert_eq!(subs[0].ended_at, Some(boundary));
+    // Once applied it can no longer be cancelled, and nothing is pending or due.
+    match s
+        .settle_plan_change(&pid, &second.id, PlanChangeStatus::Cancelled, "x", None, t0)
+        .await
+    {
+        Err(BillingStoreError::Conflict(m)) => assert!(m.contains("applied"), "{m}"),
+        other => panic!("an applied change cannot be cancelled: {other:?}"),
+    }
+    assert_eq!(s.pending_plan_change(&pid).await.unwrap(), None);
+    assert!(s.due_plan_changes(applied_at).await.unwrap().is_empty());
+    let history = s.plan_changes(&pid).await.unwrap();
+    let seen: Vec<(&str, PlanChangeStatus)> =
+        history.iter().map(|c| (c.id.as_str(), c.status)).collect();
+    assert_eq!(
+        seen,
+        [
+            (second.id.as_str(), PlanChangeStatus::Applied),
+            (first.id.as_str(), PlanChangeStatus::Cancelled)
+        ]
+    );
+    assert_eq!(history[0].settled_at, Some(applied_at));
 }

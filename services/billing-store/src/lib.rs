@@ -24,6 +24,8 @@ use serde::Serialize;
 
 pub use audit::{AuditRecord, AuditStore};
 pub use idempotency::{ClaimOutcome, IdempotencyClaim, IdempotencyStore, KeptAnswer};
+pub use ledger::catalogs::{AcceptedCatalog, CatalogStore, RoleCatalog, StoredCatalog};
+pub use ledger::plan_changes::{PlanChange, PlanChangeStatus, PlanChangeStore};
 pub use ledger::{
     Attempt, BillingProfile, CreditEntry, DashboardGrant, DashboardRole, DraftOutcome,
     InvoiceFilter, LedgerStore, WebhookDelivery, WebhookEndpoint,
@@ -211,6 +213,8 @@ fn decide_grant(
 #[async_trait]
 pub trait BillingStore:
     LedgerStore
+    + CatalogStore
+    + PlanChangeStore
     + IdempotencyStore
     + ServiceTokenStore
     + RevocationFeed
@@ -246,6 +250,15 @@ pub trait BillingStore:
         partner_id: &PartnerId,
         next: &Subscription,
     ) -> Result<Partner, BillingStoreError>;
+    /// Applies a pending scheduled change: marks it applied and moves the partner to `next`
+    /// (from `next.started_at`) in one transaction; `None` when it is no longer pending
+    /// (another billing instance applied it, or it was cancelled).
+    async fn apply_plan_change(
+        &self,
+        change: &PlanChange,
+        next: &Subscription,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Partner>, BillingStoreError>;
     /// Moves every partner on `plan_id` at another version than `version` to `version` from
     /// `at` (their current subscription ends, a new one starts), in one transaction; answers
     /// the partners moved. Two callers at once move each partner once.

@@ -12,9 +12,10 @@ use peage_core::pricing::Quota;
 use peage_core::quota::{Grant, QuotaLedger};
 use rust_decimal::Decimal;
 
+use crate::ledger::ts;
 use crate::{
-    decide_grant, ledger_of, ApiKey, BillingStore, BillingStoreError, NewKey, Partner, QuotaKey,
-    SigningKey, Subscription, TrustedIssuer,
+    decide_grant, ledger_of, ApiKey, BillingStore, BillingStoreError, NewKey, Partner, PlanChange,
+    QuotaKey, SigningKey, Subscription, TrustedIssuer,
 };
 
 #[derive(Clone)]
@@ -206,28 +207,29 @@ impl BillingStore for PostgresBillingStore {
         next: &Subscription,
     ) -> Result<Partner, BillingStoreError> {
         let mut tx = self.pool.begin().await?;
-        let ended = sqlx::query(
-            "UPDATE subscriptions SET ended_at = $1 WHERE partner_id = $2 AND ended_at IS NULL",
-        )
-        .bind(next.started_at)
-        .bind(partner_id.as_str())
-        .execute(&mut *tx)
-        .await?;
-        if ended.rows_affected() == 0 {
-            return Err(BillingStoreError::NotFound {
-                what: "partner",
-                id: partner_id.to_string(),
-            });
-        }
-        sqlx::query("INSERT INTO subscriptions (partner_id, plan_id, plan_version, started_at) VALUES ($1, $2, $3, $4)")
-            .bind(partner_id.as_str())
-            .bind(&next.plan_id)
-            .bind(&next.plan_version)
-            .bind(next.started_at)
-            .execute(&mut *tx)
-            .await?;
+        switch_subscription(&mut tx, partner_id, next).await?;
         tx.commit().await?;
         self.required_partner(partner_id).await
+    }
+
+    async fn apply_plan_change(
+        &self,
+        change: &PlanChange,
+        next: &Subscription,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Partner>, BillingStoreError> {
+        let mut tx = self.pool.begin().await?;
+        let claimed = sqlx::query(crate::ledger::plan_changes::CLAIM_APPLIED)
+            .bind(ts(at))
+            .bind(change.id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        if claimed.rows_affected() == 0 {
+            return Ok(None);
+        }
+        switch_subscription(&mut tx, &change.partner_id, next).await?;
+        tx.commit().await?;
+        self.required_partner(&change.partner_id).await.map(Some)
     }
 
     async fn follow_plan_version(
@@ -507,3 +509,32 @@ crate::revocations::revocation_feed!(
         Ok(r.try_get("revoked_at")?)
     }
 );
+
+/// Ends the partner's current subscription at `next.started_at` and starts `next`.
+async fn switch_subscription(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    partner_id: &PartnerId,
+    next: &Subscription,
+) -> Result<(), BillingStoreError> {
+    let ended = sqlx::query(
+        "UPDATE subscriptions SET ended_at = $1 WHERE partner_id = $2 AND ended_at IS NULL",
+    )
+    .bind(next.started_at)
+    .bind(partner_id.as_str())
+    .execute(&mut **tx)
+    .await?;
+    if ended.rows_affected() == 0 {
+        return Err(BillingStoreError::NotFound {
+            what: "partner",
+            id: partner_id.to_string(),
+        });
+    }
+    sqlx::query("INSERT INTO subscriptions (partner_id, plan_id, plan_version, started_at) VALUES ($1, $2, $3, $4)")
+        .bind(partner_id.as_str())
+        .bind(&next.plan_id)
+        .bind(&next.plan_version)
+        .bind(next.started_at)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

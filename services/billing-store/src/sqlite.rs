@@ -16,8 +16,8 @@ use peage_core::quota::{Grant, QuotaLedger};
 use rust_decimal::Decimal;
 
 use crate::{
-    decide_grant, ledger_of, ApiKey, BillingStore, BillingStoreError, NewKey, Partner, QuotaKey,
-    SigningKey, Subscription, TrustedIssuer,
+    decide_grant, ledger_of, ApiKey, BillingStore, BillingStoreError, NewKey, Partner, PlanChange,
+    QuotaKey, SigningKey, Subscription, TrustedIssuer,
 };
 
 #[derive(Clone)]
@@ -209,28 +209,29 @@ impl BillingStore for SqliteBillingStore {
         next: &Subscription,
     ) -> Result<Partner, BillingStoreError> {
         let mut tx = self.pool.begin().await?;
-        let ended = sqlx::query(
-            "UPDATE subscriptions SET ended_at = ? WHERE partner_id = ? AND ended_at IS NULL",
-        )
-        .bind(ts(next.started_at))
-        .bind(partner_id.as_str())
-        .execute(&mut *tx)
-        .await?;
-        if ended.rows_affected() == 0 {
-            return Err(BillingStoreError::NotFound {
-                what: "partner",
-                id: partner_id.to_string(),
-            });
-        }
-        sqlx::query("INSERT INTO subscriptions (partner_id, plan_id, plan_version, started_at) VALUES (?, ?, ?, ?)")
-            .bind(partner_id.as_str())
-            .bind(&next.plan_id)
-            .bind(&next.plan_version)
-            .bind(ts(next.started_at))
-            .execute(&mut *tx)
-            .await?;
+        switch_subscription(&mut tx, partner_id, next).await?;
         tx.commit().await?;
         self.required_partner(partner_id).await
+    }
+
+    async fn apply_plan_change(
+        &self,
+        change: &PlanChange,
+        next: &Subscription,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Partner>, BillingStoreError> {
+        let mut tx = self.pool.begin().await?;
+        let claimed = sqlx::query(crate::ledger::plan_changes::CLAIM_APPLIED)
+            .bind(ts(at))
+            .bind(change.id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        if claimed.rows_affected() == 0 {
+            return Ok(None);
+        }
+        switch_subscription(&mut tx, &change.partner_id, next).await?;
+        tx.commit().await?;
+        self.required_partner(&change.partner_id).await.map(Some)
     }
 
     async fn follow_plan_version(
@@ -490,6 +491,35 @@ async fn grant_rows(
     .bind(ts(key.period_start))
     .fetch_all(conn)
     .await?)
+}
+
+/// Ends the partner's current subscription at `next.started_at` and starts `next`.
+async fn switch_subscription(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    partner_id: &PartnerId,
+    next: &Subscription,
+) -> Result<(), BillingStoreError> {
+    let ended = sqlx::query(
+        "UPDATE subscriptions SET ended_at = ? WHERE partner_id = ? AND ended_at IS NULL",
+    )
+    .bind(ts(next.started_at))
+    .bind(partner_id.as_str())
+    .execute(&mut **tx)
+    .await?;
+    if ended.rows_affected() == 0 {
+        return Err(BillingStoreError::NotFound {
+            what: "partner",
+            id: partner_id.to_string(),
+        });
+    }
+    sqlx::query("INSERT INTO subscriptions (partner_id, plan_id, plan_version, started_at) VALUES (?, ?, ?, ?)")
+        .bind(partner_id.as_str())
+        .bind(&next.plan_id)
+        .bind(&next.plan_version)
+        .bind(ts(next.started_at))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

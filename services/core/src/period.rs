@@ -187,6 +187,48 @@ impl PeriodRule {
     }
 }
 
+impl PeriodRule {
+    /// Whether a period of this rule starts at `t` in `tz`.
+    pub fn starts_at(&self, tz: Tz, t: DateTime<Utc>) -> bool {
+        self.containing_in(tz, t).start == t
+    }
+
+    /// `every month` or `every year`.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            PeriodRule::Month { .. } => "every month",
+            PeriodRule::Year { .. } => "every year",
+        }
+    }
+}
+
+/// The first instant at or after `from` where a period of `current` ends and a period of
+/// `next` starts, both in `tz`: where a partner can move from a plan billed by `current` to one
+/// billed by `next` without a period that neither bills. `None` within `horizon_years` years
+/// (their anchors never meet, such as a month anchored on the 1st and a year on the 15th).
+pub fn first_shared_boundary(
+    current: &PeriodRule,
+    next: &PeriodRule,
+    tz: Tz,
+    from: DateTime<Utc>,
+    horizon_years: u32,
+) -> Option<DateTime<Utc>> {
+    let first = current.containing_in(tz, from);
+    let mut t = if first.start >= from {
+        first.start
+    } else {
+        first.end
+    };
+    // A month rule has 12 boundaries a year; a year rule, one.
+    for _ in 0..=(horizon_years as usize * 12) {
+        if next.starts_at(tz, t) {
+            return Some(t);
+        }
+        t = current.containing_in(tz, t).end;
+    }
+    None
+}
+
 /// Parses an IANA time zone name (`Europe/Paris`), refusing anything else.
 pub fn parse_time_zone(name: &str) -> Result<Tz, UnknownTimeZone> {
     name.parse::<Tz>()
@@ -196,6 +238,37 @@ pub fn parse_time_zone(name: &str) -> Result<Tz, UnknownTimeZone> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_month_and_a_year_meet_where_the_year_starts() {
+        let month = PeriodRule::Month { anchor_day: 1 };
+        let year = PeriodRule::Year {
+            anchor_month: 1,
+            anchor_day: 1,
+        };
+        let paris: Tz = "Europe/Paris".parse().unwrap();
+        // From mid-March 2027 the next shared boundary is New Year 2028, Paris midnight.
+        assert_eq!(
+            first_shared_boundary(&month, &year, paris, at("2027-03-15T10:00:00Z"), 10),
+            Some(at("2027-12-31T23:00:00Z"))
+        );
+        // A boundary itself counts.
+        assert_eq!(
+            first_shared_boundary(&month, &month, Tz::UTC, at("2027-04-01T00:00:00Z"), 10),
+            Some(at("2027-04-01T00:00:00Z"))
+        );
+        // Month on the 1st, year on the 15th: never.
+        let mid = PeriodRule::Year {
+            anchor_month: 1,
+            anchor_day: 15,
+        };
+        assert_eq!(
+            first_shared_boundary(&month, &mid, Tz::UTC, at("2027-03-15T10:00:00Z"), 10),
+            None
+        );
+        assert!(year.starts_at(paris, at("2027-12-31T23:00:00Z")));
+        assert!(!year.starts_at(Tz::UTC, at("2027-12-31T23:00:00Z")));
+    }
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)

@@ -262,9 +262,12 @@
       }
     }
 
+    const previewBox = session.role === 'partner' ? null : previewPanel(partner);
+    const planBox = session.role === 'partner' ? null : planPanel(partner, () => render());
+
     const title = session.role === 'partner' ? 'Usage' : partner.name;
     const lead = session.role === 'partner' ? null : h('p', {}, link('/app', '← All partners'), ' · ', h('span', { class: 'mono', text: partner.id }));
-    page(title, lead, cards, chartPanel, quotaPanel, linesPanel, eventsPanel);
+    page(title, lead, cards, planBox, chartPanel, quotaPanel, linesPanel, previewBox, eventsPanel);
 
     const field = (id) => controls.querySelector('#' + id);
     field('range').addEventListener('change', () => {
@@ -366,6 +369,120 @@
       }
     }, 30000);
     charts.push({ destroy: () => clearInterval(timer) });
+  }
+
+  // Staff: the partner's plan and the change waiting for them; finance and admins schedule a
+  // change (now, at the end of the period, or on a date) or cancel the pending one.
+  function planPanel(partner, after) {
+    const pid = encodeURIComponent(partner.id);
+    const panel = h('section', { class: 'panel', 'aria-labelledby': 'plan-h' }, h('h2', { id: 'plan-h', text: 'Plan' }));
+    const sub = partner.subscription;
+    panel.append(h('p', {}, 'On ', h('strong', { text: sub.plan_id }), ` since ${when(sub.started_at, undefined, true)} (version ${sub.plan_version.slice(0, 12)}).`));
+    const pending = partner.pending_change;
+    const pendingBox = h('div', { id: 'pending-change' });
+    if (pending) {
+      pendingBox.append(h('div', { class: 'notice' },
+        h('p', {}, badge('pending', 'warn'), ' Moves to ', h('strong', { text: pending.plan_id }), ` on ${when(pending.at, undefined, true)}`, h('span', { class: 'muted', text: ` · scheduled${byWhom(pending.scheduled_by)} ${when(pending.scheduled_at, undefined, true)}` })),
+        mayAct() ? h('button', { type: 'button', class: 'secondary', 'aria-label': `Cancel the change to ${pending.plan_id}`, text: 'Cancel this change', onclick: async () => {
+          if (!confirm(`Cancel the move to ${pending.plan_id}? The partner stays on ${sub.plan_id}.`)) return;
+          try {
+            await api(`/v1/partners/${pid}/plan-changes/${encodeURIComponent(pending.id)}`, { method: 'DELETE' });
+            toast('Change cancelled.');
+            await after();
+          } catch (e) { toast('Could not cancel: ' + e.message); }
+        } }) : null));
+    } else {
+      pendingBox.append(h('p', { class: 'muted', text: 'No plan change is pending.' }));
+    }
+    panel.append(pendingBox);
+    if (!mayAct()) return panel;
+    const planSel = h('select', { id: 'change-plan', name: 'plan' });
+    const whenSel = h('select', { id: 'change-at', name: 'at' },
+      h('option', { value: 'next_period', text: 'At the end of this period' }),
+      h('option', { value: 'now', text: 'Now' }),
+      h('option', { value: 'date', text: 'On a date…' }));
+    const date = h('input', { type: 'date', id: 'change-date', name: 'date' });
+    const dateLabel = h('label', { for: 'change-date', hidden: true }, 'Date (the partner\u2019s midnight)', date);
+    whenSel.addEventListener('change', () => { dateLabel.hidden = whenSel.value !== 'date'; });
+    const status = h('div', { role: 'status', 'aria-live': 'polite' });
+    const form = h('form', { class: 'controls', 'aria-label': 'Change plan' },
+      h('label', { for: 'change-plan' }, 'New plan', planSel),
+      h('label', { for: 'change-at' }, 'When', whenSel),
+      dateLabel,
+      h('button', { type: 'submit', text: 'Change plan' }));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const at = whenSel.value === 'date' ? date.value : whenSel.value;
+      if (!at) { status.replaceChildren(h('p', { class: 'error', role: 'alert', text: 'Choose a date.' })); return; }
+      try {
+        const p = await api(`/v1/partners/${pid}/subscription`, { method: 'PUT', body: { plan: planSel.value, at } });
+        toast(p.pending_change ? `Scheduled: ${p.pending_change.plan_id} from ${when(p.pending_change.at, undefined, true)}.` : `Now on ${p.subscription.plan_id}.`);
+        await after();
+      } catch (e) {
+        status.replaceChildren(h('p', { class: 'error', role: 'alert', text: e.message }));
+      }
+    });
+    panel.append(h('h3', { text: 'Change plan' }), form, status);
+    api('/v1/plans').then((plans) => {
+      planSel.replaceChildren(...plans.plans.filter((p) => p.id !== sub.plan_id).map((p) => h('option', {
+        value: p.id, text: `${p.name || p.id} (${p.currency}, ${p.period.every === 'year' ? 'yearly' : 'monthly'})`,
+      })));
+    }).catch((e) => fail(status, e));
+    return panel;
+  }
+
+  // Finance: what this partner would pay this period on another plan, or under another
+  // catalog version, priced from the same usage beside the current draft. Nothing is saved.
+  function previewPanel(partner) {
+    const pid = encodeURIComponent(partner.id);
+    const planSel = h('select', { id: 'preview-plan', name: 'plan' });
+    const catalogSel = h('select', { id: 'preview-catalog', name: 'catalog' });
+    const out = h('div', { id: 'preview-result', 'aria-live': 'polite' });
+    const form = h('form', { class: 'controls', 'aria-label': 'Invoice preview' },
+      h('label', { for: 'preview-plan' }, 'Plan', planSel),
+      h('label', { for: 'preview-catalog' }, 'Catalog', catalogSel),
+      h('button', { type: 'submit', text: 'Preview' }));
+    const panel = h('section', { class: 'panel', 'aria-labelledby': 'preview-h' },
+      h('h2', { id: 'preview-h', text: 'What this partner would pay on another plan' }),
+      h('p', { class: 'muted', text: 'Prices this period\u2019s usage so far under the plan and catalog chosen, beside the current draft. Nothing is saved.' }),
+      form, out);
+    (async () => {
+      try {
+        const [plans, versions] = await Promise.all([api('/v1/plans'), api('/v1/catalog/versions')]);
+        planSel.replaceChildren(...plans.plans.map((p) => h('option', {
+          value: p.id, selected: p.id === partner.subscription.plan_id,
+          text: `${p.name || p.id} (${p.currency}${p.id === partner.subscription.plan_id ? ', current' : ''})`,
+        })));
+        catalogSel.replaceChildren(h('option', { value: '', text: `In force (${versions.in_force.slice(0, 12)})` }),
+          ...versions.versions.filter((v) => v.version !== versions.in_force).map((v) => h('option', {
+            value: v.version, text: `${v.version.slice(0, 12)}, accepted ${when(v.accepted_at, undefined, true)}`,
+          })));
+      } catch (e) { fail(out, e); }
+    })();
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const q = new URLSearchParams({ plan: planSel.value });
+      if (catalogSel.value) q.set('catalog', catalogSel.value);
+      out.replaceChildren(h('p', { class: 'muted', text: 'Pricing…' }));
+      try {
+        const p = await api(`/v1/partners/${pid}/invoices/preview?${q}`);
+        const cur = p.current.invoice, pre = p.preview.invoice;
+        const side = (title, inv, id) => h('div', { class: 'compare-side', id },
+          h('h3', { text: title }),
+          h('p', { class: 'muted', text: `${when(inv.period.start, inv.timezone)} – ${when(new Date(new Date(inv.period.end) - 1), inv.timezone)}` }),
+          invoiceTable(inv, title, true));
+        const sameCurrency = cur.currency === pre.currency;
+        const delta = sameCurrency ? dec(pre.amount_due) - dec(cur.amount_due) : null;
+        out.replaceChildren(
+          h('p', { id: 'preview-summary', text: sameCurrency
+            ? `On ${p.plan_id}, this period would come to ${money(pre.amount_due, pre.currency)} due, ${delta === 0 ? 'the same as' : money(Math.abs(delta), pre.currency) + (delta > 0 ? ' more than' : ' less than')} the current draft (${money(cur.amount_due, cur.currency)}).`
+            : `On ${p.plan_id}, this period would come to ${money(pre.amount_due, pre.currency)} due; the current draft is ${money(cur.amount_due, cur.currency)}.` }),
+          h('div', { class: 'compare' },
+            side('Current draft', cur, 'preview-current'),
+            side(`On ${p.plan_id} (catalog ${p.catalog_version.slice(0, 12)})`, pre, 'preview-other')));
+      } catch (e) { fail(out, e); }
+    });
+    return panel;
   }
 
   function drawQuotas(panel, quotas, tz) {

@@ -113,12 +113,26 @@ impl BillingKeys {
         path: &str,
         timeout: Duration,
     ) -> Result<Option<T>, KeyLookupError> {
+        self.get_unless(path, None, timeout).await
+    }
+
+    /// [`BillingKeys::get`], also `Ok(None)` for a 304 when `etag` is still current.
+    async fn get_unless<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        etag: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Option<T>, KeyLookupError> {
         let unavailable = KeyLookupError::Unavailable;
         let uri: Uri = format!("{}{path}", self.base)
             .parse()
             .map_err(|e| unavailable(format!("{path}: {e}")))?;
-        let req = http::Request::get(uri)
-            .header(header::AUTHORIZATION, self.authorization.clone())
+        let mut req =
+            http::Request::get(uri).header(header::AUTHORIZATION, self.authorization.clone());
+        if let Some(tag) = etag {
+            req = req.header(header::IF_NONE_MATCH, format!("\"{tag}\""));
+        }
+        let req = req
             .body(Full::default())
             .map_err(|e| unavailable(e.to_string()))?;
         let call = async {
@@ -135,7 +149,7 @@ impl BillingKeys {
                 .map_err(|e| unavailable(format!("billing: {e}")))?
                 .to_bytes();
             match status {
-                StatusCode::NOT_FOUND => Ok(None),
+                StatusCode::NOT_FOUND | StatusCode::NOT_MODIFIED => Ok(None),
                 s if s.is_success() => serde_json::from_slice(&body)
                     .map(Some)
                     .map_err(|e| unavailable(format!("billing answered {path} unreadably: {e}"))),
@@ -226,6 +240,69 @@ pub async fn follow_revocations(
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
+        }
+    }
+}
+
+/// The catalog of record, as billing serves it (`GET /v1/catalog/active`).
+#[derive(Deserialize)]
+struct CatalogOfRecord {
+    version: String,
+    text: String,
+}
+
+/// Follows billing's catalog of record (docs/catalog.md, "One catalog across roles"): asks
+/// every `every` with the version it runs (billing answers 304 while it is current, and records
+/// what this gateway runs), validates a new one with this process's variables, and puts it in
+/// force; one it cannot validate is logged once and the running catalog serves on.
+pub async fn follow_catalog(
+    billing: BillingKeys,
+    gateway: std::sync::Arc<crate::Gateway>,
+    instance: String,
+    every: Duration,
+    stop: impl std::future::Future<Output = ()> + Send,
+) {
+    tokio::pin!(stop);
+    let mut refused: Option<String> = None;
+    loop {
+        let running = gateway.catalog().version.clone();
+        let path = format!(
+            "/v1/catalog/active?role=gateway&instance={}&running={}",
+            encode(&instance),
+            encode(&running)
+        );
+        let answer = tokio::select! {
+            _ = &mut stop => return,
+            a = billing.get_unless::<CatalogOfRecord>(&path, Some(&running), Duration::from_secs(10)) => a,
+        };
+        match answer {
+            Ok(Some(record))
+                if record.version != running && refused.as_ref() != Some(&record.version) =>
+            {
+                let vars = |name: &str| std::env::var(name).ok();
+                match peage_core::Catalog::parse("catalog of record", &record.text, &vars) {
+                    Ok(c) if c.version == record.version => {
+                        gateway.set_catalog(std::sync::Arc::new(c));
+                        refused = None;
+                    }
+                    Ok(c) => {
+                        tracing::error!(expected = %record.version, parsed = %c.version, "gateway: the catalog of record reads as another version here; the running catalog serves on");
+                        refused = Some(record.version);
+                    }
+                    Err(e) => {
+                        tracing::error!(version = %record.version, error = %e, "gateway: the catalog of record does not validate here; the running catalog serves on");
+                        refused = Some(record.version);
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "gateway: cannot reach billing for the catalog of record; the running catalog serves on")
+            }
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(every) => {}
         }
     }
 }

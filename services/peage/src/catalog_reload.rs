@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use peage_billing::service::catalog_state::{ApiDocs, CatalogSource};
+use peage_billing::service::catalog_state::{CatalogSource, Sourced};
 use peage_billing::Billing;
 use peage_core::catalog::{CatalogError, CatalogIssue};
 use peage_core::Catalog;
@@ -21,17 +21,26 @@ pub struct CatalogFile {
 }
 
 impl CatalogFile {
-    fn read_now(&self) -> Result<(Catalog, ApiDocs), Vec<CatalogIssue>> {
-        let file = self.path.display().to_string();
-        let problem = |field: &str, message: String| CatalogIssue {
-            file: file.clone(),
+    fn problem(&self, field: &str, message: String) -> Vec<CatalogIssue> {
+        vec![CatalogIssue {
+            file: self.path.display().to_string(),
             line: 0,
             column: 0,
             field: field.to_string(),
             message,
-        };
+        }]
+    }
+
+    fn read_now(&self) -> Result<Sourced, Vec<CatalogIssue>> {
         let text = std::fs::read_to_string(&self.path)
-            .map_err(|e| vec![problem("(file)", format!("cannot read it: {e}"))])?;
+            .map_err(|e| self.problem("(file)", format!("cannot read it: {e}")))?;
+        self.parse_now(text)
+    }
+
+    /// `text` validated as this file would be: this process's variables, the documents beside
+    /// the file.
+    fn parse_now(&self, text: String) -> Result<Sourced, Vec<CatalogIssue>> {
+        let file = self.path.display().to_string();
         let vars = |name: &str| {
             if name == crate::demo::UPSTREAM_VAR {
                 if let Some(u) = &self.demo_upstream {
@@ -43,16 +52,52 @@ impl CatalogFile {
         let catalog =
             Catalog::parse(&file, &text, &vars).map_err(|CatalogError { issues }| issues)?;
         let docs = crate::up::api_docs(&catalog, &self.path)
-            .map_err(|e| vec![problem("openapi", format!("{e:#}"))])?;
-        Ok((catalog, docs))
+            .map_err(|e| self.problem("openapi", format!("{e:#}")))?;
+        Ok(Sourced {
+            catalog,
+            docs,
+            text,
+        })
     }
 }
 
 #[async_trait]
 impl CatalogSource for CatalogFile {
-    async fn read(&self) -> Result<(Catalog, ApiDocs), Vec<CatalogIssue>> {
+    async fn read(&self) -> Result<Sourced, Vec<CatalogIssue>> {
         self.read_now()
     }
+
+    async fn parse(&self, text: &str) -> Result<Sourced, Vec<CatalogIssue>> {
+        self.parse_now(text.to_string())
+    }
+}
+
+/// Billing's upkeep, every `every` until `stop`: applies the scheduled plan changes that are
+/// due and, with `adopt_catalog` (distributed mode), puts the store's catalog of record in
+/// force whenever another billing instance accepted a new one.
+pub fn upkeep(
+    billing: Arc<Billing>,
+    every: Duration,
+    adopt_catalog: bool,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            if adopt_catalog {
+                if let Err(e) = billing.adopt_catalog_of_record().await {
+                    tracing::warn!(error = %e, "cannot read the catalog of record; the running catalog serves on");
+                }
+            }
+            // After the catalog: a change applies the plan version in force.
+            if let Err(e) = billing.apply_due_plan_changes().await {
+                tracing::warn!(error = %e, "cannot apply the scheduled plan changes now; retrying");
+            }
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    })
 }
 
 /// Reloads on a change of the file (its directory is watched, so an editor's save by rename

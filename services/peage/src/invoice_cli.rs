@@ -104,7 +104,7 @@ async fn billing_store(place: &Place) -> anyhow::Result<Arc<dyn BillingStore>> {
     })
 }
 
-async fn invoicing(target: &Target) -> anyhow::Result<Invoicing> {
+pub(crate) async fn invoicing(target: &Target) -> anyhow::Result<Invoicing> {
     let place = target.place()?;
     let store = billing_store(&place).await?;
     match place {

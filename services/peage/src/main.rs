@@ -38,6 +38,10 @@ enum Command {
     /// The catalog: `validate` a file as start-up would, `diff` two versions before shipping.
     #[command(subcommand)]
     Catalog(peage::catalog_cli::CatalogCommand),
+    /// Plans: `migrate` moves every partner on one plan to another, at the next period or a
+    /// date, with a dry run listing who moves and what each would pay.
+    #[command(subcommand)]
+    Plans(peage::plans_cli::PlansCommand),
     /// Usage events: `import` a backfill (NDJSON or CSV of CloudEvents) through the events API.
     #[command(subcommand)]
     Events(peage::events_cli::EventsCommand),
@@ -125,6 +129,12 @@ async fn main() -> std::process::ExitCode {
         // An invalid catalog is the command's answer, not a failure to run it: exit 1, with the
         // problems already printed.
         Command::Catalog(c) => match peage::catalog_cli::run(c).await {
+            Ok(true) => Ok(()),
+            Ok(false) => return std::process::ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
+        // Refused partners are the command's answer: exit 1, with each reason printed.
+        Command::Plans(c) => match peage::plans_cli::run(c).await {
             Ok(true) => Ok(()),
             Ok(false) => return std::process::ExitCode::FAILURE,
             Err(e) => Err(e),

@@ -27,6 +27,15 @@ pub fn render(samples: &[Sample]) -> String {
     out
 }
 
+/// `peage_catalog_info{version="…"} 1`: the catalog version a role runs.
+pub fn catalog_info(version: &str) -> String {
+    let name = "peage_catalog_info";
+    let version = version.replace('\\', "\\\\").replace('"', "\\\"");
+    format!(
+        "# HELP {name} The catalog version this role runs (1 for the version in force).\n# TYPE {name} gauge\n{name}{{version=\"{version}\"}} 1\n"
+    )
+}
+
 pub fn read(c: &AtomicU64) -> u64 {
     c.load(Relaxed)
 }

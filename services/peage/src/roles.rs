@@ -117,6 +117,14 @@ pub async fn gateway(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // The catalog of record: billing's, followed every second.
+    tokio::spawn(peage_gateway::billing::follow_catalog(
+        billing_keys.clone(),
+        Arc::clone(&gw),
+        config.gateway.id.clone(),
+        Duration::from_secs(1),
+        stopped(stop_rx.clone()),
+    ));
     tokio::spawn(peage_gateway::billing::follow_revocations(
         billing_keys,
         revocations,
@@ -397,6 +405,12 @@ pub async fn billing(
         path: config.catalog.path.clone(),
         demo_upstream: None,
     }));
+    // The file this instance was started with becomes the catalog of record: every gateway and
+    // billing instance follows it from the store.
+    api.set_instance(&format!("{}:{}", config.control.listen, std::process::id()));
+    api.reload_catalog("start")
+        .await
+        .map_err(|e| anyhow::anyhow!("recording the catalog of record: {e}"))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics_stop = stop_rx.clone();
     // Reloads on a change of the catalog file and on SIGHUP (and POST /v1/catalog/reload).
@@ -405,6 +419,12 @@ pub async fn billing(
         &config.catalog.path,
         stop_rx.clone(),
     )?;
+    let upkeep = crate::catalog_reload::upkeep(
+        Arc::clone(&api.billing),
+        Duration::from_secs(1),
+        true,
+        stop_rx.clone(),
+    );
     let webhooks = tokio::spawn(peage_billing::service::webhooks::run_worker(
         store,
         peage_billing::service::webhooks::WorkerSettings {
@@ -426,7 +446,7 @@ pub async fn billing(
                 ("peage_control_credential_failures_total", "Wrong admin tokens, sessions, sign-in links and OAuth client secrets.", "counter", read(&f.failures)),
                 ("peage_control_credential_throttled_total", "Attempts refused (429) because their address sent too many wrong credentials.", "counter", read(&f.throttled)),
                 ("peage_control_credential_untracked_total", "Wrong credentials from addresses not tracked because the table of addresses was full.", "counter", read(&f.untracked)),
-            ])
+            ]) + &metrics::catalog_info(&api.catalog().version)
         };
         let mut rx = metrics_stop;
         metrics::serve(listen, Arc::new(exposition), async move {
@@ -450,6 +470,7 @@ pub async fn billing(
     let _ = stop_tx.send(true);
     let _ = webhooks.await;
     let _ = catalog_watch.await;
+    let _ = upkeep.await;
     let left = events_spool.drain(Duration::from_secs(10)).await;
     if left > 0 {
         tracing::warn!(

@@ -495,6 +495,11 @@ pub async fn run(
         path: catalog_path.clone(),
         demo_upstream: demo_upstream.clone(),
     }));
+    control.set_instance("up");
+    control
+        .reload_catalog("start")
+        .await
+        .map_err(|e| anyhow::anyhow!("recording the catalog in force: {e}"))?;
     let webhooks = tokio::spawn(peage_billing::service::webhooks::run_worker(
         Arc::clone(&billing),
         peage_billing::service::webhooks::WorkerSettings {
@@ -535,6 +540,12 @@ pub async fn run(
     });
     let catalog_watch =
         crate::catalog_reload::watch(Arc::clone(&control.billing), &catalog_path, stop_rx.clone())?;
+    let upkeep = crate::catalog_reload::upkeep(
+        Arc::clone(&control.billing),
+        Duration::from_secs(1),
+        false,
+        stop_rx.clone(),
+    );
     let gateway_server = GatewayServer::bind(gateway, options.gateway_listen)
         .with_context(|| format!("gateway cannot listen on {}", options.gateway_listen))?;
     let gateway_url = format!("http://{}", gateway_server.local_addr());
@@ -610,6 +621,7 @@ pub async fn run(
     }
     let _ = webhooks.await;
     let _ = catalog_watch.await;
+    let _ = upkeep.await;
     // Every call has finished: put its event in the log, then let the aggregator drain the log.
     emitter.flush().await;
     let _ = agg_stop_tx.send(true);

@@ -21,7 +21,9 @@ use serde::Serialize;
 
 use crate::BillingStoreError;
 
+pub(crate) mod catalogs;
 pub(crate) mod db;
+pub(crate) mod plan_changes;
 mod sql;
 mod store;
 

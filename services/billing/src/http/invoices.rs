@@ -15,7 +15,7 @@ use super::openapi;
 use super::respond::attachment;
 use super::state::ControlApi;
 use crate::service::invoicing::RunSummary;
-use crate::service::{InvoiceQuery, ServiceError};
+use crate::service::{InvoicePreview, InvoiceQuery, PreviewCatalog, ServiceError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -166,6 +166,71 @@ pub async fn upcoming_invoice(
     let format = Format::parse(params.format.as_deref(), false)?;
     let record = api.billing.upcoming_invoice(&partner).await?;
     respond(&api, format, &[record], &format!("{}-upcoming", partner.id)).await
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PreviewParams {
+    /// The plan to price with (the partner's own plan when absent).
+    plan: Option<String>,
+    /// An accepted catalog version to price with (`GET /v1/catalog/versions`); the catalog in
+    /// force when absent.
+    catalog: Option<String>,
+}
+
+#[utoipa::path(get, operation_id = "preview_invoice",
+    path = "/v1/partners/{id}/invoices/preview",
+    tag = "invoices",
+    params(("id" = String, Path, description = "Partner id"), PreviewParams),
+    responses((status = 200, description = "What the partner would pay this period under the plan and catalog asked for, beside their upcoming invoice; nothing is stored", body = InvoicePreview), (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized), (status = 403, response = openapi::Forbidden), (status = 404, response = openapi::NotFound), (status = 409, response = openapi::Conflict)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn preview(
+    api: Api,
+    ScopedPartner(partner): ScopedPartner,
+    Query(params): Query<PreviewParams>,
+) -> Result<Json<InvoicePreview>, ApiError> {
+    let catalog = match params.catalog {
+        Some(version) => PreviewCatalog::Accepted(version),
+        None => PreviewCatalog::InForce,
+    };
+    Ok(Json(
+        api.billing
+            .preview_invoice(&partner, params.plan.as_deref(), catalog)
+            .await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UploadPreviewParams {
+    /// The plan of the uploaded catalog to price with (the partner's own plan id when absent).
+    plan: Option<String>,
+}
+
+#[utoipa::path(post, operation_id = "preview_invoice_with_catalog",
+    path = "/v1/partners/{id}/invoices/preview",
+    tag = "invoices",
+    params(("id" = String, Path, description = "Partner id"), UploadPreviewParams),
+    request_body(description = "A catalog file (`catalog.toml`) as the body, whatever its content type, validated as a reload would validate it", content = openapi::CatalogFile, content_type = "application/octet-stream"),
+    responses((status = 200, description = "What the partner would pay this period under the uploaded catalog, beside their upcoming invoice; nothing is stored", body = InvoicePreview), (status = 400, description = "The catalog is invalid (every problem, with line and field), or has no such plan", body = openapi::ProblemDoc, content_type = "application/problem+json"), (status = 401, response = openapi::Unauthorized), (status = 403, response = openapi::Forbidden), (status = 404, response = openapi::NotFound), (status = 409, response = openapi::Conflict)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn preview_with_catalog(
+    api: Api,
+    ScopedPartner(partner): ScopedPartner,
+    Query(params): Query<UploadPreviewParams>,
+    body: axum::body::Bytes,
+) -> Result<Json<InvoicePreview>, ApiError> {
+    let text = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::Malformed("the catalog must be UTF-8 text".into()))?;
+    Ok(Json(
+        api.billing
+            .preview_invoice(
+                &partner,
+                params.plan.as_deref(),
+                PreviewCatalog::Uploaded(text),
+            )
+            .await?,
+    ))
 }
 
 #[utoipa::path(post, operation_id = "finalize_invoice",

@@ -125,6 +125,22 @@ impl utoipa::PartialSchema for Pdf {
 
 impl ToSchema for Pdf {}
 
+/// A catalog file, as uploaded for an invoice preview.
+pub struct CatalogFile;
+
+impl utoipa::PartialSchema for CatalogFile {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, SchemaFormat};
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .description(Some("A catalog file (catalog.toml), UTF-8"))
+            .into()
+    }
+}
+
+impl ToSchema for CatalogFile {}
+
 struct Security;
 
 impl Modify for Security {

@@ -1,7 +1,7 @@
 //! `/v1/partners`: creating, listing and reading partners, their external id and plan, and
 //! finance's overview.
 
-use axum::extract::Query;
+use axum::extract::{Path, Query};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -9,11 +9,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::audit::with_before;
 use super::error::ApiError;
-use super::extract::{Api, JsonBody, ScopedPartner};
+use super::extract::{Api, Caller, JsonBody, ScopedPartner};
 use super::openapi;
 use super::respond::created;
-use crate::service::{OverviewPage, PlanChanged};
-use peage_billing_store::Partner;
+use crate::service::{ChangeAt, OverviewPage, PartnerView, PlanChangeList, SubscriptionOutcome};
+use peage_billing_store::{Partner, PlanChange};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -62,10 +62,13 @@ pub(crate) struct PartnerList {
     path = "/v1/partners/{id}",
     tag = "partners",
     params(("id" = String, Path, description = "Partner id")),
-    responses((status = 200, description = "The partner and its subscription", body = Partner), (status = 401, response = openapi::Unauthorized), (status = 404, response = openapi::NotFound)),
+    responses((status = 200, description = "The partner, its subscription and the plan change pending, if any", body = PartnerView), (status = 401, response = openapi::Unauthorized), (status = 404, response = openapi::NotFound)),
     security(("admin" = []), ("session" = [])))]
-pub async fn get_partner(ScopedPartner(partner): ScopedPartner) -> Json<Partner> {
-    Json(partner)
+pub async fn get_partner(
+    api: Api,
+    ScopedPartner(partner): ScopedPartner,
+) -> Result<Json<PartnerView>, ApiError> {
+    Ok(Json(api.billing.partner_view(partner).await?))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -105,26 +108,83 @@ pub async fn patch_partner(
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct PlanChange {
+pub(crate) struct SubscriptionRequest {
+    /// The plan to move to (its version in force when the change takes effect).
     plan: String,
+    /// When: `now` (the default), `next_period` (when the current billing period ends), a
+    /// date (`2027-01-01`, midnight in the partner's billing time zone) or an RFC 3339 time.
+    /// A change of currency or billing period is accepted only where a period of both plans
+    /// starts; otherwise the 409 says when to schedule it.
+    #[schema(example = "next_period")]
+    at: Option<String>,
 }
 
 #[utoipa::path(put,
     path = "/v1/partners/{id}/subscription",
     tag = "partners",
     params(("id" = String, Path, description = "Partner id")),
-    request_body = PlanChange,
-    responses((status = 200, description = "The partner on its new plan", body = Partner), (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized), (status = 403, response = openapi::Forbidden), (status = 404, response = openapi::NotFound), (status = 409, response = openapi::Conflict)),
+    request_body = SubscriptionRequest,
+    responses((status = 200, description = "The partner: on its new plan (`at` now), or with the change pending (`pending_change`)", body = PartnerView), (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized), (status = 403, response = openapi::Forbidden), (status = 404, response = openapi::NotFound), (status = 409, response = openapi::Conflict)),
     security(("admin" = []), ("session" = [])))]
 pub async fn change_subscription(
     api: Api,
+    Caller(who): Caller,
     ScopedPartner(partner): ScopedPartner,
-    JsonBody(req): JsonBody<PlanChange>,
+    JsonBody(req): JsonBody<SubscriptionRequest>,
 ) -> Result<Response, ApiError> {
-    Ok(match api.billing.change_plan(partner, &req.plan).await? {
-        PlanChanged::Unchanged(p) => Json(p).into_response(),
-        PlanChanged::Changed { before, after } => with_before(Json(after).into_response(), &before),
+    let at = ChangeAt::parse(req.at.as_deref().unwrap_or("now"))?;
+    let outcome = api
+        .billing
+        .change_subscription(partner, &req.plan, at, &who.label())
+        .await?;
+    Ok(match outcome {
+        SubscriptionOutcome::Unchanged(p) => {
+            Json(api.billing.partner_view(p).await?).into_response()
+        }
+        SubscriptionOutcome::Changed { before, after, .. } => with_before(
+            Json(api.billing.partner_view(after).await?).into_response(),
+            &before,
+        ),
+        SubscriptionOutcome::Scheduled {
+            partner, change, ..
+        } => Json(PartnerView {
+            partner,
+            pending_change: Some(change),
+        })
+        .into_response(),
     })
+}
+
+#[utoipa::path(get, operation_id = "list_plan_changes",
+    path = "/v1/partners/{id}/plan-changes",
+    tag = "partners",
+    params(("id" = String, Path, description = "Partner id")),
+    responses((status = 200, description = "The partner's plan changes, pending, applied, cancelled or failed, the latest scheduled first", body = PlanChangeList), (status = 401, response = openapi::Unauthorized), (status = 404, response = openapi::NotFound)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn plan_changes(
+    api: Api,
+    ScopedPartner(partner): ScopedPartner,
+) -> Result<Json<PlanChangeList>, ApiError> {
+    Ok(Json(api.billing.plan_changes(&partner).await?))
+}
+
+#[utoipa::path(delete,
+    path = "/v1/partners/{id}/plan-changes/{change_id}",
+    tag = "partners",
+    params(("id" = String, Path, description = "Partner id"), ("change_id" = String, Path, description = "Plan change id")),
+    responses((status = 200, description = "The change, cancelled", body = PlanChange), (status = 401, response = openapi::Unauthorized), (status = 403, response = openapi::Forbidden), (status = 404, response = openapi::NotFound), (status = 409, description = "The change took effect, failed or was cancelled already", body = openapi::ProblemDoc, content_type = "application/problem+json")),
+    security(("admin" = []), ("session" = [])))]
+pub async fn cancel_plan_change(
+    api: Api,
+    Caller(who): Caller,
+    Path((id, change_id)): Path<(String, String)>,
+) -> Result<Json<PlanChange>, ApiError> {
+    let partner = api.billing.scoped_partner(&who, &id).await?;
+    Ok(Json(
+        api.billing
+            .cancel_plan_change(&partner, &change_id, &who.label())
+            .await?,
+    ))
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -13,11 +13,22 @@ use utoipa::ToSchema;
 /// OpenAPI documents of API versions, keyed by (api, version).
 pub type ApiDocs = std::collections::HashMap<(String, String), serde_json::Value>;
 
+/// A catalog read and validated whole, with the OpenAPI documents it names and its text (what
+/// the other roles parse).
+pub struct Sourced {
+    pub catalog: Catalog,
+    pub docs: ApiDocs,
+    pub text: String,
+}
+
 /// Where the catalog of record is read from (the file, in embedded mode and on billing).
 #[async_trait]
 pub trait CatalogSource: Send + Sync + 'static {
-    /// The catalog and the OpenAPI documents it names, validated whole; or every problem.
-    async fn read(&self) -> Result<(Catalog, ApiDocs), Vec<CatalogIssue>>;
+    /// The file's catalog, validated whole; or every problem.
+    async fn read(&self) -> Result<Sourced, Vec<CatalogIssue>>;
+    /// A catalog text another billing instance accepted, validated here as the file would be
+    /// (this process's variables and documents).
+    async fn parse(&self, text: &str) -> Result<Sourced, Vec<CatalogIssue>>;
 }
 
 /// Told of each catalog put in force (the embedded gateway's routes and limits).
@@ -63,6 +74,10 @@ pub struct ReloadRecord {
 /// The catalog in force and how it got there.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CatalogStatus {
+    /// The catalog of record in the billing store (distributed mode: what every role follows).
+    pub of_record: Option<String>,
+    /// What each role instance last said it runs (`peage up` is one `billing` instance).
+    pub roles: Vec<peage_billing_store::RoleCatalog>,
     pub version: String,
     /// When this version was put in force (the start, or its reload).
     pub since: DateTime<Utc>,
@@ -81,4 +96,6 @@ pub(crate) struct Reloads {
     pub record: Mutex<(Option<DateTime<Utc>>, Option<ReloadRecord>)>,
     /// One reload at a time: two triggers at once read and apply in turn.
     pub turn: tokio::sync::Mutex<()>,
+    /// This instance, as it reports itself and signs what it accepts.
+    pub instance: Mutex<String>,
 }

@@ -164,7 +164,11 @@ impl Invoicing {
         Ok(())
     }
 
-    async fn plan_version(&self, plan_id: &str, version: &str) -> Result<Plan, ServiceError> {
+    pub(crate) async fn plan_version(
+        &self,
+        plan_id: &str,
+        version: &str,
+    ) -> Result<Plan, ServiceError> {
         if let Some(p) = self.catalog.plan(plan_id).filter(|p| p.version == version) {
             return Ok(p.clone());
         }
@@ -372,14 +376,24 @@ impl Invoicing {
             return Ok(None);
         };
         let adjustments = self.late_usage(book, period, cache).await?;
-        let mut invoice = self.price(book, period, adjustments, cache).await?;
+        let invoice = self.price(book, period, adjustments, cache).await?;
+        Ok(Some(Self::drafted(book, label, invoice, now)))
+    }
+
+    /// A draft record of `invoice`, the partner's prepaid credit applied.
+    fn drafted(
+        book: &PartnerBook,
+        label: PeriodLabel,
+        mut invoice: Invoice,
+        now: DateTime<Utc>,
+    ) -> InvoiceRecord {
         let balance = book
             .balances
             .get(invoice.currency.code())
             .copied()
             .unwrap_or_default();
         invoice.apply_credits(balance);
-        Ok(Some(InvoiceRecord {
+        InvoiceRecord {
             id: new_invoice_id(),
             number: None,
             status: InvoiceStatus::Draft,
@@ -392,7 +406,35 @@ impl Invoicing {
             finalized_by: None,
             voided_by: None,
             invoice,
-        }))
+        }
+    }
+
+    /// What `partner` would owe for the period of `plan` running at `now` had they been on
+    /// `plan` for all of it (from their first subscription, if that came later): their usage so
+    /// far, the meters of this invoicing's catalog, their prepaid credit. No late-usage
+    /// adjustments, and nothing is stored.
+    pub async fn preview(
+        &self,
+        partner: &Partner,
+        plan: &Plan,
+        now: DateTime<Utc>,
+    ) -> Result<InvoiceRecord, ServiceError> {
+        let mut book = self.book(partner).await?;
+        let period = plan.period.containing_in(book.tz, now);
+        let joined = book.subs.first().map_or(period.start, |s| s.started_at);
+        book.subs = vec![Subscription {
+            plan_id: plan.id.clone(),
+            plan_version: plan.version.clone(),
+            started_at: joined.max(period.start),
+            ended_at: None,
+        }];
+        let label = PeriodLabel::of(period.start, book.tz);
+        let invoice = self
+            .price(&book, period, Vec::new(), &UsageCache::default())
+            .await?;
+        let mut record = Self::drafted(&book, label, invoice, now);
+        record.id = "preview".into();
+        Ok(record)
     }
 
     /// The draft of `partner` for `label`, or `None` when the partner is not due.

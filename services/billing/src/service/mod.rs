@@ -18,6 +18,8 @@ mod keys;
 pub mod oauth;
 mod partners;
 pub mod pdf;
+mod plan_changes;
+mod preview;
 mod principal;
 mod quotas;
 pub mod reload;
@@ -41,8 +43,10 @@ pub use gateway::{
 pub use invoices::{CreditRequest, Credits, InvoiceQuery, ProfileRequest, TaxRequest};
 pub use keys::{issue_key, IssuedKey};
 pub use partners::{
-    check_external_id, create_partner, plan_version, OverviewPage, PartnerOverview, PlanChanged,
+    check_external_id, create_partner, plan_version, OverviewPage, PartnerOverview,
 };
+pub use plan_changes::{ChangeAt, PartnerView, PlanChangeList, SubscriptionOutcome};
+pub use preview::{CatalogVersions, InvoicePreview, PreviewCatalog};
 pub use principal::{Principal, ServiceScope, EVENTS_ROUTES, GATEWAY_ROUTES};
 pub use quotas::{QuotaReport, QuotaState};
 pub use usage::{SeriesCut, SeriesReport, UsageReport};

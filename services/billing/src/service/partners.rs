@@ -78,14 +78,6 @@ pub fn plan_version(catalog: &Catalog, plan: &str) -> Result<String, ServiceErro
         })
 }
 
-/// What a plan change did.
-pub enum PlanChanged {
-    /// The partner was on that plan version already.
-    Unchanged(Partner),
-    /// The partner before and after.
-    Changed { before: Partner, after: Partner },
-}
-
 /// One partner in finance's list, with the current period's usage and running cost.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PartnerOverview {
@@ -164,49 +156,6 @@ impl Billing {
             check_external_id(e)?;
         }
         Ok(self.store.set_external_id(&partner.id, external_id).await?)
-    }
-
-    /// Moves the partner to the current version of `plan`, from now. One invoice per period
-    /// in one currency: a change must keep both the currency and the billing period.
-    pub async fn change_plan(
-        &self,
-        partner: Partner,
-        plan: &str,
-    ) -> Result<PlanChanged, ServiceError> {
-        let catalog = self.catalog();
-        let plan_version = plan_version(&catalog, plan)?;
-        if let (Some(from), Some(to)) = (
-            catalog.plan(&partner.subscription.plan_id),
-            catalog.plan(plan),
-        ) {
-            if from.currency != to.currency || from.period != to.period {
-                return Err(ServiceError::WrongState(format!(
-                    "plan {:?} bills in {} every {:?}, plan {:?} in {} every {:?}: a change mid-period must keep the currency and the billing period",
-                    from.id,
-                    from.currency.code(),
-                    from.period,
-                    to.id,
-                    to.currency.code(),
-                    to.period
-                )));
-            }
-        }
-        if partner.subscription.plan_id == plan && partner.subscription.plan_version == plan_version
-        {
-            return Ok(PlanChanged::Unchanged(partner));
-        }
-        let next = Subscription {
-            plan_id: plan.to_string(),
-            plan_version,
-            started_at: Utc::now(),
-            ended_at: None,
-        };
-        let after = self.store.change_subscription(&partner.id, &next).await?;
-        tracing::info!(partner_id = %after.id, plan = %after.subscription.plan_id, "subscription changed");
-        Ok(PlanChanged::Changed {
-            before: partner,
-            after,
-        })
     }
 
     /// Finance's list: a page of the partners whose id, name or plan contains `needle`

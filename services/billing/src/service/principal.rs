@@ -45,6 +45,7 @@ pub const GATEWAY_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/gateway/key-ids/{key_id}"),
     ("GET", "/v1/gateway/issuers"),
     ("GET", "/v1/gateway/revocations"),
+    ("GET", "/v1/catalog/active"),
 ];
 /// The routes an `events:write` token reaches.
 pub const EVENTS_ROUTES: &[(&str, &str)] =

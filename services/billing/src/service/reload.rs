@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 use super::billing::Billing;
 use super::catalog_state::{
-    ApiDocs, CatalogListener, CatalogSource, CatalogStatus, IssueView, ReloadRecord,
+    ApiDocs, CatalogListener, CatalogSource, CatalogStatus, IssueView, ReloadRecord, Sourced,
 };
 use super::error::ServiceError;
 
@@ -101,7 +101,11 @@ impl Billing {
         })?;
         let _turn = self.reloads.turn.lock().await;
         let before = self.catalog();
-        let (next, docs) = match source.read().await {
+        let Sourced {
+            catalog: next,
+            docs,
+            text,
+        } = match source.read().await {
             Ok(read) => read,
             Err(issues) => {
                 for i in &issues {
@@ -113,6 +117,8 @@ impl Billing {
         };
         if next.version == before.version {
             self.set_api_docs(docs);
+            // A start, or an instance that had not accepted it: the store holds it all the same.
+            self.accept(&next.version, &text, trigger).await?;
             self.record(trigger, "unchanged", &before.version, &[]);
             return Ok(Reloaded {
                 from: before.version.clone(),
@@ -122,6 +128,7 @@ impl Billing {
         }
         let next = Arc::new(next);
         self.put_in_force(Arc::clone(&next), docs).await?;
+        self.accept(&next.version, &text, trigger).await?;
         let changes = views(&before, &next);
         tracing::info!(from = %before.version, to = %next.version, changes = changes.len(), trigger, "catalog reloaded");
         self.record(trigger, "applied", &next.version, &[]);
@@ -160,6 +167,133 @@ impl Billing {
         Ok(())
     }
 
+    /// Makes `version` the catalog of record in the billing store, which every other role and
+    /// billing instance follows.
+    async fn accept(&self, version: &str, text: &str, trigger: &str) -> Result<(), ServiceError> {
+        let by = format!("billing {}: {trigger}", self.instance());
+        if self
+            .store
+            .put_catalog_in_force(version, text, &by, Utc::now())
+            .await?
+        {
+            tracing::info!(version, by, "catalog of record replaced");
+        }
+        self.report_running().await
+    }
+
+    /// The catalog of record (distributed mode: what every role follows).
+    pub async fn catalog_of_record(
+        &self,
+    ) -> Result<peage_billing_store::StoredCatalog, ServiceError> {
+        self.store
+            .catalog_in_force()
+            .await?
+            .ok_or_else(|| ServiceError::NotFound("no catalog of record yet".into()))
+    }
+
+    /// Records what a role instance says it runs.
+    pub async fn report_role(
+        &self,
+        role: &str,
+        instance: &str,
+        version: &str,
+    ) -> Result<(), ServiceError> {
+        let ok =
+            |s: &str| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic());
+        if !(ok(role) && ok(instance) && ok(version)) {
+            return Err(ServiceError::Invalid(
+                "role, instance and running must be 1 to 128 visible ASCII characters".into(),
+            ));
+        }
+        Ok(self
+            .store
+            .report_catalog(role, instance, version, Utc::now())
+            .await?)
+    }
+
+    /// This instance's name, as it reports itself.
+    pub fn instance(&self) -> String {
+        self.reloads
+            .instance
+            .lock()
+            .map(|i| i.clone())
+            .unwrap_or_default()
+    }
+
+    /// Names this instance (`billing` by default).
+    pub fn set_instance(&self, name: &str) {
+        if let Ok(mut i) = self.reloads.instance.lock() {
+            *i = name.to_string();
+        }
+    }
+
+    /// Records in the store the version this billing instance runs.
+    async fn report_running(&self) -> Result<(), ServiceError> {
+        let instance = self.instance();
+        let instance = if instance.is_empty() {
+            "billing".to_string()
+        } else {
+            instance
+        };
+        Ok(self
+            .store
+            .report_catalog("billing", &instance, &self.catalog().version, Utc::now())
+            .await?)
+    }
+
+    /// Puts the store's catalog of record in force here when another billing instance accepted
+    /// a new one (what each instance does every second in distributed mode). A text this
+    /// instance cannot validate (a variable it lacks) is refused as a reload is, and reported.
+    pub async fn adopt_catalog_of_record(&self) -> Result<bool, ServiceError> {
+        let Some(source) = self.reloads.source.get().cloned() else {
+            return Ok(false);
+        };
+        let Some(record) = self.store.catalog_in_force().await? else {
+            return Ok(false);
+        };
+        if record.version == self.catalog().version {
+            self.report_running().await?;
+            return Ok(false);
+        }
+        let _turn = self.reloads.turn.lock().await;
+        let before = self.catalog();
+        if record.version == before.version {
+            return Ok(false);
+        }
+        let trigger = format!("catalog of record {}", record.version);
+        match source.parse(&record.text).await {
+            Err(issues) => {
+                if self.last_refused_version().as_deref() != Some(record.version.as_str()) {
+                    for i in &issues {
+                        tracing::error!(version = %record.version, field = %i.field, line = i.line, problem = %i.message, "the catalog of record does not validate here: this instance keeps its catalog");
+                    }
+                }
+                self.record(&trigger, "refused", &before.version, &issues);
+                if let Ok(mut r) = self.reloads.record.lock() {
+                    if let Some(last) = r.1.as_mut() {
+                        last.version = record.version.clone();
+                    }
+                }
+                Ok(false)
+            }
+            Ok(Sourced { catalog, docs, .. }) => {
+                let next = Arc::new(catalog);
+                self.put_in_force(Arc::clone(&next), docs).await?;
+                tracing::info!(from = %before.version, to = %next.version, "catalog of record adopted");
+                self.record(&trigger, "applied", &next.version, &[]);
+                self.report_running().await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// The version the last refused reload was about, to log a refusal once.
+    fn last_refused_version(&self) -> Option<String> {
+        let r = self.reloads.record.lock().ok()?;
+        let last = r.1.as_ref()?;
+        (last.outcome == "refused").then(|| last.version.clone())
+    }
+
     /// Moves the partners of every plan whose version changed to its version in force, from
     /// now: the period is cut there, each part priced by its own version (docs/pricing.md,
     /// "Plan changes mid-period"). What a reload does, and what a start does after the catalog
@@ -193,8 +327,18 @@ impl Billing {
         }
     }
 
-    /// The catalog in force and the last reload.
-    pub fn catalog_status(&self) -> CatalogStatus {
+    /// The catalog in force, the last reload, and what every role instance runs.
+    pub async fn catalog_status(&self) -> Result<CatalogStatus, ServiceError> {
+        let of_record = self.store.catalog_in_force().await?.map(|c| c.version);
+        let roles = self.store.catalog_roles().await?;
+        Ok(self.local_catalog_status(of_record, roles))
+    }
+
+    fn local_catalog_status(
+        &self,
+        of_record: Option<String>,
+        roles: Vec<peage_billing_store::RoleCatalog>,
+    ) -> CatalogStatus {
         let catalog = self.catalog();
         let (since, last_reload) = self
             .reloads
@@ -203,6 +347,8 @@ impl Billing {
             .map(|r| r.clone())
             .unwrap_or_default();
         CatalogStatus {
+            of_record,
+            roles,
             version: catalog.version.clone(),
             since: since.unwrap_or(self.started),
             apis: catalog.apis.len(),
