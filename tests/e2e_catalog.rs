@@ -462,3 +462,66 @@ async fn plans_migrate_dry_runs_then_schedules_every_partner_of_a_plan() {
         "a partner on another plan is left alone"
     );
 }
+
+/// A running `peage up` applies a scheduled plan change by itself once its time comes, from
+/// that time, and the change's record says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_server_applies_a_scheduled_plan_change_at_its_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Peage::start(&dir.path().join("data"));
+    let client = reqwest::Client::new();
+    let partner = format!("{}/v1/partners/{}", p.s("control_url"), p.s("partner_id"));
+    let at = (chrono::Utc::now() + chrono::Duration::seconds(2))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let r = client
+        .put(format!("{partner}/subscription"))
+        .bearer_auth(p.s("admin_token"))
+        .json(&serde_json::json!({"plan": "scale", "at": at}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let scheduled: Value = r.json().await.unwrap();
+    assert_eq!(scheduled["subscription"]["plan_id"], "demo", "{scheduled}");
+    assert_eq!(scheduled["pending_change"]["status"], "pending");
+    let get = |url: String| {
+        let (client, token) = (client.clone(), p.s("admin_token"));
+        async move {
+            client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let moved = async {
+        for _ in 0..100 {
+            let now = get(partner.clone()).await;
+            if now["subscription"]["plan_id"] == "scale" {
+                return Some(now);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        None
+    }
+    .await
+    .expect("the partner moved to scale within 10 s");
+    let started: chrono::DateTime<chrono::Utc> = moved["subscription"]["started_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        started.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        at,
+        "the move counts from its own time"
+    );
+    assert_eq!(moved["pending_change"], Value::Null);
+    let history = get(format!("{partner}/plan-changes")).await;
+    assert_eq!(history["plan_changes"][0]["status"], "applied", "{history}");
+    p.interrupt();
+}
