@@ -196,7 +196,18 @@ test('a viewer reads invoices but is offered no action', async () => {
 });
 
 test('a partner sees its usage, quota and invoice, rotates a key, reads the docs, and nothing of another partner', async () => {
+  // A move staff scheduled shows to the partner, without who scheduled it or a way to change it.
+  const year = new Date().getUTCFullYear() + 1;
+  const scheduled = await adminCall('PUT', `/v1/partners/${partner}/subscription`, { plan: 'enterprise-yearly', at: `${year}-01-01` });
   const { context, page, errors } = await signIn({ partner_id: partner }, undefined, true);
+  const planRegion = page.getByRole('region', { name: 'Plan', exact: true });
+  await planRegion.getByText('enterprise-yearly').waitFor();
+  assert.match(await planRegion.innerText(), /scheduled by staff/);
+  assert.equal(await planRegion.getByRole('button').count(), 0, 'a partner cannot change or cancel a plan change');
+  await adminCall('DELETE', `/v1/partners/${partner}/plan-changes/${scheduled.pending_change.id}`);
+  await page.reload();
+  await page.getByRole('heading', { name: 'Usage', exact: true }).waitFor();
+  assert.equal(await planRegion.count(), 0, 'no plan panel for a partner without a pending change');
   // Usage: running cost, a chart drawn by Chart.js, quota gauges with what happens at the limit.
   await page.getByRole('heading', { name: 'Usage', exact: true }).waitFor();
   await page.locator('#usage-chart').waitFor();

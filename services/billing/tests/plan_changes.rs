@@ -208,6 +208,28 @@ async fn a_monthly_eur_partner_scheduled_onto_a_yearly_usd_plan_moves_at_the_bou
     let change_id = pending["id"].as_str().unwrap().to_string();
     let (_, shown) = env.call("GET", &format!("/v1/partners/{pid}"), None).await;
     assert_eq!(shown["pending_change"]["id"], change_id.as_str(), "{shown}");
+    assert_eq!(shown["pending_change"]["scheduled_by"], "admin", "{shown}");
+    // The partner sees the change coming, not which staff member scheduled it.
+    let partner = env
+        .served
+        .store
+        .partner(&pid.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let own = peage_billing::service::Principal::Partner(pid.parse().unwrap());
+    let seen = env
+        .served
+        .api
+        .billing
+        .partner_view(&own, partner)
+        .await
+        .unwrap();
+    let seen = seen.pending_change.unwrap();
+    assert_eq!(
+        (seen.plan_id.as_str(), seen.scheduled_by.as_str()),
+        ("yearly-usd", "staff")
+    );
     let cancel = format!("/v1/partners/{pid}/plan-changes/{change_id}");
     let (s, c) = env.call("DELETE", &cancel, None).await;
     assert_eq!(s, 200, "{c}");

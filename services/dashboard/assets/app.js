@@ -263,7 +263,8 @@
     }
 
     const previewBox = session.role === 'partner' ? null : previewPanel(partner);
-    const planBox = session.role === 'partner' ? null : planPanel(partner, () => render());
+    // Partners see a change coming to their plan; staff see the plan panel always.
+    const planBox = session.role === 'partner' && !partner.pending_change ? null : planPanel(partner, () => render());
 
     const title = session.role === 'partner' ? 'Usage' : partner.name;
     const lead = session.role === 'partner' ? null : h('p', {}, link('/app', '← All partners'), ' · ', h('span', { class: 'mono', text: partner.id }));

@@ -66,9 +66,10 @@ pub(crate) struct PartnerList {
     security(("admin" = []), ("session" = [])))]
 pub async fn get_partner(
     api: Api,
+    Caller(who): Caller,
     ScopedPartner(partner): ScopedPartner,
 ) -> Result<Json<PartnerView>, ApiError> {
-    Ok(Json(api.billing.partner_view(partner).await?))
+    Ok(Json(api.billing.partner_view(&who, partner).await?))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -139,10 +140,10 @@ pub async fn change_subscription(
         .await?;
     Ok(match outcome {
         SubscriptionOutcome::Unchanged(p) => {
-            Json(api.billing.partner_view(p).await?).into_response()
+            Json(api.billing.partner_view(&who, p).await?).into_response()
         }
         SubscriptionOutcome::Changed { before, after, .. } => with_before(
-            Json(api.billing.partner_view(after).await?).into_response(),
+            Json(api.billing.partner_view(&who, after).await?).into_response(),
             &before,
         ),
         SubscriptionOutcome::Scheduled {
@@ -163,9 +164,10 @@ pub async fn change_subscription(
     security(("admin" = []), ("session" = [])))]
 pub async fn plan_changes(
     api: Api,
+    Caller(who): Caller,
     ScopedPartner(partner): ScopedPartner,
 ) -> Result<Json<PlanChangeList>, ApiError> {
-    Ok(Json(api.billing.plan_changes(&partner).await?))
+    Ok(Json(api.billing.plan_changes(&who, &partner).await?))
 }
 
 #[utoipa::path(delete,

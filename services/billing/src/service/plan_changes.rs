@@ -17,6 +17,7 @@ use utoipa::ToSchema;
 use super::billing::Billing;
 use super::error::ServiceError;
 use super::invoicing::{partner_time_zone, Invoicing};
+use super::principal::Principal;
 
 /// How far ahead a change of currency or billing period looks for a boundary both plans share.
 const HORIZON_YEARS: u32 = 10;
@@ -341,6 +342,16 @@ impl Invoicing {
     }
 }
 
+/// A partner sees what changes and when, not which staff member did it.
+fn hide_staff<'a>(who: &Principal, changes: impl Iterator<Item = &'a mut PlanChange>) {
+    if who.own_partner().is_some() {
+        for c in changes {
+            c.scheduled_by = "staff".into();
+            c.settled_by = c.settled_by.as_ref().map(|_| "staff".into());
+        }
+    }
+}
+
 impl Billing {
     /// `PUT /v1/partners/{id}/subscription`.
     pub async fn change_subscription(
@@ -356,18 +367,27 @@ impl Billing {
     }
 
     /// The partner with their pending change.
-    pub async fn partner_view(&self, partner: Partner) -> Result<PartnerView, ServiceError> {
-        let pending_change = self.store.pending_plan_change(&partner.id).await?;
+    pub async fn partner_view(
+        &self,
+        who: &Principal,
+        partner: Partner,
+    ) -> Result<PartnerView, ServiceError> {
+        let mut pending_change = self.store.pending_plan_change(&partner.id).await?;
+        hide_staff(who, pending_change.iter_mut());
         Ok(PartnerView {
             partner,
             pending_change,
         })
     }
 
-    pub async fn plan_changes(&self, partner: &Partner) -> Result<PlanChangeList, ServiceError> {
-        Ok(PlanChangeList {
-            plan_changes: self.store.plan_changes(&partner.id).await?,
-        })
+    pub async fn plan_changes(
+        &self,
+        who: &Principal,
+        partner: &Partner,
+    ) -> Result<PlanChangeList, ServiceError> {
+        let mut plan_changes = self.store.plan_changes(&partner.id).await?;
+        hide_staff(who, plan_changes.iter_mut());
+        Ok(PlanChangeList { plan_changes })
     }
 
     /// Cancels a pending change; `WrongState` once it took effect or was cancelled.
