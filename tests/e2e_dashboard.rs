@@ -311,6 +311,8 @@ async fn the_dashboard_in_headless_chromium() {
         .env("PEAGE_OTHER_PARTNER", p.s("partner_id"))
         .env("PEAGE_PERIOD", &prev_period)
         .env("PEAGE_SCREENSHOTS", &shots)
+        .env("PEAGE_GATEWAY_URL", p.s("gateway_url"))
+        .env("PEAGE_API_KEY", p.s("api_key"))
         .output()
         .expect("node runs");
     let report = format!(

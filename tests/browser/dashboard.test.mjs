@@ -2,7 +2,8 @@
 // Started by tests/e2e_dashboard.rs, which runs `peage up --demo` with seeded usage and passes:
 //   PEAGE_URL, PEAGE_ADMIN_TOKEN, PEAGE_PARTNER (Globex, with usage and a key),
 //   PEAGE_PARTNER_KEY, PEAGE_OTHER_PARTNER (the demo partner), PEAGE_PERIOD (last month),
-//   PEAGE_SCREENSHOTS (where the page screenshots go).
+//   PEAGE_SCREENSHOTS (where the page screenshots go), PEAGE_GATEWAY_URL and PEAGE_API_KEY
+//   (the demo partner's live key, for calls through the gateway from a web page).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { chromium } from 'playwright-core';
@@ -19,6 +20,8 @@ const partnerKey = env('PEAGE_PARTNER_KEY');
 const other = env('PEAGE_OTHER_PARTNER');
 const period = env('PEAGE_PERIOD');
 const shots = env('PEAGE_SCREENSHOTS');
+const gateway = env('PEAGE_GATEWAY_URL');
+const apiKey = env('PEAGE_API_KEY');
 
 let browser;
 before(async () => {
@@ -214,6 +217,8 @@ test('a partner sees its usage, quota and invoice, rotates a key, reads the docs
   const cost = await page.locator('#running-cost').innerText();
   assert.match(cost, /€|EUR/);
   await page.getByText(/Soft limit: calls above the limit are still served/).waitFor();
+  // The demo plan's limit on units is being tried out: shown, marked as not enforced.
+  await page.getByText(/Shadow limit \(hard\): not enforced yet/).waitFor();
   const hasChart = await page.evaluate(() => !!window.Chart && !!window.Chart.getChart('usage-chart'));
   assert.ok(hasChart, 'the usage chart is a Chart.js chart');
   // The same numbers as a table; split by operation; hourly.
@@ -313,3 +318,52 @@ async function streamBytes(stream) {
   return Buffer.concat(chunks);
 }
 async function streamText(stream) { return (await streamBytes(stream)).toString('utf8'); }
+
+// A partner's web app on another origin calls the API through the gateway: Chromium sends a
+// preflight (the Authorization header makes one necessary), the gateway answers it from the
+// version's CORS policy without a key, then the real call is served with the CORS headers.
+// The app is a real loopback server on port 3000 (the demo catalog allows
+// http://localhost:3000): a page from a public address would be kept from loopback by
+// Chromium's local network access rules before CORS even applies.
+test('a web app on an allowed origin calls the API through the gateway; another origin is stopped', async () => {
+  const { createServer } = await import('node:http');
+  const app = createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/html' });
+    res.end('<!doctype html><html lang="en"><title>Partner app</title><h1>Partner app</h1></html>');
+  });
+  await new Promise((ok, fail) => { app.once('error', fail); app.listen(3000, '127.0.0.1', ok); });
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const consoleLog = [];
+  page.on('console', (m) => consoleLog.push(m.text()));
+  const call = (args) => page.evaluate(async ({ url, key, extra }) => {
+    try {
+      const r = await fetch(url, { headers: { Authorization: `Bearer ${key}`, ...extra } });
+      return { status: r.status, body: await r.text(), sunset: r.headers.get('sunset'), deprecation: r.headers.get('deprecation') };
+    } catch (e) {
+      return { error: String(e) };
+    }
+  }, args);
+  try {
+    await page.goto('http://localhost:3000/');
+    const ok = await call({ url: `${gateway}/demo/v1/hello`, key: apiKey, extra: {} });
+    assert.equal(ok.status, 200, JSON.stringify(ok) + consoleLog.join('\n'));
+    assert.match(ok.body, /Bonjour/);
+    // The deprecated version's lifecycle headers are readable by the script (exposed).
+    const old = await call({ url: `${gateway}/demo/v0/hello`, key: apiKey, extra: {} });
+    assert.equal(old.status, 200, JSON.stringify(old));
+    assert.ok(old.sunset && old.deprecation, JSON.stringify(old));
+    // A header the policy does not allow: the preflight is refused and the call never leaves.
+    const refused = await call({ url: `${gateway}/demo/v1/hello`, key: apiKey, extra: { 'X-Secret': '1' } });
+    assert.match(refused.error || '', /Failed to fetch/, JSON.stringify(refused));
+    assert.ok(consoleLog.some((l) => /preflight/.test(l)), consoleLog.join('\n'));
+
+    // Another origin (the same server by its address): the gateway allows it nothing.
+    await page.goto('http://127.0.0.1:3000/');
+    const other = await call({ url: `${gateway}/demo/v1/hello`, key: apiKey, extra: {} });
+    assert.match(other.error || '', /Failed to fetch/, JSON.stringify(other));
+  } finally {
+    await context.close();
+    app.close();
+  }
+});

@@ -1237,6 +1237,8 @@ pub async fn concurrent_quota_grants_never_pass_a_hard_limit(s: &dyn BillingStor
         meter: "calls".into(),
         limit: Decimal::from(500),
         kind: QuotaKind::Hard,
+        shadow: false,
+        near_limit: None,
     };
     let asks = (0..180).map(|i| {
         let (key, quota) = (&key, &quota);

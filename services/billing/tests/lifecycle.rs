@@ -52,6 +52,15 @@ charges = [{ meter = "calls", model = "per_unit", unit_price = "0.01" }]
 quotas = [{ meter = "calls", limit = 5, kind = "hard" }]
 
 [[plan]]
+id = "watched"
+name = "Watched"
+currency = "EUR"
+period = { every = "month", anchor_day = 1 }
+base_fee = "0"
+charges = [{ meter = "calls", model = "per_unit", unit_price = "0.01" }]
+quotas = [{ meter = "calls", limit = 10, kind = "hard", shadow = true, near_limit = "0.5" }]
+
+[[plan]]
 id = "growth-usd"
 name = "Growth (USD)"
 currency = "USD"
@@ -678,4 +687,132 @@ async fn a_partner_that_cannot_be_billed_fails_alone_and_is_named() {
             .contains("unknown time zone"),
         "{run}"
     );
+}
+
+#[tokio::test]
+async fn a_shadow_quota_never_blocks_and_near_limit_and_shadow_webhooks_go_once() {
+    let env = start().await;
+    let received: Arc<Mutex<Vec<String>>> = Default::default();
+    let hook = {
+        let received = Arc::clone(&received);
+        Router::new().route(
+            "/hook",
+            post(move |body: String| {
+                let received = Arc::clone(&received);
+                async move {
+                    received.lock().unwrap().push(body);
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        )
+    };
+    let hook_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", hook_listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(hook_listener, hook).await });
+    let (s, ep) = env
+        .call(
+            "POST",
+            "/v1/webhooks",
+            Some(json!({"url": hook_url, "events": ["quota.near_limit", "quota.shadow_exceeded"]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{ep}");
+    tokio::spawn(peage_billing::service::webhooks::run_worker(
+        Arc::clone(&env.served.store),
+        peage_billing::service::webhooks::WorkerSettings {
+            schedule: peage_billing::service::webhooks::RetrySchedule(vec![Duration::from_millis(
+                200,
+            )]),
+            poll: Duration::from_millis(50),
+            policy: support::loopback_policy(),
+            secrets: support::secrets(),
+        },
+        std::future::pending(),
+    ));
+    let (_, partner) = env
+        .call(
+            "POST",
+            "/v1/partners",
+            Some(json!({"name": "Initech", "plan": "watched"})),
+        )
+        .await;
+    let pid = partner["id"].as_str().unwrap().to_string();
+    let lease = |want: &str| json!({"partner_id": pid, "meter": "calls", "gateway_id": "gw-1", "want": want});
+    let record = |n: usize| {
+        let usage = env.served.usage.clone();
+        let pid = pid.clone();
+        async move {
+            let at = Utc::now() - chrono::Duration::seconds(30);
+            usage.insert(&calls(&pid, at, n)).await.unwrap();
+        }
+    };
+    let types = || {
+        let got = received.lock().unwrap().clone();
+        got.iter()
+            .map(|b| {
+                serde_json::from_str::<Value>(b).unwrap()["type"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+
+    // 4 of 10 metered: not near yet (0.5).
+    record(4).await;
+    let (_, l) = env.call("POST", "/v1/quota/leases", Some(lease("3"))).await;
+    assert_eq!(
+        (l["decision"].as_str(), l["shadow"].as_bool()),
+        (Some("allow"), Some(true)),
+        "{l}"
+    );
+    // 6 metered: near. Asked again and again, the signal goes once.
+    record(2).await;
+    for _ in 0..3 {
+        env.call("POST", "/v1/quota/leases", Some(lease("1"))).await;
+    }
+    // A hard quota in shadow mode grants past its limit and says so, never hard_blocked.
+    let (_, l) = env
+        .call("POST", "/v1/quota/leases", Some(lease("50")))
+        .await;
+    assert_eq!(l["granted"], "50", "{l}");
+    assert_eq!(l["decision"], "shadow_exceeded", "{l}");
+    let (_, l) = env.call("POST", "/v1/quota/leases", Some(lease("5"))).await;
+    assert_eq!(l["decision"], "shadow_exceeded", "{l}");
+
+    let (_, q) = env
+        .call("GET", &format!("/v1/partners/{pid}/quotas"), None)
+        .await;
+    let q = &q["quotas"][0];
+    assert_eq!(q["shadow"], true, "{q}");
+    assert_eq!(
+        (q["near_limit"].as_bool(), q["near_limit_at"].as_str()),
+        (Some(true), Some("0.5")),
+        "{q}"
+    );
+    assert_eq!(q["decision"], "shadow_exceeded", "{q}");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while types().len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", types());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got = types();
+    got.sort();
+    assert_eq!(
+        got,
+        ["quota.near_limit", "quota.shadow_exceeded"],
+        "each once"
+    );
+    let near: Value = received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| serde_json::from_str::<Value>(b).unwrap())
+        .find(|v| v["type"] == "quota.near_limit")
+        .unwrap();
+    assert_eq!(near["data"]["used"], "6");
+    assert_eq!(near["data"]["near_limit"], "0.5");
+    assert_eq!(near["data"]["partner_id"], pid.as_str());
 }

@@ -198,12 +198,50 @@ pub struct Quota {
     #[serde(with = "rust_decimal::serde::str")]
     pub limit: Decimal,
     pub kind: QuotaKind,
+    /// Shadow mode: the limit is counted and calls past it are flagged, never refused, so a
+    /// new limit can be watched before it is enforced. Left out of the plan's hash when off,
+    /// so plans written before it keep their versions.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
+    /// The fraction of the limit at which the partner is told it is near (default 0.8).
+    #[serde(
+        default,
+        with = "rust_decimal::serde::str_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub near_limit: Option<Decimal>,
+}
+
+/// The near-limit fraction when a quota does not set one.
+pub const DEFAULT_NEAR_LIMIT: Decimal = Decimal::from_parts(8, 0, 0, false, 1);
+
+impl Quota {
+    /// Whether a call past the limit is refused: a hard quota not in shadow mode.
+    pub fn enforced(&self) -> bool {
+        self.kind == QuotaKind::Hard && !self.shadow
+    }
+
+    /// The fraction of the limit that is "near" it.
+    pub fn near_fraction(&self) -> Decimal {
+        self.near_limit.unwrap_or(DEFAULT_NEAR_LIMIT)
+    }
+
+    /// The usage at which the partner is near the limit.
+    pub fn near_threshold(&self) -> Decimal {
+        self.limit
+            .checked_mul(self.near_fraction())
+            .unwrap_or(self.limit)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RateLimit {
     pub per_second: u32,
     pub burst: u32,
+    /// Shadow mode: calls over the rate are flagged (`rate_limit_shadow_exceeded`), not refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
 }
 
 fn line(

@@ -38,6 +38,8 @@ pub enum QuotaDecision {
     Allow,
     SoftExceeded,
     HardBlocked,
+    /// Past a quota in shadow mode: counted and flagged, never refused.
+    ShadowExceeded,
 }
 
 impl QuotaDecision {
@@ -46,6 +48,7 @@ impl QuotaDecision {
             QuotaDecision::Allow => "allow",
             QuotaDecision::SoftExceeded => "soft_exceeded",
             QuotaDecision::HardBlocked => "hard_blocked",
+            QuotaDecision::ShadowExceeded => "shadow_exceeded",
         }
     }
 }
@@ -57,6 +60,9 @@ pub struct Lease {
     pub meter: String,
     pub env: Env,
     pub kind: QuotaKind,
+    /// The quota is in shadow mode: counted and flagged, never refused.
+    #[serde(default)]
+    pub shadow: bool,
     /// What this gateway may spend now, on top of what it was granted before.
     #[serde(with = "rust_decimal::serde::str")]
     pub granted: Decimal,
@@ -103,10 +109,16 @@ pub struct Grant {
 ///   `remaining / (2 × gateways)` rounded down to a whole unit (at least one unit, or the
 ///   fraction left), so unspent grants on other gateways stay a small part of the limit.
 /// - Soft: everything asked for is granted; the decision says when the limit is passed.
+/// - Shadow (either kind): as soft, with `shadow_exceeded` past the limit.
 pub fn decide(quota: &Quota, ledger: &QuotaLedger, want: Decimal) -> Grant {
     let want = want.max(Decimal::ZERO);
     let left = (quota.limit - ledger.consumed()).max(Decimal::ZERO);
-    match quota.kind {
+    let kind = if quota.shadow {
+        QuotaKind::Soft
+    } else {
+        quota.kind
+    };
+    match kind {
         QuotaKind::Hard => {
             let share = (left / Decimal::from(2 * ledger.gateways.max(1))).floor();
             let cap = if share >= Decimal::ONE {
@@ -132,10 +144,12 @@ pub fn decide(quota: &Quota, ledger: &QuotaLedger, want: Decimal) -> Grant {
             Grant {
                 granted: want,
                 remaining: (quota.limit - after).max(Decimal::ZERO),
-                decision: if after > quota.limit {
-                    QuotaDecision::SoftExceeded
-                } else {
+                decision: if after <= quota.limit {
                     QuotaDecision::Allow
+                } else if quota.shadow {
+                    QuotaDecision::ShadowExceeded
+                } else {
+                    QuotaDecision::SoftExceeded
                 },
             }
         }
@@ -152,6 +166,8 @@ mod tests {
             meter: "calls".into(),
             limit: Decimal::from(limit),
             kind,
+            shadow: false,
+            near_limit: None,
         }
     }
 
@@ -187,6 +203,21 @@ mod tests {
         let q = quota(100, QuotaKind::Hard);
         let g = decide(&q, &ledger(100, 10, 1), Decimal::from(5));
         assert_eq!(g.decision, QuotaDecision::HardBlocked);
+    }
+
+    #[test]
+    fn a_shadow_quota_grants_everything_and_says_shadow_exceeded() {
+        let q = Quota {
+            shadow: true,
+            ..quota(100, QuotaKind::Hard)
+        };
+        assert!(!q.enforced());
+        let g = decide(&q, &ledger(0, 95, 1), Decimal::from(10));
+        assert_eq!(g.granted, Decimal::from(10));
+        assert_eq!(g.decision, QuotaDecision::ShadowExceeded);
+        let g = decide(&q, &ledger(0, 50, 1), Decimal::from(10));
+        assert_eq!(g.decision, QuotaDecision::Allow);
+        assert_eq!(q.near_threshold(), Decimal::from(80));
     }
 
     #[test]

@@ -496,14 +496,20 @@
     for (const q of quotas) {
       const pct = Math.round(dec(q.utilization) * 1000) / 10;
       const canvas = h('canvas', { 'aria-hidden': 'true' });
-      const consequence = q.kind === 'hard'
-        ? 'Hard limit: at the limit, calls are refused with 429 until the period resets.'
-        : 'Soft limit: calls above the limit are still served, billed as overage, and you are notified.';
-      const state = q.decision === 'hard_blocked' ? badge('blocked', 'bad') : q.decision === 'soft_exceeded' ? badge('over limit', 'warn') : q.near_limit ? badge('near limit', 'warn') : badge('ok', 'ok');
+      const near = Math.round(dec(q.near_limit_at || '0.8') * 100);
+      const consequence = q.shadow
+        ? `Shadow limit (${q.kind}): not enforced yet. Calls past it are served and counted, so the limit can be watched before it applies.`
+        : q.kind === 'hard'
+          ? 'Hard limit: at the limit, calls are refused with 429 until the period resets.'
+          : 'Soft limit: calls above the limit are still served, billed as overage, and you are notified.';
+      const state = q.decision === 'hard_blocked' ? badge('blocked', 'bad')
+        : q.decision === 'soft_exceeded' ? badge('over limit', 'warn')
+          : q.decision === 'shadow_exceeded' ? badge('over shadow limit', 'warn')
+            : q.near_limit ? badge(`near limit (${near} %)`, 'warn') : badge('ok', 'ok');
       grid.append(h('div', { class: 'gauge card' },
         h('div', { class: 'ring' }, canvas, h('div', { class: 'pct', text: pct + ' %' })),
         h('div', {},
-          h('h3', {}, q.meter + ' ', badge(q.kind, q.kind), ' ', state),
+          h('h3', {}, q.meter + ' ', q.shadow ? badge('shadow', 'shadow') : badge(q.kind, q.kind), ' ', state),
           h('div', { text: `${num(q.used)} of ${num(q.limit)} used; ${num(q.remaining)} left` }),
           h('div', { class: 'muted', text: consequence }),
           h('div', { class: 'muted', text: 'Resets ' + when(q.resets_at, tz, true) }))));
@@ -511,7 +517,7 @@
         const used = Math.min(100, pct);
         charts.push(new window.Chart(canvas, {
           type: 'doughnut',
-          data: { datasets: [{ data: [used, 100 - used], backgroundColor: [pct >= 100 ? '#991b1b' : pct >= 80 ? '#b45309' : '#3730a3', '#e5e7eb'], borderWidth: 0 }] },
+          data: { datasets: [{ data: [used, 100 - used], backgroundColor: [q.shadow ? '#6b7280' : pct >= 100 ? '#991b1b' : pct >= near ? '#b45309' : '#3730a3', '#e5e7eb'], borderWidth: 0 }] },
           options: { rotation: -90, circumference: 180, cutout: '70%', maintainAspectRatio: false, animation: false, plugins: { tooltip: { enabled: false }, legend: { display: false } } },
         }));
       }

@@ -129,6 +129,7 @@ rate_limit = {{ per_second = {per_second}, burst = {burst} }}
     fn a_burst_is_allowed_then_calls_are_spaced() {
         let limits = RateLimits::for_catalog(&catalog(10, 5));
         let limit = RateLimit {
+            shadow: false,
             per_second: 10,
             burst: 5,
         };

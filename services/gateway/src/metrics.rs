@@ -45,6 +45,11 @@ pub(crate) struct Shard {
     /// By (version index, status).
     latency: Mutex<foldhash::HashMap<(usize, u16), Histogram>>,
     refusals: [AtomicU64; RefusalKind::ALL.len()],
+    /// Calls over a rate limit in shadow mode (served).
+    rate_limit_shadow: AtomicU64,
+    /// CORS preflights answered, and refused (no policy, or not allowed by it).
+    preflights: AtomicU64,
+    preflights_refused: AtomicU64,
 }
 
 impl Shard {
@@ -66,6 +71,19 @@ impl Shard {
             .position(|k| *k == kind)
             .unwrap_or_default();
         self.refusals[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn rate_limit_shadow_exceeded(&self) {
+        self.rate_limit_shadow.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn preflight(&self, allowed: bool) {
+        let counter = if allowed {
+            &self.preflights
+        } else {
+            &self.preflights_refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -139,7 +157,11 @@ impl GatewayMetrics {
             .clone();
         let mut latency: std::collections::BTreeMap<(usize, u16), Histogram> = Default::default();
         let mut refusals = [0u64; RefusalKind::ALL.len()];
+        let (mut shadow, mut preflights, mut preflights_refused) = (0, 0, 0);
         for s in &shards {
+            shadow += s.rate_limit_shadow.load(Ordering::Relaxed);
+            preflights += s.preflights.load(Ordering::Relaxed);
+            preflights_refused += s.preflights_refused.load(Ordering::Relaxed);
             for (k, h) in s.latency.lock().unwrap_or_else(|p| p.into_inner()).iter() {
                 latency.entry(*k).or_default().add(h);
             }
@@ -178,6 +200,13 @@ impl GatewayMetrics {
         );
         for (kind, n) in RefusalKind::ALL.iter().zip(refusals) {
             let _ = writeln!(out, "{name}{{reason=\"{}\"}} {n}", kind.slug());
+        }
+        for (name, help, n) in [
+            ("peage_gateway_rate_limit_shadow_exceeded_total", "Calls over a plan's rate limit in shadow mode: served, flagged.", shadow),
+            ("peage_gateway_cors_preflights_total", "CORS preflights answered from an API version's policy.", preflights),
+            ("peage_gateway_cors_preflights_refused_total", "CORS preflights refused: no policy, or an origin, method or header it does not allow.", preflights_refused),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {n}");
         }
         let name = "peage_catalog_info";
         let version = self

@@ -6,7 +6,10 @@
 //! difference with what the call really added (status filters, the upstream's `Peage-Units`).
 //! When the balance runs low, a renewal goes out in the background; a call only waits for
 //! billing when the balance is empty. Hard quotas answer 429 once billing grants nothing more;
-//! soft quotas are always allowed, and flagged.
+//! soft quotas are always allowed, and flagged; quotas in shadow mode (hard or soft) are
+//! always allowed and flagged apart, so a new limit can be watched before it is enforced.
+//! The call that crosses a quota's near-limit fraction (by this gateway's count: the limit less
+//! what billing has left to grant and what this gateway holds unspent) is flagged too.
 //!
 //! When billing cannot be reached, [`UnreachablePolicy`] decides for hard quotas (and for a
 //! quota no lease has described yet): keep serving up to a bound per quota (taken out of the
@@ -80,6 +83,10 @@ pub struct QuotaStats {
     pub lease_failures: AtomicU64,
     pub hard_blocked: AtomicU64,
     pub soft_exceeded: AtomicU64,
+    /// Calls past a shadow quota: served, flagged, would have been refused or flagged.
+    pub shadow_exceeded: AtomicU64,
+    /// Calls that crossed a quota's near-limit fraction.
+    pub near_limit: AtomicU64,
     /// Calls served on the unreachable policy's bound while billing was away.
     pub served_unreachable: AtomicU64,
     /// Calls refused because billing was away (policy `refuse`, or the bound spent).
@@ -98,6 +105,10 @@ struct EntryKey {
 #[derive(Debug)]
 struct EntryState {
     kind: QuotaKind,
+    shadow: bool,
+    /// The near-limit fraction, and whether a call of this period crossed it here already.
+    near_fraction: Decimal,
+    near_signalled: bool,
     balance: Decimal,
     limit: Decimal,
     /// Billing's "remaining" after the last grant.
@@ -116,10 +127,45 @@ struct EntryState {
 }
 
 impl EntryState {
-    /// The flag a call of this quota carries: a soft quota its last answer said is passed.
-    fn soft_exceeded(&self) -> bool {
-        self.kind == QuotaKind::Soft && self.decision == QuotaDecision::SoftExceeded
+    /// A soft quota, or one in shadow mode: calls past it are served and flagged.
+    fn never_refuses(&self) -> bool {
+        self.kind == QuotaKind::Soft || self.shadow
     }
+
+    /// The flags a call of this quota carries: past a soft or shadow quota, as its last answer
+    /// said.
+    fn flags(&self) -> Flags {
+        Flags {
+            soft: !self.shadow
+                && self.kind == QuotaKind::Soft
+                && self.decision == QuotaDecision::SoftExceeded,
+            shadow: self.shadow && self.decision == QuotaDecision::ShadowExceeded,
+            near: false,
+        }
+    }
+
+    /// Whether taking `taken` just now carried this quota across its near-limit fraction, as
+    /// far as this gateway can tell (once per period and gateway).
+    fn crossed_near(&mut self, taken: Decimal) -> bool {
+        if self.near_signalled || self.limit <= Decimal::ZERO || self.resets_at.is_none() {
+            return false;
+        }
+        let threshold = self.limit * self.near_fraction;
+        let used = self.limit - self.remaining - self.balance.max(Decimal::ZERO);
+        if used >= threshold && used - taken < threshold {
+            self.near_signalled = true;
+            return true;
+        }
+        false
+    }
+}
+
+/// What a call is flagged with for one quota.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Flags {
+    soft: bool,
+    shadow: bool,
+    near: bool,
 }
 
 struct Entry {
@@ -149,6 +195,10 @@ pub struct Taken {
     taken: Vec<(Arc<Entry>, Decimal)>,
     /// Soft quotas passed (meter names), to flag the call.
     pub soft_exceeded: Vec<String>,
+    /// Shadow quotas passed: the call would have been refused (or flagged) if enforced.
+    pub shadow_exceeded: Vec<String>,
+    /// Quotas this call carried across their near-limit fraction.
+    pub near_limit: Vec<String>,
 }
 
 impl Taken {
@@ -156,6 +206,8 @@ impl Taken {
         Taken {
             taken: vec![],
             soft_exceeded: vec![],
+            shadow_exceeded: vec![],
+            near_limit: vec![],
         }
     }
 
@@ -178,7 +230,7 @@ impl Taken {
 }
 
 enum Try {
-    Taken { soft: bool },
+    Taken(Flags),
     Blocked(QuotaRefusal),
     NeedLease,
 }
@@ -213,6 +265,10 @@ fn env_slot(env: Env) -> usize {
 pub struct Demand<'a> {
     pub meter: &'a str,
     pub kind: QuotaKind,
+    /// Shadow mode, as the catalog says until billing's first lease answers.
+    pub shadow: bool,
+    /// The quota's near-limit fraction.
+    pub near_fraction: Decimal,
     pub estimate: Decimal,
 }
 
@@ -244,7 +300,8 @@ impl Quotas {
         Arc::clone(&self.stats)
     }
 
-    fn entry(&self, partner_id: &str, env: Env, meter: &str, kind: QuotaKind) -> Arc<Entry> {
+    fn entry(&self, partner_id: &str, env: Env, d: &Demand<'_>) -> Arc<Entry> {
+        let meter = d.meter;
         let slot = env_slot(env);
         {
             let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
@@ -270,7 +327,10 @@ impl Quotas {
                     meter: meter.to_string(),
                 },
                 state: Mutex::new(EntryState {
-                    kind,
+                    kind: d.kind,
+                    shadow: d.shadow,
+                    near_fraction: d.near_fraction,
+                    near_signalled: false,
                     balance: Decimal::ZERO,
                     limit: Decimal::ZERO,
                     remaining: Decimal::ZERO,
@@ -296,10 +356,9 @@ impl Quotas {
         local: &LocalEntries,
         partner_id: &str,
         env: Env,
-        meter: &str,
-        kind: QuotaKind,
+        d: &Demand<'_>,
     ) -> Arc<Entry> {
-        let slot = env_slot(env);
+        let (slot, meter) = (env_slot(env), d.meter);
         let mut entries = local.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = entries
             .get(partner_id)
@@ -308,7 +367,7 @@ impl Quotas {
         {
             return Arc::clone(e);
         }
-        let entry = self.entry(partner_id, env, meter, kind);
+        let entry = self.entry(partner_id, env, d);
         entries
             .entry(partner_id.to_string())
             .or_default()
@@ -338,14 +397,28 @@ impl Quotas {
         let mut taken = Taken::none();
         for d in demands {
             let entry = match local {
-                Some(l) => self.entry_in(l, partner_id, env, d.meter, d.kind),
-                None => self.entry(partner_id, env, d.meter, d.kind),
+                Some(l) => self.entry_in(l, partner_id, env, d),
+                None => self.entry(partner_id, env, d),
             };
             match self.take(&entry, d.estimate).await {
-                Ok(soft) => {
-                    if soft {
-                        self.stats.soft_exceeded.fetch_add(1, Ordering::Relaxed);
-                        taken.soft_exceeded.push(d.meter.to_string());
+                Ok(flags) => {
+                    for (on, counter, list) in [
+                        (
+                            flags.soft,
+                            &self.stats.soft_exceeded,
+                            &mut taken.soft_exceeded,
+                        ),
+                        (
+                            flags.shadow,
+                            &self.stats.shadow_exceeded,
+                            &mut taken.shadow_exceeded,
+                        ),
+                        (flags.near, &self.stats.near_limit, &mut taken.near_limit),
+                    ] {
+                        if on {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                            list.push(d.meter.to_string());
+                        }
                     }
                     taken.taken.push((entry, d.estimate));
                 }
@@ -366,9 +439,9 @@ impl Quotas {
         self: &Arc<Self>,
         entry: &Arc<Entry>,
         estimate: Decimal,
-    ) -> Result<bool, QuotaRefusal> {
+    ) -> Result<Flags, QuotaRefusal> {
         match self.try_take(entry, estimate) {
-            Try::Taken { soft } => Ok(soft),
+            Try::Taken(flags) => Ok(flags),
             Try::Blocked(r) => Err(r),
             // Rare, and its future is large: kept off the call's own.
             Try::NeedLease => Box::pin(self.take_leased(entry, estimate)).await,
@@ -380,14 +453,14 @@ impl Quotas {
         self: &Arc<Self>,
         entry: &Arc<Entry>,
         estimate: Decimal,
-    ) -> Result<bool, QuotaRefusal> {
+    ) -> Result<Flags, QuotaRefusal> {
         let guard = tokio::time::timeout(self.config.lease_timeout, entry.renewing.lock()).await;
         let Ok(_guard) = guard else {
             return self.unreachable(entry, estimate, "lease request still in flight");
         };
         for _ in 0..8 {
             match self.try_take(entry, estimate) {
-                Try::Taken { soft } => return Ok(soft),
+                Try::Taken(flags) => return Ok(flags),
                 Try::Blocked(r) => return Err(r),
                 Try::NeedLease => {}
             }
@@ -400,7 +473,7 @@ impl Quotas {
                 Err(LeaseError::Refused(e)) => {
                     tracing::warn!(meter = %entry.key.meter, partner_id = %entry.key.partner_id, error = %e,
                         "gateway: billing has no such quota; the call is not limited by it");
-                    return Ok(false);
+                    return Ok(Flags::default());
                 }
                 Err(LeaseError::Unreachable(e)) => {
                     return self.unreachable(entry, estimate, &e);
@@ -408,10 +481,10 @@ impl Quotas {
             }
         }
         // Granted slivers smaller than this call needs, eight times over: treat as blocked,
-        // unless the quota is soft (a soft quota never refuses).
+        // unless the quota is soft or in shadow mode (they never refuse).
         let s = entry.state.lock().unwrap_or_else(|p| p.into_inner());
-        if s.kind == QuotaKind::Soft {
-            return Ok(s.soft_exceeded());
+        if s.never_refuses() {
+            return Ok(s.flags());
         }
         Err(blocked(&entry.key.meter, &s))
     }
@@ -427,18 +500,19 @@ impl Quotas {
             return Try::NeedLease;
         }
         let enough = if estimate.is_zero() {
-            s.balance > Decimal::ZERO || (s.kind == QuotaKind::Soft && s.resets_at.is_some())
+            s.balance > Decimal::ZERO || (s.never_refuses() && s.resets_at.is_some())
         } else {
             s.balance >= estimate
         };
         if enough {
             s.balance -= estimate;
             s.spent += estimate;
-            let soft = s.soft_exceeded();
+            let mut flags = s.flags();
+            flags.near = s.crossed_near(estimate);
             if s.balance < s.low_water && !entry.renew_queued.swap(true, Ordering::AcqRel) {
                 self.renew_in_background(Arc::clone(entry));
             }
-            return Try::Taken { soft };
+            return Try::Taken(flags);
         }
         if s.kind == QuotaKind::Hard && s.decision == QuotaDecision::HardBlocked {
             if let Some(at) = s.blocked_at {
@@ -510,8 +584,10 @@ impl Quotas {
         if s.period_start != Some(lease.period_start) {
             s.balance = Decimal::ZERO;
             s.period_start = Some(lease.period_start);
+            s.near_signalled = false;
         }
         s.kind = lease.kind;
+        s.shadow = lease.shadow;
         s.limit = lease.limit;
         s.remaining = lease.remaining;
         s.decision = lease.decision;
@@ -533,18 +609,18 @@ impl Quotas {
         entry: &Entry,
         estimate: Decimal,
         error: &str,
-    ) -> Result<bool, QuotaRefusal> {
+    ) -> Result<Flags, QuotaRefusal> {
         let mut s = entry.state.lock().unwrap_or_else(|p| p.into_inner());
-        // A soft quota never refuses a call, so billing being away changes nothing for it
+        // A soft (or shadow) quota never refuses a call, so billing being away changes nothing for it
         // (once a lease said it is soft): served, flagged as its last answer said, metered.
         // A local allowance of one lease keeps the next calls from each waiting on billing;
         // renewals go on in the background as the allowance is spent.
-        if s.kind == QuotaKind::Soft && s.resets_at.is_some() {
+        if s.never_refuses() && s.resets_at.is_some() {
             self.stats
                 .served_unreachable
                 .fetch_add(1, Ordering::Relaxed);
             s.balance += self.config.lease_size;
-            return Ok(s.soft_exceeded());
+            return Ok(s.flags());
         }
         if let UnreachablePolicy::Serve { bound } = self.config.unreachable {
             if s.overdraft + estimate <= bound {
@@ -552,7 +628,7 @@ impl Quotas {
                 self.stats
                     .served_unreachable
                     .fetch_add(1, Ordering::Relaxed);
-                return Ok(false);
+                return Ok(Flags::default());
             }
         }
         tracing::warn!(meter = %entry.key.meter, partner_id = %entry.key.partner_id, error,
@@ -692,6 +768,8 @@ mod tests {
                 meter: req.meter.clone(),
                 limit: self.limit,
                 kind: self.kind(),
+                shadow: false,
+                near_limit: None,
             };
             let mut granted = self.granted.lock().unwrap();
             let ledger = peage_core::quota::QuotaLedger {
@@ -707,6 +785,7 @@ mod tests {
                 meter: req.meter.clone(),
                 env: req.env,
                 kind: self.kind(),
+                shadow: false,
                 granted: g.granted,
                 remaining: g.remaining,
                 limit: self.limit,
@@ -721,6 +800,8 @@ mod tests {
         Demand {
             meter: "calls",
             kind: QuotaKind::Hard,
+            shadow: false,
+            near_fraction: peage_core::pricing::DEFAULT_NEAR_LIMIT,
             estimate: Decimal::from(estimate),
         }
     }
@@ -809,7 +890,7 @@ mod tests {
             .admit("prt_a", Env::Live, &[demand(1)])
             .await
             .unwrap();
-        let e = quotas.entry("prt_a", Env::Live, "calls", QuotaKind::Hard);
+        let e = quotas.entry("prt_a", Env::Live, &demand(1));
         let s = e.state.lock().unwrap();
         assert_eq!(s.overdraft, Decimal::ZERO);
         assert_eq!(s.balance, Decimal::from(10 - 3 - 1));
@@ -833,6 +914,8 @@ mod tests {
         let soft = Demand {
             meter: "calls",
             kind: QuotaKind::Soft,
+            shadow: false,
+            near_fraction: peage_core::pricing::DEFAULT_NEAR_LIMIT,
             estimate: Decimal::ONE,
         };
         quotas

@@ -117,6 +117,8 @@ const CAPPED: &str = "pk_live_eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
 const NO_BILLING: &str = "pk_live_ffffffffffffffffffffffffffffffff";
 const LOOKUP_FAILS: &str = "pk_live_gggggggggggggggggggggggggggggggg";
 const REVOKED: &str = "pk_live_hhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhh";
+const SHADOW: &str = "pk_live_iiiiiiiiiiiiiiiiiiiiiiiiiiiiiiii";
+const NEAR: &str = "pk_live_jjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjj";
 
 struct Keys(HashMap<String, ResolvedKey>);
 
@@ -146,6 +148,8 @@ impl Keys {
             ),
             (TIGHT, key("key_tight", "prt_t", Env::Live, "tight")),
             (CAPPED, key("key_capped", "prt_c", Env::Live, "capped")),
+            (SHADOW, key("key_shadow", "prt_s", Env::Live, "shadowed")),
+            (NEAR, key("key_near", "prt_n", Env::Live, "near")),
             (
                 NO_BILLING,
                 key("key_nobill", "prt_down", Env::Live, "capped"),
@@ -188,10 +192,13 @@ impl QuotaAuthority for Billing {
         if req.partner_id == "prt_down" {
             return Err(LeaseError::Unreachable("connection refused".into()));
         }
+        // As the catalog's plans say: prt_s's quota is in shadow mode, prt_n's is 10.
         let quota = peage_core::pricing::Quota {
             meter: req.meter.clone(),
-            limit: Decimal::from(1),
+            limit: Decimal::from(if req.partner_id == "prt_n" { 10 } else { 1 }),
             kind: QuotaKind::Hard,
+            shadow: req.partner_id == "prt_s",
+            near_limit: None,
         };
         let mut granted = self.granted.lock().unwrap();
         let g = granted.entry(req.partner_id.clone()).or_default();
@@ -208,6 +215,7 @@ impl QuotaAuthority for Billing {
             meter: req.meter.clone(),
             env: req.env,
             kind: QuotaKind::Hard,
+            shadow: quota.shadow,
             granted: grant.granted,
             remaining: grant.remaining,
             limit: quota.limit,
@@ -252,6 +260,7 @@ operations = {{ "GET /hello" = {{ units = 1 }} }}
 [[api.versions]]
 id = "v2"
 live = "http://{upstream}/v2base"
+cors = {{ origins = ["https://app.partner.example", "https://*.apps.example"], max_age = 300 }}
 [[api.versions]]
 id = "v0"
 status = "retired"
@@ -317,6 +326,23 @@ period = {{ every = "month", anchor_day = 1 }}
 base_fee = "0"
 charges = [{{ meter = "calls", model = "per_unit", unit_price = "0.001" }}]
 quotas = [{{ meter = "calls", limit = 1, kind = "hard" }}]
+
+[[plan]]
+id = "shadowed"
+currency = "EUR"
+period = {{ every = "month", anchor_day = 1 }}
+base_fee = "0"
+charges = [{{ meter = "calls", model = "per_unit", unit_price = "0.001" }}]
+quotas = [{{ meter = "calls", limit = 1, kind = "hard", shadow = true }}]
+rate_limit = {{ per_second = 1, burst = 1, shadow = true }}
+
+[[plan]]
+id = "near"
+currency = "EUR"
+period = {{ every = "month", anchor_day = 1 }}
+base_fee = "0"
+charges = [{{ meter = "calls", model = "per_unit", unit_price = "0.001" }}]
+quotas = [{{ meter = "calls", limit = 10, kind = "hard", near_limit = "0.8" }}]
 "#
     );
     Catalog::parse("catalog.toml", &text, &|_| None).unwrap()
@@ -517,7 +543,7 @@ async fn a_call_goes_below_its_version_base_named_and_metered_once() {
 
 /// The rule of docs/gateway.md ("Refusals"), written out on its own: each kind's status,
 /// whether the call becomes an event, and whether that event counts as forwarded.
-const RULE: [(RefusalKind, u16, bool, bool); 20] = {
+const RULE: [(RefusalKind, u16, bool, bool); 21] = {
     use RefusalKind::*;
     [
         (BadPath, 400, false, false),
@@ -540,6 +566,7 @@ const RULE: [(RefusalKind, u16, bool, bool); 20] = {
         (UpstreamUnavailable, 502, true, true),
         (UpstreamTimeout, 504, true, true),
         (TooManyFailures, 429, false, false),
+        (CorsRefused, 403, false, false),
     ]
 };
 
@@ -609,7 +636,16 @@ fn provoke(s: &Suite, kind: RefusalKind) -> Vec<u8> {
             }
             get(&path, &bearer(LIVE))
         }
+        // demo v1 has no CORS policy: its preflights are refused.
+        CorsRefused => preflight(&path, "https://app.partner.example", "GET", "authorization"),
     }
+}
+
+fn preflight(path: &str, origin: &str, method: &str, headers: &str) -> Vec<u8> {
+    format!(
+        "OPTIONS {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: {method}\r\nAccess-Control-Request-Headers: {headers}\r\n\r\n"
+    )
+    .into_bytes()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -965,4 +1001,168 @@ async fn a_revoked_key_and_an_unknown_one_are_refused() {
         assert_eq!(status, 401);
         assert!(body["detail"].as_str().unwrap().contains(why), "{body}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_are_answered_at_the_edge_and_real_calls_get_the_headers() {
+    let s = suite(edge()).await;
+    let origin = "https://app.partner.example";
+    // Allowed: 204 from the gateway, no key asked for, nothing forwarded or metered.
+    let (status, h, _) = raw(
+        s.addr,
+        &preflight(
+            "/demo/v2/things",
+            origin,
+            "POST",
+            "Authorization, Content-Type",
+        ),
+    );
+    assert_eq!(status, 204, "{h:?}");
+    assert_eq!(h["access-control-allow-origin"], origin);
+    assert!(h["access-control-allow-methods"].contains("POST"));
+    assert_eq!(
+        h["access-control-allow-headers"],
+        "Authorization, Content-Type"
+    );
+    assert_eq!(h["access-control-max-age"], "300");
+    assert!(!h.contains_key("access-control-allow-credentials"));
+    // A subdomain pattern.
+    let (status, h, _) = raw(
+        s.addr,
+        &preflight(
+            "/demo/v2/things",
+            "https://a.apps.example",
+            "GET",
+            "authorization",
+        ),
+    );
+    assert_eq!(status, 204);
+    assert_eq!(h["access-control-allow-origin"], "https://a.apps.example");
+    // Refused, each with its reason, and no Access-Control-Allow-Origin for the browser.
+    for (origin, method, headers, why) in [
+        (
+            "https://evil.example",
+            "GET",
+            "authorization",
+            "origin https://evil.example may not call",
+        ),
+        (
+            origin,
+            "TRACE",
+            "authorization",
+            "method TRACE is not allowed",
+        ),
+        (
+            origin,
+            "GET",
+            "authorization, x-secret",
+            "request header x-secret is not allowed",
+        ),
+    ] {
+        let (status, h, body) = raw(
+            s.addr,
+            &preflight("/demo/v2/things", origin, method, headers),
+        );
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(body["type"], "https://peage.dev/problems/cors-refused");
+        assert!(body["detail"].as_str().unwrap().contains(why), "{body}");
+        assert!(!h.contains_key("access-control-allow-origin"));
+    }
+    // A version without a policy says so.
+    let (status, _, body) = raw(
+        s.addr,
+        &preflight("/demo/v1/things", origin, "GET", "authorization"),
+    );
+    assert_eq!(status, 403);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("has no CORS policy"),
+        "{body}"
+    );
+    assert!(
+        s.upstream.seen.lock().unwrap().is_empty(),
+        "no preflight forwarded"
+    );
+
+    // A real call from the origin: the upstream's answer carries the CORS headers; so does a
+    // refusal (a browser script can read why it was refused).
+    let with_origin = |o: &str| format!("Origin: {o}\r\n{}", bearer(LIVE));
+    let (status, h, _) = raw(s.addr, &get("/demo/v2/things", &with_origin(origin)));
+    assert_eq!(status, 200);
+    assert_eq!(h["access-control-allow-origin"], origin);
+    assert_eq!(h["vary"], "Origin");
+    assert!(h["access-control-expose-headers"].contains("peage-quota-near-limit"));
+    let (status, h, _) = raw(
+        s.addr,
+        &get("/demo/v2/things", &format!("Origin: {origin}\r\n")),
+    );
+    assert_eq!(status, 401);
+    assert_eq!(h["access-control-allow-origin"], origin);
+    // Another origin's call is served (CORS binds browsers, not servers) without the headers.
+    let (status, h, _) = raw(
+        s.addr,
+        &get("/demo/v2/things", &with_origin("https://evil.example")),
+    );
+    assert_eq!(status, 200);
+    assert!(!h.contains_key("access-control-allow-origin"));
+    // Only the two real calls were metered.
+    let evs = events(&s).await;
+    assert_eq!(evs.len(), 2, "{evs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_limits_let_calls_through_flagged_and_the_near_limit_call_is_told() {
+    let s = suite(edge()).await;
+    // A quota of 1 and 1 call a second, both in shadow mode: every call passes.
+    for i in 0..4 {
+        let (status, h, body) = raw(s.addr, &get(&format!("/demo/v1/s{i}"), &bearer(SHADOW)));
+        assert_eq!(status, 200, "call {i}: {body}");
+        assert!(
+            !h.contains_key("peage-quota-exceeded"),
+            "shadow flags stay out of answers"
+        );
+    }
+    // A hard quota of 10, near at 0.8: the 8th call crosses it, and only that one says so.
+    let mut told = vec![];
+    for i in 1..=10 {
+        let (status, h, _) = raw(s.addr, &get(&format!("/demo/v1/n{i}"), &bearer(NEAR)));
+        assert_eq!(status, 200, "call {i}");
+        if let Some(v) = h.get("peage-quota-near-limit") {
+            told.push((i, v.clone()));
+        }
+    }
+    assert_eq!(told, vec![(8, "calls".to_string())]);
+    assert_eq!(raw(s.addr, &get("/demo/v1/n11", &bearer(NEAR))).0, 429);
+
+    let evs = events(&s).await;
+    let shadowed: Vec<&CallEvent> = evs.iter().filter(|e| e.partner_id == "prt_s").collect();
+    assert_eq!(shadowed.len(), 4);
+    let flagged = |attr: &str| {
+        shadowed
+            .iter()
+            .filter(|e| e.attributes.contains_key(attr))
+            .count()
+    };
+    // The first call is within both limits; the three after it are past the quota, and (sent
+    // back to back) past 1 call a second.
+    assert_eq!(flagged("quota_shadow_exceeded"), 3, "{shadowed:?}");
+    assert!(flagged("rate_limit_shadow_exceeded") >= 2, "{shadowed:?}");
+    assert!(shadowed
+        .iter()
+        .all(|e| e.status == 200 && !e.attributes.contains_key("refusal")));
+    // The shadow quota of 1 was near from its first call, like any quota.
+    assert_eq!(flagged("quota_near_limit"), 1);
+    let near: Vec<&CallEvent> = evs
+        .iter()
+        .filter(|e| e.partner_id == "prt_n")
+        .filter(|e| {
+            e.attributes
+                .get("quota_near_limit")
+                .is_some_and(|m| m == "calls")
+        })
+        .collect();
+    assert_eq!(near.len(), 1, "{near:?}");
+    assert_eq!(near[0].operation, "GET /n8");
 }

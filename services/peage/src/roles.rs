@@ -148,6 +148,8 @@ pub async fn gateway(
                 ("peage_quota_billing_reachable", "1 while the last lease request reached billing; 0 while the unreachable policy is in force.", "gauge", read(&q.billing_reachable)),
                 ("peage_quota_hard_blocked_total", "Calls answered 429 for a hard quota.", "counter", read(&q.hard_blocked)),
                 ("peage_quota_soft_exceeded_total", "Calls allowed past a soft quota (flagged).", "counter", read(&q.soft_exceeded)),
+                ("peage_quota_shadow_exceeded_total", "Calls allowed past a quota in shadow mode (flagged, never refused).", "counter", read(&q.shadow_exceeded)),
+                ("peage_quota_near_limit_total", "Calls that carried a quota across its near-limit fraction (Peage-Quota-Near-Limit).", "counter", read(&q.near_limit)),
                 ("peage_quota_served_unreachable_total", "Calls served on the unreachable policy's bound while billing was away.", "counter", read(&q.served_unreachable)),
                 ("peage_quota_refused_unreachable_total", "Calls refused (503) because billing was away.", "counter", read(&q.refused_unreachable)),
             ]

@@ -104,44 +104,31 @@ impl Billing {
             .store
             .grant_quota(&key, &req.gateway_id, ctx.quota, used, req.want)
             .await?;
+        let signal = QuotaSignal {
+            partner: &partner,
+            req,
+            quota: ctx.quota,
+            used,
+            period: &period,
+            now,
+        };
         if grant.decision != QuotaDecision::Allow {
             tracing::info!(partner_id = %partner.id, meter = %req.meter, env = req.env.as_str(),
                 decision = grant.decision.as_str(), "quota limit reached");
-            // Once per partner, env, meter and period: the event key deduplicates.
-            let event = format!("quota.{}", grant.decision.as_str());
-            let key = format!(
-                "{event}:{}:{}:{}:{}",
-                partner.id,
-                req.env.as_str(),
-                req.meter,
-                period.start.timestamp()
-            );
-            // A webhook that cannot be queued must not cost the gateway its lease decision.
-            if let Err(e) = webhooks::enqueue(
-                self.store.as_ref(),
-                &event,
-                &key,
-                serde_json::json!({
-                    "partner_id": partner.id,
-                    "env": req.env.as_str(),
-                    "meter": req.meter,
-                    "limit": ctx.quota.limit.to_string(),
-                    "used": used.to_string(),
-                    "period_start": period.start,
-                    "resets_at": period.end,
-                }),
-                now,
-            )
-            .await
-            {
-                tracing::error!(error = %e, partner_id = %partner.id, "quota webhook not queued");
-            }
+            signal
+                .send(self, &format!("quota.{}", grant.decision.as_str()))
+                .await;
+        }
+        // Metered usage, not grants (which run ahead of it), tells when a partner is near.
+        if used >= ctx.quota.near_threshold() {
+            signal.send(self, "quota.near_limit").await;
         }
         Ok(Lease {
             partner_id: partner.id.to_string(),
             meter: req.meter.clone(),
             env: req.env,
             kind: ctx.quota.kind,
+            shadow: ctx.quota.shadow,
             granted: grant.granted,
             remaining: grant.remaining,
             limit: ctx.quota.limit,
@@ -152,11 +139,56 @@ impl Billing {
     }
 }
 
+/// A quota webhook about to be queued: `quota.hard_blocked`, `quota.soft_exceeded`,
+/// `quota.shadow_exceeded` or `quota.near_limit`.
+struct QuotaSignal<'a> {
+    partner: &'a Partner,
+    req: &'a LeaseRequest,
+    quota: &'a Quota,
+    used: Decimal,
+    period: &'a BillingPeriod,
+    now: DateTime<Utc>,
+}
+
+impl QuotaSignal<'_> {
+    /// Queues `event` once per partner, env, meter and period (the event key deduplicates).
+    /// A webhook that cannot be queued must not cost the gateway its lease decision: logged.
+    async fn send(&self, billing: &Billing, event: &str) {
+        let (partner, req, quota) = (self.partner, self.req, self.quota);
+        let key = format!(
+            "{event}:{}:{}:{}:{}",
+            partner.id,
+            req.env.as_str(),
+            req.meter,
+            self.period.start.timestamp()
+        );
+        let payload = serde_json::json!({
+            "partner_id": partner.id,
+            "env": req.env.as_str(),
+            "meter": req.meter,
+            "kind": quota.kind,
+            "shadow": quota.shadow,
+            "limit": quota.limit.to_string(),
+            "near_limit": quota.near_fraction().to_string(),
+            "used": self.used.to_string(),
+            "period_start": self.period.start,
+            "resets_at": self.period.end,
+        });
+        if let Err(e) =
+            webhooks::enqueue(billing.store.as_ref(), event, &key, payload, self.now).await
+        {
+            tracing::error!(error = %e, partner_id = %partner.id, event, "quota webhook not queued");
+        }
+    }
+}
+
 /// One quota of the partner's plan this period.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct QuotaState {
     pub meter: String,
     pub kind: QuotaKind,
+    /// Shadow mode: counted and flagged, never enforced.
+    pub shadow: bool,
     #[serde(with = "rust_decimal::serde::str")]
     pub limit: Decimal,
     /// Metered so far this period.
@@ -167,10 +199,14 @@ pub struct QuotaState {
     pub granted: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
     pub remaining: Decimal,
-    /// `used / limit`, 0 to 1 and beyond for a passed soft quota; 0.8 is the near-limit signal.
+    /// `used / limit`, 0 to 1 and beyond for a passed soft or shadow quota.
     #[serde(with = "rust_decimal::serde::str")]
     pub utilization: Decimal,
+    /// `utilization` has reached `near_limit_at`.
     pub near_limit: bool,
+    /// The quota's near-limit fraction (the catalog's `near_limit`, default 0.8).
+    #[serde(with = "rust_decimal::serde::str")]
+    pub near_limit_at: Decimal,
     pub decision: QuotaDecision,
     pub period_start: DateTime<Utc>,
     pub resets_at: DateTime<Utc>,
@@ -225,18 +261,21 @@ impl Billing {
                 let utilization = (used / q.limit).round_dp(4);
                 let decision = match (q.kind, consumed >= q.limit) {
                     (_, false) => QuotaDecision::Allow,
+                    _ if q.shadow => QuotaDecision::ShadowExceeded,
                     (QuotaKind::Hard, true) => QuotaDecision::HardBlocked,
                     (QuotaKind::Soft, true) => QuotaDecision::SoftExceeded,
                 };
                 out.push(QuotaState {
                     meter: q.meter.clone(),
                     kind: q.kind,
+                    shadow: q.shadow,
                     limit: q.limit,
                     used,
                     granted: ledger.granted,
                     remaining,
                     utilization,
-                    near_limit: utilization >= Decimal::new(8, 1),
+                    near_limit: used >= q.near_threshold(),
+                    near_limit_at: q.near_fraction(),
                     decision,
                     period_start: period.start,
                     resets_at: period.end,

@@ -26,6 +26,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "invoice.finalized",
     "quota.soft_exceeded",
     "quota.hard_blocked",
+    "quota.shadow_exceeded",
+    "quota.near_limit",
 ];
 
 /// Why a message cannot be signed or sent.

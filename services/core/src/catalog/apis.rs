@@ -154,6 +154,10 @@ pub(super) fn validate_apis(
                 grpc_services,
                 operations,
                 openapi: v.openapi.as_ref().map(|s| s.get_ref().clone()),
+                cors: v
+                    .cors
+                    .as_ref()
+                    .and_then(|c| super::cors::validate_cors(src, c, &vpath)),
             });
         }
         if a.versions.is_empty() {

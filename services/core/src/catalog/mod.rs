@@ -10,6 +10,7 @@
 //! [`plans`]) turns raw forms into the model ([`model`]).
 
 mod apis;
+pub mod cors;
 pub mod diff;
 mod live;
 mod meters;

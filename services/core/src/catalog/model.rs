@@ -53,6 +53,9 @@ pub struct ApiVersion {
     /// The version's OpenAPI document (JSON or YAML), a path relative to the catalog file;
     /// partners read it rendered in the dashboard.
     pub openapi: Option<String>,
+    /// Which browser origins may call the version; none: preflights are refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors: Option<super::cors::CorsPolicy>,
 }
 
 /// What the gateway reads from a call to name its operation.

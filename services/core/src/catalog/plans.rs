@@ -152,11 +152,31 @@ pub(super) fn validate_plans(src: &mut Source, raw: &[RawPlan], meters: &[Meter]
                 );
                 continue;
             }
+            let near_limit = match &q.near_limit {
+                None => None,
+                Some(n) => {
+                    let field = format!("{qpath}.near_limit");
+                    match src.decimal(n, &field) {
+                        Some(f) if f > Decimal::ZERO && f < Decimal::ONE => Some(f),
+                        Some(f) => {
+                            src.issue(
+                                n.span(),
+                                field,
+                                format!("near_limit is a fraction of the limit, above 0 and below 1, not {f}"),
+                            );
+                            continue;
+                        }
+                        None => continue,
+                    }
+                }
+            };
             if let Some(limit) = limit {
                 quotas.push(Quota {
                     meter: q.meter.get_ref().clone(),
                     limit,
                     kind,
+                    shadow: q.shadow,
+                    near_limit,
                 });
             }
         }
@@ -173,6 +193,7 @@ pub(super) fn validate_plans(src: &mut Source, raw: &[RawPlan], meters: &[Meter]
             Some(RateLimit {
                 per_second: raw.per_second,
                 burst: raw.burst,
+                shadow: raw.shadow,
             })
         });
         let (Some(currency), Some(period), Some(base_fee)) = (currency, period, base_fee) else {

@@ -55,6 +55,19 @@ pub(super) struct RawVersion {
     #[serde(default)]
     pub(super) operations: BTreeMap<String, Spanned<RawOperation>>,
     pub(super) openapi: Option<Spanned<String>>,
+    pub(super) cors: Option<Spanned<RawCors>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCors {
+    #[serde(default)]
+    pub(super) origins: Vec<Spanned<String>>,
+    pub(super) methods: Option<Vec<Spanned<String>>>,
+    pub(super) headers: Option<Vec<Spanned<String>>>,
+    pub(super) expose_headers: Option<Vec<Spanned<String>>>,
+    pub(super) max_age: Option<Spanned<u32>>,
+    pub(super) credentials: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -137,6 +150,9 @@ pub(super) struct RawQuota {
     pub(super) meter: Spanned<String>,
     pub(super) limit: SNum,
     pub(super) kind: Spanned<String>,
+    #[serde(default)]
+    pub(super) shadow: bool,
+    pub(super) near_limit: Option<SNum>,
 }
 
 #[derive(Deserialize)]
@@ -144,4 +160,6 @@ pub(super) struct RawQuota {
 pub(super) struct RawRateLimit {
     pub(super) per_second: u32,
     pub(super) burst: u32,
+    #[serde(default)]
+    pub(super) shadow: bool,
 }

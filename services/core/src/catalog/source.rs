@@ -63,6 +63,10 @@ impl Source<'_> {
         (line, column)
     }
 
+    pub(super) fn issue_count(&self) -> usize {
+        self.issues.len()
+    }
+
     pub(super) fn issue(
         &mut self,
         span: Range<usize>,

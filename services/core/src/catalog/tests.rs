@@ -470,3 +470,88 @@ fn a_diff_names_every_item_added_removed_or_changed_down_to_the_field() {
     let removed = diff(&old, &empty);
     assert!(removed.iter().all(|x| x.change == ItemChange::Removed));
 }
+
+#[test]
+fn shadow_modes_and_the_near_limit_fraction_load_and_are_checked() {
+    let c = parse(
+        &GOOD
+            .replace(
+                "kind = \"hard\" }]",
+                "kind = \"hard\", shadow = true, near_limit = \"0.9\" }]",
+            )
+            .replace("burst = 100 }", "burst = 100, shadow = true }"),
+    )
+    .unwrap();
+    let plan = c.plan("growth-2026").unwrap();
+    assert!(plan.quotas[0].shadow && !plan.quotas[0].enforced());
+    assert_eq!(plan.quotas[0].near_threshold(), Decimal::from(1_800_000));
+    assert!(plan.rate_limit.as_ref().unwrap().shadow);
+    // Left out of the plan's hash when off: plans written before shadow mode keep versions.
+    let before = parse(GOOD).unwrap();
+    let json = serde_json::to_string(before.plan("growth-2026").unwrap()).unwrap();
+    assert!(
+        !json.contains("shadow") && !json.contains("near_limit"),
+        "{json}"
+    );
+    for bad in ["\"1.2\"", "0", "\"-0.5\""] {
+        let i = only_issue(&GOOD.replace(
+            "kind = \"hard\" }]",
+            &format!("kind = \"hard\", near_limit = {bad} }}]"),
+        ));
+        assert_eq!(i.field, "plan[growth-2026].quotas[0].near_limit", "{bad}");
+    }
+}
+
+#[test]
+fn cors_policies_load_with_defaults_and_bad_ones_name_the_field() {
+    let with = |cors: &str| {
+        GOOD.replace(
+            "sandbox = \"https://weather-sandbox.internal\"\n",
+            &format!("sandbox = \"https://weather-sandbox.internal\"\ncors = {cors}\n"),
+        )
+    };
+    let c = parse(&with("{ origins = [\"https://App.example.com\"] }")).unwrap();
+    let p = c
+        .api_version("weather", "v1")
+        .unwrap()
+        .cors
+        .clone()
+        .unwrap();
+    assert_eq!(p.origins, ["https://app.example.com"]);
+    assert!(
+        p.methods.contains(&"GET".to_string()) && p.headers.contains(&"authorization".to_string())
+    );
+    assert_eq!((p.max_age, p.credentials), (600, false));
+    assert!(c.api_version("weather", "v2").unwrap().cors.is_none());
+    for (cors, field, says) in [
+        ("{ origins = [] }", "origins", "names the origins"),
+        (
+            "{ origins = [\"https://app.example.com/\"] }",
+            "origins",
+            "no path",
+        ),
+        (
+            "{ origins = [\"*\"], credentials = true }",
+            "credentials",
+            "cannot go with origin \"*\"",
+        ),
+        (
+            "{ origins = [\"*\"], methods = [\"GE T\"] }",
+            "methods",
+            "not a valid",
+        ),
+        (
+            "{ origins = [\"*\"], max_age = 100000 }",
+            "max_age",
+            "at most 86400",
+        ),
+    ] {
+        let i = only_issue(&with(cors));
+        assert_eq!(
+            i.field,
+            format!("api[weather].versions[v1].cors.{field}"),
+            "{cors}"
+        );
+        assert!(i.message.contains(says), "{cors}: {i}");
+    }
+}

@@ -15,6 +15,7 @@ use peage_core::catalog::VersionStatus;
 use peage_core::meter::Meter;
 use peage_core::pricing::{QuotaKind, RateLimit};
 use peage_core::{CallEvent, Catalog, Env};
+use rust_decimal::Decimal;
 
 use super::refusal::{Refusal, RefusalKind};
 use super::route::{UpstreamBase, VersionRoute};
@@ -28,6 +29,8 @@ use crate::{Gateway, Loaded};
 pub(crate) struct PlanQuota {
     pub meter: Meter,
     pub kind: QuotaKind,
+    pub shadow: bool,
+    pub near_fraction: Decimal,
 }
 
 /// What admitting a call needs of a plan.
@@ -53,6 +56,8 @@ impl Plans {
                             Some(PlanQuota {
                                 meter: catalog.meter(&q.meter)?.clone(),
                                 kind: q.kind,
+                                shadow: q.shadow,
+                                near_fraction: q.near_fraction(),
                             })
                         })
                         .collect();
@@ -73,12 +78,20 @@ impl Plans {
     }
 }
 
-/// The key's access to `version`, then its rate limit. Returns the upstream base to call.
+/// What [`access`] lets through.
+pub(crate) struct Access<'v> {
+    /// The upstream base to call.
+    pub base: &'v UpstreamBase,
+    /// The key is over its plan's rate limit, which is in shadow mode: served, flagged.
+    pub rate_limit_shadow_exceeded: bool,
+}
+
+/// The key's access to `version`, then its rate limit.
 pub(crate) fn access<'v>(
     loaded: &Loaded,
     key: &ResolvedKey,
     version: &'v VersionRoute,
-) -> Result<&'v UpstreamBase, Refusal> {
+) -> Result<Access<'v>, Refusal> {
     let (api, id) = (version.api.as_str(), version.spec.id.as_str());
     if let Some(scopes) = &key.scopes {
         if !scope_allows(scopes, api, id) {
@@ -107,17 +120,23 @@ pub(crate) fn access<'v>(
             format!("{api} {id} has no sandbox upstream; use a live key"),
         ));
     };
+    let mut rate_limit_shadow_exceeded = false;
     if let Some(limit) = loaded
         .plans
         .get(&key.plan_id)
         .and_then(|p| p.rate_limit.as_ref())
     {
-        loaded
-            .limits
-            .check(&key.key_id, limit)
-            .map_err(rate_limited)?;
+        if let Err(limited) = loaded.limits.check(&key.key_id, limit) {
+            if !limit.shadow {
+                return Err(rate_limited(limited));
+            }
+            rate_limit_shadow_exceeded = true;
+        }
     }
-    Ok(base)
+    Ok(Access {
+        base,
+        rate_limit_shadow_exceeded,
+    })
 }
 
 /// Takes the call's estimate from each quota of the plan whose meter it may count towards.
@@ -140,6 +159,8 @@ pub(crate) async fn quotas(
         .map(|q| Demand {
             meter: &q.meter.name,
             kind: q.kind,
+            shadow: q.shadow,
+            near_fraction: q.near_fraction,
             estimate: q.meter.estimate(event),
         })
         .collect();

@@ -13,6 +13,7 @@
 
 pub(crate) mod admit;
 pub(crate) mod authenticate;
+pub(crate) mod cors;
 pub(crate) mod forward;
 pub(crate) mod meter;
 pub(crate) mod operation;
@@ -78,6 +79,7 @@ pub(crate) async fn handle(
         started: Instant::now(),
         version: None,
         pending: None,
+        origin: req.headers().get(header::ORIGIN).cloned(),
     };
     let mut response = match pipeline(worker, &mut call, peer, grpc, req).await {
         Ok(r) => r,
@@ -94,6 +96,9 @@ pub(crate) async fn handle(
     };
     if let Some(v) = &call.version {
         v.add_lifecycle_headers(response.headers_mut());
+        if let Some(origin) = &call.origin {
+            cors::decorate(v, origin, response.headers_mut());
+        }
     }
     response
 }
@@ -111,6 +116,8 @@ struct Call {
     version: Option<Arc<route::VersionRoute>>,
     /// Once the partner is known: the event a refusal is metered with.
     pending: Option<PendingCall>,
+    /// A browser's `Origin`: the answer gets the version's CORS headers.
+    origin: Option<HeaderValue>,
 }
 
 async fn pipeline(
@@ -130,6 +137,14 @@ async fn pipeline(
     let routed = route::route(&loaded.routes, &head, grpc, gw.config.encoded_slashes)?;
     let version = Arc::clone(&routed.version);
     call.version = Some(Arc::clone(&version));
+    if cors::is_preflight(&head) {
+        // Answered from the catalog: no key, never forwarded or metered.
+        let answer = cors::preflight(&version, &head.headers);
+        worker.metrics.preflight(answer.is_ok());
+        // The preflight's own headers are complete; no others are added to it.
+        call.origin = None;
+        return answer;
+    }
 
     let key = authenticate::authenticate(gw, &worker.keys, peer, &head.headers).await?;
     if !gw.emitter.accepting() {
@@ -186,7 +201,10 @@ async fn pipeline(
         r
     };
 
-    let base = admit::access(&loaded, &key, &version).map_err(|r| unnamed(pending, r))?;
+    let access = admit::access(&loaded, &key, &version).map_err(|r| unnamed(pending, r))?;
+    if access.rate_limit_shadow_exceeded {
+        worker.metrics.rate_limit_shadow_exceeded();
+    }
 
     let op = operation::name(
         &version,
@@ -200,6 +218,12 @@ async fn pipeline(
     pending.event.operation = op.name;
     pending.event.units = op.weight;
     pending.event.attributes = op.attributes;
+    if access.rate_limit_shadow_exceeded {
+        pending
+            .event
+            .attributes
+            .insert("rate_limit_shadow_exceeded".into(), "true".into());
+    }
     if let Some(g) = &mut pending.grpc {
         g.weight = op.weight;
     }
@@ -215,11 +239,18 @@ async fn pipeline(
     )
     .await?;
     let soft_exceeded = pending.taken.soft_exceeded.join(",");
-    if !soft_exceeded.is_empty() {
-        pending
-            .event
-            .attributes
-            .insert("quota_soft_exceeded".into(), soft_exceeded.clone());
+    let near_limit = pending.taken.near_limit.join(",");
+    for (name, meters) in [
+        ("quota_soft_exceeded", &soft_exceeded),
+        (
+            "quota_shadow_exceeded",
+            &pending.taken.shadow_exceeded.join(","),
+        ),
+        ("quota_near_limit", &near_limit),
+    ] {
+        if !meters.is_empty() {
+            pending.event.attributes.insert(name.into(), meters.clone());
+        }
     }
 
     let tally = Arc::clone(&pending.request);
@@ -230,7 +261,7 @@ async fn pipeline(
         head,
         body,
         &version,
-        base,
+        access.base,
         &routed.rest,
         peer,
         &key,
@@ -262,9 +293,14 @@ async fn pipeline(
     if let Some(g) = &mut pending.grpc {
         g.header_status = crate::grpc::status_of(&parts.headers);
     }
-    if !soft_exceeded.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&soft_exceeded) {
-            parts.headers.insert("peage-quota-exceeded", v);
+    for (header, meters) in [
+        ("peage-quota-exceeded", &soft_exceeded),
+        ("peage-quota-near-limit", &near_limit),
+    ] {
+        if !meters.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(meters) {
+                parts.headers.insert(header, v);
+            }
         }
     }
     let grpc_upstream = pending.grpc.is_some();

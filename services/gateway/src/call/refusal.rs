@@ -48,10 +48,12 @@ pub enum RefusalKind {
     BadGraphql,
     UpstreamUnavailable,
     UpstreamTimeout,
+    // A CORS preflight the version's policy does not allow (or a version without one).
+    CorsRefused,
 }
 
 impl RefusalKind {
-    pub const ALL: [RefusalKind; 20] = [
+    pub const ALL: [RefusalKind; 21] = [
         RefusalKind::BadPath,
         RefusalKind::BadApiVersion,
         RefusalKind::ApiVersionConflict,
@@ -72,6 +74,7 @@ impl RefusalKind {
         RefusalKind::UpstreamUnavailable,
         RefusalKind::UpstreamTimeout,
         RefusalKind::TooManyFailures,
+        RefusalKind::CorsRefused,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -82,7 +85,7 @@ impl RefusalKind {
             }
             UnknownApi => StatusCode::NOT_FOUND,
             Unauthorized => StatusCode::UNAUTHORIZED,
-            InsufficientScope | NoSandbox => StatusCode::FORBIDDEN,
+            InsufficientScope | NoSandbox | CorsRefused => StatusCode::FORBIDDEN,
             VersionRetired => StatusCode::GONE,
             RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RateLimited | QuotaExceeded | TooManyFailures => StatusCode::TOO_MANY_REQUESTS,
@@ -120,6 +123,7 @@ impl RefusalKind {
             BadGraphql => "bad-graphql-request",
             UpstreamUnavailable => "upstream-unavailable",
             UpstreamTimeout => "upstream-timeout",
+            CorsRefused => "cors-refused",
         }
     }
 
@@ -146,6 +150,7 @@ impl RefusalKind {
             BadGraphql => "GraphQL request not understood",
             UpstreamUnavailable => "Upstream unavailable",
             UpstreamTimeout => "Upstream timeout",
+            CorsRefused => "CORS preflight refused",
         }
     }
 
@@ -162,7 +167,8 @@ impl RefusalKind {
             | TooManyFailures
             | KeyLookupUnavailable
             | TokenCheckUnavailable
-            | MeteringUnavailable => false,
+            | MeteringUnavailable
+            | CorsRefused => false,
             InsufficientScope | VersionRetired | NoSandbox | RateLimited | QuotaExceeded
             | QuotaUnavailable | RequestTooLarge | BadRequestBody | BadGraphql
             | UpstreamUnavailable | UpstreamTimeout => true,

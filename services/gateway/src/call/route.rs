@@ -100,6 +100,8 @@ pub(crate) struct VersionRoute {
     pub spec: ApiVersion,
     /// `Deprecation`, `Sunset` and `Link` of a deprecated version, made at load.
     pub lifecycle: Vec<(HeaderName, HeaderValue)>,
+    /// The version's CORS policy, its header values made at load.
+    pub cors: Option<super::cors::Cors>,
     live: Option<UpstreamBase>,
     sandbox: Option<UpstreamBase>,
 }
@@ -166,6 +168,7 @@ impl Routes {
                     api: api.name.clone(),
                     spec: v.clone(),
                     lifecycle: lifecycle_headers(&api.name, v),
+                    cors: v.cors.as_ref().and_then(super::cors::Cors::new),
                     live,
                     sandbox,
                 });
