@@ -7,6 +7,9 @@
 #            spooling every call event to the real Kafka-wire broker (tansu), with `peage
 #            billing` for keys and quota leases (PostgreSQL + ClickHouse)
 #   up       `peage up` (embedded: its event log, aggregator and billing in the same process)
+#   nginx-tls, role-tls   the same nginx and the same role terminating TLS (one certificate of
+#            a private CA, ECDSA P-256; HTTP/1.1 keep-alive, so the rows compare record
+#            encryption and the proxies, not handshakes)
 # Load from oha. Prints a table, appends it to load-tests/RESULTS.md, ends with a RESULT line.
 #
 #   load-tests/gateway/run.sh     # DURATION=10s RATE=5000 CONNECTIONS=64 THREADS=$(nproc)
@@ -30,7 +33,8 @@ CONNECTIONS=${CONNECTIONS:-64}
 RATE_CONNECTIONS=${RATE_CONNECTIONS:-50}
 THREADS=${THREADS:-$(nproc)}
 UP_PORT=18181 NGINX_PORT=18182 GW_PORT=18183 CTL_PORT=18184 ROLE_PORT=18185 BILLING_PORT=18186
-KAFKA_PORT=18187 ROLE_METRICS_PORT=18188
+KAFKA_PORT=18187 ROLE_METRICS_PORT=18188 NGINX_TLS_PORT=18189 ROLE_TLS_PORT=18190
+ROLE_TLS_METRICS_PORT=18191
 TOKEN=bench-admin-token-0123456789
 
 . load-tests/lib.sh
@@ -65,7 +69,16 @@ PEAGE_LOG=warn "$PEAGE" demo-upstream --listen "127.0.0.1:$UP_PORT" &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$UP_PORT/hello"
 
-echo "== nginx proxy_pass on :$NGINX_PORT ($THREADS workers)"
+echo "== a private CA and the proxies' certificate (localhost, 127.0.0.1)"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj "/CN=Peage bench CA" -keyout "$WORK/ca.key" -out "$WORK/ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=localhost" \
+  -keyout "$WORK/tls.key" -out "$WORK/tls.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > "$WORK/tls.ext"
+openssl x509 -req -in "$WORK/tls.csr" -CA "$WORK/ca.crt" -CAkey "$WORK/ca.key" -CAcreateserial \
+  -days 2 -extfile "$WORK/tls.ext" -out "$WORK/tls.crt" 2>/dev/null
+
+echo "== nginx proxy_pass on :$NGINX_PORT and over TLS on :$NGINX_TLS_PORT ($THREADS workers)"
 mkdir -p "$WORK/nginx"
 cat > "$WORK/nginx.conf" <<CONF
 worker_processes $THREADS;
@@ -82,6 +95,16 @@ http {
   upstream demo { server 127.0.0.1:$UP_PORT; keepalive 256; }
   server {
     listen 127.0.0.1:$NGINX_PORT;
+    location /demo/v1/ {
+      proxy_pass http://demo/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+  server {
+    listen 127.0.0.1:$NGINX_TLS_PORT ssl;
+    ssl_certificate $WORK/tls.crt;
+    ssl_certificate_key $WORK/tls.key;
     location /demo/v1/ {
       proxy_pass http://demo/;
       proxy_http_version 1.1;
@@ -122,6 +145,17 @@ ROLE_PID=$!
 PIDS+=($ROLE_PID)
 wait_http "http://127.0.0.1:$ROLE_PORT/demo/v1/hello" "Authorization: Bearer $ROLE_KEY"
 
+echo "== the same role over TLS on :$ROLE_TLS_PORT (its own spool, same billing and broker)"
+PEAGE_LOG=warn PEAGE_GATEWAY__BILLING_TOKEN="$GATEWAY_TOKEN" PEAGE_GATEWAY__LISTEN="127.0.0.1:$ROLE_TLS_PORT" \
+  PEAGE_GATEWAY__ID=gw-bench-tls PEAGE_SPOOL__DIR="$WORK/spool-tls" PEAGE_METRICS__LISTEN="127.0.0.1:$ROLE_TLS_METRICS_PORT" \
+  PEAGE_GATEWAY__TLS_CERT_FILE="$WORK/tls.crt" PEAGE_GATEWAY__TLS_KEY_FILE="$WORK/tls.key" "$PEAGE" gateway >/dev/null &
+ROLE_TLS_PID=$!
+PIDS+=($ROLE_TLS_PID)
+for _ in $(seq 1 100); do
+  curl -fsS --cacert "$WORK/ca.crt" -o /dev/null -H "Authorization: Bearer $ROLE_KEY" "https://127.0.0.1:$ROLE_TLS_PORT/demo/v1/hello" && break
+  sleep 0.2
+done
+
 echo "== Péage up on :$GW_PORT ($THREADS threads)"
 PEAGE_LOG=warn PEAGE_GATEWAY__THREADS=$THREADS "$PEAGE" up --data-dir "$WORK/data" --catalog "$WORK/catalog.toml" \
   --gateway-listen "127.0.0.1:$GW_PORT" --control-listen "127.0.0.1:$CTL_PORT" \
@@ -137,28 +171,33 @@ declare -A URL=(
   [nginx]="http://127.0.0.1:$NGINX_PORT/demo/v1/hello"
   [role]="http://127.0.0.1:$ROLE_PORT/demo/v1/hello"
   [up]="http://127.0.0.1:$GW_PORT/demo/v1/hello"
+  [nginx-tls]="https://127.0.0.1:$NGINX_TLS_PORT/demo/v1/hello"
+  [role-tls]="https://127.0.0.1:$ROLE_TLS_PORT/demo/v1/hello"
 )
 auth_for() {
   case "$1" in
-    role) echo "Authorization: Bearer $ROLE_KEY" ;;
+    role|role-tls) echo "Authorization: Bearer $ROLE_KEY" ;;
     up) echo "Authorization: Bearer $UP_KEY" ;;
     *) echo "X-Bench: 1" ;;
   esac
 }
 pids_of() {
   case "$1" in
-    nginx) echo "${NGINX_PIDS[@]}" ;;
+    nginx|nginx-tls) echo "${NGINX_PIDS[@]}" ;;
     role) echo "$ROLE_PID" ;;
+    role-tls) echo "$ROLE_TLS_PID" ;;
     up) echo "$UP_PID" ;;
     *) echo "" ;;
   esac
 }
-spool_pending() {
-  curl -fsS "http://127.0.0.1:$ROLE_METRICS_PORT/metrics" | awk '$1 == "peage_spool_pending_events" { print $2 }'
+spool_pending() { # metrics port
+  curl -fsS "http://127.0.0.1:$1/metrics" | awk '$1 == "peage_spool_pending_events" { print $2 }'
 }
-TARGETS=(direct nginx role up)
+TARGETS=(direct nginx role up nginx-tls role-tls)
 for name in "${TARGETS[@]}"; do
   echo "== $name: warm-up, saturation, fixed $RATE req/s"
+  # oha trusts the bench CA through SSL_CERT_FILE (rustls-native-certs reads it).
+  oha() { SSL_CERT_FILE="$WORK/ca.crt" command oha "$@"; }
   oha --no-tui --wait-ongoing-requests-after-deadline --output-format json -z 2s -c "$CONNECTIONS" -H "$(auth_for "$name")" "${URL[$name]}" > "$WORK/$name-warmup.json"
   read -ra procs <<< "$(pids_of "$name")"
   if [ "${PERF:-}" = "$name" ] && [ ${#procs[@]} -gt 0 ]; then
@@ -175,10 +214,11 @@ for name in "${TARGETS[@]}"; do
   echo $(( $(cpu_ticks "${OTHERS[@]}") - others_before )) > "$WORK/$name-others-ticks"
   oha --no-tui --wait-ongoing-requests-after-deadline --output-format json -z "$DURATION" -c "$RATE_CONNECTIONS" -q "$RATE" --latency-correction \
     -H "$(auth_for "$name")" "${URL[$name]}" > "$WORK/$name-rate.json"
-  if [ "$name" = role ]; then
+  if [ "$name" = role ] || [ "$name" = role-tls ]; then
     # The next target is measured on a quiet machine: let the spool catch up with the broker.
+    port=$ROLE_METRICS_PORT; [ "$name" = role-tls ] && port=$ROLE_TLS_METRICS_PORT
     t0=$(date +%s)
-    while [ "$(spool_pending)" != 0 ] && [ $(( $(date +%s) - t0 )) -lt 300 ]; do sleep 1; done
+    while [ "$(spool_pending "$port")" != 0 ] && [ $(( $(date +%s) - t0 )) -lt 300 ]; do sleep 1; done
     echo "   the role's spool drained $(( $(date +%s) - t0 )) s after its last call"
   fi
 done
@@ -222,7 +262,8 @@ role_metered() {
 echo "== metering: peage aggregator ingests the role's events into ClickHouse"
 PEAGE_LOG=warn PEAGE_METRICS__LISTEN=127.0.0.1:0 "$PEAGE" aggregator >/dev/null &
 PIDS+=($!)
-ROLE_METERED=$(settle "$(answered_by role)" role_metered)
+# Both role instances call as the same partner: their events add up in ClickHouse.
+ROLE_METERED=$(settle "$(( $(answered_by role) + $(answered_by role-tls) ))" role_metered)
 UP_METERED=$(settle "$(answered_by up)" up_metered)
 
 python3 - "$WORK" "$RATE" "$DURATION" "$CONNECTIONS" "$THREADS" "$ROLE_METERED" "$UP_METERED" "$(getconf CLK_TCK)" <<'PY'
@@ -242,10 +283,12 @@ labels = {
     "nginx": f"nginx proxy_pass ({threads} workers)",
     "role": f"**`peage gateway` role** ({threads} threads; spool → Kafka wire)",
     "up": f"**`peage up`** ({threads} threads; embedded)",
+    "nginx-tls": f"nginx proxy_pass over TLS ({threads} workers)",
+    "role-tls": f"**`peage gateway` role over TLS** ({threads} threads; spool → Kafka wire)",
 }
 direct_rate = load("direct", "rate")
 rows, res = [], {}
-for name in ["direct", "nginx", "role", "up"]:
+for name in ["direct", "nginx", "role", "up", "nginx-tls", "role-tls"]:
     mx, rt = load(name, "max"), load(name, "rate")
     good, total = ok(mx)
     good_r, total_r = ok(rt)
@@ -261,6 +304,7 @@ for name in ["direct", "nginx", "role", "up"]:
                 f"{fmt_added('p50')} | {fmt_added('p99')} | {fmt_added('p99.9')} |")
 others_us = int(open(f"{work}/role-others-ticks").read()) / hz * 1e6 / max(ok(load("role", "max"))[0], 1)
 metered = {"role": int(float(role_metered)), "up": int(float(up_metered))}
+res["role"]["answered"] += res["role-tls"]["answered"]  # one partner for both role instances
 eq = all(metered[n] == res[n]["answered"] for n in ["role", "up"])
 n = res["nginx"]
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
@@ -276,15 +320,20 @@ ratio = lambda a, b: a / b if b else 0.0
 role_vs = ratio(res["role"]["rps"], n["rps"])
 up_vs = ratio(res["up"]["rps"], n["rps"])
 cpu_vs = ratio(res["role"]["cpu"] or 0, n["cpu"] or 0)
+nt = res["nginx-tls"]
+tls_vs = ratio(res["role-tls"]["rps"], nt["rps"])
+tls_cpu_vs = ratio(res["role-tls"]["cpu"] or 0, nt["cpu"] or 0)
 out += ["",
         f"Role / nginx throughput = **{role_vs * 100:.0f} %** (aim ≥ 100 %), CPU per call **{cpu_vs:.2f}×** nginx's (aim ≤ 1.5×); `peage up` / nginx = **{up_vs * 100:.0f} %** (aim ≥ 75 %). Added p99 at {rate} req/s: nginx **{n['added']['p99']:+.3f} ms**, role **{res['role']['added']['p99']:+.3f} ms**, `peage up` **{res['up']['added']['p99']:+.3f} ms** (aim: no worse than nginx's).",
+        f"Over TLS (same certificate, HTTP/1.1 keep-alive): role / nginx throughput = **{tls_vs * 100:.0f} %** (aim ≥ 100 %), CPU per call **{tls_cpu_vs:.2f}×** nginx's (aim ≤ 1.5×); added p99 at {rate} req/s: nginx **{nt['added']['p99']:+.3f} ms**, role **{res['role-tls']['added']['p99']:+.3f} ms**.",
         f"While the role ran at saturation, its broker and `peage billing` on the same cores used **{others_us:.1f} µs** of CPU per call besides (not counted above).",
-        f"Metered = answered: role **{metered['role']}** of **{res['role']['answered']}**, `peage up` **{metered['up']}** of **{res['up']['answered']}** (readiness probe, warm-up, saturation and fixed-rate runs){'' if eq else ' — MISMATCH'}.", ""]
+        f"Metered = answered: role (both instances) **{metered['role']}** of **{res['role']['answered']}**, `peage up` **{metered['up']}** of **{res['up']['answered']}** (readiness probe, warm-up, saturation and fixed-rate runs){'' if eq else ' — MISMATCH'}.", ""]
 text = "\n".join(out)
 print(text)
 with open("load-tests/RESULTS.md", "a") as f:
     f.write("\n" + text)
 print(f"RESULT role_vs_nginx={role_vs:.2f} up_vs_nginx={up_vs:.2f} role_cpu_per_call_vs_nginx={cpu_vs:.2f} "
       f"role_added_p99_ms={res['role']['added']['p99']:.3f} nginx_added_p99_ms={n['added']['p99']:.3f} "
+      f"tls_role_vs_nginx={tls_vs:.2f} tls_role_cpu_per_call_vs_nginx={tls_cpu_vs:.2f} "
       f"metered_equals_answered={'true' if eq else 'false'}")
 PY

@@ -20,6 +20,7 @@ pub mod metrics;
 mod pool;
 pub mod quota;
 pub mod server;
+pub mod tls;
 mod worker;
 
 use std::sync::Arc;
@@ -63,6 +64,9 @@ pub struct GatewayConfig {
     /// Wrong credentials (API keys, tokens) a source address may present in a minute before
     /// every attempt from it is answered 429 until the minute is over.
     pub credential_failures_per_minute: u32,
+    /// Terminate TLS with this certificate and key (reloaded when they change); `None`: plain
+    /// HTTP (h2c by prior knowledge for gRPC).
+    pub tls: Option<tls::TlsFiles>,
 }
 
 impl Default for GatewayConfig {
@@ -78,6 +82,7 @@ impl Default for GatewayConfig {
             encoded_slashes: EncodedSlashes::Reject,
             trusted_proxies: Vec::new(),
             credential_failures_per_minute: 20,
+            tls: None,
         }
     }
 }
@@ -107,6 +112,8 @@ pub struct Gateway {
     pub(crate) connection_stats: ConnectionStats,
     /// Wrong credentials per source address (docs/security.md, "Guessing credentials").
     pub(crate) failures: peage_core::throttle::FailureLimiter,
+    /// The certificate in force, once a server terminating TLS is bound.
+    pub(crate) tls: std::sync::OnceLock<Arc<tls::Certificates>>,
 }
 
 impl Loaded {
@@ -159,6 +166,7 @@ impl Gateway {
                 Duration::from_secs(60),
                 65_536,
             ),
+            tls: std::sync::OnceLock::new(),
             config,
         });
         let idle = Arc::downgrade(&gateway);
@@ -222,6 +230,8 @@ impl Gateway {
             ("peage_gateway_key_lookup_failures_total", "counter", "Key and issuer lookups billing did not answer (or that waited out the second after a failure).", load(&k.lookup_failures)),
             ("peage_gateway_key_stale_answers_total", "counter", "Keys and issuers served past the cache's TTL because billing did not answer (gateway.key_stale_ms bounds their age).", load(&k.stale_answers)),
             ("peage_gateway_key_lookups_reachable", "gauge", "1 when billing answered the last key lookup, 0 while lookups fail.", u64::from(k.reachable())),
+            ("peage_gateway_tls_reloads_total", "counter", "Times a changed TLS certificate and key were loaded and served to new connections.", self.tls.get().map_or(0, |t| load(&t.stats.reloads))),
+            ("peage_gateway_tls_reload_failures_total", "counter", "Times changed TLS files did not load (the running certificate served on).", self.tls.get().map_or(0, |t| load(&t.stats.reload_failures))),
         ] {
             use std::fmt::Write as _;
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");

@@ -225,6 +225,7 @@ impl GatewayMetrics {
             ("peage_gateway_header_timeouts_total", "counter", "Connections closed because a request head did not arrive within gateway.header_read_timeout_ms.", &c.header_timeouts),
             ("peage_gateway_idle_closed_total", "counter", "Keep-alive connections closed after gateway.idle_timeout_ms without a request.", &c.idle_closed),
             ("peage_gateway_connection_limit_waits_total", "counter", "Times accepting waited because gateway.max_connections were open.", &c.at_limit),
+            ("peage_gateway_tls_handshake_failures_total", "counter", "TLS handshakes that failed (untrusted certificate, plain HTTP on the TLS port, client gone).", &c.tls_handshake_failures),
         ] {
             let _ = writeln!(
                 out,

@@ -10,6 +10,10 @@
 //! with no request in flight is closed after `idle_timeout`, and the whole gateway holds at
 //! most `max_connections` (further connections wait in the listen backlog, as nginx does when
 //! `worker_connections` is reached).
+//!
+//! With `tls` configured, each connection is a TLS handshake first (counted in the head's
+//! time: a client that stalls the handshake is cut at `header_read_timeout`), then HTTP/2 or
+//! HTTP/1.1 as ALPN agreed. Without it, plain HTTP/1.1 or h2c by prior knowledge.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -62,6 +66,9 @@ pub struct ConnectionStats {
     pub idle_closed: AtomicU64,
     /// Times the accept loop waited because `max_connections` were open.
     pub at_limit: AtomicU64,
+    /// TLS handshakes that failed (a client that does not trust the certificate, speaks plain
+    /// HTTP to the TLS port, or goes away).
+    pub tls_handshake_failures: AtomicU64,
 }
 
 /// A running gateway: its serving threads, until [`GatewayServer::run_until`] stops them.
@@ -79,6 +86,17 @@ impl GatewayServer {
         let listeners = reuseport_listeners(addr, threads)?;
         let addr = listeners[0].local_addr()?;
         let (stop, stop_rx) = watch::channel(false);
+        let tls = match &gateway.config.tls {
+            None => None,
+            Some(files) => {
+                let certs =
+                    crate::tls::Certificates::load(files.clone()).map_err(io::Error::other)?;
+                certs.watch(Duration::from_secs(1), stop_rx.clone());
+                let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config());
+                let _ = gateway.tls.set(certs);
+                Some(acceptor)
+            }
+        };
         let connections = Arc::new(Semaphore::new(gateway.config.edge.max_connections.max(1)));
         let mut done = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
@@ -87,6 +105,7 @@ impl GatewayServer {
             let gateway = Arc::clone(&gateway);
             let stop = stop_rx.clone();
             let connections = Arc::clone(&connections);
+            let tls = tls.clone();
             std::thread::Builder::new()
                 .name(format!("peage-gw-{i}"))
                 .spawn(move || {
@@ -94,7 +113,9 @@ impl GatewayServer {
                         .enable_all()
                         .build();
                     match runtime {
-                        Ok(rt) => rt.block_on(serve_thread(gateway, listener, connections, stop)),
+                        Ok(rt) => {
+                            rt.block_on(serve_thread(gateway, listener, connections, tls, stop))
+                        }
                         Err(e) => {
                             tracing::error!(error = %e, "gateway: cannot start a serving thread")
                         }
@@ -160,6 +181,7 @@ async fn serve_thread(
     gateway: Arc<Gateway>,
     listener: std::net::TcpListener,
     connections: Arc<Semaphore>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -216,10 +238,6 @@ async fn serve_thread(
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         stats.open.fetch_add(1, Ordering::Relaxed);
         let edge = Arc::new(Edge::new());
-        let io = TokioIo::new(EdgeIo {
-            inner: stream,
-            edge: Arc::clone(&edge),
-        });
         // The client's address, as upstreams get it in `X-Forwarded-For`, made once.
         let peer_info = crate::call::Peer {
             ip: http::HeaderValue::from_str(&peer.ip().to_string())
@@ -230,6 +248,7 @@ async fn serve_thread(
                 .trusted_proxies
                 .iter()
                 .any(|net| net.contains(&peer.ip().to_canonical())),
+            https: tls.is_some(),
         };
         let svc = {
             let (worker, edge) = (Arc::clone(&worker), Arc::clone(&edge));
@@ -247,17 +266,47 @@ async fn serve_thread(
         let gateway = Arc::clone(&gateway);
         let watcher = graceful.watcher();
         let (http1, http2) = (Arc::clone(&http1), Arc::clone(&http2));
+        let tls = tls.clone();
         tokio::spawn(async move {
+            // The same serving code over a plain or a TLS stream.
+            macro_rules! serve_on {
+                ($stream:expr, $h2:expr) => {{
+                    let h2: bool = $h2;
+                    edge.http2.store(h2, Ordering::Relaxed);
+                    let io = TokioIo::new(EdgeIo {
+                        inner: $stream,
+                        edge: Arc::clone(&edge),
+                    });
+                    if h2 {
+                        let _ = watcher.watch(http2.serve_connection(io, svc)).await;
+                    } else {
+                        let _ = watcher.watch(http1.serve_connection(io, svc)).await;
+                    }
+                }};
+            }
             let serve = async {
-                let http2_client = match io.inner().sniff_http2().await {
-                    Ok(h2) => h2,
-                    Err(_) => return,
-                };
-                io.inner().edge.http2.store(http2_client, Ordering::Relaxed);
-                if http2_client {
-                    let _ = watcher.watch(http2.serve_connection(io, svc)).await;
-                } else {
-                    let _ = watcher.watch(http1.serve_connection(io, svc)).await;
+                match tls {
+                    None => {
+                        let Ok(h2) = sniff_http2(&stream).await else {
+                            return;
+                        };
+                        serve_on!(stream, h2)
+                    }
+                    Some(acceptor) => {
+                        let stream = match acceptor.accept(stream).await {
+                            Ok(s) => s,
+                            Err(e) => {
+                                gateway
+                                    .connection_stats
+                                    .tls_handshake_failures
+                                    .fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!(%peer, error = %e, "gateway: TLS handshake failed");
+                                return;
+                            }
+                        };
+                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                        serve_on!(stream, h2)
+                    }
                 }
             };
             tokio::select! {
@@ -375,19 +424,19 @@ async fn watchdog(edge: &Edge, limits: EdgeLimits) -> Closed {
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// The client's socket, noting when a request head begins.
-struct EdgeIo {
-    inner: TcpStream,
+/// The client's stream (TCP, or TLS over it), noting when a request head begins.
+struct EdgeIo<S> {
+    inner: S,
     edge: Arc<Edge>,
 }
 
-impl EdgeIo {
-    /// Whether the client opens with the HTTP/2 connection preface, looked at without
-    /// consuming it. False at once for anything else (an HTTP/1 request line).
-    async fn sniff_http2(&self) -> io::Result<bool> {
+/// Whether a plain client opens with the HTTP/2 connection preface, looked at without
+/// consuming it. False at once for anything else (an HTTP/1 request line).
+async fn sniff_http2(stream: &TcpStream) -> io::Result<bool> {
+    {
         let mut buf = [0u8; H2_PREFACE.len()];
         loop {
-            let n = self.inner.peek(&mut buf).await?;
+            let n = stream.peek(&mut buf).await?;
             if n == 0 || buf[..n] != H2_PREFACE[..n] {
                 return Ok(false);
             }
@@ -401,7 +450,7 @@ impl EdgeIo {
     }
 }
 
-impl AsyncRead for EdgeIo {
+impl<S: AsyncRead + Unpin> AsyncRead for EdgeIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -422,7 +471,7 @@ impl AsyncRead for EdgeIo {
     }
 }
 
-impl AsyncWrite for EdgeIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for EdgeIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -363,6 +363,10 @@ const HEADER_TIMEOUT: Duration = Duration::from_millis(600);
 const IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 async fn suite(edge: EdgeLimits) -> Suite {
+    suite_with(edge, None).await
+}
+
+async fn suite_with(edge: EdgeLimits, tls: Option<peage_gateway::tls::TlsFiles>) -> Suite {
     let (upstream_addr, upstream) = start_upstream().await;
     // A port nothing listens on.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
@@ -403,6 +407,7 @@ async fn suite(edge: EdgeLimits) -> Suite {
             threads: 2,
             edge,
             credential_failures_per_minute: FAILURES_PER_MINUTE,
+            tls,
             ..GatewayConfig::default()
         },
     );
@@ -1165,4 +1170,187 @@ async fn shadow_limits_let_calls_through_flagged_and_the_near_limit_call_is_told
         .collect();
     assert_eq!(near.len(), 1, "{near:?}");
     assert_eq!(near[0].operation, "GET /n8");
+}
+
+// ---- TLS termination ------------------------------------------------------------------------
+
+/// A private CA, and leaf certificates for `localhost` it signs.
+struct PrivateCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl PrivateCa {
+    fn new() -> PrivateCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Péage test CA");
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        PrivateCa { issuer }
+    }
+
+    fn roots(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.issuer.der().clone()).unwrap();
+        roots
+    }
+
+    /// A leaf for localhost: (certificate PEM, key PEM, certificate DER).
+    fn leaf(&self) -> (String, String, Vec<u8>) {
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+}
+
+type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A TLS connection to the gateway trusting `roots`, offering `alpn`.
+async fn tls_connect(
+    addr: SocketAddr,
+    roots: rustls::RootCertStore,
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+}
+
+fn served_cert(s: &TlsStream) -> Vec<u8> {
+    s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn hello(i: usize) -> http::Request<Full<Bytes>> {
+    http::Request::builder()
+        .uri(format!("https://localhost/demo/v1/tls{i}"))
+        .header("authorization", format!("Bearer {LIVE}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_private_ca_and_a_certificate_swapped_without_dropping_connections() {
+    let ca = PrivateCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let files = peage_gateway::tls::TlsFiles {
+        cert: dir.path().join("gateway.crt"),
+        key: dir.path().join("gateway.key"),
+    };
+    let (cert_a, key_a, der_a) = ca.leaf();
+    std::fs::write(&files.cert, &cert_a).unwrap();
+    std::fs::write(&files.key, &key_a).unwrap();
+    let s = suite_with(edge(), Some(files.clone())).await;
+
+    // HTTP/2 by ALPN, then HTTP/1.1 by ALPN: both served, upstreams told it was https.
+    let h2_tls = tls_connect(s.addr, ca.roots(), &[b"h2", b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(h2_tls.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+    assert_eq!(served_cert(&h2_tls), der_a);
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(h2_tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let h1_tls = tls_connect(s.addr, ca.roots(), &[b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(
+        h1_tls.get_ref().1.alpn_protocol(),
+        Some(b"http/1.1".as_slice())
+    );
+    let (mut h1, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(h1_tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    assert_eq!(h2.send_request(hello(1)).await.unwrap().status(), 200);
+    assert_eq!(h1.send_request(hello(2)).await.unwrap().status(), 200);
+    let seen = s.upstream.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .all(|r| r.headers["x-forwarded-proto"] == "https"),
+        "{seen:?}"
+    );
+
+    // A client that does not trust the private CA is refused at the handshake; plain HTTP on
+    // the TLS port gets nothing served.
+    let stranger = PrivateCa::new();
+    assert!(tls_connect(s.addr, stranger.roots(), &[b"http/1.1"])
+        .await
+        .is_err());
+    let addr = s.addr;
+    let (status, _, _) =
+        tokio::task::spawn_blocking(move || raw(addr, &get("/demo/v1/plain", &bearer(LIVE))))
+            .await
+            .unwrap();
+    assert_eq!(status, 0, "no HTTP answer on the TLS port");
+
+    // A new certificate is written over the files (key first, as a careless deploy would):
+    // new connections get it within seconds, without a restart.
+    let (cert_b, key_b, der_b) = ca.leaf();
+    std::fs::write(&files.key, &key_b).unwrap();
+    std::fs::write(&files.cert, &cert_b).unwrap();
+    let swapped = Instant::now();
+    loop {
+        let fresh = tls_connect(s.addr, ca.roots(), &[b"http/1.1"])
+            .await
+            .unwrap();
+        if served_cert(&fresh) == der_b {
+            break;
+        }
+        assert_eq!(served_cert(&fresh), der_a);
+        assert!(
+            swapped.elapsed() < Duration::from_secs(5),
+            "the new certificate was not taken"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "new certificate served {:?} after the swap",
+        swapped.elapsed()
+    );
+    // The connections opened before the swap were not dropped: they go on serving.
+    for i in 3..6 {
+        assert_eq!(h2.send_request(hello(i)).await.unwrap().status(), 200);
+        assert_eq!(h1.send_request(hello(i + 10)).await.unwrap().status(), 200);
+    }
+    let metrics = s.gateway.render_metrics();
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert!(value("peage_gateway_tls_reloads_total") >= 1);
+    assert!(value("peage_gateway_tls_handshake_failures_total") >= 2);
+    // Every call over TLS was metered once.
+    let evs = events(&s).await;
+    assert_eq!(
+        evs.iter()
+            .filter(|e| e.operation.starts_with("GET /tls"))
+            .count(),
+        8
+    );
 }

@@ -303,6 +303,10 @@ pub struct GatewaySection {
     /// Wrong API keys or tokens one client address may send in a minute; past it every attempt
     /// from the address is answered 429 until the minute ends.
     pub credential_failures_per_minute: u32,
+    /// Terminate TLS: a PEM certificate chain (leaf first) and its private key, both or
+    /// neither. Reloaded when either file changes, without a restart.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
     /// The billing role's control API, where quota leases come from.
     pub billing_url: String,
     /// The `gateway` service token the gateway calls billing with (`peage service-token
@@ -348,6 +352,16 @@ impl GatewaySection {
             bail!("gateway.credential_failures_per_minute must be more than 0");
         }
         let trusted_proxies = ip_blocks("gateway.trusted_proxies", &self.trusted_proxies)?;
+        let tls = match (&self.tls_cert_file, &self.tls_key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(peage_gateway::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => bail!(
+                "gateway.tls_cert_file and gateway.tls_key_file go together: set both or neither"
+            ),
+        };
         Ok(peage_gateway::GatewayConfig {
             gateway_id: self.id.clone(),
             upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
@@ -367,6 +381,7 @@ impl GatewaySection {
             encoded_slashes: self.encoded_slashes,
             trusted_proxies,
             credential_failures_per_minute: self.credential_failures_per_minute,
+            tls,
         })
     }
 
@@ -403,6 +418,8 @@ impl Default for GatewaySection {
             encoded_slashes: peage_gateway::EncodedSlashes::Reject,
             trusted_proxies: Vec::new(),
             credential_failures_per_minute: 20,
+            tls_cert_file: None,
+            tls_key_file: None,
             billing_url: "http://127.0.0.1:8090".into(),
             billing_token: None,
             billing_token_file: None,
@@ -821,6 +838,13 @@ mod tests {
         assert!(nets[0].contains(&"10.20.30.40".parse::<std::net::IpAddr>().unwrap()));
         assert!(nets[1].contains(&"2001:db8::1".parse::<std::net::IpAddr>().unwrap()));
         assert!(!nets[1].contains(&"2001:db8::2".parse::<std::net::IpAddr>().unwrap()));
+        // TLS: both files or neither.
+        g.tls_cert_file = Some("gw.crt".into());
+        let e = g.gateway_config(jwt()).unwrap_err().to_string();
+        assert!(e.contains("set both or neither"), "{e}");
+        g.tls_key_file = Some("gw.key".into());
+        let tls = g.gateway_config(jwt()).unwrap().tls.unwrap();
+        assert_eq!(tls.key, std::path::Path::new("gw.key"));
         g.trusted_proxies = vec!["lb.internal".into()];
         let e = g.gateway_config(jwt()).unwrap_err().to_string();
         assert!(

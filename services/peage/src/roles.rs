@@ -159,7 +159,12 @@ pub async fn gateway(
         metrics::serve(listen, Arc::new(exposition), stopped(stop_rx.clone())).await?;
     }
     tracing::info!(listen = %addr, id = %config.gateway.id, topic = %config.kafka.topic, threads = gw.serving_threads(), "gateway up");
-    println!("peage gateway listening on http://{addr}");
+    let scheme = if config.gateway.tls_cert_file.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("peage gateway listening on {scheme}://{addr}");
     shutdown.await;
     let _ = stop_tx.send(true);
     server.stop().await;

@@ -548,7 +548,12 @@ pub async fn run(
     );
     let gateway_server = GatewayServer::bind(gateway, options.gateway_listen)
         .with_context(|| format!("gateway cannot listen on {}", options.gateway_listen))?;
-    let gateway_url = format!("http://{}", gateway_server.local_addr());
+    let scheme = if section.tls_cert_file.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let gateway_url = format!("{scheme}://{}", gateway_server.local_addr());
     let control_server = tokio::spawn(peage_billing::serve_router(
         control_listener,
         control.router().merge(peage_dashboard::router()),

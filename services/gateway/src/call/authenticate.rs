@@ -139,6 +139,7 @@ mod tests {
             ip: HeaderValue::from_static("10.0.0.2"),
             addr: "10.0.0.2".parse().unwrap(),
             trusted,
+            https: false,
         };
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));

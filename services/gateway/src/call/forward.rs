@@ -146,7 +146,8 @@ fn upstream_headers(h: &mut HeaderMap, peer: &super::Peer, key: &ResolvedKey) {
         h.insert(X_FORWARDED_FOR, v);
     }
     if !h.contains_key(&X_FORWARDED_PROTO) {
-        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let proto = if peer.https { "https" } else { "http" };
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if let Some(host) = original_host {
         if !h.contains_key(&X_FORWARDED_HOST) {
@@ -349,6 +350,7 @@ mod tests {
             ip: HeaderValue::from_static(ip),
             addr: ip.parse().unwrap(),
             trusted,
+            https: false,
         }
     }
 }

@@ -47,6 +47,8 @@ pub(crate) struct Peer {
     pub addr: std::net::IpAddr,
     /// One of `gateway.trusted_proxies`: its forwarding headers are believed.
     pub trusted: bool,
+    /// The connection is TLS: upstreams are told `X-Forwarded-Proto: https`.
+    pub https: bool,
 }
 
 /// Answers one request: a probe, or a call through the pipeline.
