@@ -113,6 +113,60 @@ impl Env_ {
     }
 }
 
+/// What a webhook endpoint received: each request's headers and body.
+type Received = Arc<Mutex<Vec<(axum::http::HeaderMap, String)>>>;
+
+impl Env_ {
+    /// A real HTTP endpoint answering its n-th request (from 1) with `answer(n)`, subscribed
+    /// to `events`, with the delivery worker running (retries after 200 ms). Returns what it
+    /// receives and the endpoint's signing secret.
+    async fn webhook_endpoint(
+        &self,
+        events: &[&str],
+        answer: fn(usize) -> axum::http::StatusCode,
+    ) -> (Received, String) {
+        let received: Received = Default::default();
+        let hook = {
+            let received = Arc::clone(&received);
+            Router::new().route(
+                "/hook",
+                post(move |headers: axum::http::HeaderMap, body: String| {
+                    let received = Arc::clone(&received);
+                    async move {
+                        let mut r = received.lock().unwrap();
+                        r.push((headers, body));
+                        answer(r.len())
+                    }
+                }),
+            )
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, hook).await });
+        let (s, ep) = self
+            .call(
+                "POST",
+                "/v1/webhooks",
+                Some(json!({"url": url, "events": events})),
+            )
+            .await;
+        assert_eq!(s, 201, "{ep}");
+        tokio::spawn(peage_billing::service::webhooks::run_worker(
+            Arc::clone(&self.served.store),
+            peage_billing::service::webhooks::WorkerSettings {
+                schedule: peage_billing::service::webhooks::RetrySchedule(vec![
+                    Duration::from_millis(200),
+                ]),
+                poll: Duration::from_millis(50),
+                policy: support::loopback_policy(),
+                secrets: support::secrets(),
+            },
+            std::future::pending(),
+        ));
+        (received, ep["secret"].as_str().unwrap().to_string())
+    }
+}
+
 async fn start() -> Env_ {
     Env_ {
         served: support::serve(CATALOG).await,
@@ -532,49 +586,15 @@ async fn a_period_not_over_cannot_be_finalized_and_time_zones_move_period_bounds
 async fn a_hard_quota_reached_sends_one_signed_webhook_retried_until_delivered() {
     let env = start().await;
     // An endpoint that fails its first request (503) and accepts the next.
-    let received: Arc<Mutex<Vec<(axum::http::HeaderMap, String)>>> = Default::default();
-    let hook = {
-        let received = Arc::clone(&received);
-        Router::new().route(
-            "/hook",
-            post(move |headers: axum::http::HeaderMap, body: String| {
-                let received = Arc::clone(&received);
-                async move {
-                    let mut r = received.lock().unwrap();
-                    r.push((headers, body));
-                    if r.len() == 1 {
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE
-                    } else {
-                        axum::http::StatusCode::NO_CONTENT
-                    }
-                }
-            }),
-        )
-    };
-    let hook_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook_url = format!("http://{}/hook", hook_listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(hook_listener, hook).await });
-    let (s, ep) = env
-        .call(
-            "POST",
-            "/v1/webhooks",
-            Some(json!({"url": hook_url, "events": ["quota.hard_blocked", "quota.soft_exceeded"]})),
-        )
+    let (received, secret) = env
+        .webhook_endpoint(&["quota.hard_blocked", "quota.soft_exceeded"], |n| {
+            if n == 1 {
+                axum::http::StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                axum::http::StatusCode::NO_CONTENT
+            }
+        })
         .await;
-    assert_eq!(s, 201, "{ep}");
-    let secret = ep["secret"].as_str().unwrap().to_string();
-    tokio::spawn(peage_billing::service::webhooks::run_worker(
-        Arc::clone(&env.served.store),
-        peage_billing::service::webhooks::WorkerSettings {
-            schedule: peage_billing::service::webhooks::RetrySchedule(vec![Duration::from_millis(
-                200,
-            )]),
-            poll: Duration::from_millis(50),
-            policy: support::loopback_policy(),
-            secrets: support::secrets(),
-        },
-        std::future::pending(),
-    ));
 
     let (_, partner) = env
         .call(
@@ -692,43 +712,11 @@ async fn a_partner_that_cannot_be_billed_fails_alone_and_is_named() {
 #[tokio::test]
 async fn a_shadow_quota_never_blocks_and_near_limit_and_shadow_webhooks_go_once() {
     let env = start().await;
-    let received: Arc<Mutex<Vec<String>>> = Default::default();
-    let hook = {
-        let received = Arc::clone(&received);
-        Router::new().route(
-            "/hook",
-            post(move |body: String| {
-                let received = Arc::clone(&received);
-                async move {
-                    received.lock().unwrap().push(body);
-                    axum::http::StatusCode::NO_CONTENT
-                }
-            }),
-        )
-    };
-    let hook_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook_url = format!("http://{}/hook", hook_listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(hook_listener, hook).await });
-    let (s, ep) = env
-        .call(
-            "POST",
-            "/v1/webhooks",
-            Some(json!({"url": hook_url, "events": ["quota.near_limit", "quota.shadow_exceeded"]})),
-        )
+    let (received, _) = env
+        .webhook_endpoint(&["quota.near_limit", "quota.shadow_exceeded"], |_| {
+            axum::http::StatusCode::NO_CONTENT
+        })
         .await;
-    assert_eq!(s, 201, "{ep}");
-    tokio::spawn(peage_billing::service::webhooks::run_worker(
-        Arc::clone(&env.served.store),
-        peage_billing::service::webhooks::WorkerSettings {
-            schedule: peage_billing::service::webhooks::RetrySchedule(vec![Duration::from_millis(
-                200,
-            )]),
-            poll: Duration::from_millis(50),
-            policy: support::loopback_policy(),
-            secrets: support::secrets(),
-        },
-        std::future::pending(),
-    ));
     let (_, partner) = env
         .call(
             "POST",
@@ -749,7 +737,7 @@ async fn a_shadow_quota_never_blocks_and_near_limit_and_shadow_webhooks_go_once(
     let types = || {
         let got = received.lock().unwrap().clone();
         got.iter()
-            .map(|b| {
+            .map(|(_, b)| {
                 serde_json::from_str::<Value>(b).unwrap()["type"]
                     .as_str()
                     .unwrap()
@@ -809,7 +797,7 @@ async fn a_shadow_quota_never_blocks_and_near_limit_and_shadow_webhooks_go_once(
         .lock()
         .unwrap()
         .iter()
-        .map(|b| serde_json::from_str::<Value>(b).unwrap())
+        .map(|(_, b)| serde_json::from_str::<Value>(b).unwrap())
         .find(|v| v["type"] == "quota.near_limit")
         .unwrap();
     assert_eq!(near["data"]["used"], "6");
