@@ -194,10 +194,10 @@ spool_pending() { # metrics port
   curl -fsS "http://127.0.0.1:$1/metrics" | awk '$1 == "peage_spool_pending_events" { print $2 }'
 }
 TARGETS=(direct nginx role up nginx-tls role-tls)
+# oha verifies the proxies' certificate against the bench CA (for the https targets).
+oha() { command oha --cacert "$WORK/ca.crt" "$@"; }
 for name in "${TARGETS[@]}"; do
   echo "== $name: warm-up, saturation, fixed $RATE req/s"
-  # oha trusts the bench CA through SSL_CERT_FILE (rustls-native-certs reads it).
-  oha() { SSL_CERT_FILE="$WORK/ca.crt" command oha "$@"; }
   oha --no-tui --wait-ongoing-requests-after-deadline --output-format json -z 2s -c "$CONNECTIONS" -H "$(auth_for "$name")" "${URL[$name]}" > "$WORK/$name-warmup.json"
   read -ra procs <<< "$(pids_of "$name")"
   if [ "${PERF:-}" = "$name" ] && [ ${#procs[@]} -gt 0 ]; then
@@ -230,7 +230,7 @@ if [ -n "${PERF_PID:-}" ]; then
 fi
 
 # Every call answered must be metered, once: wait until the count reaches what was answered,
-# or has not moved for 30 s (a consumer joining its group can take a while to start).
+# or has not moved for 60 s (a consumer joining its group can take a while to start).
 answered_by() { # target -> 2xx answers over its runs (and the readiness probe)
   python3 - "$WORK" "$1" <<'PY'
 import json, sys
@@ -243,7 +243,7 @@ settle() { # expected command… -> the count it settled at
   local expected=$1 now still=0
   shift
   now=$("$@" || echo 0)
-  while [ "${now%.*}" -lt "$expected" ] && [ "$still" -lt 10 ]; do
+  while [ "${now%.*}" -lt "$expected" ] && [ "$still" -lt 20 ]; do
     sleep 3
     local prev=$now
     now=$("$@" || echo 0)
@@ -260,11 +260,15 @@ role_metered() {
     --data-binary "SELECT count() FROM $NAME.call_events WHERE partner_id = '$ROLE_PARTNER' AND status BETWEEN 200 AND 299"
 }
 echo "== metering: peage aggregator ingests the role's events into ClickHouse"
-PEAGE_LOG=warn PEAGE_METRICS__LISTEN=127.0.0.1:0 "$PEAGE" aggregator >/dev/null &
+PEAGE_LOG=info PEAGE_METRICS__LISTEN=127.0.0.1:0 "$PEAGE" aggregator >"$WORK/aggregator.log" 2>&1 &
 PIDS+=($!)
 # Both role instances call as the same partner: their events add up in ClickHouse.
 ROLE_METERED=$(settle "$(( $(answered_by role) + $(answered_by role-tls) ))" role_metered)
 UP_METERED=$(settle "$(answered_by up)" up_metered)
+if [ "${ROLE_METERED%.*}" -ne "$(( $(answered_by role) + $(answered_by role-tls) ))" ]; then
+  echo "== the role's events did not all reach ClickHouse; the aggregator's log ends:"
+  tail -20 "$WORK/aggregator.log" | cut -c1-300
+fi
 
 python3 - "$WORK" "$RATE" "$DURATION" "$CONNECTIONS" "$THREADS" "$ROLE_METERED" "$UP_METERED" "$(getconf CLK_TCK)" <<'PY'
 import json, sys, datetime, os, subprocess
