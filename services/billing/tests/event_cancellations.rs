@@ -2,19 +2,17 @@
 //! leaves the upcoming invoice, and once its period is finalized it becomes an adjustment on
 //! the next invoice; raw events stay.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use chrono::{Datelike, TimeDelta, TimeZone, Utc};
-use peage_billing::service::events::{EventsIntake, SinkRefused, UsageEventSink};
-use peage_core::UsageEvent;
-use peage_usage_store::{LoggedUsageEvent, SqliteUsageStore, UsageStore};
+use peage_billing::service::events::EventsIntake;
+use peage_usage_store::UsageStore;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
 mod support;
-use support::TOKEN;
+use support::{StoreDirectly, TOKEN};
 
 const CATALOG: &str = r#"
 [[meter]]
@@ -31,28 +29,6 @@ period = { every = "month", anchor_day = 1 }
 base_fee = "0"
 charges = [{ meter = "tokens", model = "per_unit", unit_price = "0.01" }]
 "#;
-
-/// Stores accepted events at once, as the aggregator would.
-struct StoreDirectly(Arc<SqliteUsageStore>, AtomicU64);
-
-#[async_trait]
-impl UsageEventSink for StoreDirectly {
-    async fn append(&self, events: &[UsageEvent]) -> Result<(), SinkRefused> {
-        let logged: Vec<LoggedUsageEvent> = events
-            .iter()
-            .map(|e| LoggedUsageEvent {
-                partition: 0,
-                offset: self.1.fetch_add(1, Ordering::Relaxed),
-                event: e.clone(),
-            })
-            .collect();
-        self.0
-            .insert_usage_events("test", &logged)
-            .await
-            .map(|_| ())
-            .map_err(|e| SinkRefused(e.to_string()))
-    }
-}
 
 fn d(s: &str) -> Decimal {
     s.parse().unwrap()

@@ -21,6 +21,7 @@ fn tiers(spec: &[(Option<&str>, &str)]) -> Vec<Tier> {
         .map(|(u, p)| Tier {
             up_to: u.map(d),
             unit_price: d(p),
+            flat_fee: None,
         })
         .collect()
 }

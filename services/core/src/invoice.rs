@@ -1197,11 +1197,13 @@ mod tests {
                     .map(|(b, p)| Tier {
                         up_to: Some(Decimal::from(b)),
                         unit_price: p,
+                        flat_fee: None,
                     })
                     .collect();
                 t.push(Tier {
                     up_to: None,
                     unit_price: last,
+                    flat_fee: None,
                 });
                 t
             })
@@ -1279,7 +1281,7 @@ mod tests {
         #[test]
         fn one_tier_graduated_one_tier_volume_and_per_unit_agree(unit_price in price(), free in 0u64..10_000, q in qty()) {
             let eur = Currency::parse("EUR").unwrap();
-            let one = vec![Tier { up_to: None, unit_price }];
+            let one = vec![Tier { up_to: None, unit_price, flat_fee: None }];
             let total = |model: ChargeModel| {
                 Charge { meter: "m".into(), free: Decimal::from(free), model }
                     .price(q, eur).unwrap().iter().map(|l| l.amount).sum::<Decimal>()

@@ -136,6 +136,7 @@ impl utoipa::ToSchema for Charge {
             schemas.push((name, o.into()));
         }
         schemas.push(("Tier".into(), Tier::schema()));
+        schemas.push(("PercentageTier".into(), PercentageTier::schema()));
     }
 }
 
@@ -156,6 +157,11 @@ pub enum ChargeModel {
     Volume {
         tiers: Vec<Tier>,
     },
+    /// A rate of the amount a `sum` meter measures (payment volume), tier by tier, each tier
+    /// with its own rate and flat fee (Lago's graduated percentage).
+    GraduatedPercentage {
+        tiers: Vec<PercentageTier>,
+    },
     Package {
         #[serde(with = "rust_decimal::serde::str")]
         size: Decimal,
@@ -174,6 +180,39 @@ pub struct Tier {
     pub up_to: Option<Decimal>,
     #[serde(with = "rust_decimal::serde::str")]
     pub unit_price: Decimal,
+    /// Due once when billable units fall in the tier (graduated), or once for the tier the
+    /// quantity selects (volume): Stripe's `flat_amount`, Lago's flat fee. Left out of the
+    /// plan's hash when absent, so plans written before it keep their versions.
+    #[serde(
+        default,
+        serialize_with = "rust_decimal::serde::str_option::serialize",
+        deserialize_with = "optional_decimal",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub flat_fee: Option<Decimal>,
+}
+
+/// A tier of a `graduated_percentage` charge: the share `rate` (0.014 for 1.4 %) of the amount
+/// within the tier, and a flat fee once the tier is entered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PercentageTier {
+    /// Inclusive upper bound on the period's amount; `None` is infinity (last tier only).
+    #[serde(
+        serialize_with = "rust_decimal::serde::str_option::serialize",
+        deserialize_with = "optional_decimal"
+    )]
+    pub up_to: Option<Decimal>,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub rate: Decimal,
+    #[serde(
+        default,
+        serialize_with = "rust_decimal::serde::str_option::serialize",
+        deserialize_with = "optional_decimal",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub flat_fee: Option<Decimal>,
 }
 
 /// An optional decimal string. A tier sits inside a charge, whose model is flattened into it:
@@ -271,6 +310,74 @@ fn bound(up_to: Option<Decimal>) -> String {
     up_to.map_or_else(|| "∞".to_string(), |b| b.normalize().to_string())
 }
 
+/// A tier as graduated pricing walks it: its bound, its price per unit (or rate), its flat fee.
+struct Step {
+    up_to: Option<Decimal>,
+    price: Decimal,
+    flat_fee: Option<Decimal>,
+}
+
+/// The flat-fee line of tier `i` (0-based), when it has one.
+fn tier_fee(
+    m: &str,
+    i: usize,
+    flat_fee: Option<Decimal>,
+    currency: Currency,
+) -> Result<Option<InvoiceLine>, Overflow> {
+    match flat_fee {
+        Some(fee) if !fee.is_zero() => Ok(Some(line(
+            LineKind::Usage,
+            m,
+            Some(i as u32 + 1),
+            Decimal::ONE,
+            fee,
+            format!("{m}: tier {} flat fee", i + 1),
+            currency,
+        )?)),
+        _ => Ok(None),
+    }
+}
+
+/// Graduated pricing: each tier prices the billable units within it (units above `free`);
+/// a tier's flat fee is due once billable units fall in it. `what` names a tier's price in
+/// its line ("tier 2 (100 – 200)", or with a rate, "tier 2 at 2 % (1000 – 10000)").
+fn graduated(
+    m: &str,
+    quantity: Decimal,
+    free: Decimal,
+    steps: &[Step],
+    what: impl Fn(usize, &Step, Decimal) -> String,
+    currency: Currency,
+    lines: &mut Vec<InvoiceLine>,
+) -> Result<(), Overflow> {
+    let billable = (quantity - free).max(Decimal::ZERO);
+    let mut lower = Decimal::ZERO;
+    for (i, step) in steps.iter().enumerate() {
+        let upper = step.up_to.unwrap_or(Decimal::MAX);
+        // Units of (lower, upper] that are also in (free, quantity].
+        let in_tier = (quantity.min(upper) - lower.max(free)).max(Decimal::ZERO);
+        if in_tier > Decimal::ZERO || (i == 0 && billable.is_zero()) {
+            lines.push(line(
+                LineKind::Usage,
+                m,
+                Some(i as u32 + 1),
+                in_tier,
+                step.price,
+                what(i, step, lower),
+                currency,
+            )?);
+        }
+        if in_tier > Decimal::ZERO {
+            lines.extend(tier_fee(m, i, step.flat_fee, currency)?);
+        }
+        if quantity <= upper {
+            break;
+        }
+        lower = upper;
+    }
+    Ok(())
+}
+
 impl Charge {
     /// The invoice lines this charge yields for a period's metered `quantity`.
     /// Always at least one line, so every charge of the plan is visible on the invoice.
@@ -325,32 +432,43 @@ impl Charge {
                 )?);
             }
             ChargeModel::Graduated { tiers } => {
-                let mut lower = Decimal::ZERO;
-                for (i, tier) in tiers.iter().enumerate() {
-                    let upper = tier.up_to.unwrap_or(Decimal::MAX);
-                    // Units of (lower, upper] that are also in (free, quantity].
-                    let in_tier = (quantity.min(upper) - lower.max(free)).max(Decimal::ZERO);
-                    if in_tier > Decimal::ZERO || (i == 0 && billable.is_zero()) {
-                        lines.push(line(
-                            LineKind::Usage,
-                            m,
-                            Some(i as u32 + 1),
-                            in_tier,
-                            tier.unit_price,
-                            format!(
-                                "{m}: tier {} ({} – {})",
-                                i + 1,
-                                lower.normalize(),
-                                bound(tier.up_to)
-                            ),
-                            currency,
-                        )?);
-                    }
-                    if quantity <= upper {
-                        break;
-                    }
-                    lower = upper;
-                }
+                let steps: Vec<Step> = tiers
+                    .iter()
+                    .map(|t| Step {
+                        up_to: t.up_to,
+                        price: t.unit_price,
+                        flat_fee: t.flat_fee,
+                    })
+                    .collect();
+                let what = |i: usize, t: &Step, lower: Decimal| {
+                    format!(
+                        "{m}: tier {} ({} – {})",
+                        i + 1,
+                        lower.normalize(),
+                        bound(t.up_to)
+                    )
+                };
+                graduated(m, quantity, free, &steps, what, currency, &mut lines)?;
+            }
+            ChargeModel::GraduatedPercentage { tiers } => {
+                let steps: Vec<Step> = tiers
+                    .iter()
+                    .map(|t| Step {
+                        up_to: t.up_to,
+                        price: t.rate,
+                        flat_fee: t.flat_fee,
+                    })
+                    .collect();
+                let what = |i: usize, t: &Step, lower: Decimal| {
+                    let pct = (t.price * Decimal::ONE_HUNDRED).normalize();
+                    format!(
+                        "{m}: tier {} at {pct} % ({} – {})",
+                        i + 1,
+                        lower.normalize(),
+                        bound(t.up_to)
+                    )
+                };
+                graduated(m, quantity, free, &steps, what, currency, &mut lines)?;
             }
             ChargeModel::Volume { tiers } => {
                 let idx = tiers
@@ -367,6 +485,10 @@ impl Charge {
                         format!("{m}: volume tier {} (up to {})", idx + 1, bound(tier.up_to)),
                         currency,
                     )?);
+                    // The selected tier's flat fee, once, when any unit is billable.
+                    if billable > Decimal::ZERO {
+                        lines.extend(tier_fee(m, idx, tier.flat_fee, currency)?);
+                    }
                 }
             }
             ChargeModel::Package { size, price } => {
@@ -445,6 +567,7 @@ mod tests {
             .map(|(u, p)| Tier {
                 up_to: u.map(d),
                 unit_price: d(p),
+                flat_fee: None,
             })
             .collect()
     }
@@ -622,24 +745,82 @@ mod tests {
     }
 
     #[test]
-    fn lago_volume_65_000_api_calls_in_the_third_tier_cost_39() {
+    fn lago_volume_65_000_api_calls_in_the_third_tier_cost_49_with_its_flat_fee() {
         // Lago, "Volume": tiers 0–10,000 at $0.0010, 10,001–50,000 at $0.0008, 50,001–100,000
-        // at $0.0006, then $0.0004: "65,000 API calls would cost 65,000 x $0.0006 + $10 = $49",
-        // where $10 is a per-tier flat fee Péage does not model: the unit part is $39.00.
+        // at $0.0006 with a $10 flat fee, then $0.0004: "65,000 API calls would cost
+        // 65,000 x $0.0006 + $10 = $49".
+        let mut t = tiers(&[
+            (Some("10000"), "0.0010"),
+            (Some("50000"), "0.0008"),
+            (Some("100000"), "0.0006"),
+            (None, "0.0004"),
+        ]);
+        t[2].flat_fee = Some(d("10"));
+        let c = charge("0", ChargeModel::Volume { tiers: t });
+        let lines = c.price(d("65000"), usd()).unwrap();
+        assert_eq!(amounts(&lines), ["39.00", "10.00"]);
+        assert_eq!((lines[0].tier, lines[1].tier), (Some(3), Some(3)));
+        assert_eq!(lines[1].description, "calls: tier 3 flat fee");
+        // Nothing billable, no flat fee.
+        assert_eq!(amounts(&c.price(Decimal::ZERO, usd()).unwrap()), ["0.00"]);
+    }
+
+    fn percentage_tiers(spec: &[(Option<&str>, &str, Option<&str>)]) -> Vec<PercentageTier> {
+        spec.iter()
+            .map(|(u, r, f)| PercentageTier {
+                up_to: u.map(d),
+                rate: d(r),
+                flat_fee: f.map(d),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lago_graduated_percentage_5050_usd_of_payments_cost_591() {
+        // Lago, "Graduated percentage": 0–1,000 at 1 % + $200, 1,001–10,000 at 2 % + $300,
+        // beyond at 3 % + $400. "The total is 5,050 USD … Tier 3 is not reached, so its flat
+        // fee is not included. The calculated fee is 591 USD": 10 + 200 + 81 + 300.
         let c = charge(
             "0",
-            ChargeModel::Volume {
-                tiers: tiers(&[
-                    (Some("10000"), "0.0010"),
-                    (Some("50000"), "0.0008"),
-                    (Some("100000"), "0.0006"),
-                    (None, "0.0004"),
+            ChargeModel::GraduatedPercentage {
+                tiers: percentage_tiers(&[
+                    (Some("1000"), "0.01", Some("200")),
+                    (Some("10000"), "0.02", Some("300")),
+                    (None, "0.03", Some("400")),
                 ]),
             },
         );
-        let lines = c.price(d("65000"), usd()).unwrap();
-        assert_eq!(amounts(&lines), ["39.00"]);
-        assert_eq!(lines[0].tier, Some(3));
+        let lines = c.price(d("5050"), usd()).unwrap();
+        assert_eq!(amounts(&lines), ["10.00", "200.00", "81.00", "300.00"]);
+        let total: Decimal = lines.iter().map(|l| l.amount).sum();
+        assert_eq!(total, d("591.00"));
+        assert_eq!(lines[2].description, "calls: tier 2 at 2 % (1000 – 10000)");
+        // Lago's first transaction alone, $500: 500 × 1 % + $200 = $205.
+        let first: Decimal = c
+            .price(d("500"), usd())
+            .unwrap()
+            .iter()
+            .map(|l| l.amount)
+            .sum();
+        assert_eq!(first, d("205.00"));
+    }
+
+    #[test]
+    fn a_graduated_tier_fee_is_due_once_billable_units_enter_the_tier() {
+        let mut t = tiers(&[(Some("100"), "1"), (Some("200"), "0.5"), (None, "0.1")]);
+        t[0].flat_fee = Some(d("5"));
+        t[1].flat_fee = Some(d("7"));
+        t[2].flat_fee = Some(d("9"));
+        // 150 units: tiers 1 and 2 entered.
+        let c = charge("0", ChargeModel::Graduated { tiers: t.clone() });
+        assert_eq!(
+            amounts(&c.price(d("150"), usd()).unwrap()),
+            ["100.00", "5.00", "25.00", "7.00"]
+        );
+        // 120 free: tier 1 holds no billable unit, so its fee is not due.
+        let c = charge("120", ChargeModel::Graduated { tiers: t });
+        let lines = c.price(d("150"), usd()).unwrap();
+        assert_eq!(amounts(&lines), ["0.00", "15.00", "7.00"]);
     }
 
     #[test]

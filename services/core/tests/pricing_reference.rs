@@ -9,7 +9,7 @@ use chrono::{TimeZone, Utc};
 use peage_core::invoice::{InvoiceInput, Segment};
 use peage_core::meter::MeterUsage;
 use peage_core::period::{BillingPeriod, PeriodRule};
-use peage_core::pricing::{Charge, ChargeModel, Plan, TaxRate, Tier};
+use peage_core::pricing::{Charge, ChargeModel, PercentageTier, Plan, TaxRate, Tier};
 use peage_core::{Currency, Invoice};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
@@ -29,9 +29,15 @@ fn round_ratio(num: i128, den: i128) -> i128 {
 enum RefModel {
     Flat(i128),
     PerUnit(i128),
-    Graduated(Vec<(Option<i128>, i128)>),
-    Volume(Vec<(Option<i128>, i128)>),
-    Package { size: i128, price: i128 },
+    /// Tiers: (inclusive bound, price per unit or rate, flat fee), all prices in 1e-4.
+    Graduated(Vec<(Option<i128>, i128, i128)>),
+    Volume(Vec<(Option<i128>, i128, i128)>),
+    /// The same walk as graduated, a rate in place of a unit price (rates ≤ 1).
+    GraduatedPercentage(Vec<(Option<i128>, i128, i128)>),
+    Package {
+        size: i128,
+        price: i128,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -63,13 +69,17 @@ fn ref_charge(c: &RefCharge, q: i128, minor: u32) -> i128 {
             }
         }
         RefModel::PerUnit(p) => to_minor(billable * p, minor),
-        RefModel::Graduated(tiers) => {
+        RefModel::Graduated(tiers) | RefModel::GraduatedPercentage(tiers) => {
             let mut lower = 0;
             let mut sum = 0;
-            for (up_to, p) in tiers {
+            for (up_to, p, fee) in tiers {
                 let upper = up_to.unwrap_or(i128::MAX);
                 let units = (q.min(upper) - lower.max(c.free)).max(0);
                 sum += to_minor(units * p, minor);
+                // A tier's fee once billable units are in it.
+                if units > 0 {
+                    sum += to_minor(*fee, minor);
+                }
                 if q <= upper {
                     break;
                 }
@@ -78,12 +88,17 @@ fn ref_charge(c: &RefCharge, q: i128, minor: u32) -> i128 {
             sum
         }
         RefModel::Volume(tiers) => {
-            let p = tiers
+            let (p, fee) = tiers
                 .iter()
-                .find(|(u, _)| u.is_none_or(|u| q <= u))
-                .map(|(_, p)| *p)
+                .find(|(u, _, _)| u.is_none_or(|u| q <= u))
+                .map(|(_, p, f)| (*p, *f))
                 .unwrap();
             to_minor(billable * p, minor)
+                + if billable > 0 {
+                    to_minor(fee, minor)
+                } else {
+                    0
+                }
         }
         RefModel::Package { size, price } => {
             let packages = (billable + size - 1) / size;
@@ -150,11 +165,17 @@ fn dec_e4(v: i128) -> Decimal {
     Decimal::from_i128_with_scale(v, 4)
 }
 
-fn engine_tiers(t: &[(Option<i128>, i128)]) -> Vec<Tier> {
+/// A fee of 0 is written as no fee, as a catalog without `flat_fee` has it.
+fn fee(f: i128) -> Option<Decimal> {
+    (f != 0).then(|| dec_e4(f))
+}
+
+fn engine_tiers(t: &[(Option<i128>, i128, i128)]) -> Vec<Tier> {
     t.iter()
-        .map(|(u, p)| Tier {
+        .map(|(u, p, f)| Tier {
             up_to: u.map(Decimal::from),
             unit_price: dec_e4(*p),
+            flat_fee: fee(*f),
         })
         .collect()
 }
@@ -190,6 +211,16 @@ fn engine_plan(id: &str, p: &RefPlan, currency: Currency, tax_pct: i128) -> Plan
                     RefModel::Volume(t) => ChargeModel::Volume {
                         tiers: engine_tiers(t),
                     },
+                    RefModel::GraduatedPercentage(t) => ChargeModel::GraduatedPercentage {
+                        tiers: t
+                            .iter()
+                            .map(|(u, r, f)| PercentageTier {
+                                up_to: u.map(Decimal::from),
+                                rate: dec_e4(*r),
+                                flat_fee: fee(*f),
+                            })
+                            .collect(),
+                    },
                     RefModel::Package { size, price } => ChargeModel::Package {
                         size: Decimal::from(*size),
                         price: dec_e4(*price),
@@ -219,17 +250,30 @@ fn price() -> impl Strategy<Value = i128> {
     0i128..200_000
 }
 
-fn tiers() -> impl Strategy<Value = Vec<(Option<i128>, i128)>> {
+/// A tier's flat fee: none half the time.
+fn flat_fee() -> impl Strategy<Value = i128> {
+    prop_oneof![Just(0i128), 0i128..5_000_000]
+}
+
+fn tiers_of(
+    price: std::ops::Range<i128>,
+) -> impl Strategy<Value = Vec<(Option<i128>, i128, i128)>> {
     (
-        prop::collection::btree_map(1i128..2_000_000, price(), 0..4),
-        price(),
+        prop::collection::btree_map(1i128..2_000_000, (price.clone(), flat_fee()), 0..4),
+        (price, flat_fee()),
     )
-        .prop_map(|(bounded, last)| {
-            let mut t: Vec<(Option<i128>, i128)> =
-                bounded.into_iter().map(|(b, p)| (Some(b), p)).collect();
-            t.push((None, last));
+        .prop_map(|(bounded, (last, last_fee))| {
+            let mut t: Vec<(Option<i128>, i128, i128)> = bounded
+                .into_iter()
+                .map(|(b, (p, f))| (Some(b), p, f))
+                .collect();
+            t.push((None, last, last_fee));
             t
         })
+}
+
+fn tiers() -> impl Strategy<Value = Vec<(Option<i128>, i128, i128)>> {
+    tiers_of(0..200_000)
 }
 
 fn charge() -> impl Strategy<Value = RefCharge> {
@@ -238,6 +282,8 @@ fn charge() -> impl Strategy<Value = RefCharge> {
         price().prop_map(RefModel::PerUnit),
         tiers().prop_map(RefModel::Graduated),
         tiers().prop_map(RefModel::Volume),
+        // Rates from 0 to 100 %, in 1e-4.
+        tiers_of(0..10_001).prop_map(RefModel::GraduatedPercentage),
         (1i128..10_000, price()).prop_map(|(size, price)| RefModel::Package { size, price }),
     ];
     (model, prop_oneof![Just(0i128), 0i128..50_000])

@@ -112,3 +112,31 @@ pub fn calls(partner: &str, at: DateTime<Utc>, n: usize) -> Vec<CallEvent> {
         })
         .collect()
 }
+
+/// Stores accepted usage events at once, as the aggregator would: the events API's sink for
+/// tests that post events and read invoices.
+#[allow(dead_code)] // not every test crate posts events
+pub struct StoreDirectly(pub Arc<SqliteUsageStore>, pub std::sync::atomic::AtomicU64);
+
+#[async_trait::async_trait]
+impl peage_billing::service::events::UsageEventSink for StoreDirectly {
+    async fn append(
+        &self,
+        events: &[peage_core::UsageEvent],
+    ) -> Result<(), peage_billing::service::events::SinkRefused> {
+        use peage_usage_store::UsageStore;
+        let logged: Vec<peage_usage_store::LoggedUsageEvent> = events
+            .iter()
+            .map(|e| peage_usage_store::LoggedUsageEvent {
+                partition: 0,
+                offset: self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                event: e.clone(),
+            })
+            .collect();
+        self.0
+            .insert_usage_events("test", &logged)
+            .await
+            .map(|_| ())
+            .map_err(|e| peage_billing::service::events::SinkRefused(e.to_string()))
+    }
+}

@@ -9,7 +9,9 @@ use toml::Spanned;
 use crate::meter::Meter;
 use crate::money::Currency;
 use crate::period::PeriodRule;
-use crate::pricing::{Charge, ChargeModel, Plan, Quota, QuotaKind, RateLimit, TaxRate, Tier};
+use crate::pricing::{
+    Charge, ChargeModel, PercentageTier, Plan, Quota, QuotaKind, RateLimit, TaxRate, Tier,
+};
 
 use super::raw::*;
 use super::short_hash;
@@ -287,13 +289,13 @@ fn validate_model(src: &mut Source, c: &Spanned<RawCharge>, cpath: &str) -> Opti
     let allowed: &[&str] = match model {
         "flat" => &["amount"],
         "per_unit" => &["unit_price"],
-        "graduated" | "volume" => &["tiers"],
+        "graduated" | "volume" | "graduated_percentage" => &["tiers"],
         "package" => &["size", "price"],
         other => {
             src.issue(
                 r.model.span(),
                 format!("{cpath}.model"),
-                format!("{other:?} is not one of flat, per_unit, graduated, volume, package"),
+                format!("{other:?} is not one of flat, per_unit, graduated, volume, graduated_percentage, package"),
             );
             return None;
         }
@@ -342,11 +344,21 @@ fn validate_model(src: &mut Source, c: &Spanned<RawCharge>, cpath: &str) -> Opti
                 );
                 return None;
             };
-            let tiers = validate_tiers(src, raw_tiers, cpath, c.span())?;
-            Some(if model == "graduated" {
-                ChargeModel::Graduated { tiers }
-            } else {
-                ChargeModel::Volume { tiers }
+            let percentage = model == "graduated_percentage";
+            let tiers = validate_tiers(src, raw_tiers, cpath, c.span(), percentage)?;
+            Some(match model {
+                "graduated" => ChargeModel::Graduated { tiers },
+                "volume" => ChargeModel::Volume { tiers },
+                _ => ChargeModel::GraduatedPercentage {
+                    tiers: tiers
+                        .into_iter()
+                        .map(|t| PercentageTier {
+                            up_to: t.up_to,
+                            rate: t.unit_price,
+                            flat_fee: t.flat_fee,
+                        })
+                        .collect(),
+                },
             })
         }
     }
@@ -357,6 +369,7 @@ fn validate_tiers(
     raw: &[RawTier],
     cpath: &str,
     span: Range<usize>,
+    percentage: bool,
 ) -> Option<Vec<Tier>> {
     if raw.is_empty() {
         src.issue(span, format!("{cpath}.tiers"), "needs at least one tier");
@@ -401,8 +414,47 @@ fn validate_tiers(
                 Some(b)
             }
         };
-        let unit_price = src.decimal(&t.unit_price, &format!("{tpath}.unit_price"))?;
-        tiers.push(Tier { up_to, unit_price });
+        // A tier prices units (`unit_price`), or, for graduated_percentage, takes a share of
+        // an amount (`rate`, a fraction from 0 to 1); the other key is a mistake.
+        let (key, given, other, wrong) = if percentage {
+            ("rate", &t.rate, "unit_price", &t.unit_price)
+        } else {
+            ("unit_price", &t.unit_price, "rate", &t.rate)
+        };
+        if let Some(w) = wrong {
+            src.issue(
+                w.span(),
+                format!("{tpath}.{other}"),
+                format!("a tier of this model takes {key}, not {other}"),
+            );
+            return None;
+        }
+        let Some(given) = given else {
+            src.issue(
+                span.clone(),
+                format!("{tpath}.{key}"),
+                format!("a tier needs {key}"),
+            );
+            return None;
+        };
+        let unit_price = src.decimal(given, &format!("{tpath}.{key}"))?;
+        if percentage && unit_price > Decimal::ONE {
+            src.issue(
+                given.span(),
+                format!("{tpath}.rate"),
+                "a rate is a fraction: 0.014 for 1.4 %",
+            );
+            return None;
+        }
+        let flat_fee = match &t.flat_fee {
+            None => None,
+            Some(f) => Some(src.decimal(f, &format!("{tpath}.flat_fee"))?),
+        };
+        tiers.push(Tier {
+            up_to,
+            unit_price,
+            flat_fee,
+        });
     }
     Some(tiers)
 }

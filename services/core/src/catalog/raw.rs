@@ -141,7 +141,11 @@ pub(super) struct RawCharge {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTier {
     pub(super) up_to: SNum,
-    pub(super) unit_price: SNum,
+    /// graduated and volume.
+    pub(super) unit_price: Option<SNum>,
+    /// graduated_percentage.
+    pub(super) rate: Option<SNum>,
+    pub(super) flat_fee: Option<SNum>,
 }
 
 #[derive(Deserialize)]

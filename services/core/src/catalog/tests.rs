@@ -3,6 +3,7 @@ use rust_decimal::Decimal;
 
 use super::source::interpolate;
 use super::*;
+use crate::pricing::ChargeModel;
 
 const GOOD: &str = r#"
 [[api]]
@@ -553,5 +554,61 @@ fn cors_policies_load_with_defaults_and_bad_ones_name_the_field() {
             "{cors}"
         );
         assert!(i.message.contains(says), "{cors}: {i}");
+    }
+}
+
+#[test]
+fn tier_flat_fees_and_graduated_percentage_load_and_wrong_keys_are_named() {
+    let c = parse(&GOOD.replace(
+        "{ up_to = 100000, unit_price = \"0.0010\" }",
+        "{ up_to = 100000, unit_price = \"0.0010\", flat_fee = \"25\" }",
+    ))
+    .unwrap();
+    let ChargeModel::Graduated { tiers } = &c.plan("growth-2026").unwrap().charges[0].model else {
+        panic!("graduated")
+    };
+    assert_eq!(tiers[0].flat_fee, Some(Decimal::from(25)));
+    assert_eq!(tiers[1].flat_fee, None);
+    let pct = |tiers: &str| {
+        GOOD.replace(
+            "{ meter = \"egress_gb\", model = \"per_unit\", unit_price = \"0.09\" },",
+            &format!(
+                "{{ meter = \"egress_gb\", model = \"graduated_percentage\", tiers = [{tiers}] }},"
+            ),
+        )
+    };
+    let c = parse(&pct(
+        "{ up_to = 1000, rate = \"0.01\", flat_fee = \"200\" }, { up_to = \"inf\", rate = \"0.02\" }",
+    ))
+    .unwrap();
+    let ChargeModel::GraduatedPercentage { tiers } =
+        &c.plan("growth-2026").unwrap().charges[1].model
+    else {
+        panic!("graduated_percentage")
+    };
+    assert_eq!(
+        (tiers[0].rate, tiers[0].flat_fee),
+        (Decimal::new(1, 2), Some(Decimal::from(200)))
+    );
+    for (bad, field, says) in [
+        (
+            "{ up_to = \"inf\", rate = \"1.5\" }",
+            "tiers[0].rate",
+            "a rate is a fraction",
+        ),
+        (
+            "{ up_to = \"inf\", unit_price = \"0.1\" }",
+            "tiers[0].unit_price",
+            "takes rate, not unit_price",
+        ),
+        ("{ up_to = \"inf\" }", "tiers[0].rate", "a tier needs rate"),
+    ] {
+        let i = only_issue(&pct(bad));
+        assert_eq!(
+            i.field,
+            format!("plan[growth-2026].charges[1].{field}"),
+            "{bad}"
+        );
+        assert!(i.message.contains(says), "{bad}: {i}");
     }
 }

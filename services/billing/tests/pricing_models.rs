@@ -1,0 +1,138 @@
+//! The charge models through the real control API on the embedded stores: a catalog, usage
+//! events posted to `POST /v1/events`, and the upcoming invoice, for each published worked
+//! example (docs/pricing.md).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use chrono::Utc;
+use peage_billing::service::events::EventsIntake;
+use serde_json::{json, Value};
+
+mod support;
+use support::{StoreDirectly, TOKEN};
+
+const CATALOG: &str = r#"
+[[meter]]
+name = "payments"
+event_type = "com.example.payment"
+aggregation = "sum"
+value = "amount"
+
+[[meter]]
+name = "api_calls"
+event_type = "com.example.batch"
+aggregation = "sum"
+value = "calls"
+
+[[plan]]
+id = "fintech"
+name = "Fintech"
+currency = "USD"
+period = { every = "month", anchor_day = 1 }
+base_fee = "0"
+charges = [
+  # Lago, "Graduated percentage".
+  { meter = "payments", model = "graduated_percentage", tiers = [
+      { up_to = 1000, rate = "0.01", flat_fee = "200" },
+      { up_to = 10000, rate = "0.02", flat_fee = "300" },
+      { up_to = "inf", rate = "0.03", flat_fee = "400" } ] },
+  # Lago, "Volume", with the third tier's $10 flat fee.
+  { meter = "api_calls", model = "volume", tiers = [
+      { up_to = 10000, unit_price = "0.0010" },
+      { up_to = 50000, unit_price = "0.0008" },
+      { up_to = 100000, unit_price = "0.0006", flat_fee = "10" },
+      { up_to = "inf", unit_price = "0.0004" } ] },
+]
+"#;
+
+#[tokio::test]
+async fn lagos_worked_examples_price_through_the_control_api() {
+    let served = support::serve(CATALOG).await;
+    assert!(served.api.take_events(EventsIntake {
+        sink: Arc::new(StoreDirectly(served.usage.clone(), AtomicU64::new(0))),
+        window: Default::default(),
+        max_events: 1000,
+        max_bytes: 1 << 20,
+    }));
+    let client = reqwest::Client::new();
+    let call = |method: &'static str, path: String, body: Value| {
+        let client = client.clone();
+        let url = format!("{}{path}", served.base);
+        async move {
+            let r = client
+                .request(method.parse().unwrap(), &url)
+                .bearer_auth(TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (s, partner) = call(
+        "POST",
+        "/v1/partners".into(),
+        json!({"name": "Payco", "plan": "fintech", "external_id": "payco"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{partner}");
+    let pid = partner["id"].as_str().unwrap().to_string();
+    let now = Utc::now().to_rfc3339();
+    let event = |id: &str, kind: &str, data: Value| {
+        json!({"specversion": "1.0", "id": id, "source": "/payco", "type": kind,
+               "subject": "payco", "time": now, "data": data})
+    };
+    // Lago's three transactions, $500 + $550 + $4,000 = $5,050; and 65,000 API calls in two
+    // reports.
+    let batch = json!([
+        event("p1", "com.example.payment", json!({"amount": 500})),
+        event("p2", "com.example.payment", json!({"amount": 550})),
+        event("p3", "com.example.payment", json!({"amount": 4000})),
+        event("c1", "com.example.batch", json!({"calls": 40000})),
+        event("c2", "com.example.batch", json!({"calls": 25000})),
+    ]);
+    let (s, out) = call("POST", "/v1/events".into(), batch).await;
+    assert_eq!((s, out["accepted"].as_u64()), (200, Some(5)), "{out}");
+
+    let (s, up) = call(
+        "GET",
+        format!("/v1/partners/{pid}/invoices/upcoming"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 200, "{up}");
+    let lines: Vec<(String, String)> = up["invoice"]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["description"].as_str().unwrap().to_string(),
+                l["amount"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    // A partner who joined mid-period has the period's dates after each description.
+    let amount = |d: &str| {
+        lines
+            .iter()
+            .find(|(desc, _)| desc.starts_with(&format!("{d} (")))
+            .unwrap_or_else(|| panic!("no line {d:?} in {lines:?}"))
+            .1
+            .clone()
+    };
+    // Graduated percentage: 1,000 × 1 % + $200, 4,050 × 2 % + $300 = $591; tier 3 not reached.
+    assert_eq!(amount("payments: tier 1 at 1 % (0 – 1000)"), "10.00");
+    assert_eq!(amount("payments: tier 1 flat fee"), "200.00");
+    assert_eq!(amount("payments: tier 2 at 2 % (1000 – 10000)"), "81.00");
+    assert_eq!(amount("payments: tier 2 flat fee"), "300.00");
+    assert!(!lines
+        .iter()
+        .any(|(d, _)| d.starts_with("payments: tier 3")));
+    // Volume: 65,000 × $0.0006 + $10 = $49.
+    assert_eq!(amount("api_calls: volume tier 3 (up to 100000)"), "39.00");
+    assert_eq!(amount("api_calls: tier 3 flat fee"), "10.00");
+    assert_eq!(up["invoice"]["total"], "640.00", "{up}");
+}
