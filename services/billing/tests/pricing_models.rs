@@ -20,6 +20,12 @@ aggregation = "sum"
 value = "amount"
 
 [[meter]]
+name = "llm_cost"
+event_type = "com.example.llm"
+aggregation = "sum"
+value = "price"
+
+[[meter]]
 name = "api_calls"
 event_type = "com.example.batch"
 aggregation = "sum"
@@ -43,6 +49,8 @@ charges = [
       { up_to = 50000, unit_price = "0.0008" },
       { up_to = 100000, unit_price = "0.0006", flat_fee = "10" },
       { up_to = "inf", unit_price = "0.0004" } ] },
+  # Lago, "Dynamic": each completion is priced by the model that served it.
+  { meter = "llm_cost", model = "dynamic" },
 ]
 "#;
 
@@ -92,9 +100,24 @@ async fn lagos_worked_examples_price_through_the_control_api() {
         event("p3", "com.example.payment", json!({"amount": 4000})),
         event("c1", "com.example.batch", json!({"calls": 40000})),
         event("c2", "com.example.batch", json!({"calls": 25000})),
+        event(
+            "l1",
+            "com.example.llm",
+            json!({"price": 0.0042, "model": "small"})
+        ),
+        event(
+            "l2",
+            "com.example.llm",
+            json!({"price": 0.0131, "model": "medium"})
+        ),
+        event(
+            "l3",
+            "com.example.llm",
+            json!({"price": 1.2, "model": "large"})
+        ),
     ]);
     let (s, out) = call("POST", "/v1/events".into(), batch).await;
-    assert_eq!((s, out["accepted"].as_u64()), (200, Some(5)), "{out}");
+    assert_eq!((s, out["accepted"].as_u64()), (200, Some(8)), "{out}");
 
     let (s, up) = call(
         "GET",
@@ -128,11 +151,11 @@ async fn lagos_worked_examples_price_through_the_control_api() {
     assert_eq!(amount("payments: tier 1 flat fee"), "200.00");
     assert_eq!(amount("payments: tier 2 at 2 % (1000 – 10000)"), "81.00");
     assert_eq!(amount("payments: tier 2 flat fee"), "300.00");
-    assert!(!lines
-        .iter()
-        .any(|(d, _)| d.starts_with("payments: tier 3")));
+    assert!(!lines.iter().any(|(d, _)| d.starts_with("payments: tier 3")));
     // Volume: 65,000 × $0.0006 + $10 = $49.
     assert_eq!(amount("api_calls: volume tier 3 (up to 100000)"), "39.00");
     assert_eq!(amount("api_calls: tier 3 flat fee"), "10.00");
-    assert_eq!(up["invoice"]["total"], "640.00", "{up}");
+    // Dynamic: 0.0042 + 0.0131 + 1.2 = 1.2173, summed exactly, rounded once.
+    assert_eq!(amount("llm_cost: priced by each event"), "1.22");
+    assert_eq!(up["invoice"]["total"], "641.22", "{up}");
 }

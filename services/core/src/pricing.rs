@@ -162,6 +162,10 @@ pub enum ChargeModel {
     GraduatedPercentage {
         tiers: Vec<PercentageTier>,
     },
+    /// Each event carries its own price (`data.price`, read by a `sum` meter): the charge is
+    /// the exact sum of those prices beyond `free`, in the plan's currency, rounded once (Lago's
+    /// dynamic pricing).
+    Dynamic {},
     Package {
         #[serde(with = "rust_decimal::serde::str")]
         size: Decimal,
@@ -491,6 +495,17 @@ impl Charge {
                     }
                 }
             }
+            ChargeModel::Dynamic {} => {
+                lines.push(line(
+                    LineKind::Usage,
+                    m,
+                    None,
+                    billable,
+                    Decimal::ONE,
+                    format!("{m}: priced by each event"),
+                    currency,
+                )?);
+            }
             ChargeModel::Package { size, price } => {
                 let packages = if size.is_zero() {
                     Decimal::ZERO
@@ -803,6 +818,25 @@ mod tests {
             .map(|l| l.amount)
             .sum();
         assert_eq!(first, d("205.00"));
+    }
+
+    #[test]
+    fn a_dynamic_charge_sums_each_events_price_exactly_and_rounds_once() {
+        // Three events priced 0.0042, 0.0131 and 1.2 by the model that served them: 1.2173,
+        // rounded once on the line to 1.22; 0.1 + 0.2 stays 0.3.
+        let c = charge("0", ChargeModel::Dynamic {});
+        let lines = c
+            .price(d("0.0042") + d("0.0131") + d("1.2"), usd())
+            .unwrap();
+        assert_eq!(amounts(&lines), ["1.22"]);
+        assert_eq!(lines[0].quantity, d("1.2173"));
+        assert_eq!(
+            amounts(&c.price(d("0.1") + d("0.2"), usd()).unwrap()),
+            ["0.30"]
+        );
+        // `free` is an amount given away first.
+        let c = charge("1", ChargeModel::Dynamic {});
+        assert_eq!(amounts(&c.price(d("1.2173"), usd()).unwrap())[1], "0.22");
     }
 
     #[test]

@@ -38,6 +38,8 @@ enum RefModel {
         size: i128,
         price: i128,
     },
+    /// The quantity is the amount: each event carried its price.
+    Dynamic,
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +106,7 @@ fn ref_charge(c: &RefCharge, q: i128, minor: u32) -> i128 {
             let packages = (billable + size - 1) / size;
             to_minor(packages * price, minor)
         }
+        RefModel::Dynamic => to_minor(billable * 10_000, minor),
     }
 }
 
@@ -221,6 +224,7 @@ fn engine_plan(id: &str, p: &RefPlan, currency: Currency, tax_pct: i128) -> Plan
                             })
                             .collect(),
                     },
+                    RefModel::Dynamic => ChargeModel::Dynamic {},
                     RefModel::Package { size, price } => ChargeModel::Package {
                         size: Decimal::from(*size),
                         price: dec_e4(*price),
@@ -284,6 +288,7 @@ fn charge() -> impl Strategy<Value = RefCharge> {
         tiers().prop_map(RefModel::Volume),
         // Rates from 0 to 100 %, in 1e-4.
         tiers_of(0..10_001).prop_map(RefModel::GraduatedPercentage),
+        Just(RefModel::Dynamic),
         (1i128..10_000, price()).prop_map(|(size, price)| RefModel::Package { size, price }),
     ];
     (model, prop_oneof![Just(0i128), 0i128..50_000])

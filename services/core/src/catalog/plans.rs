@@ -75,6 +75,19 @@ pub(super) fn validate_plans(src: &mut Source, raw: &[RawPlan], meters: &[Meter]
                     format!("no meter named {:?}", c_ref.meter.get_ref()),
                 );
             }
+            let dynamic_on = |m: &Meter| m.aggregation != crate::meter::Aggregation::Sum;
+            if c_ref.model.get_ref() == "dynamic"
+                && meters
+                    .iter()
+                    .find(|m| &m.name == c_ref.meter.get_ref())
+                    .is_some_and(dynamic_on)
+            {
+                src.issue(
+                    c_ref.meter.span(),
+                    format!("{cpath}.meter"),
+                    "a dynamic charge sums the prices its events carry: its meter must be a sum (e.g. value = \"price\")",
+                );
+            }
             if let Some(model) = validate_model(src, c, &cpath) {
                 let free = c_ref.free.as_ref().map_or(Some(Decimal::ZERO), |f| {
                     src.decimal(f, &format!("{cpath}.free"))
@@ -291,11 +304,12 @@ fn validate_model(src: &mut Source, c: &Spanned<RawCharge>, cpath: &str) -> Opti
         "per_unit" => &["unit_price"],
         "graduated" | "volume" | "graduated_percentage" => &["tiers"],
         "package" => &["size", "price"],
+        "dynamic" => &[],
         other => {
             src.issue(
                 r.model.span(),
                 format!("{cpath}.model"),
-                format!("{other:?} is not one of flat, per_unit, graduated, volume, graduated_percentage, package"),
+                format!("{other:?} is not one of flat, per_unit, graduated, volume, graduated_percentage, package, dynamic"),
             );
             return None;
         }
@@ -322,6 +336,7 @@ fn validate_model(src: &mut Source, c: &Spanned<RawCharge>, cpath: &str) -> Opti
         "per_unit" => Some(ChargeModel::PerUnit {
             unit_price: need(src, &r.unit_price, "unit_price")?,
         }),
+        "dynamic" => Some(ChargeModel::Dynamic {}),
         "package" => {
             let size = need(src, &r.size, "size")?;
             let price = need(src, &r.price, "price")?;

@@ -612,3 +612,21 @@ fn tier_flat_fees_and_graduated_percentage_load_and_wrong_keys_are_named() {
         assert!(i.message.contains(says), "{bad}: {i}");
     }
 }
+
+#[test]
+fn a_dynamic_charge_needs_a_sum_meter() {
+    let with = |meter: &str| {
+        GOOD.replace(
+            "{ meter = \"egress_gb\", model = \"per_unit\", unit_price = \"0.09\" },",
+            &format!("{{ meter = \"{meter}\", model = \"dynamic\" }},"),
+        )
+    };
+    let c = parse(&with("egress_gb")).unwrap();
+    assert!(matches!(
+        c.plan("growth-2026").unwrap().charges[1].model,
+        ChargeModel::Dynamic {}
+    ));
+    let i = only_issue(&with("calls"));
+    assert_eq!(i.field, "plan[growth-2026].charges[1].meter");
+    assert!(i.message.contains("must be a sum"), "{i}");
+}
