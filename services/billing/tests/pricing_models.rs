@@ -26,6 +26,17 @@ aggregation = "sum"
 value = "price"
 
 [[meter]]
+name = "card_volume"
+event_type = "com.example.card"
+aggregation = "sum"
+value = "amount"
+
+[[meter]]
+name = "card_payments"
+event_type = "com.example.card"
+aggregation = "count"
+
+[[meter]]
 name = "api_calls"
 event_type = "com.example.batch"
 aggregation = "sum"
@@ -51,6 +62,8 @@ charges = [
       { up_to = "inf", unit_price = "0.0004" } ] },
   # Lago, "Dynamic": each completion is priced by the model that served it.
   { meter = "llm_cost", model = "dynamic" },
+  # Stripe's card pricing as Lago's template has it: 2.9 % + $0.30 per payment.
+  { meter = "card_volume", model = "percentage", rate = "0.029", fixed_fee = "0.30", events_meter = "card_payments" },
 ]
 "#;
 
@@ -100,6 +113,9 @@ async fn lagos_worked_examples_price_through_the_control_api() {
         event("p3", "com.example.payment", json!({"amount": 4000})),
         event("c1", "com.example.batch", json!({"calls": 40000})),
         event("c2", "com.example.batch", json!({"calls": 25000})),
+        event("k1", "com.example.card", json!({"amount": 100})),
+        event("k2", "com.example.card", json!({"amount": 250})),
+        event("k3", "com.example.card", json!({"amount": 50})),
         event(
             "l1",
             "com.example.llm",
@@ -117,7 +133,7 @@ async fn lagos_worked_examples_price_through_the_control_api() {
         ),
     ]);
     let (s, out) = call("POST", "/v1/events".into(), batch).await;
-    assert_eq!((s, out["accepted"].as_u64()), (200, Some(8)), "{out}");
+    assert_eq!((s, out["accepted"].as_u64()), (200, Some(11)), "{out}");
 
     let (s, up) = call(
         "GET",
@@ -157,5 +173,8 @@ async fn lagos_worked_examples_price_through_the_control_api() {
     assert_eq!(amount("api_calls: tier 3 flat fee"), "10.00");
     // Dynamic: 0.0042 + 0.0131 + 1.2 = 1.2173, summed exactly, rounded once.
     assert_eq!(amount("llm_cost: priced by each event"), "1.22");
-    assert_eq!(up["invoice"]["total"], "641.22", "{up}");
+    // Percentage: 2.9 % of $400 + 3 × $0.30 = 11.60 + 0.90.
+    assert_eq!(amount("card_volume: 2.9 % of the amount"), "11.60");
+    assert_eq!(amount("card_volume: fixed fee per event"), "0.90");
+    assert_eq!(up["invoice"]["total"], "653.72", "{up}");
 }

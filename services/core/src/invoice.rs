@@ -334,7 +334,13 @@ impl Invoice {
                     }
                     other => {
                         let q = other.map(|u| u.quantity).unwrap_or_default();
-                        for mut l in charge.price(q, cur)? {
+                        // A per-event fee counts the events of its own (ungrouped) meter.
+                        let events = charge
+                            .events_meter()
+                            .and_then(|m| quantities.get(m))
+                            .map(|u| u.quantity)
+                            .unwrap_or_default();
+                        for mut l in charge.price_with_events(q, events, cur)? {
                             l.description.push_str(&when);
                             lines.push(l);
                         }

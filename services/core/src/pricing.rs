@@ -162,6 +162,32 @@ pub enum ChargeModel {
     GraduatedPercentage {
         tiers: Vec<PercentageTier>,
     },
+    /// A share `rate` of the amount the meter measures beyond `free` (an amount), plus a
+    /// `fixed_fee` per event beyond `free_events`, events counted by `events_meter` (a `count`
+    /// meter over the same events). Lago's percentage model, without its per-transaction
+    /// minimum and maximum (which need each event's amount).
+    Percentage {
+        #[serde(with = "rust_decimal::serde::str")]
+        rate: Decimal,
+        #[serde(
+            default,
+            serialize_with = "rust_decimal::serde::str_option::serialize",
+            deserialize_with = "optional_decimal",
+            skip_serializing_if = "Option::is_none"
+        )]
+        #[schema(value_type = Option<String>)]
+        fixed_fee: Option<Decimal>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        events_meter: Option<String>,
+        #[serde(
+            default,
+            serialize_with = "rust_decimal::serde::str_option::serialize",
+            deserialize_with = "optional_decimal",
+            skip_serializing_if = "Option::is_none"
+        )]
+        #[schema(value_type = Option<String>)]
+        free_events: Option<Decimal>,
+    },
     /// Each event carries its own price (`data.price`, read by a `sum` meter): the charge is
     /// the exact sum of those prices beyond `free`, in the plan's currency, rounded once (Lago's
     /// dynamic pricing).
@@ -383,12 +409,34 @@ fn graduated(
 }
 
 impl Charge {
+    /// The meter whose quantity counts the events of a per-event fee, if the charge has one.
+    pub fn events_meter(&self) -> Option<&str> {
+        match &self.model {
+            ChargeModel::Percentage {
+                events_meter: Some(m),
+                ..
+            } => Some(m),
+            _ => None,
+        }
+    }
+
     /// The invoice lines this charge yields for a period's metered `quantity`.
     /// Always at least one line, so every charge of the plan is visible on the invoice.
     /// [`Overflow`] when quantity × price is beyond `Decimal`, never a panic.
     pub fn price(
         &self,
         quantity: Decimal,
+        currency: Currency,
+    ) -> Result<Vec<InvoiceLine>, Overflow> {
+        self.price_with_events(quantity, Decimal::ZERO, currency)
+    }
+
+    /// [`Charge::price`], with the period's number of events for a per-event fee (the
+    /// quantity of [`Charge::events_meter`]).
+    pub fn price_with_events(
+        &self,
+        quantity: Decimal,
+        events: Decimal,
         currency: Currency,
     ) -> Result<Vec<InvoiceLine>, Overflow> {
         let quantity = quantity.max(Decimal::ZERO);
@@ -493,6 +541,36 @@ impl Charge {
                     if billable > Decimal::ZERO {
                         lines.extend(tier_fee(m, idx, tier.flat_fee, currency)?);
                     }
+                }
+            }
+            ChargeModel::Percentage {
+                rate,
+                fixed_fee,
+                free_events,
+                ..
+            } => {
+                let pct = (*rate * Decimal::ONE_HUNDRED).normalize();
+                lines.push(line(
+                    LineKind::Usage,
+                    m,
+                    None,
+                    billable,
+                    *rate,
+                    format!("{m}: {pct} % of the amount"),
+                    currency,
+                )?);
+                if let Some(fee) = fixed_fee {
+                    let free = free_events.unwrap_or_default().max(Decimal::ZERO);
+                    let charged = (events.max(Decimal::ZERO) - free).max(Decimal::ZERO);
+                    lines.push(line(
+                        LineKind::Usage,
+                        m,
+                        None,
+                        charged,
+                        *fee,
+                        format!("{m}: fixed fee per event"),
+                        currency,
+                    )?);
                 }
             }
             ChargeModel::Dynamic {} => {
@@ -818,6 +896,55 @@ mod tests {
             .map(|l| l.amount)
             .sum();
         assert_eq!(first, d("205.00"));
+    }
+
+    fn card_fees(free: &str, free_events: Option<&str>) -> Charge {
+        charge(
+            free,
+            ChargeModel::Percentage {
+                rate: d("0.029"),
+                fixed_fee: Some(d("0.30")),
+                events_meter: Some("card_payment_count".into()),
+                free_events: free_events.map(d),
+            },
+        )
+    }
+
+    #[test]
+    fn lago_percentage_2_percent_of_1000_usd_is_20() {
+        // Lago, "Percentage rate model": 1,000 USD of transactions at 2 %, no fixed fee.
+        let c = charge(
+            "0",
+            ChargeModel::Percentage {
+                rate: d("0.02"),
+                fixed_fee: None,
+                events_meter: None,
+                free_events: None,
+            },
+        );
+        let lines = c.price(d("1000"), usd()).unwrap();
+        assert_eq!(amounts(&lines), ["20.00"]);
+        assert_eq!(lines[0].description, "calls: 2 % of the amount");
+    }
+
+    #[test]
+    fn stripe_card_pricing_2_9_percent_plus_30_cents_per_payment() {
+        // Stripe's online card pricing as Lago's template models it: 2.9 % + $0.30 per
+        // payment. Three payments of $100, $250 and $50: 11.60 + 0.90 = $12.50.
+        let lines = card_fees("0", None)
+            .price_with_events(d("400"), d("3"), usd())
+            .unwrap();
+        assert_eq!(amounts(&lines), ["11.60", "0.90"]);
+        // The first payment free of the fixed fee, the first $100 free of the rate.
+        let lines = card_fees("100", Some("1"))
+            .price_with_events(d("400"), d("3"), usd())
+            .unwrap();
+        assert_eq!(amounts(&lines), ["0.00", "8.70", "0.60"]);
+        // More free events than events: no fee, never a negative one.
+        let lines = card_fees("0", Some("5"))
+            .price_with_events(d("400"), d("3"), usd())
+            .unwrap();
+        assert_eq!(amounts(&lines), ["11.60", "0.00"]);
     }
 
     #[test]

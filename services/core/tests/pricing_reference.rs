@@ -40,6 +40,8 @@ enum RefModel {
     },
     /// The quantity is the amount: each event carried its price.
     Dynamic,
+    /// A rate (1e-4, at most 10,000) of the amount; no per-event fee (that needs a count).
+    Percentage(i128),
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +109,7 @@ fn ref_charge(c: &RefCharge, q: i128, minor: u32) -> i128 {
             to_minor(packages * price, minor)
         }
         RefModel::Dynamic => to_minor(billable * 10_000, minor),
+        RefModel::Percentage(r) => to_minor(billable * r, minor),
     }
 }
 
@@ -225,6 +228,12 @@ fn engine_plan(id: &str, p: &RefPlan, currency: Currency, tax_pct: i128) -> Plan
                             .collect(),
                     },
                     RefModel::Dynamic => ChargeModel::Dynamic {},
+                    RefModel::Percentage(r) => ChargeModel::Percentage {
+                        rate: dec_e4(*r),
+                        fixed_fee: None,
+                        events_meter: None,
+                        free_events: None,
+                    },
                     RefModel::Package { size, price } => ChargeModel::Package {
                         size: Decimal::from(*size),
                         price: dec_e4(*price),
@@ -289,6 +298,7 @@ fn charge() -> impl Strategy<Value = RefCharge> {
         // Rates from 0 to 100 %, in 1e-4.
         tiers_of(0..10_001).prop_map(RefModel::GraduatedPercentage),
         Just(RefModel::Dynamic),
+        (0i128..=10_000).prop_map(RefModel::Percentage),
         (1i128..10_000, price()).prop_map(|(size, price)| RefModel::Package { size, price }),
     ];
     (model, prop_oneof![Just(0i128), 0i128..50_000])

@@ -88,7 +88,9 @@ pub(super) fn validate_plans(src: &mut Source, raw: &[RawPlan], meters: &[Meter]
                     "a dynamic charge sums the prices its events carry: its meter must be a sum (e.g. value = \"price\")",
                 );
             }
-            if let Some(model) = validate_model(src, c, &cpath) {
+            if let Some(model) = validate_model(src, c, &cpath)
+                .filter(|m| percentage_meters(src, m, c_ref, meters, &cpath))
+            {
                 let free = c_ref.free.as_ref().map_or(Some(Decimal::ZERO), |f| {
                     src.decimal(f, &format!("{cpath}.free"))
                 });
@@ -305,11 +307,12 @@ fn validate_model(src: &mut Source, c: &Spanned<RawCharge>, cpath: &str) -> Opti
         "graduated" | "volume" | "graduated_percentage" => &["tiers"],
         "package" => &["size", "price"],
         "dynamic" => &[],
+        "percentage" => &["rate", "fixed_fee", "events_meter", "free_events"],
         other => {
             src.issue(
                 r.model.span(),
                 format!("{cpath}.model"),
-                format!("{other:?} is not one of flat, per_unit, graduated, volume, graduated_percentage, package, dynamic"),
+                format!("{other:?} is not one of flat, per_unit, graduated, volume, graduated_percentage, percentage, package, dynamic"),
             );
             return None;
         }
@@ -320,6 +323,10 @@ fn validate_model(src: &mut Source, c: &Spanned<RawCharge>, cpath: &str) -> Opti
         ("tiers", r.tiers.is_some()),
         ("size", r.size.is_some()),
         ("price", r.price.is_some()),
+        ("rate", r.rate.is_some()),
+        ("fixed_fee", r.fixed_fee.is_some()),
+        ("events_meter", r.events_meter.is_some()),
+        ("free_events", r.free_events.is_some()),
     ] {
         if present && !allowed.contains(&key) {
             src.issue(
@@ -337,6 +344,60 @@ fn validate_model(src: &mut Source, c: &Spanned<RawCharge>, cpath: &str) -> Opti
             unit_price: need(src, &r.unit_price, "unit_price")?,
         }),
         "dynamic" => Some(ChargeModel::Dynamic {}),
+        "percentage" => {
+            let rate = need(src, &r.rate, "rate")?;
+            if rate > Decimal::ONE {
+                src.issue(
+                    r.rate.as_ref().map_or(c.span(), |s| s.span()),
+                    format!("{cpath}.rate"),
+                    "a rate is a fraction: 0.014 for 1.4 %",
+                );
+                return None;
+            }
+            let opt = |src: &mut Source, v: &Option<SNum>, key: &str| match v {
+                None => Some(None),
+                Some(n) => src.decimal(n, &format!("{cpath}.{key}")).map(Some),
+            };
+            let fixed_fee = opt(src, &r.fixed_fee, "fixed_fee")?;
+            let free_events = opt(src, &r.free_events, "free_events")?;
+            // A per-event fee needs its events counted, and counted events need a fee.
+            let pair = [
+                (
+                    "fixed_fee",
+                    fixed_fee.is_some(),
+                    "events_meter",
+                    r.events_meter.is_some(),
+                ),
+                (
+                    "events_meter",
+                    r.events_meter.is_some(),
+                    "fixed_fee",
+                    fixed_fee.is_some(),
+                ),
+                (
+                    "free_events",
+                    free_events.is_some(),
+                    "fixed_fee",
+                    fixed_fee.is_some(),
+                ),
+            ];
+            for (key, given, needs, has) in pair {
+                if given && !has {
+                    src.issue(
+                        c.span(),
+                        format!("{cpath}.{needs}"),
+                        format!("{key} needs {needs} (a fee per event, and the count meter of those events)"),
+                    );
+                    return None;
+                }
+            }
+            Some(ChargeModel::Percentage {
+                rate,
+                fixed_fee,
+                events_meter: r.events_meter.as_ref().map(|m| m.get_ref().clone()),
+                free_events,
+            })
+        }
         "package" => {
             let size = need(src, &r.size, "size")?;
             let price = need(src, &r.price, "price")?;
@@ -472,4 +533,50 @@ fn validate_tiers(
         });
     }
     Some(tiers)
+}
+
+/// A percentage charge's fee per event counts the events of a `count` meter, and neither meter
+/// may be grouped (a count per group would be needed). False after an issue.
+fn percentage_meters(
+    src: &mut Source,
+    model: &ChargeModel,
+    raw: &RawCharge,
+    meters: &[Meter],
+    cpath: &str,
+) -> bool {
+    let (
+        ChargeModel::Percentage {
+            events_meter: Some(events),
+            ..
+        },
+        Some(span),
+    ) = (model, raw.events_meter.as_ref().map(|m| m.span()))
+    else {
+        return true;
+    };
+    let find = |name: &str| meters.iter().find(|m| m.name == name);
+    let grouped = |m: &Meter| {
+        !m.group_by.is_empty() || m.events.as_ref().is_some_and(|e| !e.group_by.is_empty())
+    };
+    let why = match find(events) {
+        None => Some(format!("no meter named {events:?}")),
+        Some(m) if m.aggregation != crate::meter::Aggregation::Count => Some(format!(
+            "meter {events:?} must be a count of the events the fee is per"
+        )),
+        Some(m) if grouped(m) => Some(format!(
+            "meter {events:?} is grouped; a fee per event needs one count"
+        )),
+        Some(_) if find(raw.meter.get_ref()).is_some_and(grouped) => Some(format!(
+            "meter {:?} is grouped; a percentage with a fee per event needs ungrouped meters",
+            raw.meter.get_ref()
+        )),
+        Some(_) => None,
+    };
+    match why {
+        Some(why) => {
+            src.issue(span, format!("{cpath}.events_meter"), why);
+            false
+        }
+        None => true,
+    }
 }

@@ -135,6 +135,10 @@ pub(super) struct RawCharge {
     pub(super) tiers: Option<Vec<RawTier>>,
     pub(super) size: Option<SNum>,
     pub(super) price: Option<SNum>,
+    pub(super) rate: Option<SNum>,
+    pub(super) fixed_fee: Option<SNum>,
+    pub(super) events_meter: Option<Spanned<String>>,
+    pub(super) free_events: Option<SNum>,
 }
 
 #[derive(Deserialize)]

@@ -630,3 +630,44 @@ fn a_dynamic_charge_needs_a_sum_meter() {
     assert_eq!(i.field, "plan[growth-2026].charges[1].meter");
     assert!(i.message.contains("must be a sum"), "{i}");
 }
+
+#[test]
+fn a_percentage_fee_per_event_needs_an_ungrouped_count_meter() {
+    let with = |extra_meter: &str, charge: &str| {
+        GOOD.replace(
+            "{ meter = \"egress_gb\", model = \"per_unit\", unit_price = \"0.09\" },",
+            &format!("{charge},"),
+        ) + extra_meter
+    };
+    let count = "\n[[meter]]\nname = \"payments\"\naggregation = \"count\"\n";
+    let ok = "{ meter = \"egress_gb\", model = \"percentage\", rate = \"0.029\", fixed_fee = \"0.30\", events_meter = \"payments\" }";
+    // egress_gb is grouped by api: refused with a fee per event; without one it is fine.
+    let i = only_issue(&with(count, ok));
+    assert!(
+        i.message.contains("egress_gb") && i.message.contains("grouped"),
+        "{i}"
+    );
+    let rate_only = "{ meter = \"egress_gb\", model = \"percentage\", rate = \"0.029\" }";
+    assert!(matches!(
+        parse(&with("", rate_only))
+            .unwrap()
+            .plan("growth-2026")
+            .unwrap()
+            .charges[1]
+            .model,
+        ChargeModel::Percentage {
+            fixed_fee: None,
+            ..
+        }
+    ));
+    for (charge, field, says) in [
+        ("{ meter = \"calls\", model = \"percentage\", rate = \"0.029\", fixed_fee = \"0.30\" }", "events_meter", "fixed_fee needs events_meter"),
+        ("{ meter = \"calls\", model = \"percentage\", rate = \"0.029\", fixed_fee = \"0.30\", events_meter = \"egress_gb\" }", "events_meter", "must be a count"),
+        ("{ meter = \"calls\", model = \"percentage\", rate = \"2.9\" }", "rate", "a rate is a fraction"),
+        ("{ meter = \"calls\", model = \"percentage\", rate = \"0.01\", free_events = 3 }", "fixed_fee", "free_events needs fixed_fee"),
+    ] {
+        let i = only_issue(&with(count, charge));
+        assert_eq!(i.field, format!("plan[growth-2026].charges[1].{field}"), "{charge}");
+        assert!(i.message.contains(says), "{charge}: {i}");
+    }
+}
