@@ -171,8 +171,7 @@ pub enum ChargeModel {
         rate: Decimal,
         #[serde(
             default,
-            serialize_with = "rust_decimal::serde::str_option::serialize",
-            deserialize_with = "optional_decimal",
+            with = "optional_amount",
             skip_serializing_if = "Option::is_none"
         )]
         #[schema(value_type = Option<String>)]
@@ -181,8 +180,7 @@ pub enum ChargeModel {
         events_meter: Option<String>,
         #[serde(
             default,
-            serialize_with = "rust_decimal::serde::str_option::serialize",
-            deserialize_with = "optional_decimal",
+            with = "optional_amount",
             skip_serializing_if = "Option::is_none"
         )]
         #[schema(value_type = Option<String>)]
@@ -215,8 +213,7 @@ pub struct Tier {
     /// plan's hash when absent, so plans written before it keep their versions.
     #[serde(
         default,
-        serialize_with = "rust_decimal::serde::str_option::serialize",
-        deserialize_with = "optional_decimal",
+        with = "optional_amount",
         skip_serializing_if = "Option::is_none"
     )]
     #[schema(value_type = Option<String>)]
@@ -237,12 +234,23 @@ pub struct PercentageTier {
     pub rate: Decimal,
     #[serde(
         default,
-        serialize_with = "rust_decimal::serde::str_option::serialize",
-        deserialize_with = "optional_decimal",
+        with = "optional_amount",
         skip_serializing_if = "Option::is_none"
     )]
     #[schema(value_type = Option<String>)]
     pub flat_fee: Option<Decimal>,
+}
+
+/// An optional decimal string that may be absent (left out when `None`, so a plan written
+/// before the field existed keeps its hash).
+mod optional_amount {
+    pub use rust_decimal::serde::str_option::serialize;
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<rust_decimal::Decimal>, D::Error> {
+        super::optional_decimal(d)
+    }
 }
 
 /// An optional decimal string. A tier sits inside a charge, whose model is flattened into it:
