@@ -1186,30 +1186,36 @@ mod tests {
         (0u64..100_000).prop_map(|n| Decimal::new(n as i64, 4))
     }
 
+    /// Whole units, or amounts with up to 4 decimals (payment volumes, event prices).
     fn qty() -> impl Strategy<Value = Decimal> {
-        (0u64..5_000_000).prop_map(Decimal::from)
+        (0i64..50_000_000_000, 0u32..=4).prop_map(|(n, scale)| Decimal::new(n, scale))
+    }
+
+    fn fee() -> impl Strategy<Value = Option<Decimal>> {
+        prop::option::of(price())
     }
 
     fn tiers() -> impl Strategy<Value = Vec<Tier>> {
         (
-            prop::collection::vec((1u64..1_000_000, price()), 0..4),
+            prop::collection::vec((1u64..1_000_000, price(), fee()), 0..4),
             price(),
+            fee(),
         )
-            .prop_map(|(mut bounded, last)| {
-                bounded.sort_by_key(|(b, _)| *b);
-                bounded.dedup_by_key(|(b, _)| *b);
+            .prop_map(|(mut bounded, last, last_fee)| {
+                bounded.sort_by_key(|(b, _, _)| *b);
+                bounded.dedup_by_key(|(b, _, _)| *b);
                 let mut t: Vec<Tier> = bounded
                     .into_iter()
-                    .map(|(b, p)| Tier {
+                    .map(|(b, p, f)| Tier {
                         up_to: Some(Decimal::from(b)),
                         unit_price: p,
-                        flat_fee: None,
+                        flat_fee: f,
                     })
                     .collect();
                 t.push(Tier {
                     up_to: None,
                     unit_price: last,
-                    flat_fee: None,
+                    flat_fee: last_fee,
                 });
                 t
             })
@@ -1224,6 +1230,26 @@ mod tests {
             (1u64..10_000, price()).prop_map(|(s, price)| ChargeModel::Package {
                 size: Decimal::from(s),
                 price
+            }),
+            // Rates are prices below 1 (the generator's prices are 0 to 9.9999).
+            tiers().prop_map(|t| ChargeModel::GraduatedPercentage {
+                tiers: t
+                    .into_iter()
+                    .map(|t| crate::pricing::PercentageTier {
+                        up_to: t.up_to,
+                        rate: (t.unit_price / Decimal::TEN).round_dp(5),
+                        flat_fee: t.flat_fee,
+                    })
+                    .collect()
+            }),
+            Just(ChargeModel::Dynamic {}),
+            (price(), fee(), prop::option::of(0u64..100)).prop_map(|(r, fixed_fee, free)| {
+                ChargeModel::Percentage {
+                    rate: (r / Decimal::TEN).round_dp(5),
+                    events_meter: fixed_fee.map(|_| "m3".to_string()),
+                    fixed_fee,
+                    free_events: free.filter(|_| fixed_fee.is_some()).map(Decimal::from),
+                }
             }),
         ]
     }
