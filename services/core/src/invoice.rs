@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
+use crate::coupon::{Coupon, Discount};
 use crate::meter::MeterUsage;
 use crate::money::{checked_total, Currency, Overflow};
 use crate::period::BillingPeriod;
@@ -32,6 +33,8 @@ pub enum LineKind {
     CommitmentTopUp,
     /// Late usage of an earlier, finalized period.
     Adjustment,
+    /// A coupon's discount (negative).
+    Discount,
 }
 
 impl LineKind {
@@ -42,6 +45,7 @@ impl LineKind {
             LineKind::Usage => "usage",
             LineKind::CommitmentTopUp => "commitment_top_up",
             LineKind::Adjustment => "adjustment",
+            LineKind::Discount => "discount",
         }
     }
 }
@@ -147,6 +151,9 @@ pub struct InvoiceInput<'a> {
     pub tax: Option<&'a TaxRate>,
     /// Corrections of earlier periods (kind `Adjustment`, already rounded).
     pub adjustments: Vec<InvoiceLine>,
+    /// The coupons that apply to this period, in the order they were attached
+    /// (`crate::coupon`: the caller picks them by period index).
+    pub coupons: Vec<&'a Coupon>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -247,6 +254,64 @@ fn group_label(dims: &BTreeMap<String, String>) -> String {
         .join(", ")
 }
 
+/// Adds one discount line per coupon that takes something, in order, each on what the ones
+/// before it left of its lines (module `crate::coupon` states the rules).
+fn discount(
+    lines: &mut Vec<InvoiceLine>,
+    coupons: &[&Coupon],
+    plan_id: &str,
+    cur: Currency,
+) -> Result<(), Overflow> {
+    // What each line still holds after earlier coupons: discounts are spread over the lines a
+    // coupon covers, so a later coupon on fewer lines sees what is left of those.
+    let mut left: Vec<Decimal> = lines.iter().map(|l| l.amount.max(Decimal::ZERO)).collect();
+    let own = lines.len();
+    for coupon in coupons {
+        if !coupon.plans.is_empty() && !coupon.plans.iter().any(|p| p == plan_id) {
+            continue;
+        }
+        let covered: Vec<usize> = (0..own)
+            .filter(|&i| {
+                coupon.meters.is_empty()
+                    || (lines[i].kind == LineKind::Usage
+                        && lines[i]
+                            .meter
+                            .as_ref()
+                            .is_some_and(|m| coupon.meters.contains(m)))
+            })
+            .collect();
+        let base = checked_total(covered.iter().map(|&i| left[i])).ok_or(Overflow)?;
+        let off = match &coupon.discount {
+            Discount::Percent { rate } => cur.round(base.checked_mul(*rate).ok_or(Overflow)?),
+            Discount::Amount { amount, currency } if *currency == cur => cur.round(*amount),
+            Discount::Amount { .. } => Decimal::ZERO,
+        }
+        .min(base);
+        if off <= Decimal::ZERO {
+            continue;
+        }
+        // Taken from the covered lines in order, so the next coupon sees what remains.
+        let mut rest = off;
+        for &i in &covered {
+            let take = rest.min(left[i]);
+            left[i] -= take;
+            rest -= take;
+        }
+        lines.push(InvoiceLine {
+            kind: LineKind::Discount,
+            description: coupon.describe(),
+            meter: None,
+            group: None,
+            tier: None,
+            quantity: Decimal::ONE,
+            unit_price: -off,
+            amount: -off,
+            adjusts: None,
+        });
+    }
+    Ok(())
+}
+
 impl Invoice {
     /// Prices `usage` (one entry per meter; missing meters count as zero) under one `plan` for
     /// the whole period, in UTC.
@@ -267,6 +332,7 @@ impl Invoice {
             }],
             tax: None,
             adjustments: Vec::new(),
+            coupons: Vec::new(),
         })
     }
 
@@ -372,6 +438,7 @@ impl Invoice {
                 });
             }
         }
+        discount(&mut lines, &input.coupons, &last.plan.id, cur)?;
         lines.extend(input.adjustments.iter().cloned());
         let subtotal = cur.round(checked_total(lines.iter().map(|l| l.amount)).ok_or(Overflow)?);
         let tax_rate = input.tax.or(last.plan.tax.as_ref());
@@ -987,6 +1054,7 @@ mod tests {
             ],
             tax: None,
             adjustments: vec![],
+            coupons: Vec::new(),
         })
         .unwrap();
         let amounts: Vec<String> = inv.lines.iter().map(|l| l.amount.to_string()).collect();
@@ -1030,6 +1098,7 @@ mod tests {
             ],
             tax: None,
             adjustments: vec![],
+            coupons: Vec::new(),
         })
         .unwrap_err();
         assert_eq!(
@@ -1096,6 +1165,7 @@ mod tests {
             }],
             tax: Some(&reverse_charge),
             adjustments: vec![],
+            coupons: Vec::new(),
         })
         .unwrap();
         let tax = inv.tax.unwrap();
@@ -1165,6 +1235,7 @@ mod tests {
             }],
             tax: None,
             adjustments: vec![adj],
+            coupons: Vec::new(),
         })
         .unwrap();
         // 49.00 base + 0.00 usage + 2.50 late = 51.50, VAT 10.30.
@@ -1178,6 +1249,146 @@ mod tests {
     fn csv_neutralises_formula_cells() {
         assert_eq!(csv_field("=SUM(A1)"), "'=SUM(A1)");
         assert_eq!(csv_field("-3.50"), "-3.50");
+    }
+
+    fn coupon(code: &str, discount: Discount, meters: &[&str]) -> Coupon {
+        Coupon {
+            code: code.into(),
+            name: code.into(),
+            discount,
+            duration: crate::coupon::CouponDuration::Forever,
+            plans: vec![],
+            meters: meters.iter().map(|m| m.to_string()).collect(),
+            expires_at: None,
+        }
+    }
+
+    fn with_coupons(p: &Plan, usage: &[MeterUsage], coupons: &[&Coupon]) -> Invoice {
+        Invoice::build(&InvoiceInput {
+            partner_id: "prt_1",
+            period: period(),
+            timezone: "UTC",
+            segments: vec![Segment {
+                plan: p,
+                span: period(),
+                usage,
+            }],
+            tax: None,
+            adjustments: Vec::new(),
+            coupons: coupons.to_vec(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn coupons_apply_in_order_before_tax_each_on_what_the_last_left() {
+        // 49.00 base + 1,500 calls at 0.01 = 64.00. 20 % off = 12.80, then 10.00 off: 41.20,
+        // VAT 20 % = 8.24, total 49.44.
+        let p = plan(vec![per_unit("calls", "0.01")]);
+        let eur = Currency::parse("EUR").unwrap();
+        let pct = coupon("LAUNCH20", Discount::Percent { rate: d("0.2") }, &[]);
+        let ten = coupon(
+            "WELCOME10",
+            Discount::Amount {
+                amount: d("10"),
+                currency: eur,
+            },
+            &[],
+        );
+        let inv = with_coupons(&p, &usage("calls", d("1500")), &[&pct, &ten]);
+        let discounts: Vec<(&str, Decimal)> = inv
+            .lines
+            .iter()
+            .filter(|l| l.kind == LineKind::Discount)
+            .map(|l| (l.description.as_str(), l.amount))
+            .collect();
+        assert_eq!(
+            discounts,
+            [
+                ("coupon LAUNCH20 (20 %)", d("-12.80")),
+                ("coupon WELCOME10 (10 EUR)", d("-10.00"))
+            ]
+        );
+        assert_eq!(inv.subtotal, d("41.20"));
+        assert_eq!(inv.tax.as_ref().unwrap().amount, d("8.24"));
+        assert_eq!(inv.total, d("49.44"));
+        // The other order: 10.00 off 64.00, then 20 % of 54.00 = 10.80.
+        let inv = with_coupons(&p, &usage("calls", d("1500")), &[&ten, &pct]);
+        assert_eq!(inv.subtotal, d("43.20"));
+    }
+
+    #[test]
+    fn a_coupon_on_a_meter_takes_only_from_its_usage_and_never_more_than_there_is() {
+        let p = plan(vec![per_unit("calls", "0.01"), per_unit("egress", "0.10")]);
+        let eur = Currency::parse("EUR").unwrap();
+        let u = vec![
+            MeterUsage {
+                meter: "calls".into(),
+                quantity: d("1500"),
+                groups: vec![],
+            },
+            MeterUsage {
+                meter: "egress".into(),
+                quantity: d("30"),
+                groups: vec![],
+            },
+        ];
+        // 50 % of egress (3.00) = 1.50; 100 EUR on calls takes the 15.00 there is.
+        let half = coupon(
+            "EGRESS50",
+            Discount::Percent { rate: d("0.5") },
+            &["egress"],
+        );
+        let big = coupon(
+            "CALLS100",
+            Discount::Amount {
+                amount: d("100"),
+                currency: eur,
+            },
+            &["calls"],
+        );
+        let inv = with_coupons(&p, &u, &[&half, &big]);
+        assert_eq!(
+            inv.subtotal,
+            d("49.00") + d("15.00") + d("3.00") - d("1.50") - d("15.00")
+        );
+        // A fixed amount in another currency takes nothing; a plan it is not for, neither.
+        let usd = coupon(
+            "USD5",
+            Discount::Amount {
+                amount: d("5"),
+                currency: Currency::parse("USD").unwrap(),
+            },
+            &[],
+        );
+        let mut other_plan = coupon("SCALE", Discount::Percent { rate: d("0.5") }, &[]);
+        other_plan.plans = vec!["scale".into()];
+        let inv = with_coupons(&p, &u, &[&usd, &other_plan]);
+        assert_eq!(inv.subtotal, d("67.00"));
+        assert!(inv.lines.iter().all(|l| l.kind != LineKind::Discount));
+    }
+
+    #[test]
+    fn a_coupon_lasts_the_periods_it_says_from_the_one_it_was_attached_in() {
+        use crate::coupon::CouponDuration;
+        let mut c = coupon("X", Discount::Percent { rate: d("0.1") }, &[]);
+        c.duration = CouponDuration::Once;
+        assert!(c.applies_to_period(0) && !c.applies_to_period(1));
+        c.duration = CouponDuration::Periods { count: 3 };
+        assert_eq!(
+            (0..5).map(|i| c.applies_to_period(i)).collect::<Vec<_>>(),
+            [true, true, true, false, false]
+        );
+        c.duration = CouponDuration::Forever;
+        assert!(c.applies_to_period(1000));
+        c.duration = CouponDuration::Periods { count: 0 };
+        assert!(c.validate().is_err());
+        c.duration = CouponDuration::Once;
+        c.discount = Discount::Percent { rate: d("1.5") };
+        assert!(c.validate().is_err());
+        c.discount = Discount::Percent { rate: d("1") };
+        c.code = "no spaces".into();
+        assert!(c.validate().is_err());
     }
 
     // ---- property tests -------------------------------------------------------------------
@@ -1299,6 +1510,25 @@ mod tests {
             let tax = inv.tax.as_ref().unwrap();
             prop_assert_eq!(cur.round(tax.amount), tax.amount);
             prop_assert_eq!(inv.total, lines + tax.amount);
+        }
+
+        #[test]
+        fn coupons_keep_lines_rounded_and_never_take_more_than_the_lines(p in arb_plan(), qs in prop::collection::vec(qty(), 4), rates in prop::collection::vec(1u64..=100, 0..3), amount in price()) {
+            let usage: Vec<MeterUsage> = qs.iter().enumerate().map(|(i, q)| MeterUsage { meter: format!("m{i}"), quantity: *q, groups: vec![] }).collect();
+            let mut coupons: Vec<Coupon> = rates.iter().enumerate().map(|(i, r)| coupon(&format!("P{i}"), Discount::Percent { rate: Decimal::new(*r as i64, 2) }, if i == 1 { &["m0"] } else { &[] })).collect();
+            coupons.push(coupon("A", Discount::Amount { amount, currency: p.currency }, &[]));
+            let refs: Vec<&Coupon> = coupons.iter().collect();
+            let plain = Invoice::compute("prt", &p, period(), &usage).unwrap();
+            let inv = with_coupons(&p, &usage, &refs);
+            let cur = p.currency;
+            for l in &inv.lines {
+                prop_assert_eq!(cur.round(l.amount), l.amount, "line not rounded: {:?}", l);
+            }
+            let lines: Decimal = inv.lines.iter().map(|l| l.amount).sum();
+            prop_assert_eq!(inv.subtotal, lines);
+            prop_assert!(inv.subtotal >= Decimal::ZERO, "discounts took more than the lines: {:?}", inv.lines);
+            prop_assert!(inv.subtotal <= plain.subtotal);
+            prop_assert_eq!(inv.total, lines + inv.tax.as_ref().unwrap().amount);
         }
 
         #[test]

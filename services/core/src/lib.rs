@@ -5,6 +5,7 @@
 //! and services feed it data and persist what it returns.
 
 pub mod catalog;
+pub mod coupon;
 pub mod event;
 pub mod ids;
 pub mod invoice;

@@ -360,6 +360,7 @@ proptest! {
             segments,
             tax: None,
             adjustments: vec![],
+            coupons: Vec::new(),
         }).unwrap();
         inv.apply_credits(Decimal::from_i128_with_scale(credits, minor));
         let minor_units = |d: Decimal| -> Result<i128, TestCaseError> {

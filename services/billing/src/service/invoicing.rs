@@ -298,6 +298,7 @@ impl Invoicing {
                 .collect(),
             tax: book.tax.as_ref(),
             adjustments,
+            coupons: Vec::new(),
         };
         Invoice::build(&input)
             .map_err(|e| ServiceError::WrongState(format!("partner {}: {e}", book.partner.id)))
