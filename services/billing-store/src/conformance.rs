@@ -3,7 +3,7 @@
 //! per backend ([`conformance_tests!`]), each on an empty store.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use peage_core::ids::PartnerId;
+use peage_core::ids::{PartnerCouponId, PartnerId};
 use peage_core::Env;
 
 use peage_core::pricing::{Quota, QuotaKind};
@@ -63,6 +63,7 @@ macro_rules! conformance_tests {
             partners_follow_a_plan_to_its_new_version_once,
             the_catalog_in_force_is_one_and_roles_report_theirs,
             a_scheduled_plan_change_applies_once_and_is_cancelled_only_while_pending,
+            coupons_are_created_once_and_attached_once_at_a_time,
         );
     };
     (@each $attrs:tt $fixture:path; $($name:ident,)*) => {
@@ -1621,4 +1622,94 @@ pub async fn a_scheduled_plan_change_applies_once_and_is_cancelled_only_while_pe
         ]
     );
     assert_eq!(history[0].settled_at, Some(applied_at));
+}
+
+pub async fn coupons_are_created_once_and_attached_once_at_a_time(s: &dyn BillingStore) {
+    use peage_core::coupon::{Coupon, CouponDuration, Discount};
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 6, 0, 0, 0).unwrap();
+    let pid: PartnerId = typed("prt_636f75706f6e70617274");
+    let other: PartnerId = typed("prt_6f746865727061727401");
+    s.create_partner(&pid, "A", &sub("monthly", t0))
+        .await
+        .unwrap();
+    s.create_partner(&other, "B", &sub("monthly", t0))
+        .await
+        .unwrap();
+    let launch = Coupon {
+        code: "LAUNCH20".into(),
+        name: "Launch".into(),
+        discount: Discount::Percent {
+            rate: Decimal::new(2, 1),
+        },
+        duration: CouponDuration::Periods { count: 3 },
+        plans: vec!["monthly".into()],
+        meters: vec![],
+        expires_at: Some(t0 + Duration::days(30)),
+    };
+    let made = s.create_coupon(&launch, t0, "admin").await.unwrap();
+    assert_eq!(made.coupon, launch);
+    assert!(matches!(
+        s.create_coupon(&launch, t0, "admin").await,
+        Err(BillingStoreError::Conflict(_))
+    ));
+    assert_eq!(s.coupon("LAUNCH20").await.unwrap().unwrap().coupon, launch);
+    assert!(s.coupon("NOPE").await.unwrap().is_none());
+    assert_eq!(s.coupons().await.unwrap().len(), 1);
+
+    let first: PartnerCouponId = typed("pcp_00000000000000000001");
+    let a = s
+        .attach_coupon(&first, &pid, "LAUNCH20", t0 + Duration::hours(1), "admin")
+        .await
+        .unwrap();
+    assert_eq!((a.coupon.code.as_str(), a.removed_at), ("LAUNCH20", None));
+    assert!(matches!(
+        s.attach_coupon(
+            &typed("pcp_00000000000000000002"),
+            &pid,
+            "LAUNCH20",
+            t0,
+            "admin"
+        )
+        .await,
+        Err(BillingStoreError::Conflict(_))
+    ));
+    // Removing is for the partner's own coupon, once.
+    assert!(matches!(
+        s.remove_coupon(&other, &first, t0, "admin").await,
+        Err(BillingStoreError::NotFound { .. })
+    ));
+    let removed = s
+        .remove_coupon(&pid, &first, t0 + Duration::days(2), "admin")
+        .await
+        .unwrap();
+    assert_eq!(removed.removed_at, Some(t0 + Duration::days(2)));
+    assert!(matches!(
+        s.remove_coupon(&pid, &first, t0, "admin").await,
+        Err(BillingStoreError::Conflict(_))
+    ));
+    // Once removed it can be attached again; history keeps both, in order.
+    s.attach_coupon(
+        &typed("pcp_00000000000000000003"),
+        &pid,
+        "LAUNCH20",
+        t0 + Duration::days(3),
+        "admin",
+    )
+    .await
+    .unwrap();
+    s.attach_coupon(
+        &typed("pcp_00000000000000000004"),
+        &other,
+        "LAUNCH20",
+        t0,
+        "admin",
+    )
+    .await
+    .unwrap();
+    let mine = s.partner_coupons(&pid).await.unwrap();
+    assert_eq!(
+        mine.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["pcp_00000000000000000001", "pcp_00000000000000000003"]
+    );
+    assert_eq!(s.all_partner_coupons().await.unwrap().len(), 3);
 }

@@ -25,6 +25,7 @@ use serde::Serialize;
 pub use audit::{AuditRecord, AuditStore};
 pub use idempotency::{ClaimOutcome, IdempotencyClaim, IdempotencyStore, KeptAnswer};
 pub use ledger::catalogs::{AcceptedCatalog, CatalogStore, RoleCatalog, StoredCatalog};
+pub use ledger::coupons::{CouponRecord, CouponStore, PartnerCoupon};
 pub use ledger::plan_changes::{PlanChange, PlanChangeStatus, PlanChangeStore};
 pub use ledger::{
     Attempt, BillingProfile, CreditEntry, DashboardGrant, DashboardRole, DraftOutcome,
@@ -215,6 +216,7 @@ pub trait BillingStore:
     LedgerStore
     + CatalogStore
     + PlanChangeStore
+    + CouponStore
     + IdempotencyStore
     + ServiceTokenStore
     + RevocationFeed

@@ -22,6 +22,7 @@ use serde::Serialize;
 use crate::BillingStoreError;
 
 pub(crate) mod catalogs;
+pub(crate) mod coupons;
 pub(crate) mod db;
 pub(crate) mod plan_changes;
 mod sql;
