@@ -17,12 +17,38 @@
 //!   against the partner's plan; a later plan change to another currency makes it inert).
 
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::money::Currency;
+use crate::period::{BillingPeriod, PeriodRule};
+
+/// The most periods counted from an attachment to a period a coupon could apply to.
+const MAX_PERIODS: u32 = 10_000;
+
+/// The index of `period` counted in periods of `rule` (in `tz`) from the one holding
+/// `attached_at` (0), or `None` beyond 10,000 periods.
+pub fn period_index(
+    rule: &PeriodRule,
+    tz: Tz,
+    attached_at: DateTime<Utc>,
+    period: &BillingPeriod,
+) -> Option<u32> {
+    let mut p = rule.containing_in(tz, attached_at);
+    let mut index = 0;
+    while p.end <= period.start {
+        p = rule.containing_in(tz, p.end);
+        index += 1;
+        if index > MAX_PERIODS {
+            return None;
+        }
+    }
+    Some(index)
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Coupon {
     /// What finance types and partners see: `LAUNCH20`.
     pub code: String,

@@ -6,6 +6,7 @@
 mod audit;
 mod auth;
 mod catalog;
+mod coupons;
 mod error;
 mod events;
 mod extract;

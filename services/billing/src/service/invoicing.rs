@@ -8,12 +8,13 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 use peage_billing_store::{
-    BillingProfile, BillingStore, DraftOutcome, InvoiceFilter, Partner, Subscription,
+    BillingProfile, BillingStore, DraftOutcome, InvoiceFilter, Partner, PartnerCoupon, Subscription,
 };
+use peage_core::coupon::Coupon;
 use peage_core::invoice::{
     late_usage_adjustment, AdjustedInvoice, InvoiceInput, InvoiceLine, Segment,
 };
-use peage_core::period::{parse_time_zone, BillingPeriod, PeriodLabel};
+use peage_core::period::{parse_time_zone, BillingPeriod, PeriodLabel, PeriodRule};
 use peage_core::pricing::{Plan, TaxRate};
 use peage_core::{
     Catalog, Env, Invoice, InvoiceId, InvoiceRecord, InvoiceStatus, MeterUsage, PartnerId,
@@ -100,6 +101,26 @@ fn zone_of(
     }
 }
 
+/// The coupons of `attached` (in attachment order) that discount `period`: attached before it
+/// ends, not removed before it ends, and within their duration counted in periods of `rule`
+/// from the one they were attached in.
+fn applying<'a>(
+    attached: &'a [PartnerCoupon],
+    rule: &PeriodRule,
+    tz: Tz,
+    period: &BillingPeriod,
+) -> Vec<&'a Coupon> {
+    attached
+        .iter()
+        .filter(|c| c.attached_at < period.end && c.removed_at.is_none_or(|r| r >= period.end))
+        .filter(|c| {
+            peage_core::coupon::period_index(rule, tz, c.attached_at, period)
+                .is_some_and(|index| c.coupon.applies_to_period(index))
+        })
+        .map(|c| &c.coupon)
+        .collect()
+}
+
 /// Drafts stored per transaction by an invoice run.
 const SAVE_BATCH: usize = 500;
 
@@ -114,6 +135,8 @@ struct PartnerBook {
     finalized: Vec<InvoiceRecord>,
     /// Prepaid credit balance per currency.
     balances: HashMap<String, Decimal>,
+    /// Coupons attached (removed ones too), in the order they were attached.
+    coupons: Vec<PartnerCoupon>,
 }
 
 impl PartnerBook {
@@ -123,6 +146,7 @@ impl PartnerBook {
         subs: Vec<Subscription>,
         finalized: Vec<InvoiceRecord>,
         balances: HashMap<String, Decimal>,
+        coupons: Vec<PartnerCoupon>,
     ) -> Result<PartnerBook, ServiceError> {
         let (tz, tz_name) = zone_of(profile)
             .map_err(|e| ServiceError::WrongState(format!("partner {}: {e}", partner.id)))?;
@@ -135,6 +159,7 @@ impl PartnerBook {
             subs,
             finalized,
             balances,
+            coupons,
         })
     }
 }
@@ -200,7 +225,15 @@ impl Invoicing {
             .await?;
         let entries = self.store.credit_entries(&partner.id).await?;
         let balances = credit_balances(entries.iter())?.into_iter().collect();
-        PartnerBook::new(partner.clone(), profile.as_ref(), subs, finalized, balances)
+        let coupons = self.store.partner_coupons(&partner.id).await?;
+        PartnerBook::new(
+            partner.clone(),
+            profile.as_ref(),
+            subs,
+            finalized,
+            balances,
+            coupons,
+        )
     }
 
     async fn usage_in(
@@ -284,6 +317,11 @@ impl Invoicing {
                 .await?;
             parts.push((plan, span, usage));
         }
+        // Periods are counted in the rule of the plan at the period's end.
+        let coupons = match parts.last() {
+            Some((plan, _, _)) => applying(&book.coupons, &plan.period, book.tz, &period),
+            None => Vec::new(),
+        };
         let input = InvoiceInput {
             partner_id: book.partner.id.as_str(),
             period,
@@ -298,7 +336,7 @@ impl Invoicing {
                 .collect(),
             tax: book.tax.as_ref(),
             adjustments,
-            coupons: Vec::new(),
+            coupons,
         };
         Invoice::build(&input)
             .map_err(|e| ServiceError::WrongState(format!("partner {}: {e}", book.partner.id)))
@@ -503,6 +541,10 @@ impl Invoicing {
         for ((partner, currency), b) in self.store.credit_balances().await? {
             balances.entry(partner).or_default().insert(currency, b);
         }
+        let mut coupons: HashMap<PartnerId, Vec<PartnerCoupon>> = HashMap::new();
+        for c in self.store.all_partner_coupons().await? {
+            coupons.entry(c.partner_id.clone()).or_default().push(c);
+        }
         let mut books = Vec::with_capacity(partners.len());
         let mut spans: HashMap<Span, Vec<String>> = HashMap::new();
         for partner in partners {
@@ -513,6 +555,7 @@ impl Invoicing {
                 subs.remove(&id).unwrap_or_default(),
                 finalized.remove(id.as_str()).unwrap_or_default(),
                 balances.remove(&id).unwrap_or_default(),
+                coupons.remove(&id).unwrap_or_default(),
             );
             if let Ok(book) = &book {
                 if let Ok(Some(period)) = self.period_in(book, label).await {

@@ -7,6 +7,7 @@ mod audit;
 mod billing;
 mod catalog;
 pub mod catalog_state;
+pub mod coupons;
 mod endpoints;
 mod error;
 pub mod events;
@@ -35,6 +36,7 @@ pub mod webhooks;
 
 pub use billing::{ApiDocs, Billing, BillingSettings, RevocationHook};
 pub use catalog::{ApiVersionView, ApiView, ApisView, PlansView};
+pub use coupons::{CouponList, PartnerCouponList};
 pub use endpoints::{CreatedEndpoint, EndpointRequest};
 pub use error::ServiceError;
 pub use gateway::{
