@@ -138,6 +138,31 @@ test('finance computes, reviews, finalizes and exports a draft', async () => {
   await pending.getByRole('button', { name: /Cancel the change/ }).click();
   await page.getByText('No plan change is pending.').waitFor();
   assert.equal((await adminCall('GET', `/v1/partners/${partner}`)).pending_change, null);
+
+  // A coupon: created and attached from the partner's page, it shows on this period's draft,
+  // then removed.
+  const coupons = page.getByRole('region', { name: 'Coupons' });
+  await coupons.getByText('No coupon.').waitFor();
+  const create = page.getByRole('form', { name: 'Create a coupon' });
+  await create.getByLabel('Code').fill('LAUNCH20');
+  await create.getByLabel('Name').fill('Launch offer');
+  await create.getByLabel('Value (% or amount)').fill('20');
+  await create.getByLabel('For').selectOption('periods');
+  await create.getByRole('spinbutton', { name: 'Periods' }).fill('3');
+  await create.getByRole('button', { name: 'Create' }).click();
+  await page.getByText('Coupon LAUNCH20 created.').waitFor();
+  const made = (await adminCall('GET', '/v1/coupons')).coupons.find((c) => c.code === 'LAUNCH20');
+  assert.deepEqual([made.discount, made.duration], [{ type: 'percent', rate: '0.20' }, { every: 'periods', count: 3 }]);
+  await page.getByRole('form', { name: 'Attach a coupon' }).getByRole('button', { name: 'Attach' }).click();
+  await coupons.getByRole('cell', { name: 'LAUNCH20', exact: true }).waitFor();
+  await page.getByRole('cell', { name: /^coupon LAUNCH20 \(20 %\)/ }).waitFor();
+  await assertLabelled(page);
+  await coupons.scrollIntoViewIfNeeded();
+  await coupons.screenshot({ path: `${shots}/finance-partner-coupons.png` });
+  page.once('dialog', (d) => d.accept());
+  await coupons.getByRole('button', { name: 'Remove coupon LAUNCH20' }).click();
+  await coupons.getByText('removed', { exact: true }).waitFor();
+  assert.ok((await adminCall('GET', `/v1/partners/${partner}/coupons`)).coupons.every((c) => c.removed_at));
   await page.goBack();
 
   // Last month's drafts, computed from the browser, then finalized.

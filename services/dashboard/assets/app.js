@@ -263,12 +263,13 @@
     }
 
     const previewBox = session.role === 'partner' ? null : previewPanel(partner);
+    const couponBox = couponPanel(partner, () => render());
     // Partners see a change coming to their plan; staff see the plan panel always.
     const planBox = session.role === 'partner' && !partner.pending_change ? null : planPanel(partner, () => render());
 
     const title = session.role === 'partner' ? 'Usage' : partner.name;
     const lead = session.role === 'partner' ? null : h('p', {}, link('/app', '← All partners'), ' · ', h('span', { class: 'mono', text: partner.id }));
-    page(title, lead, cards, planBox, chartPanel, quotaPanel, linesPanel, previewBox, eventsPanel);
+    page(title, lead, cards, planBox, chartPanel, quotaPanel, linesPanel, couponBox, previewBox, eventsPanel);
 
     const field = (id) => controls.querySelector('#' + id);
     field('range').addEventListener('change', () => {
@@ -429,6 +430,110 @@
         value: p.id, text: `${p.name || p.id} (${p.currency}, ${p.period.every === 'year' ? 'yearly' : 'monthly'})`,
       })));
     }).catch((e) => fail(status, e));
+    return panel;
+  }
+
+  // "20" (per cent, as typed) to "0.20", digit by digit: a rate never goes through a float.
+  function percentToFraction(text) {
+    const m = /^(\d+)(?:\.(\d+))?$/.exec(text.trim());
+    if (!m) return null;
+    const int = m[1].padStart(3, '0');
+    return `${int.slice(0, -2).replace(/^0+(?=\d)/, '')}.${int.slice(-2)}${m[2] || ''}`;
+  }
+  const couponDiscount = (c) => c.discount.type === 'percent'
+    ? `${num(dec(c.discount.rate) * 100)} % off` : `${money(c.discount.amount, c.discount.currency)} off`;
+  const couponLasts = (c) => c.duration.every === 'once' ? 'this period'
+    : c.duration.every === 'forever' ? 'every period' : `${c.duration.count} periods`;
+
+  // A partner's coupons: staff attach, remove and create them; a partner reads its own.
+  function couponPanel(partner, after) {
+    const pid = encodeURIComponent(partner.id);
+    const panel = h('section', { class: 'panel', 'aria-labelledby': 'coupons-h' }, h('h2', { id: 'coupons-h', text: 'Coupons' }));
+    const list = h('div', { id: 'partner-coupons' }, h('p', { class: 'muted', text: 'Loading…' }));
+    const status = h('div', { role: 'status', 'aria-live': 'polite' });
+    const problem = (e) => status.replaceChildren(h('p', { class: 'error', role: 'alert', text: e.message }));
+    panel.append(list, status);
+    api(`/v1/partners/${pid}/coupons`).then(({ coupons }) => {
+      if (!coupons.length) {
+        if (!mayAct()) { panel.hidden = true; return; }
+        list.replaceChildren(h('p', { class: 'muted', text: 'No coupon.' }));
+        return;
+      }
+      list.replaceChildren(table(['Code', 'Discount', 'For', 'Attached', 'State', ''], coupons.map((pc) => h('tr', {},
+        h('td', { class: 'mono', text: pc.coupon.code }),
+        h('td', { text: couponDiscount(pc.coupon) }),
+        h('td', { text: couponLasts(pc.coupon) }),
+        h('td', { text: when(pc.attached_at, undefined, true) }),
+        h('td', {}, pc.removed_at ? badge('removed', 'void') : badge('active', 'ok')),
+        h('td', {}, mayAct() && !pc.removed_at ? h('button', { type: 'button', class: 'secondary', 'aria-label': `Remove coupon ${pc.coupon.code}`, text: 'Remove', onclick: async () => {
+          if (!confirm(`Remove ${pc.coupon.code}? It stops discounting this period; finalized invoices keep theirs.`)) return;
+          try {
+            await api(`/v1/partners/${pid}/coupons/${encodeURIComponent(pc.id)}`, { method: 'DELETE' });
+            toast(`Coupon ${pc.coupon.code} removed.`);
+            await after();
+          } catch (e) { problem(e); }
+        } }) : null))), 'Coupons of this partner'));
+    }).catch((e) => fail(status, e));
+    if (!mayAct()) return panel;
+
+    const pick = h('select', { id: 'coupon-code', name: 'code' });
+    const attach = h('form', { class: 'controls', 'aria-label': 'Attach a coupon' },
+      h('label', { for: 'coupon-code' }, 'Coupon', pick),
+      h('button', { type: 'submit', text: 'Attach' }));
+    attach.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      if (!pick.value) { problem(new Error('Create a coupon first.')); return; }
+      try {
+        await api(`/v1/partners/${pid}/coupons`, { method: 'POST', body: { code: pick.value } });
+        toast(`Coupon ${pick.value} attached: it discounts this period and those its duration covers.`);
+        await after();
+      } catch (e) { problem(e); }
+    });
+    api('/v1/coupons').then(({ coupons }) => {
+      pick.replaceChildren(...coupons.map((c) => h('option', { value: c.code, text: `${c.code}: ${couponDiscount(c)}, ${couponLasts(c)}` })));
+    }).catch((e) => fail(status, e));
+
+    const code = h('input', { id: 'new-coupon-code', name: 'code', required: true, pattern: '[A-Za-z0-9_\\-]{1,64}', autocomplete: 'off' });
+    const name = h('input', { id: 'new-coupon-name', name: 'name', required: true });
+    const kind = h('select', { id: 'new-coupon-kind', name: 'kind' },
+      h('option', { value: 'percent', text: 'Percentage' }), h('option', { value: 'amount', text: 'Fixed amount' }));
+    const value = h('input', { id: 'new-coupon-value', name: 'value', required: true, inputmode: 'decimal' });
+    const every = h('select', { id: 'new-coupon-every', name: 'every' },
+      h('option', { value: 'once', text: 'This period' }), h('option', { value: 'periods', text: 'Several periods' }), h('option', { value: 'forever', text: 'Every period' }));
+    const count = h('input', { id: 'new-coupon-count', name: 'count', type: 'number', min: '1', value: '3' });
+    const countLabel = h('label', { for: 'new-coupon-count', hidden: true }, 'Periods', count);
+    every.addEventListener('change', () => { countLabel.hidden = every.value !== 'periods'; });
+    const create = h('form', { class: 'controls', 'aria-label': 'Create a coupon' },
+      h('label', { for: 'new-coupon-code' }, 'Code', code),
+      h('label', { for: 'new-coupon-name' }, 'Name', name),
+      h('label', { for: 'new-coupon-kind' }, 'Discount', kind),
+      h('label', { for: 'new-coupon-value' }, 'Value (% or amount)', value),
+      h('label', { for: 'new-coupon-every' }, 'For', every),
+      countLabel,
+      h('button', { type: 'submit', text: 'Create' }));
+    create.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      let discount;
+      if (kind.value === 'percent') {
+        const rate = percentToFraction(value.value);
+        if (!rate) { problem(new Error('Write the percentage as a number, for example 20 or 12.5.')); return; }
+        discount = { type: 'percent', rate };
+      } else {
+        const plans = await api('/v1/plans').catch(() => ({ plans: [] }));
+        const plan = plans.plans.find((p) => p.id === partner.subscription.plan_id);
+        discount = { type: 'amount', amount: value.value.trim(), currency: plan ? plan.currency : 'EUR' };
+      }
+      const duration = every.value === 'periods' ? { every: 'periods', count: Number(count.value) } : { every: every.value };
+      try {
+        const made = await api('/v1/coupons', { method: 'POST', body: { code: code.value.trim(), name: name.value.trim(), discount, duration } });
+        toast(`Coupon ${made.code} created.`);
+        pick.append(h('option', { value: made.code, text: `${made.code}: ${couponDiscount(made)}, ${couponLasts(made)}` }));
+        pick.value = made.code;
+        create.reset();
+        countLabel.hidden = true;
+      } catch (e) { problem(e); }
+    });
+    panel.append(h('h3', { text: 'Attach a coupon' }), attach, h('h3', { text: 'Create a coupon' }), create);
     return panel;
   }
 
