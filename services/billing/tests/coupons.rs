@@ -140,6 +140,26 @@ async fn a_coupon_for_three_periods_discounts_three_invoices_before_tax() {
             .iter()
             .filter(|l| l["kind"] == "discount")
             .collect();
+        if back == 4 {
+            // Finalized, its PDF shows the discount line like any other.
+            let id = list["invoices"][0]["id"].as_str().unwrap();
+            let (s, fin) = call("POST", format!("/v1/invoices/{id}/finalize"), Value::Null).await;
+            assert_eq!(s, 200, "{fin}");
+            let pdf = client
+                .get(format!("{}/v1/invoices/{id}?format=pdf", served.base))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            assert!(pdf.starts_with(b"%PDF-"), "not a PDF");
+            // To look at it: PEAGE_PDF_OUT=/tmp/coupon.pdf, then `pdftoppm -png` it.
+            if let Ok(path) = std::env::var("PEAGE_PDF_OUT") {
+                std::fs::write(path, &pdf).unwrap();
+            }
+        }
         if discounted {
             assert_eq!(discount.len(), 1, "{label}: {inv}");
             assert_eq!(discount[0]["amount"], "-20.00");
