@@ -912,6 +912,8 @@ struct GroupSnapshot {
     at: Instant,
     /// Partition → (committed offset, high watermark), for partitions with lag.
     lagging: HashMap<i32, (i64, i64)>,
+    /// The partitions this member owns.
+    owned: std::collections::HashSet<i32>,
 }
 
 /// A consumer-group member with manual commits. Offsets are committed after the records are
@@ -1027,10 +1029,14 @@ impl KafkaConsumer {
         Ok(())
     }
 
-    /// Every session timeout: if this member owns no partition, compares where the group
-    /// stands with the last look, and rejoins when some partition lags without progress. A
-    /// member that owns partitions is in a formed group, whatever the others do; one without
-    /// any, in a group with lag that nobody consumes, is the stall.
+    /// Every session timeout: compares where the group stands with the last look, and rejoins
+    /// (as a dynamic member, so the broker expires dead ones) when partitions this member does
+    /// not own lag without progress while its own do not stall. A member with no partition in
+    /// a group with lag nobody consumes is the stall; so is a member holding some partitions
+    /// while the rest stay with an incarnation that died (seen with tansu and static
+    /// membership: half the partitions never consumed again). A live owner commits as it goes,
+    /// so its partitions progress; when every partition stalls (the store is down for all),
+    /// rejoining would help nobody and is not done.
     async fn watch_for_a_stall(&mut self) -> Result<(), EventLogError> {
         if Instant::now() < self.next_check {
             return Ok(());
@@ -1051,7 +1057,7 @@ impl KafkaConsumer {
                 return Ok(());
             }
         };
-        let mut stuck: Vec<i32> = match &self.previous {
+        let stalled: Vec<i32> = match &self.previous {
             Some(before) if now.at.duration_since(before.at) >= self.session_timeout => now
                 .lagging
                 .iter()
@@ -1062,15 +1068,17 @@ impl KafkaConsumer {
                 .collect(),
             _ => Vec::new(),
         };
+        let (mut stuck, mine): (Vec<i32>, Vec<i32>) =
+            stalled.into_iter().partition(|p| !now.owned.contains(p));
         self.previous = Some(now);
-        if stuck.is_empty() {
+        if stuck.is_empty() || !mine.is_empty() {
             return Ok(());
         }
         stuck.sort_unstable();
         tracing::warn!(
             partitions = ?stuck,
             stalled_for_s = self.session_timeout.as_secs(),
-            "kafka consumer: no partition assigned while partitions lag without progress; \
+            "kafka consumer: partitions this member does not own lag without progress; \
              rejoining the group as a dynamic member so the broker expires dead members"
         );
         self.recoveries.fetch_add(1, Ordering::Relaxed);
@@ -1097,9 +1105,12 @@ fn group_snapshot(
     consumer: &StreamConsumer<MemberContext>,
     topic: &str,
 ) -> Result<Option<GroupSnapshot>, KafkaError> {
-    if consumer.assignment()?.count() > 0 {
-        return Ok(None);
-    }
+    let owned = consumer
+        .assignment()?
+        .elements_for_topic(topic)
+        .iter()
+        .map(|e| e.partition())
+        .collect();
     let timeout = Duration::from_secs(5);
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let partitions: Vec<i32> = metadata
@@ -1127,6 +1138,7 @@ fn group_snapshot(
     Ok(Some(GroupSnapshot {
         at: Instant::now(),
         lagging,
+        owned,
     }))
 }
 
