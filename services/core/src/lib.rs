@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod coupon;
+pub mod credit_note;
 pub mod event;
 pub mod ids;
 pub mod invoice;
