@@ -3,7 +3,7 @@
 //! per backend ([`conformance_tests!`]), each on an empty store.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use peage_core::ids::{PartnerCouponId, PartnerId};
+use peage_core::ids::{InvoiceId, PartnerCouponId, PartnerId};
 use peage_core::Env;
 
 use peage_core::pricing::{Quota, QuotaKind};
@@ -64,6 +64,7 @@ macro_rules! conformance_tests {
             the_catalog_in_force_is_one_and_roles_report_theirs,
             a_scheduled_plan_change_applies_once_and_is_cancelled_only_while_pending,
             coupons_are_created_once_and_attached_once_at_a_time,
+            credit_notes_are_numbered_apart_and_never_credit_more_than_the_invoice,
         );
     };
     (@each $attrs:tt $fixture:path; $($name:ident,)*) => {
@@ -1712,4 +1713,111 @@ pub async fn coupons_are_created_once_and_attached_once_at_a_time(s: &dyn Billin
         ["pcp_00000000000000000001", "pcp_00000000000000000003"]
     );
     assert_eq!(s.all_partner_coupons().await.unwrap().len(), 3);
+}
+
+pub async fn credit_notes_are_numbered_apart_and_never_credit_more_than_the_invoice(
+    s: &dyn BillingStore,
+) {
+    use crate::ledger::credit_notes::CreditNoteRefusal;
+    use peage_core::credit_note::{CreditMethod, CreditNoteRequest, CreditedLineRequest};
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    let pid = "prt_63726564697470617274";
+    s.create_partner(&typed(pid), "A", &sub("growth", t0))
+        .await
+        .unwrap();
+    let inv_id: InvoiceId = typed("inv_63726564697400000000");
+    s.save_draft(&draft(inv_id.as_str(), pid, "30"))
+        .await
+        .unwrap();
+    let at = Utc.with_ymd_and_hms(2026, 12, 3, 9, 0, 0).unwrap();
+    let req = |line: Option<&str>, amount: Option<&str>, method| CreditNoteRequest {
+        reason: "outage".into(),
+        method,
+        lines: line
+            .map(|a| {
+                vec![CreditedLineRequest {
+                    line: 0,
+                    amount: Some(a.parse().unwrap()),
+                }]
+            })
+            .unwrap_or_default(),
+        amount: amount.map(|a| a.parse().unwrap()),
+    };
+    // A draft takes no note (and no number).
+    assert!(matches!(
+        s.create_credit_note(
+            &typed("cn_00000000000000000001"),
+            &inv_id,
+            &req(None, Some("1"), CreditMethod::Refund),
+            "TEST",
+            at,
+            "admin",
+            &mut msg_ids()
+        )
+        .await,
+        Err(CreditNoteRefusal::Store(BillingStoreError::Conflict(_)))
+    ));
+    s.finalize_invoice(&inv_id, "TEST", at, "admin", &mut msg_ids())
+        .await
+        .unwrap();
+    let first = s
+        .create_credit_note(
+            &typed("cn_00000000000000000002"),
+            &inv_id,
+            &req(Some("10"), None, CreditMethod::Credit),
+            "TEST",
+            at,
+            "staff:ann@example.com",
+            &mut msg_ids(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        first.number, "TEST-CN-2026-000001",
+        "its own series, from 1"
+    );
+    assert_eq!(first.note.total, Decimal::from(10));
+    // Credited to the balance, in the same transaction.
+    assert_eq!(
+        s.credit_balance(&typed(pid), "EUR").await.unwrap(),
+        Decimal::from(10)
+    );
+    // 20.00 left of the line: 25 is refused (no number taken), 20 is taken.
+    assert!(matches!(
+        s.create_credit_note(
+            &typed("cn_00000000000000000003"),
+            &inv_id,
+            &req(Some("25"), None, CreditMethod::Refund),
+            "TEST",
+            at,
+            "admin",
+            &mut msg_ids()
+        )
+        .await,
+        Err(CreditNoteRefusal::Rule(_))
+    ));
+    let second = s
+        .create_credit_note(
+            &typed("cn_00000000000000000004"),
+            &inv_id,
+            &req(None, Some("20"), CreditMethod::Refund),
+            "TEST",
+            at,
+            "admin",
+            &mut msg_ids(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        second.number, "TEST-CN-2026-000002",
+        "gapless after a refusal"
+    );
+    assert_eq!(
+        s.credit_balance(&typed(pid), "EUR").await.unwrap(),
+        Decimal::from(10),
+        "a refund leaves the balance alone"
+    );
+    let notes = s.credit_notes_of(&inv_id).await.unwrap();
+    assert_eq!(notes, [first.clone(), second]);
+    assert_eq!(s.credit_note(&first.id).await.unwrap(), Some(first));
 }

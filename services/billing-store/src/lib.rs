@@ -26,6 +26,7 @@ pub use audit::{AuditRecord, AuditStore};
 pub use idempotency::{ClaimOutcome, IdempotencyClaim, IdempotencyStore, KeptAnswer};
 pub use ledger::catalogs::{AcceptedCatalog, CatalogStore, RoleCatalog, StoredCatalog};
 pub use ledger::coupons::{CouponRecord, CouponStore, PartnerCoupon};
+pub use ledger::credit_notes::{CreditNoteRecord, CreditNoteStore};
 pub use ledger::plan_changes::{PlanChange, PlanChangeStatus, PlanChangeStore};
 pub use ledger::{
     Attempt, BillingProfile, CreditEntry, DashboardGrant, DashboardRole, DraftOutcome,
@@ -217,6 +218,7 @@ pub trait BillingStore:
     + CatalogStore
     + PlanChangeStore
     + CouponStore
+    + CreditNoteStore
     + IdempotencyStore
     + ServiceTokenStore
     + RevocationFeed

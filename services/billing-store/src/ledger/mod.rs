@@ -23,6 +23,7 @@ use crate::BillingStoreError;
 
 pub(crate) mod catalogs;
 pub(crate) mod coupons;
+pub(crate) mod credit_notes;
 pub(crate) mod db;
 pub(crate) mod plan_changes;
 mod sql;

@@ -20,7 +20,7 @@ use super::{
 };
 use crate::BillingStoreError;
 
-fn invoice(row: &Row) -> Result<InvoiceRecord, BillingStoreError> {
+pub(super) fn invoice(row: &Row) -> Result<InvoiceRecord, BillingStoreError> {
     let id = row.text("id")?;
     let corrupt = |reason: String| BillingStoreError::Corrupt {
         what: "invoice",
@@ -116,7 +116,10 @@ fn balance(rows: &[Row]) -> Result<Decimal, BillingStoreError> {
     })
 }
 
-async fn insert_credit(db: &mut dyn Sql, e: &CreditEntry) -> Result<(), BillingStoreError> {
+pub(super) async fn insert_credit(
+    db: &mut dyn Sql,
+    e: &CreditEntry,
+) -> Result<(), BillingStoreError> {
     db.execute(
         sql::INSERT_CREDIT,
         args![
@@ -152,7 +155,7 @@ fn movement_entry(
 
 /// Queues `payload` for every active endpoint subscribed to `event_type`, once per `event_key`,
 /// in the caller's transaction.
-async fn queue_webhook(
+pub(super) async fn queue_webhook(
     db: &mut dyn Sql,
     event_type: &str,
     event_key: &str,
