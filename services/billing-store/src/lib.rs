@@ -27,6 +27,9 @@ pub use idempotency::{ClaimOutcome, IdempotencyClaim, IdempotencyStore, KeptAnsw
 pub use ledger::catalogs::{AcceptedCatalog, CatalogStore, RoleCatalog, StoredCatalog};
 pub use ledger::coupons::{CouponRecord, CouponStore, PartnerCoupon};
 pub use ledger::credit_notes::{CreditNoteRecord, CreditNoteStore};
+pub mod credit_notes {
+    pub use crate::ledger::credit_notes::CreditNoteRefusal;
+}
 pub use ledger::plan_changes::{PlanChange, PlanChangeStatus, PlanChangeStore};
 pub use ledger::{
     Attempt, BillingProfile, CreditEntry, DashboardGrant, DashboardRole, DraftOutcome,

@@ -801,7 +801,7 @@ impl InvoiceRecord {
 }
 
 /// RFC 4180 quoting, and a leading `'` on cells a spreadsheet would run as a formula.
-fn csv_field(s: &str) -> String {
+pub fn csv_field(s: &str) -> String {
     let s = if s.starts_with(['=', '+', '@', '\t', '\r'])
         || (s.starts_with('-') && s.parse::<Decimal>().is_err())
     {

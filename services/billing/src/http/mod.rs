@@ -7,6 +7,7 @@ mod audit;
 mod auth;
 mod catalog;
 mod coupons;
+mod credit_notes;
 mod error;
 mod events;
 mod extract;

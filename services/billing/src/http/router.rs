@@ -13,8 +13,8 @@ use super::auth::{self, require_admin, require_staff};
 use super::error::{self, ApiError};
 use super::state::ControlApi;
 use super::{
-    audit, catalog, coupons, events, gateway, idempotency, invoices as inv, keys, oauth, openapi,
-    partners, profiles, quotas, service_tokens, sessions, staff, usage, webhooks,
+    audit, catalog, coupons, credit_notes, events, gateway, idempotency, invoices as inv, keys,
+    oauth, openapi, partners, profiles, quotas, service_tokens, sessions, staff, usage, webhooks,
 };
 use crate::service::events::MAX_BODY_BYTES;
 
@@ -33,6 +33,7 @@ fn routes(api: &Arc<ControlApi>) -> OpenApiRouter<Arc<ControlApi>> {
         .routes(routes!(coupons::create_coupon, coupons::list_coupons))
         .routes(routes!(coupons::attach_coupon))
         .routes(routes!(coupons::remove_coupon))
+        .routes(routes!(credit_notes::create))
         .routes(routes!(quotas::lease))
         .routes(routes!(gateway::key_by_hash))
         .routes(routes!(gateway::key_by_id))
@@ -64,6 +65,8 @@ fn routes(api: &Arc<ControlApi>) -> OpenApiRouter<Arc<ControlApi>> {
         .routes(routes!(partners::get_partner))
         .routes(routes!(partners::plan_changes))
         .routes(routes!(coupons::partner_coupons))
+        .routes(routes!(credit_notes::list))
+        .routes(routes!(credit_notes::get))
         .routes(routes!(keys::create_key, keys::list_keys))
         .routes(routes!(keys::revoke_key))
         .routes(routes!(keys::rotate_key))

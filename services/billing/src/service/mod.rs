@@ -8,6 +8,7 @@ mod billing;
 mod catalog;
 pub mod catalog_state;
 pub mod coupons;
+mod credit_notes;
 mod endpoints;
 mod error;
 pub mod events;
@@ -37,6 +38,7 @@ pub mod webhooks;
 pub use billing::{ApiDocs, Billing, BillingSettings, RevocationHook};
 pub use catalog::{ApiVersionView, ApiView, ApisView, PlansView};
 pub use coupons::{CouponList, PartnerCouponList};
+pub use credit_notes::{credit_notes_csv, CreditNoteList};
 pub use endpoints::{CreatedEndpoint, EndpointRequest};
 pub use error::ServiceError;
 pub use gateway::{

@@ -109,33 +109,32 @@ fn money(amount: Decimal, code: &str) -> String {
     format!("{amount} {code}")
 }
 
+/// What a page shows: the same layout serves invoices and credit notes.
+struct Document {
+    title: &'static str,
+    /// Label and value, top right.
+    facts: Vec<(&'static str, String)>,
+    /// The partner's name, then smaller lines (its id, its plan).
+    bill_to: (String, Vec<String>),
+    currency: String,
+    /// Description, quantity, unit price, amount.
+    rows: Vec<[String; 4]>,
+    /// Label, value, bold.
+    totals: Vec<(String, String, bool)>,
+    footer: String,
+}
+
 /// Renders one invoice. `partner_name` is shown under "Bill to".
 pub fn render(record: &InvoiceRecord, partner_name: &str, issuer: &Issuer) -> Vec<u8> {
     let inv = &record.invoice;
     let code = inv.currency.code();
     let minor = inv.currency.minor_units();
-    let mut pages: Vec<Page> = Vec::new();
-    let mut p = Page::new();
-
-    // Issuer, top left; title and number, top right.
-    p.text(MARGIN, p.y, BOLD, 16.0, &issuer.name);
     let title = match record.status {
         InvoiceStatus::Draft => "DRAFT INVOICE",
         InvoiceStatus::Finalized => "INVOICE",
         InvoiceStatus::Void => "VOID INVOICE",
     };
-    p.right(WIDTH - MARGIN, p.y, BOLD, 16.0, title);
-    let mut left_y = p.y - 18.0;
-    for line in &issuer.address {
-        p.text(MARGIN, left_y, REGULAR, 9.0, line);
-        left_y -= 12.0;
-    }
-    if let Some(tax_id) = &issuer.tax_id {
-        p.text(MARGIN, left_y, REGULAR, 9.0, &format!("Tax ID: {tax_id}"));
-        left_y -= 12.0;
-    }
-    let mut right_y = p.y - 18.0;
-    let facts = [
+    let facts = vec![
         (
             "Number",
             record
@@ -167,7 +166,135 @@ pub fn render(record: &InvoiceRecord, partner_name: &str, issuer: &Issuer) -> Ve
         ("Time zone", inv.timezone.clone()),
         ("Currency", code.to_string()),
     ];
-    for (k, v) in &facts {
+    let plans: Vec<String> = inv
+        .plans
+        .iter()
+        .map(|s| format!("{} (version {})", s.plan_id, s.plan_version))
+        .collect();
+    let mut totals = vec![("Subtotal".to_string(), money(inv.subtotal, code), false)];
+    if let Some(t) = &inv.tax {
+        totals.push((tax_label(t), money(t.amount, code), false));
+    }
+    totals.push(("Total".into(), money(inv.total, code), true));
+    if !inv.credits_applied.is_zero() {
+        totals.push((
+            "Prepaid credits".into(),
+            money(-inv.credits_applied, code),
+            false,
+        ));
+    }
+    totals.push(("Amount due".into(), money(inv.amount_due, code), true));
+    layout(
+        Document {
+            title,
+            facts,
+            bill_to: (
+                partner_name.to_string(),
+                vec![
+                    format!("Partner ID: {}", inv.partner_id),
+                    format!("Plan: {}", plans.join(", then ")),
+                ],
+            ),
+            currency: code.to_string(),
+            rows: inv
+                .lines
+                .iter()
+                .map(|l| {
+                    [
+                        l.description.clone(),
+                        l.quantity.to_string(),
+                        at_least(l.unit_price, minor).to_string(),
+                        l.amount.to_string(),
+                    ]
+                })
+                .collect(),
+            totals,
+            footer: format!(
+                "Invoice {} - amounts are rounded half to even to the currency's minor unit, once per line and once for tax.",
+                record.id
+            ),
+        },
+        issuer,
+    )
+}
+
+/// Renders one credit note.
+pub fn render_credit_note(
+    record: &peage_billing_store::CreditNoteRecord,
+    partner_name: &str,
+    issuer: &Issuer,
+) -> Vec<u8> {
+    let n = &record.note;
+    let code = n.currency.code();
+    let method = match n.method {
+        peage_core::credit_note::CreditMethod::Refund => "refunded",
+        peage_core::credit_note::CreditMethod::Credit => "credited to the prepaid balance",
+    };
+    let mut totals = vec![("Subtotal".to_string(), money(n.subtotal, code), false)];
+    if let Some(t) = &n.tax {
+        totals.push((tax_label(t), money(t.amount, code), false));
+    }
+    totals.push(("Total credited".into(), money(n.total, code), true));
+    layout(
+        Document {
+            title: "CREDIT NOTE",
+            facts: vec![
+                ("Number", record.number.clone()),
+                ("Issued", record.created_at.format("%Y-%m-%d").to_string()),
+                ("Invoice", n.invoice_number.clone()),
+                ("Currency", code.to_string()),
+            ],
+            bill_to: (
+                partner_name.to_string(),
+                vec![
+                    format!("Partner ID: {}", n.partner_id),
+                    format!("Reason: {}", n.reason),
+                    format!("The total is {method}."),
+                ],
+            ),
+            currency: code.to_string(),
+            rows: n
+                .lines
+                .iter()
+                .map(|l| [l.description.clone(), String::new(), String::new(), l.amount.to_string()])
+                .collect(),
+            totals,
+            footer: format!(
+                "Credit note {} on invoice {} - tax at the invoice's rate, rounded half to even once.",
+                record.id, n.invoice_id
+            ),
+        },
+        issuer,
+    )
+}
+
+fn tax_label(t: &peage_core::invoice::Tax) -> String {
+    format!(
+        "{} ({}%)",
+        t.label,
+        (t.rate * Decimal::from(100)).normalize()
+    )
+}
+
+fn layout(doc: Document, issuer: &Issuer) -> Vec<u8> {
+    let code = doc.currency.as_str();
+    let mut pages: Vec<Page> = Vec::new();
+    let mut p = Page::new();
+
+    // Issuer, top left; title and number, top right.
+    p.text(MARGIN, p.y, BOLD, 16.0, &issuer.name);
+    p.right(WIDTH - MARGIN, p.y, BOLD, 16.0, doc.title);
+    let mut left_y = p.y - 18.0;
+    for line in &issuer.address {
+        p.text(MARGIN, left_y, REGULAR, 9.0, line);
+        left_y -= 12.0;
+    }
+    if let Some(tax_id) = &issuer.tax_id {
+        p.text(MARGIN, left_y, REGULAR, 9.0, &format!("Tax ID: {tax_id}"));
+        left_y -= 12.0;
+    }
+    let mut right_y = p.y - 18.0;
+    for (k, v) in &doc.facts {
         p.right(WIDTH - MARGIN - 150.0, right_y, BOLD, 9.0, k);
         p.text(WIDTH - MARGIN - 140.0, right_y, REGULAR, 9.0, v);
         right_y -= 12.0;
@@ -175,28 +302,11 @@ pub fn render(record: &InvoiceRecord, partner_name: &str, issuer: &Issuer) -> Ve
     p.y = left_y.min(right_y) - 14.0;
     p.text(MARGIN, p.y, BOLD, 10.0, "Bill to");
     p.y -= 13.0;
-    p.text(MARGIN, p.y, REGULAR, 10.0, partner_name);
-    p.y -= 12.0;
-    p.text(
-        MARGIN,
-        p.y,
-        REGULAR,
-        9.0,
-        &format!("Partner ID: {}", inv.partner_id),
-    );
-    p.y -= 12.0;
-    let plans: Vec<String> = inv
-        .plans
-        .iter()
-        .map(|s| format!("{} (version {})", s.plan_id, s.plan_version))
-        .collect();
-    p.text(
-        MARGIN,
-        p.y,
-        REGULAR,
-        9.0,
-        &format!("Plan: {}", plans.join(", then ")),
-    );
+    p.text(MARGIN, p.y, REGULAR, 10.0, &doc.bill_to.0);
+    for line in &doc.bill_to.1 {
+        p.y -= 12.0;
+        p.text(MARGIN, p.y, REGULAR, 9.0, &clip(line, 110));
+    }
     p.y -= 24.0;
 
     let (qty_x, price_x, amount_x) = (
@@ -214,7 +324,7 @@ pub fn render(record: &InvoiceRecord, partner_name: &str, issuer: &Issuer) -> Ve
         p.y -= ROW;
     };
     header(&mut p);
-    for l in &inv.lines {
+    for [description, quantity, unit_price, amount] in &doc.rows {
         if p.y < MARGIN + 140.0 {
             p.text(
                 MARGIN,
@@ -226,57 +336,21 @@ pub fn render(record: &InvoiceRecord, partner_name: &str, issuer: &Issuer) -> Ve
             pages.push(std::mem::replace(&mut p, Page::new()));
             header(&mut p);
         }
-        p.text(MARGIN, p.y, REGULAR, 9.0, &clip(&l.description, 62));
-        p.right(qty_x, p.y, REGULAR, 9.0, &l.quantity.to_string());
-        p.right(
-            price_x,
-            p.y,
-            REGULAR,
-            9.0,
-            &at_least(l.unit_price, minor).to_string(),
-        );
-        p.right(amount_x, p.y, REGULAR, 9.0, &l.amount.to_string());
+        p.text(MARGIN, p.y, REGULAR, 9.0, &clip(description, 62));
+        p.right(qty_x, p.y, REGULAR, 9.0, quantity);
+        p.right(price_x, p.y, REGULAR, 9.0, unit_price);
+        p.right(amount_x, p.y, REGULAR, 9.0, amount);
         p.y -= ROW;
     }
     p.rule(p.y + ROW - 5.0);
     p.y -= 4.0;
-    let mut totals = vec![("Subtotal".to_string(), money(inv.subtotal, code), false)];
-    if let Some(t) = &inv.tax {
-        totals.push((
-            format!(
-                "{} ({}%)",
-                t.label,
-                (t.rate * Decimal::from(100)).normalize()
-            ),
-            money(t.amount, code),
-            false,
-        ));
-    }
-    totals.push(("Total".into(), money(inv.total, code), true));
-    if !inv.credits_applied.is_zero() {
-        totals.push((
-            "Prepaid credits".into(),
-            money(-inv.credits_applied, code),
-            false,
-        ));
-    }
-    totals.push(("Amount due".into(), money(inv.amount_due, code), true));
-    for (label, value, bold) in totals {
+    for (label, value, bold) in doc.totals {
         let font = if bold { BOLD } else { REGULAR };
         p.right(price_x, p.y, font, 10.0, &label);
         p.right(amount_x, p.y, font, 10.0, &value);
         p.y -= ROW;
     }
-    p.text(
-        MARGIN,
-        MARGIN,
-        REGULAR,
-        7.5,
-        &format!(
-            "Invoice {} - amounts are rounded half to even to the currency's minor unit, once per line and once for tax.",
-            record.id
-        ),
-    );
+    p.text(MARGIN, MARGIN, REGULAR, 7.5, &doc.footer);
     pages.push(p);
 
     let mut pdf = Pdf::new();
