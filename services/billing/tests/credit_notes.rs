@@ -168,6 +168,10 @@ async fn partial_credit_notes_on_a_finalized_invoice() {
             .0,
         404
     );
+    let (s, _, all) = raw(format!("/v1/invoices/{id}/credit-notes?format=csv")).await;
+    assert_eq!(s, 200);
+    let all = String::from_utf8(all).unwrap();
+    assert_eq!(all.matches(",total,total credited,").count(), 2, "{all}");
 
     // Each note queued its webhook.
     let (_, deliveries) = call("GET", "/v1/webhooks/deliveries".into(), Value::Null).await;
