@@ -190,6 +190,20 @@ test('finance computes, reviews, finalizes and exports a draft', async () => {
   const number = (await page.getByRole('heading', { level: 1 }).innerText()).replace('Invoice ', '');
   // The invoice says who finalized it.
   await page.getByText(/finalized .* by fiona@example\.com/).waitFor();
+  // A credit note of 1.00 (before tax) to the prepaid balance, from the finalized invoice.
+  const notes = page.getByRole('region', { name: 'Credit notes' });
+  await notes.getByText('No credit note.').waitFor();
+  const credit = page.getByRole('form', { name: 'Credit this invoice' });
+  await credit.getByLabel('Amount before tax').fill('1.00');
+  await credit.getByLabel('Reason').fill('Goodwill for the outage');
+  page.once('dialog', (d) => d.accept());
+  await credit.getByRole('button', { name: 'Make credit note' }).click();
+  await notes.getByRole('cell', { name: /^PEAGE-CN-\d{4}-\d{6}$/ }).waitFor();
+  await notes.getByRole('cell', { name: 'Goodwill for the outage' }).waitFor();
+  assert.match(await page.locator('#left-due').innerText(), /left due/);
+  await assertLabelled(page);
+  await notes.scrollIntoViewIfNeeded();
+  await notes.screenshot({ path: `${shots}/finance-credit-note.png` });
   await page.getByRole('link', { name: '← All invoices' }).click();
   const finalized = page.getByRole('row').filter({ hasText: number });
   await finalized.getByText('finalized', { exact: true }).waitFor();

@@ -824,7 +824,69 @@
       h('section', { class: 'panel' }, h('h2', { text: 'Lines' }),
         invoiceTable(i, 'Invoice lines', true),
         h('p', { class: 'muted', text: `Plan ${i.plan_id} (version ${i.plan_version.slice(0, 12)}) · created ${when(r.created_at, undefined, true)}${r.finalized_at ? ' · finalized ' + when(r.finalized_at, undefined, true) + byWhom(r.finalized_by) : ''}${r.voided_at ? ' · voided ' + when(r.voided_at, undefined, true) + byWhom(r.voided_by) : ''}` })),
-      actions);
+      actions,
+      r.status === 'finalized' ? creditNotesPanel(r, () => invoicePage(id)) : null);
+  }
+
+  // A finalized invoice's credit notes, what is left due, and (for finance) a new one.
+  function creditNotesPanel(r, after) {
+    const i = r.invoice, cur = i.currency, iid = encodeURIComponent(r.id);
+    const panel = h('section', { class: 'panel', 'aria-labelledby': 'credit-notes-h' }, h('h2', { id: 'credit-notes-h', text: 'Credit notes' }));
+    const list = h('div', { id: 'credit-notes' }, h('p', { class: 'muted', text: 'Loading…' }));
+    const status = h('div', { role: 'status', 'aria-live': 'polite' });
+    panel.append(list, status);
+    api(`/v1/invoices/${iid}/credit-notes`).then((data) => {
+      if (!data.credit_notes.length) {
+        list.replaceChildren(h('p', { class: 'muted', text: 'No credit note.' }));
+        return;
+      }
+      list.replaceChildren(
+        table(['Number', 'Reason', 'Money', ['Total', 'num'], ''], data.credit_notes.map((n) => {
+          const base = `/v1/credit-notes/${encodeURIComponent(n.id)}`;
+          return h('tr', {},
+            h('td', { class: 'mono', text: n.number }),
+            h('td', { text: n.note.reason }),
+            h('td', { text: n.note.method === 'credit' ? 'to the prepaid balance' : 'refunded' }),
+            h('td', { class: 'num', text: money(n.note.total, cur) }),
+            h('td', {}, h('a', { class: 'button secondary', href: base + '?format=pdf', download: n.number + '.pdf', 'aria-label': `Download ${n.number} as PDF`, text: 'PDF' })));
+        }), 'Credit notes of this invoice'),
+        h('p', {}, `Credited ${money(data.credited, cur)} in all; `, h('strong', { id: 'left-due', text: `${money(data.left_due, cur)} left due` }), '.'));
+    }).catch((e) => fail(list, e));
+    if (session.role === 'partner' || !mayAct()) return panel;
+    const what = h('select', { id: 'credit-line', name: 'line' },
+      h('option', { value: '', text: 'An amount of the subtotal' }),
+      ...i.lines.map((l, n) => l.kind === 'discount' || dec(l.amount) <= 0 ? null : h('option', { value: String(n), text: `${l.description} (${money(l.amount, cur)})` })));
+    const amount = h('input', { id: 'credit-amount', name: 'amount', inputmode: 'decimal', placeholder: 'whole line if empty' });
+    const reason = h('input', { id: 'credit-reason', name: 'reason', required: true });
+    const method = h('select', { id: 'credit-method', name: 'method' },
+      h('option', { value: 'credit', text: 'To the prepaid balance' }), h('option', { value: 'refund', text: 'Refunded' }));
+    const form = h('form', { class: 'controls', 'aria-label': 'Credit this invoice' },
+      h('label', { for: 'credit-line' }, 'What', what),
+      h('label', { for: 'credit-amount' }, 'Amount before tax', amount),
+      h('label', { for: 'credit-reason' }, 'Reason', reason),
+      h('label', { for: 'credit-method' }, 'Money', method),
+      h('button', { type: 'submit', text: 'Make credit note' }));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const body = { reason: reason.value.trim(), method: method.value };
+      const a = amount.value.trim();
+      if (what.value === '') {
+        if (!a) { status.replaceChildren(h('p', { class: 'error', role: 'alert', text: 'Give the amount to credit.' })); return; }
+        body.amount = a;
+      } else {
+        body.lines = [a ? { line: Number(what.value), amount: a } : { line: Number(what.value) }];
+      }
+      if (!confirm(`Make a credit note of ${a || 'the whole line'} (before tax) on ${r.number}? It cannot be undone.`)) return;
+      try {
+        const n = await api(`/v1/invoices/${iid}/credit-notes`, { method: 'POST', body });
+        toast(`Credit note ${n.number} made: ${money(n.note.total, cur)}.`);
+        await after();
+      } catch (e) {
+        status.replaceChildren(h('p', { class: 'error', role: 'alert', text: e.message }));
+      }
+    });
+    panel.append(h('h3', { text: 'Credit this invoice' }), form);
+    return panel;
   }
 
   // ---------- finance: partners ----------
