@@ -6,7 +6,6 @@ use chrono::{Datelike, TimeZone, Utc};
 use serde_json::{json, Value};
 
 mod support;
-use support::TOKEN;
 
 const CATALOG: &str = r#"
 [[meter]]
@@ -41,29 +40,15 @@ fn month_start(back: i32) -> chrono::DateTime<Utc> {
 #[tokio::test]
 async fn a_coupon_for_three_periods_discounts_three_invoices_before_tax() {
     let served = support::serve(CATALOG).await;
-    let client = reqwest::Client::new();
-    let call = |method: &'static str, path: String, body: Value| {
-        let client = client.clone();
-        let url = format!("{}{path}", served.base);
-        async move {
-            let mut req = client
-                .request(method.parse().unwrap(), &url)
-                .bearer_auth(TOKEN);
-            if !body.is_null() {
-                req = req.json(&body);
-            }
-            let r = req.send().await.unwrap();
-            let status = r.status().as_u16();
-            (status, r.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
     let launch = json!({"code": "LAUNCH20", "name": "Launch offer",
         "discount": {"type": "percent", "rate": "0.2"},
         "duration": {"every": "periods", "count": 3}});
-    let (s, made) = call("POST", "/v1/coupons".into(), launch.clone()).await;
+    let (s, made) = served
+        .call("POST", "/v1/coupons".into(), launch.clone())
+        .await;
     assert_eq!(s, 201, "{made}");
     assert_eq!(made["created_by"], "admin");
-    let (s, again) = call("POST", "/v1/coupons".into(), launch).await;
+    let (s, again) = served.call("POST", "/v1/coupons".into(), launch).await;
     assert_eq!(s, 409, "{again}");
     for (bad, says) in [
         (
@@ -79,36 +64,22 @@ async fn a_coupon_for_three_periods_discounts_three_invoices_before_tax() {
             "no plan \"nope\"",
         ),
     ] {
-        let (s, e) = call("POST", "/v1/coupons".into(), bad).await;
+        let (s, e) = served.call("POST", "/v1/coupons".into(), bad).await;
         assert_eq!(s, 400, "{e}");
         assert!(e["detail"].as_str().unwrap().contains(says), "{e}");
     }
 
     // A partner on the plan for five months, the coupon attached four months ago (both set
     // through the store: the API attaches now).
-    let (_, partner) = call(
-        "POST",
-        "/v1/partners".into(),
-        json!({"name": "Initech", "plan": "monthly"}),
-    )
-    .await;
-    let pid = partner["id"].as_str().unwrap().to_string();
-    served
-        .store
-        .change_subscription(
-            &pid.parse().unwrap(),
-            &peage_billing_store::Subscription {
-                plan_id: "monthly".into(),
-                plan_version: partner["subscription"]["plan_version"]
-                    .as_str()
-                    .unwrap()
-                    .into(),
-                started_at: month_start(5),
-                ended_at: None,
-            },
+    let (_, partner) = served
+        .call(
+            "POST",
+            "/v1/partners".into(),
+            json!({"name": "Initech", "plan": "monthly"}),
         )
-        .await
-        .unwrap();
+        .await;
+    let pid = partner["id"].as_str().unwrap().to_string();
+    served.on_plan_since(&partner, month_start(5)).await;
     served
         .store
         .attach_coupon(
@@ -125,14 +96,17 @@ async fn a_coupon_for_three_periods_discounts_three_invoices_before_tax() {
     // before and the one after do not.
     for (back, discounted) in [(5, false), (4, true), (3, true), (2, true), (1, false)] {
         let label = month_start(back).format("%Y-%m").to_string();
-        let (s, run) = call("POST", "/v1/invoices/run".into(), json!({"period": label})).await;
+        let (s, run) = served
+            .call("POST", "/v1/invoices/run".into(), json!({"period": label}))
+            .await;
         assert_eq!(s, 200, "{run}");
-        let (_, list) = call(
-            "GET",
-            format!("/v1/invoices?period={label}&partner_id={pid}"),
-            Value::Null,
-        )
-        .await;
+        let (_, list) = served
+            .call(
+                "GET",
+                format!("/v1/invoices?period={label}&partner_id={pid}"),
+                Value::Null,
+            )
+            .await;
         let inv = &list["invoices"][0]["invoice"];
         let discount: Vec<&Value> = inv["lines"]
             .as_array()
@@ -143,17 +117,11 @@ async fn a_coupon_for_three_periods_discounts_three_invoices_before_tax() {
         if back == 4 {
             // Finalized, its PDF shows the discount line like any other.
             let id = list["invoices"][0]["id"].as_str().unwrap();
-            let (s, fin) = call("POST", format!("/v1/invoices/{id}/finalize"), Value::Null).await;
+            let (s, fin) = served
+                .call("POST", format!("/v1/invoices/{id}/finalize"), Value::Null)
+                .await;
             assert_eq!(s, 200, "{fin}");
-            let pdf = client
-                .get(format!("{}/v1/invoices/{id}?format=pdf", served.base))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
+            let (_, _, pdf) = served.raw(format!("/v1/invoices/{id}?format=pdf")).await;
             assert!(pdf.starts_with(b"%PDF-"), "not a PDF");
             // To look at it: PEAGE_PDF_OUT=/tmp/coupon.pdf, then `pdftoppm -png` it.
             if let Ok(path) = std::env::var("PEAGE_PDF_OUT") {
@@ -176,21 +144,31 @@ async fn a_coupon_for_three_periods_discounts_three_invoices_before_tax() {
     }
 
     // Attached through the API: now, so this period's upcoming invoice takes it.
-    let (_, other) = call(
-        "POST",
-        "/v1/partners".into(),
-        json!({"name": "Hooli", "plan": "monthly"}),
-    )
-    .await;
+    let (_, other) = served
+        .call(
+            "POST",
+            "/v1/partners".into(),
+            json!({"name": "Hooli", "plan": "monthly"}),
+        )
+        .await;
     let oid = other["id"].as_str().unwrap().to_string();
     let five_eur = json!({"code": "FIVE", "name": "5 off", "discount": {"type": "amount", "amount": "5", "currency": "EUR"}, "duration": {"every": "once"}});
-    assert_eq!(call("POST", "/v1/coupons".into(), five_eur).await.0, 201);
+    assert_eq!(
+        served.call("POST", "/v1/coupons".into(), five_eur).await.0,
+        201
+    );
     let five_usd = json!({"code": "FIVEUSD", "name": "5 off", "discount": {"type": "amount", "amount": "5", "currency": "USD"}, "duration": {"every": "forever"}});
-    assert_eq!(call("POST", "/v1/coupons".into(), five_usd).await.0, 201);
+    assert_eq!(
+        served.call("POST", "/v1/coupons".into(), five_usd).await.0,
+        201
+    );
     let expired = json!({"code": "OLD", "name": "old", "discount": {"type": "percent", "rate": "0.5"}, "duration": {"every": "once"}, "expires_at": "2020-01-01T00:00:00Z"});
-    assert_eq!(call("POST", "/v1/coupons".into(), expired).await.0, 201);
+    assert_eq!(
+        served.call("POST", "/v1/coupons".into(), expired).await.0,
+        201
+    );
     let attach = |code: &str| {
-        call(
+        served.call(
             "POST",
             format!("/v1/partners/{oid}/coupons"),
             json!({"code": code}),
@@ -206,41 +184,45 @@ async fn a_coupon_for_three_periods_discounts_three_invoices_before_tax() {
         assert!(e["detail"].as_str().unwrap().contains(says), "{e}");
     }
     assert_eq!(attach("NOPE").await.0, 404);
-    let (_, up) = call(
-        "GET",
-        format!("/v1/partners/{oid}/invoices/upcoming"),
-        Value::Null,
-    )
-    .await;
+    let (_, up) = served
+        .call(
+            "GET",
+            format!("/v1/partners/{oid}/invoices/upcoming"),
+            Value::Null,
+        )
+        .await;
     let lines = up["invoice"]["lines"].as_array().unwrap();
     let d = lines.iter().find(|l| l["kind"] == "discount").unwrap();
     assert_eq!(d["amount"], "-5.00", "{up}");
     // Removed, it discounts nothing more; the list keeps it, removed.
     let id = a["id"].as_str().unwrap();
-    let (s, removed) = call(
-        "DELETE",
-        format!("/v1/partners/{oid}/coupons/{id}"),
-        Value::Null,
-    )
-    .await;
+    let (s, removed) = served
+        .call(
+            "DELETE",
+            format!("/v1/partners/{oid}/coupons/{id}"),
+            Value::Null,
+        )
+        .await;
     assert_eq!(s, 200, "{removed}");
     assert!(removed["removed_at"].is_string());
     assert_eq!(
-        call(
-            "DELETE",
-            format!("/v1/partners/{oid}/coupons/{id}"),
-            Value::Null
-        )
-        .await
-        .0,
+        served
+            .call(
+                "DELETE",
+                format!("/v1/partners/{oid}/coupons/{id}"),
+                Value::Null
+            )
+            .await
+            .0,
         409
     );
-    let (_, up) = call(
-        "GET",
-        format!("/v1/partners/{oid}/invoices/upcoming"),
-        Value::Null,
-    )
-    .await;
+    let (_, up) = served
+        .call(
+            "GET",
+            format!("/v1/partners/{oid}/invoices/upcoming"),
+            Value::Null,
+        )
+        .await;
     assert!(
         up["invoice"]["lines"]
             .as_array()
@@ -249,8 +231,10 @@ async fn a_coupon_for_three_periods_discounts_three_invoices_before_tax() {
             .all(|l| l["kind"] != "discount"),
         "{up}"
     );
-    let (_, listed) = call("GET", format!("/v1/partners/{oid}/coupons"), Value::Null).await;
+    let (_, listed) = served
+        .call("GET", format!("/v1/partners/{oid}/coupons"), Value::Null)
+        .await;
     assert_eq!(listed["coupons"].as_array().unwrap().len(), 1, "{listed}");
-    let (_, all) = call("GET", "/v1/coupons".into(), Value::Null).await;
+    let (_, all) = served.call("GET", "/v1/coupons".into(), Value::Null).await;
     assert_eq!(all["coupons"].as_array().unwrap().len(), 4, "{all}");
 }

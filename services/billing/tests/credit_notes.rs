@@ -6,7 +6,6 @@ use chrono::{Datelike, TimeZone, Utc};
 use serde_json::{json, Value};
 
 mod support;
-use support::TOKEN;
 
 const CATALOG: &str = r#"
 [[meter]]
@@ -26,41 +25,13 @@ charges = [{ meter = "calls", model = "per_unit", unit_price = "0.01" }]
 #[tokio::test]
 async fn partial_credit_notes_on_a_finalized_invoice() {
     let served = support::serve(CATALOG).await;
-    let client = reqwest::Client::new();
-    let raw = |path: String| {
-        let client = client.clone();
-        let url = format!("{}{path}", served.base);
-        async move {
-            let r = client.get(&url).bearer_auth(TOKEN).send().await.unwrap();
-            let ct = r
-                .headers()
-                .get("content-type")
-                .map(|v| v.to_str().unwrap().to_string())
-                .unwrap_or_default();
-            (r.status().as_u16(), ct, r.bytes().await.unwrap().to_vec())
-        }
-    };
-    let call = |method: &'static str, path: String, body: Value| {
-        let client = client.clone();
-        let url = format!("{}{path}", served.base);
-        async move {
-            let mut req = client
-                .request(method.parse().unwrap(), &url)
-                .bearer_auth(TOKEN);
-            if !body.is_null() {
-                req = req.json(&body);
-            }
-            let r = req.send().await.unwrap();
-            let status = r.status().as_u16();
-            (status, r.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
-    let (_, partner) = call(
-        "POST",
-        "/v1/partners".into(),
-        json!({"name": "Initech", "plan": "monthly"}),
-    )
-    .await;
+    let (_, partner) = served
+        .call(
+            "POST",
+            "/v1/partners".into(),
+            json!({"name": "Initech", "plan": "monthly"}),
+        )
+        .await;
     let pid = partner["id"].as_str().unwrap().to_string();
     // On the plan since the start of last month: last month's invoice is 100.00 + VAT 20.00.
     let now = Utc::now();
@@ -70,43 +41,34 @@ async fn partial_credit_notes_on_a_finalized_invoice() {
     let last_month = (this_month - chrono::Duration::days(1))
         .with_day(1)
         .unwrap();
-    served
-        .store
-        .change_subscription(
-            &pid.parse().unwrap(),
-            &peage_billing_store::Subscription {
-                plan_id: "monthly".into(),
-                plan_version: partner["subscription"]["plan_version"]
-                    .as_str()
-                    .unwrap()
-                    .into(),
-                started_at: last_month,
-                ended_at: None,
-            },
+    served.on_plan_since(&partner, last_month).await;
+    let (s, hook) = served
+        .call(
+            "POST",
+            "/v1/webhooks".into(),
+            json!({"url": "https://hooks.example.com/peage", "events": ["credit_note.created"]}),
         )
-        .await
-        .unwrap();
-    let (s, hook) = call(
-        "POST",
-        "/v1/webhooks".into(),
-        json!({"url": "https://hooks.example.com/peage", "events": ["credit_note.created"]}),
-    )
-    .await;
+        .await;
     assert_eq!(s, 201, "{hook}");
     let label = last_month.format("%Y-%m").to_string();
-    call("POST", "/v1/invoices/run".into(), json!({"period": label})).await;
-    let (_, list) = call(
-        "GET",
-        format!("/v1/invoices?period={label}&partner_id={pid}"),
-        Value::Null,
-    )
-    .await;
+    served
+        .call("POST", "/v1/invoices/run".into(), json!({"period": label}))
+        .await;
+    let (_, list) = served
+        .call(
+            "GET",
+            format!("/v1/invoices?period={label}&partner_id={pid}"),
+            Value::Null,
+        )
+        .await;
     let id = list["invoices"][0]["id"].as_str().unwrap().to_string();
-    let note = |body: Value| call("POST", format!("/v1/invoices/{id}/credit-notes"), body);
+    let note = |body: Value| served.call("POST", format!("/v1/invoices/{id}/credit-notes"), body);
     // A draft takes no note.
     let (s, e) = note(json!({"reason": "x", "method": "refund", "amount": "1"})).await;
     assert_eq!(s, 409, "{e}");
-    let (s, fin) = call("POST", format!("/v1/invoices/{id}/finalize"), Value::Null).await;
+    let (s, fin) = served
+        .call("POST", format!("/v1/invoices/{id}/finalize"), Value::Null)
+        .await;
     assert_eq!(s, 200, "{fin}");
 
     // 25.00 of the base fee, credited to the balance: 30.00 with VAT.
@@ -116,7 +78,9 @@ async fn partial_credit_notes_on_a_finalized_invoice() {
     assert_eq!(s, 201, "{first}");
     assert_eq!(first["number"], format!("PEAGE-CN-{}-000001", now.year()));
     assert_eq!(first["note"]["total"], "30.00");
-    let (_, credits) = call("GET", format!("/v1/partners/{pid}/credits"), Value::Null).await;
+    let (_, credits) = served
+        .call("GET", format!("/v1/partners/{pid}/credits"), Value::Null)
+        .await;
     assert!(credits.to_string().contains("30.00"), "{credits}");
     // More than is left is refused, saying how much is left; then 75.00 refunded.
     let (s, e) = note(json!({"reason": "goodwill", "method": "refund", "amount": "80"})).await;
@@ -131,12 +95,13 @@ async fn partial_credit_notes_on_a_finalized_invoice() {
     let (s, second) = note(json!({"reason": "goodwill", "method": "refund", "amount": "75"})).await;
     assert_eq!(s, 201, "{second}");
     assert_eq!(second["number"], format!("PEAGE-CN-{}-000002", now.year()));
-    let (_, notes) = call(
-        "GET",
-        format!("/v1/invoices/{id}/credit-notes"),
-        Value::Null,
-    )
-    .await;
+    let (_, notes) = served
+        .call(
+            "GET",
+            format!("/v1/invoices/{id}/credit-notes"),
+            Value::Null,
+        )
+        .await;
     assert_eq!(notes["credit_notes"].as_array().unwrap().len(), 2);
     assert_eq!(
         (notes["credited"].as_str(), notes["left_due"].as_str()),
@@ -146,35 +111,44 @@ async fn partial_credit_notes_on_a_finalized_invoice() {
 
     // Exports of one note.
     let cn = first["id"].as_str().unwrap();
-    let (s, ct, csv) = raw(format!("/v1/credit-notes/{cn}?format=csv")).await;
+    let (s, ct, csv) = served
+        .raw(format!("/v1/credit-notes/{cn}?format=csv"))
+        .await;
     assert_eq!((s, ct.as_str()), (200, "text/csv; charset=utf-8"));
     let csv = String::from_utf8(csv).unwrap();
     assert!(csv.contains(",line,Monthly: base fee,25.00,EUR"), "{csv}");
     assert!(csv.contains(",total,total credited,30.00,EUR"), "{csv}");
-    let (s, ct, pdf) = raw(format!("/v1/credit-notes/{cn}?format=pdf")).await;
+    let (s, ct, pdf) = served
+        .raw(format!("/v1/credit-notes/{cn}?format=pdf"))
+        .await;
     assert_eq!((s, ct.as_str()), (200, "application/pdf"));
     assert!(pdf.starts_with(b"%PDF-"));
     // To look at it: PEAGE_PDF_OUT=/tmp/credit-note.pdf, then `pdftoppm -png` it.
     if let Ok(path) = std::env::var("PEAGE_PDF_OUT") {
         std::fs::write(path, &pdf).unwrap();
     }
-    let (s, _, json) = raw(format!("/v1/credit-notes/{cn}")).await;
+    let (s, _, json) = served.raw(format!("/v1/credit-notes/{cn}")).await;
     assert_eq!(s, 200);
     let json: Value = serde_json::from_slice(&json).unwrap();
     assert_eq!(json["note"]["reason"], "outage on the 12th");
     assert_eq!(
-        raw("/v1/credit-notes/cn_00000000000000000000".into())
+        served
+            .raw("/v1/credit-notes/cn_00000000000000000000".into())
             .await
             .0,
         404
     );
-    let (s, _, all) = raw(format!("/v1/invoices/{id}/credit-notes?format=csv")).await;
+    let (s, _, all) = served
+        .raw(format!("/v1/invoices/{id}/credit-notes?format=csv"))
+        .await;
     assert_eq!(s, 200);
     let all = String::from_utf8(all).unwrap();
     assert_eq!(all.matches(",total,total credited,").count(), 2, "{all}");
 
     // Each note queued its webhook.
-    let (_, deliveries) = call("GET", "/v1/webhooks/deliveries".into(), Value::Null).await;
+    let (_, deliveries) = served
+        .call("GET", "/v1/webhooks/deliveries".into(), Value::Null)
+        .await;
     let kinds: Vec<&str> = deliveries["deliveries"]
         .as_array()
         .unwrap()

@@ -2,17 +2,12 @@
 //! leaves the upcoming invoice, and once its period is finalized it becomes an adjustment on
 //! the next invoice; raw events stay.
 
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
-
 use chrono::{Datelike, TimeDelta, TimeZone, Utc};
-use peage_billing::service::events::EventsIntake;
 use peage_usage_store::UsageStore;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
 mod support;
-use support::{StoreDirectly, TOKEN};
 
 const CATALOG: &str = r#"
 [[meter]]
@@ -37,58 +32,23 @@ fn d(s: &str) -> Decimal {
 #[tokio::test]
 async fn a_cancelled_event_leaves_the_invoice_and_after_finalization_becomes_an_adjustment() {
     let served = support::serve(CATALOG).await;
-    assert!(served.api.take_events(EventsIntake {
-        sink: Arc::new(StoreDirectly(served.usage.clone(), AtomicU64::new(0))),
-        window: Default::default(),
-        max_events: 1000,
-        max_bytes: 1 << 20,
-    }));
-    let client = reqwest::Client::new();
-    let call = |method: &'static str, path: String, body: Value| {
-        let client = client.clone();
-        let url = format!("{}{path}", served.base);
-        async move {
-            let r = client
-                .request(method.parse().unwrap(), &url)
-                .bearer_auth(TOKEN)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            (status, r.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
+    served.store_events_directly();
     // A partner on the plan since the start of last month.
     let now = Utc::now();
     let this_month = Utc
         .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
         .unwrap();
     let last_month = (this_month - TimeDelta::days(1)).with_day(1).unwrap();
-    let (s, partner) = call(
-        "POST",
-        "/v1/partners".into(),
-        json!({"name": "Initech", "plan": "llm", "external_id": "cust-7"}),
-    )
-    .await;
+    let (s, partner) = served
+        .call(
+            "POST",
+            "/v1/partners".into(),
+            json!({"name": "Initech", "plan": "llm", "external_id": "cust-7"}),
+        )
+        .await;
     assert_eq!(s, 201, "{partner}");
     let pid = partner["id"].as_str().unwrap().to_string();
-    served
-        .store
-        .change_subscription(
-            &pid.parse().unwrap(),
-            &peage_billing_store::Subscription {
-                plan_id: "llm".into(),
-                plan_version: partner["subscription"]["plan_version"]
-                    .as_str()
-                    .unwrap()
-                    .into(),
-                started_at: last_month,
-                ended_at: None,
-            },
-        )
-        .await
-        .unwrap();
+    served.on_plan_since(&partner, last_month).await;
     // Last month (its last hour: inside the 35-day window whatever today is), and this month.
     let late_last_month = this_month - TimeDelta::hours(1);
     let event = |id: &str, tokens: u32, at: chrono::DateTime<Utc>| {
@@ -102,28 +62,33 @@ async fn a_cancelled_event_leaves_the_invoice_and_after_finalization_becomes_an_
         event("d", 50, now),
         event("e", 70, now),
     ]);
-    let (s, out) = call("POST", "/v1/events".into(), batch).await;
+    let (s, out) = served.call("POST", "/v1/events".into(), batch).await;
     assert_eq!((s, out["accepted"].as_u64()), (200, Some(5)), "{out}");
 
     // Last month's invoice: 600 tokens at 0.01 = 6.00, finalized.
     let period = last_month.format("%Y-%m").to_string();
-    let (s, run) = call("POST", "/v1/invoices/run".into(), json!({"period": period})).await;
+    let (s, run) = served
+        .call("POST", "/v1/invoices/run".into(), json!({"period": period}))
+        .await;
     assert_eq!(s, 200, "{run}");
-    let (_, list) = call(
-        "GET",
-        format!("/v1/invoices?period={period}&partner_id={pid}"),
-        Value::Null,
-    )
-    .await;
+    let (_, list) = served
+        .call(
+            "GET",
+            format!("/v1/invoices?period={period}&partner_id={pid}"),
+            Value::Null,
+        )
+        .await;
     let invoice = list["invoices"][0].clone();
     assert_eq!(invoice["invoice"]["total"], "6.00", "{invoice}");
     let id = invoice["id"].as_str().unwrap().to_string();
-    let (s, fin) = call("POST", format!("/v1/invoices/{id}/finalize"), Value::Null).await;
+    let (s, fin) = served
+        .call("POST", format!("/v1/invoices/{id}/finalize"), Value::Null)
+        .await;
     assert_eq!(s, 200, "{fin}");
 
     // Cancel b (last month, finalized) and e (this month); an unknown id and a partner that
     // does not exist are refused, naming why; cancelling again is a duplicate.
-    let cancel = |c: Value| call("POST", "/v1/events/cancellations".into(), c);
+    let cancel = |c: Value| served.call("POST", "/v1/events/cancellations".into(), c);
     let (s, out) = cancel(json!([
         {"subject": "cust-7", "source": "/llm", "id": "b"},
         {"subject": pid, "source": "/llm", "id": "e"},
@@ -174,12 +139,13 @@ async fn a_cancelled_event_leaves_the_invoice_and_after_finalization_becomes_an_
 
     // This month's upcoming invoice: 50 tokens (e is cancelled) = 0.50, and an adjustment of
     // -2.00 for b on last month's finalized invoice.
-    let (_, up) = call(
-        "GET",
-        format!("/v1/partners/{pid}/invoices/upcoming"),
-        Value::Null,
-    )
-    .await;
+    let (_, up) = served
+        .call(
+            "GET",
+            format!("/v1/partners/{pid}/invoices/upcoming"),
+            Value::Null,
+        )
+        .await;
     let lines = up["invoice"]["lines"].as_array().unwrap();
     let usage_line = lines.iter().find(|l| l["meter"] == "tokens").unwrap();
     assert_eq!(usage_line["quantity"], "50", "{up}");
@@ -188,6 +154,8 @@ async fn a_cancelled_event_leaves_the_invoice_and_after_finalization_becomes_an_
     assert_eq!(adj[0]["amount"], "-2.00", "{up}");
     assert_eq!(adj[0]["adjusts"]["invoice_id"], id.as_str(), "{up}");
     // The finalized invoice itself is unchanged.
-    let (_, fin) = call("GET", format!("/v1/invoices/{id}"), Value::Null).await;
+    let (_, fin) = served
+        .call("GET", format!("/v1/invoices/{id}"), Value::Null)
+        .await;
     assert_eq!(fin["invoice"]["total"], "6.00", "{fin}");
 }

@@ -2,15 +2,10 @@
 //! events posted to `POST /v1/events`, and the upcoming invoice, for each published worked
 //! example (docs/pricing.md).
 
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
-
 use chrono::Utc;
-use peage_billing::service::events::EventsIntake;
 use serde_json::{json, Value};
 
 mod support;
-use support::{StoreDirectly, TOKEN};
 
 const CATALOG: &str = r#"
 [[meter]]
@@ -70,34 +65,14 @@ charges = [
 #[tokio::test]
 async fn lagos_worked_examples_price_through_the_control_api() {
     let served = support::serve(CATALOG).await;
-    assert!(served.api.take_events(EventsIntake {
-        sink: Arc::new(StoreDirectly(served.usage.clone(), AtomicU64::new(0))),
-        window: Default::default(),
-        max_events: 1000,
-        max_bytes: 1 << 20,
-    }));
-    let client = reqwest::Client::new();
-    let call = |method: &'static str, path: String, body: Value| {
-        let client = client.clone();
-        let url = format!("{}{path}", served.base);
-        async move {
-            let r = client
-                .request(method.parse().unwrap(), &url)
-                .bearer_auth(TOKEN)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            (status, r.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
-    let (s, partner) = call(
-        "POST",
-        "/v1/partners".into(),
-        json!({"name": "Payco", "plan": "fintech", "external_id": "payco"}),
-    )
-    .await;
+    served.store_events_directly();
+    let (s, partner) = served
+        .call(
+            "POST",
+            "/v1/partners".into(),
+            json!({"name": "Payco", "plan": "fintech", "external_id": "payco"}),
+        )
+        .await;
     assert_eq!(s, 201, "{partner}");
     let pid = partner["id"].as_str().unwrap().to_string();
     let now = Utc::now().to_rfc3339();
@@ -132,15 +107,16 @@ async fn lagos_worked_examples_price_through_the_control_api() {
             json!({"price": 1.2, "model": "large"})
         ),
     ]);
-    let (s, out) = call("POST", "/v1/events".into(), batch).await;
+    let (s, out) = served.call("POST", "/v1/events".into(), batch).await;
     assert_eq!((s, out["accepted"].as_u64()), (200, Some(11)), "{out}");
 
-    let (s, up) = call(
-        "GET",
-        format!("/v1/partners/{pid}/invoices/upcoming"),
-        Value::Null,
-    )
-    .await;
+    let (s, up) = served
+        .call(
+            "GET",
+            format!("/v1/partners/{pid}/invoices/upcoming"),
+            Value::Null,
+        )
+        .await;
     assert_eq!(s, 200, "{up}");
     let lines: Vec<(String, String)> = up["invoice"]["lines"]
         .as_array()

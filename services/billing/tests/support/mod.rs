@@ -140,3 +140,76 @@ impl peage_billing::service::events::UsageEventSink for StoreDirectly {
             .map_err(|e| peage_billing::service::events::SinkRefused(e.to_string()))
     }
 }
+
+// Each test crate uses its own subset of these.
+#[allow(dead_code)]
+impl Served {
+    /// A call with the admin token: the status and the JSON answer (`Null` when there is none).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: String,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let mut req = reqwest::Client::new()
+            .request(method.parse().unwrap(), format!("{}{path}", self.base))
+            .bearer_auth(TOKEN);
+        if !body.is_null() {
+            req = req.json(&body);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// A GET with the admin token answered as bytes: status, content type, body.
+    pub async fn raw(&self, path: String) -> (u16, String, Vec<u8>) {
+        let r = reqwest::Client::new()
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        (r.status().as_u16(), ct, r.bytes().await.unwrap().to_vec())
+    }
+
+    /// Puts `partner` (as `POST /v1/partners` answered it) on its plan since `start`, through
+    /// the store: the API starts subscriptions now.
+    pub async fn on_plan_since(&self, partner: &serde_json::Value, start: DateTime<Utc>) {
+        self.store
+            .change_subscription(
+                &partner["id"].as_str().unwrap().parse().unwrap(),
+                &peage_billing_store::Subscription {
+                    plan_id: partner["subscription"]["plan_id"].as_str().unwrap().into(),
+                    plan_version: partner["subscription"]["plan_version"]
+                        .as_str()
+                        .unwrap()
+                        .into(),
+                    started_at: start,
+                    ended_at: None,
+                },
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Lets `POST /v1/events` store accepted events at once, as the aggregator would.
+    pub fn store_events_directly(&self) {
+        assert!(self
+            .api
+            .take_events(peage_billing::service::events::EventsIntake {
+                sink: Arc::new(StoreDirectly(
+                    self.usage.clone(),
+                    std::sync::atomic::AtomicU64::new(0)
+                )),
+                window: Default::default(),
+                max_events: 1000,
+                max_bytes: 1 << 20,
+            }));
+    }
+}
