@@ -1137,11 +1137,11 @@ async fn a_hard_quota_shared_by_three_gateways_allows_at_most_its_limit() {
     servers_up();
     const L: usize = 3000;
     let s = Setup::with_catalog(KAFKA, |c| {
-        let soft = "quotas = [{ meter = \"calls\", limit = 100000, kind = \"soft\" }]";
+        let soft = "{ meter = \"calls\", limit = 100000, kind = \"soft\" }";
         assert!(c.contains(soft));
         c.replace(
             soft,
-            &format!("quotas = [{{ meter = \"calls\", limit = {L}, kind = \"hard\" }}]"),
+            &format!("{{ meter = \"calls\", limit = {L}, kind = \"hard\" }}"),
         )
     })
     .await;

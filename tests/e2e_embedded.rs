@@ -543,9 +543,9 @@ fn limits_catalog(data: &Path) {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("src/demo-catalog.toml"),
     )
     .unwrap();
-    let hard = "quotas = [{ meter = \"calls\", limit = 30, kind = \"hard\" }]";
+    let hard = "{ meter = \"calls\", limit = 30, kind = \"hard\" }";
     let catalog = demo_catalog.replace(
-        "quotas = [{ meter = \"calls\", limit = 100000, kind = \"soft\" }]",
+        "{ meter = \"calls\", limit = 100000, kind = \"soft\" }",
         hard,
     );
     assert!(catalog.contains(hard));
