@@ -108,6 +108,8 @@ struct EntryState {
     shadow: bool,
     /// The near-limit fraction, and whether a call of this period crossed it here already.
     near_fraction: Decimal,
+    /// `limit × near_fraction`, worked out when a lease sets the limit rather than per call.
+    near_threshold: Decimal,
     near_signalled: bool,
     balance: Decimal,
     limit: Decimal,
@@ -150,7 +152,7 @@ impl EntryState {
         if self.near_signalled || self.limit <= Decimal::ZERO || self.resets_at.is_none() {
             return false;
         }
-        let threshold = self.limit * self.near_fraction;
+        let threshold = self.near_threshold;
         let used = self.limit - self.remaining - self.balance.max(Decimal::ZERO);
         if used >= threshold && used - taken < threshold {
             self.near_signalled = true;
@@ -330,6 +332,7 @@ impl Quotas {
                     kind: d.kind,
                     shadow: d.shadow,
                     near_fraction: d.near_fraction,
+                    near_threshold: Decimal::ZERO,
                     near_signalled: false,
                     balance: Decimal::ZERO,
                     limit: Decimal::ZERO,
@@ -588,6 +591,10 @@ impl Quotas {
         }
         s.kind = lease.kind;
         s.shadow = lease.shadow;
+        s.near_threshold = lease
+            .limit
+            .checked_mul(s.near_fraction)
+            .unwrap_or(lease.limit);
         s.limit = lease.limit;
         s.remaining = lease.remaining;
         s.decision = lease.decision;
