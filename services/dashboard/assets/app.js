@@ -453,17 +453,19 @@
     const status = h('div', { role: 'status', 'aria-live': 'polite' });
     const problem = (e) => status.replaceChildren(h('p', { class: 'error', role: 'alert', text: e.message }));
     panel.append(list, status);
-    api(`/v1/partners/${pid}/coupons`).then(({ coupons }) => {
+    api(`/v1/partners/${pid}/coupons`).then(({ coupons: all }) => {
+      // Partners see the coupons they have; staff see the history too.
+      const coupons = mayAct() ? all : all.filter((pc) => !pc.removed_at);
       if (!coupons.length) {
         if (!mayAct()) { panel.hidden = true; return; }
         list.replaceChildren(h('p', { class: 'muted', text: 'No coupon.' }));
         return;
       }
-      list.replaceChildren(table(['Code', 'Discount', 'For', 'Attached', 'State', ''], coupons.map((pc) => h('tr', {},
+      list.replaceChildren(table(['Code', 'Discount', 'For', ['Attached', 'hide-narrow'], 'State', ''], coupons.map((pc) => h('tr', {},
         h('td', { class: 'mono', text: pc.coupon.code }),
         h('td', { text: couponDiscount(pc.coupon) }),
         h('td', { text: couponLasts(pc.coupon) }),
-        h('td', { text: when(pc.attached_at, undefined, true) }),
+        h('td', { class: 'hide-narrow', text: when(pc.attached_at, undefined, true) }),
         h('td', {}, pc.removed_at ? badge('removed', 'void') : badge('active', 'ok')),
         h('td', {}, mayAct() && !pc.removed_at ? h('button', { type: 'button', class: 'secondary', 'aria-label': `Remove coupon ${pc.coupon.code}`, text: 'Remove', onclick: async () => {
           if (!confirm(`Remove ${pc.coupon.code}? It stops discounting this period; finalized invoices keep theirs.`)) return;
