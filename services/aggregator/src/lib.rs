@@ -880,6 +880,7 @@ mod tests {
                 value: Some("tokens".into()),
                 filter: Default::default(),
                 group_by: vec![],
+                recurring: false,
             }),
         };
         let q = UsageQuery {

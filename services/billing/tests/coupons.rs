@@ -2,10 +2,10 @@
 //! partners with the checks finance needs, and taken off the invoices of the periods they
 //! cover, before tax.
 
-use chrono::{Datelike, TimeZone, Utc};
 use serde_json::{json, Value};
 
 mod support;
+use support::month_start;
 
 const CATALOG: &str = r#"
 [[meter]]
@@ -28,14 +28,6 @@ currency = "USD"
 period = { every = "month", anchor_day = 1 }
 base_fee = "10.00"
 "#;
-
-/// The first day of the month `back` months before this one, UTC.
-fn month_start(back: i32) -> chrono::DateTime<Utc> {
-    let now = Utc::now();
-    let months = now.year() * 12 + now.month0() as i32 - back;
-    Utc.with_ymd_and_hms(months / 12, (months % 12) as u32 + 1, 1, 0, 0, 0)
-        .unwrap()
-}
 
 #[tokio::test]
 async fn a_coupon_for_three_periods_discounts_three_invoices_before_tax() {
@@ -96,18 +88,8 @@ async fn a_coupon_for_three_periods_discounts_three_invoices_before_tax() {
     // before and the one after do not.
     for (back, discounted) in [(5, false), (4, true), (3, true), (2, true), (1, false)] {
         let label = month_start(back).format("%Y-%m").to_string();
-        let (s, run) = served
-            .call("POST", "/v1/invoices/run".into(), json!({"period": label}))
-            .await;
-        assert_eq!(s, 200, "{run}");
-        let (_, list) = served
-            .call(
-                "GET",
-                format!("/v1/invoices?period={label}&partner_id={pid}"),
-                Value::Null,
-            )
-            .await;
-        let inv = &list["invoices"][0]["invoice"];
+        let entry = served.invoice_of_period(&label, &pid).await;
+        let inv = &entry["invoice"];
         let discount: Vec<&Value> = inv["lines"]
             .as_array()
             .unwrap()
@@ -116,7 +98,7 @@ async fn a_coupon_for_three_periods_discounts_three_invoices_before_tax() {
             .collect();
         if back == 4 {
             // Finalized, its PDF shows the discount line like any other.
-            let id = list["invoices"][0]["id"].as_str().unwrap();
+            let id = entry["id"].as_str().unwrap();
             let (s, fin) = served
                 .call("POST", format!("/v1/invoices/{id}/finalize"), Value::Null)
                 .await;

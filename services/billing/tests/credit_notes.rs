@@ -51,17 +51,10 @@ async fn partial_credit_notes_on_a_finalized_invoice() {
         .await;
     assert_eq!(s, 201, "{hook}");
     let label = last_month.format("%Y-%m").to_string();
-    served
-        .call("POST", "/v1/invoices/run".into(), json!({"period": label}))
-        .await;
-    let (_, list) = served
-        .call(
-            "GET",
-            format!("/v1/invoices?period={label}&partner_id={pid}"),
-            Value::Null,
-        )
-        .await;
-    let id = list["invoices"][0]["id"].as_str().unwrap().to_string();
+    let id = served.invoice_of_period(&label, &pid).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let note = |body: Value| served.call("POST", format!("/v1/invoices/{id}/credit-notes"), body);
     // A draft takes no note.
     let (s, e) = note(json!({"reason": "x", "method": "refund", "amount": "1"})).await;

@@ -18,6 +18,9 @@ pub enum Aggregation {
     Max,
     UniqueCount,
     Latest,
+    /// Gauge readings weighted by how long each held (value × seconds), over meters of usage
+    /// events: the reading in force when the range starts is carried in (see [`crate::carry`]).
+    WeightedSum,
 }
 
 /// The event field a meter reads.
@@ -145,6 +148,11 @@ pub struct EventSelector {
     pub filter: BTreeMap<String, BTreeSet<String>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub group_by: Vec<String>,
+    /// `latest` and `unique_count` carried from one period to the next (seats): the latest
+    /// value before a range counts in it, and a unique value stays until an event with
+    /// `operation_type = "remove"` removes it ([`crate::carry`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recurring: bool,
 }
 
 impl EventSelector {
@@ -234,6 +242,14 @@ impl Meter {
         self.scale.map_or(raw, |s| raw.saturating_mul(s))
     }
 
+    /// Whether this meter reads events from before its range: a weighted sum (the reading in
+    /// force when the range starts) and a recurring meter (values carried across periods).
+    pub fn carries_over(&self) -> bool {
+        self.events
+            .as_ref()
+            .is_some_and(|s| s.recurring || self.aggregation == Aggregation::WeightedSum)
+    }
+
     pub fn accumulator(&self) -> MeterAccumulator<'_> {
         MeterAccumulator {
             meter: self,
@@ -287,6 +303,8 @@ impl Acc {
                     }
                 }
             }
+            // Time-weighted: [`crate::carry`] evaluates it from the readings.
+            Aggregation::WeightedSum => {}
         }
     }
 
@@ -308,21 +326,20 @@ impl Acc {
                     self.latest = Some((e.time, v));
                 }
             }
+            // Only over usage events (the catalog refuses it on call meters).
+            Aggregation::WeightedSum => {}
         }
     }
 
     fn value(&self, meter: &Meter) -> Decimal {
         let raw = match meter.aggregation {
             Aggregation::Count => Decimal::from(self.count),
-            Aggregation::Sum => self.sum,
+            Aggregation::Sum | Aggregation::WeightedSum => self.sum,
             Aggregation::Max => self.max.unwrap_or(Decimal::ZERO),
             Aggregation::UniqueCount => Decimal::from(self.unique.len() as u64),
             Aggregation::Latest => self.latest.map_or(Decimal::ZERO, |(_, v)| v),
         };
-        match meter.scale {
-            Some(s) => raw.saturating_mul(s).normalize(),
-            None => raw.normalize(),
-        }
+        scaled(meter, raw)
     }
 }
 
@@ -545,15 +562,54 @@ pub fn evaluate<'a>(
     accs.into_iter().map(MeterAccumulator::finish).collect()
 }
 
-/// Evaluates every meter over usage events: meters over events of their type, call meters
-/// zero, events cancelled by a cancellation record among `events` left out. Events whose data gives no properties count with none (a store checked them when they
+/// The range a meter of usage events is evaluated over: events in `[from, to)` count; a meter
+/// that carries over ([`Meter::carries_over`]) reads the earlier ones too. Weighted readings
+/// hold until `until` at the latest: the end of the range, or the present in a range that has
+/// not ended (a reading's future is not known yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+}
+
+impl Span {
+    /// A range that has ended.
+    pub fn new(from: DateTime<Utc>, to: DateTime<Utc>) -> Span {
+        Span {
+            from,
+            to,
+            until: to,
+        }
+    }
+
+    /// A range as it stands at `now`.
+    pub fn as_of(from: DateTime<Utc>, to: DateTime<Utc>, now: DateTime<Utc>) -> Span {
+        Span {
+            from,
+            to,
+            until: now.min(to).max(from),
+        }
+    }
+
+    pub fn contains(&self, t: DateTime<Utc>) -> bool {
+        self.from <= t && t < self.to
+    }
+}
+
+/// Evaluates every meter over usage events in `span`: meters over events of their type, call
+/// meters zero, events cancelled by a cancellation record among `events` left out. Events
+/// before the span count only for meters that carry over, events at or after its end for
+/// none. Events whose data gives no properties count with none (a store checked them when they
 /// came in).
 pub fn evaluate_usage_events<'a>(
     meters: &[Meter],
     events: impl IntoIterator<Item = &'a UsageEvent>,
+    span: Span,
 ) -> Vec<MeterUsage> {
     let mut accs: Vec<(Acc, BTreeMap<Vec<String>, Acc>)> =
         meters.iter().map(|_| Default::default()).collect();
+    let mut readings: Vec<Vec<crate::carry::Reading>> = meters.iter().map(|_| Vec::new()).collect();
     // Cancelled events count for nothing (stores leave them out the same way).
     let events: Vec<&UsageEvent> = events.into_iter().collect();
     let cancelled: HashSet<(String, uuid::Uuid)> = events
@@ -561,19 +617,31 @@ pub fn evaluate_usage_events<'a>(
         .filter_map(|e| e.cancels().map(|k| (e.partner_id.clone(), k)))
         .collect();
     for e in events {
-        if cancelled.contains(&(e.partner_id.clone(), e.key)) {
+        if e.time >= span.to || cancelled.contains(&(e.partner_id.clone(), e.key)) {
             continue;
         }
+        let in_span = e.time >= span.from;
         if !meters.iter().any(|m| {
-            m.events
-                .as_ref()
-                .is_some_and(|s| s.event_type == e.event_type)
+            (in_span || m.carries_over())
+                && m.events
+                    .as_ref()
+                    .is_some_and(|s| s.event_type == e.event_type)
         }) {
             continue;
         }
         let props = e.properties().unwrap_or_default();
-        for (m, (total, groups)) in meters.iter().zip(&mut accs) {
+        for (i, m) in meters.iter().enumerate() {
             let Some(sel) = &m.events else { continue };
+            if m.carries_over() {
+                if sel.matches(e, &props) {
+                    readings[i].extend(crate::carry::Reading::of(m, sel, e, &props));
+                }
+                continue;
+            }
+            if !in_span {
+                continue;
+            }
+            let (total, groups) = &mut accs[i];
             let value = sel.value.as_deref();
             // An event without the value counts for `count` only: it is in no group either.
             let has_value = match (m.aggregation, value) {
@@ -601,24 +669,41 @@ pub fn evaluate_usage_events<'a>(
     }
     meters
         .iter()
-        .zip(accs)
-        .map(|(m, (total, groups))| MeterUsage {
-            meter: m.name.clone(),
-            quantity: total.value(m),
-            groups: groups
-                .iter()
-                .map(|(key, acc)| MeterGroup {
-                    dimensions: m
-                        .events
-                        .iter()
-                        .flat_map(|s| s.group_by.iter().cloned())
-                        .zip(key.iter().cloned())
-                        .collect(),
-                    quantity: acc.value(m),
-                })
-                .collect(),
+        .zip(accs.into_iter().zip(readings))
+        .map(|(m, ((total, groups), readings))| {
+            if m.carries_over() {
+                return crate::carry::evaluate(m, readings, span);
+            }
+            MeterUsage {
+                meter: m.name.clone(),
+                quantity: total.value(m),
+                groups: groups
+                    .iter()
+                    .map(|(key, acc)| MeterGroup {
+                        dimensions: group_dimensions(m, key),
+                        quantity: acc.value(m),
+                    })
+                    .collect(),
+            }
         })
         .collect()
+}
+
+/// A group of a meter of usage events: its `group_by` paths with the group's values.
+pub(crate) fn group_dimensions(m: &Meter, key: &[String]) -> BTreeMap<String, String> {
+    m.events
+        .iter()
+        .flat_map(|s| s.group_by.iter().cloned())
+        .zip(key.iter().cloned())
+        .collect()
+}
+
+/// The meter's scale applied to a raw quantity, normalized.
+pub(crate) fn scaled(m: &Meter, raw: Decimal) -> Decimal {
+    match m.scale {
+        Some(s) => raw.saturating_mul(s).normalize(),
+        None => raw.normalize(),
+    }
 }
 
 /// Every meter's usage from the two kinds of events: meters over usage events from `events`,
@@ -873,6 +958,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), [v.to_string()].into()))
                 .collect(),
             group_by: group.iter().map(|g| g.to_string()).collect(),
+            recurring: false,
         };
         let m = |name: &str, aggregation, events| {
             Meter {
@@ -901,7 +987,11 @@ mod tests {
             ),
             meter(Aggregation::Count, MeterField::Calls),
         ];
-        let u = evaluate_usage_events(&meters, &events);
+        let span = Span::new(
+            now - chrono::Duration::hours(1),
+            now + chrono::Duration::hours(1),
+        );
+        let u = evaluate_usage_events(&meters, &events, span);
         let q = |i: usize| u[i].quantity.to_string();
         assert_eq!(
             (q(0), q(1), q(2), q(3), q(4), q(5)),
@@ -925,7 +1015,7 @@ mod tests {
         );
         // 0.1 + 0.2 is exactly 0.3.
         assert_eq!(
-            evaluate_usage_events(&meters, &events[..2])[0]
+            evaluate_usage_events(&meters, &events[..2], span)[0]
                 .quantity
                 .to_string(),
             "0.3"

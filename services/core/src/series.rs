@@ -11,7 +11,7 @@ use chrono_tz::Tz;
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::meter::{evaluate_rollups, evaluate_usage_events, Meter, RollupRow};
+use crate::meter::{evaluate_rollups, evaluate_usage_events, Meter, RollupRow, Span};
 use crate::UsageEvent;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -162,14 +162,29 @@ pub fn buckets(
     Ok(out)
 }
 
-/// A meter of usage events per bucket: `edges` are the buckets' starts then the last one's
-/// end; each bucket is evaluated on its own, events outside every bucket are left out.
+/// A meter of usage events per bucket, as it stands at `now`: `edges` are the buckets' starts
+/// then the last one's end; each bucket is evaluated on its own. Events outside every bucket
+/// are left out, but for a meter that carries over, which reads the events before each bucket
+/// and is zero in buckets that have not started.
 pub fn event_meter_buckets<'a>(
     meter: &Meter,
     events: impl IntoIterator<Item = &'a UsageEvent>,
     edges: &[DateTime<Utc>],
+    now: DateTime<Utc>,
 ) -> Vec<Decimal> {
     let n = edges.len().saturating_sub(1);
+    if meter.carries_over() {
+        let events: Vec<&UsageEvent> = events.into_iter().collect();
+        return edges
+            .windows(2)
+            .map(|w| {
+                if w[0] >= now {
+                    return Decimal::ZERO;
+                }
+                event_meter_quantity(meter, events.iter().copied(), Span::as_of(w[0], w[1], now))
+            })
+            .collect();
+    }
     let mut per_bucket: Vec<Vec<&UsageEvent>> = vec![Vec::new(); n];
     for e in events {
         // The number of edges at or before the event: its bucket is the one starting at the last.
@@ -180,16 +195,18 @@ pub fn event_meter_buckets<'a>(
     }
     per_bucket
         .into_iter()
-        .map(|evs| event_meter_quantity(meter, evs))
+        .zip(edges.windows(2))
+        .map(|(evs, w)| event_meter_quantity(meter, evs, Span::as_of(w[0], w[1], now)))
         .collect()
 }
 
-/// One meter of usage events over `events` (those of other types left out).
+/// One meter of usage events over `span` (events of other types left out).
 pub fn event_meter_quantity<'a>(
     meter: &Meter,
     events: impl IntoIterator<Item = &'a UsageEvent>,
+    span: Span,
 ) -> Decimal {
-    evaluate_usage_events(std::slice::from_ref(meter), events)
+    evaluate_usage_events(std::slice::from_ref(meter), events, span)
         .into_iter()
         .next()
         .map_or(Decimal::ZERO, |u| u.quantity)

@@ -16,7 +16,7 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use clickhouse::{Client, Row};
 use peage_core::event::{UnitsError, UNITS_SCALE};
 use peage_core::meter::{combine, RollupRow};
-use peage_core::meter::{merge_event_meters, Aggregation, MeterGroup};
+use peage_core::meter::{evaluate_usage_events, merge_event_meters, Aggregation, MeterGroup, Span};
 use peage_core::{CallEvent, Env, Meter, MeterUsage, UsageEvent};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -176,6 +176,48 @@ fn event_selector(meter: &Meter) -> Result<&peage_core::meter::EventSelector, Us
 struct EventMeterRow {
     groups: Vec<String>,
     value: i128,
+}
+
+/// A stored usage event as read back ([`STORED_USAGE_COLUMNS`]).
+#[derive(Row, Deserialize)]
+struct StoredUsageRow {
+    /// Named apart from `key`: an alias would stand for the UUID column in the WHERE clause.
+    #[serde(rename = "key_text")]
+    key: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    time_us: i64,
+    id: String,
+    source: String,
+    subject: String,
+    digest: String,
+    cloudevent: String,
+}
+
+/// The columns [`StoredUsageRow`] reads.
+const STORED_USAGE_COLUMNS: &str =
+    "toString(key) AS key_text, type, time_us, id, source, subject, digest, cloudevent";
+
+impl StoredUsageRow {
+    fn into_event(self, partner_id: &str) -> Result<UsageEvent, UsageStoreError> {
+        let corrupt = |reason: String| UsageStoreError::Corrupt {
+            id: self.key.clone(),
+            reason,
+        };
+        Ok(UsageEvent {
+            key: Uuid::parse_str(&self.key).map_err(|e| corrupt(e.to_string()))?,
+            partner_id: partner_id.to_string(),
+            time: DateTime::from_timestamp_micros(self.time_us)
+                .ok_or_else(|| corrupt(format!("time_us {}", self.time_us)))?,
+            cloudevent: serde_json::value::RawValue::from_string(self.cloudevent.clone())
+                .map_err(|e| corrupt(format!("cloudevent: {e}")))?,
+            id: self.id,
+            source: self.source,
+            event_type: self.event_type,
+            subject: self.subject,
+            digest: self.digest,
+        })
+    }
 }
 
 #[derive(Row, Deserialize)]
@@ -658,6 +700,11 @@ impl ClickHouseUsageStore {
             groups: Vec::new(),
         };
         let sel = event_selector(meter)?;
+        if meter.carries_over() {
+            let events = self.carried_events(query, meter).await?;
+            let span = Span::as_of(query.from, query.to, Utc::now());
+            return Ok(evaluate_usage_events(std::slice::from_ref(meter), &events, span).remove(0));
+        }
         // No matching event: aggregates over nothing give one row of defaults without
         // GROUP BY, which is zero for every aggregation here.
         for (_, q) in self
@@ -683,6 +730,96 @@ impl ClickHouseUsageStore {
         Ok(usage)
     }
 
+    /// What a meter that carries over ([`Meter::carries_over`]) reads for the query's range:
+    /// its matching events in the range, and before it only the last one of each gauge (each
+    /// group; for a recurring `unique_count`, each group and value), which is all peage_core
+    /// needs to carry in. Cancelled events are left out of both, so the last one before the
+    /// range is the last that counts. Live only.
+    async fn carried_events(
+        &self,
+        query: &UsageQuery,
+        meter: &Meter,
+    ) -> Result<Vec<UsageEvent>, UsageStoreError> {
+        let sel = event_selector(meter)?;
+        if query.env != Env::Live {
+            return Ok(Vec::new());
+        }
+        let number = "number_values[indexOf(number_keys, ?)]";
+        let text = "text_values[indexOf(text_keys, ?)]";
+        let unique = meter.aggregation == Aggregation::UniqueCount;
+        // The events a meter reads: of its type, before the range's end, with the value,
+        // through the filters, not cancelled.
+        let mut matching = format!(
+            "partner_id = ? AND type = ? AND time <= toDateTime(?) AND time_us < ? AND has({}, ?)",
+            if unique { "text_keys" } else { "number_keys" }
+        );
+        for _ in &sel.filter {
+            matching.push_str(&format!(" AND has(?, {text})"));
+        }
+        matching.push_str(
+            " AND toString(key) NOT IN (SELECT text_values[indexOf(text_keys, 'cancels')] \
+             FROM usage_events WHERE partner_id = ? AND type = ?)",
+        );
+        let mut gauge: Vec<&str> = sel.group_by.iter().map(|_| text).collect();
+        // The last event of a gauge as peage_core orders them: by time, then value (then a
+        // removal after an addition).
+        let order = if unique {
+            gauge.push(text);
+            format!(
+                "text_values[indexOf(text_keys, '{}')] = '{}'",
+                peage_core::carry::OPERATION_PROPERTY,
+                peage_core::carry::REMOVE
+            )
+        } else {
+            number.to_string()
+        };
+        // One gauge without groups: no GROUP BY (an empty set still gives one row, of no key).
+        let group_clause = if gauge.is_empty() {
+            String::new()
+        } else {
+            format!(" GROUP BY [{}]", gauge.join(", "))
+        };
+        let sql = format!(
+            "SELECT {STORED_USAGE_COLUMNS} FROM usage_events WHERE {matching} AND (time_us >= ? OR toString(key) IN \
+             (SELECT argMax(toString(key), tuple(time_us, {order})) FROM usage_events \
+             WHERE {matching} AND time_us < ?{group_clause}))"
+        );
+        let value_path = sel.value.as_deref().unwrap_or_default();
+        let bind_matching = |mut q: clickhouse::query::Query| {
+            q = q
+                .bind(&query.partner_id)
+                .bind(&sel.event_type)
+                .bind(query.to.timestamp())
+                .bind(query.to.timestamp_micros())
+                .bind(value_path);
+            for (path, allowed) in &sel.filter {
+                let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
+                q = q.bind(allowed).bind(path);
+            }
+            q.bind(&query.partner_id)
+                .bind(peage_core::usage_event::CANCELLATION_TYPE)
+        };
+        let mut q = bind_matching(self.client.query(&sql)).bind(query.from.timestamp_micros());
+        if !unique {
+            q = q.bind(value_path);
+        }
+        q = bind_matching(q).bind(query.from.timestamp_micros());
+        for g in &sel.group_by {
+            q = q.bind(g);
+        }
+        if unique {
+            q = q.bind(value_path);
+        }
+        let rows = self
+            .traced(q)
+            .fetch_all::<StoredUsageRow>()
+            .await
+            .map_err(|e| ch(format!("meter {}", meter.name), e))?;
+        rows.into_iter()
+            .map(|r| r.into_event(&query.partner_id))
+            .collect()
+    }
+
     /// One SQL evaluation of an event meter over the query's range: `(split key, quantity)`
     /// rows, the split key being the group values, or the bucket index (1-based, as text).
     async fn event_meter_rows(
@@ -694,6 +831,12 @@ impl ClickHouseUsageStore {
         let sel = event_selector(meter)?;
         if query.env != Env::Live {
             return Ok(Vec::new());
+        }
+        if meter.carries_over() {
+            return Err(UsageStoreError::Config(format!(
+                "meter {} carries over: it is evaluated from its readings",
+                meter.name
+            )));
         }
         // Property lookups: `?` placeholders bound in order below.
         let number = "number_values[indexOf(number_keys, ?)]";
@@ -712,6 +855,8 @@ impl ClickHouseUsageStore {
                 format!("argMax({number}, tuple(time_us, {number}))"),
                 Some("number_keys"),
             ),
+            // Carries over: refused above.
+            Aggregation::WeightedSum => return Ok(Vec::new()),
         };
         let mut filters = String::new();
         for _ in &sel.filter {
@@ -1044,6 +1189,18 @@ impl UsageStore for ClickHouseUsageStore {
         let Some(query) = series_range(partner_id, edges) else {
             return Ok(series);
         };
+        if meter.carries_over() {
+            let events = self.carried_events(&query, meter).await?;
+            let now = Utc::now();
+            return Ok(MeterSeries {
+                values: peage_core::series::event_meter_buckets(meter, &events, edges, now),
+                total: peage_core::series::event_meter_quantity(
+                    meter,
+                    &events,
+                    Span::as_of(query.from, query.to, now),
+                ),
+            });
+        }
         let ends: Vec<i64> = edges[1..].iter().map(|t| t.timestamp_micros()).collect();
         for (key, q) in self
             .event_meter_rows(&query, meter, EventSplit::Buckets(&ends))
@@ -1110,53 +1267,26 @@ impl UsageStore for ClickHouseUsageStore {
         partner_id: &str,
         key: Uuid,
     ) -> Result<Option<UsageEvent>, UsageStoreError> {
-        #[derive(Row, Deserialize)]
-        struct Stored {
-            #[serde(rename = "type")]
-            event_type: String,
-            time_us: i64,
-            id: String,
-            source: String,
-            subject: String,
-            digest: String,
-            cloudevent: String,
-        }
         let q = self
             .client
-            .query(
-                "SELECT type, time_us, id, source, subject, digest, cloudevent FROM usage_events \
+            .query(&format!(
+                "SELECT {STORED_USAGE_COLUMNS} FROM usage_events \
                  WHERE partner_id = ? AND time IN (SELECT time FROM usage_event_keys \
-                 WHERE partner_id = ? AND key = toUUID(?)) AND key = toUUID(?) LIMIT 1",
-            )
+                 WHERE partner_id = ? AND key = toUUID(?)) AND key = toUUID(?) LIMIT 1"
+            ))
             .bind(partner_id)
             .bind(partner_id)
             .bind(key.to_string())
             .bind(key.to_string());
         let rows = self
             .traced(q)
-            .fetch_all::<Stored>()
+            .fetch_all::<StoredUsageRow>()
             .await
             .map_err(|e| ch("stored usage event", e))?;
-        let Some(r) = rows.into_iter().next() else {
-            return Ok(None);
-        };
-        let corrupt = |reason: String| UsageStoreError::Corrupt {
-            id: key.to_string(),
-            reason,
-        };
-        Ok(Some(UsageEvent {
-            key,
-            partner_id: partner_id.to_string(),
-            id: r.id,
-            source: r.source,
-            event_type: r.event_type,
-            subject: r.subject,
-            time: DateTime::from_timestamp_micros(r.time_us)
-                .ok_or_else(|| corrupt(format!("time_us {}", r.time_us)))?,
-            digest: r.digest,
-            cloudevent: serde_json::value::RawValue::from_string(r.cloudevent)
-                .map_err(|e| corrupt(format!("cloudevent: {e}")))?,
-        }))
+        rows.into_iter()
+            .next()
+            .map(|r| r.into_event(partner_id))
+            .transpose()
     }
 
     async fn stored_usage_digests(

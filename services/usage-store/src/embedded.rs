@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use peage_core::meter::{
-    combine, evaluate_usage_events, merge_event_meters, MeterAccumulator, RollupRow,
+    combine, evaluate_usage_events, merge_event_meters, MeterAccumulator, RollupRow, Span,
 };
 use peage_core::{CallEvent, Env, Meter, MeterUsage, UsageEvent};
 use rust_decimal::Decimal;
@@ -423,10 +423,11 @@ impl UsageStore for SqliteUsageStore {
             return Ok(calls);
         }
         let events = self.usage_events_in(query, meters).await?;
+        let span = Span::as_of(query.from, query.to, Utc::now());
         Ok(merge_event_meters(
             meters,
             calls,
-            evaluate_usage_events(meters, &events),
+            evaluate_usage_events(meters, &events, span),
         ))
     }
 
@@ -446,9 +447,14 @@ impl UsageStore for SqliteUsageStore {
         let events = self
             .usage_events_in(&query, std::slice::from_ref(meter))
             .await?;
+        let now = Utc::now();
         Ok(MeterSeries {
-            values: peage_core::series::event_meter_buckets(meter, &events, edges),
-            total: peage_core::series::event_meter_quantity(meter, &events),
+            values: peage_core::series::event_meter_buckets(meter, &events, edges, now),
+            total: peage_core::series::event_meter_quantity(
+                meter,
+                &events,
+                Span::as_of(query.from, query.to, now),
+            ),
         })
     }
 
@@ -634,7 +640,9 @@ impl UsageStore for SqliteUsageStore {
 const USAGE_ROWS_PER_INSERT: usize = 500;
 
 impl SqliteUsageStore {
-    /// The query's usage events of the types `meters` read (none for the sandbox).
+    /// The query's usage events of the types `meters` read (none for the sandbox), and the
+    /// earlier ones too when a meter carries over ([`Meter::carries_over`]): the embedded store
+    /// keeps little enough history to hand it all to peage_core, which picks what carries in.
     async fn usage_events_in(
         &self,
         query: &UsageQuery,
@@ -651,9 +659,14 @@ impl SqliteUsageStore {
             "SELECT partner_id, key, id, source, type, subject, time_us, digest, cloudevent \
              FROM usage_events WHERE partner_id = ",
         );
+        let from = if meters.iter().any(Meter::carries_over) {
+            i64::MIN
+        } else {
+            query.from.timestamp_micros()
+        };
         q.push_bind(query.partner_id.clone())
             .push(" AND time_us >= ")
-            .push_bind(query.from.timestamp_micros())
+            .push_bind(from)
             .push(" AND time_us < ")
             .push_bind(query.to.timestamp_micros())
             .push(" AND type IN (");

@@ -378,11 +378,18 @@ fn usage_events(start: DateTime<Utc>) -> Vec<peage_core::UsageEvent> {
             } else {
                 format!(r#""tokens":{}.{},"#, i % 40, i % 10)
             };
+            // Some events remove their user from the recurring `members` meter.
+            let op = if i % 5 == 2 {
+                r#","operation_type":"remove""#
+            } else {
+                ""
+            };
             let data = format!(
-                r#"{{{tokens}"model":"{}","usage":{{"input":{}}},"region":"{}"}}"#,
+                r#"{{{tokens}"model":"{}","usage":{{"input":{}}},"region":"{}","user":"u{}"{op}}}"#,
                 ["small", "large", "x"][(i % 3) as usize],
                 i * 7 % 100,
                 ["eu", "us"][(i / 3 % 2) as usize],
+                i % 17,
             );
             let raw = serde_json::value::RawValue::from_string(format!(
                 r#"{{"specversion":"1.0","id":"ev-{i}","source":"/llm","type":"{ty}","subject":"{partner}","time":"{}","data":{data}}}"#,
@@ -419,7 +426,15 @@ fn usage_meters() -> Vec<Meter> {
                 .map(|(k, v)| (k.to_string(), [v.to_string()].into()))
                 .collect(),
             group_by: group_by.iter().map(|g| g.to_string()).collect(),
+            recurring: false,
         }),
+    };
+    let recurring = |m: Meter| Meter {
+        events: m.events.map(|s| EventSelector {
+            recurring: true,
+            ..s
+        }),
+        ..m
     };
     vec![
         m("tokens", Aggregation::Sum, Some("tokens"), &[], &["model"]),
@@ -450,6 +465,52 @@ fn usage_meters() -> Vec<Meter> {
             scale: Some(Decimal::new(1, 3)),
             ..m("ktokens", Aggregation::Sum, Some("tokens"), &[], &[])
         },
+        // Meters that carry over: gauges, and recurring seats and members.
+        m(
+            "input_seconds",
+            Aggregation::WeightedSum,
+            Some("usage.input"),
+            &[],
+            &["region"],
+        ),
+        Meter {
+            scale: Some(Decimal::ONE / Decimal::from(3600)),
+            ..m(
+                "eu_token_hours",
+                Aggregation::WeightedSum,
+                Some("tokens"),
+                &[("region", "eu")],
+                &[],
+            )
+        },
+        recurring(m(
+            "seats",
+            Aggregation::Latest,
+            Some("usage.input"),
+            &[],
+            &["region"],
+        )),
+        recurring(m(
+            "seats_all",
+            Aggregation::Latest,
+            Some("tokens"),
+            &[],
+            &[],
+        )),
+        recurring(m(
+            "members",
+            Aggregation::UniqueCount,
+            Some("user"),
+            &[],
+            &["region"],
+        )),
+        recurring(m(
+            "eu_members",
+            Aggregation::UniqueCount,
+            Some("user"),
+            &[("region", "eu")],
+            &[],
+        )),
         // A call meter beside them reads call events only (there are none here).
         Meter {
             events: None,
@@ -524,6 +585,18 @@ async fn meters_of_usage_events_agree_with_the_embedded_store_and_events_count_o
             start + TimeDelta::minutes(150),
         ),
         ("prt_none", start, start + TimeDelta::days(1)),
+        // Starting after some events, and after every event: what carries over comes from
+        // before the range.
+        (
+            "prt_a",
+            start + TimeDelta::minutes(127) + TimeDelta::microseconds(17),
+            start + TimeDelta::days(1),
+        ),
+        (
+            "prt_b",
+            start + TimeDelta::hours(5),
+            start + TimeDelta::hours(6),
+        ),
     ] {
         let q = UsageQuery {
             partner_id: partner.into(),
@@ -534,12 +607,17 @@ async fn meters_of_usage_events_agree_with_the_embedded_store_and_events_count_o
         let expected = peage_core::meter::evaluate_usage_events(
             &meters,
             events.iter().filter(|e| {
-                e.partner_id == partner
-                    && e.time >= from
-                    && e.time < to
-                    && !cancelled.contains(&(e.partner_id.clone(), e.key))
+                e.partner_id == partner && !cancelled.contains(&(e.partner_id.clone(), e.key))
             }),
+            peage_core::meter::Span::new(from, to),
         );
+        if partner != "prt_none" {
+            // What carries over is there to compare.
+            for name in ["input_seconds", "seats", "members"] {
+                let u = expected.iter().find(|u| u.meter == name).unwrap();
+                assert!(!u.quantity.is_zero() && !u.groups.is_empty(), "{u:?}");
+            }
+        }
         let ch = store.meter_usage(&q, &meters).await.unwrap();
         let sqlite = embedded.meter_usage(&q, &meters).await.unwrap();
         assert_eq!(ch, expected, "ClickHouse, {partner} {from}..{to}");
@@ -577,7 +655,7 @@ async fn meters_of_usage_events_agree_with_the_embedded_store_and_events_count_o
                     e.partner_id == partner && !cancelled.contains(&(e.partner_id.clone(), e.key))
                 })
                 .collect();
-            let expected = peage_core::series::event_meter_buckets(m, live, &edges);
+            let expected = peage_core::series::event_meter_buckets(m, live, &edges, Utc::now());
             assert!(
                 expected.iter().filter(|v| !v.is_zero()).count() > 10,
                 "{}",

@@ -92,6 +92,16 @@ pub async fn serve_with(catalog: &str, outbound: Arc<peage_net::OutboundPolicy>)
     }
 }
 
+/// The first day of the month `back` months before this one, UTC.
+#[allow(dead_code)] // not every test crate bills past periods
+pub fn month_start(back: i32) -> DateTime<Utc> {
+    use chrono::{Datelike, TimeZone};
+    let now = Utc::now();
+    let months = now.year() * 12 + now.month0() as i32 - back;
+    Utc.with_ymd_and_hms(months / 12, (months % 12) as u32 + 1, 1, 0, 0, 0)
+        .unwrap()
+}
+
 /// `n` live `200` calls of the partner to `maps v1`, a second apart from `at`.
 #[allow(dead_code)] // not every test crate bills calls
 pub fn calls(partner: &str, at: DateTime<Utc>, n: usize) -> Vec<CallEvent> {
@@ -196,6 +206,35 @@ impl Served {
             )
             .await
             .unwrap();
+    }
+
+    /// `POST /v1/partners` with `body`, which must succeed: the partner's id and record.
+    pub async fn create_partner(&self, body: serde_json::Value) -> (String, serde_json::Value) {
+        let (s, partner) = self.call("POST", "/v1/partners".into(), body).await;
+        assert_eq!(s, 201, "{partner}");
+        (partner["id"].as_str().unwrap().to_string(), partner)
+    }
+
+    /// Runs the invoices of period `label` (`2026-10`) and answers the partner's: the entry of
+    /// `GET /v1/invoices` (`id`, `invoice`, …).
+    pub async fn invoice_of_period(&self, label: &str, partner_id: &str) -> serde_json::Value {
+        let (s, run) = self
+            .call(
+                "POST",
+                "/v1/invoices/run".into(),
+                serde_json::json!({"period": label}),
+            )
+            .await;
+        assert_eq!(s, 200, "{run}");
+        let (s, list) = self
+            .call(
+                "GET",
+                format!("/v1/invoices?period={label}&partner_id={partner_id}"),
+                serde_json::Value::Null,
+            )
+            .await;
+        assert_eq!(s, 200, "{list}");
+        list["invoices"][0].clone()
     }
 
     /// Lets `POST /v1/events` store accepted events at once, as the aggregator would.

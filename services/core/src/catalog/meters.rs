@@ -27,7 +27,7 @@ pub(super) fn validate_meters(src: &mut Source, raw: &[RawMeter]) -> Vec<Meter> 
                 m.aggregation.span(),
                 format!("{path}.aggregation"),
                 format!(
-                    "{:?} is not one of count, sum, max, unique_count, latest",
+                    "{:?} is not one of count, sum, max, unique_count, latest, weighted_sum",
                     m.aggregation.get_ref()
                 ),
             );
@@ -49,6 +49,21 @@ pub(super) fn validate_meters(src: &mut Source, raw: &[RawMeter]) -> Vec<Meter> 
                 format!("{path}.value"),
                 "value reads the data of usage events; a meter of call events reads `field`",
             );
+        }
+        if let Some(r) = &m.recurring {
+            src.issue(
+                r.span(),
+                format!("{path}.recurring"),
+                "recurring meters read usage events (set event_type and value)",
+            );
+        }
+        if aggregation == Aggregation::WeightedSum {
+            src.issue(
+                m.aggregation.span(),
+                format!("{path}.aggregation"),
+                "weighted_sum reads gauge readings from usage events (set event_type and value)",
+            );
+            continue;
         }
         let field = match (&m.field, aggregation) {
             (None, Aggregation::Count) => MeterField::Calls,
@@ -227,6 +242,18 @@ fn event_meter(
         }
         group_by.push(g.get_ref().clone());
     }
+    let recurring = m.recurring.as_ref().is_some_and(|r| *r.get_ref());
+    if let Some(r) = m.recurring.as_ref().filter(|r| *r.get_ref()) {
+        let why = match aggregation {
+            Aggregation::Latest | Aggregation::UniqueCount => None,
+            Aggregation::WeightedSum => Some("a weighted_sum always carries its last reading into the next period; recurring is for latest and unique_count"),
+            _ => Some("only latest and unique_count carry values across periods"),
+        };
+        if let Some(why) = why {
+            src.issue(r.span(), format!("{path}.recurring"), why);
+            ok = false;
+        }
+    }
     let scale = m
         .scale
         .as_ref()
@@ -244,6 +271,7 @@ fn event_meter(
             value,
             filter,
             group_by,
+            recurring,
         }),
     })
 }

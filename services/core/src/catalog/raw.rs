@@ -90,6 +90,7 @@ pub(super) struct RawMeter {
     pub(super) refusals: Option<Spanned<String>>,
     pub(super) event_type: Option<Spanned<String>>,
     pub(super) value: Option<Spanned<String>>,
+    pub(super) recurring: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]

@@ -132,6 +132,35 @@ fn meters_over_usage_events_refuse_call_settings_a_missing_value_and_quotas() {
 }
 
 #[test]
+fn gauges_and_recurring_meters_read_usage_events_only() {
+    let gauge = "\n[[meter]]\nname = \"storage\"\nevent_type = \"com.example.storage\"\naggregation = \"weighted_sum\"\nvalue = \"gb\"\n";
+    let seats = "\n[[meter]]\nname = \"seats\"\nevent_type = \"com.example.seats\"\naggregation = \"unique_count\"\nvalue = \"user\"\nrecurring = true\n";
+    let c = parse(&format!("{GOOD}{gauge}{seats}")).unwrap();
+    let storage = c.meter("storage").unwrap();
+    assert!(storage.carries_over() && !storage.events.as_ref().unwrap().recurring);
+    assert!(c.meter("seats").unwrap().carries_over());
+    assert!(!c.meter("calls").unwrap().carries_over());
+    // Recurring is for latest and unique_count; a gauge always carries over.
+    let i = only_issue(&format!("{GOOD}{}", seats.replace("unique_count", "sum")));
+    assert_eq!(i.field, "meter[seats].recurring");
+    let i = only_issue(&format!("{GOOD}{gauge}recurring = true\n"));
+    assert_eq!(i.field, "meter[storage].recurring");
+    assert!(i.message.contains("always carries"), "{}", i.message);
+    // Over call events, neither exists.
+    let err = parse(&GOOD.replace(
+        "name = \"calls\"\naggregation = \"count\"",
+        "name = \"calls\"\naggregation = \"weighted_sum\"",
+    ))
+    .unwrap_err();
+    assert_eq!(err.issues[0].field, "meter[calls].aggregation", "{err}");
+    let i = only_issue(&GOOD.replace(
+        "name = \"calls\"\naggregation = \"count\"",
+        "name = \"calls\"\naggregation = \"count\"\nrecurring = true",
+    ));
+    assert_eq!(i.field, "meter[calls].recurring");
+}
+
+#[test]
 fn the_product_brief_example_loads() {
     let c = parse(GOOD).unwrap();
     assert_eq!(c.apis[0].versions[1].live, "http://127.0.0.1:9999");
