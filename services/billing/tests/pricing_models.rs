@@ -38,6 +38,12 @@ event_type = "com.example.batch"
 aggregation = "sum"
 value = "calls"
 
+[[meter]]
+name = "transfers"
+event_type = "com.example.transfer"
+aggregation = "sum"
+value = "amount"
+
 [[plan]]
 id = "fintech"
 name = "Fintech"
@@ -60,6 +66,8 @@ charges = [
   { meter = "llm_cost", model = "dynamic" },
   # Stripe's card pricing as Lago's template has it: 2.9 % + $0.30 per payment.
   { meter = "card_volume", model = "percentage", rate = "0.029", fixed_fee = "0.30", events_meter = "card_payments" },
+  # Lago's per-transaction minimum and maximum: 1 % + $0.50, held between $1 and $5.
+  { meter = "transfers", model = "percentage", rate = "0.01", fixed_fee = "0.50", min_per_event = "1", max_per_event = "5" },
 ]
 "#;
 
@@ -102,8 +110,16 @@ async fn lagos_worked_examples_price_through_the_control_api() {
             json!({"price": 1.2, "model": "large"})
         ),
     ]);
+    let mut batch = batch;
+    for (id, amount) in [("t1", 20), ("t2", 600)] {
+        batch.as_array_mut().unwrap().push(event(
+            id,
+            "com.example.transfer",
+            json!({"amount": amount}),
+        ));
+    }
     let (s, out) = served.call("POST", "/v1/events".into(), batch).await;
-    assert_eq!((s, out["accepted"].as_u64()), (200, Some(11)), "{out}");
+    assert_eq!((s, out["accepted"].as_u64()), (200, Some(13)), "{out}");
 
     let (s, up) = served
         .call(
@@ -147,7 +163,15 @@ async fn lagos_worked_examples_price_through_the_control_api() {
     // Percentage: 2.9 % of $400 + 3 × $0.30 = 11.60 + 0.90.
     assert_eq!(amount("card_volume: 2.9 % of the amount"), "11.60");
     assert_eq!(amount("card_volume: fixed fee per event"), "0.90");
-    assert_eq!(up["invoice"]["total"], "653.72", "{up}");
+    // Per-transaction minimum and maximum: $20 → 0.70 raised to $1, $600 → 6.50 lowered to $5;
+    // 6.20 + 1.00 − 1.20 = $6.
+    assert_eq!(amount("transfers: 1 % of the amount"), "6.20");
+    assert_eq!(amount("transfers: fixed fee per event"), "1.00");
+    assert_eq!(
+        amount("transfers: each event held to its minimum 1, maximum 5"),
+        "-1.20"
+    );
+    assert_eq!(up["invoice"]["total"], "659.72", "{up}");
 }
 
 const CARRIED: &str = r#"

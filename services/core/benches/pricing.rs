@@ -90,6 +90,7 @@ fn usage(i: u64) -> Vec<MeterUsage> {
         .iter()
         .enumerate()
         .map(|(k, m)| MeterUsage {
+            amounts: None,
             meter: m.to_string(),
             quantity: Decimal::from(1_000 + (i * 7919 + k as u64 * 104729) % 2_000_000),
             groups: vec![],

@@ -123,6 +123,7 @@ pub(crate) fn evaluate(m: &Meter, mut readings: Vec<Reading>, span: Span) -> Met
         }
     };
     MeterUsage {
+        amounts: None,
         meter: m.name.clone(),
         quantity: scaled(m, total),
         groups: if grouped {

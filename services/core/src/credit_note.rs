@@ -290,6 +290,7 @@ mod tests {
             end: Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap(),
         };
         let usage = [MeterUsage {
+            amounts: None,
             meter: "calls".into(),
             quantity: d("1500"),
             groups: vec![],

@@ -164,6 +164,8 @@ pub enum InvoiceError {
     MixedCurrencies(String, String),
     #[error("the plan parts are out of order or outside the period")]
     BadSegments,
+    #[error("meter {0} is priced event by event, but its events' amounts were not read")]
+    AmountsMissing(String),
     #[error(transparent)]
     Overflow(#[from] Overflow),
 }
@@ -265,6 +267,21 @@ fn discount(
     // What each line still holds after earlier coupons: discounts are spread over the lines a
     // coupon covers, so a later coupon on fewer lines sees what is left of those.
     let mut left: Vec<Decimal> = lines.iter().map(|l| l.amount.max(Decimal::ZERO)).collect();
+    // A negative line of a charge (each event held to its maximum) lowers what the charge's
+    // lines before it hold: a coupon never takes more than the charge's net.
+    for i in 0..lines.len() {
+        let mut owed = -lines[i].amount.min(Decimal::ZERO);
+        for j in (0..i).rev() {
+            if owed.is_zero() {
+                break;
+            }
+            if lines[j].kind == lines[i].kind && lines[j].meter == lines[i].meter {
+                let take = owed.min(left[j]);
+                left[j] -= take;
+                owed -= take;
+            }
+        }
+    }
     let own = lines.len();
     for coupon in coupons {
         if !coupon.plans.is_empty() && !coupon.plans.iter().any(|p| p == plan_id) {
@@ -396,6 +413,18 @@ impl Invoice {
                                 l.group = Some(g.dimensions.clone());
                                 lines.push(l);
                             }
+                        }
+                    }
+                    other if charge.prices_each_event() => {
+                        let amounts = match other {
+                            None => &[][..],
+                            Some(u) => u.amounts.as_deref().ok_or_else(|| {
+                                InvoiceError::AmountsMissing(charge.meter.clone())
+                            })?,
+                        };
+                        for mut l in charge.price_each_event(amounts, cur)? {
+                            l.description.push_str(&when);
+                            lines.push(l);
                         }
                     }
                     other => {
@@ -857,6 +886,7 @@ mod tests {
 
     fn usage(meter: &str, q: Decimal) -> Vec<MeterUsage> {
         vec![MeterUsage {
+            amounts: None,
             meter: meter.into(),
             quantity: q,
             groups: vec![],
@@ -1117,6 +1147,7 @@ mod tests {
             quantity: d(q),
         };
         let u = vec![MeterUsage {
+            amounts: None,
             meter: "calls".into(),
             quantity: d("1300"),
             groups: vec![group("maps", "1000"), group("weather", "300")],
@@ -1323,11 +1354,13 @@ mod tests {
         let eur = Currency::parse("EUR").unwrap();
         let u = vec![
             MeterUsage {
+                amounts: None,
                 meter: "calls".into(),
                 quantity: d("1500"),
                 groups: vec![],
             },
             MeterUsage {
+                amounts: None,
                 meter: "egress".into(),
                 quantity: d("30"),
                 groups: vec![],
@@ -1454,14 +1487,19 @@ mod tests {
                     .collect()
             }),
             Just(ChargeModel::Dynamic {}),
-            (price(), fee(), prop::option::of(0u64..100)).prop_map(|(r, fixed_fee, free)| {
-                ChargeModel::Percentage {
-                    rate: (r / Decimal::TEN).round_dp(5),
-                    events_meter: fixed_fee.map(|_| "m3".to_string()),
-                    fixed_fee,
-                    free_events: free.filter(|_| fixed_fee.is_some()).map(Decimal::from),
+            (price(), fee(), prop::option::of(0u64..100), fee(), fee()).prop_map(
+                |(r, fixed_fee, free, min, max)| {
+                    ChargeModel::Percentage {
+                        rate: (r / Decimal::TEN).round_dp(5),
+                        events_meter: fixed_fee.map(|_| "m3".to_string()),
+                        fixed_fee,
+                        free_events: free.filter(|_| fixed_fee.is_some()).map(Decimal::from),
+                        // A per-event minimum and maximum, the minimum never above the maximum.
+                        min_per_event: min.map(|m| max.map_or(m, |x| m.min(x))),
+                        max_per_event: max,
+                    }
                 }
-            }),
+            ),
         ]
     }
 
@@ -1496,10 +1534,17 @@ mod tests {
             })
     }
 
+    /// A quantity as the amounts of the events that make it up.
+    fn in_events(q: Decimal) -> Vec<Decimal> {
+        let a = (q / Decimal::from(3)).round_dp(2);
+        let b = (q / Decimal::from(7)).round_dp(3);
+        vec![a, Decimal::ZERO, b, q - a - b]
+    }
+
     proptest! {
         #[test]
         fn total_is_the_sum_of_rounded_lines_plus_tax(p in arb_plan(), qs in prop::collection::vec(qty(), 4)) {
-            let usage: Vec<MeterUsage> = qs.iter().enumerate().map(|(i, q)| MeterUsage { meter: format!("m{i}"), quantity: *q, groups: vec![] }).collect();
+            let usage: Vec<MeterUsage> = qs.iter().enumerate().map(|(i, q)| MeterUsage { meter: format!("m{i}"), quantity: *q, groups: vec![], amounts: Some(in_events(*q)) }).collect();
             let inv = Invoice::compute("prt", &p, period(), &usage).unwrap();
             let cur = p.currency;
             for l in &inv.lines {
@@ -1514,7 +1559,7 @@ mod tests {
 
         #[test]
         fn coupons_keep_lines_rounded_and_never_take_more_than_the_lines(p in arb_plan(), qs in prop::collection::vec(qty(), 4), rates in prop::collection::vec(1u64..=100, 0..3), amount in price()) {
-            let usage: Vec<MeterUsage> = qs.iter().enumerate().map(|(i, q)| MeterUsage { meter: format!("m{i}"), quantity: *q, groups: vec![] }).collect();
+            let usage: Vec<MeterUsage> = qs.iter().enumerate().map(|(i, q)| MeterUsage { meter: format!("m{i}"), quantity: *q, groups: vec![], amounts: Some(in_events(*q)) }).collect();
             let mut coupons: Vec<Coupon> = rates.iter().enumerate().map(|(i, r)| coupon(&format!("P{i}"), Discount::Percent { rate: Decimal::new(*r as i64, 2) }, if i == 1 { &["m0"] } else { &[] })).collect();
             coupons.push(coupon("A", Discount::Amount { amount, currency: p.currency }, &[]));
             let refs: Vec<&Coupon> = coupons.iter().collect();

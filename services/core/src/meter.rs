@@ -370,6 +370,7 @@ impl MeterAccumulator<'_> {
     pub fn finish(self) -> MeterUsage {
         let meter = self.meter;
         MeterUsage {
+            amounts: None,
             meter: meter.name.clone(),
             quantity: self.total.value(meter),
             groups: self
@@ -396,6 +397,10 @@ pub struct MeterUsage {
     pub quantity: Decimal,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<MeterGroup>,
+    /// Each event's amount in time order, read only for a charge that prices each event
+    /// ([`crate::pricing::Charge::prices_each_event`]); never serialized.
+    #[serde(skip)]
+    pub amounts: Option<Vec<Decimal>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -514,6 +519,7 @@ pub fn evaluate_rollups(meter: &Meter, rows: &[RollupRow]) -> Option<MeterUsage>
         None => raw.normalize(),
     };
     Some(MeterUsage {
+        amounts: None,
         meter: meter.name.clone(),
         quantity: scaled(total),
         groups: groups
@@ -675,6 +681,7 @@ pub fn evaluate_usage_events<'a>(
                 return crate::carry::evaluate(m, readings, span);
             }
             MeterUsage {
+                amounts: None,
                 meter: m.name.clone(),
                 quantity: total.value(m),
                 groups: groups
@@ -685,6 +692,45 @@ pub fn evaluate_usage_events<'a>(
                     })
                     .collect(),
             }
+        })
+        .collect()
+}
+
+/// The amounts of a `sum` meter of usage events, one per event of `span` that has the value,
+/// in time order (ties by key text, as stores order them), each scaled as the meter is;
+/// events cancelled by a record among `events` left out. What a charge that prices each event
+/// reads ([`crate::pricing::Charge::price_each_event`]).
+pub fn event_amounts<'a>(
+    meter: &Meter,
+    events: impl IntoIterator<Item = &'a UsageEvent>,
+    span: Span,
+) -> Vec<Decimal> {
+    let Some(sel) = &meter.events else {
+        return Vec::new();
+    };
+    let Some(path) = sel.value.as_deref() else {
+        return Vec::new();
+    };
+    let events: Vec<&UsageEvent> = events.into_iter().collect();
+    let cancelled: HashSet<(String, uuid::Uuid)> = events
+        .iter()
+        .filter_map(|e| e.cancels().map(|k| (e.partner_id.clone(), k)))
+        .collect();
+    let mut out: Vec<(DateTime<Utc>, String, Decimal)> = events
+        .into_iter()
+        .filter(|e| span.contains(e.time) && e.event_type == sel.event_type)
+        .filter(|e| !cancelled.contains(&(e.partner_id.clone(), e.key)))
+        .filter_map(|e| {
+            let props = e.properties().unwrap_or_default();
+            let v = props.number(path).filter(|_| sel.matches(e, &props))?;
+            Some((e.time, e.key.to_string(), v))
+        })
+        .collect();
+    out.sort();
+    out.into_iter()
+        .map(|(_, _, v)| match meter.scale {
+            Some(s) => v.saturating_mul(s),
+            None => v,
         })
         .collect()
 }

@@ -164,8 +164,9 @@ pub enum ChargeModel {
     },
     /// A share `rate` of the amount the meter measures beyond `free` (an amount), plus a
     /// `fixed_fee` per event beyond `free_events`, events counted by `events_meter` (a `count`
-    /// meter over the same events). Lago's percentage model, without its per-transaction
-    /// minimum and maximum (which need each event's amount).
+    /// meter over the same events). With `min_per_event` or `max_per_event` (Lago's
+    /// per-transaction minimum and maximum), each event's charge is held between them, which
+    /// reads each event's amount ([`Charge::price_each_event`]).
     Percentage {
         #[serde(with = "rust_decimal::serde::str")]
         rate: Decimal,
@@ -185,6 +186,20 @@ pub enum ChargeModel {
         )]
         #[schema(value_type = Option<String>)]
         free_events: Option<Decimal>,
+        #[serde(
+            default,
+            with = "optional_amount",
+            skip_serializing_if = "Option::is_none"
+        )]
+        #[schema(value_type = Option<String>)]
+        min_per_event: Option<Decimal>,
+        #[serde(
+            default,
+            with = "optional_amount",
+            skip_serializing_if = "Option::is_none"
+        )]
+        #[schema(value_type = Option<String>)]
+        max_per_event: Option<Decimal>,
     },
     /// Each event carries its own price (`data.price`, read by a `sum` meter): the charge is
     /// the exact sum of those prices beyond `free`, in the plan's currency, rounded once (Lago's
@@ -426,6 +441,99 @@ impl Charge {
             } => Some(m),
             _ => None,
         }
+    }
+
+    /// Whether pricing needs each event's amount ([`Charge::price_each_event`]): a percentage
+    /// with a per-event minimum or maximum.
+    pub fn prices_each_event(&self) -> bool {
+        matches!(
+            &self.model,
+            ChargeModel::Percentage { min_per_event, max_per_event, .. }
+                if min_per_event.is_some() || max_per_event.is_some()
+        )
+    }
+
+    /// The lines of a charge that prices each event ([`Charge::prices_each_event`]), from the
+    /// amounts of the period's events in time order: the rate and fee lines of
+    /// [`Charge::price_with_events`] over their sum and count, then one line that brings the
+    /// total to the sum of each event's charge held between the minimum and the maximum.
+    ///
+    /// An event's charge is `rate` × its amount beyond what is left of `free` (used up in time
+    /// order) + `fixed_fee` unless it is among the first `free_events`; an event with neither
+    /// is free and owes no minimum. The sum is exact and rounded once.
+    pub fn price_each_event(
+        &self,
+        amounts: &[Decimal],
+        currency: Currency,
+    ) -> Result<Vec<InvoiceLine>, Overflow> {
+        let total = crate::money::checked_total(amounts.iter().copied()).ok_or(Overflow)?;
+        let mut lines = self.price_with_events(total, Decimal::from(amounts.len()), currency)?;
+        let ChargeModel::Percentage {
+            rate,
+            fixed_fee,
+            free_events,
+            min_per_event,
+            max_per_event,
+            ..
+        } = &self.model
+        else {
+            return Ok(lines);
+        };
+        if min_per_event.is_none() && max_per_event.is_none() {
+            return Ok(lines);
+        }
+        let free_events = free_events.unwrap_or_default();
+        let mut free_left = self.free.max(Decimal::ZERO);
+        let mut held = Decimal::ZERO;
+        for (i, amount) in amounts.iter().enumerate() {
+            let waived = free_left.min((*amount).max(Decimal::ZERO));
+            free_left -= waived;
+            let billable = *amount - waived;
+            let fee = match fixed_fee {
+                Some(f) if Decimal::from(i) >= free_events => *f,
+                _ => Decimal::ZERO,
+            };
+            if billable.is_zero() && fee.is_zero() {
+                continue;
+            }
+            let mut each = rate
+                .checked_mul(billable)
+                .and_then(|r| r.checked_add(fee))
+                .ok_or(Overflow)?;
+            if let Some(min) = min_per_event {
+                each = each.max(*min);
+            }
+            if let Some(max) = max_per_event {
+                each = each.min(*max);
+            }
+            held = held.checked_add(each).ok_or(Overflow)?;
+        }
+        let charged = crate::money::checked_total(
+            lines
+                .iter()
+                .filter(|l| l.kind == LineKind::Usage)
+                .map(|l| l.amount),
+        )
+        .ok_or(Overflow)?;
+        let adjustment = currency.round(held).checked_sub(charged).ok_or(Overflow)?;
+        if !adjustment.is_zero() {
+            let bounds = [("minimum", min_per_event), ("maximum", max_per_event)]
+                .iter()
+                .filter_map(|(w, v)| v.map(|v| format!("{w} {}", v.normalize())))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let m = self.meter.as_str();
+            lines.push(line(
+                LineKind::Usage,
+                m,
+                None,
+                Decimal::ONE,
+                adjustment,
+                format!("{m}: each event held to its {bounds}"),
+                currency,
+            )?);
+        }
+        Ok(lines)
     }
 
     /// The invoice lines this charge yields for a period's metered `quantity`.
@@ -914,6 +1022,8 @@ mod tests {
                 fixed_fee: Some(d("0.30")),
                 events_meter: Some("card_payment_count".into()),
                 free_events: free_events.map(d),
+                min_per_event: None,
+                max_per_event: None,
             },
         )
     }
@@ -928,6 +1038,8 @@ mod tests {
                 fixed_fee: None,
                 events_meter: None,
                 free_events: None,
+                min_per_event: None,
+                max_per_event: None,
             },
         );
         let lines = c.price(d("1000"), usd()).unwrap();
@@ -953,6 +1065,53 @@ mod tests {
             .price_with_events(d("400"), d("3"), usd())
             .unwrap();
         assert_eq!(amounts(&lines), ["11.60", "0.00"]);
+    }
+
+    #[test]
+    fn lago_percentage_1_percent_plus_50_cents_held_between_1_and_5_dollars_per_transaction() {
+        // Lago's per-transaction minimum and maximum: 1 % + $0.50, at least $1, at most $5. A
+        // $20 transaction costs $1 (0.70 raised to the minimum), a $600 one $5 (6.50 lowered to
+        // the maximum).
+        let fees = |free: &str, free_events: Option<&str>| {
+            charge(
+                free,
+                ChargeModel::Percentage {
+                    rate: d("0.01"),
+                    fixed_fee: Some(d("0.50")),
+                    events_meter: None,
+                    free_events: free_events.map(d),
+                    min_per_event: Some(d("1")),
+                    max_per_event: Some(d("5")),
+                },
+            )
+        };
+        let c = fees("0", None);
+        assert!(c.prices_each_event());
+        let each = |amounts: &[&str]| {
+            let a: Vec<Decimal> = amounts.iter().map(|a| d(a)).collect();
+            c.price_each_event(&a, usd()).unwrap()
+        };
+        assert_eq!(amounts(&each(&["20"])), ["0.20", "0.50", "0.30"]);
+        assert_eq!(amounts(&each(&["600"])), ["6.00", "0.50", "-1.50"]);
+        let both = each(&["20", "600"]);
+        assert_eq!(amounts(&both), ["6.20", "1.00", "-1.20"]);
+        assert_eq!(
+            both[2].description,
+            "calls: each event held to its minimum 1, maximum 5"
+        );
+        // Nothing to hold: no third line.
+        assert_eq!(amounts(&each(&["200"])), ["2.00", "0.50"]);
+        assert_eq!(amounts(&each(&[])), ["0.00", "0.00"]);
+        // The first $100 free of the rate and the first event free of the fee: the $20 event
+        // owes nothing (no minimum either), the $600 one 1 % of $520 + $0.50 = $5.70 → $5.
+        let c = fees("100", Some("1"));
+        let lines = c.price_each_event(&[d("20"), d("600")], usd()).unwrap();
+        let total: Decimal = lines
+            .iter()
+            .filter(|l| l.kind == LineKind::Usage)
+            .map(|l| l.amount)
+            .sum();
+        assert_eq!(total, d("5.00"), "{lines:?}");
     }
 
     #[test]

@@ -40,9 +40,24 @@ enum RefModel {
     },
     /// The quantity is the amount: each event carried its price.
     Dynamic,
-    /// A rate (1e-4, at most 10,000) of the amount; no per-event fee (that needs a count).
-    Percentage(i128),
+    /// A rate (1e-4, at most 10,000) of the amount, a fee per event (1e-4; 0: none) beyond
+    /// `free_events`, and each event's charge held between a minimum and a maximum (1e-4).
+    Percentage {
+        rate: i128,
+        fee: i128,
+        free_events: i128,
+        min: Option<i128>,
+        max: Option<i128>,
+    },
 }
+
+/// The events a quantity is made of, in time order (what a store reads for a charge that
+/// prices each event); always [`EVENTS`] of them.
+fn amounts_of(q: i128) -> Vec<i128> {
+    vec![q / 3, 0, q / 7, q - q / 3 - q / 7]
+}
+
+const EVENTS: i128 = 4;
 
 #[derive(Debug, Clone)]
 struct RefCharge {
@@ -109,7 +124,40 @@ fn ref_charge(c: &RefCharge, q: i128, minor: u32) -> i128 {
             to_minor(packages * price, minor)
         }
         RefModel::Dynamic => to_minor(billable * 10_000, minor),
-        RefModel::Percentage(r) => to_minor(billable * r, minor),
+        RefModel::Percentage {
+            rate,
+            fee,
+            free_events,
+            min,
+            max,
+        } => {
+            if min.is_none() && max.is_none() {
+                let fees = *fee * (EVENTS - free_events).max(0);
+                return to_minor(billable * rate, minor) + to_minor(fees, minor);
+            }
+            // Each event: its amount beyond what is left of the free amount, and the fee unless
+            // among the first free events; an event owing neither is free of the minimum too.
+            let mut free_left = c.free;
+            let mut held = 0;
+            for (i, a) in amounts_of(q).into_iter().enumerate() {
+                let waived = free_left.min(a.max(0));
+                free_left -= waived;
+                let b = a - waived;
+                let f = if (i as i128) < *free_events { 0 } else { *fee };
+                if b == 0 && f == 0 {
+                    continue;
+                }
+                let mut each = b * rate + f;
+                if let Some(m) = min {
+                    each = each.max(*m);
+                }
+                if let Some(m) = max {
+                    each = each.min(*m);
+                }
+                held += each;
+            }
+            to_minor(held, minor)
+        }
     }
 }
 
@@ -228,12 +276,24 @@ fn engine_plan(id: &str, p: &RefPlan, currency: Currency, tax_pct: i128) -> Plan
                             .collect(),
                     },
                     RefModel::Dynamic => ChargeModel::Dynamic {},
-                    RefModel::Percentage(r) => ChargeModel::Percentage {
-                        rate: dec_e4(*r),
-                        fixed_fee: None,
-                        events_meter: None,
-                        free_events: None,
-                    },
+                    RefModel::Percentage {
+                        rate,
+                        fee: f,
+                        free_events,
+                        min,
+                        max,
+                    } => {
+                        let each_event = min.is_some() || max.is_some();
+                        ChargeModel::Percentage {
+                            rate: dec_e4(*rate),
+                            fixed_fee: fee(*f),
+                            // Counted by a count meter, or by the amounts read.
+                            events_meter: (*f != 0 && !each_event).then(|| format!("m{i}_events")),
+                            free_events: (*f != 0).then(|| Decimal::from(*free_events)),
+                            min_per_event: min.map(dec_e4),
+                            max_per_event: max.map(dec_e4),
+                        }
+                    }
                     RefModel::Package { size, price } => ChargeModel::Package {
                         size: Decimal::from(*size),
                         price: dec_e4(*price),
@@ -246,13 +306,25 @@ fn engine_plan(id: &str, p: &RefPlan, currency: Currency, tax_pct: i128) -> Plan
     }
 }
 
+/// Each charge's meter with the amounts of its events, and the count meter of those events.
 fn usage(qs: &[i128]) -> Vec<MeterUsage> {
     qs.iter()
         .enumerate()
-        .map(|(i, q)| MeterUsage {
-            meter: format!("m{i}"),
-            quantity: Decimal::from(*q),
-            groups: vec![],
+        .flat_map(|(i, q)| {
+            [
+                MeterUsage {
+                    amounts: Some(amounts_of(*q).into_iter().map(Decimal::from).collect()),
+                    meter: format!("m{i}"),
+                    quantity: Decimal::from(*q),
+                    groups: vec![],
+                },
+                MeterUsage {
+                    amounts: None,
+                    meter: format!("m{i}_events"),
+                    quantity: Decimal::from(EVENTS),
+                    groups: vec![],
+                },
+            ]
         })
         .collect()
 }
@@ -298,7 +370,21 @@ fn charge() -> impl Strategy<Value = RefCharge> {
         // Rates from 0 to 100 %, in 1e-4.
         tiers_of(0..10_001).prop_map(RefModel::GraduatedPercentage),
         Just(RefModel::Dynamic),
-        (0i128..=10_000).prop_map(RefModel::Percentage),
+        (
+            0i128..=10_000,
+            flat_fee(),
+            0i128..6,
+            prop::option::of(0i128..5_000_000),
+            prop::option::of(0i128..50_000_000),
+        )
+            .prop_map(|(rate, fee, free_events, min, max)| RefModel::Percentage {
+                rate,
+                fee,
+                free_events,
+                // The minimum never above the maximum, as the catalog requires.
+                min: min.map(|m| max.map_or(m, |x| m.min(x))),
+                max,
+            }),
         (1i128..10_000, price()).prop_map(|(size, price)| RefModel::Package { size, price }),
     ];
     (model, prop_oneof![Just(0i128), 0i128..50_000])

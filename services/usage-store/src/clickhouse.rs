@@ -695,6 +695,7 @@ impl ClickHouseUsageStore {
         meter: &Meter,
     ) -> Result<MeterUsage, UsageStoreError> {
         let mut usage = MeterUsage {
+            amounts: None,
             meter: meter.name.clone(),
             quantity: Decimal::ZERO,
             groups: Vec::new(),
@@ -1176,6 +1177,62 @@ impl UsageStore for ClickHouseUsageStore {
         self.insert_rows(topic, events).await
     }
 
+    async fn event_amounts(
+        &self,
+        query: &UsageQuery,
+        meter: &Meter,
+    ) -> Result<Vec<Decimal>, UsageStoreError> {
+        #[derive(Row, Deserialize)]
+        struct Amount {
+            value: i128,
+        }
+        let sel = event_selector(meter)?;
+        let Some(value_path) = sel.value.as_deref() else {
+            return Ok(Vec::new());
+        };
+        if query.env != Env::Live {
+            return Ok(Vec::new());
+        }
+        let text = "text_values[indexOf(text_keys, ?)]";
+        let mut filters = String::new();
+        for _ in &sel.filter {
+            filters.push_str(&format!(" AND has(?, {text})"));
+        }
+        let sql = format!(
+            "SELECT number_values[indexOf(number_keys, ?)] AS value FROM usage_events \
+             WHERE partner_id = ? AND type = ? AND {IN_RANGE} AND has(number_keys, ?){filters} \
+             AND toString(key) NOT IN (SELECT text_values[indexOf(text_keys, 'cancels')] \
+             FROM usage_events WHERE partner_id = ? AND type = ?) \
+             ORDER BY time_us, toString(key)"
+        );
+        let mut q = self.client.query(&sql).bind(value_path);
+        q = bind_range(q.bind(&query.partner_id).bind(&sel.event_type), query).bind(value_path);
+        for (path, allowed) in &sel.filter {
+            let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
+            q = q.bind(allowed).bind(path);
+        }
+        q = q
+            .bind(&query.partner_id)
+            .bind(peage_core::usage_event::CANCELLATION_TYPE);
+        let rows = self
+            .traced(q)
+            .fetch_all::<Amount>()
+            .await
+            .map_err(|e| ch(format!("amounts of meter {}", meter.name), e))?;
+        rows.into_iter()
+            .map(|r| {
+                let v = fixed_to_units(r.value).map_err(|reason| UsageStoreError::Corrupt {
+                    id: meter.name.clone(),
+                    reason: reason.to_string(),
+                })?;
+                Ok(match meter.scale {
+                    Some(s) => v.saturating_mul(s),
+                    None => v,
+                })
+            })
+            .collect()
+    }
+
     async fn event_meter_series(
         &self,
         partner_id: &str,
@@ -1434,6 +1491,7 @@ impl UsageStore for ClickHouseUsageStore {
                 self.event_meter_usage(query, m).await?
             } else {
                 MeterUsage {
+                    amounts: None,
                     meter: m.name.clone(),
                     quantity: Decimal::ZERO,
                     groups: Vec::new(),
@@ -1445,6 +1503,7 @@ impl UsageStore for ClickHouseUsageStore {
         let placeholders = meters.iter().filter(|m| !m.rollup_compatible()).map(|m| {
             if m.events.is_some() {
                 MeterUsage {
+                    amounts: None,
                     meter: m.name.clone(),
                     quantity: Decimal::ZERO,
                     groups: Vec::new(),

@@ -431,6 +431,21 @@ impl UsageStore for SqliteUsageStore {
         ))
     }
 
+    async fn event_amounts(
+        &self,
+        query: &UsageQuery,
+        meter: &Meter,
+    ) -> Result<Vec<Decimal>, UsageStoreError> {
+        let events = self
+            .usage_events_in(query, std::slice::from_ref(meter))
+            .await?;
+        Ok(peage_core::meter::event_amounts(
+            meter,
+            &events,
+            Span::new(query.from, query.to),
+        ))
+    }
+
     async fn event_meter_series(
         &self,
         partner_id: &str,

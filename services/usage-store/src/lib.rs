@@ -193,6 +193,16 @@ pub trait UsageStore: Send + Sync + 'static {
         meters: &[Meter],
     ) -> Result<Vec<MeterUsage>, UsageStoreError>;
 
+    /// The amounts of a `sum` meter of usage events, one per event of the query's range that
+    /// has the value, in time order (ties by key text), scaled as the meter is; cancelled
+    /// events left out; live only ([`peage_core::meter::event_amounts`]). What a charge that
+    /// prices each event reads.
+    async fn event_amounts(
+        &self,
+        query: &UsageQuery,
+        meter: &Meter,
+    ) -> Result<Vec<Decimal>, UsageStoreError>;
+
     /// A meter of usage events per time bucket, live only: `edges` are the buckets' starts
     /// then the last one's end (one more than the buckets, in order); one quantity per bucket,
     /// each evaluated on its own (maxima, unique counts and latest values included), and the

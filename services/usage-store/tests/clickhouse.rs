@@ -620,6 +620,33 @@ async fn meters_of_usage_events_agree_with_the_embedded_store_and_events_count_o
         }
         let ch = store.meter_usage(&q, &meters).await.unwrap();
         let sqlite = embedded.meter_usage(&q, &meters).await.unwrap();
+        // Each event's amount, for charges that price each event: the same list, in the same
+        // order, from both stores, and summing to the meter.
+        for m in meters
+            .iter()
+            .filter(|m| m.aggregation == Aggregation::Sum && m.events.is_some())
+        {
+            let want = peage_core::meter::event_amounts(
+                m,
+                events.iter().filter(|e| e.partner_id == partner),
+                peage_core::meter::Span::new(from, to),
+            );
+            let sum: Decimal = want.iter().sum();
+            let metered = expected.iter().find(|u| u.meter == m.name).unwrap();
+            assert_eq!(sum.normalize(), metered.quantity, "{}", m.name);
+            assert_eq!(
+                store.event_amounts(&q, m).await.unwrap(),
+                want,
+                "ClickHouse amounts of {}",
+                m.name
+            );
+            assert_eq!(
+                embedded.event_amounts(&q, m).await.unwrap(),
+                want,
+                "embedded amounts of {}",
+                m.name
+            );
+        }
         assert_eq!(ch, expected, "ClickHouse, {partner} {from}..{to}");
         assert_eq!(sqlite, expected, "embedded, {partner} {from}..{to}");
         // The sandbox has no usage events.

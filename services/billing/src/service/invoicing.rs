@@ -301,6 +301,33 @@ impl Invoicing {
             .collect()
     }
 
+    /// Reads each event's amount for the plan's charges that price each event (a per-event
+    /// minimum or maximum), into the usage of their meters.
+    async fn read_event_amounts(
+        &self,
+        partner_id: &str,
+        plan: &Plan,
+        span: &BillingPeriod,
+        usage: &mut [MeterUsage],
+    ) -> Result<(), ServiceError> {
+        for charge in plan.charges.iter().filter(|c| c.prices_each_event()) {
+            let Some(meter) = self.catalog.meter(&charge.meter) else {
+                continue;
+            };
+            let query = UsageQuery {
+                partner_id: partner_id.to_string(),
+                env: Env::Live,
+                from: span.start,
+                to: span.end,
+            };
+            let amounts = self.usage.event_amounts(&query, meter).await?;
+            if let Some(u) = usage.iter_mut().find(|u| u.meter == charge.meter) {
+                u.amounts = Some(amounts);
+            }
+        }
+        Ok(())
+    }
+
     /// Prices `period` for the partner with the plan versions in force and today's usage.
     async fn price(
         &self,
@@ -312,8 +339,10 @@ impl Invoicing {
         let mut parts = Vec::new();
         for (s, span) in Self::spans(book, period) {
             let plan = self.plan_version(&s.plan_id, &s.plan_version).await?;
-            let usage = self
+            let mut usage = self
                 .usage_in(book.partner.id.as_str(), &span, cache)
+                .await?;
+            self.read_event_amounts(book.partner.id.as_str(), &plan, &span, &mut usage)
                 .await?;
             parts.push((plan, span, usage));
         }

@@ -307,7 +307,14 @@ fn validate_model(src: &mut Source, c: &Spanned<RawCharge>, cpath: &str) -> Opti
         "graduated" | "volume" | "graduated_percentage" => &["tiers"],
         "package" => &["size", "price"],
         "dynamic" => &[],
-        "percentage" => &["rate", "fixed_fee", "events_meter", "free_events"],
+        "percentage" => &[
+            "rate",
+            "fixed_fee",
+            "events_meter",
+            "free_events",
+            "min_per_event",
+            "max_per_event",
+        ],
         other => {
             src.issue(
                 r.model.span(),
@@ -327,6 +334,8 @@ fn validate_model(src: &mut Source, c: &Spanned<RawCharge>, cpath: &str) -> Opti
         ("fixed_fee", r.fixed_fee.is_some()),
         ("events_meter", r.events_meter.is_some()),
         ("free_events", r.free_events.is_some()),
+        ("min_per_event", r.min_per_event.is_some()),
+        ("max_per_event", r.max_per_event.is_some()),
     ] {
         if present && !allowed.contains(&key) {
             src.issue(
@@ -360,7 +369,29 @@ fn validate_model(src: &mut Source, c: &Spanned<RawCharge>, cpath: &str) -> Opti
             };
             let fixed_fee = opt(src, &r.fixed_fee, "fixed_fee")?;
             let free_events = opt(src, &r.free_events, "free_events")?;
-            // A per-event fee needs its events counted, and counted events need a fee.
+            let min_per_event = opt(src, &r.min_per_event, "min_per_event")?;
+            let max_per_event = opt(src, &r.max_per_event, "max_per_event")?;
+            let each_event = min_per_event.is_some() || max_per_event.is_some();
+            if let (Some(min), Some(max)) = (min_per_event, max_per_event) {
+                if min > max {
+                    src.issue(
+                        c.span(),
+                        format!("{cpath}.min_per_event"),
+                        format!("the minimum per event ({min}) is above the maximum ({max})"),
+                    );
+                    return None;
+                }
+            }
+            if each_event && r.events_meter.is_some() {
+                src.issue(
+                    c.span(),
+                    format!("{cpath}.events_meter"),
+                    "with a per-event minimum or maximum, each event's amount is read: the fee counts those events, and events_meter is not used",
+                );
+                return None;
+            }
+            // A per-event fee needs its events counted, and counted events need a fee (unless
+            // each event is read).
             let pair = [
                 (
                     "fixed_fee",
@@ -382,7 +413,7 @@ fn validate_model(src: &mut Source, c: &Spanned<RawCharge>, cpath: &str) -> Opti
                 ),
             ];
             for (key, given, needs, has) in pair {
-                if given && !has {
+                if given && !has && !(each_event && needs == "events_meter") {
                     src.issue(
                         c.span(),
                         format!("{cpath}.{needs}"),
@@ -396,6 +427,8 @@ fn validate_model(src: &mut Source, c: &Spanned<RawCharge>, cpath: &str) -> Opti
                 fixed_fee,
                 events_meter: r.events_meter.as_ref().map(|m| m.get_ref().clone()),
                 free_events,
+                min_per_event,
+                max_per_event,
             })
         }
         "package" => {
@@ -544,6 +577,27 @@ fn percentage_meters(
     meters: &[Meter],
     cpath: &str,
 ) -> bool {
+    let each_event = matches!(
+        model,
+        ChargeModel::Percentage { min_per_event, max_per_event, .. }
+            if min_per_event.is_some() || max_per_event.is_some()
+    );
+    let priced = meters.iter().find(|m| &m.name == raw.meter.get_ref());
+    if let Some(m) = priced.filter(|_| each_event) {
+        let readable = m.aggregation == crate::meter::Aggregation::Sum
+            && m.events.as_ref().is_some_and(|e| e.group_by.is_empty());
+        if !readable {
+            src.issue(
+                raw.meter.span(),
+                format!("{cpath}.meter"),
+                format!(
+                    "a per-event minimum or maximum reads each event's amount: meter {:?} must be an ungrouped sum over usage events",
+                    m.name
+                ),
+            );
+            return false;
+        }
+    }
     let (
         ChargeModel::Percentage {
             events_meter: Some(events),

@@ -140,6 +140,8 @@ pub(super) struct RawCharge {
     pub(super) fixed_fee: Option<SNum>,
     pub(super) events_meter: Option<Spanned<String>>,
     pub(super) free_events: Option<SNum>,
+    pub(super) min_per_event: Option<SNum>,
+    pub(super) max_per_event: Option<SNum>,
 }
 
 #[derive(Deserialize)]

@@ -661,6 +661,41 @@ fn a_dynamic_charge_needs_a_sum_meter() {
 }
 
 #[test]
+fn a_per_event_minimum_and_maximum_read_each_events_amount() {
+    let with = |charge: &str| {
+        GOOD.replace(
+            "{ meter = \"egress_gb\", model = \"per_unit\", unit_price = \"0.09\" },",
+            &format!("{charge},"),
+        ) + "\n[[meter]]\nname = \"transfers\"\nevent_type = \"com.example.transfer\"\naggregation = \"sum\"\nvalue = \"amount\"\n"
+    };
+    let ok = "{ meter = \"transfers\", model = \"percentage\", rate = \"0.01\", fixed_fee = \"0.50\", min_per_event = \"1\", max_per_event = \"5\" }";
+    let c = parse(&with(ok)).unwrap();
+    let charge = &c.plan("growth-2026").unwrap().charges[1];
+    assert!(charge.prices_each_event());
+    for (charge, field, says) in [
+        (
+            ok.replace("\"1\"", "\"6\""),
+            "min_per_event",
+            "above the maximum",
+        ),
+        (
+            ok.replace("max_per_event", "events_meter = \"calls\", max_per_event"),
+            "events_meter",
+            "not used",
+        ),
+        (ok.replace("\"1\"", "1.5"), "min_per_event", "float"),
+    ] {
+        let i = only_issue(&with(&charge));
+        assert_eq!(
+            i.field,
+            format!("plan[growth-2026].charges[1].{field}"),
+            "{charge}"
+        );
+        assert!(i.message.contains(says), "{charge}: {i}");
+    }
+}
+
+#[test]
 fn a_percentage_fee_per_event_needs_an_ungrouped_count_meter() {
     let with = |extra_meter: &str, charge: &str| {
         GOOD.replace(
@@ -694,6 +729,8 @@ fn a_percentage_fee_per_event_needs_an_ungrouped_count_meter() {
         ("{ meter = \"calls\", model = \"percentage\", rate = \"0.029\", fixed_fee = \"0.30\", events_meter = \"egress_gb\" }", "events_meter", "must be a count"),
         ("{ meter = \"calls\", model = \"percentage\", rate = \"2.9\" }", "rate", "a rate is a fraction"),
         ("{ meter = \"calls\", model = \"percentage\", rate = \"0.01\", free_events = 3 }", "fixed_fee", "free_events needs fixed_fee"),
+        // A per-event minimum or maximum reads each event's amount: usage events only.
+        ("{ meter = \"calls\", model = \"percentage\", rate = \"0.01\", min_per_event = \"1\" }", "meter", "ungrouped sum over usage events"),
     ] {
         let i = only_issue(&with(count, charge));
         assert_eq!(i.field, format!("plan[growth-2026].charges[1].{field}"), "{charge}");
