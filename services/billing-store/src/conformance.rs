@@ -65,6 +65,7 @@ macro_rules! conformance_tests {
             a_scheduled_plan_change_applies_once_and_is_cancelled_only_while_pending,
             coupons_are_created_once_and_attached_once_at_a_time,
             credit_notes_are_numbered_apart_and_never_credit_more_than_the_invoice,
+            payments_never_pay_more_than_is_due_and_overdue_is_reported_once,
         );
     };
     (@each $attrs:tt $fixture:path; $($name:ident,)*) => {
@@ -344,6 +345,7 @@ pub async fn sums_of_stored_credits_that_overflow_are_errors_not_panics(s: &dyn 
             "HUGE",
             t0 + Duration::days(31),
             "admin",
+            peage_core::payment::DEFAULT_NET_DAYS,
             &mut msg_ids(),
         )
         .await
@@ -553,6 +555,8 @@ pub fn draft(id: &str, partner: &str, base: &str) -> peage_core::InvoiceRecord {
         voided_at: None,
         finalized_by: None,
         voided_by: None,
+        payment: Default::default(),
+        state: Default::default(),
         invoice: peage_core::Invoice::compute(partner, &plan, period, &[]).unwrap(),
     }
 }
@@ -612,6 +616,7 @@ pub async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn Billi
             "TEST",
             at,
             "admin",
+            peage_core::payment::DEFAULT_NET_DAYS,
             &mut msg_ids()
         )
         .await,
@@ -623,6 +628,7 @@ pub async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn Billi
             "TEST",
             at,
             "staff:ann@example.com",
+            peage_core::payment::DEFAULT_NET_DAYS,
             &mut msg_ids(),
         )
         .await
@@ -645,6 +651,7 @@ pub async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn Billi
             "TEST",
             at,
             "staff:ann@example.com",
+            peage_core::payment::DEFAULT_NET_DAYS,
             &mut msg_ids()
         )
         .await,
@@ -656,6 +663,7 @@ pub async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn Billi
             "TEST",
             at,
             "admin",
+            peage_core::payment::DEFAULT_NET_DAYS,
             &mut msg_ids(),
         )
         .await
@@ -777,6 +785,7 @@ pub async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn Billi
             "TEST",
             next_year,
             "admin",
+            peage_core::payment::DEFAULT_NET_DAYS,
             &mut msg_ids(),
         )
         .await
@@ -819,6 +828,7 @@ pub async fn credits_are_taken_by_finalization_and_given_back_by_void(s: &dyn Bi
             "CRED",
             at,
             "admin",
+            peage_core::payment::DEFAULT_NET_DAYS,
             &mut msg_ids(),
         )
         .await
@@ -894,6 +904,7 @@ pub async fn plan_versions_and_profiles_are_kept(s: &dyn BillingStore) {
             rate: Decimal::new(10, 2),
             label: "JCT".into(),
         }),
+        net_days: Some(45),
         updated_at: t0,
     };
     s.put_billing_profile(&p).await.unwrap();
@@ -903,7 +914,11 @@ pub async fn plan_versions_and_profiles_are_kept(s: &dyn BillingStore) {
             .unwrap(),
         Some(p.clone())
     );
-    let q = BillingProfile { tax: None, ..p };
+    let q = BillingProfile {
+        tax: None,
+        net_days: None,
+        ..p
+    };
     s.put_billing_profile(&q).await.unwrap();
     assert_eq!(
         s.billing_profile(&typed("prt_70726f66000000000000"))
@@ -1039,6 +1054,7 @@ pub async fn webhooks_are_queued_once_per_event_and_logged(s: &dyn BillingStore)
             "OUT",
             at,
             "admin",
+            peage_core::payment::DEFAULT_NET_DAYS,
             &mut msg_ids(),
         )
         .await
@@ -1049,6 +1065,7 @@ pub async fn webhooks_are_queued_once_per_event_and_logged(s: &dyn BillingStore)
             "OUT",
             at,
             "admin",
+            peage_core::payment::DEFAULT_NET_DAYS,
             &mut msg_ids()
         )
         .await
@@ -1382,6 +1399,7 @@ pub async fn finalized_for_raw_sql(s: &dyn BillingStore) {
         "RAW",
         t0 + Duration::days(31),
         "admin",
+        peage_core::payment::DEFAULT_NET_DAYS,
         &mut msg_ids(),
     )
     .await
@@ -1757,7 +1775,7 @@ pub async fn credit_notes_are_numbered_apart_and_never_credit_more_than_the_invo
         .await,
         Err(CreditNoteRefusal::Store(BillingStoreError::Conflict(_)))
     ));
-    s.finalize_invoice(&inv_id, "TEST", at, "admin", &mut msg_ids())
+    s.finalize_invoice(&inv_id, "TEST", at, "admin", 30, &mut msg_ids())
         .await
         .unwrap();
     let first = s
@@ -1820,4 +1838,101 @@ pub async fn credit_notes_are_numbered_apart_and_never_credit_more_than_the_invo
     let notes = s.credit_notes_of(&inv_id).await.unwrap();
     assert_eq!(notes, [first.clone(), second]);
     assert_eq!(s.credit_note(&first.id).await.unwrap(), Some(first));
+}
+
+pub async fn payments_never_pay_more_than_is_due_and_overdue_is_reported_once(
+    s: &dyn BillingStore,
+) {
+    use crate::ledger::payments::PaymentRefusal;
+    use peage_core::payment::{InvoiceState, PaymentError, PaymentRequest};
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    let pid = "prt_7061796d656e74730000";
+    s.create_partner(&typed(pid), "A", &sub("growth", t0))
+        .await
+        .unwrap();
+    let inv_id: InvoiceId = typed("inv_7061796d656e74000000");
+    s.save_draft(&draft(inv_id.as_str(), pid, "30"))
+        .await
+        .unwrap();
+    let at = Utc.with_ymd_and_hms(2026, 12, 2, 9, 0, 0).unwrap();
+    let req = |amount: i64| PaymentRequest {
+        amount: Decimal::from(amount),
+        paid_on: None,
+        reference: "wire".into(),
+    };
+    let id = |i: u32| typed::<peage_core::ids::PaymentId>(&format!("pay_{i:020x}"));
+    // A draft takes none.
+    assert!(matches!(
+        s.record_payment(&id(0), &inv_id, &req(10), at, "admin", &mut msg_ids())
+            .await,
+        Err(PaymentRefusal::Rule(PaymentError::NotPayable("draft")))
+    ));
+    let fin = s
+        .finalize_invoice(&inv_id, "TEST", at, "admin", 10, &mut msg_ids())
+        .await
+        .unwrap();
+    assert_eq!(fin.payment.due_at, Some(at + Duration::days(10)));
+    assert_eq!(fin.state, InvoiceState::Open);
+    // Eight concurrent payments of 10 against 30 due: three pass, one settles it.
+    let payments = (1..=8u32).map(|i| {
+        let (inv_id, req) = (&inv_id, req(10));
+        async move {
+            s.record_payment(&id(i), inv_id, &req, at, "admin", &mut msg_ids())
+                .await
+        }
+    });
+    let answers = futures::future::join_all(payments).await;
+    let passed: Vec<_> = answers.iter().filter_map(|a| a.as_ref().ok()).collect();
+    assert_eq!(passed.len(), 3, "{answers:?}");
+    assert_eq!(
+        passed
+            .iter()
+            .filter(|(_, r)| r.state == InvoiceState::Paid)
+            .count(),
+        1
+    );
+    assert_eq!(s.payments_of(&inv_id).await.unwrap().len(), 3);
+    let paid = s.invoice(&inv_id).await.unwrap().unwrap();
+    assert_eq!(paid.payment.amount_paid, Decimal::new(3000, 2));
+    assert_eq!(paid.payment.paid_at.map(|t| t >= at), Some(true));
+    // A paid invoice is not voided, nor reported overdue.
+    assert!(matches!(
+        s.void_invoice(&inv_id, at, "admin").await,
+        Err(BillingStoreError::Conflict(_))
+    ));
+    let later = at + Duration::days(11);
+    assert!(s
+        .mark_overdue(later, 10, &mut msg_ids())
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Another invoice, unpaid past its due date: reported once by two scans at once.
+    let other_partner = "prt_7061796d656e74730001";
+    s.create_partner(&typed(other_partner), "B", &sub("growth", t0))
+        .await
+        .unwrap();
+    let other: InvoiceId = typed("inv_7061796d656e74000001");
+    s.save_draft(&draft(other.as_str(), other_partner, "40"))
+        .await
+        .unwrap();
+    s.finalize_invoice(&other, "TEST", at, "admin", 10, &mut msg_ids())
+        .await
+        .unwrap();
+    let (a, b) = futures::future::join(
+        s.mark_overdue(later, 10, &mut msg_ids()),
+        s.mark_overdue(later, 10, &mut msg_ids()),
+    )
+    .await;
+    let marked: Vec<_> = a.unwrap().into_iter().chain(b.unwrap()).collect();
+    assert_eq!(marked.len(), 1);
+    assert_eq!(marked[0].state, InvoiceState::Overdue);
+    assert!(s
+        .mark_overdue(later, 10, &mut msg_ids())
+        .await
+        .unwrap()
+        .is_empty());
+    let written_off = s.mark_uncollectible(&other, later, "admin").await.unwrap();
+    assert_eq!(written_off.state, InvoiceState::Uncollectible);
+    assert!(s.mark_uncollectible(&other, later, "admin").await.is_err());
 }

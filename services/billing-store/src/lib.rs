@@ -30,6 +30,10 @@ pub use ledger::credit_notes::{CreditNoteRecord, CreditNoteStore};
 pub mod credit_notes {
     pub use crate::ledger::credit_notes::CreditNoteRefusal;
 }
+pub use ledger::payments::{PaymentRecord, PaymentStore};
+pub mod payments {
+    pub use crate::ledger::payments::PaymentRefusal;
+}
 pub use ledger::plan_changes::{PlanChange, PlanChangeStatus, PlanChangeStore};
 pub use ledger::{
     Attempt, BillingProfile, CreditEntry, DashboardGrant, DashboardRole, DraftOutcome,
@@ -222,6 +226,7 @@ pub trait BillingStore:
     + PlanChangeStore
     + CouponStore
     + CreditNoteStore
+    + PaymentStore
     + IdempotencyStore
     + ServiceTokenStore
     + RevocationFeed

@@ -218,7 +218,7 @@ async fn an_invoice_goes_from_draft_to_finalized_and_late_usage_lands_on_the_nex
         .call(
             "POST",
             "/v1/webhooks",
-            Some(json!({"url": hook_url, "events": ["invoice.paid"]})),
+            Some(json!({"url": hook_url, "events": ["invoice.exploded"]})),
         )
         .await;
     assert_eq!(s, 400, "{bad}");
@@ -689,6 +689,7 @@ async fn a_partner_that_cannot_be_billed_fails_alone_and_is_named() {
             partner_id: ids[1].parse().unwrap(),
             timezone: "Mars/Olympus".into(),
             tax: None,
+            net_days: None,
             updated_at: Utc::now(),
         })
         .await

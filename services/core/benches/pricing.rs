@@ -82,6 +82,7 @@ fn plan() -> Plan {
         ],
         quotas: vec![],
         rate_limit: None,
+        net_days: None,
     }
 }
 

@@ -284,6 +284,7 @@ mod tests {
             }],
             quotas: vec![],
             rate_limit: None,
+            net_days: None,
         };
         let period = BillingPeriod {
             start: Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap(),

@@ -126,6 +126,7 @@ prefixed_id!(StaffId, "stf_");
 prefixed_id!(PlanChangeId, "pch_");
 prefixed_id!(PartnerCouponId, "pcp_");
 prefixed_id!(CreditNoteId, "cn_");
+prefixed_id!(PaymentId, "pay_");
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{value:?} is not a valid {kind}")]

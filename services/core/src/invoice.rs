@@ -630,6 +630,12 @@ pub struct InvoiceRecord {
     /// Who voided it, likewise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voided_by: Option<String>,
+    /// Due date, payments, credit notes and write-off (crate::payment).
+    #[serde(default)]
+    pub payment: crate::payment::Settlement,
+    /// What finance sees ([`InvoiceRecord::state_at`]) when it was read.
+    #[serde(default)]
+    pub state: crate::payment::InvoiceState,
     pub invoice: Invoice,
 }
 
@@ -881,6 +887,7 @@ mod tests {
             charges,
             quotas: vec![],
             rate_limit: None,
+            net_days: None,
         }
     }
 
@@ -943,6 +950,8 @@ mod tests {
             voided_at: None,
             finalized_by: None,
             voided_by: None,
+            payment: Default::default(),
+            state: Default::default(),
             invoice: inv,
         }
     }

@@ -13,6 +13,7 @@ pub mod ids;
 pub mod invoice;
 pub mod meter;
 pub mod money;
+pub mod payment;
 pub mod period;
 pub mod pricing;
 pub mod problem;

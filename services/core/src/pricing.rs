@@ -33,6 +33,10 @@ pub struct Plan {
     pub charges: Vec<Charge>,
     pub quotas: Vec<Quota>,
     pub rate_limit: Option<RateLimit>,
+    /// Payment terms: days from finalization to the due date (a partner's billing profile may
+    /// say otherwise; [`crate::payment::DEFAULT_NET_DAYS`] when neither does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_days: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -760,6 +764,7 @@ mod tests {
             }],
             quotas: vec![],
             rate_limit: None,
+            net_days: None,
         };
         let json = serde_json::to_string(&plan).unwrap();
         assert!(json.contains("\"up_to\":null"), "{json}");

@@ -303,6 +303,7 @@ fn engine_plan(id: &str, p: &RefPlan, currency: Currency, tax_pct: i128) -> Plan
             .collect(),
         quotas: vec![],
         rate_limit: None,
+        net_days: None,
     }
 }
 

@@ -73,7 +73,7 @@ impl CatalogSource for CatalogFile {
 }
 
 /// Billing's upkeep, every `every` until `stop`: applies the scheduled plan changes that are
-/// due and, with `adopt_catalog` (distributed mode), puts the store's catalog of record in
+/// due, reports invoices that fell overdue (`invoice.overdue`, once each) and, with `adopt_catalog` (distributed mode), puts the store's catalog of record in
 /// force whenever another billing instance accepted a new one.
 pub fn upkeep(
     billing: Arc<Billing>,
@@ -91,6 +91,9 @@ pub fn upkeep(
             // After the catalog: a change applies the plan version in force.
             if let Err(e) = billing.apply_due_plan_changes().await {
                 tracing::warn!(error = %e, "cannot apply the scheduled plan changes now; retrying");
+            }
+            if let Err(e) = billing.mark_overdue(chrono::Utc::now()).await {
+                tracing::warn!(error = %e, "cannot look for overdue invoices now; retrying");
             }
             tokio::select! {
                 _ = stop.changed() => return,

@@ -13,7 +13,7 @@ use peage_core::invoice::{invoice_number, InvoiceStatus};
 use serde::Serialize;
 
 use super::db::{args, LedgerDb, Row};
-use super::store::{insert_credit, invoice, queue_webhook};
+use super::store::{insert_credit, invoice, queue_paid, queue_webhook};
 use super::{sql, ts, CreditEntry};
 use crate::BillingStoreError;
 
@@ -182,6 +182,35 @@ impl<D: LedgerDb> CreditNoteStore for D {
                 },
             )
             .await?;
+        }
+        // What notes have covered, summed here (exact on both databases), and whether that
+        // settles the invoice.
+        let mut record = record;
+        record.payment.amount_credited = before
+            .iter()
+            .map(|r| r.note.total)
+            .chain([note.total])
+            .try_fold(rust_decimal::Decimal::ZERO, |t, v| t.checked_add(v))
+            .ok_or_else(|| {
+                CreditNoteRefusal::Rule(peage_core::credit_note::CreditNoteError::Overflow)
+            })?;
+        let settled = record.payment.paid_at.is_none() && record.left_due().is_zero();
+        if settled {
+            record.payment.paid_at = Some(at);
+        }
+        tx.execute(
+            sql::SETTLE,
+            args![
+                record.payment.amount_paid.to_string(),
+                record.payment.amount_credited.to_string(),
+                record.payment.paid_at.map(ts),
+                ts(at),
+                invoice_id,
+            ],
+        )
+        .await?;
+        if settled {
+            queue_paid(&mut *tx, &record.clone().as_of(at), at, ids).await?;
         }
         let made = CreditNoteRecord {
             id: id.clone(),

@@ -25,6 +25,7 @@ pub(crate) mod catalogs;
 pub(crate) mod coupons;
 pub(crate) mod credit_notes;
 pub(crate) mod db;
+pub(crate) mod payments;
 pub(crate) mod plan_changes;
 mod sql;
 mod store;
@@ -36,6 +37,9 @@ pub struct BillingProfile {
     pub timezone: String,
     /// Replaces the plan's tax (for example a reverse-charge 0 %).
     pub tax: Option<TaxRate>,
+    /// Payment terms: net days from finalization to the due date; replaces the plan's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_days: Option<u32>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -231,17 +235,20 @@ pub trait LedgerStore: Send + Sync + 'static {
     /// (no gaps: a failed finalization takes no number), credits applied from the balance.
     /// `by` names who did it (the audit log's actor). Its `invoice.finalized` webhook is
     /// queued in the same transaction (an outbox: a crash cannot keep one without the other),
-    /// with message ids from `ids`.
+    /// with message ids from `ids`. It is due `net_days` after `at`; when prepaid credits
+    /// leave nothing to pay, it is paid at once (`invoice.paid`, same transaction).
+    #[allow(clippy::too_many_arguments)]
     async fn finalize_invoice(
         &self,
         id: &InvoiceId,
         prefix: &str,
         at: DateTime<Utc>,
         by: &str,
+        net_days: u32,
         ids: &mut (dyn Iterator<Item = String> + Send),
     ) -> Result<InvoiceRecord, BillingStoreError>;
     /// Voids a draft or a finalized invoice; credits it took go back to the balance. `by` names
-    /// who did it.
+    /// who did it. `Conflict` once a payment is recorded (a credit note corrects it then).
     async fn void_invoice(
         &self,
         id: &InvoiceId,

@@ -7,15 +7,17 @@ pub const PUT_PLAN_VERSION: &str =
 pub const PLAN_VERSION: &str =
     "SELECT definition FROM plan_versions WHERE plan_id = $1 AND version = $2";
 
-pub const PROFILE: &str = "SELECT partner_id, timezone, tax_rate, tax_label, updated_at \
+pub const PROFILE: &str = "SELECT partner_id, timezone, tax_rate, tax_label, net_days, updated_at \
      FROM partner_billing WHERE partner_id = $1";
-pub const PROFILES: &str = "SELECT partner_id, timezone, tax_rate, tax_label, updated_at \
+pub const PROFILES: &str =
+    "SELECT partner_id, timezone, tax_rate, tax_label, net_days, updated_at \
      FROM partner_billing ORDER BY partner_id";
 pub const PUT_PROFILE: &str =
-    "INSERT INTO partner_billing (partner_id, timezone, tax_rate, tax_label, updated_at) \
-     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (partner_id) DO UPDATE SET \
+    "INSERT INTO partner_billing (partner_id, timezone, tax_rate, tax_label, net_days, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (partner_id) DO UPDATE SET \
      timezone = excluded.timezone, tax_rate = excluded.tax_rate, \
-     tax_label = excluded.tax_label, updated_at = excluded.updated_at";
+     tax_label = excluded.tax_label, net_days = excluded.net_days, \
+     updated_at = excluded.updated_at";
 
 pub const INSERT_CREDIT: &str = "INSERT INTO credit_entries (id, partner_id, currency, amount, description, invoice_id, created_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7)";
@@ -30,7 +32,8 @@ pub const ALL_CREDIT_AMOUNTS: &str = "SELECT partner_id, currency, amount FROM c
 macro_rules! invoice_columns {
     () => {
         "id, number, status, partner_id, period_label, created_at, updated_at, finalized_at, \
-         voided_at, finalized_by, voided_by, document"
+         voided_at, finalized_by, voided_by, document, due_at, amount_paid, amount_credited, \
+         paid_at, overdue_at, uncollectible_at, uncollectible_by"
     };
 }
 
@@ -66,10 +69,14 @@ pub const NEXT_INVOICE_NUMBER: &str =
      ON CONFLICT (prefix, year) DO UPDATE SET last = invoice_numbers.last + 1 RETURNING last";
 pub const FINALIZE: &str =
     "UPDATE invoices SET status = 'finalized', number = $1, document = $2, total = $3, \
-     finalized_at = $4, updated_at = $4, finalized_by = $5 WHERE id = $6 AND status = 'draft'";
+     finalized_at = $4, updated_at = $4, finalized_by = $5, due_at = $7, paid_at = $8 \
+     WHERE id = $6 AND status = 'draft'";
+/// Sets what payments and credit notes covered, and when that first settled it.
+pub const SETTLE: &str = "UPDATE invoices SET amount_paid = $1, amount_credited = $2, \
+     paid_at = $3, updated_at = $4 WHERE id = $5";
 pub const VOID: &str =
     "UPDATE invoices SET status = 'void', voided_at = $1, updated_at = $1, voided_by = $2 \
-     WHERE id = $3 AND status IN ('draft', 'finalized')";
+     WHERE id = $3 AND status IN ('draft', 'finalized') AND amount_paid = '0'";
 
 /// The columns a webhook endpoint is read from, prefixed `e_`.
 macro_rules! endpoint_columns {

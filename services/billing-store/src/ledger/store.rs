@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Datelike, Utc};
 use peage_core::ids::{InvoiceId, PartnerId, WebhookEndpointId, WebhookMessageId};
 use peage_core::invoice::{invoice_number, CreditMovement, InvoiceRecord, InvoiceStatus};
+use peage_core::payment::Settlement;
 use peage_core::pricing::TaxRate;
 use rust_decimal::Decimal;
 
@@ -41,8 +42,41 @@ pub(super) fn invoice(row: &Row) -> Result<InvoiceRecord, BillingStoreError> {
         number: row.opt_text("number")?,
         partner_id: row.text("partner_id")?,
         period_label: row.text("period_label")?,
+        payment: Settlement {
+            due_at: row.opt_time("invoice", "due_at")?,
+            amount_paid: row.decimal("invoice", "amount_paid")?,
+            amount_credited: row.decimal("invoice", "amount_credited")?,
+            paid_at: row.opt_time("invoice", "paid_at")?,
+            overdue_at: row.opt_time("invoice", "overdue_at")?,
+            uncollectible_at: row.opt_time("invoice", "uncollectible_at")?,
+            uncollectible_by: row.opt_text("uncollectible_by")?,
+        },
+        state: Default::default(),
         id,
-    })
+    }
+    .as_of(Utc::now()))
+}
+
+/// Queues `invoice.paid` for an invoice just settled (its `paid_at` set in the same
+/// transaction, so once).
+pub(super) async fn queue_paid(
+    db: &mut dyn Sql,
+    record: &InvoiceRecord,
+    at: DateTime<Utc>,
+    ids: &mut (dyn Iterator<Item = String> + Send),
+) -> Result<(), BillingStoreError> {
+    let event = "invoice.paid";
+    let payload = peage_core::invoice::webhook_message(event, at, record.settlement_event());
+    queue_webhook(
+        db,
+        event,
+        &format!("{event}:{}", record.id),
+        &payload,
+        ids,
+        at,
+    )
+    .await
+    .map(|_| ())
 }
 
 fn credit(row: &Row) -> Result<CreditEntry, BillingStoreError> {
@@ -97,6 +131,9 @@ fn profile(row: &Row) -> Result<BillingProfile, BillingStoreError> {
         partner_id: row.id("billing profile", "partner_id")?,
         timezone: row.text("timezone")?,
         tax,
+        net_days: row
+            .opt_int("net_days")?
+            .map(|d| u32::try_from(d).unwrap_or(peage_core::payment::MAX_NET_DAYS)),
         updated_at: row.time("billing profile", "updated_at")?,
     })
 }
@@ -316,6 +353,7 @@ impl<D: LedgerDb> LedgerStore for D {
                     &p.timezone,
                     p.tax.as_ref().map(|t| t.rate.to_string()),
                     p.tax.as_ref().map(|t| t.label.clone()),
+                    p.net_days.map(i64::from),
                     ts(p.updated_at),
                 ],
             )
@@ -412,6 +450,7 @@ impl<D: LedgerDb> LedgerStore for D {
         prefix: &str,
         at: DateTime<Utc>,
         by: &str,
+        net_days: u32,
         ids: &mut (dyn Iterator<Item = String> + Send),
     ) -> Result<InvoiceRecord, BillingStoreError> {
         // Stored to the microsecond: answer what is stored.
@@ -446,6 +485,11 @@ impl<D: LedgerDb> LedgerStore for D {
         if let Some(m) = record.finalize(number.clone(), balance(&credits)?, at, by) {
             insert_credit(&mut *tx, &movement_entry(&record, m, at)?).await?;
         }
+        record.payment.due_at = Some(peage_core::payment::due_at(at, net_days));
+        // Nothing left to pay (prepaid credits covered it): paid as it is finalized.
+        if record.left_due().is_zero() {
+            record.payment.paid_at = Some(at);
+        }
         tx.execute(
             sql::FINALIZE,
             args![
@@ -455,12 +499,18 @@ impl<D: LedgerDb> LedgerStore for D {
                 ts(at),
                 by,
                 id,
+                record.payment.due_at.map(ts),
+                record.payment.paid_at.map(ts),
             ],
         )
         .await?;
+        let record = record.as_of(at);
         let event = "invoice.finalized";
         let payload = peage_core::invoice::webhook_message(event, at, record.finalized_event());
         queue_webhook(&mut *tx, event, &format!("{event}:{id}"), &payload, ids, at).await?;
+        if record.payment.paid_at.is_some() {
+            queue_paid(&mut *tx, &record, at, ids).await?;
+        }
         tx.commit().await?;
         Ok(record)
     }
@@ -479,6 +529,12 @@ impl<D: LedgerDb> LedgerStore for D {
             .await?
             .ok_or_else(|| not_found("invoice", id))?;
         let record = invoice(&row)?;
+        if changed == 0 && !record.payment.amount_paid.is_zero() {
+            return Err(BillingStoreError::Conflict(format!(
+                "invoice {id} has {} paid; void is for mistakes before any payment, a credit note corrects a paid invoice",
+                record.payment.amount_paid
+            )));
+        }
         if changed == 0 {
             return Err(BillingStoreError::Conflict(format!(
                 "invoice {id} is already void"

@@ -66,7 +66,7 @@ pub async fn list(
 #[into_params(parameter_in = Query)]
 pub struct ListFormat {
     /// `json` (the default) or `csv`.
-    format: Option<String>,
+    pub(super) format: Option<String>,
 }
 
 #[derive(Deserialize, IntoParams)]

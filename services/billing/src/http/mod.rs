@@ -18,6 +18,7 @@ mod keys;
 mod oauth;
 mod openapi;
 mod partners;
+mod payments;
 mod profiles;
 mod quotas;
 mod respond;

@@ -14,7 +14,8 @@ use super::error::{self, ApiError};
 use super::state::ControlApi;
 use super::{
     audit, catalog, coupons, credit_notes, events, gateway, idempotency, invoices as inv, keys,
-    oauth, openapi, partners, profiles, quotas, service_tokens, sessions, staff, usage, webhooks,
+    oauth, openapi, partners, payments, profiles, quotas, service_tokens, sessions, staff, usage,
+    webhooks,
 };
 use crate::service::events::MAX_BODY_BYTES;
 
@@ -44,6 +45,8 @@ fn routes(api: &Arc<ControlApi>) -> OpenApiRouter<Arc<ControlApi>> {
         .routes(routes!(inv::run))
         .routes(routes!(inv::finalize))
         .routes(routes!(inv::void))
+        .routes(routes!(payments::record))
+        .routes(routes!(payments::mark_uncollectible))
         .routes(routes!(profiles::put_profile, profiles::get_profile))
         .routes(routes!(profiles::add_credit, profiles::credits))
         .routes(routes!(webhooks::add_webhook, webhooks::webhooks))
@@ -67,6 +70,7 @@ fn routes(api: &Arc<ControlApi>) -> OpenApiRouter<Arc<ControlApi>> {
         .routes(routes!(coupons::partner_coupons))
         .routes(routes!(credit_notes::list))
         .routes(routes!(credit_notes::get))
+        .routes(routes!(payments::list))
         .routes(routes!(keys::create_key, keys::list_keys))
         .routes(routes!(keys::revoke_key))
         .routes(routes!(keys::rotate_key))

@@ -22,7 +22,7 @@ pub struct CreditNoteList {
     /// The notes' totals, with tax.
     #[serde(with = "rust_decimal::serde::str")]
     pub credited: Decimal,
-    /// The invoice's amount due less its notes, never below zero.
+    /// The invoice's amount due less its notes and payments, never below zero.
     #[serde(with = "rust_decimal::serde::str")]
     pub left_due: Decimal,
 }
@@ -126,7 +126,12 @@ impl Billing {
         Ok(CreditNoteList {
             credit_notes,
             credited,
-            left_due: (record.invoice.amount_due - credited).max(Decimal::ZERO),
+            left_due: {
+                let mut left = (record.invoice.amount_due - credited - record.payment.amount_paid)
+                    .max(Decimal::ZERO);
+                left.rescale(record.invoice.currency.minor_units());
+                left
+            },
         })
     }
 

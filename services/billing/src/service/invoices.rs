@@ -36,6 +36,10 @@ pub struct ProfileRequest {
     pub timezone: String,
     #[serde(default)]
     pub tax: Option<TaxRequest>,
+    /// Payment terms: days from finalization to the due date (the plan's, or 30, when left
+    /// out).
+    #[serde(default)]
+    pub net_days: Option<u32>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -172,6 +176,7 @@ impl Billing {
             partner_id: partner.id.clone(),
             timezone: "UTC".into(),
             tax: None,
+            net_days: None,
             updated_at: partner.created_at,
         }))
     }
@@ -194,8 +199,18 @@ impl Billing {
                 return Err(ServiceError::Invalid("tax.label must not be empty".into()));
             }
         }
+        if let Some(d) = req
+            .net_days
+            .filter(|d| *d > peage_core::payment::MAX_NET_DAYS)
+        {
+            return Err(ServiceError::Invalid(format!(
+                "net_days is 0 to {} days, not {d}",
+                peage_core::payment::MAX_NET_DAYS
+            )));
+        }
         let profile = BillingProfile {
             partner_id: partner.id,
+            net_days: req.net_days,
             timezone: req.timezone,
             tax: req.tax.map(|t| TaxRate {
                 rate: t.rate,

@@ -473,6 +473,8 @@ impl Invoicing {
             voided_at: None,
             finalized_by: None,
             voided_by: None,
+            payment: Default::default(),
+            state: Default::default(),
             invoice,
         }
     }
@@ -738,6 +740,7 @@ impl Invoicing {
                 draft.invoice.period.end.to_rfc3339()
             )));
         }
+        let net_days = self.net_days(&draft).await?;
         // Its invoice.finalized webhook is queued in the finalizing transaction.
         let record = self
             .store
@@ -746,11 +749,36 @@ impl Invoicing {
                 &self.issuer.prefix,
                 now,
                 by,
+                net_days,
                 &mut webhooks::message_ids(),
             )
             .await?;
         tracing::info!(invoice = %record.id, number = ?record.number, by, "invoice finalized");
         Ok((draft, record))
+    }
+
+    /// The payment terms of an invoice about to be finalized: the partner's billing profile's,
+    /// else its plan's, else [`peage_core::payment::DEFAULT_NET_DAYS`].
+    async fn net_days(&self, draft: &InvoiceRecord) -> Result<u32, ServiceError> {
+        let partner: PartnerId = draft
+            .partner_id
+            .parse()
+            .map_err(|_| ServiceError::Corrupt(format!("invoice {} partner", draft.id)))?;
+        if let Some(d) = self
+            .store
+            .billing_profile(&partner)
+            .await?
+            .and_then(|p| p.net_days)
+        {
+            return Ok(d);
+        }
+        let plan = match &draft.invoice.plan_version {
+            v if !v.is_empty() => self.plan_version(&draft.invoice.plan_id, v).await.ok(),
+            _ => None,
+        };
+        Ok(plan
+            .and_then(|p| p.net_days)
+            .unwrap_or(peage_core::payment::DEFAULT_NET_DAYS))
     }
 
     /// Voids an invoice; `by` names who. Answers the invoice before and after.

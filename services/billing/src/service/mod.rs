@@ -19,6 +19,7 @@ pub mod invoicing;
 mod keys;
 pub mod oauth;
 mod partners;
+mod payments;
 pub mod pdf;
 mod plan_changes;
 mod preview;
@@ -49,6 +50,7 @@ pub use keys::{issue_key, IssuedKey};
 pub use partners::{
     check_external_id, create_partner, plan_version, OverviewPage, PartnerOverview,
 };
+pub use payments::{payments_csv, PaymentList, PaymentMade};
 pub use plan_changes::{ChangeAt, PartnerView, PlanChangeList, SubscriptionOutcome};
 pub use preview::{CatalogVersions, InvoicePreview, PreviewCatalog};
 pub use principal::{Principal, ServiceScope, EVENTS_ROUTES, GATEWAY_ROUTES};

@@ -426,6 +426,8 @@ mod tests {
             voided_at: None,
             finalized_by: None,
             voided_by: None,
+            payment: Default::default(),
+            state: Default::default(),
             invoice,
         };
         let pdf = render(&record, "X", &Issuer::default());

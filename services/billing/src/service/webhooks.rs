@@ -24,6 +24,8 @@ use super::secrets::{webhook_row, SecretBox};
 /// The event types Péage sends.
 pub const EVENT_TYPES: &[&str] = &[
     "invoice.finalized",
+    "invoice.paid",
+    "invoice.overdue",
     "credit_note.created",
     "quota.soft_exceeded",
     "quota.hard_blocked",

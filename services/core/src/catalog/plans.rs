@@ -213,6 +213,21 @@ pub(super) fn validate_plans(src: &mut Source, raw: &[RawPlan], meters: &[Meter]
                 shadow: raw.shadow,
             })
         });
+        let net_days = p.net_days.as_ref().and_then(|n| {
+            let days = *n.get_ref();
+            if days > i64::from(crate::payment::MAX_NET_DAYS) || days < 0 {
+                src.issue(
+                    n.span(),
+                    format!("{path}.net_days"),
+                    format!(
+                        "payment terms are 0 to {} days after finalization",
+                        crate::payment::MAX_NET_DAYS
+                    ),
+                );
+                return None;
+            }
+            u32::try_from(days).ok()
+        });
         let (Some(currency), Some(period), Some(base_fee)) = (currency, period, base_fee) else {
             continue;
         };
@@ -228,6 +243,7 @@ pub(super) fn validate_plans(src: &mut Source, raw: &[RawPlan], meters: &[Meter]
             charges,
             quotas,
             rate_limit,
+            net_days,
         };
         plan.version = short_hash(serde_json::to_string(&plan).unwrap_or_default().as_bytes());
         plans.push(plan);

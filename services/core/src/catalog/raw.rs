@@ -108,6 +108,7 @@ pub(super) struct RawPlan {
     #[serde(default)]
     pub(super) quotas: Vec<RawQuota>,
     pub(super) rate_limit: Option<Spanned<RawRateLimit>>,
+    pub(super) net_days: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
