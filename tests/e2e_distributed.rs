@@ -7,7 +7,7 @@
 //! `deploy/dev/test-all.sh` runs them); without it they are listed as ignored, and with it a
 //! missing server fails them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -130,6 +130,8 @@ impl Setup {
                 dir.path().join("events-spool").display().to_string(),
             ),
             ("PEAGE_CLICKHOUSE__DATABASE", name.clone()),
+            // Finance finalizes in these tests, but in the one about the scheduler.
+            ("PEAGE_BILLING__AUTO_FINALIZE", "false".to_string()),
             ("PEAGE_POSTGRES__URL", format!("{POSTGRES}/{name}")),
             ("PEAGE_AGGREGATOR__GROUP", format!("{name}-agg")),
             ("PEAGE_AGGREGATOR__MAX_WAIT_MS", "200".to_string()),
@@ -1913,6 +1915,126 @@ async fn billing_sigkilled_during_an_invoice_run_and_while_finalizing_leaves_no_
         (lost, duplicated),
         (0, 0),
         "one invoice.finalized per invoice"
+    );
+}
+
+/// Issue 22: two billing processes on one PostgreSQL, both with automatic finalization on and
+/// no grace period. The partners joined on 1 October 2026: the drafts of the two months before
+/// this one are computed and finalized by the scheduler of one of them (the job lease), each
+/// once: numbers 1..2N without a gap, one `invoice.finalized` each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "real-servers"),
+    ignore = "needs Kafka, ClickHouse and PostgreSQL: cargo test --features real-servers (deploy/dev/services.sh start)"
+)]
+async fn two_billing_processes_finalize_each_due_draft_once_by_themselves() {
+    use chrono::Datelike;
+    use peage_billing_store::{BillingStore, InvoiceFilter, LedgerStore, PostgresBillingStore};
+    let _one = ONE_AT_A_TIME.lock().await;
+    servers_up();
+    const N: usize = 120;
+    let s = Setup::new(KAFKA).await;
+    let store = PostgresBillingStore::connect(&format!("{POSTGRES}/{}", s.name))
+        .await
+        .unwrap();
+    let t0 = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 10, 1, 0, 0, 0).unwrap();
+    // One billing without the scheduler first, to register the catalog and make the partners.
+    let (setup_billing, control) = s.start("billing", &[]);
+    let (probe, _) = partner_with_live_key(&reqwest::Client::new(), &control.unwrap()).await;
+    let mut sub = store
+        .partner(&probe.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .subscription;
+    sub.started_at = t0;
+    for i in 0..N {
+        store
+            .create_partner(
+                &format!("prt_{i:020x}").parse().unwrap(),
+                &format!("P{i}"),
+                &sub,
+            )
+            .await
+            .unwrap();
+    }
+    store
+        .add_webhook_endpoint(&peage_billing_store::WebhookEndpoint {
+            id: "ep_00000000000000000001".parse().unwrap(),
+            url: "https://hooks.example.com/peage".into(),
+            secret: "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3".into(),
+            events: vec!["invoice.finalized".into()],
+            created_at: t0,
+            disabled_at: None,
+        })
+        .await
+        .unwrap();
+    drop(setup_billing);
+    let scheduler = [
+        ("PEAGE_BILLING__AUTO_FINALIZE", "true".to_string()),
+        ("PEAGE_BILLING__FINALIZE_GRACE_HOURS", "0".to_string()),
+        ("PEAGE_BILLING__AUTO_FINALIZE_EVERY_S", "1".to_string()),
+        ("PEAGE_CONTROL__LISTEN", "127.0.0.1:0".to_string()),
+    ];
+    let (_a, _) = s.start("billing", &scheduler);
+    let (_b, _) = s.start("billing", &scheduler);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let finalized = loop {
+        let f = store
+            .invoices(&InvoiceFilter {
+                status: Some(peage_core::InvoiceStatus::Finalized),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if f.len() >= 2 * N || std::time::Instant::now() > deadline {
+            break f;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // A second look later: nothing more, nothing twice.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let all = store.invoices(&InvoiceFilter::default()).await.unwrap();
+    let drafts = all
+        .iter()
+        .filter(|r| r.status == peage_core::InvoiceStatus::Draft)
+        .count();
+    let mut numbers: Vec<String> = finalized.iter().filter_map(|r| r.number.clone()).collect();
+    numbers.sort();
+    let year = chrono::Utc::now().year();
+    let expected: Vec<String> = (1..=2 * N)
+        .map(|n| format!("PEAGE-{year}-{n:06}"))
+        .collect();
+    let finalizers: BTreeSet<String> = finalized
+        .iter()
+        .filter_map(|r| r.finalized_by.clone())
+        .collect();
+    let deliveries = store.webhook_deliveries(10 * N as i64).await.unwrap();
+    let mut per_invoice: BTreeMap<String, usize> = BTreeMap::new();
+    for d in deliveries
+        .iter()
+        .filter(|d| d.event_type == "invoice.finalized")
+    {
+        *per_invoice.entry(d.event_key.clone()).or_default() += 1;
+    }
+    eprintln!(
+        "auto-finalize with two billing processes: {} finalized of {}, {drafts} drafts left, finalized by {finalizers:?}",
+        finalized.len(),
+        2 * N
+    );
+    assert_eq!(all.len(), 2 * N, "one invoice per partner and month");
+    assert_eq!(numbers, expected, "numbers 1..2N, no gap, no duplicate");
+    assert_eq!(drafts, 0);
+    assert_eq!(
+        finalizers.len(),
+        1,
+        "one instance finalized: {finalizers:?}"
+    );
+    assert!(finalizers.iter().all(|f| f.starts_with("scheduler:")));
+    assert_eq!(per_invoice.len(), 2 * N);
+    assert!(
+        per_invoice.values().all(|n| *n == 1),
+        "one invoice.finalized each"
     );
 }
 

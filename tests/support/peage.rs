@@ -31,6 +31,8 @@ impl Peage {
             None => Stdio::inherit(),
         };
         let child = Command::new(env!("CARGO_BIN_EXE_peage"))
+            // Finance finalizes in these tests; one that wants the scheduler turns it on.
+            .env("PEAGE_BILLING__AUTO_FINALIZE", "false")
             .envs(env.iter().copied())
             .args([
                 "up",

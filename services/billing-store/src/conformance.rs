@@ -66,6 +66,7 @@ macro_rules! conformance_tests {
             coupons_are_created_once_and_attached_once_at_a_time,
             credit_notes_are_numbered_apart_and_never_credit_more_than_the_invoice,
             payments_never_pay_more_than_is_due_and_overdue_is_reported_once,
+            a_job_lease_has_one_holder_until_it_expires,
         );
     };
     (@each $attrs:tt $fixture:path; $($name:ident,)*) => {
@@ -1935,4 +1936,23 @@ pub async fn payments_never_pay_more_than_is_due_and_overdue_is_reported_once(
     let written_off = s.mark_uncollectible(&other, later, "admin").await.unwrap();
     assert_eq!(written_off.state, InvoiceState::Uncollectible);
     assert!(s.mark_uncollectible(&other, later, "admin").await.is_err());
+}
+
+pub async fn a_job_lease_has_one_holder_until_it_expires(s: &dyn BillingStore) {
+    let t0 = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
+    let ttl = Duration::minutes(5);
+    assert!(s.try_lease("auto-finalize", "a", t0, ttl).await.unwrap());
+    assert!(!s.try_lease("auto-finalize", "b", t0, ttl).await.unwrap());
+    // Renewed by its holder; another job is another lease.
+    let t1 = t0 + Duration::minutes(4);
+    assert!(s.try_lease("auto-finalize", "a", t1, ttl).await.unwrap());
+    assert!(s.try_lease("other", "b", t1, ttl).await.unwrap());
+    assert!(!s
+        .try_lease("auto-finalize", "b", t0 + Duration::minutes(8), ttl)
+        .await
+        .unwrap());
+    // Its holder gone, taken over once expired.
+    let t2 = t1 + ttl + Duration::seconds(1);
+    assert!(s.try_lease("auto-finalize", "b", t2, ttl).await.unwrap());
+    assert!(!s.try_lease("auto-finalize", "a", t2, ttl).await.unwrap());
 }

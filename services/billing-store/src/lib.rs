@@ -30,6 +30,7 @@ pub use ledger::credit_notes::{CreditNoteRecord, CreditNoteStore};
 pub mod credit_notes {
     pub use crate::ledger::credit_notes::CreditNoteRefusal;
 }
+pub use ledger::leases::LeaseStore;
 pub use ledger::payments::{PaymentRecord, PaymentStore};
 pub mod payments {
     pub use crate::ledger::payments::PaymentRefusal;
@@ -227,6 +228,7 @@ pub trait BillingStore:
     + CouponStore
     + CreditNoteStore
     + PaymentStore
+    + LeaseStore
     + IdempotencyStore
     + ServiceTokenStore
     + RevocationFeed

@@ -275,3 +275,83 @@ async fn concurrent_payments_never_pay_more_than_is_due() {
     assert_eq!(list["amount_paid"], "120.00", "{list}");
     assert_eq!(list["state"], "paid");
 }
+
+#[tokio::test]
+async fn drafts_finalize_by_themselves_once_their_grace_period_is_over() {
+    use peage_billing::service::auto_finalize::AutoFinalize;
+    let served = support::serve(CATALOG).await;
+    served.api.billing.set_instance("b1");
+    let (pid, partner) = served
+        .create_partner(json!({"name": "Initech", "plan": "monthly"}))
+        .await;
+    served.on_plan_since(&partner, month_start(1)).await;
+    let lease = Duration::minutes(5);
+    let now = Utc::now();
+    // Finance ran last month's invoices; it ended less than a grace period ago: the draft
+    // stays a draft.
+    let label = month_start(1).format("%Y-%m").to_string();
+    let draft = served.invoice_of_period(&label, &pid).await;
+    assert_eq!(draft["state"], "draft", "{draft}");
+    let grace = now - month_start(0) + Duration::hours(1);
+    let pass = served
+        .api
+        .billing
+        .auto_finalize(now, AutoFinalize { grace, lease })
+        .await
+        .unwrap();
+    assert!(pass.leader && pass.finalized.is_empty(), "{pass:?}");
+    let (_, list) = served
+        .call(
+            "GET",
+            format!("/v1/invoices?period={label}&partner_id={pid}"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(list["invoices"][0]["state"], "draft", "{list}");
+    // Another instance is not the leader while b1's lease runs.
+    served.api.billing.set_instance("b2");
+    let other = served
+        .api
+        .billing
+        .auto_finalize(
+            now,
+            AutoFinalize {
+                grace: Duration::zero(),
+                lease,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!other.leader && other.finalized.is_empty(), "{other:?}");
+    // Past the grace period: finalized by the scheduler, once.
+    served.api.billing.set_instance("b1");
+    let grace = now - month_start(0) - Duration::minutes(1);
+    let pass = served
+        .api
+        .billing
+        .auto_finalize(now, AutoFinalize { grace, lease })
+        .await
+        .unwrap();
+    assert_eq!(pass.finalized.len(), 1, "{pass:?}");
+    assert_eq!(
+        pass.refreshed, 1,
+        "last month's draft refreshed first: {pass:?}"
+    );
+    let again = served
+        .api
+        .billing
+        .auto_finalize(now, AutoFinalize { grace, lease })
+        .await
+        .unwrap();
+    assert!(again.finalized.is_empty(), "{again:?}");
+    let (_, inv) = served
+        .call(
+            "GET",
+            format!("/v1/invoices/{}", pass.finalized[0]),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(inv["status"], "finalized", "{inv}");
+    assert_eq!(inv["finalized_by"], "scheduler:b1");
+    assert!(inv["payment"]["due_at"].is_string());
+}

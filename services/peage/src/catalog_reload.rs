@@ -73,15 +73,21 @@ impl CatalogSource for CatalogFile {
 }
 
 /// Billing's upkeep, every `every` until `stop`: applies the scheduled plan changes that are
-/// due, reports invoices that fell overdue (`invoice.overdue`, once each) and, with `adopt_catalog` (distributed mode), puts the store's catalog of record in
+/// due, reports invoices that fell overdue (`invoice.overdue`, once each), finalizes drafts
+/// past their grace period (every `auto_finalize` interval, when on) and, with `adopt_catalog` (distributed mode), puts the store's catalog of record in
 /// force whenever another billing instance accepted a new one.
 pub fn upkeep(
     billing: Arc<Billing>,
     every: Duration,
     adopt_catalog: bool,
+    auto_finalize: Option<(
+        peage_billing::service::auto_finalize::AutoFinalize,
+        Duration,
+    )>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut next_finalize = tokio::time::Instant::now();
         loop {
             if adopt_catalog {
                 if let Err(e) = billing.adopt_catalog_of_record().await {
@@ -94,6 +100,14 @@ pub fn upkeep(
             }
             if let Err(e) = billing.mark_overdue(chrono::Utc::now()).await {
                 tracing::warn!(error = %e, "cannot look for overdue invoices now; retrying");
+            }
+            if let Some((settings, every)) = auto_finalize {
+                if tokio::time::Instant::now() >= next_finalize {
+                    next_finalize = tokio::time::Instant::now() + every;
+                    if let Err(e) = billing.auto_finalize(chrono::Utc::now(), settings).await {
+                        tracing::warn!(error = %e, "automatic finalization failed; trying again next pass");
+                    }
+                }
             }
             tokio::select! {
                 _ = stop.changed() => return,

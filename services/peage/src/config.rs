@@ -465,6 +465,13 @@ pub struct BillingSection {
     /// Waits between webhook attempts, in seconds; after the last, the delivery fails.
     pub webhook_retry_s: Vec<u64>,
     pub webhook_poll_ms: u64,
+    /// Finalizes drafts by itself once their period has been over for `finalize_grace_hours`
+    /// (docs/pricing.md, "Automatic finalization").
+    pub auto_finalize: bool,
+    /// How long a draft stays open to late usage after its period ends.
+    pub finalize_grace_hours: u64,
+    /// How often billing looks for drafts to finalize.
+    pub auto_finalize_every_s: u64,
 }
 
 impl Default for BillingSection {
@@ -476,11 +483,37 @@ impl Default for BillingSection {
             invoice_prefix: "PEAGE".into(),
             webhook_retry_s: vec![5, 300, 1800, 7200, 18000, 36000, 36000],
             webhook_poll_ms: 1000,
+            auto_finalize: true,
+            finalize_grace_hours: 72,
+            auto_finalize_every_s: 300,
         }
     }
 }
 
 impl BillingSection {
+    /// Automatic finalization and how often it runs, unless turned off.
+    pub fn auto_finalize(
+        &self,
+    ) -> Option<(
+        peage_billing::service::auto_finalize::AutoFinalize,
+        std::time::Duration,
+    )> {
+        let every = std::time::Duration::from_secs(self.auto_finalize_every_s.max(1));
+        self.auto_finalize.then(|| {
+            (
+                peage_billing::service::auto_finalize::AutoFinalize {
+                    grace: chrono::Duration::hours(self.finalize_grace_hours.min(24 * 3650) as i64),
+                    // Long enough for a pass, short enough that another instance takes over
+                    // soon after its holder dies.
+                    lease: chrono::Duration::from_std(every * 3)
+                        .unwrap_or(chrono::Duration::minutes(15))
+                        .max(chrono::Duration::minutes(2)),
+                },
+                every,
+            )
+        })
+    }
+
     pub fn issuer(&self) -> anyhow::Result<peage_billing::service::invoicing::Issuer> {
         let p = &self.invoice_prefix;
         if p.is_empty()

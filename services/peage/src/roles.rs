@@ -430,6 +430,7 @@ pub async fn billing(
         Arc::clone(&api.billing),
         Duration::from_secs(1),
         true,
+        config.billing.auto_finalize(),
         stop_rx.clone(),
     );
     let webhooks = tokio::spawn(peage_billing::service::webhooks::run_worker(

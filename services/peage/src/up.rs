@@ -544,6 +544,7 @@ pub async fn run(
         Arc::clone(&control.billing),
         Duration::from_secs(1),
         false,
+        billing_config.auto_finalize(),
         stop_rx.clone(),
     );
     let gateway_server = GatewayServer::bind(gateway, options.gateway_listen)

@@ -25,6 +25,7 @@ pub(crate) mod catalogs;
 pub(crate) mod coupons;
 pub(crate) mod credit_notes;
 pub(crate) mod db;
+pub(crate) mod leases;
 pub(crate) mod payments;
 pub(crate) mod plan_changes;
 mod sql;

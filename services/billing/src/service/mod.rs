@@ -4,6 +4,7 @@
 //! naming its cause.
 
 mod audit;
+pub mod auto_finalize;
 mod billing;
 mod catalog;
 pub mod catalog_state;
