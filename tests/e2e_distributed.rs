@@ -326,6 +326,35 @@ async fn admin_get(client: &reqwest::Client, control: &str, path: &str) -> Value
 
 /// Creates a partner on the demo plan and a live key through the control API, as an operator
 /// would; returns the partner id and the key's secret.
+/// `n` partners (`prt_000…0` on) on the catalog's demo plan as billing registered it, since
+/// `since`, made in the store (the API starts subscriptions now).
+async fn partners_since(
+    store: &peage_billing_store::PostgresBillingStore,
+    control: &str,
+    since: chrono::DateTime<chrono::Utc>,
+    n: usize,
+) {
+    use peage_billing_store::BillingStore;
+    let (probe, _) = partner_with_live_key(&reqwest::Client::new(), control).await;
+    let mut sub = store
+        .partner(&probe.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .subscription;
+    sub.started_at = since;
+    for i in 0..n {
+        store
+            .create_partner(
+                &format!("prt_{i:020x}").parse().unwrap(),
+                &format!("P{i}"),
+                &sub,
+            )
+            .await
+            .unwrap();
+    }
+}
+
 async fn partner_with_live_key(client: &reqwest::Client, control: &str) -> (String, String) {
     let partner = admin_post(
         client,
@@ -1717,7 +1746,7 @@ async fn a_gateway_sigkilled_under_load_loses_at_most_its_unspooled_window() {
 )]
 async fn billing_sigkilled_during_an_invoice_run_and_while_finalizing_leaves_no_gap_no_duplicate_and_no_lost_webhook(
 ) {
-    use peage_billing_store::{BillingStore, LedgerStore, PostgresBillingStore};
+    use peage_billing_store::{LedgerStore, PostgresBillingStore};
     let _one = ONE_AT_A_TIME.lock().await;
     servers_up();
     // Three of the run's save batches (500 drafts each), so a kill lands between two.
@@ -1729,26 +1758,8 @@ async fn billing_sigkilled_during_an_invoice_run_and_while_finalizing_leaves_no_
     let t0 = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 10, 1, 0, 0, 0).unwrap();
     let (billing, control) = s.start("billing", &[]);
     let control = control.unwrap();
-    // The catalog's demo plan as billing registered it; the partners joined on 1 October, so
-    // November is due for each.
-    let (probe, _) = partner_with_live_key(&reqwest::Client::new(), &control).await;
-    let mut sub = store
-        .partner(&probe.parse().unwrap())
-        .await
-        .unwrap()
-        .unwrap()
-        .subscription;
-    sub.started_at = t0;
-    for i in 0..N {
-        store
-            .create_partner(
-                &format!("prt_{i:020x}").parse().unwrap(),
-                &format!("P{i}"),
-                &sub,
-            )
-            .await
-            .unwrap();
-    }
+    // The partners joined on 1 October, so November is due for each.
+    partners_since(&store, &control, t0, N).await;
     let mut pg = PgConnection::connect(&format!("{POSTGRES}/{}", s.name))
         .await
         .unwrap();
@@ -1929,7 +1940,7 @@ async fn billing_sigkilled_during_an_invoice_run_and_while_finalizing_leaves_no_
 )]
 async fn two_billing_processes_finalize_each_due_draft_once_by_themselves() {
     use chrono::Datelike;
-    use peage_billing_store::{BillingStore, InvoiceFilter, LedgerStore, PostgresBillingStore};
+    use peage_billing_store::{InvoiceFilter, LedgerStore, PostgresBillingStore};
     let _one = ONE_AT_A_TIME.lock().await;
     servers_up();
     const N: usize = 120;
@@ -1940,24 +1951,7 @@ async fn two_billing_processes_finalize_each_due_draft_once_by_themselves() {
     let t0 = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 10, 1, 0, 0, 0).unwrap();
     // One billing without the scheduler first, to register the catalog and make the partners.
     let (setup_billing, control) = s.start("billing", &[]);
-    let (probe, _) = partner_with_live_key(&reqwest::Client::new(), &control.unwrap()).await;
-    let mut sub = store
-        .partner(&probe.parse().unwrap())
-        .await
-        .unwrap()
-        .unwrap()
-        .subscription;
-    sub.started_at = t0;
-    for i in 0..N {
-        store
-            .create_partner(
-                &format!("prt_{i:020x}").parse().unwrap(),
-                &format!("P{i}"),
-                &sub,
-            )
-            .await
-            .unwrap();
-    }
+    partners_since(&store, &control.unwrap(), t0, N).await;
     store
         .add_webhook_endpoint(&peage_billing_store::WebhookEndpoint {
             id: "ep_00000000000000000001".parse().unwrap(),

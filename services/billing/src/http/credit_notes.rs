@@ -9,7 +9,7 @@ use utoipa::IntoParams;
 use super::error::ApiError;
 use super::extract::{Api, Caller, JsonBody};
 use super::openapi;
-use super::respond::{attachment, created};
+use super::respond::{attachment, created, json_or_csv};
 use crate::service::{credit_notes_csv, CreditNoteList};
 use peage_billing_store::CreditNoteRecord;
 use peage_core::credit_note::CreditNoteRequest;
@@ -47,19 +47,13 @@ pub async fn list(
     Query(q): Query<ListFormat>,
 ) -> Result<Response, ApiError> {
     let notes = api.billing.credit_notes(&who, &id).await?;
-    Ok(match q.format.as_deref() {
-        None | Some("json") => Json(notes).into_response(),
-        Some("csv") => attachment(
-            credit_notes_csv(&notes.credit_notes).into_response(),
-            "text/csv; charset=utf-8",
-            &format!("credit-notes-{id}.csv"),
-        ),
-        Some(other) => {
-            return Err(ApiError::Malformed(format!(
-                "format must be json or csv, not {other:?}"
-            )))
-        }
-    })
+    let csv = credit_notes_csv(&notes.credit_notes);
+    json_or_csv(
+        q.format.as_deref(),
+        notes,
+        || csv,
+        &format!("credit-notes-{id}.csv"),
+    )
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -9,7 +9,7 @@ use super::credit_notes::ListFormat;
 use super::error::ApiError;
 use super::extract::{Api, Caller, JsonBody};
 use super::openapi;
-use super::respond::{attachment, created};
+use super::respond::{created, json_or_csv};
 use crate::service::{payments_csv, PaymentList, PaymentMade};
 use peage_core::invoice::InvoiceRecord;
 use peage_core::payment::PaymentRequest;
@@ -45,19 +45,13 @@ pub async fn list(
     Query(q): Query<ListFormat>,
 ) -> Result<Response, ApiError> {
     let list = api.billing.payments(&who, &id).await?;
-    Ok(match q.format.as_deref() {
-        None | Some("json") => Json(list).into_response(),
-        Some("csv") => attachment(
-            payments_csv(&list.payments).into_response(),
-            "text/csv; charset=utf-8",
-            &format!("payments-{id}.csv"),
-        ),
-        Some(other) => {
-            return Err(ApiError::Malformed(format!(
-                "format must be json or csv, not {other:?}"
-            )))
-        }
-    })
+    let csv = payments_csv(&list.payments);
+    json_or_csv(
+        q.format.as_deref(),
+        list,
+        || csv,
+        &format!("payments-{id}.csv"),
+    )
 }
 
 #[utoipa::path(post, operation_id = "mark_uncollectible",

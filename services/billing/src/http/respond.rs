@@ -25,3 +25,24 @@ pub(crate) fn attachment(mut r: Response, content_type: &'static str, name: &str
     }
     r
 }
+
+/// A list answered as JSON (`format` absent or `json`) or as a CSV download named `name`
+/// (`csv`, made by `csv` only when asked for).
+pub(crate) fn json_or_csv(
+    format: Option<&str>,
+    json: impl serde::Serialize,
+    csv: impl FnOnce() -> String,
+    name: &str,
+) -> Result<Response, super::error::ApiError> {
+    match format {
+        None | Some("json") => Ok(Json(json).into_response()),
+        Some("csv") => Ok(attachment(
+            csv().into_response(),
+            "text/csv; charset=utf-8",
+            name,
+        )),
+        Some(other) => Err(super::error::ApiError::Malformed(format!(
+            "format must be json or csv, not {other:?}"
+        ))),
+    }
+}
