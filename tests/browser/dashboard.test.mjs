@@ -204,9 +204,36 @@ test('finance computes, reviews, finalizes and exports a draft', async () => {
   await assertLabelled(page);
   await notes.scrollIntoViewIfNeeded();
   await notes.screenshot({ path: `${shots}/finance-credit-note.png` });
+  // Open, due in 30 days; paid in two transfers, the second settling what is left.
+  const payments = page.getByRole('region', { name: 'Payments' });
+  await payments.getByText('No payment yet.').waitFor();
+  const invoiceId = page.url().split('/').pop();
+  const { left_due: leftDue } = await adminCall('GET', `/v1/invoices/${invoiceId}/payments`);
+  const pay = page.getByRole('form', { name: 'Record a payment' });
+  await pay.getByLabel('Amount').fill('1.00');
+  await pay.getByLabel('Reference').fill('SEPA 0042');
+  await pay.getByRole('button', { name: 'Record payment' }).click();
+  await page.getByText(/recorded; the invoice is open/).waitFor();
+  await payments.getByRole('cell', { name: 'SEPA 0042' }).waitFor();
+  // More than is left is refused with the reason, not a raw error.
+  await pay.getByLabel('Amount').fill('100000');
+  await pay.getByLabel('Reference').fill('too much');
+  await pay.getByRole('button', { name: 'Record payment' }).click();
+  await payments.getByRole('alert').filter({ hasText: /left due/ }).waitFor();
+  await pay.getByLabel('Amount').fill((Number(leftDue) - 1).toFixed(2));
+  await pay.getByLabel('Reference').fill('SEPA 0043');
+  await pay.getByRole('button', { name: 'Record payment' }).click();
+  await page.getByText(/recorded; the invoice is paid/).waitFor();
+  await page.locator('.card .badge.paid').waitFor();
+  assert.match(await page.locator('#pay-left').innerText(), /0[.,]00/);
+  // Paid: no more void.
+  assert.equal(await page.getByRole('button', { name: /^Void/ }).count(), 0);
+  await assertLabelled(page);
+  await payments.scrollIntoViewIfNeeded();
+  await payments.screenshot({ path: `${shots}/finance-payments.png` });
   await page.getByRole('link', { name: '← All invoices' }).click();
   const finalized = page.getByRole('row').filter({ hasText: number });
-  await finalized.getByText('finalized', { exact: true }).waitFor();
+  await finalized.getByText('paid', { exact: true }).waitFor();
   await assertLabelled(page);
   await shot(page, 'finance-invoices');
 
@@ -218,8 +245,12 @@ test('finance computes, reviews, finalizes and exports a draft', async () => {
   const csv = await streamText(await download.createReadStream());
   assert.match(csv, /^invoice_id,number,status,partner_id/);
   assert.ok(csv.includes(number) && csv.includes(partner), csv);
-  // The one error the browser saw is the refused plan change, answered 409 on purpose.
-  assert.deepEqual(errors, ['Failed to load resource: the server responded with a status of 409 (Conflict)']);
+  // The errors the browser saw are the two refused on purpose: the plan change (409) and the
+  // payment of more than was left (400).
+  assert.deepEqual(errors, [
+    'Failed to load resource: the server responded with a status of 409 (Conflict)',
+    'Failed to load resource: the server responded with a status of 400 (Bad Request)',
+  ]);
   await context.close();
 });
 
@@ -285,7 +316,7 @@ test('a partner sees its usage, quota and invoice, rotates a key, reads the docs
   // Invoices: last month's, finalized by finance in the other test; PDF download.
   await page.getByRole('link', { name: 'Invoices' }).click();
   const inv = page.getByRole('row').filter({ hasText: period });
-  await inv.getByText('finalized', { exact: true }).waitFor();
+  await inv.getByText('paid', { exact: true }).waitFor();
   const [pdf] = await Promise.all([
     page.waitForEvent('download'),
     inv.getByRole('link', { name: /as PDF$/ }).click(),

@@ -355,3 +355,81 @@ async fn drafts_finalize_by_themselves_once_their_grace_period_is_over() {
     assert_eq!(inv["finalized_by"], "scheduler:b1");
     assert!(inv["payment"]["due_at"].is_string());
 }
+
+#[tokio::test]
+async fn finance_finalizes_a_whole_period_at_once() {
+    let served = support::serve(CATALOG).await;
+    for name in ["Initech", "Globex"] {
+        let (_, partner) = served
+            .create_partner(json!({"name": name, "plan": "monthly"}))
+            .await;
+        served.on_plan_since(&partner, month_start(1)).await;
+    }
+    let last = month_start(1).format("%Y-%m").to_string();
+    let this = month_start(0).format("%Y-%m").to_string();
+    for label in [&last, &this] {
+        let (s, run) = served
+            .call(
+                "POST",
+                "/v1/invoices/run".into(),
+                json!({ "period": label }),
+            )
+            .await;
+        assert_eq!(s, 200, "{run}");
+    }
+    let (s, done) = served
+        .call(
+            "POST",
+            "/v1/invoices/finalize".into(),
+            json!({ "period": last }),
+        )
+        .await;
+    assert_eq!(s, 200, "{done}");
+    assert_eq!(done["finalized"].as_array().unwrap().len(), 2, "{done}");
+    // The running month's drafts are counted and left.
+    let (_, done) = served
+        .call(
+            "POST",
+            "/v1/invoices/finalize".into(),
+            json!({ "period": this }),
+        )
+        .await;
+    assert_eq!(
+        (
+            done["finalized"].as_array().unwrap().len(),
+            done["not_over"].as_u64()
+        ),
+        (0, Some(2)),
+        "{done}"
+    );
+    let (s, e) = served
+        .call(
+            "POST",
+            "/v1/invoices/finalize".into(),
+            json!({ "period": "2026-13" }),
+        )
+        .await;
+    assert_eq!(s, 400, "{e}");
+    // A void invoice takes no payment and is not written off: 409 with the reason, never a 500.
+    let (_, list) = served
+        .call("GET", format!("/v1/invoices?period={this}"), Value::Null)
+        .await;
+    let id = list["invoices"][0]["id"].as_str().unwrap().to_string();
+    let (s, _) = served
+        .call("POST", format!("/v1/invoices/{id}/void"), Value::Null)
+        .await;
+    assert_eq!(s, 200);
+    for (path, body) in [
+        ("payments", json!({"amount": "1", "reference": "x"})),
+        ("mark-uncollectible", Value::Null),
+    ] {
+        let (s, e) = served
+            .call("POST", format!("/v1/invoices/{id}/{path}"), body)
+            .await;
+        assert_eq!(s, 409, "{path}: {e}");
+        assert!(
+            e["detail"].as_str().unwrap().contains("void"),
+            "{path}: {e}"
+        );
+    }
+}

@@ -748,8 +748,11 @@
         } catch (e) { toast(`Could not ${verb}: ${e.message}`); }
       },
     });
-    if (r.status === 'draft') return [act('finalize', '', `Finalize this invoice for ${r.period_label}? It gets a number and can no longer change.`)];
-    if (r.status === 'finalized') return [act('void', 'danger', `Void ${r.number}? The number is kept; credits taken are given back.`)];
+    const over = new Date(r.invoice.period.end) <= new Date();
+    if (r.status === 'draft' && over) return [act('finalize', '', `Finalize this invoice for ${r.period_label}? It gets a number and can no longer change.`)];
+    if (r.status === 'draft') return [h('span', { class: 'muted', text: `open until ${when(r.invoice.period.end, r.invoice.timezone)}` })];
+    const paid = r.payment && dec(r.payment.amount_paid) > 0;
+    if (r.status === 'finalized' && !paid) return [act('void', 'danger', `Void ${r.number}? The number is kept; credits taken are given back.`)];
     return [];
   }
 
@@ -761,9 +764,10 @@
       finance ? h('label', { for: 'f-q' }, 'Partner', h('input', { id: 'f-q', type: 'search', placeholder: 'name or id' })) : null,
       h('button', { type: 'submit', text: 'Apply' }));
     const exportLink = h('a', { class: 'button secondary', id: 'export-csv', text: 'Export CSV' });
+    const finalizeAll = h('button', { type: 'button', class: 'secondary', text: 'Finalize the period' });
     const runBox = finance && mayAct() ? h('form', { class: 'controls' },
       h('label', { for: 'run-period' }, 'Invoice run for period', h('input', { id: 'run-period', type: 'month', required: true })),
-      h('button', { type: 'submit', text: 'Compute drafts' })) : null;
+      h('button', { type: 'submit', text: 'Compute drafts' }), finalizeAll) : null;
     const list = h('div');
     const partners = {};
     if (finance) {
@@ -772,9 +776,19 @@
         ev.preventDefault();
         try {
           const s = await api('/v1/invoices/run', { method: 'POST', body: { period: runBox.querySelector('input').value } });
-          toast(`Run done: ${s.created} created, ${s.updated} updated, ${s.unchanged} unchanged, ${s.errors.length} failed.`);
+          toast(`Run done: ${s.created} created, ${s.updated} updated, ${s.unchanged} unchanged, ${s.not_due} not due, ${s.errors.length} failed.`);
           await load();
         } catch (e) { toast('Run failed: ' + e.message); }
+      });
+      finalizeAll.addEventListener('click', async () => {
+        const period = runBox.querySelector('input').value;
+        if (!period) { toast('Choose the period to finalize.'); return; }
+        if (!confirm(`Finalize every draft of ${period} whose period is over? Each gets a number and can no longer change.`)) return;
+        try {
+          const f = await api('/v1/invoices/finalize', { method: 'POST', body: { period } });
+          toast(`${period}: ${f.finalized.length} finalized, ${f.not_over} still running, ${f.errors.length} failed.`);
+          await load();
+        } catch (e) { toast('Could not finalize: ' + e.message); }
       });
     }
     async function load() {
@@ -797,7 +811,7 @@
           h('td', {}, link(`/app/invoices/${encodeURIComponent(r.id)}`, r.number || 'Draft', { class: 'mono', 'aria-label': `Review ${r.number || 'draft'} ${r.id}` }), h('div', { class: 'muted mono', text: r.id })),
           h('td', { text: r.period_label }),
           finance ? h('td', { text: partners[r.partner_id] || r.partner_id }) : null,
-          h('td', {}, badge(r.status)),
+          h('td', {}, stateBadge(r)),
           h('td', { class: 'num', text: money(i.total, i.currency) }),
           h('td', { class: 'num', text: money(i.amount_due, i.currency) }),
           h('td', {}, downloads(r)),
@@ -822,12 +836,68 @@
       h('div', { class: 'cards' },
         h('div', { class: 'card' }, h('div', { class: 'label', text: 'Partner' }), h('div', { class: 'value', text: partnerName || r.partner_id }), h('div', { class: 'sub mono', text: r.partner_id })),
         h('div', { class: 'card' }, h('div', { class: 'label', text: 'Period' }), h('div', { class: 'value', text: r.period_label }), h('div', { class: 'sub', text: `${when(i.period.start, i.timezone)} – ${when(new Date(new Date(i.period.end) - 1), i.timezone)} (${i.timezone})` })),
-        h('div', { class: 'card' }, h('div', { class: 'label', text: 'Amount due' }), h('div', { class: 'value', text: money(i.amount_due, cur) }), h('div', {}, badge(r.status)))),
+        h('div', { class: 'card' }, h('div', { class: 'label', text: 'Amount due' }), h('div', { class: 'value', text: money(i.amount_due, cur) }), h('div', {}, stateBadge(r)))),
       h('section', { class: 'panel' }, h('h2', { text: 'Lines' }),
         invoiceTable(i, 'Invoice lines', true),
         h('p', { class: 'muted', text: `Plan ${i.plan_id} (version ${i.plan_version.slice(0, 12)}) · created ${when(r.created_at, undefined, true)}${r.finalized_at ? ' · finalized ' + when(r.finalized_at, undefined, true) + byWhom(r.finalized_by) : ''}${r.voided_at ? ' · voided ' + when(r.voided_at, undefined, true) + byWhom(r.voided_by) : ''}` })),
       actions,
+      r.status === 'finalized' ? paymentsPanel(r, () => invoicePage(id)) : null,
       r.status === 'finalized' ? creditNotesPanel(r, () => invoicePage(id)) : null);
+  }
+
+  // What finance sees of an invoice: its state, and when it is due or was paid.
+  function stateBadge(r) {
+    const state = r.state || r.status;
+    const p = r.payment || {};
+    const sub = state === 'open' || state === 'overdue' ? `due ${when(p.due_at)}`
+      : state === 'paid' && p.paid_at ? `paid ${when(p.paid_at)}` : '';
+    return h('span', {}, badge(state), sub ? h('div', { class: 'muted', text: sub }) : null);
+  }
+
+  // A finalized invoice's payments, what is left to pay, and (for finance) a new payment.
+  function paymentsPanel(r, after) {
+    const cur = r.invoice.currency, iid = encodeURIComponent(r.id);
+    const panel = h('section', { class: 'panel', 'aria-labelledby': 'payments-h' }, h('h2', { id: 'payments-h', text: 'Payments' }));
+    const list = h('div', { id: 'payments' }, h('p', { class: 'muted', text: 'Loading…' }));
+    const status = h('div', { role: 'status', 'aria-live': 'polite' });
+    panel.append(list, status);
+    api(`/v1/invoices/${iid}/payments`).then((data) => {
+      list.replaceChildren(
+        data.payments.length ? table(['Received', 'Reference', ['Amount', 'num']], data.payments.map((p) => h('tr', {},
+          h('td', { text: when(p.paid_on) }),
+          h('td', { text: p.reference }),
+          h('td', { class: 'num', text: money(p.amount, cur) }))), 'Payments of this invoice') : h('p', { class: 'muted', text: 'No payment yet.' }),
+        h('p', {}, `Paid ${money(data.amount_paid, cur)}; `, h('strong', { id: 'pay-left', text: `${money(data.left_due, cur)} left to pay` }), r.payment && r.payment.due_at ? `, due ${when(r.payment.due_at)}.` : '.'));
+    }).catch((e) => fail(list, e));
+    if (session.role === 'partner' || !mayAct() || !['open', 'overdue'].includes(r.state)) return panel;
+    const amount = h('input', { id: 'pay-amount', name: 'amount', inputmode: 'decimal', required: true });
+    const on = h('input', { id: 'pay-on', name: 'paid_on', type: 'date', value: new Date().toISOString().slice(0, 10) });
+    const reference = h('input', { id: 'pay-reference', name: 'reference', required: true, placeholder: 'transfer or charge id' });
+    const form = h('form', { class: 'controls', 'aria-label': 'Record a payment' },
+      h('label', { for: 'pay-amount' }, 'Amount', amount),
+      h('label', { for: 'pay-on' }, 'Received on', on),
+      h('label', { for: 'pay-reference' }, 'Reference', reference),
+      h('button', { type: 'submit', text: 'Record payment' }));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      try {
+        const made = await api(`/v1/invoices/${iid}/payments`, { method: 'POST', body: { amount: amount.value.trim(), paid_on: on.value || undefined, reference: reference.value.trim() } });
+        toast(`Payment of ${money(made.payment.amount, cur)} recorded; the invoice is ${made.invoice.state}.`);
+        await after();
+      } catch (e) {
+        status.replaceChildren(h('p', { class: 'error', role: 'alert', text: e.message }));
+      }
+    });
+    const writeOff = h('button', { type: 'button', class: 'danger', text: 'Mark uncollectible', onclick: async () => {
+      if (!confirm(`Write off ${r.number}? No payment can be recorded on it afterwards.`)) return;
+      try {
+        await api(`/v1/invoices/${iid}/mark-uncollectible`, { method: 'POST' });
+        toast(`${r.number} written off.`);
+        await after();
+      } catch (e) { status.replaceChildren(h('p', { class: 'error', role: 'alert', text: e.message })); }
+    } });
+    panel.append(h('h3', { text: 'Record a payment' }), form, h('div', { class: 'actions' }, writeOff));
+    return panel;
   }
 
   // A finalized invoice's credit notes, what is left due, and (for finance) a new one.

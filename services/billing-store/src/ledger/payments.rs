@@ -119,9 +119,10 @@ impl<D: LedgerDb> PaymentStore for D {
         let at = super::parse_time("payment", &ts(at))?;
         let mut tx = self.begin().await?;
         // Claims the invoice's row first (an update that changes nothing but takes the row
-        // lock), so concurrent payments of one invoice are checked one after the other.
+        // lock), so concurrent payments of one invoice are checked one after the other. Only a
+        // finalized one: the others take no payment, and a void one takes no update at all.
         tx.execute(
-            "UPDATE invoices SET updated_at = updated_at WHERE id = $1",
+            "UPDATE invoices SET updated_at = updated_at WHERE id = $1 AND status = 'finalized'",
             args![invoice_id],
         )
         .await?;

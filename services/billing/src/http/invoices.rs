@@ -127,6 +127,24 @@ pub async fn run(
     Ok(Json(api.billing.run_invoices(&req.period).await?))
 }
 
+#[utoipa::path(post, operation_id = "finalize_period",
+    path = "/v1/invoices/finalize",
+    tag = "invoices",
+    request_body = RunRequest,
+    responses((status = 200, description = "Every draft of the period whose period is over, finalized (each queues invoice.finalized); drafts of periods still running are counted and left", body = crate::service::auto_finalize::PeriodFinalized), (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized), (status = 403, response = openapi::Forbidden)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn finalize_period(
+    api: Api,
+    Caller(who): Caller,
+    JsonBody(req): JsonBody<RunRequest>,
+) -> Result<Json<crate::service::auto_finalize::PeriodFinalized>, ApiError> {
+    Ok(Json(
+        api.billing
+            .finalize_period(&req.period, &who.label())
+            .await?,
+    ))
+}
+
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct InvoiceParams {

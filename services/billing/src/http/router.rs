@@ -43,6 +43,7 @@ fn routes(api: &Arc<ControlApi>) -> OpenApiRouter<Arc<ControlApi>> {
         .routes(routes!(oauth::put_issuer))
         .routes(routes!(oauth::rotate))
         .routes(routes!(inv::run))
+        .routes(routes!(inv::finalize_period))
         .routes(routes!(inv::finalize))
         .routes(routes!(inv::void))
         .routes(routes!(payments::record))

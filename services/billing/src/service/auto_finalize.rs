@@ -119,3 +119,55 @@ impl Billing {
         Ok(out)
     }
 }
+
+/// What finalizing a period's drafts did (`POST /v1/invoices/finalize`).
+#[derive(Debug, Default, Clone, Serialize, utoipa::ToSchema)]
+pub struct PeriodFinalized {
+    pub period: String,
+    /// The invoices finalized, by number.
+    pub finalized: Vec<String>,
+    /// Drafts whose period is not over yet, left as they are.
+    pub not_over: usize,
+    /// Drafts that could not be finalized, with why.
+    pub errors: Vec<super::invoicing::RunError>,
+}
+
+impl Billing {
+    /// Finalizes every draft of period `period` (`YYYY-MM`) whose period is over, by `by`.
+    pub async fn finalize_period(
+        &self,
+        period: &str,
+        by: &str,
+    ) -> Result<PeriodFinalized, ServiceError> {
+        let label: PeriodLabel = super::values::period(period)?;
+        let drafts = self
+            .store
+            .invoices(&InvoiceFilter {
+                status: Some(InvoiceStatus::Draft),
+                period_label: Some(label.to_string()),
+                ..Default::default()
+            })
+            .await?;
+        let invoicing = self.invoicing();
+        let mut out = PeriodFinalized {
+            period: label.to_string(),
+            ..Default::default()
+        };
+        for d in drafts {
+            let now = Utc::now();
+            if d.invoice.period.end > now {
+                out.not_over += 1;
+                continue;
+            }
+            match invoicing.finalize(&d.id, now, by).await {
+                Ok((_, record)) => out.finalized.push(record.number.unwrap_or(record.id)),
+                Err(e) => out.errors.push(super::invoicing::RunError {
+                    partner_id: d.partner_id.clone(),
+                    error: e.to_string(),
+                }),
+            }
+        }
+        tracing::info!(period = %out.period, finalized = out.finalized.len(), not_over = out.not_over, errors = out.errors.len(), by, "period finalized");
+        Ok(out)
+    }
+}
