@@ -212,6 +212,16 @@ async fn the_dashboard_in_headless_chromium() {
     let out = cli(&["--partner", &globex]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("/sign-in#token=psl_"));
+    // Where to open it: the address this data directory's `peage up --demo` listened on, not
+    // a guess.
+    let demo: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("demo.json")).unwrap()).unwrap();
+    let control = demo["control_url"].as_str().unwrap();
+    let told = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        told.contains(&format!("{control}/sign-in#token=psl_")),
+        "{told}"
+    );
     let out = cli(&["--partner", "prt_000000000000000000aa"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));

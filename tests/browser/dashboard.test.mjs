@@ -45,8 +45,9 @@ async function adminCall(method, path, body) {
 }
 
 /// A fresh browser context signed in through a one-time link, as a person clicking it would.
-async function signIn(who, viewport = { width: 1280, height: 860 }, screenshot) {
+async function signIn(who, viewport = { width: 1280, height: 860 }, screenshot, reuse) {
   const link = await adminCall('POST', '/v1/sign-in-links', who);
+  if (reuse) reuse.path = link.path;
   const context = await browser.newContext({ viewport, acceptDownloads: true });
   const page = await context.newPage();
   const errors = [];
@@ -169,7 +170,8 @@ test('finance computes, reviews, finalizes and exports a draft', async () => {
   await page.getByRole('link', { name: 'Invoices' }).click();
   await page.getByLabel('Invoice run for period').fill(period);
   await page.getByRole('button', { name: 'Compute drafts' }).click();
-  await page.getByText(/Run done: \d+ created/).waitFor();
+  // The run says how many partners were not due, not only zeros.
+  await page.getByText(/Run done: \d+ created, \d+ updated, \d+ unchanged, \d+ not due, \d+ failed\./).waitFor();
   await page.getByLabel('Partner', { exact: true }).fill('Globex');
   await page.getByLabel('Period', { exact: true }).fill(period);
   await page.getByRole('button', { name: 'Apply' }).click();
@@ -178,6 +180,8 @@ test('finance computes, reviews, finalizes and exports a draft', async () => {
   // Review the draft line by line, then finalize it from there.
   await draft.getByRole('link', { name: /^Review draft/ }).click();
   await page.getByRole('heading', { name: 'Draft invoice' }).waitFor();
+  // The run's message stayed on the page it was about.
+  assert.equal(await page.locator('#toast').innerText(), '');
   await page.getByRole('cell', { name: /^calls: tier 1/ }).waitFor();
   // Unit prices keep their decimals: tier 2 of the demo plan is 0.005 € a call.
   const tier2 = page.getByRole('row').filter({ hasText: 'calls: tier 2' });
@@ -245,6 +249,22 @@ test('finance computes, reviews, finalizes and exports a draft', async () => {
   const csv = await streamText(await download.createReadStream());
   assert.match(csv, /^invoice_id,number,status,partner_id/);
   assert.ok(csv.includes(number) && csv.includes(partner), csv);
+  // A void invoice owes nothing on screen and stays out of the export (it would count twice
+  // beside its re-issue), unless void ones are asked for.
+  const month = new Date().toISOString().slice(0, 7);
+  await adminCall('POST', '/v1/invoices/run', { period: month });
+  const current = (await adminCall('GET', `/v1/invoices?period=${month}&status=draft`)).invoices;
+  const voided = current.find((r) => r.partner_id !== partner);
+  await adminCall('POST', `/v1/invoices/${voided.id}/void`);
+  await page.getByLabel('Partner', { exact: true }).fill('');
+  await page.getByLabel('Period', { exact: true }).fill(month);
+  await page.getByRole('button', { name: 'Apply' }).click();
+  const voidRow = page.locator(`tr[data-invoice="${voided.id}"]`);
+  await voidRow.getByText('void', { exact: true }).waitFor();
+  assert.equal((await voidRow.locator('td.num').nth(1).innerText()).trim(), '—');
+  const exported = async (q) => (await fetch(`${base}/v1/invoices?format=csv&${q}`, { headers: { authorization: `Bearer ${admin}` } })).text();
+  assert.ok(!(await exported(`period=${month}`)).includes(voided.id));
+  assert.ok((await exported(`period=${month}&status=void`)).includes(voided.id));
   // The errors the browser saw are the two refused on purpose: the plan change (409) and the
   // payment of more than was left (400).
   assert.deepEqual(errors, [
@@ -256,8 +276,18 @@ test('finance computes, reviews, finalizes and exports a draft', async () => {
 
 test('a viewer reads invoices but is offered no action', async () => {
   await adminCall('POST', '/v1/staff', { email: 'victor@example.com', name: 'Victor Viewer', role: 'viewer' });
-  const { context, page, errors } = await signIn({ staff: 'victor@example.com' });
+  const used = {};
+  const { context, page, errors } = await signIn({ staff: 'victor@example.com' }, undefined, undefined, used);
   await page.getByText('Victor Viewer (viewer)').waitFor();
+  // The same link again, from another browser: it says it is spent, and nothing else.
+  const again = await browser.newContext();
+  const reused = await again.newPage();
+  await reused.goto(base + used.path);
+  await reused.getByRole('button', { name: 'Continue' }).click();
+  await reused.getByRole('alert').filter({ hasText: 'already used or has expired' }).waitFor();
+  assert.equal(await reused.getByText('Your sign-in link is ready').count(), 0);
+  assert.equal(await reused.getByRole('button', { name: 'Continue' }).count(), 0);
+  await again.close();
   await page.getByRole('link', { name: 'Invoices' }).click();
   await page.getByRole('heading', { name: 'Invoices', exact: true }).waitFor();
   await page.waitForLoadState('networkidle');
@@ -289,6 +319,13 @@ test('a partner sees its usage, quota and invoice, rotates a key, reads the docs
   await page.getByText(/Soft limit: calls above the limit are still served/).waitFor();
   // The demo plan's limit on units is being tried out: shown, marked as not enforced.
   await page.getByText(/Shadow limit \(hard\): not enforced yet/).waitFor();
+  // "Left" is the limit less what was used, as the quota API counts them.
+  const quotaApi = (await adminCall('GET', `/v1/partners/${partner}/quotas`)).quotas;
+  for (const count of await page.locator('.quota-count').allInnerTexts()) {
+    const [used, limit, left] = count.match(/[\d,.\u202f\u00a0]+/g).map((x) => Number(x.replace(/[,\u202f\u00a0]/g, '')));
+    assert.equal(left, Math.max(0, limit - used), count);
+    assert.ok(quotaApi.some((q) => Number(q.limit) === limit), count);
+  }
   const hasChart = await page.evaluate(() => !!window.Chart && !!window.Chart.getChart('usage-chart'));
   assert.ok(hasChart, 'the usage chart is a Chart.js chart');
   // The same numbers as a table; split by operation; hourly.
@@ -347,6 +384,9 @@ test('a partner sees its usage, quota and invoice, rotates a key, reads the docs
   await shot(page, 'partner-apis');
   await page.getByRole('link', { name: 'demo v1 reference' }).click();
   await page.getByRole('heading', { name: 'Demo API v1' }).waitFor();
+  // Its Markdown is rendered: `code` in code, never literal backticks.
+  await page.locator('.md code', { hasText: 'peage up --demo' }).waitFor();
+  assert.ok(!(await page.locator('main').innerText()).includes('`'));
   await page.getByText('/weather/{city}').click();
   await page.getByRole('cell', { name: 'city', exact: true }).waitFor();
   await shot(page, 'partner-api-docs');

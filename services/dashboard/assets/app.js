@@ -148,15 +148,17 @@
     const fromLink = new URLSearchParams(location.hash.slice(1)).get('token');
     const status = h('div', { role: 'status', 'aria-live': 'polite' });
     const input = h('input', { id: 'token', name: 'token', autocomplete: 'off', spellcheck: 'false', required: true, value: fromLink || '' });
+    const intro = h('p', { class: 'muted', text: fromLink
+      ? 'Your sign-in link is ready. It works once and expires 15 minutes after it was made.'
+      : 'Paste the sign-in link or token your account manager sent you. Links work once and expire after 15 minutes.' });
+    const submit = h('p', {}, h('button', { type: 'submit', text: 'Continue' }));
     const form = h('form', { class: 'panel signin' },
       h('h1', { text: 'Sign in to Péage' }),
-      h('p', { class: 'muted', text: fromLink
-        ? 'Your sign-in link is ready. It works once and expires 15 minutes after it was made.'
-        : 'Paste the sign-in link or token your account manager sent you. Links work once and expire after 15 minutes.' }),
+      intro,
       h('label', { for: 'token', class: fromLink ? 'visually-hidden' : 'field', text: 'Sign-in link or token' }),
       fromLink ? null : input,
       status,
-      h('p', {}, h('button', { type: 'submit', text: 'Continue' })));
+      submit);
     form.addEventListener('submit', async (ev) => {
       ev.preventDefault();
       let token = (fromLink || input.value).trim();
@@ -168,6 +170,11 @@
         history.replaceState({}, '', '/app');
         await start();
       } catch (e) {
+        // A spent link says so alone: no "ready", no button that cannot work.
+        if (e.status === 401 && fromLink) {
+          intro.remove();
+          submit.remove();
+        }
         status.replaceChildren(h('div', { class: 'error', role: 'alert', text: e.status === 401
           ? 'This link was already used or has expired. Ask for a new one.'
           : 'Sign-in failed: ' + e.message }));
@@ -206,9 +213,11 @@
         h('div', { class: 'card' },
           h('div', { class: 'label', text: 'Period elapsed' }),
           h('div', { class: 'value', text: Math.round(elapsed * 100) + ' %' }),
-          h('div', { class: 'sub', text: usageLines.length
-            ? `at this pace, about ${num(Math.round(usageLines.filter((l) => l.meter === usageLines[0].meter).reduce((s, l) => s + dec(l.quantity), 0) / elapsed))} ${usageLines[0].meter} by period end`
-            : 'no metered charges yet' })));
+          h('div', { class: 'sub', text: usageLines.length ? pace(usageLines, elapsed, quotas.quotas || []) : 'no metered charges yet' })));
+      // A hard quota used up says so at the top: its calls are being refused.
+      for (const q of (quotas.quotas || []).filter((x) => x.decision === 'hard_blocked' && !x.shadow)) {
+        cards.before(h('div', { class: 'error', role: 'alert', text: `Your ${q.meter} quota is used up (${num(q.used)} of ${num(q.limit)}): calls are refused with 429 until ${when(q.resets_at, tz, true)}.` }));
+      }
     } else {
       cards.append(h('div', { class: 'card' }, h('div', { class: 'label', text: 'Running cost' }), h('div', { class: 'sub', text: upcoming.error || 'No period running' })));
     }
@@ -593,6 +602,17 @@
     return panel;
   }
 
+  // Where the first metered charge is heading by the period's end at this pace, no further
+  // than a hard quota lets it.
+  function pace(usageLines, elapsed, quotas) {
+    const meter = usageLines[0].meter;
+    const used = usageLines.filter((l) => l.meter === meter).reduce((s, l) => s + dec(l.quantity), 0);
+    const hard = quotas.find((q) => q.meter === meter && q.kind === 'hard' && !q.shadow);
+    const projected = Math.round(used / elapsed);
+    if (hard && projected >= dec(hard.limit)) return `at this pace, the ${num(dec(hard.limit))} ${meter} of your hard quota before period end`;
+    return `at this pace, about ${num(projected)} ${meter} by period end`;
+  }
+
   function drawQuotas(panel, quotas, tz) {
     if (!quotas.length) {
       panel.append(h('p', { class: 'muted', text: 'Your plan has no quotas: every call is allowed and billed.' }));
@@ -617,7 +637,8 @@
         h('div', { class: 'ring' }, canvas, h('div', { class: 'pct', text: pct + ' %' })),
         h('div', {},
           h('h3', {}, q.meter + ' ', q.shadow ? badge('shadow', 'shadow') : badge(q.kind, q.kind), ' ', state),
-          h('div', { text: `${num(q.used)} of ${num(q.limit)} used; ${num(q.remaining)} left` }),
+          // Left is the limit less what was used (gateways' unspent leases are not used).
+          h('div', { class: 'quota-count', text: `${num(q.used)} of ${num(q.limit)} used; ${num(Math.max(0, dec(q.limit) - dec(q.used)))} left` }),
           h('div', { class: 'muted', text: consequence }),
           h('div', { class: 'muted', text: 'Resets ' + when(q.resets_at, tz, true) }))));
       if (window.Chart) {
@@ -813,7 +834,7 @@
           finance ? h('td', { text: partners[r.partner_id] || r.partner_id }) : null,
           h('td', {}, stateBadge(r)),
           h('td', { class: 'num', text: money(i.total, i.currency) }),
-          h('td', { class: 'num', text: money(i.amount_due, i.currency) }),
+          h('td', { class: 'num', text: r.status === 'void' ? '—' : money(i.amount_due, i.currency) }),
           h('td', {}, downloads(r)),
           finance && mayAct() ? h('td', {}, h('div', { class: 'actions' }, lifecycleButtons(r, load))) : null);
       }), 'Invoices') : h('p', { class: 'muted', text: 'No invoices match.' }));
@@ -836,7 +857,7 @@
       h('div', { class: 'cards' },
         h('div', { class: 'card' }, h('div', { class: 'label', text: 'Partner' }), h('div', { class: 'value', text: partnerName || r.partner_id }), h('div', { class: 'sub mono', text: r.partner_id })),
         h('div', { class: 'card' }, h('div', { class: 'label', text: 'Period' }), h('div', { class: 'value', text: r.period_label }), h('div', { class: 'sub', text: `${when(i.period.start, i.timezone)} – ${when(new Date(new Date(i.period.end) - 1), i.timezone)} (${i.timezone})` })),
-        h('div', { class: 'card' }, h('div', { class: 'label', text: 'Amount due' }), h('div', { class: 'value', text: money(i.amount_due, cur) }), h('div', {}, stateBadge(r)))),
+        h('div', { class: 'card' }, h('div', { class: 'label', text: 'Amount due' }), h('div', { class: 'value', text: r.status === 'void' ? 'Nothing (void)' : money(i.amount_due, cur) }), h('div', {}, stateBadge(r)))),
       h('section', { class: 'panel' }, h('h2', { text: 'Lines' }),
         invoiceTable(i, 'Invoice lines', true),
         h('p', { class: 'muted', text: `Plan ${i.plan_id} (version ${i.plan_version.slice(0, 12)}) · created ${when(r.created_at, undefined, true)}${r.finalized_at ? ' · finalized ' + when(r.finalized_at, undefined, true) + byWhom(r.finalized_by) : ''}${r.voided_at ? ' · voided ' + when(r.voided_at, undefined, true) + byWhom(r.voided_by) : ''}` })),
@@ -1000,6 +1021,28 @@
         h('td', {}, v.has_openapi ? link(`/app/apis/${encodeURIComponent(a.name)}/${encodeURIComponent(v.id)}`, 'Reference', { 'aria-label': `${a.name} ${v.id} reference` }) : h('span', { class: 'muted', text: (v.operations || []).length ? `${v.operations.length} operation(s), no document` : 'no document' })))), `${a.name} versions`))));
   }
 
+  // CommonMark's everyday subset, as DOM nodes (never HTML from the document): paragraphs,
+  // `code`, **strong**, *emphasis* and [links](https://…).
+  function markdown(text) {
+    const inline = (t) => {
+      const out = [];
+      const re = /`([^`]+)`|\*\*([^*]+)\*\*|\*([^*]+)\*|\[([^\]]+)\]\((https?:\/\/[^)\s]+)\)/g;
+      let last = 0, m;
+      while ((m = re.exec(t))) {
+        if (m.index > last) out.push(t.slice(last, m.index));
+        if (m[1] !== undefined) out.push(h('code', { text: m[1] }));
+        else if (m[2] !== undefined) out.push(h('strong', { text: m[2] }));
+        else if (m[3] !== undefined) out.push(h('em', { text: m[3] }));
+        else out.push(h('a', { href: m[5], rel: 'noopener', target: '_blank', text: m[4] }));
+        last = re.lastIndex;
+      }
+      if (last < t.length) out.push(t.slice(last));
+      return out;
+    };
+    const blocks = String(text).split(/\n\s*\n/).map((b) => b.trim()).filter(Boolean);
+    return h('div', { class: 'md' }, blocks.map((b) => h('p', {}, inline(b.replace(/\s*\n\s*/g, ' ')))));
+  }
+
   async function apiDocPage(name, version) {
     const [doc, apis] = await Promise.all([
       api(`/v1/apis/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}/openapi`),
@@ -1018,7 +1061,7 @@
         const params = [...(item.parameters || []), ...(op.parameters || [])];
         ops.push(h('details', { class: 'op' },
           h('summary', {}, h('span', { class: 'method ' + method, text: method.toUpperCase() }), h('code', { text: path }), h('span', { class: 'muted', text: op.summary || '' })),
-          op.description ? h('p', { text: op.description }) : null,
+          op.description ? markdown(op.description) : null,
           params.length ? table(['Parameter', 'In', 'Required', 'Description'], params.map((p) => h('tr', {},
             h('td', { class: 'mono', text: p.name || p.$ref || '' }), h('td', { text: p.in || '' }), h('td', { text: p.required ? 'yes' : 'no' }), h('td', { text: p.description || '' }))), 'Parameters') : null,
           op.requestBody ? h('p', {}, h('strong', { text: 'Request body: ' }), Object.keys(op.requestBody.content || {}).join(', ')) : null,
@@ -1028,7 +1071,7 @@
     page(`${info.title || name} ${version}`,
       h('p', {}, link('/app/apis', '← All APIs'), ' · OpenAPI ', doc.openapi || doc.swagger || '?', info.version ? ` · document version ${info.version}` : ''),
       warn,
-      info.description ? h('p', { text: info.description }) : null,
+      info.description ? markdown(info.description) : null,
       h('section', { class: 'panel' }, h('h2', { text: `Operations (${ops.length})` }), ...ops));
   }
 
@@ -1036,6 +1079,9 @@
 
   async function render() {
     destroyCharts();
+    // A message is about the page it was shown on.
+    clearTimeout(toast.timer);
+    toastBox.textContent = '';
     const path = location.pathname.replace(/\/$/, '');
     if (path === '/sign-in') return signInPage();
     drawNav();

@@ -87,6 +87,28 @@ impl Target {
         Ok(Place::Embedded(dir.clone()))
     }
 
+    /// Where the dashboard and control API of this target answer, when it can be known: a
+    /// distributed setup's `control.listen`, or the address `peage up --demo` recorded in the
+    /// data directory (`demo.json`).
+    pub(crate) fn control_url(&self) -> Option<String> {
+        match self.place().ok()? {
+            Place::Distributed(config) => {
+                let listen = config.control.listen;
+                let host = if listen.ip().is_unspecified() {
+                    "127.0.0.1".to_string()
+                } else {
+                    listen.ip().to_string()
+                };
+                Some(format!("http://{host}:{}", listen.port()))
+            }
+            Place::Embedded(dir) => {
+                let text = std::fs::read_to_string(dir.join("demo.json")).ok()?;
+                let demo: crate::up::DemoInfo = serde_json::from_str(&text).ok()?;
+                Some(demo.control_url)
+            }
+        }
+    }
+
     /// The billing store alone (PostgreSQL, or the data directory's SQLite).
     pub(crate) async fn billing_store(&self) -> anyhow::Result<Arc<dyn BillingStore>> {
         billing_store(&self.place()?).await

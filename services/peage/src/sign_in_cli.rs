@@ -40,9 +40,16 @@ pub async fn run(c: SignInLinkCommand) -> anyhow::Result<()> {
         .await
         .map_err(fail)?;
     println!("{}", link.path);
-    eprintln!(
-        "Open it on the control API's address (http://127.0.0.1:8090{} by default): it works once, within 15 minutes.",
-        link.path
-    );
+    match c.target.control_url() {
+        Some(url) => eprintln!(
+            "Open {}{} (it works once, within 15 minutes).",
+            url.trim_end_matches('/'),
+            link.path
+        ),
+        None => eprintln!(
+            "Open it on the address the control API listens on (`peage up` prints it: \
+             \"control API listening on …\"); it works once, within 15 minutes."
+        ),
+    }
     Ok(())
 }
