@@ -80,7 +80,7 @@ fn calls(
 
 /// A second partner, Globex, on the demo plan since two months ago, with usage every day of the
 /// previous month and of this one so far (a weekly rhythm, three operations, two versions).
-async fn seed(data: &Path) -> (String, String) {
+async fn seed(data: &Path) -> (String, String, String) {
     let now = Utc::now();
     let this_month = Utc
         .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
@@ -92,6 +92,13 @@ async fn seed(data: &Path) -> (String, String) {
     text.push_str(
         "\n[[meter]]\nname = \"llm_tokens\"\nevent_type = \"com.example.llm.completion\"\n\
          aggregation = \"sum\"\nvalue = \"tokens\"\n",
+    );
+    // A plan with a small hard quota, for a partner who has used it up.
+    text.push_str(
+        "\n[[plan]]\nid = \"capped\"\nname = \"Capped\"\ncurrency = \"EUR\"\n\
+         period = { every = \"month\", anchor_day = 1 }\nbase_fee = \"0\"\n\
+         charges = [{ meter = \"calls\", model = \"per_unit\", unit_price = \"0.01\" }]\n\
+         quotas = [{ meter = \"calls\", limit = 50, kind = \"hard\" }]\n",
     );
     std::fs::write(data.join("catalog.toml"), &text).unwrap();
     let catalog = Catalog::parse("catalog.toml", &text, &|_| {
@@ -172,7 +179,31 @@ async fn seed(data: &Path) -> (String, String) {
         })
         .collect();
     usage.insert_usage_events("", &logged).await.unwrap();
-    (globex.to_string(), prev_month.format("%Y-%m").to_string())
+    // Initech, on the capped plan since last month, has made 60 of its 50 calls this period.
+    let initech = "prt_1417ec4000000000001a";
+    store
+        .create_partner(
+            &initech.parse().unwrap(),
+            "Initech",
+            &Subscription {
+                plan_id: "capped".into(),
+                plan_version: catalog.plan("capped").unwrap().version.clone(),
+                started_at: since,
+                ended_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    let midway = this_month + (now - this_month) / 2;
+    usage
+        .insert(&calls(initech, midway, 60, "v1", "GET /hello"))
+        .await
+        .unwrap();
+    (
+        globex.to_string(),
+        initech.to_string(),
+        prev_month.format("%Y-%m").to_string(),
+    )
 }
 
 /// A CI run without the switch would list the browser test as ignored and pass: it fails.
@@ -198,7 +229,7 @@ async fn the_dashboard_in_headless_chromium() {
     let data = dir.path().join("data");
     // First start writes the demo catalog and creates the demo partner; then seed while stopped.
     Peage::start(&data).interrupt();
-    let (globex, prev_period) = seed(&data).await;
+    let (globex, capped, prev_period) = seed(&data).await;
     // An operator mints links from the command line too; unknown partners are refused.
     let cli = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_peage"))
@@ -317,6 +348,7 @@ async fn the_dashboard_in_headless_chromium() {
         .env("PEAGE_URL", p.s("control_url"))
         .env("PEAGE_ADMIN_TOKEN", p.s("admin_token"))
         .env("PEAGE_PARTNER", &globex)
+        .env("PEAGE_CAPPED_PARTNER", &capped)
         .env("PEAGE_PARTNER_KEY", key["key_id"].as_str().unwrap())
         .env("PEAGE_OTHER_PARTNER", p.s("partner_id"))
         .env("PEAGE_PERIOD", &prev_period)

@@ -1,7 +1,8 @@
 // The dashboard as people use it, in Debian's headless Chromium driven by playwright-core.
 // Started by tests/e2e_dashboard.rs, which runs `peage up --demo` with seeded usage and passes:
 //   PEAGE_URL, PEAGE_ADMIN_TOKEN, PEAGE_PARTNER (Globex, with usage and a key),
-//   PEAGE_PARTNER_KEY, PEAGE_OTHER_PARTNER (the demo partner), PEAGE_PERIOD (last month),
+//   PEAGE_PARTNER_KEY, PEAGE_OTHER_PARTNER (the demo partner), PEAGE_CAPPED_PARTNER (Initech,
+//   past its hard calls quota), PEAGE_PERIOD (last month),
 //   PEAGE_SCREENSHOTS (where the page screenshots go), PEAGE_GATEWAY_URL and PEAGE_API_KEY
 //   (the demo partner's live key, for calls through the gateway from a web page).
 import { test, before, after } from 'node:test';
@@ -18,6 +19,7 @@ const admin = env('PEAGE_ADMIN_TOKEN');
 const partner = env('PEAGE_PARTNER');
 const partnerKey = env('PEAGE_PARTNER_KEY');
 const other = env('PEAGE_OTHER_PARTNER');
+const capped = env('PEAGE_CAPPED_PARTNER');
 const period = env('PEAGE_PERIOD');
 const shots = env('PEAGE_SCREENSHOTS');
 const gateway = env('PEAGE_GATEWAY_URL');
@@ -476,4 +478,16 @@ test('a web app on an allowed origin calls the API through the gateway; another 
     await context.close();
     app.close();
   }
+});
+
+test('a partner at its hard quota is told at the top, and the projection stops at the limit', async () => {
+  const { context, page, errors } = await signIn({ partner_id: capped });
+  await page.getByRole('heading', { name: 'Usage', exact: true }).waitFor();
+  await page.getByRole('alert').filter({ hasText: /Your calls quota is used up \(60 of 50\): calls are refused with 429 until/ }).waitFor();
+  await page.getByText(/at this pace, the 50 calls of your hard quota before period end/).waitFor();
+  assert.equal(await page.getByText(/at this pace, about/).count(), 0);
+  await page.locator('.quota-count', { hasText: '60 of 50 used; 0 left' }).waitFor();
+  await shot(page, 'partner-hard-quota');
+  assert.deepEqual(errors, []);
+  await context.close();
 });

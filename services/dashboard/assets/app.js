@@ -214,10 +214,7 @@
           h('div', { class: 'label', text: 'Period elapsed' }),
           h('div', { class: 'value', text: Math.round(elapsed * 100) + ' %' }),
           h('div', { class: 'sub', text: usageLines.length ? pace(usageLines, elapsed, quotas.quotas || []) : 'no metered charges yet' })));
-      // A hard quota used up says so at the top: its calls are being refused.
-      for (const q of (quotas.quotas || []).filter((x) => x.decision === 'hard_blocked' && !x.shadow)) {
-        cards.before(h('div', { class: 'error', role: 'alert', text: `Your ${q.meter} quota is used up (${num(q.used)} of ${num(q.limit)}): calls are refused with 429 until ${when(q.resets_at, tz, true)}.` }));
-      }
+
     } else {
       cards.append(h('div', { class: 'card' }, h('div', { class: 'label', text: 'Running cost' }), h('div', { class: 'sub', text: upcoming.error || 'No period running' })));
     }
@@ -278,7 +275,10 @@
 
     const title = session.role === 'partner' ? 'Usage' : partner.name;
     const lead = session.role === 'partner' ? null : h('p', {}, link('/app', '← All partners'), ' · ', h('span', { class: 'mono', text: partner.id }));
-    page(title, lead, cards, planBox, chartPanel, quotaPanel, linesPanel, couponBox, previewBox, eventsPanel);
+    // A hard quota used up says so at the top: its calls are being refused.
+    const blocked = (quotas.quotas || []).filter((x) => x.decision === 'hard_blocked' && !x.shadow)
+      .map((q) => h('div', { class: 'error', role: 'alert', text: `Your ${q.meter} quota is used up (${num(q.used)} of ${num(q.limit)}): calls are refused with 429 until ${when(q.resets_at, tz, true)}.` }));
+    page(title, lead, ...blocked, cards, planBox, chartPanel, quotaPanel, linesPanel, couponBox, previewBox, eventsPanel);
 
     const field = (id) => controls.querySelector('#' + id);
     field('range').addEventListener('change', () => {
