@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use peage_core::ids::{InvoiceId, PaymentId};
-use peage_core::invoice::{InvoiceRecord, InvoiceStatus};
+use peage_core::invoice::InvoiceRecord;
 use peage_core::payment::{check_payment, InvoiceState, PaymentError, PaymentRequest};
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -293,10 +293,8 @@ impl<D: LedgerDb> PaymentStore for D {
                     what: "invoice",
                     id: id.clone(),
                 })?;
+            // Finalized: the update above changed only a finalized invoice.
             let record = invoice(&row)?.as_of(now);
-            if record.status != InvoiceStatus::Finalized {
-                continue;
-            }
             let event = "invoice.overdue";
             let payload =
                 peage_core::invoice::webhook_message(event, now, record.settlement_event());

@@ -47,11 +47,10 @@ pub async fn list(
     Query(q): Query<ListFormat>,
 ) -> Result<Response, ApiError> {
     let notes = api.billing.credit_notes(&who, &id).await?;
-    let csv = credit_notes_csv(&notes.credit_notes);
     json_or_csv(
         q.format.as_deref(),
-        notes,
-        || csv,
+        &notes,
+        || credit_notes_csv(&notes.credit_notes),
         &format!("credit-notes-{id}.csv"),
     )
 }

@@ -45,11 +45,10 @@ pub async fn list(
     Query(q): Query<ListFormat>,
 ) -> Result<Response, ApiError> {
     let list = api.billing.payments(&who, &id).await?;
-    let csv = payments_csv(&list.payments);
     json_or_csv(
         q.format.as_deref(),
-        list,
-        || csv,
+        &list,
+        || payments_csv(&list.payments),
         &format!("payments-{id}.csv"),
     )
 }

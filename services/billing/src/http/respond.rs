@@ -30,7 +30,7 @@ pub(crate) fn attachment(mut r: Response, content_type: &'static str, name: &str
 /// (`csv`, made by `csv` only when asked for).
 pub(crate) fn json_or_csv(
     format: Option<&str>,
-    json: impl serde::Serialize,
+    json: &impl serde::Serialize,
     csv: impl FnOnce() -> String,
     name: &str,
 ) -> Result<Response, super::error::ApiError> {
