@@ -67,6 +67,7 @@ macro_rules! conformance_tests {
             credit_notes_are_numbered_apart_and_never_credit_more_than_the_invoice,
             payments_never_pay_more_than_is_due_and_overdue_is_reported_once,
             a_job_lease_has_one_holder_until_it_expires,
+            alerts_are_listed_until_deleted_and_each_notice_is_kept_once,
         );
     };
     (@each $attrs:tt $fixture:path; $($name:ident,)*) => {
@@ -1955,4 +1956,79 @@ pub async fn a_job_lease_has_one_holder_until_it_expires(s: &dyn BillingStore) {
     let t2 = t1 + ttl + Duration::seconds(1);
     assert!(s.try_lease("auto-finalize", "b", t2, ttl).await.unwrap());
     assert!(!s.try_lease("auto-finalize", "a", t2, ttl).await.unwrap());
+}
+
+pub async fn alerts_are_listed_until_deleted_and_each_notice_is_kept_once(s: &dyn BillingStore) {
+    use crate::{AlertNotice, AlertRecord};
+    use peage_core::alert::{AlertMetric, AlertRule};
+    let t0 = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
+    let (pa, pb) = ("prt_616c65727473000000a1", "prt_616c65727473000000b2");
+    for p in [pa, pb] {
+        s.create_partner(&typed(p), "A", &sub("growth", t0))
+            .await
+            .unwrap();
+    }
+    let alert = |i: u32, partner: &str, metric, meter: Option<&str>| AlertRecord {
+        id: typed(&format!("alr_{i:020x}")),
+        partner_id: typed(partner),
+        rule: AlertRule {
+            metric,
+            meter: meter.map(str::to_string),
+            budget: Decimal::new(12345, 2),
+            thresholds: vec![50, 80, 100],
+        },
+        created_at: t0 + Duration::seconds(i.into()),
+        created_by: "partner:a".into(),
+    };
+    let (a1, a2, b1) = (
+        alert(1, pa, AlertMetric::Spend, None),
+        alert(2, pa, AlertMetric::Usage, Some("calls")),
+        alert(3, pb, AlertMetric::Spend, None),
+    );
+    for a in [&a1, &a2, &b1] {
+        s.create_alert(a).await.unwrap();
+    }
+    assert_eq!(
+        s.alerts(Some(&typed(pa))).await.unwrap(),
+        [a1.clone(), a2.clone()]
+    );
+    assert_eq!(s.alerts(None).await.unwrap().len(), 3);
+    let notice = |threshold: u32, period_start: DateTime<Utc>| AlertNotice {
+        alert_id: a1.id.clone(),
+        partner_id: typed(pa),
+        period_start,
+        threshold,
+        level: Decimal::new(6173, 2),
+        value: Decimal::new(700, 1),
+        unit: "EUR".into(),
+        reached_at: t0 + Duration::days(3),
+    };
+    // Once per alert, period and threshold.
+    assert!(s.record_alert_notice(&notice(50, t0)).await.unwrap());
+    assert!(!s.record_alert_notice(&notice(50, t0)).await.unwrap());
+    assert!(s.record_alert_notice(&notice(80, t0)).await.unwrap());
+    let next = Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap();
+    assert!(s.record_alert_notice(&notice(50, next)).await.unwrap());
+    let this_period = s.alert_notices(&typed(pa), t0).await.unwrap();
+    assert_eq!(this_period.len(), 3);
+    assert_eq!(
+        s.alert_notices(&typed(pa), next).await.unwrap(),
+        [notice(50, next)]
+    );
+    assert!(s.alert_notices(&typed(pb), t0).await.unwrap().is_empty());
+    // Deleted by its own partner only, once; its notices stay.
+    assert!(!s
+        .delete_alert(&typed(pb), &a1.id, t0, "partner:b")
+        .await
+        .unwrap());
+    assert!(s
+        .delete_alert(&typed(pa), &a1.id, t0, "partner:a")
+        .await
+        .unwrap());
+    assert!(!s
+        .delete_alert(&typed(pa), &a1.id, t0, "partner:a")
+        .await
+        .unwrap());
+    assert_eq!(s.alerts(Some(&typed(pa))).await.unwrap(), [a2]);
+    assert_eq!(s.alert_notices(&typed(pa), t0).await.unwrap().len(), 3);
 }

@@ -30,6 +30,7 @@ pub use ledger::credit_notes::{CreditNoteRecord, CreditNoteStore};
 pub mod credit_notes {
     pub use crate::ledger::credit_notes::CreditNoteRefusal;
 }
+pub use ledger::alerts::{AlertNotice, AlertRecord, AlertStore};
 pub use ledger::leases::LeaseStore;
 pub use ledger::payments::{PaymentRecord, PaymentStore};
 pub mod payments {
@@ -229,6 +230,7 @@ pub trait BillingStore:
     + CreditNoteStore
     + PaymentStore
     + LeaseStore
+    + AlertStore
     + IdempotencyStore
     + ServiceTokenStore
     + RevocationFeed

@@ -127,6 +127,7 @@ prefixed_id!(PlanChangeId, "pch_");
 prefixed_id!(PartnerCouponId, "pcp_");
 prefixed_id!(CreditNoteId, "cn_");
 prefixed_id!(PaymentId, "pay_");
+prefixed_id!(AlertId, "alr_");
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{value:?} is not a valid {kind}")]

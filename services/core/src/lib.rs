@@ -4,6 +4,7 @@
 //! Everything here is pure: no I/O, no async, no clocks read behind the caller's back. Adapters
 //! and services feed it data and persist what it returns.
 
+pub mod alert;
 pub mod carry;
 pub mod catalog;
 pub mod coupon;

@@ -74,8 +74,9 @@ impl CatalogSource for CatalogFile {
 
 /// Billing's upkeep, every `every` until `stop`: applies the scheduled plan changes that are
 /// due, reports invoices that fell overdue (`invoice.overdue`, once each), finalizes drafts
-/// past their grace period (every `auto_finalize` interval, when on) and, with `adopt_catalog` (distributed mode), puts the store's catalog of record in
-/// force whenever another billing instance accepted a new one.
+/// past their grace period (every `auto_finalize` interval, when on), checks spend and usage
+/// alerts (every `alerts_every`) and, with `adopt_catalog` (distributed mode), puts the store's
+/// catalog of record in force whenever another billing instance accepted a new one.
 pub fn upkeep(
     billing: Arc<Billing>,
     every: Duration,
@@ -84,10 +85,12 @@ pub fn upkeep(
         peage_billing::service::auto_finalize::AutoFinalize,
         Duration,
     )>,
+    alerts_every: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut next_finalize = tokio::time::Instant::now();
+        let mut next_alerts = tokio::time::Instant::now();
         loop {
             if adopt_catalog {
                 if let Err(e) = billing.adopt_catalog_of_record().await {
@@ -107,6 +110,12 @@ pub fn upkeep(
                     if let Err(e) = billing.auto_finalize(chrono::Utc::now(), settings).await {
                         tracing::warn!(error = %e, "automatic finalization failed; trying again next pass");
                     }
+                }
+            }
+            if tokio::time::Instant::now() >= next_alerts {
+                next_alerts = tokio::time::Instant::now() + alerts_every;
+                if let Err(e) = billing.check_alerts(chrono::Utc::now()).await {
+                    tracing::warn!(error = %e, "cannot check spend and usage alerts now; trying again next pass");
                 }
             }
             tokio::select! {

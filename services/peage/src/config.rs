@@ -472,6 +472,8 @@ pub struct BillingSection {
     pub finalize_grace_hours: u64,
     /// How often billing looks for drafts to finalize.
     pub auto_finalize_every_s: u64,
+    /// How often billing checks spend and usage alerts (docs/pricing.md, "Alerts").
+    pub alerts_every_s: u64,
 }
 
 impl Default for BillingSection {
@@ -486,11 +488,17 @@ impl Default for BillingSection {
             auto_finalize: true,
             finalize_grace_hours: 72,
             auto_finalize_every_s: 300,
+            alerts_every_s: 60,
         }
     }
 }
 
 impl BillingSection {
+    /// How often alerts are checked (at least every second).
+    pub fn alerts_every(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.alerts_every_s.max(1))
+    }
+
     /// Automatic finalization and how often it runs, unless turned off.
     pub fn auto_finalize(
         &self,

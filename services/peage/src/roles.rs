@@ -431,6 +431,7 @@ pub async fn billing(
         Duration::from_secs(1),
         true,
         config.billing.auto_finalize(),
+        config.billing.alerts_every(),
         stop_rx.clone(),
     );
     let webhooks = tokio::spawn(peage_billing::service::webhooks::run_worker(

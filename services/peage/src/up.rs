@@ -545,6 +545,7 @@ pub async fn run(
         Duration::from_secs(1),
         false,
         billing_config.auto_finalize(),
+        billing_config.alerts_every(),
         stop_rx.clone(),
     );
     let gateway_server = GatewayServer::bind(gateway, options.gateway_listen)

@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::BillingStoreError;
 
+pub(crate) mod alerts;
 pub(crate) mod catalogs;
 pub(crate) mod coupons;
 pub(crate) mod credit_notes;

@@ -3,6 +3,7 @@
 //! handlers per resource, and the OpenAPI document. Every operation is the billing services'
 //! (`crate::service`); nothing here decides a business rule.
 
+mod alerts;
 mod audit;
 mod auth;
 mod catalog;

@@ -200,6 +200,7 @@ impl Modify for Security {
         (name = "usage", description = "Usage and quotas"),
         (name = "events", description = "Usage events from the company's own services (CloudEvents)"),
         (name = "invoices", description = "Invoices, billing profiles, credits"),
+        (name = "alerts", description = "Spend and usage alerts on a partner's billing period"),
         (name = "webhooks", description = "Webhook endpoints and deliveries"),
         (name = "oauth", description = "OAuth client credentials and JWT issuers"),
         (name = "dashboard", description = "Dashboard sign-in and sessions"),

@@ -13,9 +13,9 @@ use super::auth::{self, require_admin, require_staff};
 use super::error::{self, ApiError};
 use super::state::ControlApi;
 use super::{
-    audit, catalog, coupons, credit_notes, events, gateway, idempotency, invoices as inv, keys,
-    oauth, openapi, partners, payments, profiles, quotas, service_tokens, sessions, staff, usage,
-    webhooks,
+    alerts, audit, catalog, coupons, credit_notes, events, gateway, idempotency, invoices as inv,
+    keys, oauth, openapi, partners, payments, profiles, quotas, service_tokens, sessions, staff,
+    usage, webhooks,
 };
 use crate::service::events::MAX_BODY_BYTES;
 
@@ -79,6 +79,9 @@ fn routes(api: &Arc<ControlApi>) -> OpenApiRouter<Arc<ControlApi>> {
         .routes(routes!(usage::usage_series))
         .routes(routes!(quotas::partner_quotas))
         .routes(routes!(inv::upcoming_invoice))
+        .routes(routes!(alerts::forecast))
+        .routes(routes!(alerts::create_alert, alerts::list_alerts))
+        .routes(routes!(alerts::delete_alert))
         .routes(routes!(inv::list))
         .routes(routes!(inv::get));
     let admin = OpenApiRouter::new()

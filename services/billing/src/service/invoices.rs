@@ -150,6 +150,11 @@ impl Billing {
         self.invoicing().upcoming(partner, Utc::now()).await
     }
 
+    /// The current period's invoice at the pace so far (`GET …/invoices/forecast`).
+    pub async fn forecast_invoice(&self, partner: &Partner) -> Result<InvoiceRecord, ServiceError> {
+        self.invoicing().forecast(partner, Utc::now()).await
+    }
+
     /// Drafts (or updates) the invoices of every partner due in `period` (`YYYY-MM`).
     pub async fn run_invoices(&self, period: &str) -> Result<RunSummary, ServiceError> {
         let label: PeriodLabel = super::values::period(period)?;

@@ -336,6 +336,20 @@ impl Invoicing {
         adjustments: Vec<InvoiceLine>,
         cache: &UsageCache,
     ) -> Result<Invoice, ServiceError> {
+        self.price_paced(book, period, adjustments, cache, None)
+            .await
+    }
+
+    /// [`Self::price`], the usage of the span running at `pace` (if one is) projected to the
+    /// span's end at the pace so far ([`peage_core::alert::project_usage`]).
+    async fn price_paced(
+        &self,
+        book: &PartnerBook,
+        period: BillingPeriod,
+        adjustments: Vec<InvoiceLine>,
+        cache: &UsageCache,
+        pace: Option<DateTime<Utc>>,
+    ) -> Result<Invoice, ServiceError> {
         let mut parts = Vec::new();
         for (s, span) in Self::spans(book, period) {
             let plan = self.plan_version(&s.plan_id, &s.plan_version).await?;
@@ -344,6 +358,20 @@ impl Invoicing {
                 .await?;
             self.read_event_amounts(book.partner.id.as_str(), &plan, &span, &mut usage)
                 .await?;
+            if let Some(now) = pace.filter(|&n| span.start < n && n < span.end) {
+                let gone = Decimal::from((now - span.start).num_milliseconds());
+                let whole = Decimal::from((span.end - span.start).num_milliseconds());
+                let overflow = || {
+                    ServiceError::WrongState(format!(
+                        "partner {}: the forecast overflows",
+                        book.partner.id
+                    ))
+                };
+                let elapsed = gone.checked_div(whole).ok_or_else(overflow)?;
+                usage =
+                    peage_core::alert::project_usage(&self.catalog.meters, &plan, &usage, elapsed)
+                        .map_err(|_| overflow())?;
+            }
             parts.push((plan, span, usage));
         }
         // Periods are counted in the rule of the plan at the period's end.
@@ -539,6 +567,35 @@ impl Invoicing {
                 ))
             })?;
         record.id = "upcoming".into();
+        Ok(record)
+    }
+
+    /// The invoice of the period running now as it would end at the pace so far: additive
+    /// meters projected to the period's end, none past a hard quota (not stored; `id` is
+    /// `forecast`).
+    pub async fn forecast(
+        &self,
+        partner: &Partner,
+        now: DateTime<Utc>,
+    ) -> Result<InvoiceRecord, ServiceError> {
+        let book = self.book(partner).await?;
+        let sub = &partner.subscription;
+        let plan = self.plan_version(&sub.plan_id, &sub.plan_version).await?;
+        let label = PeriodLabel::of(plan.period.containing_in(book.tz, now).start, book.tz);
+        let no_period = || {
+            ServiceError::WrongState(format!(
+                "partner {} has no billing period running",
+                partner.id
+            ))
+        };
+        let period = self.period_in(&book, label).await?.ok_or_else(no_period)?;
+        let cache = UsageCache::default();
+        let adjustments = self.late_usage(&book, period, &cache).await?;
+        let invoice = self
+            .price_paced(&book, period, adjustments, &cache, Some(now))
+            .await?;
+        let mut record = Self::drafted(&book, label, invoice, now);
+        record.id = "forecast".into();
         Ok(record)
     }
 

@@ -3,6 +3,7 @@
 //! store, for the CLI) that takes typed input and answers a typed value or a [`ServiceError`]
 //! naming its cause.
 
+pub mod alerts;
 mod audit;
 pub mod auto_finalize;
 mod billing;
@@ -37,6 +38,7 @@ mod usage;
 pub mod values;
 pub mod webhooks;
 
+pub use alerts::{AlertList, AlertState, AlertsChecked};
 pub use billing::{ApiDocs, Billing, BillingSettings, RevocationHook};
 pub use catalog::{ApiVersionView, ApiView, ApisView, PlansView};
 pub use coupons::{CouponList, PartnerCouponList};

@@ -31,6 +31,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "quota.hard_blocked",
     "quota.shadow_exceeded",
     "quota.near_limit",
+    "alert.triggered",
 ];
 
 /// Why a message cannot be signed or sent.
