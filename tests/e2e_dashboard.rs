@@ -368,6 +368,7 @@ async fn the_dashboard_in_headless_chromium() {
         "sign-in",
         "partner-usage",
         "partner-usage-phone",
+        "partner-alerts",
         "partner-keys",
         "partner-invoices",
         "partner-apis",

@@ -480,14 +480,49 @@ test('a web app on an allowed origin calls the API through the gateway; another 
   }
 });
 
-test('a partner at its hard quota is told at the top, and the projection stops at the limit', async () => {
+test('a partner at its hard quota is told at the top, its forecast stops at the limit, and its alert is notified once', async () => {
   const { context, page, errors } = await signIn({ partner_id: capped });
   await page.getByRole('heading', { name: 'Usage', exact: true }).waitFor();
   await page.getByRole('alert').filter({ hasText: /Your calls quota is used up \(60 of 50\): calls are refused with 429 until/ }).waitFor();
   await page.getByText(/at this pace, the 50 calls of your hard quota before period end/).waitFor();
   assert.equal(await page.getByText(/at this pace, about/).count(), 0);
   await page.locator('.quota-count', { hasText: '60 of 50 used; 0 left' }).waitFor();
+  // The forecast in money: 60 calls at 0.01 €, no more, since the hard quota refuses the rest.
+  assert.match(await page.locator('#forecast').textContent(), /0[.,]60/);
+  await page.getByText(/your hard calls quota stops it at 50/).waitFor();
   await shot(page, 'partner-hard-quota');
-  assert.deepEqual(errors, []);
+
+  await adminCall('POST', '/v1/webhooks', { url: 'https://hooks.example.com/peage-alerts', events: ['alert.triggered'] });
+  // The partner sets a usage alert at 50, 80 and 100 % of 100 calls: 60 reach 50 % only, and
+  // billing's upkeep says so once, at the top of the page and in the alert list.
+  await page.getByLabel('Watch').selectOption('usage');
+  await page.locator('#alert-meter').selectOption('calls');
+  await page.getByLabel('Budget').fill('0');
+  await page.getByRole('button', { name: 'Add the alert' }).click();
+  await page.getByRole('alert').filter({ hasText: /budget must be more than 0/ }).waitFor();
+  await page.getByLabel('Budget').fill('100');
+  await page.getByRole('button', { name: 'Add the alert' }).click();
+  await page.getByRole('cell', { name: '100 calls at 50 %, 80 %, 100 %' }).waitFor();
+  let reached = 0;
+  for (let i = 0; i < 40 && !reached; i++) {
+    await page.waitForTimeout(500);
+    await page.reload();
+    await page.getByRole('heading', { name: 'Alerts' }).waitFor();
+    reached = await page.locator('.alert-reached').count();
+  }
+  const note = await page.locator('.alert-reached').textContent();
+  assert.match(note, /^Alert: your calls usage reached 50 % of its 100 calls budget \(60 calls\) on /);
+  assert.equal(await page.locator('.alert-reached').count(), 1);
+  await page.getByRole('cell', { name: /^50 % on / }).waitFor();
+  await page.getByRole('cell', { name: '60 calls (60 %)' }).waitFor();
+  await shot(page, 'partner-alerts');
+  // Once: the webhook log holds one alert.triggered for it, however many passes ran.
+  const { deliveries } = await adminCall('GET', '/v1/webhooks/deliveries?limit=200');
+  const sent = deliveries.filter((d) => d.event_type === 'alert.triggered' && JSON.parse(d.payload).data.partner_id === capped);
+  assert.equal(sent.length, 1, JSON.stringify(sent));
+  await page.getByRole('button', { name: 'Delete the alert on calls' }).click();
+  await page.getByText(/^No alert\./).waitFor();
+  // The one error the browser saw is the budget of 0, refused on purpose.
+  assert.deepEqual(errors, ['Failed to load resource: the server responded with a status of 400 (Bad Request)']);
   await context.close();
 });

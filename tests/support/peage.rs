@@ -33,6 +33,7 @@ impl Peage {
         let child = Command::new(env!("CARGO_BIN_EXE_peage"))
             // Finance finalizes in these tests; one that wants the scheduler turns it on.
             .env("PEAGE_BILLING__AUTO_FINALIZE", "false")
+            .env("PEAGE_BILLING__ALERTS_EVERY_S", "1")
             .envs(env.iter().copied())
             .args([
                 "up",

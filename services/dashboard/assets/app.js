@@ -189,10 +189,12 @@
   const PALETTE = ['#3730a3', '#0f766e', '#b45309', '#be123c', '#4d7c0f', '#7e22ce', '#0369a1', '#a16207'];
 
   async function usagePage(partnerId) {
-    const [partner, upcoming, quotas] = await Promise.all([
+    const [partner, upcoming, quotas, forecast, alerts] = await Promise.all([
       api(`/v1/partners/${encodeURIComponent(partnerId)}`),
       api(`/v1/partners/${encodeURIComponent(partnerId)}/invoices/upcoming`).catch((e) => ({ error: e.message })),
       api(`/v1/partners/${encodeURIComponent(partnerId)}/quotas`).catch(() => ({ quotas: [] })),
+      api(`/v1/partners/${encodeURIComponent(partnerId)}/invoices/forecast`).catch(() => null),
+      api(`/v1/partners/${encodeURIComponent(partnerId)}/alerts`).catch((e) => ({ error: e.message, alerts: [] })),
     ]);
     const inv = upcoming.invoice;
     const tz = inv ? inv.timezone : 'UTC';
@@ -214,6 +216,12 @@
           h('div', { class: 'label', text: 'Period elapsed' }),
           h('div', { class: 'value', text: Math.round(elapsed * 100) + ' %' }),
           h('div', { class: 'sub', text: usageLines.length ? pace(usageLines, elapsed, quotas.quotas || []) : 'no metered charges yet' })));
+      if (forecast) {
+        cards.append(h('div', { class: 'card' },
+          h('div', { class: 'label', text: 'Forecast at this pace' }),
+          h('div', { class: 'value', id: 'forecast', text: money(forecast.invoice.total, forecast.invoice.currency) }),
+          h('div', { class: 'sub', text: forecastNote(forecast.invoice, quotas.quotas || []) })));
+      }
 
     } else {
       cards.append(h('div', { class: 'card' }, h('div', { class: 'label', text: 'Running cost' }), h('div', { class: 'sub', text: upcoming.error || 'No period running' })));
@@ -278,7 +286,14 @@
     // A hard quota used up says so at the top: its calls are being refused.
     const blocked = (quotas.quotas || []).filter((x) => x.decision === 'hard_blocked' && !x.shadow)
       .map((q) => h('div', { class: 'error', role: 'alert', text: `Your ${q.meter} quota is used up (${num(q.used)} of ${num(q.limit)}): calls are refused with 429 until ${when(q.resets_at, tz, true)}.` }));
-    page(title, lead, ...blocked, cards, planBox, chartPanel, quotaPanel, linesPanel, couponBox, previewBox, eventsPanel);
+    // Each alert's highest threshold reached this period, at the top.
+    const reachedNotes = (alerts.alerts || []).filter((a) => a.reached.length).map((a) => {
+      const n = a.reached[0];
+      return h('div', { class: 'notice alert-reached', role: 'status', text:
+        `Alert: ${alertWhat(a)} reached ${n.threshold} % of its ${alertAmount(a.budget, a)} budget (${alertAmount(n.value, a)}) on ${when(n.reached_at, tz, true)}.` });
+    });
+    const alertBox = alertPanel(partner, alerts, tz, () => render());
+    page(title, lead, ...blocked, ...reachedNotes, cards, planBox, chartPanel, quotaPanel, alertBox, linesPanel, couponBox, previewBox, eventsPanel);
 
     const field = (id) => controls.querySelector('#' + id);
     field('range').addEventListener('change', () => {
@@ -611,6 +626,78 @@
     const projected = Math.round(used / elapsed);
     if (hard && projected >= dec(hard.limit)) return `at this pace, the ${num(dec(hard.limit))} ${meter} of your hard quota before period end`;
     return `at this pace, about ${num(projected)} ${meter} by period end`;
+  }
+
+  // What a forecast assumes, and whether a hard quota stops it.
+  function forecastNote(inv, quotas) {
+    const capped = quotas.filter((q) => q.kind === 'hard' && !q.shadow).find((q) =>
+      inv.lines.filter((l) => l.meter === q.meter).reduce((s, l) => s + dec(l.quantity), 0) >= dec(q.limit));
+    return capped
+      ? `by period end, tax included; your hard ${capped.meter} quota stops it at ${num(capped.limit)}`
+      : 'by period end at the pace so far, tax included';
+  }
+
+  const alertWhat = (a) => a.metric === 'spend' ? 'your spend' : `your ${a.meter} usage`;
+  const alertAmount = (v, a) => a.metric === 'spend' ? money(v, a.unit) : `${num(v)} ${a.meter}`;
+
+  // Spend and usage alerts: the list, where each stands, and (for those who may) add and delete.
+  function alertPanel(partner, alerts, tz, after) {
+    const pid = encodeURIComponent(partner.id);
+    const may = session.role === 'partner' || mayAct();
+    const panel = h('section', { class: 'panel', 'aria-labelledby': 'alerts-h' }, h('h2', { id: 'alerts-h', text: 'Alerts' }));
+    const status = h('div', { role: 'status', 'aria-live': 'polite' });
+    const problem = (e) => status.replaceChildren(h('p', { class: 'error', role: 'alert', text: e.message }));
+    if (alerts.error) {
+      panel.append(h('p', { class: 'error', role: 'alert', text: 'Could not load the alerts: ' + alerts.error }));
+      return panel;
+    }
+    const list = alerts.alerts || [];
+    panel.append(list.length
+      ? table(['Watches', 'Budget', 'Now', 'Reached this period', ''], list.map((a) => h('tr', {},
+        h('td', { text: a.metric === 'spend' ? 'Spend' : `Usage of ${a.meter}` }),
+        h('td', { text: `${alertAmount(a.budget, a)} at ${a.thresholds.map((t) => t + ' %').join(', ')}` }),
+        h('td', { text: `${alertAmount(a.value, a)} (${Math.floor(dec(a.value) / dec(a.budget) * 100)} %)` }),
+        h('td', { text: a.reached.length ? a.reached.map((n) => `${n.threshold} % on ${when(n.reached_at, tz, true)}`).join('; ') : 'none' }),
+        h('td', {}, may ? h('button', { type: 'button', class: 'secondary', 'aria-label': `Delete the alert on ${a.metric === 'spend' ? 'spend' : a.meter}`, text: 'Delete', onclick: async () => {
+          try {
+            await api(`/v1/partners/${pid}/alerts/${encodeURIComponent(a.id)}`, { method: 'DELETE' });
+            toast('Alert deleted.');
+            await after();
+          } catch (e) { problem(e); }
+        } }) : null))), 'Alerts of this partner')
+      : h('p', { class: 'muted', text: 'No alert. Set a budget to be told, by webhook and here, when spend or usage reaches it.' }));
+    panel.append(status);
+    if (!may) return panel;
+    const metric = h('select', { id: 'alert-metric', name: 'metric' },
+      h('option', { value: 'spend', text: 'Spend (running cost)' }), h('option', { value: 'usage', text: 'Usage of a meter' }));
+    const meter = h('select', { id: 'alert-meter', name: 'meter' });
+    const meterLabel = h('label', { for: 'alert-meter', hidden: true }, 'Meter', meter);
+    const budget = h('input', { id: 'alert-budget', name: 'budget', inputmode: 'decimal', required: true, size: 10 });
+    const thresholds = h('input', { id: 'alert-thresholds', name: 'thresholds', value: '50, 80, 100', size: 12 });
+    metric.addEventListener('change', () => { meterLabel.hidden = metric.value !== 'usage'; });
+    // The catalog's meters, as the partner's usage report lists them.
+    api(`/v1/partners/${pid}/usage`).then((u) => {
+      meter.replaceChildren(...u.meters.map((m) => h('option', { value: m.meter, text: m.meter })));
+    }).catch((e) => problem(e));
+    const form = h('form', { class: 'controls', 'aria-label': 'Add an alert' },
+      h('label', { for: 'alert-metric' }, 'Watch', metric),
+      meterLabel,
+      h('label', { for: 'alert-budget' }, 'Budget', budget),
+      h('label', { for: 'alert-thresholds' }, 'Thresholds (%)', thresholds),
+      h('button', { type: 'submit', text: 'Add the alert' }));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const body = { metric: metric.value, budget: budget.value.trim(),
+        thresholds: thresholds.value.split(/[\s,;%]+/).filter(Boolean).map(Number) };
+      if (metric.value === 'usage') body.meter = meter.value;
+      try {
+        await api(`/v1/partners/${pid}/alerts`, { method: 'POST', body });
+        toast('Alert added: each threshold is notified once per period.');
+        await after();
+      } catch (e) { problem(e); }
+    });
+    panel.append(form);
+    return panel;
   }
 
   function drawQuotas(panel, quotas, tz) {
