@@ -98,7 +98,9 @@ async fn seed(data: &Path) -> (String, String, String) {
         "\n[[plan]]\nid = \"capped\"\nname = \"Capped\"\ncurrency = \"EUR\"\n\
          period = { every = \"month\", anchor_day = 1 }\nbase_fee = \"0\"\n\
          charges = [{ meter = \"calls\", model = \"per_unit\", unit_price = \"0.01\" }]\n\
-         quotas = [{ meter = \"calls\", limit = 50, kind = \"hard\" }]\n",
+         quotas = [{ meter = \"calls\", limit = 50, kind = \"hard\" }]\n\
+         apis = [{ api = \"demo\", versions = [\"v1\"], operations = [\"GET /hello\", \"POST /echo\"] }]\n\
+         features = [\"sso\"]\n",
     );
     std::fs::write(data.join("catalog.toml"), &text).unwrap();
     let catalog = Catalog::parse("catalog.toml", &text, &|_| {
@@ -373,6 +375,7 @@ async fn the_dashboard_in_headless_chromium() {
         "partner-invoices",
         "partner-apis",
         "partner-api-docs",
+        "partner-api-entitlements",
         "finance-partners",
         "finance-invoices",
         "finance-invoice-review",

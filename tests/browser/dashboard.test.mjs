@@ -65,6 +65,31 @@ async function signIn(who, viewport = { width: 1280, height: 860 }, screenshot, 
   return { context, page, errors };
 }
 
+/// Each page, loaded at the phone's width, is no wider than the screen: nothing is cut off
+/// into sideways scrolling. Names the elements that stick out when one does.
+async function assertFitsPhone(phone, paths) {
+  for (const path of paths) {
+    await phone.goto(base + path);
+    await phone.locator('main h1').first().waitFor();
+    await phone.waitForLoadState('networkidle');
+    const { overflow, wide } = await phone.evaluate(() => {
+      const vw = window.innerWidth;
+      const name = (el) => `${el.tagName.toLowerCase()}.${el.className || ''}${el.id ? '#' + el.id : ''}`;
+      // Sticking out of the page, or out of a table's own box (a table scrolled sideways).
+      const wide = [
+        ...[...document.querySelectorAll('main *')]
+          .filter((el) => el.getBoundingClientRect().right > vw + 1 && !el.closest('.table-wrap'))
+          .map((el) => `${name(el)} ends at ${Math.round(el.getBoundingClientRect().right)}px`),
+        ...[...document.querySelectorAll('main .table-wrap')]
+          .filter((el) => el.scrollWidth > el.clientWidth + 1)
+          .map((el) => `a table (${el.querySelector('caption') ? el.querySelector('caption').textContent : 'no caption'}) scrolls ${el.scrollWidth - el.clientWidth}px sideways`),
+      ].slice(0, 6);
+      return { overflow: document.documentElement.scrollWidth - vw, wide };
+    });
+    assert.ok(overflow <= 1 && wide.length === 0, `${path} is ${overflow}px wider than a 390 px phone: ${wide.join(', ')}`);
+  }
+}
+
 async function shot(page, name, fullPage = true) {
   await page.waitForLoadState('networkidle');
   await page.screenshot({ path: `${shots}/${name}.png`, fullPage });
@@ -273,6 +298,10 @@ test('finance computes, reviews, finalizes and exports a draft', async () => {
     'Failed to load resource: the server responded with a status of 409 (Conflict)',
     'Failed to load resource: the server responded with a status of 400 (Bad Request)',
   ]);
+  // Finance's pages on a phone: nothing cut off into sideways scrolling.
+  const phone = await context.newPage();
+  await phone.setViewportSize({ width: 390, height: 844 });
+  await assertFitsPhone(phone, ['/app', '/app/invoices', `/app/invoices/${voided.id}`, `/app/partners/${partner}`, '/app/apis']);
   await context.close();
 });
 
@@ -380,12 +409,16 @@ test('a partner sees its usage, quota and invoice, rotates a key, reads the docs
   const keys = await adminCall('GET', `/v1/partners/${partner}/keys`);
   assert.ok(keys.keys.some((k) => !k.revoked_at && secret.startsWith(k.prefix)), JSON.stringify(keys));
 
-  // APIs: versions, status, sunset; the rendered OpenAPI document.
+  // APIs: versions, status, sunset, what the plan includes, where to call them; the rendered
+  // OpenAPI document.
   await page.getByRole('link', { name: 'APIs' }).click();
   await page.getByRole('cell', { name: 'deprecated' }).waitFor();
+  assert.equal(await page.locator('td.included', { hasText: 'included' }).count(), 2);
+  assert.equal(await page.locator('#gateway-url code').first().textContent(), gateway);
   await shot(page, 'partner-apis');
   await page.getByRole('link', { name: 'demo v1 reference' }).click();
   await page.getByRole('heading', { name: 'Demo API v1' }).waitFor();
+  assert.equal(await page.locator('#api-base-url').textContent(), `${gateway}/demo/v1`);
   // Its Markdown is rendered: `code` in code, never literal backticks.
   await page.locator('.md code', { hasText: 'peage up --demo' }).waitFor();
   assert.ok(!(await page.locator('main').innerText()).includes('`'));
@@ -413,14 +446,16 @@ test('a partner sees its usage, quota and invoice, rotates a key, reads the docs
   await page.getByRole('heading', { name: 'Not found' }).waitFor();
   assert.deepEqual(errors.filter((e) => !e.includes('404') && !e.includes('403')), []);
 
-  // On a phone.
+  // On a phone: every page fits 390 px, with no sideways scrolling.
   const phone = await context.newPage();
   await phone.setViewportSize({ width: 390, height: 844 });
   await phone.goto(base + '/app');
   await phone.locator('#usage-chart').waitFor();
-  const overflow = await phone.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-  assert.ok(overflow <= 1, `the page is ${overflow}px wider than a phone`);
   await shot(phone, 'partner-usage-phone');
+  const mine = await adminCall('GET', `/v1/invoices?partner_id=${partner}&status=finalized`);
+  const pages = ['/app', '/app/keys', '/app/invoices', '/app/apis', '/app/apis/demo/v1'];
+  if (mine.invoices.length) pages.push(`/app/invoices/${mine.invoices[0].id}`);
+  await assertFitsPhone(phone, pages);
   await context.close();
 });
 
@@ -522,6 +557,28 @@ test('a partner at its hard quota is told at the top, its forecast stops at the 
   assert.equal(sent.length, 1, JSON.stringify(sent));
   await page.getByRole('button', { name: 'Delete the alert on calls' }).click();
   await page.getByText(/^No alert\./).waitFor();
+
+  // Its plan grants demo v1's GET /hello and POST /echo only: the APIs page says so, and the
+  // reference marks the operation left out.
+  await page.getByRole('link', { name: 'APIs' }).click();
+  const v1 = page.getByRole('row').filter({ has: page.getByRole('cell', { name: 'v1', exact: true }) });
+  await v1.locator('td.included', { hasText: '2 operation(s)' }).waitFor();
+  const v0 = page.getByRole('row').filter({ has: page.getByRole('cell', { name: 'v0', exact: true }) });
+  await v0.locator('td.included', { hasText: 'not in your plan' }).waitFor();
+  await page.getByRole('link', { name: 'demo v1 reference' }).click();
+  await page.getByRole('heading', { name: 'Demo API v1' }).waitFor();
+  const weather = page.locator('details.op').filter({ hasText: '/weather/{city}' });
+  await weather.getByText('not in your plan').waitFor();
+  assert.equal(await page.locator('details.op').filter({ hasText: '/hello' }).getByText('not in your plan').count(), 0);
+  await shot(page, 'partner-api-entitlements');
+  // What the company's own services ask: the features, the quota left.
+  const ent = await page.evaluate(async (id) => (await fetch(`/v1/partners/${id}/entitlements`)).json(), capped);
+  assert.deepEqual(ent.features.find((f) => f.key === 'sso'), { kind: 'boolean', key: 'sso', enabled: true });
+  const calls = ent.features.find((f) => f.key === 'calls');
+  assert.equal(calls.kind, 'metered');
+  assert.equal(calls.enabled, false);
+  assert.equal(calls.left, '0');
+  assert.deepEqual(ent.apis, [{ api: 'demo', versions: ['v1'], operations: ['GET /hello', 'POST /echo'] }]);
   // The one error the browser saw is the budget of 0, refused on purpose.
   assert.deepEqual(errors, ['Failed to load resource: the server responded with a status of 400 (Bad Request)']);
   await context.close();

@@ -83,6 +83,8 @@ fn plan() -> Plan {
         quotas: vec![],
         rate_limit: None,
         net_days: None,
+        apis: None,
+        features: Vec::new(),
     }
 }
 

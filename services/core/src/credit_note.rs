@@ -285,6 +285,8 @@ mod tests {
             quotas: vec![],
             rate_limit: None,
             net_days: None,
+            apis: None,
+            features: Vec::new(),
         };
         let period = BillingPeriod {
             start: Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap(),

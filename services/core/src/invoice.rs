@@ -888,6 +888,8 @@ mod tests {
             quotas: vec![],
             rate_limit: None,
             net_days: None,
+            apis: None,
+            features: Vec::new(),
         }
     }
 

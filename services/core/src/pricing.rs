@@ -37,6 +37,63 @@ pub struct Plan {
     /// say otherwise; [`crate::payment::DEFAULT_NET_DAYS`] when neither does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net_days: Option<u32>,
+    /// The APIs the plan grants (docs/catalog.md, "Entitlements"); every API when `None`. Left
+    /// out of the plan's hash when absent, so plans written before it keep their versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apis: Option<Vec<ApiGrant>>,
+    /// Boolean features the plan includes (`sso`, `priority_support`…), for the company's own
+    /// services to check (`GET /v1/partners/{id}/entitlements`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+}
+
+/// One API a plan grants: all of it, some versions, or some operations of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ApiGrant {
+    pub api: String,
+    /// The versions granted; every version when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<String>,
+    /// The operations granted, by the names calls are metered under (`GET /forecast/{city}`);
+    /// every operation when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operations: Vec<String>,
+}
+
+/// What a plan grants of one API version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granted<'p> {
+    /// Every operation.
+    All,
+    /// These operations only.
+    Operations(&'p [String]),
+    /// Nothing: calls are refused (403).
+    No,
+}
+
+impl Plan {
+    /// What the plan grants of `api` `version`.
+    pub fn granted(&self, api: &str, version: &str) -> Granted<'_> {
+        granted(self.apis.as_deref(), api, version)
+    }
+}
+
+/// What `grants` (a plan's `apis`; every API when `None`) grant of `api` `version`.
+pub fn granted<'g>(grants: Option<&'g [ApiGrant]>, api: &str, version: &str) -> Granted<'g> {
+    let Some(grants) = grants else {
+        return Granted::All;
+    };
+    // The catalog lets an API appear once in a plan's grants.
+    match grants.iter().find(|g| g.api == api) {
+        Some(g) if g.versions.is_empty() || g.versions.iter().any(|v| v == version) => {
+            if g.operations.is_empty() {
+                Granted::All
+            } else {
+                Granted::Operations(&g.operations)
+            }
+        }
+        _ => Granted::No,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -765,6 +822,8 @@ mod tests {
             quotas: vec![],
             rate_limit: None,
             net_days: None,
+            apis: None,
+            features: Vec::new(),
         };
         let json = serde_json::to_string(&plan).unwrap();
         assert!(json.contains("\"up_to\":null"), "{json}");

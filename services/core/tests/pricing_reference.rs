@@ -304,6 +304,8 @@ fn engine_plan(id: &str, p: &RefPlan, currency: Currency, tax_pct: i128) -> Plan
         quotas: vec![],
         rate_limit: None,
         net_days: None,
+        apis: None,
+        features: Vec::new(),
     }
 }
 

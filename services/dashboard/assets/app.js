@@ -1081,10 +1081,10 @@
       try { data = await api('/v1/partners/overview?limit=200&q=' + encodeURIComponent(search.value)); } catch (e) { fail(list, e); return; }
       list.replaceChildren(
         h('p', { class: 'muted', text: `${data.total} partner(s)${data.total > data.partners.length ? `, first ${data.partners.length} shown` : ''}` }),
-        table(['Partner', 'Plan', 'Period', ['Usage this period', 'hide-narrow'], ['Running cost', 'num']], data.partners.map((p) => h('tr', {},
+        table(['Partner', 'Plan', ['Period', 'hide-narrow'], ['Usage this period', 'hide-narrow'], ['Running cost', 'num']], data.partners.map((p) => h('tr', {},
           h('td', {}, link(`/app/partners/${encodeURIComponent(p.id)}`, p.name), h('div', { class: 'muted mono', text: p.id })),
           h('td', { text: p.plan_id }),
-          h('td', { text: p.error ? '—' : `${when(p.period_start, p.timezone)} – ${when(new Date(new Date(p.period_end) - 1), p.timezone)}` }),
+          h('td', { class: 'hide-narrow', text: p.error ? '—' : `${when(p.period_start, p.timezone)} – ${when(new Date(new Date(p.period_end) - 1), p.timezone)}` }),
           h('td', { class: 'hide-narrow', text: p.error ? p.error : p.usage.map((u) => `${u.meter} ${num(u.quantity)}`).join(' · ') }),
           h('td', { class: 'num', text: p.error ? '—' : money(p.running_total, p.currency) }))), 'Partners'));
     }
@@ -1095,16 +1095,28 @@
 
   // ---------- APIs and their docs ----------
 
+  // What a partner's plan includes of a version (staff see no column).
+  function inclusion(v) {
+    if (v.included === undefined) return null;
+    if (!v.included) return badge('not in your plan', 'void');
+    if (v.included_operations) return badge(`${v.included_operations.length} operation(s)`, 'draft');
+    return badge('included', 'ok');
+  }
+
   async function apisPage() {
     const data = await api('/v1/apis');
-    page('APIs', ...data.apis.map((a) => h('section', { class: 'panel' },
+    const partnerView = session.role === 'partner';
+    page('APIs',
+      data.gateway_url ? h('p', { id: 'gateway-url' }, 'Call every API through ', h('code', { text: data.gateway_url }), ', as ', h('code', { text: `${data.gateway_url}/<api>/<version>/…` }), ' with your API key.') : null,
+      ...data.apis.map((a) => h('section', { class: 'panel' },
       h('h2', { text: a.name }),
       a.description ? h('p', { class: 'muted', text: a.description }) : null,
-      table(['Version', 'Status', 'Sunset', 'Successor', 'Docs'], a.versions.map((v) => h('tr', {},
+      table(['Version', 'Status', partnerView ? 'Your plan' : null, ['Sunset', 'hide-narrow'], ['Successor', 'hide-narrow'], 'Docs'].filter(Boolean), a.versions.map((v) => h('tr', {},
         h('td', { class: 'mono', text: v.id }),
         h('td', {}, badge(v.status)),
-        h('td', { text: v.sunset ? when(v.sunset + 'T00:00:00Z', 'UTC') : '—' }),
-        h('td', { text: v.successor || '—' }),
+        partnerView ? h('td', { class: 'included' }, inclusion(v)) : null,
+        h('td', { class: 'hide-narrow', text: v.sunset ? when(v.sunset + 'T00:00:00Z', 'UTC') : '—' }),
+        h('td', { class: 'hide-narrow', text: v.successor || '—' }),
         h('td', {}, v.has_openapi ? link(`/app/apis/${encodeURIComponent(a.name)}/${encodeURIComponent(v.id)}`, 'Reference', { 'aria-label': `${a.name} ${v.id} reference` }) : h('span', { class: 'muted', text: (v.operations || []).length ? `${v.operations.length} operation(s), no document` : 'no document' })))), `${a.name} versions`))));
   }
 
@@ -1140,14 +1152,24 @@
     const warn = v.status === 'deprecated'
       ? h('div', { class: 'secret', role: 'note' }, `${name} ${version} is deprecated${v.sunset ? ' and stops answering on ' + when(v.sunset + 'T00:00:00Z', 'UTC') : ''}.`, v.successor ? ` Move to ${v.successor}.` : '')
       : null;
+    const notIncluded = v.included === false
+      ? h('div', { class: 'error', role: 'note', text: `Your plan does not include ${name} ${version}: calls to it are refused with 403 (not-entitled).` })
+      : null;
+    const base = apis.gateway_url ? `${apis.gateway_url}/${name}/${version}` : null;
+    const baseBox = base ? h('section', { class: 'panel', 'aria-labelledby': 'base-h' },
+      h('h2', { id: 'base-h', text: 'Base URL' }),
+      h('p', {}, h('code', { id: 'api-base-url', text: base })),
+      h('pre', { class: 'mono wrap', text: `curl -H 'Authorization: Bearer <your API key>' ${base}/…` })) : null;
     const ops = [];
     for (const [path, item] of Object.entries(doc.paths || {})) {
       for (const method of ['get', 'put', 'post', 'delete', 'patch', 'head', 'options']) {
         const op = item[method];
         if (!op) continue;
         const params = [...(item.parameters || []), ...(op.parameters || [])];
+        const opName = `${method.toUpperCase()} ${path}`;
+        const outside = v.included === false || (v.included_operations && !v.included_operations.includes(opName));
         ops.push(h('details', { class: 'op' },
-          h('summary', {}, h('span', { class: 'method ' + method, text: method.toUpperCase() }), h('code', { text: path }), h('span', { class: 'muted', text: op.summary || '' })),
+          h('summary', {}, h('span', { class: 'method ' + method, text: method.toUpperCase() }), h('code', { text: path }), h('span', { class: 'muted', text: op.summary || '' }), outside ? badge('not in your plan', 'void') : null),
           op.description ? markdown(op.description) : null,
           params.length ? table(['Parameter', 'In', 'Required', 'Description'], params.map((p) => h('tr', {},
             h('td', { class: 'mono', text: p.name || p.$ref || '' }), h('td', { text: p.in || '' }), h('td', { text: p.required ? 'yes' : 'no' }), h('td', { text: p.description || '' }))), 'Parameters') : null,
@@ -1158,7 +1180,9 @@
     page(`${info.title || name} ${version}`,
       h('p', {}, link('/app/apis', '← All APIs'), ' · OpenAPI ', doc.openapi || doc.swagger || '?', info.version ? ` · document version ${info.version}` : ''),
       warn,
+      notIncluded,
       info.description ? markdown(info.description) : null,
+      baseBox,
       h('section', { class: 'panel' }, h('h2', { text: `Operations (${ops.length})` }), ...ops));
   }
 

@@ -119,6 +119,7 @@ const LOOKUP_FAILS: &str = "pk_live_gggggggggggggggggggggggggggggggg";
 const REVOKED: &str = "pk_live_hhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhh";
 const SHADOW: &str = "pk_live_iiiiiiiiiiiiiiiiiiiiiiiiiiiiiiii";
 const NEAR: &str = "pk_live_jjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjj";
+const LIMITED: &str = "pk_live_kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk";
 
 struct Keys(HashMap<String, ResolvedKey>);
 
@@ -150,6 +151,7 @@ impl Keys {
             (CAPPED, key("key_capped", "prt_c", Env::Live, "capped")),
             (SHADOW, key("key_shadow", "prt_s", Env::Live, "shadowed")),
             (NEAR, key("key_near", "prt_n", Env::Live, "near")),
+            (LIMITED, key("key_limited", "prt_l", Env::Live, "limited")),
             (
                 NO_BILLING,
                 key("key_nobill", "prt_down", Env::Live, "capped"),
@@ -343,6 +345,14 @@ period = {{ every = "month", anchor_day = 1 }}
 base_fee = "0"
 charges = [{{ meter = "calls", model = "per_unit", unit_price = "0.001" }}]
 quotas = [{{ meter = "calls", limit = 10, kind = "hard", near_limit = "0.8" }}]
+
+[[plan]]
+id = "limited"
+currency = "EUR"
+period = {{ every = "month", anchor_day = 1 }}
+base_fee = "0"
+charges = [{{ meter = "calls", model = "per_unit", unit_price = "0.001" }}]
+apis = [{{ api = "demo", versions = ["v1", "v2"], operations = ["GET /hello"] }}, {{ api = "gql" }}]
 "#
     );
     Catalog::parse("catalog.toml", &text, &|_| None).unwrap()
@@ -548,7 +558,7 @@ async fn a_call_goes_below_its_version_base_named_and_metered_once() {
 
 /// The rule of docs/gateway.md ("Refusals"), written out on its own: each kind's status,
 /// whether the call becomes an event, and whether that event counts as forwarded.
-const RULE: [(RefusalKind, u16, bool, bool); 21] = {
+const RULE: [(RefusalKind, u16, bool, bool); 22] = {
     use RefusalKind::*;
     [
         (BadPath, 400, false, false),
@@ -560,6 +570,7 @@ const RULE: [(RefusalKind, u16, bool, bool); 21] = {
         (TokenCheckUnavailable, 503, false, false),
         (MeteringUnavailable, 503, false, false),
         (InsufficientScope, 403, true, false),
+        (NotEntitled, 403, true, false),
         (VersionRetired, 410, true, false),
         (NoSandbox, 403, true, false),
         (RateLimited, 429, true, false),
@@ -609,6 +620,8 @@ fn provoke(s: &Suite, kind: RefusalKind) -> Vec<u8> {
             get(&path, &bearer(LIVE))
         }
         InsufficientScope => get(&path, &bearer(SCOPED)),
+        // The plan grants demo v1's `GET /hello` only.
+        NotEntitled => get(&path, &bearer(LIMITED)),
         VersionRetired => get("/demo/v0/case/version-retired", &bearer(LIVE)),
         NoSandbox => get("/nosb/v1/case/no-sandbox", &bearer(TEST)),
         RateLimited => get("/demo/v1/case/rate-limited", &bearer(TIGHT)),
@@ -759,6 +772,51 @@ async fn every_refusal_is_answered_as_its_kind_and_recorded_by_the_rule() {
     assert!(
         metrics.contains("peage_gateway_refusals_total{reason=\"bad-path\"} 1"),
         "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_grants_its_apis_versions_and_operations_and_refuses_the_rest() {
+    let s = suite(edge()).await;
+    // Granted: demo v1's GET /hello, the whole of gql.
+    assert_eq!(raw(s.addr, &get("/demo/v1/hello", &bearer(LIMITED))).0, 200);
+    let gql = format!(
+        "POST /gql/v1 HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n{}Content-Type: application/json\r\nContent-Length: 25\r\n\r\n{{\"query\":\"query Q {{ a }}\"}}",
+        bearer(LIMITED)
+    );
+    assert_eq!(raw(s.addr, gql.as_bytes()).0, 200);
+    // Not granted: another API, a version left out, another operation of a granted version.
+    for (path, says) in [
+        ("/nosb/v1/x", "does not include nosb v1"),
+        ("/demo/old/hello", "does not include demo old"),
+        ("/demo/v1/other", "does not include GET /other of demo v1"),
+        ("/demo/v2/other", "does not include GET /other of demo v2"),
+    ] {
+        let (status, _, body) = raw(s.addr, &get(path, &bearer(LIMITED)));
+        assert_eq!(status, 403, "{path}: {body}");
+        assert_eq!(body["type"], "https://peage.dev/problems/not-entitled");
+        assert_eq!(body["title"], "Not included in the plan");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(says), "{path}: {detail}");
+    }
+    // A plan that names no APIs grants them all.
+    assert_eq!(raw(s.addr, &get("/nosb/v1/x", &bearer(LIVE))).0, 200);
+    // Refused calls are recorded against the partner, served nothing.
+    let refused: Vec<CallEvent> = events(&s)
+        .await
+        .into_iter()
+        .filter(|e| e.partner_id == "prt_l" && e.status == 403)
+        .collect();
+    assert_eq!(refused.len(), 4, "{refused:#?}");
+    assert!(refused
+        .iter()
+        .all(|e| e.attributes.get("refusal").map(String::as_str) == Some("not-entitled")));
+    // Nothing refused reached the upstream.
+    let seen = s.upstream.seen.lock().unwrap();
+    assert!(
+        seen.iter().all(|r| !r.raw_path.contains("/other")),
+        "{:?}",
+        seen.len()
     );
 }
 

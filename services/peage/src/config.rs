@@ -474,6 +474,9 @@ pub struct BillingSection {
     pub auto_finalize_every_s: u64,
     /// How often billing checks spend and usage alerts (docs/pricing.md, "Alerts").
     pub alerts_every_s: u64,
+    /// The gateway's public address (`https://api.example.com`), shown to partners with the
+    /// API docs.
+    pub gateway_url: Option<String>,
 }
 
 impl Default for BillingSection {
@@ -489,6 +492,7 @@ impl Default for BillingSection {
             finalize_grace_hours: 72,
             auto_finalize_every_s: 300,
             alerts_every_s: 60,
+            gateway_url: None,
         }
     }
 }

@@ -426,6 +426,9 @@ pub async fn billing(
         &config.catalog.path,
         stop_rx.clone(),
     )?;
+    if let Some(url) = &config.billing.gateway_url {
+        api.billing.set_gateway_url(url);
+    }
     let upkeep = crate::catalog_reload::upkeep(
         Arc::clone(&api.billing),
         Duration::from_secs(1),

@@ -556,6 +556,7 @@ pub async fn run(
         "http"
     };
     let gateway_url = format!("{scheme}://{}", gateway_server.local_addr());
+    control.billing.set_gateway_url(&gateway_url);
     let control_server = tokio::spawn(peage_billing::serve_router(
         control_listener,
         control.router().merge(peage_dashboard::router()),

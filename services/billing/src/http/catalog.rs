@@ -25,8 +25,16 @@ pub async fn plans(api: Api) -> Json<PlansView> {
     responses((status = 200, description = "APIs and versions of the loaded catalog", body = ApisView), (status = 401, response = openapi::Unauthorized)),
     security(("admin" = []), ("session" = [])))]
 pub async fn apis(api: Api, Caller(who): Caller) -> Result<Json<ApisView>, ApiError> {
-    // Partners see what they may call, never the upstream addresses behind it.
-    Ok(Json(api.billing.apis(who.own_partner().is_none())?))
+    // Partners see what they may call and what their plan includes, never the upstream
+    // addresses behind it.
+    let plan = match who.own_partner() {
+        Some(p) => Some(api.billing.partner(p.as_str()).await?.subscription.plan_id),
+        None => None,
+    };
+    Ok(Json(
+        api.billing
+            .apis(who.own_partner().is_none(), plan.as_deref())?,
+    ))
 }
 
 #[utoipa::path(get, operation_id = "get_api_document",

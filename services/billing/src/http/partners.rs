@@ -220,3 +220,16 @@ pub async fn partners_overview(
         .await?;
     Ok(Json(page))
 }
+
+#[utoipa::path(get,
+    path = "/v1/partners/{id}/entitlements",
+    tag = "partners",
+    params(("id" = String, Path, description = "Partner id")),
+    responses((status = 200, description = "What the partner's plan entitles it to now: the APIs it grants (all when `apis` is absent), boolean features, and each quota as a metered feature with what is left this period", body = crate::service::Entitlements), (status = 401, response = openapi::Unauthorized), (status = 404, response = openapi::NotFound)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn entitlements(
+    api: Api,
+    ScopedPartner(partner): ScopedPartner,
+) -> Result<Json<crate::service::Entitlements>, ApiError> {
+    Ok(Json(api.billing.entitlements(&partner).await?))
+}

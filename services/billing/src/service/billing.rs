@@ -55,6 +55,8 @@ pub struct Billing {
     pub(crate) reloads: Reloads,
     /// When these services started (the first catalog's time in force).
     pub(crate) started: chrono::DateTime<chrono::Utc>,
+    /// The gateway's address as partners call it, shown with the API docs (set once known).
+    pub(crate) gateway_url: OnceLock<String>,
 }
 
 impl Billing {
@@ -84,7 +86,14 @@ impl Billing {
             events: OnceLock::new(),
             reloads: Reloads::default(),
             started: chrono::Utc::now(),
+            gateway_url: OnceLock::new(),
         }
+    }
+
+    /// Records the gateway's address as partners call it (`peage up` once it listens; the
+    /// `billing.gateway_url` setting in a distributed setup). The first one set stays.
+    pub fn set_gateway_url(&self, url: &str) {
+        let _ = self.gateway_url.set(url.trim_end_matches('/').to_string());
     }
 
     /// The catalog in force now. An operation takes it once, so it runs on one catalog

@@ -18,6 +18,9 @@ pub struct PlansView {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ApisView {
     pub catalog_version: String,
+    /// The gateway's base URL: a version is called at `{gateway_url}/{api}/{version}/…`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_url: Option<String>,
     pub apis: Vec<ApiView>,
 }
 
@@ -40,6 +43,13 @@ pub struct ApiVersionView {
     pub operations: Vec<String>,
     /// Whether `GET /v1/apis/{api}/versions/{version}/openapi` has a document.
     pub has_openapi: bool,
+    /// For a partner: whether their plan grants the version (calls to it are refused with 403
+    /// `not-entitled` otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub included: Option<bool>,
+    /// For a partner whose plan grants only some operations of the version: those.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub included_operations: Option<Vec<String>>,
     /// The upstream base URL (staff only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub live: Option<String>,
@@ -57,9 +67,12 @@ impl Billing {
         }
     }
 
-    /// The catalog's APIs; `staff` adds where each version's upstreams are.
-    pub fn apis(&self, staff: bool) -> Result<ApisView, ServiceError> {
+    /// The catalog's APIs; `staff` adds where each version's upstreams are, and `plan` (a
+    /// partner's) what it includes.
+    pub fn apis(&self, staff: bool, plan: Option<&str>) -> Result<ApisView, ServiceError> {
+        use peage_core::pricing::Granted;
         let catalog = self.catalog();
+        let plan = plan.and_then(|p| catalog.plan(p));
         let docs = self
             .api_docs
             .read()
@@ -73,23 +86,32 @@ impl Billing {
                 versions: a
                     .versions
                     .iter()
-                    .map(|v| ApiVersionView {
-                        id: v.id.clone(),
-                        status: v.status,
-                        deprecated: v.deprecated,
-                        sunset: v.sunset,
-                        successor: v.successor.clone(),
-                        protocol: v.protocol,
-                        operations: v.operations.iter().map(|o| o.name.clone()).collect(),
-                        has_openapi: docs.contains_key(&(a.name.clone(), v.id.clone())),
-                        live: staff.then(|| v.live.clone()),
-                        sandbox: staff.then(|| v.sandbox.clone()),
+                    .map(|v| {
+                        let granted = plan.map(|p| p.granted(&a.name, &v.id));
+                        ApiVersionView {
+                            id: v.id.clone(),
+                            status: v.status,
+                            deprecated: v.deprecated,
+                            sunset: v.sunset,
+                            successor: v.successor.clone(),
+                            protocol: v.protocol,
+                            operations: v.operations.iter().map(|o| o.name.clone()).collect(),
+                            has_openapi: docs.contains_key(&(a.name.clone(), v.id.clone())),
+                            included: granted.map(|g| g != Granted::No),
+                            included_operations: match granted {
+                                Some(Granted::Operations(ops)) => Some(ops.to_vec()),
+                                _ => None,
+                            },
+                            live: staff.then(|| v.live.clone()),
+                            sandbox: staff.then(|| v.sandbox.clone()),
+                        }
                     })
                     .collect(),
             })
             .collect();
         Ok(ApisView {
             catalog_version: catalog.version.clone(),
+            gateway_url: self.gateway_url.get().cloned(),
             apis,
         })
     }

@@ -12,6 +12,7 @@ pub mod catalog_state;
 pub mod coupons;
 mod credit_notes;
 mod endpoints;
+mod entitlements;
 mod error;
 pub mod events;
 mod gateway;
@@ -44,6 +45,7 @@ pub use catalog::{ApiVersionView, ApiView, ApisView, PlansView};
 pub use coupons::{CouponList, PartnerCouponList};
 pub use credit_notes::{credit_notes_csv, CreditNoteList};
 pub use endpoints::{CreatedEndpoint, EndpointRequest};
+pub use entitlements::{Entitlements, Feature};
 pub use error::ServiceError;
 pub use gateway::{
     gateway_issuer, gateway_key, GatewayIssuer, GatewayKey, RevocationPage, RevokedKey, MAX_WAIT,

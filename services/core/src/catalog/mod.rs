@@ -62,7 +62,7 @@ impl Catalog {
         };
         let apis = validate_apis(&mut src, &raw.api, vars);
         let meters = validate_meters(&mut src, &raw.meter);
-        let plans = validate_plans(&mut src, &raw.plan, &meters);
+        let plans = validate_plans(&mut src, &raw.plan, &meters, &apis);
         if !src.issues.is_empty() {
             src.issues.sort_by_key(|i| (i.line, i.column));
             return Err(CatalogError { issues: src.issues });

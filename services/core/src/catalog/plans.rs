@@ -6,18 +6,24 @@ use std::ops::Range;
 use rust_decimal::Decimal;
 use toml::Spanned;
 
+use crate::catalog::Api;
 use crate::meter::Meter;
 use crate::money::Currency;
 use crate::period::PeriodRule;
 use crate::pricing::{
-    Charge, ChargeModel, PercentageTier, Plan, Quota, QuotaKind, RateLimit, TaxRate, Tier,
+    ApiGrant, Charge, ChargeModel, PercentageTier, Plan, Quota, QuotaKind, RateLimit, TaxRate, Tier,
 };
 
 use super::raw::*;
 use super::short_hash;
 use super::source::Source;
 
-pub(super) fn validate_plans(src: &mut Source, raw: &[RawPlan], meters: &[Meter]) -> Vec<Plan> {
+pub(super) fn validate_plans(
+    src: &mut Source,
+    raw: &[RawPlan],
+    meters: &[Meter],
+    apis: &[Api],
+) -> Vec<Plan> {
     let meter_names: HashSet<&str> = meters.iter().map(|m| m.name.as_str()).collect();
     let mut plans = Vec::new();
     let mut seen = HashSet::new();
@@ -228,6 +234,11 @@ pub(super) fn validate_plans(src: &mut Source, raw: &[RawPlan], meters: &[Meter]
             }
             u32::try_from(days).ok()
         });
+        let grants = p
+            .apis
+            .as_ref()
+            .map(|g| validate_grants(src, g.get_ref(), apis, &path));
+        let features = validate_features(src, &p.features, &path);
         let (Some(currency), Some(period), Some(base_fee)) = (currency, period, base_fee) else {
             continue;
         };
@@ -244,11 +255,119 @@ pub(super) fn validate_plans(src: &mut Source, raw: &[RawPlan], meters: &[Meter]
             quotas,
             rate_limit,
             net_days,
+            apis: grants,
+            features,
         };
         plan.version = short_hash(serde_json::to_string(&plan).unwrap_or_default().as_bytes());
         plans.push(plan);
     }
     plans
+}
+
+/// `apis = [{ api, versions?, operations? }]`: each API and version must be the catalog's, and
+/// an operation one its versions declare (when they declare any).
+fn validate_grants(
+    src: &mut Source,
+    raw: &[RawApiGrant],
+    apis: &[Api],
+    path: &str,
+) -> Vec<ApiGrant> {
+    let mut out: Vec<ApiGrant> = Vec::new();
+    for (i, g) in raw.iter().enumerate() {
+        let at = format!("{path}.apis[{i}]");
+        if raw[..i].iter().any(|x| x.api.get_ref() == g.api.get_ref()) {
+            src.issue(
+                g.api.span(),
+                format!("{at}.api"),
+                format!(
+                    "{:?} is granted twice: list its versions and operations in one entry",
+                    g.api.get_ref()
+                ),
+            );
+            continue;
+        }
+        let Some(api) = apis.iter().find(|a| &a.name == g.api.get_ref()) else {
+            let names: Vec<&str> = apis.iter().map(|a| a.name.as_str()).collect();
+            src.issue(
+                g.api.span(),
+                format!("{at}.api"),
+                format!(
+                    "no API {:?} in the catalog (its APIs: {})",
+                    g.api.get_ref(),
+                    names.join(", ")
+                ),
+            );
+            continue;
+        };
+        let mut ok = true;
+        for v in &g.versions {
+            if !api.versions.iter().any(|x| &x.id == v.get_ref()) {
+                src.issue(
+                    v.span(),
+                    format!("{at}.versions"),
+                    format!("{} has no version {:?}", api.name, v.get_ref()),
+                );
+                ok = false;
+            }
+        }
+        let covered: Vec<_> = api
+            .versions
+            .iter()
+            .filter(|x| g.versions.is_empty() || g.versions.iter().any(|v| v.get_ref() == &x.id))
+            .collect();
+        let declared = covered.iter().all(|x| !x.operations.is_empty());
+        for o in &g.operations {
+            let name = o.get_ref();
+            let known = covered
+                .iter()
+                .any(|x| x.operations.iter().any(|op| &op.name == name));
+            if name.trim().is_empty() || (declared && !known) {
+                src.issue(
+                    o.span(),
+                    format!("{at}.operations"),
+                    format!("{name:?} is not an operation of the versions granted"),
+                );
+                ok = false;
+            }
+        }
+        if ok {
+            out.push(ApiGrant {
+                api: api.name.clone(),
+                versions: g.versions.iter().map(|v| v.get_ref().clone()).collect(),
+                operations: g.operations.iter().map(|o| o.get_ref().clone()).collect(),
+            });
+        }
+    }
+    out
+}
+
+/// `features = ["sso", …]`: names of lowercase letters, digits, `_`, `-` and `.`, each once.
+fn validate_features(src: &mut Source, raw: &[Spanned<String>], path: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for f in raw {
+        let name = f.get_ref();
+        let fine = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b));
+        if !fine {
+            src.issue(
+                f.span(),
+                format!("{path}.features"),
+                format!("{name:?}: a feature is 1 to 64 lowercase letters, digits, _, - or ."),
+            );
+        } else if out.contains(name) {
+            src.issue(
+                f.span(),
+                format!("{path}.features"),
+                format!("{name:?} is listed twice"),
+            );
+        } else {
+            out.push(name.clone());
+        }
+    }
+    out
 }
 
 fn validate_period(src: &mut Source, sp: &Spanned<RawPeriod>, path: &str) -> Option<PeriodRule> {

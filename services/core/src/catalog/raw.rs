@@ -109,6 +109,19 @@ pub(super) struct RawPlan {
     pub(super) quotas: Vec<RawQuota>,
     pub(super) rate_limit: Option<Spanned<RawRateLimit>>,
     pub(super) net_days: Option<Spanned<i64>>,
+    pub(super) apis: Option<Spanned<Vec<RawApiGrant>>>,
+    #[serde(default)]
+    pub(super) features: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApiGrant {
+    pub(super) api: Spanned<String>,
+    #[serde(default)]
+    pub(super) versions: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) operations: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

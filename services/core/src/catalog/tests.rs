@@ -737,3 +737,64 @@ fn a_percentage_fee_per_event_needs_an_ungrouped_count_meter() {
         assert!(i.message.contains(says), "{charge}: {i}");
     }
 }
+
+#[test]
+fn plans_grant_apis_versions_and_operations_and_list_features() {
+    use crate::pricing::Granted;
+    let with =
+        |extra: &str| format!("{GOOD}\n[[plan]]\nid = \"starter\"\ncurrency = \"EUR\"\n{extra}\n");
+    let c = parse(&with(
+        "apis = [{ api = \"weather\", versions = [\"v2\"], operations = [\"GET /forecast/{city}\"] }]\n\
+         features = [\"sso\", \"priority_support\"]",
+    ))
+    .unwrap();
+    let starter = c.plan("starter").unwrap();
+    assert_eq!(starter.features, ["sso", "priority_support"]);
+    assert_eq!(starter.granted("weather", "v1"), Granted::No);
+    assert_eq!(
+        starter.granted("weather", "v2"),
+        Granted::Operations(&["GET /forecast/{city}".to_string()])
+    );
+    assert_eq!(starter.granted("maps", "v1"), Granted::No);
+    // A plan that says nothing grants everything, and keeps the version it had.
+    let growth = c.plan("growth-2026").unwrap();
+    assert_eq!(growth.granted("weather", "v1"), Granted::All);
+    assert_eq!(
+        growth.version,
+        parse(GOOD).unwrap().plan("growth-2026").unwrap().version
+    );
+    let all = parse(&with("apis = [{ api = \"weather\" }]")).unwrap();
+    assert_eq!(
+        all.plan("starter").unwrap().granted("weather", "v1"),
+        Granted::All
+    );
+    let none = parse(&with("apis = []")).unwrap();
+    assert_eq!(
+        none.plan("starter").unwrap().granted("weather", "v2"),
+        Granted::No
+    );
+
+    for (extra, says) in [
+        (
+            "apis = [{ api = \"maps\" }]",
+            "no API \"maps\" in the catalog (its APIs: weather)",
+        ),
+        (
+            "apis = [{ api = \"weather\", versions = [\"v9\"] }]",
+            "weather has no version \"v9\"",
+        ),
+        (
+            "apis = [{ api = \"weather\", versions = [\"v2\"], operations = [\"GET /nowhere\"] }]",
+            "\"GET /nowhere\" is not an operation of the versions granted",
+        ),
+        (
+            "apis = [{ api = \"weather\" }, { api = \"weather\", versions = [\"v1\"] }]",
+            "\"weather\" is granted twice",
+        ),
+        ("features = [\"SSO\"]", "a feature is 1 to 64 lowercase"),
+        ("features = [\"sso\", \"sso\"]", "\"sso\" is listed twice"),
+    ] {
+        let issue = only_issue(&with(extra));
+        assert!(issue.message.contains(says), "{extra}: {issue}");
+    }
+}

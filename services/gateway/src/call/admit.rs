@@ -13,7 +13,7 @@ use chrono::Utc;
 use http::header::{HeaderName, HeaderValue, WWW_AUTHENTICATE};
 use peage_core::catalog::VersionStatus;
 use peage_core::meter::Meter;
-use peage_core::pricing::{QuotaKind, RateLimit};
+use peage_core::pricing::{granted, ApiGrant, Granted, QuotaKind, RateLimit};
 use peage_core::{CallEvent, Catalog, Env};
 use rust_decimal::Decimal;
 
@@ -37,6 +37,8 @@ pub(crate) struct PlanQuota {
 pub(crate) struct PlanPolicy {
     pub rate_limit: Option<RateLimit>,
     pub quotas: Vec<PlanQuota>,
+    /// The APIs the plan grants; every API when `None`.
+    pub apis: Option<Vec<ApiGrant>>,
 }
 
 /// Every plan's policy, by plan id.
@@ -66,6 +68,7 @@ impl Plans {
                         PlanPolicy {
                             rate_limit: p.rate_limit.clone(),
                             quotas,
+                            apis: p.apis.clone(),
                         },
                     )
                 })
@@ -82,13 +85,16 @@ impl Plans {
 pub(crate) struct Access<'v> {
     /// The upstream base to call.
     pub base: &'v UpstreamBase,
+    /// The only operations the plan grants of the version (checked by [`entitled_operation`]
+    /// once the operation is named); every one when `None`.
+    pub operations: Option<&'v [String]>,
     /// The key is over its plan's rate limit, which is in shadow mode: served, flagged.
     pub rate_limit_shadow_exceeded: bool,
 }
 
 /// The key's access to `version`, then its rate limit.
 pub(crate) fn access<'v>(
-    loaded: &Loaded,
+    loaded: &'v Loaded,
     key: &ResolvedKey,
     version: &'v VersionRoute,
 ) -> Result<Access<'v>, Refusal> {
@@ -120,12 +126,19 @@ pub(crate) fn access<'v>(
             format!("{api} {id} has no sandbox upstream; use a live key"),
         ));
     };
+    let plan = loaded.plans.get(&key.plan_id);
+    let operations = match granted(plan.and_then(|p| p.apis.as_deref()), api, id) {
+        Granted::All => None,
+        Granted::Operations(ops) => Some(ops),
+        Granted::No => {
+            return Err(Refusal::new(
+                RefusalKind::NotEntitled,
+                format!("the plan {} does not include {api} {id}", key.plan_id),
+            ))
+        }
+    };
     let mut rate_limit_shadow_exceeded = false;
-    if let Some(limit) = loaded
-        .plans
-        .get(&key.plan_id)
-        .and_then(|p| p.rate_limit.as_ref())
-    {
+    if let Some(limit) = plan.and_then(|p| p.rate_limit.as_ref()) {
         if let Err(limited) = loaded.limits.check(&key.key_id, limit) {
             if !limit.shadow {
                 return Err(rate_limited(limited));
@@ -135,8 +148,26 @@ pub(crate) fn access<'v>(
     }
     Ok(Access {
         base,
+        operations,
         rate_limit_shadow_exceeded,
     })
+}
+
+/// Refuses an operation the plan does not grant, when it grants only some of the version's.
+pub(crate) fn entitled_operation(
+    access: &Access<'_>,
+    plan_id: &str,
+    api: &str,
+    version: &str,
+    operation: &str,
+) -> Result<(), Refusal> {
+    match access.operations {
+        Some(ops) if !ops.iter().any(|o| o == operation) => Err(Refusal::new(
+            RefusalKind::NotEntitled,
+            format!("the plan {plan_id} does not include {operation} of {api} {version}"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Takes the call's estimate from each quota of the plan whose meter it may count towards.

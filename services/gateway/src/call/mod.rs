@@ -217,6 +217,17 @@ async fn pipeline(
     )
     .await
     .map_err(|r| unnamed(pending, r))?;
+    // Refused here, the call is recorded under the operation it asked for.
+    if let Err(r) = admit::entitled_operation(
+        &access,
+        &key.plan_id,
+        &version.api,
+        &version.spec.id,
+        &op.name,
+    ) {
+        pending.event.operation = op.name;
+        return Err(r);
+    }
     pending.event.operation = op.name;
     pending.event.units = op.weight;
     pending.event.attributes = op.attributes;

@@ -37,6 +37,8 @@ pub enum RefusalKind {
     MeteringUnavailable,
     // Admit: the partner is known.
     InsufficientScope,
+    /// The partner's plan does not grant the API, version or operation.
+    NotEntitled,
     VersionRetired,
     NoSandbox,
     RateLimited,
@@ -53,7 +55,7 @@ pub enum RefusalKind {
 }
 
 impl RefusalKind {
-    pub const ALL: [RefusalKind; 21] = [
+    pub const ALL: [RefusalKind; 22] = [
         RefusalKind::BadPath,
         RefusalKind::BadApiVersion,
         RefusalKind::ApiVersionConflict,
@@ -63,6 +65,7 @@ impl RefusalKind {
         RefusalKind::TokenCheckUnavailable,
         RefusalKind::MeteringUnavailable,
         RefusalKind::InsufficientScope,
+        RefusalKind::NotEntitled,
         RefusalKind::VersionRetired,
         RefusalKind::NoSandbox,
         RefusalKind::RateLimited,
@@ -85,7 +88,7 @@ impl RefusalKind {
             }
             UnknownApi => StatusCode::NOT_FOUND,
             Unauthorized => StatusCode::UNAUTHORIZED,
-            InsufficientScope | NoSandbox | CorsRefused => StatusCode::FORBIDDEN,
+            InsufficientScope | NotEntitled | NoSandbox | CorsRefused => StatusCode::FORBIDDEN,
             VersionRetired => StatusCode::GONE,
             RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RateLimited | QuotaExceeded | TooManyFailures => StatusCode::TOO_MANY_REQUESTS,
@@ -113,6 +116,7 @@ impl RefusalKind {
             TokenCheckUnavailable => "token-check-unavailable",
             MeteringUnavailable => "metering-unavailable",
             InsufficientScope => "insufficient-scope",
+            NotEntitled => "not-entitled",
             VersionRetired => "version-retired",
             NoSandbox => "no-sandbox",
             RateLimited => "rate-limited",
@@ -140,6 +144,7 @@ impl RefusalKind {
             TokenCheckUnavailable => "Token check unavailable",
             MeteringUnavailable => "Metering backlog full",
             InsufficientScope => "Insufficient scope",
+            NotEntitled => "Not included in the plan",
             VersionRetired => "API version retired",
             NoSandbox => "No sandbox for this API",
             RateLimited => "Rate limit exceeded",
@@ -169,8 +174,8 @@ impl RefusalKind {
             | TokenCheckUnavailable
             | MeteringUnavailable
             | CorsRefused => false,
-            InsufficientScope | VersionRetired | NoSandbox | RateLimited | QuotaExceeded
-            | QuotaUnavailable | RequestTooLarge | BadRequestBody | BadGraphql
+            InsufficientScope | NotEntitled | VersionRetired | NoSandbox | RateLimited
+            | QuotaExceeded | QuotaUnavailable | RequestTooLarge | BadRequestBody | BadGraphql
             | UpstreamUnavailable | UpstreamTimeout => true,
         }
     }
