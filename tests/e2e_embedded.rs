@@ -201,6 +201,37 @@ async fn calls_are_metered_priced_and_survive_a_restart() {
         .unwrap();
     assert_eq!(r.status(), 200);
     wait_for_calls(&p, N + 1).await;
+
+    // The demo key rotated from the dashboard: the next start keeps the same demo partner
+    // (never a second one) and prints a new key of its own that works.
+    let partner_id = p.s("partner_id");
+    let keys: Value = admin_get(&p, &format!("/v1/partners/{partner_id}/keys"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let key_id = keys["keys"][0]["key_id"].as_str().unwrap().to_string();
+    let rotated = admin_post(&p, &format!("/v1/keys/{key_id}/rotate"), Value::Null).await;
+    assert!(rotated["secret"].is_string(), "{rotated}");
+    p.interrupt();
+    let p = Peage::start(&data);
+    assert_eq!(p.s("partner_id"), partner_id);
+    let key = p.s("api_key");
+    assert_ne!(key, rotated["secret"].as_str().unwrap());
+    let partners: Value = admin_get(&p, "/v1/partners").await.json().await.unwrap();
+    assert_eq!(
+        partners["partners"].as_array().unwrap().len(),
+        1,
+        "{partners}"
+    );
+    let r = client()
+        .get(format!("{}/demo/v1/hello", p.s("gateway_url")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    wait_for_calls(&p, N + 2).await;
     p.interrupt();
 
     // Finance's batch work on the same data directory: `peage invoice run` twice (the second
@@ -236,7 +267,7 @@ async fn calls_are_metered_priced_and_survive_a_restart() {
     );
     assert!(
         csv.lines()
-            .any(|l| l.contains(",draft,") && l.contains(&format!(",{},0.01,", N + 1 - 100))),
+            .any(|l| l.contains(",draft,") && l.contains(&format!(",{},0.01,", N + 2 - 100))),
         "{csv}"
     );
     let (ok, json, err) = peage(&["invoice", "export", "--period", &label, "--format", "json"]);

@@ -333,6 +333,15 @@ async fn demo_partner(
             if key.is_some_and(|k| k.revoked_at.is_none() && k.partner_id == prev.partner_id) {
                 return Ok((prev.partner_id, prev.api_key));
             }
+            // The key printed last time was rotated or revoked (its new secret went to whoever
+            // rotated it): the same demo partner gets a new key, never a second partner.
+            if let Ok(id) = prev.partner_id.parse::<peage_core::PartnerId>() {
+                if store.partner(&id).await?.is_some() {
+                    let (_, secret) =
+                        billing_service::issue_key(store.as_ref(), &id, Env::Live).await?;
+                    return Ok((prev.partner_id, secret));
+                }
+            }
         }
     }
     let partner =
