@@ -201,6 +201,33 @@ async fn seed(data: &Path) -> (String, String, String) {
         .insert(&calls(initech, midway, 60, "v1", "GET /hello"))
         .await
         .unwrap();
+    // And was refused 7 calls at its hard quota and 2 to a version its plan leaves out.
+    let refused = |n, version, status: u16, why: &str| {
+        calls(
+            initech,
+            midway + Duration::minutes(5),
+            n,
+            version,
+            "GET /hello",
+        )
+        .into_iter()
+        .map(|mut e| {
+            e.status = status;
+            e.units = 0.into();
+            e.attributes
+                .insert(peage_core::event::REFUSAL.into(), why.into());
+            e
+        })
+        .collect::<Vec<_>>()
+    };
+    usage
+        .insert(&refused(7, "v1", 429, "quota-exceeded"))
+        .await
+        .unwrap();
+    usage
+        .insert(&refused(2, "v0", 403, "not-entitled"))
+        .await
+        .unwrap();
     (
         globex.to_string(),
         initech.to_string(),

@@ -359,6 +359,15 @@ test('a partner sees its usage, quota and invoice, rotates a key, reads the docs
   }
   const hasChart = await page.evaluate(() => !!window.Chart && !!window.Chart.getChart('usage-chart'));
   assert.ok(hasChart, 'the usage chart is a Chart.js chart');
+  // The plan by its name and prices, never an id and a hash; its sheet lists every price.
+  assert.equal(await page.locator('#plan-name').innerText(), 'Demo plan');
+  assert.match(await page.locator('#plan-price').innerText(), /^€9\.00 a month \+ calls as used$/);
+  const sheet = page.getByRole('region', { name: 'Your plan: Demo plan' });
+  await sheet.getByRole('cell', { name: "first 100 free, then each unit at its tier's price: up to 1,000: €0.01 each; above 1,000: €0.005 each", exact: true }).waitFor();
+  // Only calls are billed: the other meters' charts come after it, grey, and say so.
+  assert.equal(await page.locator('figure.chart-box figcaption').first().innerText(), 'calls');
+  await page.locator('figure.unbilled figcaption', { hasText: 'units · not billed on this plan' }).waitFor();
+  assert.equal(await page.locator('figure.unbilled').count(), 3);
   // The same numbers as a table; split by operation; hourly.
   await page.getByText('Show the chart as a table').click();
   // The last 30 days always hold seeded usage, even early on the 1st of a month.
@@ -522,6 +531,15 @@ test('a partner at its hard quota is told at the top, its forecast stops at the 
   await page.getByText(/at this pace, the 50 calls of your hard quota before period end/).waitFor();
   assert.equal(await page.getByText(/at this pace, about/).count(), 0);
   await page.locator('.quota-count', { hasText: '60 of 50 used; 0 left' }).waitFor();
+  // Its refused calls, counted apart: never served, never billed.
+  await page.locator('#refused-total', { hasText: '9 live call(s) refused this period: not served, not billed.' }).waitFor();
+  const refusedRows = page.getByRole('region', { name: 'Refused calls this period' }).getByRole('row');
+  assert.deepEqual(await refusedRows.allInnerTexts(), ['WHY\tSTATUS\tCALLS', 'Hard quota used up\t429\t7', 'Not included in your plan\t403\t2']);
+  // Sandbox traffic on its own: none refused there.
+  await page.getByLabel('Traffic').selectOption('sandbox');
+  await page.locator('#refused-total', { hasText: 'No sandbox call was refused this period.' }).waitFor();
+  await page.getByLabel('Traffic').selectOption('live');
+  await page.locator('#refused-total', { hasText: '9 live call(s)' }).waitFor();
   // The forecast in money: 60 calls at 0.01 €, no more, since the hard quota refuses the rest.
   assert.match(await page.locator('#forecast').textContent(), /0[.,]60/);
   await page.getByText(/your hard calls quota stops it at 50/).waitFor();

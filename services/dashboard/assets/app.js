@@ -186,15 +186,30 @@
 
   // ---------- partner usage ----------
 
+  // The gateway's refusals (docs/gateway.md, "Refusals"), in words.
+  const REFUSALS = {
+    'rate-limited': 'Over the rate limit',
+    'quota-exceeded': 'Hard quota used up',
+    'quota-unavailable': 'Quota could not be checked',
+    'not-entitled': 'Not included in your plan',
+    'insufficient-scope': 'Token scope does not cover the API',
+    'version-retired': 'API version retired',
+    'no-sandbox': 'No sandbox for this API',
+    'request-too-large': 'Request body too large',
+    'bad-request-body': 'Request body could not be read',
+    'bad-graphql-request': 'GraphQL request not understood',
+  };
+
   const PALETTE = ['#3730a3', '#0f766e', '#b45309', '#be123c', '#4d7c0f', '#7e22ce', '#0369a1', '#a16207'];
 
   async function usagePage(partnerId) {
-    const [partner, upcoming, quotas, forecast, alerts] = await Promise.all([
+    const [partner, upcoming, quotas, forecast, alerts, plan] = await Promise.all([
       api(`/v1/partners/${encodeURIComponent(partnerId)}`),
       api(`/v1/partners/${encodeURIComponent(partnerId)}/invoices/upcoming`).catch((e) => ({ error: e.message })),
       api(`/v1/partners/${encodeURIComponent(partnerId)}/quotas`).catch(() => ({ quotas: [] })),
       api(`/v1/partners/${encodeURIComponent(partnerId)}/invoices/forecast`).catch(() => null),
       api(`/v1/partners/${encodeURIComponent(partnerId)}/alerts`).catch((e) => ({ error: e.message, alerts: [] })),
+      api(`/v1/partners/${encodeURIComponent(partnerId)}/plan`).catch(() => null),
     ]);
     const inv = upcoming.invoice;
     const tz = inv ? inv.timezone : 'UTC';
@@ -210,8 +225,8 @@
           h('div', { class: 'sub', text: `${when(inv.period.start, tz)} – ${when(new Date(end - 1), tz)} (${tz}), tax included` })),
         h('div', { class: 'card' },
           h('div', { class: 'label', text: 'Plan' }),
-          h('div', { class: 'value', text: partner.subscription.plan_id }),
-          h('div', { class: 'sub', text: `version ${partner.subscription.plan_version.slice(0, 12)}` })),
+          h('div', { class: 'value', id: 'plan-name', text: plan ? plan.name : partner.subscription.plan_id }),
+          h('div', { class: 'sub', id: 'plan-price', text: plan ? planPrice(plan) : '' })),
         h('div', { class: 'card' },
           h('div', { class: 'label', text: 'Period elapsed' }),
           h('div', { class: 'value', text: Math.round(elapsed * 100) + ' %' }),
@@ -241,7 +256,8 @@
       sel('granularity', 'Granularity', [['day', 'Day'], ['hour', 'Hour']], 'day'),
       sel('by', 'Split by', [['meter', 'Meter'], ['api', 'API'], ['version', 'Version'], ['operation', 'Operation']], 'meter'),
       sel('meter', 'Meter', [], ''),
-      sel('tz', 'Time zone', tzOptions, tz));
+      sel('tz', 'Time zone', tzOptions, tz),
+      sel('env', 'Traffic', [['live', 'Live'], ['sandbox', 'Sandbox']], 'live'));
     const chartBox = h('div');
     const seriesCharts = [];
     charts.push({ destroy: () => { while (seriesCharts.length) seriesCharts.pop().destroy(); } });
@@ -249,6 +265,28 @@
     const chartNote = h('p', { class: 'muted', id: 'chart-note' });
     const chartPanel = h('section', { class: 'panel', 'aria-labelledby': 'usage-h' },
       h('h2', { id: 'usage-h', text: 'Usage over time' }), controls, chartBox, chartNote, dataTable);
+
+    // The calls the gateway refused this period (never billed, so in no chart above).
+    const refusedPanel = h('section', { class: 'panel', 'aria-labelledby': 'refused-h' }, h('h2', { id: 'refused-h', text: 'Refused calls this period' }));
+    const refusedBody = h('div', { id: 'refused' }, h('p', { class: 'muted', text: 'Loading…' }));
+    refusedPanel.append(refusedBody);
+    let refusedAsked = 0;
+    async function loadRefused(env) {
+      const mine = ++refusedAsked;
+      try {
+        const u = await api(`/v1/partners/${encodeURIComponent(partnerId)}/usage?env=${env}`);
+        if (mine !== refusedAsked) return;
+        const total = u.refused.reduce((n, r) => n + r.calls, 0);
+        refusedBody.replaceChildren(total
+          ? h('div', {},
+            h('p', { id: 'refused-total', text: `${num(total)} ${env} call(s) refused this period: not served, not billed.` }),
+            table(['Why', 'Status', ['Calls', 'num']], u.refused.map((r) => h('tr', {},
+              h('td', { text: REFUSALS[r.refusal] || r.refusal }), h('td', { class: 'mono', text: String(r.status) }), h('td', { class: 'num', text: num(r.calls) }))), 'Refused calls by reason'))
+          : h('p', { class: 'muted', id: 'refused-total', text: `No ${env} call was refused this period.` }));
+      } catch (e) {
+        if (mine === refusedAsked) fail(refusedBody, e);
+      }
+    }
 
     const quotaPanel = h('section', { class: 'panel', 'aria-labelledby': 'quota-h' }, h('h2', { id: 'quota-h', text: 'Quotas' }));
     drawQuotas(quotaPanel, quotas.quotas || [], tz);
@@ -293,7 +331,9 @@
         `Alert: ${alertWhat(a)} reached ${n.threshold} % of its ${alertAmount(a.budget, a)} budget (${alertAmount(n.value, a)}) on ${when(n.reached_at, tz, true)}.` });
     });
     const alertBox = alertPanel(partner, alerts, tz, () => render());
-    page(title, lead, ...blocked, ...reachedNotes, cards, planBox, chartPanel, quotaPanel, alertBox, linesPanel, couponBox, previewBox, eventsPanel);
+    const sheet = plan ? planSheet(plan) : null;
+    billedMeters = plan ? new Set(plan.charges.map((c) => c.meter).concat(plan.charges.map((c) => c.events_meter).filter(Boolean))) : null;
+    page(title, lead, ...blocked, ...reachedNotes, cards, planBox, chartPanel, refusedPanel, quotaPanel, alertBox, linesPanel, sheet, couponBox, previewBox, eventsPanel);
 
     const field = (id) => controls.querySelector('#' + id);
     field('range').addEventListener('change', () => {
@@ -309,7 +349,8 @@
     let lastSeries = null;
     let asked = 0;
     async function refresh() {
-      const q = new URLSearchParams({ granularity: field('granularity').value, by: field('by').value, tz: field('tz').value });
+      const q = new URLSearchParams({ granularity: field('granularity').value, by: field('by').value, tz: field('tz').value, env: field('env').value });
+      loadRefused(field('env').value);
       const range = field('range').value, now = Date.now();
       if (range === '24h') { q.set('from', new Date(now - 864e5).toISOString()); q.set('to', new Date(now).toISOString()); }
       if (range === '7d') { q.set('from', new Date(now - 7 * 864e5).toISOString()); q.set('to', new Date(now).toISOString()); }
@@ -345,11 +386,16 @@
       chartBox.replaceChildren();
       // By meter: one small chart per meter, each on its own scale. Otherwise one stacked chart
       // of the chosen meter, a colour per API, version or operation.
-      const groups = u.split_by === 'meter' ? shown.map((s) => [s.meter, [s]]) : [[meterSel.value || meters[0], shown]];
+      // The meters the plan bills come first; the others say they cost nothing and are grey.
+      const billed = (m) => !billedMeters || billedMeters.has(m);
+      const groups = u.split_by === 'meter'
+        ? shown.map((s) => [s.meter, [s]]).sort((a, b) => Number(billed(b[0])) - Number(billed(a[0])))
+        : [[meterSel.value || meters[0], shown]];
       chartBox.className = groups.length > 1 ? 'chart-grid' : '';
       groups.forEach(([meter, sets], g) => {
-        const canvas = h('canvas', { role: 'img', id: g === 0 ? 'usage-chart' : `usage-chart-${g}`, 'aria-label': `${meter} per ${u.granularity}${u.split_by === 'meter' ? '' : ', split by ' + u.split_by}; the numbers are in the table below` });
-        chartBox.append(h('figure', { class: 'chart-box' }, groups.length > 1 ? h('figcaption', { text: meter }) : null, h('div', { class: 'chart-canvas' }, canvas)));
+        const free = !billed(meter);
+        const canvas = h('canvas', { role: 'img', id: g === 0 ? 'usage-chart' : `usage-chart-${g}`, 'aria-label': `${meter} per ${u.granularity}${u.split_by === 'meter' ? '' : ', split by ' + u.split_by}${free ? ', not billed on this plan' : ''}; the numbers are in the table below` });
+        chartBox.append(h('figure', { class: 'chart-box' + (free ? ' unbilled' : '') }, groups.length > 1 ? h('figcaption', {}, meter, free ? h('span', { class: 'muted', text: ' · not billed on this plan' }) : null) : null, h('div', { class: 'chart-canvas' }, canvas)));
         if (!window.Chart) return;
         seriesCharts.push(new window.Chart(canvas, {
           type: 'bar',
@@ -358,7 +404,7 @@
             datasets: sets.map((s, i) => ({
               label: u.split_by === 'meter' ? s.meter : s.key,
               data: s.values.map(Number),
-              backgroundColor: PALETTE[(u.split_by === 'meter' ? g : i) % PALETTE.length],
+              backgroundColor: free ? '#9ca3af' : PALETTE[(u.split_by === 'meter' ? g : i) % PALETTE.length],
             })),
           },
           options: {
@@ -626,6 +672,58 @@
     const projected = Math.round(used / elapsed);
     if (hard && projected >= dec(hard.limit)) return `at this pace, the ${num(dec(hard.limit))} ${meter} of your hard quota before period end`;
     return `at this pace, about ${num(projected)} ${meter} by period end`;
+  }
+
+  // The meters the partner's plan prices, for the usage charts (null: not known).
+  let billedMeters = null;
+
+  const periodWord = (p) => (p.period && p.period.every === 'year' ? 'year' : 'month');
+
+  // A plan in one line: its base fee and what its charges are on.
+  function planPrice(plan) {
+    const fee = dec(plan.base_fee) ? `${money(plan.base_fee, plan.currency)} a ${periodWord(plan)}` : 'no base fee';
+    const on = [...new Set(plan.charges.map((c) => c.meter))];
+    return on.length ? `${fee} + ${on.join(', ')} as used` : fee;
+  }
+
+  // One charge's price in words: its model, tiers and free allowance.
+  function chargePrice(c, currency) {
+    const unit = (v) => unitMoney(v, currency);
+    const upTo = (t, prev) => t.up_to === null || t.up_to === undefined ? `above ${num(prev)}` : `${prev ? num(prev) + ' – ' : 'up to '}${num(t.up_to)}`;
+    const tiers = (list, each) => {
+      let prev = 0;
+      return list.map((t) => {
+        const text = `${upTo(t, prev)}: ${each(t)}${t.flat_fee ? ` + ${money(t.flat_fee, currency)}` : ''}`;
+        prev = t.up_to;
+        return text;
+      }).join('; ');
+    };
+    let text;
+    switch (c.model) {
+      case 'flat': text = `${money(c.amount, currency)} a period`; break;
+      case 'per_unit': text = `${unit(c.unit_price)} each`; break;
+      case 'graduated': text = 'each unit at its tier\'s price: ' + tiers(c.tiers, (t) => `${unit(t.unit_price)} each`); break;
+      case 'volume': text = 'every unit at the price of the tier reached: ' + tiers(c.tiers, (t) => `${unit(t.unit_price)} each`); break;
+      case 'graduated_percentage': text = tiers(c.tiers, (t) => `${num(dec(t.rate) * 100)} %`); break;
+      case 'percentage': text = `${num(dec(c.rate) * 100)} %${c.fixed_fee ? ` + ${unit(c.fixed_fee)} per event` : ''}${c.min_per_event ? `, at least ${unit(c.min_per_event)}` : ''}${c.max_per_event ? `, at most ${unit(c.max_per_event)}` : ''} per event`; break;
+      default: text = c.model;
+    }
+    return dec(c.free) ? `first ${num(c.free)} free, then ${text}` : text;
+  }
+
+  // The plan sheet: every price, quota and limit of the partner's plan.
+  function planSheet(plan) {
+    const rows = [];
+    if (dec(plan.base_fee)) rows.push(['Base fee', `${money(plan.base_fee, plan.currency)} a ${periodWord(plan)}`]);
+    for (const c of plan.charges) rows.push([c.meter, chargePrice(c, plan.currency)]);
+    if (plan.minimum_commitment) rows.push(['Minimum', `${money(plan.minimum_commitment, plan.currency)} a ${periodWord(plan)} in usage charges`]);
+    for (const q of plan.quotas || []) rows.push([`${q.meter} quota`, `${num(q.limit)} a ${periodWord(plan)}, ${q.kind}${q.shadow ? ' (watched, not enforced)' : ''}`]);
+    if (plan.rate_limit) rows.push(['Rate limit', `${num(plan.rate_limit.per_second)} calls a second per key, bursts of ${num(plan.rate_limit.burst)}`]);
+    if (plan.tax) rows.push(['Tax', `${plan.tax.label} ${num(dec(plan.tax.rate) * 100)} %`]);
+    if (plan.features && plan.features.length) rows.push(['Features', plan.features.join(', ')]);
+    return h('section', { class: 'panel', 'aria-labelledby': 'plan-sheet-h' },
+      h('h2', { id: 'plan-sheet-h', text: `Your plan: ${plan.name}` }),
+      table(['Item', 'Price'], rows.map(([k, v]) => h('tr', {}, h('th', { scope: 'row', text: k }), h('td', { text: v }))), 'Plan prices'));
   }
 
   // What a forecast assumes, and whether a hard quota stops it.

@@ -1281,6 +1281,39 @@ impl UsageStore for ClickHouseUsageStore {
         Ok(series)
     }
 
+    async fn refused_calls(
+        &self,
+        query: &UsageQuery,
+    ) -> Result<Vec<crate::RefusedCalls>, UsageStoreError> {
+        #[derive(Row, Deserialize)]
+        struct Refused {
+            refusal: String,
+            status: u16,
+            calls: u64,
+        }
+        let (partner, env) = Self::scope(query);
+        let q = self.client.query(&format!(
+            "SELECT visitParamExtractString(attributes, 'refusal') AS refusal, status, \
+             count() AS calls FROM call_events \
+             WHERE partner_id = ? AND env = ? AND {IN_RANGE} AND NOT ({SERVED}) \
+             GROUP BY refusal, status ORDER BY calls DESC, refusal, status"
+        ));
+        let q = bind_range(q.bind(&partner).bind(env), query);
+        let rows = self
+            .traced(q)
+            .fetch_all::<Refused>()
+            .await
+            .map_err(|e| ch("refused calls", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| crate::RefusedCalls {
+                refusal: r.refusal,
+                status: r.status,
+                calls: r.calls,
+            })
+            .collect())
+    }
+
     async fn usage_event_types(
         &self,
         query: &UsageQuery,

@@ -473,6 +473,30 @@ impl UsageStore for SqliteUsageStore {
         })
     }
 
+    async fn refused_calls(
+        &self,
+        query: &UsageQuery,
+    ) -> Result<Vec<crate::RefusedCalls>, UsageStoreError> {
+        let rows = sqlx::query(
+            "SELECT json_extract(attributes, '$.refusal') AS refusal, status, count(*) AS calls              FROM call_events WHERE partner_id = ? AND env = ? AND time_us >= ? AND time_us < ?              AND json_extract(attributes, '$.refusal') IS NOT NULL              GROUP BY refusal, status ORDER BY calls DESC, refusal, status",
+        )
+        .bind(&query.partner_id)
+        .bind(query.env.as_str())
+        .bind(query.from.timestamp_micros())
+        .bind(query.to.timestamp_micros())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(crate::RefusedCalls {
+                    refusal: r.try_get("refusal")?,
+                    status: r.try_get::<i64, _>("status")?.clamp(0, 999) as u16,
+                    calls: r.try_get::<i64, _>("calls")?.max(0) as u64,
+                })
+            })
+            .collect()
+    }
+
     async fn usage_event_types(
         &self,
         query: &UsageQuery,

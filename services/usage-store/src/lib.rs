@@ -51,6 +51,16 @@ pub struct UsageQuery {
     pub to: DateTime<Utc>,
 }
 
+/// Calls the gateway refused over a range, by refusal (docs/gateway.md, "Refusals") and
+/// status: what a partner's usage page shows beside what it was billed for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct RefusedCalls {
+    /// The refusal's problem type slug: `rate-limited`, `quota-exceeded`, `not-entitled`…
+    pub refusal: String,
+    pub status: u16,
+    pub calls: u64,
+}
+
 /// One type of usage event a partner sent over a range: how many, and the latest one's time.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct EventTypeSeen {
@@ -221,6 +231,11 @@ pub trait UsageStore: Send + Sync + 'static {
         &self,
         query: &UsageQuery,
     ) -> Result<Vec<EventTypeSeen>, UsageStoreError>;
+
+    /// The calls the gateway refused to the query's partner and env in its range, by refusal
+    /// and status, the most first (refusals are kept raw, never in rollups).
+    async fn refused_calls(&self, query: &UsageQuery)
+        -> Result<Vec<RefusedCalls>, UsageStoreError>;
 
     /// The hourly rollup rows of the query's partner and env for every hour that overlaps
     /// `[from, to)` (whole hours: the first and last may hold calls outside the range), each

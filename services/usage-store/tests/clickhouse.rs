@@ -61,14 +61,45 @@ fn ci_runs_the_real_server_tests() {
     );
 }
 
+/// The refused calls of `prt_a` in `env` among `all`, as the stores answer them.
+fn sent_refused(all: &[CallEvent], env: Env) -> Vec<peage_usage_store::RefusedCalls> {
+    let mut by: BTreeMap<(String, u16), u64> = BTreeMap::new();
+    for e in all
+        .iter()
+        .filter(|e| e.partner_id == "prt_a" && e.env == env)
+    {
+        if let Some(r) = e.refusal() {
+            *by.entry((r.to_string(), e.status)).or_default() += 1;
+        }
+    }
+    let mut out: Vec<_> = by
+        .into_iter()
+        .map(
+            |((refusal, status), calls)| peage_usage_store::RefusedCalls {
+                refusal,
+                status,
+                calls,
+            },
+        )
+        .collect();
+    out.sort_by(|a, b| b.calls.cmp(&a.calls).then(a.refusal.cmp(&b.refusal)));
+    out
+}
+
 fn event(i: u64, partner: &str, time: DateTime<Utc>) -> CallEvent {
     let ops = ["GET /forecast/{city}", "POST /bulk", "GET /alerts"];
     let op = ops[(i % 3) as usize];
     // Every 11th call is a recorded refusal (a 429, no units): kept raw, out of the rollups.
-    let refused = i % 11 == 5;
+    let refused = i % 11 == 5 || i % 13 == 6;
+    let not_entitled = i % 11 != 5 && refused;
     let mut attributes = BTreeMap::from([("graphql.root_fields".to_string(), format!("f{i}"))]);
     if refused {
-        attributes.insert(peage_core::event::REFUSAL.into(), "rate-limited".into());
+        let slug = if not_entitled {
+            "not-entitled"
+        } else {
+            "rate-limited"
+        };
+        attributes.insert(peage_core::event::REFUSAL.into(), slug.into());
     }
     CallEvent {
         id: uuid::Uuid::now_v7(),
@@ -84,7 +115,9 @@ fn event(i: u64, partner: &str, time: DateTime<Utc>) -> CallEvent {
         version: ["v1", "v2"][(i / 2 % 2) as usize].into(),
         operation: op.into(),
         method: op.split(' ').next().unwrap().into(),
-        status: if refused {
+        status: if not_entitled {
+            403
+        } else if refused {
             429
         } else {
             [200, 200, 201, 404, 500][(i % 5) as usize]
@@ -237,7 +270,7 @@ async fn rollups_raw_events_and_the_embedded_engine_agree_and_positions_are_kept
         .is_empty());
 
     let raw = store.raw_totals(None).await.unwrap();
-    let refused = (0..3_000u64).filter(|i| i % 11 == 5).count() as u64;
+    let refused = (0..3_000u64).filter(|i| i % 11 == 5 || i % 13 == 6).count() as u64;
     assert_eq!(raw.calls, 3_000 - refused, "totals are of served calls");
     let stored: u64 = store
         .client()
@@ -341,10 +374,20 @@ async fn rollups_raw_events_and_the_embedded_engine_agree_and_positions_are_kept
         per_hour(&reference)
     );
 
+    // Refused calls, by refusal and status, from the raw rows: the same in both stores and
+    // as counted here, live and sandbox apart.
+    for env in [Env::Live, Env::Sandbox] {
+        let q = UsageQuery { env, ..q.clone() };
+        let want = sent_refused(&all, env);
+        assert!(want[0].calls > 0, "the test has refusals in {env:?}");
+        assert_eq!(store.refused_calls(&q).await.unwrap(), want, "{env:?}");
+        assert_eq!(embedded.refused_calls(&q).await.unwrap(), want, "{env:?}");
+    }
+
     // Dedup by id for events from outside the log.
     let stored = store.stored_ids(&all[..10]).await.unwrap();
     assert_eq!(stored.len(), 10);
-    let fresh = event(6, "prt_a", start);
+    let fresh = event(7, "prt_a", start);
     let outcome = store
         .insert(&[all[0].clone(), fresh.clone()])
         .await

@@ -233,3 +233,16 @@ pub async fn entitlements(
 ) -> Result<Json<crate::service::Entitlements>, ApiError> {
     Ok(Json(api.billing.entitlements(&partner).await?))
 }
+
+#[utoipa::path(get, operation_id = "get_partner_plan",
+    path = "/v1/partners/{id}/plan",
+    tag = "partners",
+    params(("id" = String, Path, description = "Partner id")),
+    responses((status = 200, description = "The plan the partner is billed on, in the version that prices its current period: name, period, base fee, charges and their tiers, quotas, rate limit, APIs and features", body = peage_core::pricing::Plan), (status = 401, response = openapi::Unauthorized), (status = 404, response = openapi::NotFound)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn partner_plan(
+    api: Api,
+    ScopedPartner(partner): ScopedPartner,
+) -> Result<Json<peage_core::pricing::Plan>, ApiError> {
+    Ok(Json(api.billing.partner_plan(&partner).await?))
+}

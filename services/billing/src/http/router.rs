@@ -68,6 +68,7 @@ fn routes(api: &Arc<ControlApi>) -> OpenApiRouter<Arc<ControlApi>> {
         .routes(routes!(catalog::api_openapi))
         .routes(routes!(partners::get_partner))
         .routes(routes!(partners::entitlements))
+        .routes(routes!(partners::partner_plan))
         .routes(routes!(partners::plan_changes))
         .routes(routes!(coupons::partner_coupons))
         .routes(routes!(credit_notes::list))

@@ -104,3 +104,18 @@ impl Billing {
         })
     }
 }
+
+impl Billing {
+    /// `GET /v1/partners/{id}/plan`: the plan the partner is billed on, as the version in force
+    /// for it prices (name, period, base fee, charges and tiers, quotas, rate limit, APIs,
+    /// features).
+    pub async fn partner_plan(
+        &self,
+        partner: &Partner,
+    ) -> Result<peage_core::pricing::Plan, ServiceError> {
+        let sub = &partner.subscription;
+        self.invoicing()
+            .plan_version(&sub.plan_id, &sub.plan_version)
+            .await
+    }
+}

@@ -5,7 +5,7 @@ use chrono_tz::Tz;
 use peage_billing_store::Partner;
 use peage_core::series::{Granularity, SplitBy, UsageSeries};
 use peage_core::{Env, MeterUsage, PartnerId};
-use peage_usage_store::{EventTypeSeen, UsageQuery};
+use peage_usage_store::{EventTypeSeen, RefusedCalls, UsageQuery};
 use serde::Serialize;
 
 use super::billing::Billing;
@@ -23,6 +23,9 @@ pub struct UsageReport {
     /// The usage event types received (`POST /v1/events`), whether a meter reads them or not:
     /// what finance checks when a meter shows nothing.
     pub event_types: Vec<EventTypeSeen>,
+    /// The calls the gateway refused (429, 403…) in the range, by refusal and status, the
+    /// most first: never billed, so in no meter unless one asks for them.
+    pub refused: Vec<RefusedCalls>,
 }
 
 /// Usage per bucket over a range.
@@ -87,7 +90,9 @@ impl Billing {
             .meter_usage(&query, &self.catalog().meters)
             .await?;
         let event_types = self.usage.usage_event_types(&query).await?;
+        let refused = self.usage.refused_calls(&query).await?;
         Ok(UsageReport {
+            refused,
             partner_id: partner.id.clone(),
             env,
             from,
