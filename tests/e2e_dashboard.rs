@@ -100,7 +100,10 @@ async fn seed(data: &Path) -> (String, String, String) {
          charges = [{ meter = \"calls\", model = \"per_unit\", unit_price = \"0.01\" }]\n\
          quotas = [{ meter = \"calls\", limit = 50, kind = \"hard\" }]\n\
          apis = [{ api = \"demo\", versions = [\"v1\"], operations = [\"GET /hello\", \"POST /echo\"] }]\n\
-         features = [\"sso\"]\n",
+         features = [\"sso\"]\nself_serve = true\n\
+         \n[[plan]]\nid = \"capped-plus\"\nname = \"Capped Plus\"\ncurrency = \"EUR\"\n\
+         period = { every = \"month\", anchor_day = 1 }\nbase_fee = \"5.00\"\nself_serve = true\n\
+         charges = [{ meter = \"calls\", model = \"per_unit\", unit_price = \"0.01\" }]\n",
     );
     std::fs::write(data.join("catalog.toml"), &text).unwrap();
     let catalog = Catalog::parse("catalog.toml", &text, &|_| {
@@ -403,6 +406,7 @@ async fn the_dashboard_in_headless_chromium() {
         "partner-apis",
         "partner-api-docs",
         "partner-api-entitlements",
+        "partner-plan-quote",
         "finance-partners",
         "finance-invoices",
         "finance-invoice-review",

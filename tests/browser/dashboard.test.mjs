@@ -597,6 +597,24 @@ test('a partner at its hard quota is told at the top, its forecast stops at the 
   assert.equal(calls.enabled, false);
   assert.equal(calls.left, '0');
   assert.deepEqual(ent.apis, [{ api: 'demo', versions: ['v1'], operations: ['GET /hello', 'POST /echo'] }]);
+
+  // Self-service: Capped Plus (a 5 € base fee) is an upgrade, at once and prorated. The quote
+  // shows the period with it before anything changes; confirmed, the partner is on it.
+  await page.getByRole('link', { name: 'Usage' }).click();
+  const choose = page.getByRole('region', { name: 'Change your plan' });
+  await choose.getByRole('cell', { name: 'at once, prorated' }).waitFor();
+  await choose.getByRole('button', { name: 'See the price of Capped Plus' }).click();
+  await page.locator('#quote-summary', { hasText: /^With Capped Plus from now, this period would come to €\d+\.\d\d instead of €0\.60 so far/ }).waitFor();
+  const prorated = page.locator('#plan-quote tr', { hasText: 'Capped Plus: base fee, prorated' });
+  const fee = Number((await prorated.locator('td').last().innerText()).replace(/[^\d.]/g, ''));
+  const [start, end] = [new Date(Date.UTC(new Date().getUTCFullYear(), new Date().getUTCMonth(), 1)), new Date(Date.UTC(new Date().getUTCFullYear(), new Date().getUTCMonth() + 1, 1))];
+  const left = (end - Date.now()) / (end - start);
+  assert.ok(Math.abs(fee - 5 * left) <= 0.02, `prorated fee ${fee} for ${left} of the period`);
+  assert.equal(await page.locator('#plan-name').innerText(), 'Capped', 'nothing changes before confirming');
+  await shot(page, 'partner-plan-quote');
+  await page.getByRole('button', { name: 'Upgrade to Capped Plus now' }).click();
+  await page.locator('#plan-name', { hasText: 'Capped Plus' }).waitFor();
+  await page.getByRole('cell', { name: /^Capped Plus: base fee, prorated/ }).first().waitFor();
   // The one error the browser saw is the budget of 0, refused on purpose.
   assert.deepEqual(errors, ['Failed to load resource: the server responded with a status of 400 (Bad Request)']);
   await context.close();

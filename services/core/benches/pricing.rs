@@ -85,6 +85,7 @@ fn plan() -> Plan {
         net_days: None,
         apis: None,
         features: Vec::new(),
+        self_serve: false,
     }
 }
 

@@ -287,6 +287,7 @@ mod tests {
             net_days: None,
             apis: None,
             features: Vec::new(),
+            self_serve: false,
         };
         let period = BillingPeriod {
             start: Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap(),

@@ -890,6 +890,7 @@ mod tests {
             net_days: None,
             apis: None,
             features: Vec::new(),
+            self_serve: false,
         }
     }
 

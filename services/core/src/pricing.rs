@@ -45,6 +45,10 @@ pub struct Plan {
     /// services to check (`GET /v1/partners/{id}/entitlements`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<String>,
+    /// Partners may move to this plan themselves from the dashboard (docs/pricing.md,
+    /// "Self-service plan changes"). Left out of the hash when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub self_serve: bool,
 }
 
 /// One API a plan grants: all of it, some versions, or some operations of them.
@@ -824,6 +828,7 @@ mod tests {
             net_days: None,
             apis: None,
             features: Vec::new(),
+            self_serve: false,
         };
         let json = serde_json::to_string(&plan).unwrap();
         assert!(json.contains("\"up_to\":null"), "{json}");

@@ -306,6 +306,7 @@ fn engine_plan(id: &str, p: &RefPlan, currency: Currency, tax_pct: i128) -> Plan
         net_days: None,
         apis: None,
         features: Vec::new(),
+        self_serve: false,
     }
 }
 

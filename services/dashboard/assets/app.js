@@ -332,8 +332,9 @@
     });
     const alertBox = alertPanel(partner, alerts, tz, () => render());
     const sheet = plan ? planSheet(plan) : null;
+    const choose = session.role === 'partner' ? choosePlanPanel(partner, tz, () => render()) : null;
     billedMeters = plan ? new Set(plan.charges.map((c) => c.meter).concat(plan.charges.map((c) => c.events_meter).filter(Boolean))) : null;
-    page(title, lead, ...blocked, ...reachedNotes, cards, planBox, chartPanel, refusedPanel, quotaPanel, alertBox, linesPanel, sheet, couponBox, previewBox, eventsPanel);
+    page(title, lead, ...blocked, ...reachedNotes, cards, planBox, chartPanel, refusedPanel, quotaPanel, alertBox, linesPanel, sheet, choose, couponBox, previewBox, eventsPanel);
 
     const field = (id) => controls.querySelector('#' + id);
     field('range').addEventListener('change', () => {
@@ -709,6 +710,45 @@
       default: text = c.model;
     }
     return dec(c.free) ? `first ${num(c.free)} free, then ${text}` : text;
+  }
+
+  // A partner moves itself to a self-serve plan: each option with its price and when it takes
+  // effect; a quote (the period with the move beside the period now) before confirming.
+  function choosePlanPanel(partner, tz, after) {
+    const pid = encodeURIComponent(partner.id);
+    const panel = h('section', { class: 'panel', 'aria-labelledby': 'choose-plan-h', hidden: true }, h('h2', { id: 'choose-plan-h', text: 'Change your plan' }));
+    const out = h('div', { id: 'plan-quote', role: 'status', 'aria-live': 'polite' });
+    api(`/v1/partners/${pid}/plan-options`).then(({ options }) => {
+      if (!options.length || partner.pending_change) return;
+      panel.hidden = false;
+      panel.append(table(['Plan', 'Price', 'When', ''], options.map((o) => h('tr', {},
+        h('td', { text: o.plan.name }),
+        h('td', { text: planPrice(o.plan) }),
+        h('td', { text: o.direction === 'upgrade' ? 'at once, prorated' : `at the end of this period (${when(o.effective_at, tz)})` }),
+        h('td', {}, h('button', { type: 'button', class: 'secondary', text: 'See the price', 'aria-label': `See the price of ${o.plan.name}`, onclick: () => quote(o) })))), 'Plans you may choose'), out);
+    }).catch((e) => { panel.hidden = false; fail(out, e); });
+    async function quote(o) {
+      out.replaceChildren(h('p', { class: 'muted', text: 'Pricing…' }));
+      try {
+        const q = await api(`/v1/partners/${pid}/plan-options/${encodeURIComponent(o.plan.id)}/quote`, { method: 'POST' });
+        const cur = q.current.invoice, next = q.with_change.invoice;
+        const upgrade = q.direction === 'upgrade';
+        const confirm = h('button', { type: 'button', text: upgrade ? `Upgrade to ${o.plan.name} now` : `Move to ${o.plan.name} on ${when(q.effective_at, tz)}`, onclick: async () => {
+          try {
+            await api(`/v1/partners/${pid}/plan-options/${encodeURIComponent(o.plan.id)}`, { method: 'POST' });
+            toast(upgrade ? `You are on ${o.plan.name} from now.` : `You move to ${o.plan.name} on ${when(q.effective_at, tz)}.`);
+            await after();
+          } catch (e) { out.append(h('p', { class: 'error', role: 'alert', text: e.message })); }
+        } });
+        out.replaceChildren(
+          h('p', { id: 'quote-summary', text: upgrade
+            ? `With ${o.plan.name} from now, this period would come to ${money(next.total, next.currency)} instead of ${money(cur.total, cur.currency)} so far: each plan's base fee for its part of the period, usage at each plan's prices.`
+            : `This period stays on your plan (${money(cur.total, cur.currency)} so far); ${o.plan.name} starts on ${when(q.effective_at, tz)}.` }),
+          upgrade ? invoiceTable(next, `This period with ${o.plan.name}`, false) : null,
+          h('p', {}, confirm));
+      } catch (e) { fail(out, e); }
+    }
+    return panel;
   }
 
   // The plan sheet: every price, quota and limit of the partner's plan.

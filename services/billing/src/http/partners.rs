@@ -138,12 +138,21 @@ pub async fn change_subscription(
         .billing
         .change_subscription(partner, &req.plan, at, &who.label())
         .await?;
+    subscription_answer(&api, &who, outcome).await
+}
+
+/// The partner after a plan change: on its new plan, or with the change pending.
+async fn subscription_answer(
+    api: &Api,
+    who: &crate::service::Principal,
+    outcome: SubscriptionOutcome,
+) -> Result<Response, ApiError> {
     Ok(match outcome {
         SubscriptionOutcome::Unchanged(p) => {
-            Json(api.billing.partner_view(&who, p).await?).into_response()
+            Json(api.billing.partner_view(who, p).await?).into_response()
         }
         SubscriptionOutcome::Changed { before, after, .. } => with_before(
-            Json(api.billing.partner_view(&who, after).await?).into_response(),
+            Json(api.billing.partner_view(who, after).await?).into_response(),
             &before,
         ),
         SubscriptionOutcome::Scheduled {
@@ -245,4 +254,51 @@ pub async fn partner_plan(
     ScopedPartner(partner): ScopedPartner,
 ) -> Result<Json<peage_core::pricing::Plan>, ApiError> {
     Ok(Json(api.billing.partner_plan(&partner).await?))
+}
+
+#[utoipa::path(get,
+    path = "/v1/partners/{id}/plan-options",
+    tag = "partners",
+    params(("id" = String, Path, description = "Partner id")),
+    responses((status = 200, description = "The partner's plan and the self-serve plans it may move to itself: upgrades (a higher base fee) at once and prorated, downgrades at the end of the period", body = crate::service::PlanOptions), (status = 401, response = openapi::Unauthorized), (status = 404, response = openapi::NotFound)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn plan_options(
+    api: Api,
+    ScopedPartner(partner): ScopedPartner,
+) -> Result<Json<crate::service::PlanOptions>, ApiError> {
+    Ok(Json(api.billing.plan_options(&partner).await?))
+}
+
+#[utoipa::path(post,
+    path = "/v1/partners/{id}/plan-options/{plan}/quote",
+    tag = "partners",
+    params(("id" = String, Path, description = "Partner id"), ("plan" = String, Path, description = "A self-serve plan's id")),
+    responses((status = 200, description = "What the current period comes to with the move, beside what it comes to now; nothing changes", body = crate::service::PlanQuote), (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized), (status = 404, response = openapi::NotFound), (status = 409, response = openapi::Conflict)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn quote_plan(
+    api: Api,
+    Caller(who): Caller,
+    Path((id, plan)): Path<(String, String)>,
+) -> Result<Json<crate::service::PlanQuote>, ApiError> {
+    let partner = api.billing.scoped_partner(&who, &id).await?;
+    Ok(Json(api.billing.quote_plan(&partner, &plan).await?))
+}
+
+#[utoipa::path(post,
+    path = "/v1/partners/{id}/plan-options/{plan}",
+    tag = "partners",
+    params(("id" = String, Path, description = "Partner id"), ("plan" = String, Path, description = "A self-serve plan's id")),
+    responses((status = 200, description = "The partner: on the new plan (an upgrade, at once), or with the change pending at the end of the period (a downgrade)", body = PartnerView), (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized), (status = 404, response = openapi::NotFound), (status = 409, response = openapi::Conflict)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn choose_plan(
+    api: Api,
+    Caller(who): Caller,
+    Path((id, plan)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let partner = api.billing.scoped_partner(&who, &id).await?;
+    let outcome = api
+        .billing
+        .choose_plan(partner, &plan, &who.label())
+        .await?;
+    subscription_answer(&api, &who, outcome).await
 }

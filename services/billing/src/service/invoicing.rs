@@ -535,6 +535,39 @@ impl Invoicing {
         Ok(record)
     }
 
+    /// The invoice of the period running at `now` had `partner` moved to `to` at `at` (within
+    /// that period): the period cut at `at`, each part priced by its plan, the usage so far,
+    /// late-usage adjustments and prepaid credit as the draft has them. Not stored (`id` is
+    /// `quote`).
+    pub async fn quote_change(
+        &self,
+        partner: &Partner,
+        to: &Plan,
+        at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<InvoiceRecord, ServiceError> {
+        let mut book = self.book(partner).await?;
+        let sub = &partner.subscription;
+        let from = self.plan_version(&sub.plan_id, &sub.plan_version).await?;
+        let period = from.period.containing_in(book.tz, now);
+        for s in book.subs.iter_mut().filter(|s| s.ended_at.is_none()) {
+            s.ended_at = Some(at);
+        }
+        book.subs.push(Subscription {
+            plan_id: to.id.clone(),
+            plan_version: to.version.clone(),
+            started_at: at,
+            ended_at: None,
+        });
+        let label = PeriodLabel::of(period.start, book.tz);
+        let cache = UsageCache::default();
+        let adjustments = self.late_usage(&book, period, &cache).await?;
+        let invoice = self.price(&book, period, adjustments, &cache).await?;
+        let mut record = Self::drafted(&book, label, invoice, now);
+        record.id = "quote".into();
+        Ok(record)
+    }
+
     /// The draft of `partner` for `label`, or `None` when the partner is not due.
     pub async fn draft(
         &self,

@@ -30,6 +30,7 @@ mod principal;
 mod quotas;
 pub mod reload;
 pub mod secrets;
+mod self_serve;
 pub mod service_tokens;
 pub mod sessions;
 mod settings;
@@ -60,4 +61,5 @@ pub use plan_changes::{ChangeAt, PartnerView, PlanChangeList, SubscriptionOutcom
 pub use preview::{CatalogVersions, InvoicePreview, PreviewCatalog};
 pub use principal::{Principal, ServiceScope, EVENTS_ROUTES, GATEWAY_ROUTES};
 pub use quotas::{QuotaReport, QuotaState};
+pub use self_serve::{Direction, PlanOption, PlanOptions, PlanQuote};
 pub use usage::{SeriesCut, SeriesReport, UsageReport};

@@ -257,6 +257,7 @@ pub(super) fn validate_plans(
             net_days,
             apis: grants,
             features,
+            self_serve: p.self_serve,
         };
         plan.version = short_hash(serde_json::to_string(&plan).unwrap_or_default().as_bytes());
         plans.push(plan);

@@ -112,6 +112,8 @@ pub(super) struct RawPlan {
     pub(super) apis: Option<Spanned<Vec<RawApiGrant>>>,
     #[serde(default)]
     pub(super) features: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) self_serve: bool,
 }
 
 #[derive(Deserialize)]
