@@ -408,6 +408,7 @@ async fn the_dashboard_in_headless_chromium() {
         "partner-api-entitlements",
         "partner-plan-quote",
         "finance-partners",
+        "finance-partners-sorted",
         "finance-invoices",
         "finance-invoice-review",
         "finance-partner-preview",

@@ -9,97 +9,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "../common/billing.rs"]
+mod billing;
+
+use billing::{events, CATALOG};
 use chrono::{TimeZone, Utc};
 use peage_billing::service::invoicing::{Invoicing, Issuer};
-use peage_billing_store::{BillingStore, PostgresBillingStore, SqliteBillingStore, Subscription};
-use peage_core::{CallEvent, Catalog, Env, Invoice, PeriodLabel};
-use peage_usage_store::{
-    ClickHouseConfig, ClickHouseUsageStore, SqliteUsageStore, UsageQuery, UsageStore,
-};
+use peage_billing_store::{BillingStore, Subscription};
+use peage_core::{Catalog, Env, Invoice, PeriodLabel};
+use peage_usage_store::{UsageQuery, UsageStore};
 use rust_decimal::Decimal;
-
-const CATALOG: &str = r#"
-[[api]]
-name = "maps"
-[[api.versions]]
-id = "v1"
-live = "http://127.0.0.1:9"
-sandbox = "http://127.0.0.1:9"
-
-[[meter]]
-name = "calls"
-aggregation = "count"
-
-[[meter]]
-name = "units"
-aggregation = "sum"
-field = "units"
-
-[[meter]]
-name = "egress_kb"
-aggregation = "sum"
-field = "response_bytes"
-scale = "0.001"
-
-[[meter]]
-name = "ingress_kb"
-aggregation = "sum"
-field = "request_bytes"
-scale = "0.001"
-
-[[meter]]
-name = "errors"
-aggregation = "count"
-filter = { status_class = ["5xx"] }
-
-[[plan]]
-id = "scale"
-name = "Scale"
-currency = "EUR"
-period = { every = "month", anchor_day = 1 }
-base_fee = "99.00"
-tax = { rate = "0.20", label = "VAT" }
-minimum_commitment = "150.00"
-charges = [
-  { meter = "calls", model = "graduated", free = 10, tiers = [
-      { up_to = 30, unit_price = "0.05" }, { up_to = "inf", unit_price = "0.02" } ] },
-  { meter = "units", model = "per_unit", unit_price = "0.011" },
-  { meter = "egress_kb", model = "volume", tiers = [
-      { up_to = 10, unit_price = "0.3" }, { up_to = "inf", unit_price = "0.2" } ] },
-  { meter = "ingress_kb", model = "package", size = "5", price = "0.75" },
-  { meter = "errors", model = "flat", amount = "1.00" },
-]
-"#;
-
-fn events(partner: &str, n: usize, seed: u64) -> Vec<CallEvent> {
-    let start = Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap();
-    let month_us: i64 = 31 * 24 * 3600 * 1_000_000;
-    (0..n)
-        .map(|i| {
-            let x = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(i as u64 * 1442695040888963407);
-            CallEvent {
-                id: uuid::Uuid::now_v7(),
-                time: start + chrono::Duration::microseconds((x >> 8) as i64 % month_us),
-                partner_id: partner.into(),
-                key_id: "key_00000000000000000000".into(),
-                env: Env::Live,
-                api: "maps".into(),
-                version: "v1".into(),
-                operation: ["GET /tiles/{z}", "GET /route", "POST /geocode"][i % 3].into(),
-                method: "GET".into(),
-                status: if x.is_multiple_of(50) { 503 } else { 200 },
-                latency_us: 1000 + x % 5000,
-                request_bytes: 200 + x % 800,
-                response_bytes: 500 + x % 5000,
-                units: Decimal::from(1 + (x % 3)),
-                gateway_id: "gw-bench".into(),
-                attributes: Default::default(),
-            }
-        })
-        .collect()
-}
 
 struct Measured {
     mode: &'static str,
@@ -140,7 +59,13 @@ async fn measure(
                 },
             )
             .await?;
-        batch.extend(events(&id, per_partner, i as u64 + 1));
+        batch.extend(events(
+            &id,
+            per_partner,
+            i as u64 + 1,
+            Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
+            chrono::Duration::days(31),
+        ));
         if batch.len() >= 50_000 {
             usage.insert(&batch).await?;
             batch.clear();
@@ -240,38 +165,11 @@ async fn main() -> anyhow::Result<()> {
     let mut results = Vec::new();
     if which == "embedded" || which == "both" {
         let dir = tempfile::tempdir()?;
-        let store: Arc<dyn BillingStore> =
-            Arc::new(SqliteBillingStore::open(&dir.path().join("billing.db")).await?);
-        let usage: Arc<dyn UsageStore> =
-            Arc::new(SqliteUsageStore::open(&dir.path().join("usage.db")).await?);
+        let (store, usage) = billing::embedded(dir.path()).await?;
         results.push(measure("embedded (SQLite)", store, usage, partners, per_partner).await?);
     }
     if which == "distributed" || which == "both" {
-        let url = std::env::var("PEAGE_BENCH_POSTGRES")
-            .unwrap_or("postgres://peage:peage@127.0.0.1:5432/peage".into());
-        let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
-        {
-            use sqlx::Connection;
-            let mut c = sqlx::PgConnection::connect(&url).await?;
-            sqlx::query(&format!("CREATE SCHEMA {schema}"))
-                .execute(&mut c)
-                .await?;
-        }
-        let options: sqlx::postgres::PgConnectOptions = url.parse()?;
-        let store: Arc<dyn BillingStore> = Arc::new(
-            PostgresBillingStore::connect_with(options.options([("search_path", schema.as_str())]))
-                .await?,
-        );
-        let db = format!("peage_bench_{}", uuid::Uuid::now_v7().simple());
-        let ch = ClickHouseUsageStore::connect(&ClickHouseConfig {
-            url: std::env::var("PEAGE_BENCH_CLICKHOUSE").unwrap_or("http://127.0.0.1:8123".into()),
-            database: db.clone(),
-            validation: false,
-            ..Default::default()
-        })
-        .await?;
-        ch.migrate().await?;
-        let usage: Arc<dyn UsageStore> = Arc::new(ch);
+        let (store, usage) = billing::distributed().await?;
         results.push(
             measure(
                 "PostgreSQL + ClickHouse",

@@ -619,3 +619,27 @@ test('a partner at its hard quota is told at the top, its forecast stops at the 
   assert.deepEqual(errors, ['Failed to load resource: the server responded with a status of 400 (Bad Request)']);
   await context.close();
 });
+
+test('finance pages through many partners and sorts them by running cost', async () => {
+  for (let i = 0; i < 60; i++) {
+    await adminCall('POST', '/v1/partners', { name: `Bulk ${String(i).padStart(2, '0')}`, plan: 'demo' });
+  }
+  const { total } = await adminCall('GET', '/v1/partners/overview?limit=1');
+  const { context, page, errors } = await signIn({ staff: 'fiona@example.com' });
+  await page.getByRole('heading', { name: 'Partners', exact: true }).waitFor();
+  await page.locator('#page-of', { hasText: `1–50 of ${total}` }).waitFor();
+  assert.equal(await page.locator('table tbody tr').count(), 50);
+  await page.getByRole('button', { name: 'Next →' }).click();
+  await page.locator('#page-of', { hasText: `51–${total} of ${total}` }).waitFor();
+  assert.equal(await page.locator('table tbody tr').count(), total - 50);
+  assert.ok(await page.getByRole('button', { name: 'Next →' }).isDisabled());
+  // The largest running cost first: the partner with usage comes before the fresh ones.
+  await page.getByLabel('Sort by').selectOption('running_total');
+  await page.locator('#page-of', { hasText: `1–50 of ${total}` }).waitFor();
+  const costs = (await page.locator('table tbody tr td:last-child').allInnerTexts()).map((t) => Number(t.replace(/[^\d.]/g, '')));
+  assert.deepEqual(costs, [...costs].sort((a, b) => b - a), costs.join(' '));
+  assert.ok(costs[0] > costs[costs.length - 1], costs.join(' '));
+  await shot(page, 'finance-partners-sorted');
+  assert.deepEqual(errors, []);
+  await context.close();
+});

@@ -1211,22 +1211,37 @@
 
   async function partnersPage() {
     const search = h('input', { id: 'search', type: 'search', placeholder: 'Name, id or plan', autocomplete: 'off' });
-    const form = h('form', { class: 'controls', role: 'search' }, h('label', { for: 'search' }, 'Search partners', search), h('button', { type: 'submit', text: 'Search' }));
+    const sort = h('select', { id: 'sort', name: 'sort' },
+      h('option', { value: 'name', text: 'Name' }), h('option', { value: 'plan', text: 'Plan' }),
+      h('option', { value: 'running_total', text: 'Running cost, largest first' }), h('option', { value: 'id', text: 'Id' }));
+    const form = h('form', { class: 'controls', role: 'search' },
+      h('label', { for: 'search' }, 'Search partners', search),
+      h('label', { for: 'sort' }, 'Sort by', sort),
+      h('button', { type: 'submit', text: 'Search' }));
     const list = h('div');
+    const PAGE = 50;
+    let offset = 0;
+    sort.addEventListener('change', () => { offset = 0; load(); });
     async function load() {
       list.replaceChildren(h('p', { class: 'muted', text: 'Loading…' }));
       let data;
-      try { data = await api('/v1/partners/overview?limit=200&q=' + encodeURIComponent(search.value)); } catch (e) { fail(list, e); return; }
+      try { data = await api(`/v1/partners/overview?limit=${PAGE}&offset=${offset}&sort=${sort.value}&q=${encodeURIComponent(search.value)}`); } catch (e) { fail(list, e); return; }
+      const last = Math.min(offset + data.partners.length, data.total);
+      const pager = h('div', { class: 'actions pager' },
+        h('button', { type: 'button', class: 'secondary', text: '← Previous', disabled: offset === 0, onclick: () => { offset = Math.max(0, offset - PAGE); load(); } }),
+        h('span', { id: 'page-of', class: 'muted', text: data.total ? `${offset + 1}–${last} of ${data.total}` : 'none' }),
+        h('button', { type: 'button', class: 'secondary', text: 'Next →', disabled: last >= data.total, onclick: () => { offset += PAGE; load(); } }));
       list.replaceChildren(
-        h('p', { class: 'muted', text: `${data.total} partner(s)${data.total > data.partners.length ? `, first ${data.partners.length} shown` : ''}` }),
+        h('p', { class: 'muted', text: `${data.total} partner(s)` }),
         table(['Partner', 'Plan', ['Period', 'hide-narrow'], ['Usage this period', 'hide-narrow'], ['Running cost', 'num']], data.partners.map((p) => h('tr', {},
           h('td', {}, link(`/app/partners/${encodeURIComponent(p.id)}`, p.name), h('div', { class: 'muted mono', text: p.id })),
           h('td', { text: p.plan_id }),
           h('td', { class: 'hide-narrow', text: p.error ? '—' : `${when(p.period_start, p.timezone)} – ${when(new Date(new Date(p.period_end) - 1), p.timezone)}` }),
           h('td', { class: 'hide-narrow', text: p.error ? p.error : p.usage.map((u) => `${u.meter} ${num(u.quantity)}`).join(' · ') }),
-          h('td', { class: 'num', text: p.error ? '—' : money(p.running_total, p.currency) }))), 'Partners'));
+          h('td', { class: 'num', text: p.error ? '—' : money(p.running_total, p.currency) }))), 'Partners'),
+        data.total > PAGE ? pager : null);
     }
-    form.addEventListener('submit', (ev) => { ev.preventDefault(); load(); });
+    form.addEventListener('submit', (ev) => { ev.preventDefault(); offset = 0; load(); });
     page('Partners', h('section', { class: 'panel' }, form, list));
     await load();
   }

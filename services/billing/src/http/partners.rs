@@ -207,6 +207,8 @@ pub struct OverviewParams {
     limit: Option<usize>,
     /// Skips this many partners first.
     offset: Option<usize>,
+    /// `name` (default), `plan`, `id`, or `running_total` (the largest first).
+    sort: Option<crate::service::OverviewSort>,
 }
 
 /// Finance's list: every partner (a page of them, searchable) with the current period's usage
@@ -225,7 +227,12 @@ pub async fn partners_overview(
     let offset = params.offset.unwrap_or(0);
     let page = api
         .billing
-        .overview(params.q.as_deref().unwrap_or(""), limit, offset)
+        .overview(
+            params.q.as_deref().unwrap_or(""),
+            params.sort.unwrap_or_default(),
+            limit,
+            offset,
+        )
         .await?;
     Ok(Json(page))
 }

@@ -632,6 +632,69 @@ impl Invoicing {
         Ok(record)
     }
 
+    /// The invoices of the periods running at `now` for many partners at once, each with its
+    /// period's usage of every meter (finance's overview): billing state in a handful of
+    /// queries and usage one grouped query per distinct period, as the invoice run reads them.
+    /// A partner whose period is not the common one is priced on its own, as
+    /// [`Invoicing::upcoming`] would.
+    pub async fn upcoming_many(
+        &self,
+        partners: Vec<Partner>,
+        now: DateTime<Utc>,
+    ) -> Result<
+        Vec<(
+            Partner,
+            Result<(InvoiceRecord, Vec<MeterUsage>), ServiceError>,
+        )>,
+        ServiceError,
+    > {
+        let label = PeriodLabel::of(now, chrono_tz::UTC);
+        let kept: HashMap<String, Partner> = partners
+            .iter()
+            .map(|p| (p.id.to_string(), p.clone()))
+            .collect();
+        let (books, cache) = self.prepare(partners, label).await?;
+        let mut out = Vec::with_capacity(books.len());
+        for (id, book) in books {
+            let Some(partner) = kept.get(&id).cloned() else {
+                continue;
+            };
+            let row = match book {
+                Ok(book) => self.upcoming_of(&book, now, &cache).await,
+                Err(e) => Err(e),
+            };
+            out.push((partner, row));
+        }
+        Ok(out)
+    }
+
+    /// The upcoming invoice of a prepared partner, and its period's usage.
+    async fn upcoming_of(
+        &self,
+        book: &PartnerBook,
+        now: DateTime<Utc>,
+        cache: &UsageCache,
+    ) -> Result<(InvoiceRecord, Vec<MeterUsage>), ServiceError> {
+        let sub = &book.partner.subscription;
+        let plan = self.plan_version(&sub.plan_id, &sub.plan_version).await?;
+        let label = PeriodLabel::of(plan.period.containing_in(book.tz, now).start, book.tz);
+        let mut record = self
+            .draft_with(book, label, now, cache)
+            .await?
+            .ok_or_else(|| {
+                ServiceError::WrongState(format!(
+                    "partner {} has no billing period running",
+                    book.partner.id
+                ))
+            })?;
+        record.id = "upcoming".into();
+        let period = record.invoice.period;
+        let usage = self
+            .usage_in(book.partner.id.as_str(), &period, cache)
+            .await?;
+        Ok((record, usage))
+    }
+
     /// Reads billing state for every partner at once (a handful of queries, not a handful per
     /// partner) and the usage of every span the run prices, one query per span.
     async fn prepare(

@@ -54,7 +54,7 @@ pub use gateway::{
 pub use invoices::{CreditRequest, Credits, InvoiceQuery, ProfileRequest, TaxRequest};
 pub use keys::{issue_key, IssuedKey};
 pub use partners::{
-    check_external_id, create_partner, plan_version, OverviewPage, PartnerOverview,
+    check_external_id, create_partner, plan_version, OverviewPage, OverviewSort, PartnerOverview,
 };
 pub use payments::{payments_csv, PaymentList, PaymentMade};
 pub use plan_changes::{ChangeAt, PartnerView, PlanChangeList, SubscriptionOutcome};

@@ -4,8 +4,8 @@
 
 use chrono::{DateTime, Utc};
 use peage_billing_store::{BillingStore, Partner, Subscription};
-use peage_core::{Catalog, Env, PartnerId};
-use peage_usage_store::UsageQuery;
+use peage_core::{Catalog, PartnerId};
+use rust_decimal::Decimal;
 use serde::Serialize;
 
 use super::billing::Billing;
@@ -95,6 +95,21 @@ pub struct PartnerOverview {
     pub error: Option<String>,
 }
 
+/// The order of finance's list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OverviewSort {
+    /// By name, A to Z (the default).
+    #[default]
+    Name,
+    /// By plan, then name.
+    Plan,
+    /// By id.
+    Id,
+    /// The largest running cost first (within each currency).
+    RunningTotal,
+}
+
 /// A page of finance's list.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OverviewPage {
@@ -159,15 +174,18 @@ impl Billing {
     }
 
     /// Finance's list: a page of the partners whose id, name or plan contains `needle`
-    /// (case-insensitive), each with the current period's usage and running cost.
+    /// (case-insensitive), in `sort` order, each with the current period's usage and running
+    /// cost. Computed in bulk ([`super::invoicing::Invoicing::upcoming_many`]): the page's
+    /// partners only, or every match when sorting by running cost.
     pub async fn overview(
         &self,
         needle: &str,
+        sort: OverviewSort,
         limit: usize,
         offset: usize,
     ) -> Result<OverviewPage, ServiceError> {
         let needle = needle.trim().to_lowercase();
-        let matching: Vec<Partner> = self
+        let mut matching: Vec<Partner> = self
             .store
             .partners()
             .await?
@@ -180,25 +198,36 @@ impl Billing {
             })
             .collect();
         let total = matching.len();
+        let by_name = |a: &Partner, b: &Partner| {
+            a.name
+                .to_lowercase()
+                .cmp(&b.name.to_lowercase())
+                .then_with(|| a.id.cmp(&b.id))
+        };
+        match sort {
+            OverviewSort::Name | OverviewSort::RunningTotal => matching.sort_by(by_name),
+            OverviewSort::Plan => matching.sort_by(|a, b| {
+                a.subscription
+                    .plan_id
+                    .cmp(&b.subscription.plan_id)
+                    .then_with(|| by_name(a, b))
+            }),
+            OverviewSort::Id => matching.sort_by(|a, b| a.id.cmp(&b.id)),
+        }
         let now = Utc::now();
-        let invoicing = self.invoicing();
-        let mut partners = Vec::new();
-        for p in matching.into_iter().skip(offset).take(limit) {
-            let row = match invoicing.upcoming(&p, now).await {
-                Ok(record) => {
+        let priced = if sort == OverviewSort::RunningTotal {
+            matching
+        } else {
+            matching.into_iter().skip(offset).take(limit).collect()
+        };
+        let mut rows: Vec<PartnerOverview> = self
+            .invoicing()
+            .upcoming_many(priced, now)
+            .await?
+            .into_iter()
+            .map(|(p, row)| match row {
+                Ok((record, usage)) => {
                     let inv = &record.invoice;
-                    let usage = self
-                        .usage
-                        .meter_usage(
-                            &UsageQuery {
-                                partner_id: p.id.to_string(),
-                                env: Env::Live,
-                                from: inv.period.start,
-                                to: inv.period.end,
-                            },
-                            &invoicing.catalog.meters,
-                        )
-                        .await?;
                     PartnerOverview {
                         id: p.id,
                         name: p.name,
@@ -224,9 +253,21 @@ impl Billing {
                     usage: vec![],
                     error: Some(e.to_string()),
                 },
-            };
-            partners.push(row);
-        }
+            })
+            .collect();
+        let partners = if sort == OverviewSort::RunningTotal {
+            // The largest first, by currency then amount; those that could not be priced last.
+            let amount = |r: &PartnerOverview| r.running_total.parse::<Decimal>().ok();
+            rows.sort_by(|a, b| match (amount(a), amount(b)) {
+                (Some(x), Some(y)) => a.currency.cmp(&b.currency).then(y.cmp(&x)),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            });
+            rows.into_iter().skip(offset).take(limit).collect()
+        } else {
+            rows
+        };
         Ok(OverviewPage {
             total,
             offset,
