@@ -400,6 +400,17 @@ test('a partner sees its usage, quota and invoice, rotates a key, reads the docs
   ]);
   const bytes = await streamBytes(await pdf.createReadStream());
   assert.equal(bytes.subarray(0, 5).toString(), '%PDF-');
+  // Billing details, for the invoices to come: a bad email is refused, good ones are kept.
+  await page.getByLabel('Legal name (if not your account name)').fill('Globex SAS');
+  await page.getByLabel('Address (one line each)').fill('1 Globex Way\nCypress Creek');
+  await page.getByLabel('VAT or tax id').fill('FR98765432109');
+  await page.getByLabel('Invoice email').fill('ap@globex.example');
+  await page.getByRole('button', { name: 'Save the billing details' }).click();
+  await page.locator('#details-saved').waitFor();
+  const details = await adminCall('GET', `/v1/partners/${partner}/billing-details`);
+  assert.deepEqual(details, { legal_name: 'Globex SAS', address: ['1 Globex Way', 'Cypress Creek'], tax_id: 'FR98765432109', email: 'ap@globex.example' });
+  await page.reload();
+  assert.equal(await page.getByLabel('Address (one line each)').inputValue(), '1 Globex Way\nCypress Creek');
   await shot(page, 'partner-invoices');
 
   // Keys: rotate, the new secret shown once, the old key revoked.

@@ -907,6 +907,7 @@ pub async fn plan_versions_and_profiles_are_kept(s: &dyn BillingStore) {
             label: "JCT".into(),
         }),
         net_days: Some(45),
+        details: None,
         updated_at: t0,
     };
     s.put_billing_profile(&p).await.unwrap();
@@ -928,7 +929,39 @@ pub async fn plan_versions_and_profiles_are_kept(s: &dyn BillingStore) {
             .unwrap(),
         Some(q.clone())
     );
-    assert_eq!(s.billing_profiles().await.unwrap(), vec![q]);
+    assert_eq!(s.billing_profiles().await.unwrap(), vec![q.clone()]);
+    // Billing details are set apart: finance's next profile change keeps them, and a partner
+    // without a profile gets one in UTC.
+    let details = peage_core::invoice::BillTo {
+        legal_name: Some("Profile SAS".into()),
+        address: vec!["1 rue Neuve".into(), "75001 Paris".into()],
+        tax_id: Some("FR123".into()),
+        email: Some("billing@profile.example".into()),
+    };
+    let id = typed("prt_70726f66000000000000");
+    s.put_billing_details(&id, &details, t0).await.unwrap();
+    s.put_billing_profile(&BillingProfile {
+        net_days: Some(10),
+        ..q.clone()
+    })
+    .await
+    .unwrap();
+    let after = s.billing_profile(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (after.details.as_ref(), after.net_days),
+        (Some(&details), Some(10))
+    );
+    s.create_partner(&typed("prt_70726f66000000000001"), "B", &sub("growth", t0))
+        .await
+        .unwrap();
+    let other = typed("prt_70726f66000000000001");
+    s.put_billing_details(&other, &details, t0).await.unwrap();
+    let fresh = s.billing_profile(&other).await.unwrap().unwrap();
+    assert_eq!(
+        (fresh.timezone.as_str(), fresh.tax.is_none()),
+        ("UTC", true)
+    );
+    assert_eq!(fresh.details, Some(details));
 }
 
 pub async fn webhooks_are_queued_once_per_event_and_logged(s: &dyn BillingStore) {

@@ -690,6 +690,7 @@ async fn a_partner_that_cannot_be_billed_fails_alone_and_is_named() {
             timezone: "Mars/Olympus".into(),
             tax: None,
             net_days: None,
+            details: None,
             updated_at: Utc::now(),
         })
         .await

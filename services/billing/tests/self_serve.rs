@@ -177,3 +177,84 @@ async fn a_partner_upgrades_at_once_prorated_and_downgrades_at_the_period_end() 
         .await;
     assert_eq!(s, 409, "{e}");
 }
+
+#[tokio::test]
+async fn billing_details_are_printed_on_invoices_and_kept_once_finalized() {
+    let served = support::serve(CATALOG).await;
+    let (pid, partner) = served
+        .create_partner(json!({"name": "Initech", "plan": "basic"}))
+        .await;
+    served.on_plan_since(&partner, month_start(1)).await;
+    let details = format!("/v1/partners/{pid}/billing-details");
+    for (body, says) in [
+        (json!({"email": "nobody"}), "not an email address"),
+        (json!({"tax_id": "FR<1>"}), "tax_id"),
+        (
+            json!({"address": ["1", "2", "3", "4", "5", "6", "7"]}),
+            "at most 6 lines",
+        ),
+        (json!({"phone": "+33"}), "unknown field"),
+    ] {
+        let (s, e) = served.call("PUT", details.clone(), body.clone()).await;
+        assert_eq!(s, 400, "{body}: {e}");
+        assert!(e["detail"].as_str().unwrap().contains(says), "{body}: {e}");
+    }
+    let (s, set) = served
+        .call(
+            "PUT",
+            details.clone(),
+            json!({"legal_name": " Initech SAS ", "address": ["12 rue de Rivoli", "", "75001 Paris"],
+                   "tax_id": "FR12345678901", "email": "billing@initech.example"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{set}");
+    assert_eq!(set["legal_name"], "Initech SAS");
+    assert_eq!(set["address"], json!(["12 rue de Rivoli", "75001 Paris"]));
+    // Finance's profile change keeps them.
+    let (s, p) = served
+        .call(
+            "PUT",
+            format!("/v1/partners/{pid}/billing"),
+            json!({"timezone": "UTC", "net_days": 10}),
+        )
+        .await;
+    assert_eq!(s, 200, "{p}");
+    let (_, got) = served.call("GET", details.clone(), Value::Null).await;
+    assert_eq!(got, set);
+
+    let label = month_start(1).format("%Y-%m").to_string();
+    let draft = served.invoice_of_period(&label, &pid).await;
+    assert_eq!(draft["invoice"]["bill_to"], set, "{draft}");
+    let id = draft["id"].as_str().unwrap().to_string();
+    let pdf_text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).to_string();
+    let (s, _, pdf) = served.raw(format!("/v1/invoices/{id}?format=pdf")).await;
+    assert_eq!(s, 200);
+    let text = pdf_text(pdf);
+    for shown in [
+        "Initech SAS",
+        "12 rue de Rivoli",
+        "75001 Paris",
+        "Tax ID: FR12345678901",
+        "billing@initech.example",
+    ] {
+        assert!(text.contains(shown), "the PDF lacks {shown:?}");
+    }
+    // Finalized, the invoice keeps the details it was drafted with.
+    let (s, _) = served
+        .call("POST", format!("/v1/invoices/{id}/finalize"), Value::Null)
+        .await;
+    assert_eq!(s, 200);
+    served
+        .call(
+            "PUT",
+            details.clone(),
+            json!({"legal_name": "Initrode Ltd"}),
+        )
+        .await;
+    let (_, _, pdf) = served.raw(format!("/v1/invoices/{id}?format=pdf")).await;
+    let text = pdf_text(pdf);
+    assert!(
+        text.contains("Initech SAS") && !text.contains("Initrode"),
+        "a finalized invoice changed"
+    );
+}

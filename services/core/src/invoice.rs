@@ -124,6 +124,87 @@ pub struct Invoice {
     /// `total − credits_applied`, never below zero.
     #[serde(with = "rust_decimal::serde::str", default)]
     pub amount_due: Decimal,
+    /// Who is billed, as the partner's billing details said when the invoice was drafted
+    /// (kept as they were once it is finalized).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bill_to: Option<BillTo>,
+}
+
+/// A partner's billing details, printed under "Bill to" (docs/pricing.md, "Billing details").
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BillTo {
+    /// The legal name to bill, when it is not the partner's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legal_name: Option<String>,
+    /// Postal address, one line each (at most 6).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub address: Vec<String>,
+    /// VAT or other tax id (`FR12345678901`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tax_id: Option<String>,
+    /// Where invoices go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+impl BillTo {
+    /// The details trimmed, empty fields dropped; why not, when one breaks a rule.
+    pub fn checked(self) -> Result<BillTo, String> {
+        let clean = |s: Option<String>| s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        let out = BillTo {
+            legal_name: clean(self.legal_name),
+            address: self
+                .address
+                .into_iter()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect(),
+            tax_id: clean(self.tax_id),
+            email: clean(self.email),
+        };
+        let printable = |s: &str| !s.chars().any(char::is_control);
+        if let Some(n) = &out.legal_name {
+            if n.chars().count() > 200 || !printable(n) {
+                return Err("legal_name: at most 200 characters, no control characters".into());
+            }
+        }
+        if out.address.len() > 6 {
+            return Err("address: at most 6 lines".into());
+        }
+        if out
+            .address
+            .iter()
+            .any(|l| l.chars().count() > 100 || !printable(l))
+        {
+            return Err("address: each line at most 100 characters, no control characters".into());
+        }
+        if let Some(t) = &out.tax_id {
+            let fine = t.len() <= 32
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '-' | '.' | '/'));
+            if !fine {
+                return Err(format!(
+                    "tax_id {t:?}: at most 32 letters, digits, spaces, '-', '.' or '/'"
+                ));
+            }
+        }
+        if let Some(e) = &out.email {
+            let fine = e.len() <= 254
+                && printable(e)
+                && !e.contains(char::is_whitespace)
+                && e.split_once('@')
+                    .is_some_and(|(user, host)| !user.is_empty() && host.contains('.'));
+            if !fine {
+                return Err(format!("email {e:?} is not an email address"));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self == &BillTo::default()
+    }
 }
 
 fn utc_name() -> String {
@@ -505,6 +586,7 @@ impl Invoice {
             total,
             credits_applied: Decimal::ZERO,
             amount_due: total,
+            bill_to: None,
         };
         invoice.apply_credits(Decimal::ZERO);
         Ok(invoice)
@@ -698,7 +780,7 @@ impl InvoiceRecord {
         })
     }
 
-    /// The `data` of its `invoice.finalized` webhook (docs/invoices.md, "Webhooks").
+    /// The `data` of its `invoice.finalized` webhook (docs/control-api.md, the webhook routes).
     pub fn finalized_event(&self) -> serde_json::Value {
         serde_json::json!({
             "invoice_id": self.id,
@@ -723,7 +805,7 @@ pub fn webhook_message(event_type: &str, at: DateTime<Utc>, data: serde_json::Va
     .to_string()
 }
 
-/// The CSV export's columns, in order (documented in docs/invoices.md).
+/// The CSV export's columns, in order (documented in docs/control-api.md).
 pub const CSV_HEADER: &str = "invoice_id,number,status,partner_id,period_start,period_end,timezone,currency,kind,description,meter,group,tier,quantity,unit_price,amount,adjusts_invoice";
 
 impl InvoiceRecord {
@@ -848,6 +930,50 @@ pub fn csv_field(s: &str) -> String {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s
+    }
+}
+
+#[cfg(test)]
+mod bill_to_tests {
+    use super::BillTo;
+
+    #[test]
+    fn billing_details_are_trimmed_and_checked() {
+        let ok = BillTo {
+            legal_name: Some("  Initech SAS ".into()),
+            address: vec!["12 rue de Rivoli".into(), "  ".into(), "75001 Paris".into()],
+            tax_id: Some("FR12345678901".into()),
+            email: Some("billing@initech.example".into()),
+        }
+        .checked()
+        .unwrap();
+        assert_eq!(ok.legal_name.as_deref(), Some("Initech SAS"));
+        assert_eq!(ok.address, ["12 rue de Rivoli", "75001 Paris"]);
+        for bad in [
+            BillTo {
+                email: Some("nobody".into()),
+                ..Default::default()
+            },
+            BillTo {
+                email: Some("a b@x.example".into()),
+                ..Default::default()
+            },
+            BillTo {
+                tax_id: Some("FR<script>".into()),
+                ..Default::default()
+            },
+            BillTo {
+                address: vec!["x".into(); 7],
+                ..Default::default()
+            },
+            BillTo {
+                legal_name: Some("A\u{0}B".into()),
+                ..Default::default()
+            },
+        ] {
+            assert!(bad.clone().checked().is_err(), "{bad:?}");
+        }
+        assert!(BillTo::default().checked().unwrap().is_empty());
     }
 }
 

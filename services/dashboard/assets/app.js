@@ -1067,8 +1067,42 @@
     filters.addEventListener('submit', (ev) => { ev.preventDefault(); load(); });
     page('Invoices',
       runBox ? h('section', { class: 'panel' }, h('h2', { text: 'Invoice run' }), runBox) : null,
-      h('section', { class: 'panel' }, filters, h('p', {}, exportLink), list));
+      h('section', { class: 'panel' }, filters, h('p', {}, exportLink), list),
+      finance ? null : billingDetailsPanel(session.partner_id));
     await load();
+  }
+
+  // The partner's billing details, printed under "Bill to" on the invoices drafted from now on.
+  function billingDetailsPanel(partnerId) {
+    const pid = encodeURIComponent(partnerId);
+    const panel = h('section', { class: 'panel', 'aria-labelledby': 'details-h' }, h('h2', { id: 'details-h', text: 'Billing details' }));
+    const field = (id, label, attrs) => h('label', { for: id, class: 'field' }, label, h(attrs && attrs.rows ? 'textarea' : 'input', Object.assign({ id, name: id }, attrs || {})));
+    const form = h('form', { class: 'details-form', 'aria-label': 'Billing details' },
+      h('p', { class: 'muted', text: 'Printed under "Bill to" on your invoices from the next one on; finalized invoices keep what they were issued with.' }),
+      field('bd-name', 'Legal name (if not your account name)', { autocomplete: 'organization' }),
+      field('bd-address', 'Address (one line each)', { rows: 4, autocomplete: 'street-address' }),
+      field('bd-tax', 'VAT or tax id', { autocomplete: 'off' }),
+      field('bd-email', 'Invoice email', { type: 'email', autocomplete: 'email' }),
+      h('p', {}, h('button', { type: 'submit', text: 'Save the billing details' })));
+    const status = h('div', { role: 'status', 'aria-live': 'polite' });
+    panel.append(form, status);
+    const $ = (id) => form.querySelector('#' + id);
+    api(`/v1/partners/${pid}/billing-details`).then((d) => {
+      $('bd-name').value = d.legal_name || '';
+      $('bd-address').value = (d.address || []).join('\n');
+      $('bd-tax').value = d.tax_id || '';
+      $('bd-email').value = d.email || '';
+    }).catch((e) => fail(status, e));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      try {
+        await api(`/v1/partners/${pid}/billing-details`, { method: 'PUT', body: {
+          legal_name: $('bd-name').value, address: $('bd-address').value.split('\n'),
+          tax_id: $('bd-tax').value, email: $('bd-email').value } });
+        status.replaceChildren(h('p', { id: 'details-saved', text: 'Saved: your next invoice carries these details.' }));
+      } catch (e) { status.replaceChildren(h('p', { class: 'error', role: 'alert', text: e.message })); }
+    });
+    return panel;
   }
 
   async function invoicePage(id) {

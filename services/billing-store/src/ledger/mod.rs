@@ -42,6 +42,10 @@ pub struct BillingProfile {
     /// Payment terms: net days from finalization to the due date; replaces the plan's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net_days: Option<u32>,
+    /// Legal name, address, tax id and email printed under "Bill to" (set apart, with
+    /// `PUT /v1/partners/{id}/billing-details`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<peage_core::invoice::BillTo>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -201,7 +205,16 @@ pub trait LedgerStore: Send + Sync + 'static {
         &self,
         partner_id: &PartnerId,
     ) -> Result<Option<BillingProfile>, BillingStoreError>;
+    /// Sets finance's part of the profile (time zone, tax, payment terms); the billing details
+    /// stay as they are.
     async fn put_billing_profile(&self, profile: &BillingProfile) -> Result<(), BillingStoreError>;
+    /// Sets the partner's billing details; a partner without a profile gets one in UTC.
+    async fn put_billing_details(
+        &self,
+        partner_id: &PartnerId,
+        details: &peage_core::invoice::BillTo,
+        at: DateTime<Utc>,
+    ) -> Result<(), BillingStoreError>;
     /// Every partner's billing profile (an invoice run reads them at once).
     async fn billing_profiles(&self) -> Result<Vec<BillingProfile>, BillingStoreError>;
 

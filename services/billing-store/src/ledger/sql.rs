@@ -7,11 +7,17 @@ pub const PUT_PLAN_VERSION: &str =
 pub const PLAN_VERSION: &str =
     "SELECT definition FROM plan_versions WHERE plan_id = $1 AND version = $2";
 
-pub const PROFILE: &str = "SELECT partner_id, timezone, tax_rate, tax_label, net_days, updated_at \
+pub const PROFILE: &str =
+    "SELECT partner_id, timezone, tax_rate, tax_label, net_days, details, updated_at \
      FROM partner_billing WHERE partner_id = $1";
 pub const PROFILES: &str =
-    "SELECT partner_id, timezone, tax_rate, tax_label, net_days, updated_at \
+    "SELECT partner_id, timezone, tax_rate, tax_label, net_days, details, updated_at \
      FROM partner_billing ORDER BY partner_id";
+/// Sets the billing details only: a partner without a profile gets one in UTC.
+pub const PUT_DETAILS: &str =
+    "INSERT INTO partner_billing (partner_id, timezone, details, updated_at) \
+     VALUES ($1, 'UTC', $2, $3) ON CONFLICT (partner_id) DO UPDATE SET \
+     details = excluded.details, updated_at = excluded.updated_at";
 pub const PUT_PROFILE: &str =
     "INSERT INTO partner_billing (partner_id, timezone, tax_rate, tax_label, net_days, updated_at) \
      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (partner_id) DO UPDATE SET \

@@ -134,6 +134,15 @@ fn profile(row: &Row) -> Result<BillingProfile, BillingStoreError> {
         net_days: row
             .opt_int("net_days")?
             .map(|d| u32::try_from(d).unwrap_or(peage_core::payment::MAX_NET_DAYS)),
+        details: row
+            .opt_text("details")?
+            .map(|t| {
+                serde_json::from_str(&t).map_err(|e| BillingStoreError::Corrupt {
+                    what: "billing details",
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()?,
         updated_at: row.time("billing profile", "updated_at")?,
     })
 }
@@ -357,6 +366,22 @@ impl<D: LedgerDb> LedgerStore for D {
                     ts(p.updated_at),
                 ],
             )
+            .await?;
+        Ok(())
+    }
+
+    async fn put_billing_details(
+        &self,
+        partner_id: &PartnerId,
+        details: &peage_core::invoice::BillTo,
+        at: DateTime<Utc>,
+    ) -> Result<(), BillingStoreError> {
+        let json = serde_json::to_string(details).map_err(|e| BillingStoreError::Corrupt {
+            what: "billing details",
+            reason: e.to_string(),
+        })?;
+        self.sql()
+            .execute(sql::PUT_DETAILS, args![partner_id, json, ts(at)])
             .await?;
         Ok(())
     }

@@ -67,3 +67,33 @@ pub async fn credits(
 ) -> Result<Json<Credits>, ApiError> {
     Ok(Json(api.billing.credits(&partner).await?))
 }
+
+#[utoipa::path(put,
+    path = "/v1/partners/{id}/billing-details",
+    tag = "invoices",
+    params(("id" = String, Path, description = "Partner id")),
+    request_body = peage_core::invoice::BillTo,
+    responses((status = 200, description = "The billing details as stored (trimmed, empty fields dropped): printed under \"Bill to\" on the invoices drafted from now on", body = peage_core::invoice::BillTo), (status = 400, response = openapi::BadRequest), (status = 401, response = openapi::Unauthorized), (status = 404, response = openapi::NotFound)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn put_billing_details(
+    api: Api,
+    ScopedPartner(partner): ScopedPartner,
+    JsonBody(details): JsonBody<peage_core::invoice::BillTo>,
+) -> Result<Json<peage_core::invoice::BillTo>, ApiError> {
+    Ok(Json(
+        api.billing.put_billing_details(&partner, details).await?,
+    ))
+}
+
+#[utoipa::path(get,
+    path = "/v1/partners/{id}/billing-details",
+    tag = "invoices",
+    params(("id" = String, Path, description = "Partner id")),
+    responses((status = 200, description = "The partner's billing details (empty when none were set)", body = peage_core::invoice::BillTo), (status = 401, response = openapi::Unauthorized), (status = 404, response = openapi::NotFound)),
+    security(("admin" = []), ("session" = [])))]
+pub async fn get_billing_details(
+    api: Api,
+    ScopedPartner(partner): ScopedPartner,
+) -> Result<Json<peage_core::invoice::BillTo>, ApiError> {
+    Ok(Json(api.billing.billing_details(&partner).await?))
+}

@@ -69,6 +69,10 @@ fn routes(api: &Arc<ControlApi>) -> OpenApiRouter<Arc<ControlApi>> {
         .routes(routes!(partners::get_partner))
         .routes(routes!(partners::entitlements))
         .routes(routes!(partners::partner_plan))
+        .routes(routes!(
+            profiles::put_billing_details,
+            profiles::get_billing_details
+        ))
         .routes(routes!(partners::plan_options))
         .routes(routes!(partners::quote_plan))
         .routes(routes!(partners::choose_plan))

@@ -182,8 +182,36 @@ impl Billing {
             timezone: "UTC".into(),
             tax: None,
             net_days: None,
+            details: None,
             updated_at: partner.created_at,
         }))
+    }
+
+    /// `PUT /v1/partners/{id}/billing-details` (the partner or finance): checked and stored;
+    /// the next draft carries them. Answers them as stored.
+    pub async fn put_billing_details(
+        &self,
+        partner: &Partner,
+        details: peage_core::invoice::BillTo,
+    ) -> Result<peage_core::invoice::BillTo, ServiceError> {
+        let details = details.checked().map_err(ServiceError::Invalid)?;
+        self.store
+            .put_billing_details(&partner.id, &details, Utc::now())
+            .await?;
+        Ok(details)
+    }
+
+    /// The partner's billing details (empty when none were set).
+    pub async fn billing_details(
+        &self,
+        partner: &Partner,
+    ) -> Result<peage_core::invoice::BillTo, ServiceError> {
+        Ok(self
+            .store
+            .billing_profile(&partner.id)
+            .await?
+            .and_then(|p| p.details)
+            .unwrap_or_default())
     }
 
     /// Sets the partner's billing time zone and tax: the profile before (if any) and after.
@@ -221,10 +249,15 @@ impl Billing {
                 rate: t.rate,
                 label: t.label,
             }),
+            details: None,
             updated_at: Utc::now(),
         };
         let before = self.store.billing_profile(&profile.partner_id).await?;
         self.store.put_billing_profile(&profile).await?;
+        let profile = BillingProfile {
+            details: before.as_ref().and_then(|b| b.details.clone()),
+            ..profile
+        };
         Ok((before, profile))
     }
 

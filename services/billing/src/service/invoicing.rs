@@ -48,7 +48,7 @@ impl Default for Issuer {
 }
 
 /// How far back late usage is looked for: finalized periods that ended within this window
-/// before the period being billed get adjustment lines (docs/invoices.md).
+/// before the period being billed get adjustment lines (docs/pricing.md, rule 17).
 pub const BACKFILL_WINDOW_DAYS: i64 = 93;
 
 #[derive(Clone)]
@@ -130,6 +130,8 @@ struct PartnerBook {
     tz: Tz,
     tz_name: String,
     tax: Option<TaxRate>,
+    /// The billing details each draft carries.
+    bill_to: Option<peage_core::invoice::BillTo>,
     /// Oldest first.
     subs: Vec<Subscription>,
     finalized: Vec<InvoiceRecord>,
@@ -151,11 +153,15 @@ impl PartnerBook {
         let (tz, tz_name) = zone_of(profile)
             .map_err(|e| ServiceError::WrongState(format!("partner {}: {e}", partner.id)))?;
         let tax = profile.and_then(|p| p.tax.clone());
+        let bill_to = profile
+            .and_then(|p| p.details.clone())
+            .filter(|d| !d.is_empty());
         Ok(PartnerBook {
             partner,
             tz,
             tz_name,
             tax,
+            bill_to,
             subs,
             finalized,
             balances,
@@ -489,6 +495,7 @@ impl Invoicing {
             .copied()
             .unwrap_or_default();
         invoice.apply_credits(balance);
+        invoice.bill_to = book.bill_to.clone();
         InvoiceRecord {
             id: new_invoice_id(),
             number: None,

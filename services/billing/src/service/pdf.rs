@@ -188,13 +188,20 @@ pub fn render(record: &InvoiceRecord, partner_name: &str, issuer: &Issuer) -> Ve
         Document {
             title,
             facts,
-            bill_to: (
-                partner_name.to_string(),
-                vec![
-                    format!("Partner ID: {}", inv.partner_id),
-                    format!("Plan: {}", plans.join(", then ")),
-                ],
-            ),
+            bill_to: {
+                let details = inv.bill_to.clone().unwrap_or_default();
+                let mut lines = details.address.clone();
+                lines.extend(details.tax_id.as_ref().map(|t| format!("Tax ID: {t}")));
+                lines.extend(details.email.as_ref().map(|e| e.to_string()));
+                lines.push(format!("Partner ID: {}", inv.partner_id));
+                lines.push(format!("Plan: {}", plans.join(", then ")));
+                (
+                    details
+                        .legal_name
+                        .unwrap_or_else(|| partner_name.to_string()),
+                    lines,
+                )
+            },
             currency: code.to_string(),
             rows: inv
                 .lines

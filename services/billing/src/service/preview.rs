@@ -1,4 +1,4 @@
-//! Invoice previews (docs/invoices.md, "Previews"): what a partner would pay this period under
+//! Invoice previews (docs/control-api.md, the preview routes): what a partner would pay this period under
 //! another plan, another accepted catalog version or an uploaded catalog, priced from the same
 //! usage beside their invoice as it stands. Nothing is stored.
 
