@@ -369,6 +369,36 @@ async fn the_dashboard_in_headless_chromium() {
         .unwrap();
     assert_eq!(r.status(), 201);
     let key: Value = r.json().await.unwrap();
+    // One call with it, so that its row can say when it was last used.
+    let r = client
+        .get(format!("{}/demo/v1/hello", p.s("gateway_url")))
+        .bearer_auth(key["secret"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut used = false;
+    for _ in 0..100 {
+        let keys: Value = client
+            .get(format!("{}/v1/partners/{globex}/keys", p.s("control_url")))
+            .bearer_auth(p.s("admin_token"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        used = keys["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["key_id"] == key["key_id"] && k["last_used_at"].is_string());
+        if used {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(used, "the key's call was never metered");
 
     let shots = std::env::var("PEAGE_SCREENSHOTS")
         .map(PathBuf::from)

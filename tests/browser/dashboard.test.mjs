@@ -423,6 +423,22 @@ test('a partner sees its usage, quota and invoice, rotates a key, reads the docs
   const secret = await page.locator('#secret').innerText();
   assert.match(secret, /^pk_live_[A-Za-z0-9]{32}$/);
   await keyRow.getByText('revoked', { exact: true }).waitFor();
+  // The rotated key had made calls (seeded): its row says when it was last used.
+  assert.notEqual(await keyRow.locator('td.last-used').innerText(), 'not in 90 days');
+  // A named key, rotated with a day's overlap: the old one keeps working until then.
+  await page.getByLabel('Name').fill('CI');
+  await page.getByRole('button', { name: 'Issue a new key' }).click();
+  await page.getByRole('heading', { name: 'New key issued' }).waitFor();
+  const ciRows = page.locator('tr', { has: page.locator('.key-name', { hasText: /^CI$/ }) });
+  const ciRow = ciRows.filter({ hasText: 'active' });
+  await ciRow.getByText('not in 90 days').waitFor();
+  await page.getByRole('button', { name: 'I have stored it' }).click();
+  await page.getByLabel('On rotation, the old key').selectOption('24');
+  page.once('dialog', (d) => d.accept());
+  await ciRow.getByRole('button', { name: /^Rotate/ }).click();
+  await page.getByRole('heading', { name: 'Key rotated' }).waitFor();
+  await ciRows.filter({ hasText: 'rotated' }).getByText(/^stops /).waitFor();
+  assert.equal(await ciRows.filter({ hasText: 'active' }).count(), 1, 'the new CI key is active beside the old one');
   await assertLabelled(page);
   await shot(page, 'partner-keys');
   // The new secret works at the gateway? It is a real key: the server lists it as active.

@@ -2,7 +2,7 @@
 //! PostgreSQL (`tests/postgres.rs`) alike, so the two cannot drift apart: one test per behaviour
 //! per backend ([`conformance_tests!`]), each on an empty store.
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::{DateTime, Duration, DurationRound, TimeZone, Utc};
 use peage_core::ids::{InvoiceId, PartnerCouponId, PartnerId};
 use peage_core::Env;
 
@@ -1187,6 +1187,7 @@ pub async fn keys_are_found_by_hash_and_revocation_is_idempotent(s: &dyn Billing
         env: Env::Live,
         secret_hash: "h1".into(),
         prefix: "pk_live_ab".into(),
+        name: Some("production".into()),
         created_at: now,
     };
     s.create_key(&key).await.unwrap();
@@ -1200,8 +1201,8 @@ pub async fn keys_are_found_by_hash_and_revocation_is_idempotent(s: &dyn Billing
     .unwrap();
     let found = s.key_by_hash("h1").await.unwrap().unwrap();
     assert_eq!(
-        (found.partner_id.as_str(), found.env),
-        ("prt_61000000000000000000", Env::Live)
+        (found.partner_id.as_str(), found.env, found.name.as_deref()),
+        ("prt_61000000000000000000", Env::Live, Some("production"))
     );
     assert!(s.key_by_hash("h2").await.unwrap().is_none());
     assert_eq!(
@@ -1233,6 +1234,23 @@ pub async fn keys_are_found_by_hash_and_revocation_is_idempotent(s: &dyn Billing
         [("key_31000000000000000000", now)]
     );
     assert!(s.keys_revoked_since(now, 10).await.unwrap().is_empty());
+    // A rotation's overlap: revoked in the future, out of the feed until then; revoking it
+    // during the window ends the window at once.
+    let later = Utc::now()
+        .duration_trunc(Duration::microseconds(1))
+        .unwrap()
+        + Duration::hours(24);
+    let sandbox = typed("key_74000000000000000000");
+    let overlapping = s.revoke_key(&sandbox, later).await.unwrap();
+    assert_eq!(overlapping.revoked_at, Some(later));
+    assert!(s.keys_revoked_since(now, 10).await.unwrap().is_empty());
+    let cut = Utc::now() - Duration::seconds(1);
+    let ended = s.revoke_key(&sandbox, cut).await.unwrap();
+    assert_eq!(
+        ended.revoked_at.map(|t| t.timestamp_micros()),
+        Some(cut.timestamp_micros())
+    );
+    assert_eq!(s.keys_revoked_since(now, 10).await.unwrap().len(), 1);
     assert!(matches!(
         s.revoke_key(&typed("key_78000000000000000000"), now).await,
         Err(BillingStoreError::NotFound { .. })

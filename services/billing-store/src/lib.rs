@@ -109,7 +109,11 @@ pub struct ApiKey {
     pub env: Env,
     /// The first characters of the secret (`pk_live_AbC1…`), to tell keys apart.
     pub prefix: String,
+    /// The partner's name for the key ("production", "CI").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// When it stopped (or, after a rotation with an overlap window, stops) being accepted.
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
@@ -120,6 +124,7 @@ pub struct NewKey {
     pub env: Env,
     pub secret_hash: String,
     pub prefix: String,
+    pub name: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 

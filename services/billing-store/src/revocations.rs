@@ -16,7 +16,8 @@ pub struct Revocation {
 
 #[async_trait]
 pub trait RevocationFeed: Send + Sync + 'static {
-    /// Keys revoked after `since`, oldest first, at most `limit`.
+    /// Keys revoked after `since` and by now (a rotation's revocation waits for the end of its
+    /// overlap window), oldest first, at most `limit`.
     async fn keys_revoked_since(
         &self,
         since: DateTime<Utc>,
@@ -39,10 +40,11 @@ macro_rules! revocation_feed {
                 use sqlx::Row as _;
                 let rows = sqlx::query(
                     "SELECT key_id, revoked_at FROM api_keys WHERE revoked_at > $1 \
-                     ORDER BY revoked_at, key_id LIMIT $2",
+                     AND revoked_at <= $3 ORDER BY revoked_at, key_id LIMIT $2",
                 )
                 .bind(($bind)(since))
                 .bind(limit)
+                .bind(($bind)(chrono::Utc::now()))
                 .fetch_all(&self.pool)
                 .await?;
                 rows.iter()

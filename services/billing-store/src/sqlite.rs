@@ -64,12 +64,13 @@ fn key_from(row: &SqliteRow) -> Result<ApiKey, BillingStoreError> {
             reason: format!("env {env:?}"),
         })?,
         prefix: row.try_get("prefix")?,
+        name: row.try_get("name")?,
         created_at: parse_ts("api key", &row.try_get::<String, _>("created_at")?)?,
         revoked_at: opt_ts("api key", row.try_get("revoked_at")?)?,
     })
 }
 
-const KEY_COLUMNS: &str = "key_id, partner_id, env, prefix, created_at, revoked_at";
+const KEY_COLUMNS: &str = "key_id, partner_id, env, prefix, name, created_at, revoked_at";
 
 fn issuer_from(row: &SqliteRow) -> Result<TrustedIssuer, BillingStoreError> {
     let env: String = row.try_get("env")?;
@@ -294,12 +295,13 @@ impl BillingStore for SqliteBillingStore {
 
     async fn create_key(&self, key: &NewKey) -> Result<ApiKey, BillingStoreError> {
         self.required_partner(&key.partner_id).await?;
-        sqlx::query("INSERT INTO api_keys (key_id, partner_id, env, secret_hash, prefix, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO api_keys (key_id, partner_id, env, secret_hash, prefix, name, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
             .bind(key.key_id.as_str())
             .bind(key.partner_id.as_str())
             .bind(key.env.as_str())
             .bind(&key.secret_hash)
             .bind(&key.prefix)
+            .bind(key.name.as_deref())
             .bind(ts(key.created_at))
             .execute(&self.pool)
             .await?;
@@ -308,6 +310,7 @@ impl BillingStore for SqliteBillingStore {
             partner_id: key.partner_id.clone(),
             env: key.env,
             prefix: key.prefix.clone(),
+            name: key.name.clone(),
             created_at: key.created_at,
             revoked_at: None,
         })
@@ -338,11 +341,16 @@ impl BillingStore for SqliteBillingStore {
         key_id: &KeyId,
         at: DateTime<Utc>,
     ) -> Result<ApiKey, BillingStoreError> {
-        sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?")
-            .bind(ts(at))
-            .bind(key_id.as_str())
-            .execute(&self.pool)
-            .await?;
+        // The earlier of the two: revoking a key in its overlap window ends the window now.
+        sqlx::query(
+            "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? \
+             AND (revoked_at IS NULL OR revoked_at > ?)",
+        )
+        .bind(ts(at))
+        .bind(key_id.as_str())
+        .bind(ts(at))
+        .execute(&self.pool)
+        .await?;
         let row = sqlx::query(&format!(
             "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = ?"
         ))

@@ -883,13 +883,19 @@
     const secretBox = h('div');
     const list = h('div');
     const envSel = h('select', { id: 'new-env' }, h('option', { value: 'live', text: 'Live' }), h('option', { value: 'test', text: 'Sandbox (test)' }));
+    const nameIn = h('input', { id: 'new-name', name: 'name', maxlength: 60, placeholder: 'production, CI…', autocomplete: 'off' });
+    const overlapSel = h('select', { id: 'overlap' },
+      [['0', 'stops at once'], ['1', 'works 1 more hour'], ['24', 'works 24 more hours'], ['168', 'works 7 more days']].map(([v, t]) => h('option', { value: v, text: t })));
     const issue = h('form', { class: 'controls' },
       h('label', { for: 'new-env' }, 'Environment', envSel),
+      h('label', { for: 'new-name' }, 'Name', nameIn),
       h('button', { type: 'submit', text: 'Issue a new key' }));
+    const rotation = h('form', { class: 'controls', 'aria-label': 'Rotation' },
+      h('label', { for: 'overlap' }, 'On rotation, the old key', overlapSel));
     issue.addEventListener('submit', async (ev) => {
       ev.preventDefault();
       try {
-        const k = await api(`/v1/partners/${encodeURIComponent(partnerId)}/keys`, { method: 'POST', body: { env: envSel.value } });
+        const k = await api(`/v1/partners/${encodeURIComponent(partnerId)}/keys`, { method: 'POST', body: { env: envSel.value, name: nameIn.value } });
         showSecret(k, 'New key issued');
         await load();
       } catch (e) { toast('Could not issue a key: ' + e.message); }
@@ -909,14 +915,15 @@
       const data = await api(`/v1/partners/${encodeURIComponent(partnerId)}/keys`);
       const keys = data.keys.slice().sort((a, b) => (a.revoked_at ? 1 : 0) - (b.revoked_at ? 1 : 0) || b.created_at.localeCompare(a.created_at));
       list.replaceChildren(keys.length
-        ? table(['Key', 'Environment', 'Created', 'Status', 'Actions'], keys.map(keyRow), 'API keys')
+        ? table(['Key', ['Environment', 'hide-narrow'], ['Created', 'hide-narrow'], 'Last used', 'Status', 'Actions'], keys.map(keyRow), 'API keys')
         : h('p', { class: 'muted', text: 'No keys yet.' }));
     }
     function keyRow(k) {
       const rotate = async () => {
-        if (!confirm(`Rotate ${k.prefix}…? A new key is issued and this one stops working at once.`)) return;
+        const hours = Number(overlapSel.value);
+        if (!confirm(`Rotate ${k.prefix}…? A new key is issued and this one ${hours ? `keeps working for ${hours} hour(s), then stops` : 'stops working at once'}.`)) return;
         try {
-          showSecret(await api(`/v1/keys/${encodeURIComponent(k.key_id)}/rotate`, { method: 'POST' }), 'Key rotated');
+          showSecret(await api(`/v1/keys/${encodeURIComponent(k.key_id)}/rotate?overlap_hours=${hours}`, { method: 'POST' }), 'Key rotated');
           await load();
         } catch (e) { toast('Could not rotate: ' + e.message); }
       };
@@ -928,19 +935,21 @@
           await load();
         } catch (e) { toast('Could not revoke: ' + e.message); }
       };
+      const stopping = k.revoked_at && new Date(k.revoked_at) > new Date();
       const actions = k.revoked_at
-        ? h('span', { class: 'muted', text: 'revoked ' + when(k.revoked_at) })
+        ? h('span', { class: 'muted', text: (stopping ? 'stops ' : 'revoked ') + when(k.revoked_at, undefined, stopping) })
         : h('div', { class: 'actions' },
           h('button', { type: 'button', class: 'secondary', 'aria-label': `Rotate key ${k.prefix}`, text: 'Rotate', onclick: rotate }),
           h('button', { type: 'button', class: 'danger', 'aria-label': `Revoke key ${k.prefix}`, text: 'Revoke', onclick: revoke }));
       return h('tr', { 'data-key': k.key_id },
-        h('td', {}, h('span', { class: 'mono', text: k.prefix + '…' }), h('div', { class: 'muted mono', text: k.key_id })),
-        h('td', { text: k.env === 'live' ? 'Live' : 'Sandbox' }),
-        h('td', { text: when(k.created_at, undefined, true) }),
-        h('td', {}, k.revoked_at ? badge('revoked') : badge('active')),
+        h('td', {}, k.name ? h('div', { class: 'key-name', text: k.name }) : null, h('span', { class: 'mono', text: k.prefix + '…' }), h('div', { class: 'muted mono', text: k.key_id })),
+        h('td', { class: 'hide-narrow', text: k.env === 'live' ? 'Live' : 'Sandbox' }),
+        h('td', { class: 'hide-narrow', text: when(k.created_at, undefined, true) }),
+        h('td', { class: 'last-used', text: k.last_used_at ? when(k.last_used_at, undefined, true) : 'not in 90 days' }),
+        h('td', {}, stopping ? badge('rotated', 'draft') : k.revoked_at ? badge('revoked') : badge('active')),
         h('td', {}, actions));
     }
-    page('API keys', secretBox, h('section', { class: 'panel' }, h('h2', { text: 'Issue a key' }), issue), h('section', { class: 'panel' }, h('h2', { text: 'Your keys' }), list));
+    page('API keys', secretBox, h('section', { class: 'panel' }, h('h2', { text: 'Issue a key' }), issue), h('section', { class: 'panel' }, h('h2', { text: 'Your keys' }), rotation, list));
     await load();
   }
 

@@ -32,6 +32,8 @@ struct Key {
     partner_id: String,
     env: Env,
     revoked: bool,
+    #[serde(default)]
+    expires_at: Option<DateTime<Utc>>,
     plan_id: String,
 }
 
@@ -59,6 +61,7 @@ impl From<Key> for ResolvedKey {
             partner_id: k.partner_id,
             env: k.env,
             revoked: k.revoked,
+            expires_at: k.expires_at,
             plan_id: k.plan_id,
             scopes: None,
         }

@@ -285,6 +285,7 @@ impl JwtVerifier {
                 partner_id: i.partner_id,
                 env: i.env,
                 revoked: false,
+                expires_at: None,
                 plan_id: i.plan_id,
                 scopes,
             }),

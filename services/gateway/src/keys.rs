@@ -21,6 +21,8 @@ pub struct ResolvedKey {
     pub partner_id: String,
     pub env: Env,
     pub revoked: bool,
+    /// A rotated key's last moment (its overlap window's end): refused from then on.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
     /// The partner's current plan: its rate limit and quotas apply to the call.
     pub plan_id: String,
     /// `None`: every API. `Some`: only these `{api}` or `{api}:{version}` (from a token's scope).
@@ -485,6 +487,7 @@ mod tests {
                 partner_id: "prt_1".into(),
                 env: Env::Live,
                 revoked: false,
+                expires_at: None,
                 plan_id: "growth".into(),
                 scopes: None,
             }))

@@ -120,6 +120,8 @@ const REVOKED: &str = "pk_live_hhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhh";
 const SHADOW: &str = "pk_live_iiiiiiiiiiiiiiiiiiiiiiiiiiiiiiii";
 const NEAR: &str = "pk_live_jjjjjjjjjjjjjjjjjjjjjjjjjjjjjjjj";
 const LIMITED: &str = "pk_live_kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk";
+const ROTATED_OUT: &str = "pk_live_llllllllllllllllllllllllllllllll";
+const ROTATED_IN_OVERLAP: &str = "pk_live_mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm";
 
 struct Keys(HashMap<String, ResolvedKey>);
 
@@ -129,6 +131,7 @@ fn key(id: &str, partner: &str, env: Env, plan: &str) -> ResolvedKey {
         partner_id: partner.into(),
         env,
         revoked: false,
+        expires_at: None,
         plan_id: plan.into(),
         scopes: None,
     }
@@ -153,6 +156,20 @@ impl Keys {
             (NEAR, key("key_near", "prt_n", Env::Live, "near")),
             (LIMITED, key("key_limited", "prt_l", Env::Live, "limited")),
             (
+                ROTATED_OUT,
+                ResolvedKey {
+                    expires_at: Some(chrono::Utc::now() - chrono::Duration::seconds(1)),
+                    ..key("key_rotated_out", "prt_a", Env::Live, "open")
+                },
+            ),
+            (
+                ROTATED_IN_OVERLAP,
+                ResolvedKey {
+                    expires_at: Some(chrono::Utc::now() + chrono::Duration::hours(24)),
+                    ..key("key_rotated_in", "prt_a", Env::Live, "open")
+                },
+            ),
+            (
                 NO_BILLING,
                 key("key_nobill", "prt_down", Env::Live, "capped"),
             ),
@@ -160,6 +177,7 @@ impl Keys {
                 REVOKED,
                 ResolvedKey {
                     revoked: true,
+                    expires_at: None,
                     ..key("key_revoked", "prt_a", Env::Live, "open")
                 },
             ),
@@ -1051,6 +1069,24 @@ async fn probes_answer_without_credentials() {
     let (status, _, body) = raw(s.addr, &get("/readyz", ""));
     assert_eq!(status, 503, "not ready while metering refuses calls");
     assert_eq!(body["checks"]["metering"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_works_until_its_overlap_ends() {
+    let s = suite(edge()).await;
+    assert_eq!(
+        raw(s.addr, &get("/demo/v1/hello", &bearer(ROTATED_IN_OVERLAP))).0,
+        200
+    );
+    let (status, _, body) = raw(s.addr, &get("/demo/v1/hello", &bearer(ROTATED_OUT)));
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("overlap window has ended"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,6 +112,7 @@ impl StoreKeys {
             partner_id: k.partner_id.to_string(),
             env: k.env,
             revoked: k.revoked,
+            expires_at: k.expires_at,
             plan_id: k.plan_id,
             scopes: None,
         })
@@ -338,7 +339,8 @@ async fn demo_partner(
             if let Ok(id) = prev.partner_id.parse::<peage_core::PartnerId>() {
                 if store.partner(&id).await?.is_some() {
                     let (_, secret) =
-                        billing_service::issue_key(store.as_ref(), &id, Env::Live).await?;
+                        billing_service::issue_key(store.as_ref(), &id, Env::Live, Some("demo"))
+                            .await?;
                     return Ok((prev.partner_id, secret));
                 }
             }
@@ -347,7 +349,8 @@ async fn demo_partner(
     let partner =
         billing_service::create_partner(store.as_ref(), catalog, "Demo Partner", "demo", None)
             .await?;
-    let (_, secret) = billing_service::issue_key(store.as_ref(), &partner.id, Env::Live).await?;
+    let (_, secret) =
+        billing_service::issue_key(store.as_ref(), &partner.id, Env::Live, Some("demo")).await?;
     Ok((partner.id.to_string(), secret))
 }
 

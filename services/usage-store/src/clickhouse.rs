@@ -1281,6 +1281,42 @@ impl UsageStore for ClickHouseUsageStore {
         Ok(series)
     }
 
+    async fn keys_last_used(
+        &self,
+        partner_id: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(String, DateTime<Utc>)>, UsageStoreError> {
+        #[derive(Row, Deserialize)]
+        struct Used {
+            key_id: String,
+            last_us: i64,
+        }
+        let rows = self
+            .traced(
+                self.client
+                    .query(
+                        "SELECT key_id, max(time_us) AS last_us FROM call_events \
+                         WHERE partner_id = ? AND time_us >= ? GROUP BY key_id ORDER BY key_id",
+                    )
+                    .bind(partner_id)
+                    .bind(since.timestamp_micros()),
+            )
+            .fetch_all::<Used>()
+            .await
+            .map_err(|e| ch("keys last used", e))?;
+        rows.into_iter()
+            .map(|r| {
+                let at = DateTime::from_timestamp_micros(r.last_us).ok_or_else(|| {
+                    UsageStoreError::Corrupt {
+                        id: r.key_id.clone(),
+                        reason: format!("last call time {}", r.last_us),
+                    }
+                })?;
+                Ok((r.key_id, at))
+            })
+            .collect()
+    }
+
     async fn refused_calls(
         &self,
         query: &UsageQuery,

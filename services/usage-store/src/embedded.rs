@@ -473,6 +473,34 @@ impl UsageStore for SqliteUsageStore {
         })
     }
 
+    async fn keys_last_used(
+        &self,
+        partner_id: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(String, DateTime<Utc>)>, UsageStoreError> {
+        let rows = sqlx::query(
+            "SELECT key_id, max(time_us) AS last_us FROM call_events \
+             WHERE partner_id = ? AND env IN ('live', 'sandbox') AND time_us >= ? \
+             GROUP BY key_id ORDER BY key_id",
+        )
+        .bind(partner_id)
+        .bind(since.timestamp_micros())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let us: i64 = r.try_get("last_us")?;
+                let at = DateTime::from_timestamp_micros(us).ok_or_else(|| {
+                    UsageStoreError::Corrupt {
+                        id: "keys last used".into(),
+                        reason: format!("last call time {us}"),
+                    }
+                })?;
+                Ok((r.try_get("key_id")?, at))
+            })
+            .collect()
+    }
+
     async fn refused_calls(
         &self,
         query: &UsageQuery,

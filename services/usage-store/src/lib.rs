@@ -232,6 +232,14 @@ pub trait UsageStore: Send + Sync + 'static {
         query: &UsageQuery,
     ) -> Result<Vec<EventTypeSeen>, UsageStoreError>;
 
+    /// When each of the partner's keys last made a call (served or refused), since `since`,
+    /// live and sandbox alike.
+    async fn keys_last_used(
+        &self,
+        partner_id: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(String, DateTime<Utc>)>, UsageStoreError>;
+
     /// The calls the gateway refused to the query's partner and env in its range, by refusal
     /// and status, the most first (refusals are kept raw, never in rollups).
     async fn refused_calls(&self, query: &UsageQuery)

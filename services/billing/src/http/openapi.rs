@@ -216,6 +216,46 @@ pub(crate) fn base() -> utoipa::openapi::OpenApi {
     doc
 }
 
+/// A record that flattens a request body (`CouponRecord` over `Coupon`, `AlertRecord` over
+/// `AlertRule`) is an `allOf` of the body's schema and its own fields; the body refuses unknown
+/// fields (`additionalProperties: false`), which inside an `allOf` would refuse the record's
+/// own. Each such part is inlined without that restriction, so requests stay strict and
+/// answers valid.
+pub(crate) fn open_flattened_bodies(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::Schema;
+    use utoipa::openapi::RefOr;
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    let strict: std::collections::BTreeMap<String, Schema> = components
+        .schemas
+        .iter()
+        .filter_map(|(name, s)| match s {
+            RefOr::T(Schema::Object(o)) if o.additional_properties.is_some() => {
+                let mut open = o.clone();
+                open.additional_properties = None;
+                Some((
+                    format!("#/components/schemas/{name}"),
+                    Schema::Object(open),
+                ))
+            }
+            _ => None,
+        })
+        .collect();
+    for schema in components.schemas.values_mut() {
+        let RefOr::T(Schema::AllOf(all)) = schema else {
+            continue;
+        };
+        for item in all.items.iter_mut() {
+            if let RefOr::Ref(r) = item {
+                if let Some(open) = strict.get(&r.ref_location) {
+                    *item = RefOr::T(open.clone());
+                }
+            }
+        }
+    }
+}
+
 /// Adds the optional `Idempotency-Key` header (crate::idempotency) to every `/v1` POST.
 pub(crate) fn document_idempotency(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::path::{ParameterBuilder, ParameterIn};

@@ -149,6 +149,7 @@ impl ControlApi {
     pub fn openapi(self: &Arc<ControlApi>) -> utoipa::openapi::OpenApi {
         let mut doc = routes(self).split_for_parts().1;
         openapi::document_idempotency(&mut doc);
+        openapi::open_flattened_bodies(&mut doc);
         doc
     }
 }

@@ -22,6 +22,9 @@ pub struct GatewayKey {
     #[schema(value_type = String)]
     pub env: Env,
     pub revoked: bool,
+    /// A rotated key's last moment (the overlap window): refused from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
     /// The partner's current plan: its rate limit and quotas apply.
     pub plan_id: String,
 }
@@ -60,7 +63,9 @@ pub async fn gateway_key(
         plan_id: plan_of(store, &k.partner_id).await?,
         key_id: k.key_id,
         env: k.env,
-        revoked: k.revoked_at.is_some(),
+        // A revocation in the future is a rotation's overlap: valid until then.
+        revoked: k.revoked_at.is_some_and(|t| t <= Utc::now()),
+        expires_at: k.revoked_at.filter(|t| *t > Utc::now()),
         partner_id: k.partner_id,
     })
 }

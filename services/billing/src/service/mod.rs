@@ -52,7 +52,7 @@ pub use gateway::{
     gateway_issuer, gateway_key, GatewayIssuer, GatewayKey, RevocationPage, RevokedKey, MAX_WAIT,
 };
 pub use invoices::{CreditRequest, Credits, InvoiceQuery, ProfileRequest, TaxRequest};
-pub use keys::{issue_key, IssuedKey};
+pub use keys::{issue_key, IssuedKey, KeyView};
 pub use partners::{
     check_external_id, create_partner, plan_version, OverviewPage, OverviewSort, PartnerOverview,
 };

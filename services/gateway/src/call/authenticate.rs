@@ -99,8 +99,13 @@ async fn check(gw: &Gateway, local: &LocalKeys, token: &str) -> Result<Arc<Resol
         };
     }
     match gw.keys.resolve_secret_in(local, token).await {
-        Ok(Some(k)) if !k.revoked => Ok(k),
-        Ok(Some(_)) => Err(unauthorized("this API key has been revoked")),
+        Ok(Some(k)) if k.revoked => Err(unauthorized("this API key has been revoked")),
+        // A rotated key answers until its overlap window ends (one clock read, rotated keys
+        // only).
+        Ok(Some(k)) if k.expires_at.is_some_and(|t| t <= chrono::Utc::now()) => Err(unauthorized(
+            "this API key was rotated and its overlap window has ended; use the new key",
+        )),
+        Ok(Some(k)) => Ok(k),
         Ok(None) => Err(unauthorized("unknown API key")),
         Err(e) => {
             if e != crate::keys::KeyLookupError::BackingOff {

@@ -311,6 +311,7 @@ mod tests {
             partner_id: "prt_1".into(),
             env: peage_core::Env::Sandbox,
             revoked: false,
+            expires_at: None,
             plan_id: "p".into(),
             scopes: None,
         };
