@@ -439,6 +439,8 @@ async fn the_dashboard_in_headless_chromium() {
         "partner-plan-quote",
         "finance-partners",
         "finance-partners-sorted",
+        "finance-console-partner",
+        "finance-webhooks",
         "finance-invoices",
         "finance-invoice-review",
         "finance-partner-preview",

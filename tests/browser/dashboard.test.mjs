@@ -647,7 +647,7 @@ test('a partner at its hard quota is told at the top, its forecast stops at the 
   await context.close();
 });
 
-test('finance pages through many partners and sorts them by running cost', async () => {
+test('finance pages through many partners, sorts them, and runs the console: partners, profiles, credits, webhooks, totals', async () => {
   for (let i = 0; i < 60; i++) {
     await adminCall('POST', '/v1/partners', { name: `Bulk ${String(i).padStart(2, '0')}`, plan: 'demo' });
   }
@@ -667,6 +667,51 @@ test('finance pages through many partners and sorts them by running cost', async
   assert.deepEqual(costs, [...costs].sort((a, b) => b - a), costs.join(' '));
   assert.ok(costs[0] > costs[costs.length - 1], costs.join(' '));
   await shot(page, 'finance-partners-sorted');
+
+  // The finance console: a partner added, its billing profile set and credit granted, from
+  // the UI, each checked through the API.
+  await page.getByLabel('Name', { exact: true }).fill('Hooli');
+  await page.locator('#new-plan').selectOption('demo');
+  await page.getByRole('button', { name: 'Add the partner' }).click();
+  await page.getByRole('heading', { name: 'Hooli', exact: true }).waitFor();
+  const hooli = decodeURIComponent(page.url().split('/').pop());
+  await page.getByLabel('Billing time zone').fill('Europe/Paris');
+  await page.getByLabel('Tax rate (%)').fill('5.5');
+  await page.getByLabel('Tax label').fill('TVA');
+  await page.getByLabel('Payment terms (days)').fill('15');
+  await page.getByRole('button', { name: 'Save the profile' }).click();
+  await page.locator('#profile-saved').waitFor();
+  const profile = await adminCall('GET', `/v1/partners/${hooli}/billing`);
+  assert.deepEqual([profile.timezone, profile.tax.rate, profile.tax.label, profile.net_days], ['Europe/Paris', '0.055', 'TVA', 15]);
+  await page.getByLabel('Amount', { exact: true }).fill('25.00');
+  await page.getByLabel('Description', { exact: true }).fill('Welcome credit');
+  await page.getByRole('button', { name: 'Grant the credit' }).click();
+  await page.locator('#credit-balance', { hasText: 'Balance: €25.00' }).waitFor();
+  assert.equal((await adminCall('GET', `/v1/partners/${hooli}/credits`)).balances.EUR, '25.00');
+  await shot(page, 'finance-console-partner');
+
+  // Webhooks: an endpoint added from the UI, its secret shown once; the delivery log.
+  await page.getByRole('link', { name: 'Webhooks' }).click();
+  await page.getByLabel('Endpoint URL (https)').fill('https://hooks.example.com/finance');
+  await page.getByRole('button', { name: 'Add the endpoint' }).click();
+  assert.match(await page.locator('#wh-secret').innerText(), /^whsec_/);
+  await page.getByRole('cell', { name: 'https://hooks.example.com/finance' }).waitFor();
+  await page.getByRole('table', { name: 'Webhook deliveries' }).waitFor();
+  await shot(page, 'finance-webhooks');
+
+  // Invoices: totals by period and state, exact, beside the list.
+  await page.getByRole('link', { name: 'Invoices' }).click();
+  const totalsTable = page.getByRole('table', { name: 'Invoice totals by period and state' });
+  await totalsTable.waitFor();
+  const rows = await adminCall('GET', `/v1/invoices?period=${period}`);
+  const paid = rows.invoices.filter((r) => r.state === 'paid');
+  const paidRow = totalsTable.getByRole('row').filter({ hasText: period }).filter({ hasText: 'paid' });
+  assert.equal(await paidRow.locator('td').nth(2).innerText(), String(paid.length));
+
+  // Every finance page fits a phone, the new ones included.
+  const phone = await context.newPage();
+  await phone.setViewportSize({ width: 390, height: 844 });
+  await assertFitsPhone(phone, ['/app', `/app/partners/${hooli}`, '/app/webhooks', '/app/invoices']);
   assert.deepEqual(errors, []);
   await context.close();
 });

@@ -699,10 +699,25 @@ pub async fn invoices_go_draft_finalized_void_with_gapless_numbers(s: &dyn Billi
             period_label: Some("2026-11".into()),
             status: Some(InvoiceStatus::Finalized),
             partner_id: None,
+            ended_after: None,
         })
         .await
         .unwrap();
     assert_eq!(finals.len(), 2);
+    // By the end of their period: November's end is not after itself.
+    let nov_end = finals[0].invoice.period.end;
+    for (after, n) in [(nov_end - Duration::seconds(1), 2), (nov_end, 0)] {
+        let ended = s
+            .invoices(&InvoiceFilter {
+                period_label: Some("2026-11".into()),
+                status: Some(InvoiceStatus::Finalized),
+                ended_after: Some(after),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(ended.len(), n, "ended after {after}");
+    }
     let one = s
         .invoices(&InvoiceFilter {
             partner_id: Some(typed("prt_696e7632000000000000")),

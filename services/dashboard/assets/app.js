@@ -64,6 +64,17 @@
   }
 
   const dec = (s) => Number(s || 0); // display only: money stays a decimal string from the API
+  // Sums of money stay exact: decimal strings as integers of 10^-6 (BigInt), back to a string.
+  function exact(s) {
+    const m = String(s || '0').match(/^(-?)(\d+)(?:\.(\d{0,6}))?/);
+    if (!m) return 0n;
+    const v = BigInt(m[2]) * 1000000n + BigInt((m[3] || '').padEnd(6, '0'));
+    return m[1] ? -v : v;
+  }
+  function fromExact(v) {
+    const neg = v < 0n, a = neg ? -v : v;
+    return `${neg ? '-' : ''}${a / 1000000n}.${String(a % 1000000n).padStart(6, '0')}`;
+  }
   function money(amount, currency) {
     if (amount === undefined || amount === null || amount === '') return '—';
     try {
@@ -113,7 +124,7 @@
   function drawNav() {
     const items = session.role === 'partner'
       ? [['/app', 'Usage'], ['/app/keys', 'API keys'], ['/app/invoices', 'Invoices'], ['/app/apis', 'APIs']]
-      : [['/app', 'Partners'], ['/app/invoices', 'Invoices'], ['/app/apis', 'APIs']];
+      : [['/app', 'Partners'], ['/app/invoices', 'Invoices'], ['/app/apis', 'APIs'], ...(mayAct() ? [['/app/webhooks', 'Webhooks']] : [])];
     const here = location.pathname.replace(/\/$/, '') || '/app';
     nav.replaceChildren(...items.map(([href, text]) => {
       const current = href === '/app' ? (here === '/app' || here.startsWith('/app/partners')) : here.startsWith(href);
@@ -316,6 +327,8 @@
 
     const previewBox = session.role === 'partner' ? null : previewPanel(partner);
     const couponBox = couponPanel(partner, () => render());
+    const profileBox = session.role === 'partner' ? null : profilePanel(partner);
+    const creditBox = session.role === 'partner' ? null : creditPanel(partner, plan);
     // Partners see a change coming to their plan; staff see the plan panel always.
     const planBox = session.role === 'partner' && !partner.pending_change ? null : planPanel(partner, () => render());
 
@@ -334,7 +347,7 @@
     const sheet = plan ? planSheet(plan) : null;
     const choose = session.role === 'partner' ? choosePlanPanel(partner, tz, () => render()) : null;
     billedMeters = plan ? new Set(plan.charges.map((c) => c.meter).concat(plan.charges.map((c) => c.events_meter).filter(Boolean))) : null;
-    page(title, lead, ...blocked, ...reachedNotes, cards, planBox, chartPanel, refusedPanel, quotaPanel, alertBox, linesPanel, sheet, choose, couponBox, previewBox, eventsPanel);
+    page(title, lead, ...blocked, ...reachedNotes, cards, planBox, chartPanel, refusedPanel, quotaPanel, alertBox, linesPanel, sheet, choose, couponBox, profileBox, creditBox, previewBox, eventsPanel);
 
     const field = (id) => controls.querySelector('#' + id);
     field('range').addEventListener('change', () => {
@@ -1024,6 +1037,7 @@
       h('label', { for: 'run-period' }, 'Invoice run for period', h('input', { id: 'run-period', type: 'month', required: true })),
       h('button', { type: 'submit', text: 'Compute drafts' }), finalizeAll) : null;
     const list = h('div');
+    const totalsBox = h('div', { id: 'invoice-totals' });
     const partners = {};
     if (finance) {
       (await api('/v1/partners')).partners.forEach((p) => { partners[p.id] = p.name; });
@@ -1060,6 +1074,23 @@
       if (needle) rows = rows.filter((r) => r.partner_id.toLowerCase().includes(needle) || (partners[r.partner_id] || '').toLowerCase().includes(needle));
       rows.sort((a, b) => b.period_label.localeCompare(a.period_label) || a.partner_id.localeCompare(b.partner_id));
       const head = ['Invoice', 'Period', ...(finance ? ['Partner'] : []), 'Status', ['Total', 'num'], ['Amount due', 'num'], 'Download', ...(finance && mayAct() ? ['Actions'] : [])];
+      // Totals by period and state, per currency: what finance reconciles (exact sums).
+      const sums = new Map();
+      for (const r of rows) {
+        const k = `${r.period_label}\u0000${r.state}\u0000${r.invoice.currency}`;
+        const t = sums.get(k) || { period: r.period_label, state: r.state, currency: r.invoice.currency, n: 0, total: 0n, due: 0n };
+        t.n += 1;
+        t.total += exact(r.invoice.total);
+        t.due += r.status === 'void' ? 0n : exact(r.invoice.amount_due);
+        sums.set(k, t);
+      }
+      const totals = [...sums.values()].sort((a, b) => b.period.localeCompare(a.period) || a.state.localeCompare(b.state));
+      totalsBox.replaceChildren(finance && totals.length
+        ? h('details', { open: true }, h('summary', { text: 'Totals by period and state' }),
+          table(['Period', 'State', ['Invoices', 'num'], ['Total', 'num'], ['Amount due', 'num']], totals.map((t) => h('tr', {},
+            h('td', { text: t.period }), h('td', {}, badge(t.state)), h('td', { class: 'num', text: num(t.n) }),
+            h('td', { class: 'num', text: money(fromExact(t.total), t.currency) }), h('td', { class: 'num', text: money(fromExact(t.due), t.currency) }))), 'Invoice totals by period and state'))
+        : '');
       list.replaceChildren(rows.length ? table(head, rows.map((r) => {
         const i = r.invoice;
         return h('tr', { 'data-invoice': r.id },
@@ -1076,7 +1107,7 @@
     filters.addEventListener('submit', (ev) => { ev.preventDefault(); load(); });
     page('Invoices',
       runBox ? h('section', { class: 'panel' }, h('h2', { text: 'Invoice run' }), runBox) : null,
-      h('section', { class: 'panel' }, filters, h('p', {}, exportLink), list),
+      h('section', { class: 'panel' }, filters, h('p', {}, exportLink), totalsBox, list),
       finance ? null : billingDetailsPanel(session.partner_id));
     await load();
   }
@@ -1285,7 +1316,165 @@
         data.total > PAGE ? pager : null);
     }
     form.addEventListener('submit', (ev) => { ev.preventDefault(); offset = 0; load(); });
-    page('Partners', h('section', { class: 'panel' }, form, list));
+    page('Partners', h('section', { class: 'panel' }, form, list), mayAct() ? addPartnerPanel() : null);
+    await load();
+  }
+
+  // ---------- finance console: partners, profiles, credits, webhooks ----------
+
+  function addPartnerPanel() {
+    const panel = h('section', { class: 'panel', 'aria-labelledby': 'add-partner-h' }, h('h2', { id: 'add-partner-h', text: 'Add a partner' }));
+    const plan = h('select', { id: 'new-plan', name: 'plan' });
+    const form = h('form', { class: 'controls', 'aria-label': 'Add a partner' },
+      h('label', { for: 'new-partner' }, 'Name', h('input', { id: 'new-partner', name: 'name', required: true, maxlength: 200 })),
+      h('label', { for: 'new-plan' }, 'Plan', plan),
+      h('label', { for: 'new-external' }, 'External id (optional)', h('input', { id: 'new-external', name: 'external_id', autocomplete: 'off' })),
+      h('button', { type: 'submit', text: 'Add the partner' }));
+    const status = h('div', { role: 'status', 'aria-live': 'polite' });
+    panel.append(form, status);
+    api('/v1/plans').then(({ plans }) => plan.replaceChildren(...plans.map((p) => h('option', { value: p.id, text: `${p.name} (${p.id})` })))).catch((e) => fail(status, e));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const body = { name: form.querySelector('#new-partner').value, plan: plan.value };
+      const ext = form.querySelector('#new-external').value.trim();
+      if (ext) body.external_id = ext;
+      try {
+        const p = await api('/v1/partners', { method: 'POST', body });
+        toast(`${p.name} added on ${p.subscription.plan_id}.`);
+        go(`/app/partners/${encodeURIComponent(p.id)}`);
+      } catch (e) { status.replaceChildren(h('p', { class: 'error', role: 'alert', text: e.message })); }
+    });
+    return panel;
+  }
+
+  // Finance's part of the billing profile: time zone, tax, payment terms.
+  function profilePanel(partner) {
+    const pid = encodeURIComponent(partner.id);
+    const panel = h('section', { class: 'panel', 'aria-labelledby': 'profile-h' }, h('h2', { id: 'profile-h', text: 'Billing profile' }));
+    const input = (id, label, attrs) => h('label', { for: id }, label, h('input', Object.assign({ id, name: id }, attrs || {})));
+    const form = h('form', { class: 'controls', 'aria-label': 'Billing profile' },
+      input('pf-tz', 'Billing time zone', { required: true, placeholder: 'Europe/Paris' }),
+      input('pf-rate', 'Tax rate (%)', { inputmode: 'decimal', placeholder: 'the plan\'s', size: 8 }),
+      input('pf-label', 'Tax label', { placeholder: 'VAT', size: 10 }),
+      input('pf-net', 'Payment terms (days)', { inputmode: 'numeric', placeholder: 'the plan\'s', size: 6 }),
+      mayAct() ? h('button', { type: 'submit', text: 'Save the profile' }) : null);
+    const status = h('div', { role: 'status', 'aria-live': 'polite' });
+    panel.append(form, status);
+    const $ = (id) => form.querySelector('#' + id);
+    api(`/v1/partners/${pid}/billing`).then((p) => {
+      $('pf-tz').value = p.timezone;
+      if (p.tax) { $('pf-rate').value = String(Math.round(dec(p.tax.rate) * 100000) / 1000); $('pf-label').value = p.tax.label; }
+      if (p.net_days !== undefined && p.net_days !== null) $('pf-net').value = p.net_days;
+    }).catch((e) => fail(status, e));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const body = { timezone: $('pf-tz').value.trim() };
+      const rate = $('pf-rate').value.trim();
+      if (rate) {
+        // Percent to a fraction, exactly: move the decimal point two places.
+        const [i, f = ''] = rate.split('.');
+        const digits = (i.padStart(3, '0') + f).replace(/^0+(?=\d)/, '');
+        const whole = digits.length > f.length + 2 ? digits.slice(0, digits.length - f.length - 2) : '0';
+        const frac = digits.slice(-(f.length + 2)).padStart(f.length + 2, '0');
+        body.tax = { rate: `${whole}.${frac}`, label: $('pf-label').value.trim() || 'Tax' };
+      }
+      const net = $('pf-net').value.trim();
+      if (net) body.net_days = Number(net);
+      try {
+        await api(`/v1/partners/${pid}/billing`, { method: 'PUT', body });
+        status.replaceChildren(h('p', { id: 'profile-saved', text: 'Saved: the next draft uses this profile.' }));
+      } catch (e) { status.replaceChildren(h('p', { class: 'error', role: 'alert', text: e.message })); }
+    });
+    return panel;
+  }
+
+  // Prepaid credit: balances, the ledger, and a grant.
+  function creditPanel(partner, plan) {
+    const pid = encodeURIComponent(partner.id);
+    const panel = h('section', { class: 'panel', 'aria-labelledby': 'credit-h' }, h('h2', { id: 'credit-h', text: 'Prepaid credit' }));
+    const body = h('div', { id: 'credits' });
+    const status = h('div', { role: 'status', 'aria-live': 'polite' });
+    panel.append(body, status);
+    async function load() {
+      try {
+        const c = await api(`/v1/partners/${pid}/credits`);
+        const balances = Object.entries(c.balances);
+        body.replaceChildren(
+          h('p', { id: 'credit-balance', text: balances.length ? 'Balance: ' + balances.map(([cur, b]) => money(b, cur)).join(', ') : 'No prepaid credit.' }),
+          c.entries.length ? table(['Date', 'Description', ['Amount', 'num']], c.entries.slice().reverse().slice(0, 20).map((e) => h('tr', {},
+            h('td', { text: when(e.created_at, undefined, true) }), h('td', { text: e.description }), h('td', { class: 'num', text: money(e.amount, e.currency) }))), 'Credit ledger') : null);
+      } catch (e) { fail(body, e); }
+    }
+    load();
+    if (!mayAct()) return panel;
+    const cur = plan ? plan.currency : 'EUR';
+    const form = h('form', { class: 'controls', 'aria-label': 'Grant credit' },
+      h('label', { for: 'cr-amount' }, 'Amount', h('input', { id: 'cr-amount', name: 'amount', inputmode: 'decimal', required: true, size: 10 })),
+      h('label', { for: 'cr-currency' }, 'Currency', h('input', { id: 'cr-currency', name: 'currency', value: cur, size: 4, required: true })),
+      h('label', { for: 'cr-description' }, 'Description', h('input', { id: 'cr-description', name: 'description', required: true })),
+      h('button', { type: 'submit', text: 'Grant the credit' }));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      try {
+        await api(`/v1/partners/${pid}/credits`, { method: 'POST', body: {
+          amount: form.querySelector('#cr-amount').value.trim(), currency: form.querySelector('#cr-currency').value.trim(),
+          description: form.querySelector('#cr-description').value } });
+        status.replaceChildren();
+        toast('Credit granted: the next invoice takes it.');
+        form.reset();
+        form.querySelector('#cr-currency').value = cur;
+        await load();
+      } catch (e) { status.replaceChildren(h('p', { class: 'error', role: 'alert', text: e.message })); }
+    });
+    panel.append(h('h3', { text: 'Grant credit' }), form);
+    return panel;
+  }
+
+  const WEBHOOK_EVENTS = ['invoice.finalized', 'invoice.paid', 'invoice.overdue', 'credit_note.created', 'alert.triggered',
+    'quota.near_limit', 'quota.soft_exceeded', 'quota.hard_blocked', 'quota.shadow_exceeded'];
+
+  async function webhooksPage() {
+    const list = h('div');
+    const log = h('div');
+    const secretBox = h('div');
+    const url = h('input', { id: 'wh-url', name: 'url', type: 'url', required: true, placeholder: 'https://hooks.example.com/peage' });
+    const boxes = WEBHOOK_EVENTS.map((e) => h('label', { class: 'check' }, h('input', { type: 'checkbox', value: e, checked: e.startsWith('invoice.') }), ' ', e));
+    const form = h('form', { 'aria-label': 'Add an endpoint', class: 'details-form' },
+      h('label', { for: 'wh-url', class: 'field' }, 'Endpoint URL (https)', url),
+      h('fieldset', {}, h('legend', { text: 'Events' }), ...boxes),
+      h('p', {}, h('button', { type: 'submit', text: 'Add the endpoint' })));
+    const status = h('div', { role: 'status', 'aria-live': 'polite' });
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const events = boxes.map((b) => b.querySelector('input')).filter((i) => i.checked).map((i) => i.value);
+      try {
+        const ep = await api('/v1/webhooks', { method: 'POST', body: { url: url.value.trim(), events } });
+        status.replaceChildren();
+        secretBox.replaceChildren(h('div', { class: 'secret', role: 'alert' },
+          h('h2', { text: 'Endpoint added' }),
+          h('p', { text: 'Its signing secret, shown once: verify each message\'s webhook-signature with it.' }),
+          h('code', { id: 'wh-secret', text: ep.secret })));
+        form.reset();
+        await load();
+      } catch (e) { status.replaceChildren(h('p', { class: 'error', role: 'alert', text: e.message })); }
+    });
+    async function load() {
+      try {
+        const [{ endpoints }, { deliveries }] = await Promise.all([api('/v1/webhooks'), api('/v1/webhooks/deliveries?limit=50')]);
+        list.replaceChildren(endpoints.length
+          ? table(['Endpoint', 'Events', ['Added', 'hide-narrow']], endpoints.map((e) => h('tr', {},
+            h('td', { class: 'mono', text: e.url }), h('td', { text: e.events.join(', ') }), h('td', { class: 'hide-narrow', text: when(e.created_at, undefined, true) }))), 'Webhook endpoints')
+          : h('p', { class: 'muted', text: 'No endpoint yet.' }));
+        log.replaceChildren(deliveries.length
+          ? table(['Event', 'Status', ['Attempts', 'num'], ['Last error', 'hide-narrow'], 'Created'], deliveries.map((d) => h('tr', {},
+            h('td', { class: 'mono', text: d.event_type }), h('td', {}, badge(d.status)), h('td', { class: 'num', text: num(d.attempts) }),
+            h('td', { class: 'hide-narrow', text: d.last_error || (d.last_status ? `HTTP ${d.last_status}` : '—') }), h('td', { text: when(d.created_at, undefined, true) }))), 'Webhook deliveries')
+          : h('p', { class: 'muted', text: 'Nothing sent yet.' }));
+      } catch (e) { fail(list, e); }
+    }
+    page('Webhooks', secretBox,
+      h('section', { class: 'panel', 'aria-labelledby': 'wh-h' }, h('h2', { id: 'wh-h', text: 'Endpoints' }), list, h('h3', { text: 'Add an endpoint' }), form, status),
+      h('section', { class: 'panel', 'aria-labelledby': 'wh-log-h' }, h('h2', { id: 'wh-log-h', text: 'Latest deliveries' }), log));
     await load();
   }
 
@@ -1400,6 +1589,7 @@
       else if (path === '/app/invoices') await invoicesPage();
       else if ((r = m(/^\/app\/invoices\/([^/]+)$/))) await invoicePage(decodeURIComponent(r[1]));
       else if (path === '/app/apis') await apisPage();
+      else if (path === '/app/webhooks' && session.role !== 'partner') await webhooksPage();
       else if ((r = m(/^\/app\/apis\/([^/]+)\/([^/]+)$/))) await apiDocPage(decodeURIComponent(r[1]), decodeURIComponent(r[2]));
       else if ((r = m(/^\/app\/partners\/([^/]+)$/)) && session.role !== 'partner') await usagePage(decodeURIComponent(r[1]));
       else page('Not found', h('p', {}, 'There is no such page. ', link('/app', 'Back to the start')));

@@ -230,6 +230,7 @@ pub async fn run(command: InvoiceCommand) -> anyhow::Result<()> {
                     period_label: Some(label.to_string()),
                     status,
                     partner_id: None,
+                    ended_after: None,
                 })
                 .await?;
             export(&engine, &records, &format, out.as_deref(), label).await

@@ -89,6 +89,8 @@ pub struct InvoiceFilter {
     pub period_label: Option<String>,
     pub status: Option<InvoiceStatus>,
     pub partner_id: Option<PartnerId>,
+    /// Only invoices whose period ends after this.
+    pub ended_after: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]

@@ -53,7 +53,8 @@ pub const INVOICES: &str = concat!(
     "SELECT ",
     invoice_columns!(),
     " FROM invoices WHERE ($1 IS NULL OR period_label = $1) AND ($2 IS NULL OR status = $2) \
-     AND ($3 IS NULL OR partner_id = $3) ORDER BY period_start, partner_id, created_at"
+     AND ($3 IS NULL OR partner_id = $3) AND ($4 IS NULL OR period_end > $4) \
+     ORDER BY period_start, partner_id, created_at"
 );
 /// The live (not void) invoices of some partners, `{}` the list of parameters.
 pub const LIVE_INVOICES_OF: &str = concat!(

@@ -458,6 +458,7 @@ impl<D: LedgerDb> LedgerStore for D {
                     f.period_label.as_deref(),
                     f.status.map(|s| s.as_str()),
                     f.partner_id.as_ref().map(PartnerId::as_str),
+                    f.ended_after.map(ts),
                 ],
             )
             .await?;

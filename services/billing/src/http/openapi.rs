@@ -234,10 +234,7 @@ pub(crate) fn open_flattened_bodies(doc: &mut utoipa::openapi::OpenApi) {
             RefOr::T(Schema::Object(o)) if o.additional_properties.is_some() => {
                 let mut open = o.clone();
                 open.additional_properties = None;
-                Some((
-                    format!("#/components/schemas/{name}"),
-                    Schema::Object(open),
-                ))
+                Some((format!("#/components/schemas/{name}"), Schema::Object(open)))
             }
             _ => None,
         })

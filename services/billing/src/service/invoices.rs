@@ -122,6 +122,7 @@ impl Billing {
                 period_label,
                 status,
                 partner_id,
+                ended_after: None,
             })
             .await?;
         records.retain(|r| who.may_see_invoice(r));

@@ -227,6 +227,7 @@ impl Invoicing {
                 partner_id: Some(partner.id.clone()),
                 status: Some(InvoiceStatus::Finalized),
                 period_label: None,
+                ended_after: None,
             })
             .await?;
         let entries = self.store.credit_entries(&partner.id).await?;
@@ -667,12 +668,46 @@ impl Invoicing {
                 continue;
             };
             let row = match book {
-                Ok(book) => self.upcoming_of(&book, now, &cache).await,
+                // Its period starts in the month prepared for: priced from what was read.
+                Ok(book) if Self::current_label(&book, self, now).await? == Some(label) => {
+                    self.upcoming_of(&book, now, &cache).await
+                }
+                // Another month (an anchor day, a yearly plan, a time zone): on its own, as
+                // `upcoming` does, since its late usage may reach further back.
+                Ok(_) => self.upcoming_alone(&partner, now).await,
                 Err(e) => Err(e),
             };
             out.push((partner, row));
         }
         Ok(out)
+    }
+
+    /// The month the partner's period running at `now` starts in.
+    async fn current_label(
+        book: &PartnerBook,
+        me: &Invoicing,
+        now: DateTime<Utc>,
+    ) -> Result<Option<PeriodLabel>, ServiceError> {
+        let sub = &book.partner.subscription;
+        Ok(me
+            .plan_version(&sub.plan_id, &sub.plan_version)
+            .await
+            .ok()
+            .map(|plan| PeriodLabel::of(plan.period.containing_in(book.tz, now).start, book.tz)))
+    }
+
+    /// [`Invoicing::upcoming`] and the period's usage, for one partner.
+    async fn upcoming_alone(
+        &self,
+        partner: &Partner,
+        now: DateTime<Utc>,
+    ) -> Result<(InvoiceRecord, Vec<MeterUsage>), ServiceError> {
+        let record = self.upcoming(partner, now).await?;
+        let period = record.invoice.period;
+        let usage = self
+            .usage_in(partner.id.as_str(), &period, &UsageCache::default())
+            .await?;
+        Ok((record, usage))
     }
 
     /// The upcoming invoice of a prepared partner, and its period's usage.
@@ -718,10 +753,17 @@ impl Invoicing {
             .map(|p| (p.partner_id.clone(), p))
             .collect();
         let mut finalized: HashMap<String, Vec<InvoiceRecord>> = HashMap::new();
+        // Only those late usage can still adjust: periods that ended within the backfill window
+        // before a period starting in `label`'s month (two days more for time zones).
+        let month_start = chrono::NaiveDate::from_ymd_opt(label.year, label.month, 1)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|t| t.and_utc());
         for r in self
             .store
             .invoices(&InvoiceFilter {
                 status: Some(InvoiceStatus::Finalized),
+                ended_after: month_start
+                    .map(|t| t - Duration::days(BACKFILL_WINDOW_DAYS) - Duration::days(2)),
                 ..Default::default()
             })
             .await?
