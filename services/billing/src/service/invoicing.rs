@@ -588,6 +588,43 @@ impl Invoicing {
             .await
     }
 
+    /// The month the period running at `now` starts in, by the partner's plan version.
+    async fn running_label(
+        &self,
+        book: &PartnerBook,
+        now: DateTime<Utc>,
+    ) -> Result<PeriodLabel, ServiceError> {
+        let sub = &book.partner.subscription;
+        let plan = self.plan_version(&sub.plan_id, &sub.plan_version).await?;
+        Ok(PeriodLabel::of(
+            plan.period.containing_in(book.tz, now).start,
+            book.tz,
+        ))
+    }
+
+    fn no_period(book: &PartnerBook) -> ServiceError {
+        ServiceError::WrongState(format!(
+            "partner {} has no billing period running",
+            book.partner.id
+        ))
+    }
+
+    /// The draft of the period running at `now` as it stands (`id` is `upcoming`).
+    async fn running_draft(
+        &self,
+        book: &PartnerBook,
+        now: DateTime<Utc>,
+        cache: &UsageCache,
+    ) -> Result<InvoiceRecord, ServiceError> {
+        let label = self.running_label(book, now).await?;
+        let mut record = self
+            .draft_with(book, label, now, cache)
+            .await?
+            .ok_or_else(|| Self::no_period(book))?;
+        record.id = "upcoming".into();
+        Ok(record)
+    }
+
     /// The invoice of the period running now, as it stands (not stored).
     pub async fn upcoming(
         &self,
@@ -595,20 +632,7 @@ impl Invoicing {
         now: DateTime<Utc>,
     ) -> Result<InvoiceRecord, ServiceError> {
         let book = self.book(partner).await?;
-        let sub = &partner.subscription;
-        let plan = self.plan_version(&sub.plan_id, &sub.plan_version).await?;
-        let label = PeriodLabel::of(plan.period.containing_in(book.tz, now).start, book.tz);
-        let mut record = self
-            .draft_with(&book, label, now, &UsageCache::default())
-            .await?
-            .ok_or_else(|| {
-                ServiceError::WrongState(format!(
-                    "partner {} has no billing period running",
-                    partner.id
-                ))
-            })?;
-        record.id = "upcoming".into();
-        Ok(record)
+        self.running_draft(&book, now, &UsageCache::default()).await
     }
 
     /// The invoice of the period running now as it would end at the pace so far: additive
@@ -620,16 +644,11 @@ impl Invoicing {
         now: DateTime<Utc>,
     ) -> Result<InvoiceRecord, ServiceError> {
         let book = self.book(partner).await?;
-        let sub = &partner.subscription;
-        let plan = self.plan_version(&sub.plan_id, &sub.plan_version).await?;
-        let label = PeriodLabel::of(plan.period.containing_in(book.tz, now).start, book.tz);
-        let no_period = || {
-            ServiceError::WrongState(format!(
-                "partner {} has no billing period running",
-                partner.id
-            ))
-        };
-        let period = self.period_in(&book, label).await?.ok_or_else(no_period)?;
+        let label = self.running_label(&book, now).await?;
+        let period = self
+            .period_in(&book, label)
+            .await?
+            .ok_or_else(|| Self::no_period(&book))?;
         let cache = UsageCache::default();
         let adjustments = self.late_usage(&book, period, &cache).await?;
         let invoice = self
@@ -669,7 +688,7 @@ impl Invoicing {
             };
             let row = match book {
                 // Its period starts in the month prepared for: priced from what was read.
-                Ok(book) if Self::current_label(&book, self, now).await? == Some(label) => {
+                Ok(book) if self.running_label(&book, now).await.ok() == Some(label) => {
                     self.upcoming_of(&book, now, &cache).await
                 }
                 // Another month (an anchor day, a yearly plan, a time zone): on its own, as
@@ -680,20 +699,6 @@ impl Invoicing {
             out.push((partner, row));
         }
         Ok(out)
-    }
-
-    /// The month the partner's period running at `now` starts in.
-    async fn current_label(
-        book: &PartnerBook,
-        me: &Invoicing,
-        now: DateTime<Utc>,
-    ) -> Result<Option<PeriodLabel>, ServiceError> {
-        let sub = &book.partner.subscription;
-        Ok(me
-            .plan_version(&sub.plan_id, &sub.plan_version)
-            .await
-            .ok()
-            .map(|plan| PeriodLabel::of(plan.period.containing_in(book.tz, now).start, book.tz)))
     }
 
     /// [`Invoicing::upcoming`] and the period's usage, for one partner.
@@ -717,19 +722,7 @@ impl Invoicing {
         now: DateTime<Utc>,
         cache: &UsageCache,
     ) -> Result<(InvoiceRecord, Vec<MeterUsage>), ServiceError> {
-        let sub = &book.partner.subscription;
-        let plan = self.plan_version(&sub.plan_id, &sub.plan_version).await?;
-        let label = PeriodLabel::of(plan.period.containing_in(book.tz, now).start, book.tz);
-        let mut record = self
-            .draft_with(book, label, now, cache)
-            .await?
-            .ok_or_else(|| {
-                ServiceError::WrongState(format!(
-                    "partner {} has no billing period running",
-                    book.partner.id
-                ))
-            })?;
-        record.id = "upcoming".into();
+        let record = self.running_draft(book, now, cache).await?;
         let period = record.invoice.period;
         let usage = self
             .usage_in(book.partner.id.as_str(), &period, cache)
