@@ -1127,11 +1127,15 @@
     const status = h('div', { role: 'status', 'aria-live': 'polite' });
     panel.append(form, status);
     const $ = (id) => form.querySelector('#' + id);
+    // Nothing can be typed before the details are read back, so none is overwritten.
+    const fields = [...form.querySelectorAll('input, textarea, button')];
+    fields.forEach((f) => { f.disabled = true; });
     api(`/v1/partners/${pid}/billing-details`).then((d) => {
       $('bd-name').value = d.legal_name || '';
       $('bd-address').value = (d.address || []).join('\n');
       $('bd-tax').value = d.tax_id || '';
       $('bd-email').value = d.email || '';
+      fields.forEach((f) => { f.disabled = false; });
     }).catch((e) => fail(status, e));
     form.addEventListener('submit', async (ev) => {
       ev.preventDefault();
@@ -1361,10 +1365,14 @@
     const status = h('div', { role: 'status', 'aria-live': 'polite' });
     panel.append(form, status);
     const $ = (id) => form.querySelector('#' + id);
+    // Nothing can be typed before the profile is read back, so none is overwritten.
+    const fields = [...form.querySelectorAll('input, button')];
+    fields.forEach((f) => { f.disabled = true; });
     api(`/v1/partners/${pid}/billing`).then((p) => {
       $('pf-tz').value = p.timezone;
       if (p.tax) { $('pf-rate').value = String(Math.round(dec(p.tax.rate) * 100000) / 1000); $('pf-label').value = p.tax.label; }
       if (p.net_days !== undefined && p.net_days !== null) $('pf-net').value = p.net_days;
+      fields.forEach((f) => { f.disabled = !mayAct() && f.tagName === 'BUTTON'; });
     }).catch((e) => fail(status, e));
     form.addEventListener('submit', async (ev) => {
       ev.preventDefault();
