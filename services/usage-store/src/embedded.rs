@@ -681,18 +681,29 @@ impl UsageStore for SqliteUsageStore {
         }
         // Summed in SQL over the range, so a month reads one row per partner and dimensions,
         // not one per hour; units are exact decimal text, so they are joined and added here.
-        let rows = sqlx::query(
+        // A few partners (a page of finance's list) are looked up by the primary key; many (an
+        // invoice run) read the range for everyone and keep theirs.
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "SELECT partner_id, api, version, operation, method, status, SUM(calls) AS calls, \
              group_concat(units, ' ') AS units, SUM(request_bytes) AS request_bytes, \
              SUM(response_bytes) AS response_bytes, SUM(latency_us) AS latency_us \
-             FROM call_rollups_hour WHERE env = ? AND hour_us >= ? AND hour_us < ? \
-             GROUP BY partner_id, api, version, operation, method, status",
-        )
-        .bind(env.as_str())
-        .bind(from.timestamp_micros())
-        .bind(to.timestamp_micros())
-        .fetch_all(&self.pool)
-        .await?;
+             FROM call_rollups_hour WHERE env = ",
+        );
+        q.push_bind(env.as_str())
+            .push(" AND hour_us >= ")
+            .push_bind(from.timestamp_micros())
+            .push(" AND hour_us < ")
+            .push_bind(to.timestamp_micros());
+        if partners.len() <= FEW_PARTNERS {
+            q.push(" AND partner_id IN (");
+            let mut list = q.separated(", ");
+            for p in partners {
+                list.push_bind(p.as_str());
+            }
+            q.push(")");
+        }
+        q.push(" GROUP BY partner_id, api, version, operation, method, status");
+        let rows = q.build().fetch_all(&self.pool).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let partner: String = row.try_get("partner_id")?;
@@ -705,6 +716,9 @@ impl UsageStore for SqliteUsageStore {
 
 /// 9 parameters a row.
 const USAGE_ROWS_PER_INSERT: usize = 500;
+
+/// Up to this many partners, usage of several is read by their keys, not for everyone.
+const FEW_PARTNERS: usize = 500;
 
 impl SqliteUsageStore {
     /// The query's usage events of the types `meters` read (none for the sandbox), and the
@@ -940,6 +954,21 @@ mod tests {
             assert_eq!(many["prt_none"][0].quantity, Decimal::ZERO);
             assert!(many["prt_b"][0].quantity > Decimal::ZERO);
         }
+        // Past FEW_PARTNERS the range is read for everyone and each keeps its own: the same.
+        let mut big = partners.clone();
+        big.extend((0..FEW_PARTNERS).map(|i| format!("prt_x{i}")));
+        let many = store
+            .meter_usage_many(&big, Env::Live, q.from, q.to, &meters())
+            .await
+            .unwrap();
+        let few = store
+            .meter_usage_many(&partners, Env::Live, q.from, q.to, &meters())
+            .await
+            .unwrap();
+        for p in &partners {
+            assert_eq!(many[p], few[p], "{p}");
+        }
+        assert_eq!(many.len(), big.len());
     }
 
     #[tokio::test]

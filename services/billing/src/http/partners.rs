@@ -208,6 +208,7 @@ pub struct OverviewParams {
     /// Skips this many partners first.
     offset: Option<usize>,
     /// `name` (default), `plan`, `id`, or `running_total` (the largest first).
+    #[param(inline)]
     sort: Option<crate::service::OverviewSort>,
 }
 
