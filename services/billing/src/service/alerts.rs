@@ -161,12 +161,21 @@ impl Billing {
         partner: &Partner,
         now: DateTime<Utc>,
     ) -> Result<Standing, ServiceError> {
-        let upcoming = self.invoicing().upcoming(partner, now).await?;
+        let invoicing = self.invoicing();
+        let upcoming = invoicing.upcoming(partner, now).await?;
         let period = upcoming.invoice.period;
+        // The meters alone: the usage report would also read the time zone again, the event
+        // types and the refused calls, none of which an alert needs.
+        let query = peage_usage_store::UsageQuery {
+            partner_id: partner.id.to_string(),
+            env: Env::Live,
+            from: period.start,
+            to: period.end,
+        };
         let meters = self
-            .usage_report(partner, Env::Live, Some(period.start), Some(period.end))
-            .await?
-            .meters;
+            .usage
+            .meter_usage(&query, &invoicing.catalog.meters)
+            .await?;
         Ok(Standing {
             period_start: period.start,
             period_end: period.end,
@@ -222,12 +231,16 @@ impl Billing {
         };
         let period = plan.period.containing_in(tz, now);
         let known = self.store.alert_notices(&partner.id, period.start).await?;
+        let noticed = |id: &AlertId, threshold: u32, start: DateTime<Utc>| {
+            known
+                .iter()
+                .any(|n| &n.alert_id == id && n.threshold == threshold && n.period_start == start)
+        };
         let open = alerts.iter().any(|a| {
-            a.rule.thresholds.iter().any(|t| {
-                !known.iter().any(|n| {
-                    n.alert_id == a.id && n.threshold == *t && n.period_start == period.start
-                })
-            })
+            a.rule
+                .thresholds
+                .iter()
+                .any(|&t| !noticed(&a.id, t, period.start))
         });
         if !open {
             return Ok(None);
@@ -241,11 +254,7 @@ impl Billing {
                 .reached(value)
                 .map_err(|e| ServiceError::WrongState(format!("alert {}: {e}", alert.id)))?;
             for threshold in reached {
-                if known.iter().any(|n| {
-                    n.alert_id == alert.id
-                        && n.threshold == threshold
-                        && n.period_start == standing.period_start
-                }) {
+                if noticed(&alert.id, threshold, standing.period_start) {
                     continue;
                 }
                 let notice = AlertNotice {
