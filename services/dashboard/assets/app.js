@@ -1073,7 +1073,7 @@
       const needle = finance ? filters.querySelector('#f-q').value.trim().toLowerCase() : '';
       if (needle) rows = rows.filter((r) => r.partner_id.toLowerCase().includes(needle) || (partners[r.partner_id] || '').toLowerCase().includes(needle));
       rows.sort((a, b) => b.period_label.localeCompare(a.period_label) || a.partner_id.localeCompare(b.partner_id));
-      const head = ['Invoice', 'Period', ...(finance ? ['Partner'] : []), 'Status', ['Total', 'num'], ['Amount due', 'num'], 'Download', ...(finance && mayAct() ? ['Actions'] : [])];
+      const head = ['Invoice', 'Period', ...(finance ? ['Partner'] : []), 'Status', ['Total', 'num hide-narrow'], ['Amount due', 'num'], 'Download', ...(finance && mayAct() ? ['Actions'] : [])];
       // Totals by period and state, per currency: what finance reconciles (exact sums).
       const sums = new Map();
       for (const r of rows) {
@@ -1098,7 +1098,7 @@
           h('td', { text: r.period_label }),
           finance ? h('td', { text: partners[r.partner_id] || r.partner_id }) : null,
           h('td', {}, stateBadge(r)),
-          h('td', { class: 'num', text: money(i.total, i.currency) }),
+          h('td', { class: 'num hide-narrow', text: money(i.total, i.currency) }),
           h('td', { class: 'num', text: r.status === 'void' ? '—' : money(i.amount_due, i.currency) }),
           h('td', {}, downloads(r)),
           finance && mayAct() ? h('td', {}, h('div', { class: 'actions' }, lifecycleButtons(r, load))) : null);
