@@ -2049,3 +2049,105 @@ async fn a_backfill_of_100000_events_imported_twice_stores_each_once() {
     wait_for_meter_within(&p, "backfilled", Decimal::from(100_002), BACKFILL_WAIT).await;
     p.interrupt();
 }
+
+/// A port nothing listens on (bound once by the OS, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peage_up_reads_the_configuration_file_then_the_environment_then_set_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port held by the test: the file's control.listen, which only the flag can replace.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics_port = free_port();
+    let config = dir.path().join("peage.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[embedded]\ndata_dir = \"data\"\n\n[gateway]\nlisten = \"127.0.0.1:0\"\nmax_request_body_bytes = 1000\n\n[control]\nlisten = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+            held.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    // Nonsense is refused, naming what is wrong, before anything starts.
+    let refused = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_peage"))
+            .arg("up")
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("PEAGE_LOG", "error")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let e = refused(&["--set", "gateway.max_request_body_bytes"]);
+    assert!(e.contains("expected section.key=value"), "{e}");
+    let e = refused(&["--set", "gateway.max_request_body_byte=5"]);
+    assert!(e.contains("max_request_body_byte"), "{e}");
+    let e = refused(&["--demo"]);
+    assert!(e.contains("control API cannot listen"), "{e}");
+
+    let data = dir.path().join("data");
+    let args: Vec<std::ffi::OsString> = [
+        "--config".into(),
+        config.clone().into_os_string(),
+        "--set".into(),
+        "gateway.max_request_body_bytes=3000".into(),
+        "--control-listen".into(),
+        "127.0.0.1:0".into(),
+    ]
+    .to_vec();
+    // The environment (2000) overrides the file (1000); --set (3000) overrides both.
+    let p = Peage::start_up(
+        &data,
+        &args,
+        &[("PEAGE_GATEWAY__MAX_REQUEST_BODY_BYTES", "2000")],
+        None,
+    );
+    let post = |n: usize| {
+        client()
+            .post(format!("{}/demo/v1/hello", p.s("gateway_url")))
+            .bearer_auth(p.s("api_key"))
+            .body(vec![b'x'; n])
+            .send()
+    };
+    assert_ne!(post(2500).await.unwrap().status(), 413);
+    assert_eq!(post(3500).await.unwrap().status(), 413);
+    // The data directory is the file's, relative to it.
+    assert!(data.join("billing.db").exists());
+
+    let ops = format!("http://127.0.0.1:{metrics_port}");
+    let r = client().get(format!("{ops}/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client().get(format!("{ops}/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ready: Value = r.json().await.unwrap();
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert!(admin_get(&p, "/v1/plans").await.status().is_success());
+    let metrics = client()
+        .get(format!("{ops}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "peage_build_info{version=\"0.1.0\",role=\"up\"} 1",
+        "peage_consumer_lag_events{group=\"aggregator\",topic=\"calls\",partition=\"0\"}",
+        "peage_control_requests_total{method=\"GET\",route=\"/v1/plans\",status=\"200\"} 1",
+        "peage_gateway_refusals_total{reason=\"request-too-large\"} 1",
+        "peage_webhook_deliveries_total{outcome=\"failed\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
+    p.interrupt();
+    drop(held);
+}

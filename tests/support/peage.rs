@@ -26,6 +26,26 @@ impl Peage {
 
     /// The same, its log (JSON lines) written to `log` instead of the test's output.
     pub fn start_logging(data_dir: &Path, env: &[(&str, &str)], log: Option<&Path>) -> Peage {
+        let mut args: Vec<std::ffi::OsString> = [
+            "--gateway-listen",
+            "127.0.0.1:0",
+            "--control-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ]
+        .map(Into::into)
+        .to_vec();
+        args.push(data_dir.into());
+        Peage::start_up(data_dir, &args, env, log)
+    }
+
+    /// `peage up --demo ARGS…` whose data directory is `data_dir` (where it writes demo.json).
+    pub fn start_up(
+        data_dir: &Path,
+        args: &[std::ffi::OsString],
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> Peage {
         let stderr = match log {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("the log file")),
             None => Stdio::inherit(),
@@ -35,16 +55,8 @@ impl Peage {
             .env("PEAGE_BILLING__AUTO_FINALIZE", "false")
             .env("PEAGE_BILLING__ALERTS_EVERY_S", "1")
             .envs(env.iter().copied())
-            .args([
-                "up",
-                "--demo",
-                "--gateway-listen",
-                "127.0.0.1:0",
-                "--control-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(data_dir)
+            .args(["up", "--demo"])
+            .args(args)
             .env("PEAGE_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -885,7 +885,20 @@ impl EventLog for SpooledKafkaLog {
 #[derive(Clone)]
 pub struct MemberContext(Arc<Membership>);
 
-impl ClientContext for MemberContext {}
+impl ClientContext for MemberContext {
+    /// Every `statistics.interval.ms`: the lag of each partition this member fetches.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut lag = BTreeMap::new();
+        for (topic, t) in statistics.topics {
+            for (partition, p) in t.partitions {
+                if partition >= 0 && p.fetch_state == "active" && p.consumer_lag >= 0 {
+                    lag.insert((topic.clone(), partition), p.consumer_lag);
+                }
+            }
+        }
+        self.0.set_lag(lag);
+    }
+}
 
 impl ConsumerContext for MemberContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
@@ -899,9 +912,14 @@ impl ConsumerContext for MemberContext {
             Rebalance::Assign(tpl) => {
                 self.0.assigned();
                 let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                self.0.hold(parts.clone());
                 tracing::info!(partitions = ?parts, "kafka consumer: partitions assigned");
             }
-            Rebalance::Revoke(_) => tracing::info!("kafka consumer: partitions revoked"),
+            Rebalance::Revoke(_) => {
+                self.0.hold(Vec::new());
+                self.0.set_lag(BTreeMap::new());
+                tracing::info!("kafka consumer: partitions revoked")
+            }
             Rebalance::Error(e) => tracing::warn!(error = %e, "kafka consumer: rebalance error"),
         }
     }
@@ -972,6 +990,12 @@ impl KafkaConsumer {
         })
     }
 
+    /// This member's standing in its group: partitions held and their lag (metrics and
+    /// readiness).
+    pub fn membership(&self) -> Arc<Membership> {
+        Arc::clone(&self.membership)
+    }
+
     /// Times this member found the group stalled and rejoined (a metric).
     pub fn stall_recoveries(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.recoveries)
@@ -988,7 +1012,9 @@ impl KafkaConsumer {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
             .set("max.poll.interval.ms", "300000")
-            .set("fetch.min.bytes", "1");
+            .set("fetch.min.bytes", "1")
+            // The lag per partition for /metrics comes from the client's statistics.
+            .set("statistics.interval.ms", "5000");
         config.apply_properties(&mut c);
         c
     }

@@ -170,6 +170,10 @@ pub struct Membership {
     expel_after: Duration,
     /// Woken at every epoch change, so a write in flight can be cancelled at once.
     changed: tokio::sync::Notify,
+    /// The partitions held now; `None` until the group first assigns (readiness).
+    partitions: std::sync::Mutex<Option<Vec<i32>>>,
+    /// Records behind the end of each (topic, partition) held, from the client's statistics.
+    lag: std::sync::Mutex<std::collections::BTreeMap<(String, i32), i64>>,
 }
 
 impl Membership {
@@ -181,7 +185,36 @@ impl Membership {
             assigned_ms: AtomicU64::new(0),
             expel_after: max_poll_interval.saturating_sub(heartbeat_interval),
             changed: tokio::sync::Notify::new(),
+            partitions: Default::default(),
+            lag: Default::default(),
         }
+    }
+
+    /// Records the partitions the group gave this member (empty after a revocation).
+    pub fn hold(&self, partitions: Vec<i32>) {
+        if let Ok(mut p) = self.partitions.lock() {
+            *p = Some(partitions);
+        }
+    }
+
+    /// The partitions held now, or `None` before the group first assigned any.
+    pub fn partitions(&self) -> Option<Vec<i32>> {
+        self.partitions.lock().ok().and_then(|p| p.clone())
+    }
+
+    /// Replaces the lag per (topic, partition).
+    pub fn set_lag(&self, lag: std::collections::BTreeMap<(String, i32), i64>) {
+        if let Ok(mut l) = self.lag.lock() {
+            *l = lag;
+        }
+    }
+
+    /// Records behind the end, per (topic, partition) held, as last reported.
+    pub fn lag(&self) -> Vec<(String, i32, i64)> {
+        self.lag
+            .lock()
+            .map(|l| l.iter().map(|((t, p), n)| (t.clone(), *p, *n)).collect())
+            .unwrap_or_default()
     }
 
     fn now_ms(&self) -> u64 {

@@ -1,7 +1,8 @@
-//! `peage.toml`: one file configures every role of the distributed mode. Every key can be
-//! overridden from the environment, `PEAGE_<SECTION>__<KEY>` (e.g. `PEAGE_GATEWAY__LISTEN`,
-//! `PEAGE_KAFKA__BROKERS`, `PEAGE_SPOOL__DIR`). Relative paths are relative to the file.
-//! `docs/configuration.md` lists every key.
+//! `peage.toml`: one file configures every command, `peage up` and each role of the distributed
+//! mode alike. Every key can be overridden from the environment, `PEAGE_<SECTION>__<KEY>` (e.g.
+//! `PEAGE_GATEWAY__LISTEN`, `PEAGE_KAFKA__BROKERS`), and then by `--set section.key=value` and
+//! the commands' own flags. Relative paths are relative to the file. Every default is the
+//! `Default` of its section here, and nowhere else. `docs/configuration.md` lists every key.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ const SECTIONS: &[&str] = &[
     "metrics",
     "oauth",
     "events",
+    "embedded",
 ];
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -46,9 +48,37 @@ pub struct PeageConfig {
     pub outbound: OutboundSection,
     pub secrets: SecretsSection,
     pub events: EventsSection,
+    pub embedded: EmbeddedSection,
+    /// The directory relative paths are resolved against: the file's, or the working
+    /// directory's without a file.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[embedded]`: where `peage up` keeps its event log, usage and billing state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedSection {
+    pub data_dir: PathBuf,
+}
+
+impl Default for EmbeddedSection {
+    fn default() -> Self {
+        EmbeddedSection {
+            data_dir: "./peage-data".into(),
+        }
+    }
 }
 
 impl PeageConfig {
+    /// `catalog.path`, else `catalog.toml` beside the configuration file.
+    pub fn catalog_path(&self) -> PathBuf {
+        self.catalog
+            .path
+            .clone()
+            .unwrap_or_else(|| self.base_dir.join("catalog.toml"))
+    }
+
     /// The Kafka settings of the usage-event topic: `kafka` with `events.topic`, which must be
     /// a topic of its own (its records are usage events, and positions are kept per topic).
     pub fn events_kafka(&self) -> anyhow::Result<KafkaConfig> {
@@ -251,18 +281,12 @@ pub struct MetricsSection {
     pub listen: Option<SocketAddr>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct CatalogSection {
-    pub path: PathBuf,
-}
-
-impl Default for CatalogSection {
-    fn default() -> Self {
-        CatalogSection {
-            path: "catalog.toml".into(),
-        }
-    }
+    /// The catalog file. Unset: `catalog.toml` beside the configuration file for the roles,
+    /// `<embedded.data_dir>/catalog.toml` for `peage up`.
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -402,6 +426,12 @@ impl GatewaySection {
 
 impl Default for GatewaySection {
     fn default() -> Self {
+        use rust_decimal::prelude::ToPrimitive;
+        let quota = peage_gateway::QuotaConfig::default();
+        let unreachable_bound = match quota.unreachable {
+            peage_gateway::quota::UnreachablePolicy::Serve { bound } => bound,
+            peage_gateway::quota::UnreachablePolicy::Refuse => Default::default(),
+        };
         GatewaySection {
             listen: "127.0.0.1:8080".parse().expect("literal address"),
             id: "gw-1".into(),
@@ -423,9 +453,9 @@ impl Default for GatewaySection {
             billing_url: "http://127.0.0.1:8090".into(),
             billing_token: None,
             billing_token_file: None,
-            quota_lease_size: 100,
+            quota_lease_size: quota.lease_size.to_u64().unwrap_or(100),
             quota_when_billing_unreachable: UnreachableChoice::Serve,
-            quota_unreachable_bound: 1_000,
+            quota_unreachable_bound: unreachable_bound.to_u64().unwrap_or(1_000),
         }
     }
 }
@@ -553,15 +583,14 @@ impl BillingSection {
         )
     }
 
-    /// The `[billing]` section from `PEAGE_BILLING__*` alone (for `peage up`, which has no
-    /// configuration file).
+    /// The `[billing]` section from `PEAGE_BILLING__*` alone (for `peage invoice --data-dir`).
     pub fn from_env(env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Self> {
         section_from_env("billing", env)
     }
 }
 
-/// One section from `PEAGE_<SECTION>__*` alone, the rest at its defaults (for `peage up`,
-/// which has no configuration file).
+/// One section from `PEAGE_<SECTION>__*` alone, the rest at its defaults (for commands on a
+/// data directory without a configuration file).
 pub fn section_from_env<T: serde::de::DeserializeOwned>(
     section: &str,
     env: impl IntoIterator<Item = (String, String)>,
@@ -681,8 +710,6 @@ impl ControlSection {
     }
 }
 
-/// Reads `path`, applies `PEAGE_<SECTION>__<KEY>` overrides from `env`, and resolves relative
-/// paths against the file's directory.
 /// Overrides keys of `doc` from `PEAGE_<SECTION>__<KEY>` variables.
 fn apply_env(
     doc: &mut toml::Table,
@@ -696,23 +723,35 @@ fn apply_env(
         if parts.len() < 2 || !SECTIONS.contains(&parts[0].as_str()) {
             continue;
         }
-        // A value that reads as TOML (a number, a boolean, an array) keeps its type.
-        let parsed = format!("v = {value}")
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or(toml::Value::String(value));
-        let mut table = &mut *doc;
-        for p in &parts[..parts.len() - 1] {
-            let entry = table
-                .entry(p.clone())
-                .or_insert_with(|| toml::Value::Table(Default::default()));
-            table = entry
-                .as_table_mut()
-                .with_context(|| format!("{name}: {p} is not a section"))?;
-        }
-        table.insert(parts[parts.len() - 1].clone(), parsed);
+        set_key(doc, &parts, &value, &name)?;
     }
+    Ok(())
+}
+
+/// Sets the key at `parts` (section, …, key) of `doc` to `value`: a value that reads as TOML
+/// (a number, a boolean, an array) keeps its type, anything else is a string. `origin` names
+/// the override in errors.
+fn set_key(
+    doc: &mut toml::Table,
+    parts: &[String],
+    value: &str,
+    origin: &str,
+) -> anyhow::Result<()> {
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let mut table = &mut *doc;
+    for p in &parts[..parts.len() - 1] {
+        let entry = table
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        table = entry
+            .as_table_mut()
+            .with_context(|| format!("{origin}: {p} is not a section"))?;
+    }
+    table.insert(parts[parts.len() - 1].clone(), parsed);
     Ok(())
 }
 
@@ -720,28 +759,68 @@ pub fn load(
     path: &Path,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> anyhow::Result<PeageConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the configuration {}", path.display()))?;
-    let mut doc: toml::Table = text
-        .parse()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    load_with(Some(path), env, &[])
+}
+
+/// Reads `path` (or nothing: every default), applies `PEAGE_<SECTION>__<KEY>` overrides from
+/// `env`, then `section.key=value` overrides (`--set`), and resolves relative paths against
+/// the file's directory.
+pub fn load_with(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    sets: &[String],
+) -> anyhow::Result<PeageConfig> {
+    let (mut doc, name, base) = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the configuration {}", path.display()))?;
+            let doc: toml::Table = text
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+            (doc, path.display().to_string(), base)
+        }
+        None => (
+            toml::Table::new(),
+            "the configuration".to_string(),
+            ".".into(),
+        ),
+    };
     apply_env(&mut doc, env)?;
+    for set in sets {
+        let Some((key, value)) = set.split_once('=') else {
+            bail!("--set {set}: expected section.key=value");
+        };
+        let parts: Vec<String> = key.trim().split('.').map(str::to_string).collect();
+        if parts.len() < 2 || !SECTIONS.contains(&parts[0].as_str()) {
+            bail!(
+                "--set {set}: expected section.key=value with a section among {}",
+                SECTIONS.join(", ")
+            );
+        }
+        set_key(&mut doc, &parts, value, &format!("--set {key}"))?;
+    }
     let mut config: PeageConfig = toml::Value::Table(doc)
         .try_into()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let base = path.parent().unwrap_or(Path::new("."));
+        .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     let resolve = |p: &mut PathBuf| {
         if p.is_relative() {
             *p = base.join(&*p);
         }
     };
-    resolve(&mut config.catalog.path);
+    if let Some(p) = &mut config.catalog.path {
+        resolve(p);
+    }
     resolve(&mut config.spool.dir);
     resolve(&mut config.events.spool_dir);
+    resolve(&mut config.embedded.data_dir);
     if let Some(f) = &mut config.control.admin_token_file {
         resolve(f);
     }
     if let Some(f) = &mut config.gateway.billing_token_file {
+        resolve(f);
+    }
+    if let Some(f) = &mut config.gateway.upstream_ca_file {
         resolve(f);
     }
     if let Some(f) = &mut config.secrets.key_file {
@@ -752,6 +831,7 @@ pub fn load(
         .previous_key_files
         .iter_mut()
         .for_each(resolve);
+    config.base_dir = base;
     Ok(config)
 }
 
@@ -785,7 +865,7 @@ mod tests {
         assert_eq!(c.kafka.partitions, 8);
         assert!(!c.clickhouse.validation);
         assert_eq!(c.spool.dir, dir.path().join("spool-a"));
-        assert_eq!(c.catalog.path, dir.path().join("catalog.toml"));
+        assert_eq!(c.catalog_path(), dir.path().join("catalog.toml"));
         assert_eq!(c.kafka.topic, "peage.calls.v1");
     }
 
@@ -902,7 +982,7 @@ mod tests {
     fn the_dev_configuration_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/dev/peage.toml");
         let c = load(&path, []).unwrap();
-        assert!(c.catalog.path.ends_with("catalog.toml"));
+        assert!(c.catalog_path().ends_with("catalog.toml"));
         assert!(
             !c.clickhouse.validation,
             "Debian's ClickHouse 18.16 needs validation off"

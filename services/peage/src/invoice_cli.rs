@@ -131,7 +131,7 @@ pub(crate) async fn invoicing(target: &Target) -> anyhow::Result<Invoicing> {
     let store = billing_store(&place).await?;
     match place {
         Place::Distributed(config) => Ok(Invoicing {
-            catalog: Arc::new(load_catalog(&config.catalog.path, None)?),
+            catalog: Arc::new(load_catalog(&config.catalog_path(), None)?),
             store,
             usage: Arc::new(crate::roles::clickhouse(&config).await?),
             issuer: config.billing.issuer()?,

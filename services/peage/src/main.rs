@@ -104,6 +104,10 @@ fn init_logging() {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging();
+    // Every command's internal events count from here; roles serve them on /metrics.
+    if let Err(e) = peage_telemetry::install() {
+        tracing::warn!(error = %e, "metrics recorder not installed");
+    }
     let result = match cli.command {
         Command::Up(options) => peage::up::run(options, peage::shutdown_signal()).await,
         Command::Migrate(c) => run_role(&c, async |cfg| peage::roles::migrate(&cfg).await).await,

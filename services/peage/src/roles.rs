@@ -67,7 +67,7 @@ pub async fn gateway(
     config: &PeageConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let catalog = Arc::new(load_catalog(&config.catalog.path, None)?);
+    let catalog = Arc::new(load_catalog(&config.catalog_path(), None)?);
     ensure_topics(&config.kafka)
         .await
         .context("creating the Kafka topics")?;
@@ -131,6 +131,7 @@ pub async fn gateway(
         stopped(stop_rx.clone()),
     ));
     if let Some(listen) = config.metrics.listen {
+        let ready_spool = Arc::clone(&spool);
         let (spool, emitter) = (Arc::clone(&spool), emitter.clone());
         let samples = move || -> Vec<Sample> {
             let (s, e, q) = (spool.stats(), emitter.stats(), &quota_stats);
@@ -154,9 +155,31 @@ pub async fn gateway(
                 ("peage_quota_refused_unreachable_total", "Calls refused (503) because billing was away.", "counter", read(&q.refused_unreachable)),
             ]
         };
-        let gw = Arc::clone(&gw);
-        let exposition = move || metrics::render(&samples()) + &gw.render_metrics();
-        metrics::serve(listen, Arc::new(exposition), stopped(stop_rx.clone())).await?;
+        let gw_metrics = Arc::clone(&gw);
+        let exposition = move || {
+            metrics::render(&samples())
+                + &gw_metrics.render_metrics()
+                + &metrics::catalog_info(&gw_metrics.catalog().version)
+                + &metrics::build_info("gateway")
+        };
+        let (spool, gw_ready) = (ready_spool, Arc::clone(&gw));
+        let readiness = metrics::ready_when(move || {
+            vec![
+                metrics::Check::new(
+                    "spool",
+                    spool.accepting(),
+                    format!("{} events waiting for Kafka", spool.pending()),
+                ),
+                metrics::Check::new("catalog", true, gw_ready.catalog().version.clone()),
+            ]
+        });
+        metrics::serve(
+            listen,
+            Arc::new(exposition),
+            readiness,
+            stopped(stop_rx.clone()),
+        )
+        .await?;
     }
     tracing::info!(listen = %addr, id = %config.gateway.id, topic = %config.kafka.topic, threads = gw.serving_threads(), "gateway up");
     let scheme = if config.gateway.tls_cert_file.is_some() {
@@ -215,6 +238,7 @@ pub async fn aggregator(
         config.aggregator.instance_id.as_deref(),
     )?;
     let recoveries = consumer.stall_recoveries();
+    let calls_member = consumer.membership();
     let dead = KafkaDeadLetters::new(&config.kafka)?;
     let settings = AggregatorConfig {
         max_batch: config.aggregator.max_batch,
@@ -245,6 +269,7 @@ pub async fn aggregator(
             .map(|i| format!("{i}-usage"))
             .as_deref(),
     )?;
+    let usage_member = usage_consumer.membership();
     let usage_agg = UsageAggregator::new(
         Box::new(usage_consumer),
         store,
@@ -320,8 +345,47 @@ pub async fn aggregator(
             ]
         };
         let mut rx = stop_rx.clone();
-        let exposition = move || metrics::render(&samples());
-        metrics::serve(listen, Arc::new(exposition), async move {
+        let members = [
+            (config.aggregator.group.clone(), Arc::clone(&calls_member)),
+            (usage_group.clone(), Arc::clone(&usage_member)),
+        ];
+        let lag_members = members.clone();
+        let exposition = move || {
+            let rows: Vec<_> = lag_members
+                .iter()
+                .flat_map(|(group, m)| {
+                    m.lag()
+                        .into_iter()
+                        .map(move |(t, p, l)| (group.clone(), t, p, l))
+                })
+                .collect();
+            metrics::render(&samples())
+                + &metrics::consumer_lag(&rows)
+                + &metrics::build_info("aggregator")
+        };
+        // Ready once both consumers have joined their groups (an assignment, even of no
+        // partition, when there are more aggregators than partitions).
+        let readiness = metrics::ready_when(move || {
+            members
+                .iter()
+                .map(|(group, m)| match m.partitions() {
+                    Some(p) => {
+                        let lag: i64 = m.lag().iter().map(|(_, _, l)| l).sum();
+                        metrics::Check::new(
+                            "consumer",
+                            true,
+                            format!("{group}: partitions {p:?}, lag {lag}"),
+                        )
+                    }
+                    None => metrics::Check::new(
+                        "consumer",
+                        false,
+                        format!("{group}: waiting for the group to assign partitions"),
+                    ),
+                })
+                .collect()
+        });
+        metrics::serve(listen, Arc::new(exposition), readiness, async move {
             let _ = rx.wait_for(|s| *s).await;
         })
         .await?;
@@ -354,7 +418,7 @@ pub async fn billing(
     config: &PeageConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let catalog = Arc::new(load_catalog(&config.catalog.path, None)?);
+    let catalog = Arc::new(load_catalog(&config.catalog_path(), None)?);
     let store: Arc<dyn BillingStore> = Arc::new(postgres(config).await?);
     let secrets = config.secrets.secret_box()?;
     crate::secrets_cli::reseal(store.as_ref(), &secrets).await?;
@@ -376,7 +440,7 @@ pub async fn billing(
             credential_failures_per_minute: config.control.credential_failures_per_minute,
         },
     );
-    api.set_api_docs(crate::up::api_docs(&catalog, &config.catalog.path)?);
+    api.set_api_docs(crate::up::api_docs(&catalog, &config.catalog_path())?);
     // POST /v1/events: accepted events go to a spool of their own, forwarded to the usage
     // topic (docs/events.md).
     let events_kafka = config.events_kafka()?;
@@ -409,7 +473,7 @@ pub async fn billing(
         .await
         .map_err(|e| anyhow::anyhow!("moving partners to their plans' new versions: {e}"))?;
     api.take_catalog_source(Arc::new(crate::catalog_reload::CatalogFile {
-        path: config.catalog.path.clone(),
+        path: config.catalog_path(),
         demo_upstream: None,
     }));
     // The file this instance was started with becomes the catalog of record: every gateway and
@@ -423,7 +487,7 @@ pub async fn billing(
     // Reloads on a change of the catalog file and on SIGHUP (and POST /v1/catalog/reload).
     let catalog_watch = crate::catalog_reload::watch(
         Arc::clone(&api.billing),
-        &config.catalog.path,
+        &config.catalog_path(),
         stop_rx.clone(),
     )?;
     if let Some(url) = &config.billing.gateway_url {
@@ -451,6 +515,21 @@ pub async fn billing(
         },
     ));
     if let Some(listen) = config.metrics.listen {
+        let (ready_store, ready_spool) = (Arc::clone(&api.store), Arc::clone(&events_spool));
+        let readiness: metrics::Readiness = Arc::new(move || {
+            let (store, spool) = (Arc::clone(&ready_store), Arc::clone(&ready_spool));
+            Box::pin(async move {
+                vec![
+                    metrics::store_check("postgres", store.catalog_in_force()).await,
+                    metrics::Check::new(
+                        "events spool",
+                        spool.accepting(),
+                        format!("{} usage events waiting for Kafka", spool.pending()),
+                    ),
+                ]
+            })
+        });
+        let spool = Arc::clone(&events_spool);
         let api = Arc::clone(&api);
         let exposition = move || {
             let f = &api.failures.stats;
@@ -458,10 +537,12 @@ pub async fn billing(
                 ("peage_control_credential_failures_total", "Wrong admin tokens, sessions, sign-in links and OAuth client secrets.", "counter", read(&f.failures)),
                 ("peage_control_credential_throttled_total", "Attempts refused (429) because their address sent too many wrong credentials.", "counter", read(&f.throttled)),
                 ("peage_control_credential_untracked_total", "Wrong credentials from addresses not tracked because the table of addresses was full.", "counter", read(&f.untracked)),
+                ("peage_events_spool_pending_events", "Usage events (POST /v1/events) in the spool not yet acknowledged by Kafka.", "gauge", spool.pending()),
             ]) + &metrics::catalog_info(&api.catalog().version)
+                + &metrics::build_info("billing")
         };
         let mut rx = metrics_stop;
-        metrics::serve(listen, Arc::new(exposition), async move {
+        metrics::serve(listen, Arc::new(exposition), readiness, async move {
             let _ = rx.wait_for(|s| *s).await;
         })
         .await?;

@@ -54,9 +54,10 @@ fn read_key(path: &Path) -> anyhow::Result<Vec<u8>> {
 /// The key-encryption keys of an embedded data directory: `PEAGE_SECRETS__KEY` or
 /// `PEAGE_SECRETS__KEY_FILE` when set, else `secrets.key` (made on first start), with every
 /// previous or half-rotated key found beside it.
-pub fn embedded_secrets(dir: &Path) -> anyhow::Result<Arc<SecretBox>> {
-    let section: crate::config::SecretsSection =
-        crate::config::section_from_env("secrets", std::env::vars())?;
+pub fn embedded_secrets(
+    dir: &Path,
+    section: &crate::config::SecretsSection,
+) -> anyhow::Result<Arc<SecretBox>> {
     if section.key.is_some() || section.key_file.is_some() {
         return section.secret_box();
     }
@@ -133,14 +134,14 @@ pub async fn run(c: SecretsCommand) -> anyhow::Result<()> {
 async fn rotate_embedded(store: &dyn BillingStore, dir: &Path) -> anyhow::Result<()> {
     // A running `peage up` seals new secrets with the key it started with: not while it runs.
     let _lock = crate::up::lock_data_dir(dir)?;
-    let old = embedded_secrets(dir)?;
+    let old = embedded_secrets(dir, &Default::default())?;
     let current = dir.join(CURRENT);
     let next = dir.join(NEXT);
     crate::up::write_private(&next, new_key_text().as_bytes())?;
     let parked = dir.join(format!("secrets.previous.{}.key", old.kid()));
     std::fs::rename(&current, &parked).with_context(|| format!("moving {}", current.display()))?;
     std::fs::rename(&next, &current).with_context(|| format!("moving {}", next.display()))?;
-    let secrets = embedded_secrets(dir)?;
+    let secrets = embedded_secrets(dir, &Default::default())?;
     let done = reseal_all(store, &secrets)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;

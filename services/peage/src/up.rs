@@ -24,51 +24,103 @@ use peage_eventlog::{EmbeddedLog, EventEmitter, EventLog, LogOptions};
 use peage_gateway::quota::LeaseError;
 use peage_gateway::{
     Gateway, GatewayServer, JwtConfig, KeyCache, KeyLookupError, KeyResolver, QuotaAuthority,
-    QuotaConfig, Quotas, ResolvedIssuer, ResolvedKey,
+    Quotas, ResolvedIssuer, ResolvedKey,
 };
 use peage_usage_store::SqliteUsageStore;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::config::PeageConfig;
 use crate::demo;
 
+/// `peage up`'s command line: the same `peage.toml` as every role (embedded backends, all
+/// roles in one process), then `--set` and the flags below, each of which overrides one key.
 #[derive(Debug, clap::Args)]
 pub struct UpOptions {
-    /// Where the event log, usage and billing state live.
-    #[arg(long, env = "PEAGE_DATA_DIR", default_value = "./peage-data")]
-    pub data_dir: PathBuf,
-    /// Partner-facing gateway address (port 0 picks a free port).
-    #[arg(long, env = "PEAGE_GATEWAY__LISTEN", default_value = "127.0.0.1:8080")]
-    pub gateway_listen: SocketAddr,
-    /// Control API address (admin token required).
-    #[arg(long, env = "PEAGE_CONTROL__LISTEN", default_value = "127.0.0.1:8090")]
-    pub control_listen: SocketAddr,
-    /// Catalog file (APIs, meters, plans). Default: `<data-dir>/catalog.toml`.
+    /// A configuration file (docs/configuration.md). Without one, every key has its default,
+    /// `PEAGE_<SECTION>__<KEY>` variables and the flags below set them.
+    #[arg(long, env = "PEAGE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Overrides one key, `section.key=value` (`--set gateway.key_cache_ttl_ms=1000`);
+    /// repeatable, after the file and the environment.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Where the event log, usage and billing state live (`embedded.data_dir`).
+    #[arg(long, env = "PEAGE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Partner-facing gateway address; port 0 picks a free port (`gateway.listen`).
+    #[arg(long)]
+    pub gateway_listen: Option<SocketAddr>,
+    /// Control API address (`control.listen`).
+    #[arg(long)]
+    pub control_listen: Option<SocketAddr>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (`metrics.listen`).
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Catalog file (APIs, meters, plans), `catalog.path`. Default: `<data-dir>/catalog.toml`.
     #[arg(long, env = "PEAGE_CATALOG")]
     pub catalog: Option<PathBuf>,
-    /// Admin token for the control API. Default: generated once, kept in `<data-dir>/admin-token`.
+    /// Admin token for the control API (`control.admin_token`). Default: generated once, kept
+    /// in `<data-dir>/admin-token`.
     #[arg(long, env = "PEAGE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// Names this gateway in the events it emits.
-    #[arg(long, env = "PEAGE_GATEWAY__ID", default_value = "gw-local")]
-    pub gateway_id: String,
-    /// Time allowed for an upstream's response headers, in ms (504 past it).
-    #[arg(
-        long,
-        env = "PEAGE_GATEWAY__UPSTREAM_TIMEOUT_MS",
-        default_value_t = 30_000
-    )]
-    pub upstream_timeout_ms: u64,
-    /// Largest request body the gateway accepts (413 beyond it).
-    #[arg(long, env = "PEAGE_GATEWAY__MAX_REQUEST_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
-    pub max_request_body_bytes: u64,
-    /// PEM file of CA certificates trusted for https upstreams besides the system's.
-    #[arg(long, env = "PEAGE_GATEWAY__UPSTREAM_CA_FILE")]
+    /// Names this gateway in the events it emits (`gateway.id`).
+    #[arg(long)]
+    pub gateway_id: Option<String>,
+    /// Time allowed for an upstream's response headers, in ms; 504 past it
+    /// (`gateway.upstream_timeout_ms`).
+    #[arg(long)]
+    pub upstream_timeout_ms: Option<u64>,
+    /// Largest request body the gateway accepts; 413 beyond it (`gateway.max_request_body_bytes`).
+    #[arg(long)]
+    pub max_request_body_bytes: Option<u64>,
+    /// PEM file of CA certificates trusted for https upstreams besides the system's
+    /// (`gateway.upstream_ca_file`).
+    #[arg(long)]
     pub upstream_ca_file: Option<PathBuf>,
     /// Seed a demo API (served by a built-in upstream), a partner and a live key, and write
     /// `<data-dir>/demo.json`.
     #[arg(long)]
     pub demo: bool,
+}
+
+impl UpOptions {
+    /// The configuration `peage up` runs with: the file (if any), the environment, `--set`,
+    /// then the flags, in that order of precedence from lowest to highest.
+    pub fn config(&self) -> anyhow::Result<PeageConfig> {
+        let mut c = crate::config::load_with(self.config.as_deref(), std::env::vars(), &self.sets)?;
+        if let Some(d) = &self.data_dir {
+            c.embedded.data_dir = d.clone();
+        }
+        if let Some(a) = self.gateway_listen {
+            c.gateway.listen = a;
+        }
+        if let Some(a) = self.control_listen {
+            c.control.listen = a;
+        }
+        if let Some(a) = self.metrics_listen {
+            c.metrics.listen = Some(a);
+        }
+        if let Some(p) = &self.catalog {
+            c.catalog.path = Some(p.clone());
+        }
+        if let Some(t) = &self.admin_token {
+            c.control.admin_token = Some(t.clone());
+        }
+        if let Some(id) = &self.gateway_id {
+            c.gateway.id = id.clone();
+        }
+        if let Some(ms) = self.upstream_timeout_ms {
+            c.gateway.upstream_timeout_ms = ms;
+        }
+        if let Some(b) = self.max_request_body_bytes {
+            c.gateway.max_request_body_bytes = b;
+        }
+        if let Some(f) = &self.upstream_ca_file {
+            c.gateway.upstream_ca_file = Some(f.clone());
+        }
+        Ok(c)
+    }
 }
 
 /// What `--demo` writes to `<data-dir>/demo.json`.
@@ -229,14 +281,12 @@ pub(crate) fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
-fn admin_token(options: &UpOptions) -> anyhow::Result<String> {
-    if let Some(t) = &options.admin_token {
-        if t.len() < 16 {
-            bail!("the admin token must be at least 16 characters");
-        }
-        return Ok(t.clone());
+/// `control.admin_token` (or its file), else the token generated once into the data directory.
+fn admin_token(config: &PeageConfig) -> anyhow::Result<String> {
+    if config.control.admin_token.is_some() || config.control.admin_token_file.is_some() {
+        return config.control.token();
     }
-    let path = options.data_dir.join("admin-token");
+    let path = config.embedded.data_dir.join("admin-token");
     match std::fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
         _ => {
@@ -358,7 +408,9 @@ pub async fn run(
     options: UpOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let data_dir = &options.data_dir;
+    let config = options.config()?;
+    let demo = options.demo;
+    let data_dir = &config.embedded.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     #[cfg(unix)]
@@ -374,16 +426,17 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let demo_upstream = if options.demo {
+    let demo_upstream = if demo {
         Some(demo::spawn("127.0.0.1:0".parse()?, stopped(stop_rx.clone())).await?)
     } else {
         None
     };
-    let catalog_path = options
+    let catalog_path = config
         .catalog
+        .path
         .clone()
         .unwrap_or_else(|| data_dir.join("catalog.toml"));
-    if options.demo && options.catalog.is_none() && !catalog_path.exists() {
+    if demo && config.catalog.path.is_none() && !catalog_path.exists() {
         std::fs::write(&catalog_path, demo::CATALOG)
             .with_context(|| format!("writing {}", catalog_path.display()))?;
     }
@@ -392,7 +445,7 @@ pub async fn run(
         .parent()
         .unwrap_or(data_dir)
         .join("demo-openapi.yaml");
-    if options.demo && !demo_doc.exists() {
+    if demo && !demo_doc.exists() {
         std::fs::write(&demo_doc, demo::OPENAPI)
             .with_context(|| format!("writing {}", demo_doc.display()))?;
     }
@@ -401,20 +454,20 @@ pub async fn run(
     }
     let catalog = Arc::new(load_catalog(&catalog_path, demo_upstream.as_deref())?);
     tracing::info!(path = %catalog_path.display(), version = %catalog.version, apis = catalog.apis.len(), meters = catalog.meters.len(), plans = catalog.plans.len(), "catalog loaded");
-    if options.demo && catalog.plan("demo").is_none() {
+    if demo && catalog.plan("demo").is_none() {
         bail!(
             "--demo needs a plan with id \"demo\" in {}",
             catalog_path.display()
         );
     }
 
-    let token = admin_token(&options)?;
+    let token = admin_token(&config)?;
     let billing: Arc<dyn BillingStore> = Arc::new(
         SqliteBillingStore::open(&data_dir.join("billing.db"))
             .await
             .context("opening billing.db")?,
     );
-    let secrets = crate::secrets_cli::embedded_secrets(data_dir)?;
+    let secrets = crate::secrets_cli::embedded_secrets(data_dir, &config.secrets)?;
     crate::secrets_cli::reseal(billing.as_ref(), &secrets).await?;
     let usage = Arc::new(
         SqliteUsageStore::open(&data_dir.join("usage.db"))
@@ -435,13 +488,12 @@ pub async fn run(
     // accepted event is on disk before the answer.
     let usage_log =
         EmbeddedLog::open(data_dir.join("usage-log")).context("opening the usage event log")?;
-    let events_section = crate::config::section_from_env::<crate::config::EventsSection>(
-        "events",
-        std::env::vars(),
-    )?;
 
     let (agg_stop_tx, agg_stop_rx) = watch::channel(false);
+    let aggregator_running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (calls_log, events_log) = (log.clone(), usage_log.clone());
     let aggregator_task = background_aggregator(
+        Arc::clone(&aggregator_running),
         log.consumer("aggregator").await?,
         usage_log.consumer("usage-aggregator").await?,
         data_dir.join("usage.db"),
@@ -451,25 +503,22 @@ pub async fn run(
 
     let log: Arc<dyn EventLog> = Arc::new(log);
     let emitter = EventEmitter::start(log, 65_536);
-    let keys = KeyCache::new(
+    let keys = KeyCache::with_stale(
         Arc::new(StoreKeys(Arc::clone(&billing))),
-        Duration::from_secs(5),
+        Duration::from_millis(config.gateway.key_cache_ttl_ms),
+        Duration::from_millis(config.gateway.key_stale_ms),
     );
     let on_revoke: peage_billing::RevocationHook = {
         let keys = keys.clone();
         Arc::new(move || keys.invalidate())
     };
-    let control_listener = tokio::net::TcpListener::bind(options.control_listen)
+    let control_listener = tokio::net::TcpListener::bind(config.control.listen)
         .await
-        .with_context(|| format!("control API cannot listen on {}", options.control_listen))?;
+        .with_context(|| format!("control API cannot listen on {}", config.control.listen))?;
     let control_url = format!("http://{}", control_listener.local_addr()?);
-    let oauth = OAuthConfig::default();
-    let billing_config = crate::config::BillingSection::from_env(std::env::vars())?;
-    let outbound = crate::config::section_from_env::<crate::config::OutboundSection>(
-        "outbound",
-        std::env::vars(),
-    )?
-    .policy()?;
+    let oauth = config.oauth.config();
+    let billing_config = &config.billing;
+    let outbound = config.outbound.policy()?;
     let control = ControlApi::new(
         Arc::new(LiveCatalog::shared(Arc::clone(&catalog))),
         Arc::clone(&billing),
@@ -481,17 +530,16 @@ pub async fn run(
             issuer: billing_config.issuer()?,
             outbound: Arc::clone(&outbound),
             secrets: Arc::clone(&secrets),
-            credential_failures_per_minute: crate::config::section_from_env::<
-                crate::config::ControlSection,
-            >("control", std::env::vars())?
-            .credential_failures_per_minute,
+            credential_failures_per_minute: config.control.credential_failures_per_minute,
         },
     );
     control.set_api_docs(api_docs(&catalog, &catalog_path)?);
     control.take_events(
-        events_section.intake(Arc::new(crate::events_sink::EmbeddedEvents(
-            usage_log.clone(),
-        )))?,
+        config
+            .events
+            .intake(Arc::new(crate::events_sink::EmbeddedEvents(
+                usage_log.clone(),
+            )))?,
     );
     control
         .invoicing()
@@ -524,18 +572,10 @@ pub async fn run(
     ));
     let quotas = Quotas::new(
         Arc::new(InProcessQuotas(Arc::clone(&control.billing))),
-        QuotaConfig::default(),
-        options.gateway_id.clone(),
+        config.gateway.quota_config(),
+        config.gateway.id.clone(),
     );
-    // The gateway's own settings from PEAGE_GATEWAY__* (threads, edge limits…), with the
-    // options above.
-    let mut section: crate::config::GatewaySection =
-        crate::config::section_from_env("gateway", std::env::vars())?;
-    section.listen = options.gateway_listen;
-    section.id = options.gateway_id.clone();
-    section.upstream_timeout_ms = options.upstream_timeout_ms;
-    section.max_request_body_bytes = options.max_request_body_bytes;
-    section.upstream_ca_file = options.upstream_ca_file.clone();
+    let section = &config.gateway;
     let mut gateway_config = section.gateway_config(jwt_config(&oauth, &control_url))?;
     gateway_config.outbound.partner_urls = outbound;
     let gateway = Gateway::new(
@@ -560,8 +600,24 @@ pub async fn run(
         billing_config.alerts_every(),
         stop_rx.clone(),
     );
-    let gateway_server = GatewayServer::bind(gateway, options.gateway_listen)
-        .with_context(|| format!("gateway cannot listen on {}", options.gateway_listen))?;
+    if let Some(listen) = config.metrics.listen {
+        serve_operations(
+            listen,
+            Operations {
+                gateway: Arc::clone(&gateway),
+                billing: Arc::clone(&billing),
+                logs: [
+                    ("aggregator", "calls", calls_log),
+                    ("usage-aggregator", "usage-events", events_log),
+                ],
+                aggregator_running,
+            },
+            stopped(stop_rx.clone()),
+        )
+        .await?;
+    }
+    let gateway_server = GatewayServer::bind(gateway, section.listen)
+        .with_context(|| format!("gateway cannot listen on {}", section.listen))?;
     let scheme = if section.tls_cert_file.is_some() {
         "https"
     } else {
@@ -596,7 +652,7 @@ pub async fn run(
         ),
     }
 
-    if options.demo {
+    if demo {
         let (partner_id, api_key) = demo_partner(&billing, &catalog, data_dir).await?;
         let info = DemoInfo {
             gateway_url: gateway_url.clone(),
@@ -661,6 +717,70 @@ pub async fn run(
     Ok(())
 }
 
+/// What `peage up`'s `/metrics` and `/readyz` look at.
+struct Operations {
+    gateway: Arc<Gateway>,
+    billing: Arc<dyn BillingStore>,
+    /// (consumer group, log name, log) of the embedded aggregator's two consumers.
+    logs: [(&'static str, &'static str, EmbeddedLog); 2],
+    aggregator_running: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Operations {
+    /// Records each embedded consumer has not processed yet (its log's single partition 0).
+    fn lag(&self) -> Vec<(String, String, i32, i64)> {
+        self.logs
+            .iter()
+            .map(|(group, name, log)| {
+                let done = log.committed_offset(group).unwrap_or(0);
+                let lag = log.written_offset().saturating_sub(done);
+                (group.to_string(), name.to_string(), 0, lag as i64)
+            })
+            .collect()
+    }
+}
+
+/// `/metrics`, `/healthz` and `/readyz` of `peage up`: the gateway's metrics, the internal
+/// events of billing and the control API, and the embedded aggregator's lag.
+async fn serve_operations(
+    listen: SocketAddr,
+    ops: Operations,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use crate::metrics;
+    let ops = Arc::new(ops);
+    let scraped = Arc::clone(&ops);
+    let exposition = move || {
+        scraped.gateway.render_metrics()
+            + &metrics::catalog_info(&scraped.gateway.catalog().version)
+            + &metrics::consumer_lag(&scraped.lag())
+            + &metrics::build_info("up")
+    };
+    let readiness: metrics::Readiness = Arc::new(move || {
+        let ops = Arc::clone(&ops);
+        Box::pin(async move {
+            let running = ops
+                .aggregator_running
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let lag: i64 = ops.lag().iter().map(|r| r.3).sum();
+            vec![
+                metrics::store_check("billing.db", ops.billing.catalog_in_force()).await,
+                metrics::Check::new(
+                    "aggregator",
+                    running,
+                    if running {
+                        format!("running, {lag} events to aggregate")
+                    } else {
+                        "stopped (see the log); events wait in the log".to_string()
+                    },
+                ),
+            ]
+        })
+    });
+    metrics::serve(listen, Arc::new(exposition), readiness, stop).await?;
+    Ok(())
+}
+
 /// How often `peage up` syncs its event log (`spool.sync_interval_ms`'s default too).
 const LOG_SYNC_INTERVAL_MS: u64 = 100;
 
@@ -673,6 +793,7 @@ const AGGREGATOR_NICENESS: i32 = 10;
 /// ingest then falls behind, the log holding every event durably, instead of taking CPU from
 /// calls; it catches up as soon as the load eases. Resolves when the aggregator stops.
 fn background_aggregator(
+    running: Arc<std::sync::atomic::AtomicBool>,
     consumer: Box<dyn peage_eventlog::LogConsumer>,
     usage_consumer: Box<dyn peage_eventlog::LogConsumer>,
     usage_db: PathBuf,
@@ -714,6 +835,10 @@ fn background_aggregator(
                             .map_err(anyhow::Error::from)
                     })
                 });
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "the embedded aggregator stopped");
+            }
+            running.store(false, std::sync::atomic::Ordering::Relaxed);
             let _ = done_tx.send(result);
         })
         .context("starting the aggregator's thread")?;

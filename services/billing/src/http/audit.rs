@@ -130,6 +130,7 @@ pub(crate) async fn record(
     );
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let started = std::time::Instant::now();
     let mut response = next.run(req).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, v);
@@ -141,10 +142,17 @@ pub(crate) async fn record(
         .extensions_mut()
         .remove::<Before>()
         .and_then(|b| kept(b.0));
-    let route = response
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or(path.clone(), |m| m.as_str().to_string());
+    let matched = response.extensions().get::<MatchedPath>();
+    // Metrics are labelled by the route's template; a path no route matched is "unmatched",
+    // so a scan of random paths cannot grow the series without bound.
+    peage_telemetry::emit!(peage_telemetry::ControlRequestAnswered {
+        method: method.as_str(),
+        route: matched.map_or("unmatched", |m| m.as_str()),
+        status: status.as_u16(),
+        elapsed: started.elapsed(),
+        request_id: &id,
+    });
+    let route = matched.map_or(path.clone(), |m| m.as_str().to_string());
     // Unauthenticated requests are recorded only where they open a session or a token.
     let known = who.is_some() || ANONYMOUS_ACTIONS.contains(&route.as_str());
     if !mutating

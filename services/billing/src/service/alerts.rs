@@ -292,8 +292,11 @@ impl Billing {
                 webhooks::enqueue(self.store.as_ref(), "alert.triggered", &key, data, now).await?;
                 if self.store.record_alert_notice(&notice).await? {
                     notified += 1;
-                    tracing::info!(alert = %alert.id, partner_id = %partner.id, threshold,
-                        value = %value, unit = %unit, "alert threshold reached");
+                    peage_telemetry::emit!(peage_telemetry::AlertTriggered {
+                        partner_id: partner.id.as_str(),
+                        alert_id: alert.id.as_ref(),
+                        threshold_percent: threshold,
+                    });
                 }
             }
         }

@@ -872,6 +872,30 @@ impl Invoicing {
         now: DateTime<Utc>,
         progress: &(dyn Fn(usize, usize) + Send + Sync),
     ) -> Result<RunSummary, ServiceError> {
+        let started = std::time::Instant::now();
+        let result = self.run_drafts(label, now, progress).await;
+        let (computed, failed) = match &result {
+            Ok(s) => (
+                (s.created + s.updated + s.unchanged) as u64,
+                s.errors.len() as u64,
+            ),
+            Err(_) => (0, 1),
+        };
+        peage_telemetry::emit!(peage_telemetry::InvoiceRunFinished {
+            period: &label.to_string(),
+            computed,
+            failed,
+            elapsed: started.elapsed(),
+        });
+        result
+    }
+
+    async fn run_drafts(
+        &self,
+        label: PeriodLabel,
+        now: DateTime<Utc>,
+        progress: &(dyn Fn(usize, usize) + Send + Sync),
+    ) -> Result<RunSummary, ServiceError> {
         self.register_plan_versions(now).await?;
         let partners = self.store.partners().await?;
         let total = partners.len();

@@ -8,6 +8,7 @@ use peage_core::period::BillingPeriod;
 use peage_core::pricing::{Plan, Quota, QuotaKind};
 use peage_core::quota::{Lease, LeaseRequest, QuotaDecision};
 use peage_core::{Catalog, Env, Meter, PartnerId};
+use peage_telemetry::LeaseOutcome;
 use peage_usage_store::UsageQuery;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -76,6 +77,23 @@ impl Billing {
     /// Grants a lease: what `POST /v1/quota/leases` answers, and what an embedded gateway asks
     /// in process.
     pub async fn lease(&self, req: &LeaseRequest) -> Result<Lease, ServiceError> {
+        let result = self.decide_lease(req).await;
+        let (outcome, detail) = match &result {
+            Ok(lease) => (LeaseOutcome::Granted, lease.granted.to_string()),
+            Err(e) if e.is_refusal() => (LeaseOutcome::Refused, e.to_string()),
+            Err(e) => (LeaseOutcome::Failed, e.to_string()),
+        };
+        peage_telemetry::emit!(peage_telemetry::QuotaLeaseDecided {
+            partner_id: &req.partner_id,
+            meter: &req.meter,
+            gateway_id: &req.gateway_id,
+            outcome,
+            detail: &detail,
+        });
+        result
+    }
+
+    async fn decide_lease(&self, req: &LeaseRequest) -> Result<Lease, ServiceError> {
         if req.gateway_id.trim().is_empty() || req.gateway_id.len() > 200 {
             return Err(ServiceError::Invalid(
                 "gateway_id must be 1 to 200 characters".into(),

@@ -130,7 +130,6 @@ impl Billing {
         self.put_in_force(Arc::clone(&next), docs).await?;
         self.accept(&next.version, &text, trigger).await?;
         let changes = views(&before, &next);
-        tracing::info!(from = %before.version, to = %next.version, changes = changes.len(), trigger, "catalog reloaded");
         self.record(trigger, "applied", &next.version, &[]);
         Ok(Reloaded {
             from: before.version.clone(),
@@ -316,6 +315,16 @@ impl Billing {
     }
 
     fn record(&self, trigger: &str, outcome: &str, version: &str, issues: &[CatalogIssue]) {
+        let problems: Vec<String> = issues
+            .iter()
+            .map(|i| format!("{}: {}", i.field, i.message))
+            .collect();
+        peage_telemetry::emit!(peage_telemetry::CatalogReloaded {
+            outcome,
+            version,
+            trigger,
+            detail: &problems.join("; "),
+        });
         if let Ok(mut r) = self.reloads.record.lock() {
             r.1 = Some(ReloadRecord {
                 at: Utc::now(),

@@ -3,6 +3,7 @@
 //! "{id}.{timestamp}.{body}">`, keyed by the endpoint's `whsec_<base64>` secret. Deliveries are
 //! queued in the billing store (so none is lost on restart), retried with backoff, and logged.
 
+use peage_telemetry::WebhookOutcome;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -216,6 +217,7 @@ pub async fn run_worker(
         };
         for (d, ep) in due {
             let at = Utc::now();
+            let started = std::time::Instant::now();
             let attempt = match deliver(&client, &secrets, &d, &ep, at).await {
                 Ok(status) => Attempt::Delivered { status },
                 Err((status, error)) => match schedule.0.get(d.attempts as usize) {
@@ -227,9 +229,31 @@ pub async fn run_worker(
                     None => Attempt::GaveUp { status, error },
                 },
             };
-            if !matches!(attempt, Attempt::Delivered { .. }) {
-                tracing::warn!(delivery = %d.id, endpoint = %ep.url, ?attempt, "webhook delivery failed");
-            }
+            let (outcome, detail) = match &attempt {
+                Attempt::Delivered { status } => (WebhookOutcome::Delivered, status.to_string()),
+                Attempt::Retry { status, error, .. } => (
+                    WebhookOutcome::Retrying,
+                    format!(
+                        "{} {error}",
+                        status.map(|s| s.to_string()).unwrap_or_default()
+                    ),
+                ),
+                Attempt::GaveUp { status, error } => (
+                    WebhookOutcome::Failed,
+                    format!(
+                        "{} {error}",
+                        status.map(|s| s.to_string()).unwrap_or_default()
+                    ),
+                ),
+            };
+            peage_telemetry::emit!(peage_telemetry::WebhookAttempted {
+                delivery_id: d.id.as_ref(),
+                event_type: &d.event_type,
+                attempt: d.attempts.saturating_add(1) as u32,
+                outcome,
+                detail: detail.trim(),
+                elapsed: started.elapsed(),
+            });
             if let Err(e) = store.record_webhook_attempt(&d.id, at, &attempt).await {
                 tracing::warn!(error = %e, "webhooks: recording an attempt failed");
             }
