@@ -7,6 +7,9 @@
 //! `deploy/dev/test-all.sh` runs them); without it they are listed as ignored, and with it a
 //! missing server fails them.
 
+#[path = "support/grafana.rs"]
+mod grafana;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -491,7 +494,14 @@ async fn twenty_thousand_calls_through_two_gateways_are_stored_once_and_billed_f
     let _one = ONE_AT_A_TIME.lock().await;
     servers_up();
     let s = Setup::new(KAFKA).await;
-    let (_billing, control) = s.start("billing", &[]);
+    let billing_metrics = free_port();
+    let (_billing, control) = s.start(
+        "billing",
+        &[(
+            "PEAGE_METRICS__LISTEN",
+            format!("127.0.0.1:{billing_metrics}"),
+        )],
+    );
     let control = control.unwrap();
     let metrics_port = free_port();
     let (_gw1, gw1) = s.start(
@@ -506,7 +516,14 @@ async fn twenty_thousand_calls_through_two_gateways_are_stored_once_and_billed_f
         "gateway",
         &[("PEAGE_GATEWAY__ID", "gw-2".into()), s.spool("gw-2")],
     );
-    let (_agg, _) = s.start("aggregator", &[]);
+    let aggregator_metrics = free_port();
+    let (_agg, _) = s.start(
+        "aggregator",
+        &[(
+            "PEAGE_METRICS__LISTEN",
+            format!("127.0.0.1:{aggregator_metrics}"),
+        )],
+    );
 
     let client = reqwest::Client::new();
     let (pid, secret) = partner_with_live_key(&client, &control).await;
@@ -629,6 +646,70 @@ async fn twenty_thousand_calls_through_two_gateways_are_stored_once_and_billed_f
         .map(|l| l.split(',').nth(13).unwrap().parse::<Decimal>().unwrap())
         .sum();
     assert_eq!(calls, Decimal::from(20_000), "{csv}");
+
+    // Operations: every role answers /healthz and /readyz, and together they serve every
+    // metric of the Grafana dashboard (an invoice run through the API first, so billing has
+    // timed one).
+    admin_post(
+        &client,
+        &control,
+        "/v1/invoices/run",
+        serde_json::json!({ "period": label }),
+    )
+    .await;
+    let mut expositions = Vec::new();
+    for (role, port) in [
+        ("billing", billing_metrics),
+        ("gateway", metrics_port),
+        ("aggregator", aggregator_metrics),
+    ] {
+        for probe in ["healthz", "readyz"] {
+            let r = client
+                .get(format!("http://127.0.0.1:{port}/{probe}"))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let body = r.text().await.unwrap();
+            assert_eq!(status, 200, "{role} /{probe}: {body}");
+        }
+        let metrics = metrics_of(&client, port).await;
+        assert!(
+            metrics.contains(&format!(
+                "peage_build_info{{version=\"0.1.0\",role=\"{role}\"}} 1"
+            )),
+            "{role}:\n{metrics}"
+        );
+        expositions.push(metrics);
+    }
+    let billing = &expositions[0];
+    for line in [
+        "peage_invoice_runs_total{outcome=\"ok\"} 1",
+        "peage_control_requests_total{method=\"POST\",route=\"/v1/invoices/run\",status=\"200\"} 1",
+        "peage_events_spool_pending_events 0",
+    ] {
+        assert!(
+            billing.contains(line),
+            "{line} in billing's /metrics:\n{billing}"
+        );
+    }
+    assert!(
+        grafana::exposed(billing).contains("peage_quota_leases_total"),
+        "{billing}"
+    );
+    let aggregator = &expositions[2];
+    assert!(
+        aggregator.contains("peage_aggregator_inserted_events_total 20000"),
+        "{aggregator}"
+    );
+    let missing = grafana::missing(
+        &expositions.iter().map(String::as_str).collect::<Vec<_>>(),
+        |_| false,
+    );
+    assert!(
+        missing.is_empty(),
+        "dashboard panels without their metric: {missing:?}"
+    );
 }
 
 fn event(i: u64, partner: &str) -> CallEvent {

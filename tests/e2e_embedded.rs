@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use rust_decimal::Decimal;
 use serde_json::Value;
 
+#[path = "support/grafana.rs"]
+mod grafana;
 #[path = "support/peage.rs"]
 mod peage_process;
 use peage_process::Peage;
@@ -2148,6 +2150,31 @@ async fn peage_up_reads_the_configuration_file_then_the_environment_then_set_the
     ] {
         assert!(metrics.contains(line), "{line} not in:\n{metrics}");
     }
+    // The Grafana dashboard works on peage up too, but for the distributed roles' Kafka
+    // spools, which it does not have.
+    let r = client()
+        .post(format!("{}/v1/invoices/run", p.s("control_url")))
+        .bearer_auth(p.s("admin_token"))
+        .json(&serde_json::json!({"period": chrono::Utc::now().format("%Y-%m").to_string()}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let metrics = client()
+        .get(format!("{ops}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let missing = grafana::missing(&[&metrics], |name| {
+        name.starts_with("peage_spool_") || name.starts_with("peage_events_spool_")
+    });
+    assert!(
+        missing.is_empty(),
+        "dashboard panels without their metric: {missing:?}"
+    );
     p.interrupt();
     drop(held);
 }

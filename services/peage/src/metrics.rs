@@ -41,6 +41,110 @@ pub fn read(c: &AtomicU64) -> u64 {
     c.load(Relaxed)
 }
 
+/// The gateway's call events and quota leases (every gateway, `peage up`'s included).
+pub fn gateway_samples(
+    e: &peage_eventlog::EmitterStats,
+    q: &peage_gateway::quota::QuotaStats,
+) -> Vec<Sample> {
+    vec![
+        ("peage_events_emitted_total", "Call events emitted by the gateway.", "counter", read(&e.emitted)),
+        ("peage_events_spooled_total", "Call events written to the disk spool (the event log in peage up).", "counter", read(&e.persisted)),
+        ("peage_quota_lease_requests_total", "Quota lease requests sent to billing.", "counter", read(&q.lease_requests)),
+        ("peage_quota_lease_failures_total", "Quota lease requests that failed.", "counter", read(&q.lease_failures)),
+        ("peage_quota_billing_reachable", "1 while the last lease request reached billing; 0 while the unreachable policy is in force.", "gauge", read(&q.billing_reachable)),
+        ("peage_quota_hard_blocked_total", "Calls answered 429 for a hard quota.", "counter", read(&q.hard_blocked)),
+        ("peage_quota_soft_exceeded_total", "Calls allowed past a soft quota (flagged).", "counter", read(&q.soft_exceeded)),
+        ("peage_quota_shadow_exceeded_total", "Calls allowed past a quota in shadow mode (flagged, never refused).", "counter", read(&q.shadow_exceeded)),
+        ("peage_quota_near_limit_total", "Calls that carried a quota across its near-limit fraction (Peage-Quota-Near-Limit).", "counter", read(&q.near_limit)),
+        ("peage_quota_served_unreachable_total", "Calls served on the unreachable policy's bound while billing was away.", "counter", read(&q.served_unreachable)),
+        ("peage_quota_refused_unreachable_total", "Calls refused (503) because billing was away.", "counter", read(&q.refused_unreachable)),
+    ]
+}
+
+/// A distributed gateway's disk spool in front of Kafka.
+pub fn spool_samples(spool: &peage_eventlog::kafka::SpooledKafkaLog) -> Vec<Sample> {
+    use peage_eventlog::EventLog;
+    let s = spool.stats();
+    vec![
+        ("peage_spool_pending_events", "Events in the spool not yet acknowledged by Kafka.", "gauge", spool.pending()),
+        ("peage_spool_forwarded_events_total", "Events acknowledged by Kafka.", "counter", read(&s.forwarded)),
+        ("peage_spool_read_from_disk_events_total", "Events the forwarder read back from the spool's files (a backlog) rather than from memory.", "counter", read(&s.read_from_disk)),
+        ("peage_spool_forward_failures_total", "Failed attempts to forward a batch to Kafka (each retried).", "counter", read(&s.forward_failures)),
+        ("peage_spool_dropped_events_total", "Events dropped because the spool was full (fail_open).", "counter", read(&s.dropped)),
+        ("peage_spool_accepting", "1 while the gateway admits calls; 0 while a full spool refuses them (fail_closed).", "gauge", u64::from(spool.accepting())),
+    ]
+}
+
+/// The aggregator's two ingesters: call events and usage events.
+pub fn aggregator_samples(
+    st: &peage_aggregator::AggregatorStats,
+    usage: &peage_aggregator::AggregatorStats,
+    stall_recoveries: u64,
+) -> Vec<Sample> {
+    vec![
+        (
+            "peage_aggregator_inserted_events_total",
+            "Events stored in the usage store.",
+            "counter",
+            read(&st.inserted),
+        ),
+        (
+            "peage_aggregator_duplicate_events_total",
+            "Events skipped because the usage store already held them.",
+            "counter",
+            read(&st.duplicates),
+        ),
+        (
+            "peage_aggregator_dead_lettered_total",
+            "Records sent to the dead letters.",
+            "counter",
+            read(&st.dead_lettered),
+        ),
+        (
+            "peage_aggregator_store_failures_total",
+            "Failed usage-store calls (each retried).",
+            "counter",
+            read(&st.store_failures),
+        ),
+        (
+            "peage_aggregator_batches_total",
+            "Batches processed.",
+            "counter",
+            read(&st.batches),
+        ),
+        (
+            "peage_aggregator_abandoned_batches_total",
+            "Batches given up unwritten because their partitions may have moved.",
+            "counter",
+            read(&st.abandoned_batches),
+        ),
+        (
+            "peage_aggregator_usage_inserted_events_total",
+            "Usage events (POST /v1/events) stored in the usage store.",
+            "counter",
+            read(&usage.inserted),
+        ),
+        (
+            "peage_aggregator_usage_duplicate_events_total",
+            "Usage events skipped because the usage store already held them (re-sends).",
+            "counter",
+            read(&usage.duplicates),
+        ),
+        (
+            "peage_aggregator_usage_conflicts_total",
+            "Usage events whose id was already used with other content (dead-lettered).",
+            "counter",
+            read(&usage.conflicts),
+        ),
+        (
+            "peage_aggregator_stall_recoveries_total",
+            "Times the consumer found partitions stalled and rejoined its group.",
+            "counter",
+            stall_recoveries,
+        ),
+    ]
+}
+
 /// `peage_build_info{version="…",role="…"} 1`: which build and role answer.
 pub fn build_info(role: &str) -> String {
     let name = "peage_build_info";

@@ -134,26 +134,9 @@ pub async fn gateway(
         let ready_spool = Arc::clone(&spool);
         let (spool, emitter) = (Arc::clone(&spool), emitter.clone());
         let samples = move || -> Vec<Sample> {
-            let (s, e, q) = (spool.stats(), emitter.stats(), &quota_stats);
-            vec![
-                ("peage_events_emitted_total", "Call events emitted by the gateway.", "counter", read(&e.emitted)),
-                ("peage_events_spooled_total", "Call events written to the disk spool.", "counter", read(&e.persisted)),
-                ("peage_spool_pending_events", "Events in the spool not yet acknowledged by Kafka.", "gauge", spool.pending()),
-                ("peage_spool_forwarded_events_total", "Events acknowledged by Kafka.", "counter", read(&s.forwarded)),
-                ("peage_spool_read_from_disk_events_total", "Events the forwarder read back from the spool's files (a backlog) rather than from memory.", "counter", read(&s.read_from_disk)),
-                ("peage_spool_forward_failures_total", "Failed attempts to forward a batch to Kafka (each retried).", "counter", read(&s.forward_failures)),
-                ("peage_spool_dropped_events_total", "Events dropped because the spool was full (fail_open).", "counter", read(&s.dropped)),
-                ("peage_spool_accepting", "1 while the gateway admits calls; 0 while a full spool refuses them (fail_closed).", "gauge", u64::from(spool.accepting())),
-                ("peage_quota_lease_requests_total", "Quota lease requests sent to billing.", "counter", read(&q.lease_requests)),
-                ("peage_quota_lease_failures_total", "Quota lease requests that failed.", "counter", read(&q.lease_failures)),
-                ("peage_quota_billing_reachable", "1 while the last lease request reached billing; 0 while the unreachable policy is in force.", "gauge", read(&q.billing_reachable)),
-                ("peage_quota_hard_blocked_total", "Calls answered 429 for a hard quota.", "counter", read(&q.hard_blocked)),
-                ("peage_quota_soft_exceeded_total", "Calls allowed past a soft quota (flagged).", "counter", read(&q.soft_exceeded)),
-                ("peage_quota_shadow_exceeded_total", "Calls allowed past a quota in shadow mode (flagged, never refused).", "counter", read(&q.shadow_exceeded)),
-                ("peage_quota_near_limit_total", "Calls that carried a quota across its near-limit fraction (Peage-Quota-Near-Limit).", "counter", read(&q.near_limit)),
-                ("peage_quota_served_unreachable_total", "Calls served on the unreachable policy's bound while billing was away.", "counter", read(&q.served_unreachable)),
-                ("peage_quota_refused_unreachable_total", "Calls refused (503) because billing was away.", "counter", read(&q.refused_unreachable)),
-            ]
+            let mut v = metrics::gateway_samples(emitter.stats(), &quota_stats);
+            v.extend(metrics::spool_samples(&spool));
+            v
         };
         let gw_metrics = Arc::clone(&gw);
         let exposition = move || {
@@ -279,71 +262,9 @@ pub async fn aggregator(
     let usage_stats = usage_agg.stats();
     let (stop_tx, stop_rx) = watch::channel(false);
     if let Some(listen) = config.metrics.listen {
-        let st = Arc::clone(&stats);
-        let samples = move || -> Vec<Sample> {
-            vec![
-                (
-                    "peage_aggregator_inserted_events_total",
-                    "Events stored in ClickHouse.",
-                    "counter",
-                    read(&st.inserted),
-                ),
-                (
-                    "peage_aggregator_duplicate_events_total",
-                    "Events skipped because ClickHouse already held them.",
-                    "counter",
-                    read(&st.duplicates),
-                ),
-                (
-                    "peage_aggregator_dead_lettered_total",
-                    "Records sent to the dead-letter topic.",
-                    "counter",
-                    read(&st.dead_lettered),
-                ),
-                (
-                    "peage_aggregator_store_failures_total",
-                    "Failed ClickHouse calls (each retried).",
-                    "counter",
-                    read(&st.store_failures),
-                ),
-                (
-                    "peage_aggregator_batches_total",
-                    "Batches processed.",
-                    "counter",
-                    read(&st.batches),
-                ),
-                (
-                    "peage_aggregator_abandoned_batches_total",
-                    "Batches given up unwritten because their partitions may have moved.",
-                    "counter",
-                    read(&st.abandoned_batches),
-                ),
-                (
-                    "peage_aggregator_usage_inserted_events_total",
-                    "Usage events (POST /v1/events) stored in ClickHouse.",
-                    "counter",
-                    read(&usage_stats.inserted),
-                ),
-                (
-                    "peage_aggregator_usage_duplicate_events_total",
-                    "Usage events skipped because ClickHouse already held them (re-sends).",
-                    "counter",
-                    read(&usage_stats.duplicates),
-                ),
-                (
-                    "peage_aggregator_usage_conflicts_total",
-                    "Usage events whose id was already used with other content (dead-lettered).",
-                    "counter",
-                    read(&usage_stats.conflicts),
-                ),
-                (
-                    "peage_aggregator_stall_recoveries_total",
-                    "Times the consumer found partitions stalled and rejoined its group.",
-                    "counter",
-                    read(&recoveries),
-                ),
-            ]
-        };
+        let (st, ust) = (Arc::clone(&stats), Arc::clone(&usage_stats));
+        let samples =
+            move || -> Vec<Sample> { metrics::aggregator_samples(&st, &ust, read(&recoveries)) };
         let mut rx = stop_rx.clone();
         let members = [
             (config.aggregator.group.clone(), Arc::clone(&calls_member)),

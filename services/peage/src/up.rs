@@ -491,9 +491,11 @@ pub async fn run(
 
     let (agg_stop_tx, agg_stop_rx) = watch::channel(false);
     let aggregator_running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let aggregator_stats: AggregatorStatsSlot = Arc::default();
     let (calls_log, events_log) = (log.clone(), usage_log.clone());
     let aggregator_task = background_aggregator(
         Arc::clone(&aggregator_running),
+        Arc::clone(&aggregator_stats),
         log.consumer("aggregator").await?,
         usage_log.consumer("usage-aggregator").await?,
         data_dir.join("usage.db"),
@@ -575,6 +577,7 @@ pub async fn run(
         config.gateway.quota_config(),
         config.gateway.id.clone(),
     );
+    let quota_stats = quotas.stats();
     let section = &config.gateway;
     let mut gateway_config = section.gateway_config(jwt_config(&oauth, &control_url))?;
     gateway_config.outbound.partner_urls = outbound;
@@ -605,6 +608,9 @@ pub async fn run(
             listen,
             Operations {
                 gateway: Arc::clone(&gateway),
+                emitter: emitter.clone(),
+                quota_stats,
+                aggregator_stats,
                 billing: Arc::clone(&billing),
                 logs: [
                     ("aggregator", "calls", calls_log),
@@ -717,9 +723,20 @@ pub async fn run(
     Ok(())
 }
 
+/// The embedded aggregator's counters (calls, usage events), once its thread has built it.
+type AggregatorStatsSlot = Arc<
+    std::sync::OnceLock<(
+        Arc<peage_aggregator::AggregatorStats>,
+        Arc<peage_aggregator::AggregatorStats>,
+    )>,
+>;
+
 /// What `peage up`'s `/metrics` and `/readyz` look at.
 struct Operations {
     gateway: Arc<Gateway>,
+    emitter: EventEmitter,
+    quota_stats: Arc<peage_gateway::quota::QuotaStats>,
+    aggregator_stats: AggregatorStatsSlot,
     billing: Arc<dyn BillingStore>,
     /// (consumer group, log name, log) of the embedded aggregator's two consumers.
     logs: [(&'static str, &'static str, EmbeddedLog); 2],
@@ -751,7 +768,12 @@ async fn serve_operations(
     let ops = Arc::new(ops);
     let scraped = Arc::clone(&ops);
     let exposition = move || {
-        scraped.gateway.render_metrics()
+        let mut samples = metrics::gateway_samples(scraped.emitter.stats(), &scraped.quota_stats);
+        if let Some((calls, usage)) = scraped.aggregator_stats.get() {
+            samples.extend(metrics::aggregator_samples(calls, usage, 0));
+        }
+        metrics::render(&samples)
+            + &scraped.gateway.render_metrics()
             + &metrics::catalog_info(&scraped.gateway.catalog().version)
             + &metrics::consumer_lag(&scraped.lag())
             + &metrics::build_info("up")
@@ -794,6 +816,7 @@ const AGGREGATOR_NICENESS: i32 = 10;
 /// calls; it catches up as soon as the load eases. Resolves when the aggregator stops.
 fn background_aggregator(
     running: Arc<std::sync::atomic::AtomicBool>,
+    stats: AggregatorStatsSlot,
     consumer: Box<dyn peage_eventlog::LogConsumer>,
     usage_consumer: Box<dyn peage_eventlog::LogConsumer>,
     usage_db: PathBuf,
@@ -821,15 +844,15 @@ fn background_aggregator(
                             usage.clone(),
                             Box::new(DeadLetterFile::new(dead_letters.clone())),
                             AggregatorConfig::default(),
-                        )
-                        .run(stop.clone());
+                        );
                         let events = UsageAggregator::new(
                             usage_consumer,
                             usage,
                             Box::new(DeadLetterFile::new(dead_letters)),
                             AggregatorConfig::default(),
-                        )
-                        .run(stop);
+                        );
+                        let _ = stats.set((calls.stats(), events.stats()));
+                        let (calls, events) = (calls.run(stop.clone()), events.run(stop));
                         tokio::try_join!(calls, events)
                             .map(|_| ())
                             .map_err(anyhow::Error::from)
