@@ -2071,7 +2071,7 @@ async fn peage_up_reads_the_configuration_file_then_the_environment_then_set_the
     std::fs::write(
         &config,
         format!(
-            "[embedded]\ndata_dir = \"data\"\n\n[gateway]\nlisten = \"127.0.0.1:0\"\nmax_request_body_bytes = 1000\n\n[control]\nlisten = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+            "[embedded]\ndata_dir = \"data\"\n\n[gateway]\nlisten = \"127.0.0.1:0\"\nmax_request_body_bytes = 1000\naccess_log = \"access.jsonl\"\n\n[control]\nlisten = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
             held.local_addr().unwrap()
         ),
     )
@@ -2122,6 +2122,65 @@ async fn peage_up_reads_the_configuration_file_then_the_environment_then_set_the
     };
     assert_ne!(post(2500).await.unwrap().status(), 413);
     assert_eq!(post(3500).await.unwrap().status(), 413);
+
+    // W3C trace context: a caller's trace is continued to the upstream with the gateway's own
+    // span as parent, and a call without one starts a trace; both are in the access log.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let seen_upstream = |traceparent: Option<String>| {
+        let mut r = client()
+            .get(format!(
+                "{}/demo/v1/headers?secret=hidden",
+                p.s("gateway_url")
+            ))
+            .bearer_auth(p.s("api_key"));
+        if let Some(t) = traceparent {
+            r = r.header("traceparent", t);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let v: Value = r.json().await.unwrap();
+            v["headers"]["traceparent"].as_str().unwrap().to_string()
+        }
+    };
+    let continued = seen_upstream(Some(format!("00-{caller_trace}-00f067aa0ba902b7-01"))).await;
+    assert!(
+        continued.starts_with(&format!("00-{caller_trace}-")),
+        "{continued}"
+    );
+    assert!(
+        continued.ends_with("-01") && !continued.contains("00f067aa0ba902b7"),
+        "{continued}"
+    );
+    let started = seen_upstream(None).await;
+    assert_eq!(started.len(), 55, "{started}");
+    assert!(!started.contains(caller_trace), "{started}");
+    let access = dir.path().join("access.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines: Vec<Value> = loop {
+        let lines: Vec<Value> = std::fs::read_to_string(&access)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= 4 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(lines.len(), 4, "one line a call: {lines:?}");
+    assert_eq!(lines[1]["status"], 413);
+    let traced = &lines[2];
+    assert_eq!(traced["trace_id"], caller_trace, "{traced}");
+    assert_eq!(traced["span_id"].as_str().unwrap(), &continued[36..52]);
+    assert_eq!(
+        traced["path"], "/demo/v1/headers",
+        "no query in the log: {traced}"
+    );
+    assert_eq!(traced["partner_id"], p.s("partner_id").as_str());
+    assert_eq!(traced["api"], "demo");
+    assert_eq!(traced["status"], 200);
+    assert_eq!(lines[3]["trace_id"].as_str().unwrap(), &started[3..35]);
     // The data directory is the file's, relative to it.
     assert!(data.join("billing.db").exists());
 

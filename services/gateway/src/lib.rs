@@ -7,6 +7,7 @@
 //!
 //! [`GatewayServer`] serves it on one single-threaded runtime per core ([`server`]).
 
+pub mod access_log;
 pub mod billing;
 mod body;
 pub mod call;
@@ -21,6 +22,7 @@ mod pool;
 pub mod quota;
 pub mod server;
 pub mod tls;
+pub mod trace;
 mod worker;
 
 use std::sync::Arc;
@@ -67,6 +69,8 @@ pub struct GatewayConfig {
     /// Terminate TLS with this certificate and key (reloaded when they change); `None`: plain
     /// HTTP (h2c by prior knowledge for gRPC).
     pub tls: Option<tls::TlsFiles>,
+    /// One JSON line per call, when set (`gateway.access_log`).
+    pub access_log: Option<Arc<access_log::AccessLog>>,
 }
 
 impl Default for GatewayConfig {
@@ -83,6 +87,7 @@ impl Default for GatewayConfig {
             trusted_proxies: Vec::new(),
             credential_failures_per_minute: 20,
             tls: None,
+            access_log: None,
         }
     }
 }
@@ -232,6 +237,7 @@ impl Gateway {
             ("peage_gateway_key_lookups_reachable", "gauge", "1 when billing answered the last key lookup, 0 while lookups fail.", u64::from(k.reachable())),
             ("peage_gateway_tls_reloads_total", "counter", "Times a changed TLS certificate and key were loaded and served to new connections.", self.tls.get().map_or(0, |t| load(&t.stats.reloads))),
             ("peage_gateway_tls_reload_failures_total", "counter", "Times changed TLS files did not load (the running certificate served on).", self.tls.get().map_or(0, |t| load(&t.stats.reload_failures))),
+            ("peage_gateway_access_log_dropped_total", "counter", "Access-log lines dropped because the writer could not keep up.", self.config.access_log.as_ref().map_or(0, |l| load(&l.dropped))),
         ] {
             use std::fmt::Write as _;
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");

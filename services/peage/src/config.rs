@@ -343,6 +343,9 @@ pub struct GatewaySection {
     /// `quota_unreachable_bound` units per quota beyond the last lease) or `refuse` (503).
     pub quota_when_billing_unreachable: UnreachableChoice,
     pub quota_unreachable_bound: u64,
+    /// One JSON line per call (time, trace id, method, path, status, partner…) appended to
+    /// this file, or written to standard output for `-`; off when unset.
+    pub access_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -406,6 +409,14 @@ impl GatewaySection {
             trusted_proxies,
             credential_failures_per_minute: self.credential_failures_per_minute,
             tls,
+            access_log: match &self.access_log {
+                Some(path) => Some(
+                    peage_gateway::access_log::AccessLog::open(path).with_context(|| {
+                        format!("gateway.access_log: cannot open {}", path.display())
+                    })?,
+                ),
+                None => None,
+            },
         })
     }
 
@@ -454,6 +465,7 @@ impl Default for GatewaySection {
             billing_token: None,
             billing_token_file: None,
             quota_lease_size: quota.lease_size.to_u64().unwrap_or(100),
+            access_log: None,
             quota_when_billing_unreachable: UnreachableChoice::Serve,
             quota_unreachable_bound: unreachable_bound.to_u64().unwrap_or(1_000),
         }
@@ -821,6 +833,14 @@ pub fn load_with(
         resolve(f);
     }
     if let Some(f) = &mut config.gateway.upstream_ca_file {
+        resolve(f);
+    }
+    if let Some(f) = config
+        .gateway
+        .access_log
+        .as_mut()
+        .filter(|f| f.as_path() != Path::new("-"))
+    {
         resolve(f);
     }
     if let Some(f) = &mut config.secrets.key_file {

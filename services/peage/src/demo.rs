@@ -45,6 +45,17 @@ pub fn router() -> Router {
                 r
             }),
         )
+        // What an upstream behind Péage is told: partner, forwarding headers, trace context.
+        .route(
+            "/headers",
+            get(|headers: HeaderMap| async move {
+                let seen: serde_json::Map<String, serde_json::Value> = headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), json!(String::from_utf8_lossy(v.as_bytes()))))
+                    .collect();
+                Json(json!({ "headers": seen }))
+            }),
+        )
         .route(
             "/slow",
             get(|Query(p): Query<SlowParams>| async move {

@@ -34,6 +34,7 @@ use peage_core::CallEvent;
 
 use crate::body::{CountingBody, MeteredBody, ResponseBody};
 use crate::quota::Taken;
+use crate::trace::TraceContext;
 use crate::worker::Worker;
 use meter::{GrpcCall, PendingCall};
 use refusal::Refusal;
@@ -77,11 +78,15 @@ pub(crate) async fn handle(
         _ => {}
     }
     let grpc = crate::grpc::is_grpc(req.headers());
+    let access_log = worker.gateway.config.access_log.as_ref();
+    let logged = access_log.map(|_| (req.method().clone(), req.uri().path().to_string()));
     let mut call = Call {
         started: Instant::now(),
         version: None,
         pending: None,
         origin: req.headers().get(header::ORIGIN).cloned(),
+        trace: TraceContext::of(req.headers()),
+        who: None,
     };
     let mut response = match pipeline(worker, &mut call, peer, grpc, req).await {
         Ok(r) => r,
@@ -102,6 +107,27 @@ pub(crate) async fn handle(
             cors::decorate(v, origin, response.headers_mut());
         }
     }
+    if let (Some(log), Some((method, path))) = (access_log, logged) {
+        let who = call.who.as_ref();
+        log.write(
+            crate::access_log::Entry {
+                time: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                trace_id: call.trace.trace_id_hex(),
+                span_id: call.trace.span_id_hex(),
+                method: method.as_str(),
+                path: &path,
+                status: response.status().as_u16(),
+                ms: call.started.elapsed().as_secs_f64() * 1000.0,
+                peer: peer.ip.to_str().unwrap_or_default(),
+                api: call.version.as_ref().map(|v| v.api.as_str()),
+                version: call.version.as_ref().map(|v| v.spec.id.as_str()),
+                partner_id: who.map(|w| w.0.as_str()),
+                key_id: who.map(|w| w.1.as_str()),
+                gateway_id: &worker.gateway.config.gateway_id,
+            }
+            .line(),
+        );
+    }
     response
 }
 
@@ -120,6 +146,10 @@ struct Call {
     pending: Option<PendingCall>,
     /// A browser's `Origin`: the answer gets the version's CORS headers.
     origin: Option<HeaderValue>,
+    /// Its trace (`traceparent`), continued or started here.
+    trace: TraceContext,
+    /// Partner and key, kept for the access log when there is one.
+    who: Option<(String, String)>,
 }
 
 async fn pipeline(
@@ -132,7 +162,7 @@ async fn pipeline(
     let gw = &worker.gateway;
     let now = Utc::now();
     let time = peage_core::event::truncate_to_micros(now);
-    let (head, body) = req.into_parts();
+    let (mut head, body) = req.into_parts();
 
     // The catalog this call starts with is the one it finishes on, whatever reload happens.
     let loaded = gw.loaded();
@@ -149,6 +179,9 @@ async fn pipeline(
     }
 
     let key = authenticate::authenticate(gw, &worker.keys, peer, &head.headers).await?;
+    if gw.config.access_log.is_some() {
+        call.who = Some((key.partner_id.clone(), key.key_id.clone()));
+    }
     if !gw.emitter.accepting() {
         // The metering spool is full and the operator chose fail_closed: a call that could
         // not be metered is not served.
@@ -268,6 +301,9 @@ async fn pipeline(
 
     let tally = Arc::clone(&pending.request);
     let body = CountingBody::new(op.body, tally, is_grpc);
+    // The upstream continues the call's trace, the gateway's span as its parent.
+    head.headers
+        .insert(crate::trace::TRACEPARENT, call.trace.upstream_header());
     let (upstream, checkin) = forward::forward(
         worker,
         &loaded,
