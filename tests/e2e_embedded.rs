@@ -2237,3 +2237,147 @@ async fn peage_up_reads_the_configuration_file_then_the_environment_then_set_the
     p.interrupt();
     drop(held);
 }
+
+/// `peage backup`, as an operator runs it beside a running `peage up`.
+fn backup(data: &Path, out: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_peage"))
+        .args(["backup", "--data-dir"])
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "peage backup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn restore(from: &Path, data: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_peage"))
+        .args(["restore", "--from"])
+        .arg(from)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap()
+}
+
+/// What finance and the partner see: usage, keys, invoices (without times of the answer).
+async fn books(p: &Peage) -> Value {
+    let pid = p.s("partner_id");
+    let mut all = serde_json::Map::new();
+    for (name, path) in [
+        ("usage", format!("/v1/partners/{pid}/usage")),
+        ("keys", format!("/v1/partners/{pid}/keys")),
+        ("invoices", "/v1/invoices".to_string()),
+    ] {
+        let r = admin_get(p, &path).await;
+        assert_eq!(r.status(), 200, "{path}");
+        all.insert(name.into(), r.json().await.unwrap());
+    }
+    Value::Object(all)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_while_peage_runs_restores_usage_keys_and_invoices() {
+    let (dir, data) = temp_dir();
+    let p = Peage::start(&data);
+    for _ in 0..40 {
+        assert_eq!(call(&p, &p.s("api_key")).await.status(), 200);
+    }
+    let pid = p.s("partner_id");
+    admin_post(
+        &p,
+        &format!("/v1/partners/{pid}/keys"),
+        serde_json::json!({"env": "live", "name": "ci"}),
+    )
+    .await;
+    admin_post(
+        &p,
+        "/v1/invoices/run",
+        serde_json::json!({"period": chrono::Utc::now().format("%Y-%m").to_string()}),
+    )
+    .await;
+    wait_for_calls(&p, 40).await;
+
+    // Idle: the restored directory answers exactly as the original did.
+    let before = books(&p).await;
+    assert_eq!(before["invoices"]["invoices"].as_array().map(Vec::len), Some(1), "{before}");
+    let idle = dir.path().join("backup-idle");
+    backup(&data, &idle);
+    // Under traffic: calls go on while the backup is taken.
+    let busy = dir.path().join("backup-busy");
+    let traffic = {
+        let (gw, key) = (p.s("gateway_url"), p.s("api_key"));
+        tokio::spawn(async move {
+            for _ in 0..60 {
+                let r = client()
+                    .get(format!("{gw}/demo/v1/hello"))
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    backup(&data, &busy);
+    traffic.await.unwrap();
+    p.interrupt();
+
+    // A backup whose file was damaged is refused before anything is written.
+    let damaged = dir.path().join("backup-damaged");
+    std::fs::create_dir(&damaged).unwrap();
+    for entry in std::fs::read_dir(&idle).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), damaged.join(entry.file_name())).unwrap();
+        }
+    }
+    std::fs::write(damaged.join("admin-token"), "adm_tampered_tampered").unwrap();
+    let out = restore(&damaged, &dir.path().join("never"));
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("admin-token") && e.contains("damaged"), "{e}");
+    assert!(!dir.path().join("never").exists());
+
+    let restored = dir.path().join("restored");
+    let out = restore(&idle, &restored);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Never over a directory in use or with data in it.
+    let again = restore(&idle, &restored);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+    let r = Peage::start(&restored);
+    assert_eq!(r.s("partner_id"), pid);
+    wait_for_calls(&r, 40).await;
+    let after = books(&r).await;
+    for part in ["usage", "keys", "invoices"] {
+        assert_eq!(after[part], before[part], "{part}");
+    }
+    r.interrupt();
+
+    // The busy backup holds the 40 calls and some of the 60, each once.
+    let restored_busy = dir.path().join("restored-busy");
+    assert!(restore(&busy, &restored_busy).status.success());
+    let r = Peage::start(&restored_busy);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seen = calls_metered(&r).await;
+    assert!(
+        seen >= Decimal::from(40) && seen <= Decimal::from(100),
+        "{seen} calls after restoring a backup taken during traffic"
+    );
+    let ids = |books: &Value| -> Vec<(String, String)> {
+        books["keys"]["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| (k["key_id"].to_string(), k["name"].to_string()))
+            .collect()
+    };
+    assert_eq!(ids(&books(&r).await), ids(&before));
+    r.interrupt();
+}

@@ -1,5 +1,6 @@
 //! The `peage` binary's library: each command wires the service crates together.
 
+pub mod backup_cli;
 pub mod catalog_cli;
 pub mod catalog_reload;
 pub mod config;

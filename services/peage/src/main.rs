@@ -45,6 +45,11 @@ enum Command {
     /// Usage events: `import` a backfill (NDJSON or CSV of CloudEvents) through the events API.
     #[command(subcommand)]
     Events(peage::events_cli::EventsCommand),
+    /// Copy an embedded data directory while `peage up` runs on it, consistently
+    /// (docs/operations.md, "Backups").
+    Backup(peage::backup_cli::BackupArgs),
+    /// Restore a `peage backup` into a new data directory, after checking every file.
+    Restore(peage::backup_cli::RestoreArgs),
     /// Print a one-time dashboard sign-in link (15 minutes) for a partner or a staff member.
     SignInLink(peage::sign_in_cli::SignInLinkCommand),
     /// The company's named dashboard users (viewer, finance, admin): `add`, `list`, `set`.
@@ -144,6 +149,8 @@ async fn main() -> std::process::ExitCode {
             Err(e) => Err(e),
         },
         Command::Events(c) => peage::events_cli::run(c).await,
+        Command::Backup(a) => peage::backup_cli::backup(a).await,
+        Command::Restore(a) => peage::backup_cli::restore(a).await,
         Command::SignInLink(c) => peage::sign_in_cli::run(c).await,
         Command::Staff(c) => peage::staff_cli::run(c).await,
         Command::Secrets(c) => peage::secrets_cli::run(c).await,
