@@ -710,6 +710,67 @@ async fn twenty_thousand_calls_through_two_gateways_are_stored_once_and_billed_f
         missing.is_empty(),
         "dashboard panels without their metric: {missing:?}"
     );
+
+    // Backups: the documented script copies PostgreSQL and ClickHouse while the roles run;
+    // a billing role on the restored databases answers as the original does.
+    let books = |control: String| {
+        let client = client.clone();
+        let pid = pid.clone();
+        async move {
+            let mut all = Vec::new();
+            for path in [
+                format!("/v1/partners/{pid}/usage"),
+                format!("/v1/partners/{pid}/keys"),
+                "/v1/invoices".to_string(),
+            ] {
+                all.push(admin_get(&client, &control, &path).await);
+            }
+            all
+        }
+    };
+    let before = books(control.clone()).await;
+    let backup_dir = s.dir.path().join("backup");
+    let restored = format!("{}_r", s.name);
+    let script = |args: &[&str], db: &str| {
+        let out = Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/backup/distributed.sh"
+        ))
+        .args(args)
+        .env("PEAGE_POSTGRES__URL", format!("{POSTGRES}/{db}"))
+        .env("PEAGE_CLICKHOUSE__URL", CLICKHOUSE)
+        .env("PEAGE_CLICKHOUSE__DATABASE", db)
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "distributed.sh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let backup_path = backup_dir.display().to_string();
+    script(&["backup", &backup_path], &s.name);
+    let mut pg = PgConnection::connect(&format!("{POSTGRES}/peage"))
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {restored}"))
+        .execute(&mut pg)
+        .await
+        .unwrap();
+    script(&["restore", &backup_path], &restored);
+    let (_restored_billing, restored_control) = s.start(
+        "billing",
+        &[
+            ("PEAGE_POSTGRES__URL", format!("{POSTGRES}/{restored}")),
+            ("PEAGE_CLICKHOUSE__DATABASE", restored.clone()),
+            (
+                "PEAGE_EVENTS__SPOOL_DIR",
+                s.dir.path().join("restored-spool").display().to_string(),
+            ),
+        ],
+    );
+    let after = books(restored_control.unwrap()).await;
+    assert_eq!(after, before, "usage, keys and invoices after a restore");
 }
 
 fn event(i: u64, partner: &str) -> CallEvent {

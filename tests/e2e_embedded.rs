@@ -2304,7 +2304,11 @@ async fn a_backup_taken_while_peage_runs_restores_usage_keys_and_invoices() {
 
     // Idle: the restored directory answers exactly as the original did.
     let before = books(&p).await;
-    assert_eq!(before["invoices"]["invoices"].as_array().map(Vec::len), Some(1), "{before}");
+    assert_eq!(
+        before["invoices"]["invoices"].as_array().map(Vec::len),
+        Some(1),
+        "{before}"
+    );
     let idle = dir.path().join("backup-idle");
     backup(&data, &idle);
     // Under traffic: calls go on while the backup is taken.
@@ -2346,7 +2350,11 @@ async fn a_backup_taken_while_peage_runs_restores_usage_keys_and_invoices() {
 
     let restored = dir.path().join("restored");
     let out = restore(&idle, &restored);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Never over a directory in use or with data in it.
     let again = restore(&idle, &restored);
     assert!(!again.status.success());
