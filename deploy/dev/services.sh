@@ -24,6 +24,7 @@ TANSU_VERSION=0.6.0
 CHDB_VERSION=4.4.0
 SCHEMATHESIS_VERSION=4.32.5
 OPENAPI_CLIENT_VERSION=0.29.1
+KUBERNETES_VALIDATE_VERSION=1.37.0
 TOOLS=${PEAGE_TOOLS_DIR:-$HOME/.cache/peage}
 PG_BIN=/usr/lib/postgresql/15/bin
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -41,6 +42,8 @@ install() {
     command -v cmake >/dev/null || missing+=(cmake) # rdkafka builds its bundled librdkafka
     command -v cc >/dev/null || missing+=(build-essential)
     command -v curl >/dev/null || missing+=(curl)
+    # deploy/validate.sh: docker-compose 1.29 checks deploy/compose.yaml without a daemon.
+    command -v docker-compose >/dev/null || missing+=(docker-compose)
     # The dashboard's browser tests: Debian's Chromium driven by playwright-core from npm.
     [ -x /usr/bin/chromium ] || missing+=(chromium)
     command -v node >/dev/null || missing+=(nodejs)
@@ -75,6 +78,14 @@ install() {
         mkdir -p "$TOOLS"
         python3 -m venv "$TOOLS/openapi-client-venv"
         "$TOOLS/openapi-client-venv/bin/pip" install -q "openapi-python-client==$OPENAPI_CLIENT_VERSION"
+    fi
+    # kubernetes-validate (PyPI) checks the Helm chart's rendered manifests against the
+    # Kubernetes schemas it bundles (deploy/validate.sh).
+    if ! "$TOOLS/k8s-venv/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$KUBERNETES_VALIDATE_VERSION"; then
+        log "pip install kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $TOOLS/k8s-venv"
+        mkdir -p "$TOOLS"
+        python3 -m venv "$TOOLS/k8s-venv"
+        "$TOOLS/k8s-venv/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" pyyaml
     fi
     # playwright-core, pinned by tests/browser/package-lock.json (no browser download).
     local browser="$ROOT/tests/browser"

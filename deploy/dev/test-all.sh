@@ -26,3 +26,7 @@ deploy/dev/schemathesis.sh
 
 # A client generated from the committed OpenAPI document, used end to end against `peage up`.
 deploy/dev/openapi-client.sh
+
+# The deployment files: the Helm chart rendered and checked against the Kubernetes schemas,
+# deploy/compose.yaml checked by docker-compose, peage.toml files by `peage config check`.
+deploy/validate.sh

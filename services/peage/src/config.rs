@@ -132,6 +132,20 @@ impl EventsSection {
         &self,
         sink: std::sync::Arc<dyn peage_billing::service::events::UsageEventSink>,
     ) -> anyhow::Result<peage_billing::service::events::EventsIntake> {
+        self.validate()?;
+        Ok(peage_billing::service::events::EventsIntake {
+            sink,
+            window: peage_core::usage_event::TimeWindow {
+                backfill: chrono::TimeDelta::days(i64::from(self.backfill_days)),
+                ..Default::default()
+            },
+            max_events: self.max_batch_events,
+            max_bytes: self.max_batch_bytes,
+        })
+    }
+
+    /// The limits in range; an error names the setting.
+    pub fn validate(&self) -> anyhow::Result<()> {
         if !(1..=400).contains(&self.backfill_days) {
             bail!(
                 "events.backfill_days must be 1–400, not {}",
@@ -152,15 +166,7 @@ impl EventsSection {
                 self.max_batch_bytes
             );
         }
-        Ok(peage_billing::service::events::EventsIntake {
-            sink,
-            window: peage_core::usage_event::TimeWindow {
-                backfill: chrono::TimeDelta::days(i64::from(self.backfill_days)),
-                ..Default::default()
-            },
-            max_events: self.max_batch_events,
-            max_bytes: self.max_batch_bytes,
-        })
+        Ok(())
     }
 }
 
@@ -764,6 +770,28 @@ fn set_key(
             .with_context(|| format!("{origin}: {p} is not a section"))?;
     }
     table.insert(parts[parts.len() - 1].clone(), parsed);
+    Ok(())
+}
+
+/// What `peage config check` verifies beyond parsing: the settings each role checks at start
+/// that need no server (limits, TLS pairs, proxy blocks, outbound policy, invoice prefix,
+/// events limits, the catalog).
+pub fn check(config: &PeageConfig) -> anyhow::Result<()> {
+    let jwt = peage_gateway::JwtConfig {
+        issuer: config.oauth.issuer.clone(),
+        audience: config.oauth.audience.clone(),
+        jwks_url: format!("{}/.well-known/jwks.json", config.gateway.billing_url),
+        leeway: std::time::Duration::from_secs(30),
+    };
+    let mut gateway = config.gateway.clone();
+    // Checking must not create or append to the access log.
+    gateway.access_log = None;
+    gateway.gateway_config(jwt)?;
+    config.outbound.policy()?;
+    config.billing.issuer()?;
+    config.events_kafka()?;
+    config.events.validate()?;
+    crate::up::load_catalog(&config.catalog_path(), Some("http://127.0.0.1:9"))?;
     Ok(())
 }
 

@@ -50,6 +50,10 @@ enum Command {
     Backup(peage::backup_cli::BackupArgs),
     /// Restore a `peage backup` into a new data directory, after checking every file.
     Restore(peage::backup_cli::RestoreArgs),
+    /// Check a configuration file as start-up would (every key, type and path), without
+    /// starting anything; exit 1 naming what is wrong.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print a one-time dashboard sign-in link (15 minutes) for a partner or a staff member.
     SignInLink(peage::sign_in_cli::SignInLinkCommand),
     /// The company's named dashboard users (viewer, finance, admin): `add`, `list`, `set`.
@@ -70,6 +74,13 @@ enum Command {
         )]
         listen: SocketAddr,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Reads the file and the `PEAGE_*` environment as every command does, and checks the
+    /// settings that need no server (addresses, TLS pairs, limits, the catalog file).
+    Check(ConfigArg),
 }
 
 #[derive(clap::Args)]
@@ -149,6 +160,11 @@ async fn main() -> std::process::ExitCode {
             Err(e) => Err(e),
         },
         Command::Events(c) => peage::events_cli::run(c).await,
+        Command::Config(ConfigCommand::Check(c)) => c.load().and_then(|cfg| {
+            peage::config::check(&cfg)?;
+            println!("{}: valid", c.config.display());
+            Ok(())
+        }),
         Command::Backup(a) => peage::backup_cli::backup(a).await,
         Command::Restore(a) => peage::backup_cli::restore(a).await,
         Command::SignInLink(c) => peage::sign_in_cli::run(c).await,
