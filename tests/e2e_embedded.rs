@@ -2389,3 +2389,172 @@ async fn a_backup_taken_while_peage_runs_restores_usage_keys_and_invoices() {
     assert_eq!(ids(&books(&r).await), ids(&before));
     r.interrupt();
 }
+
+fn erase(data: &Path, id: &str, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_peage"))
+        .args([
+            "partners",
+            "erase",
+            id,
+            "--by",
+            "dpo@example.com",
+            "--data-dir",
+        ])
+        .arg(data)
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasing_a_partner_removes_its_personal_data_and_keeps_its_invoices() {
+    let (_dir, data) = temp_dir();
+    let p = Peage::start(&data);
+    let doe = admin_post(
+        &p,
+        "/v1/partners",
+        serde_json::json!({"name": "Doe Consulting", "plan": "demo", "external_id": "crm-7"}),
+    )
+    .await;
+    let id = doe["id"].as_str().unwrap().to_string();
+    let r = client()
+        .put(format!("{}/v1/partners/{id}/billing-details", p.s("control_url")))
+        .bearer_auth(p.s("admin_token"))
+        .json(&serde_json::json!({"legal_name": "Jane Doe", "address": ["1 Main St"], "email": "jane@doe.example"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let key = admin_post(
+        &p,
+        &format!("/v1/partners/{id}/keys"),
+        serde_json::json!({"env": "live"}),
+    )
+    .await["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for _ in 0..5 {
+        assert_eq!(call(&p, &key).await.status(), 200);
+    }
+    let run = admin_post(
+        &p,
+        "/v1/invoices/run",
+        serde_json::json!({"period": chrono::Utc::now().format("%Y-%m").to_string()}),
+    )
+    .await;
+    assert!(run["created"].as_u64().unwrap() >= 1, "{run}");
+    let invoices: Value = admin_get(&p, &format!("/v1/invoices?partner_id={id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let draft = invoices["invoices"][0]["id"].as_str().unwrap().to_string();
+
+    // Without --yes and without a terminal: nothing happens.
+    let out = erase(&data, &id, &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    // With a draft open: refused, naming it.
+    let out = erase(&data, &id, &["--yes"]);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains(&draft) && e.contains("finalize or void"), "{e}");
+    admin_post(
+        &p,
+        &format!("/v1/invoices/{draft}/void"),
+        serde_json::json!({}),
+    )
+    .await;
+
+    let out = erase(&data, &id, &["--yes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("1 key(s) revoked") && said.contains("1 invoice(s) kept"),
+        "{said}"
+    );
+
+    let partner: Value = admin_get(&p, &format!("/v1/partners/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(partner["name"], "Erased partner", "{partner}");
+    assert!(partner["external_id"].is_null(), "{partner}");
+    let details: Value = admin_get(&p, &format!("/v1/partners/{id}/billing-details"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        details.get("email").is_none() && details.get("legal_name").is_none(),
+        "{details}"
+    );
+    let keys: Value = admin_get(&p, &format!("/v1/partners/{id}/keys"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        keys["keys"][0]["last_used_at"].is_null(),
+        "raw events are gone: {keys}"
+    );
+    assert!(keys["keys"][0]["name"].is_null(), "{keys}");
+    // The key stops working (the gateway's key cache holds it at most 5 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = call(&p, &key).await.status();
+        if status == 401 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the erased partner's key still answers {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Its invoice is kept; raw events are gone (no last use), the rollups still count the calls.
+    let invoices: Value = admin_get(&p, &format!("/v1/invoices?partner_id={id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(invoices["invoices"][0]["id"], draft.as_str());
+    // The audit log says who erased whom.
+    let audit: Value = admin_get(&p, "/v1/audit?limit=1000")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let record = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["action"] == "peage partners erase")
+        .expect("an audit record of the erasure");
+    assert_eq!(record["actor"], "cli:dpo@example.com");
+    assert_eq!(record["target"], format!("id={id}"));
+    // Once only; running it again deletes what was still on its way (calls served from the
+    // key cache, events in the log) when it ran.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let out = erase(&data, &id, &["--yes"]);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("erased already") && e.contains("deleted again"),
+        "{e}"
+    );
+    let keys: Value = admin_get(&p, &format!("/v1/partners/{id}/keys"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(keys["keys"][0]["last_used_at"].is_null(), "{keys}");
+    p.interrupt();
+}

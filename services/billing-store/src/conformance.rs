@@ -68,6 +68,7 @@ macro_rules! conformance_tests {
             payments_never_pay_more_than_is_due_and_overdue_is_reported_once,
             a_job_lease_has_one_holder_until_it_expires,
             alerts_are_listed_until_deleted_and_each_notice_is_kept_once,
+            erasure_removes_personal_data_and_keeps_invoices,
         );
     };
     (@each $attrs:tt $fixture:path; $($name:ident,)*) => {
@@ -2097,4 +2098,94 @@ pub async fn alerts_are_listed_until_deleted_and_each_notice_is_kept_once(s: &dy
         .unwrap());
     assert_eq!(s.alerts(Some(&typed(pa))).await.unwrap(), [a2]);
     assert_eq!(s.alert_notices(&typed(pa), t0).await.unwrap().len(), 3);
+}
+
+pub async fn erasure_removes_personal_data_and_keeps_invoices(s: &dyn BillingStore) {
+    use peage_core::InvoiceStatus;
+    // prt_a (two plans, keys "production" and a sandbox one) and prt_b.
+    keys_are_found_by_hash_and_revocation_is_idempotent(s).await;
+    let a: PartnerId = typed("prt_61000000000000000000");
+    let b: PartnerId = typed("prt_62000000000000000000");
+    let at = Utc.with_ymd_and_hms(2026, 12, 5, 10, 0, 0).unwrap();
+    s.set_external_id(&a, Some("crm-42")).await.unwrap();
+    let details = peage_core::invoice::BillTo {
+        legal_name: Some("Acme SAS".into()),
+        address: vec!["1 rue de la Paix".into(), "75002 Paris".into()],
+        tax_id: Some("FR12345678901".into()),
+        email: Some("billing@acme.example".into()),
+    };
+    s.put_billing_details(&a, &details, at).await.unwrap();
+    s.put_billing_details(&b, &details, at).await.unwrap();
+    // A finalized invoice issued to those details, and a draft.
+    let mut issued = draft("inv_65726173650000000000", a.as_str(), "10");
+    issued.invoice.bill_to = Some(details.clone());
+    s.save_draft(&issued).await.unwrap();
+    s.finalize_invoice(
+        &typed("inv_65726173650000000000"),
+        "TEST",
+        at,
+        "admin",
+        peage_core::payment::DEFAULT_NET_DAYS,
+        &mut msg_ids(),
+    )
+    .await
+    .unwrap();
+    let mut open = draft("inv_6f70656e000000000000", a.as_str(), "5");
+    open.invoice.period.start += Duration::days(30);
+    open.invoice.period.end += Duration::days(31);
+    open.period_label = "2026-12".into();
+    s.save_draft(&open).await.unwrap();
+
+    // Refused while a draft is open, naming it; nothing changed.
+    match s.erase_partner(&a, at).await {
+        Err(BillingStoreError::Conflict(m)) => {
+            assert!(m.contains("inv_6f70656e000000000000"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.partner(&a).await.unwrap().unwrap().name, "Acme");
+    s.void_invoice(&typed("inv_6f70656e000000000000"), at, "admin")
+        .await
+        .unwrap();
+
+    let erased = s.erase_partner(&a, at).await.unwrap();
+    assert_eq!(erased.partner_id, a.as_str());
+    assert_eq!(erased.invoices_kept, 2);
+    assert!(erased.keys_revoked >= 1, "{erased:?}");
+    let p = s.partner(&a).await.unwrap().unwrap();
+    assert_eq!(p.name, crate::erasure::ERASED_NAME);
+    assert_eq!(p.external_id, None);
+    assert!(s.partner_by_external_id("crm-42").await.unwrap().is_none());
+    assert_eq!(p.subscription.ended_at, Some(at));
+    assert_eq!(
+        s.billing_profile(&a).await.unwrap().and_then(|p| p.details),
+        None
+    );
+    for k in s.keys(&a).await.unwrap() {
+        assert_eq!(k.name, None);
+        assert!(k.revoked_at.is_some_and(|r| r <= at), "{k:?}");
+    }
+    // The finalized invoice is kept as issued, billing details included.
+    let kept = s
+        .invoice(&typed("inv_65726173650000000000"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.status, InvoiceStatus::Finalized);
+    assert_eq!(kept.invoice.bill_to, Some(details.clone()));
+    // Once only; another partner is untouched; an unknown one is not found.
+    assert!(matches!(
+        s.erase_partner(&a, at).await,
+        Err(BillingStoreError::Conflict(_))
+    ));
+    assert_eq!(s.partner(&b).await.unwrap().unwrap().name, "Beta");
+    assert_eq!(
+        s.billing_profile(&b).await.unwrap().and_then(|p| p.details),
+        Some(details)
+    );
+    assert!(matches!(
+        s.erase_partner(&typed("prt_6e6f6e65000000000000"), at)
+            .await,
+        Err(BillingStoreError::NotFound { .. })
+    ));
 }

@@ -5,6 +5,7 @@
 pub mod audit;
 #[doc(hidden)]
 pub mod conformance;
+pub mod erasure;
 pub mod idempotency;
 pub mod ledger;
 pub mod postgres;
@@ -23,6 +24,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 pub use audit::{AuditRecord, AuditStore};
+pub use erasure::{Erased, ErasureStore};
 pub use idempotency::{ClaimOutcome, IdempotencyClaim, IdempotencyStore, KeptAnswer};
 pub use ledger::catalogs::{AcceptedCatalog, CatalogStore, RoleCatalog, StoredCatalog};
 pub use ledger::coupons::{CouponRecord, CouponStore, PartnerCoupon};
@@ -240,6 +242,7 @@ pub trait BillingStore:
     + ServiceTokenStore
     + RevocationFeed
     + AuditStore
+    + ErasureStore
     + StaffStore
     + Send
     + Sync

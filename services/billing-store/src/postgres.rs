@@ -25,7 +25,8 @@ pub struct PostgresBillingStore {
 
 const PARTNER_SELECT: &str =
     "SELECT p.id, p.name, p.external_id, p.created_at, s.plan_id, s.plan_version, s.started_at, s.ended_at \
-     FROM partners p JOIN subscriptions s ON s.partner_id = p.id AND s.ended_at IS NULL";
+     FROM partners p JOIN subscriptions s ON s.partner_id = p.id \
+     AND NOT EXISTS (SELECT 1 FROM subscriptions n WHERE n.partner_id = s.partner_id AND n.started_at > s.started_at)";
 
 fn subscription_from(row: &PgRow) -> Result<Subscription, BillingStoreError> {
     Ok(Subscription {
@@ -508,6 +509,7 @@ crate::ledger::db::ledger_glue!(PostgresBillingStore, sqlx::Postgres, "BEGIN");
 crate::staff::staff_store!(PostgresBillingStore, sqlx::Postgres, "BEGIN");
 crate::idempotency::idempotency_store!(PostgresBillingStore);
 crate::audit::audit_store!(PostgresBillingStore);
+crate::erasure::erasure_store!(PostgresBillingStore, |at: DateTime<Utc>| at);
 crate::service_tokens::service_token_store!(PostgresBillingStore, sqlx::Postgres);
 crate::revocations::revocation_feed!(
     PostgresBillingStore,

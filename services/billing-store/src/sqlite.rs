@@ -33,7 +33,8 @@ use crate::ledger::{parse_opt_time as opt_ts, parse_time as parse_ts, ts};
 
 const PARTNER_SELECT: &str =
     "SELECT p.id, p.name, p.external_id, p.created_at, s.plan_id, s.plan_version, s.started_at, s.ended_at \
-     FROM partners p JOIN subscriptions s ON s.partner_id = p.id AND s.ended_at IS NULL";
+     FROM partners p JOIN subscriptions s ON s.partner_id = p.id \
+     AND NOT EXISTS (SELECT 1 FROM subscriptions n WHERE n.partner_id = s.partner_id AND n.started_at > s.started_at)";
 
 fn subscription_from(row: &SqliteRow) -> Result<Subscription, BillingStoreError> {
     Ok(Subscription {
@@ -637,6 +638,7 @@ crate::ledger::db::ledger_glue!(SqliteBillingStore, sqlx::Sqlite, "BEGIN IMMEDIA
 crate::staff::staff_store!(SqliteBillingStore, sqlx::Sqlite, "BEGIN IMMEDIATE");
 crate::idempotency::idempotency_store!(SqliteBillingStore);
 crate::audit::audit_store!(SqliteBillingStore);
+crate::erasure::erasure_store!(SqliteBillingStore, |at: DateTime<Utc>| ts(at));
 crate::service_tokens::service_token_store!(SqliteBillingStore, sqlx::Sqlite);
 crate::revocations::revocation_feed!(
     SqliteBillingStore,

@@ -77,6 +77,11 @@ impl CatalogSource for CatalogFile {
 /// past their grace period (every `auto_finalize` interval, when on), checks spend and usage
 /// alerts (every `alerts_every`) and, with `adopt_catalog` (distributed mode), puts the store's
 /// catalog of record in force whenever another billing instance accepted a new one.
+/// How often retention looks for months to drop (a month ends at most once between passes
+/// that matter; each pass reads the store's months).
+const RETENTION_EVERY: Duration = Duration::from_secs(6 * 3600);
+
+#[allow(clippy::too_many_arguments)]
 pub fn upkeep(
     billing: Arc<Billing>,
     every: Duration,
@@ -86,11 +91,13 @@ pub fn upkeep(
         Duration,
     )>,
     alerts_every: Duration,
+    retention_months: Option<u32>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut next_finalize = tokio::time::Instant::now();
         let mut next_alerts = tokio::time::Instant::now();
+        let mut next_retention = tokio::time::Instant::now();
         loop {
             if adopt_catalog {
                 if let Err(e) = billing.adopt_catalog_of_record().await {
@@ -116,6 +123,14 @@ pub fn upkeep(
                 next_alerts = tokio::time::Instant::now() + alerts_every;
                 if let Err(e) = billing.check_alerts(chrono::Utc::now()).await {
                     tracing::warn!(error = %e, "cannot check spend and usage alerts now; trying again next pass");
+                }
+            }
+            if let Some(months) = retention_months {
+                if tokio::time::Instant::now() >= next_retention {
+                    next_retention = tokio::time::Instant::now() + RETENTION_EVERY;
+                    if let Err(e) = billing.apply_retention(chrono::Utc::now(), months).await {
+                        tracing::warn!(error = %e, "retention failed; trying again later");
+                    }
                 }
             }
             tokio::select! {

@@ -29,6 +29,7 @@ const SECTIONS: &[&str] = &[
     "oauth",
     "events",
     "embedded",
+    "retention",
 ];
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -49,10 +50,32 @@ pub struct PeageConfig {
     pub secrets: SecretsSection,
     pub events: EventsSection,
     pub embedded: EmbeddedSection,
+    pub retention: RetentionSection,
     /// The directory relative paths are resolved against: the file's, or the working
     /// directory's without a file.
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+/// `[retention]`: how long raw call events are kept (docs/operations.md, "Retention").
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSection {
+    /// Months of raw call events kept before the current one; older months are dropped whole.
+    /// 0 keeps them forever. At least 2, and keep more than the longest billing period.
+    pub raw_call_months: u32,
+}
+
+impl RetentionSection {
+    /// The months to keep, if retention is on; an error for a value that would drop months
+    /// open periods still read.
+    pub fn months(&self) -> anyhow::Result<Option<u32>> {
+        match self.raw_call_months {
+            0 => Ok(None),
+            1 => bail!("retention.raw_call_months must be 0 (keep forever) or at least 2, not 1"),
+            m => Ok(Some(m)),
+        }
+    }
 }
 
 /// `[embedded]`: where `peage up` keeps its event log, usage and billing state.
@@ -791,6 +814,7 @@ pub fn check(config: &PeageConfig) -> anyhow::Result<()> {
     config.billing.issuer()?;
     config.events_kafka()?;
     config.events.validate()?;
+    config.retention.months()?;
     crate::up::load_catalog(&config.catalog_path(), Some("http://127.0.0.1:9"))?;
     Ok(())
 }

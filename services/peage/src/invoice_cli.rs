@@ -113,6 +113,20 @@ impl Target {
     pub(crate) async fn billing_store(&self) -> anyhow::Result<Arc<dyn BillingStore>> {
         billing_store(&self.place()?).await
     }
+
+    /// The usage store alone (ClickHouse, or the data directory's SQLite).
+    pub(crate) async fn usage_store(
+        &self,
+    ) -> anyhow::Result<Arc<dyn peage_usage_store::UsageStore>> {
+        Ok(match self.place()? {
+            Place::Distributed(config) => Arc::new(crate::roles::clickhouse(&config).await?),
+            Place::Embedded(dir) => Arc::new(
+                SqliteUsageStore::open(&dir.join("usage.db"))
+                    .await
+                    .context("opening usage.db")?,
+            ),
+        })
+    }
 }
 
 async fn billing_store(place: &Place) -> anyhow::Result<Arc<dyn BillingStore>> {

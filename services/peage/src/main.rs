@@ -45,6 +45,9 @@ enum Command {
     /// Usage events: `import` a backfill (NDJSON or CSV of CloudEvents) through the events API.
     #[command(subcommand)]
     Events(peage::events_cli::EventsCommand),
+    /// Partners: `erase` removes one's personal data on request (invoices are kept).
+    #[command(subcommand)]
+    Partners(peage::partners_cli::PartnersCommand),
     /// Copy an embedded data directory while `peage up` runs on it, consistently
     /// (docs/operations.md, "Backups").
     Backup(peage::backup_cli::BackupArgs),
@@ -165,6 +168,7 @@ async fn main() -> std::process::ExitCode {
             println!("{}: valid", c.config.display());
             Ok(())
         }),
+        Command::Partners(c) => peage::partners_cli::run(c).await,
         Command::Backup(a) => peage::backup_cli::backup(a).await,
         Command::Restore(a) => peage::backup_cli::restore(a).await,
         Command::SignInLink(c) => peage::sign_in_cli::run(c).await,

@@ -420,6 +420,7 @@ pub async fn billing(
         true,
         config.billing.auto_finalize(),
         config.billing.alerts_every(),
+        config.retention.months()?,
         stop_rx.clone(),
     );
     let webhooks = tokio::spawn(peage_billing::service::webhooks::run_worker(

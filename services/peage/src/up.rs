@@ -601,6 +601,7 @@ pub async fn run(
         false,
         billing_config.auto_finalize(),
         billing_config.alerts_every(),
+        config.retention.months()?,
         stop_rx.clone(),
     );
     if let Some(listen) = config.metrics.listen {

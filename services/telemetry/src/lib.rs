@@ -121,6 +121,11 @@ fn describe() {
         counter!(CATALOG_RELOADS, "outcome" => outcome).absolute(0);
     }
     counter!(ALERTS_TRIGGERED).absolute(0);
+    describe_counter!(
+        RETENTION_MONTHS_DROPPED,
+        "Months of raw call events dropped by retention (rollups and invoices are kept)."
+    );
+    counter!(RETENTION_MONTHS_DROPPED).absolute(0);
 }
 
 pub const CONTROL_REQUESTS: &str = "peage_control_requests_total";
@@ -133,6 +138,7 @@ pub const WEBHOOK_DURATION: &str = "peage_webhook_delivery_duration_seconds";
 pub const QUOTA_LEASES: &str = "peage_quota_leases_total";
 pub const CATALOG_RELOADS: &str = "peage_catalog_reloads_total";
 pub const ALERTS_TRIGGERED: &str = "peage_alerts_triggered_total";
+pub const RETENTION_MONTHS_DROPPED: &str = "peage_retention_months_dropped_total";
 
 /// The control API answered a request.
 pub struct ControlRequestAnswered<'a> {
@@ -379,6 +385,28 @@ impl InternalEvent for CatalogReloaded<'_> {
                 trigger = self.trigger,
                 "catalog unchanged"
             ),
+        }
+    }
+}
+
+/// Retention dropped whole months of raw call events.
+pub struct RawMonthsDropped<'a> {
+    /// `YYYYMM`, oldest first; empty when nothing was old enough.
+    pub months: &'a [u32],
+    /// The first instant kept.
+    pub before: &'a str,
+}
+
+impl InternalEvent for RawMonthsDropped<'_> {
+    fn emit(self) {
+        counter!(RETENTION_MONTHS_DROPPED).increment(self.months.len() as u64);
+        if self.months.is_empty() {
+            tracing::debug!(
+                before = self.before,
+                "retention: no raw month old enough to drop"
+            );
+        } else {
+            tracing::info!(months = ?self.months, before = self.before, "retention: dropped raw call events of whole months");
         }
     }
 }

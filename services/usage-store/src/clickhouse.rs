@@ -1585,6 +1585,51 @@ impl UsageStore for ClickHouseUsageStore {
         Ok(merge_event_meters(meters, calls, events))
     }
 
+    async fn erase_partner_events(&self, partner_id: &str) -> Result<(), UsageStoreError> {
+        for table in ["call_events", "usage_events"] {
+            self.client
+                .query(&format!("ALTER TABLE {table} DELETE WHERE partner_id = ?"))
+                .bind(partner_id)
+                .execute()
+                .await
+                .map_err(|e| ch("erasure", e))?;
+        }
+        Ok(())
+    }
+
+    async fn drop_raw_call_months(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Result<Vec<u32>, UsageStoreError> {
+        let cutoff = crate::month_start(before)?;
+        // call_events is partitioned by toYYYYMM(time): a month is a partition, dropped whole.
+        let partitions: Vec<String> = self
+            .client
+            .query(
+                "SELECT DISTINCT partition FROM system.parts \
+                 WHERE database = ? AND table = 'call_events' AND active ORDER BY partition",
+            )
+            .bind(&self.database)
+            .fetch_all()
+            .await
+            .map_err(|e| ch("retention: listing partitions", e))?;
+        let mut dropped = Vec::new();
+        for p in partitions {
+            let Ok(month) = p.trim_matches('\'').parse::<u32>() else {
+                continue;
+            };
+            if month < cutoff {
+                self.client
+                    .query(&format!("ALTER TABLE call_events DROP PARTITION {month}"))
+                    .execute()
+                    .await
+                    .map_err(|e| ch("retention: dropping a month", e))?;
+                dropped.push(month);
+            }
+        }
+        Ok(dropped)
+    }
+
     async fn hourly_rollups(
         &self,
         query: &UsageQuery,

@@ -636,6 +636,60 @@ impl UsageStore for SqliteUsageStore {
         Ok(out)
     }
 
+    async fn erase_partner_events(&self, partner_id: &str) -> Result<(), UsageStoreError> {
+        let mut tx = self.pool.begin().await?;
+        for table in ["call_events", "usage_events"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE partner_id = ?"))
+                .bind(partner_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn drop_raw_call_months(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Result<Vec<u32>, UsageStoreError> {
+        crate::month_start(before)?;
+        let cutoff = before.timestamp_micros();
+        let months: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT strftime('%Y%m', time_us / 1000000, 'unixepoch') AS month \
+             FROM call_events WHERE time_us < ? ORDER BY month",
+        )
+        .bind(cutoff)
+        .fetch_all(&self.pool)
+        .await?;
+        // A month at a time, so the writer (the aggregator) is never held up for long.
+        for m in &months {
+            let month: u32 = m.parse().unwrap_or(0);
+            let start = chrono::NaiveDate::from_ymd_opt((month / 100) as i32, month % 100, 1)
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|d| d.and_utc().timestamp_micros())
+                .unwrap_or(i64::MIN);
+            sqlx::query("DELETE FROM call_events WHERE time_us >= ? AND time_us < ?")
+                .bind(start)
+                .bind(cutoff)
+                .execute(&self.pool)
+                .await?;
+        }
+        // Before the first month (times before 1970 cannot be partitioned by month either).
+        sqlx::query("DELETE FROM call_events WHERE time_us < ?")
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?;
+        months
+            .iter()
+            .map(|m| {
+                m.parse().map_err(|_| UsageStoreError::Corrupt {
+                    id: "retention".into(),
+                    reason: format!("month {m}"),
+                })
+            })
+            .collect()
+    }
+
     async fn hourly_rollups(
         &self,
         query: &UsageQuery,

@@ -253,6 +253,21 @@ pub trait UsageStore: Send + Sync + 'static {
         query: &UsageQuery,
     ) -> Result<Vec<(DateTime<Utc>, peage_core::meter::RollupRow)>, UsageStoreError>;
 
+    /// Retention: drops the raw call events of every calendar month (UTC) before `before`,
+    /// which must be the first instant of a month, whole months only (a ClickHouse partition
+    /// each); the rollups stay, and usage events are never dropped (recurring meters carry
+    /// their readings in from before any period). Answers the months dropped, `YYYYMM`, oldest
+    /// first.
+    async fn drop_raw_call_months(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Result<Vec<u32>, UsageStoreError>;
+
+    /// Erasure: deletes the partner's raw call and usage events (their attributes and data may
+    /// hold personal data); the rollups, which hold counts and sums only, stay. ClickHouse
+    /// applies it as a mutation, in the background.
+    async fn erase_partner_events(&self, partner_id: &str) -> Result<(), UsageStoreError>;
+
     /// [`UsageStore::meter_usage`] for many partners over one range (an invoice run): one entry
     /// per partner asked for, zero usage included. Stores answer it with one query when they
     /// can; this default asks partner by partner.
@@ -266,6 +281,20 @@ pub trait UsageStore: Send + Sync + 'static {
     ) -> Result<HashMap<String, Vec<MeterUsage>>, UsageStoreError> {
         meter_usage_each(self, partners, env, from, to, meters).await
     }
+}
+
+/// `before` as `YYYYMM`, or an error unless it is the first instant of a month (UTC).
+pub fn month_start(before: DateTime<Utc>) -> Result<u32, UsageStoreError> {
+    use chrono::{Datelike, Timelike};
+    if before.day() != 1
+        || before.num_seconds_from_midnight() != 0
+        || before.timestamp_subsec_nanos() != 0
+    {
+        return Err(UsageStoreError::Config(format!(
+            "retention drops whole months: {before} is not the first instant of a month (UTC)"
+        )));
+    }
+    Ok(before.year() as u32 * 100 + before.month())
 }
 
 /// The whole hours that overlap `[from, to)`, as `[first, end)` hour starts.

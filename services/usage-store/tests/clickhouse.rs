@@ -894,3 +894,117 @@ fn chdb_check(queries: &[String]) {
 fn store_db(store: &ClickHouseUsageStore) -> String {
     store.client().database().unwrap_or("default").to_string()
 }
+
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "real-servers"),
+    ignore = "needs ClickHouse: cargo test --features real-servers (deploy/dev/services.sh start)"
+)]
+async fn retention_drops_only_whole_old_months_of_raw_calls_and_keeps_the_rollups() {
+    let store = store().await;
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = peage_usage_store::SqliteUsageStore::open(&dir.path().join("usage.db"))
+        .await
+        .unwrap();
+    // Calls in August, September (up to its last microsecond) and October 2026.
+    let times = [
+        Utc.with_ymd_and_hms(2026, 8, 1, 0, 0, 0).unwrap(),
+        Utc.with_ymd_and_hms(2026, 8, 20, 12, 0, 0).unwrap(),
+        Utc.with_ymd_and_hms(2026, 9, 30, 23, 59, 59).unwrap() + TimeDelta::microseconds(999_999),
+        Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
+        Utc.with_ymd_and_hms(2026, 10, 15, 8, 30, 0).unwrap(),
+    ];
+    let events: Vec<LoggedEvent> = (0..500u64)
+        .map(|i| LoggedEvent {
+            partition: 0,
+            offset: i,
+            event: event(i, "prt_a", times[(i % 5) as usize]),
+        })
+        .collect();
+    store.insert_logged("calls", &events).await.unwrap();
+    embedded.insert_logged("calls", &events).await.unwrap();
+    let whole = UsageQuery {
+        partner_id: "prt_a".into(),
+        env: Env::Live,
+        from: times[0] - TimeDelta::days(1),
+        to: times[4] + TimeDelta::days(1),
+    };
+    let rollups_before = (
+        store.rollup_totals(Rollup::Hour, None).await.unwrap(),
+        per_hour(&embedded.hourly_rollups(&whole).await.unwrap()),
+    );
+    let raw_before = store.raw_totals(None).await.unwrap();
+
+    // Not a month's first instant: refused, nothing dropped.
+    let mid = Utc.with_ymd_and_hms(2026, 10, 15, 0, 0, 0).unwrap();
+    for e in [
+        store.drop_raw_call_months(mid).await.unwrap_err(),
+        embedded.drop_raw_call_months(mid).await.unwrap_err(),
+    ] {
+        assert!(e.to_string().contains("whole months"), "{e}");
+    }
+    let october = Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap();
+    assert_eq!(
+        store.drop_raw_call_months(october).await.unwrap(),
+        [202608, 202609]
+    );
+    assert_eq!(
+        embedded.drop_raw_call_months(october).await.unwrap(),
+        [202608, 202609]
+    );
+    // Again: nothing left to drop.
+    assert!(store
+        .drop_raw_call_months(october)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(embedded
+        .drop_raw_call_months(october)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // October's raw calls are all there, the rest gone; the rollups did not move.
+    let kept = |e: &&LoggedEvent| e.event.time >= october;
+    let raw_after = store.raw_totals(None).await.unwrap();
+    assert!(raw_after.calls < raw_before.calls);
+    let served_in_october = events
+        .iter()
+        .filter(kept)
+        .filter(|e| !e.event.attributes.contains_key(peage_core::event::REFUSAL))
+        .count() as u64;
+    assert_eq!(raw_after.calls, served_in_october);
+    let ch_refused: u64 = store
+        .refused_calls(&whole)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.calls)
+        .sum();
+    let sqlite_refused: u64 = embedded
+        .refused_calls(&whole)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.calls)
+        .sum();
+    let expected_refused = events
+        .iter()
+        .filter(kept)
+        .filter(|e| e.event.env == Env::Live)
+        .filter(|e| e.event.attributes.contains_key(peage_core::event::REFUSAL))
+        .count() as u64;
+    assert_eq!(
+        (ch_refused, sqlite_refused),
+        (expected_refused, expected_refused)
+    );
+    assert_eq!(
+        (
+            store.rollup_totals(Rollup::Hour, None).await.unwrap(),
+            per_hour(&embedded.hourly_rollups(&whole).await.unwrap()),
+        ),
+        rollups_before,
+        "rollups are kept"
+    );
+}

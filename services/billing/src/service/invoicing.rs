@@ -293,6 +293,13 @@ impl Invoicing {
         if subs.iter().all(|s| s.started_at >= period.end) {
             return Ok(None);
         }
+        // Every subscription ended before the period (an erased partner): nothing is due.
+        if subs
+            .iter()
+            .all(|s| s.ended_at.is_some_and(|e| e <= period.start))
+        {
+            return Ok(None);
+        }
         Ok(Some(period))
     }
 
