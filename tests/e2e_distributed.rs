@@ -9,6 +9,9 @@
 
 #[path = "support/grafana.rs"]
 mod grafana;
+#[path = "support/net.rs"]
+mod net;
+use net::free_port;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -1178,13 +1181,6 @@ impl Drop for Broker {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Calls through `gw` in rounds of 200 (8 at a time, 100 ms apart) until `stop`; the statuses
 /// seen.

@@ -11,6 +11,9 @@ use serde_json::Value;
 
 #[path = "support/grafana.rs"]
 mod grafana;
+#[path = "support/net.rs"]
+mod net;
+use net::free_port;
 #[path = "support/peage.rs"]
 mod peage_process;
 use peage_process::Peage;
@@ -29,6 +32,12 @@ async fn admin_get(p: &Peage, path: &str) -> reqwest::Response {
         .send()
         .await
         .unwrap()
+}
+
+async fn admin_json(p: &Peage, path: &str) -> Value {
+    let r = admin_get(p, path).await;
+    assert!(r.status().is_success(), "GET {path}: {}", r.status());
+    r.json().await.unwrap()
 }
 
 fn dec(v: &Value) -> Decimal {
@@ -2052,15 +2061,6 @@ async fn a_backfill_of_100000_events_imported_twice_stores_each_once() {
     p.interrupt();
 }
 
-/// A port nothing listens on (bound once by the OS, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peage_up_reads_the_configuration_file_then_the_environment_then_set_then_flags() {
     let dir = tempfile::tempdir().unwrap();
@@ -2445,11 +2445,7 @@ async fn erasing_a_partner_removes_its_personal_data_and_keeps_its_invoices() {
     )
     .await;
     assert!(run["created"].as_u64().unwrap() >= 1, "{run}");
-    let invoices: Value = admin_get(&p, &format!("/v1/invoices?partner_id={id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let invoices = admin_json(&p, &format!("/v1/invoices?partner_id={id}")).await;
     let draft = invoices["invoices"][0]["id"].as_str().unwrap().to_string();
 
     // Without --yes and without a terminal: nothing happens.
@@ -2480,27 +2476,15 @@ async fn erasing_a_partner_removes_its_personal_data_and_keeps_its_invoices() {
         "{said}"
     );
 
-    let partner: Value = admin_get(&p, &format!("/v1/partners/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let partner = admin_json(&p, &format!("/v1/partners/{id}")).await;
     assert_eq!(partner["name"], "Erased partner", "{partner}");
     assert!(partner["external_id"].is_null(), "{partner}");
-    let details: Value = admin_get(&p, &format!("/v1/partners/{id}/billing-details"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let details = admin_json(&p, &format!("/v1/partners/{id}/billing-details")).await;
     assert!(
         details.get("email").is_none() && details.get("legal_name").is_none(),
         "{details}"
     );
-    let keys: Value = admin_get(&p, &format!("/v1/partners/{id}/keys"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let keys = admin_json(&p, &format!("/v1/partners/{id}/keys")).await;
     assert!(
         keys["keys"][0]["last_used_at"].is_null(),
         "raw events are gone: {keys}"
@@ -2520,18 +2504,10 @@ async fn erasing_a_partner_removes_its_personal_data_and_keeps_its_invoices() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Its invoice is kept; raw events are gone (no last use), the rollups still count the calls.
-    let invoices: Value = admin_get(&p, &format!("/v1/invoices?partner_id={id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let invoices = admin_json(&p, &format!("/v1/invoices?partner_id={id}")).await;
     assert_eq!(invoices["invoices"][0]["id"], draft.as_str());
     // The audit log says who erased whom.
-    let audit: Value = admin_get(&p, "/v1/audit?limit=1000")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let audit = admin_json(&p, "/v1/audit?limit=1000").await;
     let record = audit["records"]
         .as_array()
         .unwrap()
@@ -2550,11 +2526,7 @@ async fn erasing_a_partner_removes_its_personal_data_and_keeps_its_invoices() {
         e.contains("erased already") && e.contains("deleted again"),
         "{e}"
     );
-    let keys: Value = admin_get(&p, &format!("/v1/partners/{id}/keys"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let keys = admin_json(&p, &format!("/v1/partners/{id}/keys")).await;
     assert!(keys["keys"][0]["last_used_at"].is_null(), "{keys}");
     p.interrupt();
 }

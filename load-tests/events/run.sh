@@ -55,7 +55,7 @@ for mode in $MODES; do
   case $mode in
   embedded)
     echo "== peage up (embedded) on :$CTL_PORT"
-    PEAGE_LOG=warn "$PEAGE" up --data-dir "$WORK/data" --catalog "$WORK/catalog.toml" \
+    PEAGE_LOG=warn env -u PEAGE_CONFIG "$PEAGE" up --data-dir "$WORK/data" --catalog "$WORK/catalog.toml" \
       --gateway-listen "127.0.0.1:0" --control-listen "127.0.0.1:$CTL_PORT" \
       --admin-token "$TOKEN" >/dev/null &
     UP_PID=$!

@@ -157,7 +157,8 @@ for _ in $(seq 1 100); do
 done
 
 echo "== Péage up on :$GW_PORT ($THREADS threads)"
-PEAGE_LOG=warn PEAGE_GATEWAY__THREADS=$THREADS "$PEAGE" up --data-dir "$WORK/data" --catalog "$WORK/catalog.toml" \
+# peage up would read the roles' configuration (PEAGE_CONFIG) too: it runs on its own flags.
+PEAGE_LOG=warn PEAGE_GATEWAY__THREADS=$THREADS env -u PEAGE_CONFIG "$PEAGE" up --data-dir "$WORK/data" --catalog "$WORK/catalog.toml" \
   --gateway-listen "127.0.0.1:$GW_PORT" --control-listen "127.0.0.1:$CTL_PORT" \
   --admin-token "$TOKEN" >/dev/null &
 UP_PID=$!
