@@ -1181,7 +1181,6 @@ impl Drop for Broker {
     }
 }
 
-
 /// Calls through `gw` in rounds of 200 (8 at a time, 100 ms apart) until `stop`; the statuses
 /// seen.
 fn steady_load(

@@ -145,6 +145,31 @@ pub fn aggregator_samples(
     ]
 }
 
+/// The control API's limits on wrong credentials (billing, `peage up`).
+pub fn control_samples(api: &peage_billing::ControlApi) -> Vec<Sample> {
+    let f = &api.failures.stats;
+    vec![
+        (
+            "peage_control_credential_failures_total",
+            "Wrong admin tokens, sessions, sign-in links and OAuth client secrets.",
+            "counter",
+            read(&f.failures),
+        ),
+        (
+            "peage_control_credential_throttled_total",
+            "Attempts refused (429) because their address sent too many wrong credentials.",
+            "counter",
+            read(&f.throttled),
+        ),
+        (
+            "peage_control_credential_untracked_total",
+            "Wrong credentials from addresses not tracked because the table of addresses was full.",
+            "counter",
+            read(&f.untracked),
+        ),
+    ]
+}
+
 /// `peage_build_info{version="…",role="…"} 1`: which build and role answer.
 pub fn build_info(role: &str) -> String {
     let name = "peage_build_info";

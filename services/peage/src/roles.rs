@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use peage_aggregator::{Aggregator, AggregatorConfig, UsageAggregator};
-use peage_billing::ControlApi;
 use peage_billing_store::{BillingStore, PostgresBillingStore};
 use peage_eventlog::kafka::{
     ensure_topics, KafkaConsumer, KafkaDeadLetters, SpoolConfig, SpooledKafkaLog,
@@ -344,24 +343,6 @@ pub async fn billing(
     let secrets = config.secrets.secret_box()?;
     crate::secrets_cli::reseal(store.as_ref(), &secrets).await?;
     let usage = Arc::new(clickhouse(config).await?);
-    let token = config.control.token()?;
-    let api = ControlApi::new(
-        Arc::new(peage_core::catalog::LiveCatalog::shared(Arc::clone(
-            &catalog,
-        ))),
-        Arc::clone(&store),
-        usage,
-        token,
-        None,
-        peage_billing::ControlSettings {
-            oauth: config.oauth.config(),
-            issuer: config.billing.issuer()?,
-            outbound: config.outbound.policy()?,
-            secrets: Arc::clone(&secrets),
-            credential_failures_per_minute: config.control.credential_failures_per_minute,
-        },
-    );
-    api.set_api_docs(crate::up::api_docs(&catalog, &config.catalog_path())?);
     // POST /v1/events: accepted events go to a spool of their own, forwarded to the usage
     // topic (docs/events.md).
     let events_kafka = config.events_kafka()?;
@@ -379,63 +360,28 @@ pub async fn billing(
     )
     .await
     .context("opening the spool of usage events")?;
-    api.take_events(
-        config
-            .events
-            .intake(Arc::new(crate::events_sink::SpooledEvents(Arc::clone(
-                &events_spool,
-            ))))?,
-    );
-    api.invoicing()
-        .register_plan_versions(chrono::Utc::now())
-        .await
-        .map_err(|e| anyhow::anyhow!("recording plan versions: {e}"))?;
-    api.follow_catalog()
-        .await
-        .map_err(|e| anyhow::anyhow!("moving partners to their plans' new versions: {e}"))?;
-    api.take_catalog_source(Arc::new(crate::catalog_reload::CatalogFile {
-        path: config.catalog_path(),
-        demo_upstream: None,
-    }));
-    // The file this instance was started with becomes the catalog of record: every gateway and
-    // billing instance follows it from the store.
-    api.set_instance(&format!("{}:{}", config.control.listen, std::process::id()));
-    api.reload_catalog("start")
-        .await
-        .map_err(|e| anyhow::anyhow!("recording the catalog of record: {e}"))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics_stop = stop_rx.clone();
-    // Reloads on a change of the catalog file and on SIGHUP (and POST /v1/catalog/reload).
-    let catalog_watch = crate::catalog_reload::watch(
-        Arc::clone(&api.billing),
-        &config.catalog_path(),
-        stop_rx.clone(),
-    )?;
-    if let Some(url) = &config.billing.gateway_url {
-        api.billing.set_gateway_url(url);
-    }
-    let upkeep = crate::catalog_reload::upkeep(
-        Arc::clone(&api.billing),
-        Duration::from_secs(1),
-        true,
-        config.billing.auto_finalize(),
-        config.billing.alerts_every(),
-        config.retention.months()?,
-        stop_rx.clone(),
-    );
-    let webhooks = tokio::spawn(peage_billing::service::webhooks::run_worker(
-        store,
-        peage_billing::service::webhooks::WorkerSettings {
-            schedule: config.billing.retry_schedule(),
-            poll: std::time::Duration::from_millis(config.billing.webhook_poll_ms),
-            policy: config.outbound.policy()?,
+    let node = crate::node::start_billing(
+        config,
+        crate::node::BillingParts {
+            catalog,
+            catalog_path: config.catalog_path(),
+            demo_upstream: None,
+            store,
+            usage,
+            admin_token: config.control.token()?,
+            on_revoke: None,
             secrets,
+            events: Arc::new(crate::events_sink::SpooledEvents(Arc::clone(&events_spool))),
+            // Every gateway and billing instance follows the catalog of record from the store.
+            instance: format!("{}:{}", config.control.listen, std::process::id()),
+            adopt_catalog: true,
         },
-        async move {
-            let mut rx = stop_rx;
-            let _ = rx.wait_for(|s| *s).await;
-        },
-    ));
+        stop_rx,
+    )
+    .await?;
+    let api = Arc::clone(&node.api);
     if let Some(listen) = config.metrics.listen {
         let (ready_store, ready_spool) = (Arc::clone(&api.store), Arc::clone(&events_spool));
         let readiness: metrics::Readiness = Arc::new(move || {
@@ -454,13 +400,15 @@ pub async fn billing(
         let spool = Arc::clone(&events_spool);
         let api = Arc::clone(&api);
         let exposition = move || {
-            let f = &api.failures.stats;
-            metrics::render(&[
-                ("peage_control_credential_failures_total", "Wrong admin tokens, sessions, sign-in links and OAuth client secrets.", "counter", read(&f.failures)),
-                ("peage_control_credential_throttled_total", "Attempts refused (429) because their address sent too many wrong credentials.", "counter", read(&f.throttled)),
-                ("peage_control_credential_untracked_total", "Wrong credentials from addresses not tracked because the table of addresses was full.", "counter", read(&f.untracked)),
-                ("peage_events_spool_pending_events", "Usage events (POST /v1/events) in the spool not yet acknowledged by Kafka.", "gauge", spool.pending()),
-            ]) + &metrics::catalog_info(&api.catalog().version)
+            let mut samples = metrics::control_samples(&api);
+            samples.push((
+                "peage_events_spool_pending_events",
+                "Usage events (POST /v1/events) in the spool not yet acknowledged by Kafka.",
+                "gauge",
+                spool.pending(),
+            ));
+            metrics::render(&samples)
+                + &metrics::catalog_info(&api.catalog().version)
                 + &metrics::build_info("billing")
         };
         let mut rx = metrics_stop;
@@ -483,9 +431,7 @@ pub async fn billing(
     )
     .await;
     let _ = stop_tx.send(true);
-    let _ = webhooks.await;
-    let _ = catalog_watch.await;
-    let _ = upkeep.await;
+    node.stopped().await;
     let left = events_spool.drain(Duration::from_secs(10)).await;
     if left > 0 {
         tracing::warn!(

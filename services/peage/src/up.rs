@@ -13,10 +13,9 @@ use async_trait::async_trait;
 use peage_aggregator::{Aggregator, AggregatorConfig, DeadLetterFile, UsageAggregator};
 use peage_billing::{
     service::{self as billing_service, ApiDocs},
-    ControlApi, ControlSettings, OAuthConfig,
+    OAuthConfig,
 };
 use peage_billing_store::{BillingStore, DashboardRole, SqliteBillingStore};
-use peage_core::catalog::LiveCatalog;
 use peage_core::ids::api_key;
 use peage_core::quota::{Lease, LeaseRequest};
 use peage_core::{Catalog, Env};
@@ -519,59 +518,26 @@ pub async fn run(
         .with_context(|| format!("control API cannot listen on {}", config.control.listen))?;
     let control_url = format!("http://{}", control_listener.local_addr()?);
     let oauth = config.oauth.config();
-    let billing_config = &config.billing;
     let outbound = config.outbound.policy()?;
-    let control = ControlApi::new(
-        Arc::new(LiveCatalog::shared(Arc::clone(&catalog))),
-        Arc::clone(&billing),
-        usage.clone(),
-        token.clone(),
-        Some(on_revoke),
-        ControlSettings {
-            oauth: oauth.clone(),
-            issuer: billing_config.issuer()?,
-            outbound: Arc::clone(&outbound),
-            secrets: Arc::clone(&secrets),
-            credential_failures_per_minute: config.control.credential_failures_per_minute,
-        },
-    );
-    control.set_api_docs(api_docs(&catalog, &catalog_path)?);
-    control.take_events(
-        config
-            .events
-            .intake(Arc::new(crate::events_sink::EmbeddedEvents(
-                usage_log.clone(),
-            )))?,
-    );
-    control
-        .invoicing()
-        .register_plan_versions(chrono::Utc::now())
-        .await
-        .map_err(|e| anyhow::anyhow!("recording plan versions: {e}"))?;
-    // A plan edited while Péage was down: its partners move to the new version from now.
-    control
-        .follow_catalog()
-        .await
-        .map_err(|e| anyhow::anyhow!("moving partners to their plans' new versions: {e}"))?;
-    control.take_catalog_source(Arc::new(crate::catalog_reload::CatalogFile {
-        path: catalog_path.clone(),
-        demo_upstream: demo_upstream.clone(),
-    }));
-    control.set_instance("up");
-    control
-        .reload_catalog("start")
-        .await
-        .map_err(|e| anyhow::anyhow!("recording the catalog in force: {e}"))?;
-    let webhooks = tokio::spawn(peage_billing::service::webhooks::run_worker(
-        Arc::clone(&billing),
-        peage_billing::service::webhooks::WorkerSettings {
-            schedule: billing_config.retry_schedule(),
-            poll: Duration::from_millis(billing_config.webhook_poll_ms),
-            policy: Arc::clone(&outbound),
+    let node = crate::node::start_billing(
+        &config,
+        crate::node::BillingParts {
+            catalog: Arc::clone(&catalog),
+            catalog_path: catalog_path.clone(),
+            demo_upstream: demo_upstream.clone(),
+            store: Arc::clone(&billing),
+            usage: usage.clone(),
+            admin_token: token.clone(),
+            on_revoke: Some(on_revoke),
             secrets,
+            events: Arc::new(crate::events_sink::EmbeddedEvents(usage_log.clone())),
+            instance: "up".into(),
+            adopt_catalog: false,
         },
-        stopped(stop_rx.clone()),
-    ));
+        stop_rx.clone(),
+    )
+    .await?;
+    let control = Arc::clone(&node.api);
     let quotas = Quotas::new(
         Arc::new(InProcessQuotas(Arc::clone(&control.billing))),
         config.gateway.quota_config(),
@@ -593,22 +559,12 @@ pub async fn run(
         let gateway = Arc::clone(&gateway);
         Arc::new(move |c| gateway.set_catalog(c))
     });
-    let catalog_watch =
-        crate::catalog_reload::watch(Arc::clone(&control.billing), &catalog_path, stop_rx.clone())?;
-    let upkeep = crate::catalog_reload::upkeep(
-        Arc::clone(&control.billing),
-        Duration::from_secs(1),
-        false,
-        billing_config.auto_finalize(),
-        billing_config.alerts_every(),
-        config.retention.months()?,
-        stop_rx.clone(),
-    );
     if let Some(listen) = config.metrics.listen {
         serve_operations(
             listen,
             Operations {
                 gateway: Arc::clone(&gateway),
+                control: Arc::clone(&control),
                 emitter: emitter.clone(),
                 quota_stats,
                 aggregator_stats,
@@ -631,7 +587,10 @@ pub async fn run(
         "http"
     };
     let gateway_url = format!("{scheme}://{}", gateway_server.local_addr());
-    control.billing.set_gateway_url(&gateway_url);
+    // Its own address, unless the configuration names a public one (a proxy in front).
+    if config.billing.gateway_url.is_none() {
+        control.billing.set_gateway_url(&gateway_url);
+    }
     let control_server = tokio::spawn(peage_billing::serve_router(
         control_listener,
         control.router().merge(peage_dashboard::router()),
@@ -702,9 +661,7 @@ pub async fn run(
         Ok(Err(e)) => tracing::error!(error = %e, "control API server failed"),
         Err(e) => tracing::error!(error = %e, "control API server panicked"),
     }
-    let _ = webhooks.await;
-    let _ = catalog_watch.await;
-    let _ = upkeep.await;
+    node.stopped().await;
     // Every call has finished: put its event in the log, then let the aggregator drain the log.
     emitter.flush().await;
     let _ = agg_stop_tx.send(true);
@@ -735,6 +692,7 @@ type AggregatorStatsSlot = Arc<
 /// What `peage up`'s `/metrics` and `/readyz` look at.
 struct Operations {
     gateway: Arc<Gateway>,
+    control: Arc<peage_billing::ControlApi>,
     emitter: EventEmitter,
     quota_stats: Arc<peage_gateway::quota::QuotaStats>,
     aggregator_stats: AggregatorStatsSlot,
@@ -770,6 +728,7 @@ async fn serve_operations(
     let scraped = Arc::clone(&ops);
     let exposition = move || {
         let mut samples = metrics::gateway_samples(scraped.emitter.stats(), &scraped.quota_stats);
+        samples.extend(metrics::control_samples(&scraped.control));
         if let Some((calls, usage)) = scraped.aggregator_stats.get() {
             samples.extend(metrics::aggregator_samples(calls, usage, 0));
         }
