@@ -2651,3 +2651,92 @@ async fn a_new_price_and_upstream_reach_every_role_within_5_s_while_calls_flow()
         "a call went back to the old upstream after the switch"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "real-servers"),
+    ignore = "needs Kafka, ClickHouse and PostgreSQL: cargo test --features real-servers (deploy/dev/services.sh start)"
+)]
+async fn one_node_runs_every_role_with_one_operations_listener() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    servers_up();
+    let s = Setup::new(KAFKA).await;
+    let (control_port, metrics_port) = (free_port(), free_port());
+    let control = format!("http://127.0.0.1:{control_port}");
+    let mut child = s
+        .command(
+            "run",
+            &[
+                ("PEAGE_CONTROL__LISTEN", format!("127.0.0.1:{control_port}")),
+                ("PEAGE_GATEWAY__BILLING_URL", control.clone()),
+                ("PEAGE_METRICS__LISTEN", format!("127.0.0.1:{metrics_port}")),
+                s.spool("node"),
+            ],
+        )
+        .args(["--roles", "billing,gateway,aggregator"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let node = Proc(child);
+    // Each role says where it listens; the gateway's line gives its address.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut gateway = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while gateway.is_none() {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the node printed where its gateway listens");
+        if line.starts_with("peage gateway listening on ") {
+            gateway = line.split_whitespace().last().map(str::to_string);
+        }
+    }
+    let gateway = gateway.unwrap();
+    let client = reqwest::Client::new();
+    let ops = format!("http://127.0.0.1:{metrics_port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = client.get(format!("{ops}/readyz")).send().await;
+        if let Ok(r) = r {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the node never became ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, secret) = partner_with_live_key(&client, &control).await;
+    let statuses = calls(&[gateway], &secret, 200, 4).await;
+    assert_eq!(statuses, BTreeMap::from([(200, 200)]));
+    let ch = s.clickhouse().await;
+    assert_eq!(settle(&ch, 200, Duration::from_secs(60)).await, 200);
+    let metrics = metrics_of(&client, metrics_port).await;
+    for family in [
+        "# TYPE peage_spool_pending_events gauge",
+        "# TYPE peage_aggregator_inserted_events_total counter",
+        "# TYPE peage_control_credential_failures_total counter",
+        "# TYPE peage_catalog_info gauge",
+    ] {
+        assert_eq!(
+            metrics.matches(family).count(),
+            1,
+            "{family} once in:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics
+            .contains("peage_build_info{version=\"0.1.0\",role=\"gateway,aggregator,billing\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("peage_aggregator_inserted_events_total 200"),
+        "{metrics}"
+    );
+    node.sigterm();
+}

@@ -9,7 +9,7 @@ pub mod events_cli;
 pub mod events_sink;
 pub mod invoice_cli;
 pub mod metrics;
-pub(crate) mod node;
+pub mod node;
 pub mod partners_cli;
 pub mod plans_cli;
 pub mod roles;

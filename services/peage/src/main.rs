@@ -32,6 +32,14 @@ enum Command {
     Aggregator(ConfigArg),
     /// The billing role: the control API on PostgreSQL and ClickHouse.
     Billing(ConfigArg),
+    /// Several distributed roles in one process (`--roles gateway,aggregator,billing`), with
+    /// one operations listener for all of them.
+    Run {
+        #[arg(long, value_parser = clap::value_parser!(peage::node::Roles))]
+        roles: peage::node::Roles,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Invoices: `run` computes a month's drafts, `export` writes them as CSV, JSON or PDF.
     #[command(subcommand)]
     Invoice(peage::invoice_cli::InvoiceCommand),
@@ -99,6 +107,13 @@ impl ConfigArg {
     }
 }
 
+async fn run_node(arg: &ConfigArg, roles: peage::node::Roles) -> anyhow::Result<()> {
+    run_role(arg, async |cfg| {
+        peage::node::run(&cfg, roles, peage::shutdown_signal()).await
+    })
+    .await
+}
+
 async fn run_role(
     arg: &ConfigArg,
     role: impl AsyncFnOnce(peage::config::PeageConfig) -> anyhow::Result<()>,
@@ -130,24 +145,10 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Up(options) => peage::up::run(options, peage::shutdown_signal()).await,
         Command::Migrate(c) => run_role(&c, async |cfg| peage::roles::migrate(&cfg).await).await,
-        Command::Gateway(c) => {
-            run_role(&c, async |cfg| {
-                peage::roles::gateway(&cfg, peage::shutdown_signal()).await
-            })
-            .await
-        }
-        Command::Aggregator(c) => {
-            run_role(&c, async |cfg| {
-                peage::roles::aggregator(&cfg, peage::shutdown_signal()).await
-            })
-            .await
-        }
-        Command::Billing(c) => {
-            run_role(&c, async |cfg| {
-                peage::roles::billing(&cfg, peage::shutdown_signal()).await
-            })
-            .await
-        }
+        Command::Gateway(c) => run_node(&c, peage::node::Roles::GATEWAY).await,
+        Command::Aggregator(c) => run_node(&c, peage::node::Roles::AGGREGATOR).await,
+        Command::Billing(c) => run_node(&c, peage::node::Roles::BILLING).await,
+        Command::Run { roles, config } => run_node(&config, roles).await,
         Command::Invoice(c) => peage::invoice_cli::run(c).await,
         // An invalid catalog is the command's answer, not a failure to run it: exit 1, with the
         // problems already printed.

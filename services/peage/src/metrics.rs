@@ -170,6 +170,58 @@ pub fn control_samples(api: &peage_billing::ControlApi) -> Vec<Sample> {
     ]
 }
 
+/// Several expositions as one: the samples of a family (its `# HELP`/`# TYPE` and every
+/// line of its name, `_bucket`, `_sum` and `_count` included) grouped together, each family
+/// once, a sample repeated verbatim kept once (two roles of one process reporting the same
+/// catalog version).
+pub fn merge_expositions(texts: &[String]) -> String {
+    let mut order: Vec<String> = Vec::new();
+    let mut families: std::collections::HashMap<String, (Vec<String>, Vec<String>)> =
+        Default::default();
+    let mut current = String::new();
+    for text in texts {
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let (family, is_meta) = if let Some(rest) = line
+                .strip_prefix("# HELP ")
+                .or_else(|| line.strip_prefix("# TYPE "))
+            {
+                (rest.split(' ').next().unwrap_or_default().to_string(), true)
+            } else if line.starts_with('#') {
+                continue;
+            } else {
+                let name = &line[..line.find(['{', ' ']).unwrap_or(line.len())];
+                // A histogram's series belong to the family whose TYPE came before them.
+                let family = if !current.is_empty() && name.starts_with(current.as_str()) {
+                    current.clone()
+                } else {
+                    name.to_string()
+                };
+                (family, false)
+            };
+            if is_meta {
+                current = family.clone();
+            }
+            let entry = families.entry(family.clone()).or_insert_with(|| {
+                order.push(family.clone());
+                Default::default()
+            });
+            let list = if is_meta { &mut entry.0 } else { &mut entry.1 };
+            if !list.iter().any(|l| l == line) {
+                list.push(line.to_string());
+            }
+        }
+    }
+    let mut out = String::new();
+    for name in order {
+        let (meta, samples) = &families[&name];
+        for l in meta.iter().chain(samples) {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// `peage_build_info{version="…",role="…"} 1`: which build and role answer.
 pub fn build_info(role: &str) -> String {
     let name = "peage_build_info";
@@ -300,6 +352,37 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expositions_of_several_roles_merge_by_family() {
+        let gateway = catalog_info("v1")
+            + &render(&[("peage_events_emitted_total", "Events.", "counter", 2)])
+            + "# HELP peage_x_seconds Latency.\n# TYPE peage_x_seconds histogram\npeage_x_seconds_bucket{le=\"1\"} 1\npeage_x_seconds_sum 0.5\npeage_x_seconds_count 1\n";
+        let billing = render(&[(
+            "peage_control_credential_failures_total",
+            "Wrong.",
+            "counter",
+            0,
+        )]) + &catalog_info("v1");
+        let merged = merge_expositions(&[gateway, billing]);
+        assert_eq!(
+            merged.matches("# TYPE peage_catalog_info gauge").count(),
+            1,
+            "{merged}"
+        );
+        assert_eq!(
+            merged
+                .matches("peage_catalog_info{version=\"v1\"} 1")
+                .count(),
+            1,
+            "{merged}"
+        );
+        assert!(
+            merged.contains("# TYPE peage_x_seconds histogram\npeage_x_seconds_bucket{le=\"1\"} 1\npeage_x_seconds_sum 0.5\npeage_x_seconds_count 1\n"),
+            "{merged}"
+        );
+        assert!(merged.contains("peage_control_credential_failures_total 0"));
+    }
 
     #[test]
     fn samples_render_in_the_exposition_format() {

@@ -127,3 +127,183 @@ pub(crate) async fn start_billing(
         tasks: vec![watch, upkeep, webhooks],
     })
 }
+
+/// The roles one process runs: `peage gateway` is a node of one role, `peage run --roles
+/// gateway,billing,aggregator` a node of several, each on the backends `peage.toml` names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Roles {
+    pub gateway: bool,
+    pub aggregator: bool,
+    pub billing: bool,
+}
+
+impl Roles {
+    pub const GATEWAY: Roles = Roles {
+        gateway: true,
+        aggregator: false,
+        billing: false,
+    };
+    pub const AGGREGATOR: Roles = Roles {
+        gateway: false,
+        aggregator: true,
+        billing: false,
+    };
+    pub const BILLING: Roles = Roles {
+        gateway: false,
+        aggregator: false,
+        billing: true,
+    };
+
+    fn count(&self) -> usize {
+        [self.gateway, self.aggregator, self.billing]
+            .iter()
+            .filter(|r| **r)
+            .count()
+    }
+}
+
+impl std::str::FromStr for Roles {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Roles, String> {
+        let mut roles = Roles::default();
+        for r in s.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            match r {
+                "gateway" => roles.gateway = true,
+                "aggregator" => roles.aggregator = true,
+                "billing" => roles.billing = true,
+                other => {
+                    return Err(format!(
+                        "{other:?} is not a role: gateway, aggregator or billing"
+                    ))
+                }
+            }
+        }
+        if roles.count() == 0 {
+            return Err("name at least one role: gateway, aggregator, billing".into());
+        }
+        Ok(roles)
+    }
+}
+
+/// One role's metrics and readiness.
+type RolePart = (
+    Arc<dyn Fn() -> String + Send + Sync>,
+    crate::metrics::Readiness,
+);
+
+/// What each role of a node hands to the node's one operations listener: its metrics and its
+/// readiness checks. Until every role has, `/readyz` says the node is starting.
+pub struct Ops {
+    parts: std::sync::Mutex<Vec<RolePart>>,
+    expected: usize,
+}
+
+impl Ops {
+    fn new(expected: usize) -> Ops {
+        Ops {
+            parts: Default::default(),
+            expected,
+        }
+    }
+
+    pub fn add(
+        &self,
+        exposition: Arc<dyn Fn() -> String + Send + Sync>,
+        readiness: crate::metrics::Readiness,
+    ) {
+        if let Ok(mut p) = self.parts.lock() {
+            p.push((exposition, readiness));
+        }
+    }
+
+    fn parts(&self) -> Vec<RolePart> {
+        self.parts.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// Every role's metrics in one exposition, families merged.
+    fn exposition(&self) -> String {
+        let texts: Vec<String> = self.parts().iter().map(|(e, _)| e()).collect();
+        crate::metrics::merge_expositions(&texts)
+    }
+
+    async fn readiness(&self) -> Vec<crate::metrics::Check> {
+        let parts = self.parts();
+        let mut checks = Vec::new();
+        if parts.len() < self.expected {
+            checks.push(crate::metrics::Check::new(
+                "start",
+                false,
+                format!("{} of {} roles started", parts.len(), self.expected),
+            ));
+        }
+        for (_, ready) in parts {
+            checks.extend(ready().await);
+        }
+        checks
+    }
+}
+
+/// Runs `roles` in this process until `shutdown`, with one operations listener
+/// (`metrics.listen`) for all of them. A role that fails stops the node with its error.
+pub async fn run(
+    config: &PeageConfig,
+    roles: Roles,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let ops = Arc::new(Ops::new(roles.count()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    if let Some(listen) = config.metrics.listen {
+        let (scraped, probed) = (Arc::clone(&ops), Arc::clone(&ops));
+        let names: Vec<&str> = [
+            (roles.gateway, "gateway"),
+            (roles.aggregator, "aggregator"),
+            (roles.billing, "billing"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| *n)
+        .collect();
+        let role = names.join(",");
+        crate::metrics::serve(
+            listen,
+            Arc::new(move || scraped.exposition() + &crate::metrics::build_info(&role)),
+            Arc::new(move || {
+                let ops = Arc::clone(&probed);
+                Box::pin(async move { ops.readiness().await })
+            }),
+            stopped(stop_rx.clone()),
+        )
+        .await?;
+    }
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let billing = async {
+        if roles.billing {
+            crate::roles::billing(config, &ops, stopped(stop_rx.clone())).await
+        } else {
+            Ok(())
+        }
+    };
+    let gateway = async {
+        if roles.gateway {
+            crate::roles::gateway(config, &ops, stopped(stop_rx.clone())).await
+        } else {
+            Ok(())
+        }
+    };
+    let aggregator = async {
+        if roles.aggregator {
+            crate::roles::aggregator(config, &ops, stopped(stop_rx.clone())).await
+        } else {
+            Ok(())
+        }
+    };
+    tokio::try_join!(billing, gateway, aggregator)?;
+    Ok(())
+}

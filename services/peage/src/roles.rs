@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::config::PeageConfig;
 use crate::metrics::{self, read, Sample};
+use crate::node::Ops;
 use crate::up::load_catalog;
 use peage_gateway::billing::BillingKeys;
 
@@ -64,6 +65,7 @@ pub async fn migrate(config: &PeageConfig) -> anyhow::Result<()> {
 /// left stays on disk for the next start).
 pub async fn gateway(
     config: &PeageConfig,
+    ops: &Ops,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let catalog = Arc::new(load_catalog(&config.catalog_path(), None)?);
@@ -129,7 +131,7 @@ pub async fn gateway(
         revocations,
         stopped(stop_rx.clone()),
     ));
-    if let Some(listen) = config.metrics.listen {
+    {
         let ready_spool = Arc::clone(&spool);
         let (spool, emitter) = (Arc::clone(&spool), emitter.clone());
         let samples = move || -> Vec<Sample> {
@@ -142,7 +144,6 @@ pub async fn gateway(
             metrics::render(&samples())
                 + &gw_metrics.render_metrics()
                 + &metrics::catalog_info(&gw_metrics.catalog().version)
-                + &metrics::build_info("gateway")
         };
         let (spool, gw_ready) = (ready_spool, Arc::clone(&gw));
         let readiness = metrics::ready_when(move || {
@@ -155,13 +156,7 @@ pub async fn gateway(
                 metrics::Check::new("catalog", true, gw_ready.catalog().version.clone()),
             ]
         });
-        metrics::serve(
-            listen,
-            Arc::new(exposition),
-            readiness,
-            stopped(stop_rx.clone()),
-        )
-        .await?;
+        ops.add(Arc::new(exposition), readiness);
     }
     tracing::info!(listen = %addr, id = %config.gateway.id, topic = %config.kafka.topic, threads = gw.serving_threads(), "gateway up");
     let scheme = if config.gateway.tls_cert_file.is_some() {
@@ -188,6 +183,7 @@ pub async fn gateway(
 /// `peage aggregator`: Kafka → ClickHouse, exactly once (docs/exactly-once.md).
 pub async fn aggregator(
     config: &PeageConfig,
+    ops: &Ops,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     // One batch is one INSERT, which ClickHouse applies whole only below max_insert_block_size
@@ -260,11 +256,10 @@ pub async fn aggregator(
     );
     let usage_stats = usage_agg.stats();
     let (stop_tx, stop_rx) = watch::channel(false);
-    if let Some(listen) = config.metrics.listen {
+    {
         let (st, ust) = (Arc::clone(&stats), Arc::clone(&usage_stats));
         let samples =
             move || -> Vec<Sample> { metrics::aggregator_samples(&st, &ust, read(&recoveries)) };
-        let mut rx = stop_rx.clone();
         let members = [
             (config.aggregator.group.clone(), Arc::clone(&calls_member)),
             (usage_group.clone(), Arc::clone(&usage_member)),
@@ -279,9 +274,7 @@ pub async fn aggregator(
                         .map(move |(t, p, l)| (group.clone(), t, p, l))
                 })
                 .collect();
-            metrics::render(&samples())
-                + &metrics::consumer_lag(&rows)
-                + &metrics::build_info("aggregator")
+            metrics::render(&samples()) + &metrics::consumer_lag(&rows)
         };
         // Ready once both consumers have joined their groups (an assignment, even of no
         // partition, when there are more aggregators than partitions).
@@ -305,10 +298,7 @@ pub async fn aggregator(
                 })
                 .collect()
         });
-        metrics::serve(listen, Arc::new(exposition), readiness, async move {
-            let _ = rx.wait_for(|s| *s).await;
-        })
-        .await?;
+        ops.add(Arc::new(exposition), readiness);
     }
     let task = tokio::spawn(agg.run(stop_rx.clone()));
     let usage_task = tokio::spawn(usage_agg.run(stop_rx));
@@ -336,6 +326,7 @@ pub async fn aggregator(
 /// `peage billing`: the control API on PostgreSQL (billing state) and ClickHouse (usage).
 pub async fn billing(
     config: &PeageConfig,
+    ops: &Ops,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let catalog = Arc::new(load_catalog(&config.catalog_path(), None)?);
@@ -361,7 +352,6 @@ pub async fn billing(
     .await
     .context("opening the spool of usage events")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let metrics_stop = stop_rx.clone();
     let node = crate::node::start_billing(
         config,
         crate::node::BillingParts {
@@ -382,7 +372,7 @@ pub async fn billing(
     )
     .await?;
     let api = Arc::clone(&node.api);
-    if let Some(listen) = config.metrics.listen {
+    {
         let (ready_store, ready_spool) = (Arc::clone(&api.store), Arc::clone(&events_spool));
         let readiness: metrics::Readiness = Arc::new(move || {
             let (store, spool) = (Arc::clone(&ready_store), Arc::clone(&ready_spool));
@@ -407,15 +397,9 @@ pub async fn billing(
                 "gauge",
                 spool.pending(),
             ));
-            metrics::render(&samples)
-                + &metrics::catalog_info(&api.catalog().version)
-                + &metrics::build_info("billing")
+            metrics::render(&samples) + &metrics::catalog_info(&api.catalog().version)
         };
-        let mut rx = metrics_stop;
-        metrics::serve(listen, Arc::new(exposition), readiness, async move {
-            let _ = rx.wait_for(|s| *s).await;
-        })
-        .await?;
+        ops.add(Arc::new(exposition), readiness);
     }
     let listener = tokio::net::TcpListener::bind(config.control.listen)
         .await
