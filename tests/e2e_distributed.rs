@@ -660,6 +660,18 @@ async fn twenty_thousand_calls_through_two_gateways_are_stored_once_and_billed_f
         serde_json::json!({ "period": label }),
     )
     .await;
+    // Consumer lag comes from librdkafka's statistics, every 5 s: wait for the first.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !metrics_of(&client, aggregator_metrics)
+        .await
+        .contains("peage_consumer_lag_events{")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no consumer lag on the aggregator's /metrics after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let mut expositions = Vec::new();
     for (role, port) in [
         ("billing", billing_metrics),

@@ -886,7 +886,8 @@ impl EventLog for SpooledKafkaLog {
 pub struct MemberContext(Arc<Membership>);
 
 impl ClientContext for MemberContext {
-    /// Every `statistics.interval.ms`: the lag of each partition this member fetches.
+    /// Every `statistics.interval.ms`: the lag of each partition this member fetches. A
+    /// partition between fetches (an offset query after a rebalance) keeps its last value.
     fn stats(&self, statistics: rdkafka::Statistics) {
         let mut lag = BTreeMap::new();
         for (topic, t) in statistics.topics {
@@ -896,7 +897,7 @@ impl ClientContext for MemberContext {
                 }
             }
         }
-        self.0.set_lag(lag);
+        self.0.update_lag(lag);
     }
 }
 

@@ -209,6 +209,18 @@ impl Membership {
         }
     }
 
+    /// Updates the lag of the partitions in `lag`, keeping the others' last value, and
+    /// forgets partitions no longer held.
+    pub fn update_lag(&self, lag: std::collections::BTreeMap<(String, i32), i64>) {
+        let held = self.partitions();
+        if let Ok(mut l) = self.lag.lock() {
+            l.extend(lag);
+            if let Some(held) = held {
+                l.retain(|(_, p), _| held.contains(p));
+            }
+        }
+    }
+
     /// Records behind the end, per (topic, partition) held, as last reported.
     pub fn lag(&self) -> Vec<(String, i32, i64)> {
         self.lag
