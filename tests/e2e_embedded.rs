@@ -2192,14 +2192,17 @@ async fn peage_up_reads_the_configuration_file_then_the_environment_then_set_the
     let ready: Value = r.json().await.unwrap();
     assert_eq!(ready["ready"], true, "{ready}");
     assert!(admin_get(&p, "/v1/plans").await.status().is_success());
-    let metrics = client()
-        .get(format!("{ops}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = || async {
+        client()
+            .get(format!("{ops}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let metrics = scrape().await;
     for line in [
         "peage_build_info{version=\"0.1.0\",role=\"up\"} 1",
         "peage_consumer_lag_events{group=\"aggregator\",topic=\"calls\",partition=\"0\"}",
@@ -2219,14 +2222,7 @@ async fn peage_up_reads_the_configuration_file_then_the_environment_then_set_the
         .await
         .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
-    let metrics = client()
-        .get(format!("{ops}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape().await;
     let missing = grafana::missing(&[&metrics], |name| {
         name.starts_with("peage_spool_") || name.starts_with("peage_events_spool_")
     });

@@ -800,12 +800,7 @@ fn set_key(
 /// that need no server (limits, TLS pairs, proxy blocks, outbound policy, invoice prefix,
 /// events limits, the catalog).
 pub fn check(config: &PeageConfig) -> anyhow::Result<()> {
-    let jwt = peage_gateway::JwtConfig {
-        issuer: config.oauth.issuer.clone(),
-        audience: config.oauth.audience.clone(),
-        jwks_url: format!("{}/.well-known/jwks.json", config.gateway.billing_url),
-        leeway: std::time::Duration::from_secs(30),
-    };
+    let jwt = crate::up::jwt_config(&config.oauth.config(), &config.gateway.billing_url);
     let mut gateway = config.gateway.clone();
     // Checking must not create or append to the access log.
     gateway.access_log = None;
