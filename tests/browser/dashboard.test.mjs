@@ -66,13 +66,14 @@ async function signIn(who, viewport = { width: 1280, height: 860 }, screenshot, 
 }
 
 /// Each page, loaded at the phone's width, is no wider than the screen: nothing is cut off
-/// into sideways scrolling. Names the elements that stick out when one does.
+/// into sideways scrolling. Names the elements that stick out when one does. No page shows a
+/// missing value as the text "null" or "undefined".
 async function assertFitsPhone(phone, paths) {
   for (const path of paths) {
     await phone.goto(base + path);
     await phone.locator('main h1').first().waitFor();
     await phone.waitForLoadState('networkidle');
-    const { overflow, wide } = await phone.evaluate(() => {
+    const { overflow, wide, stray } = await phone.evaluate(() => {
       const vw = window.innerWidth;
       const name = (el) => `${el.tagName.toLowerCase()}.${el.className || ''}${el.id ? '#' + el.id : ''}`;
       // Sticking out of the page, or out of a table's own box (a table scrolled sideways).
@@ -84,9 +85,15 @@ async function assertFitsPhone(phone, paths) {
           .filter((el) => el.scrollWidth > el.clientWidth + 1)
           .map((el) => `a table (${el.querySelector('caption') ? el.querySelector('caption').textContent : 'no caption'}) scrolls ${el.scrollWidth - el.clientWidth}px sideways`),
       ].slice(0, 6);
-      return { overflow: document.documentElement.scrollWidth - vw, wide };
+      // A missing value rendered as text (a `null` handed to the DOM) rather than left out.
+      const stray = [...document.querySelectorAll('main, main *')]
+        .flatMap((el) => [...el.childNodes])
+        .filter((n) => n.nodeType === Node.TEXT_NODE && ['null', 'undefined', 'NaN'].includes(n.textContent.trim()))
+        .map((n) => `"${n.textContent.trim()}" in ${name(n.parentElement)}`);
+      return { overflow: document.documentElement.scrollWidth - vw, wide, stray };
     });
     assert.ok(overflow <= 1 && wide.length === 0, `${path} is ${overflow}px wider than a 390 px phone: ${wide.join(', ')}`);
+    assert.deepEqual(stray, [], `${path} shows a missing value as text`);
   }
 }
 

@@ -1317,7 +1317,7 @@
           h('td', { class: 'hide-narrow', text: p.error ? '—' : `${when(p.period_start, p.timezone)} – ${when(new Date(new Date(p.period_end) - 1), p.timezone)}` }),
           h('td', { class: 'hide-narrow', text: p.error ? p.error : p.usage.map((u) => `${u.meter} ${num(u.quantity)}`).join(' · ') }),
           h('td', { class: 'num', text: p.error ? '—' : money(p.running_total, p.currency) }))), 'Partners'),
-        data.total > PAGE ? pager : null);
+        ...(data.total > PAGE ? [pager] : []));
     }
     form.addEventListener('submit', (ev) => { ev.preventDefault(); offset = 0; load(); });
     page('Partners', h('section', { class: 'panel' }, form, list), mayAct() ? addPartnerPanel() : null);
