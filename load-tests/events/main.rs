@@ -16,6 +16,8 @@
 //!   PEAGE_BENCH_PROCS     the processes whose CPU the route's measure accounts for, as
 //!                         `name=PID` or `name=comm:COMMAND` (every process of that command
 //!                         name), space-separated; this client is always counted
+//!   PEAGE_BENCH_PERF      optional `PID[,PID…]` that perf records during the route's measure,
+//!   PEAGE_BENCH_PERF_OUT  into this file
 //! It prints one `RESULT key=value ...` line last.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -206,6 +208,30 @@ async fn post_load(
     Ok((counts, elapsed, latencies))
 }
 
+/// `PEAGE_BENCH_PERF=PID[,PID…]` and `PEAGE_BENCH_PERF_OUT=FILE`: perf records those
+/// processes during the route's measure (from its second second to a second before its end).
+fn start_perf(seconds: Duration) -> anyhow::Result<Option<std::process::Child>> {
+    let Ok(pids) = std::env::var("PEAGE_BENCH_PERF") else {
+        return Ok(None);
+    };
+    let out = env("PEAGE_BENCH_PERF_OUT")?;
+    let span = seconds.as_secs().saturating_sub(2).max(1);
+    // `PEAGE_BENCH_PERF_GRAPH=dwarf` for call graphs through code built without frame pointers.
+    let (freq, graph) = match std::env::var("PEAGE_BENCH_PERF_GRAPH").as_deref() {
+        Ok("dwarf") => (199, "--call-graph dwarf,16384"),
+        _ => (999, "-g"),
+    };
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "sleep 1; exec perf record -q -F {freq} {graph} -p {pids} -o {out} -- sleep {span}"
+        ))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("perf")?;
+    Ok(Some(child))
+}
+
 /// CPU used by the processes of `PEAGE_BENCH_PROCS` (and this client) from one snapshot to
 /// the next.
 struct ProcCpu(Vec<(String, String)>);
@@ -330,7 +356,11 @@ async fn main() -> anyhow::Result<()> {
     let run = uuid::Uuid::now_v7().simple().to_string();
     let procs = ProcCpu::from_env();
     let cpu_before = procs.snapshot();
+    let perf = start_perf(seconds)?;
     let (counts, api_t, latencies) = post_load(&url, &token, &partner, &run, seconds).await?;
+    if let Some(mut perf) = perf {
+        perf.wait()?;
+    }
     let accepted = counts.accepted.load(Ordering::Relaxed);
     let cpu = procs.per_event(&cpu_before, &procs.snapshot(), accepted);
     eprintln!("CPU per accepted event during the route's measure: {cpu}");

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Events API benchmark (release build): load-tests/events/run.sh
 #   MODES="embedded distributed" (default) · SECONDS_EACH=10 (each measure)
+#   PERF=embedded|distributed profiles the server (peage up; billing and aggregator) during
+#   that mode's POST measure (PEAGE_BENCH_PERF_GRAPH=dwarf for call graphs)
 # POST /v1/events in batches of 100 over 8 connections, durable, beside the raw append rate of
 # the same log measured in the same run (load-tests/events/main.rs), then waits until every
 # accepted event is counted once:
@@ -42,13 +44,21 @@ aggregation = "count"
 CONF
 
 declare -A LINE
-run_client() { # mode url partner processes
+run_client() { # mode url partner processes [pids perf records when PERF=mode]
   mkdir -p "$WORK/raw-$1"
+  if [ "${PERF:-}" = "$1" ]; then export PEAGE_BENCH_PERF=$5 PEAGE_BENCH_PERF_OUT="$WORK/perf-$1.data"; fi
   PEAGE_BENCH_PROCS=$4 PEAGE_BENCH_MODE=$1 PEAGE_BENCH_URL=$2 PEAGE_BENCH_TOKEN=$TOKEN PEAGE_BENCH_PARTNER=$3 \
     PEAGE_BENCH_SECONDS=$SECONDS_EACH PEAGE_BENCH_RAW_DIR="$WORK/raw-$1" \
     PEAGE_BENCH_KAFKA="127.0.0.1:$KAFKA_PORT" PEAGE_BENCH_TOPIC="raw_$(date +%s)_$$.usage" \
     "$CLIENT" | tee "$WORK/result-$1"
   LINE[$1]=$(grep '^RESULT' "$WORK/result-$1")
+  if [ "${PERF:-}" = "$1" ]; then
+    unset PEAGE_BENCH_PERF PEAGE_BENCH_PERF_OUT
+    cp "$WORK/perf-$1.data" "/tmp/perf-$1.data"
+    echo "== where $1's time goes during the POST measure (perf, self, by thread and symbol; /tmp/perf-$1.data)"
+    { perf report -i "/tmp/perf-$1.data" --no-children --sort comm,dso,symbol --stdio -g none 2>/dev/null |
+      grep -v '^#' | grep -v '^$' | sed 's/ *-  *- *$//' | cut -c1-160 | head -40; } || true
+  fi
 }
 
 for mode in $MODES; do
@@ -62,7 +72,7 @@ for mode in $MODES; do
     PIDS+=($UP_PID)
     wait_http "http://127.0.0.1:$CTL_PORT/healthz"
     read -r PARTNER _ < <(new_partner "http://127.0.0.1:$CTL_PORT" bench)
-    run_client embedded "http://127.0.0.1:$CTL_PORT" "$PARTNER" "up=$UP_PID"
+    run_client embedded "http://127.0.0.1:$CTL_PORT" "$PARTNER" "up=$UP_PID" "$UP_PID"
     kill "$UP_PID"; wait "$UP_PID" 2>/dev/null || true
     ;;
   distributed)
@@ -86,7 +96,8 @@ spool_dir = \"$WORK/events-spool\""
     wait_http "http://127.0.0.1:$BILLING_PORT/healthz"
     read -r PARTNER _ < <(new_partner "http://127.0.0.1:$BILLING_PORT" bench)
     run_client distributed "http://127.0.0.1:$BILLING_PORT" "$PARTNER" \
-      "billing=$BILLING_PID aggregator=$AGG_PID broker=$TANSU_PID clickhouse=$(cat /tmp/peage-services/clickhouse.pid) postgres=comm:postgres"
+      "billing=$BILLING_PID aggregator=$AGG_PID broker=$TANSU_PID clickhouse=$(cat /tmp/peage-services/clickhouse.pid) postgres=comm:postgres" \
+      "$BILLING_PID,$AGG_PID"
     ;;
   *) echo "unknown mode $mode (embedded, distributed)" >&2; exit 2 ;;
   esac

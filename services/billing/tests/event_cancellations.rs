@@ -158,4 +158,25 @@ async fn a_cancelled_event_leaves_the_invoice_and_after_finalization_becomes_an_
         .call("GET", format!("/v1/invoices/{id}"), Value::Null)
         .await;
     assert_eq!(fin["invoice"]["total"], "6.00", "{fin}");
+
+    // The audit log holds the cancellations, not the usage coming in.
+    let (s, log) = served
+        .call("GET", "/v1/audit?limit=1000".into(), Value::Null)
+        .await;
+    assert_eq!(s, 200, "{log}");
+    let actions: Vec<&str> = log["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| **a == "POST /v1/events/cancellations")
+            .count(),
+        2,
+        "{actions:?}"
+    );
+    assert!(!actions.contains(&"POST /v1/events"), "{actions:?}");
 }

@@ -37,6 +37,10 @@ const MAX_KEPT: usize = 64 * 1024;
 const ANONYMOUS_ACTIONS: &[&str] = &["/auth/sign-in", "/auth/sign-out", "/oauth/token"];
 /// POST routes that change nothing (a body too large for a query string): not actions.
 const READ_ONLY_POSTS: &[&str] = &["/v1/partners/{id}/invoices/preview"];
+/// Usage coming in, not an action on the service: each accepted event is durable in the event
+/// log already (which is its record), and an audit record per batch would add a database
+/// commit to every ingest request. Cancellations of events stay actions, recorded.
+const DATA_ROUTES: &[&str] = &["/v1/events"];
 /// Fields whose values are credentials, replaced by `"[redacted]"` wherever they appear.
 const REDACTED: &[&str] = &["secret", "token", "access_token", "client_secret"];
 
@@ -157,6 +161,7 @@ pub(crate) async fn record(
     let known = who.is_some() || ANONYMOUS_ACTIONS.contains(&route.as_str());
     if !mutating
         || READ_ONLY_POSTS.contains(&route.as_str())
+        || DATA_ROUTES.contains(&route.as_str())
         || replayed
         || !known
         || status == StatusCode::UNAUTHORIZED
