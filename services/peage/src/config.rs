@@ -115,6 +115,9 @@ impl PeageConfig {
         }
         Ok(KafkaConfig {
             topic: self.events.topic.clone(),
+            // The usage aggregator checks every record for an earlier copy, so producer
+            // idempotence adds nothing but its broker thread's spin (KafkaConfig::idempotent).
+            idempotent: false,
             ..self.kafka.clone()
         })
     }
@@ -964,6 +967,19 @@ mod tests {
         let c = load(&path, env).unwrap();
         assert_eq!(c.events.topic, "t.usage");
         assert_eq!(c.events.spool_dir, dir.path().join("ev-spool"));
+        // Call events keep an idempotent producer; usage events, checked record by record,
+        // do without (KafkaConfig::idempotent).
+        let usage = c.events_kafka().unwrap();
+        assert_eq!((usage.topic.as_str(), usage.idempotent), ("t.usage", false));
+        assert!(c.kafka.idempotent);
+        std::fs::write(
+            &path,
+            "[kafka]
+idempotent = false
+",
+        )
+        .unwrap();
+        assert!(load(&path, []).is_err(), "not a setting");
     }
 
     #[test]
