@@ -1082,6 +1082,102 @@ mod tests {
         );
     }
 
+    fn usage_event(partner: &str, id: &str, tokens: u32) -> UsageEvent {
+        let raw = serde_json::value::RawValue::from_string(format!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"/llm","type":"com.example.llm","subject":"{partner}","time":"2026-11-02T10:00:00Z","data":{{"tokens":{tokens}}}}}"#
+        ))
+        .unwrap();
+        let window = peage_core::usage_event::TimeWindow {
+            backfill: Duration::days(3650),
+            ahead: Duration::minutes(5),
+        };
+        peage_core::usage_event::parse_cloud_event(&raw)
+            .unwrap()
+            .into_usage_event(partner, Utc::now(), &window)
+            .unwrap()
+    }
+
+    /// A data directory from before migration 0004 (usage events in a table ordered by key)
+    /// keeps its events, and their keys still deduplicate.
+    #[tokio::test]
+    async fn usage_events_of_an_old_data_directory_move_to_arrival_order_and_stay_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.db");
+        let old = usage_event("prt_a", "e-1", 40);
+        {
+            let pool = SqlitePoolOptions::new()
+                .connect_with(
+                    SqliteConnectOptions::new()
+                        .filename(&path)
+                        .create_if_missing(true),
+                )
+                .await
+                .unwrap();
+            let mut before = sqlx::migrate!("../../schemas/sql/sqlite/usage");
+            before.migrations = std::borrow::Cow::Owned(
+                before
+                    .migrations
+                    .iter()
+                    .filter(|m| m.version <= 3)
+                    .cloned()
+                    .collect(),
+            );
+            before.run(&pool).await.unwrap();
+            sqlx::query(
+                "INSERT INTO usage_events (partner_id, key, id, source, type, subject, time_us, digest, cloudevent) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&old.partner_id)
+            .bind(old.key.to_string())
+            .bind(&old.id)
+            .bind(&old.source)
+            .bind(&old.event_type)
+            .bind(&old.subject)
+            .bind(old.time_us())
+            .bind(&old.digest)
+            .bind(old.cloudevent.get())
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let store = SqliteUsageStore::open(&path).await.unwrap();
+        assert_eq!(
+            store.stored_usage_event("prt_a", old.key).await.unwrap(),
+            Some(old.clone())
+        );
+        let fresh = usage_event("prt_a", "e-2", 2);
+        let logged = |e: &UsageEvent, offset| crate::Logged {
+            partition: 0,
+            offset,
+            event: e.clone(),
+        };
+        let outcome = store
+            .insert_usage_events("usage", &[logged(&old, 0), logged(&fresh, 1)])
+            .await
+            .unwrap();
+        assert_eq!((outcome.inserted, outcome.duplicates), (1, 1));
+        let digests = store
+            .stored_usage_digests(&[old.clone(), fresh.clone()])
+            .await
+            .unwrap();
+        assert_eq!(digests.len(), 2);
+        assert_eq!(digests[&("prt_a".to_string(), old.key)], old.digest);
+        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+            "EXPLAIN QUERY PLAN SELECT digest FROM usage_events WHERE (partner_id, key) IN (VALUES (?, ?))",
+        )
+        .bind("prt_a")
+        .bind(old.key.to_string())
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+        assert!(
+            plan.iter()
+                .any(|p| p.3.contains("USING INDEX usage_events_by_key")),
+            "{plan:?}"
+        );
+    }
+
     /// Meters over rollups plus raw edges equal the same meters over the raw events, for
     /// ranges on and off the hour, and after a backfill of an old data directory.
     #[tokio::test]
