@@ -174,6 +174,8 @@ pub struct CloudEvent {
     pub time: Option<DateTime<Utc>>,
     /// The event's JSON as it was sent.
     pub raw: Box<RawValue>,
+    /// What the event says ([`UsageEvent::digest`]), computed while the event is parsed.
+    digest: String,
 }
 
 /// The context attributes this module reads; `data`, `data_base64` and extensions stay in the
@@ -272,19 +274,21 @@ pub fn parse_cloud_event(raw: &RawValue) -> Result<CloudEvent, EventError> {
         return Err(EventError::DataAndDataBase64);
     }
     string_attr("data_base64", a.data_base64, usize::MAX)?;
+    // The data must give properties meters can read exactly. The event is parsed once: the
+    // properties and the digest come from the attributes' own slices.
+    Properties::of_data_value(a.data)?;
+    let digest = digest_of(&event_type, time, a.data, a.data_base64);
     let raw = RawValue::from_string(raw.get().trim().to_string())
         .map_err(|e| EventError::NotJson(e.to_string()))?;
-    let event = CloudEvent {
+    Ok(CloudEvent {
         id,
         source,
         event_type,
         subject,
         time,
         raw,
-    };
-    // The data must give properties meters can read exactly.
-    Properties::of_raw_event(&event.raw)?;
-    Ok(event)
+        digest,
+    })
 }
 
 impl CloudEvent {
@@ -300,8 +304,8 @@ impl CloudEvent {
         if let Some(refusal) = window.refuse(time, now) {
             return Err(refusal.into());
         }
-        // The time as sent: a retry of an event without one is the same event.
-        let digest = body_digest(&self.event_type, self.time, &self.raw);
+        // The digest holds the time as sent: a retry of an event without one is the same event.
+        let digest = self.digest;
         Ok(UsageEvent {
             key: UsageEvent::key_of(partner_id, &self.source, &self.id),
             partner_id: partner_id.to_string(),
@@ -455,13 +459,23 @@ fn body_digest(event_type: &str, time: Option<DateTime<Utc>>, raw: &RawValue) ->
         data: None,
         data_base64: None,
     });
+    digest_of(event_type, time, body.data, body.data_base64)
+}
+
+/// SHA-256 of the type, the time as sent and the data, minified (see [`UsageEvent::digest`]).
+fn digest_of(
+    event_type: &str,
+    time: Option<DateTime<Utc>>,
+    data: Option<&RawValue>,
+    data_base64: Option<&RawValue>,
+) -> String {
     let mut h = Sha256::new();
     h.update(event_type.as_bytes());
     h.update([0]);
     if let Some(t) = time {
         h.update(t.timestamp_micros().to_le_bytes());
     }
-    for part in [body.data, body.data_base64] {
+    for part in [data, data_base64] {
         h.update([0]);
         if let Some(p) = part {
             h.update(minify(p.get()).as_bytes());
@@ -513,8 +527,13 @@ impl Properties {
         }
         let d: Data<'_> =
             serde_json::from_str(raw.get()).map_err(|e| EventError::NotJson(e.to_string()))?;
+        Ok(Properties::of_data_value(d.data)?)
+    }
+
+    /// Properties of an event's `data` (none unless it is an object).
+    fn of_data_value(data: Option<&RawValue>) -> Result<Properties, DataError> {
         let mut props = Properties::default();
-        if let Some(data) = d.data {
+        if let Some(data) = data {
             if data.get().trim_start().starts_with('{') {
                 props.flatten("", data, 0)?;
             }
@@ -651,6 +670,36 @@ mod tests {
         assert_eq!(u.time, truncate_to_micros(now));
         assert_eq!(u.key, UsageEvent::key_of("p1", "/llm", "e-1"));
         u.check().unwrap();
+    }
+
+    /// The digest taken while the event is parsed equals the digest of the whole event's text
+    /// (what cancellations and earlier releases computed), for every shape of body.
+    #[test]
+    fn the_digest_of_a_parsed_event_is_the_digest_of_its_text() {
+        let now = Utc::now();
+        for extra in [
+            "",
+            r#","data":{"tokens":3,"model":"x"}"#,
+            r#", "data" : { "usage" : { "input_tokens" : 0.10 } , "m": "a b" }"#,
+            r#","data":null"#,
+            r#","data":[1,2]"#,
+            r#","data_base64":"AAEC""#,
+            r#","time":"2026-12-01T10:00:00.5Z","data":{"t":1}"#,
+        ] {
+            let text = event(extra);
+            let e = parse_cloud_event(&raw(&text)).unwrap();
+            let (event_type, time) = (e.event_type.clone(), e.time);
+            let window = TimeWindow {
+                backfill: chrono::TimeDelta::days(3650),
+                ahead: chrono::TimeDelta::minutes(5),
+            };
+            let u = e.into_usage_event("p1", now, &window).unwrap();
+            assert_eq!(
+                u.digest,
+                body_digest(&event_type, time, &raw(&text)),
+                "{text}"
+            );
+        }
     }
 
     #[test]
