@@ -130,7 +130,8 @@ impl Ingest for UsageEvent {
         store: &dyn UsageStore,
         events: &[Self],
     ) -> Result<HashMap<UsageKey, String>, UsageStoreError> {
-        store.stored_usage_digests(events).await
+        let keys: Vec<UsageKey> = events.iter().map(Ingest::key).collect();
+        store.stored_usage_digests(&keys).await
     }
 
     async fn insert(

@@ -1417,14 +1417,11 @@ impl UsageStore for ClickHouseUsageStore {
 
     async fn stored_usage_digests(
         &self,
-        events: &[UsageEvent],
+        keys: &[UsageKey],
     ) -> Result<HashMap<UsageKey, String>, UsageStoreError> {
         let mut by_partner: HashMap<&str, Vec<String>> = HashMap::new();
-        for e in events {
-            by_partner
-                .entry(&e.partner_id)
-                .or_default()
-                .push(e.key.to_string());
+        for (partner, key) in keys {
+            by_partner.entry(partner).or_default().push(key.to_string());
         }
         #[derive(Row, Deserialize)]
         struct Stored {

@@ -603,13 +603,9 @@ impl UsageStore for SqliteUsageStore {
 
     async fn stored_usage_digests(
         &self,
-        events: &[UsageEvent],
+        keys: &[UsageKey],
     ) -> Result<HashMap<UsageKey, String>, UsageStoreError> {
         let mut out = HashMap::new();
-        let keys: Vec<UsageKey> = events
-            .iter()
-            .map(|e| (e.partner_id.clone(), e.key))
-            .collect();
         for chunk in keys.chunks(USAGE_ROWS_PER_INSERT) {
             let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "SELECT partner_id, key, digest FROM usage_events WHERE (partner_id, key) IN (VALUES ",
@@ -1158,7 +1154,10 @@ mod tests {
             .unwrap();
         assert_eq!((outcome.inserted, outcome.duplicates), (1, 1));
         let digests = store
-            .stored_usage_digests(&[old.clone(), fresh.clone()])
+            .stored_usage_digests(&[
+                ("prt_a".to_string(), old.key),
+                ("prt_a".to_string(), fresh.key),
+            ])
             .await
             .unwrap();
         assert_eq!(digests.len(), 2);

@@ -33,6 +33,9 @@ pub enum UsageStoreError {
     Config(String),
     #[error("event {id} cannot be stored: {reason}")]
     Corrupt { id: String, reason: String },
+    /// The error of a look-up made for several requests at once, as each of them reports it.
+    #[error("{0}")]
+    Shared(String),
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -179,12 +182,12 @@ pub trait UsageStore: Send + Sync + 'static {
         events: &[LoggedUsageEvent],
     ) -> Result<InsertOutcome, UsageStoreError>;
 
-    /// The digests of the stored usage events with the keys of `events` (absent: not
-    /// stored). The aggregator drops re-sent events and reports an id re-used with other
-    /// content from it. The events' types and times narrow the search.
+    /// The digests of the stored usage events with these keys (absent: not stored). The
+    /// aggregator drops re-sent events and reports an id re-used with other content from it;
+    /// `POST /v1/events` answers duplicates and refuses such re-uses from it.
     async fn stored_usage_digests(
         &self,
-        events: &[UsageEvent],
+        keys: &[UsageKey],
     ) -> Result<HashMap<UsageKey, String>, UsageStoreError>;
 
     /// The stored usage event of `partner_id` with `key`, if any (what a cancellation names).

@@ -796,27 +796,45 @@ async fn meters_of_usage_events_agree_with_the_embedded_store_and_events_count_o
     assert_eq!(embedded.usage_event_types(&q).await.unwrap(), types);
 
     // The digests of what is stored, for the aggregator's re-send and conflict checks.
-    let digests = store.stored_usage_digests(&events[..20]).await.unwrap();
+    let keys = |events: &[peage_core::UsageEvent]| -> Vec<(String, uuid::Uuid)> {
+        events
+            .iter()
+            .map(|e| (e.partner_id.clone(), e.key))
+            .collect()
+    };
+    let digests = store
+        .stored_usage_digests(&keys(&events[..20]))
+        .await
+        .unwrap();
     assert_eq!(digests.len(), 20);
     assert_eq!(
         digests[&(events[3].partner_id.clone(), events[3].key)],
         events[3].digest
     );
     assert_eq!(
-        embedded.stored_usage_digests(&events[..20]).await.unwrap(),
+        embedded
+            .stored_usage_digests(&keys(&events[..20]))
+            .await
+            .unwrap(),
         digests
     );
     // The same ids received 40 days later (another time, as a re-send of an event without
     // `time` would have) are found by key, with the stored copy's digest.
     let later = usage_events(start + TimeDelta::days(40));
-    let found = store.stored_usage_digests(&later[..5]).await.unwrap();
+    let found = store
+        .stored_usage_digests(&keys(&later[..5]))
+        .await
+        .unwrap();
     assert_eq!(found.len(), 5, "{found:?}");
     for (e, l) in events[..5].iter().zip(&later[..5]) {
         assert_eq!(found[&(l.partner_id.clone(), l.key)], e.digest);
         assert_ne!(e.digest, l.digest);
     }
     assert_eq!(
-        embedded.stored_usage_digests(&later[..5]).await.unwrap(),
+        embedded
+            .stored_usage_digests(&keys(&later[..5]))
+            .await
+            .unwrap(),
         found
     );
     // Keys never stored are not found, in lookups of more keys than one query names.
@@ -828,7 +846,7 @@ async fn meters_of_usage_events_agree_with_the_embedded_store_and_events_count_o
         })
         .collect();
     assert!(store
-        .stored_usage_digests(&unknown)
+        .stored_usage_digests(&keys(&unknown))
         .await
         .unwrap()
         .is_empty());

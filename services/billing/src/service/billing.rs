@@ -10,11 +10,13 @@ use peage_core::Catalog;
 use peage_usage_store::UsageStore;
 
 use super::catalog_state::Reloads;
+use super::digests::DigestLookups;
 use super::error::ServiceError;
 use super::intake::EventsIntake;
 use super::invoicing::{Invoicing, Issuer};
 use super::secrets::SecretBox;
 use super::settings::OAuthConfig;
+use super::subjects::SubjectCache;
 
 /// Called after a key is revoked, so an in-process gateway forgets it at once.
 pub type RevocationHook = Arc<dyn Fn() + Send + Sync>;
@@ -51,6 +53,10 @@ pub struct Billing {
     pub(crate) api_docs: RwLock<ApiDocs>,
     /// Where `POST /v1/events` puts usage events; unset, events are refused as unavailable.
     pub(crate) events: OnceLock<EventsIntake>,
+    /// The partners usage events' subjects named lately (`POST /v1/events`).
+    pub(crate) subjects: SubjectCache,
+    /// The duplicate look-ups of concurrent `POST /v1/events` requests, made together.
+    pub(crate) digests: DigestLookups,
     /// Catalog reloads: where from, who else is told, what happened last.
     pub(crate) reloads: Reloads,
     /// When these services started (the first catalog's time in force).
@@ -84,6 +90,8 @@ impl Billing {
             on_revoke,
             api_docs: Default::default(),
             events: OnceLock::new(),
+            subjects: SubjectCache::default(),
+            digests: DigestLookups::default(),
             reloads: Reloads::default(),
             started: chrono::Utc::now(),
             gateway_url: OnceLock::new(),

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use chrono::Utc;
 use peage_core::usage_event::parse_cloud_event;
 use peage_core::{PartnerId, UsageEvent};
+use peage_usage_store::UsageKey;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
@@ -222,19 +223,21 @@ async fn sort_out(
     candidates: Vec<(usize, UsageEvent)>,
     conflicts: Conflicts,
 ) -> Result<(Vec<UsageEvent>, usize, Vec<RejectedEvent>), ServiceError> {
-    let events: Vec<UsageEvent> = candidates.iter().map(|(_, e)| e.clone()).collect();
-    let mut known = if events.is_empty() {
-        HashMap::new()
-    } else {
-        api.usage.stored_usage_digests(&events).await?
-    };
-    let mut fresh = Vec::with_capacity(events.len());
+    let keys: Vec<UsageKey> = candidates
+        .iter()
+        .map(|(_, e)| (e.partner_id.clone(), e.key))
+        .collect();
+    let stored = api.digests.stored(&api.usage, keys).await?;
+    // What this request holds so far, for an id it carries twice.
+    let mut here: HashMap<UsageKey, String> = HashMap::new();
+    let mut fresh = Vec::with_capacity(candidates.len());
     let mut duplicates = 0;
     let mut refused = Vec::new();
     for (index, e) in candidates {
-        match known.get(&(e.partner_id.clone(), e.key)) {
+        let key = (e.partner_id.clone(), e.key);
+        match stored.get(&key).or_else(|| here.get(&key)) {
             None => {
-                known.insert((e.partner_id.clone(), e.key), e.digest.clone());
+                here.insert(key, e.digest.clone());
                 fresh.push(e);
             }
             Some(d) if *d == e.digest || conflicts == Conflicts::Duplicates => duplicates += 1,
@@ -283,6 +286,21 @@ async fn resolve_subject(
 }
 
 async fn lookup_subject(api: &Billing, subject: &str) -> Result<Option<String>, ServiceError> {
+    let now = std::time::Instant::now();
+    if let Some(p) = api.subjects.get(subject, now) {
+        return Ok(Some(p));
+    }
+    let found = lookup_subject_in_store(api, subject).await?;
+    if let Some(p) = &found {
+        api.subjects.put(subject, p, now);
+    }
+    Ok(found)
+}
+
+async fn lookup_subject_in_store(
+    api: &Billing,
+    subject: &str,
+) -> Result<Option<String>, ServiceError> {
     if let Ok(id) = PartnerId::parse(subject) {
         if let Some(p) = api.store.partner(&id).await? {
             return Ok(Some(p.id.to_string()));

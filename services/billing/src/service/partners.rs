@@ -170,7 +170,10 @@ impl Billing {
         if let Some(e) = external_id {
             check_external_id(e)?;
         }
-        Ok(self.store.set_external_id(&partner.id, external_id).await?)
+        let updated = self.store.set_external_id(&partner.id, external_id).await?;
+        // Events naming the old external id stop reaching this partner now, here.
+        self.subjects.clear();
+        Ok(updated)
     }
 
     /// Finance's list: a page of the partners whose id, name or plan contains `needle`
