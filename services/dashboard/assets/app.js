@@ -29,6 +29,12 @@
     return el;
   }
 
+  // Replaces el's children, leaving out null and undefined as h() does: replaceChildren would
+  // write them as the text "null".
+  function fill(el, ...children) {
+    el.replaceChildren(...children.filter((c) => c !== null && c !== undefined));
+  }
+
   class ApiError extends Error {
     constructor(status, detail) { super(detail); this.status = status; }
   }
@@ -145,7 +151,7 @@
   let navigated = false; // the first page keeps the browser's focus order (skip link first)
   function page(title, ...content) {
     document.title = title + ' · Péage';
-    main.replaceChildren(h('h1', { text: title }), ...content.filter((c) => c !== null && c !== undefined));
+    fill(main, h('h1', { text: title }), ...content);
     // After an in-app navigation, move focus to the new content, as a page load would.
     if (navigated) main.focus({ preventScroll: true });
   }
@@ -753,7 +759,7 @@
             await after();
           } catch (e) { out.append(h('p', { class: 'error', role: 'alert', text: e.message })); }
         } });
-        out.replaceChildren(
+        fill(out,
           h('p', { id: 'quote-summary', text: upgrade
             ? `With ${o.plan.name} from now, this period would come to ${money(next.total, next.currency)} instead of ${money(cur.total, cur.currency)} so far: each plan's base fee for its part of the period, usage at each plan's prices.`
             : `This period stays on your plan (${money(cur.total, cur.currency)} so far); ${o.plan.name} starts on ${when(q.effective_at, tz)}.` }),
@@ -1407,7 +1413,7 @@
       try {
         const c = await api(`/v1/partners/${pid}/credits`);
         const balances = Object.entries(c.balances);
-        body.replaceChildren(
+        fill(body,
           h('p', { id: 'credit-balance', text: balances.length ? 'Balance: ' + balances.map(([cur, b]) => money(b, cur)).join(', ') : 'No prepaid credit.' }),
           c.entries.length ? table(['Date', 'Description', ['Amount', 'num']], c.entries.slice().reverse().slice(0, 20).map((e) => h('tr', {},
             h('td', { text: when(e.created_at, undefined, true) }), h('td', { text: e.description }), h('td', { class: 'num', text: money(e.amount, e.currency) }))), 'Credit ledger') : null);
