@@ -48,10 +48,10 @@ pub trait Ingest: Clone + Send + Sync + 'static {
     /// ids are never re-used, as for calls).
     fn digest(&self) -> &str;
 
-    /// The digests of the stored events with these keys.
+    /// The digests of the stored events with the keys of these.
     async fn stored(
         store: &dyn UsageStore,
-        events: &[Self],
+        events: &[&Self],
     ) -> Result<HashMap<UsageKey, String>, UsageStoreError>;
 
     async fn insert(
@@ -87,9 +87,11 @@ impl Ingest for CallEvent {
 
     async fn stored(
         store: &dyn UsageStore,
-        events: &[Self],
+        events: &[&Self],
     ) -> Result<HashMap<UsageKey, String>, UsageStoreError> {
-        let ids = store.stored_ids(events).await?;
+        // Only records flagged as possible duplicates: few, so the copy is cheap.
+        let events: Vec<CallEvent> = events.iter().map(|&e| e.clone()).collect();
+        let ids = store.stored_ids(&events).await?;
         Ok(ids.into_iter().map(|k| (k, String::new())).collect())
     }
 
@@ -128,9 +130,9 @@ impl Ingest for UsageEvent {
 
     async fn stored(
         store: &dyn UsageStore,
-        events: &[Self],
+        events: &[&Self],
     ) -> Result<HashMap<UsageKey, String>, UsageStoreError> {
-        let keys: Vec<UsageKey> = events.iter().map(Ingest::key).collect();
+        let keys: Vec<UsageKey> = events.iter().map(|e| e.key()).collect();
         store.stored_usage_digests(&keys).await
     }
 
@@ -486,10 +488,10 @@ impl<E: Ingest> Ingester<E> {
             if !self.finish_in_flight().await? {
                 return Ok(());
             }
-            let suspects: Vec<E> = events
+            let suspects: Vec<&E> = events
                 .iter()
                 .filter(|(maybe, _, _)| *maybe)
-                .map(|(_, l, _)| l.event.clone())
+                .map(|(_, l, _)| &l.event)
                 .collect();
             let store = Arc::clone(&self.store);
             let Some(mut known) = retry(

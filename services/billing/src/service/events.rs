@@ -50,17 +50,17 @@ pub enum BodyForm {
     Either,
 }
 
-/// The events of a body, each still raw, or one problem for a body that is not CloudEvents
-/// JSON at all.
+/// The events of a body, each still raw (slices of the body: an accepted event is copied once,
+/// when checked), or one problem for a body that is not CloudEvents JSON at all.
 fn split_body(
     body: &[u8],
     mode: BodyForm,
     max_events: usize,
-) -> Result<Vec<Box<RawValue>>, ServiceError> {
+) -> Result<Vec<&RawValue>, ServiceError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| ServiceError::Invalid("the body is not UTF-8 JSON".into()))?;
     let starts_array = text.trim_start().starts_with('[');
-    let events: Vec<Box<RawValue>> = match (mode, starts_array) {
+    let events: Vec<&RawValue> = match (mode, starts_array) {
         (BodyForm::Single, true) => {
             return Err(ServiceError::Invalid(
                 "application/cloudevents+json holds one event (an object); send an array as \
@@ -76,7 +76,7 @@ fn split_body(
         (_, true) => serde_json::from_str(text)
             .map_err(|e| ServiceError::Invalid(format!("invalid JSON body: {e}")))?,
         (_, false) => {
-            let one: Box<RawValue> = serde_json::from_str(text)
+            let one: &RawValue = serde_json::from_str(text)
                 .map_err(|e| ServiceError::Invalid(format!("invalid JSON body: {e}")))?;
             if !one.get().starts_with('{') {
                 return Err(ServiceError::Invalid(
@@ -162,7 +162,7 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ServiceEr
 async fn take(
     api: &Billing,
     intake: &EventsIntake,
-    raws: Vec<Box<RawValue>>,
+    raws: Vec<&RawValue>,
 ) -> Result<EventsOutcome, ServiceError> {
     let now = Utc::now();
     let mut rejected = Vec::new();
