@@ -605,28 +605,32 @@ impl UsageStore for SqliteUsageStore {
         &self,
         keys: &[UsageKey],
     ) -> Result<HashMap<UsageKey, String>, UsageStoreError> {
+        // By partner (a request's events are mostly one partner's): one bind per key, not two.
+        let mut by_partner: HashMap<&str, Vec<String>> = HashMap::new();
+        for (partner, key) in keys {
+            by_partner.entry(partner).or_default().push(key.to_string());
+        }
         let mut out = HashMap::new();
-        for chunk in keys.chunks(USAGE_ROWS_PER_INSERT) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "SELECT partner_id, key, digest FROM usage_events WHERE (partner_id, key) IN (VALUES ",
-            );
-            let mut list = q.separated(", ");
-            for (partner, key) in chunk {
-                list.push("(")
-                    .push_bind_unseparated(partner.clone())
-                    .push_unseparated(", ")
-                    .push_bind_unseparated(key.to_string())
-                    .push_unseparated(")");
-            }
-            q.push(")");
-            let rows: Vec<(String, String, String)> =
-                q.build_query_as().fetch_all(&self.pool).await?;
-            for (partner, key, digest) in rows {
-                let key = uuid::Uuid::parse_str(&key).map_err(|e| UsageStoreError::Corrupt {
-                    id: key.clone(),
-                    reason: e.to_string(),
-                })?;
-                out.insert((partner, key), digest);
+        for (partner, keys) in by_partner {
+            for chunk in keys.chunks(USAGE_ROWS_PER_INSERT) {
+                let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    "SELECT key, digest FROM usage_events WHERE partner_id = ",
+                );
+                q.push_bind(partner).push(" AND key IN (");
+                let mut list = q.separated(", ");
+                for key in chunk {
+                    list.push_bind(key.as_str());
+                }
+                q.push(")");
+                let rows: Vec<(String, String)> = q.build_query_as().fetch_all(&self.pool).await?;
+                for (key, digest) in rows {
+                    let key =
+                        uuid::Uuid::parse_str(&key).map_err(|e| UsageStoreError::Corrupt {
+                            id: key.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    out.insert((partner.to_string(), key), digest);
+                }
             }
         }
         Ok(out)
@@ -1163,10 +1167,11 @@ mod tests {
         assert_eq!(digests.len(), 2);
         assert_eq!(digests[&("prt_a".to_string(), old.key)], old.digest);
         let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
-            "EXPLAIN QUERY PLAN SELECT digest FROM usage_events WHERE (partner_id, key) IN (VALUES (?, ?))",
+            "EXPLAIN QUERY PLAN SELECT key, digest FROM usage_events WHERE partner_id = ? AND key IN (?, ?)",
         )
         .bind("prt_a")
         .bind(old.key.to_string())
+        .bind(fresh.key.to_string())
         .fetch_all(&store.pool)
         .await
         .unwrap();
