@@ -127,10 +127,9 @@ impl Billing {
             });
         }
         let next = Arc::new(next);
-        self.put_in_force(Arc::clone(&next), docs).await?;
+        self.put_in_force(Arc::clone(&next), docs, trigger).await?;
         self.accept(&next.version, &text, trigger).await?;
         let changes = views(&before, &next);
-        self.record(trigger, "applied", &next.version, &[]);
         Ok(Reloaded {
             from: before.version.clone(),
             to: next.version.clone(),
@@ -139,15 +138,23 @@ impl Billing {
     }
 
     /// Puts `next` in force: its plan versions recorded first (so invoices can always find the
-    /// version that priced them), then billing's catalog and documents, then the listeners.
+    /// version that priced them), then the reload (asked by `trigger`), then billing's catalog
+    /// and documents, then the listeners.
     pub(crate) async fn put_in_force(
         &self,
         next: Arc<Catalog>,
         docs: ApiDocs,
+        trigger: &str,
     ) -> Result<(), ServiceError> {
         let mut invoicing = self.invoicing();
         invoicing.catalog = Arc::clone(&next);
         invoicing.register_plan_versions(Utc::now()).await?;
+        // Recorded before the catalog serves: whoever is served by it (an invoice, a status)
+        // also finds this reload as the last one, not the one before.
+        self.record(trigger, "applied", &next.version, &[]);
+        if let Ok(mut r) = self.reloads.record.lock() {
+            r.0 = Some(Utc::now());
+        }
         self.live.replace(Arc::clone(&next));
         self.follow_catalog().await?;
         self.set_api_docs(docs);
@@ -159,9 +166,6 @@ impl Billing {
             .unwrap_or_default();
         for listen in listeners {
             listen(Arc::clone(&next));
-        }
-        if let Ok(mut r) = self.reloads.record.lock() {
-            r.0 = Some(Utc::now());
         }
         Ok(())
     }
@@ -277,9 +281,8 @@ impl Billing {
             }
             Ok(Sourced { catalog, docs, .. }) => {
                 let next = Arc::new(catalog);
-                self.put_in_force(Arc::clone(&next), docs).await?;
+                self.put_in_force(Arc::clone(&next), docs, &trigger).await?;
                 tracing::info!(from = %before.version, to = %next.version, "catalog of record adopted");
-                self.record(&trigger, "applied", &next.version, &[]);
                 self.report_running().await?;
                 Ok(true)
             }
