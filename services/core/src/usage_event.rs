@@ -665,6 +665,10 @@ impl Properties {
 /// Whether the object `json` (at nesting `depth`) surely gives readable properties, counting
 /// them into `count`: each name non-empty and without a dot, strings valid, numbers exact,
 /// nesting and count within bounds. Walks the text once and keeps nothing.
+///
+/// It mirrors the rules of [`Properties::flatten`]: a rule added there must be added here (or
+/// this would vouch for data `flatten` refuses); `the_quick_data_check_agrees_with_the_full_reading`
+/// holds the two together, a case for each rule.
 fn clean_object(json: &str, depth: usize, count: &mut usize) -> bool {
     use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, Visitor};
 
