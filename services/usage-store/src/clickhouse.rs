@@ -1419,10 +1419,6 @@ impl UsageStore for ClickHouseUsageStore {
         &self,
         keys: &[UsageKey],
     ) -> Result<HashMap<UsageKey, String>, UsageStoreError> {
-        let mut by_partner: HashMap<&str, Vec<Uuid>> = HashMap::new();
-        for (partner, key) in keys {
-            by_partner.entry(partner).or_default().push(*key);
-        }
         #[derive(Row, Deserialize)]
         struct Stored {
             #[serde(with = "clickhouse::serde::uuid")]
@@ -1430,7 +1426,7 @@ impl UsageStore for ClickHouseUsageStore {
             digest: String,
         }
         let mut found = HashMap::new();
-        for (partner, keys) in by_partner {
+        for (partner, keys) in crate::keys_by_partner(keys) {
             // By key alone, in `usage_event_keys` (ordered by it): an earlier copy may have
             // another time (one sent without `time` is stamped when received). Chunked so the
             // query stays far below ClickHouse's max_query_size (256 KiB) at any batch size.

@@ -605,13 +605,9 @@ impl UsageStore for SqliteUsageStore {
         &self,
         keys: &[UsageKey],
     ) -> Result<HashMap<UsageKey, String>, UsageStoreError> {
-        // By partner (a request's events are mostly one partner's): one bind per key, not two.
-        let mut by_partner: HashMap<&str, Vec<String>> = HashMap::new();
-        for (partner, key) in keys {
-            by_partner.entry(partner).or_default().push(key.to_string());
-        }
+        // By partner: one bind per key, not two.
         let mut out = HashMap::new();
-        for (partner, keys) in by_partner {
+        for (partner, keys) in crate::keys_by_partner(keys) {
             for chunk in keys.chunks(USAGE_ROWS_PER_INSERT) {
                 let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                     "SELECT key, digest FROM usage_events WHERE partner_id = ",
@@ -619,7 +615,7 @@ impl UsageStore for SqliteUsageStore {
                 q.push_bind(partner).push(" AND key IN (");
                 let mut list = q.separated(", ");
                 for key in chunk {
-                    list.push_bind(key.as_str());
+                    list.push_bind(key.to_string());
                 }
                 q.push(")");
                 let rows: Vec<(String, String)> = q.build_query_as().fetch_all(&self.pool).await?;

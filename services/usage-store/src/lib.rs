@@ -134,6 +134,16 @@ pub type LoggedUsageEvent = Logged<UsageEvent>;
 /// The identity of a stored usage event: partner id and key ([`UsageEvent::key`]).
 pub type UsageKey = (String, uuid::Uuid);
 
+/// `keys` grouped by partner (a request's or a batch's keys are mostly one partner's), for
+/// look-ups that name the partner once.
+pub(crate) fn keys_by_partner(keys: &[UsageKey]) -> HashMap<&str, Vec<uuid::Uuid>> {
+    let mut by_partner: HashMap<&str, Vec<uuid::Uuid>> = HashMap::new();
+    for (partner, key) in keys {
+        by_partner.entry(partner).or_default().push(*key);
+    }
+    by_partner
+}
+
 #[async_trait]
 pub trait UsageStore: Send + Sync + 'static {
     /// Stores events, ignoring ones already stored. Durable when it returns.
