@@ -9,6 +9,7 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -22,6 +23,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use crate::clickhouse::{ceil_to, floor_to};
+use crate::key_filter::KeyFilter;
 use crate::{
     series_range, EventTypeSeen, InsertOutcome, LoggedUsageEvent, MeterSeries, UsageKey,
     UsageQuery, UsageStore, UsageStoreError,
@@ -30,6 +32,9 @@ use crate::{
 #[derive(Clone)]
 pub struct SqliteUsageStore {
     pool: SqlitePool,
+    /// The usage-event keys this database may hold, shared by every store of the process on
+    /// the same file (key_filter.rs).
+    usage_keys: Arc<KeyFilter>,
 }
 
 impl SqliteUsageStore {
@@ -47,7 +52,10 @@ impl SqliteUsageStore {
         sqlx::migrate!("../../schemas/sql/sqlite/usage")
             .run(&pool)
             .await?;
-        let store = SqliteUsageStore { pool };
+        let store = SqliteUsageStore {
+            pool,
+            usage_keys: KeyFilter::of_file(path),
+        };
         store.backfill_rollups().await?;
         Ok(store)
     }
@@ -558,6 +566,8 @@ impl UsageStore for SqliteUsageStore {
         _topic: &str,
         events: &[LoggedUsageEvent],
     ) -> Result<InsertOutcome, UsageStoreError> {
+        // Into the filter before any of them can be committed (key_filter.rs).
+        self.usage_keys.add(events.iter().map(|l| l.event.key));
         let mut tx = self.pool.begin().await?;
         let mut outcome = InsertOutcome::default();
         for chunk in events.chunks(USAGE_ROWS_PER_INSERT) {
@@ -605,7 +615,19 @@ impl UsageStore for SqliteUsageStore {
         &self,
         keys: &[UsageKey],
     ) -> Result<HashMap<UsageKey, String>, UsageStoreError> {
-        // By partner: one bind per key, not two.
+        // Only the keys the filter cannot rule out; by partner: one bind per key, not two.
+        let maybe: Vec<UsageKey>;
+        let keys = match self.usage_keys.when_filled(&self.pool) {
+            Some(filter) => {
+                maybe = keys
+                    .iter()
+                    .filter(|(_, key)| filter.may_hold(key))
+                    .cloned()
+                    .collect();
+                &maybe[..]
+            }
+            None => keys,
+        };
         let mut out = HashMap::new();
         for (partner, keys) in crate::keys_by_partner(keys) {
             for chunk in keys.chunks(USAGE_ROWS_PER_INSERT) {
@@ -1175,6 +1197,101 @@ mod tests {
             plan.iter()
                 .any(|p| p.3.contains("USING INDEX usage_events_by_key")),
             "{plan:?}"
+        );
+    }
+
+    /// The duplicate look-ups of usage events ask the key filter first (key_filter.rs): once
+    /// filled it answers "not stored" alone, every store of the process on the same file shares
+    /// it, and a reopened database fills a new one from the events it holds.
+    #[tokio::test]
+    async fn usage_key_look_ups_trust_the_shared_key_filter_once_it_is_filled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.db");
+        let logged = |e: &UsageEvent| crate::Logged {
+            partition: 0,
+            offset: 0,
+            event: e.clone(),
+        };
+        let key = |e: &UsageEvent| (e.partner_id.clone(), e.key);
+        let stored = |store: &SqliteUsageStore, events: &[&UsageEvent]| {
+            let (store, keys) = (
+                store.clone(),
+                events.iter().map(|e| key(e)).collect::<Vec<_>>(),
+            );
+            async move {
+                let mut found: Vec<String> = store
+                    .stored_usage_digests(&keys)
+                    .await
+                    .unwrap()
+                    .into_keys()
+                    .map(|(_, k)| k.to_string())
+                    .collect();
+                found.sort();
+                found
+            }
+        };
+        let filled = |store: &SqliteUsageStore| {
+            let filter = Arc::clone(&store.usage_keys);
+            async move {
+                for _ in 0..500 {
+                    if filter.is_filled() {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                panic!("the key filter was not filled within 5 s");
+            }
+        };
+        let sorted = |events: &[&UsageEvent]| {
+            let mut keys: Vec<String> = events.iter().map(|e| e.key.to_string()).collect();
+            keys.sort();
+            keys
+        };
+        let [e1, e2, e3, e4] = ["e-1", "e-2", "e-3", "e-4"].map(|id| usage_event("prt_a", id, 1));
+
+        let a = SqliteUsageStore::open(&path).await.unwrap();
+        a.insert_usage_events("usage", &[logged(&e1)])
+            .await
+            .unwrap();
+        let b = SqliteUsageStore::open(&path).await.unwrap();
+        assert!(Arc::ptr_eq(&a.usage_keys, &b.usage_keys));
+        // Before the filter is filled, the database answers (and the first look-up starts
+        // the fill).
+        assert_eq!(stored(&b, &[&e1, &e3]).await, sorted(&[&e1]));
+        filled(&b).await;
+        assert_eq!(stored(&b, &[&e1, &e3]).await, sorted(&[&e1]));
+        // What one store inserts, the other's look-ups find.
+        b.insert_usage_events("usage", &[logged(&e2)])
+            .await
+            .unwrap();
+        assert_eq!(stored(&a, &[&e1, &e2, &e3]).await, sorted(&[&e1, &e2]));
+        // A row written behind the stores' backs is not looked for: the filter, filled, is
+        // trusted (only `peage up`, holding the data directory, writes usage events).
+        sqlx::query(
+            "INSERT INTO usage_events (partner_id, key, id, source, type, subject, time_us, digest, cloudevent) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&e4.partner_id)
+        .bind(e4.key.to_string())
+        .bind(&e4.id)
+        .bind(&e4.source)
+        .bind(&e4.event_type)
+        .bind(&e4.subject)
+        .bind(e4.time_us())
+        .bind(&e4.digest)
+        .bind(e4.cloudevent.get())
+        .execute(&a.pool)
+        .await
+        .unwrap();
+        assert_eq!(stored(&a, &[&e4]).await, Vec::<String>::new());
+        // Reopened, the database fills a new filter from what it holds.
+        drop((a, b));
+        let c = SqliteUsageStore::open(&path).await.unwrap();
+        assert_eq!(stored(&c, &[&e4]).await, sorted(&[&e4]));
+        filled(&c).await;
+        assert_eq!(
+            stored(&c, &[&e1, &e2, &e3, &e4]).await,
+            sorted(&[&e1, &e2, &e4])
         );
     }
 

@@ -7,6 +7,7 @@
 
 pub mod clickhouse;
 pub mod embedded;
+mod key_filter;
 
 use std::collections::{HashMap, HashSet};
 
