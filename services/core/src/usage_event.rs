@@ -452,7 +452,7 @@ impl UsageEvent {
         if self.key != UsageEvent::key_of(&self.partner_id, &self.source, &self.id) {
             return Err(EventError::KeyMismatch);
         }
-        self.properties().map(|_| ())
+        Properties::check_raw_event(&self.cloudevent)
     }
 }
 
@@ -527,6 +527,18 @@ fn hash_minified(h: &mut Sha256, json: &[u8]) {
     }
 }
 
+/// A CloudEvent's `data`, as sent.
+fn data_of(raw: &RawValue) -> Result<Option<&RawValue>, EventError> {
+    #[derive(Deserialize)]
+    struct Data<'a> {
+        #[serde(borrow)]
+        data: Option<&'a RawValue>,
+    }
+    let d: Data<'_> =
+        serde_json::from_str(raw.get()).map_err(|e| EventError::NotJson(e.to_string()))?;
+    Ok(d.data)
+}
+
 /// The flat properties of an event's `data` (an object; other data gives none).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Properties {
@@ -539,14 +551,12 @@ pub struct Properties {
 
 impl Properties {
     fn of_raw_event(raw: &RawValue) -> Result<Properties, EventError> {
-        #[derive(Deserialize)]
-        struct Data<'a> {
-            #[serde(borrow)]
-            data: Option<&'a RawValue>,
-        }
-        let d: Data<'_> =
-            serde_json::from_str(raw.get()).map_err(|e| EventError::NotJson(e.to_string()))?;
-        Ok(Properties::of_data_value(d.data)?)
+        Ok(Properties::of_data_value(data_of(raw)?)?)
+    }
+
+    /// Whether a stored CloudEvent's `data` gives readable properties (the quick check).
+    fn check_raw_event(raw: &RawValue) -> Result<(), EventError> {
+        Ok(Properties::check_data_value(data_of(raw)?)?)
     }
 
     /// Properties of an event's `data` (none unless it is an object).
@@ -1053,5 +1063,12 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("key does not match"));
+        // A record whose data was altered on the way is refused for the reason the full
+        // reading gives.
+        let mut unreadable = back.clone();
+        unreadable.cloudevent =
+            RawValue::from_string(back.cloudevent.get().replace("12.50", "0.1234567891")).unwrap();
+        let why = unreadable.properties().unwrap_err().to_string();
+        assert_eq!(unreadable.check().unwrap_err().to_string(), why);
     }
 }
