@@ -1115,6 +1115,26 @@ mod tests {
             .unwrap()
     }
 
+    /// A usage event's row, written with plain SQL (not through the store).
+    async fn insert_row(pool: &SqlitePool, e: &UsageEvent) {
+        sqlx::query(
+            "INSERT INTO usage_events (partner_id, key, id, source, type, subject, time_us, digest, cloudevent) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&e.partner_id)
+        .bind(e.key.to_string())
+        .bind(&e.id)
+        .bind(&e.source)
+        .bind(&e.event_type)
+        .bind(&e.subject)
+        .bind(e.time_us())
+        .bind(&e.digest)
+        .bind(e.cloudevent.get())
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
     /// A data directory from before migration 0004 (usage events in a table ordered by key)
     /// keeps its events, and their keys still deduplicate.
     #[tokio::test]
@@ -1141,22 +1161,7 @@ mod tests {
                     .collect(),
             );
             before.run(&pool).await.unwrap();
-            sqlx::query(
-                "INSERT INTO usage_events (partner_id, key, id, source, type, subject, time_us, digest, cloudevent) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&old.partner_id)
-            .bind(old.key.to_string())
-            .bind(&old.id)
-            .bind(&old.source)
-            .bind(&old.event_type)
-            .bind(&old.subject)
-            .bind(old.time_us())
-            .bind(&old.digest)
-            .bind(old.cloudevent.get())
-            .execute(&pool)
-            .await
-            .unwrap();
+            insert_row(&pool, &old).await;
             pool.close().await;
         }
         let store = SqliteUsageStore::open(&path).await.unwrap();
@@ -1267,22 +1272,7 @@ mod tests {
         assert_eq!(stored(&a, &[&e1, &e2, &e3]).await, sorted(&[&e1, &e2]));
         // A row written behind the stores' backs is not looked for: the filter, filled, is
         // trusted (only `peage up`, holding the data directory, writes usage events).
-        sqlx::query(
-            "INSERT INTO usage_events (partner_id, key, id, source, type, subject, time_us, digest, cloudevent) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&e4.partner_id)
-        .bind(e4.key.to_string())
-        .bind(&e4.id)
-        .bind(&e4.source)
-        .bind(&e4.event_type)
-        .bind(&e4.subject)
-        .bind(e4.time_us())
-        .bind(&e4.digest)
-        .bind(e4.cloudevent.get())
-        .execute(&a.pool)
-        .await
-        .unwrap();
+        insert_row(&a.pool, &e4).await;
         assert_eq!(stored(&a, &[&e4]).await, Vec::<String>::new());
         // Reopened, the database fills a new filter from what it holds.
         drop((a, b));
