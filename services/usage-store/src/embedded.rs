@@ -615,21 +615,15 @@ impl UsageStore for SqliteUsageStore {
         &self,
         keys: &[UsageKey],
     ) -> Result<HashMap<UsageKey, String>, UsageStoreError> {
-        // Only the keys the filter cannot rule out; by partner: one bind per key, not two.
-        let maybe: Vec<UsageKey>;
-        let keys = match self.usage_keys.when_filled(&self.pool) {
-            Some(filter) => {
-                maybe = keys
-                    .iter()
-                    .filter(|(_, key)| filter.may_hold(key))
-                    .cloned()
-                    .collect();
-                &maybe[..]
+        // By partner: one bind per key, not two; only the keys the filter cannot rule out.
+        let mut by_partner = crate::keys_by_partner(keys);
+        if let Some(filter) = self.usage_keys.when_filled(&self.pool) {
+            for keys in by_partner.values_mut() {
+                keys.retain(|key| filter.may_hold(key));
             }
-            None => keys,
-        };
+        }
         let mut out = HashMap::new();
-        for (partner, keys) in crate::keys_by_partner(keys) {
+        for (partner, keys) in by_partner {
             for chunk in keys.chunks(USAGE_ROWS_PER_INSERT) {
                 let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                     "SELECT key, digest FROM usage_events WHERE partner_id = ",
