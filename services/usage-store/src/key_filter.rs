@@ -36,10 +36,11 @@ const FIRST_CAPACITY: usize = 1_000_000;
 /// Keys added under one hold of the write lock while the scan fills the filter.
 const SCAN_CHUNK: usize = 10_000;
 
+/// The fill's progress: look-ups trust the filter only once it is `READY`. A fill that failed
+/// stays `STARTED`: every look-up asks SQLite, slower and never wrong.
 const NOT_STARTED: u8 = 0;
-const FILLING: u8 = 1;
+const STARTED: u8 = 1;
 const READY: u8 = 2;
-const FAILED: u8 = 3;
 
 /// The filter of one usage database (see the module's documentation).
 pub(crate) struct KeyFilter {
@@ -89,7 +90,7 @@ impl KeyFilter {
             NOT_STARTED => {
                 if self
                     .state
-                    .compare_exchange(NOT_STARTED, FILLING, Ordering::AcqRel, Ordering::Acquire)
+                    .compare_exchange(NOT_STARTED, STARTED, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
                     tokio::spawn(fill(Arc::downgrade(self), pool.clone()));
@@ -123,30 +124,9 @@ impl KeysOut<'_> {
 /// Learns every stored key, then lets look-ups trust the filter.
 async fn fill(filter: Weak<KeyFilter>, pool: SqlitePool) {
     let started = std::time::Instant::now();
-    let result: Result<u64, String> = async {
-        let mut rows = sqlx::query_scalar::<_, String>("SELECT key FROM usage_events").fetch(&pool);
-        let (mut seen, mut chunk) = (0u64, Vec::with_capacity(SCAN_CHUNK));
-        loop {
-            let row = rows.try_next().await.map_err(|e| e.to_string())?;
-            if let Some(key) = &row {
-                chunk.push(uuid::Uuid::parse_str(key).map_err(|e| format!("key {key:?}: {e}"))?);
-            }
-            if chunk.len() == SCAN_CHUNK || (row.is_none() && !chunk.is_empty()) {
-                let Some(f) = filter.upgrade() else {
-                    return Ok(seen);
-                };
-                seen += chunk.len() as u64;
-                f.add(chunk.drain(..));
-            }
-            if row.is_none() {
-                return Ok(seen);
-            }
-        }
-    }
-    .await;
-    let Some(f) = filter.upgrade() else { return };
-    match result {
+    match scan(&filter, &pool).await {
         Ok(seen) => {
+            let Some(f) = filter.upgrade() else { return };
             f.state.store(READY, Ordering::Release);
             tracing::info!(
                 keys = seen,
@@ -155,9 +135,30 @@ async fn fill(filter: Weak<KeyFilter>, pool: SqlitePool) {
             );
         }
         Err(e) => {
-            // Look-ups keep asking SQLite for every key: slower, never wrong.
-            f.state.store(FAILED, Ordering::Release);
             tracing::warn!(error = %e, "usage store: the key filter could not be filled; every look-up asks the database");
         }
     }
+}
+
+/// Adds every stored key to the filter, `SCAN_CHUNK` under one hold of its lock; how many.
+async fn scan(filter: &Weak<KeyFilter>, pool: &SqlitePool) -> Result<u64, String> {
+    let mut rows = sqlx::query_scalar::<_, String>("SELECT key FROM usage_events").fetch(pool);
+    let (mut seen, mut chunk) = (0u64, Vec::with_capacity(SCAN_CHUNK));
+    // `false` once no store holds the filter any more: it needs no keys then.
+    let mut learn = |chunk: &mut Vec<uuid::Uuid>| match filter.upgrade() {
+        Some(f) => {
+            seen += chunk.len() as u64;
+            f.add(chunk.drain(..));
+            true
+        }
+        None => false,
+    };
+    while let Some(key) = rows.try_next().await.map_err(|e| e.to_string())? {
+        chunk.push(uuid::Uuid::parse_str(&key).map_err(|e| format!("key {key:?}: {e}"))?);
+        if chunk.len() == SCAN_CHUNK && !learn(&mut chunk) {
+            return Ok(seen);
+        }
+    }
+    learn(&mut chunk);
+    Ok(seen)
 }
