@@ -18,6 +18,8 @@
 //!                         name), space-separated; this client is always counted
 //!   PEAGE_BENCH_PERF      optional `PID[,PID…]` that perf records during the route's measure,
 //!   PEAGE_BENCH_PERF_OUT  into this file
+//!   PEAGE_BENCH_METRICS   metrics URLs (space-separated) whose `peage_consumer_lag_events` of the
+//!                         usage topic the end waits on before it counts
 //! It prints one `RESULT key=value ...` line last.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -272,6 +274,39 @@ impl ProcCpu {
     }
 }
 
+/// The usage events' consumer lag summed over the metrics endpoints (`peage_consumer_lag_events`
+/// of topics whose name holds `usage`): 0 once every appended event is stored.
+async fn usage_lag(client: &reqwest::Client, urls: &[&str]) -> anyhow::Result<u64> {
+    let mut lag = 0u64;
+    let mut seen = false;
+    for url in urls {
+        let text = client
+            .get(*url)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("peage_consumer_lag_events{") else {
+                continue;
+            };
+            let Some((labels, value)) = rest.split_once("} ") else {
+                continue;
+            };
+            if labels
+                .split(',')
+                .any(|l| l.starts_with("topic=") && l.contains("usage"))
+            {
+                seen = true;
+                lag += value.trim().parse::<f64>().context("lag value")?.max(0.0) as u64;
+            }
+        }
+    }
+    anyhow::ensure!(seen, "no usage consumer in {urls:?}");
+    Ok(lag)
+}
+
 /// The bench meter's quantity for the partner, as the usage route reports it.
 async fn counted(
     client: &reqwest::Client,
@@ -397,14 +432,54 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // 3. Every accepted event counted once: the meter reaches the accepted total and stays.
+    // Counting evaluates the meter over every stored event, so the wait first watches the
+    // consumers' lag (cheap, PEAGE_BENCH_METRICS) and counts only once it is gone; the CPU the
+    // processes use until then is the catch-up's.
     let client = reqwest::Client::new();
     let waited = Instant::now();
+    let lag_urls = std::env::var("PEAGE_BENCH_METRICS").unwrap_or_default();
+    let lag_urls: Vec<&str> = lag_urls.split_whitespace().collect();
+    let cpu_after_load = procs.snapshot();
+    let deadline = Duration::from_secs(300);
+    // The events not yet stored when the load stopped: what the catch-up's CPU is for.
+    let mut backlog = None;
+    while !lag_urls.is_empty() && waited.elapsed() < deadline {
+        match usage_lag(&client, &lag_urls).await {
+            Ok(lag) => {
+                backlog.get_or_insert(lag);
+                if lag == 0 {
+                    break;
+                }
+            }
+            Err(e) => eprintln!("consumer lag unknown ({e:#}); counting instead"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The catch-up's CPU ends with the lag, before the count; without the lag it ends after
+    // the count, over all the events (an upper bound).
+    let lag_gone = backlog.map(|_| procs.snapshot());
+    let count_started = Instant::now();
     let mut seen = counted(&client, &url, &token, &partner).await?;
-    while seen < accepted && waited.elapsed() < Duration::from_secs(300) {
+    eprintln!(
+        "one count over the stored events took {:.1?}",
+        count_started.elapsed()
+    );
+    while seen < accepted && waited.elapsed() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
         seen = counted(&client, &url, &token, &partner).await?;
     }
     let caught_up = waited.elapsed();
+    let backlog = backlog.unwrap_or(accepted);
+    let catch_up_cpu = procs
+        .per_event(
+            &cpu_after_load,
+            &lag_gone.unwrap_or_else(|| procs.snapshot()),
+            backlog,
+        )
+        .replace("cpu_us_", "catch_up_cpu_us_");
+    eprintln!(
+        "{backlog} events were not stored yet when the load stopped; CPU per event of them until all were counted: {catch_up_cpu}"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let settled = counted(&client, &url, &token, &partner).await?;
     eprintln!(
@@ -414,7 +489,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "RESULT mode={mode} api_events_per_s={api:.0} raw_events_per_s={raw:.0} api_vs_raw={:.2} \
          accepted={accepted} counted={settled} duplicates={} refused={} p50_ms={:.2} p99_ms={:.2} \
-         caught_up_s={:.1} {cpu}",
+         caught_up_s={:.1} backlog={backlog} {cpu} {catch_up_cpu}",
         api / raw,
         counts.duplicates.load(Ordering::Relaxed),
         counts.refused.load(Ordering::Relaxed),

@@ -5,7 +5,7 @@
 #   that mode's POST measure (PEAGE_BENCH_PERF_GRAPH=dwarf for call graphs)
 # POST /v1/events in batches of 100 over 8 connections, durable, beside the raw append rate of
 # the same log measured in the same run (load-tests/events/main.rs), then waits until every
-# accepted event is counted once:
+# accepted event is counted once (once the consumers' lag on /metrics is gone):
 #   embedded     `peage up`: the usage log in its data directory (synced on every append)
 #   distributed  `peage billing` spooling to its own tansu (fresh, durable SQLite engine) and
 #                `peage aggregator` into ClickHouse, as deploy/dev/services.sh runs them
@@ -15,7 +15,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 MODES=${MODES:-embedded distributed}
 SECONDS_EACH=${SECONDS_EACH:-10}
-CTL_PORT=18284 BILLING_PORT=18286 KAFKA_PORT=18287 ROLE_PORT=18285
+CTL_PORT=18284 BILLING_PORT=18286 KAFKA_PORT=18287 ROLE_PORT=18285 METRICS_PORT=18288
 TOKEN=bench-admin-token-0123456789
 
 . load-tests/lib.sh
@@ -47,7 +47,7 @@ declare -A LINE
 run_client() { # mode url partner processes [pids perf records when PERF=mode]
   mkdir -p "$WORK/raw-$1"
   if [ "${PERF:-}" = "$1" ]; then export PEAGE_BENCH_PERF=$5 PEAGE_BENCH_PERF_OUT="$WORK/perf-$1.data"; fi
-  PEAGE_BENCH_PROCS=$4 PEAGE_BENCH_MODE=$1 PEAGE_BENCH_URL=$2 PEAGE_BENCH_TOKEN=$TOKEN PEAGE_BENCH_PARTNER=$3 \
+  PEAGE_BENCH_METRICS="http://127.0.0.1:$METRICS_PORT/metrics" PEAGE_BENCH_PROCS=$4 PEAGE_BENCH_MODE=$1 PEAGE_BENCH_URL=$2 PEAGE_BENCH_TOKEN=$TOKEN PEAGE_BENCH_PARTNER=$3 \
     PEAGE_BENCH_SECONDS=$SECONDS_EACH PEAGE_BENCH_RAW_DIR="$WORK/raw-$1" \
     PEAGE_BENCH_KAFKA="127.0.0.1:$KAFKA_PORT" PEAGE_BENCH_TOPIC="raw_$(date +%s)_$$.usage" \
     "$CLIENT" | tee "$WORK/result-$1"
@@ -67,7 +67,7 @@ for mode in $MODES; do
     echo "== peage up (embedded) on :$CTL_PORT"
     PEAGE_LOG=warn env -u PEAGE_CONFIG "$PEAGE" up --data-dir "$WORK/data" --catalog "$WORK/catalog.toml" \
       --gateway-listen "127.0.0.1:0" --control-listen "127.0.0.1:$CTL_PORT" \
-      --admin-token "$TOKEN" >/dev/null &
+      --admin-token "$TOKEN" --metrics-listen "127.0.0.1:$METRICS_PORT" >/dev/null &
     UP_PID=$!
     PIDS+=($UP_PID)
     wait_http "http://127.0.0.1:$CTL_PORT/healthz"
@@ -90,7 +90,7 @@ spool_dir = \"$WORK/events-spool\""
     PEAGE_LOG=warn PEAGE_METRICS__LISTEN=127.0.0.1:0 "$PEAGE" billing >/dev/null &
     BILLING_PID=$!
     PIDS+=($BILLING_PID)
-    PEAGE_LOG=warn PEAGE_METRICS__LISTEN=127.0.0.1:0 "$PEAGE" aggregator >/dev/null &
+    PEAGE_LOG=warn PEAGE_METRICS__LISTEN=127.0.0.1:$METRICS_PORT "$PEAGE" aggregator >/dev/null &
     AGG_PID=$!
     PIDS+=($AGG_PID)
     wait_http "http://127.0.0.1:$BILLING_PORT/healthz"
@@ -117,7 +117,7 @@ field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"${LINE[$1]}"; }
   done
   echo
   for mode in $MODES; do
-    echo "CPU per accepted event during the POST measure ($mode, µs): $(grep -o 'cpu_us_[a-z]*=[0-9.]*' <<<"${LINE[$mode]}" | sed 's/cpu_us_//; s/=/ /' | paste -sd, - | sed 's/,/, /g')."
+    echo "CPU per accepted event during the POST measure ($mode, µs): $(grep -o ' cpu_us_[a-z]*=[0-9.]*' <<<"${LINE[$mode]}" | sed 's/ cpu_us_//; s/=/ /' | paste -sd, - | sed 's/,/, /g'); from the load's end until all counted: $(grep -o 'catch_up_cpu_us_[a-z]*=[0-9.]*' <<<"${LINE[$mode]}" | sed 's/catch_up_cpu_us_//; s/=/ /' | paste -sd, - | sed 's/,/, /g')."
   done
   echo
   echo "Aims: ≥ 100,000 events/s in distributed mode, and POST / raw ≥ 50 %."
