@@ -576,15 +576,15 @@ impl UsageStore for SqliteUsageStore {
             );
             q.push_values(chunk, |mut row, l| {
                 let e = &l.event;
-                row.push_bind(e.partner_id.clone())
-                    .push_bind(e.key.to_string())
-                    .push_bind(e.id.clone())
-                    .push_bind(e.source.clone())
-                    .push_bind(e.event_type.clone())
-                    .push_bind(e.subject.clone())
+                row.push_bind(e.partner_id.as_str())
+                    .push_bind(e.key.as_bytes().as_slice())
+                    .push_bind(e.id.as_str())
+                    .push_bind(e.source.as_str())
+                    .push_bind(e.event_type.as_str())
+                    .push_bind(e.subject.as_str())
                     .push_bind(e.time_us())
-                    .push_bind(e.digest.clone())
-                    .push_bind(e.cloudevent.get().to_string());
+                    .push_bind(e.digest.as_str())
+                    .push_bind(e.cloudevent.get());
             });
             q.push(" RETURNING key");
             let inserted = q.build().fetch_all(&mut *tx).await?.len() as u64;
@@ -602,10 +602,10 @@ impl UsageStore for SqliteUsageStore {
     ) -> Result<Option<UsageEvent>, UsageStoreError> {
         let row = sqlx::query(
             "SELECT partner_id, key, id, source, type, subject, time_us, digest, cloudevent \
-             FROM usage_events WHERE partner_id = ? AND key = ?",
+             FROM usage_events WHERE key = ? AND partner_id = ?",
         )
+        .bind(key.as_bytes().as_slice())
         .bind(partner_id)
-        .bind(key.to_string())
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(row_to_usage_event).transpose()
@@ -631,17 +631,12 @@ impl UsageStore for SqliteUsageStore {
                 q.push_bind(partner).push(" AND key IN (");
                 let mut list = q.separated(", ");
                 for key in chunk {
-                    list.push_bind(key.to_string());
+                    list.push_bind(key.as_bytes().as_slice());
                 }
                 q.push(")");
-                let rows: Vec<(String, String)> = q.build_query_as().fetch_all(&self.pool).await?;
+                let rows: Vec<(Vec<u8>, String)> = q.build_query_as().fetch_all(&self.pool).await?;
                 for (key, digest) in rows {
-                    let key =
-                        uuid::Uuid::parse_str(&key).map_err(|e| UsageStoreError::Corrupt {
-                            id: key.clone(),
-                            reason: e.to_string(),
-                        })?;
-                    out.insert((partner.to_string(), key), digest);
+                    out.insert((partner.to_string(), key_of_bytes(&key)?), digest);
                 }
             }
         }
@@ -822,15 +817,17 @@ impl SqliteUsageStore {
             list.push_bind(t.to_string());
         }
         q.push(")");
-        // Cancelled events are left out: a cancellation record names their key.
+        // Cancelled events are left out: a cancellation record names their key (as text; the
+        // column holds its bytes). A NULL in the list would make NOT IN leave out every event.
         q.push(
-            " AND key NOT IN (SELECT json_extract(cloudevent, '$.data.cancels') FROM usage_events \
-             WHERE partner_id = ",
+            " AND key NOT IN (SELECT cancelled FROM (SELECT \
+             unhex(replace(json_extract(cloudevent, '$.data.cancels'), '-', '')) AS cancelled \
+             FROM usage_events WHERE partner_id = ",
         )
         .push_bind(query.partner_id.clone())
         .push(" AND type = ")
         .push_bind(peage_core::usage_event::CANCELLATION_TYPE)
-        .push(")");
+        .push(") WHERE cancelled IS NOT NULL)");
         let mut rows = q.build().fetch(&self.pool);
         let mut out = Vec::new();
         while let Some(row) = rows.try_next().await? {
@@ -840,16 +837,24 @@ impl SqliteUsageStore {
     }
 }
 
+/// A stored key: its 16 bytes (migration 0005).
+pub(crate) fn key_of_bytes(bytes: &[u8]) -> Result<uuid::Uuid, UsageStoreError> {
+    uuid::Uuid::from_slice(bytes).map_err(|e| UsageStoreError::Corrupt {
+        id: format!("key {bytes:02x?}"),
+        reason: e.to_string(),
+    })
+}
+
 fn row_to_usage_event(row: &sqlx::sqlite::SqliteRow) -> Result<UsageEvent, UsageStoreError> {
-    let key: String = row.try_get("key")?;
+    let key = key_of_bytes(row.try_get::<&[u8], _>("key")?)?;
     let corrupt = |reason: String| UsageStoreError::Corrupt {
-        id: key.clone(),
+        id: key.to_string(),
         reason,
     };
     let time_us: i64 = row.try_get("time_us")?;
     let cloudevent: String = row.try_get("cloudevent")?;
     Ok(UsageEvent {
-        key: uuid::Uuid::parse_str(&key).map_err(|e| corrupt(e.to_string()))?,
+        key,
         partner_id: row.try_get("partner_id")?,
         id: row.try_get("id")?,
         source: row.try_get("source")?,
@@ -1109,24 +1114,29 @@ mod tests {
             .unwrap()
     }
 
-    /// A usage event's row, written with plain SQL (not through the store).
-    async fn insert_row(pool: &SqlitePool, e: &UsageEvent) {
-        sqlx::query(
+    /// A usage event's row, written with plain SQL (not through the store); its key as text
+    /// for a schema from before migration 0005.
+    async fn insert_row(pool: &SqlitePool, e: &UsageEvent, key_as_text: bool) {
+        let q = sqlx::query(
             "INSERT INTO usage_events (partner_id, key, id, source, type, subject, time_us, digest, cloudevent) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
-        .bind(&e.partner_id)
-        .bind(e.key.to_string())
-        .bind(&e.id)
-        .bind(&e.source)
-        .bind(&e.event_type)
-        .bind(&e.subject)
-        .bind(e.time_us())
-        .bind(&e.digest)
-        .bind(e.cloudevent.get())
-        .execute(pool)
-        .await
-        .unwrap();
+        .bind(&e.partner_id);
+        let q = if key_as_text {
+            q.bind(e.key.to_string())
+        } else {
+            q.bind(e.key.as_bytes().to_vec())
+        };
+        q.bind(&e.id)
+            .bind(&e.source)
+            .bind(&e.event_type)
+            .bind(&e.subject)
+            .bind(e.time_us())
+            .bind(&e.digest)
+            .bind(e.cloudevent.get())
+            .execute(pool)
+            .await
+            .unwrap();
     }
 
     /// A data directory from before migration 0004 (usage events in a table ordered by key)
@@ -1155,7 +1165,7 @@ mod tests {
                     .collect(),
             );
             before.run(&pool).await.unwrap();
-            insert_row(&pool, &old).await;
+            insert_row(&pool, &old, true).await;
             pool.close().await;
         }
         let store = SqliteUsageStore::open(&path).await.unwrap();
@@ -1187,8 +1197,8 @@ mod tests {
             "EXPLAIN QUERY PLAN SELECT key, digest FROM usage_events WHERE partner_id = ? AND key IN (?, ?)",
         )
         .bind("prt_a")
-        .bind(old.key.to_string())
-        .bind(fresh.key.to_string())
+        .bind(old.key.as_bytes().to_vec())
+        .bind(fresh.key.as_bytes().to_vec())
         .fetch_all(&store.pool)
         .await
         .unwrap();
@@ -1266,7 +1276,7 @@ mod tests {
         assert_eq!(stored(&a, &[&e1, &e2, &e3]).await, sorted(&[&e1, &e2]));
         // A row written behind the stores' backs is not looked for: the filter, filled, is
         // trusted (only `peage up`, holding the data directory, writes usage events).
-        insert_row(&a.pool, &e4).await;
+        insert_row(&a.pool, &e4, false).await;
         assert_eq!(stored(&a, &[&e4]).await, Vec::<String>::new());
         // Reopened, the database fills a new filter from what it holds.
         drop((a, b));

@@ -142,7 +142,7 @@ async fn fill(filter: Weak<KeyFilter>, pool: SqlitePool) {
 
 /// Adds every stored key to the filter, `SCAN_CHUNK` under one hold of its lock; how many.
 async fn scan(filter: &Weak<KeyFilter>, pool: &SqlitePool) -> Result<u64, String> {
-    let mut rows = sqlx::query_scalar::<_, String>("SELECT key FROM usage_events").fetch(pool);
+    let mut rows = sqlx::query_scalar::<_, Vec<u8>>("SELECT key FROM usage_events").fetch(pool);
     let (mut seen, mut chunk) = (0u64, Vec::with_capacity(SCAN_CHUNK));
     // `false` once no store holds the filter any more: it needs no keys then.
     let mut learn = |chunk: &mut Vec<uuid::Uuid>| match filter.upgrade() {
@@ -154,7 +154,7 @@ async fn scan(filter: &Weak<KeyFilter>, pool: &SqlitePool) -> Result<u64, String
         None => false,
     };
     while let Some(key) = rows.try_next().await.map_err(|e| e.to_string())? {
-        chunk.push(uuid::Uuid::parse_str(&key).map_err(|e| format!("key {key:?}: {e}"))?);
+        chunk.push(crate::embedded::key_of_bytes(&key).map_err(|e| e.to_string())?);
         if chunk.len() == SCAN_CHUNK && !learn(&mut chunk) {
             return Ok(seen);
         }
