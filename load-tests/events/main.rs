@@ -18,8 +18,8 @@
 //!                         name), space-separated; this client is always counted
 //!   PEAGE_BENCH_PERF      optional `PID[,PID…]` that perf records during the route's measure,
 //!   PEAGE_BENCH_PERF_OUT  into this file
-//!   PEAGE_BENCH_METRICS   metrics URLs (space-separated) whose `peage_consumer_lag_events` of the
-//!                         usage topic the end waits on before it counts
+//!   PEAGE_BENCH_METRICS   metrics URLs (space-separated) whose usage consumer lag and events spool
+//!                         the end waits on before it counts
 //! It prints one `RESULT key=value ...` line last.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -274,8 +274,9 @@ impl ProcCpu {
     }
 }
 
-/// The usage events' consumer lag summed over the metrics endpoints (`peage_consumer_lag_events`
-/// of topics whose name holds `usage`): 0 once every appended event is stored.
+/// The usage events not stored yet, summed over the metrics endpoints: the consumers' lag
+/// (`peage_consumer_lag_events` of topics whose name holds `usage`) and what the control API's
+/// spool still holds (`peage_events_spool_pending_events`); 0 once every event is stored.
 async fn usage_lag(client: &reqwest::Client, urls: &[&str]) -> anyhow::Result<u64> {
     let mut lag = 0u64;
     let mut seen = false;
@@ -288,6 +289,15 @@ async fn usage_lag(client: &reqwest::Client, urls: &[&str]) -> anyhow::Result<u6
             .text()
             .await?;
         for line in text.lines() {
+            // Events the control API still holds in its spool, not yet in the topic.
+            if let Some(pending) = line.strip_prefix("peage_events_spool_pending_events ") {
+                lag += pending
+                    .trim()
+                    .parse::<f64>()
+                    .context("spool value")?
+                    .max(0.0) as u64;
+                continue;
+            }
             let Some(rest) = line.strip_prefix("peage_consumer_lag_events{") else {
                 continue;
             };

@@ -15,7 +15,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 MODES=${MODES:-embedded distributed}
 SECONDS_EACH=${SECONDS_EACH:-10}
-CTL_PORT=18284 BILLING_PORT=18286 KAFKA_PORT=18287 ROLE_PORT=18285 METRICS_PORT=18288
+CTL_PORT=18284 BILLING_PORT=18286 KAFKA_PORT=18287 ROLE_PORT=18285 METRICS_PORT=18288 BILLING_METRICS_PORT=18289
 TOKEN=bench-admin-token-0123456789
 
 . load-tests/lib.sh
@@ -44,10 +44,10 @@ aggregation = "count"
 CONF
 
 declare -A LINE
-run_client() { # mode url partner processes [pids perf records when PERF=mode]
+run_client() { # mode url partner processes pids-perf-records-when-PERF=mode [more-metrics-urls]
   mkdir -p "$WORK/raw-$1"
   if [ "${PERF:-}" = "$1" ]; then export PEAGE_BENCH_PERF=$5 PEAGE_BENCH_PERF_OUT="$WORK/perf-$1.data"; fi
-  PEAGE_BENCH_METRICS="http://127.0.0.1:$METRICS_PORT/metrics" PEAGE_BENCH_PROCS=$4 PEAGE_BENCH_MODE=$1 PEAGE_BENCH_URL=$2 PEAGE_BENCH_TOKEN=$TOKEN PEAGE_BENCH_PARTNER=$3 \
+  PEAGE_BENCH_METRICS="http://127.0.0.1:$METRICS_PORT/metrics${6:+ $6}" PEAGE_BENCH_PROCS=$4 PEAGE_BENCH_MODE=$1 PEAGE_BENCH_URL=$2 PEAGE_BENCH_TOKEN=$TOKEN PEAGE_BENCH_PARTNER=$3 \
     PEAGE_BENCH_SECONDS=$SECONDS_EACH PEAGE_BENCH_RAW_DIR="$WORK/raw-$1" \
     PEAGE_BENCH_KAFKA="127.0.0.1:$KAFKA_PORT" PEAGE_BENCH_TOPIC="raw_$(date +%s)_$$.usage" \
     "$CLIENT" | tee "$WORK/result-$1"
@@ -87,7 +87,7 @@ spool_dir = \"$WORK/events-spool\""
     export PEAGE_CONFIG="$WORK/peage.toml"
     PEAGE_LOG=warn "$PEAGE" migrate >/dev/null
     echo "== peage billing on :$BILLING_PORT (spool → tansu) and peage aggregator (→ ClickHouse)"
-    PEAGE_LOG=warn PEAGE_METRICS__LISTEN=127.0.0.1:0 "$PEAGE" billing >/dev/null &
+    PEAGE_LOG=warn PEAGE_METRICS__LISTEN=127.0.0.1:$BILLING_METRICS_PORT "$PEAGE" billing >/dev/null &
     BILLING_PID=$!
     PIDS+=($BILLING_PID)
     PEAGE_LOG=warn PEAGE_METRICS__LISTEN=127.0.0.1:$METRICS_PORT "$PEAGE" aggregator >/dev/null &
@@ -97,7 +97,7 @@ spool_dir = \"$WORK/events-spool\""
     read -r PARTNER _ < <(new_partner "http://127.0.0.1:$BILLING_PORT" bench)
     run_client distributed "http://127.0.0.1:$BILLING_PORT" "$PARTNER" \
       "billing=$BILLING_PID aggregator=$AGG_PID broker=$TANSU_PID clickhouse=$(cat /tmp/peage-services/clickhouse.pid) postgres=comm:postgres" \
-      "$BILLING_PID,$AGG_PID"
+      "$BILLING_PID,$AGG_PID" "http://127.0.0.1:$BILLING_METRICS_PORT/metrics"
     ;;
   *) echo "unknown mode $mode (embedded, distributed)" >&2; exit 2 ;;
   esac
