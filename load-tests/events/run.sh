@@ -117,7 +117,7 @@ field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"${LINE[$1]}"; }
   done
   echo
   for mode in $MODES; do
-    echo "CPU per accepted event during the POST measure ($mode, µs): $(grep -o ' cpu_us_[a-z]*=[0-9.]*' <<<"${LINE[$mode]}" | sed 's/ cpu_us_//; s/=/ /' | paste -sd, - | sed 's/,/, /g'); from the load's end until all counted: $(grep -o 'catch_up_cpu_us_[a-z]*=[0-9.]*' <<<"${LINE[$mode]}" | sed 's/catch_up_cpu_us_//; s/=/ /' | paste -sd, - | sed 's/,/, /g')."
+    echo "CPU per accepted event during the POST measure ($mode, µs): $(grep -o ' cpu_us_[a-z]*=[0-9.]*' <<<"${LINE[$mode]}" | sed 's/ cpu_us_//; s/=/ /' | paste -sd, - | sed 's/,/, /g'); per event still to store when the load stopped, until the consumers' lag was gone: $(grep -o 'catch_up_cpu_us_[a-z]*=[0-9.]*' <<<"${LINE[$mode]}" | sed 's/catch_up_cpu_us_//; s/=/ /' | paste -sd, - | sed 's/,/, /g')."
   done
   echo
   echo "Aims: ≥ 100,000 events/s in distributed mode, and POST / raw ≥ 50 %."
