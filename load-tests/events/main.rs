@@ -289,28 +289,28 @@ async fn usage_lag(client: &reqwest::Client, urls: &[&str]) -> anyhow::Result<u6
             .text()
             .await?;
         for line in text.lines() {
-            // Events the control API still holds in its spool, not yet in the topic.
-            if let Some(pending) = line.strip_prefix("peage_events_spool_pending_events ") {
-                lag += pending
-                    .trim()
-                    .parse::<f64>()
-                    .context("spool value")?
-                    .max(0.0) as u64;
-                continue;
-            }
-            let Some(rest) = line.strip_prefix("peage_consumer_lag_events{") else {
-                continue;
-            };
-            let Some((labels, value)) = rest.split_once("} ") else {
-                continue;
-            };
-            if labels
-                .split(',')
-                .any(|l| l.starts_with("topic=") && l.contains("usage"))
+            let value = if let Some(v) = line.strip_prefix("peage_events_spool_pending_events ") {
+                // Events the control API still holds in its spool, not yet in the topic.
+                v
+            } else if let Some((_, v)) = line
+                .strip_prefix("peage_consumer_lag_events{")
+                .and_then(|rest| rest.split_once("} "))
+                .filter(|(labels, _)| {
+                    labels
+                        .split(',')
+                        .any(|l| l.starts_with("topic=") && l.contains("usage"))
+                })
             {
                 seen = true;
-                lag += value.trim().parse::<f64>().context("lag value")?.max(0.0) as u64;
-            }
+                v
+            } else {
+                continue;
+            };
+            lag += value
+                .trim()
+                .parse::<f64>()
+                .with_context(|| format!("metric line {line:?}"))?
+                .max(0.0) as u64;
         }
     }
     anyhow::ensure!(seen, "no usage consumer in {urls:?}");
