@@ -498,6 +498,36 @@ impl ClickHouseUsageStore {
             .unwrap_or_default()
     }
 
+    /// Hands every stored usage event's key to `learn`, `chunk` keys at a time; how many.
+    /// Read from `usage_events` itself (its rows are the stored events), one 16-byte column.
+    pub async fn scan_usage_keys(
+        &self,
+        chunk: usize,
+        mut learn: impl FnMut(&mut Vec<Uuid>),
+    ) -> Result<u64, UsageStoreError> {
+        #[derive(Row, Deserialize)]
+        struct Key {
+            #[serde(with = "clickhouse::serde::uuid")]
+            key: Uuid,
+        }
+        let mut rows = self
+            .traced(self.client.query("SELECT key FROM usage_events"))
+            .fetch::<Key>()
+            .map_err(|e| ch("usage event keys", e))?;
+        let (mut seen, mut keys) = (0u64, Vec::with_capacity(chunk));
+        while let Some(row) = rows.next().await.map_err(|e| ch("usage event keys", e))? {
+            keys.push(row.key);
+            if keys.len() >= chunk {
+                seen += keys.len() as u64;
+                learn(&mut keys);
+                keys.clear();
+            }
+        }
+        seen += keys.len() as u64;
+        learn(&mut keys);
+        Ok(seen)
+    }
+
     fn traced(&self, q: clickhouse::query::Query) -> clickhouse::query::Query {
         if let Some(r) = &self.recorder {
             if let Ok(mut v) = r.lock() {

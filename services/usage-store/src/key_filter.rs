@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
 
 use futures::TryStreamExt;
@@ -36,15 +36,58 @@ const FIRST_CAPACITY: usize = 1_000_000;
 /// Keys added under one hold of the write lock while the scan fills the filter.
 const SCAN_CHUNK: usize = 10_000;
 
-/// The fill's progress: look-ups trust the filter only once it is `READY`. A fill that failed
-/// stays `STARTED`: every look-up asks SQLite, slower and never wrong.
+/// The fill's progress. A fill that failed stays `STARTED`, its set never ready: every
+/// look-up asks SQLite, slower and never wrong.
 const NOT_STARTED: u8 = 0;
 const STARTED: u8 = 1;
-const READY: u8 = 2;
+
+/// A set of usage-event keys kept as a growable Bloom filter, trusted only once whoever fills
+/// it says it holds every key that matters: the embedded store's filter below, and the billing
+/// role's filter fed by the usage topic (`peage billing`, docs/events.md). "Not in the set"
+/// then means "not stored"; "maybe" sends the key to the store.
+pub struct KeySet {
+    bloom: RwLock<GrowableBloom>,
+    ready: AtomicBool,
+}
+
+impl Default for KeySet {
+    fn default() -> Self {
+        KeySet {
+            bloom: RwLock::new(GrowableBloom::new(ERROR_RATIO, FIRST_CAPACITY)),
+            ready: AtomicBool::new(false),
+        }
+    }
+}
+
+impl KeySet {
+    /// Records keys (before they can be stored, by whoever fills the set).
+    pub fn add(&self, keys: impl Iterator<Item = uuid::Uuid>) {
+        let mut bloom = self.bloom.write().unwrap_or_else(|p| p.into_inner());
+        for key in keys {
+            bloom.insert(key.as_u128());
+        }
+    }
+
+    /// Lets look-ups trust the set (`true`), or sends them all to the store again (`false`).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// The set for one look-up, when it is ready; `None` sends every key to the store.
+    pub fn when_ready(&self) -> Option<KeysOut<'_>> {
+        self.is_ready().then(|| KeysOut {
+            bloom: self.bloom.read().unwrap_or_else(|p| p.into_inner()),
+        })
+    }
+}
 
 /// The filter of one usage database (see the module's documentation).
 pub(crate) struct KeyFilter {
-    bloom: RwLock<GrowableBloom>,
+    keys: KeySet,
     state: AtomicU8,
 }
 
@@ -54,7 +97,7 @@ static FILTERS: LazyLock<Mutex<HashMap<PathBuf, Weak<KeyFilter>>>> = LazyLock::n
 impl KeyFilter {
     fn new() -> KeyFilter {
         KeyFilter {
-            bloom: RwLock::new(GrowableBloom::new(ERROR_RATIO, FIRST_CAPACITY)),
+            keys: KeySet::default(),
             state: AtomicU8::new(NOT_STARTED),
         }
     }
@@ -74,49 +117,41 @@ impl KeyFilter {
 
     /// Records keys about to be stored: call before the insert that stores them begins.
     pub(crate) fn add(&self, keys: impl Iterator<Item = uuid::Uuid>) {
-        let mut bloom = self.bloom.write().unwrap_or_else(|p| p.into_inner());
-        for key in keys {
-            bloom.insert(key.as_u128());
-        }
+        self.keys.add(keys);
     }
 
     /// The filter for one look-up, when it is filled; `None` sends every key to the database.
     /// Starts the scan that fills it on the first call.
     pub(crate) fn when_filled(self: &Arc<Self>, pool: &SqlitePool) -> Option<KeysOut<'_>> {
-        match self.state.load(Ordering::Acquire) {
-            READY => Some(KeysOut {
-                bloom: self.bloom.read().unwrap_or_else(|p| p.into_inner()),
-            }),
-            NOT_STARTED => {
-                if self
-                    .state
-                    .compare_exchange(NOT_STARTED, STARTED, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    tokio::spawn(fill(Arc::downgrade(self), pool.clone()));
-                }
-                None
-            }
-            _ => None,
+        if let Some(out) = self.keys.when_ready() {
+            return Some(out);
         }
+        if self
+            .state
+            .compare_exchange(NOT_STARTED, STARTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            tokio::spawn(fill(Arc::downgrade(self), pool.clone()));
+        }
+        None
     }
 }
 
 #[cfg(test)]
 impl KeyFilter {
     pub(crate) fn is_filled(&self) -> bool {
-        self.state.load(Ordering::Acquire) == READY
+        self.keys.is_ready()
     }
 }
 
-/// A filled filter, read-locked for one look-up.
-pub(crate) struct KeysOut<'a> {
+/// A ready set, read-locked for one look-up.
+pub struct KeysOut<'a> {
     bloom: std::sync::RwLockReadGuard<'a, GrowableBloom>,
 }
 
 impl KeysOut<'_> {
-    /// `false`: certainly not stored. `true`: ask the database.
-    pub(crate) fn may_hold(&self, key: &uuid::Uuid) -> bool {
+    /// `false`: certainly not stored. `true`: ask the store.
+    pub fn may_hold(&self, key: &uuid::Uuid) -> bool {
         self.bloom.contains(key.as_u128())
     }
 }
@@ -127,7 +162,7 @@ async fn fill(filter: Weak<KeyFilter>, pool: SqlitePool) {
     match scan(&filter, &pool).await {
         Ok(seen) => {
             let Some(f) = filter.upgrade() else { return };
-            f.state.store(READY, Ordering::Release);
+            f.keys.set_ready(true);
             tracing::info!(
                 keys = seen,
                 seconds = started.elapsed().as_secs_f64(),

@@ -8,6 +8,7 @@
 pub mod clickhouse;
 pub mod embedded;
 mod key_filter;
+pub use key_filter::{KeySet, KeysOut};
 
 use std::collections::{HashMap, HashSet};
 
