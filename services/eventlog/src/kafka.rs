@@ -1137,6 +1137,126 @@ impl KafkaConsumer {
     }
 }
 
+/// Reads a topic from chosen offsets, outside any consumer group: no membership, no commits.
+/// For a process that must see every record of a topic whoever else consumes it (the billing
+/// role's key filter, docs/events.md). Its calls block: run it on a thread of its own.
+pub struct TopicReader {
+    consumer: BaseConsumer,
+    topic: String,
+    /// The offset of the next record to read, by partition (what is assigned).
+    next: BTreeMap<i32, i64>,
+}
+
+/// Where a partition stands: the first offset still held and the offset the next record gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermarks {
+    pub low: i64,
+    pub high: i64,
+}
+
+const READER_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl TopicReader {
+    pub fn new(config: &KafkaConfig) -> Result<TopicReader, EventLogError> {
+        let mut c = config.client();
+        // librdkafka wants a group for a consumer; this one never joins it (assign, no
+        // subscribe) and never commits.
+        c.set("group.id", "peage-topic-reader")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // An offset that retention removed meanwhile: start from what is left.
+            .set("auto.offset.reset", "earliest");
+        config.apply_properties(&mut c);
+        let consumer: BaseConsumer = c.create().map_err(|e| kafka_err("topic reader", e))?;
+        Ok(TopicReader {
+            consumer,
+            topic: config.topic.clone(),
+            next: BTreeMap::new(),
+        })
+    }
+
+    /// The topic's partitions (a metadata request).
+    pub fn partitions(&self) -> Result<Vec<i32>, EventLogError> {
+        let metadata = self
+            .consumer
+            .fetch_metadata(Some(&self.topic), READER_TIMEOUT)
+            .map_err(|e| kafka_err("topic metadata", e))?;
+        let mut out = Vec::new();
+        for t in metadata.topics().iter().filter(|t| t.name() == self.topic) {
+            if let Some(e) = t.error() {
+                return Err(EventLogError::Kafka(format!(
+                    "topic {}: {:?}",
+                    self.topic,
+                    RDKafkaErrorCode::from(e)
+                )));
+            }
+            out.extend(t.partitions().iter().map(|p| p.id()));
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Where each of `partitions` stands now (two ListOffsets requests each: a broker may
+    /// answer them slowly under load, so this is for a start, not for every turn).
+    pub fn watermarks(
+        &self,
+        partitions: &[i32],
+    ) -> Result<BTreeMap<i32, Watermarks>, EventLogError> {
+        let mut out = BTreeMap::new();
+        for p in partitions {
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(&self.topic, *p, READER_TIMEOUT)
+                .map_err(|e| kafka_err("watermarks", e))?;
+            out.insert(*p, Watermarks { low, high });
+        }
+        Ok(out)
+    }
+
+    /// Reads each partition of `from` from its offset on (those not named are not read).
+    pub fn assign(&mut self, from: &BTreeMap<i32, i64>) -> Result<(), EventLogError> {
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in from {
+            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o))
+                .map_err(|e| kafka_err("assign", e))?;
+        }
+        self.consumer
+            .assign(&tpl)
+            .map_err(|e| kafka_err("assign", e))?;
+        self.next = from.clone();
+        Ok(())
+    }
+
+    /// Where the next record of each assigned partition is read from.
+    pub fn next_offsets(&self) -> &BTreeMap<i32, i64> {
+        &self.next
+    }
+
+    /// Waits up to `wait` for records, and hands each one's payload to `each` with its
+    /// partition, until `max` records or none is ready. A transient error (a broker away) is
+    /// logged and reads nothing: the client reconnects by itself.
+    pub fn read(&mut self, max: usize, wait: Duration, mut each: impl FnMut(i32, &[u8])) -> usize {
+        let mut read = 0;
+        let mut timeout = wait;
+        while read < max {
+            match self.consumer.poll(timeout) {
+                None => break,
+                Some(Ok(m)) => {
+                    each(m.partition(), m.payload().unwrap_or_default());
+                    self.next.insert(m.partition(), m.offset() + 1);
+                    read += 1;
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, topic = %self.topic, "topic reader");
+                    break;
+                }
+            }
+            timeout = Duration::ZERO;
+        }
+        read
+    }
+}
+
 /// If this member owns no partition of `topic`: the partitions that have lag, with their
 /// committed offset and high watermark (blocking calls: run off the async threads).
 fn group_snapshot(
