@@ -2438,7 +2438,7 @@ async fn usage_events_through_kafka_and_clickhouse_are_counted_once_and_priced_a
     assert_eq!(tokens["groups"].as_array().unwrap().len(), 2, "{tokens}");
     // Re-sent seconds after they were stored: events without `time` are stamped when received,
     // so the copies have another time than the stored ones and are still duplicates.
-    let again = post(fresh).await;
+    let again = post(fresh.clone()).await;
     assert_eq!(
         (again["accepted"].as_u64(), again["duplicates"].as_u64()),
         (Some(0), Some(50)),
@@ -2481,6 +2481,78 @@ async fn usage_events_through_kafka_and_clickhouse_are_counted_once_and_priced_a
         [line("large", "4.8", "0.01"), line("small", "129.9", "0.26")],
         "{inv}"
     );
+
+    // A second control API learns from the usage topic the keys the first one appended: once
+    // its key filter has caught up, a new key is answered without ClickHouse, and a stored
+    // event sent again is still a duplicate (a wrong "never seen" would accept it).
+    let mport = free_port();
+    let (_second, control2) = s.start(
+        "billing",
+        &[
+            ("PEAGE_CONTROL__LISTEN", "127.0.0.1:0".into()),
+            ("PEAGE_METRICS__LISTEN", format!("127.0.0.1:{mport}")),
+        ],
+    );
+    let control2 = control2.unwrap();
+    let ready = "peage_events_key_filter_ready";
+    assert_eq!(
+        await_counter(mport, ready, 1, Duration::from_secs(30)).await,
+        1,
+        "the second control API's key filter did not catch up within 30 s"
+    );
+    let post2 = |body: String| {
+        let (client, control2) = (client.clone(), control2.clone());
+        async move {
+            let r = client
+                .post(format!("{control2}/v1/events"))
+                .bearer_auth(ADMIN)
+                .header("content-type", "application/cloudevents-batch+json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let by_filter = |m: &str| counter(m, "peage_events_key_lookups_total{answer=\"filter\"}");
+    let before = by_filter(&metrics_of(&client, mport).await);
+    let new: Vec<Value> = (0..10)
+        .map(|i| completion(format!("e-{i}"), &pid, "1", "small"))
+        .collect();
+    let new = Value::from(new).to_string();
+    let out = post2(new.clone()).await;
+    assert_eq!(out["accepted"], 10, "{out}");
+    assert!(
+        by_filter(&metrics_of(&client, mport).await) >= before + 10,
+        "the ten new keys were looked up in ClickHouse"
+    );
+    // Sent again once stored (until then ClickHouse has not seen them either).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows: u64 = ch
+            .client()
+            .query("SELECT count() FROM usage_events")
+            .fetch_one()
+            .await
+            .unwrap();
+        if rows == 157 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{rows} usage events stored of 157"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (body, n) in [(fresh, 50), (new, 10)] {
+        let again = post2(body).await;
+        assert_eq!(
+            (again["accepted"].as_u64(), again["duplicates"].as_u64()),
+            (Some(0), Some(n)),
+            "{again}"
+        );
+    }
 }
 
 /// An upstream that says who it is: where calls go after the catalog points the API at it.

@@ -167,6 +167,7 @@ impl EventsSection {
             },
             max_events: self.max_batch_events,
             max_bytes: self.max_batch_bytes,
+            known_keys: None,
         })
     }
 

@@ -18,6 +18,7 @@ pub mod service_token_cli;
 pub mod sign_in_cli;
 pub mod staff_cli;
 pub mod up;
+pub mod usage_keys;
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {

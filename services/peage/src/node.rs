@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use peage_billing::service::events::UsageEventSink;
+use peage_billing::service::events::{EventsIntake, KnownKeys, UsageEventSink};
 use peage_billing::{ControlApi, ControlSettings, RevocationHook};
 use peage_billing_store::BillingStore;
 use peage_core::catalog::LiveCatalog;
@@ -31,6 +31,9 @@ pub(crate) struct BillingParts {
     pub secrets: Arc<peage_billing::service::secrets::SecretBox>,
     /// Where `POST /v1/events` puts accepted usage events.
     pub events: Arc<dyn UsageEventSink>,
+    /// What the events route knows of the stored keys without asking the usage store
+    /// (distributed: the key filter fed by the usage topic, usage_keys.rs).
+    pub known_keys: Option<Arc<dyn KnownKeys>>,
     /// Names this instance in the catalog's status.
     pub instance: String,
     /// Distributed: follow the catalog of record other instances may change.
@@ -76,7 +79,10 @@ pub(crate) async fn start_billing(
         },
     );
     api.set_api_docs(crate::up::api_docs(&parts.catalog, &parts.catalog_path)?);
-    api.take_events(config.events.intake(parts.events)?);
+    api.take_events(EventsIntake {
+        known_keys: parts.known_keys,
+        ..config.events.intake(parts.events)?
+    });
     api.invoicing()
         .register_plan_versions(chrono::Utc::now())
         .await

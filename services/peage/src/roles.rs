@@ -351,6 +351,9 @@ pub async fn billing(
     )
     .await
     .context("opening the spool of usage events")?;
+    // The route's duplicate look-ups ask ClickHouse only for keys the usage topic carried.
+    let known_keys = crate::usage_keys::TopicKeyFilter::start(&events_kafka, Arc::clone(&usage))
+        .context("starting the usage key filter")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let node = crate::node::start_billing(
         config,
@@ -364,6 +367,7 @@ pub async fn billing(
             on_revoke: None,
             secrets,
             events: Arc::new(crate::events_sink::SpooledEvents(Arc::clone(&events_spool))),
+            known_keys: Some(Arc::clone(&known_keys) as _),
             // Every gateway and billing instance follows the catalog of record from the store.
             instance: format!("{}:{}", config.control.listen, std::process::id()),
             adopt_catalog: true,
@@ -389,6 +393,7 @@ pub async fn billing(
         });
         let spool = Arc::clone(&events_spool);
         let api = Arc::clone(&api);
+        let known_keys = Arc::clone(&known_keys);
         let exposition = move || {
             let mut samples = metrics::control_samples(&api);
             samples.push((
@@ -397,7 +402,9 @@ pub async fn billing(
                 "gauge",
                 spool.pending(),
             ));
-            metrics::render(&samples) + &metrics::catalog_info(&api.catalog().version)
+            metrics::render(&samples)
+                + &known_keys.exposition()
+                + &metrics::catalog_info(&api.catalog().version)
         };
         ops.add(Arc::new(exposition), readiness);
     }

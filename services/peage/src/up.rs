@@ -531,6 +531,8 @@ pub async fn run(
             on_revoke: Some(on_revoke),
             secrets,
             events: Arc::new(crate::events_sink::EmbeddedEvents(usage_log.clone())),
+            // The embedded store has a key filter of its own (usage-store key_filter.rs).
+            known_keys: None,
             instance: "up".into(),
             adopt_catalog: false,
         },

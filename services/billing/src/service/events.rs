@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 use super::billing::Billing;
 use super::error::ServiceError;
 
-pub use super::intake::{EventsIntake, SinkRefused, UsageEventSink, MAX_BODY_BYTES};
+pub use super::intake::{EventsIntake, KnownKeys, SinkRefused, UsageEventSink, MAX_BODY_BYTES};
 
 /// One rejected event of a request.
 #[derive(Debug, Serialize, ToSchema)]
@@ -196,7 +196,8 @@ async fn take(
     }
     // Events already stored, or twice in this request: the same content is a duplicate, other
     // content under the same id is refused (the first one counts).
-    let (fresh, duplicates, conflicts) = sort_out(api, candidates, Conflicts::Refused).await?;
+    let (fresh, duplicates, conflicts) =
+        sort_out(api, intake, candidates, Conflicts::Refused).await?;
     rejected.extend(conflicts);
     rejected.sort_by_key(|r| r.index);
     let accepted = append(intake, fresh, "events").await?;
@@ -220,13 +221,18 @@ enum Conflicts {
 /// many were duplicates, and the refusals of ids reused with other content.
 async fn sort_out(
     api: &Billing,
+    intake: &EventsIntake,
     candidates: Vec<(usize, UsageEvent)>,
     conflicts: Conflicts,
 ) -> Result<(Vec<UsageEvent>, usize, Vec<RejectedEvent>), ServiceError> {
-    let keys: Vec<UsageKey> = candidates
+    let mut keys: Vec<UsageKey> = candidates
         .iter()
         .map(|(_, e)| (e.partner_id.clone(), e.key))
         .collect();
+    // Keys never seen need no look-up (none, when the store answers for every key).
+    if let Some(known) = &intake.known_keys {
+        known.keep_maybe_stored(&mut keys);
+    }
     let stored = api.digests.stored(&api.usage, keys).await?;
     // What this request holds so far, for an id it carries twice.
     let mut here: HashMap<UsageKey, String> = HashMap::new();
@@ -261,6 +267,9 @@ async fn append(
     what: &'static str,
 ) -> Result<usize, ServiceError> {
     if !fresh.is_empty() {
+        if let Some(known) = &intake.known_keys {
+            known.appending(&mut fresh.iter().map(|e| e.key));
+        }
         intake
             .sink
             .append(&fresh)
@@ -378,7 +387,7 @@ async fn cancel(
         }
         records.push((index, UsageEvent::cancellation_of(&event, now)));
     }
-    let (fresh, duplicates, _) = sort_out(api, records, Conflicts::Duplicates).await?;
+    let (fresh, duplicates, _) = sort_out(api, intake, records, Conflicts::Duplicates).await?;
     let accepted = append(intake, fresh, "cancellations").await?;
     Ok(EventsOutcome {
         accepted,

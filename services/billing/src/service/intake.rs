@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use peage_core::usage_event::TimeWindow;
 use peage_core::UsageEvent;
+use peage_usage_store::UsageKey;
 
 /// Where accepted usage events go: the event log (the embedded log in `peage up`, the spool
 /// to Kafka in distributed mode). `Ok` means durable.
@@ -27,6 +28,20 @@ pub struct EventsIntake {
     pub max_events: usize,
     /// The most bytes one request body may have.
     pub max_bytes: usize,
+    /// What this instance knows of the stored keys without asking the usage store (the
+    /// distributed control API's key filter); `None` asks the store for every key.
+    pub known_keys: Option<Arc<dyn KnownKeys>>,
+}
+
+/// Which usage-event keys may be stored, known without asking the usage store: the billing
+/// role's filter of every key the usage topic carried (docs/events.md, "Durable, and counted
+/// once"). It may answer "maybe" for a key never stored, never "no" for one it has seen.
+pub trait KnownKeys: Send + Sync + 'static {
+    /// Keeps of `keys` only those that may be stored; leaves them all while it cannot tell.
+    fn keep_maybe_stored(&self, keys: &mut Vec<UsageKey>);
+    /// Records keys about to be appended: once stored, they are never answered "not stored" by
+    /// this instance, however far behind its reading of the log is.
+    fn appending(&self, keys: &mut dyn Iterator<Item = uuid::Uuid>);
 }
 
 /// The hard bound on a request body; `events.max_batch_bytes` is checked against it.

@@ -249,6 +249,7 @@ impl Served {
                 window: Default::default(),
                 max_events: 1000,
                 max_bytes: 1 << 20,
+                known_keys: None,
             }));
     }
 }
