@@ -2358,12 +2358,12 @@ async fn usage_events_through_kafka_and_clickhouse_are_counted_once_and_priced_a
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let post = |body: String| {
-        let client = client.clone();
-        let control = control.clone();
+    // A batch posted to the control API at `to`: its outcome.
+    let post_to = |to: &str, body: String| {
+        let (client, url) = (client.clone(), format!("{to}/v1/events"));
         async move {
             let r = client
-                .post(format!("{control}/v1/events"))
+                .post(url)
                 .bearer_auth(ADMIN)
                 .header("content-type", "application/cloudevents-batch+json")
                 .body(body)
@@ -2374,6 +2374,7 @@ async fn usage_events_through_kafka_and_clickhouse_are_counted_once_and_priced_a
             r.json::<Value>().await.unwrap()
         }
     };
+    let post = |body: String| post_to(&control, body);
     let completion = |id: String, subject: &str, tokens: &str, model: &str| {
         serde_json::json!({
             "specversion": "1.0", "id": id, "source": "/services/llm", "subject": subject,
@@ -2500,21 +2501,7 @@ async fn usage_events_through_kafka_and_clickhouse_are_counted_once_and_priced_a
         1,
         "the second control API's key filter did not catch up within 30 s"
     );
-    let post2 = |body: String| {
-        let (client, control2) = (client.clone(), control2.clone());
-        async move {
-            let r = client
-                .post(format!("{control2}/v1/events"))
-                .bearer_auth(ADMIN)
-                .header("content-type", "application/cloudevents-batch+json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            r.json::<Value>().await.unwrap()
-        }
-    };
+    let post2 = |body: String| post_to(&control2, body);
     let by_filter = |m: &str| counter(m, "peage_events_key_lookups_total{answer=\"filter\"}");
     let before = by_filter(&metrics_of(&client, mport).await);
     let new: Vec<Value> = (0..10)

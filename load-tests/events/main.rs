@@ -2,7 +2,8 @@
 //! in batches of 100 over 8 connections, beside the raw append rate of the same log (the sink
 //! the route writes to, driven directly from this process with the same batches and the same
 //! concurrency) measured in the same run. At the end it waits until every accepted event is
-//! counted, once, by a `count` meter over the bench's event type.
+//! counted, once, by a `count` meter over the bench's event type: as long as the catch-up
+//! progresses (it gives up after two minutes without progress, or an hour in all).
 //!
 //! Run through load-tests/events/run.sh, which starts the server and passes:
 //!   PEAGE_BENCH_MODE      embedded | distributed (which log the raw rate appends to)
@@ -274,6 +275,40 @@ impl ProcCpu {
     }
 }
 
+/// A wait that lasts while what it watches moves forward: it ends after `stall` without a new
+/// best reading, or after `cap` in all.
+struct Progress {
+    best: Option<u64>,
+    last: Instant,
+    started: Instant,
+    stall: Duration,
+    cap: Duration,
+}
+
+impl Progress {
+    fn new(stall: Duration, cap: Duration) -> Progress {
+        Progress {
+            best: None,
+            last: Instant::now(),
+            started: Instant::now(),
+            stall,
+            cap,
+        }
+    }
+
+    /// Records a reading (larger is further along).
+    fn saw(&mut self, reading: u64) {
+        if self.best.is_none_or(|b| reading > b) {
+            self.best = Some(reading);
+            self.last = Instant::now();
+        }
+    }
+
+    fn goes_on(&self) -> bool {
+        self.last.elapsed() < self.stall && self.started.elapsed() < self.cap
+    }
+}
+
 /// The usage events not stored yet, summed over the metrics endpoints: the consumers' lag
 /// (`peage_consumer_lag_events` of topics whose name holds `usage`) and what the control API's
 /// spool still holds (`peage_events_spool_pending_events`); 0 once every event is stored.
@@ -450,16 +485,19 @@ async fn main() -> anyhow::Result<()> {
     let lag_urls = std::env::var("PEAGE_BENCH_METRICS").unwrap_or_default();
     let lag_urls: Vec<&str> = lag_urls.split_whitespace().collect();
     let cpu_after_load = procs.snapshot();
-    let deadline = Duration::from_secs(300);
+    // The wait lasts while the catch-up progresses: it gives up after two minutes without
+    // progress (or after an hour).
+    let mut progress = Progress::new(Duration::from_secs(120), Duration::from_secs(3600));
     // The events not yet stored when the load stopped: what the catch-up's CPU is for.
     let mut backlog = None;
-    while !lag_urls.is_empty() && waited.elapsed() < deadline {
+    while !lag_urls.is_empty() && progress.goes_on() {
         match usage_lag(&client, &lag_urls).await {
             Ok(lag) => {
                 backlog.get_or_insert(lag);
                 if lag == 0 {
                     break;
                 }
+                progress.saw(u64::MAX - lag);
             }
             Err(e) => eprintln!("consumer lag unknown ({e:#}); counting instead"),
         }
@@ -474,9 +512,12 @@ async fn main() -> anyhow::Result<()> {
         "one count over the stored events took {:.1?}",
         count_started.elapsed()
     );
-    while seen < accepted && waited.elapsed() < deadline {
+    let mut progress = Progress::new(Duration::from_secs(120), Duration::from_secs(3600));
+    progress.saw(seen);
+    while seen < accepted && progress.goes_on() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         seen = counted(&client, &url, &token, &partner).await?;
+        progress.saw(seen);
     }
     let caught_up = waited.elapsed();
     let backlog = backlog.unwrap_or(accepted);
