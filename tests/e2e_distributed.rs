@@ -2448,13 +2448,11 @@ async fn usage_events_through_kafka_and_clickhouse_are_counted_once_and_priced_a
     // Still so once everything has settled.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ch = s.clickhouse().await;
-    let rows: u64 = ch
-        .client()
-        .query("SELECT count() FROM usage_events")
-        .fetch_one()
-        .await
-        .unwrap();
-    assert_eq!(rows, 147, "ClickHouse holds each accepted event once");
+    assert_eq!(
+        usage_event_rows(&ch).await,
+        147,
+        "ClickHouse holds each accepted event once"
+    );
 
     let inv = admin_get(
         &client,
@@ -2517,12 +2515,7 @@ async fn usage_events_through_kafka_and_clickhouse_are_counted_once_and_priced_a
     // Sent again once stored (until then ClickHouse has not seen them either).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let rows: u64 = ch
-            .client()
-            .query("SELECT count() FROM usage_events")
-            .fetch_one()
-            .await
-            .unwrap();
+        let rows = usage_event_rows(&ch).await;
         if rows == 157 {
             break;
         }
@@ -2540,6 +2533,15 @@ async fn usage_events_through_kafka_and_clickhouse_are_counted_once_and_priced_a
             "{again}"
         );
     }
+}
+
+/// The rows of `usage_events`.
+async fn usage_event_rows(ch: &ClickHouseUsageStore) -> u64 {
+    ch.client()
+        .query("SELECT count() FROM usage_events")
+        .fetch_one()
+        .await
+        .unwrap()
 }
 
 /// An upstream that says who it is: where calls go after the catalog points the API at it.
