@@ -1232,17 +1232,17 @@ impl TopicReader {
         &self.next
     }
 
-    /// Waits up to `wait` for records, and hands each one's payload to `each` with its
-    /// partition, until `max` records or none is ready. A transient error (a broker away) is
+    /// Waits up to `wait` for records, and hands each one's payload to `each`, until `max`
+    /// records or none is ready. A transient error (a broker away) is
     /// logged and reads nothing: the client reconnects by itself.
-    pub fn read(&mut self, max: usize, wait: Duration, mut each: impl FnMut(i32, &[u8])) -> usize {
+    pub fn read(&mut self, max: usize, wait: Duration, mut each: impl FnMut(&[u8])) -> usize {
         let mut read = 0;
         let mut timeout = wait;
         while read < max {
             match self.consumer.poll(timeout) {
                 None => break,
                 Some(Ok(m)) => {
-                    each(m.partition(), m.payload().unwrap_or_default());
+                    each(m.payload().unwrap_or_default());
                     self.next.insert(m.partition(), m.offset() + 1);
                     read += 1;
                 }

@@ -232,7 +232,7 @@ impl Follower {
         // partitions is tried again later.
         loop {
             let filter = self.filter()?;
-            reader.read(CHUNK, Duration::from_millis(500), |_, payload| {
+            reader.read(CHUNK, Duration::from_millis(500), |payload| {
                 if let Some(key) = key_of_record(payload) {
                     keys.push(key);
                 }

@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
 
 use futures::TryStreamExt;
@@ -35,11 +35,6 @@ const ERROR_RATIO: f64 = 0.001;
 const FIRST_CAPACITY: usize = 1_000_000;
 /// Keys added under one hold of the write lock while the scan fills the filter.
 const SCAN_CHUNK: usize = 10_000;
-
-/// The fill's progress. A fill that failed stays `STARTED`, its set never ready: every
-/// look-up asks SQLite, slower and never wrong.
-const NOT_STARTED: u8 = 0;
-const STARTED: u8 = 1;
 
 /// A set of usage-event keys kept as a growable Bloom filter, trusted only once whoever fills
 /// it says it holds every key that matters: the embedded store's filter below, and the billing
@@ -88,7 +83,9 @@ impl KeySet {
 /// The filter of one usage database (see the module's documentation).
 pub(crate) struct KeyFilter {
     keys: KeySet,
-    state: AtomicU8,
+    /// The scan that fills the set has started. A fill that failed leaves the set never ready:
+    /// every look-up asks SQLite, slower and never wrong.
+    fill_started: AtomicBool,
 }
 
 /// The filters of the databases open in this process, by file.
@@ -98,7 +95,7 @@ impl KeyFilter {
     fn new() -> KeyFilter {
         KeyFilter {
             keys: KeySet::default(),
-            state: AtomicU8::new(NOT_STARTED),
+            fill_started: AtomicBool::new(false),
         }
     }
 
@@ -126,11 +123,7 @@ impl KeyFilter {
         if let Some(out) = self.keys.when_ready() {
             return Some(out);
         }
-        if self
-            .state
-            .compare_exchange(NOT_STARTED, STARTED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
+        if !self.fill_started.swap(true, Ordering::AcqRel) {
             tokio::spawn(fill(Arc::downgrade(self), pool.clone()));
         }
         None
